@@ -1,0 +1,1 @@
+"""funnelcast features layer."""

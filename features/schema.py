@@ -1,0 +1,470 @@
+"""The event data contract: canonical schemas and the one validation function.
+
+Every source, real or simulated, ends up as two tables:
+
+* events   - one row per interaction (``EVENTS_SCHEMA``);
+* contacts - one row per contact, its attributes and its marketing consent (``CONTACTS_SCHEMA``
+  gives the required columns; any other column is an attribute and passes through).
+
+``validate`` turns whatever a source produced (pandas, Polars or Arrow, canonical column names)
+into tables that conform exactly, and sets every unusable row aside in a rejects table with one
+reason per row. Nothing is dropped silently: ``rows_in == rows_out + rows_rejected`` always holds.
+A problem with a whole file (a missing column, a column of the wrong kind) is a ``SchemaError``
+whose message names the column and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+
+from features.vocabulary import CHANNELS, EVENT_TYPES
+
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("contact_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("campaign_id", pa.string()),
+        pa.field("properties", pa.string()),  # JSON object as text
+    ]
+)
+EVENT_COLUMNS: Final[tuple[str, ...]] = tuple(EVENTS_SCHEMA.names)
+REQUIRED_EVENT_COLUMNS: Final[tuple[str, ...]] = ("contact_id", "timestamp", "channel", "event_type")
+
+CONTACTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("contact_id", pa.string(), nullable=False),
+        pa.field("marketing_consent", pa.bool_(), nullable=False),
+    ]
+)
+
+REJECTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),  # "events" or "contacts"
+        pa.field("row_number", pa.int64(), nullable=False),  # 0-based position in the input
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("contact_id", pa.string()),
+        pa.field("record", pa.string(), nullable=False),  # the input row as JSON text
+    ]
+)
+
+# Reasons, in the order they are checked: a row gets the first one that applies.
+EVENT_REJECT_REASONS: Final[tuple[str, ...]] = (
+    "missing_contact_id",
+    "unparseable_timestamp",
+    "timestamp_without_time_zone",
+    "future_timestamp",
+    "unknown_event_type",
+    "unknown_channel",
+    "unparseable_value",
+    "negative_value",
+    "duplicate",
+)
+CONTACT_REJECT_REASONS: Final[tuple[str, ...]] = (
+    "missing_contact_id",
+    "unparseable_consent",
+    "duplicate_contact_id",
+)
+
+_CONSENT_TRUE: Final = frozenset({"true", "t", "yes", "y", "1", "opt-in", "opted_in", "granted"})
+_CONSENT_FALSE: Final = frozenset(
+    {"false", "f", "no", "n", "0", "opt-out", "opted_out", "denied", "withdrawn"}
+)
+_TZ_SUFFIX: Final = r"(Z|[+-]\d{2}:?\d{2}|\sUTC)$"
+
+Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
+
+
+class SchemaError(ValueError):
+    """A whole input is unusable: a column is missing or of the wrong kind. Names the fix."""
+
+
+@dataclass(frozen=True)
+class Validated:
+    """What validation kept, what it set aside, and why."""
+
+    events: pa.Table
+    contacts: pa.Table | None
+    rejects: pa.Table
+    rows_in: dict[str, int] = field(default_factory=dict)
+
+    def reject_counts(self) -> dict[tuple[str, str], int]:
+        """Rejected rows per (table, reason), every known reason present (zero included)."""
+        counts: Counter[tuple[str, str]] = Counter(
+            zip(
+                self.rejects.column("table").to_pylist(),
+                self.rejects.column("reason").to_pylist(),
+                strict=True,
+            )
+        )
+        out = {("events", r): counts.get(("events", r), 0) for r in EVENT_REJECT_REASONS}
+        if self.contacts is not None:
+            out.update(
+                {("contacts", r): counts.get(("contacts", r), 0) for r in CONTACT_REJECT_REASONS}
+            )
+        return out
+
+
+def validate(
+    events: Frame,
+    contacts: Frame | None = None,
+    *,
+    timezone: str | None = None,
+    now: dt.datetime | None = None,
+) -> Validated:
+    """Validate events (and contacts) against the canonical contract.
+
+    ``timezone`` is the IANA zone of naive timestamps (from the source mapping); without it,
+    naive timestamps are a ``SchemaError``. ``now`` (UTC, default: the current time) is the
+    cut-off for future timestamps.
+    """
+    now = _as_utc(now or dt.datetime.now(dt.UTC))
+    raw_events = _to_polars(events, "events")
+    kept_events, event_rejects = _validate_events(raw_events, timezone=timezone, now=now)
+    rejects = [event_rejects]
+    rows_in = {"events": raw_events.height}
+    kept_contacts: pa.Table | None = None
+    if contacts is not None:
+        raw_contacts = _to_polars(contacts, "contacts")
+        kept_contacts, contact_rejects = _validate_contacts(raw_contacts)
+        rejects.append(contact_rejects)
+        rows_in["contacts"] = raw_contacts.height
+    return Validated(
+        events=kept_events,
+        contacts=kept_contacts,
+        rejects=pa.concat_tables(rejects),
+        rows_in=rows_in,
+    )
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def _validate_events(
+    raw: pl.DataFrame, *, timezone: str | None, now: dt.datetime
+) -> tuple[pa.Table, pa.Table]:
+    _require_columns(raw, REQUIRED_EVENT_COLUMNS, "events", _EVENT_COLUMN_FIXES)
+    frame = raw.with_row_index("_row")
+    frame = frame.with_columns(
+        contact_id=_normalise_contact_id(frame, "events"),
+        channel=_as_text(frame, "channel").str.strip_chars().str.to_lowercase(),
+        event_type=_as_text(frame, "event_type").str.strip_chars().str.to_lowercase(),
+        campaign_id=(
+            _as_text(frame, "campaign_id")
+            if "campaign_id" in frame.columns
+            else pl.lit(None, pl.String)
+        ),
+        properties=_properties_as_json(frame),
+    )
+    timestamp, naive_rows = _parse_timestamps(frame["timestamp"], timezone=timezone)
+    value, value_unparseable = _parse_values(frame)
+    frame = frame.with_columns(
+        timestamp=timestamp, value=value, _value_bad=value_unparseable, _naive=naive_rows
+    )
+
+    reason = (
+        pl.when(pl.col("contact_id").is_null())
+        .then(pl.lit("missing_contact_id"))
+        .when(pl.col("timestamp").is_null() & ~pl.col("_naive"))
+        .then(pl.lit("unparseable_timestamp"))
+        .when(pl.col("_naive"))
+        .then(pl.lit("timestamp_without_time_zone"))
+        .when(pl.col("timestamp") > pl.lit(now))
+        .then(pl.lit("future_timestamp"))
+        .when(~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null())
+        .then(pl.lit("unknown_event_type"))
+        .when(~pl.col("channel").is_in(CHANNELS) | pl.col("channel").is_null())
+        .then(pl.lit("unknown_channel"))
+        .when(pl.col("_value_bad"))
+        .then(pl.lit("unparseable_value"))
+        .when(pl.col("value") < 0)
+        .then(pl.lit("negative_value"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    frame = frame.with_columns(_reason=reason)
+    # Exact duplicates: among rows that are otherwise fine, keep the first of each identical set.
+    is_later_copy = (
+        pl.col("_reason").is_null()
+        & ~pl.struct(list(EVENT_COLUMNS)).is_first_distinct().over(pl.col("_reason").is_null())
+    )
+    frame = frame.with_columns(
+        _reason=pl.when(is_later_copy).then(pl.lit("duplicate")).otherwise(pl.col("_reason"))
+    )
+
+    good = frame.filter(pl.col("_reason").is_null()).select(EVENT_COLUMNS)
+    bad = frame.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
+    return (
+        good.to_arrow().cast(EVENTS_SCHEMA),
+        _rejects_table("events", raw, bad),
+    )
+
+
+_EVENT_COLUMN_FIXES: Final = {
+    "contact_id": "map your customer/user id column as `contact_id` in the source mapping",
+    "timestamp": "map your time column as `timestamp` in the source mapping",
+    "channel": "map a channel column, or set a fixed `channel:` for the source in its mapping",
+    "event_type": "map your event-name column as `event_type` and list its values under `events:`",
+}
+
+
+def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Series, pl.Series]:
+    """Parse to UTC microseconds. Returns (timestamps, rows that were naive with no zone named)."""
+    no_naive = pl.Series("naive", [False] * column.len(), pl.Boolean)
+    dtype = column.dtype
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            if timezone is None:
+                raise SchemaError(
+                    "events column 'timestamp' has no time zone; name it in the source mapping "
+                    "(`timezone: Europe/Stockholm`) or give UTC times"
+                )
+            localised = column.dt.replace_time_zone(
+                timezone, ambiguous="earliest", non_existent="null"
+            )
+            return localised.dt.convert_time_zone("UTC").dt.cast_time_unit("us"), no_naive
+        return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us"), no_naive
+    if isinstance(dtype, pl.Date):
+        return _parse_timestamps(column.cast(pl.Datetime("us")), timezone=timezone)
+    if dtype.is_numeric():
+        raise SchemaError(
+            "events column 'timestamp' holds numbers; declare `format: unix_s` (or unix_ms) for "
+            "it in the source mapping"
+        )
+    if dtype not in (pl.String, pl.Categorical, pl.Object, pl.Null):
+        raise SchemaError(
+            f"events column 'timestamp' has type {dtype}; give ISO-8601 text or datetimes"
+        )
+    text = column.cast(pl.String).str.strip_chars()
+    has_zone = text.str.contains(_TZ_SUFFIX).fill_null(False)
+    aware = pd.to_datetime(
+        text.str.replace(r"\sUTC$", "+00:00").to_pandas(),
+        errors="coerce",
+        utc=True,
+        format="ISO8601",
+    )
+    parsed = _beyond_pandas_range(pl.Series("timestamp", aware).dt.cast_time_unit("us"), text)
+    parsed = parsed.set(~has_zone, None)  # type: ignore[arg-type]
+    naive_text = text.set(has_zone, None)  # type: ignore[arg-type]
+    if naive_text.null_count() < naive_text.len():  # some rows carry no zone
+        naive = pd.to_datetime(naive_text.to_pandas(), errors="coerce", format="ISO8601")
+        naive_parsed = _beyond_pandas_range(pl.Series("timestamp", naive), naive_text)
+        if timezone is None:
+            if not has_zone.any() and naive_parsed.null_count() < naive_parsed.len():
+                raise SchemaError(
+                    "events column 'timestamp' has no time zone; name it in the source mapping "
+                    "(`timezone: Europe/Stockholm`) or give UTC times"
+                )
+            # rows that parse but carry no zone are rejected as such; the rest are unparseable
+            return parsed, naive_parsed.is_not_null()
+        naive = naive_parsed.to_pandas()
+        local = (
+            pl.Series("timestamp", naive)
+            .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+            .dt.convert_time_zone("UTC")
+            .dt.cast_time_unit("us")
+        )
+        parsed = pl.select(pl.coalesce(parsed, local)).to_series()
+    return parsed.alias("timestamp"), no_naive
+
+
+def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:
+    """pandas cannot hold years past 2262: such rows parse as far-future, not as garbage."""
+    year = text.str.extract(r"^(\d{4})-\d{2}-\d{2}").cast(pl.Int32, strict=False)
+    far_future = (parsed.is_null() & (year > 2261)).fill_null(False)
+    sentinel = dt.datetime(9999, 12, 31, tzinfo=dt.UTC if parsed.dtype.time_zone else None)  # type: ignore[attr-defined]
+    return pl.select(
+        pl.when(pl.lit(far_future)).then(pl.lit(sentinel)).otherwise(pl.lit(parsed))
+    ).to_series().dt.cast_time_unit("us").alias("timestamp")
+
+
+def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    if "value" not in frame.columns:
+        empty = pl.Series("value", [None] * frame.height, pl.Float64)
+        return empty, pl.Series("bad", [False] * frame.height)
+    column = frame["value"]
+    if column.dtype.is_numeric():
+        value = column.cast(pl.Float64)
+    elif column.dtype in (pl.String, pl.Null, pl.Categorical):
+        value = column.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    else:
+        raise SchemaError(
+            f"events column 'value' has type {column.dtype}; give numbers (money), or drop the "
+            "column from the source mapping"
+        )
+    bad = (column.is_not_null() & value.is_null()) | value.is_nan() | value.is_infinite()
+    return value.alias("value"), bad.fill_null(False)
+
+
+def _properties_as_json(frame: pl.DataFrame) -> pl.Expr:
+    if "properties" not in frame.columns:
+        return pl.lit(None, pl.String)
+    dtype = frame["properties"].dtype
+    if isinstance(dtype, pl.Struct):
+        return pl.col("properties").struct.json_encode()
+    if dtype in (pl.String, pl.Null):
+        return pl.col("properties").cast(pl.String)
+    raise SchemaError(
+        f"events column 'properties' has type {dtype}; give a JSON object as text or a dict"
+    )
+
+
+# --- contacts ----------------------------------------------------------------------------------
+
+
+def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
+    _require_columns(
+        raw,
+        ("contact_id", "marketing_consent"),
+        "contacts",
+        {
+            "contact_id": "map your customer id column as `contact_id` in the source mapping",
+            "marketing_consent": (
+                "map your consent column as `marketing_consent`, or state the data set's consent "
+                "with `consent_default:` in the source mapping"
+            ),
+        },
+    )
+    frame = raw.with_row_index("_row").with_columns(
+        contact_id=_normalise_contact_id(raw.with_row_index("_row"), "contacts")
+    )
+    consent, consent_bad = _parse_consent(frame["marketing_consent"])
+    frame = frame.with_columns(marketing_consent=consent, _consent_bad=consent_bad)
+    reason = (
+        pl.when(pl.col("contact_id").is_null())
+        .then(pl.lit("missing_contact_id"))
+        .when(pl.col("_consent_bad"))
+        .then(pl.lit("unparseable_consent"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    frame = frame.with_columns(_reason=reason)
+    later_copy = pl.col("_reason").is_null() & ~pl.col("contact_id").is_first_distinct().over(
+        pl.col("_reason").is_null()
+    )
+    frame = frame.with_columns(
+        _reason=pl.when(later_copy)
+        .then(pl.lit("duplicate_contact_id"))
+        .otherwise(pl.col("_reason"))
+    )
+    attributes = [c for c in raw.columns if c not in ("contact_id", "marketing_consent")]
+    good = frame.filter(pl.col("_reason").is_null()).select(
+        "contact_id", "marketing_consent", *attributes
+    )
+    bad = frame.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
+    table = good.to_arrow()
+    for i, name in enumerate(CONTACTS_SCHEMA.names):
+        table = table.set_column(i, CONTACTS_SCHEMA.field(name), table.column(name).cast(
+            CONTACTS_SCHEMA.field(name).type
+        ))
+    return table, _rejects_table("contacts", raw, bad)
+
+
+def _parse_consent(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Consent as bool. No recorded consent (null) is no consent; unknown words are rejects."""
+    if column.dtype == pl.Boolean:
+        return column.fill_null(False), pl.Series([False] * column.len())
+    if column.dtype.is_integer():
+        bad = column.is_not_null() & ~column.is_in([0, 1])
+        return (column == 1).fill_null(False), bad
+    text = column.cast(pl.String).str.strip_chars().str.to_lowercase()
+    yes = text.is_in(list(_CONSENT_TRUE))
+    no = text.is_in(list(_CONSENT_FALSE))
+    bad = text.is_not_null() & ~yes & ~no
+    return yes.fill_null(False), bad.fill_null(False)
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def _to_polars(data: Frame, table: str) -> pl.DataFrame:
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, pa.Table):
+        return pl.from_arrow(data)  # type: ignore[return-value]
+    if isinstance(data, pd.DataFrame):
+        data = data.reset_index(drop=True)
+        if "properties" in data.columns and data["properties"].dtype == object:
+            # dicts become JSON text here, so Polars never has to guess a struct type
+            data = data.assign(
+                properties=data["properties"].map(
+                    lambda p: json.dumps(p, sort_keys=True) if isinstance(p, dict) else p
+                )
+            )
+        for name in data.columns:
+            if data[name].dtype == object and _mixed_types(data[name]):
+                # a column mixing numbers and text is read as text; its rows are judged one by one
+                data = data.assign(**{name: data[name].map(lambda v: v if _is_missing(v) else str(v))})
+        return pl.from_pandas(data)
+    raise TypeError(f"{table} must be a pandas DataFrame, Polars DataFrame or Arrow table")
+
+
+def _mixed_types(column: pd.Series) -> bool:
+    kinds = {type(v) for v in column if not _is_missing(v)}
+    return len(kinds) > 1
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _require_columns(
+    frame: pl.DataFrame, required: tuple[str, ...], table: str, fixes: dict[str, str]
+) -> None:
+    for name in required:
+        if name not in frame.columns:
+            raise SchemaError(f"{table} are missing column '{name}'; {fixes[name]}")
+
+
+def _normalise_contact_id(frame: pl.DataFrame, table: str) -> pl.Expr:
+    dtype = frame["contact_id"].dtype
+    if dtype.is_float():
+        raise SchemaError(
+            f"{table} column 'contact_id' holds decimal numbers; ids must be text or integers "
+            "(read the column as text in the source mapping: `dtype: str`)"
+        )
+    text = pl.col("contact_id").cast(pl.String).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
+def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
+    dtype = frame[name].dtype
+    if dtype in (pl.String, pl.Null, pl.Categorical, pl.Enum) or dtype.is_integer():
+        return pl.col(name).cast(pl.String)
+    raise SchemaError(f"events column '{name}' has type {dtype}; give text")
+
+
+def _rejects_table(table: str, raw: pl.DataFrame, bad: pl.DataFrame) -> pa.Table:
+    rows = bad["_row"].to_list()
+    originals = raw[rows] if rows else raw.clear()
+    records = [
+        json.dumps(_jsonable(r), default=str, sort_keys=True) for r in originals.iter_rows(named=True)
+    ]
+    return pa.table(
+        {
+            "table": pa.array([table] * len(rows), pa.string()),
+            "row_number": pa.array(rows, pa.int64()),
+            "reason": pa.array(bad["_reason"].to_list(), pa.string()),
+            "contact_id": pa.array(bad["contact_id"].to_list(), pa.string()),
+            "record": pa.array(records, pa.string()),
+        },
+        schema=REJECTS_SCHEMA,
+    )
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def _as_utc(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None:
+        raise ValueError("`now` must be timezone-aware (UTC)")
+    return moment.astimezone(dt.UTC)

@@ -1,0 +1,97 @@
+"""The closed vocabularies of funnelcast: event types, channels and funnel stages.
+
+Every source is mapped onto these names by its YAML mapping; anything else is rejected at
+validation. The stage each event type signals is the rules baseline of PRODUCT.md ("deepest
+signal in the lookback"), kept here, in the lowest layer, because features, labels and the
+rules model all read it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Funnel stages, in the order the funnel is shown. "dormant" comes first: it is the absence of
+# signal, not a stage after advocacy.
+STAGES: Final[tuple[str, ...]] = (
+    "dormant",
+    "awareness",
+    "consideration",
+    "intent",
+    "conversion",
+    "retention",
+    "advocacy",
+)
+
+CHANNELS: Final[tuple[str, ...]] = (
+    "email",
+    "sms",
+    "push",
+    "web",
+    "app",
+    "ads",
+    "social",
+    "store",
+    "sales",
+    "support",
+    "direct_mail",
+    "referral",
+    "search",
+    "other",
+)
+
+# Event type -> the stage it signals under the rules (None: no stage signal of its own).
+# Order of the dict is the order of the vocabulary in docs and error messages.
+EVENT_SIGNALS: Final[dict[str, str | None]] = {
+    # Marketing sends are what we did, not what the contact did: they signal nothing.
+    "message_send": None,
+    "impression": "awareness",
+    "email_open": "awareness",
+    "push_open": "awareness",
+    "video_view": "awareness",
+    "page_view": "awareness",  # a repeat visit (several active days) lifts to consideration
+    "app_open": "awareness",
+    "email_click": "consideration",
+    "push_click": "consideration",
+    "sms_click": "consideration",
+    "ad_click": "consideration",
+    "product_view": "consideration",
+    "content_download": "consideration",
+    "form_submit": "consideration",
+    "webinar_signup": "consideration",
+    "favourite": "consideration",
+    "add_to_cart": "intent",
+    "checkout_start": "intent",
+    "pricing_view": "intent",
+    "demo_request": "intent",
+    "trial_start": "intent",
+    "coupon_redeem": "intent",
+    "purchase": "conversion",  # retention when the contact had bought before
+    "subscription_start": "conversion",
+    "review": "advocacy",  # advocacy only for customers; a prospect's review is consideration
+    "referral": "advocacy",
+    "share": "advocacy",
+    "support_contact": None,
+    "unsubscribe": None,
+}
+
+EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENT_SIGNALS)
+
+# Event types that make a contact a customer.
+PURCHASE_EVENTS: Final[frozenset[str]] = frozenset({"purchase", "subscription_start"})
+ADVOCACY_EVENTS: Final[frozenset[str]] = frozenset({"review", "referral", "share"})
+
+# The call to action that fits each stage (PRODUCT.md, "what to send").
+STAGE_CTA: Final[dict[str, str]] = {
+    "dormant": "win-back",
+    "awareness": "soft",
+    "consideration": "deepen",
+    "intent": "act",
+    "conversion": "onboard",
+    "retention": "cross-sell",
+    "advocacy": "referral",
+}
+
+
+def stage_rank(stage: str) -> int:
+    """Position of a stage in the funnel (dormant = 0), for "deepest signal" comparisons."""
+    return STAGES.index(stage)

@@ -1,0 +1,1 @@
+"""funnelcast serving layer."""

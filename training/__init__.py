@@ -1,0 +1,1 @@
+"""funnelcast training layer."""
