@@ -1,0 +1,65 @@
+"""Reading and writing canonical tables. Every write is atomic: a file is written beside its
+target under a temporary name and renamed into place, so no reader ever sees half a file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write one Parquet file atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_tables_atomic(tables: Mapping[str, pa.Table | None], out_dir: Path) -> dict[str, Path]:
+    """Write several tables as ``out_dir/<name>.parquet``, all or nothing.
+
+    The files are first written into a hidden staging folder inside ``out_dir``; only when all of
+    them are complete are they renamed into place, so an interrupted run leaves the previous
+    outputs (or none), never a mix.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    written: dict[str, Path] = {}
+    try:
+        staged = {
+            name: write_parquet_atomic(table, staging / f"{name}.parquet")
+            for name, table in tables.items()
+            if table is not None
+        }
+        for name, tmp in staged.items():
+            target = out_dir / f"{name}.parquet"
+            os.replace(tmp, target)
+            written[name] = target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def read_table(path: Path) -> pa.Table:
+    """Read a Parquet file written by funnelcast, with a clear error when it is absent."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `funnelcast ingest` or `simulate` first")
+    return pq.read_table(path)
