@@ -157,8 +157,8 @@ def _validate_events(
     frame = raw.with_row_index("_row")
     frame = frame.with_columns(
         contact_id=_normalise_contact_id(frame, "events"),
-        channel=_as_text(frame, "channel").str.strip_chars().str.to_lowercase(),
-        event_type=_as_text(frame, "event_type").str.strip_chars().str.to_lowercase(),
+        channel=_vocabulary_text(frame, "channel", CHANNELS),
+        event_type=_vocabulary_text(frame, "event_type", EVENT_TYPES),
         campaign_id=(
             _as_text(frame, "campaign_id")
             if "campaign_id" in frame.columns
@@ -191,15 +191,8 @@ def _validate_events(
         .then(pl.lit("negative_value"))
         .otherwise(pl.lit(None, pl.String))
     )
-    frame = frame.with_columns(_reason=reason)
-    # Exact duplicates: among rows that are otherwise fine, keep the first of each identical set.
-    is_later_copy = (
-        pl.col("_reason").is_null()
-        & ~pl.struct(list(EVENT_COLUMNS)).is_first_distinct().over(pl.col("_reason").is_null())
-    )
-    frame = frame.with_columns(
-        _reason=pl.when(is_later_copy).then(pl.lit("duplicate")).otherwise(pl.col("_reason"))
-    )
+    frame = frame.select(*EVENT_COLUMNS, "_row", _reason=reason)
+    frame = frame.with_columns(_reason=_mark_duplicates(frame))
 
     good = frame.filter(pl.col("_reason").is_null()).select(EVENT_COLUMNS)
     bad = frame.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
@@ -213,8 +206,46 @@ _EVENT_COLUMN_FIXES: Final = {
     "contact_id": "map your customer/user id column as `contact_id` in the source mapping",
     "timestamp": "map your time column as `timestamp` in the source mapping",
     "channel": "map a channel column, or set a fixed `channel:` for the source in its mapping",
-    "event_type": "map your event-name column as `event_type` and list its values under `events:`",
+    "event_type": "map your event-name column as `event_type` and list its values under `events:` in the source mapping",
 }
+
+
+def _mark_duplicates(frame: pl.DataFrame) -> pl.Series:
+    """Reasons with every later copy of an otherwise valid row marked "duplicate".
+
+    Rows are compared by a 64-bit hash first (fast at tens of millions of rows), then the few
+    rows whose hash repeats are compared value by value, so a hash collision never rejects a row.
+    """
+    reason = frame["_reason"]
+    ok = reason.is_null()
+    # one hash per column, then one per row: cheaper than hashing a struct of strings, and
+    # rows already rejected hash to null so they never count as the first of a set
+    column_hashes = [
+        pl.when(ok).then(pl.col(name).hash(seed=i)).alias(name)
+        for i, name in enumerate(EVENT_COLUMNS)
+    ]
+    row_hash = frame.select(pl.struct(column_hashes).hash(seed=7)).to_series().filter(ok)
+    # A sort and a look at neighbours finds repeated hashes several times faster than
+    # is_duplicated() on tens of millions of rows; usually there are none and we stop here.
+    ordered = row_hash.sort()
+    repeated_hashes = ordered.filter(ordered == ordered.shift(1))
+    if repeated_hashes.is_empty():
+        return reason
+    repeated = row_hash.is_in(repeated_hashes.unique().implode())
+    candidates = frame.filter(ok).select(EVENT_COLUMNS).filter(repeated)
+    later_copy = ~candidates.select(pl.struct(EVENT_COLUMNS).is_first_distinct()).to_series()
+    positions = ok.arg_true().filter(repeated).filter(later_copy)
+    return reason.scatter(positions, "duplicate")
+
+
+def _vocabulary_text(frame: pl.DataFrame, name: str, vocabulary: tuple[str, ...]) -> pl.Series:
+    """Text of a vocabulary column; only values not already canonical are trimmed and lowered
+    (normalising ten million clean values would cost more than the whole check)."""
+    text = frame.select(_as_text(frame, name)).to_series()
+    off = ~text.is_in(vocabulary) & text.is_not_null()
+    if off.any():
+        text = text.scatter(off.arg_true(), text.filter(off).str.strip_chars().str.to_lowercase())
+    return text
 
 
 def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Series, pl.Series]:
@@ -290,7 +321,7 @@ def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:
 def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     if "value" not in frame.columns:
         empty = pl.Series("value", [None] * frame.height, pl.Float64)
-        return empty, pl.Series("bad", [False] * frame.height)
+        return empty, pl.Series("bad", [False] * frame.height, pl.Boolean)
     column = frame["value"]
     if column.dtype.is_numeric():
         value = column.cast(pl.Float64)
@@ -371,7 +402,7 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
 def _parse_consent(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """Consent as bool. No recorded consent (null) is no consent; unknown words are rejects."""
     if column.dtype == pl.Boolean:
-        return column.fill_null(False), pl.Series([False] * column.len())
+        return column.fill_null(False), pl.Series([False] * column.len(), dtype=pl.Boolean)
     if column.dtype.is_integer():
         bad = column.is_not_null() & ~column.is_in([0, 1])
         return (column == 1).fill_null(False), bad

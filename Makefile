@@ -1,0 +1,56 @@
+# funnelcast — `make help` lists every target. Everything installs from the lock file (uv.lock)
+# into .venv; uv itself is installed into .tools/ from PyPI, so a fresh machine needs only
+# Python 3.11 and make.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+
+.PHONY: help install demo test test-fast check lint format typecheck bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+install: $(UV) ## Install funnelcast and every dependency (all extras) from the lock file
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
+
+demo: install ## Set everything up and run the main job end to end on built-in simulated data
+	$(BIN)/funnelcast run
+
+test: install ## Set everything up and run the whole test suite
+	$(BIN)/python -m pytest
+
+test-fast: install ## Run the tests that take under a few seconds each
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install ## mypy on the packages
+	$(BIN)/mypy
+
+check: lint typecheck test ## Everything CI cares about: ruff, mypy, tests
+
+bench: install ## Run the benchmarks (figures printed and written to benchmarks/results/)
+	$(BIN)/python benchmarks/simulate.py
+
+clean: ## Remove the virtual environments, caches and run outputs (not mlruns/)
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis out

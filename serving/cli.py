@@ -1,0 +1,406 @@
+"""The ``funnelcast`` command line. Each command parses its options, loads settings and calls
+one pipeline function; logging is configured here and nowhere else."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import polars as pl
+import pydantic
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from features.consent import ConsentUnknownError
+from features.io import read_table, write_tables_atomic
+from features.schema import Validated
+from features.settings import load_rules_settings
+from features.vocabulary import STAGE_CTA, STAGES
+
+app = typer.Typer(
+    name="funnelcast",
+    help="Predict each CRM contact's funnel stage and purchase propensity from raw events.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+log = logging.getLogger("funnelcast")
+
+T = TypeVar("T")
+
+# Errors that are the user's to fix: shown as one line, exit code 2. Anything else is a bug and
+# keeps its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    pydantic.ValidationError,
+    ConsentUnknownError,
+    ImportError,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="A copy of features/config/default.yaml with your settings."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Root folder of the source files (default: $FUNNELCAST_DATA_DIR or ../shared/data).",
+    ),
+]
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except _USER_ERRORS as error:
+        err_console.print(f"[bold red]error:[/] {_one_line(error)}", highlight=False)
+        sys.exit(2)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    source: Annotated[
+        str | None,
+        typer.Option(help="A shipped source name or a mapping YAML; default: simulate one."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for every output of the run.")] = Path(
+        "out/run"
+    ),
+    contacts: Annotated[int, typer.Option(min=1, help="Simulated contacts.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The main job, end to end: simulate (or ingest your data), validate, and show the funnel."""
+    started = time.perf_counter()
+    if source is None:
+        console.rule("[bold]1. Simulate customer journeys")
+        validated, true_history = _simulate_into(out / "data", contacts, days, seed, config)
+    else:
+        console.rule(f"[bold]1. Ingest {source}")
+        validated = _ingest_into(source, out / "data", data_dir)
+        true_history = None
+    console.rule("[bold]2. Validate")
+    _print_validation(validated)
+    console.rule("[bold]3. The funnel")
+    _print_funnel(validated, true_history, config=config, as_of=None)
+    console.print(f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{out}[/].")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder for events, contacts, stage_history.")],
+    contacts: Annotated[int, typer.Option(min=1, help="Number of contacts.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Number of days.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate customer journeys with known hidden stages (validated canonical Parquet out)."""
+    validated, _ = _simulate_into(out, contacts, days, seed, config)
+    _print_validation(validated)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="A shipped source name or a mapping YAML file.")],
+    out: Annotated[Path, typer.Option(help="Folder for events, contacts, rejects, labels.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Read a source through its mapping, validate it, and write canonical Parquet."""
+    validated = _ingest_into(source, out, data_dir)
+    _print_validation(validated)
+
+
+@app.command()
+def validate(
+    source: Annotated[str, typer.Option(help="A shipped source name or a mapping YAML file.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Validate a source through its mapping and report what would be rejected; writes nothing."""
+    ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
+    _print_validation(ingested.validated)
+    if ingested.validated.rejects.num_rows:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def funnel(
+    data: Annotated[Path, typer.Option(help="A folder written by ingest, simulate or run.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="Snapshot date (YYYY-MM-DD, UTC); default: the day after the last event."),
+    ] = None,
+    assume_consent: Annotated[
+        bool,
+        typer.Option(help="Without a contacts table: treat every contact as consented."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show how many consented contacts sit in each funnel stage as of a date."""
+    events = read_table(data / "events.parquet")
+    contacts_path = data / "contacts.parquet"
+    history_path = data / "stage_history.parquet"
+    validated = Validated(
+        events=events,
+        contacts=read_table(contacts_path) if contacts_path.exists() else None,
+        rejects=read_table(data / "rejects.parquet")
+        if (data / "rejects.parquet").exists()
+        else _empty_rejects(),
+    )
+    history = read_table(history_path) if history_path.exists() else None
+    _print_funnel(
+        validated,
+        history,
+        config=config,
+        as_of=_parse_date(as_of, "--as-of") if as_of else None,
+        assume_consent=assume_consent,
+    )
+
+
+@app.command()
+def sources() -> None:
+    """List the shipped source mappings."""
+    from features.sources import list_sources, load_mapping
+
+    table = Table("name", "what it is")
+    for name in list_sources():
+        table.add_row(name, load_mapping(name).description)
+    console.print(table)
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def _simulate_into(
+    out: Path, contacts: int, days: int, seed: int, config: Path | None
+) -> tuple[Validated, Any]:
+    from features.schema import validate as validate_tables
+    from features.simulator import load_simulator_settings, simulate, write_simulation
+
+    settings = load_simulator_settings(config)
+    with _progress() as progress:
+        task = progress.add_task(f"Simulating {contacts:,} contacts", total=days)
+        sim = simulate(
+            settings,
+            contacts=contacts,
+            days=days,
+            seed=seed,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    validated = _with_spinner(
+        f"Validating {sim.events.num_rows:,} events",
+        lambda: validate_tables(sim.events, sim.contacts),
+    )
+    _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
+    if validated.rejects.num_rows:
+        raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
+    return validated, sim.stage_history
+
+
+def _ingest(source: str, data_dir: Path | None) -> Any:
+    from features.sources import default_data_dir
+    from features.sources import ingest as ingest_source
+
+    return ingest_source(source, data_dir=data_dir or default_data_dir())
+
+
+def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
+    ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
+    validated: Validated = ingested.validated
+    tables = {
+        "events": validated.events,
+        "contacts": validated.contacts,
+        "rejects": validated.rejects,
+        "labels": ingested.labels,
+    }
+    written = _with_spinner(f"Writing Parquet to {out}", lambda: write_tables_atomic(tables, out))
+    console.print("Wrote " + ", ".join(str(path) for path in written.values()))
+    return validated
+
+
+# --- display -----------------------------------------------------------------------------------
+
+
+def _print_validation(validated: Validated) -> None:
+    table = Table(title="Validation", show_lines=False)
+    table.add_column("table")
+    table.add_column("rows in", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("set aside", justify="right")
+    kept = {"events": validated.events.num_rows}
+    if validated.contacts is not None:
+        kept["contacts"] = validated.contacts.num_rows
+    counts = validated.reject_counts()
+    for name, rows_kept in kept.items():
+        rejected = sum(n for (t, _), n in counts.items() if t == name)
+        rows_in = validated.rows_in.get(name, rows_kept + rejected)
+        table.add_row(name, f"{rows_in:,}", f"{rows_kept:,}", f"{rejected:,}")
+    console.print(table)
+    reasons = [(t, r, n) for (t, r), n in counts.items() if n]
+    if reasons:
+        detail = Table(title="Rows set aside, by reason (see rejects.parquet)")
+        detail.add_column("table")
+        detail.add_column("reason")
+        detail.add_column("rows", justify="right")
+        for t, r, n in reasons:
+            detail.add_row(t, r, f"{n:,}")
+        console.print(detail)
+    else:
+        console.print("No rows set aside.")
+
+
+def _print_funnel(
+    validated: Validated,
+    true_history: Any,
+    *,
+    config: Path | None,
+    as_of: dt.datetime | None,
+    assume_consent: bool = False,
+) -> None:
+    from serving.funnel import summarise_funnel
+
+    events = validated.events
+    if events.num_rows == 0:
+        console.print("This source has no events, so it has no funnel to show.")
+        return
+    if as_of is None:
+        last = pl.from_arrow(events.select(["timestamp"]))["timestamp"].max()  # type: ignore[index]
+        assert isinstance(last, dt.datetime)
+        as_of = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    true_stages = None
+    if true_history is not None:
+        from features.simulator import true_stage_on
+
+        true_stages = true_stage_on(true_history, as_of.date() - dt.timedelta(days=1))
+    summary = summarise_funnel(
+        events,
+        validated.contacts,
+        as_of=as_of,
+        settings=load_rules_settings(config),
+        true_stages=true_stages,
+        assume_consent=assume_consent,
+    )
+    first = summary.first_event.date() if summary.first_event else "-"
+    last_day = summary.last_event.date() if summary.last_event else "-"
+    console.print(
+        f"{summary.events:,} events from {first} to {last_day}; funnel as of "
+        f"{as_of:%Y-%m-%d %H:%M} UTC (rules: deepest signal in the lookback window)."
+    )
+    table = Table(title="Contacts by stage")
+    table.add_column("stage")
+    table.add_column("CTA")
+    table.add_column("rules", justify="right")
+    table.add_column("share", justify="right")
+    if summary.true_counts is not None:
+        table.add_column("true (simulator)", justify="right")
+    total = max(summary.contacts_scored, 1)
+    for stage in STAGES:
+        row = [
+            stage,
+            STAGE_CTA[stage],
+            f"{summary.rules_counts[stage]:,}",
+            f"{summary.rules_counts[stage] / total:.1%}",
+        ]
+        if summary.true_counts is not None:
+            row.append(f"{summary.true_counts[stage]:,}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"{summary.contacts_scored:,} consented contacts shown; "
+        f"{summary.contacts_without_consent:,} without marketing consent left out."
+    )
+    if summary.rules_accuracy is not None:
+        console.print(
+            f"The rules put {summary.rules_accuracy:.1%} of contacts in their true hidden stage: "
+            "the gap the models of funnelcast are built to close."
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        yield progress
+
+
+def _with_spinner(description: str, work: Callable[[], T]) -> T:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        result = work()
+        progress.update(task, total=1, completed=1)
+    return result
+
+
+def _parse_date(text: str, option: str) -> dt.datetime:
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError as error:
+        raise ValueError(f"{option} {text!r} is not a date; give YYYY-MM-DD") from error
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _empty_rejects() -> Any:
+    from features.schema import REJECTS_SCHEMA
+
+    return REJECTS_SCHEMA.empty_table()
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, pydantic.ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"settings: {where}: {first['msg']} ({error.error_count()} problem(s) in all)"
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    main()

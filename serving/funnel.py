@@ -1,0 +1,77 @@
+"""The funnel report: how many consented contacts sit in each stage as of a date.
+
+Until the models exist the stage is the rules stage; on simulated data the hidden true stage is
+shown beside it, which is how far the rules are from the truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+from features.consent import restrict_to_consented
+from features.settings import RulesSettings
+from features.stages import rules_stage_as_of
+from features.vocabulary import STAGES
+
+
+@dataclass(frozen=True)
+class FunnelSummary:
+    as_of: dt.datetime
+    events: int
+    first_event: dt.datetime | None
+    last_event: dt.datetime | None
+    contacts_scored: int
+    contacts_without_consent: int
+    rules_counts: dict[str, int]
+    true_counts: dict[str, int] | None  # simulator only
+    rules_accuracy: float | None  # share of contacts whose rules stage is the true stage
+    event_mix: dict[str, int]
+
+
+def summarise_funnel(
+    events: pa.Table,
+    contacts: pa.Table | None,
+    *,
+    as_of: dt.datetime,
+    settings: RulesSettings,
+    true_stages: pl.DataFrame | None = None,
+    assume_consent: bool = False,
+) -> FunnelSummary:
+    """Stage counts as of ``as_of`` for consented contacts; ``true_stages`` (contact_id, stage)
+    adds the simulator's hidden stage on that day for comparison."""
+    frame = pl.from_arrow(events)
+    assert isinstance(frame, pl.DataFrame)
+    stages = rules_stage_as_of(frame, as_of=as_of, settings=settings)
+    consent = restrict_to_consented(stages, contacts, assume_consent=assume_consent)
+    scored = consent.kept
+    true_counts = rules_accuracy = None
+    if true_stages is not None:
+        joined = scored.join(
+            true_stages.rename({"stage": "true_stage"}), on="contact_id", how="left"
+        )
+        true_counts = _counts(joined["true_stage"].drop_nulls())
+        rules_accuracy = float((joined["stage"] == joined["true_stage"]).mean() or 0.0)
+    timestamps = frame["timestamp"]
+    return FunnelSummary(
+        as_of=as_of,
+        events=frame.height,
+        first_event=timestamps.min() if frame.height else None,  # type: ignore[arg-type]
+        last_event=timestamps.max() if frame.height else None,  # type: ignore[arg-type]
+        contacts_scored=scored.height,
+        contacts_without_consent=consent.contacts_without_consent,
+        rules_counts=_counts(scored["stage"]),
+        true_counts=true_counts,
+        rules_accuracy=rules_accuracy,
+        event_mix=dict(
+            frame["event_type"].value_counts(sort=True).iter_rows()  # type: ignore[arg-type]
+        ),
+    )
+
+
+def _counts(stages: pl.Series) -> dict[str, int]:
+    counts = dict(stages.value_counts().iter_rows())
+    return {stage: int(counts.get(stage, 0)) for stage in STAGES}

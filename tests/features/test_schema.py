@@ -1,0 +1,221 @@
+"""The event data contract: every reject reason, every whole-file error, nothing dropped."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from features.schema import (
+    CONTACT_REJECT_REASONS,
+    EVENT_REJECT_REASONS,
+    EVENTS_SCHEMA,
+    SchemaError,
+    validate,
+)
+
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def _event(**overrides: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "contact_id": "c1",
+        "timestamp": "2024-06-01T12:00:00Z",
+        "channel": "web",
+        "event_type": "page_view",
+        "value": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def _reasons(events: list[dict[str, object]], **kwargs: object) -> list[str]:
+    result = validate(pd.DataFrame(events), now=NOW, **kwargs)  # type: ignore[arg-type]
+    return result.rejects.column("reason").to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "reason"),
+    [
+        (_event(contact_id=None), "missing_contact_id"),
+        (_event(contact_id="   "), "missing_contact_id"),
+        (_event(timestamp="yesterday-ish"), "unparseable_timestamp"),
+        (_event(timestamp="2031-01-01T00:00:00Z"), "future_timestamp"),
+        (_event(timestamp="3000-01-01T00:00:00Z"), "future_timestamp"),
+        (_event(event_type="teleport"), "unknown_event_type"),
+        (_event(event_type=None), "unknown_event_type"),
+        (_event(channel="carrier_pigeon"), "unknown_channel"),
+        (_event(event_type="purchase", value="twelve"), "unparseable_value"),
+        (_event(event_type="purchase", value=-3.0), "negative_value"),
+    ],
+)
+def test_each_unusable_event_row_is_set_aside_with_its_reason(
+    bad_row: dict[str, object], reason: str
+) -> None:
+    assert _reasons([_event(), bad_row]) == [reason]
+
+
+def test_an_exact_duplicate_is_set_aside_and_its_first_copy_kept() -> None:
+    result = validate(pd.DataFrame([_event(), _event(), _event(channel="email")]), now=NOW)
+    assert result.rejects.column("reason").to_pylist() == ["duplicate"]
+    assert result.rejects.column("row_number").to_pylist() == [1]
+    assert result.events.num_rows == 2
+
+
+def test_rows_that_differ_in_any_column_are_not_duplicates() -> None:
+    rows = [_event(), _event(value=1.0), _event(campaign_id="x"), _event(contact_id="c2")]
+    assert validate(pd.DataFrame(rows), now=NOW).rejects.num_rows == 0
+
+
+def test_every_event_reject_reason_is_counted_even_when_zero() -> None:
+    counts = validate(pd.DataFrame([_event()]), now=NOW).reject_counts()
+    assert {reason for (_, reason) in counts} == set(EVENT_REJECT_REASONS)
+    assert sum(counts.values()) == 0
+
+
+def test_no_row_is_ever_dropped_silently() -> None:
+    rows = [
+        _event(),
+        _event(),
+        _event(contact_id=None),
+        _event(event_type="nope"),
+        _event(value=-1),
+        _event(timestamp="garbage"),
+    ]
+    result = validate(pd.DataFrame(rows), now=NOW)
+    assert result.events.num_rows + result.rejects.num_rows == len(rows)
+    assert sorted(result.rejects.column("row_number").to_pylist()) == [1, 2, 3, 4, 5]
+
+
+def test_a_reject_keeps_the_original_row_as_json() -> None:
+    result = validate(pd.DataFrame([_event(event_type="Teleport!")]), now=NOW)
+    assert '"Teleport!"' in result.rejects.column("record")[0].as_py()
+
+
+def test_valid_events_conform_exactly_to_the_canonical_schema() -> None:
+    result = validate(pd.DataFrame([_event(value=2.5, campaign_id="spring")]), now=NOW)
+    assert result.events.schema.equals(EVENTS_SCHEMA)
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 6, 1, 12, tzinfo=dt.UTC
+    )
+
+
+def test_event_names_are_matched_case_and_space_insensitively() -> None:
+    result = validate(pd.DataFrame([_event(event_type=" Page_View ", channel="WEB")]), now=NOW)
+    assert result.events.column("event_type").to_pylist() == ["page_view"]
+    assert result.events.column("channel").to_pylist() == ["web"]
+
+
+def test_offsets_are_converted_to_utc() -> None:
+    result = validate(pd.DataFrame([_event(timestamp="2024-06-01T14:00:00+02:00")]), now=NOW)
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 6, 1, 12, tzinfo=dt.UTC
+    )
+
+
+def test_naive_timestamps_are_an_error_unless_the_time_zone_is_named() -> None:
+    naive = pd.DataFrame([_event(timestamp="2024-06-01 14:00:00")])
+    with pytest.raises(SchemaError, match="timestamp.*no time zone.*timezone:"):
+        validate(naive, now=NOW)
+    result = validate(naive, now=NOW, timezone="Europe/Stockholm")
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 6, 1, 12, tzinfo=dt.UTC
+    )
+
+
+def test_naive_datetime_columns_follow_the_same_rule() -> None:
+    frame = pd.DataFrame([_event(timestamp=pd.Timestamp("2024-01-15 09:00"))])
+    with pytest.raises(SchemaError, match="no time zone"):
+        validate(frame, now=NOW)
+    result = validate(frame, now=NOW, timezone="America/New_York")
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 1, 15, 14, tzinfo=dt.UTC
+    )
+
+
+def test_a_naive_row_among_zoned_rows_is_set_aside() -> None:
+    rows = [_event(), _event(timestamp="2024-06-01 14:00:00")]
+    assert _reasons(rows) == ["timestamp_without_time_zone"]
+
+
+@pytest.mark.parametrize("column", ["contact_id", "timestamp", "channel", "event_type"])
+def test_a_missing_required_column_is_an_error_naming_it_and_the_fix(column: str) -> None:
+    frame = pd.DataFrame([_event()]).drop(columns=[column])
+    with pytest.raises(SchemaError, match=f"missing column '{column}'.*mapping"):
+        validate(frame, now=NOW)
+
+
+def test_numeric_timestamps_are_an_error_asking_for_a_unix_format() -> None:
+    frame = pd.DataFrame([_event(timestamp=1_700_000_000)])
+    with pytest.raises(SchemaError, match="timestamp.*numbers.*unix_s"):
+        validate(frame, now=NOW)
+
+
+def test_decimal_contact_ids_are_an_error() -> None:
+    frame = pd.DataFrame([_event(contact_id=1.0)])
+    with pytest.raises(SchemaError, match="contact_id.*decimal"):
+        validate(frame, now=NOW)
+
+
+def test_a_value_column_of_the_wrong_kind_is_an_error() -> None:
+    frame = pl.DataFrame([_event()]).with_columns(value=pl.lit([1, 2]))
+    with pytest.raises(SchemaError, match="'value'"):
+        validate(frame, now=NOW)
+
+
+def test_properties_dicts_become_json_text() -> None:
+    result = validate(pd.DataFrame([_event(properties={"page": "/pricing"})]), now=NOW)
+    assert result.events.column("properties").to_pylist() == ['{"page": "/pricing"}']
+
+
+def test_polars_and_arrow_inputs_give_the_same_result_as_pandas() -> None:
+    rows = [_event(), _event(contact_id="c2", event_type="purchase", value=9.5)]
+    from_pandas = validate(pd.DataFrame(rows), now=NOW).events
+    from_polars = validate(pl.DataFrame(rows), now=NOW).events
+    from_arrow = validate(pa.Table.from_pylist(rows), now=NOW).events
+    assert from_pandas.equals(from_polars)
+    assert from_pandas.equals(from_arrow)
+
+
+def test_integer_contact_ids_become_text() -> None:
+    result = validate(pd.DataFrame([_event(contact_id=42)]), now=NOW)
+    assert result.events.column("contact_id").to_pylist() == ["42"]
+
+
+# --- contacts ----------------------------------------------------------------------------------
+
+
+def test_contacts_are_validated_with_consent_parsed_and_attributes_kept() -> None:
+    contacts = pd.DataFrame(
+        {
+            "contact_id": ["a", "b", "c", "", "a", "e"],
+            "marketing_consent": ["yes", "No", None, "yes", "yes", "perhaps"],
+            "segment": ["smb", "ent", "smb", "smb", "ent", "smb"],
+        }
+    )
+    result = validate(pd.DataFrame([_event()]), contacts, now=NOW)
+    assert result.contacts is not None
+    kept = result.contacts.to_pydict()
+    assert kept == {
+        "contact_id": ["a", "b", "c"],
+        "marketing_consent": [True, False, False],  # no recorded consent is no consent
+        "segment": ["smb", "ent", "smb"],
+    }
+    counts = result.reject_counts()
+    assert counts[("contacts", "missing_contact_id")] == 1
+    assert counts[("contacts", "duplicate_contact_id")] == 1
+    assert counts[("contacts", "unparseable_consent")] == 1
+    assert {r for (t, r) in counts if t == "contacts"} == set(CONTACT_REJECT_REASONS)
+
+
+def test_contacts_without_a_consent_column_are_an_error_naming_the_fix() -> None:
+    with pytest.raises(SchemaError, match="marketing_consent.*consent_default"):
+        validate(pd.DataFrame([_event()]), pd.DataFrame({"contact_id": ["a"]}), now=NOW)
+
+
+def test_now_must_be_timezone_aware() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        validate(pd.DataFrame([_event()]), now=dt.datetime(2025, 1, 1))
