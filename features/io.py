@@ -61,5 +61,7 @@ def read_table(path: Path) -> pa.Table:
     """Read a Parquet file written by funnelcast, with a clear error when it is absent."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `funnelcast ingest` or `simulate` first")
+        raise FileNotFoundError(
+            f"{path} does not exist; run `funnelcast ingest` or `simulate` first"
+        )
     return pq.read_table(path)

@@ -39,7 +39,12 @@ EVENTS_SCHEMA: Final = pa.schema(
     ]
 )
 EVENT_COLUMNS: Final[tuple[str, ...]] = tuple(EVENTS_SCHEMA.names)
-REQUIRED_EVENT_COLUMNS: Final[tuple[str, ...]] = ("contact_id", "timestamp", "channel", "event_type")
+REQUIRED_EVENT_COLUMNS: Final[tuple[str, ...]] = (
+    "contact_id",
+    "timestamp",
+    "channel",
+    "event_type",
+)
 
 CONTACTS_SCHEMA: Final = pa.schema(
     [
@@ -206,7 +211,10 @@ _EVENT_COLUMN_FIXES: Final = {
     "contact_id": "map your customer/user id column as `contact_id` in the source mapping",
     "timestamp": "map your time column as `timestamp` in the source mapping",
     "channel": "map a channel column, or set a fixed `channel:` for the source in its mapping",
-    "event_type": "map your event-name column as `event_type` and list its values under `events:` in the source mapping",
+    "event_type": (
+        "map your event-name column as `event_type` and list its values under `events:` in the "
+        "source mapping"
+    ),
 }
 
 
@@ -284,8 +292,8 @@ def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Se
         format="ISO8601",
     )
     parsed = _beyond_pandas_range(pl.Series("timestamp", aware).dt.cast_time_unit("us"), text)
-    parsed = parsed.set(~has_zone, None)  # type: ignore[arg-type]
-    naive_text = text.set(has_zone, None)  # type: ignore[arg-type]
+    parsed = parsed.set(~has_zone, None)
+    naive_text = text.set(has_zone, None)
     if naive_text.null_count() < naive_text.len():  # some rows carry no zone
         naive = pd.to_datetime(naive_text.to_pandas(), errors="coerce", format="ISO8601")
         naive_parsed = _beyond_pandas_range(pl.Series("timestamp", naive), naive_text)
@@ -313,9 +321,12 @@ def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:
     year = text.str.extract(r"^(\d{4})-\d{2}-\d{2}").cast(pl.Int32, strict=False)
     far_future = (parsed.is_null() & (year > 2261)).fill_null(False)
     sentinel = dt.datetime(9999, 12, 31, tzinfo=dt.UTC if parsed.dtype.time_zone else None)  # type: ignore[attr-defined]
-    return pl.select(
-        pl.when(pl.lit(far_future)).then(pl.lit(sentinel)).otherwise(pl.lit(parsed))
-    ).to_series().dt.cast_time_unit("us").alias("timestamp")
+    return (
+        pl.select(pl.when(pl.lit(far_future)).then(pl.lit(sentinel)).otherwise(pl.lit(parsed)))
+        .to_series()
+        .dt.cast_time_unit("us")
+        .alias("timestamp")
+    )
 
 
 def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
@@ -393,9 +404,11 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
     bad = frame.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
     table = good.to_arrow()
     for i, name in enumerate(CONTACTS_SCHEMA.names):
-        table = table.set_column(i, CONTACTS_SCHEMA.field(name), table.column(name).cast(
-            CONTACTS_SCHEMA.field(name).type
-        ))
+        table = table.set_column(
+            i,
+            CONTACTS_SCHEMA.field(name),
+            table.column(name).cast(CONTACTS_SCHEMA.field(name).type),
+        )
     return table, _rejects_table("contacts", raw, bad)
 
 
@@ -433,7 +446,9 @@ def _to_polars(data: Frame, table: str) -> pl.DataFrame:
         for name in data.columns:
             if data[name].dtype == object and _mixed_types(data[name]):
                 # a column mixing numbers and text is read as text; its rows are judged one by one
-                data = data.assign(**{name: data[name].map(lambda v: v if _is_missing(v) else str(v))})
+                data = data.assign(
+                    **{name: data[name].map(lambda v: v if _is_missing(v) else str(v))}
+                )
         return pl.from_pandas(data)
     raise TypeError(f"{table} must be a pandas DataFrame, Polars DataFrame or Arrow table")
 
@@ -477,7 +492,8 @@ def _rejects_table(table: str, raw: pl.DataFrame, bad: pl.DataFrame) -> pa.Table
     rows = bad["_row"].to_list()
     originals = raw[rows] if rows else raw.clear()
     records = [
-        json.dumps(_jsonable(r), default=str, sort_keys=True) for r in originals.iter_rows(named=True)
+        json.dumps(_jsonable(r), default=str, sort_keys=True)
+        for r in originals.iter_rows(named=True)
     ]
     return pa.table(
         {

@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import polars as pl
 import pydantic
 import typer
 from rich.console import Console
@@ -27,11 +26,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from features.consent import ConsentUnknownError
-from features.io import read_table, write_tables_atomic
-from features.schema import Validated
 from features.settings import load_rules_settings
 from features.vocabulary import STAGE_CTA, STAGES
+
+if TYPE_CHECKING:  # the data libraries load only when a command needs them: --help stays fast
+    from features.schema import Validated
 
 app = typer.Typer(
     name="funnelcast",
@@ -51,8 +50,7 @@ T = TypeVar("T")
 _USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
-    pydantic.ValidationError,
-    ConsentUnknownError,
+    pydantic.ValidationError,  # a ValueError too, listed for the reader
     ImportError,
 )
 
@@ -84,7 +82,9 @@ def main() -> None:
     try:
         app()
     except _USER_ERRORS as error:
-        err_console.print(f"[bold red]error:[/] {_one_line(error)}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {_one_line(error)}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
 
 
@@ -163,7 +163,9 @@ def funnel(
     data: Annotated[Path, typer.Option(help="A folder written by ingest, simulate or run.")],
     as_of: Annotated[
         str | None,
-        typer.Option(help="Snapshot date (YYYY-MM-DD, UTC); default: the day after the last event."),
+        typer.Option(
+            help="Snapshot date (YYYY-MM-DD, UTC); default: the day after the last event."
+        ),
     ] = None,
     assume_consent: Annotated[
         bool,
@@ -172,6 +174,10 @@ def funnel(
     config: ConfigOption = None,
 ) -> None:
     """Show how many consented contacts sit in each funnel stage as of a date."""
+    from features.io import read_table
+    from features.schema import Validated
+
+    snapshot = _parse_date(as_of, "--as-of") if as_of else None
     events = read_table(data / "events.parquet")
     contacts_path = data / "contacts.parquet"
     history_path = data / "stage_history.parquet"
@@ -187,7 +193,7 @@ def funnel(
         validated,
         history,
         config=config,
-        as_of=_parse_date(as_of, "--as-of") if as_of else None,
+        as_of=snapshot,
         assume_consent=assume_consent,
     )
 
@@ -209,8 +215,9 @@ def sources() -> None:
 def _simulate_into(
     out: Path, contacts: int, days: int, seed: int, config: Path | None
 ) -> tuple[Validated, Any]:
-    from features.schema import validate as validate_tables
     from features.simulator import load_simulator_settings, simulate, write_simulation
+
+    from features.schema import validate as validate_tables
 
     settings = load_simulator_settings(config)
     with _progress() as progress:
@@ -240,6 +247,8 @@ def _ingest(source: str, data_dir: Path | None) -> Any:
 
 
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
+    from features.io import write_tables_atomic
+
     ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
     validated: Validated = ingested.validated
     tables = {
@@ -292,6 +301,8 @@ def _print_funnel(
     as_of: dt.datetime | None,
     assume_consent: bool = False,
 ) -> None:
+    import polars as pl
+
     from serving.funnel import summarise_funnel
 
     events = validated.events

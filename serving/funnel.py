@@ -54,7 +54,8 @@ def summarise_funnel(
             true_stages.rename({"stage": "true_stage"}), on="contact_id", how="left"
         )
         true_counts = _counts(joined["true_stage"].drop_nulls())
-        rules_accuracy = float((joined["stage"] == joined["true_stage"]).mean() or 0.0)
+        matches = (joined["stage"] == joined["true_stage"]).fill_null(False)
+        rules_accuracy = int(matches.sum()) / max(matches.len(), 1)
     timestamps = frame["timestamp"]
     return FunnelSummary(
         as_of=as_of,
@@ -66,9 +67,10 @@ def summarise_funnel(
         rules_counts=_counts(scored["stage"]),
         true_counts=true_counts,
         rules_accuracy=rules_accuracy,
-        event_mix=dict(
-            frame["event_type"].value_counts(sort=True).iter_rows()  # type: ignore[arg-type]
-        ),
+        event_mix={
+            str(name): int(count)
+            for name, count in frame["event_type"].value_counts(sort=True).iter_rows()
+        },
     )
 
 

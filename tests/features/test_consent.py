@@ -11,7 +11,9 @@ SCORES = pl.DataFrame({"contact_id": ["a", "b", "c", "d"], "stage": ["intent"] *
 
 
 def test_only_contacts_with_consent_are_kept_and_the_rest_are_counted() -> None:
-    contacts = pl.DataFrame({"contact_id": ["a", "b", "c"], "marketing_consent": [True, False, True]})
+    contacts = pl.DataFrame(
+        {"contact_id": ["a", "b", "c"], "marketing_consent": [True, False, True]}
+    )
     result = restrict_to_consented(SCORES, contacts)
     assert result.kept["contact_id"].to_list() == ["a", "c"]
     # b opted out; d has no contacts row, so no recorded consent

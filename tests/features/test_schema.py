@@ -118,7 +118,7 @@ def test_offsets_are_converted_to_utc() -> None:
 
 def test_naive_timestamps_are_an_error_unless_the_time_zone_is_named() -> None:
     naive = pd.DataFrame([_event(timestamp="2024-06-01 14:00:00")])
-    with pytest.raises(SchemaError, match="timestamp.*no time zone.*timezone:"):
+    with pytest.raises(SchemaError, match=r"timestamp.*no time zone.*timezone:"):
         validate(naive, now=NOW)
     result = validate(naive, now=NOW, timezone="Europe/Stockholm")
     assert result.events.column("timestamp")[0].as_py() == dt.datetime(
@@ -150,13 +150,13 @@ def test_a_missing_required_column_is_an_error_naming_it_and_the_fix(column: str
 
 def test_numeric_timestamps_are_an_error_asking_for_a_unix_format() -> None:
     frame = pd.DataFrame([_event(timestamp=1_700_000_000)])
-    with pytest.raises(SchemaError, match="timestamp.*numbers.*unix_s"):
+    with pytest.raises(SchemaError, match=r"timestamp.*numbers.*unix_s"):
         validate(frame, now=NOW)
 
 
 def test_decimal_contact_ids_are_an_error() -> None:
     frame = pd.DataFrame([_event(contact_id=1.0)])
-    with pytest.raises(SchemaError, match="contact_id.*decimal"):
+    with pytest.raises(SchemaError, match=r"contact_id.*decimal"):
         validate(frame, now=NOW)
 
 
@@ -212,7 +212,7 @@ def test_contacts_are_validated_with_consent_parsed_and_attributes_kept() -> Non
 
 
 def test_contacts_without_a_consent_column_are_an_error_naming_the_fix() -> None:
-    with pytest.raises(SchemaError, match="marketing_consent.*consent_default"):
+    with pytest.raises(SchemaError, match=r"marketing_consent.*consent_default"):
         validate(pd.DataFrame([_event()]), pd.DataFrame({"contact_id": ["a"]}), now=NOW)
 
 

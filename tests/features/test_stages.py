@@ -31,7 +31,10 @@ def _stages(rows: list[tuple[str, str, str]], *, as_of: dt.datetime = AS_OF) -> 
         ([("a", "2024-01-20T00:00:00Z", "email_open")], "awareness"),
         ([("a", "2024-01-20T00:00:00Z", "page_view")], "awareness"),
         (
-            [("a", "2024-01-20T00:00:00Z", "page_view"), ("a", "2024-01-22T00:00:00Z", "page_view")],
+            [
+                ("a", "2024-01-20T00:00:00Z", "page_view"),
+                ("a", "2024-01-22T00:00:00Z", "page_view"),
+            ],
             "consideration",
         ),
         ([("a", "2024-01-20T00:00:00Z", "email_click")], "consideration"),
@@ -87,7 +90,11 @@ def test_the_lookback_is_configurable() -> None:
 def test_as_of_must_carry_a_time_zone() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         rules_stage_as_of(
-            validate(pd.DataFrame(columns=["contact_id", "timestamp", "channel", "event_type"]).astype(str)).events,
+            validate(
+                pd.DataFrame(columns=["contact_id", "timestamp", "channel", "event_type"]).astype(
+                    str
+                )
+            ).events,
             as_of=dt.datetime(2024, 1, 1),
             settings=RULES,
         )
