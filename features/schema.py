@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -117,6 +118,8 @@ class Validated:
             out.update(
                 {("contacts", r): counts.get(("contacts", r), 0) for r in CONTACT_REJECT_REASONS}
             )
+        for key, count in counts.items():
+            out.setdefault(key, count)  # reasons added after validation (a mapping's exclusions)
         return out
 
 
@@ -218,6 +221,21 @@ _EVENT_COLUMN_FIXES: Final = {
 }
 
 
+def localise_to_utc(naive: pl.Series, timezone: str) -> pl.Series:
+    """Local wall-clock times to UTC microseconds.
+
+    A time in the spring-forward gap moves forward by the gap (a date-only source in Sao Paulo
+    has no midnight on the day DST starts, yet the day is real); a time that occurs twice takes
+    the earlier instant. Polars can only null or raise on the gap, so pandas does this step.
+    """
+    if naive.len() == 0:
+        return naive.cast(pl.Datetime("us", "UTC"))
+    local = naive.to_pandas().dt.tz_localize(
+        timezone, ambiguous=np.ones(naive.len(), dtype=bool), nonexistent="shift_forward"
+    )
+    return pl.Series(naive.name, local.dt.tz_convert("UTC")).dt.cast_time_unit("us")
+
+
 def _mark_duplicates(frame: pl.DataFrame) -> pl.Series:
     """Reasons with every later copy of an otherwise valid row marked "duplicate".
 
@@ -267,10 +285,7 @@ def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Se
                     "events column 'timestamp' has no time zone; name it in the source mapping "
                     "(`timezone: Europe/Stockholm`) or give UTC times"
                 )
-            localised = column.dt.replace_time_zone(
-                timezone, ambiguous="earliest", non_existent="null"
-            )
-            return localised.dt.convert_time_zone("UTC").dt.cast_time_unit("us"), no_naive
+            return localise_to_utc(column, timezone), no_naive
         return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us"), no_naive
     if isinstance(dtype, pl.Date):
         return _parse_timestamps(column.cast(pl.Datetime("us")), timezone=timezone)
@@ -306,12 +321,7 @@ def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Se
             # rows that parse but carry no zone are rejected as such; the rest are unparseable
             return parsed, naive_parsed.is_not_null()
         naive = naive_parsed.to_pandas()
-        local = (
-            pl.Series("timestamp", naive)
-            .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
-            .dt.convert_time_zone("UTC")
-            .dt.cast_time_unit("us")
-        )
+        local = localise_to_utc(pl.Series("timestamp", naive), timezone)
         parsed = pl.select(pl.coalesce(parsed, local)).to_series()
     return parsed.alias("timestamp"), no_naive
 

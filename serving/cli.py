@@ -150,11 +150,25 @@ def ingest(
 def validate(
     source: Annotated[str, typer.Option(help="A shipped source name or a mapping YAML file.")],
     data_dir: DataDirOption = None,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Exit 1 when any row is set aside that the mapping did not exclude."),
+    ] = False,
 ) -> None:
-    """Validate a source through its mapping and report what would be rejected; writes nothing."""
+    """Validate a source through its mapping and report what would be set aside; writes nothing.
+
+    Exit codes: 0 usable, 1 rows set aside (with --strict), 2 unusable input (one-line reason).
+    """
+    from features.sources import EXCLUDED_REASON
+
     ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
     _print_validation(ingested.validated)
-    if ingested.validated.rejects.num_rows:
+    unexpected = sum(
+        count
+        for (_, reason), count in ingested.validated.reject_counts().items()
+        if reason != EXCLUDED_REASON
+    )
+    if strict and unexpected:
         raise typer.Exit(code=1)
 
 
@@ -282,7 +296,7 @@ def _print_validation(validated: Validated) -> None:
     console.print(table)
     reasons = [(t, r, n) for (t, r), n in counts.items() if n]
     if reasons:
-        detail = Table(title="Rows set aside, by reason (see rejects.parquet)")
+        detail = Table(title="Rows set aside, by reason")
         detail.add_column("table")
         detail.add_column("reason")
         detail.add_column("rows", justify="right")

@@ -219,3 +219,34 @@ def test_contacts_without_a_consent_column_are_an_error_naming_the_fix() -> None
 def test_now_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         validate(pd.DataFrame([_event()]), now=dt.datetime(2025, 1, 1))
+
+
+def test_a_local_time_in_the_spring_forward_gap_moves_forward_instead_of_being_lost() -> None:
+    # 2024-03-31 02:30 does not exist in Stockholm: clocks jump from 02:00 to 03:00 (01:00 UTC)
+    frame = pd.DataFrame([_event(timestamp="2024-03-31 02:30:00")])
+    result = validate(frame, now=NOW, timezone="Europe/Stockholm")
+    assert result.rejects.num_rows == 0
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 3, 31, 1, tzinfo=dt.UTC
+    )
+
+
+def test_reasons_added_after_validation_are_counted_too() -> None:
+    result = validate(pd.DataFrame([_event()]), now=NOW)
+    extra = pa.table(
+        {
+            "table": ["events"],
+            "row_number": pa.array([1], pa.int64()),
+            "reason": ["excluded_by_mapping"],
+            "contact_id": ["x"],
+            "record": ["{}"],
+        },
+        schema=result.rejects.schema,
+    )
+    combined = type(result)(
+        events=result.events,
+        contacts=None,
+        rejects=pa.concat_tables([result.rejects, extra]),
+        rows_in=result.rows_in,
+    )
+    assert combined.reject_counts()[("events", "excluded_by_mapping")] == 1

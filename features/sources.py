@@ -1,0 +1,860 @@
+"""Real data sources, declared in YAML mappings and read into the canonical tables.
+
+A source mapping (``features/mappings/NAME.yaml``, or a user's own file) says how to read a data
+set's file(s) and which of its columns and values become the canonical ``contact_id``,
+``timestamp``, ``channel``, ``event_type``, ``value``, ``campaign_id`` and ``properties``; how its
+contacts table and consent are read; and, optionally, which outcomes it provides as labels.
+Adding a source is writing a YAML file, never editing this module.
+
+``read_source`` applies a mapping and returns the raw canonical tables, *not yet validated*:
+source event names the mapping does not list are passed through unchanged, so validation
+rejects and counts them as ``unknown_event_type``. ``ingest`` reads and validates in one call.
+
+Row numbers in the rejects of an ingested source count the rows of ``RawSource.events`` first,
+then the rows the mapping set aside (``drop_contacts``), which are reported with the reason
+``excluded_by_mapping``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+from collections import Counter
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from features.schema import (
+    EVENT_COLUMNS,
+    EVENTS_SCHEMA,
+    REJECTS_SCHEMA,
+    SchemaError,
+    Validated,
+    localise_to_utc,
+    validate,
+)
+from features.settings import FrozenSettings
+
+DATA_DIR_ENV: Final = "FUNNELCAST_DATA_DIR"
+EXCLUDED_REASON: Final = "excluded_by_mapping"
+
+LABELS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("contact_id", pa.string(), nullable=False),
+        pa.field("label_date", pa.timestamp("us", tz="UTC")),  # null: outcome has no date
+        pa.field("outcome", pa.string(), nullable=False),
+    ]
+)
+
+_TIMESTAMP_KEYWORDS: Final = frozenset({"unix_s", "unix_ms", "iso8601", "native"})
+_AGGREGATE: Final = re.compile(r"^\s*(sum|min|max|first|count)\(\s*([^()]+?)\s*\)\s*$")
+_DTYPES: Final[dict[str, pl.DataType]] = {
+    "str": pl.String(),
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+}
+_DATA_DIR_FIX: Final = (
+    f"pass --data-dir or set {DATA_DIR_ENV} to the folder that holds the data sets"
+)
+
+
+class MappingError(ValueError):
+    """A source mapping file is not valid: the message names the file and the key to fix."""
+
+
+# --- the mapping format ------------------------------------------------------------------------
+
+
+class ReadSpec(FrozenSettings):
+    """How to read one file. CSV and whitespace columns are read as text unless `dtypes` says
+    otherwise, so ids keep their leading zeros and a stray word never changes a column's type."""
+
+    path: str  # relative to the data directory (or to `package`)
+    format: Literal["csv", "whitespace", "parquet"] = "csv"
+    header: bool = True
+    columns: list[str] | None = None  # names of the columns, in order (required without header)
+    delimiter: str = ","
+    dtypes: dict[str, Literal["str", "int", "float"]] = Field(default_factory=dict)
+    null_values: list[str] = Field(default_factory=list)  # placeholders that mean "no value"
+    package: str | None = None  # read `path` from inside this installed Python package
+    install_hint: str | None = None  # how to install `package` when it is missing
+
+    @model_validator(mode="after")
+    def _names_when_no_header(self) -> ReadSpec:
+        if not self.header and self.columns is None and self.format != "parquet":
+            raise ValueError("a file without a header line needs `columns:` (its column names)")
+        return self
+
+
+class JoinSpec(FrozenSettings):
+    """Columns looked up in a second file. Always a left join: a row without a match keeps its
+    place with blanks, so validation counts it instead of the join dropping it."""
+
+    read: ReadSpec
+    # `key`, not `on`: YAML 1.1 reads a bare `on:` as the boolean true
+    key: str  # key column of the table joined into
+    right_key: str | None = None  # key column of the joined file (default: same as `key`)
+    columns: list[str]  # columns taken from the joined file
+
+
+class AggregateSpec(FrozenSettings):
+    """One output row per group, e.g. one purchase per basket from its line items."""
+
+    by: list[str]
+    columns: dict[str, str]  # output column -> "sum(col)" | "min(col)" | "max(col)" | ...
+
+    @field_validator("columns")
+    @classmethod
+    def _known_functions(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, expression in value.items():
+            if not _AGGREGATE.match(expression):
+                raise ValueError(
+                    f"aggregate column {name!r}: {expression!r} is not one of sum(col), "
+                    "min(col), max(col), first(col), count(col)"
+                )
+        return value
+
+
+class TimestampSpec(FrozenSettings):
+    column: str
+    # unix_s | unix_ms | iso8601 (text, zone optional) | native (already a date/time type) |
+    # a strftime pattern such as "%Y%m%d"
+    format: str
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in _TIMESTAMP_KEYWORDS and "%" not in value:
+            raise ValueError(
+                f"timestamp format {value!r} is neither one of {sorted(_TIMESTAMP_KEYWORDS)} "
+                "nor a strftime pattern (e.g. '%Y-%m-%d %H:%M:%S')"
+            )
+        return value
+
+
+class ValueMap(FrozenSettings):
+    """A canonical value: fixed for the whole stream, or read from a column through `values`.
+    Column values not listed in `values` pass through unchanged (validation judges them)."""
+
+    fixed: str | None = None
+    column: str | None = None
+    values: dict[str, str] = Field(default_factory=dict)
+    missing: str | None = None  # used where the column is empty
+
+    @model_validator(mode="after")
+    def _fixed_or_column(self) -> ValueMap:
+        if (self.fixed is None) == (self.column is None):
+            raise ValueError("give exactly one of `fixed:` or `column:`")
+        if self.fixed is not None and (self.values or self.missing is not None):
+            raise ValueError("`values:` and `missing:` apply only to `column:`")
+        return self
+
+
+class EventStreamSpec(FrozenSettings):
+    """One kind of event read from one file (a source may declare several)."""
+
+    name: str
+    read: ReadSpec
+    join: JoinSpec | None = None
+    aggregate: AggregateSpec | None = None  # applied after the join
+    contact_id: str
+    timestamp: TimestampSpec
+    event_type: ValueMap
+    channel: ValueMap
+    value: str | None = None
+    campaign_id: str | None = None
+    properties: list[str] = Field(default_factory=list)  # columns folded into the JSON
+    # Puts the 0-based row of the file into properties under this key, so rows that repeat
+    # every column are kept as separate events. Only for sources whose identical rows are real.
+    row_number_property: str | None = None
+
+
+class ConsentSpec(FrozenSettings):
+    column: str
+    values: dict[str, bool]  # source value -> marketing consent
+
+
+class ContactsSpec(FrozenSettings):
+    """The contacts table: read from a file, or (no `read:`) one row per contact in the events."""
+
+    read: ReadSpec | None = None
+    join: JoinSpec | None = None
+    contact_id: str = "contact_id"
+    attributes: dict[str, str] = Field(default_factory=dict)  # source column -> attribute name
+    consent: ConsentSpec | None = None
+    consent_default: bool | None = None  # the data set records no consent: state it
+    leaks_outcome: list[str] = Field(default_factory=list)  # never allowed as attributes
+
+    @model_validator(mode="after")
+    def _consent_stated_and_no_leaks(self) -> ContactsSpec:
+        if (self.consent is None) == (self.consent_default is None):
+            raise ValueError("give exactly one of `consent:` (a column) or `consent_default:`")
+        leaking = sorted(set(self.attributes) & set(self.leaks_outcome))
+        if leaking:
+            raise ValueError(f"attributes {leaking} are listed in `leaks_outcome`; remove them")
+        return self
+
+
+class OutcomeSpec(FrozenSettings):
+    """The outcome label: a column's values mapped, or whether a column is filled."""
+
+    column: str
+    values: dict[str, str] | None = None
+    when_present: str | None = None
+    when_missing: str | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> OutcomeSpec:
+        by_presence = self.when_present is not None and self.when_missing is not None
+        if (self.values is not None) == by_presence:
+            raise ValueError("give either `values:` or both `when_present:` and `when_missing:`")
+        return self
+
+
+class LabelsSpec(FrozenSettings):
+    read: ReadSpec
+    join: JoinSpec | None = None
+    contact_id: str
+    outcome: OutcomeSpec
+    label_date: TimestampSpec | None = None  # None: outcomes without a date
+
+
+class SourceMapping(FrozenSettings):
+    name: str
+    description: str
+    timezone: str | None = None  # IANA zone of naive times in the files
+    drop_contacts: list[str] = Field(default_factory=list)  # set aside and counted, with a why
+    events: list[EventStreamSpec] = Field(default_factory=list)  # empty: a source without events
+    contacts: ContactsSpec | None = None
+    labels: LabelsSpec | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSource:
+    """A source read through its mapping, with canonical column names, not yet validated.
+
+    ``events`` and ``contacts`` go to ``features.schema.validate``; ``labels`` follows
+    ``LABELS_SCHEMA`` (contact_id, label_date as UTC or null, outcome); ``excluded`` holds the
+    rows the mapping set aside (``drop_contacts``) in the rejects layout, so they are counted.
+    """
+
+    events: pl.DataFrame
+    contacts: pl.DataFrame | None
+    labels: pa.Table | None
+    timezone: str | None
+    excluded: pa.Table
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingested:
+    """A validated source: the canonical tables and rejects, its labels, and its mapping."""
+
+    validated: Validated
+    labels: pa.Table | None
+    mapping: SourceMapping
+
+    def reject_counts(self) -> dict[tuple[str, str], int]:
+        """Rejected rows per (table, reason), including rows the mapping excluded."""
+        counts = self.validated.reject_counts()
+        rejects = self.validated.rejects
+        excluded = Counter(
+            rejects.filter(pc.equal(rejects.column("reason"), EXCLUDED_REASON))
+            .column("table")
+            .to_pylist()
+        )
+        for table in self.validated.rows_in:
+            counts[(table, EXCLUDED_REASON)] = excluded.get(table, 0)
+        return counts
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def list_sources() -> list[str]:
+    """Names of the mappings shipped in ``features/mappings``."""
+    folder = resources.files("features").joinpath("mappings")
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    )
+
+
+def load_mapping(name_or_path: str | Path) -> SourceMapping:
+    """A shipped mapping by name (``"taobao"``) or a user's mapping by path."""
+    if (
+        isinstance(name_or_path, Path)
+        or name_or_path.endswith((".yaml", ".yml"))
+        or (os.sep in name_or_path)
+    ):
+        path = Path(name_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"source mapping {path} does not exist")
+        return _parse_mapping(path.read_text("utf-8"), origin=str(path))
+    shipped = list_sources()
+    if name_or_path not in shipped:
+        raise MappingError(
+            f"no shipped source mapping named {name_or_path!r}; shipped: {', '.join(shipped)} "
+            "(or pass the path of your own YAML mapping)"
+        )
+    text = resources.files("features").joinpath(f"mappings/{name_or_path}.yaml").read_text("utf-8")
+    return _parse_mapping(text, origin=f"shipped mapping {name_or_path!r}")
+
+
+def default_data_dir() -> Path:
+    """``$FUNNELCAST_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        path = Path(configured)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{DATA_DIR_ENV}={configured} is not a folder; {_DATA_DIR_FIX}")
+        return path
+    repository = Path(__file__).resolve().parent.parent
+    beside = repository.parent / "shared" / "data"
+    if beside.is_dir():
+        return beside
+    raise FileNotFoundError(f"no data folder at {beside}; {_DATA_DIR_FIX}")
+
+
+def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
+    """Read a source's files through its mapping into canonical (unvalidated) tables."""
+    files = _FileCache(mapping, Path(data_dir))
+    streams = [
+        _read_event_stream(stream, files, key=f"events[{i}]", timezone=mapping.timezone)
+        for i, stream in enumerate(mapping.events)
+    ]
+    events = _concat_streams(streams) if streams else _empty_events()
+    # drop_contacts rows are set aside here and reported by ingest, never lost
+    drop = pl.Series(mapping.drop_contacts, dtype=pl.String)
+    events, excluded_events = _set_aside("events", events, drop)
+    excluded = [excluded_events]
+
+    contacts = None
+    if mapping.contacts is not None:
+        contacts, excluded_contacts = _set_aside(
+            "contacts", _read_contacts(mapping.contacts, files, events), drop
+        )
+        excluded.append(excluded_contacts)
+
+    labels = None
+    if mapping.labels is not None:
+        label_frame, excluded_labels = _set_aside(
+            "labels", _read_labels(mapping.labels, files, timezone=mapping.timezone), drop
+        )
+        excluded.append(excluded_labels)
+        labels = label_frame.to_arrow().cast(LABELS_SCHEMA)
+
+    return RawSource(
+        events=events,
+        contacts=contacts,
+        labels=labels,
+        timezone=mapping.timezone,
+        excluded=pa.concat_tables(excluded),
+    )
+
+
+def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -> Ingested:
+    """Read a source (shipped name or mapping path) and validate it against the contract."""
+    mapping = load_mapping(source)
+    raw = read_source(mapping, data_dir=data_dir)
+    validated = validate(raw.events, raw.contacts, timezone=raw.timezone, now=now)
+    return Ingested(
+        validated=_with_excluded(validated, raw.excluded, labels=raw.labels),
+        labels=raw.labels,
+        mapping=mapping,
+    )
+
+
+# --- mapping files -----------------------------------------------------------------------------
+
+
+def _parse_mapping(text: str, *, origin: str) -> SourceMapping:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{origin} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise MappingError(f"{origin} is not a YAML mapping of keys")
+    try:
+        return SourceMapping.model_validate(loaded)
+    except ValidationError as exc:
+        # pydantic's own text is long; one line per problem, each naming the key to fix
+        problems = "; ".join(f"`{_key_path(e['loc'])}`: {e['msg']}" for e in exc.errors())
+        raise MappingError(f"{origin} is invalid: {problems}") from exc
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+# --- reading files -----------------------------------------------------------------------------
+
+
+class _FileCache:
+    """Reads each file once per `read_source` call: one file may feed events, contacts and
+    labels (Olist's leads, X Education's one table)."""
+
+    def __init__(self, mapping: SourceMapping, data_dir: Path) -> None:
+        self._source = mapping.name
+        self._data_dir = data_dir
+        self._frames: dict[str, pl.DataFrame] = {}
+
+    def read(self, spec: ReadSpec, key: str) -> pl.DataFrame:
+        cache_key = spec.model_dump_json()
+        if cache_key not in self._frames:
+            self._frames[cache_key] = _read_file(spec, self._locate(spec, key), key)
+        return self._frames[cache_key]
+
+    def _locate(self, spec: ReadSpec, key: str) -> Path:
+        if spec.package is not None:
+            if importlib.util.find_spec(spec.package) is None:
+                hint = spec.install_hint or f"install the package {spec.package!r}"
+                raise ModuleNotFoundError(
+                    f"source {self._source!r} reads its data from the Python package "
+                    f"{spec.package!r}, which is not installed; {hint}"
+                )
+            path = Path(str(resources.files(spec.package))) / spec.path
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{path} does not exist in package {spec.package!r} (source "
+                    f"{self._source!r}, `{key}.path`); reinstall the package or fix the path"
+                )
+            return path
+        path = self._data_dir / spec.path
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist (source {self._source!r}, `{key}.path`); {_DATA_DIR_FIX}"
+            )
+        return path
+
+
+def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
+    if spec.format == "parquet":
+        frame = pl.read_parquet(path)
+    elif spec.format == "csv":
+        frame = pl.read_csv(
+            path,
+            has_header=spec.header,
+            new_columns=spec.columns,
+            separator=spec.delimiter,
+            infer_schema=False,  # all text: ids keep leading zeros, types come from `dtypes`
+            null_values=spec.null_values or None,
+        )
+    else:
+        # runs of spaces separate columns (CDNOW); Polars has no regex separator, pandas does
+        table = pd.read_csv(
+            path,
+            sep=r"\s+",
+            header=0 if spec.header else None,
+            names=spec.columns,
+            dtype=str,
+            keep_default_na=False,
+            na_values=spec.null_values,
+        )
+        frame = pl.from_pandas(table)
+    return _apply_dtypes(frame, spec, path, key)
+
+
+def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
+    for name, dtype in spec.dtypes.items():
+        _require(frame, name, f"{key}.dtypes", str(path))
+        column = frame[name]
+        if column.dtype == pl.String and dtype != "str":
+            column = column.str.strip_chars()
+        try:
+            frame = frame.with_columns(column.cast(_DTYPES[dtype], strict=True).alias(name))
+        except pl.exceptions.InvalidOperationError as exc:
+            raise SchemaError(
+                f"{path}: column '{name}' does not read as {dtype} ({exc}); fix `{key}.dtypes`"
+            ) from exc
+    return frame
+
+
+def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
+    if column not in frame.columns:
+        raise SchemaError(
+            f"{where} has no column '{column}' (it has: {', '.join(frame.columns)}); "
+            f"fix `{key}` in the source mapping"
+        )
+
+
+def _join(
+    left: pl.DataFrame, join: JoinSpec, files: _FileCache, *, key: str, where: str
+) -> pl.DataFrame:
+    right = files.read(join.read, f"{key}.read")
+    right_key = join.right_key or join.key
+    _require(left, join.key, f"{key}.key", where)
+    _require(right, right_key, f"{key}.right_key", join.read.path)
+    for column in join.columns:
+        _require(right, column, f"{key}.columns", join.read.path)
+        if column in left.columns and column != join.key:
+            raise SchemaError(
+                f"{where} already has a column '{column}'; drop it from `{key}.columns`"
+            )
+    right = right.select(pl.col(right_key).alias(join.key), *join.columns)
+    if right[join.key].is_duplicated().any():
+        # a repeated key would copy left rows, inventing events or contacts
+        raise SchemaError(
+            f"{join.read.path}: key '{right_key}' repeats, so the join in `{key}` would copy "
+            "rows; join on a column that is unique in that file"
+        )
+    if left[join.key].dtype != right[join.key].dtype:
+        # ids read as text on one side and as integers on the other still match as text
+        left = left.with_columns(pl.col(join.key).cast(pl.String))
+        right = right.with_columns(pl.col(join.key).cast(pl.String))
+    return left.join(right, on=join.key, how="left", maintain_order="left")
+
+
+def _aggregate(frame: pl.DataFrame, spec: AggregateSpec, *, key: str, where: str) -> pl.DataFrame:
+    for column in spec.by:
+        _require(frame, column, f"{key}.by", where)
+    expressions = []
+    for output, text in spec.columns.items():
+        match = _AGGREGATE.match(text)
+        assert match is not None  # checked when the mapping was loaded
+        function, column = match.groups()
+        _require(frame, column, f"{key}.columns.{output}", where)
+        source = pl.col(column)
+        if function == "sum" and frame[column].dtype == pl.String:
+            source = source.str.strip_chars().cast(pl.Float64)
+        aggregated = {
+            "sum": source.sum(),
+            "min": source.min(),
+            "max": source.max(),
+            "first": source.first(),
+            "count": source.count(),
+        }[function]
+        expressions.append(aggregated.alias(output))
+    return frame.group_by(spec.by, maintain_order=True).agg(expressions)
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def _read_event_stream(
+    stream: EventStreamSpec, files: _FileCache, *, key: str, timezone: str | None
+) -> pl.DataFrame:
+    where = f"{stream.read.path} (events {stream.name!r})"
+    frame = files.read(stream.read, f"{key}.read")
+    properties = list(stream.properties)
+    if stream.row_number_property is not None:
+        frame = frame.with_row_index(stream.row_number_property)
+        properties.append(stream.row_number_property)
+    if stream.join is not None:
+        frame = _join(frame, stream.join, files, key=f"{key}.join", where=where)
+    if stream.aggregate is not None:
+        frame = _aggregate(frame, stream.aggregate, key=f"{key}.aggregate", where=where)
+
+    referenced = [
+        (stream.contact_id, f"{key}.contact_id"),
+        (stream.timestamp.column, f"{key}.timestamp.column"),
+        (stream.event_type.column, f"{key}.event_type.column"),
+        (stream.channel.column, f"{key}.channel.column"),
+        (stream.value, f"{key}.value"),
+        (stream.campaign_id, f"{key}.campaign_id"),
+        *[(name, f"{key}.properties") for name in properties],
+    ]
+    for column, column_key in referenced:
+        if column is not None:
+            _require(frame, column, column_key, where)
+
+    timestamp = _parse_event_time(
+        frame[stream.timestamp.column],
+        stream.timestamp.format,
+        key=f"{key}.timestamp",
+        timezone=timezone,
+    )
+    return frame.with_columns(_timestamp=timestamp).select(
+        contact_id=_contact_ids(frame, stream.contact_id, key=f"{key}.contact_id"),
+        timestamp=pl.col("_timestamp"),
+        channel=_mapped_value(stream.channel),
+        event_type=_mapped_value(stream.event_type),
+        value=(pl.col(stream.value) if stream.value is not None else pl.lit(None, pl.Float64)),
+        campaign_id=(
+            pl.col(stream.campaign_id).cast(pl.String)
+            if stream.campaign_id is not None
+            else pl.lit(None, pl.String)
+        ),
+        properties=(
+            pl.struct(properties).struct.json_encode() if properties else pl.lit(None, pl.String)
+        ),
+    )
+
+
+def _contact_ids(frame: pl.DataFrame, column: str, *, key: str) -> pl.Expr:
+    if frame[column].dtype.is_float():
+        raise SchemaError(
+            f"column '{column}' ({key}) holds decimal numbers; ids must be text: declare "
+            f"`dtypes: {{{column}: str}}` for the file in the source mapping"
+        )
+    return pl.col(column).cast(pl.String).str.strip_chars()
+
+
+def _mapped_value(spec: ValueMap) -> pl.Expr:
+    if spec.fixed is not None:
+        return pl.lit(spec.fixed, pl.String)
+    assert spec.column is not None  # the model allows exactly one of fixed / column
+    text = pl.col(spec.column).cast(pl.String)
+    if spec.values:
+        # replace() keeps values the mapping does not list: validation must see and count them
+        text = text.replace(spec.values)
+    if spec.missing is not None:
+        text = text.fill_null(spec.missing)
+    return text
+
+
+def _parse_event_time(column: pl.Series, fmt: str, *, key: str, timezone: str | None) -> pl.Series:
+    """Times as the mapping declares them, in UTC where the zone is known. Without a zone, naive
+    times stay naive and validation refuses them; ISO text is left to validation, which reads
+    a zone per row."""
+    if fmt == "iso8601":
+        if isinstance(column.dtype, pl.Datetime | pl.Date):
+            raise SchemaError(
+                f"column '{column.name}' already holds dates or times; declare "
+                f"`{key}.format: native`"
+            )
+        return column.cast(pl.String).str.strip_chars()
+    if fmt == "native":
+        if isinstance(column.dtype, pl.Datetime):
+            parsed = column.dt.cast_time_unit("us")
+        elif isinstance(column.dtype, pl.Date):
+            parsed = column.cast(pl.Datetime("us"))
+        else:
+            raise SchemaError(
+                f"column '{column.name}' has type {column.dtype}, not dates or times; declare "
+                f"its `{key}.format` (unix_s, unix_ms, iso8601 or a strftime pattern)"
+            )
+    elif isinstance(column.dtype, pl.Datetime | pl.Date):
+        raise SchemaError(
+            f"column '{column.name}' already holds dates or times; declare `{key}.format: native`"
+        )
+    elif fmt in ("unix_s", "unix_ms"):
+        numbers = column if column.dtype.is_numeric() else column.str.strip_chars()
+        seconds = numbers.cast(pl.Float64, strict=False)
+        micros = (seconds * (1_000_000 if fmt == "unix_s" else 1_000)).round().cast(pl.Int64)
+        parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
+    else:
+        parsed = (
+            column.cast(pl.String)
+            .str.strip_chars()
+            .str.strptime(pl.Datetime("us"), fmt, strict=False)
+        )
+    dtype = parsed.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None and timezone is not None:
+        parsed = localise_to_utc(parsed, timezone)
+    return _typed_or_text(parsed, column, fmt)
+
+
+def _typed_or_text(parsed: pl.Series, raw: pl.Series, fmt: str) -> pl.Series:
+    """Typed times when every row parsed; otherwise text, so that a bad row reaches validation
+    as a visible "unparseable_timestamp" reject carrying the source text, not as a blank."""
+    failed = parsed.is_null() & raw.is_not_null()
+    if not failed.any():
+        return parsed.alias("timestamp")
+    # the prefix keeps validation's ISO reader from giving the text a meaning `fmt` did not
+    shown = pl.lit(f"not {fmt}: ") + pl.lit(raw.cast(pl.String))
+    return (
+        pl.select(pl.when(pl.lit(failed)).then(shown).otherwise(pl.lit(_iso_text(parsed))))
+        .to_series()
+        .alias("timestamp")
+    )
+
+
+def _iso_text(times: pl.Series) -> pl.Series:
+    dtype = times.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        return times.dt.convert_time_zone("UTC").dt.to_string("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+    return times.dt.to_string("%Y-%m-%dT%H:%M:%S%.6f")
+
+
+def _concat_streams(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    for name in EVENT_COLUMNS:
+        if len({frame[name].dtype for frame in frames}) > 1:
+            # streams disagree on a column's type (typed times beside text, numbers beside
+            # text): text is the common ground that validation reads row by row
+            frames = [frame.with_columns(_as_text(frame[name])) for frame in frames]
+    return pl.concat(frames, how="vertical")
+
+
+def _as_text(column: pl.Series) -> pl.Series:
+    if isinstance(column.dtype, pl.Datetime):
+        return _iso_text(column).alias(column.name)
+    return column.cast(pl.String)
+
+
+def _empty_events() -> pl.DataFrame:
+    frame = pl.from_arrow(EVENTS_SCHEMA.empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+# --- contacts and labels -----------------------------------------------------------------------
+
+
+def _read_contacts(spec: ContactsSpec, files: _FileCache, events: pl.DataFrame) -> pl.DataFrame:
+    if spec.read is None:
+        # one row per contact seen in the events; rows without an id are already counted
+        # as missing_contact_id event rejects, so they do not become contacts too
+        frame = events.select(pl.col("contact_id").drop_nulls().unique(maintain_order=True))
+        where = "the events"
+    else:
+        frame = files.read(spec.read, "contacts.read")
+        where = spec.read.path
+    if spec.join is not None:
+        frame = _join(frame, spec.join, files, key="contacts.join", where=where)
+    _require(frame, spec.contact_id, "contacts.contact_id", where)
+    for column in spec.attributes:
+        _require(frame, column, "contacts.attributes", where)
+    if spec.consent is not None:
+        _require(frame, spec.consent.column, "contacts.consent.column", where)
+    return frame.select(
+        contact_id=_contact_ids(frame, spec.contact_id, key="contacts.contact_id"),
+        marketing_consent=_consent(spec),
+        **{name: pl.col(column) for column, name in spec.attributes.items()},
+    )
+
+
+def _consent(spec: ContactsSpec) -> pl.Expr:
+    if spec.consent is None:
+        return pl.lit(spec.consent_default, pl.Boolean)
+    column = spec.consent.column
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    words = {
+        source: "true" if consent else "false" for source, consent in spec.consent.values.items()
+    }
+    # a value the mapping does not list becomes text validation cannot read, so the contact is
+    # rejected as unparseable_consent instead of being guessed (a "Yes" in a "Do Not Email"
+    # column must never read as consent)
+    return (
+        pl.when(text.is_in(list(words)))
+        .then(text.replace(words))
+        .otherwise(pl.lit(f"unmapped {column}: ") + text)
+    )
+
+
+def _read_labels(spec: LabelsSpec, files: _FileCache, *, timezone: str | None) -> pl.DataFrame:
+    frame = files.read(spec.read, "labels.read")
+    where = spec.read.path
+    if spec.join is not None:
+        frame = _join(frame, spec.join, files, key="labels.join", where=where)
+    _require(frame, spec.contact_id, "labels.contact_id", where)
+    _require(frame, spec.outcome.column, "labels.outcome.column", where)
+    if spec.label_date is not None:
+        _require(frame, spec.label_date.column, "labels.label_date.column", where)
+        label_date = _label_dates(frame[spec.label_date.column], spec.label_date, timezone)
+    else:
+        label_date = pl.Series("label_date", [None] * frame.height, pl.Datetime("us", "UTC"))
+    return frame.with_columns(label_date=label_date).select(
+        contact_id=_contact_ids(frame, spec.contact_id, key="labels.contact_id"),
+        label_date=pl.col("label_date"),
+        outcome=_outcome(frame, spec.outcome),
+    )
+
+
+def _outcome(frame: pl.DataFrame, spec: OutcomeSpec) -> pl.Expr:
+    column = pl.col(spec.column)
+    if spec.values is None:
+        return (
+            pl.when(column.is_null())
+            .then(pl.lit(spec.when_missing))
+            .otherwise(pl.lit(spec.when_present))
+        )
+    text = frame[spec.column].cast(pl.String).str.strip_chars()
+    unmapped = sorted({str(v) for v in text.filter(~text.is_in(list(spec.values)))})
+    if unmapped or text.null_count():
+        # labels are not validated row by row: an unknown outcome is a mapping problem
+        raise SchemaError(
+            f"labels column '{spec.column}' has values {unmapped or ['(empty)']} that "
+            "`labels.outcome.values` does not map; map each of them"
+        )
+    return column.cast(pl.String).str.strip_chars().replace(spec.values)
+
+
+def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -> pl.Series:
+    """Label dates in UTC. Labels skip event validation, so any unreadable date is an error."""
+    if spec.format == "iso8601":
+        text = column.cast(pl.String).str.strip_chars().to_pandas()
+        parsed = pl.Series(pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True))
+    else:
+        parsed = _parse_event_time(column, spec.format, key="labels.label_date", timezone=timezone)
+    if parsed.dtype == pl.String or parsed.null_count() > column.null_count():
+        raise SchemaError(
+            f"labels column '{column.name}' has dates that do not read as {spec.format!r}; "
+            "fix `labels.label_date.format`"
+        )
+    dtype = parsed.dtype
+    assert isinstance(dtype, pl.Datetime)
+    if dtype.time_zone is None:
+        raise SchemaError(
+            f"labels column '{column.name}' has no time zone; name it in the source mapping "
+            "(`timezone: Europe/Stockholm`)"
+        )
+    return parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us").alias("label_date")
+
+
+# --- rows set aside by the mapping -------------------------------------------------------------
+
+
+def _excluded_rows(table: str, frame: pl.DataFrame, *, first_row: int) -> pa.Table:
+    """Rows of `drop_contacts` in the rejects layout, numbered after the rows that were kept."""
+    records = [json.dumps(row, default=str, sort_keys=True) for row in frame.iter_rows(named=True)]
+    return pa.table(
+        {
+            "table": pa.array([table] * frame.height, pa.string()),
+            "row_number": pa.array(range(first_row, first_row + frame.height), pa.int64()),
+            "reason": pa.array([EXCLUDED_REASON] * frame.height, pa.string()),
+            "contact_id": pa.array(frame["contact_id"].cast(pl.String).to_list(), pa.string()),
+            "record": pa.array(records, pa.string()),
+        },
+        schema=REJECTS_SCHEMA,
+    )
+
+
+def _set_aside(table: str, frame: pl.DataFrame, drop: pl.Series) -> tuple[pl.DataFrame, pa.Table]:
+    dropped = frame["contact_id"].is_in(drop).fill_null(False)
+    kept = frame.filter(~dropped)
+    return kept, _excluded_rows(table, frame.filter(dropped), first_row=kept.height)
+
+
+def _with_excluded(
+    validated: Validated, excluded: pa.Table, *, labels: pa.Table | None
+) -> Validated:
+    """Validation's result with the mapping's exclusions added to its rejects, so that rows in
+    still equal rows kept plus rows rejected for every table (labels included)."""
+    counts = Counter(excluded.column("table").to_pylist())
+    rows_in = dict(validated.rows_in)
+    if labels is not None:
+        rows_in["labels"] = labels.num_rows
+    for table, count in counts.items():
+        rows_in[table] = rows_in.get(table, 0) + count
+    return dataclasses.replace(
+        validated, rejects=pa.concat_tables([validated.rejects, excluded]), rows_in=rows_in
+    )

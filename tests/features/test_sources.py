@@ -1,0 +1,518 @@
+"""Source mappings on tiny hand-written files: the YAML format, its errors, and the reading."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from features.schema import SchemaError
+from features.sources import (
+    EXCLUDED_REASON,
+    LABELS_SCHEMA,
+    MappingError,
+    default_data_dir,
+    ingest,
+    list_sources,
+    load_mapping,
+    read_source,
+)
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+SHOP_CSV = """\
+customer;when;what;where;amount;campaign;sku
+c1;2024-01-15 10:00:00;view;mail;;spring;A1
+c1;2024-07-15 10:00:00;buy;site;19.90;;A1
+ c2 ;2024-01-16 12:30:00;view;site;;;B2
+"""
+
+CUSTOMERS_CSV = """\
+id,opt_in,segment
+c1,Y,gold
+c2,N,silver
+"""
+
+SHOP_MAPPING = """\
+name: shop
+description: a tiny shop
+timezone: Europe/Stockholm
+events:
+  - name: clicks
+    read:
+      path: shop/events.csv
+      format: csv
+      delimiter: ";"
+    contact_id: customer
+    timestamp: {column: when, format: "%Y-%m-%d %H:%M:%S"}
+    event_type:
+      column: what
+      values: {view: product_view, buy: purchase}
+    channel:
+      column: where
+      values: {mail: email, site: web}
+    value: amount
+    campaign_id: campaign
+    properties: [sku]
+contacts:
+  read: {path: shop/customers.csv, format: csv}
+  contact_id: id
+  attributes: {segment: customer_segment}
+  consent:
+    column: opt_in
+    values: {"Y": true, "N": false}
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    """A data folder with the shop files; returns the path of its mapping."""
+    _write(tmp_path / "data/shop/events.csv", SHOP_CSV)
+    _write(tmp_path / "data/shop/customers.csv", CUSTOMERS_CSV)
+    return _write(tmp_path / "shop.yaml", SHOP_MAPPING)
+
+
+def _with(mapping: Path, old: str, new: str) -> Path:
+    text = mapping.read_text("utf-8")
+    assert old in text
+    return _write(mapping.with_name("changed.yaml"), text.replace(old, new))
+
+
+def _reject_reasons(table: pa.Table) -> list[str]:
+    return list(table.column("reason").to_pylist())
+
+
+# --- the mapping file --------------------------------------------------------------------------
+
+
+def test_a_custom_mapping_reads_events_and_contacts_into_the_canonical_tables(
+    shop: Path, tmp_path: Path
+) -> None:
+    ingested = ingest(shop, data_dir=tmp_path / "data", now=NOW)
+    events = ingested.validated.events.to_pylist()
+
+    assert [(e["contact_id"], e["event_type"], e["channel"]) for e in events] == [
+        ("c1", "product_view", "email"),
+        ("c1", "purchase", "web"),
+        ("c2", "product_view", "web"),
+    ]
+    assert [e["value"] for e in events] == [None, 19.9, None]
+    assert [e["campaign_id"] for e in events] == ["spring", None, None]
+    assert json.loads(events[0]["properties"]) == {"sku": "A1"}
+    contacts = ingested.validated.contacts
+    assert contacts is not None
+    assert contacts.to_pylist() == [
+        {"contact_id": "c1", "marketing_consent": True, "customer_segment": "gold"},
+        {"contact_id": "c2", "marketing_consent": False, "customer_segment": "silver"},
+    ]
+    assert ingested.validated.rejects.num_rows == 0
+    assert ingested.mapping.name == "shop"
+
+
+def test_local_times_are_converted_to_utc_with_the_declared_zone(
+    shop: Path, tmp_path: Path
+) -> None:
+    events = ingest(shop, data_dir=tmp_path / "data", now=NOW).validated.events
+
+    assert events.column("timestamp").to_pylist() == [
+        dt.datetime(2024, 1, 15, 9, 0, tzinfo=dt.UTC),  # CET, UTC+1
+        dt.datetime(2024, 7, 15, 8, 0, tzinfo=dt.UTC),  # CEST, UTC+2
+        dt.datetime(2024, 1, 16, 11, 30, tzinfo=dt.UTC),
+    ]
+
+
+def test_a_local_time_in_the_spring_forward_gap_moves_forward_instead_of_vanishing(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path / "data/shop/events.csv",
+        "customer;when;what;where;amount;campaign;sku\nc1;2024-03-31 02:30:00;view;site;;;A1\n",
+    )
+    _write(tmp_path / "data/shop/customers.csv", CUSTOMERS_CSV)
+    mapping = _write(tmp_path / "shop.yaml", SHOP_MAPPING)
+
+    events = ingest(mapping, data_dir=tmp_path / "data", now=NOW).validated.events
+
+    # 02:30 does not exist in Stockholm that night; 03:00 CEST is 01:00 UTC
+    assert events.column("timestamp").to_pylist() == [dt.datetime(2024, 3, 31, 1, 0, tzinfo=dt.UTC)]
+
+
+def test_naive_times_without_a_declared_zone_are_a_schema_error(shop: Path, tmp_path: Path) -> None:
+    mapping = _with(shop, "timezone: Europe/Stockholm", "timezone: null")
+
+    with pytest.raises(SchemaError, match="timezone"):
+        ingest(mapping, data_dir=tmp_path / "data", now=NOW)
+
+
+def test_an_unknown_key_in_a_mapping_is_an_error_naming_the_key(shop: Path) -> None:
+    mapping = _with(shop, 'delimiter: ";"', 'delimeter: ";"')
+
+    with pytest.raises(MappingError, match=r"`events\[0\]\.read\.delimeter`"):
+        load_mapping(mapping)
+
+
+def test_an_unknown_time_zone_is_an_error_naming_the_key(shop: Path) -> None:
+    mapping = _with(shop, "Europe/Stockholm", "Europe/Stockholmm")
+
+    with pytest.raises(MappingError, match=r"`timezone`.*Europe/Stockholmm"):
+        load_mapping(mapping)
+
+
+def test_a_mapping_must_state_consent_either_from_a_column_or_by_default(shop: Path) -> None:
+    mapping = _with(
+        shop,
+        'consent:\n    column: opt_in\n    values: {"Y": true, "N": false}\n',
+        "",
+    )
+
+    with pytest.raises(MappingError, match="consent_default"):
+        load_mapping(mapping)
+
+
+def test_a_mapping_refuses_an_attribute_it_lists_as_leaking_the_outcome(shop: Path) -> None:
+    mapping = _with(
+        shop,
+        "attributes: {segment: customer_segment}",
+        "attributes: {segment: customer_segment}\n  leaks_outcome: [segment]",
+    )
+
+    with pytest.raises(MappingError, match=r"\['segment'\].*leaks_outcome"):
+        load_mapping(mapping)
+
+
+def test_an_unknown_shipped_name_is_an_error_listing_the_shipped_names() -> None:
+    with pytest.raises(MappingError, match="taobao") as error:
+        load_mapping("taobau")
+
+    for name in list_sources():
+        assert name in str(error.value)
+
+
+def test_the_shipped_sources_are_listed_and_all_load() -> None:
+    names = list_sources()
+
+    assert names == [
+        "cdnow",
+        "cdnow_sample",
+        "completejourney",
+        "olist",
+        "rees46",
+        "taobao",
+        "xeducation",
+    ]
+    assert [load_mapping(name).name for name in names] == names
+
+
+# --- files and columns -------------------------------------------------------------------------
+
+
+def test_a_missing_file_names_its_path_and_how_to_point_at_the_data(
+    shop: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        ingest(shop, data_dir=tmp_path / "elsewhere", now=NOW)
+
+    message = str(error.value)
+    assert str(tmp_path / "elsewhere/shop/events.csv") in message
+    assert "--data-dir" in message
+    assert "FUNNELCAST_DATA_DIR" in message
+
+
+def test_a_column_missing_from_the_raw_file_names_the_column_and_the_mapping_key(
+    shop: Path, tmp_path: Path
+) -> None:
+    mapping = _with(shop, "value: amount", "value: price")
+
+    with pytest.raises(SchemaError, match=r"column 'price'.*`events\[0\]\.value`"):
+        ingest(mapping, data_dir=tmp_path / "data", now=NOW)
+
+
+def test_a_source_package_that_is_not_installed_says_how_to_install_it(tmp_path: Path) -> None:
+    mapping = _write(
+        tmp_path / "pkg.yaml",
+        """\
+        name: pkg
+        description: data inside a package
+        events:
+          - name: rows
+            read:
+              path: data/rows.parquet
+              format: parquet
+              package: funnelcast_no_such_package
+              install_hint: "install the data extra: uv sync --extra data"
+            contact_id: id
+            timestamp: {column: at, format: native}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+        """,
+    )
+
+    with pytest.raises(ModuleNotFoundError, match="uv sync --extra data"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_the_data_folder_comes_from_the_environment_when_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FUNNELCAST_DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path
+
+    monkeypatch.setenv("FUNNELCAST_DATA_DIR", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=r"FUNNELCAST_DATA_DIR.*--data-dir"):
+        default_data_dir()
+
+
+# --- rows that cannot be used are counted ------------------------------------------------------
+
+
+def test_an_unmapped_source_event_name_is_rejected_as_unknown_not_dropped(
+    shop: Path, tmp_path: Path
+) -> None:
+    _write(
+        tmp_path / "data/shop/events.csv",
+        SHOP_CSV + "c2;2024-01-17 08:00:00;remove_from_cart;site;;;B2\n",
+    )
+
+    raw = read_source(load_mapping(shop), data_dir=tmp_path / "data")
+    ingested = ingest(shop, data_dir=tmp_path / "data", now=NOW)
+
+    assert raw.events.height == 4
+    assert raw.events["event_type"].to_list()[-1] == "remove_from_cart"  # passed through as is
+    assert ingested.reject_counts()[("events", "unknown_event_type")] == 1
+    assert ingested.validated.events.num_rows == 3
+    assert ingested.validated.rows_in["events"] == 4
+
+
+def test_a_time_that_does_not_match_the_declared_format_is_a_visible_reject(
+    shop: Path, tmp_path: Path
+) -> None:
+    _write(tmp_path / "data/shop/events.csv", SHOP_CSV + "c2;17/01/2024 08:00;view;site;;;B2\n")
+
+    ingested = ingest(shop, data_dir=tmp_path / "data", now=NOW)
+
+    rejects = ingested.validated.rejects
+    assert _reject_reasons(rejects) == ["unparseable_timestamp"]
+    assert "17/01/2024 08:00" in rejects.column("record")[0].as_py()
+    assert ingested.validated.events.num_rows == 3
+
+
+def test_a_consent_value_the_mapping_does_not_list_rejects_the_contact(
+    shop: Path, tmp_path: Path
+) -> None:
+    _write(tmp_path / "data/shop/customers.csv", CUSTOMERS_CSV + "c3,yes,bronze\n")
+
+    ingested = ingest(shop, data_dir=tmp_path / "data", now=NOW)
+
+    # "yes" is not "Y": it is never guessed to mean consent
+    assert ingested.reject_counts()[("contacts", "unparseable_consent")] == 1
+    contacts = ingested.validated.contacts
+    assert contacts is not None
+    assert contacts.column("contact_id").to_pylist() == ["c1", "c2"]
+
+
+def test_contacts_dropped_by_the_mapping_are_counted_as_excluded(
+    shop: Path, tmp_path: Path
+) -> None:
+    mapping = _with(
+        shop, "timezone: Europe/Stockholm", 'timezone: Europe/Stockholm\ndrop_contacts: ["c1"]'
+    )
+
+    ingested = ingest(mapping, data_dir=tmp_path / "data", now=NOW)
+    validated = ingested.validated
+
+    assert ingested.reject_counts()[("events", EXCLUDED_REASON)] == 2
+    assert ingested.reject_counts()[("contacts", EXCLUDED_REASON)] == 1
+    assert validated.events.column("contact_id").to_pylist() == ["c2"]
+    assert validated.rows_in == {"events": 3, "contacts": 2}
+    assert validated.rows_in["events"] == validated.events.num_rows + 2
+    excluded_rows = validated.rejects.filter(
+        pc.equal(validated.rejects.column("table"), "events")
+    ).column("row_number")
+    assert excluded_rows.to_pylist() == [1, 2]  # numbered after the kept row
+
+
+# --- declared shapes ---------------------------------------------------------------------------
+
+
+def test_line_items_aggregate_into_one_purchase_per_basket(tmp_path: Path) -> None:
+    pq.write_table(
+        pa.table(
+            {
+                "basket": [10, 10, 11],
+                "household": [1, 1, 2],
+                "at": pa.array(
+                    [dt.datetime(2024, 2, 1, 12, 0)] * 2 + [dt.datetime(2024, 2, 2, 9, 0)],
+                    pa.timestamp("ns"),
+                ),
+                "sales": [1.5, 2.5, 4.0],
+            }
+        ),
+        tmp_path / "lines.parquet",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        """\
+        name: baskets
+        description: line items
+        timezone: UTC
+        events:
+          - name: baskets
+            read: {path: lines.parquet, format: parquet, dtypes: {basket: str, household: str}}
+            aggregate:
+              by: [basket]
+              columns:
+                household: first(household)
+                at: min(at)
+                sales: sum(sales)
+                items: count(sales)
+            contact_id: household
+            timestamp: {column: at, format: native}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+            value: sales
+            properties: [basket, items]
+        """,
+    )
+
+    events = ingest(mapping, data_dir=tmp_path, now=NOW).validated.events.to_pylist()
+
+    assert [(e["contact_id"], e["value"]) for e in events] == [("1", 4.0), ("2", 4.0)]
+    assert json.loads(events[0]["properties"]) == {"basket": "10", "items": 2}
+
+
+def test_a_join_without_a_match_keeps_the_row_for_validation_to_count(tmp_path: Path) -> None:
+    _write(tmp_path / "sends.csv", "who,campaign\nh1,1\nh2,9\n")
+    _write(tmp_path / "campaigns.csv", "campaign,start\n1,2024-05-01\n")
+    mapping = _write(
+        tmp_path / "mail.yaml",
+        """\
+        name: mail
+        description: campaign mailers
+        timezone: UTC
+        events:
+          - name: mailers
+            read: {path: sends.csv}
+            join:
+              read: {path: campaigns.csv}
+              key: campaign
+              columns: [start]
+            contact_id: who
+            timestamp: {column: start, format: "%Y-%m-%d"}
+            event_type: {fixed: impression}
+            channel: {fixed: direct_mail}
+            campaign_id: campaign
+        """,
+    )
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert ingested.validated.events.column("contact_id").to_pylist() == ["h1"]
+    assert ingested.reject_counts()[("events", "unparseable_timestamp")] == 1
+
+
+def test_labels_map_outcomes_and_convert_their_dates_to_utc(tmp_path: Path) -> None:
+    _write(tmp_path / "leads.csv", "lead,won_at\na,2024-03-01 09:00:00\nb,\n")
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        timezone: America/Sao_Paulo
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: won_at, when_present: won, when_missing: not_won}
+          label_date: {column: won_at, format: "%Y-%m-%d %H:%M:%S"}
+        """,
+    )
+
+    labels = ingest(mapping, data_dir=tmp_path, now=NOW).labels
+
+    assert labels is not None
+    assert labels.schema == LABELS_SCHEMA
+    assert labels.to_pylist() == [
+        {
+            "contact_id": "a",
+            "label_date": dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC),
+            "outcome": "won",
+        },
+        {"contact_id": "b", "label_date": None, "outcome": "not_won"},
+    ]
+
+
+def test_an_outcome_value_the_labels_mapping_does_not_list_is_a_schema_error(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "leads.csv", "lead,converted\na,1\nb,0\nc,2\n")
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=r"\['2'\].*labels\.outcome\.values"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_a_source_without_events_still_validates_an_empty_event_table(tmp_path: Path) -> None:
+    _write(tmp_path / "people.csv", "id,email_ok\np1,No\np2,Yes\n")
+    mapping = _write(
+        tmp_path / "people.yaml",
+        """\
+        name: people
+        description: a contacts table only
+        contacts:
+          read: {path: people.csv}
+          contact_id: id
+          consent: {column: email_ok, values: {"Yes": true, "No": false}}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.events.num_rows == 0
+    assert validated.rows_in == {"events": 0, "contacts": 2}
+    assert validated.contacts is not None
+    assert validated.contacts.column("marketing_consent").to_pylist() == [False, True]
+
+
+def test_unix_millisecond_times_read_as_utc_instants(tmp_path: Path) -> None:
+    _write(tmp_path / "clicks.csv", "user,ms\nu1,1700000000123\n")
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: clicks in unix milliseconds
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: user
+            timestamp: {column: ms, format: unix_ms}
+            event_type: {fixed: email_click}
+            channel: {fixed: email}
+        """,
+    )
+
+    events = ingest(mapping, data_dir=tmp_path, now=NOW).validated.events
+
+    assert events.column("timestamp").to_pylist() == [
+        dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC)
+    ]
