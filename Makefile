@@ -4,7 +4,7 @@
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
