@@ -137,10 +137,12 @@ def validate(
     cut-off for future timestamps.
     """
     now = _as_utc(now or dt.datetime.now(dt.UTC))
-    raw_events = _to_polars(events, "events")
-    kept_events, event_rejects = _validate_events(raw_events, timezone=timezone, now=now)
+    # Arrow stays Arrow: it is checked in zero-copy slices and, when it already conforms,
+    # returned as it is rather than copied
+    source = events if isinstance(events, pa.Table) else _to_polars(events, "events")
+    kept_events, event_rejects = _validate_events(source, timezone=timezone, now=now)
     rejects = [event_rejects]
-    rows_in = {"events": raw_events.height}
+    rows_in = {"events": _height(source)}
     kept_contacts: pa.Table | None = None
     if contacts is not None:
         raw_contacts = _to_polars(contacts, "contacts")
@@ -158,15 +160,57 @@ def validate(
 # --- events ------------------------------------------------------------------------------------
 
 
+# Rows checked at a time: bounds the memory of the checks' temporaries at any input size.
+_CHUNK_ROWS: Final = 2_000_000
+
+
 def _validate_events(
-    raw: pl.DataFrame, *, timezone: str | None, now: dt.datetime
+    source: pa.Table | pl.DataFrame, *, timezone: str | None, now: dt.datetime
 ) -> tuple[pa.Table, pa.Table]:
-    _require_columns(raw, REQUIRED_EVENT_COLUMNS, "events", _EVENT_COLUMN_FIXES)
-    frame = raw.with_row_index("_row")
+    columns = source.column_names if isinstance(source, pa.Table) else source.columns
+    _require_columns(columns, REQUIRED_EVENT_COLUMNS, "events", _EVENT_COLUMN_FIXES)
+    conforming = isinstance(source, pa.Table) and source.schema.equals(EVENTS_SCHEMA)
+    total = _height(source)
+    kept: list[pa.Table] = []
+    kept_hashes: list[pl.Series] = []
+    kept_masks: list[pl.Series] = []
+    rejects: list[pa.Table] = []
+    # at least one pass, so an empty input still has its column types checked
+    for offset in range(0, max(total, 1), _CHUNK_ROWS):
+        raw = _to_polars(_slice(source, offset, _CHUNK_ROWS), "events")
+        checked, normalised = _check_events(raw, offset=offset, timezone=timezone, now=now)
+        ok = checked["_reason"].is_null()
+        all_ok = bool(ok.all())
+        good = checked if all_ok else checked.filter(ok)
+        kept_hashes.append(_row_hashes(good))
+        kept_masks.append(ok)
+        if conforming and all_ok and not normalised:
+            kept.append(_slice(source, offset, _CHUNK_ROWS))
+        else:
+            kept.append(good.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA))
+        if not all_ok:
+            bad = checked.filter(~ok).select("_row", "_reason", "contact_id")
+            rejects.append(_rejects_table("events", raw, bad, offset=offset))
+    events = pa.concat_tables(kept) if kept else EVENTS_SCHEMA.empty_table()
+    events, duplicate_rejects = _drop_duplicates(events, kept_hashes, kept_masks, source)
+    all_rejects = pa.concat_tables([*rejects, duplicate_rejects]).sort_by("row_number")
+    return events, all_rejects
+
+
+def _check_events(
+    raw: pl.DataFrame, *, offset: int, timezone: str | None, now: dt.datetime
+) -> tuple[pl.DataFrame, bool]:
+    """One slice of events, normalised, with the first failing reason per row (null: fine).
+    Also says whether normalising changed any value (trimmed ids, lower-cased names)."""
+    frame = raw.with_row_index("_row", offset=offset)
+    contact_id = frame.select(_normalise_contact_id(frame, "events")).to_series()
+    channel, channel_changed = _vocabulary_text(frame, "channel", CHANNELS)
+    event_type, type_changed = _vocabulary_text(frame, "event_type", EVENT_TYPES)
+    ids_changed = bool((contact_id != frame["contact_id"].cast(pl.String)).fill_null(False).any())
     frame = frame.with_columns(
-        contact_id=_normalise_contact_id(frame, "events"),
-        channel=_vocabulary_text(frame, "channel", CHANNELS),
-        event_type=_vocabulary_text(frame, "event_type", EVENT_TYPES),
+        contact_id=contact_id,
+        channel=channel,
+        event_type=event_type,
         campaign_id=(
             _as_text(frame, "campaign_id")
             if "campaign_id" in frame.columns
@@ -179,7 +223,6 @@ def _validate_events(
     frame = frame.with_columns(
         timestamp=timestamp, value=value, _value_bad=value_unparseable, _naive=naive_rows
     )
-
     reason = (
         pl.when(pl.col("contact_id").is_null())
         .then(pl.lit("missing_contact_id"))
@@ -199,15 +242,8 @@ def _validate_events(
         .then(pl.lit("negative_value"))
         .otherwise(pl.lit(None, pl.String))
     )
-    frame = frame.select(*EVENT_COLUMNS, "_row", _reason=reason)
-    frame = frame.with_columns(_reason=_mark_duplicates(frame))
-
-    good = frame.filter(pl.col("_reason").is_null()).select(EVENT_COLUMNS)
-    bad = frame.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
-    return (
-        good.to_arrow().cast(EVENTS_SCHEMA),
-        _rejects_table("events", raw, bad),
-    )
+    checked = frame.select(*EVENT_COLUMNS, "_row", _reason=reason)
+    return checked, ids_changed or channel_changed or type_changed
 
 
 _EVENT_COLUMN_FIXES: Final = {
@@ -236,47 +272,79 @@ def localise_to_utc(naive: pl.Series, timezone: str) -> pl.Series:
     return pl.Series(naive.name, local.dt.tz_convert("UTC")).dt.cast_time_unit("us")
 
 
-def _mark_duplicates(frame: pl.DataFrame) -> pl.Series:
-    """Reasons with every later copy of an otherwise valid row marked "duplicate".
+def _row_hashes(frame: pl.DataFrame) -> pl.Series:
+    """A 64-bit hash per row of the canonical columns: one hash per column, then one per row,
+    which is cheaper than hashing a struct of strings."""
+    column_hashes = [pl.col(name).hash(seed=i).alias(name) for i, name in enumerate(EVENT_COLUMNS)]
+    return frame.select(pl.struct(column_hashes).hash(seed=7)).to_series()
 
-    Rows are compared by a 64-bit hash first (fast at tens of millions of rows), then the few
-    rows whose hash repeats are compared value by value, so a hash collision never rejects a row.
+
+def _drop_duplicates(
+    events: pa.Table,
+    hashes: list[pl.Series],
+    masks: list[pl.Series],
+    source: pa.Table | pl.DataFrame,
+) -> tuple[pa.Table, pa.Table]:
+    """Remove every later copy of a kept row, across all slices, and reject it as "duplicate".
+
+    Rows are compared by hash first; the few whose hash repeats are then compared value by
+    value, so a hash collision never rejects a row.
     """
-    reason = frame["_reason"]
-    ok = reason.is_null()
-    # one hash per column, then one per row: cheaper than hashing a struct of strings, and
-    # rows already rejected hash to null so they never count as the first of a set
-    column_hashes = [
-        pl.when(ok).then(pl.col(name).hash(seed=i)).alias(name)
-        for i, name in enumerate(EVENT_COLUMNS)
-    ]
-    row_hash = frame.select(pl.struct(column_hashes).hash(seed=7)).to_series().filter(ok)
-    # A sort and a look at neighbours finds repeated hashes several times faster than
-    # is_duplicated() on tens of millions of rows; usually there are none and we stop here.
+    row_hash = pl.concat(hashes) if hashes else pl.Series(dtype=pl.UInt64)
+    # A sort and a look at neighbours finds repeats several times faster than is_duplicated()
+    # on tens of millions of rows; usually there are none and we stop here.
     ordered = row_hash.sort()
     repeated_hashes = ordered.filter(ordered == ordered.shift(1))
     if repeated_hashes.is_empty():
-        return reason
-    repeated = row_hash.is_in(repeated_hashes.unique().implode())
-    candidates = frame.filter(ok).select(EVENT_COLUMNS).filter(repeated)
-    later_copy = ~candidates.select(pl.struct(EVENT_COLUMNS).is_first_distinct()).to_series()
-    positions = ok.arg_true().filter(repeated).filter(later_copy)
-    return reason.scatter(positions, "duplicate")
+        return events, REJECTS_SCHEMA.empty_table()
+    candidates = row_hash.is_in(repeated_hashes.unique().implode()).arg_true()
+    values = pl.from_arrow(events.take(candidates.to_arrow()))
+    assert isinstance(values, pl.DataFrame)
+    later_copy = ~values.select(pl.struct(EVENT_COLUMNS).is_first_distinct()).to_series()
+    positions = candidates.filter(later_copy)  # positions among the kept rows
+    keep = pl.repeat(True, events.num_rows, eager=True).scatter(positions, False)
+    kept_rows = pl.concat(
+        [mask.arg_true() + offset for mask, offset in zip(masks, _offsets(masks), strict=True)]
+    )
+    rows = kept_rows.gather(positions)
+    raw = _to_polars(_take(source, rows), "events")
+    bad = pl.DataFrame(
+        {
+            "_row": rows,
+            "_reason": pl.repeat("duplicate", rows.len(), eager=True),
+            "contact_id": values.filter(later_copy)["contact_id"],
+        }
+    )
+    duplicates = _rejects_table("events", raw, bad, offset=None)
+    return events.filter(keep.to_arrow()), duplicates
 
 
-def _vocabulary_text(frame: pl.DataFrame, name: str, vocabulary: tuple[str, ...]) -> pl.Series:
-    """Text of a vocabulary column; only values not already canonical are trimmed and lowered
-    (normalising ten million clean values would cost more than the whole check)."""
+def _offsets(masks: list[pl.Series]) -> list[int]:
+    starts, position = [], 0
+    for mask in masks:
+        starts.append(position)
+        position += mask.len()
+    return starts
+
+
+def _vocabulary_text(
+    frame: pl.DataFrame, name: str, vocabulary: tuple[str, ...]
+) -> tuple[pl.Series, bool]:
+    """Text of a vocabulary column, and whether any value had to be normalised. Only values not
+    already canonical are trimmed and lowered (normalising ten million clean values would cost
+    more than the whole check)."""
     text = frame.select(_as_text(frame, name)).to_series()
     off = ~text.is_in(vocabulary) & text.is_not_null()
-    if off.any():
-        text = text.scatter(off.arg_true(), text.filter(off).str.strip_chars().str.to_lowercase())
-    return text
+    if not off.any():
+        return text, False
+    fixed = text.filter(off).str.strip_chars().str.to_lowercase()
+    changed = bool((fixed != text.filter(off)).any())
+    return text.scatter(off.arg_true(), fixed), changed
 
 
 def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Series, pl.Series]:
     """Parse to UTC microseconds. Returns (timestamps, rows that were naive with no zone named)."""
-    no_naive = pl.Series("naive", [False] * column.len(), pl.Boolean)
+    no_naive = pl.repeat(False, column.len(), eager=True, dtype=pl.Boolean).alias("naive")
     dtype = column.dtype
     if isinstance(dtype, pl.Datetime):
         if dtype.time_zone is None:
@@ -341,8 +409,8 @@ def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:
 
 def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     if "value" not in frame.columns:
-        empty = pl.Series("value", [None] * frame.height, pl.Float64)
-        return empty, pl.Series("bad", [False] * frame.height, pl.Boolean)
+        empty = pl.repeat(None, frame.height, eager=True, dtype=pl.Float64).alias("value")
+        return empty, pl.repeat(False, frame.height, eager=True, dtype=pl.Boolean)
     column = frame["value"]
     if column.dtype.is_numeric():
         value = column.cast(pl.Float64)
@@ -375,7 +443,7 @@ def _properties_as_json(frame: pl.DataFrame) -> pl.Expr:
 
 def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
     _require_columns(
-        raw,
+        raw.columns,
         ("contact_id", "marketing_consent"),
         "contacts",
         {
@@ -425,7 +493,7 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
 def _parse_consent(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """Consent as bool. No recorded consent (null) is no consent; unknown words are rejects."""
     if column.dtype == pl.Boolean:
-        return column.fill_null(False), pl.Series([False] * column.len(), dtype=pl.Boolean)
+        return column.fill_null(False), pl.repeat(False, column.len(), eager=True, dtype=pl.Boolean)
     if column.dtype.is_integer():
         bad = column.is_not_null() & ~column.is_in([0, 1])
         return (column == 1).fill_null(False), bad
@@ -473,10 +541,10 @@ def _is_missing(value: object) -> bool:
 
 
 def _require_columns(
-    frame: pl.DataFrame, required: tuple[str, ...], table: str, fixes: dict[str, str]
+    columns: list[str], required: tuple[str, ...], table: str, fixes: dict[str, str]
 ) -> None:
     for name in required:
-        if name not in frame.columns:
+        if name not in columns:
             raise SchemaError(f"{table} are missing column '{name}'; {fixes[name]}")
 
 
@@ -498,12 +566,19 @@ def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     raise SchemaError(f"events column '{name}' has type {dtype}; give text")
 
 
-def _rejects_table(table: str, raw: pl.DataFrame, bad: pl.DataFrame) -> pa.Table:
+def _rejects_table(
+    table: str, raw: pl.DataFrame, bad: pl.DataFrame, *, offset: int | None = 0
+) -> pa.Table:
+    """Rejected rows with their original values as JSON. ``raw`` holds the input rows from
+    ``offset`` on; with ``offset=None`` it holds exactly the rejected rows, in order."""
     rows = bad["_row"].to_list()
-    originals = raw[rows] if rows else raw.clear()
+    if offset is None:
+        originals = raw
+    else:
+        originals = raw[[row - offset for row in rows]] if rows else raw.clear()
     records = [
-        json.dumps(_jsonable(r), default=str, sort_keys=True)
-        for r in originals.iter_rows(named=True)
+        json.dumps(_jsonable(row), default=str, sort_keys=True)
+        for row in originals.iter_rows(named=True)
     ]
     return pa.table(
         {
@@ -515,6 +590,20 @@ def _rejects_table(table: str, raw: pl.DataFrame, bad: pl.DataFrame) -> pa.Table
         },
         schema=REJECTS_SCHEMA,
     )
+
+
+def _height(data: pa.Table | pl.DataFrame) -> int:
+    return data.num_rows if isinstance(data, pa.Table) else data.height
+
+
+def _slice(data: pa.Table | pl.DataFrame, offset: int, length: int) -> pa.Table | pl.DataFrame:
+    return data.slice(offset, length)
+
+
+def _take(data: pa.Table | pl.DataFrame, rows: pl.Series) -> pa.Table | pl.DataFrame:
+    if isinstance(data, pa.Table):
+        return data.take(rows.to_arrow())
+    return data[rows.to_list()]
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

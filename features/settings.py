@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ class RulesSettings(FrozenSettings):
 def load_defaults(path: Path | None = None) -> dict[str, Any]:
     """The raw defaults: the shipped ``features/config/default.yaml`` or a user's copy of it."""
     if path is None:
-        return dict(_shipped_defaults())
+        return copy.deepcopy(_shipped_defaults())  # callers may edit; the cache must not change
     with open(path, encoding="utf-8") as handle:
         loaded = yaml.safe_load(handle)
     if not isinstance(loaded, dict):

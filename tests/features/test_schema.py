@@ -250,3 +250,51 @@ def test_reasons_added_after_validation_are_counted_too() -> None:
         rows_in=result.rows_in,
     )
     assert combined.reject_counts()[("events", "excluded_by_mapping")] == 1
+
+
+def test_validation_in_slices_finds_duplicates_and_rejects_across_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import features.schema as schema
+
+    rows = [
+        _event(contact_id="a"),
+        _event(contact_id="b"),
+        _event(contact_id="c", event_type="nope"),
+        _event(contact_id="a"),  # a copy of row 0, two slices later
+        _event(contact_id="d"),
+        _event(contact_id="b"),  # a copy of row 1
+        _event(contact_id="e", value=-1),
+    ]
+    whole = validate(pd.DataFrame(rows), now=NOW)
+    monkeypatch.setattr(schema, "_CHUNK_ROWS", 2)
+    sliced = validate(pd.DataFrame(rows), now=NOW)
+    expected = [
+        (2, "unknown_event_type"),
+        (3, "duplicate"),
+        (5, "duplicate"),
+        (6, "negative_value"),
+    ]
+    for result in (whole, sliced):
+        pairs = list(
+            zip(
+                result.rejects.column("row_number").to_pylist(),
+                result.rejects.column("reason").to_pylist(),
+                strict=True,
+            )
+        )
+        assert pairs == expected
+        assert result.events.column("contact_id").to_pylist() == ["a", "b", "d"]
+    assert '"contact_id": "a"' in sliced.rejects.column("record")[1].as_py()
+
+
+def test_a_conforming_arrow_table_comes_back_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import features.schema as schema
+
+    monkeypatch.setattr(schema, "_CHUNK_ROWS", 2)
+    clean = validate(pd.DataFrame([_event(contact_id=str(i)) for i in range(5)]), now=NOW).events
+    again = validate(clean, now=NOW)
+    assert again.rejects.num_rows == 0
+    assert again.events.equals(clean)
+    messy = clean.set_column(2, "channel", pa.array(["WEB"] * 5))
+    assert validate(messy, now=NOW).events.column("channel").to_pylist() == ["web"] * 5
