@@ -229,9 +229,8 @@ def sources() -> None:
 def _simulate_into(
     out: Path, contacts: int, days: int, seed: int, config: Path | None
 ) -> tuple[Validated, Any]:
-    from features.simulator import load_simulator_settings, simulate, write_simulation
-
     from features.schema import validate as validate_tables
+    from features.simulator import load_simulator_settings, simulate, write_simulation
 
     settings = load_simulator_settings(config)
     with _progress() as progress:
