@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     measured = time.perf_counter()
-    rates = measure_rates(sim.events)
+    rates = measure_rates(sim.events, since=sim.start)
     shares = count_stages_by_day(sim.stage_history, days=args.days)
     buying = (shares["intent"] + shares["conversion"]) / args.contacts
     rates["max_buying_mode_share"] = float(buying.max())

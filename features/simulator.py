@@ -147,6 +147,8 @@ class ContactSettings(FrozenSettings):
     push_reachable_share: float = Field(ge=0, le=1)
     activity_sigma: float = Field(ge=0, le=3)
     signup_mean_days_before_start: float = Field(gt=0)
+    prior_purchases_mean: float = Field(ge=1)
+    prior_history_days: int = Field(gt=0)
     acquisition_sources: dict[str, float]
     segments: dict[str, float]
     segment_value_factor: dict[str, float]
@@ -335,6 +337,7 @@ def simulate(
     events = _EventBuffer()
     history = _HistoryBuffer()
     history.add(0, np.arange(contacts, dtype=np.int32), population.stage, population.customer)
+    _past_purchases(population, settings.contacts, tables, rng, events)
     for day in range(days):
         members = _members_by_stage(population.stage)
         nudged, frictions = _send_messages(day, population, tables, rng, events)
@@ -433,11 +436,16 @@ def count_stages_by_day(stage_history: pa.Table | pl.DataFrame, *, days: int) ->
     )
 
 
-def measure_rates(events: pa.Table | pl.DataFrame) -> dict[str, float]:
+def measure_rates(
+    events: pa.Table | pl.DataFrame, *, since: dt.date | None = None
+) -> dict[str, float]:
     """Open rate, click rate and visit-to-purchase conversion, measured from the events alone
-    (definitions in the module docstring)."""
+    (definitions in the module docstring); ``since`` (the simulation's start) leaves out the
+    order history that precedes the simulated period."""
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     assert isinstance(frame, pl.DataFrame)
+    if since is not None:
+        frame = frame.filter(pl.col("timestamp").dt.date() >= since)
     sends = frame.filter(pl.col("event_type") == "message_send")["channel"].value_counts()
     by_channel = dict(sends.iter_rows())
     counts = dict(frame["event_type"].value_counts().iter_rows())
@@ -759,6 +767,32 @@ def _send_messages(
     return _concat(nudged), _concat(frictions)
 
 
+def _past_purchases(
+    population: _Population,
+    settings: ContactSettings,
+    tables: _Tables,
+    rng: np.random.Generator,
+    events: _EventBuffer,
+) -> None:
+    """The order history of the day-0 customers: purchases dated before the period, after their
+    signup. Without it nothing in the data says who is a customer, and the rules (and features)
+    would take every existing customer for a prospect."""
+    customers = np.flatnonzero(population.customer).astype(np.int32)
+    if customers.size == 0:
+        return
+    counts = 1 + rng.poisson(settings.prior_purchases_mean - 1, customers.size)
+    idx = np.repeat(customers, counts).astype(np.int32)
+    tenure = np.minimum(population.signup_days_before[idx], settings.prior_history_days)
+    days_before = rng.integers(1, tenure + 1)
+    codes, weights = tables.channels[_EVENT["purchase"]]
+    channel = codes[rng.choice(codes.size, size=idx.size, p=weights)]
+    value = rng.lognormal(tables.value_mu[population.segment[idx]], tables.value_sigma)
+    seconds = rng.integers(0, SECONDS_PER_DAY, idx.size, dtype=np.int32)
+    events.add(
+        -days_before, idx, seconds, _EVENT["purchase"], channel, -1, value.astype(np.float32)
+    )
+
+
 def _later(seconds: npt.NDArray[np.int32], rng: np.random.Generator) -> npt.NDArray[np.int32]:
     """A random second after each given one, still within the same day."""
     room = SECONDS_PER_DAY - seconds
@@ -904,12 +938,12 @@ class _EventBuffer:
     Arrow is built once, at the end. A scalar stands for a whole chunk's column."""
 
     def __init__(self) -> None:
-        self._chunks: list[tuple[int, Any, Any, Any, Any, Any, Any]] = []
+        self._chunks: list[tuple[Any, Any, Any, Any, Any, Any, Any]] = []
         self.size = 0
 
     def add(
         self,
-        day: int,
+        day: int | npt.NDArray[np.int64],  # days from the start; before it when negative
         idx: npt.NDArray[np.int32],
         seconds: npt.NDArray[np.int32],
         event_type: int | npt.NDArray[np.int8],
@@ -937,7 +971,9 @@ class _EventBuffer:
             end = offset + i.size
             idx[offset:end] = i
             micros[offset:end] = (
-                first_second + day * SECONDS_PER_DAY + s.astype(np.int64)
+                first_second
+                + np.asarray(day, dtype=np.int64) * SECONDS_PER_DAY
+                + s.astype(np.int64)
             ) * 1_000_000
             event_type[offset:end] = e
             channel[offset:end] = c

@@ -45,7 +45,9 @@ def summarise_funnel(
     adds the simulator's hidden stage on that day for comparison."""
     frame = pl.from_arrow(events)
     assert isinstance(frame, pl.DataFrame)
-    stages = rules_stage_as_of(frame, as_of=as_of, settings=settings)
+    stages = _with_silent_contacts(
+        rules_stage_as_of(frame, as_of=as_of, settings=settings), contacts
+    )
     consent = restrict_to_consented(stages, contacts, assume_consent=assume_consent)
     scored = consent.kept
     true_counts = rules_accuracy = None
@@ -72,6 +74,17 @@ def summarise_funnel(
             for name, count in frame["event_type"].value_counts(sort=True).iter_rows()
         },
     )
+
+
+def _with_silent_contacts(stages: pl.DataFrame, contacts: pa.Table | None) -> pl.DataFrame:
+    """Contacts listed in the contacts table with no event at all are dormant, not absent:
+    a funnel that leaves them out would hide the quietest part of the base."""
+    if contacts is None:
+        return stages
+    listed = pl.from_arrow(contacts.select(["contact_id"]))
+    assert isinstance(listed, pl.DataFrame)
+    silent = listed.join(stages, on="contact_id", how="anti").with_columns(stage=pl.lit("dormant"))
+    return pl.concat([stages, silent])
 
 
 def _counts(stages: pl.Series) -> dict[str, int]:

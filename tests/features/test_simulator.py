@@ -124,7 +124,8 @@ def test_the_events_pass_validation_with_zero_rejects(sim: Simulation) -> None:
 def test_events_fall_within_the_simulated_days_and_only_purchases_carry_a_value(
     events: pl.DataFrame,
 ) -> None:
-    assert events["date"].min() == START
+    in_period = events.filter(pl.col("date") >= START)
+    assert in_period["date"].min() == START
     assert events["date"].max() == START + dt.timedelta(days=DAYS - 1)
     purchases = events.filter(pl.col("event_type") == "purchase")
     assert purchases.height > 0
@@ -133,6 +134,28 @@ def test_events_fall_within_the_simulated_days_and_only_purchases_carry_a_value(
     assert events.filter(pl.col("event_type") != "purchase")["value"].null_count() == (
         events.height - purchases.height
     )
+
+
+def test_only_day_zero_customers_have_an_order_history_before_the_period(
+    sim: Simulation, events: pl.DataFrame, settings: SimulatorSettings
+) -> None:
+    history = pl.from_arrow(sim.stage_history)
+    contacts = pl.from_arrow(sim.contacts)
+    assert isinstance(history, pl.DataFrame)
+    assert isinstance(contacts, pl.DataFrame)
+    day_zero_customers = set(
+        history.filter((pl.col("date") == START) & pl.col("is_customer"))["contact_id"]
+    )
+    before = events.filter(pl.col("date") < START)
+    assert set(before["event_type"]) == {"purchase"}
+    assert set(before["contact_id"]) == day_zero_customers
+    oldest = START - dt.timedelta(days=settings.contacts.prior_history_days)
+    assert before["date"].min() >= oldest
+    signed_up = before.join(contacts.select("contact_id", "signup_date"), on="contact_id")
+    assert (signed_up["date"] >= signed_up["signup_date"]).all()
+    per_customer = before.group_by("contact_id").len()["len"].mean()
+    assert per_customer is not None
+    assert abs(float(per_customer) - settings.contacts.prior_purchases_mean) < 0.2  # type: ignore[arg-type]
 
 
 def test_contacts_have_sortable_ids_consent_and_attributes(sim: Simulation) -> None:
@@ -174,7 +197,7 @@ def test_campaign_ids_name_channel_cta_and_day_and_every_response_has_a_send(
 def test_rates_measured_from_the_events_lie_in_the_documented_ranges(
     sim: Simulation, events: pl.DataFrame
 ) -> None:
-    rates = measure_rates(sim.events)
+    rates = measure_rates(sim.events, since=sim.start)
     assert 0.15 <= rates["open_rate"] <= 0.25
     assert 0.015 <= rates["click_rate"] <= 0.04
     assert 0.02 <= rates["conversion_rate"] <= 0.03
