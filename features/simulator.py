@@ -22,6 +22,9 @@ What a contact does on a day depends on its stage:
   an "active day" (probability by stage, times a per-contact activity level) a web/app session
   of page views plus stage-typical events - an awareness contact sometimes views a product, an
   intent contact sometimes only browses. A conversion day always has a session and a purchase.
+* **Order history**: contacts who are customers on day 0 bought before the period; their
+  purchases (at least one each, after their signup) are dated before the start, so the data
+  itself says who is a customer, as a CRM's order history would.
 
 The measured rates (``measure_rates``) are defined as:
 
