@@ -26,6 +26,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from features.errors import InputError
 from features.vocabulary import CHANNELS, EVENT_TYPES
 
 EVENTS_SCHEMA: Final = pa.schema(
@@ -86,12 +87,13 @@ _CONSENT_TRUE: Final = frozenset({"true", "t", "yes", "y", "1", "opt-in", "opted
 _CONSENT_FALSE: Final = frozenset(
     {"false", "f", "no", "n", "0", "opt-out", "opted_out", "denied", "withdrawn"}
 )
-_TZ_SUFFIX: Final = r"(Z|[+-]\d{2}:?\d{2}|\sUTC)$"
+# a zone after a time of day: Z, +02, +0200, +02:00 or " UTC" (a bare date's "-01" is no zone)
+_TZ_SUFFIX: Final = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?|UTC)$"
 
 Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A whole input is unusable: a column is missing or of the wrong kind. Names the fix."""
 
 
@@ -136,7 +138,7 @@ def validate(
     naive timestamps are a ``SchemaError``. ``now`` (UTC, default: the current time) is the
     cut-off for future timestamps.
     """
-    now = _as_utc(now or dt.datetime.now(dt.UTC))
+    now = as_utc(now or dt.datetime.now(dt.UTC))
     # Arrow stays Arrow: it is checked in zero-copy slices and, when it already conforms,
     # returned as it is rather than copied
     source = events if isinstance(events, pa.Table) else _to_polars(events, "events")
@@ -190,7 +192,7 @@ def _validate_events(
             kept.append(good.select(EVENT_COLUMNS).to_arrow().cast(EVENTS_SCHEMA))
         if not all_ok:
             bad = checked.filter(~ok).select("_row", "_reason", "contact_id")
-            rejects.append(_rejects_table("events", raw, bad, offset=offset))
+            rejects.append(rejects_table("events", raw, bad, offset=offset))
     events = pa.concat_tables(kept) if kept else EVENTS_SCHEMA.empty_table()
     events, duplicate_rejects = _drop_duplicates(events, kept_hashes, kept_masks, source)
     all_rejects = pa.concat_tables([*rejects, duplicate_rejects]).sort_by("row_number")
@@ -315,7 +317,7 @@ def _drop_duplicates(
             "contact_id": values.filter(later_copy)["contact_id"],
         }
     )
-    duplicates = _rejects_table("events", raw, bad, offset=None)
+    duplicates = rejects_table("events", raw, bad, offset=None)
     return events.filter(keep.to_arrow()), duplicates
 
 
@@ -467,6 +469,12 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
         .otherwise(pl.lit(None, pl.String))
     )
     frame = frame.with_columns(_reason=reason)
+    # A contact listed twice keeps its first row, but consent only if every copy gives it:
+    # a later opt-out must never be lost to a duplicate (an unreadable copy counts as no).
+    consent_everywhere = (
+        (pl.col("marketing_consent") & ~pl.col("_consent_bad")).all().over("contact_id")
+    )
+    frame = frame.with_columns(marketing_consent=pl.col("marketing_consent") & consent_everywhere)
     later_copy = pl.col("_reason").is_null() & ~pl.col("contact_id").is_first_distinct().over(
         pl.col("_reason").is_null()
     )
@@ -487,7 +495,7 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
             CONTACTS_SCHEMA.field(name),
             table.column(name).cast(CONTACTS_SCHEMA.field(name).type),
         )
-    return table, _rejects_table("contacts", raw, bad)
+    return table, rejects_table("contacts", raw, bad)
 
 
 def _parse_consent(column: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -523,6 +531,7 @@ def _to_polars(data: Frame, table: str) -> pl.DataFrame:
             )
         for name in data.columns:
             if data[name].dtype == object and _mixed_types(data[name]):
+                # (mixed-integer too: ids like 17 and "a17" in one column)
                 # a column mixing numbers and text is read as text; its rows are judged one by one
                 data = data.assign(
                     **{name: data[name].map(lambda v: v if _is_missing(v) else str(v))}
@@ -532,8 +541,7 @@ def _to_polars(data: Frame, table: str) -> pl.DataFrame:
 
 
 def _mixed_types(column: pd.Series) -> bool:
-    kinds = {type(v) for v in column if not _is_missing(v)}
-    return len(kinds) > 1
+    return pd.api.types.infer_dtype(column, skipna=True) in ("mixed", "mixed-integer")
 
 
 def _is_missing(value: object) -> bool:
@@ -549,7 +557,12 @@ def _require_columns(
 
 
 def _normalise_contact_id(frame: pl.DataFrame, table: str) -> pl.Expr:
-    dtype = frame["contact_id"].dtype
+    column = frame["contact_id"]
+    dtype = column.dtype
+    if dtype.is_float() and (column.drop_nulls().drop_nans() % 1 == 0).all():
+        # whole numbers stored as floats only because a missing id made pandas use NaN
+        as_int = pl.col("contact_id").fill_nan(None).cast(pl.Int64).cast(pl.String)
+        return pl.when(as_int == "").then(None).otherwise(as_int)
     if dtype.is_float():
         raise SchemaError(
             f"{table} column 'contact_id' holds decimal numbers; ids must be text or integers "
@@ -566,11 +579,12 @@ def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     raise SchemaError(f"events column '{name}' has type {dtype}; give text")
 
 
-def _rejects_table(
+def rejects_table(
     table: str, raw: pl.DataFrame, bad: pl.DataFrame, *, offset: int | None = 0
 ) -> pa.Table:
-    """Rejected rows with their original values as JSON. ``raw`` holds the input rows from
-    ``offset`` on; with ``offset=None`` it holds exactly the rejected rows, in order."""
+    """Rejected rows (``bad``: _row, _reason, contact_id) with their original values as JSON.
+    ``raw`` holds the input rows from ``offset`` on; with ``offset=None`` it holds exactly the
+    rejected rows, in order."""
     rows = bad["_row"].to_list()
     if offset is None:
         originals = raw
@@ -610,7 +624,8 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
 
 
-def _as_utc(moment: dt.datetime) -> dt.datetime:
+def as_utc(moment: dt.datetime, name: str = "now") -> dt.datetime:
+    """A timezone-aware moment in UTC; a naive one is an error (its zone would be a guess)."""
     if moment.tzinfo is None:
-        raise ValueError("`now` must be timezone-aware (UTC)")
+        raise InputError(f"`{name}` must be timezone-aware (UTC), e.g. 2024-06-01T00:00:00+00:00")
     return moment.astimezone(dt.UTC)

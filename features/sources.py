@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Final, Literal
@@ -32,17 +32,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from features.errors import InputError
 from features.schema import (
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
     REJECTS_SCHEMA,
     SchemaError,
     Validated,
+    as_utc,
     localise_to_utc,
+    rejects_table,
     validate,
 )
 from features.settings import FrozenSettings
@@ -70,7 +72,7 @@ _DATA_DIR_FIX: Final = (
 )
 
 
-class MappingError(ValueError):
+class MappingError(InputError):
     """A source mapping file is not valid: the message names the file and the key to fix."""
 
 
@@ -279,16 +281,10 @@ class Ingested:
     mapping: SourceMapping
 
     def reject_counts(self) -> dict[tuple[str, str], int]:
-        """Rejected rows per (table, reason), including rows the mapping excluded."""
+        """Rejected rows per (table, reason), the mapping's exclusions included (zero too)."""
         counts = self.validated.reject_counts()
-        rejects = self.validated.rejects
-        excluded = Counter(
-            rejects.filter(pc.equal(rejects.column("reason"), EXCLUDED_REASON))
-            .column("table")
-            .to_pylist()
-        )
         for table in self.validated.rows_in:
-            counts[(table, EXCLUDED_REASON)] = excluded.get(table, 0)
+            counts.setdefault((table, EXCLUDED_REASON), 0)
         return counts
 
 
@@ -367,7 +363,7 @@ def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
             "labels", _read_labels(mapping.labels, files, timezone=mapping.timezone), drop
         )
         excluded.append(excluded_labels)
-        labels = label_frame.to_arrow().cast(LABELS_SCHEMA)
+        labels = label_frame.to_arrow()  # checked row by row, and typed, by ingest
 
     return RawSource(
         events=events,
@@ -383,11 +379,34 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
     mapping = load_mapping(source)
     raw = read_source(mapping, data_dir=data_dir)
     validated = validate(raw.events, raw.contacts, timezone=raw.timezone, now=now)
+    labels, label_rejects = _validate_labels(raw.labels, now=now)
+    set_aside = pa.concat_tables([raw.excluded, label_rejects])
     return Ingested(
-        validated=_with_excluded(validated, raw.excluded, labels=raw.labels),
-        labels=raw.labels,
+        validated=_with_excluded(validated, set_aside, labels=labels),
+        labels=labels,
         mapping=mapping,
     )
+
+
+def _validate_labels(
+    labels: pa.Table | None, *, now: datetime | None
+) -> tuple[pa.Table | None, pa.Table]:
+    """Label rows without a contact, or dated in the future, are set aside and counted."""
+    if labels is None:
+        return None, REJECTS_SCHEMA.empty_table()
+    cut_off = as_utc(now or datetime.now(UTC))
+    frame = pl.from_arrow(labels)
+    assert isinstance(frame, pl.DataFrame)
+    checked = frame.with_row_index("_row").with_columns(
+        _reason=pl.when(pl.col("contact_id").is_null())
+        .then(pl.lit("missing_contact_id"))
+        .when(pl.col("label_date") > cut_off)
+        .then(pl.lit("future_label_date"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    bad = checked.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
+    kept = checked.filter(pl.col("_reason").is_null()).select(LABELS_SCHEMA.names)
+    return kept.to_arrow().cast(LABELS_SCHEMA), rejects_table("labels", frame, bad)
 
 
 # --- mapping files -----------------------------------------------------------------------------
@@ -544,6 +563,14 @@ def _aggregate(frame: pl.DataFrame, spec: AggregateSpec, *, key: str, where: str
         _require(frame, column, f"{key}.columns.{output}", where)
         source = pl.col(column)
         if function == "sum" and frame[column].dtype == pl.String:
+            numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
+            bad = frame[column].filter(numbers.is_null() & frame[column].is_not_null())
+            if bad.len():
+                raise SchemaError(
+                    f"{where}: column '{column}' has values that are not numbers "
+                    f"(e.g. {bad[0]!r}) and cannot be summed; fix `{key}.columns.{output}` or "
+                    "the file"
+                )
             source = source.str.strip_chars().cast(pl.Float64)
         aggregated = {
             "sum": source.sum(),
@@ -659,7 +686,11 @@ def _parse_event_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
     elif fmt in ("unix_s", "unix_ms"):
         numbers = column if column.dtype.is_numeric() else column.str.strip_chars()
         seconds = numbers.cast(pl.Float64, strict=False)
-        micros = (seconds * (1_000_000 if fmt == "unix_s" else 1_000)).round().cast(pl.Int64)
+        micros = (
+            (seconds * (1_000_000 if fmt == "unix_s" else 1_000))
+            .round()
+            .cast(pl.Int64, strict=False)  # out of range -> null -> an unparseable_timestamp reject
+        )
         parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
     else:
         parsed = (

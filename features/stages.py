@@ -20,6 +20,7 @@ import datetime as dt
 import polars as pl
 import pyarrow as pa
 
+from features.schema import as_utc
 from features.settings import RulesSettings
 from features.vocabulary import (
     ADVOCACY_EVENTS,
@@ -49,7 +50,7 @@ def rules_stage_as_of(
     Returns one row per contact with any event before ``as_of`` (contact_id, stage); contacts
     with no event in the lookback window are "dormant".
     """
-    as_of = _as_utc(as_of)
+    as_of = as_utc(as_of, "as_of")
     window_start = as_of - dt.timedelta(days=settings.lookback_days)
     past = _lazy(events).filter(pl.col("timestamp") < as_of)
     in_window = pl.col("timestamp") >= window_start
@@ -104,9 +105,3 @@ def _lazy(events: pa.Table | pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     if isinstance(events, pl.DataFrame):
         return events.lazy()
     return pl.from_arrow(events).lazy()  # type: ignore[union-attr]
-
-
-def _as_utc(moment: dt.datetime) -> dt.datetime:
-    if moment.tzinfo is None:
-        raise ValueError("as_of must be timezone-aware (UTC), e.g. 2024-06-01T00:00:00+00:00")
-    return moment.astimezone(dt.UTC)

@@ -109,6 +109,21 @@ def test_event_names_are_matched_case_and_space_insensitively() -> None:
     assert result.events.column("channel").to_pylist() == ["web"]
 
 
+@pytest.mark.parametrize(
+    "text", ["2024-06-01T17:00:00+05", "2024-06-01T17:00:00+0500", "2024-06-01 12:00:00 UTC"]
+)
+def test_every_iso_offset_form_is_understood(text: str) -> None:
+    result = validate(pd.DataFrame([_event(timestamp=text)]), now=NOW)
+    assert result.events.column("timestamp")[0].as_py() == dt.datetime(
+        2024, 6, 1, 12, tzinfo=dt.UTC
+    )
+
+
+def test_a_bare_date_is_naive_not_an_offset() -> None:
+    with pytest.raises(SchemaError, match="no time zone"):
+        validate(pd.DataFrame([_event(timestamp="2024-06-01")]), now=NOW)
+
+
 def test_offsets_are_converted_to_utc() -> None:
     result = validate(pd.DataFrame([_event(timestamp="2024-06-01T14:00:00+02:00")]), now=NOW)
     assert result.events.column("timestamp")[0].as_py() == dt.datetime(
@@ -154,8 +169,17 @@ def test_numeric_timestamps_are_an_error_asking_for_a_unix_format() -> None:
         validate(frame, now=NOW)
 
 
+def test_whole_number_ids_stored_as_floats_because_of_a_gap_are_read_as_integers() -> None:
+    # pandas makes an integer column float as soon as one id is missing
+    frame = pd.DataFrame([_event(contact_id=17), _event(contact_id=None)])
+    assert frame["contact_id"].dtype == float
+    result = validate(frame, now=NOW)
+    assert result.events.column("contact_id").to_pylist() == ["17"]
+    assert result.rejects.column("reason").to_pylist() == ["missing_contact_id"]
+
+
 def test_decimal_contact_ids_are_an_error() -> None:
-    frame = pd.DataFrame([_event(contact_id=1.0)])
+    frame = pd.DataFrame([_event(contact_id=1.5)])
     with pytest.raises(SchemaError, match=r"contact_id.*decimal"):
         validate(frame, now=NOW)
 
@@ -209,6 +233,22 @@ def test_contacts_are_validated_with_consent_parsed_and_attributes_kept() -> Non
     assert counts[("contacts", "duplicate_contact_id")] == 1
     assert counts[("contacts", "unparseable_consent")] == 1
     assert {r for (t, r) in counts if t == "contacts"} == set(CONTACT_REJECT_REASONS)
+
+
+def test_a_later_opt_out_is_never_lost_to_a_duplicate_contact_row() -> None:
+    contacts = pd.DataFrame(
+        {"contact_id": ["a", "a", "b", "b"], "marketing_consent": ["yes", "no", "yes", "maybe"]}
+    )
+    result = validate(pd.DataFrame([_event()]), contacts, now=NOW)
+    assert result.contacts is not None
+    assert result.contacts.to_pydict() == {
+        "contact_id": ["a", "b"],
+        "marketing_consent": [False, False],
+    }
+    assert result.rejects.column("reason").to_pylist() == [
+        "duplicate_contact_id",
+        "unparseable_consent",
+    ]
 
 
 def test_contacts_without_a_consent_column_are_an_error_naming_the_fix() -> None:

@@ -516,3 +516,80 @@ def test_unix_millisecond_times_read_as_utc_instants(tmp_path: Path) -> None:
     assert events.column("timestamp").to_pylist() == [
         dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC)
     ]
+
+
+def test_a_unix_time_out_of_range_is_a_reject_not_a_crash(tmp_path: Path) -> None:
+    _write(tmp_path / "clicks.csv", "user,s\nu1,1700000000\nu2,99999999999999999999\n")
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: clicks in unix seconds
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: user
+            timestamp: {column: s, format: unix_s}
+            event_type: {fixed: email_click}
+            channel: {fixed: email}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.events.column("contact_id").to_pylist() == ["u1"]
+    assert validated.rejects.column("reason").to_pylist() == ["unparseable_timestamp"]
+
+
+def test_summing_text_that_is_not_numbers_names_the_column_and_the_key(tmp_path: Path) -> None:
+    _write(tmp_path / "lines.csv", "basket,who,at,sales\n1,a,2024-01-01T10:00:00Z,abc\n")
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        """\
+        name: baskets
+        description: line items
+        events:
+          - name: baskets
+            read: {path: lines.csv}
+            aggregate: {by: [basket], columns: {who: first(who), at: min(at), sales: sum(sales)}}
+            contact_id: who
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+            value: sales
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=r"'sales'.*'abc'.*aggregate\.columns\.sales"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_label_rows_without_a_contact_or_dated_in_the_future_are_set_aside(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path / "leads.csv",
+        "lead,won_at\na,2024-03-01 09:00:00\n,2024-03-02 09:00:00\nc,2031-01-01 09:00:00\n",
+    )
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        timezone: UTC
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: won_at, when_present: won, when_missing: not_won}
+          label_date: {column: won_at, format: "%Y-%m-%d %H:%M:%S"}
+        """,
+    )
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert ingested.labels is not None
+    assert ingested.labels.column("contact_id").to_pylist() == ["a"]
+    counts = ingested.reject_counts()
+    assert counts[("labels", "missing_contact_id")] == 1
+    assert counts[("labels", "future_label_date")] == 1
+    assert ingested.validated.rows_in["labels"] == 3
