@@ -60,6 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from features.errors import InputError
 from features.io import write_tables_atomic
 from features.schema import EVENTS_SCHEMA
 from features.settings import FrozenSettings, load_defaults
@@ -329,11 +330,18 @@ def simulate(
     ``progress(done_days, total_days)`` is called once per simulated day.
     """
     if contacts < 1:
-        raise ValueError(f"contacts must be at least 1, got {contacts}")
+        raise InputError(f"contacts must be at least 1, got {contacts}")
     if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+        raise InputError(f"days must be at least 1, got {days}")
+    today = dt.datetime.now(dt.UTC).date()
     if start is None:
-        start = settings.start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days))
+        start = settings.start_date or (today - dt.timedelta(days=days))
+    if start + dt.timedelta(days=days) > today:
+        last = start + dt.timedelta(days=days - 1)
+        raise InputError(
+            f"the simulated days {start}..{last} reach today or later, and events may not be in "
+            "the future; choose an earlier start or fewer days"
+        )
     rng = np.random.default_rng(seed)
     tables = _Tables.from_settings(settings)
     population = _draw_population(settings.contacts, tables, contacts, rng)

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from features.errors import InputError
 from features.settings import load_rules_settings
 from features.vocabulary import STAGE_CTA, STAGES
 
@@ -45,18 +46,24 @@ log = logging.getLogger("funnelcast")
 
 T = TypeVar("T")
 
-# Errors that are the user's to fix: shown as one line, exit code 2. Anything else is a bug and
-# keeps its traceback.
+# Errors that are the user's to fix: shown as one line, exit code 2 (with -v, the traceback
+# too). Anything else is a bug and keeps its traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
+    InputError,
     FileNotFoundError,
-    pydantic.ValidationError,  # a ValueError too, listed for the reader
-    ImportError,
+    pydantic.ValidationError,
 )
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="A copy of features/config/default.yaml with your settings."),
+]
+StartOption = Annotated[
+    str | None,
+    typer.Option(
+        "--start",
+        help="First simulated day (YYYY-MM-DD); default: the period ends yesterday (UTC).",
+    ),
 ]
 DataDirOption = Annotated[
     Path | None,
@@ -67,10 +74,17 @@ DataDirOption = Annotated[
 ]
 
 
+_VERBOSE = False
+
+
 @app.callback()
 def _configure(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log more detail; show tracebacks.")
+    ] = False,
 ) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -82,6 +96,8 @@ def main() -> None:
     try:
         app()
     except _USER_ERRORS as error:
+        if _VERBOSE:
+            err_console.print_exception()
         err_console.print(
             f"[bold red]error:[/] {_one_line(error)}", highlight=False, soft_wrap=True
         )
@@ -103,6 +119,7 @@ def run(
     contacts: Annotated[int, typer.Option(min=1, help="Simulated contacts.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 120,
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
+    start: StartOption = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -110,7 +127,9 @@ def run(
     started = time.perf_counter()
     if source is None:
         console.rule("[bold]1. Simulate customer journeys")
-        validated, true_history = _simulate_into(out / "data", contacts, days, seed, config)
+        validated, true_history = _simulate_into(
+            out / "data", contacts, days, seed, _start_date(start), config
+        )
     else:
         console.rule(f"[bold]1. Ingest {source}")
         validated = _ingest_into(source, out / "data", data_dir)
@@ -127,11 +146,14 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Folder for events, contacts, stage_history.")],
     contacts: Annotated[int, typer.Option(min=1, help="Number of contacts.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Number of days.")] = 120,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed and start give the same data.")
+    ] = 7,
+    start: StartOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Simulate customer journeys with known hidden stages (validated canonical Parquet out)."""
-    validated, _ = _simulate_into(out, contacts, days, seed, config)
+    validated, _ = _simulate_into(out, contacts, days, seed, _start_date(start), config)
     _print_validation(validated)
 
 
@@ -192,6 +214,8 @@ def funnel(
     from features.schema import Validated
 
     snapshot = _parse_date(as_of, "--as-of") if as_of else None
+    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC):
+        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
     events = read_table(data / "events.parquet")
     contacts_path = data / "contacts.parquet"
     history_path = data / "stage_history.parquet"
@@ -227,7 +251,7 @@ def sources() -> None:
 
 
 def _simulate_into(
-    out: Path, contacts: int, days: int, seed: int, config: Path | None
+    out: Path, contacts: int, days: int, seed: int, start: dt.date | None, config: Path | None
 ) -> tuple[Validated, Any]:
     from features.schema import validate as validate_tables
     from features.simulator import load_simulator_settings, simulate, write_simulation
@@ -240,15 +264,16 @@ def _simulate_into(
             contacts=contacts,
             days=days,
             seed=seed,
+            start=start,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     validated = _with_spinner(
         f"Validating {sim.events.num_rows:,} events",
         lambda: validate_tables(sim.events, sim.contacts),
     )
-    _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
-    if validated.rejects.num_rows:
+    if validated.rejects.num_rows:  # a simulator bug: nothing is written
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
+    _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
     return validated, sim.stage_history
 
 
@@ -342,7 +367,7 @@ def _print_funnel(
     first = summary.first_event.date() if summary.first_event else "-"
     last_day = summary.last_event.date() if summary.last_event else "-"
     console.print(
-        f"{summary.events:,} events from {first} to {last_day}; funnel as of "
+        f"{summary.events:,} events before the snapshot, from {first} to {last_day}; funnel as of "
         f"{as_of:%Y-%m-%d %H:%M} UTC (rules: deepest signal in the lookback window)."
     )
     table = Table(title="Contacts by stage")
@@ -368,6 +393,11 @@ def _print_funnel(
         f"{summary.contacts_scored:,} consented contacts shown; "
         f"{summary.contacts_without_consent:,} without marketing consent left out."
     )
+    if summary.contacts_not_yet_active:
+        console.print(
+            f"{summary.contacts_not_yet_active:,} contacts whose first event comes after the "
+            "snapshot are not counted."
+        )
     if summary.rules_accuracy is not None:
         console.print(
             f"The rules put {summary.rules_accuracy:.1%} of contacts in their true hidden stage: "
@@ -398,7 +428,11 @@ def _with_spinner(description: str, work: Callable[[], T]) -> T:
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task(description, total=None)
-        result = work()
+        try:
+            result = work()
+        except BaseException:
+            progress.remove_task(task)  # no spinner left above the error message
+            raise
         progress.update(task, total=1, completed=1)
     return result
 
@@ -407,8 +441,12 @@ def _parse_date(text: str, option: str) -> dt.datetime:
     try:
         day = dt.date.fromisoformat(text)
     except ValueError as error:
-        raise ValueError(f"{option} {text!r} is not a date; give YYYY-MM-DD") from error
+        raise InputError(f"{option} {text!r} is not a date; give YYYY-MM-DD") from error
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _start_date(text: str | None) -> dt.date | None:
+    return None if text is None else _parse_date(text, "--start").date()
 
 
 def _empty_rejects() -> Any:

@@ -54,3 +54,67 @@ def test_an_option_out_of_range_is_refused_before_any_work(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "contacts" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
+    mapping = tmp_path / "typo.yaml"
+    mapping.write_text(
+        "name: t\ndescription: t\nevents:\n  - name: e\n    raed: {path: x.csv}\n",
+        encoding="utf-8",
+    )
+    result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
+    _assert_one_line_error(result, "raed")
+
+
+def test_a_file_missing_a_mapped_column_names_the_column(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("user,when\nu1,2024-01-01T00:00:00Z\n", encoding="utf-8")
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: customer\n    timestamp: {column: when, format: iso8601}\n"
+        "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n",
+        encoding="utf-8",
+    )
+    result = _run("ingest", "--source", str(mapping), "--data-dir", str(tmp_path), "--out", "o")
+    _assert_one_line_error(result, "'customer'")
+
+
+def test_an_unknown_source_name_lists_the_shipped_ones() -> None:
+    _assert_one_line_error(_run("validate", "--source", "nosuchsource"), "taobao")
+
+
+def test_a_simulation_reaching_into_the_future_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    result = _run("simulate", "--out", str(tmp_path / "o"), "--start", "2999-01-01")
+    _assert_one_line_error(result, "future")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_snapshot_in_the_future_is_refused(tmp_path: Path) -> None:
+    _assert_one_line_error(
+        _run("funnel", "--data", str(tmp_path), "--as-of", "2999-01-01"), "future"
+    )
+
+
+def test_the_same_seed_and_start_give_the_same_files(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    args = ["--contacts", "300", "--days", "20", "--seed", "3", "--start", "2024-01-01"]
+    for name in ("one", "two"):
+        assert _run("simulate", "--out", str(tmp_path / name), *args).returncode == 0
+    for table in ("events", "contacts", "stage_history"):
+        one = pq.read_table(tmp_path / "one" / f"{table}.parquet")
+        two = pq.read_table(tmp_path / "two" / f"{table}.parquet")
+        assert one.num_rows > 0
+        assert one.equals(two)

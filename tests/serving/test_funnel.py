@@ -86,3 +86,24 @@ def test_a_funnel_without_contacts_needs_consent_assumed_explicitly() -> None:
         assume_consent=True,
     )
     assert summary.contacts_scored == 4
+
+
+def test_contacts_first_seen_after_the_snapshot_are_not_counted_as_dormant() -> None:
+    events = pd.DataFrame(
+        [
+            ("a", "2024-01-20T10:00:00Z", "web", "add_to_cart"),
+            ("late", "2024-02-10T10:00:00Z", "web", "purchase"),
+        ],
+        columns=["contact_id", "timestamp", "channel", "event_type"],
+    )
+    contacts = pd.DataFrame(
+        {"contact_id": ["a", "late", "quiet"], "marketing_consent": [True, True, True]}
+    )
+    result = validate(events, contacts, now=dt.datetime(2024, 3, 1, tzinfo=dt.UTC))
+    summary = summarise_funnel(
+        result.events, result.contacts, as_of=AS_OF, settings=load_rules_settings()
+    )
+    assert summary.contacts_not_yet_active == 1
+    assert summary.contacts_scored == 2  # a (intent) and quiet (no events at all: dormant)
+    assert summary.rules_counts["dormant"] == 1
+    assert summary.events == 1  # the header counts only what was known at the snapshot
