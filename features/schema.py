@@ -75,6 +75,7 @@ EVENT_REJECT_REASONS: Final[tuple[str, ...]] = (
     "unknown_channel",
     "unparseable_value",
     "negative_value",
+    "unparseable_properties",
     "duplicate",
 )
 CONTACT_REJECT_REASONS: Final[tuple[str, ...]] = (
@@ -88,6 +89,7 @@ _CONSENT_FALSE: Final = frozenset(
     {"false", "f", "no", "n", "0", "opt-out", "opted_out", "denied", "withdrawn"}
 )
 # a zone after a time of day: Z, +02, +0200, +02:00 or " UTC" (a bare date's "-01" is no zone)
+_JSON_OBJECT: Final = r"(?s)^\s*\{.*\}\s*$"  # (?s): an object may span lines
 _TZ_SUFFIX: Final = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?|UTC)$"
 
 Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
@@ -242,6 +244,10 @@ def _check_events(
         .then(pl.lit("unparseable_value"))
         .when(pl.col("value") < 0)
         .then(pl.lit("negative_value"))
+        # a cheap shape check that catches plain text; full JSON parsing would cost more than
+        # the rest of validation at tens of millions of rows
+        .when(pl.col("properties").is_not_null() & ~pl.col("properties").str.contains(_JSON_OBJECT))
+        .then(pl.lit("unparseable_properties"))
         .otherwise(pl.lit(None, pl.String))
     )
     checked = frame.select(*EVENT_COLUMNS, "_row", _reason=reason)

@@ -338,3 +338,15 @@ def test_a_conforming_arrow_table_comes_back_unchanged(monkeypatch: pytest.Monke
     assert again.events.equals(clean)
     messy = clean.set_column(2, "channel", pa.array(["WEB"] * 5))
     assert validate(messy, now=NOW).events.column("channel").to_pylist() == ["web"] * 5
+
+
+def test_properties_that_are_not_a_json_object_are_set_aside() -> None:
+    rows = [_event(properties='{"sku": "A1"}'), _event(contact_id="c2", properties="not json")]
+    assert _reasons(rows) == ["unparseable_properties"]
+
+
+@pytest.mark.parametrize("column", ["channel", "event_type", "properties"])
+def test_a_text_column_of_the_wrong_kind_is_an_error_naming_it(column: str) -> None:
+    frame = pl.DataFrame([_event()]).with_columns(pl.lit([1.5]).alias(column))
+    with pytest.raises(SchemaError, match=f"'{column}'"):
+        validate(frame, now=NOW)
