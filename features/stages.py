@@ -105,3 +105,24 @@ def _lazy(events: pa.Table | pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     if isinstance(events, pl.DataFrame):
         return events.lazy()
     return pl.from_arrow(events).lazy()  # type: ignore[union-attr]
+
+
+def stage_from_signals(
+    *,
+    base_rank: int,
+    visit_days: int,
+    purchases_ever: int,
+    purchases_in_window: int,
+    advocacy_in_window: bool,
+    settings: RulesSettings,
+) -> str:
+    """The same rules for one contact, on plain numbers (the online path); tests hold it equal
+    to ``rules_stage_as_of``."""
+    ranks = [base_rank, stage_rank("dormant")]
+    if visit_days >= settings.repeat_visit_min_days:
+        ranks.append(stage_rank("consideration"))
+    if advocacy_in_window:
+        ranks.append(stage_rank("advocacy" if purchases_ever > 0 else "consideration"))
+    if purchases_in_window > 0:
+        ranks.append(stage_rank("retention" if purchases_ever > 1 else "conversion"))
+    return STAGES[max(ranks)]

@@ -1,0 +1,191 @@
+"""The online path: one contact's features from the raw events passed in a request, in
+process, with no database round trip and no DataFrame (a one-row DataFrame alone costs more
+than the whole computation).
+
+It compiles the same ``FeatureSpec`` as the batch engine and gives the same values; tests hold
+the two equal on many random contacts and dates.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from features.schema import as_utc
+from features.settings import RulesSettings, load_rules_settings
+from features.spec import Aggregate, FeatureSpec, evaluate
+from features.stages import stage_from_signals
+from features.vocabulary import ADVOCACY_EVENTS, EVENT_SIGNALS, PURCHASE_EVENTS, stage_rank
+
+_DAY_US = 86_400 * 1_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NOT_ATTRIBUTES = frozenset({"contact_id", "marketing_consent"})
+
+
+@dataclass
+class _Group:
+    """The events of one (event_type, channel), ascending in time."""
+
+    times: list[int] = field(default_factory=list)  # microseconds since the epoch
+    values: list[float | None] = field(default_factory=list)
+
+
+def build_online_features(
+    events: Iterable[Mapping[str, Any]],
+    *,
+    as_of: dt.datetime,
+    spec: FeatureSpec,
+    contact: Mapping[str, Any] | None = None,
+    rules: RulesSettings | None = None,
+) -> dict[str, Any]:
+    """Features of one contact as of ``as_of`` from its events (mappings with ``timestamp``
+    (aware datetime), ``event_type``, ``channel`` and optionally ``value``). Events at or after
+    ``as_of`` are ignored. ``contact`` holds its attributes, as in the contacts table."""
+    as_of = as_utc(as_of, "as_of")
+    now_us = _micros(as_of)
+    groups = _group(events, now_us)
+    values: dict[str, Any] = {}
+    for aggregate in spec.aggregates:
+        values[aggregate.name] = _aggregate(aggregate, groups, now_us, spec)
+    for derived in spec.derived:
+        values[derived.name] = evaluate(derived.tree, lambda name: _number(values[name]))
+    if spec.rules_stage:
+        values["rules_stage"] = _rules_stage(groups, now_us, rules or load_rules_settings())
+    if contact is not None:
+        values.update(_attributes(contact, as_of=as_of, spec=spec))
+    return values
+
+
+def _micros(moment: dt.datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, str], _Group]:
+    rows = []
+    for event in events:
+        moment = event["timestamp"]
+        if moment.tzinfo is None:
+            raise ValueError("event timestamps must be timezone-aware (UTC)")
+        at = _micros(moment)
+        if at < now_us:  # strictly before as_of: the future is never seen
+            rows.append((at, event["event_type"], event["channel"], event.get("value")))
+    rows.sort(key=lambda row: row[0])
+    groups: dict[tuple[str, str], _Group] = {}
+    for at, event_type, channel, value in rows:
+        group = groups.setdefault((event_type, channel), _Group())
+        group.times.append(at)
+        group.values.append(None if value is None else float(value))
+    return groups
+
+
+@cache
+def _matching_keys(
+    aggregate: Aggregate, keys: frozenset[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(k for k in keys if aggregate.matches(*k)))
+
+
+def _aggregate(
+    aggregate: Aggregate, groups: dict[tuple[str, str], _Group], now_us: int, spec: FeatureSpec
+) -> float | int | None:
+    keys = _matching_keys(aggregate, frozenset(groups))
+    start = None if aggregate.window_days is None else now_us - aggregate.window_days * _DAY_US
+    kind = aggregate.kind
+    if kind == "count":
+        return sum(len(groups[k].times) - _first_at(groups[k].times, start) for k in keys)
+    if kind == "sum":
+        total = 0.0
+        for k in keys:
+            group = groups[k]
+            for value in group.values[_first_at(group.times, start) :]:
+                if value is not None:
+                    total += value
+        return total
+    if kind == "distinct_days":
+        days = {
+            at // _DAY_US
+            for k in keys
+            for at in groups[k].times[_first_at(groups[k].times, start) :]
+        }
+        return len(days)
+    if kind == "sessions":
+        times = sorted(at for k in keys for at in groups[k].times)
+        gap = int(spec.session_gap_minutes * 60 * 1_000_000)
+        sessions, previous = 0, None
+        for at in times:
+            if (previous is None or at - previous > gap) and (start is None or at >= start):
+                sessions += 1
+            previous = at
+        return sessions
+    if not keys:
+        return None
+    if kind == "days_since_last":
+        return (now_us - max(groups[k].times[-1] for k in keys)) / _DAY_US
+    return (now_us - min(groups[k].times[0] for k in keys)) / _DAY_US  # days_since_first
+
+
+def _first_at(times: list[int], start: int | None) -> int:
+    return 0 if start is None else bisect.bisect_left(times, start)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: RulesSettings) -> str:
+    start = now_us - rules.lookback_days * _DAY_US
+    base_rank = -1
+    visit_days: set[int] = set()
+    purchases_ever = purchases_in_window = 0
+    advocacy_in_window = False
+    for (event_type, _), group in groups.items():
+        in_window = len(group.times) - _first_at(group.times, start)
+        if event_type in PURCHASE_EVENTS:
+            purchases_ever += len(group.times)
+            purchases_in_window += in_window
+        elif event_type in ADVOCACY_EVENTS:
+            advocacy_in_window = advocacy_in_window or in_window > 0
+        elif in_window and EVENT_SIGNALS.get(event_type) is not None:
+            base_rank = max(base_rank, stage_rank(EVENT_SIGNALS[event_type] or "dormant"))
+        if event_type == "page_view":
+            visit_days.update(at // _DAY_US for at in group.times[_first_at(group.times, start) :])
+    return stage_from_signals(
+        base_rank=base_rank,
+        visit_days=len(visit_days),
+        purchases_ever=purchases_ever,
+        purchases_in_window=purchases_in_window,
+        advocacy_in_window=advocacy_in_window,
+        settings=rules,
+    )
+
+
+def _attributes(
+    contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec
+) -> dict[str, Any]:
+    names = (
+        [n for n in contact if n not in _NOT_ATTRIBUTES]
+        if spec.attributes == "all"
+        else list(spec.attributes)
+    )
+    out: dict[str, Any] = {}
+    for name in names:
+        value = contact.get(name)
+        if isinstance(value, dt.datetime | dt.date):
+            moment = (
+                value
+                if isinstance(value, dt.datetime)
+                else dt.datetime.combine(value, dt.time(), tzinfo=dt.UTC)
+            )
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            days = (as_of - moment).total_seconds() / 86_400
+            out[f"days_since_{name}"] = days if days >= 0 else None
+        elif isinstance(value, bool | int | float):
+            out[name] = float(value)
+        else:
+            out[name] = None if value is None else str(value)
+    return out

@@ -1,0 +1,411 @@
+"""The declarative feature spec: loaded from YAML, checked, and expanded into a flat list of
+aggregates and derived features that every engine compiles the same way.
+
+``features/config/feature_spec.yaml`` documents the format. Loading expands every template
+(``{event_type}_count_{window}d`` for each event type and window) so engines never see a
+template, and parses each derived expression once into a small arithmetic tree.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from features.errors import InputError
+from features.settings import FrozenSettings
+from features.vocabulary import CHANNELS, EVENT_TYPES
+
+AggregateKind = Literal[
+    "count", "sum", "distinct_days", "sessions", "days_since_last", "days_since_first"
+]
+_WINDOWED: Final = frozenset({"count", "sum", "distinct_days", "sessions"})
+_VOCABULARY: Final[dict[str, tuple[str, ...]]] = {"event_type": EVENT_TYPES, "channel": CHANNELS}
+_SUMMABLE: Final = frozenset({"value"})
+
+
+class SpecError(InputError):
+    """The feature spec is invalid; the message names the entry and the fix."""
+
+
+# --- the YAML, as written ---------------------------------------------------------------------
+
+
+class _Filter(FrozenSettings):
+    event_type: list[str] | None = None
+    channel: list[str] | None = None
+
+
+class _AggregateEntry(FrozenSettings):
+    name: str
+    kind: AggregateKind
+    column: str | None = None
+    for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
+    where: _Filter = Field(default_factory=_Filter)
+    where_not: _Filter = Field(default_factory=_Filter)
+    windows: list[int | Literal["all"]] | None = None
+
+
+class _DerivedEntry(FrozenSettings):
+    name: str
+    expr: str
+    for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
+    windows: list[int | Literal["all"]] | None = None
+
+
+class _SpecFile(FrozenSettings):
+    session_gap_minutes: float = Field(gt=0)
+    aggregates: list[_AggregateEntry]
+    derived: list[_DerivedEntry] = Field(default_factory=list)
+    attributes: Literal["all"] | list[str] = "all"
+    rules_stage: bool = True
+
+    @field_validator("aggregates")
+    @classmethod
+    def _not_empty(cls, value: list[_AggregateEntry]) -> list[_AggregateEntry]:
+        if not value:
+            raise ValueError("the spec declares no aggregates")
+        return value
+
+
+# --- the expanded spec, as engines read it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One base feature: a kind of aggregate over the events matching a filter in a window."""
+
+    name: str
+    kind: AggregateKind
+    event_types: frozenset[str] | None  # None: any
+    channels: frozenset[str] | None
+    exclude_event_types: frozenset[str]
+    exclude_channels: frozenset[str]
+    window_days: int | None  # None: all history before as_of
+    column: str | None = None
+
+    def matches(self, event_type: str, channel: str) -> bool:
+        """Whether one event passes this aggregate's filter (used by the online path)."""
+        return (
+            (self.event_types is None or event_type in self.event_types)
+            and (self.channels is None or channel in self.channels)
+            and event_type not in self.exclude_event_types
+            and channel not in self.exclude_channels
+        )
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A feature computed from other features by a small arithmetic expression."""
+
+    name: str
+    expr: str
+    tree: ast.expr
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    aggregates: tuple[Aggregate, ...]
+    derived: tuple[Derived, ...]
+    attributes: Literal["all"] | tuple[str, ...]
+    rules_stage: bool
+    session_gap_minutes: float
+    fingerprint: str  # sha256 of the expanded spec: equal specs, equal fingerprints
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Event-derived feature names, in output order (attributes and rules stage follow)."""
+        return tuple(a.name for a in self.aggregates) + tuple(d.name for d in self.derived)
+
+    @property
+    def longest_window_days(self) -> int:
+        windows = [a.window_days for a in self.aggregates if a.window_days is not None]
+        return max(windows, default=0)
+
+
+def load_feature_spec(path: Path | None = None) -> FeatureSpec:
+    """The shipped spec, or a user's YAML file, checked and expanded."""
+    if path is None:
+        text = _shipped_text()
+        origin = "the shipped feature spec"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"feature spec {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    return parse_feature_spec(text, origin=origin)
+
+
+def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpec:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{origin} is not valid YAML: {error}") from error
+    if not isinstance(loaded, dict):
+        raise SpecError(f"{origin} is not a YAML mapping")
+    try:
+        spec_file = _SpecFile.model_validate(loaded)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"`{'.'.join(str(p) for p in e['loc'])}`: {e['msg']}" for e in error.errors()
+        )
+        raise SpecError(f"{origin} is invalid: {problems}") from error
+    aggregates = tuple(
+        itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
+    )
+    known = _unique_names([a.name for a in aggregates], origin)
+    derived: list[Derived] = []
+    for entry in spec_file.derived:
+        for item in _expand_derived(entry, known, origin):
+            derived.append(item)
+            known.add(item.name)
+    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin)
+    attributes = (
+        spec_file.attributes if spec_file.attributes == "all" else tuple(spec_file.attributes)
+    )
+    fingerprint = hashlib.sha256(
+        repr(
+            (
+                aggregates,
+                [(d.name, d.expr) for d in derived],
+                attributes,
+                spec_file.rules_stage,
+                spec_file.session_gap_minutes,
+            )
+        ).encode()
+    ).hexdigest()
+    return FeatureSpec(
+        aggregates=aggregates,
+        derived=tuple(derived),
+        attributes=attributes,
+        rules_stage=spec_file.rules_stage,
+        session_gap_minutes=spec_file.session_gap_minutes,
+        fingerprint=fingerprint,
+    )
+
+
+@cache
+def _shipped_text() -> str:
+    return resources.files("features").joinpath("config/feature_spec.yaml").read_text("utf-8")
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def _expand_aggregate(entry: _AggregateEntry) -> Iterator[Aggregate]:
+    where = f"aggregate '{entry.name}'"
+    if entry.kind == "sum" and entry.column not in _SUMMABLE:
+        raise SpecError(f"{where}: kind sum needs `column: value` (got {entry.column!r})")
+    if entry.kind != "sum" and entry.column is not None:
+        raise SpecError(f"{where}: `column` is only for kind sum")
+    if entry.kind in _WINDOWED and not entry.windows:
+        raise SpecError(f"{where}: kind {entry.kind} needs `windows:` (days, or all)")
+    if entry.kind not in _WINDOWED and entry.windows:
+        raise SpecError(f"{where}: kind {entry.kind} looks at all history; remove `windows`")
+    include_types = _checked(entry.where.event_type, "event_type", where)
+    include_channels = _checked(entry.where.channel, "channel", where)
+    exclude_types = frozenset(_checked(entry.where_not.event_type, "event_type", where) or ())
+    exclude_channels = frozenset(_checked(entry.where_not.channel, "channel", where) or ())
+    for binding in _bindings(entry.for_each, where):
+        event_types = _narrow(include_types, binding.get("event_type"))
+        channels = _narrow(include_channels, binding.get("channel"))
+        windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
+        for window in windows:
+            window_days = _window_days(window, where)
+            yield Aggregate(
+                name=_fill(entry.name, binding, window, where),
+                kind=entry.kind,
+                event_types=event_types,
+                channels=channels,
+                exclude_event_types=exclude_types,
+                exclude_channels=exclude_channels,
+                window_days=window_days,
+                column=entry.column,
+            )
+
+
+def _expand_derived(entry: _DerivedEntry, known: set[str], origin: str) -> Iterator[Derived]:
+    where = f"derived '{entry.name}'"
+    for binding in _bindings(entry.for_each, where):
+        windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
+        for window in windows:
+            name = _fill(entry.name, binding, window, where)
+            expr = _fill(entry.expr, binding, window, where)
+            tree, inputs = _parse_expression(expr, where)
+            missing = [n for n in inputs if n not in known]
+            if missing:
+                raise SpecError(
+                    f"{origin}: {where} uses {missing}, which no aggregate or earlier derived "
+                    "feature defines"
+                )
+            yield Derived(name=name, expr=expr, tree=tree, inputs=inputs)
+
+
+def _bindings(for_each: Mapping[str, list[str] | str], where: str) -> list[dict[str, str]]:
+    keys = list(for_each)
+    for key in keys:
+        if key not in _VOCABULARY:
+            raise SpecError(f"{where}: for_each over {key!r}; use event_type or channel")
+    values = [
+        list(_VOCABULARY[k])
+        if for_each[k] == "all"
+        else _checked(list(for_each[k]), k, where) or []
+        for k in keys
+    ]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _checked(values: list[str] | None, key: str, where: str) -> list[str] | None:
+    if values is None:
+        return None
+    unknown = [v for v in values if v not in _VOCABULARY[key]]
+    if unknown:
+        raise SpecError(f"{where}: unknown {key} {unknown}; known: {', '.join(_VOCABULARY[key])}")
+    return list(values)
+
+
+def _narrow(included: list[str] | None, bound: str | None) -> frozenset[str] | None:
+    if bound is None:
+        return None if included is None else frozenset(included)
+    return frozenset({bound}) if included is None or bound in included else frozenset()
+
+
+def _window_days(window: int | str | None, where: str) -> int | None:
+    if window is None or window == "all":
+        return None
+    if not isinstance(window, int) or window <= 0:
+        raise SpecError(f"{where}: window {window!r} is not a positive number of days or all")
+    return window
+
+
+def _fill(template: str, binding: Mapping[str, str], window: int | str | None, where: str) -> str:
+    values = dict(binding)
+    if window is not None:
+        values["window"] = "all" if window == "all" else f"{window}d"
+    try:
+        return template.format(**values)
+    except KeyError as error:
+        raise SpecError(
+            f"{where}: the name uses {{{error.args[0]}}}, which neither for_each nor windows gives"
+        ) from error
+
+
+def _unique_names(names: list[str], origin: str) -> set[str]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SpecError(f"{origin}: feature {name!r} is declared twice")
+        seen.add(name)
+    return seen
+
+
+# --- the expression language ------------------------------------------------------------------
+
+_FUNCTIONS: Final = frozenset({"min", "max"})
+
+
+def _parse_expression(text: str, where: str) -> tuple[ast.expr, tuple[str, ...]]:
+    """Parse ``text`` into a tree of numbers, names, + - * /, unary minus, min() and max()."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as error:
+        raise SpecError(f"{where}: expression {text!r} does not parse: {error.msg}") from error
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if (
+                not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS)
+                or node.keywords
+            ):
+                raise SpecError(f"{where}: only min() and max() may be called in {text!r}")
+            if len(node.args) < 2:
+                raise SpecError(f"{where}: min() and max() take two or more arguments")
+        elif isinstance(node, ast.Name):
+            if node.id not in _FUNCTIONS:
+                names.append(node.id)
+        elif isinstance(node, ast.BinOp):
+            if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+                raise SpecError(f"{where}: only + - * / are allowed in {text!r}")
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, ast.USub):
+                raise SpecError(f"{where}: only unary minus is allowed in {text!r}")
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, int | float) or isinstance(node.value, bool):
+                raise SpecError(f"{where}: only numbers may appear as constants in {text!r}")
+        elif not isinstance(node, ast.Load | ast.operator | ast.unaryop):
+            raise SpecError(f"{where}: {type(node).__name__} is not allowed in {text!r}")
+    return tree, tuple(dict.fromkeys(names))
+
+
+def evaluate(tree: ast.expr, value_of: Callable[[str], float | None]) -> float | None:
+    """Evaluate an expression tree on plain numbers: a missing input or a division by zero gives
+    None, exactly as the batch engines give a missing value."""
+    if isinstance(tree, ast.Constant):
+        return _constant(tree)
+    if isinstance(tree, ast.Name):
+        return value_of(tree.id)
+    if isinstance(tree, ast.UnaryOp):
+        operand = evaluate(tree.operand, value_of)
+        return None if operand is None else -operand
+    if isinstance(tree, ast.BinOp):
+        left, right = evaluate(tree.left, value_of), evaluate(tree.right, value_of)
+        if left is None or right is None:
+            return None
+        if isinstance(tree.op, ast.Add):
+            return left + right
+        if isinstance(tree.op, ast.Sub):
+            return left - right
+        if isinstance(tree.op, ast.Mult):
+            return left * right
+        return None if right == 0 else left / right
+    if isinstance(tree, ast.Call):
+        args = [evaluate(a, value_of) for a in tree.args]
+        if any(a is None for a in args):
+            return None
+        numbers = [a for a in args if a is not None]
+        assert isinstance(tree.func, ast.Name)
+        return max(numbers) if tree.func.id == "max" else min(numbers)
+    raise AssertionError(f"unchecked expression node {type(tree).__name__}")  # parse forbids it
+
+
+def compile_expression(tree: ast.expr, *, leaf: Callable[[str], Any], ops: Any) -> Any:
+    """Compile an expression tree for an engine. ``leaf(name)`` makes a column; ``ops`` gives
+    ``constant``, ``neg``, ``add``, ``sub``, ``mul``, ``div`` (null on zero or null), ``max``
+    and ``min`` (null when any argument is null)."""
+    if isinstance(tree, ast.Constant):
+        return ops.constant(_constant(tree))
+    if isinstance(tree, ast.Name):
+        return leaf(tree.id)
+    if isinstance(tree, ast.UnaryOp):
+        return ops.neg(compile_expression(tree.operand, leaf=leaf, ops=ops))
+    if isinstance(tree, ast.BinOp):
+        left = compile_expression(tree.left, leaf=leaf, ops=ops)
+        right = compile_expression(tree.right, leaf=leaf, ops=ops)
+        kind = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}[type(tree.op)]
+        return getattr(ops, kind)(left, right)
+    if isinstance(tree, ast.Call):
+        assert isinstance(tree.func, ast.Name)
+        args = [compile_expression(a, leaf=leaf, ops=ops) for a in tree.args]
+        return getattr(ops, tree.func.id)(args)
+    raise AssertionError(f"unchecked expression node {type(tree).__name__}")
+
+
+def _constant(node: ast.Constant) -> float:
+    assert isinstance(node.value, int | float)  # parse allows numbers only
+    return float(node.value)
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,85 @@
+"""The declarative feature spec: expansion, and errors that name the entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.spec import SpecError, load_feature_spec, parse_feature_spec
+
+BASE = """
+session_gap_minutes: 30
+aggregates:
+  - name: "{event_type}_count_{window}"
+    kind: count
+    for_each: {event_type: [email_open, email_click]}
+    windows: [7, 28]
+"""
+
+
+def test_the_shipped_spec_expands_templates_into_named_features() -> None:
+    spec = load_feature_spec()
+    names = spec.names
+    for expected in (
+        "email_click_count_7d",
+        "days_since_last_purchase",
+        "open_without_click_ratio_28d",
+        "purchase_value_sum_all",
+        "web_share_28d",
+    ):
+        assert expected in names
+    assert len(names) == len(set(names))
+    assert spec.longest_window_days == 90
+
+
+def test_a_feature_can_be_added_without_touching_python() -> None:
+    spec = parse_feature_spec(
+        BASE
+        + """
+derived:
+  - name: email_click_per_open_{window}
+    expr: "email_click_count_{window} / email_open_count_{window}"
+    windows: [7, 28]
+"""
+    )
+    assert spec.names[-2:] == ("email_click_per_open_7d", "email_click_per_open_28d")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    where: {event_type: [teleport]}\n", "unknown event_type \\['teleport'\\]"),
+        ("    colour: blue\n", "colour"),
+    ],
+)
+def test_unknown_names_in_an_aggregate_are_errors_naming_them(extra: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_feature_spec(BASE + extra)
+
+
+def test_an_unknown_window_is_an_error() -> None:
+    with pytest.raises(SpecError, match="windows"):
+        parse_feature_spec(BASE.replace("[7, 28]", "[7, forever]"))
+
+
+def test_a_derived_feature_using_an_unknown_feature_is_an_error_naming_it() -> None:
+    text = BASE + 'derived:\n  - name: x\n    expr: "email_open_count_7d / nope_7d"\n'
+    with pytest.raises(SpecError, match="nope_7d"):
+        parse_feature_spec(text)
+
+
+@pytest.mark.parametrize("expr", ["__import__('os')", "email_open_count_7d ** 2", "abs(1, 2)"])
+def test_derived_expressions_allow_only_arithmetic(expr: str) -> None:
+    text = BASE + f'derived:\n  - name: x\n    expr: "{expr}"\n'
+    with pytest.raises(SpecError):
+        parse_feature_spec(text)
+
+
+def test_a_feature_declared_twice_is_an_error() -> None:
+    with pytest.raises(SpecError, match="declared twice"):
+        parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [7, 7]"))
+
+
+def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None:
+    assert parse_feature_spec(BASE).fingerprint == parse_feature_spec(BASE).fingerprint
+    other = parse_feature_spec(BASE.replace("[7, 28]", "[7, 14]"))
+    assert other.fingerprint != parse_feature_spec(BASE).fingerprint

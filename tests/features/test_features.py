@@ -1,0 +1,235 @@
+"""Per-contact features as of a date: values, edges, point-in-time correctness, and the online
+path equal to the batch engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pandas as pd
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from features.engine import build_contact_features
+from features.online import build_online_features
+from features.schema import validate
+from features.simulator import load_simulator_settings, simulate
+from features.spec import load_feature_spec
+
+SPEC = load_feature_spec()
+AS_OF = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def _events(rows: list[tuple[str, str, str, str, float | None]]) -> pl.DataFrame:
+    frame = pd.DataFrame(
+        rows, columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    table = validate(frame, now=NOW).events
+    result = pl.from_arrow(table)
+    assert isinstance(result, pl.DataFrame)
+    return result
+
+
+def _row(frame: pl.DataFrame, contact: str) -> dict[str, object]:
+    return frame.filter(pl.col("contact_id") == contact).row(0, named=True)
+
+
+def test_counts_sums_recency_and_ratios_of_one_contact() -> None:
+    events = _events(
+        [
+            ("a", "2024-02-28T10:00:00Z", "email", "email_open", None),
+            ("a", "2024-02-28T10:05:00Z", "email", "email_click", None),
+            ("a", "2024-02-27T09:00:00Z", "email", "email_open", None),
+            ("a", "2024-02-20T12:00:00Z", "web", "purchase", 30.0),
+            ("a", "2024-01-05T12:00:00Z", "web", "purchase", 10.0),
+        ]
+    )
+    row = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
+    assert row["email_open_count_7d"] == 2
+    assert row["email_click_count_7d"] == 1
+    assert row["open_without_click_ratio_7d"] == pytest.approx(0.5)
+    assert row["purchase_count_28d"] == 1
+    assert row["purchase_count_all"] == 2
+    assert row["purchase_value_sum_28d"] == pytest.approx(30.0)
+    assert row["average_order_value_all"] == pytest.approx(20.0)
+    assert row["days_since_last_purchase"] == pytest.approx(9.5)
+    assert row["days_since_last_email_click"] == pytest.approx(1 + (13 * 60 + 55) / 1440)
+    assert row["session_count_7d"] == 2  # the open and the click 5 minutes later are one
+    assert row["rules_stage"] == "retention"  # bought in the window, and had bought before
+
+
+def test_empty_windows_give_zero_counts_and_missing_ratios_and_recency() -> None:
+    events = _events([("a", "2023-06-01T10:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame({"contact_id": ["a", "quiet"], "marketing_consent": [True, True]})
+    frame = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    quiet = _row(frame, "quiet")
+    assert quiet["page_view_count_90d"] == 0
+    assert quiet["purchase_value_sum_all"] == 0.0
+    assert quiet["days_since_last_page_view"] is None
+    assert quiet["click_through_ratio_28d"] is None
+    assert quiet["rules_stage"] == "dormant"
+    assert _row(frame, "a")["days_since_last_page_view"] == pytest.approx(273 + 14 / 24)
+
+
+def test_an_event_exactly_at_a_window_edge_is_inside_and_one_at_as_of_is_not() -> None:
+    edge = (AS_OF - dt.timedelta(days=7)).isoformat()
+    before_edge = (AS_OF - dt.timedelta(days=7, microseconds=1)).isoformat()
+    events = _events(
+        [
+            ("a", edge, "web", "page_view", None),
+            ("a", before_edge, "web", "product_view", None),
+            ("a", AS_OF.isoformat(), "web", "add_to_cart", None),
+        ]
+    )
+    row = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
+    assert row["page_view_count_7d"] == 1
+    assert row["product_view_count_7d"] == 0
+    assert row["product_view_count_28d"] == 1
+    assert row["add_to_cart_count_7d"] == 0
+    assert row["days_since_last_add_to_cart"] is None
+
+
+def test_only_contacts_active_in_the_longest_window_or_listed_are_eligible() -> None:
+    events = _events(
+        [
+            ("recent", "2024-02-20T10:00:00Z", "web", "page_view", None),
+            ("old", "2023-01-01T10:00:00Z", "web", "page_view", None),
+        ]
+    )
+    assert build_contact_features(events, as_of=AS_OF, spec=SPEC)["contact_id"].to_list() == [
+        "recent"
+    ]
+
+
+def test_a_naive_as_of_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        build_contact_features(_events([]), as_of=dt.datetime(2024, 3, 1), spec=SPEC)
+
+
+# --- point in time, as properties ---------------------------------------------------------------
+
+rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(-100 * 86_400, 30 * 86_400),
+        st.sampled_from(["email", "web", "push"]),
+        st.sampled_from(["email_open", "email_click", "page_view", "add_to_cart", "purchase"]),
+    ),
+    max_size=30,
+)
+
+
+def _frame(generated: list[tuple[str, int, str, str]]) -> pl.DataFrame:
+    return _events(
+        [
+            (
+                c,
+                (AS_OF + dt.timedelta(seconds=s)).isoformat(),
+                ch,
+                e,
+                5.0 if e == "purchase" else None,
+            )
+            for c, s, ch, e in generated
+        ]
+    )
+
+
+def _features(generated: list[tuple[str, int, str, str]]) -> pl.DataFrame:
+    return build_contact_features(_frame(generated), as_of=AS_OF, spec=SPEC)
+
+
+quick = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _assert_same(left: pl.DataFrame, right: pl.DataFrame) -> None:
+    # equal values; floats to 1e-12 (Polars may divide by a reciprocal on one code path)
+    assert_frame_equal(left, right, rel_tol=1e-12, abs_tol=1e-12, categorical_as_str=True)
+
+
+@quick
+@given(generated=rows)
+def test_events_at_or_after_as_of_change_no_feature(
+    generated: list[tuple[str, int, str, str]],
+) -> None:
+    past = [r for r in generated if r[1] < 0]
+    with_future = _features(generated)
+    only_past = _features(past)
+    known = only_past["contact_id"].to_list()
+    # contacts seen only in the future are not eligible as of AS_OF
+    assert with_future["contact_id"].to_list() == known
+    _assert_same(with_future, only_past)
+
+
+@quick
+@given(generated=rows, seed=st.integers(0, 1000))
+def test_shuffling_the_input_changes_nothing(
+    generated: list[tuple[str, int, str, str]], seed: int
+) -> None:
+    shuffled = list(generated)
+    random.Random(seed).shuffle(shuffled)
+    _assert_same(_features(shuffled), _features(generated))
+
+
+@quick
+@given(generated=rows)
+def test_a_contacts_features_depend_on_its_own_events_only(
+    generated: list[tuple[str, int, str, str]],
+) -> None:
+    together = _features(generated)
+    for contact in together["contact_id"].to_list():
+        alone = _features([r for r in generated if r[0] == contact])
+        _assert_same(alone, together.filter(pl.col("contact_id") == contact))
+
+
+# --- the online path equals the batch engine ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated() -> tuple[pl.DataFrame, pl.DataFrame]:
+    sim = simulate(
+        load_simulator_settings(), contacts=1500, days=90, seed=5, start=dt.date(2024, 1, 1)
+    )
+    events, contacts = pl.from_arrow(sim.events), pl.from_arrow(sim.contacts)
+    assert isinstance(events, pl.DataFrame)
+    assert isinstance(contacts, pl.DataFrame)
+    return events, contacts
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        dt.datetime(2024, 2, 15, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 20, 7, 31, 12, tzinfo=dt.UTC),
+        dt.datetime(2024, 4, 1, tzinfo=dt.UTC),
+    ],
+)
+def test_the_online_path_equals_the_batch_engine_for_random_contacts(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], as_of: dt.datetime
+) -> None:
+    events, contacts = simulated
+    batch = build_contact_features(events, contacts, as_of=as_of, spec=SPEC)
+    by_contact = events.partition_by("contact_id", as_dict=True)
+    attributes = {r["contact_id"]: r for r in contacts.iter_rows(named=True)}
+    chosen = random.Random(as_of.day).sample(batch["contact_id"].to_list(), 60)
+    compared = 0
+    for contact in chosen:
+        own = by_contact.get((contact,))
+        online = build_online_features(
+            [] if own is None else own.to_dicts(),
+            as_of=as_of,
+            spec=SPEC,
+            contact=attributes[contact],
+        )
+        expected = _row(batch, contact)
+        assert set(online) == set(expected) - {"contact_id", "as_of"}
+        for name, value in online.items():
+            if isinstance(value, float) and expected[name] is not None:
+                assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
+            else:
+                assert value == expected[name], (contact, name)
+            compared += 1
+    assert compared > 60 * 100
