@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
-COMMANDS = ["run", "simulate", "ingest", "validate", "funnel", "sources"]
+COMMANDS = ["run", "simulate", "ingest", "validate", "funnel", "features", "sources"]
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -118,3 +119,22 @@ def test_the_same_seed_and_start_give_the_same_files(tmp_path: Path) -> None:
         two = pq.read_table(tmp_path / "two" / f"{table}.parquet")
         assert one.num_rows > 0
         assert one.equals(two)
+
+
+def test_features_are_built_from_a_simulated_folder_as_of_a_date(tmp_path: Path) -> None:
+    import polars as pl
+
+    data = tmp_path / "data"
+    simulated = _run(
+        "simulate", "--out", str(data), "--contacts", "400", "--days", "40", "--start", "2024-01-01"
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    out = tmp_path / "features.parquet"
+    result = _run("features", "--events", str(data), "--as-of", "2024-02-01", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pl.read_parquet(out)
+    assert table.height > 0
+    assert {"contact_id", "as_of", "email_open_count_7d", "rules_stage", "segment"} <= set(
+        table.columns
+    )
+    assert table["as_of"].dt.date().unique().to_list() == [dt.date(2024, 2, 1)]
