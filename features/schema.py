@@ -62,6 +62,12 @@ REJECTS_SCHEMA: Final = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("contact_id", pa.string()),
         pa.field("record", pa.string(), nullable=False),  # the input row as JSON text
+        # Where the row came from, filled by ``features.sources.ingest`` (null from ``validate``
+        # on a frame): the mapping key and file, e.g. "events[1] olist/deals.csv", and the line
+        # in that file as an editor shows it (1 = the header line); for Parquet or data inside
+        # a package, the 0-based row index; for an aggregated row, its group's first input row.
+        pa.field("source", pa.string()),
+        pa.field("source_row", pa.int64()),
     ]
 )
 
@@ -607,6 +613,8 @@ def rejects_table(
             "reason": pa.array(bad["_reason"].to_list(), pa.string()),
             "contact_id": pa.array(bad["contact_id"].to_list(), pa.string()),
             "record": pa.array(records, pa.string()),
+            "source": pa.nulls(len(rows), pa.string()),
+            "source_row": pa.nulls(len(rows), pa.int64()),
         },
         schema=REJECTS_SCHEMA,
     )

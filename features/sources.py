@@ -12,11 +12,17 @@ rejects and counts them as ``unknown_event_type``. ``ingest`` reads and validate
 
 Row numbers in the rejects of an ingested source count the rows of ``RawSource.events`` first,
 then the rows the mapping set aside (``drop_contacts``), which are reported with the reason
-``excluded_by_mapping``.
+``excluded_by_mapping``. Every reject of an ingested source also says where in the source it
+came from: ``source`` is the mapping key and file (``"events[1] olist/deals.csv"``) and
+``source_row`` the line of that file as an editor shows it (the header is line 1); for Parquet
+or data inside a package it is the 0-based row index, and for an aggregated row (one basket from
+its line items) the first input row of its group. A contact made from the events (a mapping
+without a contacts file) points at its first event.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -70,6 +76,11 @@ _DTYPES: Final[dict[str, pl.DataType]] = {
 _DATA_DIR_FIX: Final = (
     f"pass --data-dir or set {DATA_DIR_ENV} to the folder that holds the data sets"
 )
+# Internal columns carried through reading: which file a row came from (an index into
+# `Origins.files`) and its 0-based row in that file. Never passed to validation.
+_ORIGIN: Final = "__funnelcast_origin"
+_ORIGIN_ROW: Final = "__funnelcast_origin_row"
+_ORIGIN_COLUMNS: Final = (_ORIGIN, _ORIGIN_ROW)
 
 
 class MappingError(InputError):
@@ -257,12 +268,49 @@ class SourceMapping(FrozenSettings):
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """A file whose rows become rows of a canonical table, and how it was read."""
+
+    label: str  # the mapping key and file: "events[1] olist-marketing-funnel/deals.csv"
+    path: Path
+    spec: ReadSpec
+    rows: int  # rows read from it
+
+    def source_rows(self, rows: pl.Series) -> pl.Series:
+        """0-based rows of the file as read -> what `source_row` shows: the line in an editor
+        (header = line 1) for text files; the row index itself for Parquet and package data.
+        Null where the lines cannot be matched to the rows read."""
+        rows = rows.cast(pl.Int64)
+        if self.spec.format == "parquet" or self.spec.package is not None:
+            return rows
+        header = 1 if self.spec.header else 0
+        if _count_lines(self.path) == self.rows + header:  # one line per row: no need to scan
+            return rows + header + 1
+        # a quoted value spans lines, or (whitespace files) blank lines were skipped
+        starts = _record_lines(self.path, self.spec)
+        if len(starts) != self.rows:
+            return pl.repeat(None, rows.len(), eager=True, dtype=pl.Int64)
+        return pl.Series(starts, dtype=pl.Int64).gather(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Origins:
+    """Where each row of the raw tables came from: per table ("events", "contacts", "labels"),
+    a frame aligned row for row with it, holding the file (an index into `files`) and the
+    0-based row in that file."""
+
+    files: tuple[SourceFile, ...]
+    rows: dict[str, pl.DataFrame]
+
+
+@dataclasses.dataclass(frozen=True)
 class RawSource:
     """A source read through its mapping, with canonical column names, not yet validated.
 
     ``events`` and ``contacts`` go to ``features.schema.validate``; ``labels`` follows
     ``LABELS_SCHEMA`` (contact_id, label_date as UTC or null, outcome); ``excluded`` holds the
-    rows the mapping set aside (``drop_contacts``) in the rejects layout, so they are counted.
+    rows the mapping set aside (``drop_contacts``) in the rejects layout, so they are counted;
+    ``origins`` says where in the files each row of the three tables came from.
     """
 
     events: pl.DataFrame
@@ -270,6 +318,7 @@ class RawSource:
     labels: pa.Table | None
     timezone: str | None
     excluded: pa.Table
+    origins: Origins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,30 +396,39 @@ def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
     events = _concat_streams(streams) if streams else _empty_events()
     # drop_contacts rows are set aside here and reported by ingest, never lost
     drop = pl.Series(mapping.drop_contacts, dtype=pl.String)
-    events, excluded_events = _set_aside("events", events, drop)
+    events, excluded_events = _set_aside("events", events, drop, files.sources)
     excluded = [excluded_events]
+    origins = {"events": events.select(_ORIGIN_COLUMNS)}
 
     contacts = None
     if mapping.contacts is not None:
-        contacts, excluded_contacts = _set_aside(
-            "contacts", _read_contacts(mapping.contacts, files, events), drop
+        contact_frame, excluded_contacts = _set_aside(
+            "contacts", _read_contacts(mapping.contacts, files, events), drop, files.sources
         )
         excluded.append(excluded_contacts)
+        origins["contacts"] = contact_frame.select(_ORIGIN_COLUMNS)
+        contacts = contact_frame.drop(_ORIGIN_COLUMNS)
 
     labels = None
     if mapping.labels is not None:
         label_frame, excluded_labels = _set_aside(
-            "labels", _read_labels(mapping.labels, files, timezone=mapping.timezone), drop
+            "labels",
+            _read_labels(mapping.labels, files, timezone=mapping.timezone),
+            drop,
+            files.sources,
         )
         excluded.append(excluded_labels)
-        labels = label_frame.to_arrow()  # checked row by row, and typed, by ingest
+        origins["labels"] = label_frame.select(_ORIGIN_COLUMNS)
+        # checked row by row, and typed, by ingest
+        labels = label_frame.drop(_ORIGIN_COLUMNS).to_arrow()
 
     return RawSource(
-        events=events,
+        events=events.drop(_ORIGIN_COLUMNS),
         contacts=contacts,
         labels=labels,
         timezone=mapping.timezone,
         excluded=pa.concat_tables(excluded),
+        origins=Origins(files=tuple(files.sources), rows=origins),
     )
 
 
@@ -379,8 +437,11 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
     mapping = load_mapping(source)
     raw = read_source(mapping, data_dir=data_dir)
     validated = validate(raw.events, raw.contacts, timezone=raw.timezone, now=now)
+    validated = dataclasses.replace(
+        validated, rejects=_with_sources(validated.rejects, raw.origins)
+    )
     labels, label_rejects = _validate_labels(raw.labels, now=now)
-    set_aside = pa.concat_tables([raw.excluded, label_rejects])
+    set_aside = pa.concat_tables([raw.excluded, _with_sources(label_rejects, raw.origins)])
     return Ingested(
         validated=_with_excluded(validated, set_aside, labels=labels),
         labels=labels,
@@ -444,12 +505,28 @@ class _FileCache:
     def __init__(self, mapping: SourceMapping, data_dir: Path) -> None:
         self._source = mapping.name
         self._data_dir = data_dir
-        self._frames: dict[str, pl.DataFrame] = {}
+        self._frames: dict[str, tuple[pl.DataFrame, Path]] = {}
+        self.sources: list[SourceFile] = []  # files read by `read_rows`, in order
 
     def read(self, spec: ReadSpec, key: str) -> pl.DataFrame:
+        return self._read(spec, key)[0]
+
+    def read_rows(self, spec: ReadSpec, key: str) -> pl.DataFrame:
+        """The file, for rows of a canonical table (`key`: "events[1]", "contacts", ...), with
+        the internal columns that say where each row came from."""
+        frame, path = self._read(spec, f"{key}.read")
+        shown = spec.path if spec.package is None else f"{spec.package}:{spec.path}"
+        self.sources.append(SourceFile(f"{key} {shown}", path, spec, frame.height))
+        return frame.with_columns(
+            pl.lit(len(self.sources) - 1, pl.UInt16).alias(_ORIGIN),
+            pl.int_range(frame.height, dtype=pl.Int64).alias(_ORIGIN_ROW),
+        )
+
+    def _read(self, spec: ReadSpec, key: str) -> tuple[pl.DataFrame, Path]:
         cache_key = spec.model_dump_json()
         if cache_key not in self._frames:
-            self._frames[cache_key] = _read_file(spec, self._locate(spec, key), key)
+            path = self._locate(spec, key)
+            self._frames[cache_key] = (_read_file(spec, path, key), path)
         return self._frames[cache_key]
 
     def _locate(self, spec: ReadSpec, key: str) -> Path:
@@ -519,8 +596,9 @@ def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> 
 
 def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
     if column not in frame.columns:
+        names = [name for name in frame.columns if name not in _ORIGIN_COLUMNS]
         raise SchemaError(
-            f"{where} has no column '{column}' (it has: {', '.join(frame.columns)}); "
+            f"{where} has no column '{column}' (it has: {', '.join(names)}); "
             f"fix `{key}` in the source mapping"
         )
 
@@ -580,6 +658,8 @@ def _aggregate(frame: pl.DataFrame, spec: AggregateSpec, *, key: str, where: str
             "count": source.count(),
         }[function]
         expressions.append(aggregated.alias(output))
+    if _ORIGIN_ROW in frame.columns:  # a group comes from its first input row
+        expressions += [pl.col(_ORIGIN).first(), pl.col(_ORIGIN_ROW).min()]
     return frame.group_by(spec.by, maintain_order=True).agg(expressions)
 
 
@@ -590,7 +670,7 @@ def _read_event_stream(
     stream: EventStreamSpec, files: _FileCache, *, key: str, timezone: str | None
 ) -> pl.DataFrame:
     where = f"{stream.read.path} (events {stream.name!r})"
-    frame = files.read(stream.read, f"{key}.read")
+    frame = files.read_rows(stream.read, key)
     properties = list(stream.properties)
     if stream.row_number_property is not None:
         frame = frame.with_row_index(stream.row_number_property)
@@ -633,6 +713,7 @@ def _read_event_stream(
         properties=(
             pl.struct(properties).struct.json_encode() if properties else pl.lit(None, pl.String)
         ),
+        **{name: pl.col(name) for name in _ORIGIN_COLUMNS},
     )
 
 
@@ -744,7 +825,9 @@ def _as_text(column: pl.Series) -> pl.Series:
 def _empty_events() -> pl.DataFrame:
     frame = pl.from_arrow(EVENTS_SCHEMA.empty_table())
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    return frame.with_columns(
+        pl.lit(None, pl.UInt16).alias(_ORIGIN), pl.lit(None, pl.Int64).alias(_ORIGIN_ROW)
+    )
 
 
 # --- contacts and labels -----------------------------------------------------------------------
@@ -752,12 +835,17 @@ def _empty_events() -> pl.DataFrame:
 
 def _read_contacts(spec: ContactsSpec, files: _FileCache, events: pl.DataFrame) -> pl.DataFrame:
     if spec.read is None:
-        # one row per contact seen in the events; rows without an id are already counted
-        # as missing_contact_id event rejects, so they do not become contacts too
-        frame = events.select(pl.col("contact_id").drop_nulls().unique(maintain_order=True))
+        # one row per contact seen in the events, from its first event; rows without an id
+        # are already counted as missing_contact_id event rejects, so they do not become
+        # contacts too
+        frame = (
+            events.select("contact_id", *_ORIGIN_COLUMNS)
+            .filter(pl.col("contact_id").is_not_null())
+            .unique("contact_id", keep="first", maintain_order=True)
+        )
         where = "the events"
     else:
-        frame = files.read(spec.read, "contacts.read")
+        frame = files.read_rows(spec.read, "contacts")
         where = spec.read.path
     if spec.join is not None:
         frame = _join(frame, spec.join, files, key="contacts.join", where=where)
@@ -770,6 +858,7 @@ def _read_contacts(spec: ContactsSpec, files: _FileCache, events: pl.DataFrame) 
         contact_id=_contact_ids(frame, spec.contact_id, key="contacts.contact_id"),
         marketing_consent=_consent(spec),
         **{name: pl.col(column) for column, name in spec.attributes.items()},
+        **{name: pl.col(name) for name in _ORIGIN_COLUMNS},
     )
 
 
@@ -792,7 +881,7 @@ def _consent(spec: ContactsSpec) -> pl.Expr:
 
 
 def _read_labels(spec: LabelsSpec, files: _FileCache, *, timezone: str | None) -> pl.DataFrame:
-    frame = files.read(spec.read, "labels.read")
+    frame = files.read_rows(spec.read, "labels")
     where = spec.read.path
     if spec.join is not None:
         frame = _join(frame, spec.join, files, key="labels.join", where=where)
@@ -807,6 +896,7 @@ def _read_labels(spec: LabelsSpec, files: _FileCache, *, timezone: str | None) -
         contact_id=_contact_ids(frame, spec.contact_id, key="labels.contact_id"),
         label_date=pl.col("label_date"),
         outcome=_outcome(frame, spec.outcome),
+        **{name: pl.col(name) for name in _ORIGIN_COLUMNS},
     )
 
 
@@ -854,9 +944,15 @@ def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -
 # --- rows set aside by the mapping -------------------------------------------------------------
 
 
-def _excluded_rows(table: str, frame: pl.DataFrame, *, first_row: int) -> pa.Table:
+def _excluded_rows(
+    table: str, frame: pl.DataFrame, *, first_row: int, files: list[SourceFile]
+) -> pa.Table:
     """Rows of `drop_contacts` in the rejects layout, numbered after the rows that were kept."""
-    records = [json.dumps(row, default=str, sort_keys=True) for row in frame.iter_rows(named=True)]
+    records = [
+        json.dumps(row, default=str, sort_keys=True)
+        for row in frame.drop(_ORIGIN_COLUMNS).iter_rows(named=True)
+    ]
+    source, source_row = _locate(frame.select(_ORIGIN_COLUMNS), files)
     return pa.table(
         {
             "table": pa.array([table] * frame.height, pa.string()),
@@ -864,15 +960,87 @@ def _excluded_rows(table: str, frame: pl.DataFrame, *, first_row: int) -> pa.Tab
             "reason": pa.array([EXCLUDED_REASON] * frame.height, pa.string()),
             "contact_id": pa.array(frame["contact_id"].cast(pl.String).to_list(), pa.string()),
             "record": pa.array(records, pa.string()),
+            "source": source,
+            "source_row": source_row,
         },
         schema=REJECTS_SCHEMA,
     )
 
 
-def _set_aside(table: str, frame: pl.DataFrame, drop: pl.Series) -> tuple[pl.DataFrame, pa.Table]:
+def _set_aside(
+    table: str, frame: pl.DataFrame, drop: pl.Series, files: list[SourceFile]
+) -> tuple[pl.DataFrame, pa.Table]:
     dropped = frame["contact_id"].is_in(drop).fill_null(False)
     kept = frame.filter(~dropped)
-    return kept, _excluded_rows(table, frame.filter(dropped), first_row=kept.height)
+    excluded = _excluded_rows(table, frame.filter(dropped), first_row=kept.height, files=files)
+    return kept, excluded
+
+
+# --- where a reject came from ------------------------------------------------------------------
+
+
+def _with_sources(rejects: pa.Table, origins: Origins) -> pa.Table:
+    """Rejects with `source` and `source_row` filled in: `row_number` is the row's position in
+    its raw table, whose origins say which file and row it came from."""
+    tables = pl.Series("table", rejects.column("table"))
+    numbers = pl.Series("row_number", rejects.column("row_number"))
+    file_of = pl.repeat(None, rejects.num_rows, eager=True, dtype=pl.UInt16).alias(_ORIGIN)
+    row_of = pl.repeat(None, rejects.num_rows, eager=True, dtype=pl.Int64).alias(_ORIGIN_ROW)
+    for table, rows in origins.rows.items():
+        positions = (tables == table).arg_true()
+        if positions.len():
+            found = rows.gather(numbers.gather(positions))
+            file_of = file_of.scatter(positions, found[_ORIGIN])
+            row_of = row_of.scatter(positions, found[_ORIGIN_ROW])
+    source, source_row = _locate(pl.DataFrame([file_of, row_of]), origins.files)
+    return (
+        rejects.drop_columns(["source", "source_row"])
+        .append_column(REJECTS_SCHEMA.field("source"), source)
+        .append_column(REJECTS_SCHEMA.field("source_row"), source_row)
+    )
+
+
+def _locate(
+    origin: pl.DataFrame, files: list[SourceFile] | tuple[SourceFile, ...]
+) -> tuple[pa.Array, pa.Array]:
+    """`source` and `source_row` for rows given as (file index, 0-based row in the file)."""
+    labels = pl.Series([file.label for file in files], dtype=pl.String)
+    file_of = origin[_ORIGIN]
+    source = pl.repeat(None, origin.height, eager=True, dtype=pl.String)
+    source_row = pl.repeat(None, origin.height, eager=True, dtype=pl.Int64)
+    for index in file_of.drop_nulls().unique().sort().to_list():
+        positions = (file_of == index).fill_null(False).arg_true()
+        rows = origin[_ORIGIN_ROW].gather(positions)
+        source = source.scatter(positions, labels[index])
+        source_row = source_row.scatter(positions, files[index].source_rows(rows))
+    return source.to_arrow().cast(pa.string()), source_row.to_arrow()
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in a file, a last line without a line break included."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _record_lines(path: Path, spec: ReadSpec) -> list[int]:
+    """The line (1-based) on which each row of a text file starts, as the reader counts rows:
+    a quoted CSV value may span lines; blank lines are rows of a CSV (Polars reads them as
+    empty rows) but not of a whitespace file (pandas skips them)."""
+    starts: list[int] = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        if spec.format == "whitespace":
+            starts = [number for number, line in enumerate(handle, start=1) if line.strip()]
+        else:
+            reader = csv.reader(handle, delimiter=spec.delimiter)
+            line = 1
+            for _ in reader:
+                starts.append(line)
+                line = reader.line_num + 1
+    return starts[1:] if spec.header else starts
 
 
 def _with_excluded(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -98,6 +99,35 @@ def test_taobao_reports_the_truncated_user_as_excluded_not_silently_dropped(
     assert set(excluded.column("contact_id").to_pylist()) == {"100370"}
     assert ingested.validated.rows_in["events"] == 84_476
     assert _balanced(ingested)
+
+
+def test_taobao_excluded_rows_point_at_their_lines_of_userbehavior_csv(
+    shared_data_dir: Path,
+) -> None:
+    path = shared_data_dir / "taobao-userbehavior-sample/UserBehavior.csv"
+    with open(path, encoding="ascii") as handle:
+        lines = handle.read().splitlines()  # line n of the file is lines[n - 1]
+
+    rejects = _ingest("taobao", shared_data_dir).validated.rejects
+    excluded = rejects.filter(pc.equal(rejects.column("reason"), EXCLUDED_REASON))
+
+    assert set(excluded.column("source").to_pylist()) == {
+        "events[0] taobao-userbehavior-sample/UserBehavior.csv"
+    }
+    numbers = excluded.column("source_row").to_pylist()
+    assert numbers == [n for n, line in enumerate(lines, 1) if line.startswith("100370,")]
+    assert len(numbers) == 189
+    assert numbers[-1] == len(lines)  # the cut line is the last one
+    for number, contact, record in zip(
+        numbers,
+        excluded.column("contact_id").to_pylist(),
+        excluded.column("record").to_pylist(),
+        strict=True,
+    ):
+        user_id, item_id = lines[number - 1].split(",")[:2]
+        assert user_id == contact == "100370"
+        properties = json.loads(json.loads(record)["properties"])
+        assert properties["item_id"] == item_id  # the very row, not a neighbour
 
 
 def test_taobao_keeps_the_early_rows_and_ends_at_china_midnight(shared_data_dir: Path) -> None:

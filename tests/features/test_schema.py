@@ -280,6 +280,8 @@ def test_reasons_added_after_validation_are_counted_too() -> None:
             "reason": ["excluded_by_mapping"],
             "contact_id": ["x"],
             "record": ["{}"],
+            "source": pa.nulls(1, pa.string()),
+            "source_row": pa.nulls(1, pa.int64()),
         },
         schema=result.rejects.schema,
     )

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.schema import SchemaError
+from features.schema import EVENT_COLUMNS, SchemaError
 from features.sources import (
     EXCLUDED_REASON,
     LABELS_SCHEMA,
@@ -593,3 +593,294 @@ def test_label_rows_without_a_contact_or_dated_in_the_future_are_set_aside(
     assert counts[("labels", "missing_contact_id")] == 1
     assert counts[("labels", "future_label_date")] == 1
     assert ingested.validated.rows_in["labels"] == 3
+
+
+# --- where a reject came from ------------------------------------------------------------------
+
+
+def _where(rejects: pa.Table) -> list[tuple[str, str | None, int | None]]:
+    """(reason, source, source_row) of each reject."""
+    return list(
+        zip(
+            rejects.column("reason").to_pylist(),
+            rejects.column("source").to_pylist(),
+            rejects.column("source_row").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def _line(path: Path, number: int) -> str:
+    """Line `number` of a file as an editor shows it (1-based)."""
+    return path.read_text("utf-8").splitlines()[number - 1]
+
+
+TWO_FILES_MAPPING = """\
+name: leads_and_deals
+description: two event files
+timezone: UTC
+events:
+  - name: leads
+    read: {path: crm/leads.csv}
+    contact_id: lead
+    timestamp: {column: at, format: "%Y-%m-%d"}
+    event_type: {fixed: form_submit}
+    channel: {fixed: web}
+  - name: deals
+    read: {path: crm/deals.csv}
+    contact_id: lead
+    timestamp: {column: won, format: "%Y-%m-%d"}
+    event_type: {fixed: purchase}
+    channel: {fixed: sales}
+"""
+
+
+def test_a_reject_in_the_second_file_of_a_mapping_names_that_file_and_its_line(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "crm/leads.csv", "lead,at\na,2024-01-01\nb,2024-01-02\nc,2024-01-03\n")
+    deals = _write(tmp_path / "crm/deals.csv", "lead,won\na,2024-02-01\nb,soon\nc,2024-02-03\n")
+    mapping = _write(tmp_path / "crm.yaml", TWO_FILES_MAPPING)
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [("unparseable_timestamp", "events[1] crm/deals.csv", 3)]
+    assert rejects.column("row_number").to_pylist() == [4]  # 3 leads, then the deals
+    assert _line(deals, 3) == "b,soon"
+
+
+def test_a_reject_in_a_file_without_a_header_points_at_its_line(tmp_path: Path) -> None:
+    clicks = _write(tmp_path / "clicks.csv", "u1,1700000000\nu2,1700000001\nu3,later\n")
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: clicks without a header line
+        events:
+          - name: clicks
+            read: {path: clicks.csv, header: false, columns: [user, s]}
+            contact_id: user
+            timestamp: {column: s, format: unix_s}
+            event_type: {fixed: email_click}
+            channel: {fixed: email}
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [("unparseable_timestamp", "events[0] clicks.csv", 3)]
+    assert _line(clicks, 3) == "u3,later"
+
+
+def test_line_numbers_stay_right_after_a_value_spanning_lines_or_a_blank_line(
+    tmp_path: Path,
+) -> None:
+    # a quoted note over two lines in one file; a blank line in a whitespace-separated file
+    notes = _write(
+        tmp_path / "notes.csv",
+        'who,at,note\na,2024-01-01,"two\nlines"\nb,2024-13-01,short\n',
+    )
+    orders = _write(tmp_path / "orders.txt", "who at\nc 20240101\n\nd 2024xx01\n")
+    mapping = _write(
+        tmp_path / "mixed.yaml",
+        """\
+        name: mixed
+        description: rows that are not one per line
+        timezone: UTC
+        events:
+          - name: notes
+            read: {path: notes.csv}
+            contact_id: who
+            timestamp: {column: at, format: "%Y-%m-%d"}
+            event_type: {fixed: form_submit}
+            channel: {fixed: web}
+            properties: [note]
+          - name: orders
+            read: {path: orders.txt, format: whitespace}
+            contact_id: who
+            timestamp: {column: at, format: "%Y%m%d"}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [
+        ("unparseable_timestamp", "events[0] notes.csv", 4),
+        ("unparseable_timestamp", "events[1] orders.txt", 4),
+    ]
+    assert _line(notes, 4).startswith("b,")
+    assert _line(orders, 4).startswith("d ")
+
+
+def test_a_rejected_aggregated_row_points_at_the_first_input_row_of_its_group(
+    tmp_path: Path,
+) -> None:
+    lines = _write(
+        tmp_path / "lines.csv",
+        "basket,who,at,sales\n"
+        "1,a,2024-01-01T10:00:00Z,1.0\n"
+        "1,a,2024-01-01T10:00:00Z,2.0\n"
+        "2,,2024-01-02T10:00:00Z,3.0\n"  # basket 2 has no customer: its first line is line 4
+        "3,c,2024-01-03T10:00:00Z,4.0\n"
+        "2,,2024-01-02T10:00:00Z,5.0\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        """\
+        name: baskets
+        description: line items
+        events:
+          - name: baskets
+            read: {path: lines.csv}
+            aggregate: {by: [basket], columns: {who: first(who), at: min(at), sales: sum(sales)}}
+            contact_id: who
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+            value: sales
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [("missing_contact_id", "events[0] lines.csv", 4)]
+    assert rejects.column("row_number").to_pylist() == [1]  # the second basket
+    assert _line(lines, 4).startswith("2,,")
+
+
+def test_a_reject_in_a_parquet_file_points_at_its_0_based_row(tmp_path: Path) -> None:
+    pq.write_table(
+        pa.table({"id": ["a", "b", "c"], "at": ["2024-01-01T00:00:00Z", "x", "y"]}),
+        tmp_path / "rows.parquet",
+    )
+    mapping = _write(
+        tmp_path / "rows.yaml",
+        """\
+        name: rows
+        description: parquet rows
+        events:
+          - name: rows
+            read: {path: rows.parquet, format: parquet}
+            contact_id: id
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [
+        ("unparseable_timestamp", "events[0] rows.parquet", 1),
+        ("unparseable_timestamp", "events[0] rows.parquet", 2),
+    ]
+
+
+def test_a_rejected_contact_points_at_its_line_in_the_contacts_file(
+    shop: Path, tmp_path: Path
+) -> None:
+    customers = _write(
+        tmp_path / "data/shop/customers.csv", CUSTOMERS_CSV + "c3,yes,bronze\nc1,Y,gold\n"
+    )
+
+    rejects = ingest(shop, data_dir=tmp_path / "data", now=NOW).validated.rejects
+
+    assert _where(rejects) == [
+        ("unparseable_consent", "contacts shop/customers.csv", 4),
+        ("duplicate_contact_id", "contacts shop/customers.csv", 5),
+    ]
+    assert _line(customers, 4) == "c3,yes,bronze"
+
+
+def test_a_contact_made_from_the_events_points_at_its_first_event(tmp_path: Path) -> None:
+    events = _write(
+        tmp_path / "clicks.csv",
+        "user,s\nu1,1700000000\n  ,1700000001\nu2,1700000002\n  ,1700000003\n",
+    )
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: contacts from the events
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: user
+            timestamp: {column: s, format: unix_s}
+            event_type: {fixed: email_click}
+            channel: {fixed: email}
+        contacts:
+          consent_default: true
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+    contact_rejects = rejects.filter(pc.equal(rejects.column("table"), "contacts"))
+
+    # a blank id is an event reject on each of its lines, and one contact reject
+    assert _where(contact_rejects) == [("missing_contact_id", "events[0] clicks.csv", 3)]
+    assert _line(events, 3).startswith("  ,")
+
+
+def test_a_rejected_label_points_at_its_line_in_the_labels_file(tmp_path: Path) -> None:
+    leads = _write(
+        tmp_path / "leads.csv",
+        "lead,won_at\na,2024-03-01 09:00:00\n,2024-03-02 09:00:00\nc,2031-01-01 09:00:00\n",
+    )
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        timezone: UTC
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: won_at, when_present: won, when_missing: not_won}
+          label_date: {column: won_at, format: "%Y-%m-%d %H:%M:%S"}
+        """,
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
+
+    assert _where(rejects) == [
+        ("missing_contact_id", "labels leads.csv", 3),
+        ("future_label_date", "labels leads.csv", 4),
+    ]
+    assert _line(leads, 4).startswith("c,2031")
+
+
+def test_rows_excluded_by_the_mapping_point_at_their_lines(shop: Path, tmp_path: Path) -> None:
+    mapping = _with(
+        shop, "timezone: Europe/Stockholm", 'timezone: Europe/Stockholm\ndrop_contacts: ["c1"]'
+    )
+
+    rejects = ingest(mapping, data_dir=tmp_path / "data", now=NOW).validated.rejects
+
+    assert _where(rejects) == [
+        (EXCLUDED_REASON, "events[0] shop/events.csv", 2),
+        (EXCLUDED_REASON, "events[0] shop/events.csv", 3),
+        (EXCLUDED_REASON, "contacts shop/customers.csv", 2),
+    ]
+    record = json.loads(rejects.column("record")[0].as_py())
+    assert set(record) == set(EVENT_COLUMNS)  # the row as read, nothing internal
+
+
+def test_validating_a_frame_directly_leaves_the_source_columns_empty() -> None:
+    from features.schema import validate
+
+    frame = pa.table(
+        {
+            "contact_id": ["a", "b"],
+            "timestamp": ["2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"],
+            "channel": ["web", "web"],
+            "event_type": ["page_view", "no_such_event"],
+        }
+    )
+
+    rejects = validate(frame, now=NOW).rejects
+
+    assert _where(rejects) == [("unknown_event_type", None, None)]
+    assert rejects.column("row_number").to_pylist() == [1]
