@@ -83,3 +83,20 @@ def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None
     assert parse_feature_spec(BASE).fingerprint == parse_feature_spec(BASE).fingerprint
     other = parse_feature_spec(BASE.replace("[7, 28]", "[7, 14]"))
     assert other.fingerprint != parse_feature_spec(BASE).fingerprint
+
+
+def test_the_readme_example_adds_a_feature_to_the_shipped_spec() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(derived:.*?)```", readme, re.DOTALL)
+    assert len(blocks) == 1
+    shipped = (
+        Path(__file__).resolve().parents[2] / "features" / "config" / "feature_spec.yaml"
+    ).read_text(encoding="utf-8")
+    extended = shipped.replace("derived:\n", blocks[0], 1)
+    spec = parse_feature_spec(extended)
+    assert "demo_requests_per_visit_28d" in spec.names
+    assert "demo_requests_per_visit_90d" in spec.names
+    assert len(spec.names) == len(load_feature_spec().names) + 2
