@@ -6,10 +6,14 @@ import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features.errors import InputError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class FrozenSettings(BaseModel):
@@ -44,3 +48,28 @@ def _shipped_defaults() -> dict[str, Any]:
 
 def load_rules_settings(path: Path | None = None) -> RulesSettings:
     return RulesSettings.model_validate(load_defaults(path)["rules"])
+
+
+def parse_yaml_model(
+    text: str, model: type[Model], *, origin: str, error: type[InputError]
+) -> Model:
+    """Parse YAML text into a settings model; every problem becomes one ``error`` whose message
+    names the file and, per problem, the key path to fix (pydantic's own text is long)."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{origin} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise error(f"{origin} is not a YAML mapping of keys")
+    try:
+        return model.model_validate(loaded)
+    except ValidationError as exc:
+        problems = "; ".join(f"`{_key_path(e['loc'])}`: {e['msg']}" for e in exc.errors())
+        raise error(f"{origin} is invalid: {problems}") from exc
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"

@@ -38,8 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import polars as pl
 import pyarrow as pa
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from features.errors import InputError
 from features.schema import (
@@ -53,7 +52,7 @@ from features.schema import (
     rejects_table,
     validate,
 )
-from features.settings import FrozenSettings
+from features.settings import FrozenSettings, parse_yaml_model
 
 DATA_DIR_ENV: Final = "FUNNELCAST_DATA_DIR"
 EXCLUDED_REASON: Final = "excluded_by_mapping"
@@ -474,25 +473,7 @@ def _validate_labels(
 
 
 def _parse_mapping(text: str, *, origin: str) -> SourceMapping:
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{origin} is not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise MappingError(f"{origin} is not a YAML mapping of keys")
-    try:
-        return SourceMapping.model_validate(loaded)
-    except ValidationError as exc:
-        # pydantic's own text is long; one line per problem, each naming the key to fix
-        problems = "; ".join(f"`{_key_path(e['loc'])}`: {e['msg']}" for e in exc.errors())
-        raise MappingError(f"{origin} is invalid: {problems}") from exc
-
-
-def _key_path(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
+    return parse_yaml_model(text, SourceMapping, origin=origin, error=MappingError)
 
 
 # --- reading files -----------------------------------------------------------------------------

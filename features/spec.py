@@ -19,11 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from features.errors import InputError
-from features.settings import FrozenSettings
+from features.settings import FrozenSettings, parse_yaml_model
 from features.vocabulary import CHANNELS, EVENT_TYPES
 
 AggregateKind = Literal[
@@ -149,19 +148,7 @@ def load_feature_spec(path: Path | None = None) -> FeatureSpec:
 
 
 def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpec:
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError(f"{origin} is not valid YAML: {error}") from error
-    if not isinstance(loaded, dict):
-        raise SpecError(f"{origin} is not a YAML mapping")
-    try:
-        spec_file = _SpecFile.model_validate(loaded)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"`{'.'.join(str(p) for p in e['loc'])}`: {e['msg']}" for e in error.errors()
-        )
-        raise SpecError(f"{origin} is invalid: {problems}") from error
+    spec_file = parse_yaml_model(text, _SpecFile, origin=origin, error=SpecError)
     aggregates = tuple(
         itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
     )
