@@ -18,15 +18,12 @@ import pyarrow as pa
 
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
-from features.spec import Aggregate, FeatureSpec, SpecError, compile_expression
+from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
 from features.stages import rules_stage_as_of
 from features.vocabulary import STAGES
 
 EventsInput: TypeAlias = pa.Table | pl.DataFrame | pl.LazyFrame | Path | str
-_DAY_US = 86_400 * 1_000_000
 STAGE_TYPE = pl.Enum(STAGES)
-# contact columns that are never features: the key, and consent (a legal flag, not behaviour)
-_NOT_ATTRIBUTES = frozenset({"contact_id", "marketing_consent"})
 
 
 def build_contact_features(
@@ -138,7 +135,7 @@ def _aggregate_expression(aggregate: Aggregate, as_of: dt.datetime, spec: Featur
 
 
 def _days_before(as_of: dt.datetime, moment: pl.Expr) -> pl.Expr:
-    return (pl.lit(as_of) - moment).dt.total_microseconds().cast(pl.Float64) / _DAY_US
+    return (pl.lit(as_of) - moment).dt.total_microseconds().cast(pl.Float64) / MICROS_PER_DAY
 
 
 def _fill_absent(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
@@ -183,19 +180,16 @@ class _PolarsOps:
 
     @staticmethod
     def max(args: list[pl.Expr]) -> pl.Expr:
-        return (
-            pl.when(pl.any_horizontal([a.is_null() for a in args]))
-            .then(None)
-            .otherwise(pl.max_horizontal(args))
-        )
+        return _null_if_any_null(args, pl.max_horizontal(args))
 
     @staticmethod
     def min(args: list[pl.Expr]) -> pl.Expr:
-        return (
-            pl.when(pl.any_horizontal([a.is_null() for a in args]))
-            .then(None)
-            .otherwise(pl.min_horizontal(args))
-        )
+        return _null_if_any_null(args, pl.min_horizontal(args))
+
+
+def _null_if_any_null(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
+    # Polars' max/min_horizontal skip nulls; the spec says a missing input gives a missing value
+    return pl.when(pl.any_horizontal([a.is_null() for a in args])).then(None).otherwise(combined)
 
 
 def _derived_expression(tree: Any) -> pl.Expr:
@@ -245,11 +239,7 @@ def _with_attributes(
     listed = _contacts_frame(contacts)
     if listed is None:
         return frame
-    wanted = (
-        [c for c in listed.columns if c not in _NOT_ATTRIBUTES]
-        if spec.attributes == "all"
-        else list(spec.attributes)
-    )
+    wanted = spec.attribute_names(listed.columns)
     missing = [c for c in wanted if c not in listed.columns]
     if missing:
         raise SpecError(

@@ -17,13 +17,11 @@ from typing import Any
 
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
-from features.spec import Aggregate, FeatureSpec, evaluate
+from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, evaluate
 from features.stages import stage_from_signals
 from features.vocabulary import ADVOCACY_EVENTS, EVENT_SIGNALS, PURCHASE_EVENTS, stage_rank
 
-_DAY_US = 86_400 * 1_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_NOT_ATTRIBUTES = frozenset({"contact_id", "marketing_consent"})
 
 
 @dataclass
@@ -94,7 +92,9 @@ def _aggregate(
     aggregate: Aggregate, groups: dict[tuple[str, str], _Group], now_us: int, spec: FeatureSpec
 ) -> float | int | None:
     keys = _matching_keys(aggregate, frozenset(groups))
-    start = None if aggregate.window_days is None else now_us - aggregate.window_days * _DAY_US
+    start = (
+        None if aggregate.window_days is None else now_us - aggregate.window_days * MICROS_PER_DAY
+    )
     kind = aggregate.kind
     if kind == "count":
         return sum(len(groups[k].times) - _first_at(groups[k].times, start) for k in keys)
@@ -108,7 +108,7 @@ def _aggregate(
         return total
     if kind == "distinct_days":
         days = {
-            at // _DAY_US
+            at // MICROS_PER_DAY
             for k in keys
             for at in groups[k].times[_first_at(groups[k].times, start) :]
         }
@@ -125,8 +125,8 @@ def _aggregate(
     if not keys:
         return None
     if kind == "days_since_last":
-        return (now_us - max(groups[k].times[-1] for k in keys)) / _DAY_US
-    return (now_us - min(groups[k].times[0] for k in keys)) / _DAY_US  # days_since_first
+        return (now_us - max(groups[k].times[-1] for k in keys)) / MICROS_PER_DAY
+    return (now_us - min(groups[k].times[0] for k in keys)) / MICROS_PER_DAY  # days_since_first
 
 
 def _first_at(times: list[int], start: int | None) -> int:
@@ -138,7 +138,7 @@ def _number(value: Any) -> float | None:
 
 
 def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: RulesSettings) -> str:
-    start = now_us - rules.lookback_days * _DAY_US
+    start = now_us - rules.lookback_days * MICROS_PER_DAY
     base_rank = -1
     visit_days: set[int] = set()
     purchases_ever = purchases_in_window = 0
@@ -153,7 +153,9 @@ def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: Rule
         elif in_window and EVENT_SIGNALS.get(event_type) is not None:
             base_rank = max(base_rank, stage_rank(EVENT_SIGNALS[event_type] or "dormant"))
         if event_type == "page_view":
-            visit_days.update(at // _DAY_US for at in group.times[_first_at(group.times, start) :])
+            visit_days.update(
+                at // MICROS_PER_DAY for at in group.times[_first_at(group.times, start) :]
+            )
     return stage_from_signals(
         base_rank=base_rank,
         visit_days=len(visit_days),
@@ -167,11 +169,7 @@ def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: Rule
 def _attributes(
     contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec
 ) -> dict[str, Any]:
-    names = (
-        [n for n in contact if n not in _NOT_ATTRIBUTES]
-        if spec.attributes == "all"
-        else list(spec.attributes)
-    )
+    names = spec.attribute_names(contact)
     out: dict[str, Any] = {}
     for name in names:
         value = contact.get(name)

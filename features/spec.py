@@ -11,8 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import itertools
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -31,6 +30,9 @@ AggregateKind = Literal[
 _WINDOWED: Final = frozenset({"count", "sum", "distinct_days", "sessions"})
 _VOCABULARY: Final[dict[str, tuple[str, ...]]] = {"event_type": EVENT_TYPES, "channel": CHANNELS}
 _SUMMABLE: Final = frozenset({"value"})
+MICROS_PER_DAY: Final = 86_400 * 1_000_000
+# contact columns that are never features: the key, and consent (a legal flag, not behaviour)
+_NOT_ATTRIBUTES: Final = frozenset({"contact_id", "marketing_consent"})
 
 
 class SpecError(InputError):
@@ -126,6 +128,13 @@ class FeatureSpec:
     def names(self) -> tuple[str, ...]:
         """Event-derived feature names, in output order (attributes and rules stage follow)."""
         return tuple(a.name for a in self.aggregates) + tuple(d.name for d in self.derived)
+
+    def attribute_names(self, available: Iterable[str]) -> list[str]:
+        """The contact attributes that become features, given the columns a contact has; one
+        rule for every engine."""
+        if self.attributes == "all":
+            return [name for name in available if name not in _NOT_ATTRIBUTES]
+        return list(self.attributes)
 
     @property
     def longest_window_days(self) -> int:
@@ -392,7 +401,3 @@ def compile_expression(tree: ast.expr, *, leaf: Callable[[str], Any], ops: Any) 
 def _constant(node: ast.Constant) -> float:
     assert isinstance(node.value, int | float)  # parse allows numbers only
     return float(node.value)
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
