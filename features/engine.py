@@ -46,8 +46,8 @@ def build_contact_features(
     )
     eligible = _eligible_contacts(past, contacts, as_of=as_of, spec=spec)
     frame = eligible.join(aggregated, on="contact_id", how="left")
-    frame = _fill_absent(frame, spec)
-    frame = frame.with_columns([_derived_expression(d.tree).alias(d.name) for d in spec.derived])
+    frame = fill_absent(frame, spec)
+    frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in spec.derived])
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
         stages = rules_stage_as_of(past, as_of=as_of, settings=rules or load_rules_settings())
@@ -55,7 +55,7 @@ def build_contact_features(
         frame = frame.with_columns(
             rules_stage=pl.col("rules_stage").fill_null("dormant").cast(STAGE_TYPE)
         )
-    frame = _with_attributes(frame, contacts, as_of=as_of, spec=spec)
+    frame = join_attributes(frame, contacts, as_of=as_of, spec=spec)
     return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("contact_id")
 
 
@@ -86,17 +86,35 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
 # --- aggregates -------------------------------------------------------------------------------
 
 
+def matches(
+    event_types: frozenset[str] | None,
+    channels: frozenset[str] | None,
+    exclude_event_types: frozenset[str],
+    exclude_channels: frozenset[str],
+) -> pl.Expr:
+    """Whether an event passes an aggregate's filter (None: any type or channel). Always a
+    column of the events' length, never a scalar literal, so running sums over it work."""
+    conditions = []
+    if event_types is not None:
+        conditions.append(pl.col("event_type").is_in(sorted(event_types)))
+    if channels is not None:
+        conditions.append(pl.col("channel").is_in(sorted(channels)))
+    if exclude_event_types:
+        conditions.append(~pl.col("event_type").is_in(sorted(exclude_event_types)))
+    if exclude_channels:
+        conditions.append(~pl.col("channel").is_in(sorted(exclude_channels)))
+    if not conditions:
+        return pl.col("event_type").is_not_null()
+    return pl.all_horizontal(conditions)
+
+
 def _matches(aggregate: Aggregate) -> pl.Expr:
-    condition = pl.lit(True)
-    if aggregate.event_types is not None:
-        condition &= pl.col("event_type").is_in(sorted(aggregate.event_types))
-    if aggregate.channels is not None:
-        condition &= pl.col("channel").is_in(sorted(aggregate.channels))
-    if aggregate.exclude_event_types:
-        condition &= ~pl.col("event_type").is_in(sorted(aggregate.exclude_event_types))
-    if aggregate.exclude_channels:
-        condition &= ~pl.col("channel").is_in(sorted(aggregate.exclude_channels))
-    return condition
+    return matches(
+        aggregate.event_types,
+        aggregate.channels,
+        aggregate.exclude_event_types,
+        aggregate.exclude_channels,
+    )
 
 
 def _in_window(aggregate: Aggregate, as_of: dt.datetime) -> pl.Expr:
@@ -138,7 +156,7 @@ def _days_before(as_of: dt.datetime, moment: pl.Expr) -> pl.Expr:
     return (pl.lit(as_of) - moment).dt.total_microseconds().cast(pl.Float64) / MICROS_PER_DAY
 
 
-def _fill_absent(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+def fill_absent(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
     """Counts and sums of contacts with no events before as_of are zero (the truth), while
     recency stays missing (undefined)."""
     zero_kinds = {"count", "sum", "distinct_days", "sessions"}
@@ -192,7 +210,7 @@ def _null_if_any_null(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
     return pl.when(pl.any_horizontal([a.is_null() for a in args])).then(None).otherwise(combined)
 
 
-def _derived_expression(tree: Any) -> pl.Expr:
+def derived_expression(tree: Any) -> pl.Expr:
     expression: pl.Expr = compile_expression(
         tree, leaf=lambda name: pl.col(name).cast(pl.Float64), ops=_PolarsOps
     )
@@ -227,7 +245,7 @@ def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | 
     return frame
 
 
-def _with_attributes(
+def join_attributes(
     frame: pl.DataFrame,
     contacts: pa.Table | pl.DataFrame | None,
     *,

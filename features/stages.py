@@ -32,7 +32,7 @@ from features.vocabulary import (
 
 # Rank of the stage each event type signals on its own; purchases and advocacy events are
 # decided with the contact's purchase history below, so they are left out here.
-_BASE_RANK: dict[str, int] = {
+BASE_RANK: dict[str, int] = {
     event: stage_rank(stage)
     for event, stage in EVENT_SIGNALS.items()
     if stage is not None and event not in PURCHASE_EVENTS | ADVOCACY_EVENTS
@@ -59,7 +59,7 @@ def rules_stage_as_of(
     per_contact = past.group_by("contact_id").agg(
         # deepest plain signal in the window (-1: none)
         base_rank=pl.col("event_type")
-        .replace_strict(_BASE_RANK, default=-1, return_dtype=pl.Int8)
+        .replace_strict(BASE_RANK, default=-1, return_dtype=pl.Int8)
         .filter(in_window)
         .max(),
         visit_days=pl.col("timestamp")
@@ -70,6 +70,17 @@ def rules_stage_as_of(
         purchases_in_window=(is_purchase & in_window).sum(),
         advocacy_in_window=(pl.col("event_type").is_in(ADVOCACY_EVENTS) & in_window).any(),
     )
+    return (
+        per_contact.select("contact_id", stage=stage_from_signal_columns(settings))
+        .collect()
+        .sort("contact_id")
+    )
+
+
+def stage_from_signal_columns(settings: RulesSettings) -> pl.Expr:
+    """The rules on columns ``base_rank`` (deepest plain signal's rank, null or -1: none),
+    ``visit_days``, ``purchases_ever``, ``purchases_in_window`` and ``advocacy_in_window``, as a
+    String stage expression; every batch engine that gathers these signals shares it."""
     rank = pl.max_horizontal(
         pl.col("base_rank").fill_null(-1),
         pl.when(pl.col("visit_days") >= settings.repeat_visit_min_days)
@@ -89,14 +100,7 @@ def rules_stage_as_of(
         .otherwise(-1),
         pl.lit(stage_rank("dormant")),
     )
-    return (
-        per_contact.select(
-            "contact_id",
-            stage=rank.replace_strict(dict(enumerate(STAGES)), return_dtype=pl.String),
-        )
-        .collect()
-        .sort("contact_id")
-    )
+    return rank.replace_strict(dict(enumerate(STAGES)), return_dtype=pl.String)
 
 
 def _lazy(events: pa.Table | pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:

@@ -1,0 +1,200 @@
+"""The training frame: many snapshot dates in one pass, equal at every date to the features as
+of that date, and point-in-time correct by the same properties."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from features.engine import build_contact_features
+from features.errors import InputError
+from features.schema import validate
+from features.simulator import load_simulator_settings, simulate
+from features.snapshots import build_training_frame
+from features.spec import load_feature_spec
+
+SPEC = load_feature_spec()
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+FIRST = dt.date(2024, 3, 1)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(0), dt.UTC)
+
+
+def _assert_same(left: pl.DataFrame, right: pl.DataFrame) -> None:
+    # running totals and direct sums may differ in the last bits of a float
+    assert_frame_equal(left, right, rel_tol=1e-9, abs_tol=1e-9, categorical_as_str=True)
+
+
+def _assert_each_date_equals_the_engine(
+    events: pl.DataFrame, contacts: pl.DataFrame | None, dates: list[dt.date]
+) -> pl.DataFrame:
+    frame = build_training_frame(events, contacts, as_of_dates=dates, spec=SPEC)
+    for day in dates:
+        expected = build_contact_features(events, contacts, as_of=_midnight(day), spec=SPEC)
+        _assert_same(frame.filter(pl.col("as_of") == _midnight(day)), expected)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def simulated() -> tuple[pl.DataFrame, pl.DataFrame]:
+    sim = simulate(
+        load_simulator_settings(), contacts=2000, days=120, seed=11, start=dt.date(2024, 1, 1)
+    )
+    events, contacts = pl.from_arrow(sim.events), pl.from_arrow(sim.contacts)
+    assert isinstance(events, pl.DataFrame)
+    assert isinstance(contacts, pl.DataFrame)
+    return events, contacts
+
+
+def test_every_weekly_snapshot_equals_the_features_as_of_that_date(
+    simulated: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    events, contacts = simulated
+    dates = [FIRST + dt.timedelta(weeks=w) for w in range(8)]
+    frame = _assert_each_date_equals_the_engine(events, contacts, dates)
+    assert frame.height == 8 * contacts.height  # every listed contact, every date
+    # a date attribute is measured from each row's own snapshot
+    one_contact = frame.filter(pl.col("contact_id") == contacts["contact_id"][0])
+    assert one_contact["days_since_signup_date"].diff().drop_nulls().to_list() == [7.0] * 7
+
+
+def test_without_a_contacts_table_only_recently_active_contacts_are_rows(
+    simulated: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    events, _ = simulated
+    before_any = events["timestamp"].min().date()  # type: ignore[union-attr]
+    # unevenly spaced, unsorted, with a duplicate and a date on the first event's day
+    dates = [dt.date(2024, 4, 20), before_any, FIRST, dt.date(2024, 3, 4), FIRST]
+    frame = build_training_frame(events, as_of_dates=dates, spec=SPEC)
+    assert frame.filter(pl.col("as_of") == _midnight(before_any)).height == 0
+    assert frame["as_of"].unique().sort().to_list() == [
+        _midnight(d) for d in sorted(set(dates) - {before_any})
+    ]
+    _assert_each_date_equals_the_engine(events, None, sorted(set(dates)))
+
+
+def test_a_shuffled_event_log_gives_the_same_frame(
+    simulated: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    events, contacts = simulated
+    dates = [FIRST, FIRST + dt.timedelta(days=30)]
+    ordered = build_training_frame(events, contacts, as_of_dates=dates, spec=SPEC)
+    shuffled = build_training_frame(
+        events.sample(fraction=1.0, shuffle=True, seed=3), contacts, as_of_dates=dates, spec=SPEC
+    )
+    _assert_same(ordered, shuffled)
+
+
+def test_a_parquet_path_is_read_like_a_frame(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path: object
+) -> None:
+    events, _ = simulated
+    path = f"{tmp_path}/events.parquet"
+    events.write_parquet(path)
+    dates = [FIRST]
+    _assert_same(
+        build_training_frame(path, as_of_dates=dates, spec=SPEC),
+        build_training_frame(events, as_of_dates=dates, spec=SPEC),
+    )
+
+
+# --- point in time, as properties ---------------------------------------------------------------
+
+rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(-100 * 86_400, 30 * 86_400),
+        st.sampled_from(["email", "web", "push"]),
+        st.sampled_from(
+            ["email_open", "email_click", "page_view", "add_to_cart", "purchase", "review"]
+        ),
+    ),
+    max_size=40,
+)
+snapshot_days = st.lists(st.integers(-95, 30), min_size=1, max_size=4, unique=True)
+
+
+def _events(generated: list[tuple[str, int, str, str]]) -> pl.DataFrame:
+    origin = _midnight(FIRST)
+    frame = pd.DataFrame(
+        [
+            (
+                c,
+                (origin + dt.timedelta(seconds=s)).isoformat(),
+                ch,
+                e,
+                5.0 if e == "purchase" else None,
+            )
+            for c, s, ch, e in generated
+        ],
+        columns=["contact_id", "timestamp", "channel", "event_type", "value"],
+    )
+    result = pl.from_arrow(validate(frame, now=NOW).events)
+    assert isinstance(result, pl.DataFrame)
+    return result
+
+
+quick = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@quick
+@given(generated=rows, offsets=snapshot_days)
+def test_random_logs_and_dates_equal_the_engine_at_every_date(
+    generated: list[tuple[str, int, str, str]], offsets: list[int]
+) -> None:
+    dates = sorted(FIRST + dt.timedelta(days=d) for d in offsets)
+    _assert_each_date_equals_the_engine(_events(generated), None, dates)
+
+
+@quick
+@given(generated=rows, offsets=snapshot_days)
+def test_events_on_or_after_a_snapshot_day_change_nothing_in_it(
+    generated: list[tuple[str, int, str, str]], offsets: list[int]
+) -> None:
+    dates = sorted(FIRST + dt.timedelta(days=d) for d in offsets)
+    full = build_training_frame(_events(generated), as_of_dates=dates, spec=SPEC)
+    for day in dates:
+        cut = (_midnight(day) - _midnight(FIRST)).total_seconds()
+        past = build_training_frame(
+            _events([r for r in generated if r[1] < cut]), as_of_dates=[day], spec=SPEC
+        )
+        _assert_same(full.filter(pl.col("as_of") == _midnight(day)), past)
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        ([], "as_of_dates is empty"),
+        ([dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)], "not at midnight UTC"),
+        ([dt.datetime(2024, 3, 1)], "has no time zone"),
+    ],
+)
+def test_snapshot_dates_that_are_not_whole_utc_days_are_refused(
+    dates: list[dt.date], message: str
+) -> None:
+    events = _events([("a", 0, "web", "page_view")])
+    with pytest.raises(InputError, match=message):
+        build_training_frame(events, as_of_dates=dates, spec=SPEC)
+
+
+def test_a_midnight_in_another_time_zone_is_taken_as_its_utc_moment() -> None:
+    events = _events([("a", -3600, "web", "page_view")])
+    paris = dt.timezone(dt.timedelta(hours=1))
+    with pytest.raises(InputError, match="not at midnight UTC"):
+        build_training_frame(
+            events, as_of_dates=[dt.datetime(2024, 3, 1, tzinfo=paris)], spec=SPEC
+        )
+    utc_midnight = dt.datetime(2024, 3, 1, 1, tzinfo=paris)
+    frame = build_training_frame(events, as_of_dates=[utc_midnight], spec=SPEC)
+    assert frame["as_of"].to_list() == [_midnight(FIRST)]
