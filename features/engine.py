@@ -10,6 +10,7 @@ Python; tests hold the two equal.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -19,10 +20,12 @@ import pyarrow as pa
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
-from features.stages import rules_stage_as_of
-from features.vocabulary import STAGES
+from features.stages import BASE_RANK, stage_from_signal_columns
+from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES
 
 EventsInput: TypeAlias = pa.Table | pl.DataFrame | pl.LazyFrame | Path | str
+# events per part of a Parquet input: about 1.5 GB of working memory on the simulator's data
+PARTITION_ROWS = 20_000_000
 STAGE_TYPE = pl.Enum(STAGES)
 
 
@@ -33,30 +36,138 @@ def build_contact_features(
     as_of: dt.datetime,
     spec: FeatureSpec,
     rules: RulesSettings | None = None,
+    partition_rows: int = PARTITION_ROWS,
 ) -> pl.DataFrame:
     """One row per eligible contact: any event in the longest window before ``as_of``, or
     listed in ``contacts``. Columns: contact_id, as_of, the spec's features, the attributes,
-    and rules_stage. Events at or after ``as_of`` are never read."""
+    and rules_stage. Events at or after ``as_of`` are never read.
+
+    A Parquet input of more than ``partition_rows`` events is done in parts, each a share of
+    the contacts (by a hash of contact_id), so memory is bounded by a part, not the input."""
     as_of = as_utc(as_of, "as_of")
+    rules = rules or load_rules_settings()
     past = scan_events(events).filter(pl.col("timestamp") < as_of)
-    aggregated = (
-        past.group_by("contact_id")
-        .agg([_aggregate_expression(a, as_of, spec) for a in spec.aggregates])
-        .collect()
+    aggregates = with_internal_aggregates(spec, rules)
+    parts = _parts(events, partition_rows)
+    aggregated = pl.concat(
+        [
+            _aggregate_part(_part(past, part, parts), aggregates, as_of=as_of, spec=spec)
+            for part in range(parts)
+        ]
     )
-    eligible = _eligible_contacts(past, contacts, as_of=as_of, spec=spec)
+    # eligible: any event in the longest window, or listed in the contacts table
+    eligible = aggregated.filter(pl.col(ANY_EVENT) > 0).select("contact_id")
+    listed = _contacts_frame(contacts)
+    if listed is not None:
+        eligible = pl.concat([eligible, listed.select("contact_id")]).unique()
     frame = eligible.join(aggregated, on="contact_id", how="left")
-    frame = fill_absent(frame, spec)
+    frame = fill_absent(frame, aggregates)
+    frame = frame.select("contact_id", *(a.name for a in aggregates))
     frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in spec.derived])
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
-        stages = rules_stage_as_of(past, as_of=as_of, settings=rules or load_rules_settings())
-        frame = frame.join(stages.rename({"stage": "rules_stage"}), on="contact_id", how="left")
-        frame = frame.with_columns(
-            rules_stage=pl.col("rules_stage").fill_null("dormant").cast(STAGE_TYPE)
-        )
+        frame = with_rules_stage(frame, rules)
+    frame = frame.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
     frame = join_attributes(frame, contacts, as_of=as_of, spec=spec)
     return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("contact_id")
+
+
+# kinds computed in the main pass; distinct days and sessions need their own (streaming) shape
+_ONE_PASS_KINDS = ("count", "sum", "days_since_last", "days_since_first")
+
+
+def _aggregate_part(
+    past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
+) -> pl.DataFrame:
+    """Every aggregate, for the contacts in ``past``: one row per contact with an event."""
+    aggregated = _collect(
+        past.group_by("contact_id").agg(
+            [_aggregate_expression(a, as_of) for a in aggregates if a.kind in _ONE_PASS_KINDS]
+        )
+    )
+    for kind, compute in (("distinct_days", _distinct_days), ("sessions", _sessions)):
+        chosen = [a for a in aggregates if a.kind == kind]
+        if chosen:
+            extra = compute(past, chosen, as_of=as_of, spec=spec)
+            aggregated = aggregated.join(extra, on="contact_id", how="left")
+    return aggregated
+
+
+def _parts(events: EventsInput, partition_rows: int) -> int:
+    """How many parts to split a Parquet input into (frames in memory are done whole)."""
+    if partition_rows < 1:
+        raise ValueError("partition_rows must be positive")
+    if not isinstance(events, Path | str):
+        return 1
+    rows = scan_events(events).select(pl.len()).collect().item()  # from Parquet metadata
+    return max(1, -(-rows // partition_rows))
+
+
+def _part(past: pl.LazyFrame, part: int, parts: int) -> pl.LazyFrame:
+    if parts == 1:
+        return past
+    # a contact's events all land in one part, so per-contact features are exact
+    return past.filter(pl.col("contact_id").hash(seed=0) % parts == part)
+
+
+def _collect(query: pl.LazyFrame) -> pl.DataFrame:
+    """Run a query on Polars' streaming engine: the events are read in batches, never whole,
+    so a Parquet input larger than memory works; only per-contact results are held."""
+    return query.collect(engine="streaming")
+
+
+# --- internal aggregates: eligibility and the rules stage's signals -----------------------------
+
+INTERNAL_PREFIX = "__"
+ANY_EVENT = f"{INTERNAL_PREFIX}any_event"
+
+
+def _internal(
+    name: str, kind: str, window: int | None, event_types: Iterable[str] | None = None
+) -> Aggregate:
+    return Aggregate(
+        name=f"{INTERNAL_PREFIX}{name}",
+        kind=kind,  # type: ignore[arg-type]
+        event_types=None if event_types is None else frozenset(event_types),
+        channels=None,
+        exclude_event_types=frozenset(),
+        exclude_channels=frozenset(),
+        window_days=window,
+    )
+
+
+def with_internal_aggregates(spec: FeatureSpec, rules: RulesSettings) -> list[Aggregate]:
+    """The spec's aggregates plus the signals eligibility and the rules stage need, computed in
+    the same pass (their names start with ``__`` and never reach the output)."""
+    internal = [_internal("any_event", "count", spec.longest_window_days)]
+    if spec.rules_stage:
+        lookback = rules.lookback_days
+        for rank in sorted(set(BASE_RANK.values())):
+            types = [e for e, r in BASE_RANK.items() if r == rank]
+            internal.append(_internal(f"rank_{rank}", "count", lookback, types))
+        internal += [
+            _internal("visit_days", "distinct_days", lookback, ["page_view"]),
+            _internal("purchases_ever", "count", None, PURCHASE_EVENTS),
+            _internal("purchases_in_window", "count", lookback, PURCHASE_EVENTS),
+            _internal("advocacy", "count", lookback, ADVOCACY_EVENTS),
+        ]
+    return [*spec.aggregates, *internal]
+
+
+def with_rules_stage(frame: pl.DataFrame, rules: RulesSettings) -> pl.DataFrame:
+    """The rules stage from the internal signal columns, by the rules of ``features.stages``."""
+    ranks = sorted(set(BASE_RANK.values()))
+    signals = frame.select(
+        base_rank=pl.max_horizontal(
+            [pl.when(pl.col(f"{INTERNAL_PREFIX}rank_{r}") > 0).then(r).otherwise(-1) for r in ranks]
+        ),
+        visit_days=pl.col(f"{INTERNAL_PREFIX}visit_days"),
+        purchases_ever=pl.col(f"{INTERNAL_PREFIX}purchases_ever"),
+        purchases_in_window=pl.col(f"{INTERNAL_PREFIX}purchases_in_window"),
+        advocacy_in_window=pl.col(f"{INTERNAL_PREFIX}advocacy") > 0,
+    )
+    stage = signals.select(stage_from_signal_columns(rules)).to_series()
+    return frame.with_columns(rules_stage=stage.cast(STAGE_TYPE))
 
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:
@@ -123,7 +234,7 @@ def _in_window(aggregate: Aggregate, as_of: dt.datetime) -> pl.Expr:
     return pl.col("timestamp") >= as_of - dt.timedelta(days=aggregate.window_days)
 
 
-def _aggregate_expression(aggregate: Aggregate, as_of: dt.datetime, spec: FeatureSpec) -> pl.Expr:
+def _aggregate_expression(aggregate: Aggregate, as_of: dt.datetime) -> pl.Expr:
     matching = _matches(aggregate)
     selected = matching & _in_window(aggregate, as_of)
     timestamp = pl.col("timestamp")
@@ -131,39 +242,121 @@ def _aggregate_expression(aggregate: Aggregate, as_of: dt.datetime, spec: Featur
         expression = selected.sum().cast(pl.Int64)
     elif aggregate.kind == "sum":
         expression = pl.col("value").filter(selected).sum().cast(pl.Float64)
-    elif aggregate.kind == "distinct_days":
-        expression = timestamp.filter(selected).dt.date().n_unique().cast(pl.Int64)
-    elif aggregate.kind == "sessions":
-        # a session starts at a matching event with no matching event in the gap before it,
-        # looking at all history (so a session begun before the window is not counted twice)
-        times = timestamp.filter(matching).sort()
-        gap = dt.timedelta(minutes=spec.session_gap_minutes)
-        starts = (times.diff() > gap).fill_null(True)
-        window_start = (
-            as_of - dt.timedelta(days=aggregate.window_days)
-            if aggregate.window_days is not None
-            else dt.datetime.min.replace(tzinfo=dt.UTC)
-        )
-        expression = (starts & (times >= window_start)).sum().cast(pl.Int64)
     elif aggregate.kind == "days_since_last":
         expression = _days_before(as_of, timestamp.filter(matching).max())
-    else:  # days_since_first
+    elif aggregate.kind == "days_since_first":
         expression = _days_before(as_of, timestamp.filter(matching).min())
+    else:
+        raise AssertionError(f"{aggregate.kind} is not computed in the main pass")
     return expression.alias(aggregate.name)
+
+
+def _distinct_days(
+    past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
+) -> pl.DataFrame:
+    """Distinct UTC days with a matching event in each window. First per contact and day the
+    latest matching time (streaming: one row per contact-day, whatever the events per day);
+    a day is in a window when that latest time is, since every time is before as_of."""
+    filters = _distinct_filters(aggregates)
+    per_day = past.group_by("contact_id", pl.col("timestamp").dt.date().alias("_day")).agg(
+        [
+            pl.col("timestamp").filter(mask).max().alias(f"_f{i}")
+            for i, mask in enumerate(filters.values())
+        ]
+    )
+    index = {key: i for i, key in enumerate(filters)}
+    return _collect(
+        per_day.group_by("contact_id").agg(
+            [
+                (pl.col(f"_f{index[_filter_key(a)]}") >= _window_start(a, as_of))
+                .sum()
+                .cast(pl.Int64)
+                .alias(a.name)
+                for a in aggregates
+            ]
+        )
+    )
+
+
+def _sessions(
+    past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
+) -> pl.DataFrame:
+    """Session starts in each window: a matching event with no matching event of the contact
+    in the gap before it, judged over all history (so a session begun before the window is not
+    counted again). Events in one gap-wide time bucket are always one session, so the events
+    first collapse (streaming) to each bucket's first and last time; a bucket's first event
+    starts a session when the previous bucket's last event is more than the gap before it."""
+    gap_us = int(spec.session_gap_minutes * 60 * 1_000_000)
+    us = pl.col("timestamp").dt.epoch("us")
+    results = []
+    for key, mask in _distinct_filters(aggregates).items():
+        chosen = [a for a in aggregates if _filter_key(a) == key]
+        buckets = _collect(
+            past.filter(mask)
+            .group_by("contact_id", (us // gap_us).alias("_bucket"))
+            .agg(_first=us.min(), _last=us.max())
+        ).sort("contact_id", "_bucket")
+        previous_last = pl.col("_last").shift(1)
+        starts = buckets.filter(
+            (pl.col("contact_id") != pl.col("contact_id").shift(1)).fill_null(True)
+            | ((pl.col("_first") - previous_last) > gap_us)
+        )
+        results.append(
+            starts.group_by("contact_id").agg(
+                [
+                    (pl.col("_first") >= _epoch_us(_window_start(a, as_of)))
+                    .sum()
+                    .cast(pl.Int64)
+                    .alias(a.name)
+                    for a in chosen
+                ]
+            )
+        )
+    combined = results[0]
+    for other in results[1:]:
+        combined = combined.join(other, on="contact_id", how="full", coalesce=True)
+    return combined
+
+
+def _filter_key(aggregate: Aggregate) -> tuple[object, ...]:
+    return (
+        aggregate.event_types,
+        aggregate.channels,
+        aggregate.exclude_event_types,
+        aggregate.exclude_channels,
+    )
+
+
+def _distinct_filters(aggregates: list[Aggregate]) -> dict[tuple[object, ...], pl.Expr]:
+    filters: dict[tuple[object, ...], pl.Expr] = {}
+    for aggregate in aggregates:
+        filters.setdefault(_filter_key(aggregate), _matches(aggregate))
+    return filters
+
+
+def _window_start(aggregate: Aggregate, as_of: dt.datetime) -> dt.datetime:
+    if aggregate.window_days is None:
+        return dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    return as_of - dt.timedelta(days=aggregate.window_days)
+
+
+def _epoch_us(moment: dt.datetime) -> int:
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _days_before(as_of: dt.datetime, moment: pl.Expr) -> pl.Expr:
     return (pl.lit(as_of) - moment).dt.total_microseconds().cast(pl.Float64) / MICROS_PER_DAY
 
 
-def fill_absent(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+def fill_absent(frame: pl.DataFrame, aggregates: Iterable[Aggregate]) -> pl.DataFrame:
     """Counts and sums of contacts with no events before as_of are zero (the truth), while
     recency stays missing (undefined)."""
     zero_kinds = {"count", "sum", "distinct_days", "sessions"}
     return frame.with_columns(
         [
             pl.col(a.name).fill_null(0.0 if a.kind == "sum" else 0)
-            for a in spec.aggregates
+            for a in aggregates
             if a.kind in zero_kinds
         ]
     )
@@ -218,23 +411,6 @@ def derived_expression(tree: Any) -> pl.Expr:
 
 
 # --- contacts ---------------------------------------------------------------------------------
-
-
-def _eligible_contacts(
-    past: pl.LazyFrame,
-    contacts: pa.Table | pl.DataFrame | None,
-    *,
-    as_of: dt.datetime,
-    spec: FeatureSpec,
-) -> pl.DataFrame:
-    longest = dt.timedelta(days=spec.longest_window_days)
-    recent = (
-        past.filter(pl.col("timestamp") >= as_of - longest).select("contact_id").unique().collect()
-    )
-    listed = _contacts_frame(contacts)
-    if listed is None:
-        return recent
-    return pl.concat([recent, listed.select("contact_id")]).unique()
 
 
 def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
 from features.engine import (
-    STAGE_TYPE,
+    ANY_EVENT,
+    INTERNAL_PREFIX,
     EventsInput,
     derived_expression,
     feature_columns,
@@ -36,14 +37,13 @@ from features.engine import (
     join_attributes,
     matches,
     scan_events,
+    with_internal_aggregates,
+    with_rules_stage,
 )
 from features.errors import InputError
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec
-from features.stages import BASE_RANK, stage_from_signal_columns
-from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS
 
-_ALL = None  # a window of None: all history
 _Filter = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str], frozenset[str]]
 
 
@@ -59,7 +59,7 @@ def build_training_frame(
     columns of ``build_contact_features``; events are read once, whatever the number of dates."""
     days = _snapshot_days(as_of_dates)
     rules = rules or load_rules_settings()
-    aggregates = _with_internal_aggregates(spec, rules)
+    aggregates = with_internal_aggregates(spec, rules)
     series = _series_of(aggregates)
     last_moment = _moment(days[-1])
     events_before = scan_events(events).filter(pl.col("timestamp") < last_moment)
@@ -115,42 +115,6 @@ def _series_of(aggregates: Iterable[Aggregate]) -> dict[tuple[str, _Filter], _Se
             key = (kind, _filter_of(aggregate))
             series.setdefault(key, _Series(kind, key[1]))
     return series
-
-
-def _internal(name: str, kind: str, window: int | None, **filters: object) -> Aggregate:
-    return Aggregate(
-        name=f"__{name}",
-        kind=kind,  # type: ignore[arg-type]
-        event_types=filters.get("event_types"),  # type: ignore[arg-type]
-        channels=None,
-        exclude_event_types=frozenset(),
-        exclude_channels=frozenset(),
-        window_days=window,
-    )
-
-
-def _with_internal_aggregates(spec: FeatureSpec, rules: RulesSettings) -> list[Aggregate]:
-    """The spec's aggregates, plus the signals eligibility and the rules stage need (their
-    names start with ``__`` and never reach the output)."""
-    internal = [_internal("any_event", "count", spec.longest_window_days)]
-    if spec.rules_stage:
-        lookback = rules.lookback_days
-        for rank in sorted(set(BASE_RANK.values())):
-            types = frozenset(e for e, r in BASE_RANK.items() if r == rank)
-            internal.append(_internal(f"rank_{rank}", "count", lookback, event_types=types))
-        purchases = frozenset(PURCHASE_EVENTS)
-        internal += [
-            _internal("visit_days", "distinct_days", lookback, event_types={"page_view"}),
-            _internal("purchases_ever", "count", _ALL, event_types=purchases),
-            _internal("purchases_in_window", "count", lookback, event_types=purchases),
-            _internal("advocacy", "count", lookback, event_types=frozenset(ADVOCACY_EVENTS)),
-        ]
-    # internal filters are frozensets like the spec's, so equal filters share a series
-    internal = [
-        replace(a, event_types=frozenset(a.event_types)) if a.event_types is not None else a
-        for a in internal
-    ]
-    return [*spec.aggregates, *internal]
 
 
 # --- steps 1 and 2: one pass to running totals at the end of each contact's day ---------------
@@ -290,7 +254,7 @@ def _snapshot(
     """The features as of midnight of ``day``, gathered from the running totals."""
     as_of = _moment(day)
     everyone = _Lookup(running, day, running.contacts, cache)
-    any_event = next(a for a in aggregates if a.name == "__any_event")
+    any_event = next(a for a in aggregates if a.name == ANY_EVENT)
     active = everyone.amount(series[("n", _filter_of(any_event))], any_event.window_days) > 0
     eligible = running.contacts.filter(active).select("contact_id")
     listed = _listed_contacts(contacts)
@@ -298,30 +262,13 @@ def _snapshot(
         eligible = pl.concat([eligible, listed]).unique(maintain_order=True)
     lookup = everyone.restricted_to(eligible)
     frame = pl.DataFrame([lookup.contact_ids, *(lookup.aggregate(a, series) for a in aggregates)])
-    frame = fill_absent(frame, spec)
+    frame = fill_absent(frame, aggregates)
     frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in spec.derived])
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
-        frame = _with_rules_stage(frame, rules)
-    frame = frame.select(pl.exclude("^__.*$"))
+        frame = with_rules_stage(frame, rules)
+    frame = frame.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
     return join_attributes(frame, contacts, as_of=as_of, spec=spec)
-
-
-def _with_rules_stage(frame: pl.DataFrame, rules: RulesSettings) -> pl.DataFrame:
-    """The rules stage from the internal signal counts, by the same rules as the engine."""
-    ranks = sorted(set(BASE_RANK.values()))
-    signals = frame.with_columns(
-        base_rank=pl.max_horizontal(
-            [pl.when(pl.col(f"__rank_{r}") > 0).then(r).otherwise(-1) for r in ranks]
-        ),
-        visit_days=pl.col("__visit_days"),
-        purchases_ever=pl.col("__purchases_ever"),
-        purchases_in_window=pl.col("__purchases_in_window"),
-        advocacy_in_window=pl.col("__advocacy") > 0,
-    )
-    return frame.with_columns(
-        rules_stage=signals.select(stage_from_signal_columns(rules)).to_series().cast(STAGE_TYPE)
-    )
 
 
 class _Lookup:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -233,3 +234,18 @@ def test_the_online_path_equals_the_batch_engine_for_random_contacts(
                 assert value == expected[name], (contact, name)
             compared += 1
     assert compared > 60 * 100
+
+
+def test_a_parquet_input_done_in_parts_of_contacts_equals_it_done_whole(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    events, contacts = simulated
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    as_of = dt.datetime(2024, 3, 20, 7, 31, 12, tzinfo=dt.UTC)
+    whole = build_contact_features(path, contacts, as_of=as_of, spec=SPEC)
+    in_parts = build_contact_features(
+        path, contacts, as_of=as_of, spec=SPEC, partition_rows=events.height // 7
+    )
+    assert whole.height == contacts.height
+    assert_frame_equal(in_parts, whole, categorical_as_str=True)
