@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: help install demo test test-fast check lint format typecheck bench clean
+.PHONY: help install java demo test test-fast check lint format typecheck bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,10 +27,13 @@ $(UV):
 install: $(UV) ## Install funnelcast and every dependency (all extras) from the lock file
 	$(UV) sync --frozen --all-extras --python $(PYTHON)
 
+java: ## Make sure Java 17 is available for the Spark engine (installs it with apt-get when missing)
+	bash scripts/ensure-java.sh
+
 demo: install ## Set everything up and run the main job end to end on built-in simulated data
 	$(BIN)/funnelcast run
 
-test: install ## Set everything up and run the whole test suite
+test: install java ## Set everything up and run the whole test suite
 	$(BIN)/python -m pytest
 
 test-fast: install ## Run the tests that take under a few seconds each
@@ -51,6 +54,7 @@ check: lint typecheck test ## Everything CI cares about: ruff, mypy, tests
 
 bench: install ## Run the benchmarks (figures printed and written to benchmarks/results/)
 	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/features.py
 
 clean: ## Remove the virtual environments, caches and run outputs (not mlruns/)
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis out

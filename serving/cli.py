@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -27,11 +28,14 @@ from rich.progress import (
 from rich.table import Table
 
 from features.errors import InputError
-from features.settings import load_rules_settings
+from features.settings import RulesSettings, load_rules_settings
 from features.vocabulary import STAGE_CTA, STAGES
 
 if TYPE_CHECKING:  # the data libraries load only when a command needs them: --help stays fast
+    import polars as pl
+
     from features.schema import Validated
+    from features.spec import FeatureSpec
 
 app = typer.Typer(
     name="funnelcast",
@@ -72,6 +76,13 @@ DataDirOption = Annotated[
         help="Root folder of the source files (default: $FUNNELCAST_DATA_DIR or ../shared/data).",
     ),
 ]
+
+
+class Engine(StrEnum):
+    """Feature engines: both compile the same feature spec and give the same table."""
+
+    polars = "polars"
+    spark = "spark"
 
 
 _VERBOSE = False
@@ -250,6 +261,13 @@ def features(
     spec: Annotated[
         Path | None, typer.Option(help="Your feature spec YAML (default: the shipped one).")
     ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="polars: this machine, streaming; spark: the same spec on Spark (local mode, "
+            "needs Java 17 and the spark extra)."
+        ),
+    ] = Engine.polars,
     config: ConfigOption = None,
 ) -> None:
     """Per-contact features as of a date, from the declarative feature spec (events before the
@@ -260,19 +278,22 @@ def features(
 
     snapshot = _parse_date(as_of, "--as-of")
     feature_spec = load_feature_spec(spec)
+    rules = load_rules_settings(config)
     folder = events if events.is_dir() else events.parent
     contacts_path = contacts or folder / "contacts.parquet"
-    contact_table = read_table(contacts_path) if contacts_path.exists() else None
-    table = _with_spinner(
-        f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}",
-        lambda: build_contact_features(
-            events,
-            contact_table,
-            as_of=snapshot,
-            spec=feature_spec,
-            rules=load_rules_settings(config),
-        ),
-    )
+    building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
+    if engine is Engine.spark:
+        table = _build_features_on_spark(
+            events, contacts_path, building, as_of=snapshot, spec=feature_spec, rules=rules
+        )
+    else:
+        contact_table = read_table(contacts_path) if contacts_path.exists() else None
+        table = _with_spinner(
+            building,
+            lambda: build_contact_features(
+                events, contact_table, as_of=snapshot, spec=feature_spec, rules=rules
+            ),
+        )
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {out} "
@@ -319,6 +340,51 @@ def _simulate_into(
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
     _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
     return validated, sim.stage_history
+
+
+def _build_features_on_spark(
+    events: Path,
+    contacts_path: Path,
+    description: str,
+    *,
+    as_of: dt.datetime,
+    spec: FeatureSpec,
+    rules: RulesSettings,
+) -> pl.DataFrame:
+    """The Spark engine in local mode; it reads the Parquet files itself, as on a cluster."""
+    try:
+        from features.spark_engine import (
+            build_contact_features_spark,
+            events_path,
+            spark_features_to_polars,
+            spark_session,
+        )
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("pyspark"):
+            raise
+        raise InputError(
+            "--engine spark needs pyspark; install the spark extra (`make install`, or "
+            "`uv sync --extra spark`)"
+        ) from error
+
+    events_parquet = events_path(events)  # a missing file is reported before Spark starts
+    spark = _with_spinner("Starting Spark (local mode)", spark_session)
+    try:
+        return _with_spinner(
+            f"{description} on Spark",
+            lambda: spark_features_to_polars(
+                build_contact_features_spark(
+                    events_parquet,
+                    spark.read.parquet(str(contacts_path)) if contacts_path.exists() else None,
+                    as_of=as_of,
+                    spec=spec,
+                    rules=rules,
+                    spark=spark,
+                )
+            ),
+        )
+    finally:
+        spark.stop()
 
 
 def _ingest(source: str, data_dir: Path | None) -> Any:

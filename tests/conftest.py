@@ -1,13 +1,15 @@
-"""Shared fixtures: where the real data sets are, and the rule for when they are absent.
+"""Shared fixtures: where the real data sets are, whether Spark can run, and the rule for when
+either is absent.
 
-A test that needs real data skips with a reason on a developer's machine without it, and fails
-on CI (``CI=true``), where a skip would hide that the data tests never ran.
+A test that needs real data (or Spark) skips with a reason on a developer's machine without it,
+and fails on CI (``CI=true``), where a skip would hide that those tests never ran.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from features.sources import default_data_dir
 
 def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: real-data tests must run on CI)")
+        pytest.fail(f"{reason} (CI=true: these tests must run on CI, not skip)")
     pytest.skip(reason)
 
 
@@ -29,6 +31,15 @@ def shared_data_dir() -> Path:
     except FileNotFoundError as exc:
         _missing(f"real data sets not found: {exc}")
         raise  # unreachable: skip and fail raise; keeps the return type honest
+
+
+@pytest.fixture(scope="session")
+def spark_installed() -> None:
+    """Skip (or fail on CI) when the Spark engine cannot run: no pyspark or no Java."""
+    if importlib.util.find_spec("pyspark") is None:
+        _missing("pyspark is not installed; install the spark extra: uv sync --extra spark")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        _missing("Java is not installed; run `make java` (the Spark engine needs Java 17)")
 
 
 @pytest.fixture(scope="session")

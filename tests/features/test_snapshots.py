@@ -169,7 +169,7 @@ def test_events_on_or_after_a_snapshot_day_change_nothing_in_it(
         _assert_same(full.filter(pl.col("as_of") == _midnight(day)), past)
 
 
-# --- errors -----------------------------------------------------------------------------------------
+# --- errors ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -192,9 +192,7 @@ def test_a_midnight_in_another_time_zone_is_taken_as_its_utc_moment() -> None:
     events = _events([("a", -3600, "web", "page_view")])
     paris = dt.timezone(dt.timedelta(hours=1))
     with pytest.raises(InputError, match="not at midnight UTC"):
-        build_training_frame(
-            events, as_of_dates=[dt.datetime(2024, 3, 1, tzinfo=paris)], spec=SPEC
-        )
+        build_training_frame(events, as_of_dates=[dt.datetime(2024, 3, 1, tzinfo=paris)], spec=SPEC)
     utc_midnight = dt.datetime(2024, 3, 1, 1, tzinfo=paris)
     frame = build_training_frame(events, as_of_dates=[utc_midnight], spec=SPEC)
     assert frame["as_of"].to_list() == [_midnight(FIRST)]

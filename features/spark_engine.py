@@ -1,0 +1,490 @@
+"""The Spark engine: the same feature spec as ``features.engine``, for data larger than one
+machine (the scale path).
+
+The embedded Polars engine streams one machine's events; years of events for tens of millions
+of contacts need a cluster. This engine compiles the SAME ``FeatureSpec``, never a second list of
+features:
+
+* every aggregate becomes one conditional aggregate (``count(when(...))``, ``max(when(...))``)
+  in a single ``groupBy("contact_id")`` over the events before ``as_of``;
+* sessions and distinct days look at each event's predecessor: one window over each contact's
+  events in time order gives every event the time of the previous event matching each such
+  filter, so both become plain conditional counts (Spark runs ``count(DISTINCT ...)`` as an
+  extra pass that multiplies the rows, and the window shares the ``groupBy``'s shuffle);
+* derived features are compiled by ``features.spec.compile_expression`` with Spark column
+  operations (``_SparkOps``, the twin of the Polars engine's ``_PolarsOps``);
+* the rules stage is ``features.stages.rules_stage_as_of`` ported to the same ``groupBy``.
+
+Times are compared as integer microseconds since the epoch, as the Polars engine compares them,
+so window edges, UTC days and recency agree to the bit; a parity test holds the two engines
+equal. Tests and ``funnelcast features --engine spark`` run Spark in local mode
+(``spark_session``); on a cluster, pass your own session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import TypeAlias
+
+import polars as pl
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
+from pyspark.sql import types as T  # noqa: N812
+
+from features.errors import InputError
+from features.schema import as_utc
+from features.settings import RulesSettings, load_rules_settings
+from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
+from features.stages import BASE_RANK
+from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES, stage_rank
+
+SparkEvents: TypeAlias = DataFrame | Path | str
+SparkContacts: TypeAlias = pa.Table | pl.DataFrame | DataFrame | None
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TIME = "_t"  # an event's time in microseconds since the epoch
+_LAST = "_last"  # a contact's last event before as_of (eligibility)
+_LISTED = "_listed"  # the contact is in the contacts table
+_SEQUENTIAL = frozenset({"sessions", "distinct_days"})  # kinds that look at the previous event
+
+
+class JavaNotFoundError(InputError):
+    """Spark runs on Java, and none was found."""
+
+
+def spark_session(*, cores: int = 2, memory: str = "4g") -> SparkSession:
+    """A local Spark session (``local[cores]``) for tests, the command line and one-machine runs:
+    bound to 127.0.0.1 only, no web UI, UTC, Arrow transfers, errors-only logging."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise JavaNotFoundError(
+            "the Spark engine needs Java 17, and neither `java` nor JAVA_HOME was found; run "
+            "`make java` (installs it with apt-get), or install Java 17 yourself "
+            "(e.g. openjdk-17-jre-headless) and put `java` on PATH"
+        )
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # never listen beyond this machine
+    logging_config = resources.files("features").joinpath("config/spark-log4j2.properties")
+    session = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("funnelcast")
+        .config("spark.driver.memory", memory)
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={logging_config}")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        # Spark's default of 200 shuffle partitions is for clusters; two per core suits one machine
+        .config("spark.sql.shuffle.partitions", str(2 * cores))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def build_contact_features_spark(
+    events: SparkEvents,
+    contacts: SparkContacts = None,
+    *,
+    as_of: dt.datetime,
+    spec: FeatureSpec,
+    rules: RulesSettings | None = None,
+    spark: SparkSession | None = None,
+) -> DataFrame:
+    """The rows and columns of ``features.engine.build_contact_features``, as a Spark DataFrame
+    sorted by contact_id (``spark_features_to_polars`` gives the Polars engine's exact types).
+
+    ``events``: a Spark DataFrame with the event schema, or Parquet (a file, a folder written
+    by ingest/simulate, or a glob). Events at or after ``as_of`` are never read."""
+    as_of = as_utc(as_of, "as_of")
+    now = _micros(as_of)
+    rules = rules or load_rules_settings()
+    if spark is None:
+        spark = events.sparkSession if isinstance(events, DataFrame) else spark_session()
+    past = (
+        read_events(events, spark)
+        .select(
+            "contact_id", "event_type", "channel", F.unix_micros("timestamp").alias(_TIME), "value"
+        )
+        .where(F.col(_TIME) < now)
+    )
+    aggregates = [*spec.aggregates, *(_rules_aggregates(rules) if spec.rules_stage else [])]
+    previous = _previous_columns(aggregates)
+    per_contact = (
+        _with_previous_times(past, previous, aggregates)
+        .groupBy("contact_id")
+        .agg(
+            *[_aggregate(a, as_of, previous, spec) for a in aggregates],
+            *(_rules_signals(as_of, rules) if spec.rules_stage else []),
+            F.max(_TIME).alias(_LAST),
+        )
+    )
+    frame, attributes = _eligible_with_attributes(per_contact, contacts, as_of=as_of, spec=spec)
+    columns = [F.col("contact_id"), F.timestamp_micros(F.lit(now)).alias("as_of")]
+    columns += [_filled(a).alias(a.name) for a in spec.aggregates]
+    columns += _derived_columns(spec)
+    if spec.rules_stage:
+        columns.append(_rules_stage(rules).alias("rules_stage"))
+    columns += [F.col(name) for name in attributes]
+    return frame.select(*columns).orderBy("contact_id")
+
+
+def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
+    """A Spark feature frame as the Polars engine returns it: the same schema (rules_stage an
+    Enum, text attributes categorical, as_of in UTC), column order and row order."""
+    converted = pl.from_arrow(frame.toArrow())
+    assert isinstance(converted, pl.DataFrame)
+    casts = []
+    for name, dtype in converted.schema.items():
+        if name == "as_of":  # Spark labels timestamps with its session time zone
+            casts.append(pl.col(name).dt.convert_time_zone("UTC"))
+        elif name == "rules_stage":
+            casts.append(pl.col(name).cast(pl.Enum(STAGES)))
+        elif name != "contact_id" and dtype == pl.String:  # the only other text: attributes
+            casts.append(pl.col(name).cast(pl.Categorical))
+    return converted.with_columns(casts).sort("contact_id")
+
+
+def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
+    """Events as a Spark DataFrame (a DataFrame passes through)."""
+    if isinstance(events, DataFrame):
+        return events
+    return spark.read.parquet(events_path(events))
+
+
+def events_path(events: Path | str) -> str:
+    """The Parquet an events path means, as ``features.engine.scan_events`` reads it: a file, a
+    folder's events.parquet (else all its Parquet files), or a glob. Checked before Spark
+    starts, so a typo costs no JVM."""
+    path = Path(events)
+    if path.is_dir():
+        path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
+    elif not path.exists() and "*" not in str(path):
+        raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
+    return str(path)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _window_start(as_of: dt.datetime, days: int) -> int:
+    return _micros(as_of - dt.timedelta(days=days))
+
+
+def _utc_day(micros: Column) -> Column:
+    # the UTC day's first microsecond: exact integer arithmetic, whatever the session time zone
+    return micros - F.pmod(micros, F.lit(MICROS_PER_DAY))
+
+
+# --- aggregates -------------------------------------------------------------------------------
+
+_FilterKey: TypeAlias = tuple[
+    frozenset[str] | None, frozenset[str] | None, frozenset[str], frozenset[str]
+]
+
+
+def _filter_key(aggregate: Aggregate) -> _FilterKey:
+    return (
+        aggregate.event_types,
+        aggregate.channels,
+        aggregate.exclude_event_types,
+        aggregate.exclude_channels,
+    )
+
+
+def _matches(aggregate: Aggregate) -> Column:
+    condition = F.lit(True)
+    if aggregate.event_types is not None:
+        condition &= F.col("event_type").isin(sorted(aggregate.event_types))
+    if aggregate.channels is not None:
+        condition &= F.col("channel").isin(sorted(aggregate.channels))
+    if aggregate.exclude_event_types:
+        condition &= ~F.col("event_type").isin(sorted(aggregate.exclude_event_types))
+    if aggregate.exclude_channels:
+        condition &= ~F.col("channel").isin(sorted(aggregate.exclude_channels))
+    return condition
+
+
+def _in_window(aggregate: Aggregate, as_of: dt.datetime) -> Column:
+    return _in_window_at(aggregate, as_of, F.col(_TIME))
+
+
+def _in_window_at(aggregate: Aggregate, as_of: dt.datetime, micros: Column) -> Column:
+    if aggregate.window_days is None:
+        return micros.isNotNull()
+    return micros >= _window_start(as_of, aggregate.window_days)
+
+
+def _previous_columns(aggregates: list[Aggregate]) -> dict[_FilterKey, str]:
+    """A column name for each distinct filter that sessions or distinct days count over."""
+    keys = dict.fromkeys(_filter_key(a) for a in aggregates if a.kind in _SEQUENTIAL)
+    return {key: f"_previous_{i}" for i, key in enumerate(keys)}
+
+
+def _with_previous_times(
+    past: DataFrame, columns: dict[_FilterKey, str], aggregates: list[Aggregate]
+) -> DataFrame:
+    """Each event with the time of the contact's previous event matching each filter (null:
+    none), from one window over each contact's events in time order. Events tied in time are
+    ordered arbitrarily, so the later of two ties sees the earlier at a distance of 0."""
+    if not columns:
+        return past
+    earlier = (
+        Window.partitionBy("contact_id").orderBy(_TIME).rowsBetween(Window.unboundedPreceding, -1)
+    )
+    by_key = {_filter_key(a): a for a in aggregates}
+    return past.withColumns(
+        {
+            name: F.max(F.when(_matches(by_key[key]), F.col(_TIME))).over(earlier)
+            for key, name in columns.items()
+        }
+    )
+
+
+def _aggregate(
+    aggregate: Aggregate,
+    as_of: dt.datetime,
+    previous_columns: dict[_FilterKey, str],
+    spec: FeatureSpec,
+) -> Column:
+    matching = _matches(aggregate)
+    selected = matching & _in_window(aggregate, as_of)
+    time = F.col(_TIME)
+    if aggregate.kind == "count":
+        column = F.count(F.when(selected, 1))
+    elif aggregate.kind == "sum":
+        column = F.sum(F.when(selected, F.col("value").cast("double")))
+    elif aggregate.kind == "distinct_days":
+        # count each selected event that is its UTC day's first: the previous matching event
+        # is outside the window or on an earlier day
+        previous = F.col(previous_columns[_filter_key(aggregate)])
+        earlier_same_day = _in_window_at(aggregate, as_of, previous) & (
+            _utc_day(previous) == _utc_day(time)
+        )
+        column = F.count(F.when(selected & ~F.coalesce(earlier_same_day, F.lit(False)), 1))
+    elif aggregate.kind == "sessions":
+        # a session starts at a matching event with no matching event in the gap before it,
+        # looking at all history (a session begun before the window is not counted in it)
+        previous = F.col(previous_columns[_filter_key(aggregate)])
+        gap = dt.timedelta(minutes=spec.session_gap_minutes) // dt.timedelta(microseconds=1)
+        column = F.count(F.when(selected & (previous.isNull() | (time - previous > gap)), 1))
+    elif aggregate.kind == "days_since_last":
+        column = _days_before(as_of, F.max(F.when(matching, time)))
+    else:  # days_since_first
+        column = _days_before(as_of, F.min(F.when(matching, time)))
+    return column.alias(aggregate.name)
+
+
+def _days_before(as_of: dt.datetime, micros: Column) -> Column:
+    # the Polars engine's arithmetic: whole microseconds, as a float, over microseconds per day
+    return (F.lit(_micros(as_of)) - micros).cast("double") / F.lit(MICROS_PER_DAY)
+
+
+def _filled(aggregate: Aggregate) -> Column:
+    """Counts and sums of contacts without matching events are zero (the truth); recency stays
+    missing (undefined)."""
+    column = F.col(aggregate.name)
+    if aggregate.kind == "sum":
+        return F.coalesce(column, F.lit(0.0))
+    if aggregate.kind in ("count", "distinct_days", "sessions"):
+        return F.coalesce(column, F.lit(0).cast("long"))
+    return column
+
+
+# --- derived features -------------------------------------------------------------------------
+
+
+class _SparkOps:
+    """How the spec's arithmetic becomes Spark columns (null on a zero division)."""
+
+    @staticmethod
+    def constant(value: float) -> Column:
+        return F.lit(value).cast("double")
+
+    @staticmethod
+    def neg(a: Column) -> Column:
+        return -a
+
+    @staticmethod
+    def add(a: Column, b: Column) -> Column:
+        return a + b
+
+    @staticmethod
+    def sub(a: Column, b: Column) -> Column:
+        return a - b
+
+    @staticmethod
+    def mul(a: Column, b: Column) -> Column:
+        return a * b
+
+    @staticmethod
+    def div(a: Column, b: Column) -> Column:
+        # guarded, so ANSI mode never raises on a zero denominator
+        return F.when(b == 0, F.lit(None).cast("double")).otherwise(a / b)
+
+    @staticmethod
+    def max(args: list[Column]) -> Column:
+        return _null_if_any_null(args, F.greatest(*args))
+
+    @staticmethod
+    def min(args: list[Column]) -> Column:
+        return _null_if_any_null(args, F.least(*args))
+
+
+def _null_if_any_null(args: list[Column], combined: Column) -> Column:
+    # greatest/least skip nulls; the spec says a missing input gives a missing value
+    any_null = F.lit(False)
+    for arg in args:
+        any_null |= arg.isNull()
+    return F.when(any_null, F.lit(None).cast("double")).otherwise(combined)
+
+
+def _derived_columns(spec: FeatureSpec) -> list[Column]:
+    """Each derived feature as one expression over the filled aggregates; a derived feature
+    used by a later one is inlined, so none depends on a column of the same projection."""
+    compiled: dict[str, Column] = {}
+    aggregates = {a.name: a for a in spec.aggregates}
+
+    def leaf(name: str) -> Column:
+        if name in compiled:
+            return compiled[name]
+        return _filled(aggregates[name]).cast("double")
+
+    for derived in spec.derived:
+        compiled[derived.name] = compile_expression(derived.tree, leaf=leaf, ops=_SparkOps)
+    return [column.cast("double").alias(name) for name, column in compiled.items()]
+
+
+# --- the rules stage (features.stages, ported) ------------------------------------------------
+
+
+def _base_rank() -> Column:
+    """The rank of the stage an event signals on its own (-1: none; purchases and advocacy
+    events are decided in ``_rules_stage``, with the purchase history)."""
+    rank: Column = F.lit(-1)
+    for value in sorted(set(BASE_RANK.values())):
+        events = sorted(e for e, r in BASE_RANK.items() if r == value)
+        rank = F.when(F.col("event_type").isin(events), value).otherwise(rank)
+    return rank
+
+
+def _rules_aggregates(rules: RulesSettings) -> list[Aggregate]:
+    """The rules' signals that are aggregates of the spec's kinds: days with page views."""
+    visit_days = Aggregate(
+        name="_visit_days",
+        kind="distinct_days",
+        event_types=frozenset({"page_view"}),
+        channels=None,
+        exclude_event_types=frozenset(),
+        exclude_channels=frozenset(),
+        window_days=rules.lookback_days,
+    )
+    return [visit_days]
+
+
+def _rules_signals(as_of: dt.datetime, rules: RulesSettings) -> list[Column]:
+    in_window = F.col(_TIME) >= _window_start(as_of, rules.lookback_days)
+    event_type = F.col("event_type")
+    is_purchase = event_type.isin(sorted(PURCHASE_EVENTS))
+    return [
+        F.max(F.when(in_window, _base_rank())).alias("_base_rank"),
+        F.count(F.when(is_purchase, 1)).alias("_purchases_ever"),
+        F.count(F.when(is_purchase & in_window, 1)).alias("_purchases_in_window"),
+        F.max(event_type.isin(sorted(ADVOCACY_EVENTS)) & in_window).alias("_advocacy_in_window"),
+    ]
+
+
+def _rules_stage(rules: RulesSettings) -> Column:
+    """The deepest signal, as ``features.stages``; a contact without events (null signals)
+    is dormant."""
+    advocacy = F.col("_advocacy_in_window")
+    bought_in_window = F.col("_purchases_in_window") > 0
+    rank = F.greatest(
+        F.coalesce(F.col("_base_rank"), F.lit(-1)),
+        F.when(
+            F.col("_visit_days") >= rules.repeat_visit_min_days, stage_rank("consideration")
+        ).otherwise(-1),
+        # a prospect's review is interest, a customer's is advocacy
+        F.when(advocacy & (F.col("_purchases_ever") > 0), stage_rank("advocacy"))
+        .when(advocacy, stage_rank("consideration"))
+        .otherwise(-1),
+        # a purchase in the window by someone who had bought before is retention
+        F.when(bought_in_window & (F.col("_purchases_ever") > 1), stage_rank("retention"))
+        .when(bought_in_window, stage_rank("conversion"))
+        .otherwise(-1),
+        F.lit(stage_rank("dormant")),
+    )
+    return F.array(*[F.lit(stage) for stage in STAGES])[rank]
+
+
+# --- contacts ---------------------------------------------------------------------------------
+
+
+def _eligible_with_attributes(
+    per_contact: DataFrame,
+    contacts: SparkContacts,
+    *,
+    as_of: dt.datetime,
+    spec: FeatureSpec,
+) -> tuple[DataFrame, list[str]]:
+    """Eligible contacts (any event in the longest window, or listed in ``contacts``) with their
+    attribute columns, and the names of those columns."""
+    recent = F.col(_LAST) >= _window_start(as_of, spec.longest_window_days)
+    if contacts is None:
+        return per_contact.where(recent), []
+    listed = _contacts_frame(contacts, per_contact.sparkSession)
+    wanted = spec.attribute_names(listed.columns)
+    missing = [c for c in wanted if c not in listed.columns]
+    if missing:
+        raise SpecError(
+            f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
+            "them from `attributes:` or add them to the contacts"
+        )
+    attributes = [
+        column for name in wanted if (column := _attribute(listed.schema[name], as_of)) is not None
+    ]
+    listed = listed.select("contact_id", *attributes, F.lit(True).alias(_LISTED))
+    # a full join keeps listed contacts without events and active contacts not listed
+    frame = per_contact.join(listed, on="contact_id", how="full")
+    names = [c for c in listed.columns if c not in ("contact_id", _LISTED)]
+    return frame.where(recent | F.col(_LISTED).isNotNull()), names
+
+
+def _attribute(field: T.StructField, as_of: dt.datetime) -> Column | None:
+    """The rule of ``features.engine``: text stays text (categorical in Polars), dates become
+    days before as_of (missing when after it), booleans and numbers floats; other types (lists,
+    structs) are left out on purpose."""
+    column, kind = F.col(field.name), field.dataType
+    if isinstance(kind, T.StringType):
+        return column.alias(field.name)
+    if isinstance(kind, T.DateType | T.TimestampType | T.TimestampNTZType):
+        if isinstance(kind, T.DateType):
+            micros = F.unix_date(column).cast("long") * MICROS_PER_DAY
+        else:  # naive times are read in the session time zone, UTC in spark_session
+            micros = F.unix_micros(column.cast(T.TimestampType()))
+        days = _days_before(as_of, micros)
+        return F.when(days >= 0, days).alias(f"days_since_{field.name}")
+    if isinstance(kind, T.BooleanType | T.NumericType):
+        return column.cast("double").alias(field.name)
+    return None
+
+
+def _contacts_frame(
+    contacts: pa.Table | pl.DataFrame | DataFrame, spark: SparkSession
+) -> DataFrame:
+    if isinstance(contacts, DataFrame):
+        return contacts
+    table = contacts.to_arrow() if isinstance(contacts, pl.DataFrame) else contacts
+    # Spark reads plain Arrow strings only: large, view and dictionary (categorical) text is cast
+    text = (pa.types.is_large_string, pa.types.is_string_view, pa.types.is_dictionary)
+    fields = [
+        pa.field(f.name, pa.string()) if any(is_text(f.type) for is_text in text) else f
+        for f in table.schema
+    ]
+    return spark.createDataFrame(table.cast(pa.schema(fields)))

@@ -1,0 +1,215 @@
+"""The Spark engine compiles the same feature spec as the Polars engine and gives the same
+features, value for value: on simulated journeys at several moments, and on hand-made edges."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from polars.testing import assert_frame_equal
+
+from features.engine import build_contact_features
+from features.io import write_parquet_atomic
+from features.schema import validate
+from features.simulator import load_simulator_settings, simulate
+from features.spec import load_feature_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = load_feature_spec()
+AS_OF = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+SparkFeatures = Callable[..., pl.DataFrame]
+
+
+@pytest.fixture(scope="module")
+def spark(spark_installed: None) -> Iterator[Any]:
+    from features.spark_engine import spark_session
+
+    session = spark_session(cores=2, memory="2g")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def spark_features(spark: Any) -> SparkFeatures:
+    """The Spark engine's features, converted to the Polars engine's types."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+
+    def build(events: Path | pa.Table, contacts: Any, *, as_of: dt.datetime) -> pl.DataFrame:
+        source = spark.createDataFrame(events) if isinstance(events, pa.Table) else events
+        frame = build_contact_features_spark(source, contacts, as_of=as_of, spec=SPEC, spark=spark)
+        return spark_features_to_polars(frame)
+
+    return build
+
+
+def _assert_identical(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
+    assert actual.schema == expected.schema
+    assert actual["contact_id"].to_list() == expected["contact_id"].to_list()
+    # every value equal, nulls in the same places; floats to 1e-12 relative (a division may be
+    # computed as a multiplication by the reciprocal)
+    assert_frame_equal(actual, expected, rel_tol=1e-12, abs_tol=0.0)
+
+
+# --- simulated journeys -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
+    """A folder of simulated events (read as Parquet by both engines), and the contacts with
+    attributes of every kind: text, date, naive and aware times, numbers, a flag."""
+    sim = simulate(
+        load_simulator_settings(), contacts=300, days=60, seed=5, start=dt.date(2024, 1, 1)
+    )
+    folder = tmp_path_factory.mktemp("simulated")
+    write_parquet_atomic(sim.events, folder / "events.parquet")
+    contacts = pl.from_arrow(sim.contacts)
+    assert isinstance(contacts, pl.DataFrame)
+    row = pl.int_range(pl.len())
+    contacts = contacts.with_columns(
+        lifetime_value=pl.when(row % 5 == 0).then(None).otherwise(row * 12.5),
+        orders=(row % 4).cast(pl.Int64),
+        vip=row % 3 == 0,
+        last_login_at=pl.lit(dt.datetime(2024, 1, 1, tzinfo=dt.UTC)) + pl.duration(hours=row * 6),
+        trial_ends_on=pl.lit(dt.datetime(2024, 1, 20)) + pl.duration(minutes=row * 997),
+    )
+    listed_only = contacts.head(1).with_columns(contact_id=pl.lit("zz-listed-without-events"))
+    return folder, pl.concat([contacts, listed_only])
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        dt.datetime(2024, 2, 1, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 20, 7, 31, 12, 345678, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+    ],
+)
+def test_the_spark_engine_equals_the_polars_engine_on_simulated_journeys(
+    simulated: tuple[Path, pl.DataFrame], spark_features: SparkFeatures, as_of: dt.datetime
+) -> None:
+    folder, contacts = simulated
+    expected = build_contact_features(folder, contacts, as_of=as_of, spec=SPEC)
+    actual = spark_features(folder, contacts, as_of=as_of)
+    _assert_identical(actual, expected)
+    # the data exercises what is compared: several stages, sessions, missing and present dates
+    assert expected.height == contacts.height
+    assert expected["rules_stage"].n_unique() >= 4
+    assert expected["session_count_28d"].sum() > 0
+    assert 0 < expected["days_since_last_login_at"].null_count() < expected.height
+    assert expected["days_since_trial_ends_on"].null_count() < expected.height
+
+
+# --- hand-made edges --------------------------------------------------------------------------
+
+EDGE = AS_OF - dt.timedelta(days=7)  # the 7-day window's first moment
+
+
+def _at(moment: dt.datetime, **delta: float) -> str:
+    return (moment + dt.timedelta(**delta)).isoformat()
+
+
+EDGE_EVENTS: list[tuple[str, str, str, str, float | None]] = [
+    # an event exactly at as_of is not seen; a contact with only such events is not eligible
+    ("at_as_of", AS_OF.isoformat(), "web", "add_to_cart", None),
+    ("at_as_of", "2024-02-28T10:00:00Z", "web", "page_view", None),
+    ("only_at_as_of", AS_OF.isoformat(), "web", "page_view", None),
+    # exactly at the window start is inside it, a microsecond earlier is not
+    ("at_edge", EDGE.isoformat(), "web", "page_view", None),
+    ("at_edge", _at(EDGE, microseconds=-1), "web", "product_view", None),
+    ("single", "2024-02-10T08:00:00Z", "email", "email_open", None),
+    # sessions: one begun before the window is not counted in it; a tie starts at most one;
+    # a gap of exactly 30 minutes continues a session, a microsecond more starts one; an
+    # impression (not a session event) does not bridge a gap
+    ("sessions", _at(EDGE, minutes=-10), "web", "page_view", None),
+    ("sessions", _at(EDGE, minutes=5), "web", "product_view", None),
+    ("sessions", _at(EDGE, minutes=40), "web", "page_view", None),
+    ("sessions", _at(EDGE, minutes=40), "web", "add_to_cart", None),
+    ("sessions", "2024-02-28T12:00:00Z", "web", "page_view", None),
+    ("sessions", "2024-02-28T12:30:00Z", "web", "page_view", None),
+    ("sessions", "2024-02-28T12:59:00Z", "ads", "impression", None),
+    ("sessions", "2024-02-28T13:00:00.000001Z", "web", "page_view", None),
+    # two UTC days a microsecond apart
+    ("midnight", "2024-02-27T23:59:59.999999Z", "web", "page_view", None),
+    ("midnight", "2024-02-28T00:00:00Z", "web", "page_view", None),
+    # zero denominators: clicks without opens or sends, a purchase without a cart
+    ("no_opens", "2024-02-27T09:00:00Z", "email", "email_click", None),
+    ("no_opens", "2024-02-27T09:10:00Z", "web", "purchase", 40.0),
+    ("sends_only", "2024-02-26T09:00:00Z", "email", "message_send", None),
+    # the rules: a returning customer who reviews; a prospect who reviews; a missing value
+    ("customer", "2024-01-05T12:00:00Z", "web", "purchase", 10.0),
+    ("customer", "2024-02-20T12:00:00Z", "web", "purchase", None),
+    ("customer", "2024-02-21T12:00:00Z", "web", "review", None),
+    ("prospect", "2024-02-21T12:00:00Z", "web", "review", None),
+    # events only before the longest window: eligible only because the contact is listed
+    ("old", "2023-06-01T10:00:00Z", "web", "purchase", 25.0),
+    ("old_unlisted", "2023-06-01T10:00:00Z", "web", "page_view", None),
+]
+
+
+def test_the_spark_engine_equals_the_polars_engine_on_edge_cases(
+    spark_features: SparkFeatures,
+) -> None:
+    frame = pd.DataFrame(
+        EDGE_EVENTS, columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    validated = validate(frame, now=NOW)
+    assert validated.rejects.num_rows == 0
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["old", "listed_only", "single"],
+            "marketing_consent": [True, False, True],
+            "segment": ["b2b", None, "b2c"],
+            "signup_date": [dt.date(2023, 1, 1), dt.date(2024, 3, 1), dt.date(2024, 5, 1)],
+        }
+    )
+    expected = build_contact_features(validated.events, contacts, as_of=AS_OF, spec=SPEC)
+    actual = spark_features(validated.events, contacts, as_of=AS_OF)
+    _assert_identical(actual, expected)
+
+    def row(contact: str) -> dict[str, Any]:
+        return actual.filter(pl.col("contact_id") == contact).row(0, named=True)
+
+    ids = actual["contact_id"].to_list()
+    assert "only_at_as_of" not in ids
+    assert "old_unlisted" not in ids
+    assert {"old", "listed_only"} <= set(ids)
+    assert row("at_as_of")["add_to_cart_count_7d"] == 0
+    assert row("at_edge")["page_view_count_7d"] == 1
+    assert row("at_edge")["product_view_count_7d"] == 0
+    assert row("single")["days_since_last_email_open"] == pytest.approx(19 + 16 / 24)
+    assert (row("sessions")["session_count_7d"], row("sessions")["session_count_28d"]) == (3, 4)
+    assert row("midnight")["active_days_7d"] == 2
+    assert row("no_opens")["open_without_click_ratio_7d"] is None
+    assert row("no_opens")["click_through_ratio_7d"] is None
+    assert row("no_opens")["cart_to_purchase_ratio_28d"] is None
+    assert row("sends_only")["click_through_ratio_7d"] == 0.0
+    assert row("sends_only")["days_since_last_event"] is None
+    assert row("customer")["purchase_value_sum_all"] == 10.0
+    assert row("customer")["rules_stage"] == "advocacy"
+    assert row("prospect")["rules_stage"] == "consideration"
+    assert row("listed_only")["rules_stage"] == "dormant"
+    assert row("listed_only")["event_count_90d"] == 0
+    assert row("old")["days_since_last_purchase"] is not None
+    assert row("old")["days_since_signup_date"] is not None
+    assert row("single")["days_since_signup_date"] is None  # signed up after the snapshot
+
+
+def test_without_java_the_spark_session_names_the_fix(
+    spark_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from features.errors import InputError
+    from features.spark_engine import spark_session
+
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(InputError, match="make java"):
+        spark_session()
