@@ -63,7 +63,7 @@ def build_contact_features(
     frame = eligible.join(aggregated, on="contact_id", how="left")
     frame = fill_absent(frame, aggregates)
     frame = frame.select("contact_id", *(a.name for a in aggregates))
-    frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in spec.derived])
+    frame = with_derived(frame, spec)
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
         frame = with_rules_stage(frame, rules)
@@ -80,11 +80,7 @@ def _aggregate_part(
     past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
 ) -> pl.DataFrame:
     """Every aggregate, for the contacts in ``past``: one row per contact with an event."""
-    aggregated = _collect(
-        past.group_by("contact_id").agg(
-            [_aggregate_expression(a, as_of) for a in aggregates if a.kind in _ONE_PASS_KINDS]
-        )
-    )
+    aggregated = _main_pass(past, [a for a in aggregates if a.kind in _ONE_PASS_KINDS], as_of)
     for kind, compute in (("distinct_days", _distinct_days), ("sessions", _sessions)):
         chosen = [a for a in aggregates if a.kind == kind]
         if chosen:
@@ -228,27 +224,41 @@ def _matches(aggregate: Aggregate) -> pl.Expr:
     )
 
 
-def _in_window(aggregate: Aggregate, as_of: dt.datetime) -> pl.Expr:
-    if aggregate.window_days is None:
-        return pl.lit(True)
-    return pl.col("timestamp") >= as_of - dt.timedelta(days=aggregate.window_days)
-
-
-def _aggregate_expression(aggregate: Aggregate, as_of: dt.datetime) -> pl.Expr:
-    matching = _matches(aggregate)
-    selected = matching & _in_window(aggregate, as_of)
+def _main_pass(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) -> pl.DataFrame:
+    """Counts, sums and recency. Every filter is on event type and channel only, so the events
+    first reduce to one row per contact, event type and channel (an "atom": its count and value
+    sum in each window, first and last time); each feature is then a filtered sum, max or min
+    over a contact's few atoms instead of over all its events."""
     timestamp = pl.col("timestamp")
-    if aggregate.kind == "count":
-        expression = selected.sum().cast(pl.Int64)
-    elif aggregate.kind == "sum":
-        expression = pl.col("value").filter(selected).sum().cast(pl.Float64)
-    elif aggregate.kind == "days_since_last":
-        expression = _days_before(as_of, timestamp.filter(matching).max())
-    elif aggregate.kind == "days_since_first":
-        expression = _days_before(as_of, timestamp.filter(matching).min())
-    else:
-        raise AssertionError(f"{aggregate.kind} is not computed in the main pass")
-    return expression.alias(aggregate.name)
+    windows = {a.window_days for a in aggregates if a.kind in ("count", "sum")}
+    atom_columns: list[pl.Expr] = [timestamp.min().alias("_first"), timestamp.max().alias("_last")]
+    for days in windows:
+        inside = _in_window_days(days, as_of)
+        atom_columns += [
+            inside.sum().alias(f"_n{days}"),
+            pl.col("value").filter(inside).sum().alias(f"_v{days}"),
+        ]
+    atoms = past.group_by("contact_id", "event_type", "channel").agg(atom_columns)
+    features: list[pl.Expr] = []
+    for aggregate in aggregates:
+        matching = _matches(aggregate)
+        days = aggregate.window_days
+        if aggregate.kind == "count":
+            feature = pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int64)
+        elif aggregate.kind == "sum":
+            feature = pl.col(f"_v{days}").filter(matching).sum().cast(pl.Float64)
+        elif aggregate.kind == "days_since_last":
+            feature = _days_before(as_of, pl.col("_last").filter(matching).max())
+        else:  # days_since_first
+            feature = _days_before(as_of, pl.col("_first").filter(matching).min())
+        features.append(feature.alias(aggregate.name))
+    return _collect(atoms.group_by("contact_id").agg(features))
+
+
+def _in_window_days(days: int | None, as_of: dt.datetime) -> pl.Expr:
+    if days is None:
+        return pl.col("timestamp").is_not_null()
+    return pl.col("timestamp") >= as_of - dt.timedelta(days=days)
 
 
 def _distinct_days(
@@ -256,8 +266,11 @@ def _distinct_days(
 ) -> pl.DataFrame:
     """Distinct UTC days with a matching event in each window. First per contact and day the
     latest matching time (streaming: one row per contact-day, whatever the events per day);
-    a day is in a window when that latest time is, since every time is before as_of."""
+    a day is in a window when that latest time is, since every time is before as_of. Only the
+    events of the longest window are read."""
     filters = _distinct_filters(aggregates)
+    earliest = min(_window_start(a, as_of) for a in aggregates)
+    past = past.filter(pl.col("timestamp") >= earliest)
     per_day = past.group_by("contact_id", pl.col("timestamp").dt.date().alias("_day")).agg(
         [
             pl.col("timestamp").filter(mask).max().alias(f"_f{i}")
@@ -291,8 +304,12 @@ def _sessions(
     results = []
     for key, mask in _distinct_filters(aggregates).items():
         chosen = [a for a in aggregates if _filter_key(a) == key]
+        # whether an event in the window starts a session depends on the gap before it only
+        earliest = min(_window_start(a, as_of) for a in chosen)
+        if earliest != _ALL_HISTORY:
+            earliest -= dt.timedelta(microseconds=gap_us)
         buckets = _collect(
-            past.filter(mask)
+            past.filter(mask & (pl.col("timestamp") >= earliest))
             .group_by("contact_id", (us // gap_us).alias("_bucket"))
             .agg(_first=us.min(), _last=us.max())
         ).sort("contact_id", "_bucket")
@@ -334,9 +351,12 @@ def _distinct_filters(aggregates: list[Aggregate]) -> dict[tuple[object, ...], p
     return filters
 
 
+_ALL_HISTORY = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+
+
 def _window_start(aggregate: Aggregate, as_of: dt.datetime) -> dt.datetime:
     if aggregate.window_days is None:
-        return dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+        return _ALL_HISTORY
     return as_of - dt.timedelta(days=aggregate.window_days)
 
 
@@ -401,6 +421,19 @@ class _PolarsOps:
 def _null_if_any_null(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
     # Polars' max/min_horizontal skip nulls; the spec says a missing input gives a missing value
     return pl.when(pl.any_horizontal([a.is_null() for a in args])).then(None).otherwise(combined)
+
+
+def with_derived(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+    """Add the derived features in spec order (one may use an earlier one), each in the
+    largest batch whose inputs are already columns."""
+    pending = list(spec.derived)
+    while pending:
+        ready = [d for d in pending if all(name in frame.columns for name in d.inputs)]
+        if not ready:  # the spec loader guarantees an order exists
+            raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
+        frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in ready])
+        pending = [d for d in pending if d not in ready]
+    return frame
 
 
 def derived_expression(tree: Any) -> pl.Expr:

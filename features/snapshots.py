@@ -31,12 +31,12 @@ from features.engine import (
     ANY_EVENT,
     INTERNAL_PREFIX,
     EventsInput,
-    derived_expression,
     feature_columns,
     fill_absent,
     join_attributes,
     matches,
     scan_events,
+    with_derived,
     with_internal_aggregates,
     with_rules_stage,
 )
@@ -69,8 +69,8 @@ def build_training_frame(
         _snapshot(running, series, aggregates, day, contacts, cache, spec=spec, rules=rules)
         for day in days
     ]
-    frame = pl.concat(frames, how="vertical")
-    return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("as_of", "contact_id")
+    # each snapshot is sorted by contact, and they come in date order
+    return pl.concat(frames, how="vertical", rechunk=False)
 
 
 # --- the series: what the daily partials hold -------------------------------------------------
@@ -263,12 +263,13 @@ def _snapshot(
     lookup = everyone.restricted_to(eligible)
     frame = pl.DataFrame([lookup.contact_ids, *(lookup.aggregate(a, series) for a in aggregates)])
     frame = fill_absent(frame, aggregates)
-    frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in spec.derived])
+    frame = with_derived(frame, spec)
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
         frame = with_rules_stage(frame, rules)
     frame = frame.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
-    return join_attributes(frame, contacts, as_of=as_of, spec=spec)
+    frame = join_attributes(frame, contacts, as_of=as_of, spec=spec)
+    return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("contact_id")
 
 
 class _Lookup:

@@ -76,6 +76,8 @@ def spark_session(*, cores: int = 2, memory: str = "4g") -> SparkSession:
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={logging_config}")
         .config("spark.ui.enabled", "false")
+        # the feature table comes back whole to the driver; Spark's 1g default refuses ~3M rows
+        .config("spark.driver.maxResultSize", "0")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         # Spark's default of 200 shuffle partitions is for clusters; two per core suits one machine

@@ -249,3 +249,30 @@ def test_a_parquet_input_done_in_parts_of_contacts_equals_it_done_whole(
     )
     assert whole.height == contacts.height
     assert_frame_equal(in_parts, whole, categorical_as_str=True)
+
+
+def test_a_derived_feature_may_use_an_earlier_derived_feature() -> None:
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        """
+session_gap_minutes: 30
+aggregates:
+  - {name: "opens_{window}", kind: count, where: {event_type: [email_open]}, windows: [7]}
+  - {name: "clicks_{window}", kind: count, where: {event_type: [email_click]}, windows: [7]}
+derived:
+  - {name: click_rate, expr: "clicks_7d / opens_7d"}
+  - {name: click_rate_pct, expr: "100 * click_rate"}
+"""
+    )
+    events = _events(
+        [
+            ("a", "2024-02-28T10:00:00Z", "email", "email_open", None),
+            ("a", "2024-02-28T11:00:00Z", "email", "email_open", None),
+            ("a", "2024-02-28T11:05:00Z", "email", "email_click", None),
+        ]
+    )
+    row = _row(build_contact_features(events, as_of=AS_OF, spec=spec), "a")
+    assert row["click_rate_pct"] == pytest.approx(50.0)
+    online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=spec)
+    assert online["click_rate_pct"] == pytest.approx(50.0)
