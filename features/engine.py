@@ -21,7 +21,13 @@ from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
 from features.stages import BASE_RANK, stage_from_signal_columns
-from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES
+from features.vocabulary import (
+    ADVOCACY_EVENTS,
+    CHANNELS,
+    EVENT_TYPES,
+    PURCHASE_EVENTS,
+    STAGES,
+)
 
 EventsInput: TypeAlias = pa.Table | pl.DataFrame | pl.LazyFrame | Path | str
 # events per part of a Parquet input: about 1.5 GB of working memory on the simulator's data
@@ -80,12 +86,17 @@ def _aggregate_part(
     past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
 ) -> pl.DataFrame:
     """Every aggregate, for the contacts in ``past``: one row per contact with an event."""
-    aggregated = _main_pass(past, [a for a in aggregates if a.kind in _ONE_PASS_KINDS], as_of)
-    for kind, compute in (("distinct_days", _distinct_days), ("sessions", _sessions)):
-        chosen = [a for a in aggregates if a.kind == kind]
-        if chosen:
-            extra = compute(past, chosen, as_of=as_of, spec=spec)
-            aggregated = aggregated.join(extra, on="contact_id", how="left")
+    queries = [_main_pass(past, [a for a in aggregates if a.kind in _ONE_PASS_KINDS], as_of)]
+    days = [a for a in aggregates if a.kind == "distinct_days"]
+    if days:
+        queries.append(_distinct_days(past, days, as_of=as_of))
+    # the independent passes run together, sharing the cores
+    aggregated, *others = pl.collect_all(queries, engine="streaming")
+    sessions = [a for a in aggregates if a.kind == "sessions"]
+    if sessions:
+        others.append(_sessions(past, sessions, as_of=as_of, spec=spec))
+    for other in others:
+        aggregated = aggregated.join(other, on="contact_id", how="left")
     return aggregated
 
 
@@ -224,24 +235,33 @@ def _matches(aggregate: Aggregate) -> pl.Expr:
     )
 
 
-def _main_pass(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) -> pl.DataFrame:
+def _main_pass(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) -> pl.LazyFrame:
     """Counts, sums and recency. Every filter is on event type and channel only, so the events
     first reduce to one row per contact, event type and channel (an "atom": its count and value
     sum in each window, first and last time); each feature is then a filtered sum, max or min
     over a contact's few atoms instead of over all its events."""
     timestamp = pl.col("timestamp")
     windows = {a.window_days for a in aggregates if a.kind in ("count", "sum")}
+    # window flags as columns and types as small integer codes: the group-bys then only sum,
+    # take extremes and compare integers, Polars' fast paths
+    flagged = past.select(
+        "contact_id",
+        "timestamp",
+        "value",
+        _type=pl.col("event_type").cast(pl.Enum(EVENT_TYPES), strict=False).to_physical(),
+        _channel=pl.col("channel").cast(pl.Enum(CHANNELS), strict=False).to_physical(),
+        **{f"_in{days}": _in_window_days(days, as_of) for days in windows},
+    )
     atom_columns: list[pl.Expr] = [timestamp.min().alias("_first"), timestamp.max().alias("_last")]
     for days in windows:
-        inside = _in_window_days(days, as_of)
         atom_columns += [
-            inside.sum().alias(f"_n{days}"),
-            pl.col("value").filter(inside).sum().alias(f"_v{days}"),
+            pl.col(f"_in{days}").sum().alias(f"_n{days}"),
+            (pl.col("value") * pl.col(f"_in{days}")).sum().alias(f"_v{days}"),
         ]
-    atoms = past.group_by("contact_id", "event_type", "channel").agg(atom_columns)
+    atoms = flagged.group_by("contact_id", "_type", "_channel").agg(atom_columns)
     features: list[pl.Expr] = []
     for aggregate in aggregates:
-        matching = _matches(aggregate)
+        matching = _matches_codes(aggregate)
         days = aggregate.window_days
         if aggregate.kind == "count":
             feature = pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int64)
@@ -252,7 +272,22 @@ def _main_pass(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.dateti
         else:  # days_since_first
             feature = _days_before(as_of, pl.col("_first").filter(matching).min())
         features.append(feature.alias(aggregate.name))
-    return _collect(atoms.group_by("contact_id").agg(features))
+    return atoms.group_by("contact_id").agg(features)
+
+
+def _matches_codes(aggregate: Aggregate) -> pl.Expr:
+    """``matches`` on the integer codes of event type and channel (the atoms' columns)."""
+    conditions = [pl.col("_type").is_not_null()]
+    for column, vocabulary, included, excluded in (
+        ("_type", EVENT_TYPES, aggregate.event_types, aggregate.exclude_event_types),
+        ("_channel", CHANNELS, aggregate.channels, aggregate.exclude_channels),
+    ):
+        codes = {name: code for code, name in enumerate(vocabulary)}
+        if included is not None:
+            conditions.append(pl.col(column).is_in(sorted(codes[n] for n in included)))
+        if excluded:
+            conditions.append(~pl.col(column).is_in(sorted(codes[n] for n in excluded)))
+    return pl.all_horizontal(conditions)
 
 
 def _in_window_days(days: int | None, as_of: dt.datetime) -> pl.Expr:
@@ -262,8 +297,8 @@ def _in_window_days(days: int | None, as_of: dt.datetime) -> pl.Expr:
 
 
 def _distinct_days(
-    past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime, spec: FeatureSpec
-) -> pl.DataFrame:
+    past: pl.LazyFrame, aggregates: list[Aggregate], *, as_of: dt.datetime
+) -> pl.LazyFrame:
     """Distinct UTC days with a matching event in each window. First per contact and day the
     latest matching time (streaming: one row per contact-day, whatever the events per day);
     a day is in a window when that latest time is, since every time is before as_of. Only the
@@ -278,16 +313,14 @@ def _distinct_days(
         ]
     )
     index = {key: i for i, key in enumerate(filters)}
-    return _collect(
-        per_day.group_by("contact_id").agg(
-            [
-                (pl.col(f"_f{index[_filter_key(a)]}") >= _window_start(a, as_of))
-                .sum()
-                .cast(pl.Int64)
-                .alias(a.name)
-                for a in aggregates
-            ]
-        )
+    return per_day.group_by("contact_id").agg(
+        [
+            (pl.col(f"_f{index[_filter_key(a)]}") >= _window_start(a, as_of))
+            .sum()
+            .cast(pl.Int64)
+            .alias(a.name)
+            for a in aggregates
+        ]
     )
 
 
