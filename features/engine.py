@@ -63,12 +63,24 @@ def build_contact_features(
     )
     # eligible: any event in the longest window, or listed in the contacts table
     eligible = aggregated.filter(pl.col(ANY_EVENT) > 0).select("contact_id")
-    listed = _contacts_frame(contacts)
-    if listed is not None:
-        eligible = pl.concat([eligible, listed.select("contact_id")]).unique()
+    eligible = with_listed_contacts(eligible, contacts)
     frame = eligible.join(aggregated, on="contact_id", how="left")
-    frame = fill_absent(frame, aggregates)
     frame = frame.select("contact_id", *(a.name for a in aggregates))
+    return finish_features(frame, aggregates, contacts, as_of=as_of, spec=spec, rules=rules)
+
+
+def finish_features(
+    frame: pl.DataFrame,
+    aggregates: list[Aggregate],
+    contacts: pa.Table | pl.DataFrame | None,
+    *,
+    as_of: dt.datetime,
+    spec: FeatureSpec,
+    rules: RulesSettings,
+) -> pl.DataFrame:
+    """From one row per eligible contact with every aggregate (internal ones included) to the
+    feature table: absent counts as 0, derived features, as_of, the rules stage, attributes."""
+    frame = fill_absent(frame, aggregates)
     frame = with_derived(frame, spec)
     frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
@@ -477,6 +489,16 @@ def derived_expression(tree: Any) -> pl.Expr:
 
 
 # --- contacts ---------------------------------------------------------------------------------
+
+
+def with_listed_contacts(
+    eligible: pl.DataFrame, contacts: pa.Table | pl.DataFrame | None
+) -> pl.DataFrame:
+    """The eligible contact ids plus every contact the contacts table lists."""
+    listed = _contacts_frame(contacts)
+    if listed is None:
+        return eligible
+    return pl.concat([eligible, listed.select("contact_id")]).unique(maintain_order=True)
 
 
 def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:

@@ -29,16 +29,12 @@ import pyarrow as pa
 
 from features.engine import (
     ANY_EVENT,
-    INTERNAL_PREFIX,
     EventsInput,
-    feature_columns,
-    fill_absent,
-    join_attributes,
+    finish_features,
     matches,
     scan_events,
-    with_derived,
     with_internal_aggregates,
-    with_rules_stage,
+    with_listed_contacts,
 )
 from features.errors import InputError
 from features.settings import RulesSettings, load_rules_settings
@@ -257,19 +253,9 @@ def _snapshot(
     any_event = next(a for a in aggregates if a.name == ANY_EVENT)
     active = everyone.amount(series[("n", _filter_of(any_event))], any_event.window_days) > 0
     eligible = running.contacts.filter(active).select("contact_id")
-    listed = _listed_contacts(contacts)
-    if listed is not None:
-        eligible = pl.concat([eligible, listed]).unique(maintain_order=True)
-    lookup = everyone.restricted_to(eligible)
+    lookup = everyone.restricted_to(with_listed_contacts(eligible, contacts))
     frame = pl.DataFrame([lookup.contact_ids, *(lookup.aggregate(a, series) for a in aggregates)])
-    frame = fill_absent(frame, aggregates)
-    frame = with_derived(frame, spec)
-    frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
-    if spec.rules_stage:
-        frame = with_rules_stage(frame, rules)
-    frame = frame.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
-    frame = join_attributes(frame, contacts, as_of=as_of, spec=spec)
-    return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("contact_id")
+    return finish_features(frame, aggregates, contacts, as_of=as_of, spec=spec, rules=rules)
 
 
 class _Lookup:
@@ -372,11 +358,3 @@ def _snapshot_days(as_of_dates: Sequence[dt.date]) -> list[int]:
 
 def _moment(day: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)
-
-
-def _listed_contacts(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:
-    if contacts is None:
-        return None
-    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.select("contact_id").unique()
