@@ -192,6 +192,11 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
     )
 
 
+def shipped_spec_text() -> str:
+    """The shipped spec's YAML text (what a model logs beside itself)."""
+    return _shipped_text()
+
+
 @cache
 def _shipped_text() -> str:
     return resources.files("features").joinpath("config/feature_spec.yaml").read_text("utf-8")

@@ -1,0 +1,196 @@
+"""Labels look only at the horizon after each snapshot, by the rules' stage definitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import hypothesis.strategies as st
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from features.errors import InputError
+from features.settings import load_rules_settings
+from training.labels import (
+    label_events,
+    label_from_provided,
+    observed_until,
+    with_default_labels,
+)
+
+UTC = dt.UTC
+AS_OF = dt.datetime(2026, 3, 1, tzinfo=UTC)
+RULES = load_rules_settings()
+
+
+def _events(rows: list[tuple[str, dt.datetime, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": [r[0] for r in rows],
+            "timestamp": [r[1] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "channel": ["web"] * len(rows),
+        },
+        schema={
+            "contact_id": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "event_type": pl.String,
+            "channel": pl.String,
+        },
+    )
+
+
+def _day(offset: float) -> dt.datetime:
+    return AS_OF + dt.timedelta(days=offset)
+
+
+def _labels(rows: list[tuple[str, dt.datetime, str]], horizon: int = 14) -> dict[str, tuple]:
+    events = _events([*rows, ("end", _day(40), "page_view")])
+    found = label_events(events, as_of_dates=[AS_OF], horizon_days=horizon, rules=RULES)
+    return {r["contact_id"]: (r["purchased"], r["revealed_stage"]) for r in found.to_dicts()}
+
+
+def test_a_first_purchase_in_the_horizon_is_a_conversion() -> None:
+    assert _labels([("a", _day(3), "purchase")])["a"] == (True, "conversion")
+
+
+def test_a_purchase_by_a_prior_customer_is_retention() -> None:
+    found = _labels([("a", _day(-60), "purchase"), ("a", _day(2), "purchase")])
+    assert found["a"] == (True, "retention")
+
+
+def test_a_review_by_a_customer_is_advocacy_and_by_a_prospect_consideration() -> None:
+    found = _labels(
+        [
+            ("customer", _day(-10), "purchase"),
+            ("customer", _day(1), "review"),
+            ("prospect", _day(1), "review"),
+        ]
+    )
+    assert found["customer"] == (False, "advocacy")
+    assert found["prospect"] == (False, "consideration")
+
+
+def test_the_deepest_signal_in_the_horizon_is_the_stage() -> None:
+    found = _labels(
+        [("a", _day(1), "email_open"), ("a", _day(5), "add_to_cart"), ("a", _day(6), "email_click")]
+    )
+    assert found["a"] == (False, "intent")
+
+
+def test_the_horizon_starts_at_as_of_and_ends_before_as_of_plus_horizon() -> None:
+    found = _labels(
+        [
+            ("at_start", AS_OF, "purchase"),
+            ("at_end", _day(14), "purchase"),
+            ("before", _day(-0.001), "purchase"),
+        ]
+    )
+    assert found["at_start"] == (True, "conversion")
+    assert "at_end" not in found  # its purchase is one moment past the horizon
+    assert "before" not in found  # a purchase before as_of is history, not the label
+
+
+def test_a_contact_with_nothing_in_the_horizon_is_dormant_and_did_not_buy() -> None:
+    frame = pl.DataFrame(
+        {"contact_id": ["quiet"], "as_of": [AS_OF]},
+        schema={"contact_id": pl.String, "as_of": pl.Datetime("us", "UTC")},
+    )
+    events = _events([("quiet", _day(-3), "purchase"), ("x", _day(30), "page_view")])
+    labels = label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+    row = with_default_labels(frame, labels).row(0, named=True)
+    assert (row["purchased"], row["revealed_stage"]) == (False, "dormant")
+
+
+def test_a_snapshot_whose_horizon_passes_the_end_of_the_data_is_refused() -> None:
+    events = _events([("a", _day(10), "page_view")])  # data ends after day 10
+    assert observed_until(events) == dt.datetime(2026, 3, 12, tzinfo=UTC)
+    with pytest.raises(InputError, match="cannot be labelled"):
+        label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+
+
+_EVENT_TYPES = ["page_view", "email_open", "email_click", "add_to_cart", "purchase", "review"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]), st.floats(-40, 30), st.sampled_from(_EVENT_TYPES)
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.floats(-40, -0.0001),
+            st.sampled_from([t for t in _EVENT_TYPES if t != "purchase"]),
+        ),
+        max_size=10,
+    ),
+)
+def test_labels_ignore_every_non_purchase_event_before_as_of(
+    rows: list[tuple[str, float, str]], earlier: list[tuple[str, float, str]]
+) -> None:
+    """Only purchases before as_of (who was a customer) may matter; any other earlier event,
+    and any event after the horizon, changes no label."""
+    base = [(c, _day(d), e) for c, d, e in rows] + [("end", _day(40), "page_view")]
+    later = [(c, _day(14 + abs(d) % 10), e) for c, d, e in earlier]
+    before = [(c, _day(d), e) for c, d, e in earlier]
+    plain = label_events(_events(base), as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+    for extra in (before, later):
+        more = label_events(
+            _events(base + extra),
+            as_of_dates=[AS_OF],
+            horizon_days=14,
+            rules=RULES,
+            until=observed_until(_events(base)),
+        )
+        assert more.equals(plain)
+
+
+def test_provided_conversions_are_positive_in_their_horizon_and_done_after_it() -> None:
+    labels = pl.DataFrame(
+        {
+            "contact_id": ["soon", "later", "before", "never", "undated"],
+            "label_date": [_day(5), _day(30), _day(-5), None, None],
+            "outcome": ["won", "won", "won", "not_won", "converted"],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    by_contact = dict(zip(found["contact_id"], found["purchased"], strict=True))
+    assert by_contact == {"soon": True, "later": False, "never": False, "undated": True}
+
+
+def test_provided_stages_hold_until_the_next_record() -> None:
+    labels = pl.DataFrame(
+        {
+            "contact_id": ["a", "a", "b"],
+            "label_date": [_day(-20), _day(20), _day(30)],
+            "outcome": ["consideration", "retention", "intent"],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    assert found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows() == [
+        ("a", "consideration")
+    ]
+
+
+def test_a_labels_table_without_an_outcome_column_is_refused_with_the_fix() -> None:
+    with pytest.raises(InputError, match="outcome"):
+        label_from_provided(
+            pl.DataFrame({"contact_id": ["a"], "label_date": [None]}),
+            as_of_dates=[AS_OF],
+            horizon_days=14,
+        )

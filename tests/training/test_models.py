@@ -1,0 +1,195 @@
+"""The models' fit/predict, the time split and the model matrix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from features.errors import InputError
+from features.vocabulary import STAGES
+from training.frame import model_matrix, snapshot_dates, split_by_time
+from training.models import (
+    RFM_COLUMNS,
+    LightGBMPropensityModel,
+    LightGBMStageModel,
+    RfmPropensityModel,
+    RulesStageModel,
+)
+
+UTC = dt.UTC
+
+
+def _weekly(n: int) -> list[dt.datetime]:
+    return [dt.datetime(2026, 1, 5, tzinfo=UTC) + dt.timedelta(days=7 * i) for i in range(n)]
+
+
+def test_snapshots_count_back_from_the_last_date_with_a_full_horizon() -> None:
+    dates = snapshot_dates(
+        dt.datetime(2026, 1, 1, 13, tzinfo=UTC),
+        dt.datetime(2026, 5, 1, tzinfo=UTC),
+        horizon_days=14,
+        every_days=7,
+        min_history_days=28,
+        count=5,
+    )
+    assert dates[-1] == dt.datetime(2026, 4, 17, tzinfo=UTC)
+    assert len(dates) == 5
+    assert all(b - a == dt.timedelta(days=7) for a, b in itertools.pairwise(dates))
+
+
+def test_no_snapshot_comes_before_the_minimum_history() -> None:
+    dates = snapshot_dates(
+        dt.datetime(2026, 4, 1, tzinfo=UTC),
+        dt.datetime(2026, 5, 1, tzinfo=UTC),
+        horizon_days=7,
+        every_days=7,
+        min_history_days=14,
+        count=12,
+    )
+    assert dates
+    assert min(dates) >= dt.datetime(2026, 4, 15, tzinfo=UTC)
+
+
+def test_the_time_split_is_ordered_and_no_label_horizon_reaches_a_later_split() -> None:
+    split = split_by_time(_weekly(12), horizon_days=14, validation=2, test=2)
+    assert max(split.train) < min(split.validation) < max(split.validation) < min(split.test)
+    horizon = dt.timedelta(days=14)
+    assert all(d + horizon <= min(split.validation) for d in split.train)
+    assert all(d + horizon <= min(split.test) for d in split.validation)
+    assert len(split.train) + len(split.validation) + len(split.test) + len(split.dropped) == 12
+    assert len(split.dropped) == 2  # one embargoed week before validation, one before test
+
+
+def test_too_few_snapshots_for_a_split_are_refused_with_a_reason() -> None:
+    with pytest.raises(InputError, match="too few"):
+        split_by_time(_weekly(4), horizon_days=14, validation=2, test=2)
+
+
+def test_the_model_matrix_keeps_categoricals_and_fixes_the_column_order() -> None:
+    frame = pl.DataFrame(
+        {
+            "contact_id": ["a", "b"],
+            "x": [1, None],
+            "segment": pl.Series(["premium", None], dtype=pl.Categorical),
+            "rules_stage": pl.Series(["intent", "dormant"], dtype=pl.Enum(STAGES)),
+        }
+    )
+    matrix = model_matrix(frame, ["rules_stage", "x", "segment"])
+    assert list(matrix.columns) == ["rules_stage", "x", "segment"]
+    assert isinstance(matrix["rules_stage"].dtype, pd.CategoricalDtype)
+    assert list(matrix["rules_stage"].cat.categories) == list(STAGES)
+    assert np.isnan(matrix["x"].iloc[1])
+    with pytest.raises(InputError, match="lacks the model's features"):
+        model_matrix(frame, ["x", "missing_feature"])
+
+
+# --- models on a small synthetic problem -------------------------------------------------------
+
+
+def _problem(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Features where the stage and purchases follow from the numbers, with noise."""
+    rng = np.random.default_rng(seed)
+    clicks = rng.poisson(1.0, n).astype(float)
+    carts = rng.poisson(0.3, n).astype(float)
+    buys = rng.poisson(0.2, n).astype(float)
+    stage_code = np.where(carts > 0, 3, np.where(clicks > 1, 2, np.where(clicks > 0, 1, 0)))
+    noise = rng.random(n) < 0.1
+    stage_code = np.where(noise, rng.integers(0, 4, n), stage_code)
+    stage = np.asarray(STAGES)[stage_code]
+    bought = rng.random(n) < 1 / (1 + np.exp(-(carts * 2 + buys - 2.5)))
+    X = pd.DataFrame(
+        {
+            "email_click_count_7d": clicks,
+            "add_to_cart_count_7d": carts,
+            "days_since_last_purchase": np.where(buys > 0, rng.uniform(0, 90, n), np.nan),
+            "purchase_count_all": buys,
+            "purchase_value_sum_all": buys * 50.0,
+            "days_since_last_event": rng.uniform(0, 30, n),
+            "event_count_28d": clicks + carts,
+            "active_days_28d": np.minimum(clicks + carts, 28),
+            "segment": pd.Categorical(rng.choice(["a", "b"], n)),
+            "rules_stage": pd.Categorical(stage, categories=list(STAGES)),
+        }
+    )
+    return X, stage, bought
+
+
+@pytest.fixture(scope="module")
+def problem() -> dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+    return {"train": _problem(3000, 1), "validation": _problem(1500, 2), "test": _problem(1500, 3)}
+
+
+def test_the_rules_model_predicts_the_rules_stage_feature(problem: dict) -> None:
+    X, _, _ = problem["test"]
+    model = RulesStageModel().fit(X)
+    assert (model.predict(X) == X["rules_stage"].astype(str).to_numpy()).all()
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(X), len(STAGES))
+    assert (proba.sum(axis=1) == 1).all()
+    with pytest.raises(InputError, match="rules_stage"):
+        RulesStageModel().fit(X.drop(columns="rules_stage"))
+
+
+def test_the_rfm_baseline_ranks_buyers_above_non_buyers(problem: dict) -> None:
+    X, _, bought = problem["train"]
+    model = RfmPropensityModel().fit(X, bought)
+    Xt, _, bought_t = problem["test"]
+    p = model.predict_proba(Xt)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert p[bought_t].mean() > p[~bought_t].mean()
+    with pytest.raises(InputError, match="needs features"):
+        model.predict_proba(Xt.drop(columns=list(RFM_COLUMNS[:1])))
+
+
+def test_the_propensity_model_is_calibrated_and_reproducible(problem: dict) -> None:
+    X, _, y = problem["train"]
+    Xv, _, yv = problem["validation"]
+    Xt, _, yt = problem["test"]
+    first = LightGBMPropensityModel(seed=3, num_threads=1).fit(X, y, X_val=Xv, y_val=yv)
+    again = LightGBMPropensityModel(seed=3, num_threads=1).fit(X, y, X_val=Xv, y_val=yv)
+    p = first.predict_proba(Xt)
+    assert np.array_equal(p, again.predict_proba(Xt))
+    assert first.calibration_ in ("isotonic", "sigmoid")
+    assert abs(p.mean() - yt.mean()) < 0.05  # calibrated: the mean matches the rate
+    assert p[yt].mean() > p[~yt].mean()
+    assert set(first.feature_importance()) == set(X.columns)
+
+
+def test_the_propensity_model_refuses_labels_of_one_class(problem: dict) -> None:
+    X, _, y = problem["train"]
+    Xv, _, _ = problem["validation"]
+    with pytest.raises(InputError, match="buyers and non-buyers"):
+        LightGBMPropensityModel().fit(X, y, X_val=Xv, y_val=np.zeros(len(Xv), dtype=bool))
+
+
+def test_the_stage_model_gives_probabilities_over_every_stage_and_beats_chance(
+    problem: dict,
+) -> None:
+    X, s, _ = problem["train"]
+    Xv, sv, _ = problem["validation"]
+    Xt, st, _ = problem["test"]
+    model = LightGBMStageModel(seed=1, num_threads=1).fit(
+        X.drop(columns="rules_stage"), s, X_val=Xv.drop(columns="rules_stage"), y_val=sv
+    )
+    proba = model.predict_proba(Xt)
+    assert proba.shape == (len(Xt), len(STAGES))
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    predicted = model.predict(Xt)
+    assert set(predicted) <= set(STAGES)
+    assert (predicted == st).mean() > 0.7  # the stages follow the features, 10 % noise
+    contributions = model.contributions(Xt.head(3))
+    assert contributions.shape == (3, (len(model.feature_names_) + 1) * len(STAGES))
+
+
+def test_the_stage_model_refuses_an_unknown_stage(problem: dict) -> None:
+    X, s, _ = problem["train"]
+    Xv, sv, _ = problem["validation"]
+    bad = s.copy()
+    bad[0] = "lead"
+    with pytest.raises(InputError, match="unknown stage labels"):
+        LightGBMStageModel().fit(X, bad, X_val=Xv, y_val=sv)

@@ -1,0 +1,209 @@
+"""Point-in-time labels: what a contact does *after* a snapshot, never before it.
+
+Features as of a snapshot use events strictly before ``as_of``; labels use only the events in
+the horizon ``[as_of, as_of + horizon_days)``, so the two never share an event. A snapshot
+whose horizon reaches past the end of the observed data cannot be labelled and is refused.
+
+* Purchase label: did the contact purchase (or start a subscription) in the horizon.
+* Revealed stage: the stage that the contact's behaviour in the horizon shows, by the same
+  rules as the baseline (``features.stages``): the deepest signal, a purchase by someone who had
+  bought before is retention, a review/referral/share by a customer is advocacy, nothing is
+  dormant.
+* Provided labels: a labels table (contact_id, label_date, outcome), e.g. CRM lifecycle history
+  or a won/lost flag; see ``label_from_provided``.
+* Simulator truth: the hidden stage on the snapshot date (``features.simulator.true_stage_on``),
+  for evaluation only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import polars as pl
+import pyarrow as pa
+
+from features.engine import STAGE_TYPE, EventsInput, scan_events
+from features.errors import InputError
+from features.settings import RulesSettings
+from features.stages import BASE_RANK, stage_from_signal_columns
+from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES
+
+LABEL_COLUMNS = ("contact_id", "as_of", "purchased", "revealed_stage")
+# outcomes of a provided labels table that count as a conversion (case-insensitive)
+POSITIVE_OUTCOMES = frozenset({"converted", "won", "purchase", "purchased", "1", "true", "yes"})
+
+
+def observed_until(events: EventsInput) -> dt.datetime:
+    """The end of the observed data: midnight (UTC) after the day of the last event. Logs are
+    taken to be complete up to the end of their last day."""
+    last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+    if last is None:
+        raise InputError("the events table is empty; labels need events after each snapshot")
+    day = last.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def label_events(
+    events: EventsInput,
+    *,
+    as_of_dates: Sequence[dt.datetime],
+    horizon_days: int,
+    rules: RulesSettings,
+    until: dt.datetime | None = None,
+) -> pl.DataFrame:
+    """Per snapshot and contact with any event in its horizon: ``purchased`` and
+    ``revealed_stage``. Contacts absent from a snapshot's rows did nothing in its horizon: not
+    purchased, dormant (``with_default_labels`` fills them in).
+
+    Only events in ``[as_of, as_of + horizon_days)`` are read for the signals, plus the
+    purchases before ``as_of`` to know who was already a customer."""
+    if horizon_days < 1:
+        raise InputError(f"horizon_days must be at least 1, got {horizon_days}")
+    until = until or observed_until(events)
+    horizon = dt.timedelta(days=horizon_days)
+    late = [d for d in as_of_dates if d + horizon > until]
+    if late:
+        raise InputError(
+            f"snapshot {late[0]:%Y-%m-%d} cannot be labelled: its {horizon_days}-day horizon "
+            f"ends after the data does ({until:%Y-%m-%d}); use snapshots up to "
+            f"{until - horizon:%Y-%m-%d}"
+        )
+    scanned = scan_events(events).select("contact_id", "timestamp", "event_type")
+    queries = [_label_one_snapshot(scanned, as_of, as_of + horizon, rules) for as_of in as_of_dates]
+    if not queries:
+        return _empty_labels()
+    return pl.concat(pl.collect_all(queries)).sort("as_of", "contact_id")
+
+
+def _label_one_snapshot(
+    events: pl.LazyFrame, as_of: dt.datetime, end: dt.datetime, rules: RulesSettings
+) -> pl.LazyFrame:
+    in_horizon = pl.col("timestamp") >= as_of
+    is_purchase = pl.col("event_type").is_in(PURCHASE_EVENTS)
+    # only the horizon's events, plus earlier purchases (who was a customer before)
+    relevant = events.filter((pl.col("timestamp") < end) & (in_horizon | is_purchase))
+    signals = relevant.group_by("contact_id").agg(
+        base_rank=pl.col("event_type")
+        .replace_strict(BASE_RANK, default=-1, return_dtype=pl.Int8)
+        .filter(in_horizon)
+        .max(),
+        visit_days=pl.col("timestamp")
+        .filter(in_horizon & (pl.col("event_type") == "page_view"))
+        .dt.date()
+        .n_unique(),
+        purchases_ever=is_purchase.sum(),
+        purchases_in_window=(is_purchase & in_horizon).sum(),
+        advocacy_in_window=(pl.col("event_type").is_in(ADVOCACY_EVENTS) & in_horizon).any(),
+        any_in_horizon=in_horizon.any(),
+    )
+    return signals.filter(pl.col("any_in_horizon")).select(
+        "contact_id",
+        as_of=pl.lit(as_of, pl.Datetime("us", "UTC")),
+        purchased=pl.col("purchases_in_window") > 0,
+        # a horizon with events but no stage signal (only sends) reveals nothing: dormant
+        revealed_stage=stage_from_signal_columns(rules).cast(STAGE_TYPE),
+    )
+
+
+def with_default_labels(frame: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """Join labels onto a feature frame (contact_id, as_of): a contact with no event in the
+    horizon did not purchase and is dormant; that is the truth, not a missing value."""
+    joined = frame.join(labels, on=["contact_id", "as_of"], how="left")
+    return joined.with_columns(
+        pl.col("purchased").fill_null(False),
+        pl.col("revealed_stage").fill_null(pl.lit("dormant", STAGE_TYPE)),
+    )
+
+
+def _empty_labels() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "contact_id": pl.String,
+            "as_of": pl.Datetime("us", "UTC"),
+            "purchased": pl.Boolean,
+            "revealed_stage": STAGE_TYPE,
+        }
+    )
+
+
+# --- provided labels --------------------------------------------------------------------------
+
+
+def label_from_provided(
+    labels: pa.Table | pl.DataFrame,
+    *,
+    as_of_dates: Sequence[dt.datetime],
+    horizon_days: int,
+    positive_outcomes: Iterable[str] = POSITIVE_OUTCOMES,
+) -> pl.DataFrame:
+    """Labels from a provided table (contact_id, label_date, outcome) for each snapshot.
+
+    * An outcome that is a stage name is a stage label: the stage recorded last on or before
+      the end of the horizon (a lifecycle history holds until it changes); contacts with no
+      record by then are not labelled.
+    * Any other outcome is a conversion flag (``positive_outcomes``, case-insensitive): at a
+      snapshot, positive when a positive outcome is dated in the horizon; a contact whose
+      positive outcome is before the snapshot has already converted and is not labelled
+      again; every other listed contact is negative.
+    * Outcomes without a date cannot be placed in time: they label every snapshot as they are.
+
+    Returns contact_id, as_of, and ``purchased`` (conversion) and/or ``provided_stage``.
+    """
+    frame = labels if isinstance(labels, pl.DataFrame) else pl.from_arrow(labels)
+    assert isinstance(frame, pl.DataFrame)
+    missing = {"contact_id", "label_date", "outcome"} - set(frame.columns)
+    if missing:
+        raise InputError(
+            f"the labels table lacks columns {sorted(missing)}; it needs contact_id, label_date "
+            "(may be empty) and outcome, as `funnelcast ingest` writes it"
+        )
+    if frame.height == 0:
+        raise InputError("the labels table is empty; give labelled contacts or drop --labels")
+    positive = {o.lower() for o in positive_outcomes}
+    frame = frame.with_columns(outcome=pl.col("outcome").cast(pl.String))
+    is_stage = pl.col("outcome").is_in(STAGES)
+    stages = frame.filter(is_stage)
+    outcomes = frame.filter(~is_stage).with_columns(
+        positive=pl.col("outcome").str.to_lowercase().is_in(positive)
+    )
+    horizon = dt.timedelta(days=horizon_days)
+    parts = []
+    for as_of in as_of_dates:
+        snapshot = pl.lit(as_of, pl.Datetime("us", "UTC"))
+        part = _conversion_at(outcomes, as_of, as_of + horizon) if outcomes.height else None
+        if stages.height:
+            staged = _stage_at(stages, as_of + horizon)
+            part = (
+                staged
+                if part is None
+                else part.join(staged, on="contact_id", how="full", coalesce=True)
+            )
+        assert part is not None
+        parts.append(part.with_columns(as_of=snapshot))
+    result = pl.concat(parts, how="diagonal")
+    return result.select("contact_id", "as_of", pl.exclude("contact_id", "as_of")).sort(
+        "as_of", "contact_id"
+    )
+
+
+def _conversion_at(outcomes: pl.DataFrame, as_of: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+    date = pl.col("label_date")
+    per_contact = outcomes.group_by("contact_id").agg(
+        converted_before=(pl.col("positive") & date.is_not_null() & (date < as_of)).any(),
+        in_horizon=(pl.col("positive") & (date.is_null() | ((date >= as_of) & (date < end)))).any(),
+    )
+    return per_contact.filter(~pl.col("converted_before")).select(
+        "contact_id", purchased=pl.col("in_horizon")
+    )
+
+
+def _stage_at(stages: pl.DataFrame, end: dt.datetime) -> pl.DataFrame:
+    date = pl.col("label_date")
+    known = stages.filter(date.is_null() | (date < end))
+    return (
+        known.sort(date.fill_null(dt.datetime(1, 1, 1, tzinfo=dt.UTC)))
+        .group_by("contact_id")
+        .agg(provided_stage=pl.col("outcome").last())
+        .with_columns(pl.col("provided_stage").cast(STAGE_TYPE))
+    )

@@ -1,0 +1,463 @@
+"""The models, side by side behind one scikit-learn-style interface.
+
+* ``RulesStageModel``: the hand-written rules of PRODUCT.md; predicts "the stage stays what the
+  lookback shows" (the ``rules_stage`` feature, built with the same rules settings).
+* ``RfmPropensityModel``: logistic regression on recency, frequency and monetary value of
+  purchases and of engagement: the baseline a careful analyst would build.
+* ``LightGBMStageModel`` and ``LightGBMPropensityModel``: gradient-boosted trees with native
+  categoricals, early stopping on an out-of-time validation window, and probabilities
+  calibrated on that window (isotonic or sigmoid, whichever predicts it better out of fold).
+
+``__init__`` stores keyword arguments; ``fit`` validates and returns self; learned state ends
+in ``_``; every random step takes ``seed``. Inputs are pandas frames from
+``training.frame.model_matrix``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.preprocessing import StandardScaler
+
+from features.errors import InputError
+from features.vocabulary import STAGES
+
+FloatArray = npt.NDArray[np.float64]
+DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.05,
+    "num_leaves": 63,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+}
+_EPS = 1e-6
+
+
+def _stage_codes(y: Any) -> npt.NDArray[np.int64]:
+    values = np.asarray(y, dtype=object).astype(str)
+    unknown = sorted(set(values) - set(STAGES))
+    if unknown:
+        raise InputError(f"unknown stage labels {unknown[:5]}; stages are {', '.join(STAGES)}")
+    lookup = {stage: i for i, stage in enumerate(STAGES)}
+    return np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
+
+
+def _binary(y: Any) -> npt.NDArray[np.int64]:
+    values = np.asarray(y)
+    if values.dtype == object:
+        values = values.astype(bool)
+    return values.astype(np.int64)
+
+
+def _check_rows(X: pd.DataFrame, y: Any, what: str) -> None:
+    if len(X) != len(y):
+        raise InputError(f"{what}: {len(X)} feature rows but {len(y)} labels")
+    if len(X) == 0:
+        raise InputError(f"{what}: no rows to fit on")
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+class RulesStageModel:
+    """The rules baseline: the stage the lookback window shows, as a model.
+
+    Its thresholds (``lookback_days``, ``repeat_visit_min_days``) are the ``rules`` settings
+    with which the features were built; the ``rules_stage`` feature carries their result."""
+
+    def __init__(self, *, column: str = "rules_stage") -> None:
+        self.column = column
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> RulesStageModel:
+        if self.column not in X.columns:
+            raise InputError(
+                f"the rules model needs the `{self.column}` feature; keep `rules_stage: true` "
+                "in the feature spec"
+            )
+        self.classes_ = STAGES
+        return self
+
+    def predict(self, X: pd.DataFrame) -> npt.NDArray[np.str_]:
+        return np.asarray(X[self.column].astype(str).to_numpy(), dtype=str)
+
+    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+        """One-hot: the rules are certain of what they say."""
+        codes = _stage_codes(self.predict(X))
+        out = np.zeros((len(X), len(STAGES)))
+        out[np.arange(len(X)), codes] = 1.0
+        return out
+
+
+# --- the analyst's baseline ---------------------------------------------------------------------
+
+RFM_COLUMNS = (
+    "days_since_last_purchase",
+    "purchase_count_all",
+    "purchase_value_sum_all",
+    "days_since_last_event",
+    "event_count_28d",
+    "active_days_28d",
+)
+
+
+class RfmPropensityModel:
+    """Logistic regression on RFM: recency (capped, with a "never" flag), log frequency and log
+    monetary value, of purchases and of engagement."""
+
+    def __init__(
+        self,
+        *,
+        columns: tuple[str, ...] = RFM_COLUMNS,
+        recency_cap_days: float = 365.0,
+        seed: int = 0,
+    ) -> None:
+        self.columns = columns
+        self.recency_cap_days = recency_cap_days
+        self.seed = seed
+
+    def _design(self, X: pd.DataFrame) -> FloatArray:
+        missing = [c for c in self.columns if c not in X.columns]
+        if missing:
+            raise InputError(
+                f"the RFM baseline needs features {missing}; keep them in the feature spec"
+            )
+        parts = []
+        for name in self.columns:
+            values = X[name].to_numpy(dtype=float)
+            if name.startswith("days_since"):
+                parts.append(np.isnan(values).astype(float))
+                parts.append(
+                    np.minimum(
+                        np.nan_to_num(values, nan=self.recency_cap_days), self.recency_cap_days
+                    )
+                )
+            else:
+                parts.append(np.log1p(np.maximum(np.nan_to_num(values, nan=0.0), 0.0)))
+        return np.column_stack(parts)
+
+    def fit(self, X: pd.DataFrame, y: Any) -> RfmPropensityModel:
+        _check_rows(X, y, "RFM baseline")
+        target = _binary(y)
+        if target.min() == target.max():
+            raise InputError("the RFM baseline needs both buyers and non-buyers to fit")
+        design = self._design(X)
+        self.scaler_ = StandardScaler().fit(design)
+        self.model_ = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed)
+        self.model_.fit(self.scaler_.transform(design), target)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+        """P(purchase in the horizon), one column."""
+        scores = self.model_.predict_proba(self.scaler_.transform(self._design(X)))[:, 1]
+        return np.asarray(scores, dtype=float)
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+class _Calibrator:
+    """A monotone map from a raw probability to a calibrated one: isotonic or sigmoid (Platt
+    scaling on the log-odds)."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def fit(self, p: FloatArray, y: npt.NDArray[np.int64]) -> _Calibrator:
+        if y.min() == y.max():  # one class only: the observed rate is the best guess
+            self.constant_: float | None = float(y[0])
+            return self
+        self.constant_ = None
+        if self.method == "isotonic":
+            self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            self.isotonic_.fit(p, y)
+        else:
+            self.sigmoid_ = LogisticRegression(C=1e6, max_iter=1000)
+            self.sigmoid_.fit(_logit(p)[:, None], y)
+        return self
+
+    def transform(self, p: FloatArray) -> FloatArray:
+        if self.constant_ is not None:
+            return np.full(len(p), self.constant_)
+        if self.method == "isotonic":
+            return np.asarray(self.isotonic_.predict(p), dtype=float)
+        return np.asarray(self.sigmoid_.predict_proba(_logit(p)[:, None])[:, 1], dtype=float)
+
+
+def _logit(p: FloatArray) -> FloatArray:
+    clipped = np.clip(p, _EPS, 1 - _EPS)
+    return np.asarray(np.log(clipped / (1 - clipped)), dtype=float)
+
+
+def _log_loss(p: FloatArray, y: npt.NDArray[np.int64]) -> float:
+    clipped = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)))
+
+
+def _choose_calibration(
+    p: FloatArray, y: npt.NDArray[np.int64], seed: int
+) -> tuple[str, dict[str, float]]:
+    """Isotonic or sigmoid, by out-of-fold log loss on two halves of the validation rows."""
+    order = np.random.default_rng(seed).permutation(len(p))
+    halves = (order[: len(p) // 2], order[len(p) // 2 :])
+    losses: dict[str, float] = {}
+    for method in ("isotonic", "sigmoid"):
+        total = 0.0
+        for fit_rows, score_rows in (halves, halves[::-1]):
+            calibrator = _Calibrator(method).fit(p[fit_rows], y[fit_rows])
+            total += _log_loss(calibrator.transform(p[score_rows]), y[score_rows]) * len(score_rows)
+        losses[method] = total / len(p)
+    return min(losses, key=losses.__getitem__), losses
+
+
+# --- LightGBM ---------------------------------------------------------------------------------
+
+
+class _LightGBMBase:
+    booster_: lgb.Booster
+
+    def __init__(
+        self,
+        *,
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 500,
+        early_stopping_rounds: int = 30,
+        seed: int = 0,
+        num_threads: int = 0,
+        callbacks: list[Any] | None = None,
+    ) -> None:
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+        self.num_threads = num_threads
+        self.callbacks = callbacks
+
+    def _train(
+        self,
+        objective: dict[str, Any],
+        X: pd.DataFrame,
+        y: npt.NDArray[np.int64],
+        weight: FloatArray | None,
+        X_val: pd.DataFrame,
+        y_val: npt.NDArray[np.int64],
+        weight_val: FloatArray | None = None,
+    ) -> lgb.Booster:
+        params = {
+            **DEFAULT_LIGHTGBM_PARAMS,
+            **(self.params or {}),
+            **objective,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+        train = lgb.Dataset(X, label=y, weight=weight, categorical_feature="auto")
+        # the validation loss is weighted like the training loss, or early stopping would
+        # judge a class-weighted model by unweighted frequencies and stop after a few trees
+        valid = lgb.Dataset(X_val, label=y_val, weight=weight_val, reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=self.num_boost_round,
+            valid_sets=[valid],
+            valid_names=["validation"],
+            callbacks=[
+                lgb.early_stopping(
+                    self.early_stopping_rounds, first_metric_only=True, verbose=False
+                ),
+                *(self.callbacks or []),
+            ],
+        )
+        self.feature_names_ = list(X.columns)
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        return booster
+
+    def _raw(self, X: pd.DataFrame) -> FloatArray:
+        self._check_columns(X)
+        return np.asarray(
+            self.booster_.predict(X[self.feature_names_], num_iteration=self.best_iteration_),
+            dtype=np.float64,
+        )
+
+    def _check_columns(self, X: pd.DataFrame) -> None:
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise InputError(
+                f"the model was trained on features that are missing here: {missing[:5]}; "
+                "build features with the model's feature spec"
+            )
+
+    def contributions(self, X: pd.DataFrame) -> FloatArray:
+        """LightGBM ``pred_contrib``: per row, each feature's push on the raw score (and the
+        bias last); for the stage model, the blocks of all stages side by side."""
+        self._check_columns(X)
+        return np.asarray(
+            self.booster_.predict(
+                X[self.feature_names_], num_iteration=self.best_iteration_, pred_contrib=True
+            ),
+            dtype=np.float64,
+        )
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total gain per feature."""
+        gains = self.booster_.feature_importance(
+            importance_type="gain", iteration=self.best_iteration_
+        )
+        return {name: float(g) for name, g in zip(self.feature_names_, gains, strict=True)}
+
+
+class LightGBMPropensityModel(_LightGBMBase):
+    """P(purchase in the horizon): binary LightGBM, early stopping on validation AUC-PR,
+    calibrated on the validation window."""
+
+    def fit(
+        self, X: pd.DataFrame, y: Any, *, X_val: pd.DataFrame, y_val: Any
+    ) -> LightGBMPropensityModel:
+        _check_rows(X, y, "propensity model (training)")
+        _check_rows(X_val, y_val, "propensity model (validation)")
+        target, target_val = _binary(y), _binary(y_val)
+        if target.min() == target.max() or target_val.min() == target_val.max():
+            raise InputError(
+                "the propensity model needs buyers and non-buyers in both the training and the "
+                "validation snapshots"
+            )
+        objective = {"objective": "binary", "metric": ["average_precision", "binary_logloss"]}
+        self.booster_ = self._train(objective, X, target, None, X_val, target_val)
+        raw = self._raw(X_val)
+        self.calibration_, self.calibration_losses_ = _choose_calibration(
+            raw, target_val, self.seed
+        )
+        self.calibrator_ = _Calibrator(self.calibration_).fit(raw, target_val)
+        return self
+
+    def predict_raw(self, X: pd.DataFrame) -> FloatArray:
+        return self._raw(X)
+
+    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+        """Calibrated P(purchase in the horizon), one value per row."""
+        return self.calibrator_.transform(self._raw(X))
+
+
+class LightGBMStageModel(_LightGBMBase):
+    """The funnel stage: multiclass LightGBM over the seven stages.
+
+    Rare stages weigh more in training (inverse frequency to ``class_weight_power``, 0: none,
+    1: fully balanced). Probabilities are calibrated per stage on the validation window and
+    renormalised. The predicted stage is the probability times a per-stage decision weight,
+    tuned on validation for macro-F1 (every stage counts the same, as the report does)."""
+
+    def __init__(self, *, class_weight_power: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.class_weight_power = class_weight_power
+
+    def fit(
+        self, X: pd.DataFrame, y: Any, *, X_val: pd.DataFrame, y_val: Any
+    ) -> LightGBMStageModel:
+        _check_rows(X, y, "stage model (training)")
+        _check_rows(X_val, y_val, "stage model (validation)")
+        target, target_val = _stage_codes(y), _stage_codes(y_val)
+        if len(np.unique(target)) < 2:
+            raise InputError("the stage model needs at least two stages among the training labels")
+        counts = np.bincount(target, minlength=len(STAGES)).astype(float)
+        share = counts / counts.sum()
+        class_weight = np.where(
+            counts > 0,
+            (1.0 / (len(STAGES) * np.maximum(share, 1e-12))) ** self.class_weight_power,
+            0.0,
+        )
+        self.class_weight_ = {s: float(w) for s, w in zip(STAGES, class_weight, strict=True)}
+        objective = {"objective": "multiclass", "num_class": len(STAGES), "metric": "multi_logloss"}
+        self.booster_ = self._train(
+            objective, X, target, class_weight[target], X_val, target_val, class_weight[target_val]
+        )
+        raw = self._raw(X_val)
+        self.calibration_, self.calibration_losses_ = self._choose_multiclass(raw, target_val)
+        self.calibrators_ = [
+            _Calibrator(self.calibration_).fit(raw[:, k], (target_val == k).astype(np.int64))
+            for k in range(len(STAGES))
+        ]
+        self.decision_weights_ = _tune_decision_weights(self._calibrated(raw), target_val)
+        self.classes_ = STAGES
+        return self
+
+    def _choose_multiclass(
+        self, raw: FloatArray, y: npt.NDArray[np.int64]
+    ) -> tuple[str, dict[str, float]]:
+        order = np.random.default_rng(self.seed).permutation(len(y))
+        halves = (order[: len(y) // 2], order[len(y) // 2 :])
+        losses: dict[str, float] = {}
+        for method in ("isotonic", "sigmoid"):
+            total = 0.0
+            for fit_rows, score_rows in (halves, halves[::-1]):
+                columns = [
+                    _Calibrator(method)
+                    .fit(raw[fit_rows, k], (y[fit_rows] == k).astype(np.int64))
+                    .transform(raw[score_rows, k])
+                    for k in range(len(STAGES))
+                ]
+                p = _renormalise(np.column_stack(columns), raw[score_rows])
+                picked = np.clip(p[np.arange(len(score_rows)), y[score_rows]], _EPS, 1.0)
+                total += float(-np.log(picked).sum())
+            losses[method] = total / len(y)
+        return min(losses, key=losses.__getitem__), losses
+
+    def _calibrated(self, raw: FloatArray) -> FloatArray:
+        columns = [c.transform(raw[:, k]) for k, c in enumerate(self.calibrators_)]
+        return _renormalise(np.column_stack(columns), raw)
+
+    def predict_raw(self, X: pd.DataFrame) -> FloatArray:
+        return self._raw(X)
+
+    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+        """Calibrated stage probabilities, columns in ``STAGES`` order, rows summing to 1."""
+        return self._calibrated(self._raw(X))
+
+    def decide(self, proba: FloatArray) -> npt.NDArray[np.int64]:
+        """Stage index per row from calibrated probabilities."""
+        return np.asarray(np.argmax(proba * self.decision_weights_, axis=1), dtype=np.int64)
+
+    def predict(self, X: pd.DataFrame) -> npt.NDArray[np.str_]:
+        codes = self.decide(self.predict_proba(X))
+        return np.asarray(STAGES, dtype=str)[codes]
+
+
+def _renormalise(p: FloatArray, fallback: FloatArray) -> FloatArray:
+    """Rows summing to 1; a row calibrated to all zeros keeps the raw probabilities."""
+    totals = p.sum(axis=1, keepdims=True)
+    return np.where(totals > _EPS, p / np.maximum(totals, _EPS), fallback)
+
+
+def _tune_decision_weights(
+    p: FloatArray, y: npt.NDArray[np.int64], *, rounds: int = 2
+) -> FloatArray:
+    """Per-stage weights on the probabilities maximising validation macro-F1 (coordinate
+    ascent over a log grid); the stages absent from validation keep weight 1."""
+    weights = np.ones(p.shape[1])
+    grid = np.geomspace(0.25, 8.0, 16)
+    labels = list(np.unique(y))
+
+    def score(w: FloatArray) -> float:
+        return float(
+            f1_score(y, np.argmax(p * w, axis=1), labels=labels, average="macro", zero_division=0)
+        )
+
+    best = score(weights)
+    for _ in range(rounds):
+        for k in labels:
+            for value in grid:
+                trial = weights.copy()
+                trial[k] = value
+                result = score(trial)
+                if result > best + 1e-9:
+                    best, weights = result, trial
+    return weights

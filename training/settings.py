@@ -1,0 +1,44 @@
+"""Training settings: the ``training`` section of ``features/config/default.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from features.settings import FrozenSettings, load_defaults
+
+
+class LightGBMSettings(FrozenSettings):
+    num_boost_round: int = Field(gt=0)
+    early_stopping_rounds: int = Field(gt=0)
+    class_weight_power: float = Field(ge=0, le=1)
+    params: dict[str, Any]
+
+
+class RegistrySettings(FrozenSettings):
+    model_name: str
+    champion_alias: str
+
+
+class TrainingSettings(FrozenSettings):
+    horizon_days: int = Field(gt=0)
+    snapshot_every_days: int = Field(gt=0)
+    snapshots: int = Field(ge=3)
+    min_history_days: int = Field(ge=0)
+    validation_snapshots: int = Field(ge=1)
+    test_snapshots: int = Field(ge=1)
+    seed: int
+    min_train_positives: int = Field(ge=1)
+    min_eval_positives: int = Field(ge=1)
+    min_stage_rows: int = Field(ge=1)
+    lightgbm: LightGBMSettings
+    registry: RegistrySettings
+
+
+def load_training_settings(path: Path | None = None, **overrides: Any) -> TrainingSettings:
+    """The shipped (or a user's) training settings, with keyword overrides from the CLI."""
+    section = dict(load_defaults(path)["training"])
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainingSettings.model_validate(section)
