@@ -78,6 +78,15 @@ DataDirOption = Annotated[
 ]
 
 
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).",
+    ),
+]
+
+
 class Engine(StrEnum):
     """Feature engines: both compile the same feature spec and give the same table."""
 
@@ -132,9 +141,14 @@ def run(
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
     start: StartOption = None,
     data_dir: DataDirOption = None,
+    tune: Annotated[
+        int, typer.Option(min=0, help="Optuna trials per model (0: the default parameters).")
+    ] = 0,
+    tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """The main job, end to end: simulate (or ingest your data), validate, and show the funnel."""
+    """The main job, end to end: simulate (or ingest your data), validate, show the funnel,
+    train and evaluate the models beside the rules, and promote the model if it beats them."""
     started = time.perf_counter()
     if source is None:
         console.rule("[bold]1. Simulate customer journeys")
@@ -149,6 +163,33 @@ def run(
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
     _print_funnel(validated, true_history, config=config, as_of=None)
+    console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
+    from training.pipeline import InsufficientDataError
+
+    try:
+        version = _train_and_report(
+            out / "data" / "events.parquet",
+            validated.contacts,
+            None,
+            tune=tune,
+            horizon=None,
+            spec_path=None,
+            register=True,
+            tracking_uri=tracking_uri,
+            config=config,
+        )
+    except InsufficientDataError as error:
+        console.print(f"[bold]No model trained:[/] {error}")
+        _print_minimum_data(error.report)
+        version = None
+    if version is not None:
+        console.rule("[bold]5. Promote")
+        from training.settings import load_training_settings
+
+        registry = load_training_settings(config).registry
+        _promote_and_report(
+            registry.model_name, registry.champion_alias, version=version, force=False
+        )
     console.print(f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{out}[/].")
 
 
@@ -299,6 +340,111 @@ def features(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {out} "
         f"(spec {feature_spec.fingerprint[:12]})."
     )
+
+
+@app.command()
+def train(
+    events: Annotated[
+        Path, typer.Option(help="Events Parquet: a file, or a folder written by ingest/simulate.")
+    ],
+    contacts: Annotated[
+        Path | None,
+        typer.Option(help="Contacts Parquet (default: contacts.parquet beside the events)."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Provided labels Parquet (contact_id, label_date, outcome), e.g. CRM "
+            "lifecycle stages or won/lost; default: labels revealed by the events."
+        ),
+    ] = None,
+    tune: Annotated[
+        int, typer.Option(min=0, help="Optuna trials per model (0: the default parameters).")
+    ] = 0,
+    horizon: Annotated[
+        int | None, typer.Option(min=1, help="Label horizon in days (default 14).")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="Your feature spec YAML (default: the shipped one).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the model as a new version of 'funnelcast'.")
+    ] = True,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train the stage and propensity models on snapshots of the events, evaluate them beside
+    the rules and the RFM baseline on later snapshots, and log everything to MLflow."""
+    from features.io import read_table
+
+    folder = events if events.is_dir() else events.parent
+    contacts_path = contacts or folder / "contacts.parquet"
+    contact_table = read_table(contacts_path) if contacts_path.exists() else None
+    label_table = read_table(labels) if labels is not None else None
+    from training.pipeline import InsufficientDataError
+
+    try:
+        _train_and_report(
+            events,
+            contact_table,
+            label_table,
+            tune=tune,
+            horizon=horizon,
+            spec_path=spec,
+            register=register,
+            tracking_uri=tracking_uri,
+            config=config,
+        )
+    except InsufficientDataError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        _print_minimum_data(error.report)
+        raise typer.Exit(code=1) from error
+
+
+@app.command()
+def evaluate(
+    version: Annotated[str | None, typer.Option(help="Model version (default: the alias).")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias to evaluate.")] = "champion",
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show a registered model's quality on its out-of-time test window, beside the rules and
+    the RFM baseline (as logged by its training run)."""
+    from training.registry import resolve, run_metrics
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking
+
+    configure_tracking(tracking_uri)
+    settings = load_training_settings(config)
+    ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
+    console.print(
+        f"[bold]{ref.name}[/] version {ref.version} (run {ref.run_id[:12]}), test window:"
+    )
+    _print_quality(run_metrics(ref))
+
+
+@app.command()
+def promote(
+    version: Annotated[
+        str | None, typer.Option(help="Challenger version (default: the latest).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Promote even if it does not beat the champion (recorded).")
+    ] = False,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a version the champion if it beats the current one on the same out-of-time test
+    window (stage macro-F1 and purchase AUC-PR); otherwise refuse and say by how much."""
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking
+
+    configure_tracking(tracking_uri)
+    settings = load_training_settings(config)
+    if not _promote_and_report(
+        settings.registry.model_name, settings.registry.champion_alias, version=version, force=force
+    ):
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -513,6 +659,154 @@ def _print_funnel(
             f"The rules put {summary.rules_accuracy:.1%} of contacts in their true hidden stage: "
             "the gap the models of funnelcast are built to close."
         )
+
+
+def _train_and_report(
+    events: Any,
+    contacts: Any,
+    labels: Any,
+    *,
+    tune: int,
+    horizon: int | None,
+    spec_path: Path | None,
+    register: bool,
+    tracking_uri: str | None,
+    config: Path | None,
+) -> str | None:
+    """Train, log to MLflow and print the quality table; returns the registered version."""
+    from features.spec import load_feature_spec, shipped_spec_text
+    from training.pipeline import train_models
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking, data_fingerprint, log_training, training_run
+    from training.tuning import tune_models
+
+    settings = load_training_settings(config, horizon_days=horizon)
+    rules = load_rules_settings(config)
+    feature_spec = load_feature_spec(spec_path)
+    spec_text = spec_path.read_text("utf-8") if spec_path else shipped_spec_text()
+    uri = configure_tracking(tracking_uri)
+    steps = [
+        "features and labels for every snapshot",
+        "stage model",
+        "propensity model",
+        "baselines and evaluation",
+    ]
+    if tune:
+        steps.insert(1, f"tuning LightGBM: {tune} trials per model")
+    with training_run() as run_id, _progress() as progress:
+        task = progress.add_task("Training", total=len(steps) + 1)
+
+        def say(step: str) -> None:
+            progress.update(task, description=f"Training: {step}", advance=0)
+            if step in steps:
+                progress.update(task, completed=steps.index(step))
+
+        result = train_models(
+            events,
+            contacts,
+            spec=feature_spec,
+            rules=rules,
+            settings=settings,
+            labels=labels,
+            tune_trials=tune,
+            tuner=tune_models,
+            progress=say,
+        )
+        progress.update(task, description="Training: logging to MLflow", completed=len(steps))
+        version = log_training(
+            result,
+            spec=feature_spec,
+            spec_text=spec_text,
+            rules=rules,
+            settings=settings,
+            fingerprint=data_fingerprint(events, contacts),
+            register=register,
+        )
+        progress.update(task, description="Training: done", completed=len(steps) + 1)
+    summary = result.data_summary
+    console.print(
+        f"Trained on {summary['train_rows']:,} rows ({summary['train_snapshots']} snapshots "
+        f"{summary['train_from']}..{summary['train_to']}), validated on "
+        f"{summary['validation_from']}..{summary['validation_to']}, tested on "
+        f"{summary['test_rows']:,} rows ({summary['test_from']}..{summary['test_to']}); "
+        f"labels: {result.label_source}, {settings.horizon_days}-day horizon."
+    )
+    from training.tracking import flat_metrics
+
+    _print_quality(flat_metrics(result.metrics))
+    timing = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in result.timings.items())
+    console.print(f"Time by step: {timing}.")
+    where = f"version {version} of 'funnelcast'" if version else "not registered"
+    console.print(f"MLflow run {run_id[:12]} in {uri}; model {where}.")
+    return version
+
+
+def _print_quality(metrics: dict[str, float]) -> None:
+    """The test-window table: rules vs RFM baseline vs LightGBM."""
+
+    def get(key: str) -> str:
+        value = metrics.get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table("test window", "rules", "RFM baseline", "funnelcast (LightGBM)")
+    table.add_row(
+        "stage macro-F1", get("test.stage.rules.macro_f1"), "-", get("test.stage.lightgbm.macro_f1")
+    )
+    table.add_row(
+        "stage accuracy", get("test.stage.rules.accuracy"), "-", get("test.stage.lightgbm.accuracy")
+    )
+    for key, label in (
+        ("auc_roc", "purchase AUC-ROC"),
+        ("auc_pr", "purchase AUC-PR"),
+        ("ece", "purchase ECE (calibration)"),
+    ):
+        table.add_row(
+            label,
+            "-",
+            get(f"test.propensity.rfm_logistic.{key}"),
+            get(f"test.propensity.lightgbm.{key}"),
+        )
+    positives = metrics.get("test.propensity.lightgbm.positives")
+    console.print(table)
+    if positives is not None:
+        console.print(f"{int(positives):,} buyers in the test window.")
+
+
+def _promote_and_report(name: str, alias: str, *, version: str | None, force: bool) -> bool:
+    from training.registry import promote
+
+    decision = promote(name, alias=alias, version=version, force=force)
+    against = f"version {decision.champion.version}" if decision.champion else "the rules and RFM"
+    scores = ", ".join(
+        f"{k} {decision.challenger_scores[k]:.4f} vs {decision.champion_scores[k]:.4f}"
+        for k in ("macro_f1", "auc_pr")
+        if k in decision.champion_scores
+    )
+    if decision.promoted:
+        how = " (forced: " + "; ".join(decision.reasons) + ")" if decision.forced else ""
+        console.print(
+            f"Promoted version {decision.challenger.version} to '{alias}' over {against}"
+            f"{how}: {scores}."
+        )
+        return True
+    console.print(
+        f"[bold]Not promoted:[/] version {decision.challenger.version} does not beat {against} "
+        f"on the same test window: " + "; ".join(decision.reasons) + f". ({scores}; "
+        "--force promotes anyway and records it.)"
+    )
+    return False
+
+
+def _print_minimum_data(report: dict[str, Any]) -> None:
+    table = Table("snapshots", "rows", "buyers", "stages")
+    for name in ("train", "validation", "test"):
+        if name in report:
+            part = report[name]
+            stages = ", ".join(f"{k} {v:,}" for k, v in part["stages"].items())
+            table.add_row(name, f"{part['rows']:,}", f"{part['positives']:,}", stages)
+    console.print(table)
+    minimums = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
+    console.print(f"Minimums: {minimums}. The rules remain the served model.")
 
 
 # --- helpers -----------------------------------------------------------------------------------

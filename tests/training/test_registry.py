@@ -1,0 +1,186 @@
+"""Training through MLflow: the logged run, the pyfunc model round trip through the registry by
+alias, and the promotion gate both ways. MLflow's store is SQLite in a temporary folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from features.engine import build_contact_features
+from features.settings import load_rules_settings
+from features.simulator import load_simulator_settings, simulate
+from features.spec import load_feature_spec, shipped_spec_text
+from features.vocabulary import STAGE_CTA, STAGES
+from training.frame import model_matrix
+from training.pipeline import TrainingResult, train_models
+from training.pyfunc import OUTPUT_COLUMNS
+from training.registry import beats, load_model, promote, resolve
+from training.settings import TrainingSettings, load_training_settings
+from training.tracking import configure_tracking, data_fingerprint, log_training, training_run
+
+pytestmark = pytest.mark.slow
+NAME = "funnelcast"
+
+
+@pytest.fixture(scope="module")
+def simulation() -> object:
+    return simulate(
+        load_simulator_settings(), contacts=6000, days=120, seed=11, start=dt.date(2026, 1, 1)
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("mlruns")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    yield configure_tracking(uri)
+    mlflow.set_tracking_uri(previous)
+
+
+def _train(sim: object, settings: TrainingSettings) -> tuple[TrainingResult, str]:
+    spec, rules = load_feature_spec(), load_rules_settings()
+    result = train_models(sim.events, sim.contacts, spec=spec, rules=rules, settings=settings)  # type: ignore[attr-defined]
+    with training_run():
+        version = log_training(
+            result,
+            spec=spec,
+            spec_text=shipped_spec_text(),
+            rules=rules,
+            settings=settings,
+            fingerprint=data_fingerprint(sim.events),  # type: ignore[attr-defined]
+        )
+    assert version is not None
+    return result, version
+
+
+def _weak() -> TrainingSettings:
+    base = load_training_settings()
+    lightgbm = base.lightgbm.model_copy(
+        update={
+            "num_boost_round": 2,
+            "params": {**base.lightgbm.params, "num_leaves": 2, "feature_fraction": 0.1},
+        }
+    )
+    return base.model_copy(update={"lightgbm": lightgbm})
+
+
+@pytest.fixture(scope="module")
+def trained(simulation: object, store: str) -> dict[str, tuple[TrainingResult, str]]:
+    return {
+        "weak": _train(simulation, _weak()),
+        "normal": _train(simulation, load_training_settings()),
+    }
+
+
+def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
+    trained: dict, simulation: object
+) -> None:
+    _, version = trained["normal"]
+    ref = resolve(NAME, version=version)
+    run = MlflowClient().get_run(ref.run_id)
+    assert run.data.params["horizon_days"] == "14"
+    assert run.data.params["spec_fingerprint"] == load_feature_spec().fingerprint
+    for key in (
+        "test.stage.lightgbm.macro_f1",
+        "test.stage.rules.macro_f1",
+        "test.propensity.lightgbm.auc_pr",
+        "test.propensity.rfm_logistic.auc_pr",
+    ):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    artifacts = {a.path for a in MlflowClient().list_artifacts(ref.run_id, "evaluation")}
+    assert "evaluation/test_set.parquet" in artifacts
+    assert "evaluation/metrics.json" in artifacts
+    # no contact identifier anywhere in the params or the test set
+    ids = set(pl.from_arrow(simulation.contacts)["contact_id"].head(200).to_list())  # type: ignore[attr-defined]
+    assert not ids & set(run.data.params.values())
+    path = mlflow.artifacts.download_artifacts(
+        run_id=ref.run_id, artifact_path="evaluation/test_set.parquet"
+    )
+    assert "contact_id" not in pl.read_parquet(path).columns
+
+
+def test_the_registered_model_loads_by_alias_and_predicts_like_the_trained_one(
+    trained: dict, simulation: object
+) -> None:
+    result, version = trained["normal"]
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "roundtrip", version)
+    model = load_model(resolve(NAME, alias="roundtrip"))
+    as_of = dt.datetime(2026, 4, 20, tzinfo=dt.UTC)
+    features = build_contact_features(
+        simulation.events,
+        simulation.contacts,
+        as_of=as_of,
+        spec=load_feature_spec(),  # type: ignore[attr-defined]
+    ).head(300)
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@roundtrip")
+    out = loaded.predict(features.to_pandas())
+    assert list(out.columns) == ["contact_id", "as_of", *OUTPUT_COLUMNS]
+    probabilities = out[[f"p_{s}" for s in STAGES]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert set(out["stage"]) <= set(STAGES)
+    assert ((out["propensity"] >= 0) & (out["propensity"] <= 1)).all()
+    assert (out["cta"] == out["stage"].map(STAGE_CTA)).all()
+    assert out["reason_1"].notna().any()
+    # the same numbers as the models in memory
+    direct = result.propensity_model.predict_proba(model_matrix(features, result.feature_names))
+    assert np.allclose(out["propensity"].to_numpy(), direct)
+    assert model.feature_names == result.feature_names
+
+
+def test_the_gate_refuses_a_worse_challenger_and_says_by_how_much(trained: dict) -> None:
+    _, weak = trained["weak"]
+    _, normal = trained["normal"]
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
+    decision = promote(NAME, version=weak)
+    assert not decision.promoted
+    assert decision.champion is not None
+    assert decision.champion.version == normal
+    assert any("below" in reason for reason in decision.reasons)
+    assert min(decision.deltas.values()) < 0
+    assert resolve(NAME, alias="champion").version == normal
+
+
+def test_the_gate_promotes_a_better_challenger(trained: dict) -> None:
+    _, weak = trained["weak"]
+    _, normal = trained["normal"]
+    MlflowClient().set_registered_model_alias(NAME, "champion", weak)
+    decision = promote(NAME, version=normal)
+    assert decision.promoted
+    assert not decision.forced
+    assert resolve(NAME, alias="champion").version == normal
+    tags = MlflowClient().get_model_version(NAME, normal).tags
+    assert tags["promoted_over"] == weak
+    assert tags["forced"] == "false"
+
+
+def test_force_promotes_a_loser_and_records_it(trained: dict) -> None:
+    _, weak = trained["weak"]
+    _, normal = trained["normal"]
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
+    decision = promote(NAME, version=weak, force=True)
+    assert decision.promoted
+    assert decision.forced
+    assert MlflowClient().get_model_version(NAME, weak).tags["forced"] == "true"
+    assert resolve(NAME, alias="champion").version == weak
+
+
+def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
+    assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
+    assert not beats({"macro_f1": 0.5, "auc_pr": 0.2}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
+    assert not beats({"macro_f1": 0.4, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
+    assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": float("nan")})[0]
+
+
+def test_an_unknown_alias_is_a_clear_error(store: str) -> None:
+    from training.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="no alias 'nope'"):
+        resolve(NAME, alias="nope")

@@ -1,0 +1,303 @@
+"""Training, end to end and without side effects: events in, fitted and evaluated models out.
+
+1. Snapshot dates: weekly (by default), back from the last date whose label horizon fits.
+2. The training frame: features at every snapshot in one pass (``features.snapshots``).
+3. Labels from the horizon after each snapshot (or a provided labels table).
+4. An out-of-time split with embargoes (``training.frame.split_by_time``).
+5. A minimum-data check: too few buyers, and training stops with a report; the rules stay.
+6. The rules, the RFM baseline and both LightGBM models (optionally tuned), fitted and
+   evaluated side by side on the test snapshots.
+
+Tracking (MLflow) and the registry are ``training.tracking``'s business; this module returns
+everything they log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+
+from features.engine import EventsInput, feature_columns, scan_events
+from features.errors import InputError
+from features.settings import RulesSettings
+from features.snapshots import build_training_frame
+from features.spec import FeatureSpec
+from training.evaluation import EvaluationInputs, evaluate
+from training.frame import TimeSplit, model_matrix, rows_of, snapshot_dates, split_by_time
+from training.labels import (
+    label_events,
+    label_from_provided,
+    observed_until,
+    with_default_labels,
+)
+from training.models import (
+    LightGBMPropensityModel,
+    LightGBMStageModel,
+    RfmPropensityModel,
+    RulesStageModel,
+)
+from training.settings import TrainingSettings
+
+STAGE_LABEL = "stage_label"
+PURCHASE_LABEL = "purchase_label"
+Progress = Callable[[str], None]
+
+
+class InsufficientDataError(InputError):
+    """Too little data to train; ``report`` says what there is and what is needed."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class TrainingResult:
+    """Everything a training run produced: the models, the split, the test set, the metrics."""
+
+    stage_model: LightGBMStageModel
+    propensity_model: LightGBMPropensityModel
+    rules_model: RulesStageModel
+    rfm_model: RfmPropensityModel
+    feature_names: list[str]
+    split: TimeSplit
+    test_set: pl.DataFrame  # features and labels of the test snapshots, without contact ids
+    evaluation: EvaluationInputs
+    metrics: dict[str, Any]
+    data_summary: dict[str, Any]
+    label_source: str
+    tuned_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_labelled_frame(
+    events: EventsInput,
+    contacts: pa.Table | pl.DataFrame | None,
+    *,
+    spec: FeatureSpec,
+    rules: RulesSettings,
+    settings: TrainingSettings,
+    labels: pa.Table | pl.DataFrame | None = None,
+    until: dt.datetime | None = None,
+) -> tuple[pl.DataFrame, list[dt.datetime], str]:
+    """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
+    where the labels came from."""
+    until = until or observed_until(events)
+    first = scan_events(events).select(pl.col("timestamp").min()).collect().item()
+    dates = snapshot_dates(
+        first,
+        until,
+        horizon_days=settings.horizon_days,
+        every_days=settings.snapshot_every_days,
+        min_history_days=settings.min_history_days,
+        count=settings.snapshots,
+    )
+    if not dates:
+        raise InputError(
+            f"the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}: too short for one snapshot "
+            f"with {settings.min_history_days} days of history and a "
+            f"{settings.horizon_days}-day horizon"
+        )
+    frame = build_training_frame(events, contacts, as_of_dates=dates, spec=spec, rules=rules)
+    revealed = label_events(
+        events, as_of_dates=dates, horizon_days=settings.horizon_days, rules=rules, until=until
+    )
+    frame = with_default_labels(frame, revealed).rename(
+        {"purchased": PURCHASE_LABEL, "revealed_stage": STAGE_LABEL}
+    )
+    source = "revealed"
+    if labels is not None:
+        provided = label_from_provided(
+            labels, as_of_dates=dates, horizon_days=settings.horizon_days
+        )
+        # provided labels replace the revealed ones; the rows they do not label are left out
+        frame = frame.join(provided, on=["contact_id", "as_of"], how="inner")
+        if "purchased" in provided.columns:
+            frame = frame.with_columns(pl.col("purchased").alias(PURCHASE_LABEL)).drop("purchased")
+        if "provided_stage" in provided.columns:
+            frame = frame.with_columns(pl.col("provided_stage").alias(STAGE_LABEL)).drop(
+                "provided_stage"
+            )
+        frame = frame.filter(
+            pl.col(PURCHASE_LABEL).is_not_null() & pl.col(STAGE_LABEL).is_not_null()
+        )
+        source = "provided"
+    return frame, dates, source
+
+
+def check_enough_data(
+    frame: pl.DataFrame, split: TimeSplit, settings: TrainingSettings
+) -> dict[str, Any]:
+    """Counts per split; raises ``InsufficientDataError`` with them when below the minimums."""
+    report: dict[str, Any] = {
+        "minimums": {
+            "train_positives": settings.min_train_positives,
+            "validation_positives": settings.min_eval_positives,
+            "test_positives": settings.min_eval_positives,
+            "rows_per_stage_for_two_stages": settings.min_stage_rows,
+        }
+    }
+    problems = []
+    for name in ("train", "validation", "test"):
+        rows = rows_of(frame, getattr(split, name))
+        positives = int(rows[PURCHASE_LABEL].sum())
+        stages = rows[STAGE_LABEL].cast(pl.String).value_counts().sort(STAGE_LABEL)
+        report[name] = {
+            "rows": rows.height,
+            "positives": positives,
+            "stages": dict(
+                zip(stages[STAGE_LABEL].to_list(), stages["count"].to_list(), strict=True)
+            ),
+        }
+        needed = settings.min_train_positives if name == "train" else settings.min_eval_positives
+        if positives < needed:
+            problems.append(f"{positives} buyers in the {name} snapshots (at least {needed})")
+    train_stages = [n for n in report["train"]["stages"].values() if n >= settings.min_stage_rows]
+    if len(train_stages) < 2:
+        problems.append(
+            f"fewer than two stages with {settings.min_stage_rows}+ rows in the training snapshots"
+        )
+    if problems:
+        raise InsufficientDataError(
+            "too little data to train: " + "; ".join(problems) + ". The rules stay the served "
+            "model; bring a longer history or more contacts.",
+            report,
+        )
+    return report
+
+
+def train_models(
+    events: EventsInput,
+    contacts: pa.Table | pl.DataFrame | None = None,
+    *,
+    spec: FeatureSpec,
+    rules: RulesSettings,
+    settings: TrainingSettings,
+    labels: pa.Table | pl.DataFrame | None = None,
+    tune_trials: int = 0,
+    tuner: Callable[..., dict[str, dict[str, Any]]] | None = None,
+    progress: Progress | None = None,
+) -> TrainingResult:
+    """Fit and evaluate the rules, the RFM baseline and both LightGBM models on ``events``.
+
+    ``tuner`` (``training.tuning.tune_models``) searches LightGBM parameters when
+    ``tune_trials`` > 0; it is passed in so this module stays free of tracking."""
+    say = progress or (lambda _: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    say("features and labels for every snapshot")
+    frame, dates, label_source = build_labelled_frame(
+        events, contacts, spec=spec, rules=rules, settings=settings, labels=labels
+    )
+    timings["features_and_labels"] = time.perf_counter() - clock
+    split = split_by_time(
+        dates,
+        horizon_days=settings.horizon_days,
+        validation=settings.validation_snapshots,
+        test=settings.test_snapshots,
+    )
+    counts = check_enough_data(frame, split, settings)
+    names = [c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL)]
+    parts = {name: rows_of(frame, getattr(split, name)) for name in ("train", "validation", "test")}
+    X = {name: model_matrix(part, names) for name, part in parts.items()}
+    stage_y = {name: part[STAGE_LABEL].cast(pl.String).to_numpy() for name, part in parts.items()}
+    buy_y = {name: part[PURCHASE_LABEL].to_numpy() for name, part in parts.items()}
+
+    tuned: dict[str, dict[str, Any]] = {}
+    if tune_trials > 0:
+        if tuner is None:
+            raise ValueError("tune_trials > 0 needs a tuner")
+        say(f"tuning LightGBM: {tune_trials} trials per model")
+        clock = time.perf_counter()
+        tuned = tuner(X, stage_y, buy_y, settings=settings, trials=tune_trials)
+        timings["tuning"] = time.perf_counter() - clock
+
+    lightgbm = settings.lightgbm
+    common: dict[str, Any] = {
+        "num_boost_round": lightgbm.num_boost_round,
+        "early_stopping_rounds": lightgbm.early_stopping_rounds,
+        "seed": settings.seed,
+    }
+    say("stage model")
+    clock = time.perf_counter()
+    stage_model = LightGBMStageModel(
+        params={**lightgbm.params, **tuned.get("stage", {})},
+        class_weight_power=lightgbm.class_weight_power,
+        **common,
+    ).fit(X["train"], stage_y["train"], X_val=X["validation"], y_val=stage_y["validation"])
+    timings["stage_model"] = time.perf_counter() - clock
+    say("propensity model")
+    clock = time.perf_counter()
+    propensity_model = LightGBMPropensityModel(
+        params={**lightgbm.params, **tuned.get("propensity", {})}, **common
+    ).fit(X["train"], buy_y["train"], X_val=X["validation"], y_val=buy_y["validation"])
+    timings["propensity_model"] = time.perf_counter() - clock
+    say("baselines and evaluation")
+    clock = time.perf_counter()
+    rules_model = RulesStageModel().fit(X["train"])
+    rfm_model = RfmPropensityModel(seed=settings.seed).fit(X["train"], buy_y["train"])
+    evaluation = evaluate_on(
+        X["test"],
+        stage_y["test"],
+        buy_y["test"],
+        stage_model=stage_model,
+        propensity_model=propensity_model,
+        rules_model=rules_model,
+        rfm_model=rfm_model,
+    )
+    metrics = evaluate(evaluation)
+    timings["evaluation"] = time.perf_counter() - clock
+    test_set = parts["test"].drop("contact_id")
+    return TrainingResult(
+        stage_model=stage_model,
+        propensity_model=propensity_model,
+        rules_model=rules_model,
+        rfm_model=rfm_model,
+        feature_names=names,
+        split=split,
+        test_set=test_set,
+        evaluation=evaluation,
+        metrics=metrics,
+        data_summary={
+            **split.describe(),
+            **{f"{k}_rows": v["rows"] for k, v in counts.items() if k != "minimums"},
+            **{f"{k}_positives": v["positives"] for k, v in counts.items() if k != "minimums"},
+            "label_source": label_source,
+            "horizon_days": settings.horizon_days,
+        },
+        label_source=label_source,
+        tuned_params=tuned,
+        timings=timings,
+    )
+
+
+def evaluate_on(
+    X: pd.DataFrame,
+    stage_y: np.ndarray,
+    buy_y: np.ndarray,
+    *,
+    stage_model: LightGBMStageModel,
+    propensity_model: LightGBMPropensityModel,
+    rules_model: RulesStageModel,
+    rfm_model: RfmPropensityModel | None,
+) -> EvaluationInputs:
+    """The models side by side on the same rows."""
+    propensity = {"lightgbm": propensity_model.predict_proba(X)}
+    if rfm_model is not None:
+        propensity["rfm_logistic"] = rfm_model.predict_proba(X)
+    return EvaluationInputs(
+        stage_true=np.asarray(stage_y, dtype=str),
+        stage_pred={"rules": rules_model.predict(X), "lightgbm": stage_model.predict(X)},
+        purchase_true=np.asarray(buy_y, dtype=bool),
+        propensity=propensity,
+        feature_importance=stage_model.feature_importance(),
+    )

@@ -1,0 +1,202 @@
+"""The registry: loading a model by alias or version, and the promotion gate.
+
+A challenger becomes ``champion`` only when it beats the champion on the *same* out-of-time
+test window: the challenger's own test snapshots (logged with its run, without contact ids)
+are scored by both, and the challenger must be at least as good on stage macro-F1 and on
+purchase AUC-PR, and better on one. Without a champion the bar is the rules (stage) and the
+RFM baseline (propensity) on that window, so a model that cannot beat the rules is never
+served. ``force`` skips the gate and is recorded as a tag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import polars as pl
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from features.errors import InputError
+from training.evaluation import propensity_metrics, stage_metrics
+from training.pipeline import PURCHASE_LABEL, STAGE_LABEL
+from training.pyfunc import FunnelcastModel
+from training.tracking import TEST_SET_ARTIFACT
+
+
+class RegistryError(InputError):
+    """The registry does not have what was asked for."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+
+
+def resolve(name: str, *, alias: str | None = None, version: str | None = None) -> ModelRef:
+    """A registered model version by alias or number (default: the latest version)."""
+    client = MlflowClient()
+    try:
+        if version is not None:
+            found = client.get_model_version(name, version)
+        elif alias is not None:
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise RegistryError(
+                    f"no versions of model '{name}' are registered; run `funnelcast train` first"
+                )
+            found = max(versions, key=lambda v: int(v.version))
+    except MlflowException as exc:
+        what = f"alias '{alias}'" if alias else f"version {version}"
+        raise RegistryError(
+            f"model '{name}' has no {what} in {mlflow.get_tracking_uri()}; list versions in the "
+            "MLflow UI or train one with `funnelcast train`"
+        ) from exc
+    return ModelRef(name=name, version=str(found.version), run_id=str(found.run_id))
+
+
+def load_model(ref: ModelRef) -> FunnelcastModel:
+    """The FunnelcastModel of a registered version, through MLflow's pyfunc loader."""
+    loaded = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
+    model = loaded.unwrap_python_model()
+    if not isinstance(model, FunnelcastModel):
+        raise RegistryError(f"{ref.name} version {ref.version} is not a funnelcast model")
+    return model
+
+
+def load_test_set(ref: ModelRef) -> pl.DataFrame:
+    """The out-of-time test snapshots a version was evaluated on (features and labels)."""
+    path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=TEST_SET_ARTIFACT)
+    return pl.read_parquet(path)
+
+
+def score(model: FunnelcastModel, test_set: pl.DataFrame) -> dict[str, float]:
+    """Stage macro-F1 and purchase AUC-PR / AUC-ROC of a model on a test set."""
+    predicted = model.predict_frame(test_set, reasons=False)
+    stages = stage_metrics(
+        test_set[STAGE_LABEL].cast(pl.String).to_numpy(), predicted["stage"].to_numpy()
+    )
+    buys = propensity_metrics(
+        test_set[PURCHASE_LABEL].to_numpy(), predicted["propensity"].to_numpy()
+    )
+    return {
+        "macro_f1": float(stages["macro_f1"]),
+        "auc_pr": float(buys["auc_pr"]),
+        "auc_roc": float(buys["auc_roc"]),
+    }
+
+
+def baseline_scores(ref: ModelRef, test_set: pl.DataFrame) -> dict[str, float]:
+    """The rules' macro-F1 on the test set, and the RFM baseline's AUC-PR logged by the run
+    on that same window."""
+    stages = stage_metrics(
+        test_set[STAGE_LABEL].cast(pl.String).to_numpy(),
+        test_set["rules_stage"].cast(pl.String).to_numpy(),
+    )
+    run = MlflowClient().get_run(ref.run_id)
+    auc_pr = run.data.metrics.get("test.propensity.rfm_logistic.auc_pr", float("nan"))
+    return {"macro_f1": float(stages["macro_f1"]), "auc_pr": float(auc_pr)}
+
+
+@dataclass
+class Promotion:
+    """What the gate decided and why."""
+
+    promoted: bool
+    challenger: ModelRef
+    champion: ModelRef | None  # None: compared with the rules and the RFM baseline
+    challenger_scores: dict[str, float]
+    champion_scores: dict[str, float]
+    forced: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def deltas(self) -> dict[str, float]:
+        return {
+            k: self.challenger_scores[k] - self.champion_scores[k]
+            for k in ("macro_f1", "auc_pr")
+            if k in self.champion_scores
+        }
+
+
+def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[bool, list[str]]:
+    """At least as good on both gate metrics and better on one; NaN on the champion's side
+    (no baseline) does not block."""
+    reasons, better = [], False
+    for key, label in (("macro_f1", "stage macro-F1"), ("auc_pr", "purchase AUC-PR")):
+        ours, theirs = challenger[key], champion.get(key, float("nan"))
+        if np.isnan(theirs):
+            continue
+        if ours < theirs:
+            reasons.append(f"{label} {ours:.4f} is {theirs - ours:.4f} below {theirs:.4f}")
+        elif ours > theirs:
+            better = True
+    if not reasons and not better:
+        reasons.append("it is not better on either metric (equal scores)")
+    return not reasons, reasons
+
+
+def promote(
+    name: str,
+    *,
+    alias: str = "champion",
+    version: str | None = None,
+    force: bool = False,
+) -> Promotion:
+    """Move ``alias`` to the challenger (default: the latest version) if it beats the champion
+    on the challenger's test window; ``force`` moves it anyway and records that."""
+    challenger = resolve(name, version=version)
+    try:
+        champion: ModelRef | None = resolve(name, alias=alias)
+    except RegistryError:
+        champion = None
+    if champion is not None and champion.version == challenger.version:
+        raise RegistryError(
+            f"version {challenger.version} is already '{alias}'; train a new version first"
+        )
+    test_set = load_test_set(challenger)
+    challenger_scores = score(load_model(challenger), test_set)
+    if champion is None:
+        champion_scores = baseline_scores(challenger, test_set)
+    else:
+        try:
+            champion_scores = score(load_model(champion), test_set)
+        except InputError as exc:
+            raise RegistryError(
+                f"the champion (version {champion.version}) cannot score the challenger's test "
+                f"window: {exc}. Its features differ; use --force to replace it anyway"
+            ) from exc
+    ok, reasons = beats(challenger_scores, champion_scores)
+    decision = Promotion(
+        promoted=ok or force,
+        challenger=challenger,
+        champion=champion,
+        challenger_scores=challenger_scores,
+        champion_scores=champion_scores,
+        forced=force and not ok,
+        reasons=reasons,
+    )
+    if decision.promoted:
+        client = MlflowClient()
+        client.set_registered_model_alias(name, alias, challenger.version)
+        tags = {
+            "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "promoted_over": champion.version if champion else "rules",
+            "forced": str(decision.forced).lower(),
+            **{f"gate.{k}": f"{v:.6f}" for k, v in challenger_scores.items()},
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, challenger.version, key, value)
+    return decision
+
+
+def run_metrics(ref: ModelRef) -> dict[str, Any]:
+    """The test metrics a version's run logged (for `funnelcast evaluate`)."""
+    return dict(MlflowClient().get_run(ref.run_id).data.metrics)

@@ -1,0 +1,239 @@
+"""MLflow: where runs go, what a training run logs, and the registry's models.
+
+The store is SQLite under ``mlruns/`` unless ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``)
+says otherwise; artifacts go beside the database. Nothing is configured at import time.
+
+A run logs the settings as params, the feature spec, data fingerprints (row counts, date
+ranges and a hash, never a contact id), every metric of every model, the report artifacts
+(``training.evaluation``), the test set (features and labels, no contact ids) for the
+promotion gate, and the model: one ``FunnelcastModel`` pyfunc, registered as ``funnelcast``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import polars as pl
+from mlflow.tracking import MlflowClient
+
+from features.engine import EventsInput, scan_events
+from features.settings import RulesSettings
+from features.spec import FeatureSpec
+from training.evaluation import write_evaluation_artifacts
+from training.pipeline import TrainingResult
+from training.pyfunc import FunnelcastModel
+from training.settings import TrainingSettings
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+EXPERIMENT = "funnelcast"
+TEST_SET_ARTIFACT = "evaluation/test_set.parquet"
+# what the logged model needs at load time (MLflow would otherwise guess from imports)
+_REQUIREMENTS = (
+    "lightgbm",
+    "numpy",
+    "pandas",
+    "polars",
+    "pyarrow",
+    "scikit-learn",
+    "pydantic",
+    "pyyaml",
+    "mlflow",
+)
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else SQLite in mlruns/."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def configure_tracking(uri: str | None = None) -> str:
+    """Point MLflow (tracking and registry) at the store, making the SQLite folder if needed."""
+    resolved = tracking_uri(uri)
+    database = _sqlite_path(resolved)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return resolved
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def ensure_experiment(name: str = EXPERIMENT) -> str:
+    """The experiment's id, creating it with its artifacts beside a SQLite store."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    database = _sqlite_path(mlflow.get_tracking_uri())
+    location = None
+    if database is not None:
+        location = (database.parent.resolve() / "artifacts").as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def data_fingerprint(events: EventsInput, contacts: Any = None) -> dict[str, Any]:
+    """What the data was, without saying who is in it: counts, time range and a content hash."""
+    scanned = scan_events(events)
+    summary = (
+        scanned.select(
+            rows=pl.len(),
+            contacts=pl.col("contact_id").n_unique(),
+            first=pl.col("timestamp").min(),
+            last=pl.col("timestamp").max(),
+            hash=pl.struct("contact_id", "timestamp", "event_type", "channel").hash(seed=0).sum(),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    out: dict[str, Any] = {
+        "events_rows": int(summary["rows"]),
+        "events_contacts": int(summary["contacts"]),
+        "events_from": f"{summary['first']:%Y-%m-%d %H:%M:%S}" if summary["first"] else None,
+        "events_to": f"{summary['last']:%Y-%m-%d %H:%M:%S}" if summary["last"] else None,
+        "events_hash": hashlib.sha256(str(summary["hash"]).encode()).hexdigest()[:16],
+    }
+    if contacts is not None:
+        out["contacts_rows"] = int(
+            contacts.num_rows if hasattr(contacts, "num_rows") else len(contacts)
+        )
+    return out
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Nested evaluation metrics as MLflow metric names (``test.stage.lightgbm.macro_f1``);
+    undefined values (NaN) are left out rather than logged as numbers."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not math.isnan(float(value))
+        ):
+            out[prefix] = float(value)
+
+    for section in ("stage", "propensity"):
+        for model, values in metrics.get(section, {}).items():
+            for key, value in values.items():
+                if key in ("confusion_matrix",):
+                    continue
+                walk(f"test.{section}.{model}.{key}", value)
+    return out
+
+
+def _requirements() -> list[str]:
+    pinned = []
+    for package in _REQUIREMENTS:
+        try:
+            pinned.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pinned.append(package)
+    return pinned
+
+
+@contextmanager
+def training_run(run_name: str | None = None) -> Iterator[str]:
+    """A parent run for one training; tuning trials nest under it."""
+    experiment_id = ensure_experiment()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        yield run.info.run_id
+
+
+def log_training(
+    result: TrainingResult,
+    *,
+    spec: FeatureSpec,
+    spec_text: str,
+    rules: RulesSettings,
+    settings: TrainingSettings,
+    fingerprint: dict[str, Any],
+    register: bool = True,
+) -> str | None:
+    """Log one training into the active run; returns the registered version (or None)."""
+    mlflow.log_params(
+        {
+            "horizon_days": settings.horizon_days,
+            "snapshots": settings.snapshots,
+            "snapshot_every_days": settings.snapshot_every_days,
+            "seed": settings.seed,
+            "label_source": result.label_source,
+            "rules.lookback_days": rules.lookback_days,
+            "rules.repeat_visit_min_days": rules.repeat_visit_min_days,
+            "spec_fingerprint": spec.fingerprint,
+            "features": len(result.feature_names),
+            "stage.best_iteration": result.stage_model.best_iteration_,
+            "stage.calibration": result.stage_model.calibration_,
+            "propensity.best_iteration": result.propensity_model.best_iteration_,
+            "propensity.calibration": result.propensity_model.calibration_,
+            **{f"lightgbm.{k}": v for k, v in settings.lightgbm.params.items()},
+            **{
+                f"tuned.{model}.{k}": v
+                for model, params in result.tuned_params.items()
+                for k, v in params.items()
+            },
+            **{f"data.{k}": v for k, v in {**fingerprint, **result.data_summary}.items()},
+        }
+    )
+    mlflow.set_tags({"python": platform.python_version(), "funnelcast.spec": spec.fingerprint})
+    mlflow.log_metrics(flat_metrics(result.metrics))
+    mlflow.log_metrics({f"time.{k}_s": v for k, v in result.timings.items()})
+    mlflow.log_text(spec_text, "feature_spec.yaml")
+    mlflow.log_dict(result.data_summary, "data_summary.json")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        write_evaluation_artifacts(result.evaluation, out / "evaluation")
+        importance = result.propensity_model.feature_importance()
+        pl.DataFrame({"feature": list(importance), "gain": list(importance.values())}).sort(
+            "gain", descending=True
+        ).write_csv(out / "evaluation" / "propensity_feature_importance.csv")
+        result.test_set.write_parquet(out / "evaluation" / "test_set.parquet")
+        (out / "evaluation" / "timings.json").write_text(json.dumps(result.timings, indent=2))
+        mlflow.log_artifacts(str(out / "evaluation"), "evaluation")
+    model = FunnelcastModel(
+        stage_model=result.stage_model,
+        propensity_model=result.propensity_model,
+        spec_text=spec_text,
+        rules=rules,
+        feature_names=result.feature_names,
+        horizon_days=settings.horizon_days,
+    )
+    package_root = Path(__file__).resolve().parent.parent
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=model,
+        pip_requirements=_requirements(),
+        code_paths=[str(package_root / "features"), str(package_root / "training")],
+        registered_model_name=settings.registry.model_name if register else None,
+    )
+    if not register:
+        return None
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    for key, value in {
+        "run_id": run_id,
+        "spec_fingerprint": spec.fingerprint,
+        "test_from": result.data_summary["test_from"],
+        "test_to": result.data_summary["test_to"],
+        "label_source": result.label_source,
+    }.items():
+        client.set_model_version_tag(settings.registry.model_name, version, key, str(value))
+    return version

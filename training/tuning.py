@@ -1,0 +1,125 @@
+"""Optuna tuning of both LightGBM models, each trial a nested MLflow run.
+
+Sampler: TPE, seeded. Pruner: median, fed by LightGBM's pruning callback on the validation
+window. Objectives on the validation snapshots (the test snapshots are never seen):
+
+* propensity: average precision (AUC-PR), maximised;
+* stage: class-weighted multi-class log loss, minimised.
+
+Search space (``SEARCH_SPACE``, documented in the README):
+learning_rate 0.02-0.2 (log), num_leaves 15-255 (log), min_data_in_leaf 20-500 (log),
+feature_fraction 0.5-1.0, bagging_fraction 0.5-1.0, lambda_l2 1e-3-10 (log).
+Optuna's ``MLflowCallback`` is deprecated; trials are logged here by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+from optuna_integration.lightgbm import LightGBMPruningCallback
+
+from training.models import LightGBMPropensityModel, LightGBMStageModel
+from training.settings import TrainingSettings
+
+SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
+    "learning_rate": ("log", 0.02, 0.2),
+    "num_leaves": ("int_log", 15, 255),
+    "min_data_in_leaf": ("int_log", 20, 500),
+    "feature_fraction": ("uniform", 0.5, 1.0),
+    "bagging_fraction": ("uniform", 0.5, 1.0),
+    "lambda_l2": ("log", 1e-3, 10.0),
+}
+
+
+def suggest(trial: optuna.Trial) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, (kind, low, high) in SEARCH_SPACE.items():
+        if kind == "int_log":
+            params[name] = trial.suggest_int(name, int(low), int(high), log=True)
+        else:
+            params[name] = trial.suggest_float(name, low, high, log=kind == "log")
+    return params
+
+
+def tune_models(
+    X: dict[str, pd.DataFrame],
+    stage_y: dict[str, np.ndarray],
+    buy_y: dict[str, np.ndarray],
+    *,
+    settings: TrainingSettings,
+    trials: int,
+) -> dict[str, dict[str, Any]]:
+    """Best LightGBM parameters for the stage and the propensity model."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best: dict[str, dict[str, Any]] = {}
+    for model in ("propensity", "stage"):
+        sampler = optuna.samplers.TPESampler(seed=settings.seed)
+        direction: Literal["maximize", "minimize"] = (
+            "maximize" if model == "propensity" else "minimize"
+        )
+        study = optuna.create_study(
+            direction=direction, sampler=sampler, pruner=optuna.pruners.MedianPruner()
+        )
+        study.optimize(
+            lambda trial, m=model: _objective(trial, m, X, stage_y, buy_y, settings),  # type: ignore[misc]
+            n_trials=trials,
+        )
+        best[model] = dict(study.best_params)
+        if mlflow.active_run() is not None:
+            mlflow.log_metric(f"tuning.{model}.best_value", float(study.best_value))
+    return best
+
+
+def _objective(
+    trial: optuna.Trial,
+    model: str,
+    X: dict[str, pd.DataFrame],
+    stage_y: dict[str, np.ndarray],
+    buy_y: dict[str, np.ndarray],
+    settings: TrainingSettings,
+) -> float:
+    params = {**settings.lightgbm.params, **suggest(trial)}
+    common: dict[str, Any] = {
+        "params": params,
+        "num_boost_round": settings.lightgbm.num_boost_round,
+        "early_stopping_rounds": settings.lightgbm.early_stopping_rounds,
+        "seed": settings.seed,
+    }
+    nested = (
+        mlflow.start_run(run_name=f"{model}-trial-{trial.number}", nested=True)
+        if mlflow.active_run() is not None
+        else None
+    )
+    try:
+        if model == "propensity":
+            metric = "average_precision"
+            fitted: LightGBMPropensityModel | LightGBMStageModel = LightGBMPropensityModel(
+                callbacks=[LightGBMPruningCallback(trial, metric, valid_name="validation")],
+                **common,
+            ).fit(X["train"], buy_y["train"], X_val=X["validation"], y_val=buy_y["validation"])
+        else:
+            metric = "multi_logloss"
+            fitted = LightGBMStageModel(
+                class_weight_power=settings.lightgbm.class_weight_power,
+                callbacks=[LightGBMPruningCallback(trial, metric, valid_name="validation")],
+                **common,
+            ).fit(X["train"], stage_y["train"], X_val=X["validation"], y_val=stage_y["validation"])
+        value = float(fitted.booster_.best_score["validation"][metric])
+        if nested is not None:
+            mlflow.log_params(trial.params)
+            mlflow.log_metrics(
+                {f"validation.{metric}": value, "best_iteration": fitted.best_iteration_}
+            )
+        return value
+    except optuna.TrialPruned:
+        if nested is not None:
+            mlflow.log_params(trial.params)
+            mlflow.set_tag("pruned", "true")
+        raise
+    finally:
+        if nested is not None:
+            mlflow.end_run()
