@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,11 @@ def _configure(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # MLflow's notes (pickling, pip versions, download bars) are for its own developers;
+        # the commands say what happened in their own words
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def main() -> None:
@@ -693,7 +699,8 @@ def _train_and_report(
     ]
     if tune:
         steps.insert(1, f"tuning LightGBM: {tune} trials per model")
-    with training_run() as run_id, _progress() as progress:
+    run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    with training_run(run_name) as run_id, _progress() as progress:
         task = progress.add_task("Training", total=len(steps) + 1)
 
         def say(step: str) -> None:
@@ -798,13 +805,16 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
 
 
 def _print_minimum_data(report: dict[str, Any]) -> None:
+    if "snapshots" in report:
+        console.print(f"Snapshots that fit the data: {', '.join(report['snapshots']) or 'none'}.")
     table = Table("snapshots", "rows", "buyers", "stages")
     for name in ("train", "validation", "test"):
         if name in report:
             part = report[name]
             stages = ", ".join(f"{k} {v:,}" for k, v in part["stages"].items())
             table.add_row(name, f"{part['rows']:,}", f"{part['positives']:,}", stages)
-    console.print(table)
+    if table.row_count:
+        console.print(table)
     minimums = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
     console.print(f"Minimums: {minimums}. The rules remain the served model.")
 

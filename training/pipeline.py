@@ -30,6 +30,7 @@ from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
 from features.spec import FeatureSpec
+from features.vocabulary import PURCHASE_EVENTS
 from training.evaluation import EvaluationInputs, evaluate
 from training.frame import TimeSplit, model_matrix, rows_of, snapshot_dates, split_by_time
 from training.labels import (
@@ -91,7 +92,22 @@ def build_labelled_frame(
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
     where the labels came from."""
     until = until or observed_until(events)
-    first = scan_events(events).select(pl.col("timestamp").min()).collect().item()
+    # history starts with the first engagement event: a backfill of past orders before the
+    # tracking of engagement began (a CRM import, the simulator's prior purchases) is no
+    # history to snapshot; purchase-only logs (CDNOW) start with their first purchase
+    first, first_engagement = (
+        scan_events(events)
+        .select(
+            pl.col("timestamp").min().alias("first"),
+            pl.col("timestamp")
+            .filter(~pl.col("event_type").is_in(PURCHASE_EVENTS))
+            .min()
+            .alias("first_engagement"),
+        )
+        .collect()
+        .row(0)
+    )
+    first = first_engagement or first
     dates = snapshot_dates(
         first,
         until,
@@ -199,12 +215,23 @@ def train_models(
         events, contacts, spec=spec, rules=rules, settings=settings, labels=labels
     )
     timings["features_and_labels"] = time.perf_counter() - clock
-    split = split_by_time(
-        dates,
-        horizon_days=settings.horizon_days,
-        validation=settings.validation_snapshots,
-        test=settings.test_snapshots,
-    )
+    try:
+        split = split_by_time(
+            dates,
+            horizon_days=settings.horizon_days,
+            validation=settings.validation_snapshots,
+            test=settings.test_snapshots,
+        )
+    except InputError as error:  # too short a history is too little data, with a report
+        raise InsufficientDataError(
+            f"{error}. The rules stay the served model.",
+            {
+                "snapshots": [f"{d:%Y-%m-%d}" for d in dates],
+                "minimums": {
+                    "snapshots": settings.validation_snapshots + settings.test_snapshots + 3
+                },
+            },
+        ) from error
     counts = check_enough_data(frame, split, settings)
     names = [c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL)]
     parts = {name: rows_of(frame, getattr(split, name)) for name in ("train", "validation", "test")}

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -216,13 +217,17 @@ def log_training(
         horizon_days=settings.horizon_days,
     )
     package_root = Path(__file__).resolve().parent.parent
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=model,
-        pip_requirements=_requirements(),
-        code_paths=[str(package_root / "features"), str(package_root / "training")],
-        registered_model_name=settings.registry.model_name if register else None,
-    )
+    with warnings.catch_warnings():
+        # MLflow asks for type hints on predict to infer a schema; the input is a feature
+        # table whose columns the spec decides, checked by the model itself
+        warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            pip_requirements=_requirements(),
+            code_paths=[str(package_root / "features"), str(package_root / "training")],
+            registered_model_name=settings.registry.model_name if register else None,
+        )
     if not register:
         return None
     version = str(info.registered_model_version)

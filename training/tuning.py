@@ -89,9 +89,14 @@ def _objective(
         "early_stopping_rounds": settings.lightgbm.early_stopping_rounds,
         "seed": settings.seed,
     }
+    parent = mlflow.active_run()
     nested = (
-        mlflow.start_run(run_name=f"{model}-trial-{trial.number}", nested=True)
-        if mlflow.active_run() is not None
+        mlflow.start_run(
+            run_name=f"{model}-trial-{trial.number}",
+            nested=True,
+            experiment_id=parent.info.experiment_id,  # the parent's, not the default one
+        )
+        if parent is not None
         else None
     )
     try:

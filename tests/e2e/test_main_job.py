@@ -16,17 +16,26 @@ ROOT = Path(__file__).resolve().parents[2]
 FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
 
 
-@pytest.mark.slow
-def test_the_main_job_simulates_validates_and_shows_the_funnel(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = subprocess.run(
-        [FUNNELCAST, "run", "--out", str(out), "--contacts", "3000", "--days", "60"],
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FUNNELCAST, "run", "--out", str(tmp_path / "run"), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
-        env={"COLUMNS": "200", "PATH": str(Path(sys.executable).parent)},
+        cwd=tmp_path,
+        env={
+            "COLUMNS": "200",
+            "PATH": str(Path(sys.executable).parent),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        },
     )
+
+
+@pytest.mark.slow
+def test_the_main_job_simulates_trains_evaluates_and_promotes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _run(tmp_path, "--contacts", "6000", "--days", "120")
     assert result.returncode == 0, result.stderr
     for name in ("events", "contacts", "stage_history"):
         assert (out / "data" / f"{name}.parquet").exists()
@@ -44,6 +53,24 @@ def test_the_main_job_simulates_validates_and_shows_the_funnel(tmp_path: Path) -
     assert left_out is not None
     assert int(left_out.group(1).replace(",", "")) == opted_out
     assert int(shown.group(1).replace(",", "")) == contacts.height - opted_out
+
+    # trained, evaluated beside the baselines, registered, and put through the gate
+    for row in ("stage macro-F1", "purchase AUC-PR", "purchase ECE"):
+        assert re.search(rf"^\W*{row}\s.*\d\.\d{{3}}", result.stdout, re.MULTILINE), row
+    assert "version 1 of 'funnelcast'" in result.stdout
+    assert re.search(
+        r"^(Promoted version 1 to 'champion'|Not promoted: version 1)", result.stdout, re.MULTILINE
+    )
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_the_main_job_on_too_little_history_keeps_the_rules_and_says_why(tmp_path: Path) -> None:
+    result = _run(tmp_path, "--contacts", "2000", "--days", "60")
+    assert result.returncode == 0, result.stderr
+    assert "No model trained:" in result.stdout
+    assert "The rules remain the served model." in result.stdout
+    assert "version 1" not in result.stdout
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
-COMMANDS = ["run", "simulate", "ingest", "validate", "funnel", "features", "sources"]
+COMMANDS = [
+    "run",
+    "simulate",
+    "ingest",
+    "validate",
+    "funnel",
+    "features",
+    "sources",
+    "train",
+    "evaluate",
+    "promote",
+]
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
