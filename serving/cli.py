@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -114,6 +115,7 @@ def _configure(
         # MLflow's notes (pickling, pip versions, download bars) are for its own developers;
         # the commands say what happened in their own words
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

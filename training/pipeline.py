@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.engine import EventsInput, feature_columns, scan_events
+from features.consent import restrict_to_consented
 from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
@@ -123,6 +124,9 @@ def build_labelled_frame(
             f"{settings.horizon_days}-day horizon"
         )
     frame = build_training_frame(events, contacts, as_of_dates=dates, spec=spec, rules=rules)
+    if contacts is not None:
+        # contacts without marketing consent are never scored, not even on a test week
+        frame = restrict_to_consented(frame, contacts).kept
     revealed = label_events(
         events, as_of_dates=dates, horizon_days=settings.horizon_days, rules=rules, until=until
     )

@@ -1,0 +1,82 @@
+"""The training pipeline's data steps: who is in the training frame, and the minimum-data gate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from features.settings import load_rules_settings
+from features.simulator import load_simulator_settings, simulate
+from features.spec import load_feature_spec
+from training.frame import split_by_time
+from training.pipeline import (
+    PURCHASE_LABEL,
+    STAGE_LABEL,
+    InsufficientDataError,
+    build_labelled_frame,
+    check_enough_data,
+    train_models,
+)
+from training.settings import load_training_settings
+
+
+@pytest.fixture(scope="module")
+def small() -> object:
+    return simulate(
+        load_simulator_settings(), contacts=1500, days=100, seed=4, start=dt.date(2026, 1, 1)
+    )
+
+
+def test_the_training_frame_holds_only_consented_contacts_with_both_labels(small: object) -> None:
+    frame, dates, source = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=load_training_settings(),
+    )
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
+    assert isinstance(contacts, pl.DataFrame)
+    opted_out = set(contacts.filter(~pl.col("marketing_consent"))["contact_id"])
+    assert opted_out
+    assert not opted_out & set(frame["contact_id"])
+    assert source == "revealed"
+    assert frame[PURCHASE_LABEL].null_count() == 0
+    assert frame[STAGE_LABEL].null_count() == 0
+    assert sorted(frame["as_of"].unique().to_list()) == dates
+    # snapshots start after the first engagement event, not in the backfilled order history
+    first_engagement = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert min(dates) >= first_engagement + dt.timedelta(days=28)
+
+
+def test_too_few_buyers_stop_training_with_a_report_per_split(small: object) -> None:
+    settings = load_training_settings(min_train_positives=10**6)
+    with pytest.raises(InsufficientDataError, match="buyers in the train snapshots") as caught:
+        train_models(
+            small.events,  # type: ignore[attr-defined]
+            small.contacts,  # type: ignore[attr-defined]
+            spec=load_feature_spec(),
+            rules=load_rules_settings(),
+            settings=settings,
+        )
+    report = caught.value.report
+    assert report["minimums"]["train_positives"] == 10**6
+    for split in ("train", "validation", "test"):
+        assert report[split]["rows"] > 0
+        assert sum(report[split]["stages"].values()) == report[split]["rows"]
+
+
+def test_the_minimum_data_check_passes_when_every_split_has_enough(small: object) -> None:
+    frame, dates, _ = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=load_training_settings(),
+    )
+    split = split_by_time(dates, horizon_days=14, validation=2, test=2)
+    settings = load_training_settings(min_train_positives=1, min_eval_positives=1)
+    report = check_enough_data(frame, split, settings)
+    assert report["train"]["positives"] >= 1
