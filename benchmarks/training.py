@@ -1,8 +1,8 @@
 """Benchmark training: one LightGBM fit, and the whole `funnelcast train` by step.
 
-    .venv/bin/python benchmarks/training.py                  # 1M-row fit, train on 1M and 10M events
-    .venv/bin/python benchmarks/training.py --sizes 1M       # train on 1M events only
-    .venv/bin/python benchmarks/training.py --quick          # a smoke run (100k events)
+    .venv/bin/python benchmarks/training.py             # a 1M-row fit; train on 1M, 10M events
+    .venv/bin/python benchmarks/training.py --sizes 1M  # train on 1M events only
+    .venv/bin/python benchmarks/training.py --quick     # a smoke run (100k events)
 
 1. **One LightGBM fit**: a binary model on 1M rows x 60 features of a real training frame
    (simulated contacts, weekly snapshots), 200 trees of 63 leaves, no early stopping; the time

@@ -25,8 +25,8 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from features.engine import EventsInput, feature_columns, scan_events
 from features.consent import restrict_to_consented
+from features.engine import EventsInput, feature_columns, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
