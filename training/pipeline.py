@@ -238,10 +238,20 @@ def train_models(
         ) from error
     counts = check_enough_data(frame, split, settings)
     names = [c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL)]
-    parts = {name: rows_of(frame, getattr(split, name)) for name in ("train", "validation", "test")}
-    X = {name: model_matrix(part, names) for name, part in parts.items()}
-    stage_y = {name: part[STAGE_LABEL].cast(pl.String).to_numpy() for name, part in parts.items()}
-    buy_y = {name: part[PURCHASE_LABEL].to_numpy() for name, part in parts.items()}
+    # one split at a time, letting go of the Polars rows once they are model inputs: the
+    # training frame is the largest thing in memory, and three copies of it do not fit
+    X: dict[str, pd.DataFrame] = {}
+    stage_y: dict[str, np.ndarray] = {}
+    buy_y: dict[str, np.ndarray] = {}
+    for name in ("train", "validation", "test"):
+        part = rows_of(frame, getattr(split, name))
+        X[name] = model_matrix(part, names)
+        stage_y[name] = part[STAGE_LABEL].cast(pl.String).to_numpy()
+        buy_y[name] = part[PURCHASE_LABEL].to_numpy()
+        if name == "test":
+            test_set = part.drop("contact_id")
+        del part
+    del frame
 
     tuned: dict[str, dict[str, Any]] = {}
     if tune_trials > 0:
@@ -287,7 +297,6 @@ def train_models(
     )
     metrics = evaluate(evaluation)
     timings["evaluation"] = time.perf_counter() - clock
-    test_set = parts["test"].drop("contact_id")
     return TrainingResult(
         stage_model=stage_model,
         propensity_model=propensity_model,

@@ -61,11 +61,13 @@ def _train(sim: object, settings: TrainingSettings) -> tuple[TrainingResult, str
 
 
 def _weak() -> TrainingSettings:
+    """A model that cannot learn: no leaf may hold fewer rows than there are, so every tree is
+    a single leaf and every contact gets the same scores."""
     base = load_training_settings()
     lightgbm = base.lightgbm.model_copy(
         update={
             "num_boost_round": 2,
-            "params": {**base.lightgbm.params, "num_leaves": 2, "feature_fraction": 0.1},
+            "params": {**base.lightgbm.params, "min_data_in_leaf": 10**7},
         }
     )
     return base.model_copy(update={"lightgbm": lightgbm})
