@@ -98,7 +98,8 @@ class ReadSpec(FrozenSettings):
     header: bool = True
     columns: list[str] | None = None  # names of the columns, in order (required without header)
     delimiter: str = ","
-    dtypes: dict[str, Literal["str", "int", "float"]] = Field(default_factory=dict)
+    # "date": an ISO date (YYYY-MM-DD), so a date attribute becomes days before each snapshot
+    dtypes: dict[str, Literal["str", "int", "float", "date"]] = Field(default_factory=dict)
     null_values: list[str] = Field(default_factory=list)  # placeholders that mean "no value"
     package: str | None = None  # read `path` from inside this installed Python package
     install_hint: str | None = None  # how to install `package` when it is missing
@@ -567,8 +568,12 @@ def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> 
         if column.dtype == pl.String and dtype != "str":
             column = column.str.strip_chars()
         try:
-            frame = frame.with_columns(column.cast(_DTYPES[dtype], strict=True).alias(name))
-        except pl.exceptions.InvalidOperationError as exc:
+            if dtype == "date":
+                converted = column.cast(pl.String).str.to_date("%Y-%m-%d", strict=True)
+            else:
+                converted = column.cast(_DTYPES[dtype], strict=True)
+            frame = frame.with_columns(converted.alias(name))
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
             raise SchemaError(
                 f"{path}: column '{name}' does not read as {dtype} ({exc}); fix `{key}.dtypes`"
             ) from exc
