@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: help install java demo test test-fast check lint format typecheck bench clean
+.PHONY: help install java demo test test-fast check lint format typecheck bench bench-models clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,12 @@ check: lint typecheck test ## Everything CI cares about: ruff, mypy, tests
 bench: install ## Run the benchmarks (figures printed and written to benchmarks/results/)
 	$(BIN)/python benchmarks/simulate.py
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/quality.py
+
+bench-models: install ## Only the model benchmarks: training speed and quality on every data set
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/quality.py
 
 clean: ## Remove the virtual environments, caches and run outputs (not mlruns/)
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis out
