@@ -54,27 +54,35 @@ def rules_stage_as_of(
     window_start = as_of - dt.timedelta(days=settings.lookback_days)
     past = _lazy(events).filter(pl.col("timestamp") < as_of)
     in_window = pl.col("timestamp") >= window_start
-    is_purchase = pl.col("event_type").is_in(PURCHASE_EVENTS)
 
-    per_contact = past.group_by("contact_id").agg(
-        # deepest plain signal in the window (-1: none)
-        base_rank=pl.col("event_type")
-        .replace_strict(BASE_RANK, default=-1, return_dtype=pl.Int8)
-        .filter(in_window)
-        .max(),
-        visit_days=pl.col("timestamp")
-        .filter(in_window & (pl.col("event_type") == "page_view"))
-        .dt.date()
-        .n_unique(),
-        purchases_ever=is_purchase.sum(),
-        purchases_in_window=(is_purchase & in_window).sum(),
-        advocacy_in_window=(pl.col("event_type").is_in(ADVOCACY_EVENTS) & in_window).any(),
-    )
+    per_contact = past.group_by("contact_id").agg(**signal_aggregations(in_window))
     return (
         per_contact.select("contact_id", stage=stage_from_signal_columns(settings))
         .collect()
         .sort("contact_id")
     )
+
+
+def signal_aggregations(in_window: pl.Expr) -> dict[str, pl.Expr]:
+    """Per-contact aggregations of the signals the rules read, over events grouped by contact:
+    the window's signals where ``in_window`` holds, purchases over every row given (the rows
+    before the window say who is already a customer). Shared by the rules as of a date and by
+    the revealed-stage label of a horizon."""
+    is_purchase = pl.col("event_type").is_in(PURCHASE_EVENTS)
+    return {
+        # deepest plain signal in the window (-1: none)
+        "base_rank": pl.col("event_type")
+        .replace_strict(BASE_RANK, default=-1, return_dtype=pl.Int8)
+        .filter(in_window)
+        .max(),
+        "visit_days": pl.col("timestamp")
+        .filter(in_window & (pl.col("event_type") == "page_view"))
+        .dt.date()
+        .n_unique(),
+        "purchases_ever": is_purchase.sum(),
+        "purchases_in_window": (is_purchase & in_window).sum(),
+        "advocacy_in_window": (pl.col("event_type").is_in(ADVOCACY_EVENTS) & in_window).any(),
+    }
 
 
 def stage_from_signal_columns(settings: RulesSettings) -> pl.Expr:

@@ -26,8 +26,8 @@ import pyarrow as pa
 from features.engine import STAGE_TYPE, EventsInput, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
-from features.stages import BASE_RANK, stage_from_signal_columns
-from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES
+from features.stages import signal_aggregations, stage_from_signal_columns
+from features.vocabulary import PURCHASE_EVENTS, STAGES
 
 LABEL_COLUMNS = ("contact_id", "as_of", "purchased", "revealed_stage")
 # outcomes of a provided labels table that count as a conversion (case-insensitive)
@@ -84,18 +84,7 @@ def _label_one_snapshot(
     # only the horizon's events, plus earlier purchases (who was a customer before)
     relevant = events.filter((pl.col("timestamp") < end) & (in_horizon | is_purchase))
     signals = relevant.group_by("contact_id").agg(
-        base_rank=pl.col("event_type")
-        .replace_strict(BASE_RANK, default=-1, return_dtype=pl.Int8)
-        .filter(in_horizon)
-        .max(),
-        visit_days=pl.col("timestamp")
-        .filter(in_horizon & (pl.col("event_type") == "page_view"))
-        .dt.date()
-        .n_unique(),
-        purchases_ever=is_purchase.sum(),
-        purchases_in_window=(is_purchase & in_horizon).sum(),
-        advocacy_in_window=(pl.col("event_type").is_in(ADVOCACY_EVENTS) & in_horizon).any(),
-        any_in_horizon=in_horizon.any(),
+        **signal_aggregations(in_horizon), any_in_horizon=in_horizon.any()
     )
     return signals.filter(pl.col("any_in_horizon")).select(
         "contact_id",
