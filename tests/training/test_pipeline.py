@@ -80,3 +80,45 @@ def test_the_minimum_data_check_passes_when_every_split_has_enough(small: object
     settings = load_training_settings(min_train_positives=1, min_eval_positives=1)
     report = check_enough_data(frame, split, settings)
     assert report["train"]["positives"] >= 1
+
+
+def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
+    small: object,
+) -> None:
+    events = pl.from_arrow(small.events)  # type: ignore[attr-defined]
+    assert isinstance(events, pl.DataFrame)
+    # a CRM's won/lost list: the first purchase in the period is "won", a few others "lost"
+    won = (
+        events.filter(
+            (pl.col("event_type") == "purchase")
+            & (pl.col("timestamp") >= dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        )
+        .group_by("contact_id")
+        .agg(label_date=pl.col("timestamp").min())
+        .with_columns(outcome=pl.lit("won"))
+    )
+    lost = (
+        events.select("contact_id")
+        .unique()
+        .join(won, on="contact_id", how="anti")
+        .head(300)
+        .with_columns(label_date=pl.lit(None, pl.Datetime("us", "UTC")), outcome=pl.lit("lost"))
+    )
+    labels = pl.concat([won.select("contact_id", "label_date", "outcome"), lost])
+    frame, _, source = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=load_training_settings(),
+        labels=labels,
+    )
+    assert source == "provided"
+    assert set(frame["contact_id"]) <= set(labels["contact_id"])
+    # a won contact is positive exactly at the snapshots whose horizon holds its won date
+    row = frame.filter(pl.col(PURCHASE_LABEL)).row(0, named=True)
+    when = won.filter(pl.col("contact_id") == row["contact_id"])["label_date"][0]
+    assert row["as_of"] <= when < row["as_of"] + dt.timedelta(days=14)
+    assert not frame.filter(pl.col("contact_id").is_in(lost["contact_id"].to_list()))[
+        PURCHASE_LABEL
+    ].any()
