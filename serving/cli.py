@@ -115,6 +115,7 @@ def _configure(
         # MLflow's notes (pickling, pip versions, download bars) are for its own developers;
         # the commands say what happened in their own words
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow resets it on import
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

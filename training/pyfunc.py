@@ -8,12 +8,13 @@ the CRM's words, and the call to action for the stage.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import polars as pl
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel as _MlflowPythonModel
 
 from features.errors import InputError
 from features.settings import RulesSettings
@@ -35,7 +36,23 @@ OUTPUT_COLUMNS = (
 )
 
 
-class FunnelcastModel(PythonModel):
+class _PythonModel(_MlflowPythonModel):
+    """MLflow's PythonModel, minus its warning at subclass time that ``predict`` has no type
+    hints: the input is a feature table whose columns the spec decides, checked by the model."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # MLflow wraps its check in its own "show once" filter, so a filter cannot silence
+        # it; not showing warnings for the length of this one call does (restored on exit)
+        with warnings.catch_warnings():
+            warnings.showwarning = _shown_nowhere
+            super().__init_subclass__(**kwargs)
+
+
+def _shown_nowhere(*args: Any, **kwargs: Any) -> None:
+    del args, kwargs
+
+
+class FunnelcastModel(_PythonModel):
     """Stage and propensity for each row of a feature table (``build_contact_features``'s
     columns; contact_id and as_of are passed through when present)."""
 
