@@ -135,7 +135,7 @@ def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[boo
         if np.isnan(theirs):
             continue
         if ours < theirs:
-            reasons.append(f"{label} {ours:.4f} is {theirs - ours:.4f} below {theirs:.4f}")
+            reasons.append(f"{label} {ours:.4f} is {theirs - ours:.2g} below {theirs:.4f}")
         elif ours > theirs:
             better = True
     if not reasons and not better:
