@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [_parse_size(s) for s in args.sizes.split(",") if s.strip()]
     as_of = dt.datetime.combine(START + dt.timedelta(days=args.days), dt.time(), tzinfo=dt.UTC)
 
-    result = _load_previous(args.out)
+    from benchmarks.reporting import code_version, load_previous, machine, write_json_atomic
+
+    result = load_previous(args.out, "features")
     result.update(
         benchmark="features",
         date_utc=_now(),
-        code=_code_version(),
-        machine=_machine(),
+        code=code_version(["features", "benchmarks"]),
+        machine=machine(["polars", "duckdb", "pandas", "pyarrow", "pyspark", "numpy"]),
         as_of=as_of.isoformat(),
         spec="features/config/feature_spec.yaml with rules_stage: false (144 event features)",
     )
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_online(result["online"])
     result["targets"] = _check_targets(result)
     _print_targets(result["targets"])
-    _write_json_atomic(_compact(result), args.out)
+    write_json_atomic(_compact(result), args.out)
     console.print(f"wrote {args.out}")
     return 1 if failed else 0
 
@@ -955,45 +956,6 @@ def _print_targets(targets: list[dict[str, Any]]) -> None:
 # --- machine and JSON ---------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    libraries: dict[str, str | None] = {}
-    for name in ("polars", "duckdb", "pandas", "pyarrow", "pyspark", "numpy"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "node": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "total_ram_gib": round(psutil.virtual_memory().total / GIB, 1),
-        "python": platform.python_version(),
-        "libraries": libraries,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _code_version() -> dict[str, Any]:
-    """The commit measured, and the files that differ from it (the figures are for those)."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "features", "benchmarks")
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed.splitlines()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _compact(value: Any) -> Any:
     """The figures without bulk: each run keeps its times but not its digest (the best run's
     stays), and an error keeps its cause and its first lines, not a whole Java stack."""
@@ -1009,30 +971,6 @@ def _compact(value: Any) -> Any:
     if isinstance(value.get("error"), str) and len(value["error"]) > 1100:  # once: ~1000 after
         compacted["error"] = f"{_first_line(value['error'], 400)} | {value['error'][:600]}…"
     return compacted
-
-
-def _load_previous(path: Path) -> dict[str, Any]:
-    """The figures of earlier runs, so that sizes measured apart end up in one file."""
-    if not path.exists():
-        return {}
-    try:
-        previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-    return previous if previous.get("benchmark") == "features" else {}
-
-
-def _write_json_atomic(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

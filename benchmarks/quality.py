@@ -25,24 +25,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import math
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -168,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     days = args.sim_days or (120 if args.quick else 180)
     out = args.results or (QUICK_RESULTS if args.quick else RESULTS)
 
-    result = _load_previous(out)
-    result.update(benchmark="quality", date_utc=_now(), code=_code_version(), machine=_machine())
+    from benchmarks.reporting import code_version, load_previous, machine, write_json_atomic
+
+    result = load_previous(out, "quality")
+    result.update(
+        benchmark="quality",
+        date_utc=_now(),
+        code=code_version(["features", "training", "benchmarks"]),
+        machine=machine(["lightgbm", "scikit-learn", "polars", "numpy", "pyarrow"]),
+    )
     result.setdefault("datasets", {})
     _print_machine(result["machine"])
     failed = False
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_dataset(name, entry)
     result["targets"] = check_targets(result["datasets"])
     _print_targets(result["targets"], since=result["date_utc"], datasets=result["datasets"])
-    write_json_atomic(_json_ready(result), out)
+    write_json_atomic(_json_ready(result), out, allow_nan=False)
     console.print(f"wrote {out}")
     return 1 if failed else 0
 
@@ -977,45 +977,6 @@ def _first_line(text: str | None, limit: int = 200) -> str:
 # --- machine and JSON ---------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    libraries: dict[str, str | None] = {}
-    for name in ("lightgbm", "scikit-learn", "polars", "numpy", "pyarrow"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "node": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "total_ram_gib": round(psutil.virtual_memory().total / GIB, 1),
-        "python": platform.python_version(),
-        "libraries": libraries,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _code_version() -> dict[str, Any]:
-    """The commit measured, and the files that differ from it (the figures are for those)."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "features", "training", "benchmarks")
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed.splitlines()}
-
-
 def _json_ready(value: Any) -> Any:
     """Strict JSON: NaN and infinities become null, numpy scalars Python's."""
     if isinstance(value, dict):
@@ -1027,30 +988,6 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _load_previous(path: Path) -> dict[str, Any]:
-    """The figures of earlier runs, so that data sets measured apart end up in one file."""
-    if not path.exists():
-        return {}
-    try:
-        previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-    return previous if previous.get("benchmark") == "quality" else {}
-
-
-def write_json_atomic(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _child(json.loads(args.child))
+    from benchmarks.reporting import write_json_atomic
+
     sizes = ["100k"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     fit_rows = 200_000 if args.quick else args.fit_rows
     result: dict[str, Any] = {
@@ -89,12 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         _print_train(label, result["train"][label])
     _print_targets(result)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.results.read_text()) if args.results.exists() else {}
     merged = {**previous, **result, "train": {**previous.get("train", {}), **result["train"]}}
-    temporary = args.results.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(merged, indent=2))
-    temporary.replace(args.results)
+    write_json_atomic(merged, args.results)
     console.print(f"Figures written to {args.results}.")
     return 0
 
@@ -293,16 +292,10 @@ def _print_targets(result: dict[str, Any]) -> None:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.reporting import cpu_model
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
         "python": platform.python_version(),
