@@ -91,6 +91,17 @@ STAGE_CTA: Final[dict[str, str]] = {
     "advocacy": "referral",
 }
 
+# The kind of message that carries the stage's call to action (PRODUCT.md's examples).
+STAGE_MESSAGE: Final[dict[str, str]] = {
+    "dormant": "win-back or re-awareness message",
+    "awareness": "educational content: read more, discover how, see the film, get tips",
+    "consideration": "guides, customer cases, comparisons, calculators, talk to an expert",
+    "intent": "offer: buy now, book today, get your quote, unlock the discount",
+    "conversion": "confirmation and onboarding",
+    "retention": "cross-sell, loyalty or renewal offer",
+    "advocacy": "referral programme or review request",
+}
+
 
 def stage_rank(stage: str) -> int:
     """Position of a stage in the funnel (dormant = 0), for "deepest signal" comparisons."""

@@ -460,6 +460,105 @@ def promote(
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    alias: Annotated[str, typer.Option(help="Registry alias of the model to serve.")] = "champion",
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to serve instead of the alias.")
+    ] = None,
+    bento_model: Annotated[
+        str | None,
+        typer.Option(help="Serve a model from the BentoML store (e.g. funnelcast:latest)."),
+    ] = None,
+    allow_rules_fallback: Annotated[
+        bool,
+        typer.Option(help="With no model, serve the rules (every answer says model 'rules')."),
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File of API keys, one per line (or set FUNNELCAST_API_KEY)."),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve predictions over HTTP with BentoML (`bentoml serve serving.service:Funnelcast`):
+    POST /predict, POST /predict_batch, GET /metadata, /healthz, /readyz; API docs at /docs.
+
+    The model and the API key are checked before the server starts, so a wrong setting is one
+    clear line here, not a crashing worker."""
+    from serving.runtime import ServiceSettings, load_scorer
+    from training.settings import load_training_settings
+    from training.tracking import tracking_uri as resolve_uri
+
+    settings = load_training_settings(config)
+    env = dict(os.environ)
+    env.update(
+        {
+            "FUNNELCAST_MODEL_NAME": settings.registry.model_name,
+            "FUNNELCAST_MODEL_ALIAS": alias,
+            "FUNNELCAST_WORKERS": str(workers),
+            "MLFLOW_TRACKING_URI": _absolute_sqlite(resolve_uri(tracking_uri)),
+        }
+    )
+    for key, value in (
+        ("FUNNELCAST_MODEL_VERSION", version),
+        ("FUNNELCAST_BENTO_MODEL", bento_model),
+        ("FUNNELCAST_API_KEY_FILE", str(api_key_file.resolve()) if api_key_file else None),
+        ("FUNNELCAST_ALLOW_RULES_FALLBACK", "1" if allow_rules_fallback else None),
+    ):
+        if value is not None:
+            env[key] = value
+    service_settings = ServiceSettings.from_env(env)
+    scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
+    info = scorer.info
+    console.print(
+        f"Serving [bold]{info.model}[/]"
+        + (f" version {info.model_version}" if info.model_version else "")
+        + f" from {info.source} on http://{host}:{port} ({workers} worker(s)); "
+        "API docs at /docs. Ctrl-C stops it."
+    )
+    del scorer
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
+    command += ["--host", host, "--port", str(port)]
+    sys.stdout.flush()
+    os.execvpe(sys.executable, command, env)  # the server replaces this process: Ctrl-C stops it
+
+
+@app.command()
+def build(
+    alias: Annotated[
+        str, typer.Option(help="Registry alias of the model to package.")
+    ] = "champion",
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to package instead of the alias.")
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Package the service and a registered model as a Bento (bentofile.yaml): the model is
+    copied into the BentoML model store, so the Bento runs without the MLflow registry
+    (`bentoml serve funnelcast:latest`, or `bentoml containerize`)."""
+    from serving.packaging import build_bento
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking
+
+    configure_tracking(tracking_uri)
+    settings = load_training_settings(config)
+    built = _with_spinner(
+        "building the Bento",
+        lambda: build_bento(settings.registry.model_name, alias=alias, version=version),
+    )
+    console.print(
+        f"Built Bento [bold]{built.bento}[/] with model {built.model} (registry version "
+        f"{built.version}). Serve it with: FUNNELCAST_API_KEY=... bentoml serve {built.bento}"
+    )
+
+
+@app.command()
 def sources() -> None:
     """List the shipped source mappings."""
     from features.sources import list_sources, load_mapping
@@ -855,6 +954,14 @@ def _with_spinner(description: str, work: Callable[[], T]) -> T:
             raise
         progress.update(task, total=1, completed=1)
     return result
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """A relative SQLite URI made absolute, so the server finds the store wherever it runs."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
 
 
 def _parse_date(text: str, option: str) -> dt.datetime:

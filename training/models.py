@@ -21,6 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -40,6 +41,8 @@ DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
     "lambda_l2": 1.0,
 }
 _EPS = 1e-6
+# up to this many rows are scored on one thread (the service's requests)
+_ONE_THREAD_ROWS = 64
 
 
 def _stage_codes(y: Any) -> npt.NDArray[np.int64]:
@@ -185,11 +188,22 @@ class _Calibrator:
         return self
 
     def transform(self, p: FloatArray) -> FloatArray:
+        # the fitted maps evaluated in numpy, not through scikit-learn's predict: the same
+        # numbers (linear interpolation between the isotonic steps, clipped at the ends; the
+        # logistic of a line in the log-odds) at a fraction of the cost for the one-row
+        # requests of the service, and one code path for batch and online scoring
+        p = np.asarray(p, dtype=np.float64)
         if self.constant_ is not None:
             return np.full(len(p), self.constant_)
         if self.method == "isotonic":
-            return np.asarray(self.isotonic_.predict(p), dtype=float)
-        return np.asarray(self.sigmoid_.predict_proba(_logit(p)[:, None])[:, 1], dtype=float)
+            iso = self.isotonic_
+            x, y = iso.X_thresholds_, iso.y_thresholds_
+            if len(x) == 1:
+                return np.full(len(p), float(y[0]))
+            return np.interp(np.clip(p, iso.X_min_, iso.X_max_), x, y)
+        lr = self.sigmoid_
+        z = _logit(p) * float(lr.coef_[0, 0]) + float(lr.intercept_[0])
+        return np.asarray(expit(z), dtype=np.float64)
 
 
 def _logit(p: FloatArray) -> FloatArray:
@@ -279,15 +293,41 @@ class _LightGBMBase:
             ],
         )
         self.feature_names_ = list(X.columns)
+        # the categories LightGBM coded each categorical by: the service encodes a request's
+        # values with them, without building a pandas frame (pyfunc.FunnelcastModel.encode)
+        self.categories_ = {
+            str(name): list(X[name].cat.categories)
+            for name in X.columns
+            if isinstance(X[name].dtype, pd.CategoricalDtype)
+        }
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         return booster
 
-    def _raw(self, X: pd.DataFrame) -> FloatArray:
-        self._check_columns(X)
+    def _raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return np.asarray(
-            self.booster_.predict(X[self.feature_names_], num_iteration=self.best_iteration_),
+            self.booster_.predict(
+                self._input(X), num_iteration=self.best_iteration_, **self._threads(X)
+            ),
             dtype=np.float64,
         )
+
+    def _input(self, X: pd.DataFrame | FloatArray) -> pd.DataFrame | FloatArray:
+        """A pandas frame (columns picked by name) or an encoded matrix in the model's column
+        order (categoricals as their category codes, unknown as NaN)."""
+        if isinstance(X, np.ndarray):
+            if X.ndim != 2 or X.shape[1] != len(self.feature_names_):
+                raise InputError(
+                    f"an encoded feature matrix needs {len(self.feature_names_)} columns in the "
+                    f"model's order; got shape {X.shape}"
+                )
+            return X
+        self._check_columns(X)
+        return X[self.feature_names_]
+
+    @staticmethod
+    def _threads(X: pd.DataFrame | FloatArray) -> dict[str, Any]:
+        # a handful of rows: one thread; waking OpenMP's pool costs more than the trees
+        return {"num_threads": 1} if len(X) <= _ONE_THREAD_ROWS else {}
 
     def _check_columns(self, X: pd.DataFrame) -> None:
         missing = [c for c in self.feature_names_ if c not in X.columns]
@@ -297,13 +337,15 @@ class _LightGBMBase:
                 "build features with the model's feature spec"
             )
 
-    def contributions(self, X: pd.DataFrame) -> FloatArray:
+    def contributions(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """LightGBM ``pred_contrib``: per row, each feature's push on the raw score (and the
         bias last); for the stage model, the blocks of all stages side by side."""
-        self._check_columns(X)
         return np.asarray(
             self.booster_.predict(
-                X[self.feature_names_], num_iteration=self.best_iteration_, pred_contrib=True
+                self._input(X),
+                num_iteration=self.best_iteration_,
+                pred_contrib=True,
+                **self._threads(X),
             ),
             dtype=np.float64,
         )
@@ -340,10 +382,10 @@ class LightGBMPropensityModel(_LightGBMBase):
         self.calibrator_ = _Calibrator(self.calibration_).fit(raw, target_val)
         return self
 
-    def predict_raw(self, X: pd.DataFrame) -> FloatArray:
+    def predict_raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return self._raw(X)
 
-    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+    def predict_proba(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """Calibrated P(purchase in the horizon), one value per row."""
         return self.calibrator_.transform(self._raw(X))
 
@@ -415,10 +457,10 @@ class LightGBMStageModel(_LightGBMBase):
         columns = [c.transform(raw[:, k]) for k, c in enumerate(self.calibrators_)]
         return _renormalise(np.column_stack(columns), raw)
 
-    def predict_raw(self, X: pd.DataFrame) -> FloatArray:
+    def predict_raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return self._raw(X)
 
-    def predict_proba(self, X: pd.DataFrame) -> FloatArray:
+    def predict_proba(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """Calibrated stage probabilities, columns in ``STAGES`` order, rows summing to 1."""
         return self._calibrated(self._raw(X))
 
@@ -429,6 +471,62 @@ class LightGBMStageModel(_LightGBMBase):
     def predict(self, X: pd.DataFrame) -> npt.NDArray[np.str_]:
         codes = self.decide(self.predict_proba(X))
         return np.asarray(STAGES, dtype=str)[codes]
+
+    def class_contributions(self, X: FloatArray, classes: npt.NDArray[np.int64]) -> FloatArray:
+        """Each row's ``pred_contrib`` block for its own class (``(rows, features + 1)``): the
+        same numbers as that block of ``contributions``, computed from a booster holding only
+        that class's trees, so a seventh of the TreeSHAP work (the reasons of a one-contact
+        request). ``X`` is an encoded matrix."""
+        X = self._input(X)  # type: ignore[assignment]
+        out = np.empty((len(X), len(self.feature_names_) + 1), dtype=np.float64)
+        for k in np.unique(classes):
+            rows = classes == k
+            out[rows] = self._class_booster(int(k)).predict(
+                X[rows], pred_contrib=True, **self._threads(X[rows])
+            )
+        return out
+
+    def _class_booster(self, k: int) -> lgb.Booster:
+        cache: dict[int, lgb.Booster] = self.__dict__.setdefault("_class_boosters", {})
+        if k not in cache:
+            cache[k] = lgb.Booster(
+                model_str=_one_class_model(
+                    self.booster_.model_to_string(num_iteration=self.best_iteration_),
+                    k,
+                    len(STAGES),
+                )
+            )
+        return cache[k]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_class_boosters", None)  # rebuilt from the booster on first use
+        return state
+
+
+def _one_class_model(model: str, k: int, n_classes: int) -> str:
+    """A multiclass LightGBM model text cut down to class ``k``'s trees (trees k, k + n, ...),
+    as a one-output regression model: its raw score and contributions are class k's."""
+    start, end = model.index("\nTree=0\n") + 1, model.index("end of trees")
+    header, body, tail = model[:start], model[start:end], model[end:]
+    trees = [block for block in body.split("\nTree=") if block.strip()]
+    mine = trees[k::n_classes]
+    kept = []
+    for j, block in enumerate(mine):
+        text = block.removeprefix("Tree=")
+        kept.append(f"Tree={j}" + text[text.index("\n") :].rstrip("\n") + "\n\n")
+    lines = []
+    for line in header.splitlines():
+        if line.startswith("num_class="):
+            line = "num_class=1"
+        elif line.startswith("num_tree_per_iteration="):
+            line = "num_tree_per_iteration=1"
+        elif line.startswith("objective="):
+            line = "objective=regression"
+        elif line.startswith("tree_sizes="):
+            continue  # sizes of the full model's trees; without them LightGBM reads in order
+        lines.append(line)
+    return "\n".join(lines) + "\n" + "".join(kept) + "\n" + tail
 
 
 def _renormalise(p: FloatArray, fallback: FloatArray) -> FloatArray:

@@ -9,6 +9,7 @@ the CRM's words, and the call to action for the stage.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,8 @@ from features.errors import InputError
 from features.settings import RulesSettings
 from features.spec import FeatureSpec, parse_feature_spec
 from features.vocabulary import STAGE_CTA, STAGES
-from training.frame import model_matrix
-from training.models import LightGBMPropensityModel, LightGBMStageModel
-from training.reasons import contributions_for_class, top_reasons
+from training.models import FloatArray, LightGBMPropensityModel, LightGBMStageModel
+from training.reasons import top_reasons
 
 PROBABILITY_COLUMNS = tuple(f"p_{stage}" for stage in STAGES)
 OUTPUT_COLUMNS = (
@@ -54,7 +54,13 @@ def _shown_nowhere(*args: Any, **kwargs: Any) -> None:
 
 class FunnelcastModel(_PythonModel):
     """Stage and propensity for each row of a feature table (``build_contact_features``'s
-    columns; contact_id and as_of are passed through when present)."""
+    columns; contact_id and as_of are passed through when present), or for feature records
+    (one mapping per contact: the service's requests).
+
+    Both forms are encoded into one numeric matrix in the model's column order (numbers
+    rounded to float32 as in training, categoricals as the category codes LightGBM learned,
+    unknown categories as missing) and scored by one function, so a batch score and an online
+    score of the same features are the same numbers."""
 
     def __init__(
         self,
@@ -75,6 +81,11 @@ class FunnelcastModel(_PythonModel):
         self.stages = STAGES
         self.ctas = dict(STAGE_CTA)
         self._spec: FeatureSpec | None = None
+        # the features the spec produced when the model was trained; a service whose feature
+        # code produces other names from the same spec must refuse the model (spec_mismatch)
+        self.spec_features = list(self.spec.names) + (
+            ["rules_stage"] if self.spec.rules_stage else []
+        )
 
     @property
     def spec(self) -> FeatureSpec:
@@ -82,9 +93,21 @@ class FunnelcastModel(_PythonModel):
             self._spec = parse_feature_spec(self.spec_text, origin="the model's feature spec")
         return self._spec
 
+    @property
+    def attribute_features(self) -> list[str]:
+        """The model's features that come from the contacts table, not from events."""
+        computed = set(self.spec_features)
+        return [name for name in self.feature_names if name not in computed]
+
+    @property
+    def categories(self) -> dict[str, list[Any]]:
+        """Categorical feature -> its categories, in the order LightGBM codes them."""
+        return dict(getattr(self.stage_model, "categories_", {}))
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_spec"] = None  # parsed again after loading; the text is the source of truth
+        state.pop("_codes", None)
         return state
 
     # model_input is left unannotated on purpose: MLflow reads the annotation as a schema and
@@ -92,6 +115,96 @@ class FunnelcastModel(_PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """MLflow's entry point: a pandas feature table in, a pandas prediction table out."""
         return self.predict_frame(model_input).to_pandas()
+
+    # --- encoding -------------------------------------------------------------------------------
+
+    def _category_codes(self) -> dict[str, dict[str, int]]:
+        codes: dict[str, dict[str, int]] | None = self.__dict__.get("_codes")
+        if codes is None:
+            codes = {
+                name: {str(value): k for k, value in enumerate(values)}
+                for name, values in self.categories.items()
+            }
+            self.__dict__["_codes"] = codes
+        return codes
+
+    def encode_frame(self, frame: pl.DataFrame) -> FloatArray:
+        """A feature table as the model's matrix."""
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise InputError(
+                f"the feature table lacks the model's features {missing[:5]}"
+                f"{' and more' if len(missing) > 5 else ''}; build features with the model's spec"
+            )
+        codes = self._category_codes()
+        X = np.empty((frame.height, len(self.feature_names)), dtype=np.float64)
+        for j, name in enumerate(self.feature_names):
+            column = frame[name]
+            if name in codes:
+                mapping = codes[name]
+                X[:, j] = [
+                    np.nan if v is None else mapping.get(v, np.nan)
+                    for v in column.cast(pl.String).to_list()
+                ]
+            else:
+                X[:, j] = column.cast(pl.Float32).to_numpy().astype(np.float64)
+        return X
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> FloatArray:
+        """Feature mappings (one per contact) as the model's matrix; a missing key or None is a
+        missing value. A number where a category is expected, or text where a number is, is an
+        ``InputError`` naming the feature."""
+        codes = self._category_codes()
+        X = np.empty((len(records), len(self.feature_names)), dtype=np.float64)
+        for i, record in enumerate(records):
+            row = X[i]
+            for j, name in enumerate(self.feature_names):
+                value = record.get(name)
+                if value is None:
+                    row[j] = np.nan
+                elif name in codes:
+                    if not isinstance(value, str):
+                        raise InputError(
+                            f"feature '{name}' is a category; give it as text, one of "
+                            f"{sorted(codes[name])[:8]}"
+                        )
+                    row[j] = codes[name].get(value, np.nan)
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    raise InputError(f"feature '{name}' is a number; got {value!r}")
+                else:
+                    row[j] = np.float32(value)  # the precision the model was trained at
+        return X
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    def score_matrix(
+        self, X: FloatArray, values: Sequence[Mapping[str, Any]] | None
+    ) -> dict[str, Any]:
+        """Stage probabilities, stage, propensity and (given each row's feature values) the
+        three reasons, for an encoded matrix: the one scoring function of every path."""
+        proba = self.stage_model.predict_proba(X)
+        codes = self.stage_model.decide(proba)
+        propensity = self.propensity_model.predict_proba(X)
+        phrases: list[list[str]] = [[] for _ in range(len(X))]
+        if values is not None:
+            contributions = self.stage_model.class_contributions(X, codes)
+            phrases = top_reasons(contributions, self.feature_names, values, self.spec, k=3)
+        stage = [self.stages[k] for k in codes]
+        return {
+            "proba": proba,
+            "stage": stage,
+            "propensity": propensity,
+            "reasons": phrases,
+            "cta": [self.ctas[s] for s in stage],
+        }
+
+    def predict_records(
+        self, records: Sequence[Mapping[str, Any]], *, reasons: bool = True
+    ) -> dict[str, Any]:
+        """``score_matrix`` of feature mappings (the service's path: no DataFrame built)."""
+        if not records:
+            raise InputError("no rows to predict; give at least one contact's features")
+        return self.score_matrix(self.encode_records(records), records if reasons else None)
 
     def predict_frame(
         self, features: pd.DataFrame | pl.DataFrame, *, reasons: bool = True
@@ -102,27 +215,19 @@ class FunnelcastModel(_PythonModel):
         frame = features if isinstance(features, pl.DataFrame) else pl.from_pandas(features)
         if frame.height == 0:
             raise InputError("no rows to predict; give at least one contact's features")
-        X = model_matrix(frame, self.feature_names)
-        proba = self.stage_model.predict_proba(X)
-        codes = self.stage_model.decide(proba)
-        propensity = self.propensity_model.predict_proba(X)
-        phrases: list[list[str]] = [[] for _ in range(frame.height)]
-        if reasons:
-            contributions = contributions_for_class(
-                self.stage_model.contributions(X), len(self.feature_names), codes
-            )
-            values = frame.select(self.feature_names).to_dicts()
-            phrases = top_reasons(contributions, self.feature_names, values, self.spec, k=3)
-        stage = np.asarray(self.stages)[codes]
+        X = self.encode_frame(frame)
+        values = frame.select(self.feature_names).to_dicts() if reasons else None
+        scored = self.score_matrix(X, values)
         out: dict[str, Any] = {}
         for key in ("contact_id", "as_of"):
             if key in frame.columns:
                 out[key] = frame[key]
-        out["stage"] = stage.tolist()
+        out["stage"] = scored["stage"]
         for k, name in enumerate(PROBABILITY_COLUMNS):
-            out[name] = proba[:, k]
-        out["propensity"] = propensity
+            out[name] = scored["proba"][:, k]
+        out["propensity"] = scored["propensity"]
+        phrases = scored["reasons"]
         for k in range(3):
             out[f"reason_{k + 1}"] = [r[k] if len(r) > k else None for r in phrases]
-        out["cta"] = [self.ctas[s] for s in stage]
+        out["cta"] = scored["cta"]
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})

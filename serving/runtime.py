@@ -1,0 +1,580 @@
+"""What the service runs, without HTTP: its settings, the model it loads, and the scoring of
+requests. The BentoML class in ``serving.service`` is a thin shell around ``Scorer``, so the
+class can be tested directly, over ASGI and as a real server with the same code underneath.
+
+A model comes from the MLflow registry (alias ``champion`` by default) or, inside a Bento built
+by ``funnelcast build``, from the BentoML model store. Its feature spec must compile, with this
+service's code, to the features the model was trained on; otherwise it is refused with the
+features that differ. With no model, the service starts only when the rules fallback is allowed
+explicitly, and then every answer says ``"model": "rules"``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from features.errors import InputError
+from features.online import build_online_features
+from features.settings import RulesSettings, load_rules_settings
+from features.spec import FeatureSpec, load_feature_spec, parse_feature_spec
+from features.vocabulary import STAGE_CTA, STAGE_MESSAGE, STAGES
+from serving.schemas import (
+    MAX_BATCH_CONTACTS,
+    MAX_EVENTS_PER_CONTACT,
+    MAX_FEATURES,
+    ContactRequest,
+    ModelMetadata,
+    Prediction,
+    StageProbabilities,
+)
+
+log = logging.getLogger("funnelcast.service")
+
+ENV_PREFIX = "FUNNELCAST_"
+MIN_KEY_LENGTH = 16
+DEFAULT_MAX_BODY_MB = 32
+RULES = "rules"
+FUNNELCAST = "funnelcast"
+BENTO_MODEL_DIR = "mlflow_model"  # the MLflow model's folder inside a BentoML model
+
+
+class ServiceConfigError(InputError):
+    """The service cannot start as configured; the message says what to set."""
+
+
+class SpecMismatchError(ServiceConfigError):
+    """The model's feature spec does not compile to the model's features with this code."""
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Read from the environment (``FUNNELCAST_*``), so that `bentoml serve`, `funnelcast serve`
+    and a built Bento configure the service the same way."""
+
+    model_name: str = "funnelcast"
+    alias: str = "champion"
+    version: str | None = None
+    bento_model: str | None = None  # a BentoML model tag: load from the Bento, not the registry
+    allow_rules_fallback: bool = False
+    tracking_uri: str | None = None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
+    max_body_bytes: int = DEFAULT_MAX_BODY_MB * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name, "").strip()
+            return value or None
+
+        megabytes = get("MAX_BODY_MB") or str(DEFAULT_MAX_BODY_MB)
+        try:
+            max_body = int(float(megabytes) * 1024 * 1024)
+        except ValueError:
+            raise ServiceConfigError(
+                f"FUNNELCAST_MAX_BODY_MB must be a number of megabytes; got {megabytes!r}"
+            ) from None
+        return cls(
+            model_name=get("MODEL_NAME") or "funnelcast",
+            alias=get("MODEL_ALIAS") or "champion",
+            version=get("MODEL_VERSION"),
+            bento_model=get("BENTO_MODEL"),
+            allow_rules_fallback=_flag(get("ALLOW_RULES_FALLBACK")),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            api_keys=read_api_keys(env),
+            max_body_bytes=max_body,
+        )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in {"1", "true", "yes", "on"}
+
+
+def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The accepted keys: ``FUNNELCAST_API_KEY`` (several separated by commas, for rotation)
+    and/or ``FUNNELCAST_API_KEY_FILE`` (one per line). None at all is a configuration error:
+    the service never runs open."""
+    keys: list[str] = []
+    inline = env.get("FUNNELCAST_API_KEY", "")
+    keys += [k.strip() for k in inline.split(",") if k.strip()]
+    path = env.get("FUNNELCAST_API_KEY_FILE", "").strip()
+    if path:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ServiceConfigError(
+                f"FUNNELCAST_API_KEY_FILE {path} cannot be read ({exc.strerror}); point it at a "
+                "file with one API key per line"
+            ) from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    if not keys:
+        raise ServiceConfigError(
+            "no API key is configured: set FUNNELCAST_API_KEY (or FUNNELCAST_API_KEY_FILE, one "
+            "key per line). Make one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
+    short = sum(len(k) < MIN_KEY_LENGTH for k in keys)
+    if short:
+        raise ServiceConfigError(
+            f"{short} API key(s) are shorter than {MIN_KEY_LENGTH} characters; use long random "
+            "keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return tuple(keys)
+
+
+# --- the loaded model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What /metadata reports."""
+
+    model: str
+    model_name: str | None
+    model_version: str | None
+    source: str
+    trained_at: str | None
+    spec_text: str | None
+    metrics: dict[str, float]
+
+
+class Scorer(Protocol):
+    info: ModelInfo
+
+    def predict(
+        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+    ) -> list[Prediction]: ...
+
+    def metadata(self, limits: dict[str, int]) -> ModelMetadata: ...
+
+
+def load_scorer(settings: ServiceSettings) -> Scorer:
+    """The model the settings name, checked against this code's feature spec; or the rules,
+    when allowed, if there is no model."""
+    try:
+        if settings.bento_model:
+            model, info = _from_bento_store(settings.bento_model)
+        else:
+            model, info = _from_registry(settings)
+    except SpecMismatchError:
+        raise  # a wrong model is never replaced by the rules silently
+    except InputError as exc:
+        if not settings.allow_rules_fallback:
+            raise ServiceConfigError(
+                f"no model to serve: {exc}. Train and promote one (`funnelcast train`, "
+                "`funnelcast promote`), or allow the rules fallback with "
+                "FUNNELCAST_ALLOW_RULES_FALLBACK=1 (`funnelcast serve --allow-rules-fallback`)"
+            ) from exc
+        log.warning(
+            "no model (%s); serving the rules, as FUNNELCAST_ALLOW_RULES_FALLBACK allows", exc
+        )
+        return RulesScorer()
+    check_feature_spec(model)
+    return ModelScorer(model, info)
+
+
+def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from training.registry import load_model, resolve, run_metrics
+    from training.tracking import _sqlite_path, tracking_uri
+
+    uri = tracking_uri(settings.tracking_uri)
+    database = _sqlite_path(uri)
+    if database is not None and not database.exists():
+        raise InputError(f"the MLflow store {uri} does not exist (no {database})")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if settings.version is not None:
+        ref = resolve(settings.model_name, version=settings.version)
+    else:
+        ref = resolve(settings.model_name, alias=settings.alias)
+    model = load_model(ref)
+    run = MlflowClient().get_run(ref.run_id)
+    trained_at = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
+    info = ModelInfo(
+        model=FUNNELCAST,
+        model_name=ref.name,
+        model_version=ref.version,
+        source=f"models:/{ref.name}/{ref.version} in {uri}",
+        trained_at=trained_at.isoformat(timespec="seconds"),
+        spec_text=model.spec_text,
+        metrics=_test_metrics(run_metrics(ref)),
+    )
+    return model, info
+
+
+def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
+    import bentoml
+    import mlflow
+    from bentoml.exceptions import NotFound
+
+    from training.pyfunc import FunnelcastModel
+
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound as exc:
+        raise InputError(f"the BentoML model {tag} is not in the model store ({exc})") from exc
+    loaded = mlflow.pyfunc.load_model(stored.path_of(BENTO_MODEL_DIR))
+    model = loaded.unwrap_python_model()
+    if not isinstance(model, FunnelcastModel):
+        raise InputError(f"the BentoML model {tag} is not a funnelcast model")
+    meta: dict[str, Any] = dict(stored.info.metadata)
+    info = ModelInfo(
+        model=FUNNELCAST,
+        model_name=str(meta.get("model_name") or tag.split(":")[0]),
+        model_version=str(meta["model_version"]) if meta.get("model_version") else None,
+        source=f"BentoML model {stored.tag}",
+        trained_at=str(meta["trained_at"]) if meta.get("trained_at") else None,
+        spec_text=model.spec_text,
+        metrics={k: float(v) for k, v in dict(meta.get("metrics") or {}).items()},
+    )
+    return model, info
+
+
+def _test_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The test-window metrics, finite only (JSON has no NaN)."""
+    return {
+        key: float(value)
+        for key, value in sorted(metrics.items())
+        if key.startswith("test.") and isinstance(value, int | float) and math.isfinite(value)
+    }
+
+
+def check_feature_spec(model: Any) -> None:
+    """Refuse a model whose feature spec, compiled by this code, does not give the features the
+    model was trained on (a feature renamed, added or removed since, or a spec this code cannot
+    read); the message names the features that differ."""
+    try:
+        spec = parse_feature_spec(model.spec_text, origin="the model's feature spec")
+    except InputError as exc:
+        raise SpecMismatchError(
+            f"the model's feature spec does not load with this service's code: {exc}. Serve it "
+            "with the funnelcast version that trained it, or retrain"
+        ) from exc
+    produced = list(spec.names) + (["rules_stage"] if spec.rules_stage else [])
+    recorded = list(getattr(model, "spec_features", None) or [])
+    computed = set(produced)
+    only_model = [name for name in recorded if name not in computed]
+    only_service = [name for name in produced if name not in set(recorded)]
+    if only_model or only_service:
+        parts = []
+        if only_model:
+            parts.append(f"the model has {_names(only_model)} which this code does not compute")
+        if only_service:
+            parts.append(f"this code computes {_names(only_service)} which the model lacks")
+        raise SpecMismatchError(
+            "the model's feature spec does not match this service's feature code: "
+            + "; ".join(parts)
+            + ". Serve it with the funnelcast version that trained it, or retrain"
+        )
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:8])
+    return f"{shown} (+{len(names) - 8} more)" if len(names) > 8 else shown
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def _event_rows(request: ContactRequest, as_of: dt.datetime) -> tuple[list[dict[str, Any]], int]:
+    events = request.events or []
+    rows = [
+        {
+            "timestamp": e.timestamp,
+            "event_type": e.event_type,
+            "channel": e.channel,
+            "value": e.value,
+        }
+        for e in events
+    ]
+    used = sum(e.timestamp < as_of for e in events)
+    return rows, used
+
+
+def _attributes(
+    request: ContactRequest, wanted: Sequence[str], index: int | None
+) -> dict[str, Any] | None:
+    """The request's attributes for the online path; a date attribute given as ISO text is
+    parsed, because the model reads days since it."""
+    given = request.attributes
+    if given is None:
+        return None
+    known = set(wanted) | {w.removeprefix("days_since_") for w in wanted}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise RequestError(
+            _where(index, "attributes"),
+            f"the model does not use attribute(s) {unknown}; it uses "
+            f"{sorted(wanted) or 'no attributes'}",
+        )
+    out: dict[str, Any] = {}
+    value: Any
+    for name, value in given.items():
+        if f"days_since_{name}" in wanted and isinstance(value, str):
+            try:
+                parsed = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise RequestError(
+                    _where(index, f"attributes.{name}"),
+                    f"'{value}' is not an ISO date (e.g. 2025-03-01)",
+                ) from None
+            value = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        out[name] = value
+    return out
+
+
+class RequestError(InputError):
+    """A request the service understood but cannot score; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _where(index: int | None, name: str) -> str:
+    return name if index is None else f"contacts.{index}.{name}"
+
+
+def _no_consent(request: ContactRequest, info: ModelInfo, as_of: dt.datetime) -> Prediction:
+    return Prediction(
+        contact_id=request.contact_id,
+        status="no_consent",
+        model=info.model,
+        model_version=info.model_version,
+        as_of=as_of,
+        stage=None,
+        probabilities=None,
+        propensity=None,
+        horizon_days=None,
+        reasons=[],
+        cta=None,
+        message_type=None,
+        events_used=None,
+    )
+
+
+class ModelScorer:
+    """The learned models: features from events by the online path (or as given), one encoded
+    matrix for all contacts of a request, one LightGBM call per model."""
+
+    def __init__(self, model: Any, info: ModelInfo) -> None:
+        self.model = model
+        self.info = info
+        self.spec: FeatureSpec = model.spec
+        self.rules: RulesSettings = model.rules
+        self.feature_names: list[str] = list(model.feature_names)
+        self.attribute_features: list[str] = list(model.attribute_features)
+        self._feature_set = frozenset(self.feature_names)
+        self.model.encode_records([dict.fromkeys(self.feature_names)])  # warm the caches
+
+    def features_of(
+        self, request: ContactRequest, as_of: dt.datetime, index: int | None = None
+    ) -> tuple[dict[str, Any], int | None]:
+        """One contact's features (and how many events they used), from its events or as
+        given after checking the names."""
+        if request.features is not None:
+            given = request.features
+            unknown = sorted(k for k in given if k not in self._feature_set)
+            if unknown:
+                raise RequestError(
+                    _where(index, "features"),
+                    f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
+                )
+            missing = [k for k in self.feature_names if k not in given]
+            if missing:
+                raise RequestError(
+                    _where(index, "features"),
+                    f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
+                    "; give every feature the model uses (null where undefined)",
+                )
+            return dict(given), None
+        rows, used = _event_rows(request, as_of)
+        contact = _attributes(request, self.attribute_features, index)
+        features = build_online_features(
+            rows, as_of=as_of, spec=self.spec, contact=contact, rules=self.rules
+        )
+        for name in self.attribute_features:  # an attribute not given is a missing value
+            features.setdefault(name, None)
+        return features, used
+
+    def predict(
+        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+    ) -> list[Prediction]:
+        now = now or dt.datetime.now(dt.UTC)
+        batch = len(requests) > 1
+        out: list[Prediction | None] = [None] * len(requests)
+        records: list[dict[str, Any]] = []
+        encoded: list[np.ndarray] = []
+        slots: list[tuple[int, dt.datetime, int | None]] = []
+        for i, request in enumerate(requests):
+            as_of = request.as_of or now
+            if not request.marketing_consent:
+                out[i] = _no_consent(request, self.info, as_of)
+                continue
+            features, used = self.features_of(request, as_of, i if batch else None)
+            try:
+                encoded.append(self.model.encode_records([features]))
+            except InputError as exc:
+                raise RequestError(_where(i if batch else None, "features"), str(exc)) from None
+            records.append(features)
+            slots.append((i, as_of, used))
+        if records:
+            explain = [requests[i].explain for i, _, _ in slots]
+            matrix = encoded[0] if len(encoded) == 1 else np.vstack(encoded)
+            scored = self.model.score_matrix(matrix, records if any(explain) else None)
+            for row, (i, as_of, used) in enumerate(slots):
+                stage = scored["stage"][row]
+                proba = scored["proba"][row]
+                out[i] = Prediction(
+                    contact_id=requests[i].contact_id,
+                    status="scored",
+                    model=FUNNELCAST,
+                    model_version=self.info.model_version,
+                    as_of=as_of,
+                    stage=stage,
+                    probabilities=StageProbabilities(
+                        **{s: float(p) for s, p in zip(STAGES, proba, strict=True)}
+                    ),
+                    propensity=float(scored["propensity"][row]),
+                    horizon_days=int(self.model.horizon_days),
+                    reasons=list(scored["reasons"][row]) if explain[row] else [],
+                    cta=STAGE_CTA[stage],
+                    message_type=STAGE_MESSAGE[stage],
+                    events_used=used,
+                )
+        return [p for p in out if p is not None]
+
+    def metadata(self, limits: dict[str, int]) -> ModelMetadata:
+        return _metadata(
+            self.info,
+            self.feature_names,
+            self.attribute_features,
+            limits,
+            horizon=int(self.model.horizon_days),
+        )
+
+
+class RulesScorer:
+    """The hand-written rules of PRODUCT.md, served only when explicitly allowed: the stage is
+    the deepest signal in the lookback; there is no propensity."""
+
+    def __init__(self, rules: RulesSettings | None = None, spec: FeatureSpec | None = None) -> None:
+        self.rules = rules or load_rules_settings()
+        self.spec = spec or load_feature_spec()
+        self.info = ModelInfo(
+            model=RULES,
+            model_name=None,
+            model_version=None,
+            source="the hand-written rules (no model was available)",
+            trained_at=None,
+            spec_text=None,
+            metrics={},
+        )
+
+    def predict(
+        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+    ) -> list[Prediction]:
+        now = now or dt.datetime.now(dt.UTC)
+        batch = len(requests) > 1
+        out = []
+        for i, request in enumerate(requests):
+            as_of = request.as_of or now
+            if not request.marketing_consent:
+                out.append(_no_consent(request, self.info, as_of))
+                continue
+            used: int | None = None
+            if request.features is not None:
+                stage = request.features.get("rules_stage")
+                if not isinstance(stage, str) or stage not in STAGES:
+                    raise RequestError(
+                        _where(i if batch else None, "features.rules_stage"),
+                        f"the rules fallback needs 'rules_stage', one of {list(STAGES)}; "
+                        "or send events",
+                    )
+            else:
+                rows, used = _event_rows(request, as_of)
+                stage = build_online_features(rows, as_of=as_of, spec=self.spec, rules=self.rules)[
+                    "rules_stage"
+                ]
+            out.append(
+                Prediction(
+                    contact_id=request.contact_id,
+                    status="scored",
+                    model=RULES,
+                    model_version=None,
+                    as_of=as_of,
+                    stage=stage,
+                    probabilities=StageProbabilities(
+                        **{s: 1.0 if s == stage else 0.0 for s in STAGES}
+                    ),
+                    propensity=None,
+                    horizon_days=None,
+                    reasons=[_rules_reason(stage, self.rules.lookback_days)],
+                    cta=STAGE_CTA[stage],
+                    message_type=STAGE_MESSAGE[stage],
+                    events_used=used,
+                )
+            )
+        return out
+
+    def metadata(self, limits: dict[str, int]) -> ModelMetadata:
+        return _metadata(self.info, [], [], limits, horizon=None)
+
+
+def _rules_reason(stage: str, lookback: int) -> str:
+    if stage == "dormant":
+        return f"no stage signal in the last {lookback} days (rules)"
+    return f"the deepest signal in the last {lookback} days shows {stage} (rules)"
+
+
+def _metadata(
+    info: ModelInfo,
+    features: list[str],
+    attributes: list[str],
+    limits: dict[str, int],
+    *,
+    horizon: int | None,
+) -> ModelMetadata:
+    return ModelMetadata(
+        model=info.model,
+        model_name=info.model_name,
+        model_version=info.model_version,
+        source=info.source,
+        trained_at=info.trained_at,
+        feature_spec_hash=(
+            hashlib.sha256(info.spec_text.encode("utf-8")).hexdigest() if info.spec_text else None
+        ),
+        features=features,
+        attribute_features=attributes,
+        stages=list(STAGES),
+        horizon_days=horizon,
+        metrics=info.metrics,
+        limits=limits,
+    )
+
+
+def limits(settings: ServiceSettings) -> dict[str, int]:
+    return {
+        "max_batch_contacts": MAX_BATCH_CONTACTS,
+        "max_events_per_contact": MAX_EVENTS_PER_CONTACT,
+        "max_features": MAX_FEATURES,
+        "max_body_bytes": settings.max_body_bytes,
+    }

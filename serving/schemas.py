@@ -1,0 +1,236 @@
+"""The service's request and response bodies.
+
+Every model forbids unknown fields and non-finite numbers, so a typo or a NaN is a 400 naming
+the field, never a silent default. The field descriptions are what the OpenAPI document at
+``/docs.json`` shows to CRM developers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
+
+# Limits, documented in docs/serving.md; over them a request is refused, never truncated.
+MAX_EVENTS_PER_CONTACT = 5_000
+MAX_BATCH_CONTACTS = 1_000
+MAX_FEATURES = 2_000
+MAX_TEXT = 200
+# Clocks drift: an event this far past the server's clock is still accepted.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _not_in_future(moment: dt.datetime, what: str) -> dt.datetime:
+    now = dt.datetime.now(dt.UTC)
+    if moment > now + CLOCK_SKEW:
+        raise ValueError(
+            f"{what} {moment.isoformat()} is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    return moment.astimezone(dt.UTC)
+
+
+class Event(BaseModel):
+    """One interaction of the contact, in funnelcast's event vocabulary."""
+
+    model_config = _STRICT
+
+    timestamp: AwareDatetime = Field(
+        description="When it happened, ISO 8601 with a time zone (e.g. 2026-11-20T09:30:00Z)."
+    )
+    event_type: EventType = Field(description="The canonical event type.")
+    channel: Channel = Field(description="The channel it happened on.")
+    value: float | None = Field(
+        default=None, description="Money value (purchases, carts); omitted when not monetary."
+    )
+    campaign_id: str | None = Field(
+        default=None, max_length=MAX_TEXT, description="The campaign it belongs to, if any."
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _past(cls, value: dt.datetime) -> dt.datetime:
+        return _not_in_future(value, "timestamp")
+
+
+AttributeValue = float | bool | str | None
+FeatureValue = float | str | None
+
+
+class ContactRequest(BaseModel):
+    """One contact to score: its recent raw events (the service computes the features with the
+    same code as training) or its precomputed features (from `funnelcast features`)."""
+
+    model_config = _STRICT
+
+    contact_id: str | None = Field(
+        default=None,
+        max_length=MAX_TEXT,
+        description="Your identifier, echoed back; never logged.",
+    )
+    marketing_consent: bool = Field(
+        description=(
+            "Whether the contact consented to marketing. false: the contact is not scored and "
+            "the response says status 'no_consent'."
+        )
+    )
+    as_of: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "The moment to score at (default: now). Only events strictly before it are used."
+        ),
+    )
+    events: list[Event] | None = Field(
+        default=None,
+        max_length=MAX_EVENTS_PER_CONTACT,
+        description=(
+            f"The contact's raw events, at least the last 90 days, at most "
+            f"{MAX_EVENTS_PER_CONTACT}. Give either events or features."
+        ),
+    )
+    attributes: dict[str, AttributeValue] | None = Field(
+        default=None,
+        max_length=100,
+        description=(
+            "The contact's attributes as in the contacts table (signup date, segment, ...), "
+            "used with events."
+        ),
+    )
+    features: dict[str, FeatureValue] | None = Field(
+        default=None,
+        max_length=MAX_FEATURES,
+        description=(
+            "Precomputed features, every feature the model uses by name (GET /metadata lists "
+            "them); null where a value is undefined. Give either events or features."
+        ),
+    )
+    explain: bool = Field(
+        default=True, description="Include the top-3 reasons (costs about a third of the time)."
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of_past(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return None if value is None else _not_in_future(value, "as_of")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ContactRequest:
+        if (self.events is None) == (self.features is None):
+            raise ValueError(
+                "give exactly one of 'events' (raw events) or 'features' (precomputed features)"
+            )
+        if self.features is not None and self.attributes is not None:
+            raise ValueError(
+                "'attributes' go with 'events'; with 'features', give the attribute features "
+                "inside 'features'"
+            )
+        return self
+
+
+class BatchRequest(BaseModel):
+    """Up to MAX_BATCH_CONTACTS contacts in one request."""
+
+    model_config = _STRICT
+
+    contacts: list[ContactRequest] = Field(
+        min_length=1,
+        description=f"The contacts to score, at most {MAX_BATCH_CONTACTS} per request.",
+    )
+
+
+class StageProbabilities(BaseModel):
+    """The probability of each funnel stage; they sum to 1."""
+
+    model_config = _STRICT
+
+    dormant: float = Field(description="No meaningful activity in the horizon.")
+    awareness: float = Field(description="Opens, impressions, first visits.")
+    consideration: float = Field(description="Clicks, repeat visits, downloads, forms.")
+    intent: float = Field(description="Cart, checkout, pricing page, demo or trial.")
+    conversion: float = Field(description="A first purchase.")
+    retention: float = Field(description="A repeat purchase by a customer.")
+    advocacy: float = Field(description="A review, referral or share by a customer.")
+
+
+class Prediction(BaseModel):
+    """What funnelcast says about one contact."""
+
+    model_config = _STRICT
+
+    contact_id: str | None = Field(description="As given in the request.")
+    status: Literal["scored", "no_consent"] = Field(
+        description="'no_consent': the contact opted out of marketing and was not scored."
+    )
+    model: str = Field(
+        description="'funnelcast' (the learned models) or 'rules' (the hand-written fallback)."
+    )
+    model_version: str | None = Field(description="The registry version of the model.")
+    as_of: dt.datetime = Field(description="The moment the prediction is for (UTC).")
+    stage: Stage | None = Field(description="The predicted funnel stage.")
+    probabilities: StageProbabilities | None = Field(
+        description="Every stage's probability (the rules give 1 to their stage)."
+    )
+    propensity: float | None = Field(
+        description=(
+            "Calibrated probability of a purchase within the horizon (null with the rules)."
+        )
+    )
+    horizon_days: int | None = Field(description="The propensity's horizon in days.")
+    reasons: list[str] = Field(
+        description="Up to three reasons for the stage, in the CRM's words, strongest first."
+    )
+    cta: str | None = Field(description="The call to action that fits the stage.")
+    message_type: str | None = Field(description="The kind of message that carries the CTA.")
+    events_used: int | None = Field(
+        description="Events before as_of that the features were computed from (events input)."
+    )
+
+
+class BatchPredictions(BaseModel):
+    """One prediction per contact, in request order."""
+
+    model_config = _STRICT
+
+    predictions: list[Prediction]
+
+
+class ModelMetadata(BaseModel):
+    """The model being served."""
+
+    model_config = _STRICT
+
+    model: str = Field(description="'funnelcast' or 'rules'.")
+    model_name: str | None = Field(description="The registered model name.")
+    model_version: str | None = Field(description="Its registry version.")
+    source: str = Field(description="Where it was loaded from (registry URI or Bento model).")
+    trained_at: str | None = Field(description="When the model was trained (UTC, ISO 8601).")
+    feature_spec_hash: str | None = Field(description="SHA-256 of the model's feature spec.")
+    features: list[str] = Field(description="The features the model reads, in order.")
+    attribute_features: list[str] = Field(
+        description="Of those, the ones that come from contact attributes."
+    )
+    stages: list[str] = Field(description="The funnel stages, in funnel order.")
+    horizon_days: int | None = Field(description="The propensity horizon.")
+    metrics: dict[str, float] = Field(
+        description="Out-of-time test metrics logged with the model (e.g. stage macro-F1)."
+    )
+    limits: dict[str, int] = Field(description="Request limits of this service.")
+
+
+class ErrorBody(BaseModel):
+    """A refused request."""
+
+    error: str
+    detail: Any = None
+
+
+# annotated aliases used by the service signatures
+ContactBody = Annotated[ContactRequest, Field(description="One contact.")]

@@ -1,0 +1,156 @@
+"""API keys and request size limits, as one ASGI middleware in front of every endpoint.
+
+Checked before the body is read: a request without a valid key costs the service nothing but
+the comparison. Keys come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and are
+compared in constant time against every configured key (``hmac.compare_digest`` on their
+SHA-256 digests, so neither the key nor its length leaks through timing). A refused request
+gets 401 with no detail; keys are never logged or echoed.
+
+Probes (``/healthz``, ``/livez``, ``/readyz``), Prometheus' ``/metrics`` and the API
+documentation stay open: they carry no contact data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/docs"})
+OPEN_PREFIXES = ("/static_content/",)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class KeyCheck:
+    """Constant-time membership of a presented key among the configured ones."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        if not keys:
+            raise ValueError("at least one API key is needed")
+        self._digests = [_digest(k) for k in keys]
+
+    def __repr__(self) -> str:  # never show the keys, even hashed
+        return f"KeyCheck({len(self._digests)} key(s))"
+
+    def accepts(self, presented: str | None) -> bool:
+        if not presented:
+            return False
+        candidate = _digest(presented)
+        ok = False
+        for digest in self._digests:  # every key is compared: no early exit to time
+            ok |= hmac.compare_digest(candidate, digest)
+        return ok
+
+
+def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The key from ``Authorization: Bearer ...`` or ``X-API-Key``."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"authorization":
+            text = value.decode("latin-1").strip()
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif lowered == b"x-api-key":
+            return value.decode("latin-1").strip() or None
+    return None
+
+
+async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode("utf-8")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="funnelcast"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class GuardMiddleware:
+    """401 without a valid key; 413 for a body over ``max_body_bytes`` (by Content-Length, or
+    while streaming when the length is not declared)."""
+
+    def __init__(self, app: ASGIApp, *, keys: Sequence[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.check = KeyCheck(keys)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        if not self.check.accepts(presented_key(headers)):
+            await _json(send, 401, {"error": "unauthorized"})
+            return
+        declared = _content_length(headers)
+        if declared is not None and declared > self.max_body_bytes:
+            await _json(send, 413, self._too_large())
+            return
+        if declared is None:
+            await self._buffered(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _too_large(self) -> dict[str, Any]:
+        return {
+            "error": f"request body is larger than the limit of {self.max_body_bytes} bytes; "
+            "split it into smaller requests",
+            "limit_bytes": self.max_body_bytes,
+        }
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body without a declared length is read here, up to the limit, and replayed: the
+        app never sees a body over the limit."""
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                await _json(send, 413, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,175 @@
+"""The prediction service CRM systems call: ``bentoml serve serving.service:Funnelcast`` (or
+``funnelcast serve``).
+
+* ``POST /predict``: one contact, from its raw events (features by the online path, the code
+  training used) or from precomputed features: stage, every stage probability, purchase
+  propensity, three reasons in the CRM's words, CTA and message type, model and version.
+* ``POST /predict_batch``: up to ``MAX_BATCH_CONTACTS`` contacts (more: 413 with the limit).
+* ``GET /metadata``: the model, its training date, feature spec hash, stages and test metrics.
+* ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's probes.
+
+Configuration is the environment (``FUNNELCAST_*``, see ``serving.runtime.ServiceSettings``),
+read when a worker starts. Every endpoint but the probes and the API docs requires an API key
+(``serving.security``). Bad input is a 4xx naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from features.errors import InputError
+from serving.runtime import RequestError, Scorer, ServiceSettings, limits, load_scorer
+from serving.schemas import (
+    MAX_BATCH_CONTACTS,
+    BatchPredictions,
+    BatchRequest,
+    ContactRequest,
+    ModelMetadata,
+    Prediction,
+)
+from serving.security import GuardMiddleware
+
+log = logging.getLogger("funnelcast.service")
+# MLflow's download bar would fill the server log at every start
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class _NoInputInLogs(logging.Filter):
+    """BentoML logs a refused request's validation error with its traceback, whose text quotes
+    the offending input (contact ids among it). Keep the line, name the fields and error types,
+    drop the input."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            where = "; ".join(
+                ".".join(str(part) for part in e["loc"]) + f" ({e['type']})"
+                for e in error.errors(include_input=False, include_context=False)[:5]
+            )
+            record.msg = f"{record.msg} refused with 400: {where or 'invalid body'}"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoInputInLogs())
+
+
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        return float(text) if text else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a number; got {text!r}") from None
+
+
+def _bad_request(exc: InputError) -> JSONResponse:
+    body: dict[str, Any] = {"error": str(exc)}
+    if isinstance(exc, RequestError):
+        body = {"error": exc.message, "field": exc.field}
+    return JSONResponse(body, status_code=400)
+
+
+class _Guard(GuardMiddleware):
+    """The API-key and body-size guard, configured from the environment when the worker
+    builds its app (so a missing key stops the server from starting, and the keys are never
+    part of the service definition)."""
+
+    def __init__(self, app: Any) -> None:
+        settings = ServiceSettings.from_env()
+        super().__init__(app, keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
+
+
+@bentoml.service(
+    name="funnelcast",
+    workers=int(_env_number("FUNNELCAST_WORKERS", 1)),
+    # a request is dropped after this long; BentoML keeps each request's state for the whole
+    # timeout, and its default of 60 s grows the heap and stalls p99 under load
+    traffic={"timeout": _env_number("FUNNELCAST_TIMEOUT_S", 10)},
+    http={"host": "127.0.0.1", "port": 3000},
+    logging={"access": {"enabled": False}},  # access lines would carry nothing useful
+)
+class Funnelcast:
+    """funnelcast's stage and propensity predictions for CRM contacts."""
+
+    def __init__(self) -> None:
+        settings = ServiceSettings.from_env()
+        bento = getattr(Funnelcast, "bento", None)  # set when served from a built Bento
+        if settings.bento_model is None and bento is not None and bento.info.models:
+            # `bentoml serve <bento>` does not apply the Bento's envs: its own model it is
+            settings = dataclasses.replace(settings, bento_model=str(bento.info.models[0].tag))
+        self.settings = settings
+        self.scorer: Scorer = load_scorer(self.settings)
+        self.limits = limits(self.settings)
+        info = self.scorer.info
+        log.info(
+            "serving %s version %s from %s",
+            info.model,
+            info.model_version or "-",
+            info.source,
+        )
+        # the model is loaded for good: move it out of the collector's generations, so a
+        # full collection under load does not walk the trees' Python objects every time
+        gc.collect()
+        gc.freeze()
+
+    def __is_ready__(self) -> bool:
+        return self.scorer is not None
+
+    @bentoml.api(route="/predict")
+    async def predict(self, request: ContactRequest, /) -> Prediction:
+        """Score one contact from its raw events or its precomputed features.
+
+        Contacts without marketing consent are not scored: status 'no_consent'."""
+        try:
+            return self.scorer.predict([request])[0]
+        except InputError as exc:
+            return _bad_request(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/predict_batch")
+    def predict_batch(self, request: BatchRequest, /) -> BatchPredictions:
+        """Score up to 1,000 contacts in one request (more: 413, split the batch)."""
+        if len(request.contacts) > MAX_BATCH_CONTACTS:
+            return JSONResponse(  # type: ignore[return-value]
+                {
+                    "error": f"{len(request.contacts)} contacts is over the limit of "
+                    f"{MAX_BATCH_CONTACTS} per request; split the batch",
+                    "field": "contacts",
+                    "limit": MAX_BATCH_CONTACTS,
+                },
+                status_code=413,
+            )
+        try:
+            return BatchPredictions(predictions=self.scorer.predict(request.contacts))
+        except InputError as exc:
+            return _bad_request(exc)  # type: ignore[return-value]
+
+    def metadata(self) -> ModelMetadata:
+        return self.scorer.metadata(self.limits)
+
+
+# GET routes: BentoML's APIs are POST only, so /metadata is a FastAPI app mounted beside them
+# (and listed in the service's OpenAPI document with its response model)
+_extra = FastAPI(title="funnelcast", openapi_url=None, docs_url=None, redoc_url=None)
+
+
+@_extra.get("/metadata", response_model=ModelMetadata, tags=["Service APIs"])
+def metadata() -> ModelMetadata:
+    """The model being served: version, training date, feature spec hash, stages, the features
+    it reads, its out-of-time test metrics and the request limits."""
+    service = bentoml.get_current_service()
+    return service.metadata()
+
+
+Funnelcast.mount_asgi_app(_extra, path="/")  # type: ignore[attr-defined]
+Funnelcast.add_asgi_middleware(_Guard)  # type: ignore[attr-defined]
