@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: help install java demo test test-fast check lint format typecheck bench bench-models clean
+.PHONY: help install java demo serve test test-fast check lint format typecheck bench bench-models bench-serving clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ java: ## Make sure Java 17 is available for the Spark engine (installs it with a
 
 demo: install ## Set everything up and run the main job end to end on built-in simulated data
 	$(BIN)/funnelcast run
+
+serve: install ## Serve the champion model on 127.0.0.1:3000 (needs FUNNELCAST_API_KEY)
+	$(BIN)/funnelcast serve
 
 test: install java ## Set everything up and run the whole test suite
 	$(BIN)/python -m pytest
@@ -57,10 +60,14 @@ bench: install ## Run the benchmarks (figures printed and written to benchmarks/
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/serving.py
 
 bench-models: install ## Only the model benchmarks: training speed and quality on every data set
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/quality.py
+
+bench-serving: install ## Only the service benchmark: latency, throughput and memory of a real server
+	$(BIN)/python benchmarks/serving.py
 
 clean: ## Remove the virtual environments, caches and run outputs (not mlruns/)
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis out

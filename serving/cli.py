@@ -199,8 +199,12 @@ def run(
         from training.settings import load_training_settings
 
         registry = load_training_settings(config).registry
-        _promote_and_report(
+        promoted = _promote_and_report(
             registry.model_name, registry.champion_alias, version=version, force=False
+        )
+        which = "" if promoted else f" --version {version}"
+        console.print(
+            f"Serve it: export FUNNELCAST_API_KEY=<a long random key>; funnelcast serve{which}"
         )
     console.print(f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{out}[/].")
 

@@ -1,0 +1,293 @@
+"""The service over ASGI (BentoML's app in process, Starlette's test client): authentication,
+every error path as a 4xx naming the field, limits, the OpenAPI document, and logs that carry
+neither keys nor contact ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Served, contact_body
+from starlette.testclient import TestClient
+
+from serving.schemas import MAX_BATCH_CONTACTS, MAX_EVENTS_PER_CONTACT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in served.env(FUNNELCAST_MAX_BODY_MB="2").items():
+            patch.setenv(key, value)
+        from serving.service import Funnelcast
+
+        with TestClient(Funnelcast.to_asgi()) as test_client:  # runs the lifespan: loads
+            yield test_client
+
+
+@pytest.fixture(scope="module")
+def auth(served: Served) -> dict[str, str]:
+    return {"Authorization": f"Bearer {served.api_key}"}
+
+
+@pytest.fixture(scope="module")
+def body(served: Served, active_contacts: list[str]) -> dict[str, Any]:
+    return contact_body(served, active_contacts[-3])
+
+
+def test_probes_are_open_and_ready(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"X-API-Key": "wrong-key-0123456789"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/predict"), ("POST", "/predict_batch"), ("GET", "/metadata")]
+)
+def test_every_endpoint_but_the_probes_needs_the_key(
+    client: TestClient, body: dict[str, Any], headers: dict[str, str], method: str, path: str
+) -> None:
+    response = client.request(method, path, headers=headers, json=body)
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}  # nothing to learn from
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_valid_key_in_either_header_is_accepted(
+    client: TestClient, served: Served, body: dict[str, Any], auth: dict[str, str]
+) -> None:
+    by_bearer = client.post("/predict", headers=auth, json=body)
+    by_header = client.post("/predict", headers={"X-API-Key": served.api_key}, json=body)
+    assert by_bearer.status_code == by_header.status_code == 200
+    assert by_bearer.json() == by_header.json()
+    answer = by_bearer.json()
+    assert answer["contact_id"] == body["contact_id"]
+    assert answer["status"] == "scored"
+    assert set(answer["probabilities"]) == {
+        "dormant",
+        "awareness",
+        "consideration",
+        "intent",
+        "conversion",
+        "retention",
+        "advocacy",
+    }
+    assert answer["model"] == "funnelcast"
+    assert answer["model_version"] == "1"
+    assert answer["as_of"] == body["as_of"]
+
+
+def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
+    meta = client.get("/metadata", headers=auth).json()
+    assert meta["model_version"] == "1"
+    assert meta["limits"]["max_body_bytes"] == 2 * 1024 * 1024
+    assert len(meta["features"]) > 100
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b'{"marketing_consent": true, "events": [', None),  # malformed JSON
+        (b"[1, 2, 3]", None),
+        ({"marketing_consent": True, "events": "lots"}, ["events"]),
+        ({"marketing_consent": True, "events": [], "extra": 1}, ["extra"]),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {"timestamp": "2026-01-01T00:00:00Z", "event_type": "wink", "channel": "web"}
+                ],
+            },
+            ["events", 0, "event_type"],
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "page_view",
+                        "channel": "carrier_pigeon",
+                    }
+                ],
+            },
+            ["events", 0, "channel"],
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {"timestamp": "31/12/2025", "event_type": "page_view", "channel": "web"}
+                ],
+            },
+            ["events", 0, "timestamp"],
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2999-01-01T00:00:00Z",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ],
+            },
+            ["events", 0, "timestamp"],
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ]
+                * (MAX_EVENTS_PER_CONTACT + 1),
+            },
+            ["events"],
+        ),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(
+    client: TestClient, auth: dict[str, str], payload: Any, field: list[Any] | None
+) -> None:
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    response = client.post(
+        "/predict", headers={**auth, "Content-Type": "application/json"}, content=content
+    )
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["error"]
+    if field is not None:
+        assert field in [d["loc"] for d in answer["detail"]]
+
+
+def test_a_request_the_model_cannot_use_is_a_400_naming_the_field(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    response = client.post(
+        "/predict", headers=auth, json={"marketing_consent": True, "features": {"height_cm": 180}}
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "features"
+    assert "height_cm" in response.json()["error"]
+    batch = {"contacts": [body, {**body, "attributes": {"shoe_size": 42}}]}
+    response = client.post("/predict_batch", headers=auth, json=batch)
+    assert response.status_code == 400
+    assert response.json()["field"] == "contacts.1.attributes"
+
+
+def test_the_batch_endpoint_keeps_order_and_consent(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    contacts = [{**body, "contact_id": f"c{k}", "marketing_consent": k % 3 != 0} for k in range(7)]
+    response = client.post("/predict_batch", headers=auth, json={"contacts": contacts})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["contact_id"] for p in predictions] == [f"c{k}" for k in range(7)]
+    for k, prediction in enumerate(predictions):
+        if k % 3 == 0:
+            assert prediction["status"] == "no_consent"
+            assert prediction["stage"] is None
+        else:
+            assert prediction["status"] == "scored"
+            assert prediction["propensity"] is not None
+    single = client.post("/predict", headers=auth, json=contacts[1]).json()
+    assert single == predictions[1]
+
+
+def test_over_the_batch_limit_is_a_413_with_the_limit(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    small = {"marketing_consent": False, "events": []}
+    response = client.post(
+        "/predict_batch", headers=auth, json={"contacts": [small] * (MAX_BATCH_CONTACTS + 1)}
+    )
+    assert response.status_code == 413
+    assert response.json()["limit"] == MAX_BATCH_CONTACTS
+
+
+def test_a_body_over_the_size_limit_is_a_413_before_it_is_read(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    big = (
+        b'{"marketing_consent": true, "events": [], "contact_id": "'
+        + b"x" * (3 * 1024 * 1024)
+        + b'"}'
+    )
+    response = client.post(
+        "/predict", headers={**auth, "Content-Type": "application/json"}, content=big
+    )
+    assert response.status_code == 413
+    assert response.json()["limit_bytes"] == 2 * 1024 * 1024
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(3):
+            yield b" " * (1024 * 1024)
+
+    response = client.post(
+        "/predict", headers={**auth, "Content-Type": "application/json"}, content=chunks()
+    )
+    assert response.status_code == 413
+
+
+def test_logs_carry_neither_keys_nor_contact_ids(
+    client: TestClient, served: Served, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_id = "contact-4711-private"
+    with caplog.at_level(logging.DEBUG):
+        client.post(
+            "/predict",
+            headers=auth,
+            json={
+                "contact_id": secret_id,
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2999-01-01T00:00:00Z",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ],
+            },
+        )
+        client.post(
+            "/predict",
+            headers=auth,
+            json={"contact_id": secret_id * 20, "marketing_consent": True, "events": []},
+        )
+        client.post("/predict", headers={"X-API-Key": served.api_key + "x"}, json={})
+    assert "refused with 400" in caplog.text  # the refusal is logged ...
+    assert secret_id not in caplog.text  # ... without the input
+    assert served.api_key not in caplog.text
+
+
+def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
+    document = client.get("/docs.json").json()
+    assert {"/predict", "/predict_batch", "/metadata", "/healthz", "/readyz"} <= set(
+        document["paths"]
+    )
+    schemas = document["components"]["schemas"]
+    described = 0
+    for name in ("Event", "ContactRequest", "Prediction", "StageProbabilities", "ModelMetadata"):
+        matches = [s for key, s in schemas.items() if key.startswith(name)]
+        assert matches, f"{name} is not in the OpenAPI document"
+        for field, schema in matches[0]["properties"].items():
+            assert schema.get("description"), f"{name}.{field} has no description"
+            described += 1
+    assert described > 40

@@ -1,0 +1,227 @@
+"""Real servers: `bentoml serve` and `funnelcast serve` as subprocesses on 127.0.0.1, polled
+until ready (no sleeps), called over HTTP and stopped by the test; a built Bento served with
+no MLflow store at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import Served, contact_body
+
+from serving.runtime import ServiceSettings, load_scorer
+from serving.schemas import ContactRequest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
+FUNNELCAST = str(Path(sys.executable).with_name("funnelcast"))
+READY_WITHIN_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _call(
+    port: int, path: str, *, key: str | None = None, body: Any = None, timeout: float = 30
+) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {key}"} if key else {}),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read()
+            return response.status, json.loads(text) if text.strip() else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+    """Start a server in its own process group, wait until /readyz answers 200 (or the process
+    dies), and stop the whole group afterwards."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"the server exited with {process.returncode}:\n{output[-3000:]}")
+            try:
+                if _call(port, "/readyz", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready within {READY_WITHIN_S} s")
+            # poll, not sleep-and-hope: wait on the process for a moment between probes
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
+        yield process
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    if process.stdout:
+        process.stdout.close()
+
+
+def _listening(pid: int, port: int) -> set[str]:
+    """Addresses the server's process tree listens on for ``port``."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    addresses = set()
+    for member in tree:
+        try:
+            for connection in member.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+                    addresses.add(connection.laddr.ip)
+        except psutil.NoSuchProcess:
+            continue
+    return addresses
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_bentoml_serve_answers_like_the_service_class(
+    served: Served, active_contacts: list[str]
+) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
+    command += ["--port", str(port)]  # no --host: the service binds 127.0.0.1 by default
+    body = contact_body(served, active_contacts[-4])
+    expected = load_scorer(ServiceSettings.from_env(served.env())).predict(
+        [ContactRequest.model_validate(body)]
+    )[0]
+    with _server(command, served.env(), port) as process:
+        assert _listening(process.pid, port) == {"127.0.0.1"}
+        status, answer = _call(port, "/predict", key=served.api_key, body=body)
+        assert status == 200
+        assert answer == json.loads(expected.model_dump_json())
+        assert _call(port, "/predict", body=body)[0] == 401
+        assert _call(port, "/metadata", key=served.api_key)[1]["model_version"] == "1"
+        status, answer = _call(
+            port,
+            "/predict_batch",
+            key=served.api_key,
+            body={"contacts": [body, {**body, "marketing_consent": False}]},
+        )
+        assert status == 200
+        assert [p["status"] for p in answer["predictions"]] == ["scored", "no_consent"]
+    assert process.returncode is not None
+    assert _port_is_free(port)
+
+
+def test_a_built_bento_serves_without_the_registry(
+    served: Served, active_contacts: list[str], tmp_path: Path
+) -> None:
+    home = {"BENTOML_HOME": str(tmp_path / "bentoml")}
+    built = subprocess.run(
+        [FUNNELCAST, "build", "--tracking-uri", served.store],
+        cwd=ROOT,
+        env={**os.environ, **served.env(), **home},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "Built Bento funnelcast:" in built.stdout
+    port = _free_port()
+    # the registry is gone: only the Bento's own copy of the model can be served
+    env = {**home, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nothing-here.db"}
+    env["FUNNELCAST_API_KEY"] = served.api_key
+    body = contact_body(served, active_contacts[-5])
+    command = [sys.executable, "-m", "bentoml", "serve", "funnelcast:latest", "--port", str(port)]
+    with _server(command, env, port):
+        meta = _call(port, "/metadata", key=served.api_key)[1]
+        assert meta["source"].startswith("BentoML model funnelcast:")
+        assert meta["model_version"] == "1"
+        assert meta["metrics"]["test.stage.lightgbm.macro_f1"] > 0
+        status, answer = _call(port, "/predict", key=served.api_key, body=body)
+        assert status == 200
+        assert answer["model"] == "funnelcast"
+    assert not (tmp_path / "nothing-here.db").exists()
+    assert _port_is_free(port)
+
+
+def test_funnelcast_serve_checks_before_it_starts(served: Served, tmp_path: Path) -> None:
+    empty_store = f"sqlite:///{tmp_path}/empty.db"
+    no_key = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELCAST_API_KEY")}
+    result = subprocess.run(
+        [FUNNELCAST, "serve", "--tracking-uri", served.store],
+        cwd=ROOT,
+        env=no_key,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no API key is configured" in result.stderr
+    result = subprocess.run(
+        [FUNNELCAST, "serve", "--tracking-uri", empty_store],
+        cwd=ROOT,
+        env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no model to serve" in result.stderr
+    assert "--allow-rules-fallback" in result.stderr
+
+
+def test_funnelcast_serve_with_the_rules_fallback(
+    served: Served, active_contacts: list[str], tmp_path: Path
+) -> None:
+    port = _free_port()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(served.api_key + "\n", "utf-8")
+    command = [FUNNELCAST, "serve", "--port", str(port), "--allow-rules-fallback"]
+    command += ["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--api-key-file", str(keys)]
+    env = {"FUNNELCAST_API_KEY": ""}
+    with _server(command, env, port):
+        status, answer = _call(
+            port, "/predict", key=served.api_key, body=contact_body(served, active_contacts[-1])
+        )
+        assert status == 200
+        assert answer["model"] == "rules"
+        assert answer["propensity"] is None
+        assert _call(port, "/metadata", key=served.api_key)[1]["model"] == "rules"
+    assert _port_is_free(port)

@@ -1,0 +1,397 @@
+"""The service class called directly (no HTTP): predictions equal the batch pipeline's for the
+same contacts, consent, the rules fallback, the feature-spec check, and request errors."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import mlflow
+import polars as pl
+import pytest
+from conftest import Served, contact_body
+from pydantic import ValidationError
+
+from features.engine import build_contact_features
+from features.vocabulary import STAGE_CTA, STAGES
+from serving.runtime import (
+    RULES,
+    ModelScorer,
+    RequestError,
+    ServiceConfigError,
+    ServiceSettings,
+    SpecMismatchError,
+    check_feature_spec,
+    load_scorer,
+)
+from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
+from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
+from training.registry import load_model, resolve
+from training.tracking import _requirements
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(served: Served) -> Any:
+    """A ``Funnelcast`` instance, constructed as BentoML's worker does."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in served.env().items():
+            patch.setenv(key, value)
+        from serving.service import Funnelcast
+
+        return Funnelcast()
+
+
+def _request(body: dict[str, Any]) -> ContactRequest:
+    return ContactRequest.model_validate(body)
+
+
+def test_predictions_from_raw_events_equal_the_batch_pipeline(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """No training/serving skew: the service's features (online path, from the raw events of
+    the request) and scores equal the batch engine's and the logged model's for the same
+    contacts and moment, reasons included."""
+    scorer: ModelScorer = service.scorer
+    model: FunnelcastModel = scorer.model
+    batch_features = build_contact_features(
+        served.events, served.contacts, as_of=served.as_of, spec=model.spec, rules=model.rules
+    ).filter(pl.col("contact_id").is_in(active_contacts))
+    expected = model.predict_frame(batch_features).sort("contact_id")
+    bodies = [contact_body(served, c, last=MAX_EVENTS_PER_CONTACT) for c in active_contacts]
+    got = {p.contact_id: p for p in scorer.predict([_request(b) for b in bodies])}
+    assert len(got) == expected.height == len(active_contacts)
+    for row in expected.iter_rows(named=True):
+        prediction = got[row["contact_id"]]
+        assert prediction.status == "scored"
+        assert prediction.model == "funnelcast"
+        assert prediction.model_version == "1"
+        assert prediction.stage == row["stage"]
+        probabilities = prediction.probabilities.model_dump()  # type: ignore[union-attr]
+        for stage, column in zip(STAGES, PROBABILITY_COLUMNS, strict=True):
+            assert probabilities[stage] == pytest.approx(row[column], abs=1e-12)
+        assert prediction.propensity == pytest.approx(row["propensity"], abs=1e-12)
+        assert prediction.reasons == [row[f"reason_{k}"] for k in (1, 2, 3) if row[f"reason_{k}"]]
+        assert prediction.cta == STAGE_CTA[row["stage"]]
+    # one request at a time gives the same as the whole list in one call
+    one = scorer.predict([_request(bodies[0])])[0]
+    assert one == got[active_contacts[0]]
+
+
+def test_features_in_equal_events_in(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    scorer: ModelScorer = service.scorer
+    body = contact_body(served, active_contacts[-1])
+    from_events = scorer.predict([_request(body)])[0]
+    features, used = scorer.features_of(_request(body), served.as_of)
+    assert used == len(body["events"])  # type: ignore[arg-type]
+    from_features = scorer.predict(
+        [_request({"marketing_consent": True, "as_of": body["as_of"], "features": features})]
+    )[0]
+    assert from_features.stage == from_events.stage
+    assert from_features.probabilities == from_events.probabilities
+    assert from_features.propensity == from_events.propensity
+    assert from_features.reasons == from_events.reasons
+    assert from_features.events_used is None
+
+
+def test_the_api_method_answers_one_contact(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    prediction = asyncio.run(service.predict(_request(contact_body(served, active_contacts[5]))))
+    assert prediction.status == "scored"
+    assert prediction.stage in STAGES
+    assert sum(prediction.probabilities.model_dump().values()) == pytest.approx(1.0)
+    assert 0.0 <= prediction.propensity <= 1.0
+    assert 1 <= len(prediction.reasons) <= 3
+    assert prediction.horizon_days == 14
+    assert prediction.message_type
+
+
+def test_contacts_without_consent_are_never_scored(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    consenting = contact_body(served, active_contacts[1])
+    opted_out = {**contact_body(served, active_contacts[2]), "marketing_consent": False}
+    result = service.predict_batch(
+        _batch([consenting, opted_out, {**consenting, "contact_id": "again"}])
+    )
+    statuses = [(p.contact_id, p.status) for p in result.predictions]
+    assert statuses == [
+        (active_contacts[1], "scored"),
+        (active_contacts[2], "no_consent"),
+        ("again", "scored"),
+    ]
+    refused = result.predictions[1]
+    assert refused.stage is None
+    assert refused.propensity is None
+    assert refused.probabilities is None
+    assert refused.reasons == []
+    assert refused.cta is None
+
+
+def _batch(bodies: list[dict[str, Any]]) -> Any:
+    from serving.schemas import BatchRequest
+
+    return BatchRequest.model_validate({"contacts": bodies})
+
+
+def test_metadata_describes_the_model(service: Any) -> None:
+    meta = service.metadata()
+    assert meta.model == "funnelcast"
+    assert meta.model_version == "1"
+    assert meta.trained_at is not None
+    assert dt.datetime.fromisoformat(meta.trained_at)
+    assert len(meta.feature_spec_hash) == 64
+    assert meta.stages == list(STAGES)
+    assert "rules_stage" in meta.features
+    assert set(meta.attribute_features) == {
+        "days_since_signup_date",
+        "acquisition_source",
+        "segment",
+    }
+    assert meta.metrics["test.stage.lightgbm.macro_f1"] > 0
+    assert meta.limits["max_batch_contacts"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"features": {"no_such_feature": 1.0}}, "features", "unknown feature"),
+        ({"attributes": {"shoe_size": 42.0}}, "attributes", "does not use attribute"),
+        ({"attributes": {"signup_date": "last spring"}}, "attributes.signup_date", "ISO date"),
+    ],
+)
+def test_requests_the_model_cannot_use_name_the_field(
+    service: Any, served: Served, active_contacts: list[str], change: dict, field: str, words: str
+) -> None:
+    body = contact_body(served, active_contacts[3])
+    if "features" in change:
+        body = {"marketing_consent": True, "as_of": body["as_of"], **change}
+    else:
+        body["attributes"] = {**body["attributes"], **change["attributes"]}  # type: ignore[dict-item]
+    with pytest.raises(RequestError) as caught:
+        service.scorer.predict([_request(body)])
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+def test_missing_and_mistyped_features_are_refused(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    scorer: ModelScorer = service.scorer
+    features, _ = scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    partial = dict(features)
+    del partial["email_click_count_7d"]
+    with pytest.raises(RequestError, match=r"missing feature.*email_click_count_7d"):
+        scorer.predict([_request({"marketing_consent": True, "features": partial})])
+    wrong = {**features, "segment": 3.0}
+    with pytest.raises(RequestError, match="'segment' is a category"):
+        scorer.predict([_request({"marketing_consent": True, "features": wrong})])
+    # in a batch the field says which contact
+    with pytest.raises(RequestError) as caught:
+        scorer.predict(
+            [
+                _request({"marketing_consent": True, "features": features}),
+                _request({"marketing_consent": True, "features": wrong}),
+            ]
+        )
+    assert caught.value.field == "contacts.1.features"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"marketing_consent": True}, ()),  # neither events nor features
+        ({"marketing_consent": True, "events": [], "features": {}}, ()),
+        ({"events": []}, ("marketing_consent",)),
+        ({"marketing_consent": True, "events": [], "colour": "red"}, ("colour",)),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "telepathy",
+                        "channel": "web",
+                    }
+                ],
+            },
+            ("events", 0, "event_type"),
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [{"timestamp": "yesterday", "event_type": "page_view", "channel": "web"}],
+            },
+            ("events", 0, "timestamp"),
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ],
+            },
+            ("events", 0, "timestamp"),  # no time zone
+        ),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2999-01-01T00:00:00Z",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ],
+            },
+            ("events", 0, "timestamp"),  # in the future
+        ),
+        ({"marketing_consent": True, "as_of": "2999-01-01T00:00:00Z", "events": []}, ("as_of",)),
+        (
+            {
+                "marketing_consent": True,
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "purchase",
+                        "channel": "web",
+                        "value": "inf",
+                    }
+                ],
+            },
+            ("events", 0, "value"),
+        ),
+        ({"marketing_consent": "perhaps", "events": []}, ("marketing_consent",)),
+    ],
+)
+def test_malformed_requests_are_refused_naming_the_field(body: dict, where: tuple) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ContactRequest.model_validate(body)
+    assert where in [tuple(e["loc"]) for e in caught.value.errors()]
+
+
+def test_too_many_events_is_refused() -> None:
+    event = {"timestamp": "2026-01-01T00:00:00Z", "event_type": "page_view", "channel": "web"}
+    body = {"marketing_consent": True, "events": [event] * (MAX_EVENTS_PER_CONTACT + 1)}
+    with pytest.raises(ValidationError) as caught:
+        ContactRequest.model_validate(body)
+    assert caught.value.errors()[0]["loc"] == ("events",)
+    assert caught.value.errors()[0]["type"] == "too_long"
+
+
+# --- which model is served ------------------------------------------------------------------
+
+
+def test_without_a_model_the_service_refuses_to_start(tmp_path: Any, served: Served) -> None:
+    settings = ServiceSettings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
+            "FUNNELCAST_API_KEY": served.api_key,
+        }
+    )
+    with pytest.raises(ServiceConfigError, match=r"no model to serve.*ALLOW_RULES_FALLBACK"):
+        load_scorer(settings)
+    assert not (tmp_path / "none.db").exists()  # looking did not create a store
+
+
+def test_the_rules_fallback_says_so_in_every_answer(
+    tmp_path: Any, served: Served, active_contacts: list[str]
+) -> None:
+    settings = ServiceSettings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
+            "FUNNELCAST_API_KEY": served.api_key,
+            "FUNNELCAST_ALLOW_RULES_FALLBACK": "1",
+        }
+    )
+    scorer = load_scorer(settings)
+    body = contact_body(served, active_contacts[-2])
+    expected_stage = (
+        build_contact_features(
+            served.events,
+            served.contacts,
+            as_of=served.as_of,
+            spec=scorer.spec,  # type: ignore[attr-defined]
+        )
+        .filter(pl.col("contact_id") == active_contacts[-2])["rules_stage"]
+        .cast(pl.String)[0]
+    )
+    prediction = scorer.predict([_request(body)])[0]
+    assert prediction.model == RULES
+    assert prediction.model_version is None
+    assert prediction.stage == expected_stage
+    assert prediction.probabilities.model_dump()[expected_stage] == 1.0  # type: ignore[union-attr]
+    assert prediction.propensity is None
+    assert "(rules)" in prediction.reasons[0]
+    assert scorer.metadata({}).model == RULES
+
+
+def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> None:
+    env = service_env.env(FUNNELCAST_MODEL_ALIAS="no-such-alias")
+    with pytest.raises(ServiceConfigError, match="no-such-alias"):
+        load_scorer(ServiceSettings.from_env(env))
+    env["FUNNELCAST_ALLOW_RULES_FALLBACK"] = "true"
+    assert load_scorer(ServiceSettings.from_env(env)).info.model == RULES
+
+
+def _tampered(service: Any) -> FunnelcastModel:
+    model = copy.copy(service.scorer.model)
+    model.spec_features = [
+        "email_click_count_3d" if n == "email_click_count_7d" else n for n in model.spec_features
+    ]
+    return model
+
+
+def test_a_model_whose_spec_differs_from_the_code_is_refused_naming_the_features(
+    service: Any,
+) -> None:
+    with pytest.raises(SpecMismatchError) as caught:
+        check_feature_spec(_tampered(service))
+    message = str(caught.value)
+    assert "email_click_count_3d" in message  # the model's, unknown to this code
+    assert "email_click_count_7d" in message  # this code's, unknown to the model
+    unreadable = copy.copy(service.scorer.model)
+    unreadable.spec_text = service.scorer.model.spec_text.replace("email_click", "email_klick", 1)
+    with pytest.raises(SpecMismatchError, match="does not load with this service's code"):
+        check_feature_spec(unreadable)
+
+
+def test_a_registered_mismatched_model_does_not_load_even_with_the_fallback(
+    service: Any, service_env: Served
+) -> None:
+    model = _tampered(service)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            pip_requirements=_requirements(),
+            registered_model_name="funnelcast-mismatch",
+        )
+    ref = resolve("funnelcast-mismatch", version=str(info.registered_model_version))
+    assert isinstance(load_model(ref), FunnelcastModel)
+    env = service_env.env(
+        FUNNELCAST_MODEL_NAME="funnelcast-mismatch",
+        FUNNELCAST_MODEL_VERSION=ref.version,
+        FUNNELCAST_ALLOW_RULES_FALLBACK="1",
+    )
+    with pytest.raises(SpecMismatchError, match="email_click_count_3d"):
+        load_scorer(ServiceSettings.from_env(env))
+
+
+def test_settings_never_show_the_keys(served: Served) -> None:
+    settings = ServiceSettings.from_env(served.env())
+    assert served.api_key not in repr(settings)
+    assert served.api_key not in str(dataclasses.asdict(settings).keys())
