@@ -102,7 +102,15 @@ class FunnelcastModel(_PythonModel):
     @property
     def categories(self) -> dict[str, list[Any]]:
         """Categorical feature -> its categories, in the order LightGBM codes them."""
-        return dict(getattr(self.stage_model, "categories_", {}))
+        found = getattr(self.stage_model, "categories_", None)
+        if found is None:
+            # a model trained before the categories were recorded: LightGBM's own record, the
+            # categorical features (those with category values) in column order
+            booster = self.stage_model.booster_
+            infos = booster.dump_model()["feature_infos"]
+            names = [n for n in self.feature_names if infos.get(n, {}).get("values")]
+            found = dict(zip(names, booster.pandas_categorical or [], strict=False))
+        return dict(found)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -395,3 +395,14 @@ def test_settings_never_show_the_keys(served: Served) -> None:
     settings = ServiceSettings.from_env(served.env())
     assert served.api_key not in repr(settings)
     assert served.api_key not in str(dataclasses.asdict(settings).keys())
+
+
+def test_models_from_before_categories_were_recorded_still_encode(service: Any) -> None:
+    """Versions registered before ``categories_`` existed read LightGBM's own record."""
+    model = service.scorer.model
+    older = copy.copy(model)
+    older.stage_model = copy.copy(model.stage_model)
+    del older.stage_model.categories_
+    older.__dict__.pop("_codes", None)
+    assert older.categories == model.categories
+    assert set(model.categories) == {"rules_stage", "acquisition_source", "segment"}
