@@ -387,25 +387,25 @@ class ModelScorer:
 
     def features_of(
         self, request: ContactRequest, as_of: dt.datetime, index: int | None = None
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> tuple[Mapping[str, Any], int | None]:
         """One contact's features (and how many events they used), from its events or as
         given after checking the names."""
         if request.features is not None:
             given = request.features
-            unknown = sorted(k for k in given if k not in self._feature_set)
+            unknown = sorted(given.keys() - self._feature_set)
             if unknown:
                 raise RequestError(
                     _where(index, "features"),
                     f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
                 )
-            missing = [k for k in self.feature_names if k not in given]
-            if missing:
+            if len(given) != len(self.feature_names):  # a name missing (none are unknown)
+                missing = [k for k in self.feature_names if k not in given]
                 raise RequestError(
                     _where(index, "features"),
                     f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
                     "; give every feature the model uses (null where undefined)",
                 )
-            return dict(given), None
+            return given, None
         rows, used = _event_rows(request, as_of)
         contact = _attributes(request, self.attribute_features, index)
         features = build_online_features(
@@ -421,8 +421,7 @@ class ModelScorer:
         now = now or dt.datetime.now(dt.UTC)
         batch = len(requests) > 1
         out: list[Prediction | None] = [None] * len(requests)
-        records: list[dict[str, Any]] = []
-        encoded: list[np.ndarray] = []
+        records: list[Mapping[str, Any]] = []
         slots: list[tuple[int, dt.datetime, int | None]] = []
         for i, request in enumerate(requests):
             as_of = request.as_of or now
@@ -430,37 +429,51 @@ class ModelScorer:
                 out[i] = _no_consent(request, self.info, as_of)
                 continue
             features, used = self.features_of(request, as_of, i if batch else None)
-            try:
-                encoded.append(self.model.encode_records([features]))
-            except InputError as exc:
-                raise RequestError(_where(i if batch else None, "features"), str(exc)) from None
             records.append(features)
             slots.append((i, as_of, used))
         if records:
+            matrix = self._encode(records, [i for i, _, _ in slots], batch)
             explain = [requests[i].explain for i, _, _ in slots]
-            matrix = encoded[0] if len(encoded) == 1 else np.vstack(encoded)
             scored = self.model.score_matrix(matrix, records if any(explain) else None)
+            if not (np.isfinite(scored["proba"]).all() and np.isfinite(scored["propensity"]).all()):
+                raise RuntimeError("the model produced a non-finite probability")  # a bug: 500
+            horizon = int(self.model.horizon_days)
+            # built without re-validation: every value comes from the model, checked above
             for row, (i, as_of, used) in enumerate(slots):
                 stage = scored["stage"][row]
-                proba = scored["proba"][row]
-                out[i] = Prediction(
+                out[i] = Prediction.model_construct(
                     contact_id=requests[i].contact_id,
                     status="scored",
                     model=FUNNELCAST,
                     model_version=self.info.model_version,
                     as_of=as_of,
                     stage=stage,
-                    probabilities=StageProbabilities(
-                        **{s: float(p) for s, p in zip(STAGES, proba, strict=True)}
+                    probabilities=StageProbabilities.model_construct(
+                        **dict(zip(STAGES, scored["proba"][row].tolist(), strict=True))
                     ),
                     propensity=float(scored["propensity"][row]),
-                    horizon_days=int(self.model.horizon_days),
+                    horizon_days=horizon,
                     reasons=list(scored["reasons"][row]) if explain[row] else [],
                     cta=STAGE_CTA[stage],
                     message_type=STAGE_MESSAGE[stage],
                     events_used=used,
                 )
         return [p for p in out if p is not None]
+
+    def _encode(self, records: list[Mapping[str, Any]], indices: list[int], batch: bool) -> Any:
+        """All contacts' features as one matrix; a value of the wrong kind is an error naming
+        the contact (found by encoding one at a time, only then)."""
+        try:
+            return self.model.encode_records(records)
+        except InputError:
+            for index, record in zip(indices, records, strict=True):
+                try:
+                    self.model.encode_records([record])
+                except InputError as exc:
+                    raise RequestError(
+                        _where(index if batch else None, "features"), str(exc)
+                    ) from None
+            raise
 
     def metadata(self, limits: dict[str, int]) -> ModelMetadata:
         return _metadata(

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import polars as pl
 from mlflow.pyfunc import PythonModel as _MlflowPythonModel
@@ -116,6 +117,7 @@ class FunnelcastModel(_PythonModel):
         state = dict(self.__dict__)
         state["_spec"] = None  # parsed again after loading; the text is the source of truth
         state.pop("_codes", None)
+        state.pop("_positions", None)
         return state
 
     # model_input is left unannotated on purpose: MLflow reads the annotation as a schema and
@@ -163,25 +165,59 @@ class FunnelcastModel(_PythonModel):
         missing value. A number where a category is expected, or text where a number is, is an
         ``InputError`` naming the feature."""
         codes = self._category_codes()
+        numeric, categorical = self._columns()
         X = np.empty((len(records), len(self.feature_names)), dtype=np.float64)
-        for i, record in enumerate(records):
-            row = X[i]
-            for j, name in enumerate(self.feature_names):
+        names = [self.feature_names[j] for j in numeric]
+        try:
+            # numpy reads None as NaN; float32 is the precision the model was trained at
+            block = np.array([[r.get(n) for n in names] for r in records], dtype=np.float32)
+        except (TypeError, ValueError):
+            block = self._numbers_one_by_one(records, names)
+        if names:
+            X[:, numeric] = block.reshape(len(records), len(names))
+        for j in categorical:
+            name = self.feature_names[j]
+            mapping = codes[name]
+            for i, record in enumerate(records):
                 value = record.get(name)
                 if value is None:
-                    row[j] = np.nan
-                elif name in codes:
-                    if not isinstance(value, str):
-                        raise InputError(
-                            f"feature '{name}' is a category; give it as text, one of "
-                            f"{sorted(codes[name])[:8]}"
-                        )
-                    row[j] = codes[name].get(value, np.nan)
-                elif isinstance(value, bool) or not isinstance(value, int | float):
-                    raise InputError(f"feature '{name}' is a number; got {value!r}")
+                    X[i, j] = np.nan
+                elif not isinstance(value, str):
+                    raise InputError(
+                        f"feature '{name}' is a category; give it as text, one of "
+                        f"{sorted(mapping)[:8]}"
+                    )
                 else:
-                    row[j] = np.float32(value)  # the precision the model was trained at
+                    X[i, j] = mapping.get(value, np.nan)
         return X
+
+    def _columns(self) -> tuple[list[int], list[int]]:
+        """Positions of the numeric and of the categorical features."""
+        cached: tuple[list[int], list[int]] | None = self.__dict__.get("_positions")
+        if cached is None:
+            codes = self._category_codes()
+            cached = (
+                [j for j, n in enumerate(self.feature_names) if n not in codes],
+                [j for j, n in enumerate(self.feature_names) if n in codes],
+            )
+            self.__dict__["_positions"] = cached
+        return cached
+
+    @staticmethod
+    def _numbers_one_by_one(
+        records: Sequence[Mapping[str, Any]], names: list[str]
+    ) -> npt.NDArray[np.float32]:
+        """The slow path, taken only to name the feature that is not a number."""
+        out = np.empty((len(records), len(names)), dtype=np.float32)
+        for i, record in enumerate(records):
+            for j, name in enumerate(names):
+                value = record.get(name)
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                ):
+                    raise InputError(f"feature '{name}' is a number; got {value!r}")
+                out[i, j] = np.nan if value is None else value
+        return out
 
     # --- scoring --------------------------------------------------------------------------------
 
