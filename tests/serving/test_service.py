@@ -30,7 +30,7 @@ from serving.runtime import (
 from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
 from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
 from training.registry import load_model, resolve
-from training.tracking import _requirements
+from training.tracking import _requirements, training_run
 
 pytestmark = pytest.mark.slow
 
@@ -373,7 +373,7 @@ def test_a_registered_mismatched_model_does_not_load_even_with_the_fallback(
     service: Any, service_env: Served
 ) -> None:
     model = _tampered(service)
-    with mlflow.start_run():
+    with training_run():  # its experiment keeps artifacts beside the temporary store
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
