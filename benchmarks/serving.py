@@ -80,6 +80,7 @@ if __name__ == "__main__":
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 QUICK_RESULTS = Path(__file__).parent / "data" / "serving-quick.json"
+NO_REASONS_RESULTS = Path(__file__).parent / "results" / "serving-no-reasons.json"
 PARTS = ("floor", "features", "events", "batch", "soak")
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = (100, 1_000)
@@ -136,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the JSON to merge figures into (default {RESULTS.relative_to(ROOT)}; quick runs "
         f"{QUICK_RESULTS.relative_to(ROOT)})",
     )
+    parser.add_argument(
+        "--no-reasons",
+        action="store_true",
+        help="requests without reasons (explain=false); default results "
+        f"{NO_REASONS_RESULTS.relative_to(ROOT)}",
+    )
     args = parser.parse_args(argv)
+    global EXPLAIN
+    EXPLAIN = not args.no_reasons
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -147,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if not workers or min(workers) < 1:
         parser.error("--workers takes worker counts of 1 or more, e.g. 1,2")
     plan = _plan(args)
-    out = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    out = args.results or (
+        QUICK_RESULTS if args.quick else NO_REASONS_RESULTS if args.no_reasons else RESULTS
+    )
 
     from benchmarks.reporting import code_version, load_previous, machine, write_json_atomic
 
@@ -160,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         date_utc=_now(),
         code=code_version(["features", "training", "serving", "benchmarks"]),
         machine=machine(["bentoml", "lightgbm", "pydantic", "uvicorn", "starlette", "numpy"]),
-        plan={**asdict(plan), "workers": workers, "parts": parts, "quick": args.quick},
+        plan={
+            **asdict(plan),
+            "workers": workers,
+            "parts": parts,
+            "quick": args.quick,
+            "reasons": EXPLAIN,
+        },
     )
     result.setdefault("servers", {})
     _print_machine(result)
@@ -322,7 +339,14 @@ class Bodies:
         }
 
 
+# --no-reasons: every body asks for no reasons (explain=false), to show what they cost
+EXPLAIN = True
+
+
 def _encode(body: dict[str, Any]) -> bytes:
+    if not EXPLAIN:
+        for contact in body.get("contacts", [body]):
+            contact["explain"] = False
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
@@ -1236,6 +1260,7 @@ def _print_machine(result: dict[str, Any]) -> None:
         f"({m['cpu_count']} cores, {m['total_ram_gib']} GiB), Python {m['python']}, "
         f"BentoML {m['libraries'].get('bentoml')}; load average at start "
         f"{', '.join(str(x) for x in m['load_average_at_start'])}"
+        + ("" if result["plan"].get("reasons", True) else "; requests WITHOUT reasons")
     )
 
 
