@@ -12,7 +12,7 @@ import bisect
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from features.schema import as_utc
@@ -81,7 +81,9 @@ def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, 
     return groups
 
 
-@cache
+# bounded: every distinct mix of (event_type, channel) in a request is one entry per aggregate,
+# and requests are the world's to choose
+@lru_cache(maxsize=8192)
 def _matching_keys(
     aggregate: Aggregate, keys: frozenset[tuple[str, str]]
 ) -> tuple[tuple[str, str], ...]:

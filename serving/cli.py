@@ -490,7 +490,8 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve predictions over HTTP with BentoML (`bentoml serve serving.service:Funnelcast`):
-    POST /predict, POST /predict_batch, GET /metadata, /healthz, /readyz; API docs at /docs.
+    POST /predict, POST /predict_batch, GET /metadata, /healthz, /readyz; API docs at /
+    (OpenAPI at /docs.json).
 
     The model and the API key are checked before the server starts, so a wrong setting is one
     clear line here, not a crashing worker."""
@@ -523,7 +524,7 @@ def serve(
         f"Serving [bold]{info.model}[/]"
         + (f" version {info.model_version}" if info.model_version else "")
         + f" from {info.source} on http://{host}:{port} ({workers} worker(s)); "
-        "API docs at /docs. Ctrl-C stops it."
+        "API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
     )
     del scorer
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]

@@ -83,11 +83,14 @@ class ServiceSettings:
 
         megabytes = get("MAX_BODY_MB") or str(DEFAULT_MAX_BODY_MB)
         try:
-            max_body = int(float(megabytes) * 1024 * 1024)
+            size = float(megabytes)
         except ValueError:
+            size = math.nan
+        if not (math.isfinite(size) and size > 0):
             raise ServiceConfigError(
-                f"FUNNELCAST_MAX_BODY_MB must be a number of megabytes; got {megabytes!r}"
-            ) from None
+                f"FUNNELCAST_MAX_BODY_MB must be a positive number of megabytes; got {megabytes!r}"
+            )
+        max_body = int(size * 1024 * 1024)
         return cls(
             model_name=get("MODEL_NAME") or "funnelcast",
             alias=get("MODEL_ALIAS") or "champion",
@@ -294,17 +297,25 @@ def _names(names: Sequence[str]) -> str:
 
 
 def _event_rows(request: ContactRequest, as_of: dt.datetime) -> tuple[list[dict[str, Any]], int]:
-    events = request.events or []
-    rows = [
-        {
-            "timestamp": e.timestamp,
-            "event_type": e.event_type,
-            "channel": e.channel,
-            "value": e.value,
-        }
-        for e in events
-    ]
-    used = sum(e.timestamp < as_of for e in events)
+    """The request's events as the online path reads them, exact repeats dropped (a CRM's
+    retry sends an event twice; validation drops such rows from batch data too), and how many
+    of them lie before as_of."""
+    seen: set[tuple[Any, ...]] = set()
+    rows = []
+    for e in request.events or []:
+        key = (e.timestamp, e.event_type, e.channel, e.value, e.campaign_id)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "timestamp": e.timestamp,
+                "event_type": e.event_type,
+                "channel": e.channel,
+                "value": e.value,
+            }
+        )
+    used = sum(row["timestamp"] < as_of for row in rows)
     return rows, used
 
 
@@ -316,7 +327,7 @@ def _attributes(
     given = request.attributes
     if given is None:
         return None
-    known = set(wanted) | {w.removeprefix("days_since_") for w in wanted}
+    known = {w.removeprefix("days_since_") for w in wanted}
     unknown = sorted(set(given) - known)
     if unknown:
         raise RequestError(
@@ -327,6 +338,11 @@ def _attributes(
     out: dict[str, Any] = {}
     value: Any
     for name, value in given.items():
+        if f"days_since_{name}" in wanted and value is not None and not isinstance(value, str):
+            raise RequestError(
+                _where(index, f"attributes.{name}"),
+                f"{value!r} is not an ISO date (e.g. 2025-03-01)",
+            )
         if f"days_since_{name}" in wanted and isinstance(value, str):
             try:
                 parsed = dt.datetime.fromisoformat(value)
@@ -383,6 +399,7 @@ class ModelScorer:
         self.feature_names: list[str] = list(model.feature_names)
         self.attribute_features: list[str] = list(model.attribute_features)
         self._feature_set = frozenset(self.feature_names)
+        self._categorical = frozenset(model.categories)
         # build the caches now, not on a customer's request: the category codes, and the
         # one-stage boosters of the reasons (20-40 ms each on first use)
         self.model.encode_records([dict.fromkeys(self.feature_names)])
@@ -408,6 +425,14 @@ class ModelScorer:
                     _where(index, "features"),
                     f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
                     "; give every feature the model uses (null where undefined)",
+                )
+            text = [
+                k for k, v in given.items() if isinstance(v, str) and k not in self._categorical
+            ]
+            if text:
+                raise RequestError(
+                    _where(index, f"features.{text[0]}"),
+                    f"is a number; got text {given[text[0]]!r}",
                 )
             return given, None
         rows, used = _event_rows(request, as_of)

@@ -19,6 +19,7 @@ MAX_EVENTS_PER_CONTACT = 5_000
 MAX_BATCH_CONTACTS = 1_000
 MAX_FEATURES = 2_000
 MAX_TEXT = 200
+MAX_VALUE = 1e12  # a money value above this is a unit error, not a purchase
 # Clocks drift: an event this far past the server's clock is still accepted.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -35,7 +36,10 @@ def _not_in_future(moment: dt.datetime, what: str) -> dt.datetime:
         raise ValueError(
             f"{what} {moment.isoformat()} is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})"
         )
-    return moment.astimezone(dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # e.g. year 1 with a positive offset
+        raise ValueError(f"{what} {moment.isoformat()} is out of range") from None
 
 
 class Event(BaseModel):
@@ -49,7 +53,10 @@ class Event(BaseModel):
     event_type: EventType = Field(description="The canonical event type.")
     channel: Channel = Field(description="The channel it happened on.")
     value: float | None = Field(
-        default=None, description="Money value (purchases, carts); omitted when not monetary."
+        default=None,
+        ge=0,
+        le=MAX_VALUE,
+        description="Money value (purchases, carts), not negative; omitted when not monetary.",
     )
     campaign_id: str | None = Field(
         default=None, max_length=MAX_TEXT, description="The campaign it belongs to, if any."

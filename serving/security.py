@@ -24,7 +24,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/docs"})
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/"})
 OPEN_PREFIXES = ("/static_content/",)
 
 
@@ -62,8 +62,8 @@ def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif lowered == b"x-api-key":
-            return value.decode("latin-1").strip() or None
+        elif lowered == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
     return None
 
 
@@ -89,8 +89,10 @@ class GuardMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket or other route is served: closed
             return
         path = scope.get("path", "")
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -100,7 +102,15 @@ class GuardMiddleware:
         if not self.check.accepts(presented_key(headers)):
             await _json(send, 401, {"error": "unauthorized"})
             return
+        if scope.get("method") == "POST" and _media_type(headers) not in ("", "application/json"):
+            # BentoML would also parse forms and multipart (and answer a bad one with a 500)
+            await _json(
+                send, 415, {"error": "send the body as JSON (Content-Type: application/json)"}
+            )
+            return
         declared = _content_length(headers)
+        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+            declared = None  # chunked framing wins over a Content-Length: count while reading
         if declared is not None and declared > self.max_body_bytes:
             await _json(send, 413, self._too_large())
             return
@@ -144,6 +154,13 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.decode("latin-1").split(";")[0].strip().lower()
+    return ""
 
 
 def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:

@@ -21,6 +21,7 @@ import logging
 import os
 from typing import Any
 
+import anyio
 import bentoml
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -39,6 +40,8 @@ from serving.schemas import (
 from serving.security import GuardMiddleware
 
 log = logging.getLogger("funnelcast.service")
+# a request with more events than this is scored on a worker thread, not on the event loop
+_ON_THE_LOOP_EVENTS = 500
 # MLflow's download bar would fill the server log at every start
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -132,6 +135,10 @@ class Funnelcast:
 
         Contacts without marketing consent are not scored: status 'no_consent'."""
         try:
+            if len(request.events or ()) > _ON_THE_LOOP_EVENTS:
+                # a long history would hold the event loop (and /readyz) for milliseconds
+                scored = await anyio.to_thread.run_sync(self.scorer.predict, [request])
+                return scored[0]
             return self.scorer.predict([request])[0]
         except InputError as exc:
             return _bad_request(exc)  # type: ignore[return-value]

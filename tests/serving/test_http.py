@@ -291,3 +291,98 @@ def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
             assert schema.get("description"), f"{name}.{field} has no description"
             described += 1
     assert described > 40
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            {
+                "events": [
+                    {
+                        "timestamp": "0001-01-01T00:00:00+05:00",
+                        "event_type": "page_view",
+                        "channel": "web",
+                    }
+                ]
+            },
+            ["events", 0, "timestamp"],
+        ),
+        (
+            {
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "purchase",
+                        "channel": "web",
+                        "value": -50,
+                    }
+                ]
+            },
+            ["events", 0, "value"],
+        ),
+        (
+            {
+                "events": [
+                    {
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "event_type": "purchase",
+                        "channel": "web",
+                        "value": 1e300,
+                    }
+                ]
+            },
+            ["events", 0, "value"],
+        ),
+    ],
+)
+def test_out_of_range_values_are_a_400(
+    client: TestClient, auth: dict[str, str], change: dict[str, Any], field: list[Any]
+) -> None:
+    response = client.post("/predict", headers=auth, json={"marketing_consent": True, **change})
+    assert response.status_code == 400
+    assert field in [d["loc"] for d in response.json()["detail"]]
+
+
+def test_numbers_sent_as_text_and_dates_sent_as_numbers_are_a_400(
+    client: TestClient, served: Served, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    from serving.runtime import ModelScorer, ServiceSettings, load_scorer
+    from serving.schemas import ContactRequest
+
+    scorer = load_scorer(ServiceSettings.from_env(served.env()))
+    assert isinstance(scorer, ModelScorer)
+    features, _ = scorer.features_of(ContactRequest.model_validate(body), served.as_of)
+    for text in ("5", "inf"):
+        bad = {**features, "days_since_last_event": text}
+        response = client.post(
+            "/predict", headers=auth, json={"marketing_consent": True, "features": bad}
+        )
+        assert response.status_code == 400
+        assert response.json()["field"] == "features.days_since_last_event"
+    dated = {**body, "attributes": {**body["attributes"], "signup_date": 20250101}}
+    response = client.post("/predict", headers=auth, json=dated)
+    assert response.status_code == 400
+    assert response.json()["field"] == "attributes.signup_date"
+
+
+def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> None:
+    form = client.post("/predict", headers=auth, data={"marketing_consent": "true"})
+    assert form.status_code == 415
+    multipart = client.post(
+        "/predict",
+        headers={**auth, "Content-Type": "multipart/form-data; boundary=x"},
+        content=b"garbage",
+    )
+    assert multipart.status_code == 415
+
+
+def test_a_repeated_event_counts_once(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    once = client.post("/predict", headers=auth, json=body).json()
+    twice = client.post(
+        "/predict", headers=auth, json={**body, "events": body["events"] + body["events"][-3:]}
+    ).json()
+    assert twice["events_used"] == once["events_used"]
+    assert twice["probabilities"] == once["probabilities"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from serving.runtime import ServiceConfigError, read_api_keys
-from serving.security import KeyCheck, presented_key
+from serving.runtime import ServiceConfigError, ServiceSettings, read_api_keys
+from serving.security import GuardMiddleware, KeyCheck, presented_key
 
 KEY = "k3y-0123456789-abcdef"
 OTHER = "another-key-0123456789"
@@ -58,3 +60,93 @@ def test_the_key_is_read_from_either_header(
     headers: list[tuple[bytes, bytes]], expected: str | None
 ) -> None:
     assert presented_key(headers) == expected
+
+
+def test_an_empty_key_header_does_not_hide_a_valid_one() -> None:
+    headers = [(b"x-api-key", b"  "), (b"authorization", f"Bearer {KEY}".encode())]
+    assert presented_key(headers) == KEY
+
+
+class _App:
+    """An ASGI app that records whether it was reached and reads the whole body."""
+
+    def __init__(self) -> None:
+        self.reached = False
+        self.body = b""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        self.reached = True
+        while True:
+            message = await receive()
+            self.body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _call(app: Any, scope: dict, chunks: list[bytes]) -> list[dict]:
+    sent: list[dict] = []
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def _scope(*headers: tuple[bytes, bytes], kind: str = "http") -> dict:
+    return {
+        "type": kind,
+        "method": "POST",
+        "path": "/predict",
+        "headers": [(b"authorization", f"Bearer {KEY}".encode()), *headers],
+    }
+
+
+def test_a_declared_length_does_not_let_a_chunked_body_past_the_limit() -> None:
+    inner = _App()
+    guard = GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000)
+    scope = _scope(
+        (b"content-type", b"application/json"),
+        (b"content-length", b"10"),
+        (b"transfer-encoding", b"chunked"),
+    )
+    sent = _call(guard, scope, [b" " * 600, b" " * 600])
+    assert sent[0]["status"] == 413
+    assert not inner.reached
+    small = _App()
+    sent = _call(GuardMiddleware(small, keys=[KEY], max_body_bytes=1000), scope, [b"{}"])
+    assert sent[0]["status"] == 200
+    assert small.body == b"{}"
+
+
+def test_only_json_bodies_and_http_reach_the_service() -> None:
+    for media in (b"multipart/form-data; boundary=x", b"application/x-www-form-urlencoded"):
+        inner = _App()
+        sent = _call(
+            GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000),
+            _scope((b"content-type", media)),
+            [b"a=b"],
+        )
+        assert sent[0]["status"] == 415
+        assert not inner.reached
+    inner = _App()
+    assert (
+        _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), _scope(kind="websocket"), [])
+        == []
+    )
+    assert not inner.reached
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "lots"])
+def test_the_body_limit_must_be_a_positive_size(value: str) -> None:
+    with pytest.raises(ServiceConfigError, match="FUNNELCAST_MAX_BODY_MB"):
+        ServiceSettings.from_env({"FUNNELCAST_API_KEY": KEY, "FUNNELCAST_MAX_BODY_MB": value})
