@@ -19,7 +19,8 @@ import dataclasses
 import gc
 import logging
 import os
-from typing import Any
+import signal
+from typing import Any, NoReturn
 
 import anyio
 import bentoml
@@ -28,7 +29,14 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
-from serving.runtime import RequestError, Scorer, ServiceSettings, limits, load_scorer
+from serving.runtime import (
+    RequestError,
+    Scorer,
+    ServiceConfigError,
+    ServiceSettings,
+    limits,
+    load_scorer,
+)
 from serving.schemas import (
     MAX_BATCH_CONTACTS,
     BatchPredictions,
@@ -76,6 +84,19 @@ def _env_number(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number; got {text!r}") from None
 
 
+def _stop_the_server(error: ServiceConfigError) -> NoReturn:
+    """A configuration error (no key, no model, a mismatched model) is not mended by a restart,
+    and BentoML restarts a failed worker forever. In a server worker, ask the server process
+    (the worker's parent) to stop, so that `bentoml serve` ends with the reason in its log;
+    elsewhere (a test client, a notebook) just raise."""
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is not None:
+        log.critical("funnelcast cannot start, stopping the server: %s", error)
+        os.kill(os.getppid(), signal.SIGTERM)
+    raise error
+
+
 def _bad_request(exc: InputError) -> JSONResponse:
     body: dict[str, Any] = {"error": str(exc)}
     if isinstance(exc, RequestError):
@@ -89,7 +110,10 @@ class _Guard(GuardMiddleware):
     part of the service definition)."""
 
     def __init__(self, app: Any) -> None:
-        settings = ServiceSettings.from_env()
+        try:
+            settings = ServiceSettings.from_env()
+        except ServiceConfigError as error:
+            _stop_the_server(error)
         super().__init__(app, keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
 
 
@@ -106,6 +130,12 @@ class Funnelcast:
     """funnelcast's stage and propensity predictions for CRM contacts."""
 
     def __init__(self) -> None:
+        try:
+            self._load()
+        except ServiceConfigError as error:
+            _stop_the_server(error)
+
+    def _load(self) -> None:
         settings = ServiceSettings.from_env()
         bento = getattr(Funnelcast, "bento", None)  # set when served from a built Bento
         if settings.bento_model is None and bento is not None and bento.info.models:

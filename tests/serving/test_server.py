@@ -225,3 +225,26 @@ def test_funnelcast_serve_with_the_rules_fallback(
         assert answer["propensity"] is None
         assert _call(port, "/metadata", key=served.api_key)[1]["model"] == "rules"
     assert _port_is_free(port)
+
+
+def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path) -> None:
+    """No model and no fallback: the server stops with the reason, instead of restarting its
+    worker forever."""
+    port = _free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
+    env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none.db")}
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=READY_WITHIN_S)
+    finally:
+        _stop(process)
+    assert "funnelcast cannot start, stopping the server: no model to serve" in output
+    assert _port_is_free(port)
