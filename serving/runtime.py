@@ -403,8 +403,7 @@ class ModelScorer:
         # build the caches now, not on a customer's request: the category codes, and the
         # one-stage boosters of the reasons (20-40 ms each on first use)
         self.model.encode_records([dict.fromkeys(self.feature_names)])
-        for k in range(len(STAGES)):
-            self.model.stage_model._class_booster(k)
+        self.model.stage_model.warm()
 
     def features_of(
         self, request: ContactRequest, as_of: dt.datetime, index: int | None = None

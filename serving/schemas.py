@@ -8,7 +8,7 @@ the field, never a silent default. The field descriptions are what the OpenAPI d
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -230,14 +230,3 @@ class ModelMetadata(BaseModel):
         description="Out-of-time test metrics logged with the model (e.g. stage macro-F1)."
     )
     limits: dict[str, int] = Field(description="Request limits of this service.")
-
-
-class ErrorBody(BaseModel):
-    """A refused request."""
-
-    error: str
-    detail: Any = None
-
-
-# annotated aliases used by the service signatures
-ContactBody = Annotated[ContactRequest, Field(description="One contact.")]

@@ -92,17 +92,22 @@ def rows_of(frame: pl.DataFrame, dates: tuple[dt.datetime, ...]) -> pl.DataFrame
     return frame.filter(pl.col("as_of").is_in(list(dates)))
 
 
-def model_matrix(frame: pl.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
-    """The feature columns as a pandas frame for LightGBM and scikit-learn: numbers as float32
-    (missing stays NaN), categoricals and the rules stage as pandas categoricals (LightGBM
-    splits on them natively). ``columns`` fixes the set and order (the model's, at predict)."""
-    wanted = columns if columns is not None else feature_columns(frame)
-    missing = [c for c in wanted if c not in frame.columns]
+def require_features(frame: pl.DataFrame, names: list[str]) -> None:
+    """An ``InputError`` naming the model's features that the table lacks."""
+    missing = [c for c in names if c not in frame.columns]
     if missing:
         raise InputError(
             f"the feature table lacks the model's features {missing[:5]}"
             f"{' and more' if len(missing) > 5 else ''}; build features with the model's spec"
         )
+
+
+def model_matrix(frame: pl.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """The feature columns as a pandas frame for LightGBM and scikit-learn: numbers as float32
+    (missing stays NaN), categoricals and the rules stage as pandas categoricals (LightGBM
+    splits on them natively). ``columns`` fixes the set and order (the model's, at predict)."""
+    wanted = columns if columns is not None else feature_columns(frame)
+    require_features(frame, wanted)
     selected = frame.select(wanted)
     out: dict[str, Any] = {}
     for name in wanted:

@@ -22,6 +22,7 @@ from features.errors import InputError
 from features.settings import RulesSettings
 from features.spec import FeatureSpec, parse_feature_spec
 from features.vocabulary import STAGE_CTA, STAGES
+from training.frame import require_features
 from training.models import FloatArray, LightGBMPropensityModel, LightGBMStageModel
 from training.reasons import top_reasons
 
@@ -140,12 +141,7 @@ class FunnelcastModel(_PythonModel):
 
     def encode_frame(self, frame: pl.DataFrame) -> FloatArray:
         """A feature table as the model's matrix."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise InputError(
-                f"the feature table lacks the model's features {missing[:5]}"
-                f"{' and more' if len(missing) > 5 else ''}; build features with the model's spec"
-            )
+        require_features(frame, self.feature_names)
         codes = self._category_codes()
         X = np.empty((frame.height, len(self.feature_names)), dtype=np.float64)
         for j, name in enumerate(self.feature_names):
