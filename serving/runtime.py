@@ -412,7 +412,11 @@ class ModelScorer:
         given after checking the names."""
         if request.features is not None:
             given = request.features
-            unknown = sorted(given.keys() - self._feature_set)
+            unknown = (
+                []
+                if self._feature_set.issuperset(given)
+                else sorted(given.keys() - self._feature_set)
+            )
             if unknown:
                 raise RequestError(
                     _where(index, "features"),
@@ -425,10 +429,13 @@ class ModelScorer:
                     f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
                     "; give every feature the model uses (null where undefined)",
                 )
-            text = [
-                k for k, v in given.items() if isinstance(v, str) and k not in self._categorical
-            ]
-            if text:
+            # text where a number belongs: counted in C first (as many strings as there are
+            # categorical values is the normal case); named only when there is one
+            texts = list(map(type, given.values())).count(str)
+            if texts > sum(type(given.get(name)) is str for name in self._categorical):
+                text = [
+                    k for k, v in given.items() if isinstance(v, str) and k not in self._categorical
+                ]
                 raise RequestError(
                     _where(index, f"features.{text[0]}"),
                     f"is a number; got text {given[text[0]]!r}",

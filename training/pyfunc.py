@@ -8,6 +8,7 @@ the CRM's words, and the call to action for the stage.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -166,7 +167,7 @@ class FunnelcastModel(_PythonModel):
         names = [self.feature_names[j] for j in numeric]
         try:
             # numpy reads None as NaN; float32 is the precision the model was trained at
-            block = np.array([[r.get(n) for n in names] for r in records], dtype=np.float32)
+            block = np.array(_values_of(records, names), dtype=np.float32)
         except (TypeError, ValueError):
             block = self._numbers_one_by_one(records, names)
         if names:
@@ -271,3 +272,16 @@ class FunnelcastModel(_PythonModel):
             out[f"reason_{k + 1}"] = [r[k] if len(r) > k else None for r in phrases]
         out["cta"] = scored["cta"]
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
+
+
+def _values_of(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Any]:
+    """Each record's values of ``names`` in order, None where a name is absent. Records that
+    hold every name (a service request after its checks) are read by one C-level getter: a
+    third of the cost of a 1,000-contact batch went to a per-name ``get``."""
+    if len(names) > 1:
+        getter = operator.itemgetter(*names)
+        try:
+            return [getter(record) for record in records]
+        except KeyError:
+            pass
+    return [[record.get(name) for name in names] for record in records]

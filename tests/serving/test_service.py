@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 import mlflow
+import numpy as np
 import polars as pl
 import pytest
 from conftest import Served, contact_body
@@ -204,6 +205,41 @@ def test_missing_and_mistyped_features_are_refused(
             ]
         )
     assert caught.value.field == "contacts.1.features"
+
+
+def test_a_record_lacking_a_feature_reads_it_as_missing(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    model: FunnelcastModel = service.scorer.model
+    features, _ = service.scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    name = next(
+        n for n in model.feature_names if n not in model.categories and features[n] is not None
+    )
+    partial = {k: v for k, v in features.items() if k != name}
+    both = model.encode_records([features, partial])
+    j = model.feature_names.index(name)
+    assert both[0, j] == np.float32(features[name])
+    assert np.isnan(both[1, j])
+    others = [k for k in range(len(model.feature_names)) if k != j]
+    np.testing.assert_array_equal(both[0, others], both[1, others])
+
+
+def test_predictions_are_left_out_of_tracing_unless_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.util.http import ExcludeList
+
+    from serving.service import Funnelcast, _untraced_paths
+
+    excluded = ExcludeList(Funnelcast.config["tracing"]["excluded_urls"])
+    assert excluded.url_disabled("http://127.0.0.1:3000/predict")
+    assert excluded.url_disabled("http://127.0.0.1:3000/predict_batch")
+    assert not excluded.url_disabled("http://127.0.0.1:3000/metadata")
+    assert not excluded.url_disabled("http://127.0.0.1:3000/predict/other")
+    monkeypatch.setenv("FUNNELCAST_TRACE_PREDICTIONS", "1")
+    assert _untraced_paths() == []
 
 
 @pytest.mark.parametrize(
