@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -50,9 +50,13 @@ def build_training_frame(
     as_of_dates: Sequence[dt.date],
     spec: FeatureSpec,
     rules: RulesSettings | None = None,
+    each: Callable[[dt.datetime, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """Rows for every snapshot date (midnight UTC) and every contact eligible on it, with the
-    columns of ``build_contact_features``; events are read once, whatever the number of dates."""
+    columns of ``build_contact_features``; events are read once, whatever the number of dates.
+
+    ``each(as_of, rows)``, when given, replaces each snapshot's rows as soon as they are built
+    (training samples and narrows them there), so the frame never holds more than it keeps."""
     days = _snapshot_days(as_of_dates)
     rules = rules or load_rules_settings()
     aggregates = with_internal_aggregates(spec, rules)
@@ -61,10 +65,10 @@ def build_training_frame(
     events_before = scan_events(events).filter(pl.col("timestamp") < last_moment)
     running = _running_totals(events_before, series, spec)
     cache: dict[int, pl.DataFrame] = {}
-    frames = [
-        _snapshot(running, series, aggregates, day, contacts, cache, spec=spec, rules=rules)
-        for day in days
-    ]
+    frames = []
+    for day in days:
+        rows = _snapshot(running, series, aggregates, day, contacts, cache, spec=spec, rules=rules)
+        frames.append(rows if each is None else each(_moment(day), rows))
     # each snapshot is sorted by contact, and they come in date order
     return pl.concat(frames, how="vertical", rechunk=False)
 

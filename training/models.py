@@ -147,7 +147,10 @@ class RfmPropensityModel:
                 parts.append(np.log1p(np.maximum(np.nan_to_num(values, nan=0.0), 0.0)))
         return np.column_stack(parts)
 
-    def fit(self, X: pd.DataFrame, y: Any) -> RfmPropensityModel:
+    def fit(
+        self, X: pd.DataFrame, y: Any, *, sample_weight: FloatArray | None = None
+    ) -> RfmPropensityModel:
+        """``sample_weight``: each row's weight (a sampled row stands for 1 / its share)."""
         _check_rows(X, y, "RFM baseline")
         target = _binary(y)
         if target.min() == target.max():
@@ -155,7 +158,7 @@ class RfmPropensityModel:
         design = self._design(X)
         self.scaler_ = StandardScaler().fit(design)
         self.model_ = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed)
-        self.model_.fit(self.scaler_.transform(design), target)
+        self.model_.fit(self.scaler_.transform(design), target, sample_weight=sample_weight)
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> FloatArray:
@@ -363,8 +366,16 @@ class LightGBMPropensityModel(_LightGBMBase):
     calibrated on the validation window."""
 
     def fit(
-        self, X: pd.DataFrame, y: Any, *, X_val: pd.DataFrame, y_val: Any
+        self,
+        X: pd.DataFrame,
+        y: Any,
+        *,
+        X_val: pd.DataFrame,
+        y_val: Any,
+        sample_weight: FloatArray | None = None,
     ) -> LightGBMPropensityModel:
+        """``sample_weight``: each training row's weight (a sampled row stands for 1 / its
+        share); the validation rows are never sampled."""
         _check_rows(X, y, "propensity model (training)")
         _check_rows(X_val, y_val, "propensity model (validation)")
         target, target_val = _binary(y), _binary(y_val)
@@ -374,7 +385,7 @@ class LightGBMPropensityModel(_LightGBMBase):
                 "validation snapshots"
             )
         objective = {"objective": "binary", "metric": ["average_precision", "binary_logloss"]}
-        self.booster_ = self._train(objective, X, target, None, X_val, target_val)
+        self.booster_ = self._train(objective, X, target, sample_weight, X_val, target_val)
         raw = self._raw(X_val)
         self.calibration_, self.calibration_losses_ = _choose_calibration(
             raw, target_val, self.seed
@@ -403,14 +414,23 @@ class LightGBMStageModel(_LightGBMBase):
         self.class_weight_power = class_weight_power
 
     def fit(
-        self, X: pd.DataFrame, y: Any, *, X_val: pd.DataFrame, y_val: Any
+        self,
+        X: pd.DataFrame,
+        y: Any,
+        *,
+        X_val: pd.DataFrame,
+        y_val: Any,
+        sample_weight: FloatArray | None = None,
     ) -> LightGBMStageModel:
+        """``sample_weight``: each training row's weight (a sampled row stands for 1 / its
+        share: the class weights are computed from the weighted counts, the true mix); the
+        validation rows are never sampled."""
         _check_rows(X, y, "stage model (training)")
         _check_rows(X_val, y_val, "stage model (validation)")
         target, target_val = _stage_codes(y), _stage_codes(y_val)
         if len(np.unique(target)) < 2:
             raise InputError("the stage model needs at least two stages among the training labels")
-        counts = np.bincount(target, minlength=len(STAGES)).astype(float)
+        counts = np.bincount(target, weights=sample_weight, minlength=len(STAGES)).astype(float)
         share = counts / counts.sum()
         class_weight = np.where(
             counts > 0,
@@ -419,8 +439,11 @@ class LightGBMStageModel(_LightGBMBase):
         )
         self.class_weight_ = {s: float(w) for s, w in zip(STAGES, class_weight, strict=True)}
         objective = {"objective": "multiclass", "num_class": len(STAGES), "metric": "multi_logloss"}
+        weight = class_weight[target]
+        if sample_weight is not None:
+            weight = weight * np.asarray(sample_weight, dtype=np.float64)
         self.booster_ = self._train(
-            objective, X, target, class_weight[target], X_val, target_val, class_weight[target_val]
+            objective, X, target, weight, X_val, target_val, class_weight[target_val]
         )
         raw = self._raw(X_val)
         self.calibration_, self.calibration_losses_ = self._choose_multiclass(raw, target_val)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,15 @@ from features.snapshots import build_training_frame
 from features.spec import FeatureSpec
 from features.vocabulary import PURCHASE_EVENTS
 from training.evaluation import EvaluationInputs, evaluate
-from training.frame import TimeSplit, model_matrix, rows_of, snapshot_dates, split_by_time
+from training.frame import (
+    SAMPLE_WEIGHT,
+    DormantSampler,
+    TimeSplit,
+    model_matrix,
+    rows_of,
+    snapshot_dates,
+    split_by_time,
+)
 from training.labels import (
     label_events,
     label_from_provided,
@@ -89,9 +97,55 @@ def build_labelled_frame(
     settings: TrainingSettings,
     labels: pa.Table | pl.DataFrame | None = None,
     until: dt.datetime | None = None,
+    build: Sequence[dt.datetime] | None = None,
+    each: Callable[[dt.datetime, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, list[dt.datetime], str]:
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
-    where the labels came from."""
+    where the labels came from.
+
+    ``build`` picks the snapshot dates to build rows for (default: all; training leaves out
+    the embargoed ones); ``each`` is applied to each snapshot's rows as they are built
+    (``features.snapshots.build_training_frame``)."""
+    until = until or observed_until(events)
+    dates = labelled_snapshot_dates(events, settings, until)
+    built = dates if build is None else [d for d in dates if d in set(build)]
+    frame = build_training_frame(
+        events, contacts, as_of_dates=built, spec=spec, rules=rules, each=each
+    )
+    if contacts is not None:
+        # contacts without marketing consent are never scored, not even on a test week
+        frame = restrict_to_consented(frame, contacts).kept
+    revealed = label_events(
+        events, as_of_dates=built, horizon_days=settings.horizon_days, rules=rules, until=until
+    )
+    frame = with_default_labels(frame, revealed).rename(
+        {"purchased": PURCHASE_LABEL, "revealed_stage": STAGE_LABEL}
+    )
+    source = "revealed"
+    if labels is not None:
+        provided = label_from_provided(
+            labels, as_of_dates=built, horizon_days=settings.horizon_days
+        )
+        # provided labels replace the revealed ones; the rows they do not label are left out
+        frame = frame.join(provided, on=["contact_id", "as_of"], how="inner")
+        if "purchased" in provided.columns:
+            frame = frame.with_columns(pl.col("purchased").alias(PURCHASE_LABEL)).drop("purchased")
+        if "provided_stage" in provided.columns:
+            frame = frame.with_columns(pl.col("provided_stage").alias(STAGE_LABEL)).drop(
+                "provided_stage"
+            )
+        frame = frame.filter(
+            pl.col(PURCHASE_LABEL).is_not_null() & pl.col(STAGE_LABEL).is_not_null()
+        )
+        source = "provided"
+    return frame, dates, source
+
+
+def labelled_snapshot_dates(
+    events: EventsInput, settings: TrainingSettings, until: dt.datetime | None = None
+) -> list[dt.datetime]:
+    """The snapshot dates of a training run: weekly (by default) back from the last date whose
+    label horizon fits in the data."""
     until = until or observed_until(events)
     # history starts with the first engagement event: a backfill of past orders before the
     # tracking of engagement began (a CRM import, the simulator's prior purchases) is no
@@ -123,34 +177,7 @@ def build_labelled_frame(
             f"with {settings.min_history_days} days of history and a "
             f"{settings.horizon_days}-day horizon"
         )
-    frame = build_training_frame(events, contacts, as_of_dates=dates, spec=spec, rules=rules)
-    if contacts is not None:
-        # contacts without marketing consent are never scored, not even on a test week
-        frame = restrict_to_consented(frame, contacts).kept
-    revealed = label_events(
-        events, as_of_dates=dates, horizon_days=settings.horizon_days, rules=rules, until=until
-    )
-    frame = with_default_labels(frame, revealed).rename(
-        {"purchased": PURCHASE_LABEL, "revealed_stage": STAGE_LABEL}
-    )
-    source = "revealed"
-    if labels is not None:
-        provided = label_from_provided(
-            labels, as_of_dates=dates, horizon_days=settings.horizon_days
-        )
-        # provided labels replace the revealed ones; the rows they do not label are left out
-        frame = frame.join(provided, on=["contact_id", "as_of"], how="inner")
-        if "purchased" in provided.columns:
-            frame = frame.with_columns(pl.col("purchased").alias(PURCHASE_LABEL)).drop("purchased")
-        if "provided_stage" in provided.columns:
-            frame = frame.with_columns(pl.col("provided_stage").alias(STAGE_LABEL)).drop(
-                "provided_stage"
-            )
-        frame = frame.filter(
-            pl.col(PURCHASE_LABEL).is_not_null() & pl.col(STAGE_LABEL).is_not_null()
-        )
-        source = "provided"
-    return frame, dates, source
+    return dates
 
 
 def check_enough_data(
@@ -215,10 +242,8 @@ def train_models(
     clock = time.perf_counter()
 
     say("features and labels for every snapshot")
-    frame, dates, label_source = build_labelled_frame(
-        events, contacts, spec=spec, rules=rules, settings=settings, labels=labels
-    )
-    timings["features_and_labels"] = time.perf_counter() - clock
+    until = observed_until(events)
+    dates = labelled_snapshot_dates(events, settings, until)
     try:
         split = split_by_time(
             dates,
@@ -236,11 +261,39 @@ def train_models(
                 },
             },
         ) from error
+    # the embargoed snapshots are not built; the training ones are sampled when large
+    sampler = DormantSampler(
+        train_dates=frozenset(split.train),
+        rows_per_snapshot=max(1, settings.max_training_rows // len(split.train)),
+        min_rate=settings.min_dormant_sample_rate,
+        seed=settings.seed,
+    )
+    frame, dates, label_source = build_labelled_frame(
+        events,
+        contacts,
+        spec=spec,
+        rules=rules,
+        settings=settings,
+        labels=labels,
+        until=until,
+        build=[*split.train, *split.validation, *split.test],
+        each=sampler,
+    )
+    timings["features_and_labels"] = time.perf_counter() - clock
+    if sampler.rates:
+        say(
+            f"large log: training snapshots keep every active contact and "
+            f"{min(sampler.rates.values()):.1%}-{max(sampler.rates.values()):.1%} of the "
+            f"dormant ones, weighted ({sampler.rows_kept:,} of {sampler.rows_built:,} rows kept)"
+        )
     counts = check_enough_data(frame, split, settings)
-    names = [c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL)]
+    names = [
+        c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL, SAMPLE_WEIGHT)
+    ]
     # one split at a time, letting go of the Polars rows once they are model inputs: the
     # training frame is the largest thing in memory, and three copies of it do not fit
     X: dict[str, pd.DataFrame] = {}
+    train_weight: np.ndarray | None = None  # None: no row was sampled
     stage_y: dict[str, np.ndarray] = {}
     buy_y: dict[str, np.ndarray] = {}
     for name in ("train", "validation", "test"):
@@ -248,8 +301,10 @@ def train_models(
         X[name] = model_matrix(part, names)
         stage_y[name] = part[STAGE_LABEL].cast(pl.String).to_numpy()
         buy_y[name] = part[PURCHASE_LABEL].to_numpy()
+        if name == "train" and sampler.rates:
+            train_weight = part[SAMPLE_WEIGHT].to_numpy().astype(np.float64)
         if name == "test":
-            test_set = part.drop("contact_id")
+            test_set = part.drop("contact_id", SAMPLE_WEIGHT)
         del part
     del frame
 
@@ -259,7 +314,9 @@ def train_models(
             raise ValueError("tune_trials > 0 needs a tuner")
         say(f"tuning LightGBM: {tune_trials} trials per model")
         clock = time.perf_counter()
-        tuned = tuner(X, stage_y, buy_y, settings=settings, trials=tune_trials)
+        tuned = tuner(
+            X, stage_y, buy_y, settings=settings, trials=tune_trials, sample_weight=train_weight
+        )
         timings["tuning"] = time.perf_counter() - clock
 
     lightgbm = settings.lightgbm
@@ -274,18 +331,32 @@ def train_models(
         params={**lightgbm.params, **tuned.get("stage", {})},
         class_weight_power=lightgbm.class_weight_power,
         **common,
-    ).fit(X["train"], stage_y["train"], X_val=X["validation"], y_val=stage_y["validation"])
+    ).fit(
+        X["train"],
+        stage_y["train"],
+        X_val=X["validation"],
+        y_val=stage_y["validation"],
+        sample_weight=train_weight,
+    )
     timings["stage_model"] = time.perf_counter() - clock
     say("propensity model")
     clock = time.perf_counter()
     propensity_model = LightGBMPropensityModel(
         params={**lightgbm.params, **tuned.get("propensity", {})}, **common
-    ).fit(X["train"], buy_y["train"], X_val=X["validation"], y_val=buy_y["validation"])
+    ).fit(
+        X["train"],
+        buy_y["train"],
+        X_val=X["validation"],
+        y_val=buy_y["validation"],
+        sample_weight=train_weight,
+    )
     timings["propensity_model"] = time.perf_counter() - clock
     say("baselines and evaluation")
     clock = time.perf_counter()
     rules_model = RulesStageModel().fit(X["train"])
-    rfm_model = RfmPropensityModel(seed=settings.seed).fit(X["train"], buy_y["train"])
+    rfm_model = RfmPropensityModel(seed=settings.seed).fit(
+        X["train"], buy_y["train"], sample_weight=train_weight
+    )
     evaluation = evaluate_on(
         X["test"],
         stage_y["test"],
@@ -313,6 +384,8 @@ def train_models(
             **{f"{k}_positives": v["positives"] for k, v in counts.items() if k != "minimums"},
             "label_source": label_source,
             "horizon_days": settings.horizon_days,
+            "snapshot_rows_built": sampler.rows_built,
+            "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
         },
         label_source=label_source,
         tuned_params=tuned,

@@ -33,6 +33,10 @@ class TrainingSettings(FrozenSettings):
     min_train_positives: int = Field(ge=1)
     min_eval_positives: int = Field(ge=1)
     min_stage_rows: int = Field(ge=1)
+    # large logs: the training snapshots keep every contact the rules see as active and a
+    # weighted sample of the dormant ones (training.frame.DormantSampler)
+    max_training_rows: int = Field(default=2_000_000, ge=1)
+    min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
     lightgbm: LightGBMSettings
     registry: RegistrySettings
 

@@ -52,8 +52,10 @@ def tune_models(
     *,
     settings: TrainingSettings,
     trials: int,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Best LightGBM parameters for the stage and the propensity model."""
+    """Best LightGBM parameters for the stage and the propensity model; ``sample_weight`` is
+    the training rows' weights (``training.frame.DormantSampler``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best: dict[str, dict[str, Any]] = {}
     for model in ("propensity", "stage"):
@@ -65,7 +67,9 @@ def tune_models(
             direction=direction, sampler=sampler, pruner=optuna.pruners.MedianPruner()
         )
         study.optimize(
-            lambda trial, m=model: _objective(trial, m, X, stage_y, buy_y, settings),  # type: ignore[misc]
+            lambda trial, m=model: _objective(  # type: ignore[misc]
+                trial, m, X, stage_y, buy_y, settings, sample_weight
+            ),
             n_trials=trials,
         )
         best[model] = dict(study.best_params)
@@ -81,6 +85,7 @@ def _objective(
     stage_y: dict[str, np.ndarray],
     buy_y: dict[str, np.ndarray],
     settings: TrainingSettings,
+    sample_weight: np.ndarray | None = None,
 ) -> float:
     params = {**settings.lightgbm.params, **suggest(trial)}
     common: dict[str, Any] = {
@@ -105,14 +110,26 @@ def _objective(
             fitted: LightGBMPropensityModel | LightGBMStageModel = LightGBMPropensityModel(
                 callbacks=[LightGBMPruningCallback(trial, metric, valid_name="validation")],
                 **common,
-            ).fit(X["train"], buy_y["train"], X_val=X["validation"], y_val=buy_y["validation"])
+            ).fit(
+                X["train"],
+                buy_y["train"],
+                X_val=X["validation"],
+                y_val=buy_y["validation"],
+                sample_weight=sample_weight,
+            )
         else:
             metric = "multi_logloss"
             fitted = LightGBMStageModel(
                 class_weight_power=settings.lightgbm.class_weight_power,
                 callbacks=[LightGBMPruningCallback(trial, metric, valid_name="validation")],
                 **common,
-            ).fit(X["train"], stage_y["train"], X_val=X["validation"], y_val=stage_y["validation"])
+            ).fit(
+                X["train"],
+                stage_y["train"],
+                X_val=X["validation"],
+                y_val=stage_y["validation"],
+                sample_weight=sample_weight,
+            )
         value = float(fitted.booster_.best_score["validation"][metric])
         if nested is not None:
             mlflow.log_params(trial.params)

@@ -1,0 +1,142 @@
+"""Large logs: training snapshots keep every active contact and a weighted sample of the
+dormant ones; validation and test snapshots are never sampled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.engine import STAGE_TYPE
+from features.settings import load_rules_settings
+from features.simulator import load_simulator_settings, simulate
+from features.spec import load_feature_spec
+from training.frame import SAMPLE_WEIGHT, DormantSampler
+from training.pipeline import train_models
+from training.settings import load_training_settings
+
+TRAIN = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+TEST = dt.datetime(2026, 4, 6, tzinfo=dt.UTC)
+SMALL = {"min_train_positives": 20, "min_eval_positives": 5}  # a small simulation trains
+
+
+def _snapshot(as_of: dt.datetime, active: int, dormant: int) -> pl.DataFrame:
+    n = active + dormant
+    stages = ["awareness", "intent", "conversion"]
+    return pl.DataFrame(
+        {
+            "contact_id": [f"c{i:06d}" for i in range(n)],
+            "as_of": [as_of] * n,
+            "email_open_count_7d": pl.Series(range(n), dtype=pl.Int64),
+            "spend_28d": pl.Series([i * 1.5 for i in range(n)], dtype=pl.Float64),
+            "rules_stage": pl.Series(
+                [stages[i % 3] for i in range(active)] + ["dormant"] * dormant, dtype=STAGE_TYPE
+            ),
+        }
+    )
+
+
+def _sampler(rows_per_snapshot: int, min_rate: float = 0.02) -> DormantSampler:
+    return DormantSampler(
+        train_dates=frozenset({TRAIN}),
+        rows_per_snapshot=rows_per_snapshot,
+        min_rate=min_rate,
+        seed=3,
+    )
+
+
+def test_a_large_training_snapshot_keeps_the_active_and_a_weighted_share_of_the_dormant() -> None:
+    rows = _snapshot(TRAIN, active=2_000, dormant=20_000)
+    sampler = _sampler(rows_per_snapshot=6_000)
+    kept = sampler(TRAIN, rows)
+    rate = (6_000 - 2_000) / 20_000
+    assert sampler.rates == {"2026-03-02": pytest.approx(rate)}
+    is_dormant = kept["rules_stage"].cast(pl.String) == "dormant"
+    # every active contact is kept, with weight 1
+    assert kept.filter(~is_dormant).height == 2_000
+    assert (kept.filter(~is_dormant)[SAMPLE_WEIGHT] == 1.0).all()
+    # about `rate` of the dormant ones, each standing for 1 / rate
+    sampled = kept.filter(is_dormant)
+    spread = 5 * math.sqrt(20_000 * rate * (1 - rate))
+    assert abs(sampled.height - 20_000 * rate) < spread
+    assert np.allclose(sampled[SAMPLE_WEIGHT].to_numpy(), 1 / rate)
+    assert abs(float(kept[SAMPLE_WEIGHT].sum()) - rows.height) < spread / rate
+    # the kept rows are the original rows, narrowed to float32
+    assert kept.schema["email_open_count_7d"] == pl.Float32
+    assert kept.schema["spend_28d"] == pl.Float32
+    original = rows.filter(pl.col("contact_id").is_in(kept["contact_id"].to_list()))
+    counts = original["email_open_count_7d"].to_list()
+    assert kept["email_open_count_7d"].to_list() == [float(v) for v in counts]
+    assert (sampler.rows_built, sampler.rows_kept) == (22_000, kept.height)
+    # the same seed and date draw the same rows
+    assert _sampler(rows_per_snapshot=6_000)(TRAIN, rows).equals(kept)
+
+
+def test_the_dormant_share_never_falls_below_the_minimum() -> None:
+    sampler = _sampler(rows_per_snapshot=1_000, min_rate=0.1)
+    kept = sampler(TRAIN, _snapshot(TRAIN, active=3_000, dormant=10_000))
+    assert sampler.rates == {"2026-03-02": 0.1}
+    assert kept.filter(pl.col("rules_stage").cast(pl.String) != "dormant").height == 3_000
+    assert 800 < kept.height - 3_000 < 1_200
+
+
+@pytest.mark.parametrize(("as_of", "budget"), [(TEST, 100), (TRAIN, 50_000)])
+def test_test_snapshots_and_small_ones_are_not_sampled(as_of: dt.datetime, budget: int) -> None:
+    rows = _snapshot(as_of, active=500, dormant=5_000)
+    sampler = _sampler(rows_per_snapshot=budget)
+    kept = sampler(as_of, rows)
+    assert sampler.rates == {}
+    assert kept["contact_id"].to_list() == rows["contact_id"].to_list()
+    assert (kept[SAMPLE_WEIGHT] == 1.0).all()
+    assert kept["spend_28d"].to_list() == pytest.approx(rows["spend_28d"].to_list())
+
+
+@pytest.fixture(scope="module")
+def sim() -> object:
+    return simulate(
+        load_simulator_settings(), contacts=2500, days=110, seed=5, start=dt.date(2026, 1, 1)
+    )
+
+
+def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(sim: object) -> None:
+    spec, rules = load_feature_spec(), load_rules_settings()
+    full = train_models(
+        sim.events,  # type: ignore[attr-defined]
+        sim.contacts,  # type: ignore[attr-defined]
+        spec=spec,
+        rules=rules,
+        settings=load_training_settings(**SMALL),
+    )
+    assert full.data_summary["dormant_sample_rates"] == {}
+    budget = full.data_summary["train_rows"] // 3
+    sampled = train_models(
+        sim.events,  # type: ignore[attr-defined]
+        sim.contacts,  # type: ignore[attr-defined]
+        spec=spec,
+        rules=rules,
+        settings=load_training_settings(
+            **SMALL, max_training_rows=budget, min_dormant_sample_rate=0.05
+        ),
+    )
+    summary = sampled.data_summary
+    assert summary["dormant_sample_rates"]
+    assert set(summary["dormant_sample_rates"]) == {f"{d:%Y-%m-%d}" for d in sampled.split.train}
+    assert summary["train_rows"] < full.data_summary["train_rows"]
+    # validation and test are whole
+    for split in ("validation", "test"):
+        assert summary[f"{split}_rows"] == full.data_summary[f"{split}_rows"]
+    assert sampled.test_set.height == full.test_set.height
+    assert SAMPLE_WEIGHT not in sampled.test_set.columns
+    assert SAMPLE_WEIGHT not in sampled.feature_names
+    # the stage model's class weights come from the weighted counts: close to the full run's
+    # (unweighted, dormant rows would be rarer and their class weight far higher)
+    for stage in ("dormant", "awareness"):
+        assert sampled.stage_model.class_weight_[stage] == pytest.approx(
+            full.stage_model.class_weight_[stage], rel=0.15
+        )
+    # the embargoed snapshots are not built
+    assert summary["snapshot_rows_built"] == full.data_summary["snapshot_rows_built"]
+    assert summary["embargoed_snapshots"] > 0
