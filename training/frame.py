@@ -164,25 +164,21 @@ class DormantSampler:
     def __call__(self, as_of: dt.datetime, rows: pl.DataFrame) -> pl.DataFrame:
         self.rows_built += rows.height
         rows = narrowed(rows)
-        weight = pl.lit(1.0, pl.Float32)
+        weight: pl.Expr | pl.Series = pl.lit(1.0, pl.Float32)
         if (
             as_of in self.train_dates
             and rows.height > self.rows_per_snapshot
             and "rules_stage" in rows.columns
         ):
-            dormant = (rows["rules_stage"].cast(pl.String) == "dormant").fill_null(False)
+            dormant = (rows["rules_stage"].cast(pl.String) == "dormant").fill_null(False).to_numpy()
             n_dormant = int(dormant.sum())
             room = self.rows_per_snapshot - (rows.height - n_dormant)
             rate = max(self.min_rate, min(1.0, room / n_dormant)) if n_dormant else 1.0
             if rate < 1.0:
                 draw = np.random.default_rng([self.seed, as_of.toordinal()]).random(rows.height)
-                keep = ~dormant.to_numpy() | (draw < rate)
+                keep = ~dormant | (draw < rate)
                 rows = rows.filter(pl.Series(keep))
-                weight = (
-                    pl.when(pl.col("rules_stage").cast(pl.String) == "dormant")
-                    .then(pl.lit(1.0 / rate, pl.Float32))
-                    .otherwise(pl.lit(1.0, pl.Float32))
-                )
+                weight = pl.Series(np.where(dormant[keep], 1.0 / rate, 1.0), dtype=pl.Float32)
                 self.rates[f"{as_of:%Y-%m-%d}"] = round(rate, 6)
         self.rows_kept += rows.height
         return rows.with_columns(weight.alias(SAMPLE_WEIGHT))

@@ -97,26 +97,25 @@ def build_labelled_frame(
     settings: TrainingSettings,
     labels: pa.Table | pl.DataFrame | None = None,
     until: dt.datetime | None = None,
-    build: Sequence[dt.datetime] | None = None,
+    as_of_dates: Sequence[dt.datetime] | None = None,
     each: Callable[[dt.datetime, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, list[dt.datetime], str]:
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
     where the labels came from.
 
-    ``build`` picks the snapshot dates to build rows for (default: all; training leaves out
-    the embargoed ones); ``each`` is applied to each snapshot's rows as they are built
-    (``features.snapshots.build_training_frame``)."""
+    ``as_of_dates``: the snapshots to build (default: ``labelled_snapshot_dates``; training
+    leaves out the embargoed ones); ``each`` is applied to each snapshot's rows as they are
+    built (``features.snapshots.build_training_frame``)."""
     until = until or observed_until(events)
-    dates = labelled_snapshot_dates(events, settings, until)
-    built = dates if build is None else [d for d in dates if d in set(build)]
+    dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
     frame = build_training_frame(
-        events, contacts, as_of_dates=built, spec=spec, rules=rules, each=each
+        events, contacts, as_of_dates=dates, spec=spec, rules=rules, each=each
     )
     if contacts is not None:
         # contacts without marketing consent are never scored, not even on a test week
         frame = restrict_to_consented(frame, contacts).kept
     revealed = label_events(
-        events, as_of_dates=built, horizon_days=settings.horizon_days, rules=rules, until=until
+        events, as_of_dates=dates, horizon_days=settings.horizon_days, rules=rules, until=until
     )
     frame = with_default_labels(frame, revealed).rename(
         {"purchased": PURCHASE_LABEL, "revealed_stage": STAGE_LABEL}
@@ -124,7 +123,7 @@ def build_labelled_frame(
     source = "revealed"
     if labels is not None:
         provided = label_from_provided(
-            labels, as_of_dates=built, horizon_days=settings.horizon_days
+            labels, as_of_dates=dates, horizon_days=settings.horizon_days
         )
         # provided labels replace the revealed ones; the rows they do not label are left out
         frame = frame.join(provided, on=["contact_id", "as_of"], how="inner")
@@ -268,7 +267,7 @@ def train_models(
         min_rate=settings.min_dormant_sample_rate,
         seed=settings.seed,
     )
-    frame, dates, label_source = build_labelled_frame(
+    frame, _, label_source = build_labelled_frame(
         events,
         contacts,
         spec=spec,
@@ -276,7 +275,7 @@ def train_models(
         settings=settings,
         labels=labels,
         until=until,
-        build=[*split.train, *split.validation, *split.test],
+        as_of_dates=[*split.train, *split.validation, *split.test],
         each=sampler,
     )
     timings["features_and_labels"] = time.perf_counter() - clock
