@@ -24,7 +24,6 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
 from features.errors import InputError
@@ -568,23 +567,49 @@ def _tune_decision_weights(
     p: FloatArray, y: npt.NDArray[np.int64], *, rounds: int = 2
 ) -> FloatArray:
     """Per-stage weights on the probabilities maximising validation macro-F1 (coordinate
-    ascent over a log grid); the stages absent from validation keep weight 1."""
+    ascent over a log grid); the stages absent from validation keep weight 1.
+
+    Trying a value for stage k moves only the rows where k's weighted probability crosses the
+    best of the other stages, so each trial is one comparison per row against that best,
+    computed once per stage, not an argmax over every stage (the same choices as
+    ``np.argmax(p * w, axis=1)``, ties to the first stage)."""
     weights = np.ones(p.shape[1])
     grid = np.geomspace(0.25, 8.0, 16)
-    labels = list(np.unique(y))
-
-    def score(w: FloatArray) -> float:
-        return float(
-            f1_score(y, np.argmax(p * w, axis=1), labels=labels, average="macro", zero_division=0)
-        )
-
-    best = score(weights)
+    labels = np.unique(y)
+    best = _macro_f1(y, np.argmax(p * weights, axis=1), labels, p.shape[1])
     for _ in range(rounds):
         for k in labels:
+            weighted = p * weights
+            weighted[:, k] = -np.inf
+            rival = np.argmax(weighted, axis=1)
+            rival_score = weighted[np.arange(len(p)), rival]
             for value in grid:
-                trial = weights.copy()
-                trial[k] = value
-                result = score(trial)
+                mine = p[:, k] * value
+                # k wins outright, or ties with a rival that comes after it
+                wins = (mine > rival_score) | ((mine == rival_score) & (k < rival))
+                result = _macro_f1(y, np.where(wins, k, rival), labels, p.shape[1])
                 if result > best + 1e-9:
-                    best, weights = result, trial
+                    best = result
+                    weights = weights.copy()
+                    weights[k] = value
     return weights
+
+
+def _macro_f1(
+    y: npt.NDArray[np.int64],
+    predicted: npt.NDArray[np.int64],
+    labels: npt.NDArray[np.int64],
+    n_classes: int,
+) -> float:
+    """Macro-F1 over ``labels`` (scikit-learn's ``f1_score(average="macro",
+    zero_division=0)``) from one confusion matrix."""
+    confusion = np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes)
+    confusion = confusion.reshape(n_classes, n_classes)
+    true_positive = np.diag(confusion)[labels].astype(np.float64)
+    actual = confusion.sum(axis=1)[labels]
+    predicted_count = confusion.sum(axis=0)[labels]
+    denominator = actual + predicted_count
+    f1 = np.divide(
+        2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+    )
+    return float(f1.mean())

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from sklearn.metrics import f1_score
 
 from features.errors import InputError
 from features.vocabulary import STAGES
@@ -19,6 +20,7 @@ from training.models import (
     LightGBMStageModel,
     RfmPropensityModel,
     RulesStageModel,
+    _tune_decision_weights,
 )
 
 UTC = dt.UTC
@@ -193,3 +195,31 @@ def test_the_stage_model_refuses_an_unknown_stage(problem: dict) -> None:
     bad[0] = "lead"
     with pytest.raises(InputError, match="unknown stage labels"):
         LightGBMStageModel().fit(X, bad, X_val=Xv, y_val=sv)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_decision_weights_are_those_of_a_search_scored_by_scikit_learn(ties: bool) -> None:
+    """The fast search (one comparison per row and trial) makes the choices of the plain one:
+    an argmax over every stage, scored by scikit-learn's macro-F1, ties to the first stage."""
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(len(STAGES), 0.5), 5_000)
+    if ties:
+        p = np.round(p, 1)
+    y = rng.choice(len(STAGES) - 1, 5_000, p=[0.4, 0.2, 0.15, 0.1, 0.1, 0.05])
+    labels = list(np.unique(y))
+
+    def score(w: np.ndarray) -> float:
+        predicted = np.argmax(p * w, axis=1)
+        return float(f1_score(y, predicted, labels=labels, average="macro", zero_division=0))
+
+    expected, best = np.ones(len(STAGES)), score(np.ones(len(STAGES)))
+    for _ in range(2):
+        for k in labels:
+            for value in np.geomspace(0.25, 8.0, 16):
+                trial = expected.copy()
+                trial[k] = value
+                if score(trial) > best + 1e-9:
+                    best, expected = score(trial), trial
+    found = _tune_decision_weights(p, y)
+    assert np.array_equal(found, expected)
+    assert not np.array_equal(found, np.ones(len(STAGES)))  # the search did move something
