@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +33,7 @@ import numpy.typing as npt
 import polars as pl
 from sklearn.metrics import (
     average_precision_score,
-    confusion_matrix,
-    f1_score,
     precision_recall_curve,
-    precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
 )
@@ -116,23 +113,33 @@ def _one_per_row(values: Any, *, name: str) -> npt.NDArray[Any]:
     return array
 
 
-def _same_length(**arrays: npt.NDArray[Any]) -> None:
+def _same_length(**arrays: Sized) -> None:
     lengths = {name: len(array) for name, array in arrays.items()}
     if len(set(lengths.values())) > 1:
         described = ", ".join(f"{name} has {n}" for name, n in lengths.items())
         raise ValueError(f"inputs differ in length ({described} rows); pass one value per row")
 
 
-def _stage_labels(values: Any, *, name: str, stages: Sequence[str]) -> StrArray:
-    # through object so that None becomes the visible label "None", not a silent blank
-    labels = _one_per_row(values, name=name).astype(object).astype(str)
-    unknown = sorted(set(np.unique(labels).tolist()) - set(stages))
+def _text(values: Any, *, name: str) -> pl.Series:
+    """One label per row as text; a missing label becomes the visible label "None", not a
+    silent blank. Numpy text arrays go to Polars directly (no Python object per row)."""
+    array = _one_per_row(values, name=name)
+    if array.dtype.kind != "U":
+        array = array.astype(object).astype(str)
+    return pl.Series(name, array, dtype=pl.String)
+
+
+def _stage_codes(values: Any, *, name: str, stages: Sequence[str]) -> npt.NDArray[np.int64]:
+    """Each row's position in ``stages``; a label that is not a stage is an error naming it."""
+    labels = _text(values, name=name)
+    codes = labels.cast(pl.Enum(list(stages)), strict=False)
+    unknown = labels.filter(codes.is_null()).unique().sort().to_list()
     if unknown:
         raise ValueError(
             f"{name} has labels that are not stages: {unknown[:5]}; "
             f"expected one of {', '.join(stages)}"
         )
-    return labels
+    return codes.to_physical().to_numpy().astype(np.int64)
 
 
 def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
@@ -215,20 +222,23 @@ def stage_metrics(
     in ``stages``.
     """
     vocabulary = _check_stages(stages)
-    truth = _stage_labels(y_true, name="y_true", stages=vocabulary)
-    predicted = _stage_labels(y_pred, name="y_pred", stages=vocabulary)
+    truth = _stage_codes(y_true, name="y_true", stages=vocabulary)
+    predicted = _stage_codes(y_pred, name="y_pred", stages=vocabulary)
     _same_length(y_true=truth, y_pred=predicted)
 
-    seen = set(truth.tolist()) | set(predicted.tolist())
-    present = [stage for stage in vocabulary if stage in seen]
-    macro_f1 = f1_score(truth, predicted, labels=present, average="macro", zero_division=0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=list(vocabulary), average=None, zero_division=0
-    )
-    matrix = confusion_matrix(truth, predicted, labels=list(vocabulary))
+    # everything from one confusion matrix (scikit-learn's definitions, zero_division=0):
+    # precision tp / predicted, recall tp / true, F1 2 tp / (true + predicted)
+    k = len(vocabulary)
+    matrix = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+    hits = np.diag(matrix).astype(np.float64)
+    support, called = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision = _share(hits, called)
+    recall = _share(hits, support)
+    f1 = _share(2 * hits, support + called)
+    present = (support + called) > 0
     return {
-        "macro_f1": float(macro_f1),
-        "accuracy": float(np.mean(truth == predicted)),
+        "macro_f1": float(f1[present].mean()),
+        "accuracy": float(hits.sum() / len(truth)),
         "rows": len(truth),
         "per_stage": {
             stage: {
@@ -241,6 +251,11 @@ def stage_metrics(
         },
         "confusion_matrix": [[int(n) for n in row] for row in matrix],
     }
+
+
+def _share(part: FloatArray, whole: npt.NDArray[Any]) -> FloatArray:
+    """part / whole, 0 where whole is 0."""
+    return np.divide(part, whole, out=np.zeros(len(part)), where=whole > 0)
 
 
 def disagreement_table(
@@ -256,25 +271,19 @@ def disagreement_table(
     descending, then by the two stages. Rows where the two agree are left out; an empty frame
     means they agree everywhere.
     """
-    truth = _one_per_row(y_true, name="y_true").astype(object).astype(str)
-    rules = _one_per_row(rules_pred, name="rules_pred").astype(object).astype(str)
-    model = _one_per_row(model_pred, name="model_pred").astype(object).astype(str)
+    truth = _text(y_true, name="y_true")
+    rules = _text(rules_pred, name="rules_pred")
+    model = _text(model_pred, name="model_pred")
     _same_length(y_true=truth, rules_pred=rules, model_pred=model)
 
-    differ = rules != model
-    rows = pl.DataFrame(
-        {
-            "rules_stage": rules[differ],
-            "model_stage": model[differ],
-            "rules_right": rules[differ] == truth[differ],
-            "model_right": model[differ] == truth[differ],
-        },
-        schema={
-            "rules_stage": pl.String,
-            "model_stage": pl.String,
-            "rules_right": pl.Boolean,
-            "model_right": pl.Boolean,
-        },
+    rows = pl.DataFrame({"truth": truth, "rules_stage": rules, "model_stage": model}).filter(
+        pl.col("rules_stage") != pl.col("model_stage")
+    )
+    rows = rows.select(
+        "rules_stage",
+        "model_stage",
+        rules_right=pl.col("rules_stage") == pl.col("truth"),
+        model_right=pl.col("model_stage") == pl.col("truth"),
     )
     table = (
         rows.group_by("rules_stage", "model_stage")
@@ -493,10 +502,12 @@ def write_evaluation_artifacts(
     *,
     model: str = "lightgbm",
     baseline: str = "rules",
+    metrics: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the evaluation report into ``out_dir`` (created if missing); returns the paths.
 
-    * ``metrics.json``: ``evaluate(inputs)``, strict JSON with undefined values as ``null``;
+    * ``metrics.json``: ``metrics``, or ``evaluate(inputs)`` when not given, strict JSON with
+      undefined values as ``null``;
     * stage models: ``per_stage_metrics.csv`` and ``confusion_matrix_<model>.csv/.png``;
     * propensity models, all in one file each with a ``model`` column and one line per model
       in each plot: ``roc_curve``, ``pr_curve``, ``calibration_curve``, ``lift_gains``
@@ -509,7 +520,7 @@ def write_evaluation_artifacts(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(inputs)
+    metrics = evaluate(inputs) if metrics is None else metrics
     written: list[Path] = []
 
     def save_csv(frame: pl.DataFrame, name: str) -> None:

@@ -141,23 +141,32 @@ def narrowed(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 @dataclass
-class DormantSampler:
+class SnapshotSampler:
     """Applied to each snapshot as it is built (``build_training_frame(each=...)``): numbers
-    narrowed to float32, and in a *training* snapshot with more than ``rows_per_snapshot`` rows,
-    every contact whose rules stage is not dormant kept with a random share of the dormant ones
-    (enough to fill the budget, no less than ``min_rate``), each weighing 1 / share in
-    ``sample_weight`` so that the models still learn the true mix. Validation and test
-    snapshots are never sampled (weight 1): they judge the model on every contact.
+    narrowed to float32, and large snapshots sampled.
 
-    A large log's snapshots are mostly dormant contacts (61 % at 10 M simulated events), who
-    cost memory and fitting time and carry the least signal; the weighted sample keeps the
-    estimates unbiased. Rows are drawn by a generator seeded with ``seed`` and the date."""
+    - A *training* snapshot with more than ``rows_per_snapshot`` rows keeps every contact whose
+      rules stage is not dormant and a random share of the dormant ones (enough to fill the
+      budget, no less than ``min_rate``), each weighing 1 / share in ``sample_weight`` so that
+      the models still learn the true mix. A large log's snapshots are mostly dormant contacts
+      (61 % at 10 M simulated events), who cost memory and fitting time and carry the least
+      signal; the weights keep the estimates unbiased.
+    - A *validation* snapshot with more than ``validation_rows_per_snapshot`` rows keeps a
+      uniform random share of its rows (weight 1: every row had the same chance). Validation
+      only steers early stopping, calibration and the decision weights, which a few hundred
+      thousand rows settle; scoring it whole each boosting round cost more than the fit.
+    - *Test* snapshots are never sampled: they judge the model on every contact.
+
+    Rows are drawn by a generator seeded with ``seed`` and the date."""
 
     train_dates: frozenset[dt.datetime]
     rows_per_snapshot: int
     min_rate: float
     seed: int
+    validation_dates: frozenset[dt.datetime] = frozenset()
+    validation_rows_per_snapshot: int | None = None  # None: validation is never sampled
     rates: dict[str, float] = field(default_factory=dict)  # snapshot -> share of dormant kept
+    validation_rates: dict[str, float] = field(default_factory=dict)  # snapshot -> share kept
     rows_built: int = 0
     rows_kept: int = 0
 
@@ -175,10 +184,20 @@ class DormantSampler:
             room = self.rows_per_snapshot - (rows.height - n_dormant)
             rate = max(self.min_rate, min(1.0, room / n_dormant)) if n_dormant else 1.0
             if rate < 1.0:
-                draw = np.random.default_rng([self.seed, as_of.toordinal()]).random(rows.height)
-                keep = ~dormant | (draw < rate)
+                keep = ~dormant | (self._draw(as_of, rows.height) < rate)
                 rows = rows.filter(pl.Series(keep))
                 weight = pl.Series(np.where(dormant[keep], 1.0 / rate, 1.0), dtype=pl.Float32)
                 self.rates[f"{as_of:%Y-%m-%d}"] = round(rate, 6)
+        elif (
+            as_of in self.validation_dates
+            and self.validation_rows_per_snapshot is not None
+            and rows.height > self.validation_rows_per_snapshot
+        ):
+            rate = self.validation_rows_per_snapshot / rows.height
+            rows = rows.filter(pl.Series(self._draw(as_of, rows.height) < rate))
+            self.validation_rates[f"{as_of:%Y-%m-%d}"] = round(rate, 6)
         self.rows_kept += rows.height
         return rows.with_columns(weight.alias(SAMPLE_WEIGHT))
+
+    def _draw(self, as_of: dt.datetime, n: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, as_of.toordinal()]).random(n)

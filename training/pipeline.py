@@ -35,7 +35,7 @@ from features.vocabulary import PURCHASE_EVENTS
 from training.evaluation import EvaluationInputs, evaluate
 from training.frame import (
     SAMPLE_WEIGHT,
-    DormantSampler,
+    SnapshotSampler,
     TimeSplit,
     model_matrix,
     rows_of,
@@ -260,12 +260,17 @@ def train_models(
                 },
             },
         ) from error
-    # the embargoed snapshots are not built; the training ones are sampled when large
-    sampler = DormantSampler(
+    # the embargoed snapshots are not built; the training and validation ones are sampled
+    # when large
+    sampler = SnapshotSampler(
         train_dates=frozenset(split.train),
         rows_per_snapshot=max(1, settings.max_training_rows // len(split.train)),
         min_rate=settings.min_dormant_sample_rate,
         seed=settings.seed,
+        validation_dates=frozenset(split.validation),
+        validation_rows_per_snapshot=max(
+            1, settings.max_validation_rows // max(1, len(split.validation))
+        ),
     )
     frame, _, label_source = build_labelled_frame(
         events,
@@ -284,6 +289,13 @@ def train_models(
             f"large log: training snapshots keep every active contact and "
             f"{min(sampler.rates.values()):.1%}-{max(sampler.rates.values()):.1%} of the "
             f"dormant ones, weighted ({sampler.rows_kept:,} of {sampler.rows_built:,} rows kept)"
+        )
+    if sampler.validation_rates:
+        say(
+            f"large log: validation snapshots keep a random "
+            f"{min(sampler.validation_rates.values()):.1%}-"
+            f"{max(sampler.validation_rates.values()):.1%} of their contacts "
+            f"(max_validation_rows {settings.max_validation_rows:,}); test keeps every contact"
         )
     counts = check_enough_data(frame, split, settings)
     names = [
@@ -385,6 +397,7 @@ def train_models(
             "horizon_days": settings.horizon_days,
             "snapshot_rows_built": sampler.rows_built,
             "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
+            "validation_sample_rates": dict(sampler.validation_rates),
         },
         label_source=label_source,
         tuned_params=tuned,

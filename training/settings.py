@@ -34,8 +34,10 @@ class TrainingSettings(FrozenSettings):
     min_eval_positives: int = Field(ge=1)
     min_stage_rows: int = Field(ge=1)
     # large logs: the training snapshots keep every contact the rules see as active and a
-    # weighted sample of the dormant ones (training.frame.DormantSampler)
+    # weighted sample of the dormant ones, the validation snapshots a uniform sample
+    # (training.frame.SnapshotSampler)
     max_training_rows: int = Field(default=2_000_000, ge=1)
+    max_validation_rows: int = Field(default=500_000, ge=1)
     min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
     lightgbm: LightGBMSettings
     registry: RegistrySettings

@@ -200,7 +200,7 @@ def log_training(
     mlflow.log_dict(result.data_summary, "data_summary.json")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        write_evaluation_artifacts(result.evaluation, out / "evaluation")
+        write_evaluation_artifacts(result.evaluation, out / "evaluation", metrics=result.metrics)
         importance = result.propensity_model.feature_importance()
         pl.DataFrame({"feature": list(importance), "gain": list(importance.values())}).sort(
             "gain", descending=True

@@ -55,7 +55,7 @@ def tune_models(
     sample_weight: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Best LightGBM parameters for the stage and the propensity model; ``sample_weight`` is
-    the training rows' weights (``training.frame.DormantSampler``)."""
+    the training rows' weights (``training.frame.SnapshotSampler``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best: dict[str, dict[str, Any]] = {}
     for model in ("propensity", "stage"):

@@ -1,5 +1,5 @@
 """Large logs: training snapshots keep every active contact and a weighted sample of the
-dormant ones; validation and test snapshots are never sampled."""
+dormant ones; validation snapshots keep a uniform sample; test snapshots are never sampled."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from features.engine import STAGE_TYPE
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
-from training.frame import SAMPLE_WEIGHT, DormantSampler
+from training.frame import SAMPLE_WEIGHT, SnapshotSampler
 from training.pipeline import train_models
 from training.settings import load_training_settings
 
 TRAIN = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+VALIDATION = dt.datetime(2026, 3, 23, tzinfo=dt.UTC)
 TEST = dt.datetime(2026, 4, 6, tzinfo=dt.UTC)
 SMALL = {"min_train_positives": 20, "min_eval_positives": 5}  # a small simulation trains
 
@@ -39,12 +40,16 @@ def _snapshot(as_of: dt.datetime, active: int, dormant: int) -> pl.DataFrame:
     )
 
 
-def _sampler(rows_per_snapshot: int, min_rate: float = 0.02) -> DormantSampler:
-    return DormantSampler(
+def _sampler(
+    rows_per_snapshot: int, min_rate: float = 0.02, validation_rows: int | None = None
+) -> SnapshotSampler:
+    return SnapshotSampler(
         train_dates=frozenset({TRAIN}),
         rows_per_snapshot=rows_per_snapshot,
         min_rate=min_rate,
         seed=3,
+        validation_dates=frozenset({VALIDATION}),
+        validation_rows_per_snapshot=validation_rows,
     )
 
 
@@ -94,6 +99,23 @@ def test_test_snapshots_and_small_ones_are_not_sampled(as_of: dt.datetime, budge
     assert kept["spend_28d"].to_list() == pytest.approx(rows["spend_28d"].to_list())
 
 
+def test_a_large_validation_snapshot_keeps_a_uniform_sample_with_weight_one() -> None:
+    rows = _snapshot(VALIDATION, active=4_000, dormant=16_000)
+    sampler = _sampler(rows_per_snapshot=100, validation_rows=5_000)
+    kept = sampler(VALIDATION, rows)
+    assert sampler.validation_rates == {"2026-03-23": 0.25}
+    assert sampler.rates == {}
+    assert abs(kept.height - 5_000) < 5 * math.sqrt(20_000 * 0.25 * 0.75)
+    # every stage keeps about the same share: the mix of validation is unchanged
+    is_dormant = kept["rules_stage"].cast(pl.String) == "dormant"
+    assert 0.75 < int(is_dormant.sum()) / kept.height < 0.85
+    assert (kept[SAMPLE_WEIGHT] == 1.0).all()
+    assert set(kept["contact_id"].to_list()) < set(rows["contact_id"].to_list())
+    assert _sampler(rows_per_snapshot=100, validation_rows=5_000)(VALIDATION, rows).equals(kept)
+    # a test snapshot of the same size is whole
+    assert sampler(TEST, rows.with_columns(as_of=pl.lit(TEST))).height == rows.height
+
+
 @pytest.fixture(scope="module")
 def sim() -> object:
     return simulate(
@@ -125,7 +147,8 @@ def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(sim
     assert summary["dormant_sample_rates"]
     assert set(summary["dormant_sample_rates"]) == {f"{d:%Y-%m-%d}" for d in sampled.split.train}
     assert summary["train_rows"] < full.data_summary["train_rows"]
-    # validation and test are whole
+    # validation and test are whole (validation is below max_validation_rows)
+    assert summary["validation_sample_rates"] == {}
     for split in ("validation", "test"):
         assert summary[f"{split}_rows"] == full.data_summary[f"{split}_rows"]
     assert sampled.test_set.height == full.test_set.height
@@ -140,3 +163,30 @@ def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(sim
     # the embargoed snapshots are not built
     assert summary["snapshot_rows_built"] == full.data_summary["snapshot_rows_built"]
     assert summary["embargoed_snapshots"] > 0
+
+
+def test_a_sampled_validation_window_leaves_training_and_test_whole(sim: object) -> None:
+    spec, rules = load_feature_spec(), load_rules_settings()
+    full = train_models(
+        sim.events,  # type: ignore[attr-defined]
+        sim.contacts,  # type: ignore[attr-defined]
+        spec=spec,
+        rules=rules,
+        settings=load_training_settings(**SMALL),
+    )
+    budget = full.data_summary["validation_rows"] // 2
+    sampled = train_models(
+        sim.events,  # type: ignore[attr-defined]
+        sim.contacts,  # type: ignore[attr-defined]
+        spec=spec,
+        rules=rules,
+        settings=load_training_settings(**SMALL, max_validation_rows=budget),
+    )
+    summary = sampled.data_summary
+    assert set(summary["validation_sample_rates"]) == {
+        f"{d:%Y-%m-%d}" for d in sampled.split.validation
+    }
+    assert summary["validation_rows"] < 0.7 * full.data_summary["validation_rows"]
+    assert summary["train_rows"] == full.data_summary["train_rows"]
+    assert summary["test_rows"] == full.data_summary["test_rows"]
+    assert sampled.test_set.equals(full.test_set)
