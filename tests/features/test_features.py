@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from features import engine
 from features.engine import build_contact_features
 from features.online import build_online_features
 from features.schema import validate
@@ -276,3 +277,38 @@ derived:
     assert row["click_rate_pct"] == pytest.approx(50.0)
     online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=spec)
     assert online["click_rate_pct"] == pytest.approx(50.0)
+
+
+def test_listed_contacts_get_a_row_even_with_old_events_or_none() -> None:
+    events = _events(
+        [
+            ("recent", "2024-02-20T10:00:00Z", "web", "page_view", None),
+            ("old", "2023-01-01T10:00:00Z", "web", "page_view", None),
+        ]
+    )
+    contacts = pl.DataFrame({"contact_id": ["old", "never"]})
+    frame = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    assert frame["contact_id"].to_list() == ["never", "old", "recent"]
+    old, never = _row(frame, "old"), _row(frame, "never")
+    assert old["page_view_count_90d"] == 0
+    first = dt.datetime(2023, 1, 1, 10, tzinfo=dt.UTC)
+    assert old["days_since_first_event"] == pytest.approx((AS_OF - first).total_seconds() / 86_400)
+    assert never["page_view_count_90d"] == 0
+    assert never["days_since_first_event"] is None
+
+
+def test_contacts_whose_atoms_interleave_after_the_run_sort_are_still_one_row_each(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_per_contact groups runs of atoms ordered by a hash of the id; were two ids to share a
+    hash and interleave, it must notice and group by the id instead."""
+    events, contacts = simulated
+    as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
+    expected = build_contact_features(events, contacts, as_of=as_of, spec=SPEC)
+    # every id "collides": ordered by its length only, the atoms of contacts interleave
+    monkeypatch.setattr(engine, "_run_order", lambda contact: contact.str.len_bytes())
+    assert_frame_equal(
+        build_contact_features(events, contacts, as_of=as_of, spec=SPEC),
+        expected,
+        categorical_as_str=True,
+    )
