@@ -438,7 +438,8 @@ def test_stage_metrics_agree_with_scikit_learn_on_many_rows() -> None:
             "f1": pytest.approx(f1[i]),
             "support": int(support[i]),
         }
-    assert metrics["confusion_matrix"] == confusion_matrix(
-        truth, predicted, labels=list(STAGES)
-    ).tolist()
+    assert (
+        metrics["confusion_matrix"]
+        == confusion_matrix(truth, predicted, labels=list(STAGES)).tolist()
+    )
     assert metrics["accuracy"] == pytest.approx(float(np.mean(truth == predicted)))
