@@ -55,14 +55,22 @@ def build_contact_features(
     past = scan_events(events).filter(pl.col("timestamp") < as_of)
     aggregates = with_internal_aggregates(spec, rules)
     parts = _parts(events, partition_rows)
-    aggregated = pl.concat(
+    listed = _listed_ids(contacts)
+    # eligible: any event in the longest window, or listed in the contacts table; each part
+    # keeps only its eligible rows, so the parts never sit in memory whole
+    frame = pl.concat(
         [
-            _aggregate_part(_part(past, part, parts), aggregates, as_of=as_of, spec=spec)
+            _eligible(
+                _aggregate_part(_part(past, part, parts), aggregates, as_of=as_of, spec=spec),
+                listed,
+            )
             for part in range(parts)
-        ]
+        ],
+        rechunk=False,
     )
-    # eligible: any event in the longest window, or listed in the contacts table
-    frame = eligible_rows(aggregated, contacts)
+    if listed is not None:  # listed contacts without any event before as_of: a row of nulls
+        absent = listed.join(frame.select("contact_id"), on="contact_id", how="anti")
+        frame = pl.concat([frame, absent], how="diagonal")
     frame = frame.select("contact_id", *(a.name for a in aggregates))
     return finish_features(frame, aggregates, contacts, as_of=as_of, spec=spec, rules=rules)
 
@@ -77,15 +85,19 @@ def finish_features(
     rules: RulesSettings,
 ) -> pl.DataFrame:
     """From one row per eligible contact with every aggregate (internal ones included) to the
-    feature table: absent counts as 0, derived features, as_of, the rules stage, attributes."""
-    frame = fill_absent(frame, aggregates)
-    frame = with_derived(frame, spec)
-    frame = frame.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
+    feature table, sorted by contact: absent counts as 0, derived features, as_of, the rules
+    stage, attributes. One lazy query, so the steps do not each hold a copy of the table."""
+    query = frame.lazy().with_columns(_absent_as_zero(aggregates))
+    for batch in _derived_batches(spec, set(frame.columns)):
+        query = query.with_columns(batch)
+    query = query.with_columns(as_of=pl.lit(as_of, pl.Datetime("us", "UTC")))
     if spec.rules_stage:
-        frame = with_rules_stage(frame, rules)
-    frame = frame.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
-    frame = join_attributes(frame, contacts, as_of=as_of, spec=spec)
-    return frame.select("contact_id", "as_of", *feature_columns(frame)).sort("contact_id")
+        query = with_rules_stage(query, rules)
+    query = query.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
+    query = join_attributes(query, contacts, as_of=as_of, spec=spec)
+    names = query.collect_schema().names()
+    columns = [c for c in names if c not in ("contact_id", "as_of")]
+    return query.select("contact_id", "as_of", *columns).sort("contact_id").collect()
 
 
 # kinds computed in the main pass; distinct days and sessions need their own (streaming) shape
@@ -173,20 +185,19 @@ def with_internal_aggregates(spec: FeatureSpec, rules: RulesSettings) -> list[Ag
     return [*spec.aggregates, *internal]
 
 
-def with_rules_stage(frame: pl.DataFrame, rules: RulesSettings) -> pl.DataFrame:
+def with_rules_stage(query: pl.LazyFrame, rules: RulesSettings) -> pl.LazyFrame:
     """The rules stage from the internal signal columns, by the rules of ``features.stages``."""
     ranks = sorted(set(BASE_RANK.values()))
-    signals = frame.select(
-        base_rank=pl.max_horizontal(
+    signals = query.with_columns(
+        pl.max_horizontal(
             [pl.when(pl.col(f"{INTERNAL_PREFIX}rank_{r}") > 0).then(r).otherwise(-1) for r in ranks]
-        ),
-        visit_days=pl.col(f"{INTERNAL_PREFIX}visit_days"),
-        purchases_ever=pl.col(f"{INTERNAL_PREFIX}purchases_ever"),
-        purchases_in_window=pl.col(f"{INTERNAL_PREFIX}purchases_in_window"),
-        advocacy_in_window=pl.col(f"{INTERNAL_PREFIX}advocacy") > 0,
+        ).alias(f"{INTERNAL_PREFIX}base_rank"),
+        (pl.col(f"{INTERNAL_PREFIX}advocacy") > 0).alias(f"{INTERNAL_PREFIX}advocacy_in_window"),
     )
-    stage = signals.select(stage_from_signal_columns(rules)).to_series()
-    return frame.with_columns(rules_stage=stage.cast(STAGE_TYPE))
+    # the internal aggregates visit_days, purchases_ever and purchases_in_window are named
+    # as the rules read them
+    stage = stage_from_signal_columns(rules, prefix=INTERNAL_PREFIX)
+    return signals.with_columns(rules_stage=stage.cast(STAGE_TYPE))
 
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:
@@ -455,17 +466,15 @@ def _days_before(as_of: dt.datetime, moment: pl.Expr) -> pl.Expr:
     return (pl.lit(as_of) - moment).dt.total_microseconds().cast(pl.Float64) / MICROS_PER_DAY
 
 
-def fill_absent(frame: pl.DataFrame, aggregates: Iterable[Aggregate]) -> pl.DataFrame:
+def _absent_as_zero(aggregates: Iterable[Aggregate]) -> list[pl.Expr]:
     """Counts and sums of contacts with no events before as_of are zero (the truth), while
     recency stays missing (undefined)."""
     zero_kinds = {"count", "sum", "distinct_days", "sessions"}
-    return frame.with_columns(
-        [
-            pl.col(a.name).fill_null(0.0 if a.kind == "sum" else 0)
-            for a in aggregates
-            if a.kind in zero_kinds
-        ]
-    )
+    return [
+        pl.col(a.name).fill_null(0.0 if a.kind == "sum" else 0)
+        for a in aggregates
+        if a.kind in zero_kinds
+    ]
 
 
 class _PolarsOps:
@@ -509,17 +518,17 @@ def _null_if_any_null(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
     return pl.when(pl.any_horizontal([a.is_null() for a in args])).then(None).otherwise(combined)
 
 
-def with_derived(frame: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
-    """Add the derived features in spec order (one may use an earlier one), each in the
-    largest batch whose inputs are already columns."""
-    pending = list(spec.derived)
+def _derived_batches(spec: FeatureSpec, columns: set[str]) -> list[list[pl.Expr]]:
+    """The derived features in batches: each the largest whose inputs are columns by then."""
+    pending, known, batches = list(spec.derived), set(columns), []
     while pending:
-        ready = [d for d in pending if all(name in frame.columns for name in d.inputs)]
+        ready = [d for d in pending if all(name in known for name in d.inputs)]
         if not ready:  # the spec loader guarantees an order exists
             raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
-        frame = frame.with_columns([derived_expression(d.tree).alias(d.name) for d in ready])
+        batches.append([derived_expression(d.tree).alias(d.name) for d in ready])
+        known.update(d.name for d in ready)
         pending = [d for d in pending if d not in ready]
-    return frame
+    return batches
 
 
 def derived_expression(tree: Any) -> pl.Expr:
@@ -532,19 +541,18 @@ def derived_expression(tree: Any) -> pl.Expr:
 # --- contacts ---------------------------------------------------------------------------------
 
 
-def eligible_rows(
-    aggregated: pl.DataFrame, contacts: pa.Table | pl.DataFrame | None
-) -> pl.DataFrame:
-    """The rows of the contacts with an event in the longest window, and of every contact the
-    contacts table lists (one without any event before as_of gets a row of nulls)."""
-    active = pl.col(ANY_EVENT) > 0
+def _listed_ids(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:
+    """The contact ids the contacts table lists, once each."""
     listed = _contacts_frame(contacts)
+    return None if listed is None else listed.select("contact_id").unique()
+
+
+def _eligible(aggregated: pl.DataFrame, listed: pl.DataFrame | None) -> pl.DataFrame:
+    """The rows of the contacts with an event in the longest window or listed."""
+    active = pl.col(ANY_EVENT) > 0
     if listed is None:
         return aggregated.filter(active)
-    ids = listed.select("contact_id").unique()
-    kept = aggregated.filter(active | pl.col("contact_id").is_in(ids["contact_id"]))
-    absent = ids.join(aggregated.select("contact_id"), on="contact_id", how="anti")
-    return pl.concat([kept, absent], how="diagonal")
+    return aggregated.filter(active | pl.col("contact_id").is_in(listed["contact_id"]))
 
 
 def with_listed_contacts(
@@ -566,12 +574,12 @@ def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | 
 
 
 def join_attributes(
-    frame: pl.DataFrame,
+    frame: pl.LazyFrame,
     contacts: pa.Table | pl.DataFrame | None,
     *,
     as_of: dt.datetime,
     spec: FeatureSpec,
-) -> pl.DataFrame:
+) -> pl.LazyFrame:
     """Join contact attributes: text as categorical, dates as days before as_of (a date after
     as_of is in the future of the snapshot and so missing)."""
     listed = _contacts_frame(contacts)
@@ -600,5 +608,5 @@ def join_attributes(
         elif dtype == pl.Boolean or dtype.is_numeric():
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
         # other types (lists, structs) are not features; they are left out on purpose
-    attributes = listed.select("contact_id", *columns)
+    attributes = listed.lazy().select("contact_id", *columns)
     return frame.join(attributes, on="contact_id", how="left")

@@ -85,25 +85,30 @@ def signal_aggregations(in_window: pl.Expr) -> dict[str, pl.Expr]:
     }
 
 
-def stage_from_signal_columns(settings: RulesSettings) -> pl.Expr:
+def stage_from_signal_columns(settings: RulesSettings, *, prefix: str = "") -> pl.Expr:
     """The rules on columns ``base_rank`` (deepest plain signal's rank, null or -1: none),
-    ``visit_days``, ``purchases_ever``, ``purchases_in_window`` and ``advocacy_in_window``, as a
-    String stage expression; every batch engine that gathers these signals shares it."""
+    ``visit_days``, ``purchases_ever``, ``purchases_in_window`` and ``advocacy_in_window``
+    (each name after ``prefix``), as a String stage expression; every batch engine that
+    gathers these signals shares it."""
+
+    def col(name: str) -> pl.Expr:
+        return pl.col(f"{prefix}{name}")
+
     rank = pl.max_horizontal(
-        pl.col("base_rank").fill_null(-1),
-        pl.when(pl.col("visit_days") >= settings.repeat_visit_min_days)
+        col("base_rank").fill_null(-1),
+        pl.when(col("visit_days") >= settings.repeat_visit_min_days)
         .then(stage_rank("consideration"))
         .otherwise(-1),
         # a prospect's review is interest, a customer's is advocacy
-        pl.when(pl.col("advocacy_in_window") & (pl.col("purchases_ever") > 0))
+        pl.when(col("advocacy_in_window") & (col("purchases_ever") > 0))
         .then(stage_rank("advocacy"))
-        .when(pl.col("advocacy_in_window"))
+        .when(col("advocacy_in_window"))
         .then(stage_rank("consideration"))
         .otherwise(-1),
         # a purchase in the window by someone who had bought before is retention
-        pl.when((pl.col("purchases_in_window") > 0) & (pl.col("purchases_ever") > 1))
+        pl.when((col("purchases_in_window") > 0) & (col("purchases_ever") > 1))
         .then(stage_rank("retention"))
-        .when(pl.col("purchases_in_window") > 0)
+        .when(col("purchases_in_window") > 0)
         .then(stage_rank("conversion"))
         .otherwise(-1),
         pl.lit(stage_rank("dormant")),
