@@ -228,13 +228,12 @@ def stage_metrics(
 
     # everything from one confusion matrix (scikit-learn's definitions, zero_division=0):
     # precision tp / predicted, recall tp / true, F1 2 tp / (true + predicted)
-    k = len(vocabulary)
-    matrix = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+    matrix = confusion_counts(truth, predicted, len(vocabulary))
     hits = np.diag(matrix).astype(np.float64)
     support, called = matrix.sum(axis=1), matrix.sum(axis=0)
     precision = _share(hits, called)
     recall = _share(hits, support)
-    f1 = _share(2 * hits, support + called)
+    f1 = f1_by_class(matrix)
     present = (support + called) > 0
     return {
         "macro_f1": float(f1[present].mean()),
@@ -251,6 +250,21 @@ def stage_metrics(
         },
         "confusion_matrix": [[int(n) for n in row] for row in matrix],
     }
+
+
+def confusion_counts(
+    truth: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64], n_classes: int
+) -> npt.NDArray[np.int64]:
+    """Rows: true class, columns: predicted class, from class codes 0 .. n_classes - 1."""
+    counts = np.bincount(truth * n_classes + predicted, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes)
+
+
+def f1_by_class(matrix: npt.NDArray[np.int64]) -> FloatArray:
+    """Each class's F1 from a confusion matrix: 2 tp / (true + predicted), 0 when both are 0
+    (scikit-learn's ``zero_division=0``)."""
+    hits = np.diag(matrix).astype(np.float64)
+    return _share(2 * hits, matrix.sum(axis=1) + matrix.sum(axis=0))
 
 
 def _share(part: FloatArray, whole: npt.NDArray[Any]) -> FloatArray:

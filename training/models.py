@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from features.errors import InputError
 from features.vocabulary import STAGES
+from training.evaluation import confusion_counts, f1_by_class
 
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
@@ -602,14 +603,5 @@ def _macro_f1(
     n_classes: int,
 ) -> float:
     """Macro-F1 over ``labels`` (scikit-learn's ``f1_score(average="macro",
-    zero_division=0)``) from one confusion matrix."""
-    confusion = np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes)
-    confusion = confusion.reshape(n_classes, n_classes)
-    true_positive = np.diag(confusion)[labels].astype(np.float64)
-    actual = confusion.sum(axis=1)[labels]
-    predicted_count = confusion.sum(axis=0)[labels]
-    denominator = actual + predicted_count
-    f1 = np.divide(
-        2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0
-    )
-    return float(f1.mean())
+    zero_division=0)``)."""
+    return float(f1_by_class(confusion_counts(y, predicted, n_classes))[labels].mean())

@@ -15,7 +15,7 @@ from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
 from training.frame import SAMPLE_WEIGHT, SnapshotSampler
-from training.pipeline import train_models
+from training.pipeline import TrainingResult, train_models
 from training.settings import load_training_settings
 
 TRAIN = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
@@ -123,26 +123,28 @@ def sim() -> object:
     )
 
 
-def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(sim: object) -> None:
-    spec, rules = load_feature_spec(), load_rules_settings()
-    full = train_models(
+def _train(sim: object, **settings: object) -> TrainingResult:
+    return train_models(
         sim.events,  # type: ignore[attr-defined]
         sim.contacts,  # type: ignore[attr-defined]
-        spec=spec,
-        rules=rules,
-        settings=load_training_settings(**SMALL),
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=load_training_settings(**SMALL, **settings),
     )
+
+
+@pytest.fixture(scope="module")
+def full(sim: object) -> TrainingResult:
+    """A training run on every row, to compare the sampled runs with."""
+    return _train(sim)
+
+
+def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(
+    sim: object, full: TrainingResult
+) -> None:
     assert full.data_summary["dormant_sample_rates"] == {}
     budget = full.data_summary["train_rows"] // 3
-    sampled = train_models(
-        sim.events,  # type: ignore[attr-defined]
-        sim.contacts,  # type: ignore[attr-defined]
-        spec=spec,
-        rules=rules,
-        settings=load_training_settings(
-            **SMALL, max_training_rows=budget, min_dormant_sample_rate=0.05
-        ),
-    )
+    sampled = _train(sim, max_training_rows=budget, min_dormant_sample_rate=0.05)
     summary = sampled.data_summary
     assert summary["dormant_sample_rates"]
     assert set(summary["dormant_sample_rates"]) == {f"{d:%Y-%m-%d}" for d in sampled.split.train}
@@ -165,23 +167,11 @@ def test_training_on_a_sample_learns_the_true_mix_and_tests_on_every_contact(sim
     assert summary["embargoed_snapshots"] > 0
 
 
-def test_a_sampled_validation_window_leaves_training_and_test_whole(sim: object) -> None:
-    spec, rules = load_feature_spec(), load_rules_settings()
-    full = train_models(
-        sim.events,  # type: ignore[attr-defined]
-        sim.contacts,  # type: ignore[attr-defined]
-        spec=spec,
-        rules=rules,
-        settings=load_training_settings(**SMALL),
-    )
+def test_a_sampled_validation_window_leaves_training_and_test_whole(
+    sim: object, full: TrainingResult
+) -> None:
     budget = full.data_summary["validation_rows"] // 2
-    sampled = train_models(
-        sim.events,  # type: ignore[attr-defined]
-        sim.contacts,  # type: ignore[attr-defined]
-        spec=spec,
-        rules=rules,
-        settings=load_training_settings(**SMALL, max_validation_rows=budget),
-    )
+    sampled = _train(sim, max_validation_rows=budget)
     summary = sampled.data_summary
     assert set(summary["validation_sample_rates"]) == {
         f"{d:%Y-%m-%d}" for d in sampled.split.validation
