@@ -97,7 +97,10 @@ def finish_features(
     query = join_attributes(query, contacts, as_of=as_of, spec=spec)
     names = query.collect_schema().names()
     columns = [c for c in names if c not in ("contact_id", "as_of")]
-    return query.select("contact_id", "as_of", *columns).sort("contact_id").collect()
+    query = query.select("contact_id", "as_of", *columns)
+    if not frame.get_column("contact_id").is_sorted():  # training snapshots come sorted
+        query = query.sort("contact_id")
+    return query.collect()
 
 
 # kinds computed in the main pass; distinct days and sessions need their own (streaming) shape
@@ -609,4 +612,4 @@ def join_attributes(
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
         # other types (lists, structs) are not features; they are left out on purpose
     attributes = listed.lazy().select("contact_id", *columns)
-    return frame.join(attributes, on="contact_id", how="left")
+    return frame.join(attributes, on="contact_id", how="left", maintain_order="left")

@@ -64,10 +64,9 @@ def build_training_frame(
     last_moment = _moment(days[-1])
     events_before = scan_events(events).filter(pl.col("timestamp") < last_moment)
     running = _running_totals(events_before, series, spec)
-    cache: dict[int, pl.DataFrame] = {}
     frames = []
     for day in days:
-        rows = _snapshot(running, series, aggregates, day, contacts, cache, spec=spec, rules=rules)
+        rows = _snapshot(running, series, aggregates, day, contacts, spec=spec, rules=rules)
         frames.append(rows if each is None else each(_moment(day), rows))
     # each snapshot is sorted by contact, and they come in date order
     return pl.concat(frames, how="vertical", rechunk=False)
@@ -124,8 +123,9 @@ def _series_of(aggregates: Iterable[Aggregate]) -> dict[tuple[str, _Filter], _Se
 class _Running:
     """Running totals at the last event of each contact's day, and what is fixed per contact."""
 
-    rows: pl.DataFrame  # contact_id, day, _row, _contact, _next_contact, _next_day, totals
-    contacts: pl.DataFrame  # _contact, contact_id, totals before its first day, first times
+    rows: pl.DataFrame  # contact_id, day, _contact, _key, totals; sorted by _key
+    contacts: pl.DataFrame  # _contact, contact_id, _first_row, totals before its first day,
+    # first times
 
 
 _BATCH = 16  # series computed at a time over all events: bounds the memory of the running sums
@@ -182,12 +182,13 @@ def _running_totals(
             for s in series.values()
             if s.kind == "d"
         ]
-    ).with_row_index("_row")
+    ).with_columns(_key=_day_key(pl.col("_contact"), pl.col("day")))
     integer = [s.column for s in series.values() if s.kind in ("n", "st", "d")]
     first_days = pl.col("_contact") != pl.col("_contact").shift(1)
     contacts = rows.select(
         "_contact",
         "contact_id",
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("_first_row"),
         # what the integer totals stood at just before each contact's first day
         *[pl.col(c).shift(1, fill_value=0).alias(f"{c}__base") for c in integer],
     ).filter(first_days.fill_null(True))
@@ -197,10 +198,13 @@ def _running_totals(
             [pl.col("_us").filter(_mask(s.filter)).min().alias(s.column) for s in firsts]
         )
         contacts = contacts.join(first_times, on="_contact", how="left")
-    rows = rows.with_columns(
-        _next_contact=pl.col("_contact").shift(-1), _next_day=pl.col("day").shift(-1)
-    )
     return _Running(rows=rows, contacts=contacts)
+
+
+def _day_key(contact: pl.Expr, day: pl.Expr) -> pl.Expr:
+    """A contact's day as one integer that sorts as the pair (contact, day): the running rows'
+    search key. Days since the epoch fit 32 bits, offset to be non-negative."""
+    return contact.cast(pl.Int64) * (1 << 32) + (day.cast(pl.Int64) + (1 << 31))
 
 
 def _running(item: _Series) -> pl.Expr:
@@ -246,96 +250,126 @@ def _snapshot(
     aggregates: list[Aggregate],
     day: int,
     contacts: pa.Table | pl.DataFrame | None,
-    cache: dict[int, pl.DataFrame],
     *,
     spec: FeatureSpec,
     rules: RulesSettings,
 ) -> pl.DataFrame:
     """The features as of midnight of ``day``, gathered from the running totals."""
     as_of = _moment(day)
-    everyone = _Lookup(running, day, running.contacts, cache)
+    everyone = _Lookup(running, day, running.contacts)
     any_event = next(a for a in aggregates if a.name == ANY_EVENT)
-    active = everyone.amount(series[("n", _filter_of(any_event))], any_event.window_days) > 0
-    eligible = running.contacts.filter(active).select("contact_id")
-    lookup = everyone.restricted_to(with_listed_contacts(eligible, contacts))
-    frame = pl.DataFrame([lookup.contact_ids, *(lookup.aggregate(a, series) for a in aggregates)])
+    active = everyone.features([any_event], series).get_column(any_event.name) > 0
+    lookup = everyone.restricted_to(active, contacts)
+    frame = lookup.features(aggregates, series)
     return finish_features(frame, aggregates, contacts, as_of=as_of, spec=spec, rules=rules)
 
 
 class _Lookup:
     """Gathers running totals at day boundaries for a set of contacts (the targets)."""
 
-    def __init__(
-        self, running: _Running, day: int, targets: pl.DataFrame, cache: dict[int, pl.DataFrame]
-    ) -> None:
+    def __init__(self, running: _Running, day: int, targets: pl.DataFrame) -> None:
         self._running = running
         self._day = day
-        self._targets = targets  # _contact (null: no events at all), contact_id, bases, firsts
-        self._cache = cache  # boundary day -> (_contact, _row) of the last row before it
+        # _contact (null: no events at all), contact_id, _first_row, bases, firsts
+        self._targets = targets
         self._aligned: dict[int, pl.Series] = {}
 
-    def restricted_to(self, eligible: pl.DataFrame) -> _Lookup:
-        targets = eligible.select("contact_id").join(
-            self._running.contacts, on="contact_id", how="left", maintain_order="left"
-        )
-        return _Lookup(self._running, self._day, targets, self._cache)
-
-    @property
-    def contact_ids(self) -> pl.Series:
-        return self._targets.get_column("contact_id")
+    def restricted_to(self, active: pl.Series, contacts: pa.Table | pl.DataFrame | None) -> _Lookup:
+        """The contacts with ``active`` true and those listed in ``contacts`` (if any), in
+        contact_id order: the order of the running rows, so the gathers read them forwards,
+        and the order of the output, so it needs no sort."""
+        everyone = self._running.contacts
+        targets = everyone.filter(active)
+        if contacts is not None:
+            ids = with_listed_contacts(targets.select("contact_id"), contacts)
+            listed = ids.slice(targets.height).join(
+                everyone, on="contact_id", how="left", maintain_order="left"
+            )
+            if listed.height:
+                targets = pl.concat([targets, listed.select(targets.columns)]).sort("contact_id")
+        return _Lookup(self._running, self._day, targets)
 
     def _rows_before(self, boundary: int) -> pl.Series:
-        """Per target, the row of its last day before ``boundary`` (null: none)."""
+        """Per target, the row of its last day before ``boundary`` (null: none): a binary
+        search of (contact, boundary) among the rows' sorted (contact, day) keys."""
         if boundary not in self._aligned:
-            if boundary not in self._cache:
-                rows = self._running.rows
-                is_last = (pl.col("day") < boundary) & (
-                    (pl.col("_next_contact") != pl.col("_contact"))
-                    | pl.col("_next_contact").is_null()
-                    | (pl.col("_next_day") >= boundary)
-                )
-                self._cache[boundary] = rows.filter(is_last).select("_contact", "_row")
-            self._aligned[boundary] = (
-                self._targets.select("_contact")
-                .join(self._cache[boundary], on="_contact", how="left", maintain_order="left")
-                .get_column("_row")
-            )
+            contact = self._targets.get_column("_contact")
+            query = pl.select(_day_key(pl.lit(contact.fill_null(0)), pl.lit(boundary))).to_series()
+            found = self._running.rows.get_column("_key").search_sorted(query, side="left")
+            last = found.cast(pl.Int64) - 1  # the last key below: this contact's, or an earlier
+            first = self._targets.get_column("_first_row")
+            self._aligned[boundary] = pl.select(
+                pl.when(contact.is_not_null() & (last >= first)).then(last).cast(pl.UInt32)
+            ).to_series()
         return self._aligned[boundary]
 
-    def _total(self, item: _Series, boundary: int) -> pl.Series:
-        gathered = self._running.rows.get_column(item.column).gather(self._rows_before(boundary))
+    def features(
+        self, aggregates: Sequence[Aggregate], series: dict[tuple[str, _Filter], _Series]
+    ) -> pl.DataFrame:
+        """``contact_id`` and every aggregate for the targets. The totals each boundary needs
+        are gathered by one select (Polars gathers the columns in parallel), and the features
+        computed from them by another: a few calls over the whole table, not a gather, a fill
+        and a difference per feature one after the other."""
+        formulas = _Formulas(self._day, series)
+        columns = [formulas.aggregate(a) for a in aggregates]
+        rows = self._running.rows
+        parts = [self._targets]
+        for boundary, names in sorted(formulas.gathered.items()):
+            at = self._rows_before(boundary)
+            parts.append(
+                rows.select([pl.col(n).gather(at).alias(_at(n, boundary)) for n in sorted(names)])
+            )
+        table = pl.concat(parts, how="horizontal")
+        return table.select(pl.col("contact_id"), *columns)
+
+
+def _at(column: str, boundary: int) -> str:
+    return f"{column}@{boundary}"
+
+
+class _Formulas:
+    """Each aggregate as an expression over the running totals gathered at its boundaries (the
+    columns ``_at(series column, boundary)``), recording which totals each boundary needs."""
+
+    def __init__(self, day: int, series: dict[tuple[str, _Filter], _Series]) -> None:
+        self._day = day
+        self._series = series
+        self.gathered: dict[int, set[str]] = {}
+
+    def _gather(self, column: str, boundary: int) -> pl.Expr:
+        self.gathered.setdefault(boundary, set()).add(column)
+        return pl.col(_at(column, boundary))
+
+    def _total(self, item: _Series, boundary: int) -> pl.Expr:
+        gathered = self._gather(item.column, boundary)
         if item.kind == "v":  # restarts per contact: nothing before its first day is 0
             return gathered.fill_null(0.0)
-        return gathered.fill_null(self._targets.get_column(f"{item.column}__base"))
+        return gathered.fill_null(pl.col(f"{item.column}__base"))
 
-    def amount(self, item: _Series, window_days: int | None) -> pl.Series:
+    def _amount(self, item: _Series, window_days: int | None) -> pl.Expr:
         """The series' amount in [day - window, day), or in all history before day."""
         now = self._total(item, self._day)
         if window_days is not None:
             return now - self._total(item, self._day - window_days)
         if item.kind == "v":
             return now
-        return now - self._targets.get_column(f"{item.column}__base")
+        return now - pl.col(f"{item.column}__base")
 
-    def aggregate(
-        self, aggregate: Aggregate, series: dict[tuple[str, _Filter], _Series]
-    ) -> pl.Series:
+    def aggregate(self, aggregate: Aggregate) -> pl.Expr:
         filter_ = _filter_of(aggregate)
         kind = aggregate.kind
         if kind in ("count", "sum", "distinct_days", "sessions"):
             code = {"count": "n", "sum": "v", "distinct_days": "d", "sessions": "st"}[kind]
-            amount = self.amount(series[(code, filter_)], aggregate.window_days)
+            amount = self._amount(self._series[(code, filter_)], aggregate.window_days)
             return amount.cast(pl.Float64 if kind == "sum" else pl.Int64).alias(aggregate.name)
         now_us = self._day * MICROS_PER_DAY
         if kind == "days_since_last":
-            seen = self.amount(series[("n", filter_)], None) > 0
-            last = self._running.rows.get_column(series[("last", filter_)].column).gather(
-                self._rows_before(self._day)
-            )
-            moment = pl.select(pl.when(seen).then(last)).to_series()
+            seen = self._amount(self._series[("n", filter_)], None) > 0
+            last = self._gather(self._series[("last", filter_)].column, self._day)
+            moment = pl.when(seen).then(last)
         else:  # days_since_first: the first-ever matching event, if it is before the snapshot
-            first = self._targets.get_column(series[("first", filter_)].column)
-            moment = pl.select(pl.when(first < now_us).then(first)).to_series()
+            first = pl.col(self._series[("first", filter_)].column)
+            moment = pl.when(first < now_us).then(first)
         return ((now_us - moment).cast(pl.Float64) / MICROS_PER_DAY).alias(aggregate.name)
 
 
