@@ -150,7 +150,10 @@ class SnapshotSampler:
       budget, no less than ``min_rate``), each weighing 1 / share in ``sample_weight`` so that
       the models still learn the true mix. A large log's snapshots are mostly dormant contacts
       (61 % at 10 M simulated events), who cost memory and fitting time and carry the least
-      signal; the weights keep the estimates unbiased.
+      signal; the weights keep the estimates unbiased. When the active contacts alone overfill
+      the budget, every stage is capped at the same number of rows (the rarer stages stay
+      whole, the largest are sampled down to the cap), weighted the same way. No stage keeps
+      less than ``min_rate`` of its rows, even when that overfills the budget.
     - A *validation* snapshot with more than ``validation_rows_per_snapshot`` rows keeps a
       uniform random share of its rows (weight 1: every row had the same chance). Validation
       only steers early stopping, calibration and the decision weights, which a few hundred
@@ -166,6 +169,9 @@ class SnapshotSampler:
     validation_dates: frozenset[dt.datetime] = frozenset()
     validation_rows_per_snapshot: int | None = None  # None: validation is never sampled
     rates: dict[str, float] = field(default_factory=dict)  # snapshot -> share of dormant kept
+    # snapshot -> rules stage -> share kept, for the active stages sampled (rare: only when the
+    # active contacts alone overfill the budget)
+    active_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     validation_rates: dict[str, float] = field(default_factory=dict)  # snapshot -> share kept
     rows_built: int = 0
     rows_kept: int = 0
@@ -179,15 +185,27 @@ class SnapshotSampler:
             and rows.height > self.rows_per_snapshot
             and "rules_stage" in rows.columns
         ):
-            dormant = (rows["rules_stage"].cast(pl.String) == "dormant").fill_null(False).to_numpy()
-            n_dormant = int(dormant.sum())
-            room = self.rows_per_snapshot - (rows.height - n_dormant)
-            rate = max(self.min_rate, min(1.0, room / n_dormant)) if n_dormant else 1.0
-            if rate < 1.0:
-                keep = ~dormant | (self._draw(as_of, rows.height) < rate)
+            stage = rows["rules_stage"].cast(pl.String).fill_null("none")
+            names = np.asarray(stage.unique().sort().to_list())
+            codes = stage.replace_strict(
+                names.tolist(), list(range(len(names))), return_dtype=pl.Int64
+            ).to_numpy()
+            rates = _capped_rates(
+                np.bincount(codes, minlength=len(names)),
+                budget=self.rows_per_snapshot,
+                floor=self.min_rate,
+            )
+            if (rates < 1.0).any():
+                row_rates = rates[codes]
+                keep = self._draw(as_of, rows.height) < row_rates
                 rows = rows.filter(pl.Series(keep))
-                weight = pl.Series(np.where(dormant[keep], 1.0 / rate, 1.0), dtype=pl.Float32)
-                self.rates[f"{as_of:%Y-%m-%d}"] = round(rate, 6)
+                weight = pl.Series(1.0 / row_rates[keep], dtype=pl.Float32)
+                date = f"{as_of:%Y-%m-%d}"
+                for name, rate in zip(names, rates, strict=True):
+                    if rate < 1.0 and name == "dormant":
+                        self.rates[date] = round(float(rate), 6)
+                    elif rate < 1.0:
+                        self.active_rates.setdefault(date, {})[str(name)] = round(float(rate), 6)
         elif (
             as_of in self.validation_dates
             and self.validation_rows_per_snapshot is not None
@@ -199,5 +217,34 @@ class SnapshotSampler:
         self.rows_kept += rows.height
         return rows.with_columns(weight.alias(SAMPLE_WEIGHT))
 
+    @property
+    def sampled_training(self) -> bool:
+        """Whether any training row was sampled (and so weighs more than 1)."""
+        return bool(self.rates or self.active_rates)
+
     def _draw(self, as_of: dt.datetime, n: int) -> np.ndarray:
         return np.random.default_rng([self.seed, as_of.toordinal()]).random(n)
+
+
+def _capped_rates(counts: np.ndarray, *, budget: int, floor: float) -> np.ndarray:
+    """The share of each group to keep so that about ``budget`` rows remain: every group is
+    capped at the same number of rows (the largest cap that fits), groups below it are kept
+    whole, and no share falls below ``floor``. With the active stages under the cap, the one
+    group sampled is dormant, at (budget - active rows) / dormant rows."""
+    counts = counts.astype(np.float64)
+
+    def shares(cap: float) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            capped = np.where(counts > 0, np.minimum(1.0, cap / counts), 1.0)
+        return np.maximum(floor, capped)
+
+    if counts.sum() <= budget:
+        return np.ones_like(counts)
+    low, high = 0.0, float(counts.max())  # kept(high) = everything > budget
+    for _ in range(60):
+        middle = (low + high) / 2
+        if float((shares(middle) * counts).sum()) <= budget:
+            low = middle
+        else:
+            high = middle
+    return shares(low)

@@ -284,11 +284,20 @@ def train_models(
         each=sampler,
     )
     timings["features_and_labels"] = time.perf_counter() - clock
-    if sampler.rates:
+    if sampler.rates and not sampler.active_rates:
         say(
             f"large log: training snapshots keep every active contact and "
             f"{min(sampler.rates.values()):.1%}-{max(sampler.rates.values()):.1%} of the "
             f"dormant ones, weighted ({sampler.rows_kept:,} of {sampler.rows_built:,} rows kept)"
+        )
+    elif sampler.active_rates:
+        sampled = sorted({s for shares in sampler.active_rates.values() for s in shares})
+        say(
+            f"large log: the active contacts alone overfill max_training_rows "
+            f"({settings.max_training_rows:,}); training snapshots keep a weighted sample of "
+            f"the largest stages ({', '.join(sampled)}"
+            f"{', dormant' if sampler.rates else ''}) and every contact of the others "
+            f"({sampler.rows_kept:,} of {sampler.rows_built:,} rows kept)"
         )
     if sampler.validation_rates:
         say(
@@ -312,7 +321,7 @@ def train_models(
         X[name] = model_matrix(part, names)
         stage_y[name] = part[STAGE_LABEL].cast(pl.String).to_numpy()
         buy_y[name] = part[PURCHASE_LABEL].to_numpy()
-        if name == "train" and sampler.rates:
+        if name == "train" and sampler.sampled_training:
             train_weight = part[SAMPLE_WEIGHT].to_numpy().astype(np.float64)
         if name == "test":
             test_set = part.drop("contact_id", SAMPLE_WEIGHT)
@@ -397,6 +406,7 @@ def train_models(
             "horizon_days": settings.horizon_days,
             "snapshot_rows_built": sampler.rows_built,
             "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
+            "active_sample_rates": dict(sampler.active_rates),
             "validation_sample_rates": dict(sampler.validation_rates),
         },
         label_source=label_source,

@@ -36,7 +36,7 @@ class TrainingSettings(FrozenSettings):
     # large logs: the training snapshots keep every contact the rules see as active and a
     # weighted sample of the dormant ones, the validation snapshots a uniform sample
     # (training.frame.SnapshotSampler)
-    max_training_rows: int = Field(default=2_000_000, ge=1)
+    max_training_rows: int = Field(default=1_000_000, ge=1)
     max_validation_rows: int = Field(default=500_000, ge=1)
     min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
     lightgbm: LightGBMSettings

@@ -81,11 +81,61 @@ def test_a_large_training_snapshot_keeps_the_active_and_a_weighted_share_of_the_
 
 
 def test_the_dormant_share_never_falls_below_the_minimum() -> None:
+    sampler = _sampler(rows_per_snapshot=3_500, min_rate=0.1)
+    kept = sampler(TRAIN, _snapshot(TRAIN, active=3_000, dormant=10_000))
+    # 10 % of the dormant (1,000) leaves 2,500 rows for the three active stages of 1,000
+    assert sampler.rates == {"2026-03-02": 0.1}
+    share = round(2_500 / 3_000, 6)
+    assert sampler.active_rates == {
+        "2026-03-02": {"awareness": share, "conversion": share, "intent": share}
+    }
+    dormant = kept.filter(pl.col("rules_stage").cast(pl.String) == "dormant").height
+    assert 800 < dormant < 1_200
+    assert 3_200 < kept.height < 3_800
+
+
+def test_active_stages_that_overfill_the_budget_are_capped_alike_and_rare_ones_kept_whole() -> None:
+    stages = ["awareness"] * 30_000 + ["intent"] * 10_000 + ["conversion"] * 500
+    n = len(stages) + 5_000
+    rows = pl.DataFrame(
+        {
+            "contact_id": [f"c{i:06d}" for i in range(n)],
+            "as_of": [TRAIN] * n,
+            "rules_stage": pl.Series(stages + ["dormant"] * 5_000, dtype=STAGE_TYPE),
+        }
+    )
+    sampler = _sampler(rows_per_snapshot=12_500, min_rate=0.02)
+    kept = sampler(TRAIN, rows)
+    # a cap c with min(30k, c) + min(10k, c) + 500 + max(100, min(5k, c)) = 12.5k: c = 4,000
+    assert sampler.active_rates == {
+        "2026-03-02": {"awareness": round(4_000 / 30_000, 6), "intent": 0.4}
+    }
+    assert sampler.rates == {"2026-03-02": 0.8}
+    assert sampler.sampled_training
+    by_stage = kept.group_by(pl.col("rules_stage").cast(pl.String)).agg(
+        n=pl.len(), weight=pl.col(SAMPLE_WEIGHT).sum(), top=pl.col(SAMPLE_WEIGHT).max()
+    )
+    counts = dict(zip(by_stage["rules_stage"], by_stage["n"], strict=True))
+    weights = dict(zip(by_stage["rules_stage"], by_stage["weight"], strict=True))
+    tops = dict(zip(by_stage["rules_stage"], by_stage["top"], strict=True))
+    assert counts["conversion"] == 500  # the rare stage: whole, weight 1
+    assert tops["conversion"] == 1.0
+    for stage, total, rate in (("awareness", 30_000, 4 / 30), ("intent", 10_000, 0.4)):
+        spread = 5 * math.sqrt(total * rate * (1 - rate))
+        assert abs(counts[stage] - 4_000) < spread
+        assert tops[stage] == pytest.approx(1 / rate)
+        assert abs(weights[stage] - total) < spread / rate  # the weights restore the mix
+    assert abs(kept.height - 12_500) < 400
+
+
+def test_no_stage_keeps_less_than_the_minimum_share_even_over_the_budget() -> None:
     sampler = _sampler(rows_per_snapshot=1_000, min_rate=0.1)
     kept = sampler(TRAIN, _snapshot(TRAIN, active=3_000, dormant=10_000))
     assert sampler.rates == {"2026-03-02": 0.1}
-    assert kept.filter(pl.col("rules_stage").cast(pl.String) != "dormant").height == 3_000
-    assert 800 < kept.height - 3_000 < 1_200
+    assert sampler.active_rates == {
+        "2026-03-02": {"awareness": 0.1, "conversion": 0.1, "intent": 0.1}
+    }
+    assert 1_000 < kept.height < 1_600  # 10 % of every stage: 1,300 expected
 
 
 @pytest.mark.parametrize(("as_of", "budget"), [(TEST, 100), (TRAIN, 50_000)])
