@@ -340,16 +340,13 @@ def train_models(
         timings["tuning"] = time.perf_counter() - clock
 
     lightgbm = settings.lightgbm
-    common: dict[str, Any] = {
-        "num_boost_round": lightgbm.num_boost_round,
-        "early_stopping_rounds": lightgbm.early_stopping_rounds,
-        "seed": settings.seed,
-    }
+    common: dict[str, Any] = {"num_boost_round": lightgbm.num_boost_round, "seed": settings.seed}
     say("stage model")
     clock = time.perf_counter()
     stage_model = LightGBMStageModel(
         params={**lightgbm.params, **tuned.get("stage", {})},
         class_weight_power=lightgbm.class_weight_power,
+        early_stopping_rounds=lightgbm.patience("stage"),
         **common,
     ).fit(
         X["train"],
@@ -362,7 +359,9 @@ def train_models(
     say("propensity model")
     clock = time.perf_counter()
     propensity_model = LightGBMPropensityModel(
-        params={**lightgbm.params, **tuned.get("propensity", {})}, **common
+        params={**lightgbm.params, **tuned.get("propensity", {})},
+        early_stopping_rounds=lightgbm.patience("propensity"),
+        **common,
     ).fit(
         X["train"],
         buy_y["train"],

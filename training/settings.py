@@ -13,8 +13,18 @@ from features.settings import FrozenSettings, load_defaults
 class LightGBMSettings(FrozenSettings):
     num_boost_round: int = Field(gt=0)
     early_stopping_rounds: int = Field(gt=0)
+    # the stage model stops on multi_logloss over the validation rows, a smooth curve that
+    # needs less patience than the propensity model's AUC-PR; None: early_stopping_rounds
+    stage_early_stopping_rounds: int | None = Field(default=None, gt=0)
     class_weight_power: float = Field(ge=0, le=1)
     params: dict[str, Any]
+
+    def patience(self, model: str) -> int:
+        """Rounds without improvement on validation before ``model`` ("stage" or
+        "propensity") stops boosting."""
+        if model == "stage" and self.stage_early_stopping_rounds is not None:
+            return self.stage_early_stopping_rounds
+        return self.early_stopping_rounds
 
 
 class RegistrySettings(FrozenSettings):

@@ -91,7 +91,7 @@ def _objective(
     common: dict[str, Any] = {
         "params": params,
         "num_boost_round": settings.lightgbm.num_boost_round,
-        "early_stopping_rounds": settings.lightgbm.early_stopping_rounds,
+        "early_stopping_rounds": settings.lightgbm.patience(model),
         "seed": settings.seed,
     }
     parent = mlflow.active_run()

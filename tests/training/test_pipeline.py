@@ -122,3 +122,12 @@ def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
     assert not frame.filter(pl.col("contact_id").is_in(lost["contact_id"].to_list()))[
         PURCHASE_LABEL
     ].any()
+
+
+def test_the_stage_model_has_its_own_patience_and_falls_back_to_the_shared_one() -> None:
+    lightgbm = load_training_settings().lightgbm
+    assert lightgbm.stage_early_stopping_rounds is not None
+    assert lightgbm.patience("stage") == lightgbm.stage_early_stopping_rounds
+    assert lightgbm.patience("propensity") == lightgbm.early_stopping_rounds
+    shared = lightgbm.model_copy(update={"stage_early_stopping_rounds": None})
+    assert shared.patience("stage") == lightgbm.early_stopping_rounds

@@ -89,6 +89,9 @@ def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
     run = MlflowClient().get_run(ref.run_id)
     assert run.data.params["horizon_days"] == "14"
     assert run.data.params["spec_fingerprint"] == load_feature_spec().fingerprint
+    lightgbm = load_training_settings().lightgbm
+    for model in ("stage", "propensity"):
+        assert run.data.params[f"{model}.early_stopping_rounds"] == str(lightgbm.patience(model))
     for key in (
         "test.stage.lightgbm.macro_f1",
         "test.stage.rules.macro_f1",
