@@ -21,7 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.special import expit
+from scipy.special import expit, softmax
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -43,6 +43,10 @@ DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
 _EPS = 1e-6
 # up to this many rows are scored on one thread (the service's requests)
 _ONE_THREAD_ROWS = 64
+# from this many rows the stage model is scored one stage at a time (its 7 one-stage boosters):
+# a seventh of the trees fits in the core's cache as the rows stream past (5.9 s -> 4.7 s for
+# 500 k rows x 63 rounds); below it one call over every tree costs less
+_PER_STAGE_ROWS = 20_000
 
 
 def _stage_codes(y: Any) -> npt.NDArray[np.int64]:
@@ -238,6 +242,36 @@ def _choose_calibration(
 # --- LightGBM ---------------------------------------------------------------------------------
 
 
+class _BestValidation:
+    """Keeps the validation predictions of the best iteration so far, as LightGBM already
+    holds them after each round, so that calibration needs no second pass of the validation
+    rows through every tree (8 s of the stage model's 70 at 10 M events).
+
+    ``metric`` is a custom metric (LightGBM hands it the current predictions; it reports a
+    constant, after the early-stopping metric); the callback keeps the latest predictions
+    whenever the first metric improves strictly, the rule of ``lgb.early_stopping``."""
+
+    order = 25  # before early stopping (30), which ends training without calling the rest
+
+    def __init__(self) -> None:
+        self.iteration = 0  # 1-based, as Booster.best_iteration
+        self.predictions: FloatArray | None = None
+        self._latest: FloatArray | None = None
+        self._best: float | None = None
+
+    def metric(self, preds: FloatArray, data: lgb.Dataset) -> tuple[str, float, bool]:
+        self._latest = np.array(preds, dtype=np.float64, copy=True)  # LightGBM reuses it
+        return "kept_for_calibration", 0.0, False
+
+    def __call__(self, env: Any) -> None:
+        first = env.evaluation_result_list[0]
+        score, higher_better = first[2], first[3]
+        if self._best is None or (score > self._best if higher_better else score < self._best):
+            self._best = score
+            self.iteration = env.iteration + 1
+            self.predictions = self._latest
+
+
 class _LightGBMBase:
     booster_: lgb.Booster
 
@@ -267,7 +301,9 @@ class _LightGBMBase:
         X_val: pd.DataFrame,
         y_val: npt.NDArray[np.int64],
         weight_val: FloatArray | None = None,
-    ) -> lgb.Booster:
+    ) -> tuple[lgb.Booster, FloatArray]:
+        """The booster, cut at its best iteration, and its predictions of the validation rows
+        there (what ``_raw(X_val)`` gives, without a second pass through every tree)."""
         params = {
             **DEFAULT_LIGHTGBM_PARAMS,
             **(self.params or {}),
@@ -282,13 +318,16 @@ class _LightGBMBase:
         # the validation loss is weighted like the training loss, or early stopping would
         # judge a class-weighted model by unweighted frequencies and stop after a few trees
         valid = lgb.Dataset(X_val, label=y_val, weight=weight_val, reference=train)
+        keep = _BestValidation()
         booster = lgb.train(
             params,
             train,
             num_boost_round=self.num_boost_round,
             valid_sets=[valid],
             valid_names=["validation"],
+            feval=keep.metric,
             callbacks=[
+                keep,
                 lgb.early_stopping(
                     self.early_stopping_rounds, first_metric_only=True, verbose=False
                 ),
@@ -304,7 +343,10 @@ class _LightGBMBase:
             if isinstance(X[name].dtype, pd.CategoricalDtype)
         }
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        return booster
+        if keep.iteration == self.best_iteration_ and keep.predictions is not None:
+            return booster, keep.predictions
+        self.booster_ = booster
+        return booster, self._raw(X_val)
 
     def _raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return np.asarray(
@@ -385,8 +427,7 @@ class LightGBMPropensityModel(_LightGBMBase):
                 "validation snapshots"
             )
         objective = {"objective": "binary", "metric": ["average_precision", "binary_logloss"]}
-        self.booster_ = self._train(objective, X, target, sample_weight, X_val, target_val)
-        raw = self._raw(X_val)
+        self.booster_, raw = self._train(objective, X, target, sample_weight, X_val, target_val)
         self.calibration_, self.calibration_losses_ = _choose_calibration(
             raw, target_val, self.seed
         )
@@ -442,10 +483,9 @@ class LightGBMStageModel(_LightGBMBase):
         weight = class_weight[target]
         if sample_weight is not None:
             weight = weight * np.asarray(sample_weight, dtype=np.float64)
-        self.booster_ = self._train(
+        self.booster_, raw = self._train(
             objective, X, target, weight, X_val, target_val, class_weight[target_val]
         )
-        raw = self._raw(X_val)
         self.calibration_, self.calibration_losses_ = self._choose_multiclass(raw, target_val)
         self.calibrators_ = [
             _Calibrator(self.calibration_).fit(raw[:, k], (target_val == k).astype(np.int64))
@@ -482,6 +522,35 @@ class LightGBMStageModel(_LightGBMBase):
 
     def predict_raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return self._raw(X)
+
+    def _raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
+        """LightGBM's stage probabilities (softmax of the seven raw scores); many rows are
+        scored stage by stage, the same numbers."""
+        if len(X) < _PER_STAGE_ROWS:
+            return super()._raw(X)
+        matrix = self._matrix(X)
+        raw = np.column_stack([self._class_booster(k).predict(matrix) for k in range(len(STAGES))])
+        return np.asarray(softmax(raw, axis=1), dtype=np.float64)
+
+    def _matrix(self, X: pd.DataFrame | FloatArray) -> FloatArray:
+        """``X`` as LightGBM's input matrix, once for the seven boosters: categoricals as their
+        codes among the training categories (unknown and missing as NaN), as LightGBM codes
+        a pandas frame."""
+        frame = self._input(X)
+        if isinstance(frame, np.ndarray):
+            return frame
+        numbers = [n for n in self.feature_names_ if n not in self.categories_]
+        # float32 when every number is (model_matrix's frames), as LightGBM would read them
+        dtype = np.float32 if all(frame[n].dtype == np.float32 for n in numbers) else np.float64
+        matrix = np.empty((len(frame), len(self.feature_names_)), dtype=dtype)
+        for j, name in enumerate(self.feature_names_):
+            column = frame[name]
+            if name in self.categories_:
+                codes = column.cat.set_categories(self.categories_[name]).cat.codes.to_numpy()
+                matrix[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                matrix[:, j] = column.to_numpy(dtype=dtype, na_value=np.nan)
+        return matrix
 
     def predict_proba(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """Calibrated stage probabilities, columns in ``STAGES`` order, rows summing to 1."""

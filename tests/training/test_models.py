@@ -223,3 +223,66 @@ def test_the_decision_weights_are_those_of_a_search_scored_by_scikit_learn(ties:
     found = _tune_decision_weights(p, y)
     assert np.array_equal(found, expected)
     assert not np.array_equal(found, np.ones(len(STAGES)))  # the search did move something
+
+
+@pytest.mark.parametrize("kind", ["stage", "propensity"])
+def test_calibration_gets_the_validation_predictions_of_the_best_iteration(
+    problem: dict, kind: str
+) -> None:
+    """The validation predictions kept during boosting (no second pass through the trees) are
+    those of the model as it is kept, cut at its best iteration, not of the last round."""
+    X, s, y = problem["train"]
+    Xv, sv, yv = problem["validation"]
+    if kind == "stage":
+        model: LightGBMStageModel | LightGBMPropensityModel = LightGBMStageModel(
+            seed=2, num_threads=1, early_stopping_rounds=3, params={"learning_rate": 0.5}
+        )
+        objective = {"objective": "multiclass", "num_class": len(STAGES), "metric": "multi_logloss"}
+        target, target_val = _codes(s), _codes(sv)
+        X, Xv = X.drop(columns="rules_stage"), Xv.drop(columns="rules_stage")  # the label
+    else:
+        model = LightGBMPropensityModel(
+            seed=2, num_threads=1, early_stopping_rounds=3, params={"learning_rate": 0.5}
+        )
+        objective = {"objective": "binary", "metric": ["average_precision", "binary_logloss"]}
+        target, target_val = y.astype(np.int64), yv.astype(np.int64)
+    rounds: list[int] = []
+    model.callbacks = [lambda env: rounds.append(env.iteration + 1)]
+    second_passes: list[int] = []
+    model._raw = lambda rows: second_passes.append(len(rows))  # type: ignore[method-assign]
+    booster, kept = model._train(objective, X, target, None, Xv, target_val)
+    assert model.best_iteration_ < max(rounds)  # stopped early: the last round is not the best
+    assert second_passes == []  # kept, not predicted again
+    del model._raw
+    model.booster_ = booster
+    np.testing.assert_allclose(kept, model._raw(Xv), rtol=0, atol=1e-12)
+
+
+def test_many_rows_are_scored_stage_by_stage_to_the_same_probabilities(
+    problem: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, s, _ = problem["train"]
+    Xv, sv, _ = problem["validation"]
+    Xt = problem["test"][0]
+    # rules_stage (the label here, so the trees split on it) with its categories in another
+    # order, one the model never saw, and missing values: coded as in training, or NaN
+    values = Xt["rules_stage"].astype(object).to_numpy()
+    values[:10], values[10:20] = "lead", None
+    stages = Xt.assign(
+        rules_stage=pd.Categorical(values, categories=[*reversed(STAGES), "lead"]),
+        email_click_count_7d=Xt["email_click_count_7d"].astype("float32"),
+    )
+    model = LightGBMStageModel(seed=1, num_threads=1).fit(X, s, X_val=Xv, y_val=sv)
+    whole = model.predict_proba(stages)
+    calls: list[int] = []
+    real = model._class_booster
+    monkeypatch.setattr(model, "_class_booster", lambda k: calls.append(k) or real(k))
+    monkeypatch.setattr("training.models._PER_STAGE_ROWS", 1)
+    by_stage = model.predict_proba(stages)
+    assert calls == list(range(len(STAGES)))  # the path under test was taken
+    np.testing.assert_allclose(by_stage, whole, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.predict_proba(model._matrix(stages)), whole, atol=1e-12)
+
+
+def _codes(stages: np.ndarray) -> np.ndarray:
+    return np.asarray([list(STAGES).index(v) for v in stages], dtype=np.int64)
