@@ -47,7 +47,7 @@ class TrainingSettings(FrozenSettings):
     # weighted sample of the dormant ones, the validation snapshots a uniform sample
     # (training.frame.SnapshotSampler)
     max_training_rows: int = Field(default=1_000_000, ge=1)
-    max_validation_rows: int = Field(default=500_000, ge=1)
+    max_validation_rows: int = Field(default=250_000, ge=1)
     min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
     lightgbm: LightGBMSettings
     registry: RegistrySettings
