@@ -44,8 +44,8 @@ _EPS = 1e-6
 # up to this many rows are scored on one thread (the service's requests)
 _ONE_THREAD_ROWS = 64
 # from this many rows the stage model is scored one stage at a time (its 7 one-stage boosters):
-# a seventh of the trees fits in the core's cache as the rows stream past (5.9 s -> 4.7 s for
-# 500 k rows x 63 rounds); below it one call over every tree costs less
+# a seventh of the trees stays in the core's cache as the rows stream past; below it one call
+# over every tree costs less
 _PER_STAGE_ROWS = 20_000
 
 
@@ -245,7 +245,7 @@ def _choose_calibration(
 class _BestValidation:
     """Keeps the validation predictions of the best iteration so far, as LightGBM already
     holds them after each round, so that calibration needs no second pass of the validation
-    rows through every tree (8 s of the stage model's 70 at 10 M events).
+    rows through every tree.
 
     ``metric`` is a custom metric (LightGBM hands it the current predictions; it reports a
     constant, after the early-stopping metric); the callback keeps the latest predictions
