@@ -398,7 +398,8 @@ def run_xeducation(say: Say) -> dict[str, Any]:
         fitted = LightGBMPropensityModel(
             params=dict(settings.lightgbm.params),
             num_boost_round=settings.lightgbm.num_boost_round,
-            early_stopping_rounds=settings.lightgbm.early_stopping_rounds,
+            early_stopping_rounds=settings.lightgbm.patience("propensity"),
+            blend_rfm=settings.lightgbm.blend_rfm,  # no RFM features here: LightGBM alone
             seed=settings.seed,
         ).fit(X["train"], y["train"], X_val=X["validation"], y_val=y["validation"])
         scores[model] = fitted.predict_proba(X["test"])
@@ -562,6 +563,8 @@ def train_and_score(
         "embargoed_snapshots": summary["embargoed_snapshots"],
         "stage": {"revealed": _stage_scores(evaluation.stage_true, evaluation.stage_pred)},
         "baseline": "rfm_logistic",
+        # the weight of LightGBM's log-odds in the propensity model's blend with the RFM line
+        "propensity_lightgbm_weight": result.propensity_model.lightgbm_weight_,
         "propensity": {
             model: _propensity_scores(evaluation.purchase_true, evaluation.propensity[model])
             for model in ("rfm_logistic", "lightgbm")
@@ -648,15 +651,18 @@ def score_coupon_redemption(
     model = LightGBMPropensityModel(
         params=dict(lightgbm.params),
         num_boost_round=lightgbm.num_boost_round,
-        early_stopping_rounds=lightgbm.early_stopping_rounds,
+        early_stopping_rounds=lightgbm.patience("propensity"),
+        blend_rfm=lightgbm.blend_rfm,
         seed=settings.seed,
     ).fit(X["train"], y["train"], X_val=X["validation"], y_val=y["validation"])
     say("coupon redemption: RFM baseline")
-    rfm = RfmPropensityModel(seed=settings.seed).fit(X["train"], y["train"])
+    # the blend's RFM line is the baseline itself, as in train_models
+    rfm = model.rfm_ or RfmPropensityModel(seed=settings.seed).fit(X["train"], y["train"])
     scores = {
         "rfm_logistic": rfm.predict_proba(X["test"]),
         "lightgbm": model.predict_proba(X["test"]),
     }
+    task["propensity_lightgbm_weight"] = model.lightgbm_weight_
     task["propensity"] = {name: _propensity_scores(y["test"], p) for name, p in scores.items()}
     task["auc_difference"] = auc_difference(
         parts["test"]["contact_id"].to_numpy(),
@@ -942,7 +948,13 @@ def _models_table(task: dict[str, Any]) -> Table:
     baseline = task["baseline"]
     names = {"rfm_logistic": "RFM baseline", "logistic_activity": "activity baseline (logistic)"}
     row(names[baseline], None, baseline)
-    row("funnelcast (LightGBM)", "lightgbm" if stage else None, "lightgbm")
+    weight = task.get("propensity_lightgbm_weight")
+    blend = (
+        ""
+        if weight in (None, 1.0)
+        else f", propensity blended {weight:.1f} / {1 - weight:.1f} with RFM"
+    )
+    row(f"funnelcast (LightGBM{blend})", "lightgbm" if stage else None, "lightgbm")
     for extra in task["propensity"]:
         if extra not in (baseline, "lightgbm"):
             row(f"funnelcast, {extra.removeprefix('lightgbm ')}", None, extra)

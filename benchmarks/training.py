@@ -244,6 +244,11 @@ def _child_train(task: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_gib": round(peak[0], 2),
         "stage_macro_f1": result.metrics["stage"]["lightgbm"]["macro_f1"],
         "rules_macro_f1": result.metrics["stage"]["rules"]["macro_f1"],
+        "propensity": {
+            model: {key: result.metrics["propensity"][model][key] for key in ("auc_roc", "auc_pr")}
+            for model in ("lightgbm", "rfm_logistic")
+        },
+        "propensity_lightgbm_weight": result.propensity_model.lightgbm_weight_,
     }
 
 
@@ -278,6 +283,14 @@ def _print_train(label: str, entry: dict[str, Any]) -> None:
         f"{entry['events']:,} events, {entry['train_rows']:,} training rows, "
         f"{entry['test_rows']:,} test rows; peak {entry['peak_rss_gib']:.1f} GiB."
     )
+    if "propensity" in entry:  # older result files hold the stage figures only
+        ours, rfm = entry["propensity"]["lightgbm"], entry["propensity"]["rfm_logistic"]
+        console.print(
+            f"Test weeks: stage macro-F1 {entry['stage_macro_f1']:.3f} (rules "
+            f"{entry['rules_macro_f1']:.3f}); purchase AUC-ROC {ours['auc_roc']:.3f} (RFM "
+            f"{rfm['auc_roc']:.3f}), AUC-PR {ours['auc_pr']:.4f} (RFM {rfm['auc_pr']:.4f}); "
+            f"LightGBM's weight in the propensity blend {entry['propensity_lightgbm_weight']:.1f}."
+        )
 
 
 def _print_targets(result: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@
   purchases and of engagement: the baseline a careful analyst would build.
 * ``LightGBMStageModel`` and ``LightGBMPropensityModel``: gradient-boosted trees with native
   categoricals, early stopping on an out-of-time validation window, and probabilities
-  calibrated on that window (isotonic or sigmoid, whichever predicts it better out of fold).
+  calibrated on that window (isotonic or sigmoid, whichever predicts it better out of fold);
+  the propensity model can blend in the RFM line, with a weight chosen on that window.
 
 ``__init__`` stores keyword arguments; ``fit`` validates and returns self; learned state ends
 in ``_``; every random step takes ``seed``. Inputs are pandas frames from
@@ -24,6 +25,7 @@ import pandas as pd
 from scipy.special import expit, softmax
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
 
 from features.errors import InputError
@@ -137,19 +139,41 @@ class RfmPropensityModel:
             raise InputError(
                 f"the RFM baseline needs features {missing}; keep them in the feature spec"
             )
-        parts = []
-        for name in self.columns:
-            values = X[name].to_numpy(dtype=float)
-            if name.startswith("days_since"):
-                parts.append(np.isnan(values).astype(float))
-                parts.append(
-                    np.minimum(
-                        np.nan_to_num(values, nan=self.recency_cap_days), self.recency_cap_days
-                    )
-                )
-            else:
-                parts.append(np.log1p(np.maximum(np.nan_to_num(values, nan=0.0), 0.0)))
-        return np.column_stack(parts)
+        return self._design_of(
+            np.column_stack([X[name].to_numpy(dtype=float) for name in self.columns])
+        )
+
+    def _design_of(self, values: FloatArray) -> FloatArray:
+        """The design matrix from the raw values of ``columns`` (one column each, in order):
+        per recency column a "never" flag and the days capped at ``recency_cap_days``, per
+        other column the log1p of its value (missing and negative as 0), in column order."""
+        recency, others, flags, logs, width = self._layout()
+        out = np.empty((len(values), width), dtype=np.float64)
+        days = values[:, recency]
+        never = np.isnan(days)
+        out[:, flags] = never
+        out[:, flags + 1] = np.fmin(days, self.recency_cap_days)  # fmin: NaN -> the cap
+        out[:, logs] = np.log1p(np.fmax(values[:, others], 0.0))  # fmax: NaN -> 0
+        return out
+
+    def _layout(self) -> tuple[Any, ...]:
+        """Which columns are recencies and which are not, their places in the design (a
+        recency takes two: its flag, then its days) and its width; worked out once."""
+        cached: tuple[Any, ...] | None = self.__dict__.get("_layout_cache")
+        if cached is not None:
+            return cached
+        recency = [j for j, name in enumerate(self.columns) if name.startswith("days_since")]
+        others = [j for j in range(len(self.columns)) if j not in recency]
+        start = np.cumsum([0] + [2 if j in recency else 1 for j in range(len(self.columns))])
+        cached = (
+            np.asarray(recency, dtype=np.intp),
+            np.asarray(others, dtype=np.intp),
+            start[recency],
+            start[others],
+            int(start[-1]),
+        )
+        self.__dict__["_layout_cache"] = cached
+        return cached
 
     def fit(
         self, X: pd.DataFrame, y: Any, *, sample_weight: FloatArray | None = None
@@ -159,16 +183,54 @@ class RfmPropensityModel:
         target = _binary(y)
         if target.min() == target.max():
             raise InputError("the RFM baseline needs both buyers and non-buyers to fit")
+        self.__dict__.pop("_line_cache", None)  # of an earlier fit
         design = self._design(X)
         self.scaler_ = StandardScaler().fit(design)
         self.model_ = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed)
         self.model_.fit(self.scaler_.transform(design), target, sample_weight=sample_weight)
         return self
 
+    def log_odds(
+        self, X: pd.DataFrame | FloatArray, feature_names: list[str] | None = None
+    ) -> FloatArray:
+        """The fitted line's log-odds of a purchase, per row. ``X`` is a pandas frame, or an
+        encoded matrix whose columns are ``feature_names`` (the service's input). Evaluated in
+        numpy with the scaling folded into the coefficients, not through scikit-learn: the same
+        numbers at a fraction of the cost of a one-row request."""
+        if isinstance(X, np.ndarray):
+            if feature_names is None:
+                raise ValueError("an encoded matrix needs its feature_names")
+            design = self._design_of(X[:, self._positions(feature_names)].astype(np.float64))
+        else:
+            design = self._design(X)
+        coef, intercept = self._line()
+        return np.asarray(design @ coef + intercept, dtype=np.float64)
+
+    def _positions(self, feature_names: list[str]) -> list[int]:
+        """Where ``columns`` are among ``feature_names`` (cached: one model, one order)."""
+        key = tuple(feature_names)
+        cache: dict[tuple[str, ...], list[int]] = self.__dict__.setdefault("_position_cache", {})
+        if key not in cache:
+            missing = [c for c in self.columns if c not in feature_names]
+            if missing:
+                raise InputError(
+                    f"the RFM baseline needs features {missing}; keep them in the feature spec"
+                )
+            cache[key] = [feature_names.index(name) for name in self.columns]
+        return cache[key]
+
+    def _line(self) -> tuple[FloatArray, float]:
+        """The coefficients and intercept on the unscaled design (worked out once a fit)."""
+        cached: tuple[FloatArray, float] | None = self.__dict__.get("_line_cache")
+        if cached is None:
+            coef = self.model_.coef_[0] / self.scaler_.scale_
+            cached = (coef, float(self.model_.intercept_[0] - coef @ self.scaler_.mean_))
+            self.__dict__["_line_cache"] = cached
+        return cached
+
     def predict_proba(self, X: pd.DataFrame) -> FloatArray:
         """P(purchase in the horizon), one column."""
-        scores = self.model_.predict_proba(self.scaler_.transform(self._design(X)))[:, 1]
-        return np.asarray(scores, dtype=float)
+        return np.asarray(expit(self.log_odds(X)), dtype=np.float64)
 
 
 # --- calibration ------------------------------------------------------------------------------
@@ -405,7 +467,19 @@ class _LightGBMBase:
 
 class LightGBMPropensityModel(_LightGBMBase):
     """P(purchase in the horizon): binary LightGBM, early stopping on validation AUC-PR,
-    calibrated on the validation window."""
+    calibrated on the validation window.
+
+    With ``blend_rfm``, the RFM logistic baseline is fitted on the same training rows and the
+    two are blended in log-odds, ``w * LightGBM + (1 - w) * RFM``, with the weight ``w`` that
+    ranks the validation buyers best (AUC-PR; ties go to LightGBM), before calibration. Trees
+    learn the interactions of engagement; the logistic line extrapolates recency and frequency
+    smoothly into later weeks, which trees fitted on earlier weeks do not. ``w`` is 1 (LightGBM
+    alone) when the blend does not help on validation, or when the RFM features are not in
+    the feature spec."""
+
+    def __init__(self, *, blend_rfm: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.blend_rfm = blend_rfm
 
     def fit(
         self,
@@ -428,18 +502,56 @@ class LightGBMPropensityModel(_LightGBMBase):
             )
         objective = {"objective": "binary", "metric": ["average_precision", "binary_logloss"]}
         self.booster_, raw = self._train(objective, X, target, sample_weight, X_val, target_val)
+        self.rfm_: RfmPropensityModel | None = None
+        self.lightgbm_weight_ = 1.0
+        self.blend_scores_: dict[str, float] = {}
+        if self.blend_rfm and all(c in X.columns for c in RFM_COLUMNS):
+            self.rfm_ = RfmPropensityModel(seed=self.seed).fit(
+                X, target, sample_weight=sample_weight
+            )
+            self.lightgbm_weight_, self.blend_scores_ = _choose_blend(
+                _logit(raw), self.rfm_.log_odds(X_val), target_val
+            )
+            raw = self._blended(raw, X_val)
         self.calibration_, self.calibration_losses_ = _choose_calibration(
             raw, target_val, self.seed
         )
         self.calibrator_ = _Calibrator(self.calibration_).fit(raw, target_val)
         return self
 
+    def _blended(self, raw: FloatArray, X: pd.DataFrame | FloatArray) -> FloatArray:
+        """LightGBM's probabilities blended with the RFM line's, before calibration."""
+        # models logged before the blend existed have neither attribute: LightGBM alone
+        rfm_model: RfmPropensityModel | None = getattr(self, "rfm_", None)
+        w = float(getattr(self, "lightgbm_weight_", 1.0))
+        if rfm_model is None or w == 1.0:
+            return raw
+        rfm = rfm_model.log_odds(X, self.feature_names_)
+        return np.asarray(expit(w * _logit(raw) + (1 - w) * rfm), dtype=np.float64)
+
     def predict_raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
-        return self._raw(X)
+        """The uncalibrated probabilities (LightGBM's, blended with RFM's when it is)."""
+        return self._blended(self._raw(X), X)
 
     def predict_proba(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """Calibrated P(purchase in the horizon), one value per row."""
-        return self.calibrator_.transform(self._raw(X))
+        return self.calibrator_.transform(self.predict_raw(X))
+
+
+def _choose_blend(
+    lightgbm: FloatArray, rfm: FloatArray, y: npt.NDArray[np.int64]
+) -> tuple[float, dict[str, float]]:
+    """The weight of LightGBM's log-odds (0, 0.1, ..., 1) whose blend with the RFM line's has
+    the best validation AUC-PR, and the AUC-PR of each weight; ties go to the larger weight."""
+    scores: dict[str, float] = {}
+    best_weight, best = 1.0, -np.inf
+    for tenths in range(10, -1, -1):
+        w = tenths / 10
+        score = float(average_precision_score(y, w * lightgbm + (1 - w) * rfm))
+        scores[f"{w:.1f}"] = score
+        if score > best + 1e-12:
+            best_weight, best = w, score
+    return best_weight, scores
 
 
 class LightGBMStageModel(_LightGBMBase):

@@ -361,6 +361,7 @@ def train_models(
     propensity_model = LightGBMPropensityModel(
         params={**lightgbm.params, **tuned.get("propensity", {})},
         early_stopping_rounds=lightgbm.patience("propensity"),
+        blend_rfm=lightgbm.blend_rfm,
         **common,
     ).fit(
         X["train"],
@@ -373,7 +374,8 @@ def train_models(
     say("baselines and evaluation")
     clock = time.perf_counter()
     rules_model = RulesStageModel().fit(X["train"])
-    rfm_model = RfmPropensityModel(seed=settings.seed).fit(
+    # the blend's RFM line is the baseline itself (the same rows, weights and seed)
+    rfm_model = propensity_model.rfm_ or RfmPropensityModel(seed=settings.seed).fit(
         X["train"], buy_y["train"], sample_weight=train_weight
     )
     evaluation = evaluate_on(

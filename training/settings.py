@@ -17,6 +17,9 @@ class LightGBMSettings(FrozenSettings):
     # needs less patience than the propensity model's AUC-PR; None: early_stopping_rounds
     stage_early_stopping_rounds: int | None = Field(default=None, gt=0)
     class_weight_power: float = Field(ge=0, le=1)
+    # the propensity model blends LightGBM with the RFM logistic line in log-odds, with the
+    # weight that ranks the validation buyers best (1: LightGBM alone)
+    blend_rfm: bool = True
     params: dict[str, Any]
 
     def patience(self, model: str) -> int:

@@ -187,6 +187,8 @@ def log_training(
             "stage.calibration": result.stage_model.calibration_,
             "propensity.best_iteration": result.propensity_model.best_iteration_,
             "propensity.calibration": result.propensity_model.calibration_,
+            "propensity.blend_rfm": settings.lightgbm.blend_rfm,
+            "propensity.lightgbm_weight": result.propensity_model.lightgbm_weight_,
             **{f"lightgbm.{k}": v for k, v in settings.lightgbm.params.items()},
             **{
                 f"tuned.{model}.{k}": v

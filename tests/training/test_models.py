@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, f1_score
 
 from features.errors import InputError
 from features.vocabulary import STAGES
@@ -286,3 +286,99 @@ def test_many_rows_are_scored_stage_by_stage_to_the_same_probabilities(
 
 def _codes(stages: np.ndarray) -> np.ndarray:
     return np.asarray([list(STAGES).index(v) for v in stages], dtype=np.int64)
+
+
+def _rfm_problem(n: int, seed: int, *, busier: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """Purchases that follow a smooth logistic line of recency and frequency; ``busier``
+    shifts the frequencies up, as later weeks of a growing customer base do."""
+    rng = np.random.default_rng(seed)
+    orders = rng.poisson(1.0 + busier, n).astype(float)
+    recency = np.where(orders > 0, rng.uniform(0, 200, n), np.nan)
+    line = 1.5 * np.log1p(orders) - 0.015 * np.nan_to_num(recency, nan=365.0) - 1.0
+    bought = rng.random(n) < 1 / (1 + np.exp(-line))
+    X = pd.DataFrame(
+        {
+            "days_since_last_purchase": recency,
+            "purchase_count_all": orders,
+            "purchase_value_sum_all": orders * rng.uniform(20, 80, n),
+            "days_since_last_event": rng.uniform(0, 30, n),
+            "event_count_28d": rng.poisson(3.0, n).astype(float),
+            "active_days_28d": rng.integers(0, 10, n).astype(float),
+            "email_click_count_7d": rng.poisson(1.0, n).astype(float),
+        }
+    )
+    return X, bought
+
+
+def test_the_propensity_model_blends_in_the_rfm_line_by_validation_auc_pr() -> None:
+    X, y = _rfm_problem(4000, 1, busier=0.0)
+    Xv, yv = _rfm_problem(2000, 2, busier=3.0)
+    Xt, _ = _rfm_problem(2000, 3, busier=3.0)
+    model = LightGBMPropensityModel(seed=1, num_threads=1, blend_rfm=True).fit(
+        X, y, X_val=Xv, y_val=yv
+    )
+    assert model.rfm_ is not None
+    # the chosen weight is the best of the grid by scikit-learn's AUC-PR of the blend
+    lightgbm = np.log(model._raw(Xv) / (1 - model._raw(Xv)))
+    rfm = model.rfm_.log_odds(Xv)
+    scores = {
+        w: average_precision_score(yv, w * lightgbm + (1 - w) * rfm)
+        for w in np.round(np.linspace(0, 1, 11), 1)
+    }
+    assert model.lightgbm_weight_ < 1.0  # the line extrapolates to the busier weeks
+    assert scores[model.lightgbm_weight_] == pytest.approx(max(scores.values()), abs=1e-9)
+    assert scores[model.lightgbm_weight_] > scores[1.0]
+    # the service's encoded matrix (columns in the model's order) scores the same
+    np.testing.assert_allclose(
+        model.predict_proba(Xt[model.feature_names_].to_numpy(dtype=np.float64)),
+        model.predict_proba(Xt),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_the_rfm_line_in_numpy_is_scikit_learns(problem: dict) -> None:
+    X, _, bought = problem["train"]
+    Xt = problem["test"][0]
+    model = RfmPropensityModel().fit(X, bought)
+    expected = model.model_.decision_function(model.scaler_.transform(model._design(Xt)))
+    np.testing.assert_allclose(model.log_odds(Xt), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        model.predict_proba(Xt),
+        model.model_.predict_proba(model.scaler_.transform(model._design(Xt)))[:, 1],
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_without_the_rfm_features_or_the_setting_the_propensity_model_is_lightgbm_alone(
+    problem: dict,
+) -> None:
+    X, _, y = problem["train"]
+    Xv, _, yv = problem["validation"]
+    Xt = problem["test"][0]
+    without = [c for c in X.columns if c != "purchase_count_all"]
+    for model, columns in (
+        (LightGBMPropensityModel(seed=1, num_threads=1, blend_rfm=True), without),
+        (LightGBMPropensityModel(seed=1, num_threads=1, blend_rfm=False), list(X.columns)),
+    ):
+        model.fit(X[columns], y, X_val=Xv[columns], y_val=yv)
+        assert model.rfm_ is None
+        assert model.lightgbm_weight_ == 1.0
+        np.testing.assert_array_equal(
+            model.predict_proba(Xt[columns]), model.calibrator_.transform(model._raw(Xt[columns]))
+        )
+
+
+def test_a_propensity_model_saved_before_the_blend_still_predicts(problem: dict) -> None:
+    """Models pickled before the blend existed lack its attributes: they score as LightGBM
+    alone, through the calibration they were fitted with."""
+    X, _, y = problem["train"]
+    Xv, _, yv = problem["validation"]
+    Xt = problem["test"][0]
+    model = LightGBMPropensityModel(seed=1, num_threads=1, blend_rfm=False).fit(
+        X, y, X_val=Xv, y_val=yv
+    )
+    expected = model.predict_proba(Xt)
+    del model.rfm_, model.lightgbm_weight_
+    np.testing.assert_array_equal(model.predict_proba(Xt), expected)

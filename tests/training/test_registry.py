@@ -92,6 +92,12 @@ def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
     lightgbm = load_training_settings().lightgbm
     for model in ("stage", "propensity"):
         assert run.data.params[f"{model}.early_stopping_rounds"] == str(lightgbm.patience(model))
+    result, _ = trained["normal"]
+    assert run.data.params["propensity.blend_rfm"] == str(lightgbm.blend_rfm)
+    weight = float(run.data.params["propensity.lightgbm_weight"])
+    assert weight == result.propensity_model.lightgbm_weight_
+    # the evaluation's RFM baseline is the blend's own line, not a second fit
+    assert result.rfm_model is result.propensity_model.rfm_
     for key in (
         "test.stage.lightgbm.macro_f1",
         "test.stage.rules.macro_f1",
