@@ -134,11 +134,7 @@ class RfmPropensityModel:
         self.seed = seed
 
     def _design(self, X: pd.DataFrame) -> FloatArray:
-        missing = [c for c in self.columns if c not in X.columns]
-        if missing:
-            raise InputError(
-                f"the RFM baseline needs features {missing}; keep them in the feature spec"
-            )
+        self._require(list(X.columns))
         return self._design_of(
             np.column_stack([X[name].to_numpy(dtype=float) for name in self.columns])
         )
@@ -211,13 +207,16 @@ class RfmPropensityModel:
         key = tuple(feature_names)
         cache: dict[tuple[str, ...], list[int]] = self.__dict__.setdefault("_position_cache", {})
         if key not in cache:
-            missing = [c for c in self.columns if c not in feature_names]
-            if missing:
-                raise InputError(
-                    f"the RFM baseline needs features {missing}; keep them in the feature spec"
-                )
+            self._require(feature_names)
             cache[key] = [feature_names.index(name) for name in self.columns]
         return cache[key]
+
+    def _require(self, names: list[str]) -> None:
+        missing = [c for c in self.columns if c not in names]
+        if missing:
+            raise InputError(
+                f"the RFM baseline needs features {missing}; keep them in the feature spec"
+            )
 
     def _line(self) -> tuple[FloatArray, float]:
         """The coefficients and intercept on the unscaled design (worked out once a fit)."""
@@ -504,15 +503,14 @@ class LightGBMPropensityModel(_LightGBMBase):
         self.booster_, raw = self._train(objective, X, target, sample_weight, X_val, target_val)
         self.rfm_: RfmPropensityModel | None = None
         self.lightgbm_weight_ = 1.0
-        self.blend_scores_: dict[str, float] = {}
         if self.blend_rfm and all(c in X.columns for c in RFM_COLUMNS):
             self.rfm_ = RfmPropensityModel(seed=self.seed).fit(
                 X, target, sample_weight=sample_weight
             )
-            self.lightgbm_weight_, self.blend_scores_ = _choose_blend(
-                _logit(raw), self.rfm_.log_odds(X_val), target_val
-            )
-            raw = self._blended(raw, X_val)
+            trees, line = _logit(raw), self.rfm_.log_odds(X_val)
+            w = self.lightgbm_weight_ = _choose_blend(trees, line, target_val)
+            if w < 1.0:  # as _blended scores it
+                raw = np.asarray(expit(w * trees + (1 - w) * line), dtype=np.float64)
         self.calibration_, self.calibration_losses_ = _choose_calibration(
             raw, target_val, self.seed
         )
@@ -538,20 +536,16 @@ class LightGBMPropensityModel(_LightGBMBase):
         return self.calibrator_.transform(self.predict_raw(X))
 
 
-def _choose_blend(
-    lightgbm: FloatArray, rfm: FloatArray, y: npt.NDArray[np.int64]
-) -> tuple[float, dict[str, float]]:
+def _choose_blend(lightgbm: FloatArray, rfm: FloatArray, y: npt.NDArray[np.int64]) -> float:
     """The weight of LightGBM's log-odds (0, 0.1, ..., 1) whose blend with the RFM line's has
-    the best validation AUC-PR, and the AUC-PR of each weight; ties go to the larger weight."""
-    scores: dict[str, float] = {}
+    the best validation AUC-PR; ties go to the larger weight."""
     best_weight, best = 1.0, -np.inf
     for tenths in range(10, -1, -1):
         w = tenths / 10
         score = float(average_precision_score(y, w * lightgbm + (1 - w) * rfm))
-        scores[f"{w:.1f}"] = score
         if score > best + 1e-12:
             best_weight, best = w, score
-    return best_weight, scores
+    return best_weight
 
 
 class LightGBMStageModel(_LightGBMBase):

@@ -328,6 +328,11 @@ def test_the_propensity_model_blends_in_the_rfm_line_by_validation_auc_pr() -> N
     assert model.lightgbm_weight_ < 1.0  # the line extrapolates to the busier weeks
     assert scores[model.lightgbm_weight_] == pytest.approx(max(scores.values()), abs=1e-9)
     assert scores[model.lightgbm_weight_] > scores[1.0]
+    # what it scores is the blend it chose (and calibrated on)
+    w = model.lightgbm_weight_
+    np.testing.assert_allclose(
+        model.predict_raw(Xv), 1 / (1 + np.exp(-(w * lightgbm + (1 - w) * rfm))), atol=1e-12
+    )
     # the service's encoded matrix (columns in the model's order) scores the same
     np.testing.assert_allclose(
         model.predict_proba(Xt[model.feature_names_].to_numpy(dtype=np.float64)),
