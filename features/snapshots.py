@@ -10,7 +10,11 @@ pass each. Instead:
    count or sum into a difference of two running totals: the one at the last day before the
    snapshot, minus the one at the last day before the window starts.
 3. Each snapshot then only gathers, per eligible contact, the rows of the boundaries it needs
-   (vectorised, no group-by), so a snapshot costs about the size of its output.
+   (vectorised, no group-by), so a snapshot costs about the size of its output. Every feature
+   is one expression gathering its totals and taking their difference, all in one parallel
+   select; the rows found for a day boundary are kept for the later snapshots that share it
+   (a weekly snapshot's 7-day window starts at the one before). Integer totals are 32-bit
+   while the events number fewer than 2^31, which halves what the gathers read.
 
 Snapshots are at midnight UTC, so "events strictly before as_of" is exactly "days before the
 snapshot day", and windows of whole days line up with day boundaries. The values equal
@@ -22,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
@@ -124,10 +128,39 @@ class _Running:
     """Running totals at the last event of each contact's day, and what is fixed per contact."""
 
     rows: pl.DataFrame  # contact_id, day, _contact, _key, totals; sorted by _key
-    contacts: pl.DataFrame  # _contact, contact_id, _first_row, totals before its first day,
-    # first times
+    contacts: pl.DataFrame  # _contact (its row here), contact_id, _before_first, first times
+    # per day boundary (None: before the first day), each contact's row before it: weekly
+    # snapshots share most of their boundaries (one's 7-day window starts at the previous one)
+    before: dict[int | None, pl.Series] = field(default_factory=dict)
+
+    def rows_before(self, boundary: int | None) -> pl.Series:
+        """Per contact, the row holding its totals just before ``boundary`` (None: before its
+        first day): its last day before it or, with none, the row before its first day, whose
+        integer totals are what the contact's stood at then. Null where no such row exists
+        (the first contact's first day): the totals there are zero.
+
+        A binary search of (contact, boundary) among the rows' sorted (contact, day) keys."""
+        if boundary not in self.before:
+            if boundary is None:
+                before = self.contacts.get_column("_before_first")
+            else:
+                query = pl.select(
+                    _day_key(pl.lit(self.contacts.get_column("_contact")), pl.lit(boundary))
+                ).to_series()
+                found = self.rows.get_column("_key").search_sorted(query, side="left")
+                before = found.cast(pl.Int64) - 1
+            self.before[boundary] = pl.select(
+                pl.when(before >= 0).then(before).cast(pl.UInt32)
+            ).to_series()
+        return self.before[boundary]
+
+    def forget_before(self, day: int) -> None:
+        """Drop the rows found for boundaries before ``day`` (no later snapshot reads them)."""
+        for boundary in [b for b in self.before if b is not None and b < day]:
+            del self.before[boundary]
 
 
+_INT32_EVENTS = 2**31  # below this many events, integer totals are 32-bit
 _BATCH = 16  # series computed at a time over all events: bounds the memory of the running sums
 
 
@@ -143,8 +176,8 @@ def _running_totals(
     frame = (
         events.select(
             "contact_id",
-            "event_type",
-            "channel",
+            # categorical: each series' filter tests codes, not strings, along every event
+            pl.col("event_type", "channel").cast(pl.Categorical),
             "value",
             _us=pl.col("timestamp").dt.epoch("us"),
         )
@@ -155,6 +188,9 @@ def _running_totals(
         )
         .collect()
     )
+    # integer totals run across every event, so they stay below the number of events: 32 bits
+    # when that allows it, which halves the memory the snapshots' gathers read
+    counts = pl.Int32 if frame.height < _INT32_EVENTS else pl.Int64
     sessions = [s for s in series.values() if s.kind == "st"]
     if sessions:
         frame = frame.with_columns(
@@ -170,34 +206,33 @@ def _running_totals(
     along = [s for s in series.values() if s.kind in ("n", "st", "v", "last")]
     for start in range(0, len(along), _BATCH):
         batch = along[start : start + _BATCH]
-        running.append(frame.select([_running(s) for s in batch]).filter(day_ends))
+        running.append(frame.select([_running(s, counts) for s in batch]).filter(day_ends))
     rows = pl.concat(running, how="horizontal")
     # active days: a day counts when the day's count (a difference of totals) is positive
     rows = rows.with_columns(
         [
             (pl.col(n := series[("n", s.filter)].column).diff().fill_null(pl.col(n)) > 0)
-            .cast(pl.Int64)
+            .cast(counts)
             .cum_sum()
             .alias(s.column)
             for s in series.values()
             if s.kind == "d"
         ]
     ).with_columns(_key=_day_key(pl.col("_contact"), pl.col("day")))
-    integer = [s.column for s in series.values() if s.kind in ("n", "st", "d")]
     first_days = pl.col("_contact") != pl.col("_contact").shift(1)
     contacts = rows.select(
         "_contact",
         "contact_id",
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_first_row"),
-        # what the integer totals stood at just before each contact's first day
-        *[pl.col(c).shift(1, fill_value=0).alias(f"{c}__base") for c in integer],
+        # the row before the contact's first day (-1 for the first contact): its integer
+        # totals are what the contact's stood at before its first event
+        (pl.int_range(pl.len(), dtype=pl.Int64) - 1).alias("_before_first"),
     ).filter(first_days.fill_null(True))
     firsts = [s for s in series.values() if s.kind == "first"]
     if firsts:
         first_times = frame.group_by("_contact").agg(
             [pl.col("_us").filter(_mask(s.filter)).min().alias(s.column) for s in firsts]
         )
-        contacts = contacts.join(first_times, on="_contact", how="left")
+        contacts = contacts.join(first_times, on="_contact", how="left", maintain_order="left")
     return _Running(rows=rows, contacts=contacts)
 
 
@@ -207,12 +242,12 @@ def _day_key(contact: pl.Expr, day: pl.Expr) -> pl.Expr:
     return contact.cast(pl.Int64) * (1 << 32) + (day.cast(pl.Int64) + (1 << 31))
 
 
-def _running(item: _Series) -> pl.Expr:
+def _running(item: _Series, counts: type[pl.DataType]) -> pl.Expr:
     mask = _mask(item.filter)
     if item.kind == "n":
-        return mask.cast(pl.Int64).cum_sum().alias(item.column)
+        return mask.cast(counts).cum_sum().alias(item.column)
     if item.kind == "st":
-        return pl.col(item.column).cast(pl.Int64).cum_sum()
+        return pl.col(item.column).cast(counts).cum_sum()
     if item.kind == "v":
         amount = pl.when(mask).then(pl.col("value")).fill_null(0.0)
         return amount.cum_sum().over("_contact").alias(item.column)
@@ -256,6 +291,7 @@ def _snapshot(
 ) -> pl.DataFrame:
     """The features as of midnight of ``day``, gathered from the running totals."""
     as_of = _moment(day)
+    running.forget_before(day - max((a.window_days or 0) for a in aggregates))
     everyone = _Lookup(running, day, running.contacts)
     any_event = next(a for a in aggregates if a.name == ANY_EVENT)
     active = everyone.features([any_event], series).get_column(any_event.name) > 0
@@ -270,9 +306,9 @@ class _Lookup:
     def __init__(self, running: _Running, day: int, targets: pl.DataFrame) -> None:
         self._running = running
         self._day = day
-        # _contact (null: no events at all), contact_id, _first_row, bases, firsts
+        # _contact (null: no events at all), contact_id, _before_first, first times
         self._targets = targets
-        self._aligned: dict[int, pl.Series] = {}
+        self._aligned: dict[int | None, pl.Series] = {}
 
     def restricted_to(self, active: pl.Series, contacts: pa.Table | pl.DataFrame | None) -> _Lookup:
         """The contacts with ``active`` true and those listed in ``contacts`` (if any), in
@@ -289,71 +325,64 @@ class _Lookup:
                 targets = pl.concat([targets, listed.select(targets.columns)]).sort("contact_id")
         return _Lookup(self._running, self._day, targets)
 
-    def _rows_before(self, boundary: int) -> pl.Series:
-        """Per target, the row of its last day before ``boundary`` (null: none): a binary
-        search of (contact, boundary) among the rows' sorted (contact, day) keys."""
+    def rows_before(self, boundary: int | None) -> pl.Series:
+        """Per target, ``_Running.rows_before``; null for targets with no events at all."""
         if boundary not in self._aligned:
-            contact = self._targets.get_column("_contact")
-            query = pl.select(_day_key(pl.lit(contact.fill_null(0)), pl.lit(boundary))).to_series()
-            found = self._running.rows.get_column("_key").search_sorted(query, side="left")
-            last = found.cast(pl.Int64) - 1  # the last key below: this contact's, or an earlier
-            first = self._targets.get_column("_first_row")
-            self._aligned[boundary] = pl.select(
-                pl.when(contact.is_not_null() & (last >= first)).then(last).cast(pl.UInt32)
-            ).to_series()
+            everyone = self._running.rows_before(boundary)
+            if self._targets is self._running.contacts:
+                self._aligned[boundary] = everyone
+            else:
+                self._aligned[boundary] = everyone.gather(self._targets.get_column("_contact"))
         return self._aligned[boundary]
+
+    def target_column(self, name: str) -> pl.Series:
+        """A per-contact column of the targets (``_before_first``, a first-event time)."""
+        return self._targets.get_column(name)
 
     def features(
         self, aggregates: Sequence[Aggregate], series: dict[tuple[str, _Filter], _Series]
     ) -> pl.DataFrame:
-        """``contact_id`` and every aggregate for the targets. The totals each boundary needs
-        are gathered by one select (Polars gathers the columns in parallel), and the features
-        computed from them by another: a few calls over the whole table, not a gather, a fill
-        and a difference per feature one after the other."""
-        formulas = _Formulas(self._day, series)
+        """``contact_id`` and every aggregate for the targets, in one select over the running
+        rows: each feature gathers the totals at its boundaries and takes their difference, so
+        no table of gathered totals is built first (Polars runs the features in parallel)."""
+        formulas = _Formulas(self._day, series, self)
         columns = [formulas.aggregate(a) for a in aggregates]
-        rows = self._running.rows
-        parts = [self._targets]
-        for boundary, names in sorted(formulas.gathered.items()):
-            at = self._rows_before(boundary)
-            parts.append(
-                rows.select([pl.col(n).gather(at).alias(_at(n, boundary)) for n in sorted(names)])
-            )
-        table = pl.concat(parts, how="horizontal")
-        return table.select(pl.col("contact_id"), *columns)
-
-
-def _at(column: str, boundary: int) -> str:
-    return f"{column}@{boundary}"
+        return (
+            self._running.rows.lazy()
+            .select(pl.lit(self._targets.get_column("contact_id")), *columns)
+            .collect(engine="in-memory")  # gathers over whole columns: not for streaming
+        )
 
 
 class _Formulas:
-    """Each aggregate as an expression over the running totals gathered at its boundaries (the
-    columns ``_at(series column, boundary)``), recording which totals each boundary needs."""
+    """Each aggregate as an expression over the running rows: the totals gathered at its
+    boundaries (the rows of a ``_Lookup``), one for each target."""
 
-    def __init__(self, day: int, series: dict[tuple[str, _Filter], _Series]) -> None:
+    def __init__(
+        self, day: int, series: dict[tuple[str, _Filter], _Series], lookup: _Lookup
+    ) -> None:
         self._day = day
         self._series = series
-        self.gathered: dict[int, set[str]] = {}
+        self._lookup = lookup
 
-    def _gather(self, column: str, boundary: int) -> pl.Expr:
-        self.gathered.setdefault(boundary, set()).add(column)
-        return pl.col(_at(column, boundary))
-
-    def _total(self, item: _Series, boundary: int) -> pl.Expr:
-        gathered = self._gather(item.column, boundary)
-        if item.kind == "v":  # restarts per contact: nothing before its first day is 0
-            return gathered.fill_null(0.0)
-        return gathered.fill_null(pl.col(f"{item.column}__base"))
+    def _total(self, item: _Series, boundary: int | None) -> pl.Expr:
+        """The series' running total just before ``boundary`` (None: before the first day)."""
+        at = self._lookup.rows_before(boundary)
+        gathered = pl.col(item.column).gather(at)
+        if item.kind == "v":  # restarts per contact: only the contact's own rows count
+            if boundary is None:
+                return pl.lit(0.0)
+            first = self._lookup.target_column("_before_first")
+            return pl.when(pl.lit(at) > pl.lit(first)).then(gathered).otherwise(0.0)
+        return gathered.fill_null(0) if at.null_count() else gathered
 
     def _amount(self, item: _Series, window_days: int | None) -> pl.Expr:
         """The series' amount in [day - window, day), or in all history before day."""
+        start = None if window_days is None else self._day - window_days
         now = self._total(item, self._day)
-        if window_days is not None:
-            return now - self._total(item, self._day - window_days)
-        if item.kind == "v":
+        if window_days is None and item.kind == "v":
             return now
-        return now - pl.col(f"{item.column}__base")
+        return now - self._total(item, start)
 
     def aggregate(self, aggregate: Aggregate) -> pl.Expr:
         filter_ = _filter_of(aggregate)
@@ -365,10 +394,12 @@ class _Formulas:
         now_us = self._day * MICROS_PER_DAY
         if kind == "days_since_last":
             seen = self._amount(self._series[("n", filter_)], None) > 0
-            last = self._gather(self._series[("last", filter_)].column, self._day)
+            at = self._lookup.rows_before(self._day)
+            last = pl.col(self._series[("last", filter_)].column).gather(at)
             moment = pl.when(seen).then(last)
         else:  # days_since_first: the first-ever matching event, if it is before the snapshot
-            first = pl.col(self._series[("first", filter_)].column)
+            column = self._series[("first", filter_)].column
+            first = pl.lit(self._lookup.target_column(column))
             moment = pl.when(first < now_us).then(first)
         return ((now_us - moment).cast(pl.Float64) / MICROS_PER_DAY).alias(aggregate.name)
 

@@ -16,6 +16,7 @@ from features.engine import build_contact_features
 from features.errors import InputError
 from features.schema import validate
 from features.simulator import load_simulator_settings, simulate
+from features import snapshots
 from features.snapshots import build_training_frame
 from features.spec import load_feature_spec
 
@@ -91,6 +92,18 @@ def test_a_shuffled_event_log_gives_the_same_frame(
         events.sample(fraction=1.0, shuffle=True, seed=3), contacts, as_of_dates=dates, spec=SPEC
     )
     _assert_same(ordered, shuffled)
+
+
+def test_64_bit_totals_for_huge_logs_give_the_same_frame(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # integer totals are 32-bit below 2^31 events and 64-bit above: the same features
+    events, contacts = simulated
+    dates = [FIRST, FIRST + dt.timedelta(weeks=1), FIRST + dt.timedelta(weeks=5)]
+    narrow = build_training_frame(events, contacts, as_of_dates=dates, spec=SPEC)
+    monkeypatch.setattr(snapshots, "_INT32_EVENTS", 0)
+    wide = build_training_frame(events, contacts, as_of_dates=dates, spec=SPEC)
+    assert_frame_equal(narrow, wide, categorical_as_str=True)
 
 
 def test_a_parquet_path_is_read_like_a_frame(
