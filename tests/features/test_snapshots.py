@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from features import snapshots
 from features.engine import build_contact_features
 from features.errors import InputError
 from features.schema import validate
 from features.simulator import load_simulator_settings, simulate
-from features import snapshots
 from features.snapshots import build_training_frame
 from features.spec import load_feature_spec
 
