@@ -370,14 +370,13 @@ class _Formulas:
         at = self._lookup.rows_before(boundary)
         gathered = pl.col(item.column).gather(at)
         if item.kind == "v":  # restarts per contact: only the contact's own rows count
-            if boundary is None:
-                return pl.lit(0.0)
             first = self._lookup.target_column("_before_first")
             return pl.when(pl.lit(at) > pl.lit(first)).then(gathered).otherwise(0.0)
         return gathered.fill_null(0) if at.null_count() else gathered
 
     def _amount(self, item: _Series, window_days: int | None) -> pl.Expr:
-        """The series' amount in [day - window, day), or in all history before day."""
+        """The series' amount in [day - window, day), or in all history before day (value sums
+        restart per contact, so theirs is the total at day itself)."""
         start = None if window_days is None else self._day - window_days
         now = self._total(item, self._day)
         if window_days is None and item.kind == "v":
