@@ -517,6 +517,7 @@ class ModelScorer:
             self.attribute_features,
             limits,
             horizon=int(self.model.horizon_days),
+            reasons_method=self.model.reasons_method,
         )
 
 
@@ -600,6 +601,7 @@ def _metadata(
     limits: dict[str, int],
     *,
     horizon: int | None,
+    reasons_method: str | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
         model=info.model,
@@ -614,6 +616,7 @@ def _metadata(
         attribute_features=attributes,
         stages=list(STAGES),
         horizon_days=horizon,
+        reasons_method=reasons_method,
         metrics=info.metrics,
         limits=limits,
     )

@@ -120,7 +120,9 @@ class ContactRequest(BaseModel):
         ),
     )
     explain: bool = Field(
-        default=True, description="Include the top-3 reasons (costs about a third of the time)."
+        default=True,
+        description="Include the top-3 reasons (false skips their cost; GET /metadata says how "
+        "they are computed).",
     )
 
     @field_validator("as_of")
@@ -226,6 +228,14 @@ class ModelMetadata(BaseModel):
     )
     stages: list[str] = Field(description="The funnel stages, in funnel order.")
     horizon_days: int | None = Field(description="The propensity horizon.")
+    reasons_method: str | None = Field(
+        default=None,
+        description=(
+            "How the reasons share a prediction among the features: 'path' (each split's "
+            "change of expected score, credited to its feature) or 'treeshap' (exact Shapley "
+            "values); null for the rules."
+        ),
+    )
     metrics: dict[str, float] = Field(
         description="Out-of-time test metrics logged with the model (e.g. stage macro-F1)."
     )

@@ -24,7 +24,13 @@ from features.settings import RulesSettings
 from features.spec import FeatureSpec, parse_feature_spec
 from features.vocabulary import STAGE_CTA, STAGES
 from training.frame import require_features
-from training.models import FloatArray, LightGBMPropensityModel, LightGBMStageModel
+from training.models import (
+    REASONS_METHODS,
+    FloatArray,
+    LightGBMPropensityModel,
+    LightGBMStageModel,
+    ReasonsMethod,
+)
 from training.reasons import top_reasons
 
 PROBABILITY_COLUMNS = tuple(f"p_{stage}" for stage in STAGES)
@@ -65,6 +71,10 @@ class FunnelcastModel(_PythonModel):
     unknown categories as missing) and scored by one function, so a batch score and an online
     score of the same features are the same numbers."""
 
+    # a model logged before the choice existed has no such attribute: it was explained by
+    # TreeSHAP, and still is
+    reasons_method: ReasonsMethod = "treeshap"
+
     def __init__(
         self,
         *,
@@ -74,8 +84,14 @@ class FunnelcastModel(_PythonModel):
         rules: RulesSettings,
         feature_names: list[str],
         horizon_days: int,
+        reasons_method: ReasonsMethod = "path",
     ) -> None:
+        if reasons_method not in REASONS_METHODS:
+            raise ValueError(
+                f"reasons_method must be one of {REASONS_METHODS}; got {reasons_method!r}"
+            )
         self.stage_model = stage_model
+        self.reasons_method = reasons_method
         self.propensity_model = propensity_model
         self.spec_text = spec_text
         self.rules = rules
@@ -228,7 +244,9 @@ class FunnelcastModel(_PythonModel):
         propensity = self.propensity_model.predict_proba(X)
         phrases: list[list[str]] = [[] for _ in range(len(X))]
         if values is not None:
-            contributions = self.stage_model.class_contributions(X, codes)
+            contributions = self.stage_model.class_contributions(
+                X, codes, method=self.reasons_method
+            )
             phrases = top_reasons(contributions, self.feature_names, values, self.spec, k=3)
         stage = [self.stages[k] for k in codes]
         return {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -52,6 +52,9 @@ class TrainingSettings(FrozenSettings):
     max_training_rows: int = Field(default=1_000_000, ge=1)
     max_validation_rows: int = Field(default=250_000, ge=1)
     min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
+    # how the reasons share a stage prediction among the features: "path" (a leaf lookup per
+    # tree) or "treeshap" (exact Shapley values, ~10x the cost; training.models.PathTable)
+    reasons: Literal["path", "treeshap"] = "path"
     lightgbm: LightGBMSettings
     registry: RegistrySettings
 

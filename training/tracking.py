@@ -180,6 +180,7 @@ def log_training(
             "rules.repeat_visit_min_days": rules.repeat_visit_min_days,
             "spec_fingerprint": spec.fingerprint,
             "features": len(result.feature_names),
+            "reasons": settings.reasons,
             "lightgbm.num_boost_round": settings.lightgbm.num_boost_round,
             "stage.early_stopping_rounds": settings.lightgbm.patience("stage"),
             "propensity.early_stopping_rounds": settings.lightgbm.patience("propensity"),
@@ -220,6 +221,7 @@ def log_training(
         rules=rules,
         feature_names=result.feature_names,
         horizon_days=settings.horizon_days,
+        reasons_method=settings.reasons,
     )
     package_root = Path(__file__).resolve().parent.parent
     with warnings.catch_warnings():

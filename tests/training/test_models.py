@@ -284,6 +284,77 @@ def test_many_rows_are_scored_stage_by_stage_to_the_same_probabilities(
     np.testing.assert_allclose(model.predict_proba(model._matrix(stages)), whole, atol=1e-12)
 
 
+@pytest.fixture(scope="module")
+def stage_model(problem: dict) -> LightGBMStageModel:
+    X, s, _ = problem["train"]
+    Xv, sv, _ = problem["validation"]
+    return LightGBMStageModel(seed=1, num_threads=1).fit(X, s, X_val=Xv, y_val=sv)
+
+
+def test_path_contributions_add_up_to_each_rows_own_stage_score(
+    problem: dict, stage_model: LightGBMStageModel
+) -> None:
+    matrix = stage_model._matrix(problem["test"][0])
+    codes = stage_model.decide(stage_model.predict_proba(matrix))
+    assert len(set(codes.tolist())) >= 3  # several stages' tables are exercised
+    path = stage_model.class_contributions(matrix, codes, method="path")
+    exact = stage_model.class_contributions(matrix, codes, method="treeshap")
+    assert path.shape == exact.shape == (len(matrix), len(stage_model.feature_names_) + 1)
+    # the raw score of each row's own stage (a one-stage booster holds that stage's trees)
+    raw = np.array(
+        [
+            stage_model._class_booster(int(k)).predict(row[None, :])[0]
+            for row, k in zip(matrix, codes, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(path.sum(axis=1), raw, rtol=0, atol=1e-9)
+    # the same bias as TreeSHAP: the expected score over the training rows
+    np.testing.assert_allclose(path[:, -1], exact[:, -1], rtol=0, atol=1e-9)
+    # a different sharing of the same score: not TreeSHAP under another name
+    assert not np.allclose(path, exact, atol=1e-6)
+
+
+def test_path_contributions_are_treeshap_on_trees_of_one_split(problem: dict) -> None:
+    # with one split per tree the only feature on a path takes the whole move, as it does in
+    # the Shapley value: the two methods must agree exactly
+    X, s, _ = problem["train"]
+    Xv, sv, _ = problem["validation"]
+    stumps = LightGBMStageModel(seed=1, num_threads=1, params={"num_leaves": 2}).fit(
+        X, s, X_val=Xv, y_val=sv
+    )
+    matrix = stumps._matrix(problem["test"][0])
+    codes = stumps.decide(stumps.predict_proba(matrix))
+    np.testing.assert_allclose(
+        stumps.class_contributions(matrix, codes, method="path"),
+        stumps.class_contributions(matrix, codes, method="treeshap"),
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_path_contributions_of_a_row_do_not_depend_on_the_rows_beside_it(
+    problem: dict, stage_model: LightGBMStageModel
+) -> None:
+    matrix = stage_model._matrix(problem["test"][0])[:200]
+    codes = stage_model.decide(stage_model.predict_proba(matrix))
+    together = stage_model.class_contributions(matrix, codes, method="path")
+    alone = np.vstack(
+        [
+            stage_model.class_contributions(matrix[i : i + 1], codes[i : i + 1], method="path")
+            for i in range(0, 200, 7)
+        ]
+    )
+    np.testing.assert_array_equal(together[::7], alone)
+
+
+def test_an_unknown_reasons_method_is_refused(
+    problem: dict, stage_model: LightGBMStageModel
+) -> None:
+    matrix = stage_model._matrix(problem["test"][0].head(2))
+    with pytest.raises(ValueError, match="unknown reasons method 'lime'"):
+        stage_model.class_contributions(matrix, np.array([0, 1]), method="lime")  # type: ignore[arg-type]
+
+
 def _codes(stages: np.ndarray) -> np.ndarray:
     return np.asarray([list(STAGES).index(v) for v in stages], dtype=np.int64)
 
