@@ -470,7 +470,13 @@ def _ratio_phrase(derived: Derived, aggregates: Mapping[str, Aggregate]) -> _Phr
     return per
 
 
-# --- the spec, indexed once per call of top_reasons -------------------------------------------
+# --- the spec, indexed once per spec -----------------------------------------------------------
+
+_MAX_INDEXES: Final = 16
+_MAX_DESCRIBED: Final = 200_000
+_INDEXES: dict[int, tuple[FeatureSpec, _SpecIndex]] = {}  # by id of the spec
+
+
 
 
 @dataclass
@@ -479,14 +485,38 @@ class _SpecIndex:
     derived: dict[str, Derived]
     rules_stage: bool
     phrases: dict[str, _Phrase | None] = field(default_factory=dict)
+    # (feature, type, value) -> its phrase: counts, windows and recencies repeat across
+    # contacts, and a phrase costs microseconds of string work each time
+    described: dict[tuple[str, type, object], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, spec: FeatureSpec) -> _SpecIndex:
-        return cls(
+        """The index of ``spec``, built once per spec object (a model keeps its spec)."""
+        known = _INDEXES.get(id(spec))
+        if known is not None and known[0] is spec:
+            return known[1]
+        if len(_INDEXES) >= _MAX_INDEXES:
+            _INDEXES.clear()
+        index = cls(
             aggregates={a.name: a for a in spec.aggregates},
             derived={d.name: d for d in spec.derived},
             rules_stage=spec.rules_stage,
         )
+        _INDEXES[id(spec)] = (spec, index)  # the spec is kept, so its id is not reused
+        return index
+
+    def describe(self, name: str, value: object) -> str:
+        """``_describe``, remembered for hashable values (a missing value is not remembered:
+        each NaN is a key of its own)."""
+        if _is_missing(value) or not isinstance(value, int | float | str):
+            return _describe(name, value, self)
+        key = (name, type(value), value)
+        phrase = self.described.get(key)
+        if phrase is None:
+            if len(self.described) >= _MAX_DESCRIBED:
+                self.described.clear()
+            phrase = self.described[key] = _describe(name, value, self)
+        return phrase
 
     def ratio_phrase(self, name: str) -> _Phrase | None:
         if name not in self.phrases:
@@ -573,7 +603,7 @@ def top_reasons(
             name = feature_names[j]
             if name not in row_values:
                 raise ValueError(f"values[{row}] has no value for feature {name!r}")
-            reasons.append(_describe(name, row_values[name], index))
+            reasons.append(index.describe(name, row_values[name]))
         out.append(reasons)
     return out
 

@@ -415,6 +415,43 @@ def test_top_reasons_break_ties_by_feature_order(spec: FeatureSpec) -> None:
     ]
 
 
+def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
+    vocabulary_spec: FeatureSpec,
+) -> None:
+    names = ["email_click_count_7d", "last_purchase", "email_part"]
+    rows = [
+        {"email_click_count_7d": 3, "last_purchase": 2.5, "email_part": 0.25},
+        {"email_click_count_7d": 1, "last_purchase": math.nan, "email_part": None},
+        {"email_click_count_7d": 3, "last_purchase": 2.5, "email_part": 0.25},
+        {"email_click_count_7d": 1.0, "last_purchase": 0.5, "email_part": 1},
+    ]
+    contributions = np.array([[3.0, 2.0, 1.0, 0.0]] * len(rows))
+    first = top_reasons(contributions, names, rows, vocabulary_spec, k=3)
+    again = top_reasons(contributions, names, rows, vocabulary_spec, k=3)  # from memory now
+    fresh = [[describe_feature(n, row[n], vocabulary_spec) for n in names] for row in rows]
+    assert first == again == fresh
+    assert first[1][1] == "never purchased"  # a missing value is described, not remembered
+    assert first[2] == first[0] and first[3][0] == "1 e-mail click in the last 7 days"
+
+
+def test_phrases_remembered_for_one_spec_are_not_used_for_another() -> None:
+    def spec_with(window: int) -> FeatureSpec:
+        return parse_feature_spec(
+            f"""
+session_gap_minutes: 30
+aggregates:
+  - {{name: "clicks", kind: count, where: {{event_type: [email_click]}}, windows: [{window}]}}
+""",
+            origin="test spec",
+        )
+
+    contributions = np.array([[1.0, 0.0]])
+    week = top_reasons(contributions, ["clicks"], [{"clicks": 2}], spec_with(7))
+    month = top_reasons(contributions, ["clicks"], [{"clicks": 2}], spec_with(28))
+    assert week == [["2 e-mail clicks in the last 7 days"]]
+    assert month == [["2 e-mail clicks in the last 28 days"]]
+
+
 def test_top_reasons_reject_contributions_without_the_bias_column(spec: FeatureSpec) -> None:
     with pytest.raises(ValueError, match=r"4 columns but 4 feature names need 5"):
         top_reasons(np.zeros((1, 4)), _NAMES, [_VALUES], spec)
