@@ -13,6 +13,9 @@ own BentoML home and a random API key, with 1 worker and then with 2 (``--worker
   writes them) and with a contact's last 200 raw events (the service computes the features), at
   concurrency 1, 8 and 32: p50, p99 and max latency, req/s, errors, and the CPU that the server
   and the load generator each used.
+* The HTTP stack alone: the same feature bodies with ``marketing_consent: false``, which
+  BentoML receives, checks (API key, schema) and answers without scoring, at the same
+  concurrencies: what the service costs before the model does anything.
 * ``POST /predict_batch`` with 100 and 1,000 feature rows per request: rows/s.
 * The server's memory (RSS summed over its process tree) before and after the load, and a soak
   at concurrency 8 on the 2-worker server (``--soak-seconds``, 120 by default; features and
@@ -81,7 +84,10 @@ if __name__ == "__main__":
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 QUICK_RESULTS = Path(__file__).parent / "data" / "serving-quick.json"
 NO_REASONS_RESULTS = Path(__file__).parent / "results" / "serving-no-reasons.json"
-PARTS = ("floor", "features", "events", "batch", "soak")
+PARTS = ("floor", "features", "events", "stack", "batch", "soak")
+# kinds of single-contact body; "stack": the feature bodies with marketing_consent false, which
+# go through HTTP, BentoML, the API key check, parsing and the answer but are never scored
+KINDS = ("features", "events", "stack")
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = (100, 1_000)
 EVENTS_PER_REQUEST = 200
@@ -324,6 +330,10 @@ class Bodies:
     features: list[bytes]
     events: list[bytes]
     batches: dict[int, list[bytes]]
+    stack: list[bytes]  # the feature bodies without consent: answered, never scored
+
+    def of(self, kind: str) -> list[bytes]:
+        return {"features": self.features, "events": self.events, "stack": self.stack}[kind]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -382,6 +392,10 @@ def make_bodies(trained: Trained, *, feature_names: Sequence[str]) -> Bodies:
         features=single,
         events=_event_bodies(),
         batches=batches,
+        stack=[
+            _encode({"marketing_consent": False, "as_of": as_of, "features": row})
+            for row in rows[:DISTINCT_BODIES]
+        ],
     )
 
 
@@ -1005,7 +1019,7 @@ def run_server(
         }
         _check_answers(server, bodies)
         entry["rss_mib_before"] = server.rss_mib()
-        for kind in ("features", "events"):
+        for kind in KINDS:
             if kind in parts:
                 entry[kind] = {
                     str(concurrency): _measure_predict(server, bodies, kind, concurrency, plan)
@@ -1045,7 +1059,7 @@ def _measure_predict(
         return measure(
             server,
             "/predict",
-            bodies.features if kind == "features" else bodies.events,
+            bodies.of(kind),
             concurrency=concurrency,
             requests=plan.requests,
             seconds=plan.seconds,
@@ -1115,6 +1129,9 @@ def _check_answers(server: Server, bodies: Bodies) -> None:
             raise RuntimeError(f"a {kind} request got {exc.code}: {exc.read()[:300]!r}") from None
         if answer.get("status") != "scored":
             raise RuntimeError(f"a {kind} request was not scored: {answer.get('status')}")
+    answer = server.post_json("/predict", bodies.stack[0])
+    if answer.get("status") != "no_consent":
+        raise RuntimeError(f"a request without consent was answered {answer.get('status')}")
 
 
 # --- figures and targets ------------------------------------------------------------------------
@@ -1209,7 +1226,7 @@ def _errors(
         if "failure" in entry:
             where.append(f"{workers} worker(s): {entry['failure']}")
             total = (total or 0) + 1
-        for kind in ("features", "events"):
+        for kind in KINDS:
             for conc, cell in (entry.get(kind) or {}).items():
                 cells.append((f"{kind} c={conc} {workers}w", cell))
         for rows, by_conc in (entry.get("batch") or {}).items():
@@ -1290,8 +1307,12 @@ def _print_servers(result: dict[str, Any]) -> None:
     for column in ("workers", "rows", "conc.", "requests", "rows/s", "p50 ms", "p99 ms", "errors"):
         batch.add_column(column, justify="right")
     for workers, entry in sorted(result.get("servers", {}).items()):
-        for kind in ("features", "events"):
-            label = "features" if kind == "features" else f"{EVENTS_PER_REQUEST} events"
+        for kind in KINDS:
+            label = {
+                "features": "features",
+                "events": f"{EVENTS_PER_REQUEST} events",
+                "stack": "no consent",
+            }[kind]
             for conc, cell in (entry.get(kind) or {}).items():
                 table.add_row(
                     workers,
@@ -1320,6 +1341,10 @@ def _print_servers(result: dict[str, Any]) -> None:
                     str(cell["errors"]),
                 )
     console.print(table)
+    console.print(
+        "no consent: the feature bodies with marketing_consent false, answered without scoring "
+        "(HTTP, BentoML, the API key check and parsing only)"
+    )
     console.print(batch)
     for workers, entry in sorted(result.get("servers", {}).items()):
         if "failure" in entry:

@@ -55,7 +55,7 @@ def test_quick_run_measures_every_part_over_http_and_in_process_without_errors(
     assert set(result["servers"]) == {"2"}  # a quick run measures the 2-worker server only
     server = result["servers"]["2"]
     assert "failure" not in server
-    for kind in ("features", "events"):
+    for kind in ("features", "events", "stack"):  # stack: answered without scoring
         assert set(server[kind]) == {"1", "8", "32"}
         for concurrency, cell in server[kind].items():
             _assert_measured(cell, f"{kind} at {concurrency}")
