@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     model, matrix, values = _train(contacts)
     stage_model = model.stage_model
     codes = stage_model.decide(stage_model.predict_proba(matrix))
-    stage_model.warm()
+    stage_model.warm("path")
     console.print(f"scoring {len(matrix):,} contacts' features ({matrix.shape[1]} columns)")
     result: dict[str, Any] = {
         "benchmark": "reasons",

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from serving.schemas import (
     Prediction,
     StageProbabilities,
 )
+
+if TYPE_CHECKING:  # training is imported only when a model is loaded
+    from training.models import ReasonsMethod
 
 log = logging.getLogger("funnelcast.service")
 
@@ -401,9 +404,9 @@ class ModelScorer:
         self._feature_set = frozenset(self.feature_names)
         self._categorical = frozenset(model.categories)
         # build the caches now, not on a customer's request: the category codes, and the
-        # one-stage boosters of the reasons (20-40 ms each on first use)
+        # one-stage boosters and leaf tables of the reasons (tens of ms each on first use)
         self.model.encode_records([dict.fromkeys(self.feature_names)])
-        self.model.stage_model.warm()
+        self.model.stage_model.warm(self.model.reasons_method)
 
     def features_of(
         self, request: ContactRequest, as_of: dt.datetime, index: int | None = None
@@ -601,7 +604,7 @@ def _metadata(
     limits: dict[str, int],
     *,
     horizon: int | None,
-    reasons_method: str | None = None,
+    reasons_method: ReasonsMethod | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
         model=info.model,

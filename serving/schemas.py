@@ -228,7 +228,7 @@ class ModelMetadata(BaseModel):
     )
     stages: list[str] = Field(description="The funnel stages, in funnel order.")
     horizon_days: int | None = Field(description="The propensity horizon.")
-    reasons_method: str | None = Field(
+    reasons_method: Literal["path", "treeshap"] | None = Field(
         default=None,
         description=(
             "How the reasons share a prediction among the features: 'path' (each split's "

@@ -53,6 +53,8 @@ _ONE_THREAD_ROWS = 64
 # a seventh of the trees stays in the core's cache as the rows stream past; below it one call
 # over every tree costs less
 _PER_STAGE_ROWS = 20_000
+# rows whose path credits are gathered at once (PathTable.contributions)
+_PATH_CHUNK_ROWS = 4_096
 
 
 def _stage_codes(y: Any) -> npt.NDArray[np.int64]:
@@ -679,7 +681,7 @@ class LightGBMStageModel(_LightGBMBase):
         X: FloatArray,
         classes: npt.NDArray[np.int64],
         *,
-        method: ReasonsMethod = "treeshap",
+        method: ReasonsMethod,
     ) -> FloatArray:
         """Each row's contributions to its own class's raw score (``(rows, features + 1)``, the
         bias last). ``X`` is an encoded matrix.
@@ -705,12 +707,13 @@ class LightGBMStageModel(_LightGBMBase):
                 raise ValueError(f"unknown reasons method {method!r}; use 'path' or 'treeshap'")
         return out
 
-    def warm(self) -> None:
-        """Build every stage's one-stage booster and leaf table now (20-40 ms each on first
-        use), so that no request pays for it."""
+    def warm(self, reasons_method: ReasonsMethod) -> None:
+        """Build every stage's one-stage booster (20-40 ms each on first use) and, for path
+        reasons, its leaf table (about as long) now, so that no request pays for them."""
         for k in range(len(STAGES)):
             self._class_booster(k)
-            self._path_table(k)
+            if reasons_method == "path":
+                self._path_table(k)
 
     def _path_table(self, k: int) -> PathTable:
         cache: dict[int, PathTable] = self.__dict__.setdefault("_path_tables", {})
@@ -793,10 +796,20 @@ class PathTable:
     def contributions(self, leaves: Any) -> FloatArray:
         """``(rows, n_features + 1)`` contributions (the bias last) from LightGBM's
         ``pred_leaf`` output (``(rows, trees)`` leaf indices)."""
-        leaves = np.asarray(leaves, dtype=np.int64).reshape(len(leaves), -1)
+        leaves = np.asarray(leaves, dtype=np.int64).reshape(len(leaves), len(self.offsets))
+        if len(leaves) <= _PATH_CHUNK_ROWS:
+            return self._contributions(leaves)
+        # the gathered credits take rows x trees x path length: in chunks, a whole table's
+        # scoring stays within a few tens of MB
+        return np.vstack(
+            [
+                self._contributions(leaves[i : i + _PATH_CHUNK_ROWS])
+                for i in range(0, len(leaves), _PATH_CHUNK_ROWS)
+            ]
+        )
+
+    def _contributions(self, leaves: npt.NDArray[np.int64]) -> FloatArray:
         rows, trees = leaves.shape
-        if trees != len(self.offsets):
-            raise ValueError(f"{trees} trees' leaves given; the table has {len(self.offsets)}")
         leaf = (leaves + self.offsets).ravel()
         starts, ends = self.indptr[leaf], self.indptr[leaf + 1]
         lengths = ends - starts

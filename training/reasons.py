@@ -1,8 +1,9 @@
 """Why the model said what it said, in the CRM's words.
 
-LightGBM's ``pred_contrib`` gives each feature's push on a row's raw score (the bias last). The
-features that push hardest toward the predicted outcome become phrases such as "3 e-mail clicks
-in the last 7 days" or "pricing page viewed 2 days ago".
+Each feature's push on a row's raw score (the bias last) comes from the stage model: path
+credits or LightGBM's ``pred_contrib`` (``training.models.LightGBMStageModel.
+class_contributions``). The features that push hardest toward the predicted outcome become
+phrases such as "3 e-mail clicks in the last 7 days" or "pricing page viewed 2 days ago".
 
 Phrases come from the feature spec's metadata (an aggregate's kind, event types, channels and
 window; a derived feature's expression), not from a list of feature names, so a feature added to
@@ -472,11 +473,9 @@ def _ratio_phrase(derived: Derived, aggregates: Mapping[str, Aggregate]) -> _Phr
 
 # --- the spec, indexed once per spec -----------------------------------------------------------
 
-_MAX_INDEXES: Final = 16
-_MAX_DESCRIBED: Final = 200_000
+_MAX_INDEXES: Final = 8
+_MAX_DESCRIBED: Final = 50_000  # about 12 MiB of phrases
 _INDEXES: dict[int, tuple[FeatureSpec, _SpecIndex]] = {}  # by id of the spec
-
-
 
 
 @dataclass
@@ -506,9 +505,13 @@ class _SpecIndex:
         return index
 
     def describe(self, name: str, value: object) -> str:
-        """``_describe``, remembered for hashable values (a missing value is not remembered:
-        each NaN is a key of its own)."""
-        if _is_missing(value) or not isinstance(value, int | float | str):
+        """``_describe``, remembered for the values that repeat across contacts: whole numbers
+        (counts, sessions, days) and text. Fractions (recencies, ratios, money) are nearly
+        all distinct and would only fill the memory; a missing value is never a key (each NaN
+        is a key of its own)."""
+        if isinstance(value, bool) or not (
+            isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())
+        ):
             return _describe(name, value, self)
         key = (name, type(value), value)
         phrase = self.described.get(key)
@@ -572,8 +575,8 @@ def top_reasons(
     k: int = 3,
 ) -> list[list[str]]:
     """Per row, the ``k`` features with the largest positive contribution (largest first, ties
-    in feature order), as phrases. ``contributions`` is ``pred_contrib`` for one output: one
-    column per feature and the bias last."""
+    in feature order), as phrases. ``contributions`` are for one output (path credits or
+    ``pred_contrib``): one column per feature and the bias last."""
     contributions = np.asarray(contributions)
     if contributions.ndim != 2:
         raise ValueError(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from features.settings import FrozenSettings, load_defaults
+from training.models import ReasonsMethod
 
 
 class LightGBMSettings(FrozenSettings):
@@ -53,8 +54,9 @@ class TrainingSettings(FrozenSettings):
     max_validation_rows: int = Field(default=250_000, ge=1)
     min_dormant_sample_rate: float = Field(default=0.02, gt=0, le=1)
     # how the reasons share a stage prediction among the features: "path" (a leaf lookup per
-    # tree) or "treeshap" (exact Shapley values, ~10x the cost; training.models.PathTable)
-    reasons: Literal["path", "treeshap"] = "path"
+    # tree; training.models.PathTable) or "treeshap" (exact Shapley values, several times the
+    # cost: benchmarks/reasons.py)
+    reasons: ReasonsMethod = "path"
     lightgbm: LightGBMSettings
     registry: RegistrySettings
 

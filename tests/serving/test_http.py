@@ -87,6 +87,7 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
     assert meta["model_version"] == "1"
     assert meta["limits"]["max_body_bytes"] == 2 * 1024 * 1024
     assert len(meta["features"]) > 100
+    assert meta["reasons_method"] == "path"  # the training default, carried by the model
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime as dt
+import pickle
 from typing import Any
 
 import mlflow
@@ -30,6 +31,7 @@ from serving.runtime import (
 )
 from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
 from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
+from training.reasons import top_reasons
 from training.registry import load_model, resolve
 from training.tracking import _requirements, training_run
 
@@ -442,3 +444,42 @@ def test_models_from_before_categories_were_recorded_still_encode(service: Any) 
     older.__dict__.pop("_codes", None)
     assert older.categories == model.categories
     assert set(model.categories) == {"rules_stage", "acquisition_source", "segment"}
+
+
+def test_a_model_logged_before_the_reasons_setting_is_explained_by_treeshap(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    model: FunnelcastModel = service.scorer.model
+    assert model.reasons_method == "path"
+    old = copy.copy(model)
+    del old.reasons_method  # as a model pickled before the setting existed
+    old = pickle.loads(pickle.dumps(old))
+    assert old.reasons_method == "treeshap"
+    features = build_contact_features(
+        served.events, served.contacts, as_of=served.as_of, spec=model.spec, rules=model.rules
+    ).filter(pl.col("contact_id").is_in(active_contacts))
+    matrix = old.encode_frame(features)
+    codes = old.stage_model.decide(old.stage_model.predict_proba(matrix))
+    exact = old.stage_model.class_contributions(matrix, codes, method="treeshap")
+    values = features.select(old.feature_names).to_dicts()
+    expected = top_reasons(exact, old.feature_names, values, old.spec, k=3)
+    assert old.score_matrix(matrix, values)["reasons"] == expected
+    # the two methods name other reasons for some of these contacts: the fallback is taken
+    assert model.score_matrix(matrix, values)["reasons"] != expected
+
+
+def test_an_unknown_reasons_method_is_refused_in_the_settings_and_the_model() -> None:
+    from training.settings import load_training_settings
+
+    with pytest.raises(ValidationError, match="reasons"):
+        load_training_settings(reasons="lime")
+    with pytest.raises(ValueError, match="reasons_method must be one of"):
+        FunnelcastModel(
+            stage_model=None,  # type: ignore[arg-type]
+            propensity_model=None,  # type: ignore[arg-type]
+            spec_text="",
+            rules=None,  # type: ignore[arg-type]
+            feature_names=[],
+            horizon_days=14,
+            reasons_method="lime",  # type: ignore[arg-type]
+        )

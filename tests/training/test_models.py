@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -18,6 +19,7 @@ from training.models import (
     RFM_COLUMNS,
     LightGBMPropensityModel,
     LightGBMStageModel,
+    PathTable,
     RfmPropensityModel,
     RulesStageModel,
     _tune_decision_weights,
@@ -345,6 +347,48 @@ def test_path_contributions_of_a_row_do_not_depend_on_the_rows_beside_it(
         ]
     )
     np.testing.assert_array_equal(together[::7], alone)
+
+
+def test_path_credits_follow_the_splits_where_treeshap_shares_them() -> None:
+    # y = x1 AND x2 over the four combinations, one tree: x1 splits first (expected score 0.25
+    # -> 0.5), then x2 (0.5 -> 1). The path credits each move to its split; Shapley values
+    # share the interaction equally (Lundberg et al.'s example)
+    X = np.array([[a, b] for a in (0, 1) for b in (0, 1)] * 25, dtype=float)
+    booster = lgb.train(
+        {
+            "objective": "regression",
+            "num_leaves": 3,
+            "min_data_in_leaf": 1,
+            "min_data_in_bin": 1,
+            "min_sum_hessian_in_leaf": 0,
+            "lambda_l2": 0,
+            "learning_rate": 1.0,
+            "num_threads": 1,
+            "verbose": -1,
+        },
+        lgb.Dataset(X, label=X[:, 0] * X[:, 1]),
+        num_boost_round=1,
+    )
+    rows = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    table = PathTable.of(booster, 2)
+    path = table.contributions(booster.predict(rows, pred_leaf=True))
+    np.testing.assert_allclose(path, [[0.25, 0.5, 0.25], [0.25, -0.5, 0.25], [-0.25, 0, 0.25]])
+    np.testing.assert_allclose(
+        booster.predict(rows[:1], pred_contrib=True), [[0.375, 0.375, 0.25]], atol=1e-12
+    )
+    assert table.contributions(np.zeros((0, 1), dtype=np.int64)).shape == (0, 3)
+
+
+def test_path_credits_of_many_rows_are_gathered_in_chunks_to_the_same_numbers(
+    problem: dict, stage_model: LightGBMStageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = stage_model._matrix(problem["test"][0])
+    codes = stage_model.decide(stage_model.predict_proba(matrix))
+    whole = stage_model.class_contributions(matrix, codes, method="path")
+    monkeypatch.setattr("training.models._PATH_CHUNK_ROWS", 7)
+    np.testing.assert_array_equal(
+        stage_model.class_contributions(matrix, codes, method="path"), whole
+    )
 
 
 def test_an_unknown_reasons_method_is_refused(

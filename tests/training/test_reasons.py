@@ -1,5 +1,5 @@
 """Reasons in the CRM's words: phrases from the feature spec, and the top positive
-contributions of LightGBM's ``pred_contrib`` per contact."""
+contributions per contact (path credits or LightGBM's ``pred_contrib``)."""
 
 from __future__ import annotations
 
@@ -431,7 +431,8 @@ def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
     fresh = [[describe_feature(n, row[n], vocabulary_spec) for n in names] for row in rows]
     assert first == again == fresh
     assert first[1][1] == "never purchased"  # a missing value is described, not remembered
-    assert first[2] == first[0] and first[3][0] == "1 e-mail click in the last 7 days"
+    assert first[2] == first[0]
+    assert first[3][0] == "1 e-mail click in the last 7 days"
 
 
 def test_phrases_remembered_for_one_spec_are_not_used_for_another() -> None:
