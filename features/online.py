@@ -12,7 +12,6 @@ import bisect
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from features.schema import as_utc
@@ -47,8 +46,9 @@ def build_online_features(
     now_us = _micros(as_of)
     groups = _group(events, now_us)
     values: dict[str, Any] = {}
-    for aggregate in spec.aggregates:
-        values[aggregate.name] = _aggregate(aggregate, groups, now_us, spec)
+    plan = _matching_plan(spec, frozenset(groups))
+    for aggregate, keys in zip(spec.aggregates, plan, strict=True):
+        values[aggregate.name] = _aggregate(aggregate, keys, groups, now_us, spec)
     for derived in spec.derived:
         values[derived.name] = evaluate(derived.tree, lambda name: _number(values[name]))
     if spec.rules_stage:
@@ -81,19 +81,35 @@ def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, 
     return groups
 
 
-# bounded: every distinct mix of (event_type, channel) in a request is one entry per aggregate,
-# and requests are the world's to choose
-@lru_cache(maxsize=8192)
-def _matching_keys(
-    aggregate: Aggregate, keys: frozenset[tuple[str, str]]
-) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(k for k in keys if aggregate.matches(*k)))
+Keys = tuple[tuple[str, str], ...]
+# (spec fingerprint, the (event_type, channel) pairs of a request) -> per aggregate of the spec,
+# the pairs it counts. Bounded: the pairs are the world's to choose; contacts share few mixes
+_PLANS: dict[tuple[str, frozenset[tuple[str, str]]], tuple[Keys, ...]] = {}
+_MAX_PLANS = 8192
+
+
+def _matching_plan(spec: FeatureSpec, pairs: frozenset[tuple[str, str]]) -> tuple[Keys, ...]:
+    """Which of a contact's (event_type, channel) pairs each aggregate reads, in the spec's
+    order: one look-up per request instead of a filter per aggregate."""
+    key = (spec.fingerprint, pairs)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = tuple(
+            tuple(sorted(k for k in pairs if a.matches(*k))) for a in spec.aggregates
+        )
+    return plan
 
 
 def _aggregate(
-    aggregate: Aggregate, groups: dict[tuple[str, str], _Group], now_us: int, spec: FeatureSpec
+    aggregate: Aggregate,
+    keys: Keys,
+    groups: dict[tuple[str, str], _Group],
+    now_us: int,
+    spec: FeatureSpec,
 ) -> float | int | None:
-    keys = _matching_keys(aggregate, frozenset(groups))
+    """One aggregate over the groups ``keys`` names (those it matches)."""
     start = (
         None if aggregate.window_days is None else now_us - aggregate.window_days * MICROS_PER_DAY
     )
