@@ -122,8 +122,8 @@ def _aggregate_part(
     sessions = [a for a in aggregates if a.kind == "sessions"]
     if sessions:
         others.append(_sessions(past, sessions, as_of=as_of, spec=spec))
-    for other in others:
-        aggregated = aggregated.join(other, on="contact_id", how="left")
+    for other in others:  # in the atoms' contact order, which the finishing steps keep
+        aggregated = aggregated.join(other, on="contact_id", how="left", maintain_order="left")
     return aggregated
 
 
@@ -290,11 +290,6 @@ def _atoms(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) 
     return flagged.group_by("contact_id", "_type", "_channel").agg(atom_columns)
 
 
-def _run_order(contact: pl.Expr) -> pl.Expr:
-    """What ``_per_contact`` sorts the atoms by to bring each contact's together."""
-    return contact.hash(seed=0)
-
-
 def _windows(windows: Iterable[int | None]) -> list[int | None]:
     """Window lengths in days, shortest first, all history (None) last."""
     return sorted(set(windows), key=lambda days: (days is None, days or 0))
@@ -306,11 +301,11 @@ def _per_contact(
     """Counts, sums and recency, step 2: every feature from a contact's atoms.
 
     A group-by whose groups are runs of a sorted key takes each group as a slice, twice as
-    fast here as gathering the rows of groups scattered by a hash table. Sorting the atoms by
-    their text ids would cost what it saves, so they are ordered by a 64-bit hash of the id
-    (a number sort), and each run of one id becomes a group. Two ids with the same hash could
-    interleave and split a contact in two; that shows as a repeated id, and then the plain
-    group-by answers instead."""
+    fast here as gathering the rows of groups scattered by a hash table. The atoms are sorted
+    by contact id (and type: Polars sorts two keys faster than the text alone) and each run of
+    one id becomes a group, so the rows come out in contact order and the finished table needs
+    no sort of its own: at 10 M events the text sort costs 0.4 s more than sorting by a hash
+    of the id did, and saves the 0.6 s of sorting the 146-column result."""
     features: list[pl.Expr] = []
     for aggregate in aggregates:
         matching = _matches_codes(aggregate)
@@ -326,20 +321,17 @@ def _per_contact(
         features.append(feature.alias(aggregate.name))
     contact = pl.col("contact_id")
     runs = (
-        atoms.sort(_run_order(contact))
+        atoms.sort("contact_id", "_type")
         .with_columns(_run=(contact != contact.shift()).fill_null(True).cum_sum())
         .set_sorted("_run")
     )
-    per_contact = (
+    return (
         runs.lazy()
         .group_by("_run", maintain_order=True)
         .agg(contact.first(), *features)
         .drop("_run")
         .collect()
     )
-    if per_contact["contact_id"].is_duplicated().any():  # a hash collision split a contact
-        per_contact = atoms.lazy().group_by("contact_id").agg(features).collect()
-    return per_contact
 
 
 def _matches_codes(aggregate: Aggregate) -> pl.Expr:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import polars as pl
@@ -297,18 +298,21 @@ def test_listed_contacts_get_a_row_even_with_old_events_or_none() -> None:
     assert never["days_since_first_event"] is None
 
 
-def test_contacts_whose_atoms_interleave_after_the_run_sort_are_still_one_row_each(
+def test_the_aggregates_come_in_contact_order_so_the_features_need_no_sort_of_their_own(
     simulated: tuple[pl.DataFrame, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """_per_contact groups runs of atoms ordered by a hash of the id; were two ids to share a
-    hash and interleave, it must notice and group by the id instead."""
-    events, contacts = simulated
+    events, _ = simulated
     as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
-    expected = build_contact_features(events, contacts, as_of=as_of, spec=SPEC)
-    # every id "collides": ordered by its length only, the atoms of contacts interleave
-    monkeypatch.setattr(engine, "_run_order", lambda contact: contact.str.len_bytes())
-    assert_frame_equal(
-        build_contact_features(events, contacts, as_of=as_of, spec=SPEC),
-        expected,
-        categorical_as_str=True,
-    )
+    shuffled = events.sample(fraction=1.0, shuffle=True, seed=3)
+    seen: list[bool] = []
+    finish = engine.finish_features
+
+    def watched(frame: pl.DataFrame, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        seen.append(frame.get_column("contact_id").is_sorted())
+        return finish(frame, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "finish_features", watched)
+    features = build_contact_features(shuffled, None, as_of=as_of, spec=SPEC)
+    assert seen == [True]
+    assert features.get_column("contact_id").is_sorted()
+    assert features.height == features.get_column("contact_id").n_unique()
