@@ -484,8 +484,8 @@ class _SpecIndex:
     derived: dict[str, Derived]
     rules_stage: bool
     phrases: dict[str, _Phrase | None] = field(default_factory=dict)
-    # (feature, type, value) -> its phrase: counts, windows and recencies repeat across
-    # contacts, and a phrase costs microseconds of string work each time
+    # (feature, type, value) -> its phrase, for whole numbers and text (``describe``): they
+    # repeat across contacts, and a phrase costs microseconds of string work each time
     described: dict[tuple[str, type, object], str] = field(default_factory=dict)
 
     @classmethod
