@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from features.errors import InputError
 from features.vocabulary import STAGES
 from training.evaluation import confusion_counts, f1_by_class
+from training.single_row import SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 # how the reasons share a prediction among the features (LightGBMStageModel.class_contributions)
@@ -416,12 +417,45 @@ class _LightGBMBase:
         return booster, self._raw(X_val)
 
     def _raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
+        if isinstance(X, np.ndarray) and len(X) == 1:  # a service request: the fast C call
+            row = self._single_row("normal", self.booster_, self.best_iteration_)(
+                self._input(X)  # type: ignore[arg-type]
+            )
+            return row.reshape(1, -1) if row.shape[0] > 1 else row  # as predict shapes it
         return np.asarray(
             self.booster_.predict(
                 self._input(X), num_iteration=self.best_iteration_, **self._threads(X)
             ),
             dtype=np.float64,
         )
+
+    def warm(self) -> None:
+        """Set up the fast single-row prediction now, not on the first request."""
+        self._single_row("normal", self.booster_, self.best_iteration_)
+
+    def _single_row(
+        self,
+        kind: Literal["normal", "leaf"],
+        booster: lgb.Booster,
+        num_iteration: int,
+        key: int = -1,
+    ) -> SingleRowPredictor:
+        """LightGBM's fast single-row predictor of ``booster`` (built once per process; not
+        pickled)."""
+        cache: dict[tuple[str, int], SingleRowPredictor] = self.__dict__.setdefault(
+            "_single_rows", {}
+        )
+        predictor = cache.get((kind, key))
+        if predictor is None:
+            predictor = cache[(kind, key)] = SingleRowPredictor(
+                booster, kind=kind, num_iteration=num_iteration
+            )
+        return predictor
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_single_rows", None)  # C handles of this process
+        return state
 
     def _input(self, X: pd.DataFrame | FloatArray) -> pd.DataFrame | FloatArray:
         """A pandas frame (columns picked by name) or an encoded matrix in the model's column
@@ -629,8 +663,46 @@ class LightGBMStageModel(_LightGBMBase):
         return min(losses, key=losses.__getitem__), losses
 
     def _calibrated(self, raw: FloatArray) -> FloatArray:
-        columns = [c.transform(raw[:, k]) for k, c in enumerate(self.calibrators_)]
-        return _renormalise(np.column_stack(columns), raw)
+        lines = self._sigmoid_lines()
+        if lines is not None:  # every stage's map at once: the same numbers, one numpy pass
+            slope, intercept, constant = lines
+            p = np.asarray(expit(_logit(raw) * slope + intercept), dtype=np.float64)
+            for k, value in constant.items():  # a stage seen in one class only in validation
+                p[:, k] = value
+        else:
+            p = np.column_stack([c.transform(raw[:, k]) for k, c in enumerate(self.calibrators_)])
+        return _renormalise(p, raw)
+
+    def _sigmoid_lines(self) -> tuple[FloatArray, FloatArray, dict[int, float]] | None:
+        """The stages' sigmoid calibrations as (slopes, intercepts, constants by stage) when
+        no stage is isotonic (worked out once a fit); None otherwise."""
+        calibrators = self.calibrators_
+        cached = self.__dict__.get("_lines_cache")
+        if cached is not None and cached[0] is calibrators:
+            return cached[1]
+        lines = None
+        if all(c.method == "sigmoid" or c.constant_ is not None for c in calibrators):
+            lines = (
+                np.array(
+                    [
+                        0.0 if c.constant_ is not None else c.sigmoid_.coef_[0, 0]
+                        for c in calibrators
+                    ]
+                ),
+                np.array(
+                    [
+                        0.0 if c.constant_ is not None else c.sigmoid_.intercept_[0]
+                        for c in calibrators
+                    ]
+                ),
+                {
+                    k: float(c.constant_)
+                    for k, c in enumerate(calibrators)
+                    if c.constant_ is not None
+                },
+            )
+        self.__dict__["_lines_cache"] = (calibrators, lines)
+        return lines
 
     def predict_raw(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         return self._raw(X)
@@ -699,7 +771,11 @@ class LightGBMStageModel(_LightGBMBase):
             rows = classes == k
             booster = self._class_booster(int(k))
             if method == "path":
-                leaves = booster.predict(X[rows], pred_leaf=True, **self._threads(X[rows]))
+                leaves: Any
+                if len(X) == 1:
+                    leaves = self._single_row("leaf", booster, -1, int(k))(X)[None, :]
+                else:
+                    leaves = booster.predict(X[rows], pred_leaf=True, **self._threads(X[rows]))
                 out[rows] = self._path_table(int(k)).contributions(leaves)
             elif method == "treeshap":
                 out[rows] = booster.predict(X[rows], pred_contrib=True, **self._threads(X[rows]))
@@ -707,13 +783,16 @@ class LightGBMStageModel(_LightGBMBase):
                 raise ValueError(f"unknown reasons method {method!r}; use 'path' or 'treeshap'")
         return out
 
-    def warm(self, reasons_method: ReasonsMethod) -> None:
+    def warm(self, reasons_method: ReasonsMethod | None = None) -> None:
         """Build every stage's one-stage booster (20-40 ms each on first use) and, for path
-        reasons, its leaf table (about as long) now, so that no request pays for them."""
+        reasons, its leaf table (about as long) and single-row leaf predictor now, so that no
+        request pays for them."""
+        super().warm()
         for k in range(len(STAGES)):
-            self._class_booster(k)
+            booster = self._class_booster(k)
             if reasons_method == "path":
                 self._path_table(k)
+                self._single_row("leaf", booster, -1, k)
 
     def _path_table(self, k: int) -> PathTable:
         cache: dict[int, PathTable] = self.__dict__.setdefault("_path_tables", {})
@@ -734,7 +813,7 @@ class LightGBMStageModel(_LightGBMBase):
         return cache[k]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state.pop("_class_boosters", None)  # rebuilt from the booster on first use
         state.pop("_path_tables", None)
         return state

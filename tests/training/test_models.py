@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import pickle
 
 import lightgbm as lgb
 import numpy as np
@@ -22,6 +23,7 @@ from training.models import (
     PathTable,
     RfmPropensityModel,
     RulesStageModel,
+    _Calibrator,
     _tune_decision_weights,
 )
 
@@ -502,3 +504,74 @@ def test_a_propensity_model_saved_before_the_blend_still_predicts(problem: dict)
     expected = model.predict_proba(Xt)
     del model.rfm_, model.lightgbm_weight_
     np.testing.assert_array_equal(model.predict_proba(Xt), expected)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[LightGBMStageModel, LightGBMPropensityModel, np.ndarray]:
+    """Models whose one-row calls go through LightGBM's fast single-row prediction."""
+    X, stage, bought = _problem(3000, 1)
+    Xv, stage_v, bought_v = _problem(1500, 2)
+    stages = LightGBMStageModel(seed=1, num_threads=1).fit(X, stage, X_val=Xv, y_val=stage_v)
+    propensity = LightGBMPropensityModel(seed=1, num_threads=1, blend_rfm=True).fit(
+        X, bought, X_val=Xv, y_val=bought_v
+    )
+    return stages, propensity, stages._matrix(_problem(300, 3)[0])
+
+
+def test_the_models_score_a_row_alone_as_among_many(
+    models: tuple[LightGBMStageModel, LightGBMPropensityModel, np.ndarray],
+) -> None:
+    stages, propensity, matrix = models
+    together = stages.predict_proba(matrix)
+    buyers = propensity.predict_proba(matrix)
+    for i in range(0, len(matrix), 3):
+        np.testing.assert_allclose(
+            stages.predict_proba(matrix[i : i + 1]), together[i : i + 1], rtol=0, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            propensity.predict_proba(matrix[i : i + 1]), buyers[i : i + 1], rtol=0, atol=1e-12
+        )
+    assert "normal" in {kind for kind, _ in stages.__dict__["_single_rows"]}  # path taken
+
+
+def test_a_model_that_scored_single_rows_pickles_and_scores_the_same(
+    models: tuple[LightGBMStageModel, LightGBMPropensityModel, np.ndarray],
+) -> None:
+    stages, propensity, matrix = models
+    stages.warm("path")
+    propensity.warm()
+    row = matrix[:1]
+    codes = stages.decide(stages.predict_proba(row))
+    before = stages.class_contributions(row, codes, method="path")
+    copy = pickle.loads(pickle.dumps(stages))
+    assert "_single_rows" not in copy.__dict__  # C handles stay in their process
+    np.testing.assert_array_equal(copy.predict_proba(row), stages.predict_proba(row))
+    np.testing.assert_array_equal(copy.class_contributions(row, codes, method="path"), before)
+    again = pickle.loads(pickle.dumps(propensity))
+    np.testing.assert_array_equal(again.predict_proba(row), propensity.predict_proba(row))
+
+
+def test_the_stages_sigmoid_maps_at_once_equal_each_stages_own(
+    models: tuple[LightGBMStageModel, LightGBMPropensityModel, np.ndarray],
+) -> None:
+    stages, _, matrix = models
+    raw = stages._raw(matrix)
+    rng = np.random.default_rng(4)
+    labels = (rng.random(len(raw)) < raw[:, 0]).astype(np.int64)
+    sigmoid = [
+        _Calibrator("sigmoid").fit(raw[:, k], (rng.random(len(raw)) < raw[:, k]).astype(np.int64))
+        for k in range(raw.shape[1] - 1)
+    ]
+    # a stage absent from validation: a constant map
+    sigmoid.append(_Calibrator("sigmoid").fit(raw[:, -1], np.zeros(len(raw), dtype=np.int64)))
+    assert sigmoid[-1].constant_ == 0.0
+    stages.calibrators_, kept = sigmoid, stages.calibrators_
+    try:
+        assert stages._sigmoid_lines() is not None  # the path under test
+        one_by_one = np.column_stack([c.transform(raw[:, k]) for k, c in enumerate(sigmoid)])
+        totals = one_by_one.sum(axis=1, keepdims=True)
+        np.testing.assert_array_equal(stages._calibrated(raw), one_by_one / totals)
+        stages.calibrators_ = [*sigmoid[:-1], _Calibrator("isotonic").fit(raw[:, 0], labels)]
+        assert stages._sigmoid_lines() is None  # one isotonic map: each stage its own way
+    finally:
+        stages.calibrators_ = kept
