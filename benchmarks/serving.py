@@ -477,24 +477,32 @@ def _event_bodies() -> list[bytes]:
 
 
 def measure_floor(scorer: Scorer, bodies: Bodies, plan: Plan) -> dict[str, Any]:
-    """Per request: the body parsed and validated by the service's schema, then scored, as the
-    service does minus HTTP, BentoML and the response's encoding."""
+    """Per request: the body parsed and validated by the service's schema, scored and the
+    answer encoded, as the service does minus HTTP and BentoML."""
+    from serving.runtime import predictions_json
     from serving.schemas import BatchRequest, ContactRequest
+
+    def one(body: bytes) -> bytes:
+        return predictions_json(
+            scorer.predict_rows([ContactRequest.model_validate_json(body)]), batch=False
+        )
 
     gc.collect()
     gc.freeze()  # as the service does once its model is loaded
     out: dict[str, Any] = {}
     for kind, raw in (("features", bodies.features), ("events", bodies.events)):
-        first = scorer.predict([ContactRequest.model_validate_json(raw[0])])[0]
-        if first.status != "scored" or first.model != "funnelcast":
-            raise RuntimeError(f"the in-process scorer answered {first.status} by {first.model}")
+        first = json.loads(one(raw[0]))
+        if first["status"] != "scored" or first["model"] != "funnelcast":
+            raise RuntimeError(
+                f"the in-process scorer answered {first['status']} by {first['model']}"
+            )
         for body in raw[:20]:  # warm-up
-            scorer.predict([ContactRequest.model_validate_json(body)])
+            one(body)
         times = []
         for i in range(plan.floor_requests):
             body = raw[i % len(raw)]
             clock = time.perf_counter_ns()
-            scorer.predict([ContactRequest.model_validate_json(body)])
+            one(body)
             times.append(time.perf_counter_ns() - clock)
         ms = np.array(times) / 1e6
         out[kind] = {
@@ -508,7 +516,8 @@ def measure_floor(scorer: Scorer, bodies: Bodies, plan: Plan) -> dict[str, Any]:
         seconds: list[float] = []
         for i in range(plan.floor_batches + 1):
             began = time.perf_counter()
-            scorer.predict(BatchRequest.model_validate_json(raw[i % len(raw)]).contacts)
+            contacts = BatchRequest.model_validate_json(raw[i % len(raw)]).contacts
+            predictions_json(scorer.predict_rows(contacts), batch=True)
             seconds.append(time.perf_counter() - began)
         median = float(np.median(seconds[1:]))  # the first one warms up
         out["batch"][str(rows)] = {

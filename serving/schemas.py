@@ -8,9 +8,18 @@ the field, never a silent default. The field descriptions are what the OpenAPI d
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
@@ -69,7 +78,10 @@ class Event(BaseModel):
 
 
 AttributeValue = float | bool | str | None
-FeatureValue = float | str | None
+# a number (a JSON integer is one too), text (a category) or null; tried in that order, each
+# strictly (no "3.5" read as a number, no true as 1): a third less parsing than a smart union,
+# which tries every member, for the 148 values of each contact of a batch
+FeatureValue = Annotated[StrictFloat | StrictStr | None, Field(union_mode="left_to_right")]
 
 
 class ContactRequest(BaseModel):

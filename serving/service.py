@@ -26,7 +26,7 @@ import anyio
 import bentoml
 from fastapi import FastAPI
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from features.errors import InputError
 from serving.runtime import (
@@ -36,6 +36,7 @@ from serving.runtime import (
     ServiceSettings,
     limits,
     load_scorer,
+    predictions_json,
 )
 from serving.schemas import (
     MAX_BATCH_CONTACTS,
@@ -102,6 +103,12 @@ def _bad_request(exc: InputError) -> JSONResponse:
     if isinstance(exc, RequestError):
         body = {"error": exc.message, "field": exc.field}
     return JSONResponse(body, status_code=400)
+
+
+def _answer(body: bytes) -> Response:
+    """The predictions' JSON as the response: the API methods' annotations (``Prediction``,
+    ``BatchPredictions``) still describe it in the OpenAPI document."""
+    return Response(body, media_type="application/json")
 
 
 class _Guard(GuardMiddleware):
@@ -178,11 +185,12 @@ class Funnelcast:
         try:
             if len(request.events or ()) > _ON_THE_LOOP_EVENTS:
                 # a long history would hold the event loop (and /readyz) for milliseconds
-                scored = await anyio.to_thread.run_sync(self.scorer.predict, [request])
-                return scored[0]
-            return self.scorer.predict([request])[0]
+                rows = await anyio.to_thread.run_sync(self.scorer.predict_rows, [request])
+            else:
+                rows = self.scorer.predict_rows([request])
         except InputError as exc:
             return _bad_request(exc)  # type: ignore[return-value]
+        return _answer(predictions_json(rows, batch=False))  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, request: BatchRequest, /) -> BatchPredictions:
@@ -198,9 +206,10 @@ class Funnelcast:
                 status_code=413,
             )
         try:
-            return BatchPredictions(predictions=self.scorer.predict(request.contacts))
+            rows = self.scorer.predict_rows(request.contacts)
         except InputError as exc:
             return _bad_request(exc)  # type: ignore[return-value]
+        return _answer(predictions_json(rows, batch=True))  # type: ignore[return-value]
 
     def metadata(self) -> ModelMetadata:
         return self.scorer.metadata(self.limits)

@@ -360,6 +360,20 @@ def test_numbers_sent_as_text_and_dates_sent_as_numbers_are_a_400(
     assert response.json()["field"] == "attributes.signup_date"
 
 
+@pytest.mark.parametrize("value", [True, [1.0], {"days": 3}])
+def test_a_feature_that_is_neither_number_text_nor_null_is_a_400(
+    client: TestClient, auth: dict[str, str], value: Any
+) -> None:
+    response = client.post(
+        "/predict",
+        headers=auth,
+        json={"marketing_consent": True, "features": {"days_since_last_event": value}},
+    )
+    assert response.status_code == 400
+    places = [d["loc"][:3] for d in response.json()["detail"]]
+    assert ["features", "days_since_last_event", "float"] in places  # never read as 1.0
+
+
 def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> None:
     form = client.post("/predict", headers=auth, data={"marketing_consent": "true"})
     assert form.status_code == 415

@@ -28,8 +28,14 @@ from serving.runtime import (
     SpecMismatchError,
     check_feature_spec,
     load_scorer,
+    predictions_json,
 )
-from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
+from serving.schemas import (
+    MAX_EVENTS_PER_CONTACT,
+    BatchPredictions,
+    ContactRequest,
+    Prediction,
+)
 from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
 from training.reasons import top_reasons
 from training.registry import load_model, resolve
@@ -106,7 +112,9 @@ def test_features_in_equal_events_in(
 def test_the_api_method_answers_one_contact(
     service: Any, served: Served, active_contacts: list[str]
 ) -> None:
-    prediction = asyncio.run(service.predict(_request(contact_body(served, active_contacts[5]))))
+    response = asyncio.run(service.predict(_request(contact_body(served, active_contacts[5]))))
+    assert response.media_type == "application/json"
+    prediction = Prediction.model_validate_json(response.body)  # the schema it promises
     assert prediction.status == "scored"
     assert prediction.stage in STAGES
     assert sum(prediction.probabilities.model_dump().values()) == pytest.approx(1.0)
@@ -116,13 +124,39 @@ def test_the_api_method_answers_one_contact(
     assert prediction.message_type
 
 
+def test_the_response_bytes_are_what_pydantic_makes_of_the_predictions(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """The service encodes its rows without building a model per contact: the same bytes as
+    the validated ``Prediction`` models encoded by pydantic, scored or not, with or without
+    reasons, with an as_of given in another time zone."""
+    bodies = [
+        contact_body(served, active_contacts[0]),
+        {**contact_body(served, active_contacts[1]), "marketing_consent": False},
+        {**contact_body(served, active_contacts[2]), "explain": False},
+        {**contact_body(served, active_contacts[3]), "as_of": "2026-01-05T10:00:00+05:30"},
+    ]
+    requests = [_request(b) for b in bodies]
+    now = dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
+    rows = service.scorer.predict_rows(requests, now)
+    models = service.scorer.predict(requests, now)
+    assert [m.model_dump() for m in models] == rows
+    assert predictions_json(rows, batch=True) == (
+        BatchPredictions(predictions=models).model_dump_json().encode()
+    )
+    assert predictions_json(rows[3:], batch=False) == models[3].model_dump_json().encode()
+    assert models[3].as_of == dt.datetime(2026, 1, 5, 4, 30, tzinfo=dt.UTC)
+
+
 def test_contacts_without_consent_are_never_scored(
     service: Any, served: Served, active_contacts: list[str]
 ) -> None:
     consenting = contact_body(served, active_contacts[1])
     opted_out = {**contact_body(served, active_contacts[2]), "marketing_consent": False}
-    result = service.predict_batch(
-        _batch([consenting, opted_out, {**consenting, "contact_id": "again"}])
+    result = BatchPredictions.model_validate_json(
+        service.predict_batch(
+            _batch([consenting, opted_out, {**consenting, "contact_id": "again"}])
+        ).body
     )
     statuses = [(p.contact_id, p.status) for p in result.predictions]
     assert statuses == [
