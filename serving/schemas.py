@@ -23,7 +23,8 @@ from pydantic import (
 
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
-# Limits, documented in docs/serving.md; over them a request is refused, never truncated.
+# Limits, documented in the README ("The prediction service") and served by GET /metadata; over
+# them a request is refused, never truncated.
 MAX_EVENTS_PER_CONTACT = 5_000
 MAX_BATCH_CONTACTS = 1_000
 MAX_FEATURES = 2_000
