@@ -139,7 +139,7 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
                     }
                 ],
             },
-            ["events", 0, "timestamp"],
+            ["events"],  # the message names events.0.timestamp (next test)
         ),
         (
             {
@@ -169,6 +169,27 @@ def test_bad_input_is_a_400_naming_the_field(
     assert answer["error"]
     if field is not None:
         assert field in [d["loc"] for d in answer["detail"]]
+
+
+@pytest.mark.parametrize(
+    ("moments", "named", "words"),
+    [
+        (["2026-01-01T00:00:00Z", "2999-01-01T00:00:00+02:00"], "events.1.timestamp", "future"),
+        (["0001-01-01T00:00:00+05:00", "2026-01-01T00:00:00Z"], "events.0.timestamp", "range"),
+    ],
+)
+def test_an_event_in_the_future_or_out_of_range_is_named_in_the_message(
+    client: TestClient, auth: dict[str, str], moments: list[str], named: str, words: str
+) -> None:
+    events = [{"timestamp": m, "event_type": "page_view", "channel": "web"} for m in moments]
+    response = client.post(
+        "/predict", headers=auth, json={"marketing_consent": True, "events": events}
+    )
+    assert response.status_code == 400
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["events"]
+    assert named in detail["msg"]
+    assert words in detail["msg"]
 
 
 def test_a_request_the_model_cannot_use_is_a_400_naming_the_field(
@@ -290,18 +311,7 @@ def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (
-            {
-                "events": [
-                    {
-                        "timestamp": "0001-01-01T00:00:00+05:00",
-                        "event_type": "page_view",
-                        "channel": "web",
-                    }
-                ]
-            },
-            ["events", 0, "timestamp"],
-        ),
+        # a moment out of UTC's range: test_an_event_in_the_future_or_out_of_range_is_named...
         (
             {
                 "events": [
