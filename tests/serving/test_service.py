@@ -169,9 +169,7 @@ def test_events_in_other_time_zones_give_the_same_prediction(
     again = {**shifted[-1], "timestamp": body["events"][-1]["timestamp"]}  # type: ignore[index]
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     (utc,) = service.scorer.predict_rows([_request(body)], now)
-    (zoned,) = service.scorer.predict_rows(
-        [_request({**body, "events": [*shifted, again]})], now
-    )
+    (zoned,) = service.scorer.predict_rows([_request({**body, "events": [*shifted, again]})], now)
     assert zoned == utc
     assert utc["events_used"] == len(body["events"])  # type: ignore[arg-type]
 
