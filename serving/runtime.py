@@ -177,7 +177,7 @@ def predictions_json(rows: Sequence[dict[str, Any]], *, batch: bool) -> bytes:
     ``{"predictions": [...]}`` (``/predict_batch``), encoded as pydantic encodes a
     ``Prediction`` (tests/serving/test_service.py holds them equal) without building one model
     object per contact (a tenth of a 1,000-contact batch's time)."""
-    return pydantic_core.to_json({"predictions": rows} if batch else rows[0])
+    return pydantic_core.to_json({"predictions": rows} if batch else rows[0], inf_nan_mode="null")
 
 
 def _validated(rows: list[dict[str, Any]]) -> list[Prediction]:

@@ -54,6 +54,8 @@ _ONE_THREAD_ROWS = 64
 # a seventh of the trees stays in the core's cache as the rows stream past; below it one call
 # over every tree costs less
 _PER_STAGE_ROWS = 20_000
+# what a model works out from its booster on first use (never pickled; dropped by a new fit)
+_BOOSTER_CACHES = ("_single_rows", "_class_boosters", "_path_tables")
 # rows whose path credits are gathered at once (PathTable.contributions)
 _PATH_CHUNK_ROWS = 4_096
 
@@ -372,6 +374,8 @@ class _LightGBMBase:
     ) -> tuple[lgb.Booster, FloatArray]:
         """The booster, cut at its best iteration, and its predictions of the validation rows
         there (what ``_raw(X_val)`` gives, without a second pass through every tree)."""
+        for name in _BOOSTER_CACHES:  # of an earlier fit's booster
+            self.__dict__.pop(name, None)
         params = {
             **DEFAULT_LIGHTGBM_PARAMS,
             **(self.params or {}),
@@ -442,19 +446,20 @@ class _LightGBMBase:
     ) -> SingleRowPredictor:
         """LightGBM's fast single-row predictor of ``booster`` (built once per process; not
         pickled)."""
-        cache: dict[tuple[str, int], SingleRowPredictor] = self.__dict__.setdefault(
+        cache: dict[tuple[str, int, int], SingleRowPredictor] = self.__dict__.setdefault(
             "_single_rows", {}
         )
-        predictor = cache.get((kind, key))
+        predictor = cache.get((kind, key, num_iteration))
         if predictor is None:
-            predictor = cache[(kind, key)] = SingleRowPredictor(
+            predictor = cache[(kind, key, num_iteration)] = SingleRowPredictor(
                 booster, kind=kind, num_iteration=num_iteration
             )
         return predictor
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_single_rows", None)  # C handles of this process
+        for name in _BOOSTER_CACHES:  # C handles of this process; rebuilt on first use
+            state.pop(name, None)
         return state
 
     def _input(self, X: pd.DataFrame | FloatArray) -> pd.DataFrame | FloatArray:
@@ -676,9 +681,9 @@ class LightGBMStageModel(_LightGBMBase):
     def _sigmoid_lines(self) -> tuple[FloatArray, FloatArray, dict[int, float]] | None:
         """The stages' sigmoid calibrations as (slopes, intercepts, constants by stage) when
         no stage is isotonic (worked out once a fit); None otherwise."""
-        calibrators = self.calibrators_
+        calibrators = tuple(self.calibrators_)  # a calibrator replaced in place: worked out anew
         cached = self.__dict__.get("_lines_cache")
-        if cached is not None and cached[0] is calibrators:
+        if cached is not None and cached[0] == calibrators:
             return cached[1]
         lines = None
         if all(c.method == "sigmoid" or c.constant_ is not None for c in calibrators):
@@ -811,12 +816,6 @@ class LightGBMStageModel(_LightGBMBase):
                 )
             )
         return cache[k]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_class_boosters", None)  # rebuilt from the booster on first use
-        state.pop("_path_tables", None)
-        return state
 
 
 @dataclass(frozen=True)

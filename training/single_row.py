@@ -2,12 +2,14 @@
 
 ``Booster.predict`` sets up a predictor on every call (parameter parsing, a ``Predictor``
 object, output sizing): for the service's one-contact requests that setup costs more than the
-trees (about 17 µs of a 20-34 µs call, measured by ``benchmarks/serving.py``'s floor).
+trees (about 17 µs of a 20-34 µs call, measured with a profiling script on this project's VM).
 ``LGBM_BoosterPredictForMatSingleRowFastInit`` does it once; each row then costs one C call.
 The same numbers as ``Booster.predict`` (tests/training/test_single_row.py).
 
 A handle belongs to one process (it is never pickled: the models drop it and build it again
-on first use) and its output buffer is shared, so calls on one handle take a lock.
+on first use) and its output buffer is shared, so calls on one handle take a lock. The C
+functions are LightGBM's public API; reaching them goes through names private to its Python
+package (``_LIB``, ``Booster._handle``), so pyproject caps LightGBM below 5.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ _FLOAT64 = 1
 
 
 class SingleRowPredictor:
-    """``booster.predict(row)`` for one row of float64 values (``normal``: what ``predict``
-    gives, probabilities for binary and multiclass models; ``leaf``: each tree's leaf)."""
+    """``booster.predict(row, num_iteration=...)`` for one row of float64 values (``normal``:
+    what ``predict`` gives, probabilities for binary and multiclass models; ``leaf``: each
+    tree's leaf).
+
+    The predictor scores a private copy of the booster's first ``num_iteration`` iterations
+    (all for ``num_iteration <= 0``): LightGBM keeps the iterations to predict on the booster,
+    not on the fast handle, so another predictor on a shared booster would change what this
+    one computes and how many values it writes; and a booster changed in place (e.g.
+    ``model_from_string``) would free trees the handle still reads."""
 
     def __init__(
         self,
@@ -38,15 +47,10 @@ class SingleRowPredictor:
         kind: Literal["normal", "leaf"],
         num_iteration: int = -1,
     ) -> None:
-        self.columns = booster.num_feature()
-        per_iteration = booster.num_model_per_iteration()
-        if kind == "normal":
-            width = per_iteration
-        elif num_iteration > 0:
-            width = min(num_iteration, booster.current_iteration()) * per_iteration
-        else:
-            width = booster.num_trees()
-        self._booster = booster  # the handle reads the booster's trees: keep them alive
+        own = lgb.Booster(model_str=booster.model_to_string(num_iteration=num_iteration))
+        self.columns = own.num_feature()
+        width = own.num_model_per_iteration() if kind == "normal" else own.num_trees()
+        self._booster = own  # only this predictor uses it; the handle reads its trees
         self._out = np.zeros(width, dtype=np.float64)
         self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._length = ctypes.c_int64(0)
@@ -54,10 +58,10 @@ class SingleRowPredictor:
         self._handle = ctypes.c_void_p()
         _safe_call(
             _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                booster._handle,
+                own._handle,
                 ctypes.c_int(_PREDICT_TYPES[kind]),
                 ctypes.c_int(0),
-                ctypes.c_int(num_iteration),
+                ctypes.c_int(-1),
                 ctypes.c_int(_FLOAT64),
                 ctypes.c_int32(self.columns),
                 _c_str("num_threads=1"),
@@ -88,5 +92,8 @@ class SingleRowPredictor:
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None and handle.value:
-            _LIB.LGBM_FastConfigFree(handle)
+            try:
+                _LIB.LGBM_FastConfigFree(handle)
+            except (AttributeError, TypeError):  # interpreter shutdown: the library is gone
+                return
             handle.value = None

@@ -435,6 +435,13 @@ def test_the_rules_fallback_says_so_in_every_answer(
     assert prediction.propensity is None
     assert "(rules)" in prediction.reasons[0]
     assert scorer.metadata({}).model == RULES
+    # the service sends these rows as they are: the bytes pydantic makes of the validated ones
+    requests = [_request(body), _request({**body, "marketing_consent": False})]
+    now = dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
+    rows = scorer.predict_rows(requests, now)
+    assert predictions_json(rows, batch=True) == (
+        BatchPredictions(predictions=scorer.predict(requests, now)).model_dump_json().encode()
+    )
 
 
 def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> None:
