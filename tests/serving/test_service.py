@@ -174,6 +174,16 @@ def test_events_in_other_time_zones_give_the_same_prediction(
     assert utc["events_used"] == len(body["events"])  # type: ignore[arg-type]
 
 
+def test_the_api_callers_are_built_once_per_worker(service: Any) -> None:
+    """BentoML's descriptor would build a caller per request; the instance keeps one, which
+    BentoML finds first and which runs the method."""
+    for name in ("predict", "predict_batch"):
+        caller = service.__dict__[name]
+        assert getattr(service, name) is caller
+        assert callable(caller.local)
+        assert caller.__wrapped__ is getattr(type(service), name).func
+
+
 def test_contacts_without_consent_are_never_scored(
     service: Any, served: Served, active_contacts: list[str]
 ) -> None:
