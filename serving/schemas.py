@@ -75,8 +75,8 @@ class Event(BaseModel):
 
 AttributeValue = float | bool | str | None
 # a number (a JSON integer is one too), text (a category) or null; tried in that order, each
-# strictly (no "3.5" read as a number, no true as 1): a third less parsing than a smart union,
-# which tries every member, for the 148 values of each contact of a batch
+# strictly (no "3.5" read as a number, no true as 1): a smart union tries every member; this
+# parsed a 1,000-contact batch of 148 features in about 17 ms instead of 20.5 (profiling script)
 FeatureValue = Annotated[StrictFloat | StrictStr | None, Field(union_mode="left_to_right")]
 
 

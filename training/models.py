@@ -687,25 +687,17 @@ class LightGBMStageModel(_LightGBMBase):
             return cached[1]
         lines = None
         if all(c.method == "sigmoid" or c.constant_ is not None for c in calibrators):
-            lines = (
-                np.array(
-                    [
-                        0.0 if c.constant_ is not None else c.sigmoid_.coef_[0, 0]
-                        for c in calibrators
-                    ]
-                ),
-                np.array(
-                    [
-                        0.0 if c.constant_ is not None else c.sigmoid_.intercept_[0]
-                        for c in calibrators
-                    ]
-                ),
-                {
-                    k: float(c.constant_)
-                    for k, c in enumerate(calibrators)
-                    if c.constant_ is not None
-                },
-            )
+            fitted = [
+                (0.0, 0.0)
+                if c.constant_ is not None
+                else (c.sigmoid_.coef_[0, 0], c.sigmoid_.intercept_[0])
+                for c in calibrators
+            ]
+            slope, intercept = np.array(fitted, dtype=np.float64).T
+            constant = {
+                k: float(c.constant_) for k, c in enumerate(calibrators) if c.constant_ is not None
+            }
+            lines = (slope, intercept, constant)
         self.__dict__["_lines_cache"] = (calibrators, lines)
         return lines
 
