@@ -253,6 +253,32 @@ def test_a_parquet_input_done_in_parts_of_contacts_equals_it_done_whole(
     assert_frame_equal(in_parts, whole, categorical_as_str=True)
 
 
+def test_the_parts_are_ranges_of_contacts_of_like_size_that_concatenate_in_contact_order(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    events, _ = simulated
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    parts = 5
+    bounds = engine._part_bounds(path, -(-events.height // parts))
+    assert len(bounds) == parts - 1
+    assert bounds == sorted(bounds)
+    past = engine.scan_events(path)
+    sizes = [
+        engine._part(past, part, bounds).select(pl.len()).collect().item() for part in range(parts)
+    ]
+    # every event lands in exactly one part, and no part is far from a fifth of them
+    assert sum(sizes) == events.height
+    assert all(0.7 < size / (events.height / parts) < 1.3 for size in sizes), sizes
+    as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
+    in_parts = build_contact_features(
+        path, as_of=as_of, spec=SPEC, partition_rows=-(-events.height // parts)
+    )
+    whole = build_contact_features(events, as_of=as_of, spec=SPEC)
+    assert in_parts.get_column("contact_id").is_sorted()
+    assert_frame_equal(in_parts, whole, categorical_as_str=True)
+
+
 def test_a_derived_feature_may_use_an_earlier_derived_feature() -> None:
     from features.spec import parse_feature_spec
 
