@@ -69,12 +69,31 @@ def build_contact_features(
         rechunk=False,
     )
     if listed is not None:  # listed contacts without any event before as_of: a row of nulls
-        absent = listed.join(frame.select("contact_id"), on="contact_id", how="anti")
-        frame = pl.concat([frame, absent], how="diagonal")
+        frame = _with_absent(frame, listed)
     # picking columns by name never copies them; an eager select would make every column of
     # the parts' many-chunked wide table one chunk (a copy of it)
     frame = frame[["contact_id", *(a.name for a in aggregates)]]
     return finish_features(frame, aggregates, contacts, as_of=as_of, spec=spec, rules=rules)
+
+
+def _with_absent(frame: pl.DataFrame, listed: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``frame`` and a row of nulls for each listed contact it lacks, in contact
+    order: the rows are merged in, as both sides are sorted, not appended and sorted again,
+    which sorts the whole wide table (6 s at 30 M events)."""
+    absent = listed.join(frame.select("contact_id"), on="contact_id", how="anti")
+    if absent.is_empty():
+        return frame
+    nulls = absent.sort("contact_id").select(
+        pl.col("contact_id").cast(frame.schema["contact_id"]),
+        *(
+            pl.lit(None, dtype).alias(name)
+            for name, dtype in frame.schema.items()
+            if name != "contact_id"
+        ),
+    )
+    if not frame.get_column("contact_id").is_sorted():  # never, as the parts are built
+        return pl.concat([frame, nulls]).sort("contact_id")
+    return frame.merge_sorted(nulls, key="contact_id")
 
 
 def finish_features(

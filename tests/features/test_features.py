@@ -108,6 +108,27 @@ def test_only_contacts_active_in_the_longest_window_or_listed_are_eligible() -> 
     ]
 
 
+def test_listed_contacts_without_events_are_rows_of_zeros_and_missing_in_contact_order() -> None:
+    events = _events(
+        [
+            ("b", "2024-02-20T10:00:00Z", "web", "page_view", None),
+            ("d", "2024-02-21T10:00:00Z", "email", "email_open", None),
+            ("e", "2023-01-01T10:00:00Z", "web", "page_view", None),  # only outside the window
+        ]
+    )
+    contacts = pl.DataFrame({"contact_id": ["e", "c", "a", "d", "f"]})
+    frame = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    assert frame["contact_id"].to_list() == ["a", "b", "c", "d", "e", "f"]
+    assert frame["page_view_count_90d"].to_list() == [0, 1, 0, 0, 0, 0]
+    assert frame["email_open_count_28d"].to_list() == [0, 0, 0, 1, 0, 0]
+    recency = frame["days_since_last_page_view"].to_list()
+    assert recency[1] == pytest.approx(9 + 14 / 24)
+    assert recency[4] == pytest.approx(
+        (AS_OF - dt.datetime(2023, 1, 1, 10, tzinfo=dt.UTC)).days + 14 / 24
+    )
+    assert [recency[i] for i in (0, 2, 3, 5)] == [None] * 4
+
+
 def test_a_naive_as_of_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         build_contact_features(_events([]), as_of=dt.datetime(2024, 3, 1), spec=SPEC)
