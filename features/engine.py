@@ -330,7 +330,7 @@ def _atoms(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) 
     timestamp = pl.col("timestamp")
     counted = {a.window_days for a in aggregates if a.kind == "count"}
     summed = {a.window_days for a in aggregates if a.kind == "sum"}
-    windows = _windows([*counted, *summed])
+    windows = [days for days in _windows([*counted, *summed]) if days is not None]
     # window flags as columns and types as small integer codes: the group-by then only sums,
     # takes extremes and compares integers, Polars' fast paths
     flagged = past.select(
@@ -341,12 +341,20 @@ def _atoms(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) 
         _channel=pl.col("channel").cast(pl.Enum(CHANNELS), strict=False).to_physical(),
         **{f"_in{days}": _in_window_days(days, as_of) for days in windows},
     )
+
+    def in_window(days: int | None, value: pl.Expr | None = None) -> pl.Expr:
+        """The count (or value sum) of an atom's events in a window; all history needs no
+        flag (every row is before as_of), which saves a column and a product per event."""
+        if days is None:
+            return pl.len() if value is None else value.sum()
+        flag = pl.col(f"_in{days}")
+        return flag.sum() if value is None else (value * flag).sum()
+
     # only what some feature reads: each column costs a sum or an extreme per atom
     atom_columns: list[pl.Expr] = [timestamp.min().alias("_first"), timestamp.max().alias("_last")]
-    atom_columns += [pl.col(f"_in{days}").sum().alias(f"_n{days}") for days in _windows(counted)]
+    atom_columns += [in_window(days).alias(f"_n{days}") for days in _windows(counted)]
     atom_columns += [
-        (pl.col("value") * pl.col(f"_in{days}")).sum().alias(f"_v{days}")
-        for days in _windows(summed)
+        in_window(days, pl.col("value")).alias(f"_v{days}") for days in _windows(summed)
     ]
     return flagged.group_by("contact_id", "_type", "_channel").agg(atom_columns)
 
@@ -441,11 +449,17 @@ def _distinct_days(
     events of the longest window are read."""
     filters = _distinct_filters(aggregates)
     earliest = min(_window_start(a, as_of) for a in aggregates)
-    past = past.filter(pl.col("timestamp") >= earliest)
-    per_day = past.group_by("contact_id", pl.col("timestamp").dt.date().alias("_day")).agg(
+    masks = list(filters.values())
+    # events no filter keeps (sends, a third of the simulated events, in the shipped spec) are
+    # dropped before the group-by; with one filter, each day's latest time is a plain max
+    # (0.7-0.86 -> 0.4 s at 10 M events, profiling script)
+    anywhere = masks[0] if len(masks) == 1 else pl.any_horizontal(masks)
+    past = past.filter((pl.col("timestamp") >= earliest) & anywhere)
+    timestamp = pl.col("timestamp")
+    per_day = past.group_by("contact_id", timestamp.dt.date().alias("_day")).agg(
         [
-            pl.col("timestamp").filter(mask).max().alias(f"_f{i}")
-            for i, mask in enumerate(filters.values())
+            (timestamp if len(masks) == 1 else timestamp.filter(mask)).max().alias(f"_f{i}")
+            for i, mask in enumerate(masks)
         ]
     )
     index = {key: i for i, key in enumerate(filters)}
