@@ -30,8 +30,10 @@ from features.vocabulary import (
 )
 
 EventsInput: TypeAlias = pa.Table | pl.DataFrame | pl.LazyFrame | Path | str
-# events per part of a Parquet input. Parts cost no time (each reads only its contacts' rows
-# of the columns it needs): on the simulator's data, 10 M events took 5.1-5.3 s in one part or
+# events per part of a Parquet input. Each part decodes the columns it needs in full (unless the
+# file is grouped by contact, when Parquet statistics let it skip row groups) and keeps only its
+# contacts' rows, yet parts cost no measurable time, as decoding is cheap next to grouping:
+# on the simulator's data, 10 M events took 5.1-5.3 s in one part or
 # two, with a peak of 2.0-2.2 GiB in one and 1.7 GiB in two; 30 M events 16.8 s and 4.2 GiB in
 # parts of 15 M, 16.4 s and 3.5 GiB in parts of 5 M (profiling script, 2026-12-03)
 PARTITION_ROWS = 5_000_000
@@ -168,44 +170,50 @@ def _aggregate_part(
 _SAMPLES_PER_PART = 10_000
 
 
-def _part_bounds(events: EventsInput, partition_rows: int) -> list[Any]:
+def _part_bounds(events: EventsInput, partition_rows: int) -> pl.Series:
     """The contact ids that split a Parquet input into parts of about ``partition_rows``
     events (none: one part; frames in memory are done whole). Part i holds the contacts from
     bound i-1 (inclusive) to bound i (exclusive), so a contact's events all land in one part
     and the parts, each in contact order, concatenate in contact order. The bounds are
     quantiles of the contact ids of evenly spaced events, so each part gets a like share of
     the events whatever the ids look like; reading the one column costs about 0.3 s at 30 M
-    events."""
+    events. They are in Polars' order of the ids, the order the parts' filters compare in (an
+    Enum's is its categories', not the text's)."""
     if partition_rows < 1:
         raise ValueError("partition_rows must be positive")
+    whole = pl.Series("contact_id", [], pl.String)  # no bounds: one part
     if not isinstance(events, Path | str):
-        return []
+        return whole
     scan = scan_events(events)
     rows = scan.select(pl.len()).collect().item()  # from Parquet metadata
     parts = -(-rows // partition_rows)
     if parts <= 1:
-        return []
+        return whole
     step = max(1, rows // (parts * _SAMPLES_PER_PART))
-    sample = (
-        _collect(scan.select("contact_id").gather_every(step).drop_nulls())
-        .get_column("contact_id")
-        .sort()
-    )
+    sample = _collect(scan.select("contact_id").gather_every(step).drop_nulls())["contact_id"]
+    if sample.dtype.is_float():  # NaN sorts last; as a bound it would only confuse
+        sample = sample.filter(sample.is_not_nan())
     if sample.is_empty():
-        return []
+        return whole
+    sample = sample.sort()
     # equal bounds would make empty parts; dropping them leaves fewer, still exact, parts
-    return sorted({sample[len(sample) * part // parts] for part in range(1, parts)})
+    quantiles = [len(sample) * part // parts for part in range(1, parts)]
+    return sample.gather(quantiles).unique(maintain_order=True)
 
 
-def _part(past: pl.LazyFrame, part: int, bounds: list[Any]) -> pl.LazyFrame:
-    if not bounds:
+def _part(past: pl.LazyFrame, part: int, bounds: pl.Series) -> pl.LazyFrame:
+    if bounds.is_empty():
         return past
     contact = pl.col("contact_id")
+
+    def bound(index: int) -> pl.Expr:
+        return pl.lit(bounds[index], dtype=bounds.dtype)
+
     if part == 0:  # missing ids sort first, so they belong to the first part
-        return past.filter(contact.is_null() | (contact < bounds[0]))
+        return past.filter(contact.is_null() | (contact < bound(0)))
     if part == len(bounds):
-        return past.filter(contact >= bounds[-1])
-    return past.filter((contact >= bounds[part - 1]) & (contact < bounds[part]))
+        return past.filter(contact >= bound(-1))
+    return past.filter((contact >= bound(part - 1)) & (contact < bound(part)))
 
 
 def _collect(query: pl.LazyFrame) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from features import engine
 from features.engine import build_contact_features
 from features.online import build_online_features
 from features.schema import validate
+from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
 
@@ -283,21 +284,69 @@ def test_the_parts_are_ranges_of_contacts_of_like_size_that_concatenate_in_conta
     parts = 5
     bounds = engine._part_bounds(path, -(-events.height // parts))
     assert len(bounds) == parts - 1
-    assert bounds == sorted(bounds)
-    past = engine.scan_events(path)
+    assert bounds.is_sorted()
+    assert bounds.n_unique() == len(bounds)
+    past = engine.scan_events(path).filter(pl.col("timestamp") < AS_OF)
     sizes = [
         engine._part(past, part, bounds).select(pl.len()).collect().item() for part in range(parts)
     ]
     # every event lands in exactly one part, and no part is far from a fifth of them
-    assert sum(sizes) == events.height
-    assert all(0.7 < size / (events.height / parts) < 1.3 for size in sizes), sizes
-    as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
+    assert sum(sizes) == past.select(pl.len()).collect().item()
+    assert all(0.7 < size / (sum(sizes) / parts) < 1.3 for size in sizes), sizes
+    # each part's rows come out in contact order and the parts follow each other, so the
+    # table needs no sort (the finishing step would hide a wrong order by sorting)
+    aggregates = engine.with_internal_aggregates(SPEC, load_rules_settings())
+    aggregated = [
+        engine._aggregate_part(
+            engine._part(past, part, bounds), aggregates, as_of=AS_OF, spec=SPEC, listed=None
+        )
+        for part in range(parts)
+    ]
+    assert all(frame.height > 0 for frame in aggregated)
+    assert pl.concat(aggregated)["contact_id"].is_sorted()
     in_parts = build_contact_features(
-        path, as_of=as_of, spec=SPEC, partition_rows=-(-events.height // parts)
+        path, as_of=AS_OF, spec=SPEC, partition_rows=-(-events.height // parts)
     )
-    whole = build_contact_features(events, as_of=as_of, spec=SPEC)
-    assert in_parts.get_column("contact_id").is_sorted()
+    whole = build_contact_features(events, as_of=AS_OF, spec=SPEC)
     assert_frame_equal(in_parts, whole, categorical_as_str=True)
+
+
+def test_parts_follow_the_order_polars_compares_ids_in_not_the_text(tmp_path: Path) -> None:
+    ids = [f"c{i}" for i in range(10)]
+    categories = pl.Enum(list(reversed(ids)))  # c9 sorts first
+    events = pl.DataFrame(
+        {
+            "contact_id": [i for i in ids for _ in range(10)],
+            "timestamp": [dt.datetime(2024, 2, 20, tzinfo=dt.UTC)] * 100,
+            "channel": ["web"] * 100,
+            "event_type": ["page_view"] * 100,
+            "value": [None] * 100,
+        },
+        schema_overrides={"contact_id": categories, "value": pl.Float64},
+    )
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    bounds = engine._part_bounds(path, 25)
+    assert bounds.dtype == categories
+    assert bounds.is_sorted()
+    whole = build_contact_features(path, as_of=AS_OF, spec=SPEC)
+    in_parts = build_contact_features(path, as_of=AS_OF, spec=SPEC, partition_rows=25)
+    assert whole.height == 10
+    assert_frame_equal(in_parts, whole)
+
+
+def test_listed_contacts_without_events_are_merged_into_the_sorted_rows() -> None:
+    frame = pl.DataFrame(
+        {"contact_id": ["b", "d", "f"], "count": [1, 2, 3], "days": [0.5, None, 2.5]}
+    )
+    listed = pl.DataFrame({"contact_id": ["g", "a", "d", "c"]})
+    merged = engine._with_absent(frame, listed)
+    # merged in order here: the finishing step would hide a wrong order by sorting
+    assert merged["contact_id"].to_list() == ["a", "b", "c", "d", "f", "g"]
+    assert merged["count"].to_list() == [None, 1, None, 2, 3, None]
+    assert merged["days"].to_list() == [None, 0.5, None, None, 2.5, None]
+    assert merged.schema == frame.schema
+    assert engine._with_absent(frame, pl.DataFrame({"contact_id": ["b"]})) is frame
 
 
 def test_a_derived_feature_may_use_an_earlier_derived_feature() -> None:
