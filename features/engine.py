@@ -10,7 +10,7 @@ Python; tests hold the two equal.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -48,6 +48,7 @@ def build_contact_features(
     spec: FeatureSpec,
     rules: RulesSettings | None = None,
     partition_rows: int = PARTITION_ROWS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """One row per eligible contact: any event in the longest window before ``as_of``, or
     listed in ``contacts``. Columns: contact_id, as_of, the spec's features, the attributes,
@@ -55,7 +56,8 @@ def build_contact_features(
 
     A Parquet input of more than ``partition_rows`` events is done in parts, each a range of
     contact ids, so memory is bounded by a part, not the input; the parts' rows come out in
-    contact order, so their concatenation needs no sort."""
+    contact order, so their concatenation needs no sort. ``progress(done, parts)`` is called
+    once the parts are known and after each part."""
     as_of = as_utc(as_of, "as_of")
     rules = rules or load_rules_settings()
     past = scan_events(events).filter(pl.col("timestamp") < as_of)
@@ -64,15 +66,20 @@ def build_contact_features(
     listed = _listed_ids(contacts)
     # eligible: any event in the longest window, or listed in the contacts table; each part
     # keeps only its eligible rows, so the parts never sit in memory whole
-    frame = pl.concat(
-        [
+    parts = len(bounds) + 1
+    done: list[pl.DataFrame] = []
+    for part in range(parts):
+        if progress is not None:
+            progress(part, parts)
+        done.append(
             _aggregate_part(
                 _part(past, part, bounds), aggregates, as_of=as_of, spec=spec, listed=listed
             )
-            for part in range(len(bounds) + 1)
-        ],
-        rechunk=False,
-    )
+        )
+    if progress is not None:
+        progress(parts, parts)
+    frame = pl.concat(done, rechunk=False)
+    del done
     if listed is not None:  # listed contacts without any event before as_of: a row of nulls
         frame = _with_absent(frame, listed)
     # picking columns by name never copies them; an eager select would make every column of

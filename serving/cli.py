@@ -345,12 +345,22 @@ def features(
         )
     else:
         contact_table = read_table(contacts_path) if contacts_path.exists() else None
-        table = _with_spinner(
-            building,
-            lambda: build_contact_features(
-                events, contact_table, as_of=snapshot, spec=feature_spec, rules=rules
-            ),
-        )
+        with _progress() as progress:
+            task = progress.add_task(building, total=None)
+
+            def advance(done: int, parts: int) -> None:
+                # a large input is done in parts (ranges of contacts), each a step of the bar
+                label = building if parts == 1 else f"{building}, {parts} parts of contacts"
+                progress.update(task, description=label, total=parts, completed=done)
+
+            table = build_contact_features(
+                events,
+                contact_table,
+                as_of=snapshot,
+                spec=feature_spec,
+                rules=rules,
+                progress=advance,
+            )
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {out} "

@@ -304,9 +304,15 @@ def test_the_parts_are_ranges_of_contacts_of_like_size_that_concatenate_in_conta
     ]
     assert all(frame.height > 0 for frame in aggregated)
     assert pl.concat(aggregated)["contact_id"].is_sorted()
+    reported: list[tuple[int, int]] = []
     in_parts = build_contact_features(
-        path, as_of=AS_OF, spec=SPEC, partition_rows=-(-events.height // parts)
+        path,
+        as_of=AS_OF,
+        spec=SPEC,
+        partition_rows=-(-events.height // parts),
+        progress=lambda done, total: reported.append((done, total)),
     )
+    assert reported == [(done, parts) for done in range(parts + 1)]
     whole = build_contact_features(events, as_of=AS_OF, spec=SPEC)
     assert_frame_equal(in_parts, whole, categorical_as_str=True)
 
