@@ -1,10 +1,14 @@
 """The embedded feature engine (Polars, lazy): per-contact features as of a moment, from the
 declarative spec, using only events strictly before that moment.
 
-One ``group_by`` over the events computes every aggregate of the spec as a filtered expression;
-derived features are arithmetic on the result; contact attributes and the rules stage are joined
-last. The online path (``features.online``) computes the same spec for one contact in plain
-Python; tests hold the two equal.
+A large Parquet input is done in parts, each a range of contact ids. In each part, a streaming
+group-by reduces the events to one row per contact, event type and channel (an "atom"); the
+atoms of the eligible contacts, sorted by contact, become one group per contact, and every
+count, sum and recency of the spec is a filtered aggregation over a contact's few atoms. Active
+days and sessions take their own passes over the events. Derived features are arithmetic on the
+result; contact attributes and the rules stage are joined last. The online path
+(``features.online``) computes the same spec for one contact in plain Python; tests hold the
+two equal.
 """
 
 from __future__ import annotations
