@@ -260,12 +260,21 @@ def test_the_online_path_equals_the_batch_engine_for_random_contacts(
     assert compared > 60 * 100
 
 
+@pytest.fixture(scope="module")
+def simulated_parquet(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The simulated events as a Parquet file: the input that is done in parts."""
+    path = tmp_path_factory.mktemp("parts") / "events.parquet"
+    simulated[0].write_parquet(path)
+    return path
+
+
 def test_a_parquet_input_done_in_parts_of_contacts_equals_it_done_whole(
-    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+    simulated: tuple[pl.DataFrame, pl.DataFrame], simulated_parquet: Path
 ) -> None:
     events, contacts = simulated
-    path = tmp_path / "events.parquet"
-    events.write_parquet(path)
+    path = simulated_parquet
     as_of = dt.datetime(2024, 3, 20, 7, 31, 12, tzinfo=dt.UTC)
     whole = build_contact_features(path, contacts, as_of=as_of, spec=SPEC)
     in_parts = build_contact_features(
@@ -276,11 +285,10 @@ def test_a_parquet_input_done_in_parts_of_contacts_equals_it_done_whole(
 
 
 def test_the_parts_are_ranges_of_contacts_of_like_size_that_concatenate_in_contact_order(
-    simulated: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+    simulated: tuple[pl.DataFrame, pl.DataFrame], simulated_parquet: Path
 ) -> None:
     events, _ = simulated
-    path = tmp_path / "events.parquet"
-    events.write_parquet(path)
+    path = simulated_parquet
     parts = 5
     bounds = engine._part_bounds(path, -(-events.height // parts))
     assert len(bounds) == parts - 1
