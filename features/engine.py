@@ -422,7 +422,7 @@ def _per_contact(
         matching = _matches_codes(aggregate)
         days = aggregate.window_days
         if aggregate.kind == "count":
-            feature = pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int64)
+            feature = pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int32)
         elif aggregate.kind == "sum":
             feature = pl.col(f"_v{days}").filter(matching).sum().cast(pl.Float64)
         elif aggregate.kind == "days_since_last":
@@ -487,7 +487,7 @@ def _distinct_days(
         [
             (pl.col(f"_f{index[_filter_key(a)]}") >= _window_start(a, as_of))
             .sum()
-            .cast(pl.Int64)
+            .cast(pl.Int32)
             .alias(a.name)
             for a in aggregates
         ]
@@ -526,7 +526,7 @@ def _sessions(
                 [
                     (pl.col("_first") >= _epoch_us(_window_start(a, as_of)))
                     .sum()
-                    .cast(pl.Int64)
+                    .cast(pl.Int32)
                     .alias(a.name)
                     for a in chosen
                 ]

@@ -389,7 +389,7 @@ class _Formulas:
         if kind in ("count", "sum", "distinct_days", "sessions"):
             code = {"count": "n", "sum": "v", "distinct_days": "d", "sessions": "st"}[kind]
             amount = self._amount(self._series[(code, filter_)], aggregate.window_days)
-            return amount.cast(pl.Float64 if kind == "sum" else pl.Int64).alias(aggregate.name)
+            return amount.cast(pl.Float64 if kind == "sum" else pl.Int32).alias(aggregate.name)
         now_us = self._day * MICROS_PER_DAY
         if kind == "days_since_last":
             seen = self._amount(self._series[("n", filter_)], None) > 0

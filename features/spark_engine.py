@@ -294,8 +294,8 @@ def _filled(aggregate: Aggregate) -> Column:
     column = F.col(aggregate.name)
     if aggregate.kind == "sum":
         return F.coalesce(column, F.lit(0.0))
-    if aggregate.kind in ("count", "distinct_days", "sessions"):
-        return F.coalesce(column, F.lit(0).cast("long"))
+    if aggregate.kind in ("count", "distinct_days", "sessions"):  # 32-bit, as in Polars
+        return F.coalesce(column, F.lit(0)).cast("int")
     return column
 
 

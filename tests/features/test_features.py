@@ -224,6 +224,32 @@ def simulated() -> tuple[pl.DataFrame, pl.DataFrame]:
     return events, contacts
 
 
+def test_counts_are_32_bit_and_sums_and_recency_are_doubles_in_every_builder(
+    simulated: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    # a count never exceeds the number of events; 32 bits cut the frames by a third
+    from features.snapshots import build_training_frame
+
+    events, contacts = simulated
+    expected = {
+        **{a.name: pl.Int32 for a in SPEC.aggregates if a.kind in _COUNT_KINDS},
+        **{a.name: pl.Float64 for a in SPEC.aggregates if a.kind not in _COUNT_KINDS},
+    }
+    assert pl.Int32 in expected.values()
+    assert pl.Float64 in expected.values()
+    one = build_contact_features(
+        events, contacts, as_of=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), spec=SPEC
+    )
+    many = build_training_frame(
+        events, contacts, as_of_dates=[dt.date(2024, 2, 1), dt.date(2024, 3, 1)], spec=SPEC
+    )
+    for frame in (one, many):
+        assert {name: frame.schema[name] for name in expected} == expected
+
+
+_COUNT_KINDS = ("count", "distinct_days", "sessions")
+
+
 @pytest.mark.parametrize(
     "as_of",
     [
