@@ -5,7 +5,7 @@ many dates (weekly snapshots, say), and scanning the events once per date would 
 pass each. Instead:
 
 1. One pass over the events groups them by contact and UTC day into *daily partials*: per
-   filter of the spec, the day's count, value sum, session starts and first/last timestamp.
+   filter of the spec, the day's count, value sum and session starts.
 2. Running totals per contact (cumulative sums in contact-then-day order) turn every windowed
    count or sum into a difference of two running totals: the one at the last day before the
    snapshot, minus the one at the last day before the window starts.
@@ -15,6 +15,10 @@ pass each. Instead:
    select; the rows found for a day boundary are kept for the later snapshots that share it
    (a weekly snapshot's 7-day window starts at the one before). Integer totals are 32-bit
    while the events number fewer than 2^31, which halves what the gathers read.
+4. Recency needs no running column: counts run across contacts, so a contact's last matching
+   event before a boundary is the matching event numbered by the count there, and its first
+   is the one numbered by the count before its first day; each filter keeps the times of its
+   matching events, in the same order, and the snapshot gathers from them.
 
 Snapshots are at midnight UTC, so "events strictly before as_of" is exactly "days before the
 snapshot day", and windows of whole days line up with day boundaries. The values equal
@@ -83,7 +87,7 @@ def build_training_frame(
 class _Series:
     """One daily partial column: a kind of per-day aggregate over the events of one filter."""
 
-    kind: str  # n: count, v: value sum, d: active day (0/1), st: session starts, last, first
+    kind: str  # n: count, v: value sum, d: active day (0/1), st: session starts, t: times
     filter: _Filter
 
     @property
@@ -106,8 +110,8 @@ _KIND_SERIES = {
     "sum": ("v",),
     "distinct_days": ("n", "d"),
     "sessions": ("st",),
-    "days_since_last": ("n", "last"),
-    "days_since_first": ("first",),
+    "days_since_last": ("n", "t"),
+    "days_since_first": ("n", "t"),
 }
 
 
@@ -128,7 +132,10 @@ class _Running:
     """Running totals at the last event of each contact's day, and what is fixed per contact."""
 
     rows: pl.DataFrame  # contact_id, day, _contact, _key, totals; sorted by _key
-    contacts: pl.DataFrame  # _contact (its row here), contact_id, _before_first, first times
+    contacts: pl.DataFrame  # _contact (its row here), contact_id, _before_first
+    # per "t" series, the times of the filter's matching events in contact-then-time order: the
+    # k-th (from 0) is the event that brings the filter's running count to k + 1
+    times: dict[str, pl.Series]
     # per day boundary (None: before the first day), each contact's row before it: weekly
     # snapshots share most of their boundaries (one's 7-day window starts at the previous one)
     before: dict[int | None, pl.Series] = field(default_factory=dict)
@@ -172,7 +179,7 @@ def _running_totals(
 
     Integer totals (counts, session starts, active days) run across contacts, so a contact's
     amount between two days is an exact difference; value sums restart per contact so no other
-    contact's money enters a float difference; last-event times carry forward."""
+    contact's money enters a float difference."""
     frame = (
         events.select(
             "contact_id",
@@ -203,7 +210,7 @@ def _running_totals(
         ).fill_null(True)
     ).to_series()
     running = [frame.filter(day_ends).select("contact_id", "_contact", "day")]
-    along = [s for s in series.values() if s.kind in ("n", "st", "v", "last")]
+    along = [s for s in series.values() if s.kind in ("n", "st", "v")]
     for start in range(0, len(along), _BATCH):
         batch = along[start : start + _BATCH]
         running.append(frame.select([_running(s, counts) for s in batch]).filter(day_ends))
@@ -227,13 +234,15 @@ def _running_totals(
         # totals are what the contact's stood at before its first event
         (pl.int_range(pl.len(), dtype=pl.Int64) - 1).alias("_before_first"),
     ).filter(first_days.fill_null(True))
-    firsts = [s for s in series.values() if s.kind == "first"]
-    if firsts:
-        first_times = frame.group_by("_contact").agg(
-            [pl.col("_us").filter(_mask(s.filter)).min().alias(s.column) for s in firsts]
-        )
-        contacts = contacts.join(first_times, on="_contact", how="left", maintain_order="left")
-    return _Running(rows=rows, contacts=contacts)
+    timed = [s for s in series.values() if s.kind == "t"]
+    times = pl.collect_all(
+        [frame.lazy().select(pl.col("_us").filter(_mask(s.filter)).alias(s.column)) for s in timed]
+    )
+    return _Running(
+        rows=rows,
+        contacts=contacts,
+        times={s.column: t.to_series() for s, t in zip(timed, times, strict=True)},
+    )
 
 
 def _day_key(contact: pl.Expr, day: pl.Expr) -> pl.Expr:
@@ -248,10 +257,8 @@ def _running(item: _Series, counts: type[pl.DataType]) -> pl.Expr:
         return mask.cast(counts).cum_sum().alias(item.column)
     if item.kind == "st":
         return pl.col(item.column).cast(counts).cum_sum()
-    if item.kind == "v":
-        amount = pl.when(mask).then(pl.col("value")).fill_null(0.0)
-        return amount.cum_sum().over("_contact").alias(item.column)
-    return pl.when(mask).then(pl.col("_us")).forward_fill().alias(item.column)  # last
+    amount = pl.when(mask).then(pl.col("value")).fill_null(0.0)  # v
+    return amount.cum_sum().over("_contact").alias(item.column)
 
 
 def _mask(filter_: _Filter) -> pl.Expr:
@@ -306,7 +313,7 @@ class _Lookup:
     def __init__(self, running: _Running, day: int, targets: pl.DataFrame) -> None:
         self._running = running
         self._day = day
-        # _contact (null: no events at all), contact_id, _before_first, first times
+        # _contact (null: no events at all), contact_id, _before_first
         self._targets = targets
         self._aligned: dict[int | None, pl.Series] = {}
 
@@ -335,8 +342,12 @@ class _Lookup:
                 self._aligned[boundary] = everyone.gather(self._targets.get_column("_contact"))
         return self._aligned[boundary]
 
+    def times(self, item: _Series) -> pl.Series:
+        """The times of the matching events of a "t" series, numbered by its running count."""
+        return self._running.times[item.column]
+
     def target_column(self, name: str) -> pl.Series:
-        """A per-contact column of the targets (``_before_first``, a first-event time)."""
+        """A per-contact column of the targets (``_before_first``)."""
         return self._targets.get_column(name)
 
     def features(
@@ -350,8 +361,13 @@ class _Lookup:
         return (
             self._running.rows.lazy()
             .select(pl.lit(self._targets.get_column("contact_id")), *columns)
-            .collect(engine="in-memory")  # gathers over whole columns: not for streaming
+            # gathers over whole columns: not for streaming; and no common subexpressions, which
+            # Polars 2.1 would evaluate as columns of the running rows (whose length differs)
+            .collect(engine="in-memory", optimizations=_NO_CSE)
         )
+
+
+_NO_CSE = pl.QueryOptFlags(comm_subexpr_elim=False)
 
 
 class _Formulas:
@@ -390,16 +406,14 @@ class _Formulas:
             code = {"count": "n", "sum": "v", "distinct_days": "d", "sessions": "st"}[kind]
             amount = self._amount(self._series[(code, filter_)], aggregate.window_days)
             return amount.cast(pl.Float64 if kind == "sum" else pl.Int32).alias(aggregate.name)
+        # recency: the matching event numbered by the running count, when the contact has one
+        # before the snapshot (the count before its first day is below the count now)
+        counted = self._series[("n", filter_)]
+        now, before_first = self._total(counted, self._day), self._total(counted, None)
+        number = now - 1 if kind == "days_since_last" else before_first
+        times = self._lookup.times(self._series[("t", filter_)])
+        moment = pl.lit(times).gather(pl.when(now > before_first).then(number))
         now_us = self._day * MICROS_PER_DAY
-        if kind == "days_since_last":
-            seen = self._amount(self._series[("n", filter_)], None) > 0
-            at = self._lookup.rows_before(self._day)
-            last = pl.col(self._series[("last", filter_)].column).gather(at)
-            moment = pl.when(seen).then(last)
-        else:  # days_since_first: the first-ever matching event, if it is before the snapshot
-            column = self._series[("first", filter_)].column
-            first = pl.lit(self._lookup.target_column(column))
-            moment = pl.when(first < now_us).then(first)
         return ((now_us - moment).cast(pl.Float64) / MICROS_PER_DAY).alias(aggregate.name)
 
 

@@ -119,6 +119,24 @@ def test_a_parquet_path_is_read_like_a_frame(
     )
 
 
+def test_recency_of_one_matching_event_when_some_contacts_are_not_eligible() -> None:
+    # recency gathers from the times of the matching events, numbered by the running count:
+    # here one email click, and more running rows than eligible contacts (a is out of window)
+    seconds = 86_400
+    events = _events(
+        [
+            ("a", -95 * seconds, "web", "page_view"),
+            ("b", -1 * seconds, "web", "page_view"),
+            ("c", -6 * seconds, "email", "email_click"),
+            ("c", -1 * seconds, "web", "page_view"),
+            ("c", 2 * seconds, "email", "email_click"),
+        ]
+    )
+    frame = _assert_each_date_equals_the_engine(events, None, [FIRST, FIRST + dt.timedelta(7)])
+    assert frame.get_column("days_since_last_email_click").to_list() == [None, 6.0, None, 5.0]
+    assert frame.get_column("days_since_first_event").to_list() == [1.0, 6.0, 8.0, 13.0]
+
+
 # --- point in time, as properties ---------------------------------------------------------------
 
 rows = st.lists(
