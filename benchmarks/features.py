@@ -404,6 +404,23 @@ def _training_peak_per_output_byte(sizes: dict[str, Any]) -> float:
     return max(ratios, default=3.0)
 
 
+FRESH_GIB = 2  # memory the fresh-memory measurement touches
+
+
+def _measure_fresh_memory(timeout: float) -> dict[str, Any]:
+    """Seconds to touch a GiB of memory the process never had: the price of every new page of
+    an output. On a VM whose host hands out memory only when the guest first touches it (and
+    takes freed memory back), this is far above memory bandwidth and bounds the training frame,
+    whose output is all new memory."""
+    outcome = _run_child({"task": "fresh_memory", "gib": FRESH_GIB}, timeout=timeout)
+    if outcome["status"] == "ok":
+        console.print(
+            f"  fresh memory: {outcome['seconds_per_gib']:.2f} s per GiB touched "
+            f"({outcome['gib']} GiB, kept)"
+        )
+    return outcome
+
+
 def _measure_training(
     dataset: dict[str, Any],
     as_of: dt.datetime,
@@ -437,8 +454,14 @@ def _measure_training(
     ratio = outcome["seconds"] / one["seconds"]
     console.print(
         f"  training ({SNAPSHOTS} weekly snapshots): {outcome['seconds']:.2f} s, "
-        f"{ratio:.2f}x one snapshot, peak {outcome['peak_rss_gib']:.2f} GiB"
+        f"{ratio:.2f}x one snapshot, peak {outcome['peak_rss_gib']:.2f} GiB, "
+        f"output {outcome['output_gib']:.2f} GiB"
     )
+    fresh = _measure_fresh_memory(timeout)
+    if fresh["status"] == "ok":
+        # what touching the output's pages alone costs here, whatever the code
+        outcome["output_touch_seconds"] = round(fresh["seconds_per_gib"] * outcome["output_gib"], 2)
+        outcome["fresh_memory_seconds_per_gib"] = fresh["seconds_per_gib"]
     return entry | outcome | {"ratio_to_one_snapshot": round(ratio, 2)}
 
 
@@ -547,6 +570,7 @@ def _child(task: dict[str, Any]) -> int:
         "prepare": _make_dataset,
         "build": _child_build,
         "training": _child_training,
+        "fresh_memory": _child_fresh_memory,
         "online": _child_online,
     }
     try:
@@ -666,8 +690,21 @@ def _child_training(task: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_gib": round(_peak_rss_gib(), 3),
         "rows": frame.height,
         "columns": frame.width,
+        "output_gib": round(frame.estimated_size() / GIB, 3),
         "as_of_dates": [d.isoformat() for d in dates],
     }
+
+
+def _child_fresh_memory(task: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    chunk = 1 << 28  # 256 MiB
+    kept = []
+    started = time.perf_counter()
+    for _ in range(task["gib"] * GIB // chunk):
+        kept.append(np.ones(chunk // 8))  # written, so every page is touched
+    seconds = time.perf_counter() - started
+    return {"status": "ok", "gib": task["gib"], "seconds_per_gib": round(seconds / task["gib"], 3)}
 
 
 def _child_online(task: dict[str, Any]) -> dict[str, Any]:
@@ -823,6 +860,12 @@ def _print_size(label: str, entry: dict[str, Any], *, since: str) -> None:
             f"({training['ratio_to_one_snapshot']:.2f}x one snapshot), "
             f"{training['rows']:,} rows, peak {training['peak_rss_gib']:.2f} GiB"
         )
+        if "output_touch_seconds" in training:
+            console.print(
+                f"  its {training['output_gib']:.2f} GiB output alone takes about "
+                f"{training['output_touch_seconds']:.1f} s to touch here (fresh memory: "
+                f"{training['fresh_memory_seconds_per_gib']:.2f} s per GiB)"
+            )
 
 
 def _print_online(online: dict[str, Any]) -> None:
