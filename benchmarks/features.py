@@ -393,32 +393,25 @@ def _pandas_would_not_fit(events: int, result: dict[str, Any]) -> str | None:
     return None
 
 
+def _measured_trainings(sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        entry["training"]
+        for entry in sizes.values()
+        if entry.get("training", {}).get("status") == "ok" and "output_gib" in entry["training"]
+    ]
+
+
+def _training_bytes_per_row(sizes: dict[str, Any], one: dict[str, Any]) -> float:
+    """The training frame's bytes per row, as measured at a size that ran (else 8 a column)."""
+    measured = [t["output_gib"] * GIB / t["rows"] for t in _measured_trainings(sizes)]
+    return max(measured, default=one["columns"] * 8)
+
+
 def _training_peak_per_output_byte(sizes: dict[str, Any]) -> float:
     ratios = [
-        entry["training"]["peak_rss_gib"]
-        * GIB
-        / (entry["training"]["rows"] * entry["training"]["columns"] * 8)
-        for entry in sizes.values()
-        if entry.get("training", {}).get("status") == "ok"
+        t["peak_rss_gib"] / t["output_gib"] for t in _measured_trainings(sizes) if t["output_gib"]
     ]
     return max(ratios, default=3.0)
-
-
-FRESH_GIB = 2  # memory the fresh-memory measurement touches
-
-
-def _measure_fresh_memory(timeout: float) -> dict[str, Any]:
-    """Seconds to touch a GiB of memory the process never had: the price of every new page of
-    an output. On a VM whose host hands out memory only when the guest first touches it (and
-    takes freed memory back), this is far above memory bandwidth and bounds the training frame,
-    whose output is all new memory."""
-    outcome = _run_child({"task": "fresh_memory", "gib": FRESH_GIB}, timeout=timeout)
-    if outcome["status"] == "ok":
-        console.print(
-            f"  fresh memory: {outcome['seconds_per_gib']:.2f} s per GiB touched "
-            f"({outcome['gib']} GiB, kept)"
-        )
-    return outcome
 
 
 def _measure_training(
@@ -435,7 +428,7 @@ def _measure_training(
         return entry | {"status": "skipped", "reason": "no single-snapshot funnelcast figure"}
     # the output alone is every snapshot's rows; the peak is a multiple of it (measured at a
     # size that ran, else 3x): a size that cannot fit is not started, and misses the target
-    output_bytes = SNAPSHOTS * one["rows"] * one["columns"] * 8
+    output_bytes = SNAPSHOTS * one["rows"] * _training_bytes_per_row(measured_sizes, one)
     estimate = _training_peak_per_output_byte(measured_sizes) * output_bytes
     available = psutil.virtual_memory().available
     if estimate > 0.9 * available:
@@ -457,11 +450,6 @@ def _measure_training(
         f"{ratio:.2f}x one snapshot, peak {outcome['peak_rss_gib']:.2f} GiB, "
         f"output {outcome['output_gib']:.2f} GiB"
     )
-    fresh = _measure_fresh_memory(timeout)
-    if fresh["status"] == "ok":
-        # what touching the output's pages alone costs here, whatever the code
-        outcome["output_touch_seconds"] = round(fresh["seconds_per_gib"] * outcome["output_gib"], 2)
-        outcome["fresh_memory_seconds_per_gib"] = fresh["seconds_per_gib"]
     return entry | outcome | {"ratio_to_one_snapshot": round(ratio, 2)}
 
 
@@ -570,7 +558,6 @@ def _child(task: dict[str, Any]) -> int:
         "prepare": _make_dataset,
         "build": _child_build,
         "training": _child_training,
-        "fresh_memory": _child_fresh_memory,
         "online": _child_online,
     }
     try:
@@ -641,9 +628,10 @@ def _child_build(task: dict[str, Any]) -> dict[str, Any]:
         def build() -> Any:
             return yardstick.build(path, as_of)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     features = build()
     seconds = time.perf_counter() - started
+    extra |= _cpu_since(cpu)
     frame = pl.from_arrow(features) if isinstance(features, pa.Table) else features
     assert isinstance(frame, pl.DataFrame)
     return {
@@ -654,6 +642,22 @@ def _child_build(task: dict[str, Any]) -> dict[str, Any]:
         "columns": frame.width,
         "digest": _digest(frame),
     } | extra
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _cpu_since(before: tuple[float, float]) -> dict[str, float]:
+    """This process's CPU time since ``before``, in user code and in the kernel (where the
+    page faults of newly touched memory go: on a VM whose host backs guest memory only at
+    first touch, they are a large share of building a big frame)."""
+    user, system = _cpu_seconds()
+    return {
+        "cpu_user_seconds": round(user - before[0], 2),
+        "cpu_system_seconds": round(system - before[1], 2),
+    }
 
 
 def _digest(frame: Any) -> dict[str, list[float]]:
@@ -679,12 +683,12 @@ def _child_training(task: dict[str, Any]) -> dict[str, Any]:
     spec = load_benchmark_spec()
     as_of = dt.datetime.fromisoformat(task["as_of"])
     dates = [(as_of - dt.timedelta(weeks=k)).date() for k in reversed(range(SNAPSHOTS))]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     frame = build_training_frame(Path(task["path"]), as_of_dates=dates, spec=spec)
     if isinstance(frame, pl.LazyFrame):
         frame = frame.collect()
     seconds = time.perf_counter() - started
-    return {
+    return _cpu_since(cpu) | {
         "status": "ok",
         "seconds": round(seconds, 3),
         "peak_rss_gib": round(_peak_rss_gib(), 3),
@@ -693,18 +697,6 @@ def _child_training(task: dict[str, Any]) -> dict[str, Any]:
         "output_gib": round(frame.estimated_size() / GIB, 3),
         "as_of_dates": [d.isoformat() for d in dates],
     }
-
-
-def _child_fresh_memory(task: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
-    chunk = 1 << 28  # 256 MiB
-    kept = []
-    started = time.perf_counter()
-    for _ in range(task["gib"] * GIB // chunk):
-        kept.append(np.ones(chunk // 8))  # written, so every page is touched
-    seconds = time.perf_counter() - started
-    return {"status": "ok", "gib": task["gib"], "seconds_per_gib": round(seconds / task["gib"], 3)}
 
 
 def _child_online(task: dict[str, Any]) -> dict[str, Any]:
@@ -860,11 +852,12 @@ def _print_size(label: str, entry: dict[str, Any], *, since: str) -> None:
             f"({training['ratio_to_one_snapshot']:.2f}x one snapshot), "
             f"{training['rows']:,} rows, peak {training['peak_rss_gib']:.2f} GiB"
         )
-        if "output_touch_seconds" in training:
+        if "cpu_system_seconds" in training:
             console.print(
-                f"  its {training['output_gib']:.2f} GiB output alone takes about "
-                f"{training['output_touch_seconds']:.1f} s to touch here (fresh memory: "
-                f"{training['fresh_memory_seconds_per_gib']:.2f} s per GiB)"
+                f"  output {training['output_gib']:.2f} GiB; CPU "
+                f"{training['cpu_user_seconds']:.1f} s user + "
+                f"{training['cpu_system_seconds']:.1f} s system (the kernel: mostly "
+                "page faults of new memory)"
             )
 
 
