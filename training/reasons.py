@@ -483,6 +483,7 @@ class _SpecIndex:
     aggregates: dict[str, Aggregate]
     derived: dict[str, Derived]
     rules_stage: bool
+    recencies: frozenset[str] = frozenset()  # days_since_last / days_since_first features
     phrases: dict[str, _Phrase | None] = field(default_factory=dict)
     # (feature, type, value) -> its phrase, for whole numbers and text (``describe``): they
     # repeat across contacts, and a phrase costs microseconds of string work each time
@@ -500,20 +501,27 @@ class _SpecIndex:
             aggregates={a.name: a for a in spec.aggregates},
             derived={d.name: d for d in spec.derived},
             rules_stage=spec.rules_stage,
+            recencies=frozenset(
+                a.name for a in spec.aggregates if a.kind in ("days_since_last", "days_since_first")
+            ),
         )
         _INDEXES[id(spec)] = (spec, index)  # the spec is kept, so its id is not reused
         return index
 
     def describe(self, name: str, value: object) -> str:
         """``_describe``, remembered for the values that repeat across contacts: whole numbers
-        (counts, sessions, days) and text. Fractions (recencies, ratios, money) are nearly
-        all distinct and would only fill the memory; a missing value is never a key (each NaN
-        is a key of its own)."""
-        if isinstance(value, bool) or not (
+        (counts, sessions, days), text, and recencies by their whole days (all their phrase
+        shows). Other fractions (ratios, money) are nearly all distinct and would only fill
+        the memory; a missing value is never a key (each NaN is a key of its own)."""
+        key: tuple[str, type, object]
+        if type(value) is float and name in self.recencies and math.isfinite(value):
+            key = (name, int, math.floor(value))
+        elif isinstance(value, bool) or not (
             isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())
         ):
             return _describe(name, value, self)
-        key = (name, type(value), value)
+        else:
+            key = (name, type(value), value)
         phrase = self.described.get(key)
         if phrase is None:
             if len(self.described) >= _MAX_DESCRIBED:

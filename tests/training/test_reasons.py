@@ -424,6 +424,10 @@ def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
         {"email_click_count_7d": 1, "last_purchase": math.nan, "email_part": None},
         {"email_click_count_7d": 3, "last_purchase": 2.5, "email_part": 0.25},
         {"email_click_count_7d": 1.0, "last_purchase": 0.5, "email_part": 1},
+        # a recency is remembered by its whole days: 2.9 after 2.5, 1.0 after 1.999
+        {"email_click_count_7d": 2, "last_purchase": 2.9, "email_part": 0.5},
+        {"email_click_count_7d": 2, "last_purchase": 1.999, "email_part": 0.5},
+        {"email_click_count_7d": 2, "last_purchase": 1.0, "email_part": 0.5},
     ]
     contributions = np.array([[3.0, 2.0, 1.0, 0.0]] * len(rows))
     first = top_reasons(contributions, names, rows, vocabulary_spec, k=3)
@@ -433,6 +437,7 @@ def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
     assert first[1][1] == "never purchased"  # a missing value is described, not remembered
     assert first[2] == first[0]
     assert first[3][0] == "1 e-mail click in the last 7 days"
+    assert first[4][1] == first[0][1] != first[5][1] == first[6][1]
 
 
 def test_phrases_remembered_for_one_spec_are_not_used_for_another() -> None:
