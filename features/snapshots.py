@@ -262,8 +262,11 @@ def _running(item: _Series, counts: type[pl.DataType]) -> pl.Expr:
 
 
 def _mask(filter_: _Filter) -> pl.Expr:
+    """Whether each event passes the filter; an event without a type or channel passes none
+    (as in the engine), and is never null: a null would leave its day's running total null,
+    which reads as zero and would hand the next contact this one's events."""
     event_types, channels, exclude_types, exclude_channels = filter_
-    return matches(event_types, channels, exclude_types, exclude_channels)
+    return matches(event_types, channels, exclude_types, exclude_channels).fill_null(False)
 
 
 def _session_start(filter_: _Filter, spec: FeatureSpec) -> pl.Expr:

@@ -137,6 +137,28 @@ def test_recency_of_one_matching_event_when_some_contacts_are_not_eligible() -> 
     assert frame.get_column("days_since_first_event").to_list() == [1.0, 6.0, 8.0, 13.0]
 
 
+def test_an_event_without_a_type_counts_for_nothing_and_leaks_into_no_other_contact() -> None:
+    # ingest rejects such events, but frames and Parquet files given directly are not checked;
+    # a's last event of its last day has no type, which once left a's running total null
+    at = [dt.datetime(2024, 3, day, hour, tzinfo=dt.UTC) for day, hour in [(1, 10), (2, 10)]]
+    events = pl.DataFrame(
+        {
+            "contact_id": ["a", "a", "b", "b"],
+            "timestamp": [*at, *(dt.datetime(2024, 3, day, 9, tzinfo=dt.UTC) for day in (1, 3))],
+            "channel": ["web"] * 4,
+            "event_type": ["page_view", None, "page_view", "page_view"],
+            "value": [None] * 4,
+        },
+        schema_overrides={"value": pl.Float64, "timestamp": pl.Datetime("us", "UTC")},
+    )
+    frame = _assert_each_date_equals_the_engine(events, None, [dt.date(2024, 3, 5)])
+    assert frame.get_column("event_count_90d").to_list() == [1, 2]
+    assert frame.get_column("days_since_first_event").to_list() == [
+        pytest.approx(4 - 10 / 24),
+        pytest.approx(4 - 9 / 24),
+    ]
+
+
 # --- point in time, as properties ---------------------------------------------------------------
 
 rows = st.lists(
