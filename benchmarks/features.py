@@ -633,7 +633,8 @@ def _child_build(task: dict[str, Any]) -> dict[str, Any]:
     started, cpu = time.perf_counter(), _cpu_seconds()
     features = build()
     seconds = time.perf_counter() - started
-    extra |= _cpu_since(cpu)
+    if name != "spark":  # Spark's work is in its JVM, whose CPU this process does not see
+        extra |= _cpu_since(cpu)
     frame = pl.from_arrow(features) if isinstance(features, pa.Table) else features
     assert isinstance(frame, pl.DataFrame)
     return {
