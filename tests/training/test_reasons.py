@@ -415,6 +415,30 @@ def test_top_reasons_break_ties_by_feature_order(spec: FeatureSpec) -> None:
     ]
 
 
+def test_top_reasons_pick_what_a_stable_sort_of_the_pushes_puts_first(spec: FeatureSpec) -> None:
+    """The row-wise argmaxes choose as a stable sort of the negated pushes does (NaN last),
+    on matrices full of ties, NaN, infinities and pushes away from the prediction."""
+    rng = np.random.default_rng(5)
+    names = _NAMES[:4]
+    choices = [-1.0, 0.0, 0.25, 0.5, 1.0, math.nan, math.inf, -math.inf]
+    for trial in range(300):
+        contributions = rng.choice(choices, size=(int(rng.integers(1, 9)), len(names) + 1))
+        if trial % 4 == 0:
+            contributions = rng.normal(size=contributions.shape)
+        values = [_VALUES] * len(contributions)
+        for k in (1, 2, 3, 5):
+            pushes = contributions[:, :-1]
+            expected = []
+            for row, order in enumerate(np.argsort(-pushes, axis=1, kind="stable")[:, :k]):
+                chosen = []
+                for j in order:
+                    if not pushes[row, j] > 0:
+                        break
+                    chosen.append(describe_feature(names[j], _VALUES[names[j]], spec))
+                expected.append(chosen)
+            assert top_reasons(contributions, names, values, spec, k=k) == expected
+
+
 def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
     vocabulary_spec: FeatureSpec,
 ) -> None:
