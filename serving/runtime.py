@@ -433,34 +433,11 @@ class ModelScorer:
         given after checking the names."""
         if request.features is not None:
             given = request.features
-            unknown = (
-                []
-                if self._feature_set.issuperset(given)
-                else sorted(given.keys() - self._feature_set)
-            )
-            if unknown:
-                raise RequestError(
-                    _where(index, "features"),
-                    f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
-                )
-            if len(given) != len(self.feature_names):  # a name missing (none are unknown)
-                missing = [k for k in self.feature_names if k not in given]
-                raise RequestError(
-                    _where(index, "features"),
-                    f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
-                    "; give every feature the model uses (null where undefined)",
-                )
-            # text where a number belongs: counted in C first (as many strings as there are
-            # categorical values is the normal case); named only when there is one
-            texts = list(map(type, given.values())).count(str)
-            if texts > sum(type(given.get(name)) is str for name in self._categorical):
-                text = [
-                    k for k, v in given.items() if isinstance(v, str) and k not in self._categorical
-                ]
-                raise RequestError(
-                    _where(index, f"features.{text[0]}"),
-                    f"is a number; got text {given[text[0]]!r}",
-                )
+            if len(given) == len(self.feature_names):
+                # as many names as the model's: whether they are its names, and numbers where
+                # numbers go, is checked for all contacts at once as they are encoded
+                return given, None
+            self.check_given(given, index)
             return given, None
         rows, used = _event_rows(request, as_of)
         contact = _attributes(request, self.attribute_features, index)
@@ -470,6 +447,30 @@ class ModelScorer:
         for name in self.attribute_features:  # an attribute not given is a missing value
             features.setdefault(name, None)
         return features, used
+
+    def check_given(self, given: Mapping[str, Any], index: int | None) -> None:
+        """Precomputed features hold exactly the model's names, and text only where a
+        category goes; otherwise a ``RequestError`` naming the first that does not."""
+        unknown = (
+            [] if self._feature_set.issuperset(given) else sorted(given.keys() - self._feature_set)
+        )
+        if unknown:
+            raise RequestError(
+                _where(index, "features"),
+                f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
+            )
+        if len(given) != len(self.feature_names):  # a name missing (none are unknown)
+            missing = [k for k in self.feature_names if k not in given]
+            raise RequestError(
+                _where(index, "features"),
+                f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
+                "; give every feature the model uses (null where undefined)",
+            )
+        text = [k for k, v in given.items() if isinstance(v, str) and k not in self._categorical]
+        if text:
+            raise RequestError(
+                _where(index, f"features.{text[0]}"), f"is a number; got text {given[text[0]]!r}"
+            )
 
     def predict(
         self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
@@ -496,7 +497,7 @@ class ModelScorer:
             records.append(features)
             slots.append((i, as_of, used))
         if records:
-            matrix = self._encode(records, [i for i, _, _ in slots], batch)
+            matrix = self._encode(records, slots, batch)
             explain = [requests[i].explain for i, _, _ in slots]
             scored = self.model.score_matrix(matrix, records if any(explain) else None)
             if not (np.isfinite(scored["proba"]).all() and np.isfinite(scored["propensity"]).all()):
@@ -524,13 +525,27 @@ class ModelScorer:
                 }
         return [p for p in out if p is not None]
 
-    def _encode(self, records: list[Mapping[str, Any]], indices: list[int], batch: bool) -> Any:
-        """All contacts' features as one matrix; a value of the wrong kind is an error naming
-        the contact (found by encoding one at a time, only then)."""
+    def _encode(
+        self,
+        records: list[Mapping[str, Any]],
+        slots: list[tuple[int, dt.datetime, int | None]],
+        batch: bool,
+    ) -> Any:
+        """All contacts' features as one matrix. Each has every feature of the model (given
+        ones by ``features_of``'s count of names, the online path's by construction) and text
+        only in categories, checked for all at once; otherwise the contact and the feature
+        at fault are looked for one at a time, only then."""
+        try:
+            return self.model.encode_records(records, complete=True)
+        except InputError:
+            pass
+        for record, (index, _, used) in zip(records, slots, strict=True):
+            if used is None:  # precomputed features
+                self.check_given(record, index if batch else None)
         try:
             return self.model.encode_records(records)
         except InputError:
-            for index, record in zip(indices, records, strict=True):
+            for record, (index, _, _) in zip(records, slots, strict=True):
                 try:
                     self.model.encode_records([record])
                 except InputError as exc:

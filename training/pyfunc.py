@@ -8,6 +8,7 @@ the CRM's words, and the call to action for the stage.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import warnings
 from collections.abc import Mapping, Sequence
@@ -173,18 +174,28 @@ class FunnelcastModel(_PythonModel):
                 X[:, j] = column.cast(pl.Float32).to_numpy().astype(np.float64)
         return X
 
-    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> FloatArray:
+    def encode_records(
+        self, records: Sequence[Mapping[str, Any]], *, complete: bool = False
+    ) -> FloatArray:
         """Feature mappings (one per contact) as the model's matrix; a missing key or None is a
         missing value. A number where a category is expected, or text where a number is, is an
-        ``InputError`` naming the feature."""
+        ``InputError`` naming the feature.
+
+        ``complete=True`` (the service's requests, whose names it has checked): every record
+        must hold every feature, and a missing one, or text where a number goes, is an
+        ``InputError`` that names neither the feature nor the record, at a third of the cost
+        of looking (the caller then looks, record by record)."""
         codes = self._category_codes()
         numeric, categorical = self._columns()
         X = np.empty((len(records), len(self.feature_names)), dtype=np.float64)
         names = [self.feature_names[j] for j in numeric]
         try:
+            values = _complete_values_of(records, names) if complete else _values_of(records, names)
             # numpy reads None as NaN; float32 is the precision the model was trained at
-            block = np.array(_values_of(records, names), dtype=np.float32)
+            block = np.array(values, dtype=np.float32)
         except (TypeError, ValueError):
+            if complete:
+                raise InputError("a feature is missing, or text where a number goes") from None
             block = self._numbers_one_by_one(records, names)
         if names:
             X[:, numeric] = block.reshape(len(records), len(names))
@@ -193,6 +204,8 @@ class FunnelcastModel(_PythonModel):
             mapping = codes[name]
             for i, record in enumerate(records):
                 value = record.get(name)
+                if value is None and complete and name not in record:
+                    raise InputError(f"feature '{name}' is missing")
                 if value is None:
                     X[i, j] = np.nan
                 elif not isinstance(value, str):
@@ -290,6 +303,22 @@ class FunnelcastModel(_PythonModel):
             out[f"reason_{k + 1}"] = [r[k] if len(r) > k else None for r in phrases]
         out["cta"] = scored["cta"]
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
+
+
+def _complete_values_of(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Any]:
+    """Each record's values of ``names`` (numbers or None), by one C-level getter; a name
+    missing is a ``KeyError``, text among the values a ``TypeError``. The text is found by
+    summing the values that are not None or zero, which stops at the first text: numpy would
+    read "3.5" as a number, and looking at each value's type costs three times as much."""
+    if not names:
+        return [() for _ in records]
+    getter = operator.itemgetter(*names) if len(names) > 1 else (lambda r: (r[names[0]],))
+    try:
+        rows = [getter(record) for record in records]
+    except KeyError as missing:
+        raise TypeError(f"no value for {missing}") from None
+    sum(filter(None, itertools.chain.from_iterable(rows)))
+    return rows
 
 
 def _values_of(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Any]:

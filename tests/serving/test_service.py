@@ -279,6 +279,47 @@ def test_missing_and_mistyped_features_are_refused(
     assert caught.value.field == "contacts.1.features"
 
 
+@pytest.mark.parametrize(
+    ("mistake", "field", "words"),
+    [
+        ("rename a number", "features", "unknown feature(s) ['email_clicks_7d']"),
+        ("rename a category", "features", "unknown feature(s) ['segmnt']"),
+        ("number as text", "features.email_click_count_7d", "is a number; got text '3.5'"),
+        ("empty text", "features.email_click_count_7d", "is a number; got text ''"),
+    ],
+)
+def test_as_many_features_as_the_model_uses_are_still_checked_by_name_and_kind(
+    service: Any,
+    served: Served,
+    active_contacts: list[str],
+    mistake: str,
+    field: str,
+    words: str,
+) -> None:
+    """Names and kinds of given features are checked for all contacts at once: a wrong name
+    with the right count of names, or text (even text numpy would read as a number) where a
+    number goes, is still refused, naming the contact and the feature."""
+    scorer: ModelScorer = service.scorer
+    features, _ = scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    wrong = dict(features)
+    if mistake.startswith("rename"):
+        old, new = ("email_click_count_7d", "email_clicks_7d")
+        if "category" in mistake:
+            old, new = ("segment", "segmnt")
+        wrong[new] = wrong.pop(old)
+    else:
+        wrong["email_click_count_7d"] = "3.5" if mistake == "number as text" else ""
+    assert len(wrong) == len(scorer.feature_names)
+    for batch in (False, True):
+        contacts = [features, wrong] if batch else [wrong]
+        with pytest.raises(RequestError) as caught:
+            scorer.predict([_request({"marketing_consent": True, "features": f}) for f in contacts])
+        assert caught.value.field == (f"contacts.1.{field}" if batch else field)
+        assert words in caught.value.message
+
+
 def test_a_record_lacking_a_feature_reads_it_as_missing(
     service: Any, served: Served, active_contacts: list[str]
 ) -> None:
