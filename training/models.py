@@ -55,7 +55,7 @@ _ONE_THREAD_ROWS = 64
 # over every tree costs less
 _PER_STAGE_ROWS = 20_000
 # what a model works out from its booster on first use (never pickled; dropped by a new fit)
-_BOOSTER_CACHES = ("_single_rows", "_class_boosters", "_path_tables")
+_BOOSTER_CACHES = ("_single_rows", "_class_boosters", "_path_tables", "_leaf_table")
 # rows whose path credits are gathered at once (PathTable.contributions)
 _PATH_CHUNK_ROWS = 4_096
 
@@ -737,6 +737,54 @@ class LightGBMStageModel(_LightGBMBase):
         """Calibrated stage probabilities, columns in ``STAGES`` order, rows summing to 1."""
         return self._calibrated(self._raw(X))
 
+    def predict_proba_and_leaves(
+        self, X: FloatArray
+    ) -> tuple[FloatArray, npt.NDArray[np.int32] | None]:
+        """``predict_proba`` of an encoded matrix, and the leaf each row reaches in every tree
+        (``(rows, trees)``, LightGBM's ``pred_leaf``), which path reasons read their credits
+        from (``class_contributions(leaves=...)``). From a few rows up to the stage-by-stage
+        size, the probabilities come from the leaves (the raw scores are the sums of the
+        reached leaves' values in tree order, the same numbers as LightGBM's): one walk of
+        the trees serves both, instead of a walk for the scores and one more per stage for
+        the reasons. Otherwise the leaves are None and the reasons walk their own."""
+        if not 1 < len(X) < _PER_STAGE_ROWS:
+            return self.predict_proba(X), None
+        X = self._input(X)  # type: ignore[assignment]
+        leaves = np.asarray(
+            self.booster_.predict(
+                X, num_iteration=self.best_iteration_, pred_leaf=True, **self._threads(X)
+            ),
+            dtype=np.int32,
+        ).reshape(len(X), -1)
+        offsets, values = self._leaf_values()
+        reached = values[leaves + offsets].reshape(len(X), -1, len(STAGES))
+        raw = np.zeros((len(X), len(STAGES)), dtype=np.float64)
+        for iteration in range(reached.shape[1]):  # in tree order, as LightGBM adds them
+            raw += reached[:, iteration, :]
+        return self._calibrated(np.asarray(softmax(raw, axis=1), dtype=np.float64)), leaves
+
+    def _leaf_values(self) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        """Every tree's leaf values, all trees' in one array, and each tree's first place in it
+        (worked out once per process from the model's dump)."""
+        cached: tuple[npt.NDArray[np.int64], FloatArray] | None = self.__dict__.get("_leaf_table")
+        if cached is None:
+            offsets: list[int] = []
+            values: list[float] = []
+            for tree in self.booster_.dump_model(num_iteration=self.best_iteration_)["tree_info"]:
+                offsets.append(len(values))
+                leaf_values = [0.0] * int(tree["num_leaves"])
+                stack = [tree["tree_structure"]]
+                while stack:
+                    node = stack.pop()
+                    if "split_feature" in node:
+                        stack += [node["left_child"], node["right_child"]]
+                    else:  # a one-leaf tree's leaf has no leaf_index
+                        leaf_values[int(node.get("leaf_index", 0))] = float(node["leaf_value"])
+                values.extend(leaf_values)
+            cached = (np.asarray(offsets, dtype=np.int64), np.asarray(values, dtype=np.float64))
+            self.__dict__["_leaf_table"] = cached
+        return cached
+
     def decide(self, proba: FloatArray) -> npt.NDArray[np.int64]:
         """Stage index per row from calibrated probabilities."""
         return np.asarray(np.argmax(proba * self.decision_weights_, axis=1), dtype=np.int64)
@@ -751,6 +799,7 @@ class LightGBMStageModel(_LightGBMBase):
         classes: npt.NDArray[np.int64],
         *,
         method: ReasonsMethod,
+        leaves: npt.NDArray[np.int32] | None = None,
     ) -> FloatArray:
         """Each row's contributions to its own class's raw score (``(rows, features + 1)``, the
         bias last). ``X`` is an encoded matrix.
@@ -761,7 +810,10 @@ class LightGBMStageModel(_LightGBMBase):
         each split (XGBoost's ``approx_contribs``, Saabas' method): read from a table per leaf,
         so it costs one leaf lookup per tree instead of TreeSHAP's walk over every path. Both
         sum, with the same bias (the expected value over the training rows), to the raw
-        score; they differ in how a tree's interactions are shared between its features."""
+        score; they differ in how a tree's interactions are shared between its features.
+
+        ``leaves``: the rows' leaves in every tree (``predict_proba_and_leaves``), for path
+        credits without walking the trees again; a stage's trees are every seventh."""
         X = self._input(X)  # type: ignore[assignment]
         out = np.empty((len(X), len(self.feature_names_) + 1), dtype=np.float64)
         for k in np.unique(classes):
@@ -769,11 +821,14 @@ class LightGBMStageModel(_LightGBMBase):
             booster = self._class_booster(int(k))
             if method == "path":
                 leaves: Any
-                if len(X) == 1:
-                    leaves = self._single_row("leaf", booster, -1, int(k))(X)[None, :]
+                reached: Any
+                if leaves is not None:
+                    reached = leaves[rows, int(k) :: len(STAGES)]
+                elif len(X) == 1:
+                    reached = self._single_row("leaf", booster, -1, int(k))(X)[None, :]
                 else:
-                    leaves = booster.predict(X[rows], pred_leaf=True, **self._threads(X[rows]))
-                out[rows] = self._path_table(int(k)).contributions(leaves)
+                    reached = booster.predict(X[rows], pred_leaf=True, **self._threads(X[rows]))
+                out[rows] = self._path_table(int(k)).contributions(reached)
             elif method == "treeshap":
                 out[rows] = booster.predict(X[rows], pred_contrib=True, **self._threads(X[rows]))
             else:
@@ -785,6 +840,8 @@ class LightGBMStageModel(_LightGBMBase):
         reasons, its leaf table (about as long) and single-row leaf predictor now, so that no
         request pays for them."""
         super().warm()
+        if reasons_method == "path":
+            self._leaf_values()
         for k in range(len(STAGES)):
             booster = self._class_booster(k)
             if reasons_method == "path":

@@ -252,13 +252,17 @@ class FunnelcastModel(_PythonModel):
     ) -> dict[str, Any]:
         """Stage probabilities, stage, propensity and (given each row's feature values) the
         three reasons, for an encoded matrix: the one scoring function of every path."""
-        proba = self.stage_model.predict_proba(X)
+        leaves = None
+        if values is not None and self.reasons_method == "path":
+            proba, leaves = self.stage_model.predict_proba_and_leaves(X)
+        else:
+            proba = self.stage_model.predict_proba(X)
         codes = self.stage_model.decide(proba)
         propensity = self.propensity_model.predict_proba(X)
         phrases: list[list[str]] = [[] for _ in range(len(X))]
         if values is not None:
             contributions = self.stage_model.class_contributions(
-                X, codes, method=self.reasons_method
+                X, codes, method=self.reasons_method, leaves=leaves
             )
             phrases = top_reasons(contributions, self.feature_names, values, self.spec, k=3)
         stage = [self.stages[k] for k in codes]

@@ -318,6 +318,33 @@ def test_path_contributions_add_up_to_each_rows_own_stage_score(
     assert not np.allclose(path, exact, atol=1e-6)
 
 
+def test_probabilities_and_path_reasons_from_one_walk_of_the_trees_are_the_same_numbers(
+    problem: dict, stage_model: LightGBMStageModel
+) -> None:
+    """The leaves every row reaches give the raw scores (LightGBM's, bit for bit), hence the
+    probabilities, and the path credits of each row's stage."""
+    matrix = stage_model._matrix(problem["test"][0])
+    proba, leaves = stage_model.predict_proba_and_leaves(matrix)
+    assert leaves is not None
+    np.testing.assert_array_equal(
+        leaves,
+        stage_model.booster_.predict(
+            matrix, num_iteration=stage_model.best_iteration_, pred_leaf=True
+        ),
+    )
+    np.testing.assert_allclose(proba, stage_model.predict_proba(matrix), rtol=0, atol=1e-12)
+    codes = stage_model.decide(proba)
+    assert len(set(codes.tolist())) >= 3
+    np.testing.assert_array_equal(
+        stage_model.class_contributions(matrix, codes, method="path", leaves=leaves),
+        stage_model.class_contributions(matrix, codes, method="path"),
+    )
+    # one row goes through LightGBM's single-row predictor and walks its own stage's trees
+    one, no_leaves = stage_model.predict_proba_and_leaves(matrix[:1])
+    assert no_leaves is None
+    np.testing.assert_allclose(one, proba[:1], rtol=0, atol=1e-12)
+
+
 def test_path_contributions_are_treeshap_on_trees_of_one_split(problem: dict) -> None:
     # with one split per tree the only feature on a path takes the whole move, as it does in
     # the Shapley value: the two methods must agree exactly
