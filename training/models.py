@@ -820,7 +820,6 @@ class LightGBMStageModel(_LightGBMBase):
             rows = classes == k
             booster = self._class_booster(int(k))
             if method == "path":
-                leaves: Any
                 reached: Any
                 if leaves is not None:
                     reached = leaves[rows, int(k) :: len(STAGES)]
