@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_floor(result["floor"])
         del scorer
         soak_on = TARGET_WORKERS if TARGET_WORKERS in workers else workers[-1]
-        for count in workers:
+        # the floor alone needs no server (and would leave a server entry with no figures)
+        for count in workers if set(parts) - {"floor"} else []:
             entry, soak = run_server(
                 count,
                 env,
