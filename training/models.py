@@ -16,6 +16,7 @@ in ``_``; every random step takes ``seed``. Inputs are pandas frames from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.special import expit, softmax
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
@@ -54,6 +55,9 @@ _ONE_THREAD_ROWS = 64
 # a seventh of the trees stays in the core's cache as the rows stream past; below it one call
 # over every tree costs less
 _PER_STAGE_ROWS = 20_000
+# rows x trees up to which a table's probabilities and path reasons share one walk of the trees
+# (predict_proba_and_leaves): its leaves and their values take about 20 bytes a cell, 40 MB here
+_LEAF_WALK_CELLS = 2_000_000
 # what a model works out from its booster on first use (never pickled; dropped by a new fit)
 _BOOSTER_CACHES = ("_single_rows", "_class_boosters", "_path_tables", "_leaf_table")
 # rows whose path credits are gathered at once (PathTable.contributions)
@@ -711,7 +715,7 @@ class LightGBMStageModel(_LightGBMBase):
             return super()._raw(X)
         matrix = self._matrix(X)
         raw = np.column_stack([self._class_booster(k).predict(matrix) for k in range(len(STAGES))])
-        return np.asarray(softmax(raw, axis=1), dtype=np.float64)
+        return _softmax_as_lightgbm(raw)
 
     def _matrix(self, X: pd.DataFrame | FloatArray) -> FloatArray:
         """``X`` as LightGBM's input matrix, once for the seven boosters: categoricals as their
@@ -746,8 +750,10 @@ class LightGBMStageModel(_LightGBMBase):
         size, the probabilities come from the leaves (the raw scores are the sums of the
         reached leaves' values in tree order, the same numbers as LightGBM's): one walk of
         the trees serves both, instead of a walk for the scores and one more per stage for
-        the reasons. Otherwise the leaves are None and the reasons walk their own."""
-        if not 1 < len(X) < _PER_STAGE_ROWS:
+        the reasons. For one row, or more than ``_LEAF_WALK_CELLS`` rows x trees (the
+        reasons then walk one stage's trees in chunks of rows), the leaves are None."""
+        trees = self.best_iteration_ * len(STAGES)
+        if len(X) < 2 or len(X) * trees > _LEAF_WALK_CELLS:
             return self.predict_proba(X), None
         X = self._input(X)  # type: ignore[assignment]
         leaves = np.asarray(
@@ -761,7 +767,7 @@ class LightGBMStageModel(_LightGBMBase):
         raw = np.zeros((len(X), len(STAGES)), dtype=np.float64)
         for iteration in range(reached.shape[1]):  # in tree order, as LightGBM adds them
             raw += reached[:, iteration, :]
-        return self._calibrated(np.asarray(softmax(raw, axis=1), dtype=np.float64)), leaves
+        return self._calibrated(_softmax_as_lightgbm(raw)), leaves
 
     def _leaf_values(self) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Every tree's leaf values, all trees' in one array, and each tree's first place in it
@@ -999,6 +1005,22 @@ def _one_class_model(model: str, k: int, n_classes: int) -> str:
             continue  # sizes of the full model's trees; without them LightGBM reads in order
         lines.append(line)
     return "\n".join(lines) + "\n" + "".join(kept) + "\n" + tail
+
+
+def _softmax_as_lightgbm(raw: FloatArray) -> FloatArray:
+    """Each row's softmax, computed as LightGBM's multiclass objective does (the row's maximum
+    subtracted, the C library's ``exp`` of each score, summed left to right, each divided by
+    the sum): the same numbers as ``Booster.predict``, bit for bit. numpy's vectorised ``exp``
+    differs from the C library's in the last bit for about a third of the rows, which an
+    isotonic calibration's steep steps can magnify."""
+    shifted = raw - raw.max(axis=1, keepdims=True)
+    exp = np.fromiter(
+        map(math.exp, shifted.ravel().tolist()), dtype=np.float64, count=shifted.size
+    ).reshape(shifted.shape)
+    total = np.zeros(len(raw), dtype=np.float64)
+    for k in range(raw.shape[1]):
+        total += exp[:, k]
+    return np.asarray(exp / total[:, None], dtype=np.float64)
 
 
 def _renormalise(p: FloatArray, fallback: FloatArray) -> FloatArray:

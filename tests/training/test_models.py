@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from scipy.special import softmax
 from sklearn.metrics import average_precision_score, f1_score
 
 from features.errors import InputError
@@ -24,6 +25,7 @@ from training.models import (
     RfmPropensityModel,
     RulesStageModel,
     _Calibrator,
+    _softmax_as_lightgbm,
     _tune_decision_weights,
 )
 
@@ -284,7 +286,7 @@ def test_many_rows_are_scored_stage_by_stage_to_the_same_probabilities(
     monkeypatch.setattr("training.models._PER_STAGE_ROWS", 1)
     by_stage = model.predict_proba(stages)
     assert calls == list(range(len(STAGES)))  # the path under test was taken
-    np.testing.assert_allclose(by_stage, whole, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(by_stage, whole)
     np.testing.assert_allclose(model.predict_proba(model._matrix(stages)), whole, atol=1e-12)
 
 
@@ -319,11 +321,12 @@ def test_path_contributions_add_up_to_each_rows_own_stage_score(
 
 
 def test_probabilities_and_path_reasons_from_one_walk_of_the_trees_are_the_same_numbers(
-    problem: dict, stage_model: LightGBMStageModel
+    problem: dict, stage_model: LightGBMStageModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The leaves every row reaches give the raw scores (LightGBM's, bit for bit), hence the
     probabilities, and the path credits of each row's stage."""
     matrix = stage_model._matrix(problem["test"][0])
+    monkeypatch.setattr("training.models._LEAF_WALK_CELLS", 10**12)  # the whole test window
     proba, leaves = stage_model.predict_proba_and_leaves(matrix)
     assert leaves is not None
     np.testing.assert_array_equal(
@@ -332,7 +335,13 @@ def test_probabilities_and_path_reasons_from_one_walk_of_the_trees_are_the_same_
             matrix, num_iteration=stage_model.best_iteration_, pred_leaf=True
         ),
     )
-    np.testing.assert_allclose(proba, stage_model.predict_proba(matrix), rtol=0, atol=1e-12)
+    # the softmax is LightGBM's too: bit for bit, so no calibration step can magnify a gap
+    np.testing.assert_array_equal(proba, stage_model.predict_proba(matrix))
+    booster, best = stage_model.booster_, stage_model.best_iteration_
+    raw = booster.predict(matrix, num_iteration=best, raw_score=True)
+    lightgbm = booster.predict(matrix, num_iteration=best)
+    np.testing.assert_array_equal(_softmax_as_lightgbm(raw), lightgbm)
+    assert not np.array_equal(softmax(raw, axis=1), lightgbm)  # which numpy's exp would miss
     codes = stage_model.decide(proba)
     assert len(set(codes.tolist())) >= 3
     np.testing.assert_array_equal(
@@ -343,6 +352,22 @@ def test_probabilities_and_path_reasons_from_one_walk_of_the_trees_are_the_same_
     one, no_leaves = stage_model.predict_proba_and_leaves(matrix[:1])
     assert no_leaves is None
     np.testing.assert_allclose(one, proba[:1], rtol=0, atol=1e-12)
+
+
+def test_a_table_too_large_for_one_walk_of_the_trees_scores_and_explains_as_before(
+    problem: dict, stage_model: LightGBMStageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cells (rows x trees) whose leaves are kept at once, the probabilities come
+    from LightGBM's prediction and the reasons walk each stage's trees."""
+    matrix = stage_model._matrix(problem["test"][0])
+    trees = stage_model.best_iteration_ * len(STAGES)
+    monkeypatch.setattr("training.models._LEAF_WALK_CELLS", trees * (len(matrix) - 1))
+    proba, leaves = stage_model.predict_proba_and_leaves(matrix)
+    assert leaves is None
+    np.testing.assert_array_equal(proba, stage_model.predict_proba(matrix))
+    _, some = stage_model.predict_proba_and_leaves(matrix[:-1])
+    assert some is not None
+    assert some.shape == (len(matrix) - 1, trees)
 
 
 def test_path_contributions_are_treeshap_on_trees_of_one_split(problem: dict) -> None:
