@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         del scorer
         soak_on = TARGET_WORKERS if TARGET_WORKERS in workers else workers[-1]
         # the floor alone needs no server (and would leave a server entry with no figures)
-        for count in workers if set(parts) - {"floor"} else []:
+        servers = workers if set(parts) - {"floor"} else []
+        for count in servers:
             entry, soak = run_server(
                 count,
                 env,
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["soak"] = soak
             failed |= "failure" in entry
     result["ratios"] = http_over_floor(result)
-    result["targets"] = check_targets(result, measured_now=workers, soaked="soak" in parts)
+    result["targets"] = check_targets(result, measured_now=servers, soaked="soak" in parts)
     _print_servers(result)
     _print_targets(result["targets"])
     write_json_atomic(result, out, allow_nan=False)

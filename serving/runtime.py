@@ -430,7 +430,10 @@ class ModelScorer:
         self, request: ContactRequest, as_of: dt.datetime, index: int | None = None
     ) -> tuple[Mapping[str, Any], int | None]:
         """One contact's features (and how many events they used), from its events or as
-        given after checking the names."""
+        given. Given features with as many names as the model's are checked (names, and
+        numbers where numbers go) when the request's contacts are encoded, all at once; with
+        another count, here (``check_given``). So in a batch, a fault in a later contact found
+        here can be reported before one in an earlier contact's given features."""
         if request.features is not None:
             given = request.features
             if len(given) == len(self.feature_names):
