@@ -372,7 +372,8 @@ def _atoms(past: pl.LazyFrame, aggregates: list[Aggregate], as_of: dt.datetime) 
 
     # only what some feature reads: each column costs a sum or an extreme per atom
     atom_columns: list[pl.Expr] = [timestamp.min().alias("_first"), timestamp.max().alias("_last")]
-    atom_columns += [in_window(days).alias(f"_n{days}") for days in _windows(counted)]
+    # all history's count (a plain length) always: it bounds the packed counts' fields
+    atom_columns += [in_window(days).alias(f"_n{days}") for days in _windows([*counted, None])]
     atom_columns += [
         in_window(days, pl.col("value")).alias(f"_v{days}") for days in _windows(summed)
     ]
@@ -413,30 +414,110 @@ def _eligible_runs(
     )
 
 
+def _run_sums(runs: pl.DataFrame, values: pl.Expr) -> pl.Series:
+    """Per run of ``runs`` (in order), the sum of ``values`` over its rows (unsigned integers):
+    the running sum at each run's last row minus that at the last row of the run before. Flat
+    column operations, not a group-by (a plain sum over slice groups is slow in Polars 2.1)."""
+    run = pl.col("_run")
+    last = (run != run.shift(-1)).fill_null(True)
+    at_ends = runs.select(values.cast(pl.UInt64).cum_sum().filter(last)).to_series()
+    return at_ends - at_ends.shift(1, fill_value=0)
+
+
+# Counts of several windows with the same filter are summed as one: each count gets a field of
+# _PACK_BITS bits in an unsigned 64-bit integer (7, 28 and 90 days, say), so a filter needs one
+# filtered sum per contact instead of three, and the sum of the packed values holds each
+# window's count in its field. Exact while no contact has 2^21 events in a part, which is
+# checked; the filtered sums are most of the per-contact step (126 -> 61 of them in the shipped
+# spec: 0.75 -> 0.57 s per part of 5 M events, profiling script).
+_PACK_BITS = 21
+_PACK_FIELDS = 64 // _PACK_BITS
+
+
+def _count_packs(aggregates: list[Aggregate]) -> list[tuple[int | None, ...]]:
+    """The count windows packed together, most used first, up to _PACK_FIELDS a pack."""
+    uses: dict[int | None, int] = {}
+    for aggregate in aggregates:
+        if aggregate.kind == "count":
+            uses[aggregate.window_days] = uses.get(aggregate.window_days, 0) + 1
+    ranked = sorted(uses, key=lambda days: (-uses[days], days is None, days or 0))
+    return [
+        tuple(ranked[start : start + _PACK_FIELDS])
+        for start in range(0, len(ranked), _PACK_FIELDS)
+        if len(ranked[start : start + _PACK_FIELDS]) > 1
+    ]
+
+
+def _packs_for(runs: pl.DataFrame, aggregates: list[Aggregate]) -> list[tuple[int | None, ...]]:
+    """The packs of count windows (``_count_packs``), or none when a contact of ``runs`` has
+    too many events for a field: a contact's count in any window is at most its events."""
+    packs = _count_packs(aggregates)
+    if packs and (_run_sums(runs, pl.col("_nNone")).max() or 0) >= 2**_PACK_BITS:
+        return []  # each window summed alone
+    return packs
+
+
 def _per_contact(
     runs: pl.DataFrame, aggregates: list[Aggregate], as_of: dt.datetime
 ) -> pl.DataFrame:
-    """Counts, sums and recency, step 3: every feature from a contact's run of atoms."""
+    """Counts, sums and recency, step 3: every feature from a contact's run of atoms, one
+    filtered sum (or extreme) per filter and kind, with counts of several windows packed."""
+    packs = _packs_for(runs, aggregates)
     features: list[pl.Expr] = []
+    unpacked: list[pl.Expr] = []
+    totals: list[str] = []  # the packed sums, dropped once unpacked
+    used: set[int] = set()
+    by_filter: dict[tuple[object, ...], list[Aggregate]] = {}
     for aggregate in aggregates:
-        matching = _matches_codes(aggregate)
-        days = aggregate.window_days
-        if aggregate.kind == "count":
-            feature = pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int32)
-        elif aggregate.kind == "sum":
-            feature = pl.col(f"_v{days}").filter(matching).sum().cast(pl.Float64)
-        elif aggregate.kind == "days_since_last":
-            feature = _days_before(as_of, pl.col("_last").filter(matching).max())
-        else:  # days_since_first
-            feature = _days_before(as_of, pl.col("_first").filter(matching).min())
-        features.append(feature.alias(aggregate.name))
+        by_filter.setdefault(_filter_key(aggregate), []).append(aggregate)
+    for members in by_filter.values():
+        matching = _matches_codes(members[0])
+        counted = {a.window_days for a in members if a.kind == "count"}
+        done: set[str] = set()
+        for number, pack in enumerate(packs):
+            if len(counted.intersection(pack)) < 2:
+                continue
+            used.add(number)
+            total = f"_packed{len(totals)}"
+            totals.append(total)
+            features.append(pl.col(f"_pack{number}").filter(matching).sum().alias(total))
+            for aggregate in members:
+                if aggregate.kind == "count" and aggregate.window_days in pack:
+                    place = 2 ** (_PACK_BITS * pack.index(aggregate.window_days))
+                    field = pl.col(total) // place % 2**_PACK_BITS
+                    unpacked.append(field.cast(pl.Int32).alias(aggregate.name))
+                    done.add(aggregate.name)
+        for aggregate in members:
+            if aggregate.name not in done:
+                features.append(_aggregate(aggregate, matching, as_of).alias(aggregate.name))
+    packed = [
+        pl.sum_horizontal(
+            pl.col(f"_n{days}").cast(pl.UInt64) * 2 ** (_PACK_BITS * field)
+            for field, days in enumerate(packs[number])
+        ).alias(f"_pack{number}")
+        for number in sorted(used)
+    ]
     return (
         runs.lazy()
+        .with_columns(packed)
         .group_by("_run", maintain_order=True)
         .agg(pl.col("contact_id").first(), *features)
-        .drop("_run")
+        .with_columns(unpacked)
+        .drop("_run", *totals)
         .collect()
     )
+
+
+def _aggregate(aggregate: Aggregate, matching: pl.Expr, as_of: dt.datetime) -> pl.Expr:
+    """One count, sum or recency of a contact's atoms that pass ``matching``."""
+    days = aggregate.window_days
+    if aggregate.kind == "count":
+        return pl.col(f"_n{days}").filter(matching).sum().cast(pl.Int32)
+    if aggregate.kind == "sum":
+        return pl.col(f"_v{days}").filter(matching).sum().cast(pl.Float64)
+    if aggregate.kind == "days_since_last":
+        return _days_before(as_of, pl.col("_last").filter(matching).max())
+    return _days_before(as_of, pl.col("_first").filter(matching).min())  # days_since_first
 
 
 def _matches_codes(aggregate: Aggregate) -> pl.Expr:

@@ -452,3 +452,37 @@ def test_the_aggregates_come_in_contact_order_so_the_features_need_no_sort_of_th
     assert seen == [True]
     assert features.get_column("contact_id").is_sorted()
     assert features.height == features.get_column("contact_id").n_unique()
+
+
+def test_counts_summed_packed_equal_counts_summed_alone_and_too_many_events_unpack_them(
+    simulated: tuple[pl.DataFrame, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # counts of several windows are summed as fields of one integer; fields of 3 bits (up to 7)
+    # make a carry between fields show on contacts with up to 7 events, and make the contacts
+    # with more fall back to one sum per window
+    events, contacts = simulated
+    as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
+    few = events.filter(pl.len().over("contact_id") <= 7)
+    assert 0 < few.height < events.height
+    packs_for = engine._packs_for
+    chosen: list[int] = []
+
+    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
+        packs = packs_for(runs, aggregates)
+        chosen.append(len(packs))
+        return packs
+
+    def build(frame: pl.DataFrame) -> pl.DataFrame:
+        return build_contact_features(frame, contacts, as_of=as_of, spec=SPEC)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "_count_packs", lambda aggregates: [])
+        alone = {"all": build(events), "few": build(few)}
+    monkeypatch.setattr(engine, "_packs_for", watched)
+    assert_frame_equal(build(events), alone["all"])
+    packed = chosen[0]
+    assert packed > 0  # the shipped spec counts in several windows per filter
+    monkeypatch.setattr(engine, "_PACK_BITS", 3)
+    assert_frame_equal(build(few), alone["few"])
+    assert_frame_equal(build(events), alone["all"])
+    assert chosen == [packed, packed, 0]
