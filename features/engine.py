@@ -503,7 +503,8 @@ def _per_contact(
         .group_by("_run", maintain_order=True)
         .agg(pl.col("contact_id").first(), *features)
         .with_columns(unpacked)
-        .drop("_run", *totals)
+        # the same columns in the same order whether packed or not: the parts are stacked
+        .select("contact_id", *(a.name for a in aggregates))
         .collect()
     )
 

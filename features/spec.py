@@ -303,11 +303,22 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
         ) from error
 
 
+# the feature table's own columns; and names starting with "_" are the engines' working columns
+# (their internal signals, atoms, runs and packed sums), which a feature must not shadow
+_RESERVED_NAMES = frozenset({"contact_id", "as_of", "rules_stage"})
+
+
 def _unique_names(names: list[str], origin: str) -> set[str]:
     seen: set[str] = set()
     for name in names:
         if name in seen:
             raise SpecError(f"{origin}: feature {name!r} is declared twice")
+        if name.startswith("_") or name in _RESERVED_NAMES:
+            raise SpecError(
+                f"{origin}: feature name {name!r} is reserved (contact_id, as_of, rules_stage "
+                "and names starting with '_' are the feature table's and the engines' own "
+                "columns); rename the feature"
+            )
         seen.add(name)
     return seen
 

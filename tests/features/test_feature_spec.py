@@ -79,6 +79,15 @@ def test_a_feature_declared_twice_is_an_error() -> None:
         parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [7, 7]"))
 
 
+@pytest.mark.parametrize("name", ["_packed0", "__any_event", "_run", "contact_id", "rules_stage"])
+def test_names_of_the_engines_own_columns_are_refused(name: str) -> None:
+    text = BASE + f'derived:\n  - name: "{name}"\n    expr: "email_open_count_7d + 1"\n'
+    with pytest.raises(SpecError, match=f"{name!r} is reserved"):
+        parse_feature_spec(text)
+    with pytest.raises(SpecError, match="is reserved"):
+        parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', f'"{name}"'))
+
+
 def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None:
     assert parse_feature_spec(BASE).fingerprint == parse_feature_spec(BASE).fingerprint
     other = parse_feature_spec(BASE.replace("[7, 28]", "[7, 14]"))

@@ -486,3 +486,75 @@ def test_counts_summed_packed_equal_counts_summed_alone_and_too_many_events_unpa
     assert_frame_equal(build(few), alone["few"])
     assert_frame_equal(build(events), alone["all"])
     assert chosen == [packed, packed, 0]
+
+
+def _contact_events(contact: str, count: int) -> list[tuple[str, str, str, str, float | None]]:
+    """``count`` events of ``contact`` in the 7 days before AS_OF, split between an e-mail
+    open and a page view (two atoms), so every window of event_count counts them all."""
+    day = AS_OF - dt.timedelta(days=3)
+    return [
+        (
+            contact,
+            (day + dt.timedelta(minutes=i)).isoformat(),
+            "email" if i % 2 else "web",
+            "email_open" if i % 2 else "page_view",
+            None,
+        )
+        for i in range(count)
+    ]
+
+
+def test_packed_counts_hold_a_fields_largest_count_and_one_more_unpacks_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 3-bit fields hold up to 7: a contact with 7 events fills event_count_7d's field; one with
+    # 8 in atoms of 4 (no atom over the field) must make the part sum each window alone
+    packs_for = engine._packs_for
+    chosen: list[int] = []
+
+    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
+        packs = packs_for(runs, aggregates)
+        chosen.append(len(packs))
+        return packs
+
+    monkeypatch.setattr(engine, "_packs_for", watched)
+    monkeypatch.setattr(engine, "_PACK_BITS", 3)
+    for count, packed in ((7, True), (8, False)):
+        events = _events([*_contact_events("a", count), *_contact_events("b", 2)])
+        row = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
+        assert (chosen.pop() > 0) is packed
+        assert [row[f"event_count_{w}"] for w in ("7d", "28d", "90d")] == [count] * 3
+        assert row["page_view_count_7d"] == (count + 1) // 2
+        assert row["email_open_count_28d"] == count // 2
+
+
+def test_parts_packed_and_parts_summed_alone_stack_into_one_table(
+    simulated: tuple[pl.DataFrame, pl.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # contacts with up to 7 events, and after them (ids sort last) one with 20: with 3-bit
+    # fields the first parts are packed and the last is summed alone; the parts' columns must
+    # still line up
+    events, _ = simulated
+    few = events.filter(pl.len().over("contact_id") <= 7)
+    heavy = _events(_contact_events("zz-heavy", 20)).select(few.columns).cast(few.schema)
+    path = tmp_path / "events.parquet"
+    pl.concat([few, heavy]).write_parquet(path)
+    as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
+    whole = build_contact_features(path, as_of=as_of, spec=SPEC)
+    packs_for = engine._packs_for
+    chosen: list[int] = []
+
+    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
+        packs = packs_for(runs, aggregates)
+        chosen.append(len(packs))
+        return packs
+
+    monkeypatch.setattr(engine, "_packs_for", watched)
+    monkeypatch.setattr(engine, "_PACK_BITS", 3)
+    in_parts = build_contact_features(path, as_of=as_of, spec=SPEC, partition_rows=few.height // 4)
+    assert len(chosen) > 2
+    assert chosen[-1] == 0
+    assert chosen[0] > 0
+    assert_frame_equal(in_parts, whole)
