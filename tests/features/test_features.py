@@ -454,6 +454,21 @@ def test_the_aggregates_come_in_contact_order_so_the_features_need_no_sort_of_th
     assert features.height == features.get_column("contact_id").n_unique()
 
 
+def _watch_packs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many packs of count windows each per-contact step used, in order (0: none, each
+    window summed alone)."""
+    packs_for = engine._packs_for
+    chosen: list[int] = []
+
+    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
+        packs = packs_for(runs, aggregates)
+        chosen.append(len(packs))
+        return packs
+
+    monkeypatch.setattr(engine, "_packs_for", watched)
+    return chosen
+
+
 def test_counts_summed_packed_equal_counts_summed_alone_and_too_many_events_unpack_them(
     simulated: tuple[pl.DataFrame, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -464,13 +479,6 @@ def test_counts_summed_packed_equal_counts_summed_alone_and_too_many_events_unpa
     as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
     few = events.filter(pl.len().over("contact_id") <= 7)
     assert 0 < few.height < events.height
-    packs_for = engine._packs_for
-    chosen: list[int] = []
-
-    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
-        packs = packs_for(runs, aggregates)
-        chosen.append(len(packs))
-        return packs
 
     def build(frame: pl.DataFrame) -> pl.DataFrame:
         return build_contact_features(frame, contacts, as_of=as_of, spec=SPEC)
@@ -478,7 +486,7 @@ def test_counts_summed_packed_equal_counts_summed_alone_and_too_many_events_unpa
     with monkeypatch.context() as patched:
         patched.setattr(engine, "_count_packs", lambda aggregates: [])
         alone = {"all": build(events), "few": build(few)}
-    monkeypatch.setattr(engine, "_packs_for", watched)
+    chosen = _watch_packs(monkeypatch)
     assert_frame_equal(build(events), alone["all"])
     packed = chosen[0]
     assert packed > 0  # the shipped spec counts in several windows per filter
@@ -509,15 +517,7 @@ def test_packed_counts_hold_a_fields_largest_count_and_one_more_unpacks_them(
 ) -> None:
     # 3-bit fields hold up to 7: a contact with 7 events fills event_count_7d's field; one with
     # 8 in atoms of 4 (no atom over the field) must make the part sum each window alone
-    packs_for = engine._packs_for
-    chosen: list[int] = []
-
-    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
-        packs = packs_for(runs, aggregates)
-        chosen.append(len(packs))
-        return packs
-
-    monkeypatch.setattr(engine, "_packs_for", watched)
+    chosen = _watch_packs(monkeypatch)
     monkeypatch.setattr(engine, "_PACK_BITS", 3)
     for count, packed in ((7, True), (8, False)):
         events = _events([*_contact_events("a", count), *_contact_events("b", 2)])
@@ -543,15 +543,7 @@ def test_parts_packed_and_parts_summed_alone_stack_into_one_table(
     pl.concat([few, heavy]).write_parquet(path)
     as_of = dt.datetime(2024, 3, 20, tzinfo=dt.UTC)
     whole = build_contact_features(path, as_of=as_of, spec=SPEC)
-    packs_for = engine._packs_for
-    chosen: list[int] = []
-
-    def watched(runs: pl.DataFrame, aggregates: list[Any]) -> list[tuple[int | None, ...]]:
-        packs = packs_for(runs, aggregates)
-        chosen.append(len(packs))
-        return packs
-
-    monkeypatch.setattr(engine, "_packs_for", watched)
+    chosen = _watch_packs(monkeypatch)
     monkeypatch.setattr(engine, "_PACK_BITS", 3)
     in_parts = build_contact_features(path, as_of=as_of, spec=SPEC, partition_rows=few.height // 4)
     assert len(chosen) > 2
