@@ -4,7 +4,8 @@ declarative spec, using only events strictly before that moment.
 A large Parquet input is done in parts, each a range of contact ids. In each part, a streaming
 group-by reduces the events to one row per contact, event type and channel (an "atom"); the
 atoms of the eligible contacts, sorted by contact, become one group per contact, and every
-count, sum and recency of the spec is a filtered aggregation over a contact's few atoms. Active
+count, sum and recency of the spec is a filtered aggregation over a contact's few atoms (the
+counts of up to three windows of one filter packed into one sum). Active
 days and sessions take their own passes over the events. Derived features are arithmetic on the
 result; contact attributes and the rules stage are joined last. The online path
 (``features.online``) computes the same spec for one contact in plain Python; tests hold the
