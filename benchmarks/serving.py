@@ -27,7 +27,11 @@ own BentoML home and a random API key, with 1 worker and then with 2 (``--worker
 The load generator is a minimal asyncio HTTP/1.1 keep-alive client over raw sockets sending
 pre-encoded requests: it runs on the same cores as the server, so it must cost little per
 request (its CPU is reported beside the server's). Each measurement stops at a request count or
-a time limit, whichever comes first; warm-up requests are not counted. The raw-event bodies come
+a time limit, whichever comes first; warm-up requests are not counted. The workers share one
+listening socket and the kernel decides which accepts a connection, so a cell with at least one
+connection per worker that ran on one worker anyway (90 % of the work or more) is measured again
+on new connections, up to 3 times; ``attempts`` and ``one_worker`` in each cell say how it went,
+and the tables mark it. The raw-event bodies come
 from a second, year-long simulation: only a dozen contacts of the 120-day one have 200 events.
 
 Prints the figures and met/missed for each target of the issue, and merges them into
@@ -94,6 +98,9 @@ EVENTS_PER_REQUEST = 200
 DISTINCT_BODIES = 200  # single-contact bodies per kind, cycled
 MIB = 1024**2
 # the issue's targets
+# a cell whose connections all went to one worker is measured again, at most this many times
+SPREAD_ATTEMPTS = 3
+ONE_WORKER_SHARE = 0.9
 TARGET_WORKERS = 2  # "with 2 workers": the figures the targets are judged on
 P99_MAX_MS = 5.0  # feature requests at concurrency 8
 REQUESTS_PER_S_MIN = 1_000  # feature requests at concurrency 32
@@ -976,24 +983,47 @@ def measure(
     warmup: int,
     sample_every: float | None = None,
 ) -> dict[str, Any]:
+    """One measurement: ``concurrency`` connections driven by ``_drive``. When there are at
+    least as many connections as workers and one worker still did nearly all the work (the
+    workers share one listening socket, and which one accepts a connection is the kernel's
+    race: both connections landed on one worker in 4 of the 6 two-client batch cells of the
+    results of 2026-12-04), it is measured again on new connections, up to ``SPREAD_ATTEMPTS``
+    times. ``attempts`` says how many it took; ``one_worker`` is true when every attempt stayed
+    on one worker. The errors are those of every attempt."""
     requests_bytes = [server.request(path, body) for body in payloads]
-    watch = Watch(server, sample_every=sample_every)
     # a measurement that cannot finish (a hung server) fails instead of hanging the benchmark
     limit = seconds + 120 + warmup * concurrency * 5
-    figures = asyncio.run(
-        asyncio.wait_for(
-            _drive(
-                server.port,
-                requests_bytes,
-                concurrency=concurrency,
-                requests=requests,
-                seconds=seconds,
-                warmup=warmup,
-                watch=watch,
-            ),
-            timeout=limit,
+    attempts = 0
+    earlier_errors: Counter[str] = Counter()
+    while True:
+        attempts += 1
+        watch = Watch(server, sample_every=sample_every)
+        figures = asyncio.run(
+            asyncio.wait_for(
+                _drive(
+                    server.port,
+                    requests_bytes,
+                    concurrency=concurrency,
+                    requests=requests,
+                    seconds=seconds,
+                    warmup=warmup,
+                    watch=watch,
+                ),
+                timeout=limit,
+            )
         )
-    )
+        one_sided = on_one_worker(figures["worker_cpu_share"], concurrency)
+        if not one_sided or attempts == SPREAD_ATTEMPTS:
+            break
+        earlier_errors.update(figures["error_kinds"])
+    # an attempt measured again still counts its errors: none is hidden by a retry
+    kinds = Counter(figures["error_kinds"]) + earlier_errors
+    figures |= {
+        "attempts": attempts,
+        "one_worker": one_sided,
+        "errors": sum(kinds.values()),
+        "error_kinds": dict(kinds),
+    }
     if figures["req_per_s"]:
         # what a request costs the server, all processes together: against the floor's
         # median, the CPU that HTTP and BentoML add
@@ -1002,6 +1032,14 @@ def measure(
     if sample_every:
         figures["rss_mib_samples"] = watch.samples
     return dict(figures)
+
+
+def on_one_worker(share: Sequence[float] | None, concurrency: int) -> bool:
+    """Whether a measurement meant to spread over the workers (at least one connection per
+    worker) ran on one of them: a worker did ``ONE_WORKER_SHARE`` or more of the work."""
+    if not share or len(share) < 2 or concurrency < len(share):
+        return False
+    return max(share) >= ONE_WORKER_SHARE
 
 
 def run_server(
@@ -1189,7 +1227,9 @@ def check_targets(
     features = two.get("features", {})
     c8, c32 = features.get("8", {}), features.get("32", {})
     batch = two.get("batch", {}).get("1000", {})
-    both = batch.get(str(TARGET_WORKERS), {}).get("rows_per_s")
+    two_clients = batch.get(str(TARGET_WORKERS), {})
+    both = two_clients.get("rows_per_s")
+    lopsided = " (all on one worker)" if two_clients.get("one_worker") else ""
     targets = [
         _target(
             f"p99 <= {P99_MAX_MS:g} ms, feature requests at concurrency 8, 2 workers",
@@ -1208,7 +1248,7 @@ def check_targets(
             batch.get("1", {}).get("rows_per_s"),
             BATCH_ROWS_PER_S_MIN,
             at_most=False,
-            reason=f"two clients on 2 workers: {both:,} rows/s" if both else "",
+            reason=f"two clients on 2 workers: {both:,} rows/s{lopsided}" if both else "",
         ),
     ]
     errors, where = _errors(result, measured_now, soaked=soaked)
@@ -1304,6 +1344,15 @@ def _print_floor(floor: dict[str, Any]) -> None:
     )
 
 
+def _concurrency(conc: str, cell: dict[str, Any]) -> str:
+    """The concurrency column, with how many measurements it took to spread the connections
+    over the workers, or that they never spread."""
+    if cell.get("one_worker"):
+        return f"{conc}, 1 worker"
+    attempts = cell.get("attempts", 1)
+    return f"{conc} (try {attempts})" if attempts > 1 else conc
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -1328,7 +1377,7 @@ def _print_servers(result: dict[str, Any]) -> None:
                 table.add_row(
                     workers,
                     label,
-                    conc,
+                    _concurrency(conc, cell),
                     f"{cell['requests']:,}",
                     f"{cell['req_per_s']:,.0f}",
                     _ms(cell["p50_ms"]),
@@ -1344,7 +1393,7 @@ def _print_servers(result: dict[str, Any]) -> None:
                 batch.add_row(
                     workers,
                     f"{int(rows):,}",
-                    conc,
+                    _concurrency(conc, cell),
                     f"{cell['requests']:,}",
                     f"{cell['rows_per_s']:,}",
                     _ms(cell["p50_ms"]),

@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
+from benchmarks.serving import SPREAD_ATTEMPTS, _concurrency, on_one_worker
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "serving.py"
 
@@ -42,6 +44,41 @@ def _assert_measured(cell: dict[str, Any], where: str) -> None:
     assert cell["errors"] == 0, (where, cell["error_kinds"])
     assert 0 < cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"], where
     assert cell["req_per_s"] > 0, where
+    # a cell meant to spread over the workers is measured again until it does, or is flagged
+    assert 1 <= cell["attempts"] <= SPREAD_ATTEMPTS, where
+    spread_over_workers = cell["concurrency"] >= 2
+    assert cell["one_worker"] == (
+        spread_over_workers and on_one_worker(cell["worker_cpu_share"], cell["concurrency"])
+    ), where
+    if cell["attempts"] < SPREAD_ATTEMPTS:
+        assert not cell["one_worker"], where
+    if not spread_over_workers:
+        assert cell["attempts"] == 1, where
+
+
+@pytest.mark.parametrize(
+    ("share", "concurrency", "expected"),
+    [
+        ([1.0, 0.0], 2, True),
+        ([0.9, 0.1], 8, True),
+        ([0.89, 0.11], 2, False),
+        ([0.5, 0.5], 32, False),
+        ([1.0, 0.0], 1, False),  # one connection can only be on one worker
+        (None, 2, False),  # one worker, or no CPU used: nothing to spread
+        ([1.0], 2, False),
+    ],
+)
+def test_a_cell_counts_as_on_one_worker_only_when_it_could_have_spread(
+    share: list[float] | None, concurrency: int, expected: bool
+) -> None:
+    assert on_one_worker(share, concurrency) is expected
+
+
+def test_the_concurrency_column_says_when_a_cell_needed_more_tries_or_never_spread() -> None:
+    assert _concurrency("2", {"attempts": 1, "one_worker": False}) == "2"
+    assert _concurrency("2", {"attempts": 2, "one_worker": False}) == "2 (try 2)"
+    assert _concurrency("2", {"attempts": 3, "one_worker": True}) == "2, 1 worker"
+    assert _concurrency("8", {}) == "8"  # results written before the retries existed
 
 
 @pytest.mark.slow
