@@ -97,10 +97,11 @@ BATCH_ROWS = (100, 1_000)
 EVENTS_PER_REQUEST = 200
 DISTINCT_BODIES = 200  # single-contact bodies per kind, cycled
 MIB = 1024**2
-# the targets
-# a cell whose connections all went to one worker is measured again, at most this many times
+# a cell whose connections all went to one worker (this share of the work or more) is measured
+# again, at most this many times in all
 SPREAD_ATTEMPTS = 3
 ONE_WORKER_SHARE = 0.9
+# the targets
 TARGET_WORKERS = 2  # "with 2 workers": the figures the targets are judged on
 P99_MAX_MS = 5.0  # feature requests at concurrency 8
 REQUESTS_PER_S_MIN = 1_000  # feature requests at concurrency 32
