@@ -46,13 +46,10 @@ def _assert_measured(cell: dict[str, Any], where: str) -> None:
     assert cell["req_per_s"] > 0, where
     # a cell meant to spread over the workers is measured again until it does, or is flagged
     assert 1 <= cell["attempts"] <= SPREAD_ATTEMPTS, where
-    spread_over_workers = cell["concurrency"] >= 2
-    assert cell["one_worker"] == (
-        spread_over_workers and on_one_worker(cell["worker_cpu_share"], cell["concurrency"])
-    ), where
+    assert cell["one_worker"] == on_one_worker(cell["worker_cpu_share"], cell["concurrency"]), where
     if cell["attempts"] < SPREAD_ATTEMPTS:
         assert not cell["one_worker"], where
-    if not spread_over_workers:
+    if cell["concurrency"] == 1:  # one connection is on one worker: never measured again
         assert cell["attempts"] == 1, where
 
 
