@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import itertools
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -171,17 +172,13 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
     attributes = (
         spec_file.attributes if spec_file.attributes == "all" else tuple(spec_file.attributes)
     )
-    fingerprint = hashlib.sha256(
-        repr(
-            (
-                aggregates,
-                [(d.name, d.expr) for d in derived],
-                attributes,
-                spec_file.rules_stage,
-                spec_file.session_gap_minutes,
-            )
-        ).encode()
-    ).hexdigest()
+    fingerprint = _fingerprint(
+        aggregates,
+        derived,
+        attributes,
+        rules_stage=spec_file.rules_stage,
+        session_gap_minutes=spec_file.session_gap_minutes,
+    )
     return FeatureSpec(
         aggregates=aggregates,
         derived=tuple(derived),
@@ -306,6 +303,44 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
 # the feature table's own columns; and names starting with "_" are the engines' working columns
 # (their internal signals, atoms, runs and packed sums), which a feature must not shadow
 _RESERVED_NAMES = frozenset({"contact_id", "as_of", "rules_stage"})
+
+
+
+def _fingerprint(
+    aggregates: Iterable[Aggregate],
+    derived: Iterable[Derived],
+    attributes: tuple[str, ...] | Literal["all"],
+    *,
+    rules_stage: bool,
+    session_gap_minutes: float,
+) -> str:
+    """SHA-256 of the expanded spec in a canonical form: event types and channels as sorted
+    lists (a frozenset's order changes with each process's string hashing), so the same spec
+    has the same fingerprint in every process and on every machine."""
+
+    def names(values: frozenset[str] | None) -> list[str] | None:
+        return None if values is None else sorted(values)
+
+    canonical = {
+        "aggregates": [
+            [
+                a.name,
+                a.kind,
+                names(a.event_types),
+                names(a.channels),
+                names(a.exclude_event_types),
+                names(a.exclude_channels),
+                a.window_days,
+                a.column,
+            ]
+            for a in aggregates
+        ],
+        "derived": [[d.name, d.expr] for d in derived],
+        "attributes": attributes if attributes == "all" else list(attributes),
+        "rules_stage": rules_stage,
+        "session_gap_minutes": session_gap_minutes,
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def _unique_names(names: list[str], origin: str) -> set[str]:

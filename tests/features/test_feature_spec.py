@@ -94,6 +94,24 @@ def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None
     assert other.fingerprint != parse_feature_spec(BASE).fingerprint
 
 
+
+@pytest.mark.parametrize("seed", ["1", "2"])
+def test_a_spec_has_the_same_fingerprint_in_every_process(seed: str) -> None:
+    """Logged to MLflow and compared across runs: it must not follow the string hashing a
+    process happens to draw (frozensets of event types iterate in that order)."""
+    import os
+    import subprocess
+    import sys
+
+    from features.spec import load_feature_spec
+
+    code = "from features.spec import load_feature_spec; print(load_feature_spec().fingerprint)"
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == load_feature_spec().fingerprint
+
 def test_the_readme_example_adds_a_feature_to_the_shipped_spec() -> None:
     import re
     from pathlib import Path
