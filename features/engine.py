@@ -17,11 +17,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import polars as pl
 import pyarrow as pa
 
+from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
@@ -32,6 +33,7 @@ from features.vocabulary import (
     EVENT_TYPES,
     PURCHASE_EVENTS,
     STAGES,
+    unknown_vocabulary_message,
 )
 
 EventsInput: TypeAlias = pa.Table | pl.DataFrame | pl.LazyFrame | Path | str
@@ -160,6 +162,11 @@ def _aggregate_part(
         queries.append(_distinct_days(past, days, as_of=as_of))
     # the independent passes over the events run together, sharing the cores
     atoms, *others = pl.collect_all(queries, engine="streaming")
+    # an event type or channel outside the contract has no code: refuse it, as every builder
+    # does, rather than count the event in some features and not in others (a look at the
+    # atoms, not the events)
+    if atoms.select(pl.col("_type").is_null().any() | pl.col("_channel").is_null().any()).item():
+        raise_unknown_vocabulary(past)
     atoms = _eligible_runs(atoms, one_pass, listed)  # the unsorted atoms are freed here
     aggregated = _per_contact(atoms, one_pass, as_of)
     del atoms
@@ -224,6 +231,22 @@ def _part(past: pl.LazyFrame, part: int, bounds: pl.Series) -> pl.LazyFrame:
     if part == len(bounds):
         return past.filter(contact >= bound(-1))
     return past.filter((contact >= bound(part - 1)) & (contact < bound(part)))
+
+
+def raise_unknown_vocabulary(events: pl.LazyFrame) -> NoReturn:
+    """Name the event types or channels of ``events`` outside the contract (null among them)."""
+    for column, vocabulary in (("event_type", EVENT_TYPES), ("channel", CHANNELS)):
+        values = pl.col(column).cast(pl.String)
+        unknown = (
+            events.select(values.filter(~values.is_in(vocabulary) | values.is_null()).unique())
+            .collect(engine="streaming")
+            .get_column(column)
+            .sort(nulls_last=True)
+            .to_list()
+        )
+        if unknown:
+            raise InputError(unknown_vocabulary_message(column, unknown))
+    raise AssertionError("no event type or channel outside the contract was found")
 
 
 def _collect(query: pl.LazyFrame) -> pl.DataFrame:
@@ -294,19 +317,44 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
     """Events as a lazy frame; a Parquet path (file, folder or glob) is scanned, not loaded, so
     larger-than-memory inputs stream."""
     if isinstance(events, pl.LazyFrame):
-        return events
+        return in_utc(events)
     if isinstance(events, pl.DataFrame):
-        return events.lazy()
+        return in_utc(events.lazy())
     if isinstance(events, pa.Table):
         frame = pl.from_arrow(events)
         assert isinstance(frame, pl.DataFrame)
-        return frame.lazy()
+        return in_utc(frame.lazy())
     path = Path(events)
     if path.is_dir():
         path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
     elif not path.exists() and "*" not in str(path):
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
-    return pl.scan_parquet(path)
+    return in_utc(pl.scan_parquet(path))
+
+
+def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The events with their timestamps in UTC: another zone is converted (the same instants),
+    naive or non-datetime timestamps are an error, as their instants would be a guess."""
+    dtype = events.collect_schema().get("timestamp")
+    if dtype is None:
+        raise InputError(
+            "the events have no `timestamp` column; give events in the event contract "
+            "(funnelcast ingest or simulate writes them)"
+        )
+    if not isinstance(dtype, pl.Datetime):
+        raise InputError(
+            f"the events' `timestamp` is {dtype}, not a datetime; give timezone-aware "
+            "timestamps (funnelcast ingest parses and converts them to UTC)"
+        )
+    if dtype.time_zone is None:
+        raise InputError(
+            "the events' `timestamp` has no time zone, so its instants would be a guess; "
+            "give timezone-aware timestamps (funnelcast ingest converts a source's local "
+            "times with the zone its mapping declares)"
+        )
+    if dtype.time_zone != "UTC":
+        return events.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"))
+    return events
 
 
 # --- aggregates -------------------------------------------------------------------------------

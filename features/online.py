@@ -14,11 +14,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, evaluate
 from features.stages import stage_from_signals
-from features.vocabulary import ADVOCACY_EVENTS, EVENT_SIGNALS, PURCHASE_EVENTS, stage_rank
+from features.vocabulary import (
+    ADVOCACY_EVENTS,
+    CHANNELS,
+    EVENT_SIGNALS,
+    EVENT_TYPES,
+    PURCHASE_EVENTS,
+    stage_rank,
+    unknown_vocabulary_message,
+)
+
+_EVENT_TYPES = frozenset(EVENT_TYPES)
+_CHANNELS = frozenset(CHANNELS)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -94,12 +106,25 @@ def _matching_plan(spec: FeatureSpec, pairs: frozenset[tuple[str, str]]) -> tupl
     key = (spec.fingerprint, pairs)
     plan = _PLANS.get(key)
     if plan is None:
+        _check_vocabulary(pairs)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[key] = tuple(
             tuple(sorted(k for k in pairs if a.matches(*k))) for a in spec.aggregates
         )
     return plan
+
+
+def _check_vocabulary(pairs: Iterable[tuple[str, str]]) -> None:
+    """Every builder refuses an event type or channel outside the contract (the batch engines
+    as well), so that none counts an event another would not; checked once per new mix."""
+    for event_type, channel in pairs:
+        for what, value, vocabulary in (
+            ("event_type", event_type, _EVENT_TYPES),
+            ("channel", channel, _CHANNELS),
+        ):
+            if value not in vocabulary:
+                raise InputError(unknown_vocabulary_message(what, [value]))
 
 
 def _aggregate(

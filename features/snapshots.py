@@ -40,6 +40,7 @@ from features.engine import (
     EventsInput,
     finish_features,
     matches,
+    raise_unknown_vocabulary,
     scan_events,
     with_internal_aggregates,
     with_listed_contacts,
@@ -47,6 +48,7 @@ from features.engine import (
 from features.errors import InputError
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec
+from features.vocabulary import CHANNELS, EVENT_TYPES
 
 _Filter = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str], frozenset[str]]
 
@@ -192,8 +194,10 @@ def _running_totals(
     frame = (
         events.select(
             "contact_id",
-            # categorical: each series' filter tests codes, not strings, along every event
-            pl.col("event_type", "channel").cast(pl.Categorical),
+            # enums: each series' filter tests codes, not strings, along every event; a name
+            # outside the contract becomes null, and is refused below
+            pl.col("event_type").cast(pl.Enum(EVENT_TYPES), strict=False),
+            pl.col("channel").cast(pl.Enum(CHANNELS), strict=False),
             "value",
             _us=pl.col("timestamp").dt.epoch("us"),
         )
@@ -204,6 +208,8 @@ def _running_totals(
         )
         .collect()
     )
+    if frame.get_column("event_type").null_count() or frame.get_column("channel").null_count():
+        raise_unknown_vocabulary(events)  # as every builder does
     # integer totals run across every event, so they stay below the number of events: 32 bits
     # when that allows it, which halves the memory the snapshots' gathers read
     counts = pl.Int32 if frame.height < _INT32_EVENTS else pl.Int64

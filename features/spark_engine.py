@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -41,7 +42,15 @@ from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
 from features.stages import BASE_RANK
-from features.vocabulary import ADVOCACY_EVENTS, PURCHASE_EVENTS, STAGES, stage_rank
+from features.vocabulary import (
+    ADVOCACY_EVENTS,
+    CHANNELS,
+    EVENT_TYPES,
+    PURCHASE_EVENTS,
+    STAGES,
+    stage_rank,
+    unknown_vocabulary_message,
+)
 
 SparkEvents: TypeAlias = DataFrame | Path | str
 SparkContacts: TypeAlias = pa.Table | pl.DataFrame | DataFrame | None
@@ -111,7 +120,11 @@ def build_contact_features_spark(
     past = (
         read_events(events, spark)
         .select(
-            "contact_id", "event_type", "channel", F.unix_micros("timestamp").alias(_TIME), "value"
+            "contact_id",
+            _in_vocabulary("event_type", EVENT_TYPES),
+            _in_vocabulary("channel", CHANNELS),
+            F.unix_micros("timestamp").alias(_TIME),
+            "value",
         )
         .where(F.col(_TIME) < now)
     )
@@ -136,10 +149,35 @@ def build_contact_features_spark(
     return frame.select(*columns).orderBy("contact_id")
 
 
+# Spark raises an event type or channel outside the contract as a query error when the rows
+# are computed; its message, found again here, becomes the InputError the other builders raise
+_UNKNOWN = re.compile(r"the events' `(event_type|channel)` holds '(.*?)', not among")
+
+
+def _in_vocabulary(column: str, vocabulary: tuple[str, ...]) -> Column:
+    """The column, whose rows outside the contract (null among them) fail the query, as every
+    builder refuses them; only rows before as_of are ever computed, so only those are checked."""
+    shown = F.coalesce(F.col(column), F.lit("None"))
+    message = unknown_vocabulary_message(column, ["VALUE"]).split("'VALUE'")
+    return (
+        F.when(F.col(column).isin(list(vocabulary)), F.col(column))
+        .otherwise(F.raise_error(F.concat(F.lit(message[0] + "'"), shown, F.lit("'" + message[1]))))
+        .alias(column)
+    )
+
+
 def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
     """A Spark feature frame as the Polars engine returns it: the same schema (rules_stage an
     Enum, text attributes categorical, as_of in UTC), column order and row order."""
-    converted = pl.from_arrow(frame.toArrow())
+    try:
+        arrow = frame.toArrow()
+    except Exception as error:  # Spark's error classes vary with its version and the JVM
+        found = _UNKNOWN.search(str(error))
+        if found is None:
+            raise
+        value = None if found.group(2) == "None" else found.group(2)
+        raise InputError(unknown_vocabulary_message(found.group(1), [value])) from None
+    converted = pl.from_arrow(arrow)
     assert isinstance(converted, pl.DataFrame)
     casts = []
     for name, dtype in converted.schema.items():
@@ -154,9 +192,26 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
 
 def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     """Events as a Spark DataFrame (a DataFrame passes through)."""
-    if isinstance(events, DataFrame):
-        return events
-    return spark.read.parquet(events_path(events))
+    frame = events if isinstance(events, DataFrame) else spark.read.parquet(events_path(events))
+    fields = {field.name: field.dataType for field in frame.schema.fields}
+    if "timestamp" not in fields:
+        raise InputError(
+            "the events have no `timestamp` column; give events in the event contract "
+            "(funnelcast ingest or simulate writes them)"
+        )
+    if isinstance(fields["timestamp"], T.TimestampNTZType):
+        raise InputError(
+            "the events' `timestamp` has no time zone, so its instants would be a guess; "
+            "give timezone-aware timestamps (funnelcast ingest converts a source's local "
+            "times with the zone its mapping declares)"
+        )
+    if not isinstance(fields["timestamp"], T.TimestampType):
+        raise InputError(
+            f"the events' `timestamp` is {fields['timestamp'].simpleString()}, not a "
+            "datetime; give timezone-aware timestamps (funnelcast ingest parses and converts "
+            "them to UTC)"
+        )
+    return frame
 
 
 def events_path(events: Path | str) -> str:

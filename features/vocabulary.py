@@ -106,3 +106,15 @@ STAGE_MESSAGE: Final[dict[str, str]] = {
 def stage_rank(stage: str) -> int:
     """Position of a stage in the funnel (dormant = 0), for "deepest signal" comparisons."""
     return STAGES.index(stage)
+
+
+def unknown_vocabulary_message(column: str, values: list[object]) -> str:
+    """The error for events whose ``column`` (event_type or channel) holds names outside the
+    contract: the feature builders take events as ``funnelcast ingest`` writes them."""
+    shown = ", ".join(repr(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
+    names = "event types" if column == "event_type" else "channels"
+    return (
+        f"the events' `{column}` holds {shown}, not among the contract's {names}; give events "
+        "as funnelcast ingest or validate writes them (a source's mapping maps its names onto "
+        "the contract's, and rows that cannot be mapped are set aside and counted)"
+    )

@@ -135,6 +135,93 @@ def test_a_naive_as_of_is_refused() -> None:
         build_contact_features(_events([]), as_of=dt.datetime(2024, 3, 1), spec=SPEC)
 
 
+def test_timestamps_in_another_zone_give_the_features_of_the_same_instants_in_utc() -> None:
+    """Parquet written with a local zone holds the same instants: every builder converts."""
+    from features.snapshots import build_training_frame
+
+    utc = _events(
+        [
+            ("a", "2024-02-29T23:30:00Z", "web", "page_view", None),  # 00:30 on 1 March in Paris
+            ("a", "2024-02-20T12:00:00Z", "web", "purchase", 20.0),
+            ("b", "2024-02-28T23:30:00Z", "email", "email_open", None),
+        ]
+    )
+    paris = utc.with_columns(pl.col("timestamp").dt.convert_time_zone("Europe/Paris"))
+    assert paris.schema["timestamp"] != utc.schema["timestamp"]
+    expected = build_contact_features(utc, as_of=AS_OF, spec=SPEC)
+    assert _row(expected, "a")["page_view_count_7d"] == 1
+    assert_frame_equal(build_contact_features(paris, as_of=AS_OF, spec=SPEC), expected)
+    assert_frame_equal(
+        build_training_frame(paris, as_of_dates=[AS_OF.date()], spec=SPEC),
+        build_training_frame(utc, as_of_dates=[AS_OF.date()], spec=SPEC),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["naive", "text"])
+def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
+    dtype: str, tmp_path: Path
+) -> None:
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    if dtype == "naive":
+        events = events.with_columns(pl.col("timestamp").dt.replace_time_zone(None))
+        match = "has no time zone.*timezone-aware"
+    else:
+        events = events.with_columns(pl.col("timestamp").cast(pl.String))
+        match = "not a datetime"
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    for source in (events, path):
+        with pytest.raises(InputError, match=match):
+            build_contact_features(source, as_of=AS_OF, spec=SPEC)
+        with pytest.raises(InputError, match=match):
+            build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "named"),
+    [
+        ("event_type", "page_veiw", "'page_veiw'"),
+        ("channel", "fax", "'fax'"),
+        ("channel", None, "None"),
+    ],
+)
+def test_every_builder_refuses_event_types_and_channels_outside_the_contract(
+    column: str, value: str | None, named: str
+) -> None:
+    """Unvalidated events (validation sets such rows aside): no builder counts an event
+    another would not; each names the value and where valid events come from."""
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    good = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("a", "2024-02-25T12:00:00Z", "email", "email_open", None),
+        ]
+    )
+    bad = good.with_columns(
+        pl.when(pl.int_range(pl.len()) == 1)
+        .then(pl.lit(value))
+        .otherwise(pl.col(column))
+        .alias(column)
+    )
+    match = f"`{column}` holds {named}, not among the contract's.*funnelcast ingest"
+    with pytest.raises(InputError, match=match):
+        build_contact_features(bad, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(InputError, match=match):
+        build_training_frame(bad, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(InputError, match=match):
+        build_online_features(bad.to_dicts(), as_of=AS_OF, spec=SPEC)
+    # events at or after as_of are never read, so theirs are not checked: in every builder
+    later = bad.with_columns(pl.col("timestamp").dt.offset_by("30d"))
+    assert build_contact_features(later, as_of=AS_OF, spec=SPEC).height == 0
+    assert build_training_frame(later, as_of_dates=[AS_OF.date()], spec=SPEC).height == 0
+    assert build_online_features(later.to_dicts(), as_of=AS_OF, spec=SPEC)["event_count_90d"] == 0
+
+
 # --- point in time, as properties ---------------------------------------------------------------
 
 rows = st.lists(

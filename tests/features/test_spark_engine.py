@@ -203,6 +203,39 @@ def test_the_spark_engine_equals_the_polars_engine_on_edge_cases(
     assert row("single")["days_since_signup_date"] is None  # signed up after the snapshot
 
 
+def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path: Path) -> None:
+    from features.errors import InputError
+    from features.spark_engine import build_contact_features_spark
+
+    frame = pd.DataFrame(
+        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    events = pl.from_arrow(validate(frame, now=NOW).events)
+    assert isinstance(events, pl.DataFrame)
+    path = tmp_path / "events.parquet"
+    events.with_columns(pl.col("timestamp").dt.replace_time_zone(None)).write_parquet(path)
+    with pytest.raises(InputError, match=r"has no time zone.*timezone-aware"):
+        build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
+
+
+def test_the_spark_engine_refuses_event_types_outside_the_contract(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.errors import InputError
+
+    frame = pd.DataFrame(
+        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    events = validate(frame, now=NOW).events
+    bad = events.set_column(
+        events.schema.get_field_index("event_type"),
+        "event_type",
+        pa.array(["page_veiw", *events.column("event_type").to_pylist()[1:]]),
+    )
+    with pytest.raises(InputError, match="`event_type` holds 'page_veiw', not among"):
+        spark_features(bad, None, as_of=AS_OF)
+
+
 def test_without_java_the_spark_session_names_the_fix(
     spark_installed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
