@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from features.errors import InputError
 from features.settings import FrozenSettings, parse_yaml_model
@@ -32,6 +32,7 @@ _WINDOWED: Final = frozenset({"count", "sum", "distinct_days", "sessions"})
 _VOCABULARY: Final[dict[str, tuple[str, ...]]] = {"event_type": EVENT_TYPES, "channel": CHANNELS}
 _SUMMABLE: Final = frozenset({"value"})
 MICROS_PER_DAY: Final = 86_400 * 1_000_000
+MAX_WINDOW_DAYS: Final = 36_500  # a window longer than a century is a typo (all history: `all`)
 # contact columns that are never features: the key, and consent (a legal flag, not behaviour)
 _NOT_ATTRIBUTES: Final = frozenset({"contact_id", "marketing_consent"})
 
@@ -55,14 +56,14 @@ class _AggregateEntry(FrozenSettings):
     for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
     where: _Filter = Field(default_factory=_Filter)
     where_not: _Filter = Field(default_factory=_Filter)
-    windows: list[int | Literal["all"]] | None = None
+    windows: list[StrictInt | Literal["all"]] | None = None
 
 
 class _DerivedEntry(FrozenSettings):
     name: str
     expr: str
     for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
-    windows: list[int | Literal["all"]] | None = None
+    windows: list[StrictInt | Literal["all"]] | None = None
 
 
 class _SpecFile(FrozenSettings):
@@ -285,6 +286,11 @@ def _window_days(window: int | str | None, where: str) -> int | None:
         return None
     if not isinstance(window, int) or window <= 0:
         raise SpecError(f"{where}: window {window!r} is not a positive number of days or all")
+    if window > MAX_WINDOW_DAYS:
+        raise SpecError(
+            f"{where}: window {window} is longer than {MAX_WINDOW_DAYS:,} days; use `all` for "
+            "all history"
+        )
     return window
 
 
@@ -303,7 +309,6 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
 # the feature table's own columns; and names starting with "_" are the engines' working columns
 # (their internal signals, atoms, runs and packed sums), which a feature must not shadow
 _RESERVED_NAMES = frozenset({"contact_id", "as_of", "rules_stage"})
-
 
 
 def _fingerprint(

@@ -56,9 +56,12 @@ def test_unknown_names_in_an_aggregate_are_errors_naming_them(extra: str, messag
         parse_feature_spec(BASE + extra)
 
 
-def test_an_unknown_window_is_an_error() -> None:
-    with pytest.raises(SpecError, match="windows"):
-        parse_feature_spec(BASE.replace("[7, 28]", "[7, forever]"))
+@pytest.mark.parametrize("window", ["forever", "true", "7.5", "0", "-3", "1000000"])
+def test_a_window_that_is_not_a_whole_number_of_days_up_to_a_century_is_an_error(
+    window: str,
+) -> None:
+    with pytest.raises(SpecError, match="window"):
+        parse_feature_spec(BASE.replace("[7, 28]", f"[7, {window}]"))
 
 
 def test_a_derived_feature_using_an_unknown_feature_is_an_error_naming_it() -> None:
@@ -94,7 +97,6 @@ def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None
     assert other.fingerprint != parse_feature_spec(BASE).fingerprint
 
 
-
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_a_spec_has_the_same_fingerprint_in_every_process(seed: str) -> None:
     """Logged to MLflow and compared across runs: it must not follow the string hashing a
@@ -111,6 +113,7 @@ def test_a_spec_has_the_same_fingerprint_in_every_process(seed: str) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == load_feature_spec().fingerprint
+
 
 def test_the_readme_example_adds_a_feature_to_the_shipped_spec() -> None:
     import re
