@@ -222,6 +222,35 @@ def test_every_builder_refuses_event_types_and_channels_outside_the_contract(
     assert build_online_features(later.to_dicts(), as_of=AS_OF, spec=SPEC)["event_count_90d"] == 0
 
 
+def test_copies_are_set_aside_and_same_instant_events_count_in_every_builder() -> None:
+    """An exact copy is the contract's to set aside (validation counts it); two events at the
+    same instant that differ (another campaign) are two events, and every builder counts both."""
+    from features.snapshots import build_training_frame
+
+    rows = [
+        ("a", "2024-02-28T10:00:00Z", "email", "email_click", None, "spring"),
+        ("a", "2024-02-28T10:00:00Z", "email", "email_click", None, "spring"),  # exact copy
+        ("a", "2024-02-28T10:00:00Z", "email", "email_click", None, "summer"),
+        ("a", "2024-02-20T09:00:00Z", "web", "purchase", 40.0, None),
+        ("a", "2024-02-20T09:00:00Z", "web", "purchase", 40.0, None),  # exact copy
+    ]
+    frame = pd.DataFrame(
+        rows, columns=["contact_id", "timestamp", "channel", "event_type", "value", "campaign_id"]
+    )
+    validated = validate(frame, now=NOW)
+    assert validated.rejects.column("reason").to_pylist() == ["duplicate", "duplicate"]
+    events = pl.from_arrow(validated.events)
+    assert isinstance(events, pl.DataFrame)
+    batch = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
+    many = _row(build_training_frame(events, as_of_dates=[AS_OF.date()], spec=SPEC), "a")
+    online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=SPEC)
+    for row in (batch, many, online):
+        assert row["email_click_count_7d"] == 2
+        assert row["purchase_count_all"] == 1
+        assert row["purchase_value_sum_all"] == 40.0
+        assert row["rules_stage"] == "conversion"  # one purchase: not yet a repeat customer
+
+
 # --- point in time, as properties ---------------------------------------------------------------
 
 rows = st.lists(
