@@ -60,6 +60,9 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     pydantic.ValidationError,
 )
 
+# the alias train and promote set; serve, build and evaluate read the same one by default
+_CONFIGURED_ALIAS = "the config's champion_alias, 'champion' as shipped"
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="A copy of features/config/default.yaml with your settings."),
@@ -430,7 +433,10 @@ def train(
 @app.command()
 def evaluate(
     version: Annotated[str | None, typer.Option(help="Model version (default: the alias).")] = None,
-    alias: Annotated[str, typer.Option(help="Registry alias to evaluate.")] = "champion",
+    alias: Annotated[
+        str | None,
+        typer.Option(help=f"Registry alias to evaluate (default: {_CONFIGURED_ALIAS})."),
+    ] = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -442,6 +448,7 @@ def evaluate(
 
     configure_tracking(tracking_uri)
     settings = load_training_settings(config)
+    alias = alias or settings.registry.champion_alias
     ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
     console.print(
         f"[bold]{ref.name}[/] version {ref.version} (run {ref.run_id[:12]}), test window:"
@@ -479,7 +486,10 @@ def serve(
         str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
-    alias: Annotated[str, typer.Option(help="Registry alias of the model to serve.")] = "champion",
+    alias: Annotated[
+        str | None,
+        typer.Option(help=f"Registry alias of the model to serve (default: {_CONFIGURED_ALIAS})."),
+    ] = None,
     version: Annotated[
         str | None, typer.Option(help="Registry version to serve instead of the alias.")
     ] = None,
@@ -514,7 +524,7 @@ def serve(
     env.update(
         {
             "FUNNELCAST_MODEL_NAME": settings.registry.model_name,
-            "FUNNELCAST_MODEL_ALIAS": alias,
+            "FUNNELCAST_MODEL_ALIAS": alias or settings.registry.champion_alias,
             "FUNNELCAST_WORKERS": str(workers),
             "MLFLOW_TRACKING_URI": _absolute_sqlite(resolve_uri(tracking_uri)),
         }
@@ -546,8 +556,11 @@ def serve(
 @app.command()
 def build(
     alias: Annotated[
-        str, typer.Option(help="Registry alias of the model to package.")
-    ] = "champion",
+        str | None,
+        typer.Option(
+            help=f"Registry alias of the model to package (default: {_CONFIGURED_ALIAS})."
+        ),
+    ] = None,
     version: Annotated[
         str | None, typer.Option(help="Registry version to package instead of the alias.")
     ] = None,
@@ -563,9 +576,10 @@ def build(
 
     configure_tracking(tracking_uri)
     settings = load_training_settings(config)
+    chosen = alias or settings.registry.champion_alias
     built = _with_spinner(
         "building the Bento",
-        lambda: build_bento(settings.registry.model_name, alias=alias, version=version),
+        lambda: build_bento(settings.registry.model_name, alias=chosen, version=version),
     )
     console.print(
         f"Built Bento [bold]{built.bento}[/] with model {built.model} (registry version "

@@ -28,8 +28,9 @@ class Built:
     version: str  # the registry version packaged
 
 
-def build_bento(name: str, *, alias: str = "champion", version: str | None = None) -> Built:
-    """Import the registry's model into the BentoML store and build the Bento around it."""
+def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
+    """Import the registry's model (``version``, or the one ``alias`` points to) into the
+    BentoML store and build the Bento around it."""
     import bentoml
     import mlflow
     from mlflow.tracking import MlflowClient

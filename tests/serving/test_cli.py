@@ -149,3 +149,62 @@ def test_features_are_built_from_a_simulated_folder_as_of_a_date(tmp_path: Path)
         table.columns
     )
     assert table["as_of"].dt.date().unique().to_list() == [dt.date(2024, 2, 1)]
+
+
+@pytest.fixture
+def production_config(tmp_path: Path) -> Path:
+    """A copy of the shipped settings whose champion alias is 'production'."""
+    import yaml
+
+    from features.settings import load_defaults
+
+    settings = load_defaults()
+    settings["training"]["registry"]["champion_alias"] = "production"
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings), "utf-8")
+    return path
+
+
+def test_serve_and_build_use_the_configured_champion_alias(
+    production_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias train and promote set (training.registry.champion_alias) is the one served
+    and packaged, unless --alias or --version says otherwise. Called in process, with the
+    model check, the server and the Bento build replaced by recorders."""
+    import os
+    from types import SimpleNamespace
+
+    import serving.packaging
+    import serving.runtime
+    import training.tracking
+    from serving import cli
+
+    monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
+    info = SimpleNamespace(model="funnelcast", model_version="1", source="a test")
+    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    served: list[dict[str, str]] = []
+    monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
+    built: list[tuple[str, str | None]] = []
+
+    def build_bento(name: str, *, alias: str, version: str | None = None) -> object:
+        built.append((alias, version))
+        return serving.packaging.Built(bento="funnelcast:t", model="funnelcast:m", version="1")
+
+    monkeypatch.setattr(serving.packaging, "build_bento", build_bento)
+    monkeypatch.setattr(training.tracking, "configure_tracking", lambda uri: uri)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+
+    cli.serve(tracking_uri=store, config=production_config)
+    cli.serve(tracking_uri=store, config=production_config, alias="staging")
+    cli.build(tracking_uri=store, config=production_config)
+    cli.build(tracking_uri=store, config=production_config, alias="staging")
+    cli.build(tracking_uri=store, config=None)
+    assert [env["FUNNELCAST_MODEL_ALIAS"] for env in served] == ["production", "staging"]
+    assert built == [("production", None), ("staging", None), ("champion", None)]
+
+
+@pytest.mark.parametrize("command", ["serve", "build", "evaluate"])
+def test_the_alias_help_names_the_configured_default(command: str) -> None:
+    result = _run(command, "--help")
+    assert result.returncode == 0
+    assert "champion_alias" in result.stdout
