@@ -527,7 +527,7 @@ def measure_floor(scorer: Scorer, bodies: Bodies, plan: Plan) -> dict[str, Any]:
         for i in range(plan.floor_batches + 1):
             began = time.perf_counter()
             contacts = BatchRequest.model_validate_json(raw[i % len(raw)]).contacts
-            predictions_json(scorer.predict_rows(contacts), batch=True)
+            predictions_json(scorer.predict_rows(contacts, batch=True), batch=True)
             seconds.append(time.perf_counter() - began)
         median = float(np.median(seconds[1:]))  # the first one warms up
         out["batch"][str(rows)] = {

@@ -40,6 +40,7 @@ from serving.schemas import (
 
 if TYPE_CHECKING:  # training is imported only when a model is loaded
     from training.models import ReasonsMethod
+    from training.pyfunc import FeatureValueError
 
 log = logging.getLogger("funnelcast.service")
 
@@ -106,27 +107,45 @@ class ServiceSettings:
         )
 
 
+def _ascii_key(key: str, where: str) -> str:
+    """A key as clients can send it: header values travel as latin-1 bytes, so a key with
+    other characters could never match. The message says where it is, never the key."""
+    if not key.isascii():
+        raise ServiceConfigError(
+            f"{where} has characters outside ASCII; HTTP headers carry latin-1 bytes, so no "
+            "request could present such a key. Use ASCII letters and digits (python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return key
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").lower() in {"1", "true", "yes", "on"}
 
 
 def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     """The accepted keys: ``FUNNELCAST_API_KEY`` (several separated by commas, for rotation)
-    and/or ``FUNNELCAST_API_KEY_FILE`` (one per line). None at all is a configuration error:
-    the service never runs open."""
+    and/or ``FUNNELCAST_API_KEY_FILE`` (one per line; blank lines and lines starting with
+    ``#`` are skipped). None at all is a configuration error: the service never runs open."""
     keys: list[str] = []
     inline = env.get("FUNNELCAST_API_KEY", "")
-    keys += [k.strip() for k in inline.split(",") if k.strip()]
+    for number, part in enumerate(inline.split(","), start=1):
+        if part.strip():
+            keys.append(_ascii_key(part.strip(), f"key {number} of FUNNELCAST_API_KEY"))
     path = env.get("FUNNELCAST_API_KEY_FILE", "").strip()
     if path:
         try:
             text = Path(path).read_text("utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             raise ServiceConfigError(
-                f"FUNNELCAST_API_KEY_FILE {path} cannot be read ({exc.strerror}); point it at a "
+                f"FUNNELCAST_API_KEY_FILE {path} cannot be read ({reason}); point it at a "
                 "file with one API key per line"
             ) from None
-        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        for number, line in enumerate(text.splitlines(), start=1):
+            key = line.strip()
+            if key and not key.startswith("#"):  # a comment is never a key
+                keys.append(_ascii_key(key, f"the key on line {number} of {path}"))
     if not keys:
         raise ServiceConfigError(
             "no API key is configured: set FUNNELCAST_API_KEY (or FUNNELCAST_API_KEY_FILE, one "
@@ -162,11 +181,19 @@ class Scorer(Protocol):
     info: ModelInfo
 
     def predict_rows(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[dict[str, Any]]: ...
 
     def predict(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[Prediction]: ...
 
     def metadata(self, limits: dict[str, int]) -> ModelMetadata: ...
@@ -339,10 +366,15 @@ def _event_rows(request: ContactRequest, as_of: dt.datetime) -> tuple[list[dict[
 
 
 def _attributes(
-    request: ContactRequest, wanted: Sequence[str], index: int | None
+    request: ContactRequest,
+    wanted: Sequence[str],
+    categories: Mapping[str, Sequence[Any]],
+    index: int | None,
 ) -> dict[str, Any] | None:
-    """The request's attributes for the online path; a date attribute given as ISO text is
-    parsed, because the model reads days since it."""
+    """The request's attributes for the online path, each of the kind its feature reads: a
+    date as ISO text (parsed, because the model reads days since it), a category as text (a
+    value the model has not seen is a missing value, as in LightGBM), anything else as a
+    number. A value of another kind is a ``RequestError`` naming the attribute."""
     given = request.attributes
     if given is None:
         return None
@@ -357,22 +389,31 @@ def _attributes(
     out: dict[str, Any] = {}
     value: Any
     for name, value in given.items():
-        if f"days_since_{name}" in wanted and value is not None and not isinstance(value, str):
-            raise RequestError(
-                _where(index, f"attributes.{name}"),
-                f"{value!r} is not an ISO date (e.g. 2025-03-01)",
-            )
-        if f"days_since_{name}" in wanted and isinstance(value, str):
-            try:
-                parsed = dt.datetime.fromisoformat(value)
-            except ValueError:
+        if value is None:
+            pass
+        elif f"days_since_{name}" in wanted:
+            value = _attribute_date(value, _where(index, f"attributes.{name}"))
+        elif name in categories:
+            if not isinstance(value, str):
+                shown = sorted(str(c) for c in categories[name])[:8]
                 raise RequestError(
                     _where(index, f"attributes.{name}"),
-                    f"'{value}' is not an ISO date (e.g. 2025-03-01)",
-                ) from None
-            value = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+                    f"{value!r} is not text; '{name}' is a category, e.g. one of {shown}",
+                )
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestError(_where(index, f"attributes.{name}"), f"{value!r} is not a number")
         out[name] = value
     return out
+
+
+def _attribute_date(value: Any, where: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise RequestError(where, f"{value!r} is not an ISO date (e.g. 2025-03-01)")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestError(where, f"'{value}' is not an ISO date (e.g. 2025-03-01)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 class RequestError(InputError):
@@ -418,7 +459,8 @@ class ModelScorer:
         self.feature_names: list[str] = list(model.feature_names)
         self.attribute_features: list[str] = list(model.attribute_features)
         self._feature_set = frozenset(self.feature_names)
-        self._categorical = frozenset(model.categories)
+        self._categories: dict[str, list[Any]] = model.categories
+        self._categorical = frozenset(self._categories)
         # build the caches now, not on a customer's request: the category codes, and the
         # one-stage boosters and leaf tables of the reasons (tens of ms each on first use),
         # and LightGBM's single-row predictors
@@ -443,7 +485,7 @@ class ModelScorer:
             self.check_given(given, index)
             return given, None
         rows, used = _event_rows(request, as_of)
-        contact = _attributes(request, self.attribute_features, index)
+        contact = _attributes(request, self.attribute_features, self._categories, index)
         features = build_online_features(
             rows, as_of=as_of, spec=self.spec, contact=contact, rules=self.rules
         )
@@ -476,18 +518,27 @@ class ModelScorer:
             )
 
     def predict(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[Prediction]:
         """``predict_rows`` as validated ``Prediction`` models."""
-        return _validated(self.predict_rows(requests, now))
+        return _validated(self.predict_rows(requests, now, batch=batch))
 
     def predict_rows(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[dict[str, Any]]:
         """One prediction per request, in order, as plain rows of ``Prediction``'s fields
-        (what the service encodes: ``predictions_json``)."""
+        (what the service encodes: ``predictions_json``). ``batch``: the requests are a
+        /predict_batch's contacts, so a ``RequestError``'s field starts with ``contacts.<i>.``
+        (however many there are); otherwise it names the field of the one contact."""
         now = now or dt.datetime.now(dt.UTC)
-        batch = len(requests) > 1
         out: list[dict[str, Any] | None] = [None] * len(requests)
         records: list[Mapping[str, Any]] = []
         slots: list[tuple[int, dt.datetime, int | None]] = []
@@ -537,9 +588,14 @@ class ModelScorer:
         """All contacts' features as one matrix. Each has every feature of the model (given
         ones by ``features_of``'s count of names, the online path's by construction) and text
         only in categories, checked for all at once; otherwise the contact and the feature
-        at fault are looked for one at a time, only then."""
+        at fault are looked for one at a time, only then. A value the model cannot read (a
+        number beyond float32, a stage name that is none) names its contact and feature."""
+        from training.pyfunc import FeatureValueError  # loaded with the model
+
         try:
             return self.model.encode_records(records, complete=True)
+        except FeatureValueError as exc:
+            raise _named(exc, slots[exc.row][0] if batch else None) from None
         except InputError:
             pass
         for record, (index, _, used) in zip(records, slots, strict=True):
@@ -547,14 +603,17 @@ class ModelScorer:
                 self.check_given(record, index if batch else None)
         try:
             return self.model.encode_records(records)
+        except FeatureValueError as exc:
+            raise _named(exc, slots[exc.row][0] if batch else None) from None
         except InputError:
             for record, (index, _, _) in zip(records, slots, strict=True):
+                where = index if batch else None
                 try:
                     self.model.encode_records([record])
+                except FeatureValueError as exc:
+                    raise _named(exc, where) from None
                 except InputError as exc:
-                    raise RequestError(
-                        _where(index if batch else None, "features"), str(exc)
-                    ) from None
+                    raise RequestError(_where(where, "features"), str(exc)) from None
             raise
 
     def metadata(self, limits: dict[str, int]) -> ModelMetadata:
@@ -566,6 +625,10 @@ class ModelScorer:
             horizon=int(self.model.horizon_days),
             reasons_method=self.model.reasons_method,
         )
+
+
+def _named(error: FeatureValueError, index: int | None) -> RequestError:
+    return RequestError(_where(index, f"features.{error.feature}"), str(error))
 
 
 class RulesScorer:
@@ -586,16 +649,24 @@ class RulesScorer:
         )
 
     def predict(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[Prediction]:
         """``predict_rows`` as validated ``Prediction`` models."""
-        return _validated(self.predict_rows(requests, now))
+        return _validated(self.predict_rows(requests, now, batch=batch))
 
     def predict_rows(
-        self, requests: Sequence[ContactRequest], now: dt.datetime | None = None
+        self,
+        requests: Sequence[ContactRequest],
+        now: dt.datetime | None = None,
+        *,
+        batch: bool = False,
     ) -> list[dict[str, Any]]:
+        """As ``ModelScorer.predict_rows``, with the rules' stage."""
         now = now or dt.datetime.now(dt.UTC)
-        batch = len(requests) > 1
         out: list[dict[str, Any]] = []
         for i, request in enumerate(requests):
             as_of = request.as_of or now

@@ -16,6 +16,7 @@ read when a worker starts. Every endpoint but the probes and the API docs requir
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from features.errors import InputError
+from serving.openapi import complete_openapi
 from serving.runtime import (
     RequestError,
     Scorer,
@@ -188,7 +190,10 @@ class Funnelcast:
     async def predict(self, request: ContactRequest, /) -> Prediction:
         """Score one contact from its raw events or its precomputed features.
 
-        Contacts without marketing consent are not scored: status 'no_consent'."""
+        Contacts without marketing consent are not scored: status 'no_consent'. A category
+        value the model did not see in training (a new segment or acquisition source) is
+        scored as missing, as LightGBM scores unseen categories; 'rules_stage' among given
+        features must be one of the stage names. Numbers must fit float32 (about 3.4e38)."""
         try:
             if len(request.events or ()) > _ON_THE_LOOP_EVENTS:
                 # a long history would hold the event loop (and /readyz) for milliseconds
@@ -213,7 +218,7 @@ class Funnelcast:
                 status_code=413,
             )
         try:
-            rows = self.scorer.predict_rows(request.contacts)
+            rows = self.scorer.predict_rows(request.contacts, batch=True)
         except InputError as exc:
             return _bad_request(exc)  # type: ignore[return-value]
         return _answer(predictions_json(rows, batch=True))  # type: ignore[return-value]
@@ -223,8 +228,20 @@ class Funnelcast:
 
 
 # GET routes: BentoML's APIs are POST only, so /metadata is a FastAPI app mounted beside them
-# (and listed in the service's OpenAPI document with its response model)
+# (and listed in the service's OpenAPI document with its response model). Mounted apps are
+# routed before BentoML's own /docs.json, so the completed document is served in its place.
 _extra = FastAPI(title="funnelcast", openapi_url=None, docs_url=None, redoc_url=None)
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    return complete_openapi(Funnelcast.openapi_spec.asdict())  # type: ignore[attr-defined]
+
+
+@_extra.get("/docs.json", include_in_schema=False)
+def openapi_document() -> JSONResponse:
+    """BentoML's OpenAPI document with the API-key schemes and the real error responses."""
+    return JSONResponse(_openapi_document())
 
 
 @_extra.get("/metadata", response_model=ModelMetadata, tags=["Service APIs"])

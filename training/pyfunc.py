@@ -44,6 +44,20 @@ OUTPUT_COLUMNS = (
     "reason_3",
     "cta",
 )
+# categorical features whose values are a closed vocabulary: another value is a mistake, not a
+# category the model has not seen (which is read as missing, as LightGBM does)
+CLOSED_CATEGORIES: dict[str, tuple[str, ...]] = {"rules_stage": STAGES}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class FeatureValueError(InputError):
+    """A feature value the model cannot read; ``row`` (the record's position) and ``feature``
+    say where."""
+
+    def __init__(self, message: str, *, row: int, feature: str) -> None:
+        super().__init__(message)
+        self.row = row
+        self.feature = feature
 
 
 class _PythonModel(_MlflowPythonModel):
@@ -184,19 +198,27 @@ class FunnelcastModel(_PythonModel):
         ``complete=True`` (the service's requests, whose names it has checked): every record
         must hold every feature, and a missing one, or text where a number goes, is an
         ``InputError`` that names neither the feature nor the record, at a third of the cost
-        of looking (the caller then looks, record by record)."""
+        of looking (the caller then looks, record by record).
+
+        A number beyond float32's range (it would be read as infinite), a value of the wrong
+        kind, or a 'rules_stage' that is no stage name is a ``FeatureValueError`` naming the
+        record and the feature."""
         codes = self._category_codes()
         numeric, categorical = self._columns()
         X = np.empty((len(records), len(self.feature_names)), dtype=np.float64)
         names = [self.feature_names[j] for j in numeric]
         try:
             values = _complete_values_of(records, names) if complete else _values_of(records, names)
-            # numpy reads None as NaN; float32 is the precision the model was trained at
-            block = np.array(values, dtype=np.float32)
+            # numpy reads None as NaN; float32 is the precision the model was trained at; a
+            # number beyond its range becomes inf here, and is refused just below
+            with np.errstate(over="ignore"):
+                block = np.array(values, dtype=np.float32)
         except (KeyError, TypeError, ValueError):  # KeyError: a name missing (complete only)
             if complete:
                 raise InputError("a feature is missing, or text where a number goes") from None
             block = self._numbers_one_by_one(records, names)
+        if np.isinf(block).any():  # one pass over the block; the culprit is looked for only now
+            raise _beyond_float32(block, records, names)
         if names:
             X[:, numeric] = block.reshape(len(records), len(names))
         for j in categorical:
@@ -209,12 +231,17 @@ class FunnelcastModel(_PythonModel):
                 if value is None:
                     X[i, j] = np.nan
                 elif not isinstance(value, str):
-                    raise InputError(
+                    raise FeatureValueError(
                         f"feature '{name}' is a category; give it as text, one of "
-                        f"{sorted(mapping)[:8]}"
+                        f"{sorted(mapping)[:8]}",
+                        row=i,
+                        feature=name,
                     )
                 else:
-                    X[i, j] = mapping.get(value, np.nan)
+                    code = mapping.get(value)
+                    if code is None:  # a category not seen in training: missing, unless ...
+                        _check_closed(name, value, row=i)  # ... there is no such category
+                    X[i, j] = np.nan if code is None else code
         return X
 
     def _columns(self) -> tuple[list[int], list[int]]:
@@ -235,14 +262,17 @@ class FunnelcastModel(_PythonModel):
     ) -> npt.NDArray[np.float32]:
         """The slow path, taken only to name the feature that is not a number."""
         out = np.empty((len(records), len(names)), dtype=np.float32)
-        for i, record in enumerate(records):
-            for j, name in enumerate(names):
-                value = record.get(name)
-                if value is not None and (
-                    isinstance(value, bool) or not isinstance(value, int | float)
-                ):
-                    raise InputError(f"feature '{name}' is a number; got {value!r}")
-                out[i, j] = np.nan if value is None else value
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused by the caller
+            for i, record in enumerate(records):
+                for j, name in enumerate(names):
+                    value = record.get(name)
+                    if value is not None and (
+                        isinstance(value, bool) or not isinstance(value, int | float)
+                    ):
+                        raise FeatureValueError(
+                            f"feature '{name}' is a number; got {value!r}", row=i, feature=name
+                        )
+                    out[i, j] = np.nan if value is None else value
         return out
 
     # --- scoring --------------------------------------------------------------------------------
@@ -307,6 +337,31 @@ class FunnelcastModel(_PythonModel):
             out[f"reason_{k + 1}"] = [r[k] if len(r) > k else None for r in phrases]
         out["cta"] = scored["cta"]
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
+
+
+def _beyond_float32(
+    block: npt.NDArray[np.float32], records: Sequence[Mapping[str, Any]], names: list[str]
+) -> FeatureValueError:
+    """The first value that became infinite in the float32 block, named."""
+    rows, columns = np.nonzero(np.isinf(block.reshape(len(records), len(names))))
+    row, name = int(rows[0]), names[int(columns[0])]
+    return FeatureValueError(
+        f"feature '{name}' is {records[row].get(name)!r}, beyond the float32 range the model "
+        f"reads numbers in (\u00b1{FLOAT32_MAX:.4g})",
+        row=row,
+        feature=name,
+    )
+
+
+def _check_closed(name: str, value: str, *, row: int) -> None:
+    vocabulary = CLOSED_CATEGORIES.get(name)
+    if vocabulary is not None and value not in vocabulary:
+        raise FeatureValueError(
+            f"feature '{name}' is {value!r}, not one of its values {list(vocabulary)} (give "
+            "null when it is undefined)",
+            row=row,
+            feature=name,
+        )
 
 
 def _complete_values_of(records: Sequence[Mapping[str, Any]], names: list[str]) -> list[Any]:

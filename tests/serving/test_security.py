@@ -22,6 +22,39 @@ def test_keys_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
     assert keys == (KEY, OTHER, "third-key-0123456789")
 
 
+def test_comments_and_blank_lines_in_the_key_file_are_not_keys(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# keys for the CRM, rotated 2026-12\n\n{KEY}\n  # old: {OTHER}\n", "utf-8")
+    keys = read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert keys == (KEY,)
+    assert not KeyCheck(keys).accepts("# keys for the CRM, rotated 2026-12")
+    path.write_text("# only a comment\n\n", "utf-8")
+    with pytest.raises(ServiceConfigError, match="no API key is configured"):
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+
+
+def test_a_key_no_header_can_carry_is_refused_naming_its_line_not_the_key(
+    tmp_path: Path,
+) -> None:
+    secret = "clé-secrète-0123456789abcdef"
+    path = tmp_path / "keys"
+    path.write_text(f"# comment\n{KEY}\n{secret}\n", "utf-8")
+    with pytest.raises(ServiceConfigError, match="line 3 of") as caught:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert "ASCII" in str(caught.value)
+    assert secret not in str(caught.value)
+    with pytest.raises(ServiceConfigError, match="key 2 of FUNNELCAST_API_KEY") as caught:
+        read_api_keys({"FUNNELCAST_API_KEY": f"{KEY},{secret}"})
+    assert secret not in str(caught.value)
+
+
+def test_a_key_file_that_is_not_utf8_text_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_bytes(b"\xff\xfe" + KEY.encode("utf-16-le"))
+    with pytest.raises(ServiceConfigError, match="not UTF-8"):
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [

@@ -266,17 +266,17 @@ def test_missing_and_mistyped_features_are_refused(
     with pytest.raises(RequestError, match=r"missing feature.*email_click_count_7d"):
         scorer.predict([_request({"marketing_consent": True, "features": partial})])
     wrong = {**features, "segment": 3.0}
-    with pytest.raises(RequestError, match="'segment' is a category"):
+    with pytest.raises(RequestError, match="'segment' is a category") as caught:
         scorer.predict([_request({"marketing_consent": True, "features": wrong})])
-    # in a batch the field says which contact
-    with pytest.raises(RequestError) as caught:
-        scorer.predict(
-            [
-                _request({"marketing_consent": True, "features": features}),
-                _request({"marketing_consent": True, "features": wrong}),
-            ]
-        )
-    assert caught.value.field == "contacts.1.features"
+    assert caught.value.field == "features.segment"
+    # in a batch the field says which contact, however many the batch holds
+    for contacts in ([features, wrong], [wrong]):
+        with pytest.raises(RequestError) as caught:
+            scorer.predict(
+                [_request({"marketing_consent": True, "features": f}) for f in contacts],
+                batch=True,
+            )
+        assert caught.value.field == f"contacts.{len(contacts) - 1}.features.segment"
 
 
 @pytest.mark.parametrize(
@@ -315,7 +315,10 @@ def test_as_many_features_as_the_model_uses_are_still_checked_by_name_and_kind(
     for batch in (False, True):
         contacts = [features, wrong] if batch else [wrong]
         with pytest.raises(RequestError) as caught:
-            scorer.predict([_request({"marketing_consent": True, "features": f}) for f in contacts])
+            scorer.predict(
+                [_request({"marketing_consent": True, "features": f}) for f in contacts],
+                batch=batch,
+            )
         assert caught.value.field == (f"contacts.1.{field}" if batch else field)
         assert words in caught.value.message
 
@@ -493,6 +496,51 @@ def test_the_rules_fallback_says_so_in_every_answer(
     assert predictions_json(rows, batch=True) == (
         BatchPredictions(predictions=scorer.predict(requests, now)).model_dump_json().encode()
     )
+
+
+def test_the_rules_fallback_names_the_contact_of_a_batch_of_one(
+    tmp_path: Any, served: Served
+) -> None:
+    settings = ServiceSettings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
+            "FUNNELCAST_API_KEY": served.api_key,
+            "FUNNELCAST_ALLOW_RULES_FALLBACK": "1",
+        }
+    )
+    scorer = load_scorer(settings)
+    request = _request({"marketing_consent": True, "features": {"rules_stage": "bogus"}})
+    with pytest.raises(RequestError) as caught:
+        scorer.predict([request], batch=True)
+    assert caught.value.field == "contacts.0.features.rules_stage"
+    with pytest.raises(RequestError) as caught:
+        scorer.predict([request])
+    assert caught.value.field == "features.rules_stage"
+
+
+def test_a_number_beyond_float32_is_never_scored_as_infinite(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """The float32 cast would make it inf (with a RuntimeWarning, an error in these tests);
+    it is refused naming the record and the feature instead, on every path to the model."""
+    from training.pyfunc import FeatureValueError
+
+    model: FunnelcastModel = service.scorer.model
+    features, _ = service.scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    huge = {**features, "email_click_count_7d": 1e39}
+    for complete in (True, False):
+        with pytest.raises(FeatureValueError, match="float32") as caught:
+            model.encode_records([features, huge], complete=complete)
+        assert (caught.value.row, caught.value.feature) == (1, "email_click_count_7d")
+    # text after it sends the record down the slow path, which names the text, warning-free
+    last = [n for n in model.feature_names if n not in model.categories][-1]
+    with pytest.raises(FeatureValueError, match="is a number") as caught:
+        model.encode_records([{**huge, last: "many"}])
+    assert caught.value.feature == last
+    with pytest.raises(FeatureValueError, match="float32"):
+        model.predict_records([huge])
 
 
 def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> None:
