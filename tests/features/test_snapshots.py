@@ -137,9 +137,10 @@ def test_recency_of_one_matching_event_when_some_contacts_are_not_eligible() -> 
     assert frame.get_column("days_since_first_event").to_list() == [1.0, 6.0, 8.0, 13.0]
 
 
-def test_an_event_without_a_type_counts_for_nothing_and_leaks_into_no_other_contact() -> None:
+def test_an_event_without_a_type_is_refused_by_both_builders() -> None:
     # ingest rejects such events, but frames and Parquet files given directly are not checked;
-    # a's last event of its last day has no type, which once left a's running total null
+    # counted by some features and not others (or leaking through a null running total into
+    # the next contact), it is refused instead, naming the value
     at = [dt.datetime(2024, 3, day, hour, tzinfo=dt.UTC) for day, hour in [(1, 10), (2, 10)]]
     events = pl.DataFrame(
         {
@@ -151,12 +152,11 @@ def test_an_event_without_a_type_counts_for_nothing_and_leaks_into_no_other_cont
         },
         schema_overrides={"value": pl.Float64, "timestamp": pl.Datetime("us", "UTC")},
     )
-    frame = _assert_each_date_equals_the_engine(events, None, [dt.date(2024, 3, 5)])
-    assert frame.get_column("event_count_90d").to_list() == [1, 2]
-    assert frame.get_column("days_since_first_event").to_list() == [
-        pytest.approx(4 - 10 / 24),
-        pytest.approx(4 - 9 / 24),
-    ]
+    as_of = dt.datetime(2024, 3, 5, tzinfo=dt.UTC)
+    with pytest.raises(InputError, match="`event_type` holds None"):
+        build_training_frame(events, as_of_dates=[as_of.date()], spec=SPEC)
+    with pytest.raises(InputError, match="`event_type` holds None"):
+        build_contact_features(events, as_of=as_of, spec=SPEC)
 
 
 # --- point in time, as properties ---------------------------------------------------------------
