@@ -339,14 +339,15 @@ class ValidationIssue(BaseModel):
 
 class BadRequest(BaseModel):
     """400: the request is malformed (`detail` lists what does not match the schema) or the
-    model cannot use it (`field` says where)."""
+    model cannot use it; `field` says where, and the message starts with it."""
 
     error: str = Field(description="What is wrong, in words.")
     field: str | None = Field(
         default=None,
         description=(
-            "The field at fault as a dotted path, e.g. 'contacts.3.features.rules_stage' "
-            "(when the body matches the schema but the model cannot use it)."
+            "The field at fault as a dotted path, e.g. 'events.0.timestamp' or "
+            "'contacts.3.features.rules_stage' (with several problems, the first of "
+            "`detail`); null only when the body is not JSON at all."
         ),
     )
     detail: list[ValidationIssue] | None = Field(

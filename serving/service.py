@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from features.errors import InputError
+from serving.errors import NamedValidationErrors
 from serving.openapi import complete_openapi
 from serving.runtime import (
     RequestError,
@@ -254,3 +255,4 @@ def metadata() -> ModelMetadata:
 
 Funnelcast.mount_asgi_app(_extra, path="/")  # type: ignore[attr-defined]
 Funnelcast.add_asgi_middleware(_Guard)  # type: ignore[attr-defined]
+Funnelcast.add_asgi_middleware(NamedValidationErrors)  # type: ignore[attr-defined]

@@ -167,8 +167,38 @@ def test_bad_input_is_a_400_naming_the_field(
     assert response.status_code == 400
     answer = response.json()
     assert answer["error"]
+    assert "IODescriptor" not in answer["error"]  # BentoML's internal class is not the field
     if field is not None:
         assert field in [d["loc"] for d in answer["detail"]]
+        dotted = ".".join(str(part) for part in answer["detail"][0]["loc"])
+        assert answer["field"] == dotted
+        assert answer["error"].startswith(f"{dotted}: ")
+
+
+def test_every_400_has_the_same_shape_with_the_field(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """The schema's refusals (BentoML's) and the model's (the service's) both say `field`."""
+    event = {"timestamp": "2026-01-01T00:00:00Z", "event_type": "page_veiw", "channel": "web"}
+    schema = client.post(
+        "/predict_batch",
+        headers=auth,
+        json={"contacts": [{"marketing_consent": True, "events": [event]}]},
+    )
+    model = client.post(
+        "/predict", headers=auth, json={"marketing_consent": True, "features": {"height_cm": 1}}
+    )
+    malformed = client.post(
+        "/predict", headers={**auth, "Content-Type": "application/json"}, content=b"{"
+    )
+    for response in (schema, model, malformed):
+        assert response.status_code == 400
+        assert set(response.json()) >= {"error", "field"}
+    assert schema.json()["field"] == "contacts.0.events.0.event_type"
+    assert schema.json()["error"].startswith("contacts.0.events.0.event_type: Input should be")
+    assert model.json()["field"] == "features"
+    assert malformed.json()["field"] is None
+    assert malformed.json()["error"]
 
 
 @pytest.mark.parametrize(

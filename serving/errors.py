@@ -1,0 +1,75 @@
+"""One shape for every 400 of the prediction endpoints: ``{"error", "field"}``, and ``detail``
+when the body does not match the request schema.
+
+BentoML answers a body that fails the schema itself, with ``{"error": "1 validation error for
+ContactRequestIODescriptor", "detail": [...]}``: the message names an internal class, not the
+field, and there is no ``field`` as in the service's own 400s (``serving.service``). This ASGI
+middleware rewrites those answers only (a 400 whose body has ``detail`` and no ``field``):
+the first problem's place becomes ``field`` and leads the message; ``detail`` is kept whole.
+Other answers pass through untouched, at the cost of one call per ASGI message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serving.security import ASGIApp, Message, Receive, Scope, Send
+
+
+class NamedValidationErrors:
+    """Rewrites BentoML's schema-validation 400s to name the field (see the module)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def named(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                held = message  # sent once the body is known, with its new length
+                return
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = with_field(b"".join(chunks))
+            headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**held, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, named)
+
+
+def with_field(body: bytes) -> bytes:
+    """A schema-validation 400 body with ``field`` (the first problem's dotted place, null for
+    malformed JSON) and a message that starts with it; any other body unchanged."""
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(answer, dict) or "field" in answer:
+        return body
+    detail = answer.get("detail")
+    if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
+        return body
+    first = detail[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or None
+    message = str(first.get("msg", "invalid request"))
+    if len(detail) > 1:
+        message += f" (and {len(detail) - 1} more: see detail)"
+    named = {
+        "error": f"{field}: {message}" if field else message,
+        "field": field,
+        "detail": detail,
+    }
+    return json.dumps(named).encode("utf-8")
