@@ -6,6 +6,8 @@ ContactRequestIODescriptor", "detail": [...]}``: the message names an internal c
 field, and there is no ``field`` as in the service's own 400s (``serving.service``). This ASGI
 middleware rewrites those answers only (a 400 whose body has ``detail`` and no ``field``):
 the first problem's place becomes ``field`` and leads the message; ``detail`` is kept whole.
+A batch over the contact limit (the schema's ``max_length``, where validation stops) becomes
+the 413 with the limit.
 Other answers pass through untouched, at the cost of one call per ASGI message.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from serving.schemas import MAX_BATCH_CONTACTS
 from serving.security import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -41,27 +44,36 @@ class NamedValidationErrors:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            body = with_field(b"".join(chunks))
+            status, body = reshaped(b"".join(chunks))
             headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({**held, "headers": headers})
+            await send({**held, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, named)
 
 
-def with_field(body: bytes) -> bytes:
-    """A schema-validation 400 body with ``field`` (the first problem's dotted place, null for
-    malformed JSON) and a message that starts with it; any other body unchanged."""
+def reshaped(body: bytes) -> tuple[int, bytes]:
+    """A schema-validation 400's status and body: with ``field`` (the first problem's dotted
+    place, null for malformed JSON) and a message that starts with it; a batch over the
+    contact limit is the 413 with the limit; any other body is unchanged."""
     try:
         answer: Any = json.loads(body)
     except ValueError:
-        return body
+        return 400, body
     if not isinstance(answer, dict) or "field" in answer:
-        return body
+        return 400, body
     detail = answer.get("detail")
     if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
-        return body
+        return 400, body
+    if any(d.get("type") == "too_long" and d.get("loc") == ["contacts"] for d in detail):
+        too_many = {
+            "error": f"the batch holds more than the limit of {MAX_BATCH_CONTACTS} contacts "
+            "per request; split it",
+            "field": "contacts",
+            "limit": MAX_BATCH_CONTACTS,
+        }
+        return 413, json.dumps(too_many).encode("utf-8")
     first = detail[0]
     field = ".".join(str(part) for part in first.get("loc", ())) or None
     message = str(first.get("msg", "invalid request"))
@@ -72,4 +84,4 @@ def with_field(body: bytes) -> bytes:
         "field": field,
         "detail": detail,
     }
-    return json.dumps(named).encode("utf-8")
+    return 400, json.dumps(named).encode("utf-8")

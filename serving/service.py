@@ -42,7 +42,6 @@ from serving.runtime import (
     predictions_json,
 )
 from serving.schemas import (
-    MAX_BATCH_CONTACTS,
     BatchPredictions,
     BatchRequest,
     ContactRequest,
@@ -207,17 +206,8 @@ class Funnelcast:
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, request: BatchRequest, /) -> BatchPredictions:
-        """Score up to 1,000 contacts in one request (more: 413, split the batch)."""
-        if len(request.contacts) > MAX_BATCH_CONTACTS:
-            return JSONResponse(  # type: ignore[return-value]
-                {
-                    "error": f"{len(request.contacts)} contacts is over the limit of "
-                    f"{MAX_BATCH_CONTACTS} per request; split the batch",
-                    "field": "contacts",
-                    "limit": MAX_BATCH_CONTACTS,
-                },
-                status_code=413,
-            )
+        """Score up to 1,000 contacts in one request (more: 413 with the limit, from
+        ``serving.errors``, before any contact is scored: split the batch)."""
         try:
             rows = self.scorer.predict_rows(request.contacts, batch=True)
         except InputError as exc:
