@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from features.errors import InputError
 
-class ConsentUnknownError(ValueError):
+
+class ConsentUnknownError(InputError):
     """No contacts table was given, so nobody's marketing consent is known."""
 
 

@@ -326,6 +326,11 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
         return in_utc(frame.lazy())
     path = Path(events)
     if path.is_dir():
+        if not (path / "events.parquet").exists() and not any(path.glob("*.parquet")):
+            raise FileNotFoundError(
+                f"{path} holds no Parquet files; give the events folder written by ingest or "
+                "simulate (with its events.parquet), or an events Parquet file"
+            )
         path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
     elif not path.exists() and "*" not in str(path):
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")

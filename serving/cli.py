@@ -328,26 +328,41 @@ def features(
             "needs Java 17 and the spark extra)."
         ),
     ] = Engine.polars,
+    assume_consent: Annotated[
+        bool,
+        typer.Option(help="Without a contacts table: treat every contact as consented."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Per-contact features as of a date, from the declarative feature spec (events before the
-    date only)."""
+    date only). Contacts without marketing consent are left out of the file, and counted."""
+    from features.consent import restrict_to_consented
     from features.engine import build_contact_features
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
 
     snapshot = _parse_date(as_of, "--as-of")
+    if snapshot > dt.datetime.now(dt.UTC):
+        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
     feature_spec = load_feature_spec(spec)
     rules = load_rules_settings(config)
     folder = events if events.is_dir() else events.parent
+    if contacts is not None and not contacts.exists():
+        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
     contacts_path = contacts or folder / "contacts.parquet"
+    if not contacts_path.exists() and not assume_consent:
+        raise InputError(
+            f"no contacts table ({contacts_path} does not exist), so no marketing consent is "
+            "known and no contact may be exported; give --contacts, or pass --assume-consent "
+            "if every contact opted in"
+        )
+    contact_table = read_table(contacts_path) if contacts_path.exists() else None
     building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
     if engine is Engine.spark:
         table = _build_features_on_spark(
             events, contacts_path, building, as_of=snapshot, spec=feature_spec, rules=rules
         )
     else:
-        contact_table = read_table(contacts_path) if contacts_path.exists() else None
         with _progress() as progress:
             task = progress.add_task(building, total=None)
 
@@ -364,10 +379,13 @@ def features(
                 rules=rules,
                 progress=advance,
             )
+    consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
+    table = consented.kept
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {out} "
-        f"(spec {feature_spec.fingerprint[:12]})."
+        f"(spec {feature_spec.fingerprint[:12]}); "
+        f"{consented.contacts_without_consent:,} without marketing consent left out."
     )
 
 

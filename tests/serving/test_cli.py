@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,64 @@ def test_features_are_built_from_a_simulated_folder_as_of_a_date(tmp_path: Path)
         table.columns
     )
     assert table["as_of"].dt.date().unique().to_list() == [dt.date(2024, 2, 1)]
+    # contacts without marketing consent are never exported: left out, and counted
+    contacts = pl.read_parquet(data / "contacts.parquet")
+    refused = set(contacts.filter(~pl.col("marketing_consent"))["contact_id"])
+    assert refused
+    assert not refused & set(table["contact_id"])
+    everyone = tmp_path / "everyone.parquet"
+    assumed = _run(
+        "features",
+        "--events",
+        str(data / "events.parquet"),
+        "--contacts",
+        str(tmp_path / "none.parquet"),
+        "--as-of",
+        "2024-02-01",
+        "--out",
+        str(everyone),
+    )
+    assert assumed.returncode == 2
+    assert "--contacts" in assumed.stderr
+    assert "does not exist" in assumed.stderr
+    (data / "contacts.parquet").rename(tmp_path / "contacts.parquet")
+    unknown = _run(
+        "features", "--events", str(data), "--as-of", "2024-02-01", "--out", str(everyone)
+    )
+    assert unknown.returncode == 2
+    assert "--assume-consent" in unknown.stderr
+    assert not everyone.exists()
+    args = ["--events", str(data), "--as-of", "2024-02-01", "--out", str(everyone)]
+    assert _run("features", *args, "--assume-consent").returncode == 0
+    everyone_ids = set(pl.read_parquet(everyone)["contact_id"])
+    assert everyone_ids & refused  # active contacts without consent, exported only so ...
+    assert everyone_ids - refused <= set(table["contact_id"])  # ... and left out only they were
+    # with a contacts table every listed contact is a row, so every one without consent is
+    # left out and counted
+    left_out = re.search(r"([\d,]+) without marketing consent left out", result.stdout)
+    assert left_out is not None
+    assert int(left_out.group(1).replace(",", "")) == len(refused)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--as-of", "2999-01-01"], "in the future"),
+        (["--events", "{tmp}"], "holds no Parquet files"),
+    ],
+)
+def test_features_refuses_a_future_date_and_a_folder_without_events(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    given = {"--events": str(tmp_path), "--as-of": "2024-02-01"}
+    for name, value in zip(args[::2], args[1::2], strict=True):
+        given[name] = value.format(tmp=tmp_path)
+    (tmp_path / "sub").mkdir()
+    flat = [part for pair in given.items() for part in pair]
+    result = _run("features", *flat, "--out", str(tmp_path / "f.parquet"), "--assume-consent")
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture

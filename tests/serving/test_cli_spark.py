@@ -29,7 +29,7 @@ def test_features_on_spark_equal_features_on_polars(spark_installed: None, tmp_p
         args = ["features", "--events", str(data), "--as-of", "2024-02-01", "--out", str(out)]
         result = runner.invoke(app, [*args, "--engine", engine])
         assert result.exit_code == 0, result.output
-        assert "Wrote 200 contacts x" in result.output
+        assert "without marketing consent left out" in result.output
         outputs[engine] = pl.read_parquet(out)
     assert "segment" in outputs["spark"].columns
     assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
