@@ -6,7 +6,7 @@ import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,21 +27,53 @@ class RulesSettings(FrozenSettings):
     repeat_visit_min_days: int = Field(ge=2)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error: PyYAML keeps
+    the last one, so a second `derived:` appended to a spec silently replaced the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the safe loader's own error follows
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {key!r} appears twice; merge the two into one (the second would "
+                    "replace the first)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(source: str | IO[str]) -> Any:
+    """YAML text (or a text stream) as Python objects, safely; a repeated key is an error."""
+    return yaml.load(source, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+
+
 def load_defaults(path: Path | None = None) -> dict[str, Any]:
     """The raw defaults: the shipped ``features/config/default.yaml`` or a user's copy of it."""
     if path is None:
         return copy.deepcopy(_shipped_defaults())  # callers may edit; the cache must not change
     with open(path, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle)
+        try:
+            loaded = load_yaml(handle)
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path} is not a YAML mapping of settings sections")
+        raise InputError(f"{path} is not a YAML mapping of settings sections")
     return loaded
 
 
 @cache
 def _shipped_defaults() -> dict[str, Any]:
     text = resources.files("features").joinpath("config/default.yaml").read_text("utf-8")
-    loaded = yaml.safe_load(text)
+    loaded = load_yaml(text)
     assert isinstance(loaded, dict)
     return loaded
 
@@ -56,7 +88,7 @@ def parse_yaml_model(
     """Parse YAML text into a settings model; every problem becomes one ``error`` whose message
     names the file and, per problem, the key path to fix (pydantic's own text is long)."""
     try:
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as exc:
         raise error(f"{origin} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):

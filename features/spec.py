@@ -159,7 +159,15 @@ def load_feature_spec(path: Path | None = None) -> FeatureSpec:
 
 
 def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpec:
-    spec_file = parse_yaml_model(text, _SpecFile, origin=origin, error=SpecError)
+    try:
+        spec_file = parse_yaml_model(text, _SpecFile, origin=origin, error=SpecError)
+    except SpecError as exc:
+        if "`aggregates`: Field required" in str(exc):  # a snippet, not a whole spec
+            raise SpecError(
+                f"{exc}. A spec is a whole file: copy features/config/feature_spec.yaml and "
+                "add your features to it"
+            ) from exc
+        raise
     aggregates = tuple(
         itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
     )

@@ -97,6 +97,24 @@ def test_equal_specs_have_equal_fingerprints_and_different_ones_differ() -> None
     assert other.fingerprint != parse_feature_spec(BASE).fingerprint
 
 
+def test_a_key_given_twice_is_an_error_not_a_silent_replacement() -> None:
+    """Appending a second `derived:` to a copy of the spec once replaced the shipped list."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "features" / "config" / "feature_spec.yaml"
+    shipped = path.read_text("utf-8")
+    assert "\nderived:" in shipped
+    appended = shipped + '\nderived:\n  - name: x\n    expr: "page_view_count_7d + 1"\n'
+    with pytest.raises(SpecError, match="key 'derived' appears twice"):
+        parse_feature_spec(appended)
+
+
+def test_a_snippet_alone_is_told_to_start_from_a_copy_of_the_spec() -> None:
+    snippet = 'derived:\n  - name: x\n    expr: "page_view_count_7d + 1"\n'
+    with pytest.raises(SpecError, match=r"copy features/config/feature_spec\.yaml"):
+        parse_feature_spec(snippet)
+
+
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_a_spec_has_the_same_fingerprint_in_every_process(seed: str) -> None:
     """Logged to MLflow and compared across runs: it must not follow the string hashing a
