@@ -12,6 +12,7 @@ BentoML's schemas that no path of this service uses.
 from __future__ import annotations
 
 import copy
+from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,6 +20,10 @@ from pydantic.json_schema import models_json_schema
 
 from serving.schemas import (
     BadRequest,
+    BatchPredictions,
+    BatchRequest,
+    ContactRequest,
+    Prediction,
     ServerError,
     TooLarge,
     Unauthorized,
@@ -86,15 +91,79 @@ def _error_schemas() -> dict[str, Any]:
     return dict(top.get("$defs", {}))
 
 
+# each prediction endpoint's request and answer, named as in serving.schemas
+BODIES: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "/predict": (ContactRequest, Prediction),
+    "/predict_batch": (BatchRequest, BatchPredictions),
+}
+DESCRIPTION = (
+    "funnelcast scores CRM contacts: the funnel stage, every stage's probability, the purchase "
+    "propensity, three reasons in the CRM's words and the call to action, from a contact's raw "
+    "events or precomputed features. Every endpoint but the probes and these documents needs "
+    "an API key. Contacts without marketing consent are never scored."
+)
+
+
+def _body_schemas() -> dict[str, Any]:
+    """The request and answer models of the prediction endpoints as components, under their
+    own names (BentoML inlines copies named ``...IODescriptor``, and its inlined answers lose
+    their nulls)."""
+    models = [(request, "validation") for request, _ in BODIES.values()]
+    models += [(answer, "serialization") for _, answer in BODIES.values()]
+    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    return dict(top.get("$defs", {}))
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
+
+
+def nullable_as_openapi_30(schema: Any) -> Any:
+    """JSON Schema's ``anyOf: [X, {type: null}]`` (what pydantic writes for ``X | None``) as
+    OpenAPI 3.0's ``nullable: true``, which this 3.0 document's readers understand (3.0 has no
+    null type)."""
+    if isinstance(schema, list):
+        return [nullable_as_openapi_30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: nullable_as_openapi_30(value) for key, value in schema.items()}
+    options = out.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        del out["anyOf"]
+        if len(rest) == 1 and "$ref" in rest[0]:
+            out["allOf"] = rest  # siblings of a $ref are ignored in 3.0: wrap it
+        elif len(rest) == 1:
+            out = rest[0] | out
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    return out
+
+
 def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI document (``Service.openapi_spec.asdict()``) with the API-key security
-    schemes, the protected operations' ``security`` and their real error responses."""
+    schemes, the protected operations' ``security`` and their real error responses, the
+    prediction bodies as named components, nulls as OpenAPI 3.0 says them, and funnelcast's
+    own title, version and description."""
     out = copy.deepcopy(document)
+    out["info"] = {"title": "funnelcast", "version": _version(), "description": DESCRIPTION}
     components = out.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for name in _BENTOML_SCHEMAS:
+    for name in [*_BENTOML_SCHEMAS, *(n for n in schemas if n.endswith("IODescriptor"))]:
         schemas.pop(name, None)
     schemas.update(_error_schemas())
+    schemas.update(_body_schemas())
+    for path, (request, answer) in BODIES.items():
+        operation = out.get("paths", {}).get(path, {}).get("post")
+        if operation is None:
+            continue
+        operation.setdefault("requestBody", {})["content"] = _json_body(request)
+        responses = operation.setdefault("responses", {})
+        success = responses.pop(200, None) or responses.get("200") or {}
+        success.setdefault("description", "Successful Response")
+        success["content"] = _json_body(answer)
+        responses["200"] = success
     components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
     for path, method in sorted(PROTECTED):
         operation = out.get("paths", {}).get(path, {}).get(method)
@@ -105,4 +174,12 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         success = responses.get("200") or responses.get(200)
         errors = _error_responses(method)
         operation["responses"] = {"200": success} | {code: errors[code] for code in sorted(errors)}
+    components["schemas"] = nullable_as_openapi_30(schemas)
     return out
+
+
+def _version() -> str:
+    try:
+        return metadata.version("funnelcast")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
