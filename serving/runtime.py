@@ -12,7 +12,6 @@ explicitly, and then every answer says ``"model": "rules"``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
 import os
@@ -224,9 +223,10 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
     except InputError as exc:
         if not settings.allow_rules_fallback:
             raise ServiceConfigError(
-                f"no model to serve: {exc}. Train and promote one (`funnelcast train`, "
-                "`funnelcast promote`), or allow the rules fallback with "
-                "FUNNELCAST_ALLOW_RULES_FALLBACK=1 (`funnelcast serve --allow-rules-fallback`)"
+                f"no model to serve: {exc}. Serve a registered version "
+                "(`funnelcast serve --version N`), promote one (`funnelcast promote`), or allow "
+                "the rules fallback with FUNNELCAST_ALLOW_RULES_FALLBACK=1 "
+                "(`funnelcast serve --allow-rules-fallback`)"
             ) from exc
         log.warning(
             "no model (%s); serving the rules, as FUNNELCAST_ALLOW_RULES_FALLBACK allows", exc
@@ -731,8 +731,12 @@ def _metadata(
         model_version=info.model_version,
         source=info.source,
         trained_at=info.trained_at,
+        # the fingerprint of the expanded spec: what training logs (tag funnelcast.spec) and
+        # `funnelcast features` prints, whatever the YAML's comments and layout
         feature_spec_hash=(
-            hashlib.sha256(info.spec_text.encode("utf-8")).hexdigest() if info.spec_text else None
+            parse_feature_spec(info.spec_text, origin="the model's feature spec").fingerprint
+            if info.spec_text
+            else None
         ),
         features=features,
         attribute_features=attributes,

@@ -301,7 +301,12 @@ class ModelMetadata(BaseModel):
     model_version: str | None = Field(description="Its registry version.")
     source: str = Field(description="Where it was loaded from (registry URI or Bento model).")
     trained_at: str | None = Field(description="When the model was trained (UTC, ISO 8601).")
-    feature_spec_hash: str | None = Field(description="SHA-256 of the model's feature spec.")
+    feature_spec_hash: str | None = Field(
+        description=(
+            "SHA-256 fingerprint of the model's feature spec as compiled: the MLflow run's tag "
+            "funnelcast.spec and the spec `funnelcast features` prints."
+        )
+    )
     features: list[str] = Field(description="The features the model reads, in order.")
     attribute_features: list[str] = Field(
         description="Of those, the ones that come from contact attributes."
