@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -207,7 +208,8 @@ def run(
         )
         which = "" if promoted else f" --version {version}"
         console.print(
-            f"Serve it: export FUNNELCAST_API_KEY=<a long random key>; funnelcast serve{which}"
+            "Serve it: export FUNNELCAST_API_KEY=<a long random key>; "
+            f"{shell_command('funnelcast')} serve{which}"
         )
     console.print(f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{out}[/].")
 
@@ -601,7 +603,8 @@ def build(
     )
     console.print(
         f"Built Bento [bold]{built.bento}[/] with model {built.model} (registry version "
-        f"{built.version}). Serve it with: FUNNELCAST_API_KEY=... bentoml serve {built.bento}"
+        f"{built.version}). Serve it with: FUNNELCAST_API_KEY=... "
+        f"{shell_command('bentoml')} serve {built.bento}"
     )
 
 
@@ -1009,6 +1012,20 @@ def _absolute_sqlite(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri.removeprefix(prefix)).resolve())
     return uri
+
+
+def shell_command(name: str) -> str:
+    """How to run this environment's ``name`` (funnelcast, bentoml) from the user's shell: the
+    bare name when it is on PATH, else its path beside this Python (`.venv/bin/funnelcast`
+    after `make demo`), relative to the working folder when inside it."""
+    beside = Path(sys.executable).parent / name
+    on_path = shutil.which(name)
+    if (on_path and Path(on_path).resolve() == beside.resolve()) or not beside.exists():
+        return name
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _parse_date(text: str, option: str) -> dt.datetime:

@@ -67,12 +67,14 @@ class _NoInputInLogs(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
             where = "; ".join(
-                ".".join(str(part) for part in e["loc"]) + f" ({e['type']})"
+                (".".join(str(part) for part in e["loc"]) or "body") + f" ({e['type']})"
                 for e in error.errors(include_input=False, include_context=False)[:5]
             )
             record.msg = f"{record.msg} refused with 400: {where or 'invalid body'}"
             record.exc_info = None
             record.exc_text = None
+            # the client's mistake, not the service's: a warning, not an error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

@@ -267,3 +267,22 @@ def test_the_alias_help_names_the_configured_default(command: str) -> None:
     result = _run(command, "--help")
     assert result.returncode == 0
     assert "champion_alias" in result.stdout
+
+
+def test_printed_commands_run_as_printed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The demo's 'Serve it: ... funnelcast serve' must run in the user's shell: the bare name
+    when this environment's funnelcast is on PATH, else its path."""
+    import sys
+
+    from serving.cli import shell_command
+
+    beside = Path(sys.executable).parent
+    assert (beside / "funnelcast").exists()
+    monkeypatch.setenv("PATH", str(tmp_path))  # not on PATH
+    monkeypatch.chdir(beside.parent.parent)
+    assert shell_command("funnelcast") == str((beside / "funnelcast").relative_to(Path.cwd()))
+    monkeypatch.chdir(tmp_path)  # outside the project: the absolute path
+    assert shell_command("funnelcast") == str(beside / "funnelcast")
+    monkeypatch.setenv("PATH", str(beside))
+    assert shell_command("funnelcast") == "funnelcast"
+    assert shell_command("no-such-program") == "no-such-program"

@@ -322,10 +322,16 @@ def test_logs_carry_neither_keys_nor_contact_ids(
             headers=auth,
             json={"contact_id": secret_id * 20, "marketing_consent": True, "events": []},
         )
+        client.post("/predict", headers=auth, json={"marketing_consent": True})
         client.post("/predict", headers={"X-API-Key": served.api_key + "x"}, json={})
     assert "refused with 400" in caplog.text  # the refusal is logged ...
     assert secret_id not in caplog.text  # ... without the input
     assert served.api_key not in caplog.text
+    refusals = [r for r in caplog.records if "refused with 400" in r.getMessage()]
+    assert refusals
+    assert {r.levelname for r in refusals} == {"WARNING"}  # the client's mistake
+    # an error of the whole body (neither events nor features) names the body as its place
+    assert any("refused with 400: body (" in r.getMessage() for r in refusals)
 
 
 def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
