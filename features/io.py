@@ -13,11 +13,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it the only way there is: set it and set it back
+    os.umask(mask)
+    return mask
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write one Parquet file atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); the output gets what any new file gets (0644
+    # under the usual umask), as if written in place
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,3 +64,19 @@ def test_tables_given_as_none_are_not_written(tmp_path: Path) -> None:
 def test_reading_a_missing_table_names_the_command_that_makes_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="funnelcast ingest"):
         read_table(tmp_path / "events.parquet")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_mode_any_new_file_gets(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    """Not the private mode of the temporary file they were written as."""
+    table = pa.table({"x": [1, 2]})
+    previous = os.umask(umask)
+    try:
+        one = write_parquet_atomic(table, tmp_path / "one.parquet")
+        several = write_tables_atomic({"events": table}, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(one.stat().st_mode) == mode
+    assert stat.S_IMODE(several["events"].stat().st_mode) == mode
