@@ -346,6 +346,8 @@ def features(
     snapshot = _parse_date(as_of, "--as-of")
     if snapshot > dt.datetime.now(dt.UTC):
         raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
+    if out.suffix.lower() != ".parquet":
+        raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     feature_spec = load_feature_spec(spec)
     rules = load_rules_settings(config)
     folder = events if events.is_dir() else events.parent

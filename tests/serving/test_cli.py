@@ -194,17 +194,22 @@ def test_features_are_built_from_a_simulated_folder_as_of_a_date(tmp_path: Path)
     [
         (["--as-of", "2999-01-01"], "in the future"),
         (["--events", "{tmp}"], "holds no Parquet files"),
+        (["--out", "{tmp}/features.csv"], "ending in .parquet"),
     ],
 )
-def test_features_refuses_a_future_date_and_a_folder_without_events(
+def test_features_refuses_a_future_date_a_folder_without_events_and_a_non_parquet_out(
     args: list[str], says: str, tmp_path: Path
 ) -> None:
-    given = {"--events": str(tmp_path), "--as-of": "2024-02-01"}
+    given = {
+        "--events": str(tmp_path),
+        "--as-of": "2024-02-01",
+        "--out": str(tmp_path / "f.parquet"),
+    }
     for name, value in zip(args[::2], args[1::2], strict=True):
         given[name] = value.format(tmp=tmp_path)
     (tmp_path / "sub").mkdir()
     flat = [part for pair in given.items() for part in pair]
-    result = _run("features", *flat, "--out", str(tmp_path / "f.parquet"), "--assume-consent")
+    result = _run("features", *flat, "--assume-consent")
     assert result.returncode == 2, result.stderr
     assert says in result.stderr
     assert "Traceback" not in result.stderr
