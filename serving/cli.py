@@ -563,9 +563,10 @@ def serve(
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     info = scorer.info
     console.print(
-        f"Serving [bold]{info.model}[/]"
+        f"Starting [bold]{info.model}[/]"
         + (f" version {info.model_version}" if info.model_version else "")
-        + f" from {info.source} on http://{host}:{port} ({workers} worker(s)); "
+        + f" from {info.source} on http://{host}:{port} ({workers} worker(s)); it answers "
+        "once each worker has loaded the model (GET /readyz says 200), some seconds from now. "
         "API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
     )
     del scorer
