@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import nbformat
 import papermill
 import pytest
 from mlflow.tracking import MlflowClient
@@ -26,5 +28,16 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
         "name='funnelcast'"
     )
     assert [str(v.version) for v in versions] == ["1"]
-    output = (tmp_path / "retrain-out.ipynb").read_text(encoding="utf-8")
-    assert "promoted" in output
+    # the last cell's printed decision (not the cell's source, which holds both words) agrees
+    # with the registry: version 1 is the champion exactly when the notebook says promoted
+    executed = nbformat.read(tmp_path / "retrain-out.ipynb", as_version=4)
+    printed = "".join(
+        output.get("text", "")
+        for output in executed.cells[-1].get("outputs", [])
+        if output.get("output_type") == "stream" and output.get("name") == "stdout"
+    )
+    decision = re.search(r"^(promoted|not promoted) ", printed, flags=re.MULTILINE)
+    assert decision is not None, printed
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    aliases = client.get_model_version("funnelcast", "1").aliases
+    assert ("champion" in aliases) == (decision.group(1) == "promoted")
