@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -58,12 +59,14 @@ def _call(
 @contextmanager
 def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
     """Start a server in its own process group, wait until /readyz answers 200 (or the process
-    dies), and stop the whole group afterwards."""
+    dies), check it listens on 127.0.0.1 only, and stop the whole group afterwards. Its output
+    goes to a file: a pipe nobody reads would stall a server that logs more than it holds."""
+    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         command,
         cwd=ROOT,
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
@@ -72,7 +75,8 @@ def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subp
         deadline = time.monotonic() + READY_WITHIN_S
         while True:
             if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
+                log.seek(0)
+                output = log.read()
                 pytest.fail(f"the server exited with {process.returncode}:\n{output[-3000:]}")
             try:
                 if _call(port, "/readyz", timeout=2)[0] == 200:
@@ -84,9 +88,11 @@ def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subp
             # poll, not sleep-and-hope: wait on the process for a moment between probes
             with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.2)
+        assert _listening(process.pid, port) == {"127.0.0.1"}
         yield process
     finally:
         _stop(process)
+        log.close()
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
