@@ -462,9 +462,8 @@ def test_without_a_model_the_service_refuses_to_start(tmp_path: Any, served: Ser
     assert not (tmp_path / "none.db").exists()  # looking did not create a store
 
 
-def test_the_rules_fallback_says_so_in_every_answer(
-    tmp_path: Any, served: Served, active_contacts: list[str]
-) -> None:
+def _rules_scorer(tmp_path: Any, served: Served) -> Any:
+    """The scorer a service gets with no model in its store and the rules fallback allowed."""
     settings = ServiceSettings.from_env(
         {
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
@@ -472,7 +471,13 @@ def test_the_rules_fallback_says_so_in_every_answer(
             "FUNNELCAST_ALLOW_RULES_FALLBACK": "1",
         }
     )
-    scorer = load_scorer(settings)
+    return load_scorer(settings)
+
+
+def test_the_rules_fallback_says_so_in_every_answer(
+    tmp_path: Any, served: Served, active_contacts: list[str]
+) -> None:
+    scorer = _rules_scorer(tmp_path, served)
     body = contact_body(served, active_contacts[-2])
     expected_stage = (
         build_contact_features(
@@ -504,14 +509,7 @@ def test_the_rules_fallback_says_so_in_every_answer(
 def test_the_rules_fallback_names_the_contact_of_a_batch_of_one(
     tmp_path: Any, served: Served
 ) -> None:
-    settings = ServiceSettings.from_env(
-        {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
-            "FUNNELCAST_API_KEY": served.api_key,
-            "FUNNELCAST_ALLOW_RULES_FALLBACK": "1",
-        }
-    )
-    scorer = load_scorer(settings)
+    scorer = _rules_scorer(tmp_path, served)
     request = _request({"marketing_consent": True, "features": {"rules_stage": "bogus"}})
     with pytest.raises(RequestError) as caught:
         scorer.predict([request], batch=True)
