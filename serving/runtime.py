@@ -624,6 +624,7 @@ class ModelScorer:
             limits,
             horizon=int(self.model.horizon_days),
             reasons_method=self.model.reasons_method,
+            spec_hash=self.spec.fingerprint,
         )
 
 
@@ -724,6 +725,7 @@ def _metadata(
     *,
     horizon: int | None,
     reasons_method: ReasonsMethod | None = None,
+    spec_hash: str | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
         model=info.model,
@@ -731,13 +733,9 @@ def _metadata(
         model_version=info.model_version,
         source=info.source,
         trained_at=info.trained_at,
-        # the fingerprint of the expanded spec: what training logs (tag funnelcast.spec) and
-        # `funnelcast features` prints, whatever the YAML's comments and layout
-        feature_spec_hash=(
-            parse_feature_spec(info.spec_text, origin="the model's feature spec").fingerprint
-            if info.spec_text
-            else None
-        ),
+        # the fingerprint of the model's compiled spec: what training logs (tag
+        # funnelcast.spec) and `funnelcast features` prints, whatever the YAML's layout
+        feature_spec_hash=spec_hash,
         features=features,
         attribute_features=attributes,
         stages=list(STAGES),
