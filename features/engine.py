@@ -324,6 +324,12 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
         frame = pl.from_arrow(events)
         assert isinstance(frame, pl.DataFrame)
         return in_utc(frame.lazy())
+    return in_utc(pl.scan_parquet(events_path(events)))
+
+
+def events_path(events: Path | str) -> str:
+    """The Parquet an events path means, for every engine: a file, a folder's events.parquet
+    (else all its Parquet files), or a glob. Checked before anything is read."""
     path = Path(events)
     if path.is_dir():
         if not (path / "events.parquet").exists() and not any(path.glob("*.parquet")):
@@ -334,7 +340,26 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
         path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
     elif not path.exists() and "*" not in str(path):
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
-    return in_utc(pl.scan_parquet(path))
+    return str(path)
+
+
+# what is wrong with the events' timestamps, for every engine
+NO_TIMESTAMP = (
+    "the events have no `timestamp` column; give events in the event contract (funnelcast "
+    "ingest or simulate writes them)"
+)
+NAIVE_TIMESTAMP = (
+    "the events' `timestamp` has no time zone, so its instants would be a guess; give "
+    "timezone-aware timestamps (funnelcast ingest converts a source's local times with the "
+    "zone its mapping declares)"
+)
+
+
+def not_a_datetime(dtype: object) -> str:
+    return (
+        f"the events' `timestamp` is {dtype}, not a datetime; give timezone-aware timestamps "
+        "(funnelcast ingest parses and converts them to UTC)"
+    )
 
 
 def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -342,21 +367,11 @@ def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
     naive or non-datetime timestamps are an error, as their instants would be a guess."""
     dtype = events.collect_schema().get("timestamp")
     if dtype is None:
-        raise InputError(
-            "the events have no `timestamp` column; give events in the event contract "
-            "(funnelcast ingest or simulate writes them)"
-        )
+        raise InputError(NO_TIMESTAMP)
     if not isinstance(dtype, pl.Datetime):
-        raise InputError(
-            f"the events' `timestamp` is {dtype}, not a datetime; give timezone-aware "
-            "timestamps (funnelcast ingest parses and converts them to UTC)"
-        )
+        raise InputError(not_a_datetime(dtype))
     if dtype.time_zone is None:
-        raise InputError(
-            "the events' `timestamp` has no time zone, so its instants would be a guess; "
-            "give timezone-aware timestamps (funnelcast ingest converts a source's local "
-            "times with the zone its mapping declares)"
-        )
+        raise InputError(NAIVE_TIMESTAMP)
     if dtype.time_zone != "UTC":
         return events.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"))
     return events

@@ -37,6 +37,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
+from features.engine import NAIVE_TIMESTAMP, NO_TIMESTAMP, events_path, not_a_datetime
 from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
@@ -195,40 +196,12 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     frame = events if isinstance(events, DataFrame) else spark.read.parquet(events_path(events))
     fields = {field.name: field.dataType for field in frame.schema.fields}
     if "timestamp" not in fields:
-        raise InputError(
-            "the events have no `timestamp` column; give events in the event contract "
-            "(funnelcast ingest or simulate writes them)"
-        )
+        raise InputError(NO_TIMESTAMP)
     if isinstance(fields["timestamp"], T.TimestampNTZType):
-        raise InputError(
-            "the events' `timestamp` has no time zone, so its instants would be a guess; "
-            "give timezone-aware timestamps (funnelcast ingest converts a source's local "
-            "times with the zone its mapping declares)"
-        )
+        raise InputError(NAIVE_TIMESTAMP)
     if not isinstance(fields["timestamp"], T.TimestampType):
-        raise InputError(
-            f"the events' `timestamp` is {fields['timestamp'].simpleString()}, not a "
-            "datetime; give timezone-aware timestamps (funnelcast ingest parses and converts "
-            "them to UTC)"
-        )
+        raise InputError(not_a_datetime(fields["timestamp"].simpleString()))
     return frame
-
-
-def events_path(events: Path | str) -> str:
-    """The Parquet an events path means, as ``features.engine.scan_events`` reads it: a file, a
-    folder's events.parquet (else all its Parquet files), or a glob. Checked before Spark
-    starts, so a typo costs no JVM."""
-    path = Path(events)
-    if path.is_dir():
-        if not (path / "events.parquet").exists() and not any(path.glob("*.parquet")):
-            raise FileNotFoundError(
-                f"{path} holds no Parquet files; give the events folder written by ingest or "
-                "simulate (with its events.parquet), or an events Parquet file"
-            )
-        path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
-    elif not path.exists() and "*" not in str(path):
-        raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
-    return str(path)
 
 
 def _micros(moment: dt.datetime) -> int:

@@ -665,7 +665,6 @@ def _build_features_on_spark(
     try:
         from features.spark_engine import (
             build_contact_features_spark,
-            events_path,
             spark_features_to_polars,
             spark_session,
         )
@@ -676,6 +675,8 @@ def _build_features_on_spark(
             "--engine spark needs pyspark; install the spark extra (`make install`, or "
             "`uv sync --extra spark`)"
         ) from error
+
+    from features.engine import events_path
 
     events_parquet = events_path(events)  # a missing file is reported before Spark starts
     spark = _with_spinner("Starting Spark (local mode)", spark_session)
