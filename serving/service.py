@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from features.errors import InputError
+from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice
 from serving.errors import NamedValidationErrors
 from serving.openapi import complete_openapi
 from serving.runtime import (
@@ -195,7 +196,11 @@ class Funnelcast:
         Contacts without marketing consent are not scored: status 'no_consent'. A category
         value the model did not see in training (a new segment or acquisition source) is
         scored as missing, as LightGBM scores unseen categories; 'rules_stage' among given
-        features must be one of the stage names. Numbers must fit float32 (about 3.4e38)."""
+        features must be one of the stage names. Numbers must fit float32 (about 3.4e38).
+        A body that gives 'marketing_consent' twice is refused."""
+        twice = consent_given_twice(1, batch=False)
+        if twice is not None:
+            return _bad_request(RequestError(twice, GIVEN_TWICE))  # type: ignore[return-value]
         try:
             if len(request.events or ()) > _ON_THE_LOOP_EVENTS:
                 # a long history would hold the event loop (and /readyz) for milliseconds
@@ -210,6 +215,9 @@ class Funnelcast:
     def predict_batch(self, request: BatchRequest, /) -> BatchPredictions:
         """Score up to 1,000 contacts in one request (more: 413 with the limit, from
         ``serving.errors``, before any contact is scored: split the batch)."""
+        twice = consent_given_twice(len(request.contacts), batch=True)
+        if twice is not None:
+            return _bad_request(RequestError(twice, GIVEN_TWICE))  # type: ignore[return-value]
         try:
             rows = self.scorer.predict_rows(request.contacts, batch=True)
         except InputError as exc:
@@ -248,3 +256,5 @@ def metadata() -> ModelMetadata:
 Funnelcast.mount_asgi_app(_extra, path="/")  # type: ignore[attr-defined]
 Funnelcast.add_asgi_middleware(_Guard)  # type: ignore[attr-defined]
 Funnelcast.add_asgi_middleware(NamedValidationErrors)  # type: ignore[attr-defined]
+# innermost: reads only bodies the guard let through (key checked, size within the limit)
+Funnelcast.add_asgi_middleware(KeepBody)  # type: ignore[attr-defined]

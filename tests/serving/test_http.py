@@ -256,6 +256,52 @@ def test_the_batch_endpoint_keeps_order_and_consent(
     assert single == predictions[1]
 
 
+def _consent_twice(contact: dict[str, Any], first: bool, then: str = "marketing_consent") -> str:
+    """The contact as JSON text with marketing_consent given twice: ``first``, and true after
+    it under the name ``then`` (an escaped spelling reads as the same name)."""
+    rest = {k: v for k, v in contact.items() if k != "marketing_consent"}
+    return json.dumps({"marketing_consent": first, **rest})[:-1] + f', "{then}": true}}'
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("then", ["marketing_consent", "marketing\\u005fconsent"])
+def test_consent_given_twice_is_refused_never_scored(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any], first: bool, then: str
+) -> None:
+    json_auth = {**auth, "Content-Type": "application/json"}
+    twice = _consent_twice(body, first, then)
+    assert json.loads(twice)["marketing_consent"] is True  # what a parser alone would score
+    response = client.post("/predict", headers=json_auth, content=twice)
+    assert response.status_code == 400
+    assert response.json()["field"] == "marketing_consent"
+    assert "more than once" in response.json()["error"]
+    once = json.dumps({**body, "marketing_consent": True})
+    batch = f'{{"contacts": [{once}, {twice}, {once}]}}'
+    response = client.post("/predict_batch", headers=json_auth, content=batch)
+    assert response.status_code == 400
+    assert response.json()["field"] == "contacts.1.marketing_consent"
+
+
+def test_the_name_marketing_consent_elsewhere_is_no_duplicate(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    """Mentions of the name beyond one per contact (here a contact id; a \\u escape too) cost
+    an exact look, which finds each contact giving its consent once: scored."""
+    json_auth = {**auth, "Content-Type": "application/json"}
+    named = {**body, "contact_id": "marketing_consent", "marketing_consent": True}
+    escaped = {**body, "contact_id": "caf\u00e9", "marketing_consent": True}
+    assert "\\u00e9" in json.dumps(escaped)  # sent as an escape, not as UTF-8
+    for contact in (named, escaped):
+        response = client.post("/predict", headers=json_auth, content=json.dumps(contact))
+        assert response.status_code == 200
+        assert response.json()["status"] == "scored"
+        assert response.json()["contact_id"] == contact["contact_id"]
+    both = json.dumps({"contacts": [named, escaped]})
+    response = client.post("/predict_batch", headers=json_auth, content=both)
+    assert response.status_code == 200
+    assert [p["status"] for p in response.json()["predictions"]] == ["scored", "scored"]
+
+
 def test_over_the_batch_limit_is_a_413_with_the_limit(
     client: TestClient, auth: dict[str, str]
 ) -> None:

@@ -43,7 +43,11 @@ def _call(
 ) -> tuple[int, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
-        data=None if body is None else json.dumps(body).encode(),
+        data=None
+        if body is None
+        else body
+        if isinstance(body, bytes)
+        else json.dumps(body).encode(),
         method="GET" if body is None else "POST",
         headers={"Content-Type": "application/json"}
         | ({"Authorization": f"Bearer {key}"} if key else {}),
@@ -151,6 +155,15 @@ def test_bentoml_serve_answers_like_the_service_class(
         )
         assert status == 200
         assert [p["status"] for p in answer["predictions"]] == ["scored", "no_consent"]
+        # consent given twice (no, then yes) is refused on both paths, whatever BentoML runs
+        # them on (the event loop, a worker thread)
+        assert body["marketing_consent"] is True  # last: what a parser alone would score
+        twice = b'{"marketing_consent": false, ' + json.dumps(body)[1:].encode()
+        status, answer = _call(port, "/predict", key=served.api_key, body=twice)
+        assert (status, answer["field"]) == (400, "marketing_consent")
+        batch = b'{"contacts": [' + json.dumps(body).encode() + b", " + twice + b"]}"
+        status, answer = _call(port, "/predict_batch", key=served.api_key, body=batch)
+        assert (status, answer["field"]) == (400, "contacts.1.marketing_consent")
     assert process.returncode is not None
     assert _port_is_free(port)
 
