@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from serving.duplicates import KeepBody, consent_given_twice
 from serving.runtime import ServiceConfigError, ServiceSettings, read_api_keys
 from serving.security import GuardMiddleware, KeyCheck, presented_key
 
@@ -183,3 +184,61 @@ def test_only_json_bodies_and_http_reach_the_service() -> None:
 def test_the_body_limit_must_be_a_positive_size(value: str) -> None:
     with pytest.raises(ServiceConfigError, match="FUNNELCAST_MAX_BODY_MB"):
         ServiceSettings.from_env({"FUNNELCAST_API_KEY": KEY, "FUNNELCAST_MAX_BODY_MB": value})
+
+
+class _Consent(_App):
+    """Records what ``consent_given_twice`` says from inside the app, as the API methods ask."""
+
+    def __init__(self, contacts: int, *, batch: bool) -> None:
+        super().__init__()
+        self.contacts, self.batch = contacts, batch
+        self.twice: str | None = "never asked"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+        self.twice = consent_given_twice(self.contacts, batch=self.batch)
+
+
+def test_the_kept_body_reaches_the_service_whole_and_answers_the_consent_check() -> None:
+    once = b'{"marketing_consent": false, "events": []}'
+    twice = b'{"marketing_consent": false, "events": [], "marketing_consent": true}'
+    for body, expected in ((once, None), (twice, "marketing_consent")):
+        inner = _Consent(1, batch=False)
+        sent = _call(KeepBody(inner), _scope(), [body[:10], body[10:]])  # in two chunks
+        assert sent[0]["status"] == 200
+        assert inner.body == body
+        assert inner.twice == expected
+    batch = b'{"contacts": [' + once + b", " + once + b", " + twice + b"]}"
+    inner = _Consent(3, batch=True)
+    _call(KeepBody(inner), {**_scope(), "path": "/predict_batch"}, [batch])
+    assert inner.twice == "contacts.2.marketing_consent"
+    assert consent_given_twice(1, batch=False) is None  # outside a request: nothing kept
+
+
+def test_a_client_gone_before_its_body_ends_reaches_nothing_and_gets_nothing() -> None:
+    inner = _App()
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b'{"marketing', "more_body": True}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(KeepBody(inner)(_scope(), receive, send))
+    assert not inner.reached
+    assert sent == []
+
+
+def test_only_prediction_bodies_are_kept() -> None:
+    twice = b'{"marketing_consent": false, "marketing_consent": true}'
+    kept = _Consent(1, batch=False)
+    _call(KeepBody(kept), _scope(), [twice])
+    assert kept.twice == "marketing_consent"
+    for path in ("/metadata", "/predict/"):
+        inner = _Consent(1, batch=False)
+        sent = _call(KeepBody(inner), {**_scope(), "path": path}, [twice])
+        assert sent[0]["status"] == 200
+        assert inner.body == twice
+        assert inner.twice is None  # not kept there: nothing to count
