@@ -46,6 +46,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: it wraps to any terminal width (the rich tables cut the option
+    # names off in 80 columns) and shows no type for a flag
+    rich_markup_mode=None,
 )
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -247,7 +250,9 @@ def validate(
     data_dir: DataDirOption = None,
     strict: Annotated[
         bool,
-        typer.Option(help="Exit 1 when any row is set aside that the mapping did not exclude."),
+        typer.Option(
+            "--strict", help="Exit 1 when any row is set aside that the mapping did not exclude."
+        ),
     ] = False,
 ) -> None:
     """Validate a source through its mapping and report what would be set aside; writes nothing.
@@ -278,7 +283,9 @@ def funnel(
     ] = None,
     assume_consent: Annotated[
         bool,
-        typer.Option(help="Without a contacts table: treat every contact as consented."),
+        typer.Option(
+            "--assume-consent", help="Without a contacts table: treat every contact as consented."
+        ),
     ] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -332,7 +339,9 @@ def features(
     ] = Engine.polars,
     assume_consent: Annotated[
         bool,
-        typer.Option(help="Without a contacts table: treat every contact as consented."),
+        typer.Option(
+            "--assume-consent", help="Without a contacts table: treat every contact as consented."
+        ),
     ] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -484,7 +493,8 @@ def promote(
         str | None, typer.Option(help="Challenger version (default: the latest).")
     ] = None,
     force: Annotated[
-        bool, typer.Option(help="Promote even if it does not beat the champion (recorded).")
+        bool,
+        typer.Option("--force", help="Promote even if it does not beat the champion (recorded)."),
     ] = False,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
@@ -521,7 +531,10 @@ def serve(
     ] = None,
     allow_rules_fallback: Annotated[
         bool,
-        typer.Option(help="With no model, serve the rules (every answer says model 'rules')."),
+        typer.Option(
+            "--allow-rules-fallback",
+            help="With no model, serve the rules (every answer says model 'rules').",
+        ),
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     api_key_file: Annotated[
