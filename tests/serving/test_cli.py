@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
@@ -22,12 +23,22 @@ COMMANDS = [
     "train",
     "evaluate",
     "promote",
+    "serve",
+    "build",
 ]
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FUNNELCAST, *args], capture_output=True, text=True, timeout=300, cwd=cwd, check=False
+        [FUNNELCAST, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        check=False,
+        env=env,
     )
 
 
@@ -37,6 +48,27 @@ def test_every_command_has_help(command: str) -> None:
     assert result.returncode == 0
     assert "Usage:" in result.stdout
     assert len(result.stdout.splitlines()) > 4
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_help_fits_an_80_column_terminal_with_every_option_whole(command: str) -> None:
+    import typer
+
+    from serving.cli import app
+
+    group = typer.main.get_command(app)
+    options = [
+        name
+        for param in group.commands[command].params  # type: ignore[attr-defined]
+        for name in param.opts
+        if name.startswith("--")
+    ]
+    result = _run(command, "--help", env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "<bool>" not in result.stdout
+    for name in options:
+        assert re.search(rf"(^|\s){re.escape(name)}(\s|,|$)", result.stdout, re.M), name
 
 
 def test_the_top_level_help_lists_every_command() -> None:
