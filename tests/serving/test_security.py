@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from serving.duplicates import KeepBody, consent_given_twice
+from serving.duplicates import KeepBody, consent_given_twice, needs_a_look
 from serving.runtime import ServiceConfigError, ServiceSettings, read_api_keys
 from serving.security import GuardMiddleware, KeyCheck, presented_key
 
@@ -196,7 +196,8 @@ class _Consent(_App):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await super().__call__(scope, receive, send)
-        self.twice = consent_given_twice(self.contacts, batch=self.batch)
+        self.looked = needs_a_look(self.contacts)
+        self.twice = consent_given_twice(batch=self.batch) if self.looked else None
 
 
 def test_the_kept_body_reaches_the_service_whole_and_answers_the_consent_check() -> None:
@@ -212,7 +213,9 @@ def test_the_kept_body_reaches_the_service_whole_and_answers_the_consent_check()
     inner = _Consent(3, batch=True)
     _call(KeepBody(inner), {**_scope(), "path": "/predict_batch"}, [batch])
     assert inner.twice == "contacts.2.marketing_consent"
-    assert consent_given_twice(1, batch=False) is None  # outside a request: nothing kept
+    # outside a request nothing is kept: nothing to look at, no duplicate
+    assert not needs_a_look(0)
+    assert consent_given_twice(batch=False) is None
 
 
 def test_a_client_gone_before_its_body_ends_reaches_nothing_and_gets_nothing() -> None:
@@ -231,14 +234,16 @@ def test_a_client_gone_before_its_body_ends_reaches_nothing_and_gets_nothing() -
     assert sent == []
 
 
-def test_only_prediction_bodies_are_kept() -> None:
+def test_every_post_body_is_kept_whatever_its_path() -> None:
+    """Not the prediction paths by name: Starlette routes '/predict\\n' to /predict."""
     twice = b'{"marketing_consent": false, "marketing_consent": true}'
-    kept = _Consent(1, batch=False)
-    _call(KeepBody(kept), _scope(), [twice])
-    assert kept.twice == "marketing_consent"
-    for path in ("/metadata", "/predict/"):
-        inner = _Consent(1, batch=False)
-        sent = _call(KeepBody(inner), {**_scope(), "path": path}, [twice])
+    for path in ("/predict", "/predict\n", "/predict_batch\n", "/api/predict"):
+        kept = _Consent(1, batch=False)
+        sent = _call(KeepBody(kept), {**_scope(), "path": path}, [twice])
         assert sent[0]["status"] == 200
-        assert inner.body == twice
-        assert inner.twice is None  # not kept there: nothing to count
+        assert kept.body == twice
+        assert kept.twice == "marketing_consent", path
+    inner = _Consent(1, batch=False)
+    _call(KeepBody(inner), {**_scope(), "method": "PUT"}, [twice])
+    assert inner.body == twice
+    assert not inner.looked  # not a POST: passed on untouched, nothing kept
