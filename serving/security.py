@@ -95,6 +95,11 @@ class GuardMiddleware:
         if scope["type"] != "http":  # no websocket or other route is served: closed
             return
         path = scope.get("path", "")
+        if not path.isprintable():
+            # no route has a control character; Starlette would route "/predict\n" (sent
+            # as /predict%0A) to /predict, as its patterns end in "$"
+            await _json(send, 404, {"error": "no such path"})
+            return
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return

@@ -247,3 +247,18 @@ def test_every_post_body_is_kept_whatever_its_path() -> None:
     _call(KeepBody(inner), {**_scope(), "method": "PUT"}, [twice])
     assert inner.body == twice
     assert not inner.looked  # not a POST: passed on untouched, nothing kept
+
+
+def test_a_path_with_a_control_character_reaches_nothing() -> None:
+    for path in ("/predict\n", "/predict_batch\r\n", "/readyz\t", "/pre\x00dict"):
+        inner = _App()
+        sent = _call(
+            GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000),
+            {**_scope(), "path": path},
+            [b"{}"],
+        )
+        assert sent[0]["status"] == 404
+        assert not inner.reached
+    inner = _App()
+    _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), _scope(), [b"{}"])
+    assert inner.reached
