@@ -46,6 +46,7 @@ from serving.schemas import (
     BatchPredictions,
     BatchRequest,
     ContactRequest,
+    Event,
     ModelMetadata,
     Prediction,
 )
@@ -59,16 +60,34 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# names a refused request's log line may show: the request schema's fields, pydantic's names
+# for the kinds a value may take, and (added when the model loads) the model's features and
+# attributes; any other name in a place is the client's (an unknown key), shown as <name>
+_LOGGED_NAMES: set[str] = {
+    *ContactRequest.model_fields,
+    *Event.model_fields,
+    *BatchRequest.model_fields,
+    *("float", "str", "bool", "int"),
+}
+
+
+def _logged_place(loc: tuple[int | str, ...]) -> str:
+    return ".".join(
+        str(part) if isinstance(part, int) or part in _LOGGED_NAMES else "<name>" for part in loc
+    )
+
+
 class _NoInputInLogs(logging.Filter):
     """BentoML logs a refused request's validation error with its traceback, whose text quotes
     the offending input (contact ids among it). Keep the line, name the fields and error types,
-    drop the input."""
+    drop the input: keys the client chose too (an e-mail address as a feature name, a forged
+    log line in a key), which are shown as <name>."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
             where = "; ".join(
-                (".".join(str(part) for part in e["loc"]) or "body") + f" ({e['type']})"
+                (_logged_place(e["loc"]) or "body") + f" ({e['type']})"
                 for e in error.errors(include_input=False, include_context=False)[:5]
             )
             record.msg = f"{record.msg} refused with 400: {where or 'invalid body'}"
@@ -178,6 +197,9 @@ class Funnelcast:
         self.settings = settings
         self.scorer: Scorer = load_scorer(self.settings)
         self.limits = limits(self.settings)
+        served = self.scorer.metadata(self.limits)
+        _LOGGED_NAMES.update(served.features)
+        _LOGGED_NAMES.update(name.removeprefix("days_since_") for name in served.attribute_features)
         info = self.scorer.info
         log.info(
             "serving %s version %s from %s",

@@ -348,7 +348,11 @@ def test_a_body_over_the_size_limit_is_a_413_before_it_is_read(
 
 
 def test_logs_carry_neither_keys_nor_contact_ids(
-    client: TestClient, served: Served, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+    client: TestClient,
+    served: Served,
+    auth: dict[str, str],
+    body: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret_id = "contact-4711-private"
     with caplog.at_level(logging.DEBUG):
@@ -374,8 +378,32 @@ def test_logs_carry_neither_keys_nor_contact_ids(
         )
         client.post("/predict", headers=auth, json={"marketing_consent": True})
         client.post("/predict", headers={"X-API-Key": served.api_key + "x"}, json={})
+        # keys the client chose are input too: an e-mail address, a forged log line
+        chosen = ["jane.doe@example.com", "ssn-123-45-6789", "x\nCRITICAL forged line"]
+        client.post(
+            "/predict",
+            headers=auth,
+            json={
+                "marketing_consent": True,
+                "events": [{**body["events"][0], chosen[1]: 1}],
+                "attributes": {chosen[0]: [1]},
+                chosen[2]: 1,
+            },
+        )
+        # the model's own names are no secret, and say where
+        first = client.get("/metadata", headers=auth).json()["features"][0]
+        client.post(
+            "/predict",
+            headers=auth,
+            json={"marketing_consent": True, "features": {first: [1], chosen[0]: 1}},
+        )
     assert "refused with 400" in caplog.text  # the refusal is logged ...
     assert secret_id not in caplog.text  # ... without the input
+    for key in chosen:
+        assert key not in caplog.text
+    assert "CRITICAL forged" not in caplog.text
+    assert "attributes.<name>" in caplog.text
+    assert f"features.{first}." in caplog.text
     assert served.api_key not in caplog.text
     refusals = [r for r in caplog.records if "refused with 400" in r.getMessage()]
     assert refusals
