@@ -75,7 +75,7 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
         }
         return 413, json.dumps(too_many).encode("utf-8")
     first = detail[0]
-    field = ".".join(str(part) for part in first.get("loc", ())) or None
+    field = _place(first.get("loc", ())) or None
     message = str(first.get("msg", "invalid request"))
     if len(detail) > 1:
         message += f" (and {len(detail) - 1} more: see detail)"
@@ -85,3 +85,17 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
         "detail": detail,
     }
     return 400, json.dumps(named).encode("utf-8")
+
+
+# pydantic's names for the kinds a feature or attribute value may take, which it adds to the
+# place of a value that is none of them ("features.x.float"): the field is the value's
+_KINDS = frozenset({"float", "str", "bool", "int"})
+
+
+def _place(loc: list[Any] | tuple[Any, ...]) -> str:
+    """A problem's place as a dotted path, without pydantic's name of a kind the value failed
+    to be; an empty key shows as ``""``."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[-1] in _KINDS and parts[-3] in ("features", "attributes"):
+        parts.pop()
+    return ".".join('""' if part == "" else str(part) for part in parts)

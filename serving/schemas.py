@@ -19,11 +19,12 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
@@ -75,6 +76,14 @@ class _IsoText:
 
 
 Moment = Annotated[dt.datetime, _IsoText]
+
+
+def _refused(place: tuple[str | int, ...], kind: str, message: str) -> ValidationError:
+    """A validation error at ``place`` (below the field or model that raises it), so the 400
+    names the field: a ``ValueError`` raised in a validator is placed at the validator's
+    field, and at no field at all in a model's."""
+    error = InitErrorDetails(type=PydanticCustomError(kind, message), loc=place, input=None)
+    return ValidationError.from_exception_data("ContactRequest", [error])
 
 
 def _not_in_future(moment: dt.datetime, what: str) -> dt.datetime:
@@ -200,19 +209,29 @@ class ContactRequest(BaseModel):
             return events
         moments = [event.timestamp for event in events]
         for moment in (max(moments), min(moments)):
-            _not_in_future(moment, f"events.{moments.index(moment)}.timestamp")
+            index = moments.index(moment)
+            try:
+                _not_in_future(moment, "timestamp")
+            except ValueError as error:  # named at the event, not at the list
+                raise _refused((index, "timestamp"), "value_error", str(error)) from None
         return events
 
     @model_validator(mode="after")
     def _one_input(self) -> ContactRequest:
+        """Events or features, and attributes only with events; each refusal is placed at a
+        field, so the 400 names one."""
         if (self.events is None) == (self.features is None):
-            raise ValueError(
-                "give exactly one of 'events' (raw events) or 'features' (precomputed features)"
+            raise _refused(
+                ("events" if self.features is None else "features",),
+                "one_input",
+                "give exactly one of 'events' (raw events) or 'features' (precomputed features)",
             )
         if self.features is not None and self.attributes is not None:
-            raise ValueError(
+            raise _refused(
+                ("attributes",),
+                "attributes_with_features",
                 "'attributes' go with 'events'; with 'features', give the attribute features "
-                "inside 'features'"
+                "inside 'features'",
             )
         return self
 
@@ -353,7 +372,7 @@ class BadRequest(BaseModel):
         description=(
             "The field at fault as a dotted path, e.g. 'events.0.timestamp' or "
             "'contacts.3.features.rules_stage' (with several problems, the first of "
-            "`detail`); null only when the body is not JSON at all."
+            "`detail`); null only when the body is not a JSON object."
         ),
     )
     detail: list[ValidationIssue] | None = Field(

@@ -139,7 +139,7 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
                     }
                 ],
             },
-            ["events"],  # the message names events.0.timestamp (next test)
+            ["events", 0, "timestamp"],  # in the future
         ),
         (
             {
@@ -201,6 +201,34 @@ def test_every_400_has_the_same_shape_with_the_field(
     assert malformed.json()["error"]
 
 
+def test_every_400_of_a_json_object_names_a_field(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    """Null only for a body that is no JSON object; a value that is none of the kinds a
+    feature or attribute takes is named by its own place, not by pydantic's kind names."""
+    first = client.get("/metadata", headers=auth).json()["features"][0]
+    cases = [
+        ({"marketing_consent": True}, "events"),  # neither events nor features
+        ({"marketing_consent": True, "events": [], "features": {}}, "features"),  # both
+        ({"marketing_consent": True, "features": {}, "attributes": {}}, "attributes"),
+        ({"marketing_consent": True, "features": {first: [1]}}, f"features.{first}"),
+        ({**body, "attributes": {"segment": {"a": 1}}}, "attributes.segment"),
+        ({"marketing_consent": True, "events": [], "": 1}, '""'),
+    ]
+    for sent, field in cases:
+        answer = client.post("/predict", headers=auth, json=sent).json()
+        assert answer["field"] == field, sent
+        assert answer["error"].startswith(f"{field}: ")
+        batch = client.post("/predict_batch", headers=auth, json={"contacts": [body, sent]})
+        assert batch.json()["field"] == f"contacts.1.{field}"
+    for not_an_object in (b"[]", b"1", b"null", b'"x"'):
+        answer = client.post(
+            "/predict", headers={**auth, "Content-Type": "application/json"}, content=not_an_object
+        ).json()
+        assert answer["field"] is None
+        assert "object" in answer["error"]
+
+
 @pytest.mark.parametrize(
     ("moments", "named", "words"),
     [
@@ -208,7 +236,7 @@ def test_every_400_has_the_same_shape_with_the_field(
         (["0001-01-01T00:00:00+05:00", "2026-01-01T00:00:00Z"], "events.0.timestamp", "range"),
     ],
 )
-def test_an_event_in_the_future_or_out_of_range_is_named_in_the_message(
+def test_an_event_in_the_future_or_out_of_range_is_named(
     client: TestClient, auth: dict[str, str], moments: list[str], named: str, words: str
 ) -> None:
     events = [{"timestamp": m, "event_type": "page_view", "channel": "web"} for m in moments]
@@ -216,10 +244,14 @@ def test_an_event_in_the_future_or_out_of_range_is_named_in_the_message(
         "/predict", headers=auth, json={"marketing_consent": True, "events": events}
     )
     assert response.status_code == 400
+    assert response.json()["field"] == named
     (detail,) = response.json()["detail"]
-    assert detail["loc"] == ["events"]
-    assert named in detail["msg"]
+    assert ".".join(str(part) for part in detail["loc"]) == named
     assert words in detail["msg"]
+    batch = {"contacts": [{"marketing_consent": True, "events": []}] * 2}
+    batch["contacts"][1] = {"marketing_consent": True, "events": events}
+    response = client.post("/predict_batch", headers=auth, json=batch)
+    assert response.json()["field"] == f"contacts.1.{named}"
 
 
 def test_a_request_the_model_cannot_use_is_a_400_naming_the_field(
@@ -408,8 +440,8 @@ def test_logs_carry_neither_keys_nor_contact_ids(
     refusals = [r for r in caplog.records if "refused with 400" in r.getMessage()]
     assert refusals
     assert {r.levelname for r in refusals} == {"WARNING"}  # the client's mistake
-    # an error of the whole body (neither events nor features) names the body as its place
-    assert any("refused with 400: body (" in r.getMessage() for r in refusals)
+    # neither events nor features: placed at events, as the 400 names it
+    assert any("refused with 400: events (one_input)" in r.getMessage() for r in refusals)
 
 
 def test_the_openapi_document_describes_every_field(client: TestClient) -> None:

@@ -364,8 +364,12 @@ def test_predictions_are_left_out_of_tracing_unless_asked(
 @pytest.mark.parametrize(
     ("body", "where"),
     [
-        ({"marketing_consent": True}, ()),  # neither events nor features
-        ({"marketing_consent": True, "events": [], "features": {}}, ()),
+        ({"marketing_consent": True}, ("events",)),  # neither events nor features
+        ({"marketing_consent": True, "events": [], "features": {}}, ("features",)),  # both
+        (
+            {"marketing_consent": True, "features": {}, "attributes": {}},
+            ("attributes",),  # attributes go with events
+        ),
         ({"events": []}, ("marketing_consent",)),
         ({"marketing_consent": True, "events": [], "colour": "red"}, ("colour",)),
         (
@@ -412,7 +416,7 @@ def test_predictions_are_left_out_of_tracing_unless_asked(
                     }
                 ],
             },
-            ("events",),  # in the future: the message says events.0.timestamp
+            ("events", 0, "timestamp"),  # in the future
         ),
         ({"marketing_consent": True, "as_of": "2999-01-01T00:00:00Z", "events": []}, ("as_of",)),
         (
