@@ -27,6 +27,28 @@ class ConsentFilter:
     contacts_without_consent: int
 
 
+_TEXT = (pl.String, pl.Categorical, pl.Enum)
+
+
+def check_contacts(contacts: pa.Table | pl.DataFrame) -> None:
+    """The contacts table has what consent needs: ``contact_id`` as text and
+    ``marketing_consent`` as true/false; otherwise an ``InputError`` naming the column and the
+    fix (``funnelcast ingest`` reads consent given as text, yes/no or 1/0, through a mapping)."""
+    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts.slice(0, 0))
+    assert isinstance(frame, pl.DataFrame)
+    schema = frame.schema
+    fix = "write the contacts with `funnelcast ingest` (or `simulate`), which checks them"
+    for name, kind in (("contact_id", "text"), ("marketing_consent", "true/false")):
+        dtype = schema.get(name)
+        if dtype is None:
+            raise InputError(
+                f"the contacts table has no `{name}` column (it has {list(schema)[:8]}); {fix}"
+            )
+        ok = dtype == pl.Boolean if name == "marketing_consent" else isinstance(dtype, _TEXT)
+        if not ok:
+            raise InputError(f"the contacts table's `{name}` is {dtype}, not {kind}; {fix}")
+
+
 def restrict_to_consented(
     frame: pl.DataFrame,
     contacts: pa.Table | pl.DataFrame | None,
@@ -41,6 +63,7 @@ def restrict_to_consented(
                 "marketing_consent column, or pass --assume-consent if every contact opted in"
             )
         return ConsentFilter(kept=frame, contacts_without_consent=0)
+    check_contacts(contacts)
     table = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
     assert isinstance(table, pl.DataFrame)
     consented = table.filter(pl.col("marketing_consent")).select("contact_id")

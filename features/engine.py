@@ -15,7 +15,7 @@ two equal.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -324,7 +324,8 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
         frame = pl.from_arrow(events)
         assert isinstance(frame, pl.DataFrame)
         return in_utc(frame.lazy())
-    return in_utc(pl.scan_parquet(events_path(events)))
+    # columns beyond the contract may differ between files: they are not read
+    return in_utc(pl.scan_parquet(events_path(events), extra_columns="ignore"))
 
 
 def events_path(events: Path | str) -> str:
@@ -340,7 +341,33 @@ def events_path(events: Path | str) -> str:
         path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
     elif not path.exists() and "*" not in str(path):
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
+    _check_files(path)
     return str(path)
+
+
+def _check_files(path: Path) -> None:
+    """Every Parquet file the path means is readable, and they agree on the contract's
+    columns; otherwise an ``InputError`` naming the file (footers only are read)."""
+    files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+    fix = "write the events again, e.g. with `funnelcast ingest`"
+    first: tuple[Path, dict[str, pl.DataType | None]] | None = None
+    for file in files:
+        try:
+            schema = pl.read_parquet_schema(file)
+        except Exception as error:  # Polars' and the OS's errors alike: the file is unusable
+            reason = " ".join(str(error).split())[:160]
+            raise InputError(f"{file} is not a readable Parquet file ({reason}); {fix}") from None
+        contract = {name: schema.get(name) for name in ("timestamp", *EVENT_KINDS)}
+        if first is None:
+            first = (file, contract)
+            continue
+        for name, dtype in contract.items():
+            if dtype != first[1][name]:
+                raise InputError(
+                    f"the events files disagree on `{name}`: {dtype or 'missing'} in {file}, "
+                    f"{first[1][name] or 'missing'} in {first[0]}; give files of one schema "
+                    "(funnelcast ingest writes them so)"
+                )
 
 
 # what is wrong with the events' timestamps, for every engine
@@ -362,10 +389,41 @@ def not_a_datetime(dtype: object) -> str:
     )
 
 
+# the event contract's other columns the builders read, and the kind of value each holds
+EVENT_KINDS = {"contact_id": "text", "event_type": "text", "channel": "text", "value": "a number"}
+_POLARS_TEXT = (pl.String, pl.Categorical, pl.Enum)
+
+
+def check_event_kinds(kinds: Mapping[str, str], types: Mapping[str, str]) -> None:
+    """Every column of ``EVENT_KINDS`` present with its kind, for every engine: ``kinds`` maps
+    each present column to "text", "a number" or "other", ``types`` to the engine's name of its
+    type. Otherwise an ``InputError`` naming the column, its type and the fix."""
+    fix = "give events in the event contract (funnelcast ingest or simulate writes them)"
+    for name, kind in EVENT_KINDS.items():
+        if name not in kinds:
+            raise InputError(f"the events have no `{name}` column; {fix}")
+        if kinds[name] != kind:
+            raise InputError(f"the events' `{name}` is {types[name]}, not {kind}; {fix}")
+
+
+def _polars_kind(dtype: pl.DataType) -> str:
+    if isinstance(dtype, _POLARS_TEXT):
+        return "text"
+    if dtype.is_float() or dtype.is_integer() or dtype == pl.Null:
+        return "a number"
+    return "other"
+
+
 def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
     """The events with their timestamps in UTC: another zone is converted (the same instants),
-    naive or non-datetime timestamps are an error, as their instants would be a guess."""
-    dtype = events.collect_schema().get("timestamp")
+    naive or non-datetime timestamps are an error, as their instants would be a guess; so is
+    any other column of the contract that is missing or of the wrong kind."""
+    schema = events.collect_schema()
+    check_event_kinds(
+        {name: _polars_kind(dtype) for name, dtype in schema.items()},
+        {name: str(dtype) for name, dtype in schema.items()},
+    )
+    dtype = schema.get("timestamp")
     if dtype is None:
         raise InputError(NO_TIMESTAMP)
     if not isinstance(dtype, pl.Datetime):

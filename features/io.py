@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)  # read it the only way there is: set it and set it back
@@ -20,8 +22,22 @@ def _umask() -> int:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write one Parquet file atomically (temp file in the same folder, fsync, rename)."""
+    """Write one Parquet file atomically (temp file in the same folder, fsync, rename). A
+    place that cannot take the file (a folder of that name, a file where a folder goes, no
+    permission) is an ``InputError`` naming it; nothing is left behind."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name for the Parquet output")
+    try:
+        return _write_parquet_atomic(table, path)
+    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as error:
+        raise InputError(
+            f"cannot write {path}: {error.strerror or error} (is every folder above it a "
+            "folder you may write to?)"
+        ) from error
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file private (0600); the output gets what any new file gets (0644
@@ -73,4 +89,12 @@ def read_table(path: Path) -> pa.Table:
         raise FileNotFoundError(
             f"{path} does not exist; run `funnelcast ingest` or `simulate` first"
         )
-    return pq.read_table(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the Parquet file itself")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputError(
+            f"{path} is not a readable Parquet file ({' '.join(str(error).split())[:200]}); "
+            "write it again, e.g. with `funnelcast ingest`"
+        ) from error

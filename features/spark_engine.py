@@ -37,7 +37,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
-from features.engine import NAIVE_TIMESTAMP, NO_TIMESTAMP, events_path, not_a_datetime
+from features.engine import (
+    NAIVE_TIMESTAMP,
+    NO_TIMESTAMP,
+    check_event_kinds,
+    events_path,
+    not_a_datetime,
+)
 from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
@@ -195,6 +201,10 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     """Events as a Spark DataFrame (a DataFrame passes through)."""
     frame = events if isinstance(events, DataFrame) else spark.read.parquet(events_path(events))
     fields = {field.name: field.dataType for field in frame.schema.fields}
+    check_event_kinds(
+        {name: _spark_kind(dtype) for name, dtype in fields.items()},
+        {name: dtype.simpleString() for name, dtype in fields.items()},
+    )
     if "timestamp" not in fields:
         raise InputError(NO_TIMESTAMP)
     if isinstance(fields["timestamp"], T.TimestampNTZType):
@@ -202,6 +212,14 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     if not isinstance(fields["timestamp"], T.TimestampType):
         raise InputError(not_a_datetime(fields["timestamp"].simpleString()))
     return frame
+
+
+def _spark_kind(dtype: T.DataType) -> str:
+    if isinstance(dtype, T.StringType):
+        return "text"
+    if isinstance(dtype, T.NumericType | T.NullType) and not isinstance(dtype, T.DecimalType):
+        return "a number"
+    return "other"
 
 
 def _micros(moment: dt.datetime) -> int:

@@ -347,7 +347,7 @@ def features(
 ) -> None:
     """Per-contact features as of a date, from the declarative feature spec (events before the
     date only). Contacts without marketing consent are left out of the file, and counted."""
-    from features.consent import restrict_to_consented
+    from features.consent import check_contacts, restrict_to_consented
     from features.engine import build_contact_features
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
@@ -370,6 +370,8 @@ def features(
             "if every contact opted in"
         )
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
+    if contact_table is not None:
+        check_contacts(contact_table)  # before any work: consent decides what is written
     building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
     if engine is Engine.spark:
         table = _build_features_on_spark(
@@ -1050,6 +1052,8 @@ def _parse_date(text: str, option: str) -> dt.datetime:
         day = dt.date.fromisoformat(text)
     except ValueError as error:
         raise InputError(f"{option} {text!r} is not a date; give YYYY-MM-DD") from error
+    if day.year < 1970:  # a lookback window from year 1 would reach before any calendar
+        raise InputError(f"{option} {text} is before 1970; give a date of your events' time")
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 

@@ -182,6 +182,64 @@ def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
 
 
 @pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (pl.col("contact_id").cast(pl.Int64), "`contact_id` is Int64, not text"),
+        (pl.col("value").cast(pl.String), "`value` is String, not a number"),
+        (pl.col("event_type").cast(pl.Categorical).to_physical(), "`event_type` is UInt32"),
+        (pl.lit(1.5).alias("channel"), "`channel` is Float64, not text"),
+    ],
+)
+def test_contract_columns_of_the_wrong_kind_are_refused_naming_them(
+    change: pl.Expr, match: str, tmp_path: Path
+) -> None:
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    good = _events([("1", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    events = good.with_columns(change)
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    for source in (events, path):
+        with pytest.raises(InputError, match=match):
+            build_contact_features(source, as_of=AS_OF, spec=SPEC)
+        with pytest.raises(InputError, match=match):
+            build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
+    for column in ("contact_id", "value"):
+        with pytest.raises(InputError, match=f"no `{column}` column"):
+            build_contact_features(good.drop(column), as_of=AS_OF, spec=SPEC)
+
+
+def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> None:
+    """Unreadable files and files that disagree on the contract are named before any work;
+    columns beyond the contract may differ."""
+    from features.errors import InputError
+
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("b", "2024-02-21T12:00:00Z", "email", "email_open", None),
+        ]
+    )
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    events.head(1).with_columns(extra=pl.lit(1)).write_parquet(folder / "part-0.parquet")
+    events.tail(1).with_columns(other=pl.lit("x")).write_parquet(folder / "part-1.parquet")
+    both = build_contact_features(folder, as_of=AS_OF, spec=SPEC)
+    assert both["contact_id"].to_list() == ["a", "b"]
+    as_ms = events.tail(1).with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
+    as_ms.write_parquet(folder / "part-1.parquet")
+    with pytest.raises(InputError, match=r"disagree on `timestamp`.*part-1\.parquet"):
+        build_contact_features(folder, as_of=AS_OF, spec=SPEC)
+    (folder / "part-1.parquet").write_bytes(b"contact_id,timestamp\na,2024-01-01\n")
+    with pytest.raises(InputError, match=r"part-1\.parquet is not a readable Parquet file"):
+        build_contact_features(folder, as_of=AS_OF, spec=SPEC)
+    (folder / "part-1.parquet").write_bytes((folder / "part-0.parquet").read_bytes()[:-20])
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        build_contact_features(folder / "part-1.parquet", as_of=AS_OF, spec=SPEC)
+
+
+@pytest.mark.parametrize(
     ("column", "value", "named"),
     [
         ("event_type", "page_veiw", "'page_veiw'"),

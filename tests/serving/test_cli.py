@@ -247,6 +247,47 @@ def test_features_refuses_a_future_date_a_folder_without_events_and_a_non_parque
     assert "Traceback" not in result.stderr
 
 
+def test_features_refuses_unusable_contacts_outputs_and_dates_in_one_line(
+    tmp_path: Path,
+) -> None:
+    import polars as pl
+
+    data = tmp_path / "data"
+    simulated = _run(
+        "simulate", "--out", str(data), "--contacts", "200", "--days", "30", "--start", "2024-01-01"
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    contacts = pl.read_parquet(data / "contacts.parquet")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    contacts.drop("marketing_consent").write_parquet(bad / "no-consent.parquet")
+    contacts.with_columns(pl.col("marketing_consent").cast(pl.String)).write_parquet(
+        bad / "text-consent.parquet"
+    )
+    (bad / "empty.parquet").write_bytes(b"")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder.parquet").mkdir()
+    out = str(tmp_path / "f.parquet")
+    cases = [
+        (["--contacts", str(bad / "no-consent.parquet")], "no `marketing_consent` column"),
+        (["--contacts", str(bad / "text-consent.parquet")], "is String, not true/false"),
+        (["--contacts", str(bad / "empty.parquet")], "not a readable Parquet file"),
+        (["--out", str(tmp_path / "a-folder.parquet")], "is a folder"),
+        (["--out", str(tmp_path / "a-file" / "f.parquet")], "cannot write"),
+        (["--as-of", "0001-01-01"], "before 1970"),
+    ]
+    for args, says in cases:
+        given = {"--events": str(data), "--as-of": "2024-01-20", "--out": out}
+        given.update(zip(args[::2], args[1::2], strict=True))
+        flat = [part for pair in given.items() for part in pair]
+        result = _run("features", *flat)
+        assert result.returncode == 2, (args, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not Path(out).exists()
+    assert not list((tmp_path / "a-folder.parquet").iterdir())  # nothing left behind
+
+
 @pytest.fixture
 def production_config(tmp_path: Path) -> Path:
     """A copy of the shipped settings whose champion alias is 'production'."""
