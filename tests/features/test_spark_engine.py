@@ -216,6 +216,14 @@ def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path
     events.with_columns(pl.col("timestamp").dt.replace_time_zone(None)).write_parquet(path)
     with pytest.raises(InputError, match=r"has no time zone.*timezone-aware"):
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
+    # the other contract columns, as the Polars engine names them
+    numbered = events.with_columns(pl.lit(7, pl.Int64).alias("contact_id"))
+    numbered.write_parquet(path)
+    with pytest.raises(InputError, match="`contact_id` is bigint, not text"):
+        build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
+    events.drop("value").write_parquet(path)
+    with pytest.raises(InputError, match="no `value` column"):
+        build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
 
 
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
