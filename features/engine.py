@@ -14,8 +14,9 @@ two equal.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -47,6 +48,24 @@ PARTITION_ROWS = 5_000_000
 STAGE_TYPE = pl.Enum(STAGES)
 
 
+@contextlib.contextmanager
+def unreadable_parquet_named() -> Iterator[None]:
+    """A Parquet file damaged past its footer (which ``events_path`` has read) fails only as
+    its pages are read: that failure becomes an ``InputError`` saying so. A decorator of the
+    builders, too."""
+    try:
+        yield
+    except pl.exceptions.ComputeError as error:
+        if not str(error).startswith("parquet:"):
+            raise
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(
+            f"the events Parquet is damaged ({reason}); write the events again, e.g. with "
+            "`funnelcast ingest`"
+        ) from None
+
+
+@unreadable_parquet_named()
 def build_contact_features(
     events: EventsInput,
     contacts: pa.Table | pl.DataFrame | None = None,

@@ -42,6 +42,7 @@ from features.engine import (
     matches,
     raise_unknown_vocabulary,
     scan_events,
+    unreadable_parquet_named,
     with_internal_aggregates,
     with_listed_contacts,
 )
@@ -53,6 +54,7 @@ from features.vocabulary import CHANNELS, EVENT_TYPES
 _Filter = tuple[frozenset[str] | None, frozenset[str] | None, frozenset[str], frozenset[str]]
 
 
+@unreadable_parquet_named()
 def build_training_frame(
     events: EventsInput,
     contacts: pa.Table | pl.DataFrame | None = None,
@@ -191,7 +193,7 @@ def _running_totals(
     Integer totals (counts, session starts, active days) run across contacts, so a contact's
     amount between two days is an exact difference; value sums restart per contact so no other
     contact's money enters a float difference."""
-    frame = (
+    sorted_events = (
         events.select(
             "contact_id",
             # enums: each series' filter tests codes, not strings, along every event; a name
@@ -206,8 +208,8 @@ def _running_totals(
             _contact=pl.col("contact_id").rle_id(),
             day=(pl.col("_us") // MICROS_PER_DAY).cast(pl.Int32),
         )
-        .collect()
     )
+    frame = sorted_events.collect()
     if frame.get_column("event_type").null_count() or frame.get_column("channel").null_count():
         raise_unknown_vocabulary(events)  # as every builder does
     # integer totals run across every event, so they stay below the number of events: 32 bits

@@ -239,6 +239,27 @@ def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> Non
         build_contact_features(folder / "part-1.parquet", as_of=AS_OF, spec=SPEC)
 
 
+def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) -> None:
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    rows = [
+        (f"c{i}", f"2024-02-{1 + i % 27:02d}T12:00:00Z", "web", "page_view", None)
+        for i in range(3_000)
+    ]
+    whole = tmp_path / "whole.parquet"
+    _events(rows).write_parquet(whole)
+    data = bytearray(whole.read_bytes())
+    for i in range(1_000, len(data) - 2_000, 7):  # the pages, not the footer
+        data[i] = 0xAB
+    damaged = tmp_path / "events.parquet"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="events Parquet is damaged"):
+        build_contact_features(damaged, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(InputError, match="events Parquet is damaged"):
+        build_training_frame(damaged, as_of_dates=[AS_OF.date()], spec=SPEC)
+
+
 @pytest.mark.parametrize(
     ("column", "value", "named"),
     [
