@@ -934,5 +934,8 @@ def join_attributes(
         elif dtype == pl.Boolean or dtype.is_numeric():
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
         # other types (lists, structs) are not features; they are left out on purpose
+    spec.check_attribute_columns(
+        {column.meta.output_name(): column.meta.root_names()[0] for column in columns}
+    )
     attributes = listed.lazy().select("contact_id", *columns)
     return frame.join(attributes, on="contact_id", how="left", maintain_order="left")

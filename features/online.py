@@ -229,4 +229,6 @@ def _attributes(
             out[name] = float(value)
         else:
             out[name] = None if value is None else str(value)
+    if not out.keys().isdisjoint(spec.taken_names):  # as the batch engines refuse it
+        spec.check_attribute_columns({k: k.removeprefix("days_since_") for k in out})
     return out

@@ -33,6 +33,7 @@ from typing import TypeAlias
 
 import polars as pl
 import pyarrow as pa
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
@@ -199,7 +200,7 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
 
 def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     """Events as a Spark DataFrame (a DataFrame passes through)."""
-    frame = events if isinstance(events, DataFrame) else spark.read.parquet(events_path(events))
+    frame = events if isinstance(events, DataFrame) else _read_parquet(events, spark)
     fields = {field.name: field.dataType for field in frame.schema.fields}
     check_event_kinds(
         {name: _spark_kind(dtype) for name, dtype in fields.items()},
@@ -212,6 +213,23 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     if not isinstance(fields["timestamp"], T.TimestampType):
         raise InputError(not_a_datetime(fields["timestamp"].simpleString()))
     return frame
+
+
+def _read_parquet(events: Path | str, spark: SparkSession) -> DataFrame:
+    """The events Parquet as Spark reads it; what Spark cannot read (timestamps in nanoseconds,
+    say, which Polars writes and Spark refuses) is an ``InputError`` with Spark's reason."""
+    path = events_path(events)
+    try:
+        return spark.read.parquet(path)
+    except AnalysisException as error:
+        reason = " ".join(str(error).split("\n")[0].split())[:240]
+        hint = (
+            "; Spark reads timestamps in micro- or milliseconds: write them in microseconds "
+            "(funnelcast ingest does), or use --engine polars"
+            if "NANOS" in reason
+            else "; write the events with `funnelcast ingest`"
+        )
+        raise InputError(f"Spark cannot read the events in {events}: {reason}{hint}") from None
 
 
 def _spark_kind(dtype: T.DataType) -> str:
@@ -499,14 +517,26 @@ def _eligible_with_attributes(
             f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
             "them from `attributes:` or add them to the contacts"
         )
-    attributes = [
-        column for name in wanted if (column := _attribute(listed.schema[name], as_of)) is not None
-    ]
+    named = {name: _attribute(listed.schema[name], as_of) for name in wanted}
+    attributes = [column for column in named.values() if column is not None]
+    spec.check_attribute_columns(
+        {
+            _output_name(name, listed.schema[name]): name
+            for name, c in named.items()
+            if c is not None
+        }
+    )
     listed = listed.select("contact_id", *attributes, F.lit(True).alias(_LISTED))
     # a full join keeps listed contacts without events and active contacts not listed
     frame = per_contact.join(listed, on="contact_id", how="full")
     names = [c for c in listed.columns if c not in ("contact_id", _LISTED)]
     return frame.where(recent | F.col(_LISTED).isNotNull()), names
+
+
+def _output_name(name: str, field: T.StructField) -> str:
+    """The attribute feature's name ``_attribute`` gives the column (dates become days)."""
+    dated = isinstance(field.dataType, T.DateType | T.TimestampType | T.TimestampNTZType)
+    return f"days_since_{name}" if dated else name
 
 
 def _attribute(field: T.StructField, as_of: dt.datetime) -> Column | None:

@@ -14,7 +14,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -137,6 +137,25 @@ class FeatureSpec:
         if self.attributes == "all":
             return [name for name in available if name not in _NOT_ATTRIBUTES]
         return list(self.attributes)
+
+    @cached_property
+    def taken_names(self) -> frozenset[str]:
+        """The names no attribute feature may take: the spec's features and the reserved."""
+        return frozenset(self.names) | _RESERVED_NAMES
+
+    def check_attribute_columns(self, columns: Mapping[str, str]) -> None:
+        """The attribute features' names (``columns``: each output name and the contacts column
+        it comes from) clash with no feature of the spec and no reserved name; a clash is a
+        ``SpecError`` naming the column, for every engine (a join would otherwise rename one
+        side, or fail)."""
+        for output, column in columns.items():
+            if output in self.taken_names:
+                raise SpecError(
+                    f"the contacts table's column `{column}` would be the attribute feature "
+                    f"`{output}`, a name the spec already gives a feature (or reserves); "
+                    "rename the column, or list the attributes to use under `attributes:` in "
+                    "your copy of the spec"
+                )
 
     @property
     def longest_window_days(self) -> int:

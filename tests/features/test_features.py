@@ -239,6 +239,37 @@ def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> Non
         build_contact_features(folder / "part-1.parquet", as_of=AS_OF, spec=SPEC)
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "named"),
+    [
+        ("purchase_count_all", 3, "`purchase_count_all`"),  # a feature of the spec
+        ("last_event", dt.date(2024, 1, 1), "`days_since_last_event`"),  # a date becomes days
+        ("as_of", "x", "`as_of`"),  # reserved
+    ],
+)
+def test_a_contacts_column_named_like_a_feature_is_refused_by_every_builder(
+    column: str, value: object, named: str
+) -> None:
+    """With `attributes: all`, every contacts column becomes a feature: one that would take a
+    feature's name is refused, not joined under another name or over the feature."""
+    from features.snapshots import build_training_frame
+    from features.spec import SpecError
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame({"contact_id": ["a"], "marketing_consent": [True], column: [value]})
+    with pytest.raises(SpecError, match=named):
+        build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(SpecError, match=named):
+        build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(SpecError, match=named):
+        build_online_features(
+            events.to_dicts(), as_of=AS_OF, spec=SPEC, contact=contacts.row(0, named=True)
+        )
+    fine = contacts.rename({column: "loyalty_tier"})
+    built = build_contact_features(events, fine, as_of=AS_OF, spec=SPEC)
+    assert "loyalty_tier" in built.columns or "days_since_loyalty_tier" in built.columns
+
+
 def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) -> None:
     from features.errors import InputError
     from features.snapshots import build_training_frame

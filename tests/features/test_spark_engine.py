@@ -224,6 +224,31 @@ def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path
     events.drop("value").write_parquet(path)
     with pytest.raises(InputError, match="no `value` column"):
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
+    # nanoseconds, which Polars writes and reads, Spark cannot read: said, with the way out
+    events.with_columns(pl.col("timestamp").dt.cast_time_unit("ns")).write_parquet(path)
+    with pytest.raises(InputError, match="Spark cannot read.*microseconds.*--engine polars"):
+        build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
+
+
+def test_the_spark_engine_refuses_a_contacts_column_named_like_a_feature(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.spec import SpecError
+
+    frame = pd.DataFrame(
+        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    events = validate(frame, now=NOW).events
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    for column, value, named in (
+        ("purchase_count_all", 3, "`purchase_count_all`"),
+        ("last_event", dt.date(2024, 1, 1), "`days_since_last_event`"),
+    ):
+        contacts = pl.DataFrame(
+            {"contact_id": ids, "marketing_consent": [True] * len(ids), column: [value] * len(ids)}
+        )
+        with pytest.raises(SpecError, match=named):
+            spark_features(events, contacts, as_of=AS_OF)
 
 
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
