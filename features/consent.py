@@ -30,23 +30,62 @@ class ConsentFilter:
 _TEXT = (pl.String, pl.Categorical, pl.Enum)
 
 
+_FIX = "write the contacts with `funnelcast ingest` (or `simulate`), which checks them"
+
+
 def check_contacts(contacts: pa.Table | pl.DataFrame) -> None:
-    """The contacts table has what consent needs: ``contact_id`` as text and
-    ``marketing_consent`` as true/false; otherwise an ``InputError`` naming the column and the
-    fix (``funnelcast ingest`` reads consent given as text, yes/no or 1/0, through a mapping)."""
-    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts.slice(0, 0))
+    """The contacts table has what consent needs: ``contact_id`` as text, once per contact,
+    and ``marketing_consent`` as true/false; otherwise an ``InputError`` naming the column and
+    the fix (``funnelcast ingest`` reads consent given as text, yes/no or 1/0, through a
+    mapping, and keeps one row per contact, consented only if every copy says so)."""
+    frame = _frame(contacts)
+    dtype = frame.schema.get("marketing_consent")
+    if dtype is None:
+        raise InputError(
+            f"the contacts table has no `marketing_consent` column (it has "
+            f"{list(frame.schema)[:8]}); {_FIX}"
+        )
+    if dtype != pl.Boolean:
+        raise InputError(
+            f"the contacts table's `marketing_consent` is {dtype}, not true/false; {_FIX}"
+        )
+    check_contact_ids(frame)
+
+
+def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
+    """Every row of the contacts table has a ``contact_id`` (text), and no contact has two
+    rows: a second row would give a contact two rows of features, or two answers about its
+    consent. Otherwise an ``InputError`` with counts and row numbers, not the ids."""
+    frame = _frame(contacts)
+    dtype = frame.schema.get("contact_id")
+    if dtype is None:
+        raise InputError(
+            f"the contacts table has no `contact_id` column (it has {list(frame.schema)[:8]}); "
+            f"{_FIX}"
+        )
+    if not isinstance(dtype, _TEXT):
+        raise InputError(f"the contacts table's `contact_id` is {dtype}, not text; {_FIX}")
+    ids = frame.get_column("contact_id")
+    if ids.null_count():
+        first = int(ids.is_null().arg_true()[0])
+        raise InputError(
+            f"the contacts table has {ids.null_count():,} row(s) without a contact_id (the "
+            f"first is row {first}, counting from 0); {_FIX}"
+        )
+    twice = ids.is_duplicated()
+    if twice.any():
+        rows = twice.arg_true()
+        raise InputError(
+            f"the contacts table gives {ids.filter(twice).n_unique():,} contact(s) more than "
+            f"one row (row {rows[0]}, counting from 0, is one); give one row per contact "
+            "(funnelcast ingest keeps the first, with consent only if every copy gives it)"
+        )
+
+
+def _frame(contacts: pa.Table | pl.DataFrame) -> pl.DataFrame:
+    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
     assert isinstance(frame, pl.DataFrame)
-    schema = frame.schema
-    fix = "write the contacts with `funnelcast ingest` (or `simulate`), which checks them"
-    for name, kind in (("contact_id", "text"), ("marketing_consent", "true/false")):
-        dtype = schema.get(name)
-        if dtype is None:
-            raise InputError(
-                f"the contacts table has no `{name}` column (it has {list(schema)[:8]}); {fix}"
-            )
-        ok = dtype == pl.Boolean if name == "marketing_consent" else isinstance(dtype, _TEXT)
-        if not ok:
-            raise InputError(f"the contacts table's `{name}` is {dtype}, not {kind}; {fix}")
+    return frame
 
 
 def restrict_to_consented(

@@ -22,7 +22,9 @@ from typing import Any, NoReturn, TypeAlias
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from features.consent import check_contact_ids
 from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
@@ -335,39 +337,59 @@ def feature_columns(frame: pl.DataFrame) -> list[str]:
 def scan_events(events: EventsInput) -> pl.LazyFrame:
     """Events as a lazy frame; a Parquet path (file, folder or glob) is scanned, not loaded, so
     larger-than-memory inputs stream."""
-    if isinstance(events, pl.LazyFrame):
-        return in_utc(events)
-    if isinstance(events, pl.DataFrame):
-        return in_utc(events.lazy())
     if isinstance(events, pa.Table):
-        frame = pl.from_arrow(events)
-        assert isinstance(frame, pl.DataFrame)
-        return in_utc(frame.lazy())
+        table = pl.from_arrow(events)
+        assert isinstance(table, pl.DataFrame)
+        events = table
+    if isinstance(events, pl.DataFrame | pl.LazyFrame):
+        checked = in_utc(events.lazy())  # the columns first: then their values
+        present = [n for n in _REQUIRED_VALUES if n in events.collect_schema()]
+        counts = events.lazy().select(pl.col(present).null_count()).collect()
+        _refuse_missing(counts.row(0, named=True))
+        return checked
     # columns beyond the contract may differ between files: they are not read
     return in_utc(pl.scan_parquet(events_path(events), extra_columns="ignore"))
 
 
-def events_path(events: Path | str) -> str:
+# the other tables ingest and simulate write beside the events: never read as events
+SIBLING_TABLES = frozenset(
+    {"contacts.parquet", "stage_history.parquet", "rejects.parquet", "labels.parquet"}
+)
+
+
+def events_path(events: Path | str) -> str | list[str]:
     """The Parquet an events path means, for every engine: a file, a folder's events.parquet
-    (else all its Parquet files), or a glob. Checked before anything is read."""
+    (else its other Parquet files, the contacts and the other tables written beside the events
+    left out), or a glob. Checked before anything is read: every file readable, all agreeing
+    on the contract's columns, no contact_id or timestamp missing."""
     path = Path(events)
+    files: list[Path]
     if path.is_dir():
-        if not (path / "events.parquet").exists() and not any(path.glob("*.parquet")):
+        if (path / "events.parquet").exists():
+            files = [path / "events.parquet"]
+        else:
+            files = [f for f in sorted(path.glob("*.parquet")) if f.name not in SIBLING_TABLES]
+        if not files:
             raise FileNotFoundError(
-                f"{path} holds no Parquet files; give the events folder written by ingest or "
-                "simulate (with its events.parquet), or an events Parquet file"
+                f"{path} holds no events Parquet files; give the events folder written by "
+                "ingest or simulate (with its events.parquet), or an events Parquet file"
             )
-        path = path / "events.parquet" if (path / "events.parquet").exists() else path / "*.parquet"
-    elif not path.exists() and "*" not in str(path):
+    elif "*" in path.name:
+        files = sorted(path.parent.glob(path.name))
+        if not files:
+            raise FileNotFoundError(f"{path} matches no file; give events Parquet")
+    elif not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
-    _check_files(path)
-    return str(path)
+    else:
+        files = [path]
+    _check_files(files)
+    return str(files[0]) if len(files) == 1 else [str(f) for f in files]
 
 
-def _check_files(path: Path) -> None:
-    """Every Parquet file the path means is readable, and they agree on the contract's
-    columns; otherwise an ``InputError`` naming the file (footers only are read)."""
-    files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+def _check_files(files: list[Path]) -> None:
+    """Every Parquet file is readable, they agree on the contract's columns, and no event
+    lacks a contact_id or a timestamp (counted from the files' statistics, without reading
+    the rows); otherwise an ``InputError`` naming the file."""
     fix = "write the events again, e.g. with `funnelcast ingest`"
     first: tuple[Path, dict[str, pl.DataType | None]] | None = None
     for file in files:
@@ -387,6 +409,42 @@ def _check_files(path: Path) -> None:
                     f"{first[1][name] or 'missing'} in {first[0]}; give files of one schema "
                     "(funnelcast ingest writes them so)"
                 )
+    for file in files:
+        _refuse_missing(_missing_in_file(file), f" in {file}")
+
+
+_REQUIRED_VALUES = ("contact_id", "timestamp")
+
+
+def _missing_in_file(file: Path) -> dict[str, int]:
+    """Per required column, how many of the file's rows lack a value: from the row groups'
+    statistics (the footer), or, where a writer left them out, from the column itself."""
+    metadata = pq.read_metadata(file)
+    positions = {metadata.schema.column(i).name: i for i in range(metadata.num_columns)}
+    missing: dict[str, int] = {}
+    for name in _REQUIRED_VALUES:
+        if name not in positions:
+            continue  # no such column: the schema check names it
+        total = 0
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(positions[name]).statistics
+            if stats is None or not stats.has_null_count:
+                total = pl.scan_parquet(file).select(pl.col(name).null_count()).collect().item()
+                break
+            total += stats.null_count
+        missing[name] = total
+    return missing
+
+
+def _refuse_missing(missing: Mapping[str, int], where: str = "") -> None:
+    for name, count in missing.items():
+        if count:
+            reason = "missing_contact_id" if name == "contact_id" else "unparseable_timestamp"
+            raise InputError(
+                f"{count:,} event(s){where} have no {name}; they cannot be counted for anyone "
+                f"or at any time: run the events through `funnelcast ingest`, which sets such "
+                f"rows aside and counts them ({reason}), or drop them"
+            )
 
 
 # what is wrong with the events' timestamps, for every engine
@@ -892,10 +950,12 @@ def with_listed_contacts(
 
 
 def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:
-    if contacts is None or isinstance(contacts, pl.DataFrame):
-        return contacts
-    frame = pl.from_arrow(contacts)
+    """The contacts table as a frame, checked: one row per contact, each with an id."""
+    if contacts is None:
+        return None
+    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
     assert isinstance(frame, pl.DataFrame)
+    check_contact_ids(frame)
     return frame
 
 

@@ -38,6 +38,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
+from features.consent import check_contact_ids
 from features.engine import (
     NAIVE_TIMESTAMP,
     NO_TIMESTAMP,
@@ -220,7 +221,7 @@ def _read_parquet(events: Path | str, spark: SparkSession) -> DataFrame:
     say, which Polars writes and Spark refuses) is an ``InputError`` with Spark's reason."""
     path = events_path(events)
     try:
-        return spark.read.parquet(path)
+        return spark.read.parquet(*([path] if isinstance(path, str) else path))
     except AnalysisException as error:
         reason = " ".join(str(error).split("\n")[0].split())[:240]
         hint = (
@@ -563,6 +564,7 @@ def _contacts_frame(
 ) -> DataFrame:
     if isinstance(contacts, DataFrame):
         return contacts
+    check_contact_ids(contacts)  # as the Polars engine does: one row per contact, each with an id
     table = contacts.to_arrow() if isinstance(contacts, pl.DataFrame) else contacts
     # Spark reads plain Arrow strings only: large, view and dictionary (categorical) text is cast
     text = (pa.types.is_large_string, pa.types.is_string_view, pa.types.is_dictionary)

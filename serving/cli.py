@@ -369,13 +369,14 @@ def features(
             "known and no contact may be exported; give --contacts, or pass --assume-consent "
             "if every contact opted in"
         )
+    _not_an_input(out, events, contacts_path)
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
         check_contacts(contact_table)  # before any work: consent decides what is written
     building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
     if engine is Engine.spark:
         table = _build_features_on_spark(
-            events, contacts_path, building, as_of=snapshot, spec=feature_spec, rules=rules
+            events, contact_table, building, as_of=snapshot, spec=feature_spec, rules=rules
         )
     else:
         with _progress() as progress:
@@ -667,16 +668,40 @@ def _simulate_into(
     return validated, sim.stage_history
 
 
+def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
+    """``--out`` is neither an input file nor a file the events folder would read as events
+    the next time (a folder without events.parquet is read as all its Parquet files)."""
+    from features.engine import SIBLING_TABLES, events_path
+
+    given = events_path(events)
+    inputs = {Path(p).resolve() for p in ([given] if isinstance(given, str) else given)}
+    target = out.resolve()
+    if target in inputs or target == contacts.resolve():
+        raise InputError(f"--out {out} is one of the input files; give another file name")
+    if (
+        events.is_dir()
+        and not (events / "events.parquet").exists()
+        and target.parent == events.resolve()
+        and target.name not in SIBLING_TABLES
+    ):
+        raise InputError(
+            f"--out {out} is in the events folder {events}, whose Parquet files are all read "
+            "as events: the next run would read the features as events; write it elsewhere"
+        )
+
+
 def _build_features_on_spark(
     events: Path,
-    contacts_path: Path,
+    contacts: Any,
     description: str,
     *,
     as_of: dt.datetime,
     spec: FeatureSpec,
     rules: RulesSettings,
 ) -> pl.DataFrame:
-    """The Spark engine in local mode; it reads the Parquet files itself, as on a cluster."""
+    """The Spark engine in local mode; it reads the events Parquet itself, as on a cluster,
+    and is handed the contacts table already read and checked (Spark would skip a file whose
+    name starts with '_' or '.')."""
     try:
         from features.spark_engine import (
             build_contact_features_spark,
@@ -693,15 +718,15 @@ def _build_features_on_spark(
 
     from features.engine import events_path
 
-    events_parquet = events_path(events)  # a missing file is reported before Spark starts
+    events_path(events)  # a missing or unusable file is reported before Spark starts
     spark = _with_spinner("Starting Spark (local mode)", spark_session)
     try:
         return _with_spinner(
             f"{description} on Spark",
             lambda: spark_features_to_polars(
                 build_contact_features_spark(
-                    events_parquet,
-                    spark.read.parquet(str(contacts_path)) if contacts_path.exists() else None,
+                    events,
+                    contacts,
                     as_of=as_of,
                     spec=spec,
                     rules=rules,

@@ -270,6 +270,66 @@ def test_a_contacts_column_named_like_a_feature_is_refused_by_every_builder(
     assert "loyalty_tier" in built.columns or "days_since_loyalty_tier" in built.columns
 
 
+def test_events_without_a_contact_or_a_time_are_refused_not_dropped(tmp_path: Path) -> None:
+    """Such rows count for nobody or at no time: ingest sets them aside and counts them; the
+    builders refuse them, from a file's statistics or a frame's null counts, never drop them."""
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    good = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("b", "2024-02-21T12:00:00Z", "web", "page_view", None),
+        ]
+    )
+    for column in ("contact_id", "timestamp"):
+        missing = pl.when(pl.col("contact_id") == "b").then(None).otherwise(pl.col(column))
+        bad = good.with_columns(missing.cast(good.schema[column]).alias(column))
+        assert bad[column].null_count() == 1
+        path = tmp_path / f"{column}.parquet"
+        bad.write_parquet(path)
+        for source in (bad, bad.lazy(), path):
+            with pytest.raises(InputError, match=f"1 event.* have no {column}.*funnelcast ingest"):
+                build_contact_features(source, as_of=AS_OF, spec=SPEC)
+        with pytest.raises(InputError, match=f"have no {column}"):
+            build_training_frame(path, as_of_dates=[AS_OF.date()], spec=SPEC)
+
+
+def test_a_contacts_table_with_a_contact_twice_or_without_ids_is_refused() -> None:
+    """Two rows for a contact would give it two rows of features, and two answers about its
+    consent (one of them 'no'): refused by every builder and by the consent filter."""
+    from features.consent import restrict_to_consented
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    twice = pl.DataFrame({"contact_id": ["a", "a"], "marketing_consent": [True, False]})
+    no_id = pl.DataFrame({"contact_id": ["a", None], "marketing_consent": [True, True]})
+    for contacts, says in ((twice, "more than one row"), (no_id, "without a contact_id")):
+        with pytest.raises(InputError, match=says):
+            build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+        with pytest.raises(InputError, match=says):
+            build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+        with pytest.raises(InputError, match=says):
+            restrict_to_consented(events.select("contact_id"), contacts)
+
+
+def test_a_folder_of_event_parts_beside_the_contacts_reads_the_parts_only(tmp_path: Path) -> None:
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("b", "2024-02-21T12:00:00Z", "email", "email_open", None),
+        ]
+    )
+    events.head(1).write_parquet(tmp_path / "part-0.parquet")
+    events.tail(1).write_parquet(tmp_path / "part-1.parquet")
+    contacts = pl.DataFrame({"contact_id": ["a", "b", "c"], "marketing_consent": [True] * 3})
+    contacts.write_parquet(tmp_path / "contacts.parquet")
+    built = build_contact_features(tmp_path, contacts, as_of=AS_OF, spec=SPEC)
+    assert built["contact_id"].to_list() == ["a", "b", "c"]
+    assert built["event_count_90d"].to_list() == [1, 1, 0]
+
+
 def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) -> None:
     from features.errors import InputError
     from features.snapshots import build_training_frame

@@ -226,7 +226,7 @@ def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
     # nanoseconds, which Polars writes and reads, Spark cannot read: said, with the way out
     events.with_columns(pl.col("timestamp").dt.cast_time_unit("ns")).write_parquet(path)
-    with pytest.raises(InputError, match="Spark cannot read.*microseconds.*--engine polars"):
+    with pytest.raises(InputError, match=r"Spark cannot read.*microseconds.*--engine polars"):
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
 
 

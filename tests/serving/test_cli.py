@@ -265,6 +265,9 @@ def test_features_refuses_unusable_contacts_outputs_and_dates_in_one_line(
         bad / "text-consent.parquet"
     )
     (bad / "empty.parquet").write_bytes(b"")
+    # one contact twice, once without consent: never exported on the other row's word
+    first = contacts.head(1).with_columns(pl.lit(False).alias("marketing_consent"))
+    pl.concat([contacts, first]).write_parquet(bad / "twice.parquet")
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder.parquet").mkdir()
     out = str(tmp_path / "f.parquet")
@@ -272,6 +275,8 @@ def test_features_refuses_unusable_contacts_outputs_and_dates_in_one_line(
         (["--contacts", str(bad / "no-consent.parquet")], "no `marketing_consent` column"),
         (["--contacts", str(bad / "text-consent.parquet")], "is String, not true/false"),
         (["--contacts", str(bad / "empty.parquet")], "not a readable Parquet file"),
+        (["--contacts", str(bad / "twice.parquet")], "more than one row"),
+        (["--out", str(data / "events.parquet")], "is one of the input files"),
         (["--out", str(tmp_path / "a-folder.parquet")], "is a folder"),
         (["--out", str(tmp_path / "a-file" / "f.parquet")], "cannot write"),
         (["--as-of", "0001-01-01"], "before 1970"),
