@@ -80,6 +80,22 @@ class _SpecFile(FrozenSettings):
             raise ValueError("the spec declares no aggregates")
         return value
 
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_once(cls, value: Literal["all"] | list[str]) -> Literal["all"] | list[str]:
+        if value == "all":
+            return value
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"attribute(s) {repeated} are listed more than once; list each once")
+        never = sorted(_NOT_ATTRIBUTES & set(value))
+        if never:
+            raise ValueError(
+                f"{never} cannot be attributes: contact_id identifies the contact, and consent "
+                "decides who is scored, never how (`all` leaves them out too)"
+            )
+        return value
+
 
 # --- the expanded spec, as engines read it ---------------------------------------------------
 

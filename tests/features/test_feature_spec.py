@@ -148,3 +148,21 @@ def test_the_readme_example_adds_a_feature_to_the_shipped_spec() -> None:
     assert "demo_requests_per_visit_28d" in spec.names
     assert "demo_requests_per_visit_90d" in spec.names
     assert len(spec.names) == len(load_feature_spec().names) + 2
+
+
+@pytest.mark.parametrize(
+    ("listed", "message"),
+    [
+        ("[segment, segment]", r"\['segment'\] are listed more than once"),
+        ("[segment, marketing_consent]", r"\['marketing_consent'\] cannot be attributes"),
+        ("[contact_id]", r"\['contact_id'\] cannot be attributes"),
+    ],
+)
+def test_attributes_are_listed_once_and_never_the_id_or_the_consent(
+    listed: str, message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_feature_spec(BASE + f"attributes: {listed}\n")
+    assert parse_feature_spec(BASE + "attributes: [segment]\n").attribute_names(["x"]) == [
+        "segment"
+    ]
