@@ -188,6 +188,11 @@ def _aggregate_part(
     # atoms, not the events)
     if atoms.select(pl.col("_type").is_null().any() | pl.col("_channel").is_null().any()).item():
         raise_unknown_vocabulary(past)
+    # a NaN or infinite money value makes its atom's sums NaN or infinite in every window
+    # (0 x NaN is NaN): refused, as Spark refuses it, rather than leaked into other windows
+    sums = [name for name in atoms.columns if name.startswith("_v")]
+    if sums and atoms.select(pl.any_horizontal(~pl.col(sums).is_finite()).any()).item():
+        raise InputError(NOT_FINITE_VALUE)
     atoms = _eligible_runs(atoms, one_pass, listed)  # the unsorted atoms are freed here
     aggregated = _per_contact(atoms, one_pass, as_of)
     del atoms
@@ -446,6 +451,12 @@ def _refuse_missing(missing: Mapping[str, int], where: str = "") -> None:
                 f"rows aside and counts them ({reason}), or drop them"
             )
 
+
+# a money value no sum can hold, for every engine
+NOT_FINITE_VALUE = (
+    "the events' `value` holds NaN or an infinite number; money values are finite numbers: "
+    "give events as funnelcast ingest writes them (it sets such rows aside and counts them)"
+)
 
 # what is wrong with the events' timestamps, for every engine
 NO_TIMESTAMP = (

@@ -42,6 +42,7 @@ from features.consent import check_contact_ids
 from features.engine import (
     NAIVE_TIMESTAMP,
     NO_TIMESTAMP,
+    NOT_FINITE_VALUE,
     check_event_kinds,
     events_path,
     not_a_datetime,
@@ -133,7 +134,7 @@ def build_contact_features_spark(
             _in_vocabulary("event_type", EVENT_TYPES),
             _in_vocabulary("channel", CHANNELS),
             F.unix_micros("timestamp").alias(_TIME),
-            "value",
+            _finite_value(),
         )
         .where(F.col(_TIME) < now)
     )
@@ -163,6 +164,18 @@ def build_contact_features_spark(
 _UNKNOWN = re.compile(r"the events' `(event_type|channel)` holds '(.*?)', not among")
 
 
+def _finite_value() -> Column:
+    """``value``, whose NaN or infinite rows fail the query (when a sum reads them), as every
+    builder refuses them."""
+    value = F.col("value").cast("double")
+    bad = F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
+    return (
+        F.when(bad, F.raise_error(F.lit(NOT_FINITE_VALUE)))
+        .otherwise(F.col("value"))
+        .alias("value")
+    )
+
+
 def _in_vocabulary(column: str, vocabulary: tuple[str, ...]) -> Column:
     """The column, whose rows outside the contract (null among them) fail the query, as every
     builder refuses them; only rows before as_of are ever computed, so only those are checked."""
@@ -181,6 +194,8 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
     try:
         arrow = frame.toArrow()
     except Exception as error:  # Spark's error classes vary with its version and the JVM
+        if NOT_FINITE_VALUE in str(error):
+            raise InputError(NOT_FINITE_VALUE) from None
         found = _UNKNOWN.search(str(error))
         if found is None:
             raise

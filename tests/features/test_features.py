@@ -295,6 +295,30 @@ def test_events_without_a_contact_or_a_time_are_refused_not_dropped(tmp_path: Pa
             build_training_frame(path, as_of_dates=[AS_OF.date()], spec=SPEC)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_money_value_no_sum_can_hold_is_refused_not_leaked(value: float) -> None:
+    """0 x NaN is NaN: a NaN purchase outside a window made that window's sum NaN in the
+    Polars engine, and 0 in Spark's; every builder refuses it now."""
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    events = _events(
+        [
+            ("a", "2024-01-01T12:00:00Z", "web", "purchase", 10.0),  # outside 28 days
+            ("a", "2024-02-20T12:00:00Z", "web", "purchase", 20.0),
+        ]
+    )
+    bad = events.with_columns(
+        pl.when(pl.col("value") == 10.0).then(value).otherwise(pl.col("value")).alias("value")
+    )
+    with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
+        build_contact_features(bad, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
+        build_training_frame(bad, as_of_dates=[AS_OF.date()], spec=SPEC)
+    fine = build_contact_features(events, as_of=AS_OF, spec=SPEC)
+    assert _row(fine, "a")["purchase_value_sum_28d"] == 20.0
+
+
 def test_a_contacts_table_with_a_contact_twice_or_without_ids_is_refused() -> None:
     """Two rows for a contact would give it two rows of features, and two answers about its
     consent (one of them 'no'): refused by every builder and by the consent filter."""

@@ -251,6 +251,21 @@ def test_the_spark_engine_refuses_a_contacts_column_named_like_a_feature(
             spark_features(events, contacts, as_of=AS_OF)
 
 
+def test_the_spark_engine_refuses_a_money_value_no_sum_can_hold(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.errors import InputError
+
+    frame = pd.DataFrame(
+        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    events = pl.from_arrow(validate(frame, now=NOW).events)
+    assert isinstance(events, pl.DataFrame)
+    bad = events.with_columns(pl.lit(float("nan")).alias("value"))
+    with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
+        spark_features(bad.to_arrow(), None, as_of=AS_OF)
+
+
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
     spark_features: SparkFeatures,
 ) -> None:
