@@ -213,9 +213,10 @@ def _running_totals(
     frame = sorted_events.collect()
     if frame.get_column("event_type").null_count() or frame.get_column("channel").null_count():
         raise_unknown_vocabulary(events)  # as every builder does
-    if any(s.kind == "v" for s in series.values()) and not frame.select(
-        pl.col("value").is_finite().fill_null(True).all()
-    ).item():
+    if (
+        any(s.kind == "v" for s in series.values())
+        and not frame.select(pl.col("value").is_finite().fill_null(True).all()).item()
+    ):
         raise InputError(NOT_FINITE_VALUE)  # as every builder does
     # integer totals run across every event, so they stay below the number of events: 32 bits
     # when that allows it, which halves the memory the snapshots' gathers read

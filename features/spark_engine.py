@@ -170,9 +170,7 @@ def _finite_value() -> Column:
     value = F.col("value").cast("double")
     bad = F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
     return (
-        F.when(bad, F.raise_error(F.lit(NOT_FINITE_VALUE)))
-        .otherwise(F.col("value"))
-        .alias("value")
+        F.when(bad, F.raise_error(F.lit(NOT_FINITE_VALUE))).otherwise(F.col("value")).alias("value")
     )
 
 

@@ -45,8 +45,10 @@ class SpecError(InputError):
 
 
 class _Filter(FrozenSettings):
-    event_type: list[str] | None = None
-    channel: list[str] | None = None
+    # an empty list would match nothing (in where) or remove nothing (in where_not): a slip,
+    # not a feature; leave the key out instead
+    event_type: list[str] | None = Field(default=None, min_length=1)
+    channel: list[str] | None = Field(default=None, min_length=1)
 
 
 class _AggregateEntry(FrozenSettings):
@@ -395,7 +397,10 @@ def _unique_names(names: list[str], origin: str) -> set[str]:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise SpecError(f"{origin}: feature {name!r} is declared twice")
+            raise SpecError(
+                f"{origin}: feature {name!r} is declared twice (a name over several windows "
+                "or event types needs {window}, {event_type} or {channel} in it)"
+            )
         if name.startswith("_") or name in _RESERVED_NAMES:
             raise SpecError(
                 f"{origin}: feature name {name!r} is reserved (contact_id, as_of, rules_stage "

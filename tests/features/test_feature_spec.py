@@ -166,3 +166,10 @@ def test_attributes_are_listed_once_and_never_the_id_or_the_consent(
     assert parse_feature_spec(BASE + "attributes: [segment]\n").attribute_names(["x"]) == [
         "segment"
     ]
+
+
+def test_an_empty_filter_list_is_an_error_and_a_repeated_name_says_what_it_lacks() -> None:
+    with pytest.raises(SpecError, match="event_type"):
+        parse_feature_spec(BASE + "    where: {event_type: []}\n")
+    with pytest.raises(SpecError, match=r"needs \{window\}"):
+        parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', '"{event_type}_count"'))
