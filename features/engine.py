@@ -478,6 +478,7 @@ def not_a_datetime(dtype: object) -> str:
 
 
 # the event contract's other columns the builders read, and the kind of value each holds
+# (``value`` may be absent: no money values at all)
 EVENT_KINDS = {"contact_id": "text", "event_type": "text", "channel": "text", "value": "a number"}
 _POLARS_TEXT = (pl.String, pl.Categorical, pl.Enum)
 
@@ -488,6 +489,8 @@ def check_event_kinds(kinds: Mapping[str, str], types: Mapping[str, str]) -> Non
     type. Otherwise an ``InputError`` naming the column, its type and the fix."""
     fix = "give events in the event contract (funnelcast ingest or simulate writes them)"
     for name, kind in EVENT_KINDS.items():
+        if name == "value" and name not in kinds:
+            continue  # no money values at all: the builders read it as all missing
         if name not in kinds:
             raise InputError(f"the events have no `{name}` column; {fix}")
         if kinds[name] != kind:
@@ -511,6 +514,8 @@ def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
         {name: _polars_kind(dtype) for name, dtype in schema.items()},
         {name: str(dtype) for name, dtype in schema.items()},
     )
+    if "value" not in schema:  # events without money values: every value missing
+        events = events.with_columns(pl.lit(None, pl.Float64).alias("value"))
     dtype = schema.get("timestamp")
     if dtype is None:
         raise InputError(NO_TIMESTAMP)

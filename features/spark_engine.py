@@ -226,6 +226,8 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
         raise InputError(NAIVE_TIMESTAMP)
     if not isinstance(fields["timestamp"], T.TimestampType):
         raise InputError(not_a_datetime(fields["timestamp"].simpleString()))
+    if "value" not in fields:  # events without money values: every value missing
+        frame = frame.withColumn("value", F.lit(None).cast("double"))
     return frame
 
 

@@ -205,9 +205,14 @@ def test_contract_columns_of_the_wrong_kind_are_refused_naming_them(
             build_contact_features(source, as_of=AS_OF, spec=SPEC)
         with pytest.raises(InputError, match=match):
             build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
-    for column in ("contact_id", "value"):
+    for column in ("contact_id", "channel"):
         with pytest.raises(InputError, match=f"no `{column}` column"):
             build_contact_features(good.drop(column), as_of=AS_OF, spec=SPEC)
+    # no value column: no money values, every sum zero, as with a column of nulls
+    assert_frame_equal(
+        build_contact_features(good.drop("value"), as_of=AS_OF, spec=SPEC),
+        build_contact_features(good, as_of=AS_OF, spec=SPEC),
+    )
 
 
 def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> None:

@@ -221,8 +221,8 @@ def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path
     numbered.write_parquet(path)
     with pytest.raises(InputError, match="`contact_id` is bigint, not text"):
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
-    events.drop("value").write_parquet(path)
-    with pytest.raises(InputError, match="no `value` column"):
+    events.drop("channel").write_parquet(path)
+    with pytest.raises(InputError, match="no `channel` column"):
         build_contact_features_spark(path, as_of=AS_OF, spec=SPEC, spark=spark)
     # nanoseconds, which Polars writes and reads, Spark cannot read: said, with the way out
     events.with_columns(pl.col("timestamp").dt.cast_time_unit("ns")).write_parquet(path)

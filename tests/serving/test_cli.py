@@ -225,7 +225,7 @@ def test_features_are_built_from_a_simulated_folder_as_of_a_date(tmp_path: Path)
     ("args", "says"),
     [
         (["--as-of", "2999-01-01"], "in the future"),
-        (["--events", "{tmp}"], "holds no Parquet files"),
+        (["--events", "{tmp}"], "holds no events Parquet files"),
         (["--out", "{tmp}/features.csv"], "ending in .parquet"),
     ],
 )
