@@ -5,9 +5,9 @@ keeps the last: ``{"marketing_consent": false, ..., "marketing_consent": true}``
 scored. PRODUCT.md says a contact without consent is never scored, and a body that says both
 does not say consent, so the service answers 400 naming the contact's field instead.
 
-The check costs a count, not a parse. ``KeepBody`` (ASGI) reads every POST body before the
-service does and leaves it where the API methods find it (a context variable, so it reaches
-them however BentoML schedules them). Every POST, not the prediction paths by name: Starlette
+The check costs a count, not a parse. ``KeepBody`` (ASGI) keeps a copy of every POST body as
+the service reads it, where the API methods find it (a context variable, so it reaches them
+however BentoML schedules them). Every POST, not the prediction paths by name: Starlette
 routes ``/predict%0A`` to ``/predict`` (its ``$`` matches before a final newline), and a body
 not kept would not be checked. ``needs_a_look`` counts ``"marketing_consent"`` in it: every
 contact has the field (the schema requires it), so with no more mentions than contacts, each
@@ -28,13 +28,29 @@ from serving.security import ASGIApp, Message, Receive, Scope, Send
 CONSENT = "marketing_consent"
 _MENTION = b'"marketing_consent"'
 
-_body: ContextVar[bytes | None] = ContextVar("funnelcast_request_body", default=None)
+_body: ContextVar[_Kept | None] = ContextVar("funnelcast_request_body", default=None)
+
+
+class _Kept:
+    """The chunks of a request's body as the service reads them, and the body once whole."""
+
+    __slots__ = ("chunks", "whole")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.whole: bytes | None = None
+
+    def body(self) -> bytes:
+        if self.whole is None:
+            self.whole = b"".join(self.chunks)
+            self.chunks = []
+        return self.whole
 
 
 class KeepBody:
-    """Reads a POST body, keeps it for ``consent_given_twice``, and hands it on whole. Sits
-    behind the API-key and size guard, so only an accepted body of allowed size is read here
-    (the service would read it all anyway)."""
+    """Keeps a copy of every POST body's chunks as the service reads them, for
+    ``consent_given_twice``. The body is not read ahead of the service: read here first, a
+    4 MB batch took 20 ms longer over HTTP (uvicorn and BentoML, benchmarks/serving.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -43,27 +59,20 @@ class KeepBody:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
+        kept = _Kept()
+        chunks = kept.chunks
+
+        async def keeping() -> Message:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away before sending it
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        given = False
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
 
-        async def replay() -> Message:
-            nonlocal given
-            if not given:
-                given = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        token = _body.set(body)
+        # the holder is set here, where the service's task (and the threads it starts) copy
+        # the context from; its chunks fill in wherever the body is read
+        token = _body.set(kept)
         try:
-            await self.app(scope, replay, send)
+            await self.app(scope, keeping, send)
         finally:
             _body.reset(token)
 
@@ -72,17 +81,21 @@ def needs_a_look(contacts: int) -> bool:
     """Whether this request's body may give some contact's ``marketing_consent`` twice: it
     mentions the name more often than it has ``contacts``, or it holds a ``\\u`` escape. False
     when no body was kept (the service class called directly, with no JSON)."""
-    body = _body.get()
-    return body is not None and (body.count(_MENTION) > contacts or b"\\u" in body)
+    kept = _body.get()
+    if kept is None:
+        return False
+    body = kept.body()
+    return body.count(_MENTION) > contacts or b"\\u" in body
 
 
 def consent_given_twice(*, batch: bool) -> str | None:
     """The field of the first contact of this request's body whose ``marketing_consent`` is
     given more than once (``contacts.<i>.marketing_consent`` in a batch), or None (also when
     no body was kept). Parses the whole body: ask ``needs_a_look`` first."""
-    body = _body.get()
-    if body is None:
+    kept = _body.get()
+    if kept is None:
         return None
+    body = kept.body()
     try:
         parsed = json.loads(body, object_pairs_hook=_Object)
     except ValueError:  # the service parsed it; this cannot happen, and is no duplicate

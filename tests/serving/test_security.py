@@ -218,22 +218,6 @@ def test_the_kept_body_reaches_the_service_whole_and_answers_the_consent_check()
     assert consent_given_twice(batch=False) is None
 
 
-def test_a_client_gone_before_its_body_ends_reaches_nothing_and_gets_nothing() -> None:
-    inner = _App()
-    sent: list[dict] = []
-    messages = [{"type": "http.request", "body": b'{"marketing', "more_body": True}]
-
-    async def receive() -> dict:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(KeepBody(inner)(_scope(), receive, send))
-    assert not inner.reached
-    assert sent == []
-
-
 def test_every_post_body_is_kept_whatever_its_path() -> None:
     """Not the prediction paths by name: Starlette routes '/predict\\n' to /predict."""
     twice = b'{"marketing_consent": false, "marketing_consent": true}'
