@@ -39,12 +39,7 @@ def check_contacts(contacts: pa.Table | pl.DataFrame) -> None:
     the fix (``funnelcast ingest`` reads consent given as text, yes/no or 1/0, through a
     mapping, and keeps one row per contact, consented only if every copy says so)."""
     frame = _frame(contacts)
-    dtype = frame.schema.get("marketing_consent")
-    if dtype is None:
-        raise InputError(
-            f"the contacts table has no `marketing_consent` column (it has "
-            f"{list(frame.schema)[:8]}); {_FIX}"
-        )
+    dtype = _column_type(frame, "marketing_consent")
     if dtype != pl.Boolean:
         raise InputError(
             f"the contacts table's `marketing_consent` is {dtype}, not true/false; {_FIX}"
@@ -57,12 +52,7 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     rows: a second row would give a contact two rows of features, or two answers about its
     consent. Otherwise an ``InputError`` with counts and row numbers, not the ids."""
     frame = _frame(contacts)
-    dtype = frame.schema.get("contact_id")
-    if dtype is None:
-        raise InputError(
-            f"the contacts table has no `contact_id` column (it has {list(frame.schema)[:8]}); "
-            f"{_FIX}"
-        )
+    dtype = _column_type(frame, "contact_id")
     if not isinstance(dtype, _TEXT):
         raise InputError(f"the contacts table's `contact_id` is {dtype}, not text; {_FIX}")
     ids = frame.get_column("contact_id")
@@ -80,6 +70,15 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
             f"one row (row {rows[0]}, counting from 0, is one); give one row per contact "
             "(funnelcast ingest keeps the first, with consent only if every copy gives it)"
         )
+
+
+def _column_type(frame: pl.DataFrame, name: str) -> pl.DataType:
+    dtype = frame.schema.get(name)
+    if dtype is None:
+        raise InputError(
+            f"the contacts table has no `{name}` column (it has {list(frame.schema)[:8]}); {_FIX}"
+        )
+    return dtype
 
 
 def _frame(contacts: pa.Table | pl.DataFrame) -> pl.DataFrame:

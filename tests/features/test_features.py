@@ -43,6 +43,21 @@ def _row(frame: pl.DataFrame, contact: str) -> dict[str, object]:
     return frame.filter(pl.col("contact_id") == contact).row(0, named=True)
 
 
+def _refused_by_both_builders(events: pl.DataFrame, tmp_path: Path, match: str) -> None:
+    """Both builders refuse ``events``, given as a frame and as a Parquet file, saying
+    ``match``."""
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    for source in (events, path):
+        with pytest.raises(InputError, match=match):
+            build_contact_features(source, as_of=AS_OF, spec=SPEC)
+        with pytest.raises(InputError, match=match):
+            build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
+
+
 def test_counts_sums_recency_and_ratios_of_one_contact() -> None:
     events = _events(
         [
@@ -162,8 +177,6 @@ def test_timestamps_in_another_zone_give_the_features_of_the_same_instants_in_ut
 def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
     dtype: str, tmp_path: Path
 ) -> None:
-    from features.errors import InputError
-    from features.snapshots import build_training_frame
 
     events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     if dtype == "naive":
@@ -172,13 +185,7 @@ def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
     else:
         events = events.with_columns(pl.col("timestamp").cast(pl.String))
         match = "not a datetime"
-    path = tmp_path / "events.parquet"
-    events.write_parquet(path)
-    for source in (events, path):
-        with pytest.raises(InputError, match=match):
-            build_contact_features(source, as_of=AS_OF, spec=SPEC)
-        with pytest.raises(InputError, match=match):
-            build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
+    _refused_by_both_builders(events, tmp_path, match)
 
 
 @pytest.mark.parametrize(
@@ -194,17 +201,10 @@ def test_contract_columns_of_the_wrong_kind_are_refused_naming_them(
     change: pl.Expr, match: str, tmp_path: Path
 ) -> None:
     from features.errors import InputError
-    from features.snapshots import build_training_frame
 
     good = _events([("1", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     events = good.with_columns(change)
-    path = tmp_path / "events.parquet"
-    events.write_parquet(path)
-    for source in (events, path):
-        with pytest.raises(InputError, match=match):
-            build_contact_features(source, as_of=AS_OF, spec=SPEC)
-        with pytest.raises(InputError, match=match):
-            build_training_frame(source, as_of_dates=[AS_OF.date()], spec=SPEC)
+    _refused_by_both_builders(events, tmp_path, match)
     for column in ("contact_id", "channel"):
         with pytest.raises(InputError, match=f"no `{column}` column"):
             build_contact_features(good.drop(column), as_of=AS_OF, spec=SPEC)

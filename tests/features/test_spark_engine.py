@@ -203,14 +203,19 @@ def test_the_spark_engine_equals_the_polars_engine_on_edge_cases(
     assert row("single")["days_since_signup_date"] is None  # signed up after the snapshot
 
 
+def _first_edge_events() -> pa.Table:
+    """The first three edge-case events, validated as ingest writes them."""
+    frame = pd.DataFrame(
+        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    return validate(frame, now=NOW).events
+
+
 def test_the_spark_engine_refuses_timestamps_without_a_zone(spark: Any, tmp_path: Path) -> None:
     from features.errors import InputError
     from features.spark_engine import build_contact_features_spark
 
-    frame = pd.DataFrame(
-        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
-    )
-    events = pl.from_arrow(validate(frame, now=NOW).events)
+    events = pl.from_arrow(_first_edge_events())
     assert isinstance(events, pl.DataFrame)
     path = tmp_path / "events.parquet"
     events.with_columns(pl.col("timestamp").dt.replace_time_zone(None)).write_parquet(path)
@@ -235,10 +240,7 @@ def test_the_spark_engine_refuses_a_contacts_column_named_like_a_feature(
 ) -> None:
     from features.spec import SpecError
 
-    frame = pd.DataFrame(
-        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
-    )
-    events = validate(frame, now=NOW).events
+    events = _first_edge_events()
     ids = sorted(set(events.column("contact_id").to_pylist()))
     for column, value, named in (
         ("purchase_count_all", 3, "`purchase_count_all`"),
@@ -256,10 +258,7 @@ def test_the_spark_engine_refuses_a_money_value_no_sum_can_hold(
 ) -> None:
     from features.errors import InputError
 
-    frame = pd.DataFrame(
-        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
-    )
-    events = pl.from_arrow(validate(frame, now=NOW).events)
+    events = pl.from_arrow(_first_edge_events())
     assert isinstance(events, pl.DataFrame)
     bad = events.with_columns(pl.lit(float("nan")).alias("value"))
     with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
@@ -271,10 +270,7 @@ def test_the_spark_engine_refuses_event_types_outside_the_contract(
 ) -> None:
     from features.errors import InputError
 
-    frame = pd.DataFrame(
-        EDGE_EVENTS[:3], columns=["contact_id", "timestamp", "channel", "event_type", "value"]
-    )
-    events = validate(frame, now=NOW).events
+    events = _first_edge_events()
     bad = events.set_column(
         events.schema.get_field_index("event_type"),
         "event_type",
