@@ -370,6 +370,7 @@ def features(
             "if every contact opted in"
         )
     _not_an_input(out, events, contacts_path)
+    _can_write(out)  # before the build, not after it
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
         check_contacts(contact_table)  # before any work: consent decides what is written
@@ -666,6 +667,24 @@ def _simulate_into(
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
     _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
     return validated, sim.stage_history
+
+
+def _can_write(out: Path) -> None:
+    """``out`` can be written: its folder exists (or is made) and takes a new file; otherwise
+    the ``InputError`` the write would give, now."""
+    import tempfile
+
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give a file name for the Parquet output")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"cannot write {out}: {error.strerror or error} (is every folder above it a "
+            "folder you may write to?)"
+        ) from None
 
 
 def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
