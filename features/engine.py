@@ -88,9 +88,12 @@ def build_contact_features(
     once the parts are known and after each part."""
     as_of = as_utc(as_of, "as_of")
     rules = rules or load_rules_settings()
-    past = scan_events(events).filter(pl.col("timestamp") < as_of)
+    if contacts is not None:
+        check_contact_ids(contacts)  # once, here: the steps below read the table several times
+    scanned = scan_events(events)  # the files' footers are read and checked once
+    past = scanned.filter(pl.col("timestamp") < as_of)
     aggregates = with_internal_aggregates(spec, rules)
-    bounds = _part_bounds(events, partition_rows)
+    bounds = _part_bounds(events, scanned, partition_rows)
     listed = _listed_ids(contacts)
     # eligible: any event in the longest window, or listed in the contacts table; each part
     # keeps only its eligible rows, so the parts never sit in memory whole
@@ -213,7 +216,7 @@ def _aggregate_part(
 _SAMPLES_PER_PART = 10_000
 
 
-def _part_bounds(events: EventsInput, partition_rows: int) -> pl.Series:
+def _part_bounds(events: EventsInput, scan: pl.LazyFrame, partition_rows: int) -> pl.Series:
     """The contact ids that split a Parquet input into parts of about ``partition_rows``
     events (none: one part; frames in memory are done whole). Part i holds the contacts from
     bound i-1 (inclusive) to bound i (exclusive), so a contact's events all land in one part
@@ -221,13 +224,13 @@ def _part_bounds(events: EventsInput, partition_rows: int) -> pl.Series:
     quantiles of the contact ids of evenly spaced events, so each part gets a like share of
     the events whatever the ids look like; reading the one column costs about 0.3 s at 30 M
     events. They are in Polars' order of the ids, the order the parts' filters compare in (an
-    Enum's is its categories', not the text's)."""
+    Enum's is its categories', not the text's). ``scan``: the events as ``scan_events`` read
+    them."""
     if partition_rows < 1:
         raise ValueError("partition_rows must be positive")
     whole = pl.Series("contact_id", [], pl.String)  # no bounds: one part
     if not isinstance(events, Path | str):
         return whole
-    scan = scan_events(events)
     rows = scan.select(pl.len()).collect().item()  # from Parquet metadata
     parts = -(-rows // partition_rows)
     if parts <= 1:
@@ -396,17 +399,20 @@ def _check_files(files: list[Path]) -> None:
     lacks a contact_id or a timestamp (counted from the files' statistics, without reading
     the rows); otherwise an ``InputError`` naming the file."""
     fix = "write the events again, e.g. with `funnelcast ingest`"
-    first: tuple[Path, dict[str, pl.DataType | None]] | None = None
+    first: tuple[Path, dict[str, pa.DataType | None]] | None = None
     for file in files:
         try:
-            schema = pl.read_parquet_schema(file)
-        except Exception as error:  # Polars' and the OS's errors alike: the file is unusable
+            metadata = pq.read_metadata(file)  # the footer: schema and statistics
+            schema = metadata.schema.to_arrow_schema()
+        except Exception as error:  # Arrow's and the OS's errors alike: the file is unusable
             reason = " ".join(str(error).split())[:160]
             raise InputError(f"{file} is not a readable Parquet file ({reason}); {fix}") from None
-        contract = {name: schema.get(name) for name in ("timestamp", *EVENT_KINDS)}
+        contract = {
+            name: schema.field(name).type if name in schema.names else None
+            for name in ("timestamp", *EVENT_KINDS)
+        }
         if first is None:
             first = (file, contract)
-            continue
         for name, dtype in contract.items():
             if dtype != first[1][name]:
                 raise InputError(
@@ -414,17 +420,15 @@ def _check_files(files: list[Path]) -> None:
                     f"{first[1][name] or 'missing'} in {first[0]}; give files of one schema "
                     "(funnelcast ingest writes them so)"
                 )
-    for file in files:
-        _refuse_missing(_missing_in_file(file), f" in {file}")
+        _refuse_missing(_missing_in_file(file, metadata), f" in {file}")
 
 
 _REQUIRED_VALUES = ("contact_id", "timestamp")
 
 
-def _missing_in_file(file: Path) -> dict[str, int]:
+def _missing_in_file(file: Path, metadata: pq.FileMetaData) -> dict[str, int]:
     """Per required column, how many of the file's rows lack a value: from the row groups'
     statistics (the footer), or, where a writer left them out, from the column itself."""
-    metadata = pq.read_metadata(file)
     positions = {metadata.schema.column(i).name: i for i in range(metadata.num_columns)}
     missing: dict[str, int] = {}
     for name in _REQUIRED_VALUES:
@@ -966,12 +970,11 @@ def with_listed_contacts(
 
 
 def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:
-    """The contacts table as a frame, checked: one row per contact, each with an id."""
-    if contacts is None:
-        return None
-    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
+    """The contacts table as a frame (the builders check its ids once, on entry)."""
+    if contacts is None or isinstance(contacts, pl.DataFrame):
+        return contacts
+    frame = pl.from_arrow(contacts)
     assert isinstance(frame, pl.DataFrame)
-    check_contact_ids(frame)
     return frame
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
+from features.consent import check_contact_ids
 from features.engine import (
     ANY_EVENT,
     NOT_FINITE_VALUE,
@@ -72,6 +73,8 @@ def build_training_frame(
     (training samples and narrows them there), so the frame never holds more than it keeps."""
     days = _snapshot_days(as_of_dates)
     rules = rules or load_rules_settings()
+    if contacts is not None:
+        check_contact_ids(contacts)  # once, not at every snapshot that reads the table
     aggregates = with_internal_aggregates(spec, rules)
     series = _series_of(aggregates)
     last_moment = _moment(days[-1])

@@ -656,7 +656,7 @@ def test_the_parts_are_ranges_of_contacts_of_like_size_that_concatenate_in_conta
     events, _ = simulated
     path = simulated_parquet
     parts = 5
-    bounds = engine._part_bounds(path, -(-events.height // parts))
+    bounds = engine._part_bounds(path, engine.scan_events(path), -(-events.height // parts))
     assert len(bounds) == parts - 1
     assert bounds.is_sorted()
     assert bounds.n_unique() == len(bounds)
@@ -706,7 +706,7 @@ def test_parts_follow_the_order_polars_compares_ids_in_not_the_text(tmp_path: Pa
     )
     path = tmp_path / "events.parquet"
     events.write_parquet(path)
-    bounds = engine._part_bounds(path, 25)
+    bounds = engine._part_bounds(path, engine.scan_events(path), 25)
     assert bounds.dtype == categories
     assert bounds.is_sorted()
     whole = build_contact_features(path, as_of=AS_OF, spec=SPEC)
