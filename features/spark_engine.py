@@ -533,15 +533,9 @@ def _eligible_with_attributes(
             f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
             "them from `attributes:` or add them to the contacts"
         )
-    named = {name: _attribute(listed.schema[name], as_of) for name in wanted}
-    attributes = [column for column in named.values() if column is not None]
-    spec.check_attribute_columns(
-        {
-            _output_name(name, listed.schema[name]): name
-            for name, c in named.items()
-            if c is not None
-        }
-    )
+    named = [a for name in wanted if (a := _attribute(listed.schema[name], as_of)) is not None]
+    spec.check_attribute_columns({output: source for output, source, _ in named})
+    attributes = [column for _, _, column in named]
     listed = listed.select("contact_id", *attributes, F.lit(True).alias(_LISTED))
     # a full join keeps listed contacts without events and active contacts not listed
     frame = per_contact.join(listed, on="contact_id", how="full")
@@ -549,28 +543,22 @@ def _eligible_with_attributes(
     return frame.where(recent | F.col(_LISTED).isNotNull()), names
 
 
-def _output_name(name: str, field: T.StructField) -> str:
-    """The attribute feature's name ``_attribute`` gives the column (dates become days)."""
-    dated = isinstance(field.dataType, T.DateType | T.TimestampType | T.TimestampNTZType)
-    return f"days_since_{name}" if dated else name
-
-
-def _attribute(field: T.StructField, as_of: dt.datetime) -> Column | None:
+def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Column] | None:
     """The rule of ``features.engine``: text stays text (categorical in Polars), dates become
     days before as_of (missing when after it), booleans and numbers floats; other types (lists,
-    structs) are left out on purpose."""
-    column, kind = F.col(field.name), field.dataType
+    structs) are left out on purpose. The feature's name, the column's, and the feature."""
+    name, column, kind = field.name, F.col(field.name), field.dataType
     if isinstance(kind, T.StringType):
-        return column.alias(field.name)
+        return name, name, column.alias(name)
     if isinstance(kind, T.DateType | T.TimestampType | T.TimestampNTZType):
         if isinstance(kind, T.DateType):
             micros = F.unix_date(column).cast("long") * MICROS_PER_DAY
         else:  # naive times are read in the session time zone, UTC in spark_session
             micros = F.unix_micros(column.cast(T.TimestampType()))
         days = _days_before(as_of, micros)
-        return F.when(days >= 0, days).alias(f"days_since_{field.name}")
+        return f"days_since_{name}", name, F.when(days >= 0, days).alias(f"days_since_{name}")
     if isinstance(kind, T.BooleanType | T.NumericType):
-        return column.cast("double").alias(field.name)
+        return name, name, column.cast("double").alias(name)
     return None
 
 
