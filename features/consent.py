@@ -27,7 +27,8 @@ class ConsentFilter:
     contacts_without_consent: int
 
 
-_TEXT = (pl.String, pl.Categorical, pl.Enum)
+# the Polars types of text, as the contract's ids and names may come
+TEXT_TYPES = (pl.String, pl.Categorical, pl.Enum)
 
 
 _FIX = "write the contacts with `funnelcast ingest` (or `simulate`), which checks them"
@@ -53,7 +54,7 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     consent. Otherwise an ``InputError`` with counts and row numbers, not the ids."""
     frame = _frame(contacts)
     dtype = _column_type(frame, "contact_id")
-    if not isinstance(dtype, _TEXT):
+    if not isinstance(dtype, TEXT_TYPES):
         raise InputError(f"the contacts table's `contact_id` is {dtype}, not text; {_FIX}")
     ids = frame.get_column("contact_id")
     if ids.null_count():
@@ -102,8 +103,7 @@ def restrict_to_consented(
             )
         return ConsentFilter(kept=frame, contacts_without_consent=0)
     check_contacts(contacts)
-    table = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
-    assert isinstance(table, pl.DataFrame)
+    table = _frame(contacts)
     consented = table.filter(pl.col("marketing_consent")).select("contact_id")
     kept = frame.join(consented, on="contact_id", how="semi")
     held_back = frame["contact_id"].n_unique() - kept["contact_id"].n_unique()

@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.consent import check_contact_ids
+from features.consent import TEXT_TYPES, check_contact_ids
 from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
@@ -484,7 +484,6 @@ def not_a_datetime(dtype: object) -> str:
 # the event contract's other columns the builders read, and the kind of value each holds
 # (``value`` may be absent: no money values at all)
 EVENT_KINDS = {"contact_id": "text", "event_type": "text", "channel": "text", "value": "a number"}
-_POLARS_TEXT = (pl.String, pl.Categorical, pl.Enum)
 
 
 def check_event_kinds(kinds: Mapping[str, str], types: Mapping[str, str]) -> None:
@@ -502,7 +501,7 @@ def check_event_kinds(kinds: Mapping[str, str], types: Mapping[str, str]) -> Non
 
 
 def _polars_kind(dtype: pl.DataType) -> str:
-    if isinstance(dtype, _POLARS_TEXT):
+    if isinstance(dtype, TEXT_TYPES):
         return "text"
     if dtype.is_float() or dtype.is_integer() or dtype == pl.Null:
         return "a number"

@@ -690,23 +690,25 @@ def _can_write(out: Path) -> None:
 def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
     """``--out`` is neither an input file nor a file the events folder would read as events
     the next time (a folder without events.parquet is read as all its Parquet files)."""
-    from features.engine import SIBLING_TABLES, events_path
+    from features.engine import SIBLING_TABLES
 
-    given = events_path(events)
-    inputs = {Path(p).resolve() for p in ([given] if isinstance(given, str) else given)}
     target = out.resolve()
-    if target in inputs or target == contacts.resolve():
-        raise InputError(f"--out {out} is one of the input files; give another file name")
-    if (
-        events.is_dir()
-        and not (events / "events.parquet").exists()
-        and target.parent == events.resolve()
+    inputs = {contacts.resolve()}
+    if not events.is_dir():
+        inputs.add(events.resolve())
+    elif (events / "events.parquet").exists():
+        inputs.add((events / "events.parquet").resolve())
+    elif (
+        target.parent == events.resolve()
         and target.name not in SIBLING_TABLES
+        and any(f.name not in SIBLING_TABLES for f in events.glob("*.parquet"))
     ):
         raise InputError(
             f"--out {out} is in the events folder {events}, whose Parquet files are all read "
             "as events: the next run would read the features as events; write it elsewhere"
         )
+    if target in inputs:
+        raise InputError(f"--out {out} is one of the input files; give another file name")
 
 
 def _build_features_on_spark(
