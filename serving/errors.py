@@ -17,19 +17,13 @@ import json
 from typing import Any
 
 from serving.schemas import MAX_BATCH_CONTACTS
-from serving.security import ASGIApp, Message, Receive, Scope, Send
+from serving.security import Message, PostMiddleware, Receive, Scope, Send
 
 
-class NamedValidationErrors:
+class NamedValidationErrors(PostMiddleware):
     """Rewrites BentoML's schema-validation 400s to name the field (see the module)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: Message | None = None
         chunks: list[bytes] = []
 
@@ -89,13 +83,13 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
 
 # pydantic's names for the kinds a feature or attribute value may take, which it adds to the
 # place of a value that is none of them ("features.x.float"): the field is the value's
-_KINDS = frozenset({"float", "str", "bool", "int"})
+KIND_TAGS = frozenset({"float", "str", "bool", "int"})
 
 
 def _place(loc: list[Any] | tuple[Any, ...]) -> str:
     """A problem's place as a dotted path, without pydantic's name of a kind the value failed
     to be; an empty key shows as ``""``."""
     parts = list(loc)
-    if len(parts) >= 3 and parts[-1] in _KINDS and parts[-3] in ("features", "attributes"):
+    if len(parts) >= 3 and parts[-1] in KIND_TAGS and parts[-3] in ("features", "attributes"):
         parts.pop()
     return ".".join('""' if part == "" else str(part) for part in parts)

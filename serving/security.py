@@ -79,6 +79,23 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+class PostMiddleware:
+    """An ASGI middleware that acts on POST requests only (``post``); every other request,
+    and the lifespan, pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        await self.post(scope, receive, send)
+
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
 class GuardMiddleware:
     """401 without a valid key; 413 for a body over ``max_body_bytes`` (by Content-Length, or
     while streaming when the length is not declared)."""

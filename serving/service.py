@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
-from serving.errors import NamedValidationErrors
+from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.openapi import complete_openapi
 from serving.runtime import (
     RequestError,
@@ -67,7 +67,7 @@ _LOGGED_NAMES: set[str] = {
     *ContactRequest.model_fields,
     *Event.model_fields,
     *BatchRequest.model_fields,
-    *("float", "str", "bool", "int"),
+    *KIND_TAGS,
 }
 
 
@@ -127,10 +127,6 @@ def _bad_request(exc: InputError) -> JSONResponse:
     if isinstance(exc, RequestError):
         body = {"error": exc.message, "field": exc.field}
     return JSONResponse(body, status_code=400)
-
-
-def _consent_given_twice_alone() -> str | None:
-    return consent_given_twice(batch=False)
 
 
 def _answer(body: bytes) -> Response:
@@ -225,7 +221,9 @@ class Funnelcast:
         features must be one of the stage names. Numbers must fit float32 (about 3.4e38).
         A body that gives 'marketing_consent' twice is refused."""
         if needs_a_look(1):  # a parse of the whole body: off the event loop
-            twice = await anyio.to_thread.run_sync(_consent_given_twice_alone)
+            twice = await anyio.to_thread.run_sync(
+                functools.partial(consent_given_twice, batch=False)
+            )
             if twice is not None:
                 return _bad_request(RequestError(twice, GIVEN_TWICE))  # type: ignore[return-value]
         try:
@@ -284,5 +282,5 @@ def metadata() -> ModelMetadata:
 Funnelcast.mount_asgi_app(_extra, path="/")  # type: ignore[attr-defined]
 Funnelcast.add_asgi_middleware(_Guard)  # type: ignore[attr-defined]
 Funnelcast.add_asgi_middleware(NamedValidationErrors)  # type: ignore[attr-defined]
-# innermost: reads only bodies the guard let through (key checked, size within the limit)
+# innermost: copies only bodies the guard let through (key checked, size within the limit)
 Funnelcast.add_asgi_middleware(KeepBody)  # type: ignore[attr-defined]
