@@ -123,9 +123,11 @@ def _stop_the_server(error: ServiceConfigError) -> NoReturn:
 
 
 def _bad_request(exc: InputError) -> JSONResponse:
+    """A request the model cannot use, shaped as the schema's 400s: the message starts with
+    the field it names."""
     body: dict[str, Any] = {"error": str(exc)}
     if isinstance(exc, RequestError):
-        body = {"error": exc.message, "field": exc.field}
+        body = {"error": f"{exc.field}: {exc.message}", "field": exc.field}
     return JSONResponse(body, status_code=400)
 
 

@@ -197,6 +197,7 @@ def test_every_400_has_the_same_shape_with_the_field(
     assert schema.json()["field"] == "contacts.0.events.0.event_type"
     assert schema.json()["error"].startswith("contacts.0.events.0.event_type: Input should be")
     assert model.json()["field"] == "features"
+    assert model.json()["error"].startswith("features: unknown feature")
     assert malformed.json()["field"] is None
     assert malformed.json()["error"]
 
