@@ -82,14 +82,16 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
 
 
 # pydantic's names for the kinds a feature or attribute value may take, which it adds to the
-# place of a value that is none of them ("features.x.float"): the field is the value's
+# place of a value that is none of them ("features.x.float", "values.3.float"): the field is
+# the value's
 KIND_TAGS = frozenset({"float", "str", "bool", "int"})
+_VALUE_HOLDERS = ("features", "attributes", "values")
 
 
 def _place(loc: list[Any] | tuple[Any, ...]) -> str:
     """A problem's place as a dotted path, without pydantic's name of a kind the value failed
     to be; an empty key shows as ``""``."""
     parts = list(loc)
-    if len(parts) >= 3 and parts[-1] in KIND_TAGS and parts[-3] in ("features", "attributes"):
+    if len(parts) >= 3 and parts[-1] in KIND_TAGS and parts[-3] in _VALUE_HOLDERS:
         parts.pop()
     return ".".join('""' if part == "" else str(part) for part in parts)

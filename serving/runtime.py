@@ -15,10 +15,10 @@ import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import pydantic_core
@@ -185,6 +185,7 @@ class Scorer(Protocol):
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]: ...
 
     def predict(
@@ -193,6 +194,7 @@ class Scorer(Protocol):
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[Prediction]: ...
 
     def metadata(self, limits: dict[str, int]) -> ModelMetadata: ...
@@ -429,6 +431,62 @@ def _where(index: int | None, name: str) -> str:
     return name if index is None else f"contacts.{index}.{name}"
 
 
+class _Table:
+    """A batch's ``feature_names``: where each name's value sits in a contact's ``values``."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.place = {name: k for k, name in enumerate(names)}
+
+    def row(self, values: Sequence[Any]) -> _TableRow:
+        return _TableRow(values, self.place)
+
+
+class _TableRow(Mapping[str, Any]):
+    """One contact's ``values`` read by name (the few names the reasons or the rules look at),
+    without building a dict of every feature per contact."""
+
+    __slots__ = ("place", "row")
+
+    def __init__(self, row: Sequence[Any], place: Mapping[str, int]) -> None:
+        self.row = row
+        self.place = place
+
+    def __getitem__(self, name: str) -> Any:
+        return self.row[self.place[name]]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.place
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.place)
+
+    def __len__(self) -> int:
+        return len(self.place)
+
+
+def _check_form(request: ContactRequest, table: _Table | None, index: int | None) -> None:
+    """A contact's ``values`` only with the batch's feature names, and with them, values
+    (``BatchRequest`` checks both; /predict, and callers of the scorer, are checked here)."""
+    if request.values is not None and table is None:
+        raise RequestError(
+            _where(index, "values"),
+            "'values' go with the batch's 'feature_names' in /predict_batch; here give "
+            "'features' by name",
+        )
+    if table is not None:
+        if request.values is None:
+            raise RequestError(
+                _where(index, "values"),
+                "with 'feature_names', give every contact's 'values' in their order",
+            )
+        if len(request.values) != len(table.names):
+            raise RequestError(
+                _where(index, "values"),
+                f"{len(request.values)} values for {len(table.names)} feature names",
+            )
+
+
 def _no_consent(request: ContactRequest, info: ModelInfo, as_of: dt.datetime) -> dict[str, Any]:
     return {
         "contact_id": request.contact_id,
@@ -523,9 +581,12 @@ class ModelScorer:
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """``predict_rows`` as validated ``Prediction`` models."""
-        return _validated(self.predict_rows(requests, now, batch=batch))
+        return _validated(
+            self.predict_rows(requests, now, batch=batch, feature_names=feature_names)
+        )
 
     def predict_rows(
         self,
@@ -533,25 +594,37 @@ class ModelScorer:
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """One prediction per request, in order, as plain rows of ``Prediction``'s fields
         (what the service encodes: ``predictions_json``). ``batch``: the requests are a
         /predict_batch's contacts, so a ``RequestError``'s field starts with ``contacts.<i>.``
-        (however many there are); otherwise it names the field of the one contact."""
+        (however many there are); otherwise it names the field of the one contact.
+        ``feature_names``: the batch's compact form, each contact's ``values`` in this order
+        (every feature of the model, checked here)."""
         now = now or dt.datetime.now(dt.UTC)
+        table = None if feature_names is None else self._table(feature_names)
         out: list[dict[str, Any] | None] = [None] * len(requests)
         records: list[Mapping[str, Any]] = []
         slots: list[tuple[int, dt.datetime, int | None]] = []
         for i, request in enumerate(requests):
             as_of = request.as_of or now
+            _check_form(request, table, i if batch else None)
             if not request.marketing_consent:
                 out[i] = _no_consent(request, self.info, as_of)
+                continue
+            if table is not None and request.values is not None:
+                records.append(table.row(request.values))
+                slots.append((i, as_of, None))
                 continue
             features, used = self.features_of(request, as_of, i if batch else None)
             records.append(features)
             slots.append((i, as_of, used))
         if records:
-            matrix = self._encode(records, slots, batch)
+            if table is not None:  # every contact gave values (_check_form)
+                matrix = self._encode_table(table, records, slots)
+            else:
+                matrix = self._encode(records, slots, batch)
             explain = [requests[i].explain for i, _, _ in slots]
             scored = self.model.score_matrix(matrix, records if any(explain) else None)
             if not (np.isfinite(scored["proba"]).all() and np.isfinite(scored["propensity"]).all()):
@@ -578,6 +651,42 @@ class ModelScorer:
                     "events_used": used,
                 }
         return [p for p in out if p is not None]
+
+    def _table(self, names: Sequence[str]) -> _Table:
+        """A batch's feature names, which must be the model's, every one (in any order)."""
+        unknown = [name for name in names if name not in self._feature_set]
+        if unknown:
+            raise RequestError(
+                "feature_names",
+                f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
+            )
+        if len(names) != len(self.feature_names):  # a name missing (none unknown, none twice)
+            given = set(names)
+            missing = [name for name in self.feature_names if name not in given]
+            raise RequestError(
+                "feature_names",
+                f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}; "
+                "name every feature the model uses (null values where undefined)",
+            )
+        return _Table(names)
+
+    def _encode_table(
+        self,
+        table: _Table,
+        records: list[Mapping[str, Any]],
+        slots: list[tuple[int, dt.datetime, int | None]],
+    ) -> Any:
+        """The compact form's contacts as one matrix; a value the model cannot read names its
+        contact and its place in ``values`` (the message names the feature)."""
+        from training.pyfunc import FeatureValueError  # loaded with the model
+
+        rows = [cast(_TableRow, record).row for record in records]
+        positions = [table.place[name] for name in self.feature_names]
+        try:
+            return self.model.encode_rows(rows, positions)
+        except FeatureValueError as exc:
+            where = _where(slots[exc.row][0], f"values.{table.place[exc.feature]}")
+            raise RequestError(where, str(exc)) from None
 
     def _encode(
         self,
@@ -655,9 +764,12 @@ class RulesScorer:
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """``predict_rows`` as validated ``Prediction`` models."""
-        return _validated(self.predict_rows(requests, now, batch=batch))
+        return _validated(
+            self.predict_rows(requests, now, batch=batch, feature_names=feature_names)
+        )
 
     def predict_rows(
         self,
@@ -665,21 +777,33 @@ class RulesScorer:
         now: dt.datetime | None = None,
         *,
         batch: bool = False,
+        feature_names: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """As ``ModelScorer.predict_rows``, with the rules' stage."""
         now = now or dt.datetime.now(dt.UTC)
+        table = None if feature_names is None else _Table(feature_names)
+        if table is not None and "rules_stage" not in table.place:
+            raise RequestError(
+                "feature_names",
+                "the rules fallback needs 'rules_stage' among the feature names; or send events",
+            )
         out: list[dict[str, Any]] = []
         for i, request in enumerate(requests):
             as_of = request.as_of or now
+            _check_form(request, table, i if batch else None)
             if not request.marketing_consent:
                 out.append(_no_consent(request, self.info, as_of))
                 continue
             used: int | None = None
-            if request.features is not None:
-                stage = request.features.get("rules_stage")
+            given: Mapping[str, Any] | None = request.features
+            where = "features.rules_stage"
+            if table is not None and request.values is not None:
+                given, where = table.row(request.values), f"values.{table.place['rules_stage']}"
+            if given is not None:
+                stage = given.get("rules_stage")
                 if not isinstance(stage, str) or stage not in STAGES:
                     raise RequestError(
-                        _where(i if batch else None, "features.rules_stage"),
+                        _where(i if batch else None, where),
                         f"the rules fallback needs 'rules_stage', one of {list(STAGES)}; "
                         "or send events",
                     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import operator
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -203,7 +203,6 @@ class FunnelcastModel(_PythonModel):
         A number beyond float32's range (it would be read as infinite), a value of the wrong
         kind, or a 'rules_stage' that is no stage name is a ``FeatureValueError`` naming the
         record and the feature."""
-        codes = self._category_codes()
         numeric, categorical = self._columns()
         X = np.empty((len(records), len(self.feature_names)), dtype=np.float64)
         names = [self.feature_names[j] for j in numeric]
@@ -216,33 +215,74 @@ class FunnelcastModel(_PythonModel):
         except (KeyError, TypeError, ValueError):  # KeyError: a name missing (complete only)
             if complete:
                 raise InputError("a feature is missing, or text where a number goes") from None
-            block = self._numbers_one_by_one(records, names)
+            block = _numbers_one_by_one(records, names, names, _get)
         if np.isinf(block).any():  # one pass over the block; the culprit is looked for only now
-            raise _beyond_float32(block, records, names)
+            raise _beyond_float32(block, names, lambda i, k: records[i].get(names[k]))
         if names:
             X[:, numeric] = block.reshape(len(records), len(names))
         for j in categorical:
             name = self.feature_names[j]
-            mapping = codes[name]
-            for i, record in enumerate(records):
-                value = record.get(name)
-                if value is None and complete and name not in record:
-                    raise InputError(f"feature '{name}' is missing")
-                if value is None:
-                    X[i, j] = np.nan
-                elif not isinstance(value, str):
-                    raise FeatureValueError(
-                        f"feature '{name}' is a category; give it as text, one of "
-                        f"{sorted(mapping)[:8]}",
-                        row=i,
-                        feature=name,
-                    )
-                else:
-                    code = mapping.get(value)
-                    if code is None:  # a category not seen in training: missing, unless ...
-                        _check_closed(name, value, row=i)  # ... there is no such category
-                    X[i, j] = np.nan if code is None else code
+            if complete:
+                try:
+                    column = [record[name] for record in records]
+                except KeyError:
+                    raise InputError(f"feature '{name}' is missing") from None
+            else:
+                column = [record.get(name) for record in records]
+            X[:, j] = self._category_column(name, column)
         return X
+
+    def encode_rows(self, rows: Sequence[Sequence[Any]], positions: Sequence[int]) -> FloatArray:
+        """The compact form of a batch: rows of values, ``positions[j]`` the place of the
+        model's feature j in every row (each row holds every feature). Checked as
+        ``encode_records`` checks: text where a number goes, a number beyond float32, a
+        category that is not text or a 'rules_stage' that is no stage name is a
+        ``FeatureValueError`` naming the row and the feature."""
+        numeric, categorical = self._columns()
+        copied = [list(row) for row in rows]  # the rows' text stays as given (the reasons)
+        for j in categorical:  # each category's code in its place, so every value is a number
+            place = positions[j]
+            codes = self._category_column(self.feature_names[j], [row[place] for row in rows])
+            for row, code in zip(copied, codes, strict=True):
+                row[place] = code
+        names = [self.feature_names[j] for j in numeric]
+        places = [positions[j] for j in numeric]
+        if not rows:
+            return np.empty((0, len(self.feature_names)), dtype=np.float64)
+        try:
+            # text left is among the numbers: the sum stops at it (numpy would read "3.5" as
+            # a number); numpy reads None as NaN
+            sum(filter(None, itertools.chain.from_iterable(copied)))
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+                block = np.array(copied, dtype=np.float32)
+        except (TypeError, ValueError):  # text among the numbers: find it
+            _numbers_one_by_one(rows, places, names, operator.getitem)
+            raise
+        if np.isinf(block).any():  # a category's code is never infinite
+            raise _beyond_float32(block[:, places], names, lambda i, k: rows[i][places[k]])
+        return block[:, positions].astype(np.float64)
+
+    def _category_column(self, name: str, values: Sequence[Any]) -> list[float]:
+        """One categorical feature's values as the model's category codes: None, and a value
+        not seen in training, as missing (NaN); anything but text is a ``FeatureValueError``."""
+        mapping = self._category_codes()[name]
+        out: list[float] = []
+        for row, value in enumerate(values):
+            if value is None:
+                out.append(np.nan)
+            elif not isinstance(value, str):
+                raise FeatureValueError(
+                    f"feature '{name}' is a category; give it as text, one of "
+                    f"{sorted(mapping)[:8]}",
+                    row=row,
+                    feature=name,
+                )
+            else:
+                code = mapping.get(value)
+                if code is None:  # a category not seen in training: missing, unless ...
+                    _check_closed(name, value, row=row)  # ... there is no such category
+                out.append(np.nan if code is None else code)
+        return out
 
     def _columns(self) -> tuple[list[int], list[int]]:
         """Positions of the numeric and of the categorical features."""
@@ -255,25 +295,6 @@ class FunnelcastModel(_PythonModel):
             )
             self.__dict__["_positions"] = cached
         return cached
-
-    @staticmethod
-    def _numbers_one_by_one(
-        records: Sequence[Mapping[str, Any]], names: list[str]
-    ) -> npt.NDArray[np.float32]:
-        """The slow path, taken only to name the feature that is not a number."""
-        out = np.empty((len(records), len(names)), dtype=np.float32)
-        with np.errstate(over="ignore"):  # beyond float32: inf, refused by the caller
-            for i, record in enumerate(records):
-                for j, name in enumerate(names):
-                    value = record.get(name)
-                    if value is not None and (
-                        isinstance(value, bool) or not isinstance(value, int | float)
-                    ):
-                        raise FeatureValueError(
-                            f"feature '{name}' is a number; got {value!r}", row=i, feature=name
-                        )
-                    out[i, j] = np.nan if value is None else value
-        return out
 
     # --- scoring --------------------------------------------------------------------------------
 
@@ -339,14 +360,43 @@ class FunnelcastModel(_PythonModel):
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
 
 
+def _get(record: Mapping[str, Any], name: str) -> Any:
+    return record.get(name)
+
+
+def _numbers_one_by_one(
+    records: Sequence[Any],
+    keys: Sequence[Any],
+    names: list[str],
+    get: Callable[[Any, Any], Any],
+) -> npt.NDArray[np.float32]:
+    """The slow path, taken only to name the feature that is not a number: ``get(record,
+    key)`` is the value of feature ``names[k]`` at ``keys[k]`` (a name, or a place in a row)."""
+    out = np.empty((len(records), len(names)), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused by the caller
+        for i, record in enumerate(records):
+            for j, (key, name) in enumerate(zip(keys, names, strict=True)):
+                value = get(record, key)
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                ):
+                    raise FeatureValueError(
+                        f"feature '{name}' is a number; got {value!r}", row=i, feature=name
+                    )
+                out[i, j] = np.nan if value is None else value
+    return out
+
+
 def _beyond_float32(
-    block: npt.NDArray[np.float32], records: Sequence[Mapping[str, Any]], names: list[str]
+    block: npt.NDArray[np.float32], names: list[str], value_of: Callable[[int, int], Any]
 ) -> FeatureValueError:
-    """The first value that became infinite in the float32 block, named."""
-    rows, columns = np.nonzero(np.isinf(block.reshape(len(records), len(names))))
-    row, name = int(rows[0]), names[int(columns[0])]
+    """The first value that became infinite in the float32 block, named; ``value_of(row, k)``
+    is the value given for ``names[k]`` (quoted in the message)."""
+    rows, columns = np.nonzero(np.isinf(block.reshape(-1, len(names))))
+    row, column = int(rows[0]), int(columns[0])
+    name = names[column]
     return FeatureValueError(
-        f"feature '{name}' is {records[row].get(name)!r}, beyond the float32 range the model "
+        f"feature '{name}' is {value_of(row, column)!r}, beyond the float32 range the model "
         f"reads numbers in (\u00b1{FLOAT32_MAX:.4g})",
         row=row,
         feature=name,

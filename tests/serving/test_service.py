@@ -214,6 +214,151 @@ def _batch(bodies: list[dict[str, Any]]) -> Any:
     return BatchRequest.model_validate({"contacts": bodies})
 
 
+def _compact(contacts: list[dict[str, Any]], names: list[str]) -> Any:
+    """A batch of precomputed features in the compact form: the names once, each contact's
+    values in their order."""
+    from serving.schemas import BatchRequest
+
+    return BatchRequest.model_validate(
+        {
+            "feature_names": names,
+            "contacts": [
+                {k: v for k, v in c.items() if k != "features"}
+                | {"values": [c["features"][n] for n in names]}
+                for c in contacts
+            ],
+        }
+    )
+
+
+def _feature_bodies(
+    service: Any, served: Served, contacts: list[str], *, opted_out: int | None = None
+) -> list[dict[str, Any]]:
+    """The contacts' precomputed features as request bodies (by name)."""
+    scorer: ModelScorer = service.scorer
+    bodies = []
+    for k, contact in enumerate(contacts):
+        events = contact_body(served, contact)
+        features, _ = scorer.features_of(_request(events), served.as_of)
+        bodies.append(
+            {
+                "contact_id": contact,
+                "marketing_consent": k != opted_out,
+                "as_of": events["as_of"],
+                "features": dict(features),
+            }
+        )
+    return bodies
+
+
+def test_the_compact_batch_form_is_scored_as_the_form_by_name(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """Feature names once, in any order, and each contact's values: the same predictions,
+    reasons and consent included, and the same response, as each contact's features by name."""
+    scorer: ModelScorer = service.scorer
+    bodies = _feature_bodies(service, served, active_contacts[:6], opted_out=2)
+    names = list(reversed(scorer.feature_names))  # not the model's order
+    by_name, compact = _batch(bodies), _compact(bodies, names)
+    expected = scorer.predict_rows(by_name.contacts, batch=True)
+    got = scorer.predict_rows(compact.contacts, batch=True, feature_names=compact.feature_names)
+    assert got == expected
+    assert [row["status"] for row in got] == ["scored"] * 2 + ["no_consent"] + ["scored"] * 3
+    assert all(row["reasons"] for row in got if row["status"] == "scored")
+    assert service.predict_batch(compact).body == service.predict_batch(by_name).body
+
+
+@pytest.mark.parametrize(
+    ("mistake", "field", "words"),
+    [
+        ("unknown name", "feature_names", "unknown feature(s) ['email_clicks_7d']"),
+        ("name missing", "feature_names", "missing feature(s) ['email_click_count_7d']"),
+        ("number as text", "contacts.1.values.{email_click_count_7d}", "is a number; got '3.5'"),
+        ("category as a number", "contacts.1.values.{segment}", "'segment' is a category"),
+        ("no such stage", "contacts.1.values.{rules_stage}", "not one of its values"),
+        ("beyond float32", "contacts.1.values.{email_click_count_7d}", "float32"),
+    ],
+)
+def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
+    service: Any,
+    served: Served,
+    active_contacts: list[str],
+    mistake: str,
+    field: str,
+    words: str,
+) -> None:
+    scorer: ModelScorer = service.scorer
+    bodies = _feature_bodies(service, served, active_contacts[:2])
+    names = list(scorer.feature_names)
+    wrong = bodies[1]["features"]
+    if mistake == "unknown name":
+        names[names.index("email_click_count_7d")] = "email_clicks_7d"
+        for body in bodies:
+            body["features"]["email_clicks_7d"] = body["features"]["email_click_count_7d"]
+    elif mistake == "name missing":
+        names.remove("email_click_count_7d")
+    elif mistake == "number as text":
+        wrong["email_click_count_7d"] = "3.5"  # numpy would read it as a number
+    elif mistake == "category as a number":
+        wrong["segment"] = 3.0
+    elif mistake == "no such stage":
+        wrong["rules_stage"] = "bogus"
+    else:
+        wrong["email_click_count_7d"] = 1e39
+    batch = _compact(bodies, names)
+    with pytest.raises(RequestError) as caught:
+        scorer.predict_rows(batch.contacts, batch=True, feature_names=batch.feature_names)
+    place = {name: k for k, name in enumerate(names)}
+    assert caught.value.field == field.format(**place)
+    assert words in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "kind"),
+    [
+        ("name twice", ("feature_names", 1), "repeated_name"),
+        ("one value short", ("contacts", 1, "values"), "values_count"),
+        ("features in a compact batch", ("contacts", 1, "values"), "values_missing"),
+        ("values without names", ("contacts", 0, "values"), "values_without_names"),
+        ("values and features", ("values",), "one_input"),
+        ("attributes with values", ("attributes",), "attributes_with_features"),
+    ],
+)
+def test_compact_batches_that_do_not_fit_are_refused_naming_the_field(
+    change: str, where: tuple[Any, ...], kind: str
+) -> None:
+    from serving.schemas import BatchRequest
+
+    contact = {"marketing_consent": True, "values": [1.0, None]}
+    body: dict[str, Any] = {"feature_names": ["a", "b"], "contacts": [contact, contact]}
+    if change == "name twice":
+        body["feature_names"] = ["a", "a"]
+    elif change == "one value short":
+        body["contacts"] = [contact, {**contact, "values": [1.0]}]
+    elif change == "features in a compact batch":
+        body["contacts"] = [contact, {"marketing_consent": True, "features": {"a": 1.0}}]
+    elif change == "values without names":
+        del body["feature_names"]
+    elif change == "values and features":
+        body["contacts"] = [{**contact, "features": {"a": 1.0}}]
+    else:
+        body["contacts"] = [contact, {**contact, "attributes": {"segment": "premium"}}]
+    with pytest.raises(ValidationError) as caught:
+        BatchRequest.model_validate(body)
+    (error,) = caught.value.errors()
+    assert error["type"] == kind
+    assert error["loc"][-len(where) :] == where
+
+
+def test_values_outside_a_compact_batch_are_refused_naming_the_field(service: Any) -> None:
+    """/predict has no feature names to read values by."""
+    request = _request({"marketing_consent": True, "values": [1.0]})
+    for batch, field in ((False, "values"), (True, "contacts.0.values")):
+        with pytest.raises(RequestError, match="feature_names") as caught:
+            service.scorer.predict([request], batch=batch)
+        assert caught.value.field == field
+
+
 def test_metadata_describes_the_model(service: Any) -> None:
     meta = service.metadata()
     assert meta.model == "funnelcast"
@@ -521,6 +666,36 @@ def test_the_rules_fallback_names_the_contact_of_a_batch_of_one(
     with pytest.raises(RequestError) as caught:
         scorer.predict([request])
     assert caught.value.field == "features.rules_stage"
+
+
+def test_the_rules_fallback_reads_the_stage_of_a_compact_batch(
+    tmp_path: Any, served: Served
+) -> None:
+    scorer = _rules_scorer(tmp_path, served)
+    names = ["email_click_count_7d", "rules_stage"]
+    batch = _compact(
+        [
+            {"marketing_consent": True, "features": {"email_click_count_7d": 2, "rules_stage": s}}
+            for s in ("intent", "awareness")
+        ],
+        names,
+    )
+    rows = scorer.predict_rows(batch.contacts, batch=True, feature_names=batch.feature_names)
+    assert [(row["model"], row["stage"]) for row in rows] == [
+        (RULES, "intent"),
+        (RULES, "awareness"),
+    ]
+    bogus = _compact(
+        [{"marketing_consent": True, "features": {"x": 1, "rules_stage": "b"}}],
+        ["x", "rules_stage"],
+    )
+    with pytest.raises(RequestError) as caught:
+        scorer.predict(bogus.contacts, batch=True, feature_names=bogus.feature_names)
+    assert caught.value.field == "contacts.0.values.1"
+    stageless = _compact([{"marketing_consent": True, "features": {"x": 1}}], ["x"])
+    with pytest.raises(RequestError) as caught:
+        scorer.predict(stageless.contacts, batch=True, feature_names=stageless.feature_names)
+    assert caught.value.field == "feature_names"
 
 
 def test_a_number_beyond_float32_is_never_scored_as_infinite(
