@@ -483,7 +483,8 @@ def _check_form(request: ContactRequest, table: _Table | None, index: int | None
         if len(request.values) != len(table.names):
             raise RequestError(
                 _where(index, "values"),
-                f"{len(request.values)} values for {len(table.names)} feature names",
+                f"{len(request.values)} values for {len(table.names)} feature names; give "
+                "one value per name (null where undefined)",
             )
 
 
@@ -622,7 +623,7 @@ class ModelScorer:
             slots.append((i, as_of, used))
         if records:
             if table is not None:  # every contact gave values (_check_form)
-                matrix = self._encode_table(table, records, slots)
+                matrix = self._encode_table(table, records, slots, batch)
             else:
                 matrix = self._encode(records, slots, batch)
             explain = [requests[i].explain for i, _, _ in slots]
@@ -658,8 +659,11 @@ class ModelScorer:
         if unknown:
             raise RequestError(
                 "feature_names",
-                f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
+                f"unknown feature(s) {unknown[:8]}{' and more' if len(unknown) > 8 else ''}; "
+                "GET /metadata lists the model's features",
             )
+        if len(set(names)) != len(names):  # BatchRequest refuses it; direct callers, here
+            raise RequestError("feature_names", "a feature is named twice; name each once")
         if len(names) != len(self.feature_names):  # a name missing (none unknown, none twice)
             given = set(names)
             missing = [name for name in self.feature_names if name not in given]
@@ -675,6 +679,7 @@ class ModelScorer:
         table: _Table,
         records: list[Mapping[str, Any]],
         slots: list[tuple[int, dt.datetime, int | None]],
+        batch: bool,
     ) -> Any:
         """The compact form's contacts as one matrix; a value the model cannot read names its
         contact and its place in ``values`` (the message names the feature)."""
@@ -685,7 +690,8 @@ class ModelScorer:
         try:
             return self.model.encode_rows(rows, positions)
         except FeatureValueError as exc:
-            where = _where(slots[exc.row][0], f"values.{table.place[exc.feature]}")
+            index = slots[exc.row][0] if batch else None
+            where = _where(index, f"values.{table.place[exc.feature]}")
             raise RequestError(where, str(exc)) from None
 
     def _encode(

@@ -288,7 +288,9 @@ def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
     words: str,
 ) -> None:
     scorer: ModelScorer = service.scorer
-    bodies = _feature_bodies(service, served, active_contacts[:2])
+    # the first contact is not scored: the fault's contact is the second of the request,
+    # the first of the rows encoded
+    bodies = _feature_bodies(service, served, active_contacts[:2], opted_out=0)
     names = list(scorer.feature_names)
     wrong = bodies[1]["features"]
     if mistake == "unknown name":
@@ -348,6 +350,15 @@ def test_compact_batches_that_do_not_fit_are_refused_naming_the_field(
     (error,) = caught.value.errors()
     assert error["type"] == kind
     assert error["loc"][-len(where) :] == where
+
+
+def test_a_direct_call_with_a_feature_named_twice_is_refused(service: Any) -> None:
+    scorer: ModelScorer = service.scorer
+    names = [*scorer.feature_names[:-1], scorer.feature_names[0]]
+    request = _request({"marketing_consent": True, "values": [None] * len(names)})
+    with pytest.raises(RequestError, match="named twice") as caught:
+        scorer.predict([request], batch=True, feature_names=names)
+    assert caught.value.field == "feature_names"
 
 
 def test_values_outside_a_compact_batch_are_refused_naming_the_field(service: Any) -> None:
