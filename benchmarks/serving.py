@@ -16,7 +16,9 @@ own BentoML home and a random API key, with 1 worker and then with 2 (``--worker
 * The HTTP stack alone: the same feature bodies with ``marketing_consent: false``, which
   BentoML receives, checks (API key, schema) and answers without scoring, at the same
   concurrencies: what the service costs before the model does anything.
-* ``POST /predict_batch`` with 100 and 1,000 feature rows per request: rows/s.
+* ``POST /predict_batch`` with 100 and 1,000 feature rows per request, in both forms: each
+  contact's features by name, and the compact form (the names once in ``feature_names``, each
+  contact's ``values`` in that order): rows/s.
 * The server's memory (RSS summed over its process tree) before and after the load, and a soak
   at concurrency 8 on the 2-worker server (``--soak-seconds``, 120 by default; features and
   raw events) with the RSS sampled every 10 s.
@@ -94,6 +96,8 @@ PARTS = ("floor", "features", "events", "stack", "batch", "soak")
 KINDS = ("features", "events", "stack")
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = (100, 1_000)
+# /predict_batch's two forms, as the results name them: features by name, and the compact form
+BATCH_FORMS = {"batch": "by name", "batch_values": "values"}
 EVENTS_PER_REQUEST = 200
 DISTINCT_BODIES = 200  # single-contact bodies per kind, cycled
 MIB = 1024**2
@@ -339,8 +343,12 @@ class Bodies:
     feature_names: list[str]
     features: list[bytes]
     events: list[bytes]
-    batches: dict[int, list[bytes]]
+    batches: dict[int, list[bytes]]  # each contact's features by name
+    tables: dict[int, list[bytes]]  # the same contacts in the compact form (feature_names)
     stack: list[bytes]  # the feature bodies without consent: answered, never scored
+
+    def of_form(self, form: str) -> dict[int, list[bytes]]:
+        return {"batch": self.batches, "batch_values": self.tables}[form]
 
     def of(self, kind: str) -> list[bytes]:
         return {"features": self.features, "events": self.events, "stack": self.stack}[kind]
@@ -352,9 +360,12 @@ class Bodies:
             "events_per_request": EVENTS_PER_REQUEST,
             "feature_body_bytes": int(np.mean([len(b) for b in self.features])),
             "event_body_bytes": int(np.mean([len(b) for b in self.events])),
-            "batch_body_bytes": {
-                str(rows): int(np.mean([len(b) for b in bodies]))
-                for rows, bodies in self.batches.items()
+            **{
+                f"{form}_body_bytes": {
+                    str(rows): int(np.mean([len(b) for b in bodies]))
+                    for rows, bodies in self.of_form(form).items()
+                }
+                for form in BATCH_FORMS
             },
         }
 
@@ -381,7 +392,8 @@ def make_bodies(trained: Trained, *, feature_names: Sequence[str]) -> Bodies:
         _encode({"marketing_consent": True, "as_of": as_of, "features": row})
         for row in rows[:DISTINCT_BODIES]
     ]
-    batches = {}
+    batches, tables = {}, {}
+    names = list(feature_names)
     for size in BATCH_ROWS:
         chunks = [rows[i : i + size] for i in range(0, len(rows) - size + 1, size)][:5]
         if not chunks:
@@ -397,11 +409,28 @@ def make_bodies(trained: Trained, *, feature_names: Sequence[str]) -> Bodies:
             )
             for chunk in chunks
         ]
+        tables[size] = [
+            _encode(
+                {
+                    "feature_names": names,
+                    "contacts": [
+                        {
+                            "marketing_consent": True,
+                            "as_of": as_of,
+                            "values": [row[name] for name in names],
+                        }
+                        for row in chunk
+                    ],
+                }
+            )
+            for chunk in chunks
+        ]
     return Bodies(
         feature_names=list(feature_names),
         features=single,
         events=_event_bodies(),
         batches=batches,
+        tables=tables,
         stack=[
             _encode({"marketing_consent": False, "as_of": as_of, "features": row})
             for row in rows[:DISTINCT_BODIES]
@@ -521,20 +550,24 @@ def measure_floor(scorer: Scorer, bodies: Bodies, plan: Plan) -> dict[str, Any]:
             "p99_ms": round(float(np.percentile(ms, 99)), 3),
             "mean_ms": round(float(ms.mean()), 3),
         }
-    out["batch"] = {}
-    for rows, raw in bodies.batches.items():
-        seconds: list[float] = []
-        for i in range(plan.floor_batches + 1):
-            began = time.perf_counter()
-            contacts = BatchRequest.model_validate_json(raw[i % len(raw)]).contacts
-            predictions_json(scorer.predict_rows(contacts, batch=True), batch=True)
-            seconds.append(time.perf_counter() - began)
-        median = float(np.median(seconds[1:]))  # the first one warms up
-        out["batch"][str(rows)] = {
-            "batches": plan.floor_batches,
-            "median_ms": round(median * 1000, 2),
-            "rows_per_s": round(rows / median),
-        }
+    for form in BATCH_FORMS:
+        out[form] = {}
+        for rows, raw in bodies.of_form(form).items():
+            seconds: list[float] = []
+            for i in range(plan.floor_batches + 1):
+                began = time.perf_counter()
+                batch = BatchRequest.model_validate_json(raw[i % len(raw)])
+                scored = scorer.predict_rows(
+                    batch.contacts, batch=True, feature_names=batch.feature_names
+                )
+                predictions_json(scored, batch=True)
+                seconds.append(time.perf_counter() - began)
+            median = float(np.median(seconds[1:]))  # the first one warms up
+            out[form][str(rows)] = {
+                "batches": plan.floor_batches,
+                "median_ms": round(median * 1000, 2),
+                "rows_per_s": round(rows / median),
+            }
     return out
 
 
@@ -1076,14 +1109,17 @@ def run_server(
                     for concurrency in CONCURRENCY
                 }
         if "batch" in parts:
-            entry["batch"] = {
-                str(rows): {
-                    # one client, and one per worker
-                    str(concurrency): _measure_batch(server, bodies, rows, concurrency, plan)
-                    for concurrency in sorted({1, workers})
+            for form in BATCH_FORMS:
+                entry[form] = {
+                    str(rows): {
+                        # one client, and one per worker
+                        str(concurrency): _measure_batch(
+                            server, bodies, form, rows, concurrency, plan
+                        )
+                        for concurrency in sorted({1, workers})
+                    }
+                    for rows in bodies.of_form(form)
                 }
-                for rows in bodies.batches
-            }
         entry["rss_mib_after"] = server.rss_mib()
         if soak:
             soaked = _soak(server, bodies, plan, label)
@@ -1118,14 +1154,17 @@ def _measure_predict(
 
 
 def _measure_batch(
-    server: Server, bodies: Bodies, rows: int, concurrency: int, plan: Plan
+    server: Server, bodies: Bodies, form: str, rows: int, concurrency: int, plan: Plan
 ) -> dict[str, Any]:
-    label = f"{server.workers} worker(s): batches of {rows:,} rows at concurrency {concurrency}"
+    label = (
+        f"{server.workers} worker(s): batches of {rows:,} rows ({BATCH_FORMS[form]}) at "
+        f"concurrency {concurrency}"
+    )
     with console.status(label):
         cell = measure(
             server,
             "/predict_batch",
-            bodies.batches[rows],
+            bodies.of_form(form)[rows],
             concurrency=concurrency,
             requests=plan.batch_requests,
             seconds=plan.batch_seconds,
@@ -1182,6 +1221,13 @@ def _check_answers(server: Server, bodies: Bodies) -> None:
     answer = server.post_json("/predict", bodies.stack[0])
     if answer.get("status") != "no_consent":
         raise RuntimeError(f"a request without consent was answered {answer.get('status')}")
+    size = min(bodies.batches)
+    by_name, compact = (
+        server.post_json("/predict_batch", body)
+        for body in (bodies.batches[size][0], bodies.tables[size][0])
+    )
+    if by_name != compact:
+        raise RuntimeError("the compact form of a batch was answered unlike the form by name")
 
 
 # --- figures and targets ------------------------------------------------------------------------
@@ -1227,10 +1273,17 @@ def check_targets(
     two = result.get("servers", {}).get(str(TARGET_WORKERS), {})
     features = two.get("features", {})
     c8, c32 = features.get("8", {}), features.get("32", {})
-    batch = two.get("batch", {}).get("1000", {})
+    # judged on the compact form, the one for bulk scoring; the form by name is beside it
+    batch = two.get("batch_values", {}).get("1000", {})
+    by_name = two.get("batch", {}).get("1000", {}).get("1", {}).get("rows_per_s")
     two_clients = batch.get(str(TARGET_WORKERS), {})
     both = two_clients.get("rows_per_s")
     lopsided = " (all on one worker)" if two_clients.get("one_worker") else ""
+    beside = []
+    if by_name:
+        beside.append(f"features by name, one client: {by_name:,} rows/s")
+    if both:
+        beside.append(f"two clients on 2 workers: {both:,} rows/s{lopsided}")
     targets = [
         _target(
             f"p99 <= {P99_MAX_MS:g} ms, feature requests at concurrency 8, 2 workers",
@@ -1245,11 +1298,12 @@ def check_targets(
             at_most=False,
         ),
         _target(
-            f"batch >= {BATCH_ROWS_PER_S_MIN:,} rows/s, 1,000 rows per request, one client",
+            f"batch >= {BATCH_ROWS_PER_S_MIN:,} rows/s, 1,000 rows per request, one client, "
+            "compact form (feature_names + values)",
             batch.get("1", {}).get("rows_per_s"),
             BATCH_ROWS_PER_S_MIN,
             at_most=False,
-            reason=f"two clients on 2 workers: {both:,} rows/s{lopsided}" if both else "",
+            reason="; ".join(beside),
         ),
     ]
     errors, where = _errors(result, measured_now, soaked=soaked)
@@ -1281,9 +1335,10 @@ def _errors(
         for kind in KINDS:
             for conc, cell in (entry.get(kind) or {}).items():
                 cells.append((f"{kind} c={conc} {workers}w", cell))
-        for rows, by_conc in (entry.get("batch") or {}).items():
-            for conc, cell in by_conc.items():
-                cells.append((f"batch {rows} c={conc} {workers}w", cell))
+        for form in BATCH_FORMS:
+            for rows, by_conc in (entry.get(form) or {}).items():
+                for conc, cell in by_conc.items():
+                    cells.append((f"{form} {rows} c={conc} {workers}w", cell))
     if soaked and result.get("soak"):
         cells.append(("soak", result["soak"]))
     for name, cell in cells:
@@ -1335,7 +1390,9 @@ def _print_machine(result: dict[str, Any]) -> None:
 
 def _print_floor(floor: dict[str, Any]) -> None:
     batches = ", ".join(
-        f"{int(rows):,} rows {b['rows_per_s']:,} rows/s" for rows, b in floor["batch"].items()
+        f"{int(rows):,} rows ({BATCH_FORMS[form]}) {b['rows_per_s']:,} rows/s"
+        for form in BATCH_FORMS
+        for rows, b in (floor.get(form) or {}).items()
     )
     console.print(
         f"In-process floor (parse + validate + score, no HTTP): features median "
@@ -1365,8 +1422,18 @@ def _print_servers(result: dict[str, Any]) -> None:
     for column in ("errors", "server CPU", "client CPU"):
         table.add_column(column, justify="right")
     batch = Table(title="POST /predict_batch (feature rows)")
-    for column in ("workers", "rows", "conc.", "requests", "rows/s", "p50 ms", "p99 ms", "errors"):
-        batch.add_column(column, justify="right")
+    for column in (
+        "workers",
+        "form",
+        "rows",
+        "conc.",
+        "requests",
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+    ):
+        batch.add_column(column, justify="left" if column == "form" else "right")
     for workers, entry in sorted(result.get("servers", {}).items()):
         for kind in KINDS:
             label = {
@@ -1389,18 +1456,24 @@ def _print_servers(result: dict[str, Any]) -> None:
                     f"{cell.get('server_cpu_ms_per_request', 0):.2f} ms/req",
                     f"{cell['client_cpu_percent']:.0f}%",
                 )
-        for rows, by_conc in (entry.get("batch") or {}).items():
-            for conc, cell in by_conc.items():
-                batch.add_row(
-                    workers,
-                    f"{int(rows):,}",
-                    _concurrency(conc, cell),
-                    f"{cell['requests']:,}",
-                    f"{cell['rows_per_s']:,}",
-                    _ms(cell["p50_ms"]),
-                    _ms(cell["p99_ms"]),
-                    str(cell["errors"]),
-                )
+        cells = [
+            (form, rows, conc, cell)
+            for form in BATCH_FORMS
+            for rows, by_conc in (entry.get(form) or {}).items()
+            for conc, cell in by_conc.items()
+        ]
+        for form, rows, conc, cell in cells:
+            batch.add_row(
+                workers,
+                BATCH_FORMS[form],
+                f"{int(rows):,}",
+                _concurrency(conc, cell),
+                f"{cell['requests']:,}",
+                f"{cell['rows_per_s']:,}",
+                _ms(cell["p50_ms"]),
+                _ms(cell["p99_ms"]),
+                str(cell["errors"]),
+            )
     console.print(table)
     console.print(
         "no consent: the feature bodies with marketing_consent false, answered without scoring "
