@@ -137,9 +137,12 @@ def test_bentoml_serve_answers_like_the_service_class(
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
     command += ["--port", str(port)]  # no --host: the service binds 127.0.0.1 by default
     body = contact_body(served, active_contacts[-4])
-    expected = load_scorer(ServiceSettings.from_env(served.env())).predict(
-        [ContactRequest.model_validate(body)]
-    )[0]
+    scorer = load_scorer(ServiceSettings.from_env(served.env()))
+    expected = scorer.predict([ContactRequest.model_validate(body)])[0]
+    # the same contact as precomputed features, in the compact batch form
+    features, _ = scorer.features_of(ContactRequest.model_validate(body), served.as_of)  # type: ignore[attr-defined]
+    names = sorted(features)
+    row = {"contact_id": "c", "as_of": body["as_of"], "values": [features[n] for n in names]}
     with _server(command, served.env(), port) as process:
         assert _listening(process.pid, port) == {"127.0.0.1"}
         status, answer = _call(port, "/predict", key=served.api_key, body=body)
@@ -164,6 +167,25 @@ def test_bentoml_serve_answers_like_the_service_class(
         batch = b'{"contacts": [' + json.dumps(body).encode() + b", " + twice + b"]}"
         status, answer = _call(port, "/predict_batch", key=served.api_key, body=batch)
         assert (status, answer["field"]) == (400, "contacts.1.marketing_consent")
+        compact = {
+            "feature_names": names,
+            "contacts": [{**row, "marketing_consent": c} for c in (False, True)],
+        }
+        status, answer = _call(port, "/predict_batch", key=served.api_key, body=compact)
+        assert status == 200
+        unscored, scored = answer["predictions"]
+        assert unscored["status"] == "no_consent"
+        assert (scored["stage"], scored["probabilities"], scored["reasons"]) == (
+            expected.stage,
+            expected.probabilities.model_dump(),  # type: ignore[union-attr]
+            expected.reasons,
+        )
+        twice = b'{"marketing_consent": false, ' + json.dumps(row)[1:].encode()
+        twice = twice[:-1] + b', "marketing_consent": true}'
+        batch = b'{"feature_names": ' + json.dumps(names).encode()
+        batch += b', "contacts": [' + twice + b"]}"
+        status, answer = _call(port, "/predict_batch", key=served.api_key, body=batch)
+        assert (status, answer["field"]) == (400, "contacts.0.marketing_consent")
     assert process.returncode is not None
     assert _port_is_free(port)
 
