@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -75,6 +75,8 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
     ]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="funnelcast"'))
+    if status == 405:
+        headers.append((b"allow", b"POST"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -98,12 +100,21 @@ class PostMiddleware:
 
 class GuardMiddleware:
     """401 without a valid key; 413 for a body over ``max_body_bytes`` (by Content-Length, or
-    while streaming when the length is not declared)."""
+    while streaming when the length is not declared); 405 in JSON, like every other refusal,
+    for another method than POST on ``post_only`` paths (Starlette answers it in plain text)."""
 
-    def __init__(self, app: ASGIApp, *, keys: Sequence[str], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: Sequence[str],
+        max_body_bytes: int,
+        post_only: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.check = KeyCheck(keys)
         self.max_body_bytes = max_body_bytes
+        self.post_only = frozenset(post_only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -123,6 +134,9 @@ class GuardMiddleware:
         headers = scope.get("headers", [])
         if not self.check.accepts(presented_key(headers)):
             await _json(send, 401, {"error": "unauthorized"})
+            return
+        if path in self.post_only and scope.get("method") != "POST":
+            await _json(send, 405, {"error": f"{path} answers POST only, with a JSON body"})
             return
         if scope.get("method") == "POST" and _media_type(headers) not in ("", "application/json"):
             # BentoML would also parse forms and multipart (and answer a bad one with a 500)

@@ -147,7 +147,12 @@ class _Guard(GuardMiddleware):
             settings = ServiceSettings.from_env()
         except ServiceConfigError as error:
             _stop_the_server(error)
-        super().__init__(app, keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
+        super().__init__(
+            app,
+            keys=settings.api_keys,
+            max_body_bytes=settings.max_body_bytes,
+            post_only=("/predict", "/predict_batch"),
+        )
 
 
 def _untraced_paths() -> list[str]:

@@ -818,6 +818,18 @@ def test_a_feature_that_is_neither_number_text_nor_null_is_a_400(
     assert ["features", "days_since_last_event", "float"] in places  # never read as 1.0
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
+def test_other_methods_on_the_prediction_routes_are_a_json_405(
+    client: TestClient, auth: dict[str, str], method: str, path: str
+) -> None:
+    response = client.request(method, path, headers=auth)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "POST only" in response.json()["error"]
+    assert client.request(method, path).status_code == 401  # the key still comes first
+
+
 def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> None:
     form = client.post("/predict", headers=auth, data={"marketing_consent": "true"})
     assert form.status_code == 415
