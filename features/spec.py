@@ -12,6 +12,7 @@ import ast
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -444,6 +445,15 @@ def _parse_expression(text: str, where: str) -> tuple[ast.expr, tuple[str, ...]]
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, int | float) or isinstance(node.value, bool):
                 raise SpecError(f"{where}: only numbers may appear as constants in {text!r}")
+            try:
+                finite = math.isfinite(float(node.value))
+            except OverflowError:  # an integer beyond any float
+                finite = False
+            if not finite:
+                raise SpecError(
+                    f"{where}: the constant in {text!r} is beyond the range of a number "
+                    "(about 1.8e308); write a smaller one"
+                )
         elif not isinstance(node, ast.Load | ast.operator | ast.unaryop):
             raise SpecError(f"{where}: {type(node).__name__} is not allowed in {text!r}")
     return tree, tuple(dict.fromkeys(names))

@@ -70,6 +70,13 @@ def test_a_derived_feature_using_an_unknown_feature_is_an_error_naming_it() -> N
         parse_feature_spec(text)
 
 
+@pytest.mark.parametrize("constant", ["1e400", "-1e400", "1" + "0" * 400])
+def test_a_constant_beyond_any_number_is_an_error_not_a_column_of_nan(constant: str) -> None:
+    text = BASE + f'derived:\n  - name: x\n    expr: "email_open_count_7d * {constant}"\n'
+    with pytest.raises(SpecError, match="beyond the range of a number"):
+        parse_feature_spec(text)
+
+
 @pytest.mark.parametrize("expr", ["__import__('os')", "email_open_count_7d ** 2", "abs(1, 2)"])
 def test_derived_expressions_allow_only_arithmetic(expr: str) -> None:
     text = BASE + f'derived:\n  - name: x\n    expr: "{expr}"\n'
