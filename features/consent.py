@@ -63,6 +63,7 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
             f"the contacts table has {ids.null_count():,} row(s) without a contact_id (the "
             f"first is row {first}, counting from 0); {_FIX}"
         )
+    refuse_padded_ids(ids, "the contacts table")
     twice = ids.is_duplicated()
     if twice.any():
         rows = twice.arg_true()
@@ -71,6 +72,34 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
             f"one row (row {rows[0]}, counting from 0, is one); give one row per contact "
             "(funnelcast ingest keeps the first, with consent only if every copy gives it)"
         )
+
+
+# an id that starts or ends with whitespace, of any kind: "(?U)" makes Java's \s (Spark's
+# engine) Unicode-aware, as Rust's (Polars) already is, where it only swaps greediness
+PADDED_ID = r"(?U)^\s|\s$"
+
+
+def refuse_padded_ids(ids: pl.Series, where: str, *, rows: bool = True) -> None:
+    """Contact ids are matched exactly: " c1" (an id padded by an export) is not "c1", so its
+    events would be a contact of their own, without the attributes or the consent of the
+    contacts table, and "c1" would come out without its events. An ``InputError`` with the
+    count and (``rows``: the ids are a table's rows) the first row; the ids are not shown."""
+    padded = ids.cast(pl.String).str.contains(PADDED_ID)
+    count = int(padded.sum())
+    if count:
+        first = int(padded.arg_true()[0]) if rows else None
+        raise InputError(padded_ids_message(count, where, first=first))
+
+
+def padded_ids_message(count: int | None, where: str, *, first: int | None = None) -> str:
+    """The refusal of ids with whitespace around them, shared by every builder."""
+    how_many = "contact ids" if count is None else f"{count:,} contact id(s)"
+    row = "" if first is None else f" (row {first}, counting from 0, is one)"
+    return (
+        f"{how_many} in {where} start or end with whitespace{row}; ids are matched "
+        "exactly, so such a contact's events and its contacts row would be two contacts. "
+        "Trim them (funnelcast ingest does)"
+    )
 
 
 def _column_type(frame: pl.DataFrame, name: str) -> pl.DataType:

@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.consent import TEXT_TYPES, check_contact_ids
+from features.consent import TEXT_TYPES, check_contact_ids, refuse_padded_ids
 from features.errors import InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
@@ -111,6 +111,7 @@ def build_contact_features(
         progress(parts, parts)
     frame = pl.concat(done, rechunk=False)
     del done
+    refuse_padded_ids(frame.get_column("contact_id"), "the events", rows=False)
     if listed is not None:  # listed contacts without any event before as_of: a row of nulls
         frame = _with_absent(frame, listed)
     # picking columns by name never copies them; an eager select would make every column of

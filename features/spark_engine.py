@@ -38,7 +38,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
-from features.consent import check_contact_ids
+from features.consent import PADDED_ID, check_contact_ids, padded_ids_message
 from features.engine import (
     NAIVE_TIMESTAMP,
     NO_TIMESTAMP,
@@ -150,7 +150,7 @@ def build_contact_features_spark(
         )
     )
     frame, attributes = _eligible_with_attributes(per_contact, contacts, as_of=as_of, spec=spec)
-    columns = [F.col("contact_id"), F.timestamp_micros(F.lit(now)).alias("as_of")]
+    columns = [_unpadded_id(), F.timestamp_micros(F.lit(now)).alias("as_of")]
     columns += [_filled(a).alias(a.name) for a in spec.aggregates]
     columns += _derived_columns(spec)
     if spec.rules_stage:
@@ -162,6 +162,21 @@ def build_contact_features_spark(
 # Spark raises an event type or channel outside the contract as a query error when the rows
 # are computed; its message, found again here, becomes the InputError the other builders raise
 _UNKNOWN = re.compile(r"the events' `(event_type|channel)` holds '(.*?)', not among")
+
+
+# every builder refuses contact ids with whitespace around them; Spark's message has no count
+_PADDED_IDS = padded_ids_message(None, "the events")
+
+
+def _unpadded_id() -> Column:
+    """``contact_id`` of the contacts' rows (one per contact, so the regular expression runs
+    once per contact), whose padded ids fail the query."""
+    padded = F.col("contact_id").rlike(PADDED_ID)
+    return (
+        F.when(padded, F.raise_error(F.lit(_PADDED_IDS)))
+        .otherwise(F.col("contact_id"))
+        .alias("contact_id")
+    )
 
 
 def _finite_value() -> Column:
@@ -192,8 +207,9 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
     try:
         arrow = frame.toArrow()
     except Exception as error:  # Spark's error classes vary with its version and the JVM
-        if NOT_FINITE_VALUE in str(error):
-            raise InputError(NOT_FINITE_VALUE) from None
+        for known in (NOT_FINITE_VALUE, _PADDED_IDS):
+            if known in str(error):
+                raise InputError(known) from None
         found = _UNKNOWN.search(str(error))
         if found is None:
             raise

@@ -343,6 +343,35 @@ def test_a_contacts_table_with_a_contact_twice_or_without_ids_is_refused() -> No
             restrict_to_consented(events.select("contact_id"), contacts)
 
 
+@pytest.mark.parametrize("padded", [" c-17", "c-17\t", "c-17\u00a0"])
+def test_contact_ids_with_whitespace_around_them_are_refused_not_split(padded: str) -> None:
+    """An id padded by an export is not the id: its events would be a contact of their own,
+    without the contacts row's consent and attributes, and the contact would come out with no
+    events. Every builder and the consent filter refuse it (the count said, the id not
+    shown); a space inside an id is part of it."""
+    from features.consent import restrict_to_consented
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    rows = [("c-17", "2024-02-20T12:00:00Z", "web", "page_view", None)]
+    events = _events(rows)  # validated: ids trimmed, as ingest does
+    padded_events = events.with_columns(pl.lit(padded).alias("contact_id"))
+    contacts = pl.DataFrame({"contact_id": ["c-17"], "marketing_consent": [True]})
+    padded_contacts = contacts.with_columns(pl.lit(padded).alias("contact_id"))
+    says = "1 contact id.* in the (events|contacts table) start or end with whitespace"
+    for source, table in ((padded_events, contacts), (events, padded_contacts)):
+        with pytest.raises(InputError, match=says) as caught:
+            build_contact_features(source, table, as_of=AS_OF, spec=SPEC)
+        assert padded not in str(caught.value)
+        with pytest.raises(InputError, match=says):
+            build_training_frame(source, table, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(InputError, match=says):
+        restrict_to_consented(events.select("contact_id"), padded_contacts)
+    inside = _events([("c 17", *rows[0][1:])])
+    built = build_contact_features(inside, as_of=AS_OF, spec=SPEC)
+    assert built["contact_id"].to_list() == ["c 17"]
+
+
 def test_a_folder_of_event_parts_beside_the_contacts_reads_the_parts_only(tmp_path: Path) -> None:
     events = _events(
         [

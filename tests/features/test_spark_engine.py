@@ -265,6 +265,22 @@ def test_the_spark_engine_refuses_a_money_value_no_sum_can_hold(
         spark_features(bad.to_arrow(), None, as_of=AS_OF)
 
 
+def test_the_spark_engine_refuses_contact_ids_with_whitespace_around_them(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.errors import InputError
+
+    events = _first_edge_events()
+    ids = events.column("contact_id").to_pylist()
+    padded = events.set_column(
+        events.schema.get_field_index("contact_id"),
+        "contact_id",
+        pa.array([f"{i}\u00a0" for i in ids]),  # a no-break space: Java's \s needs (?U)
+    )
+    with pytest.raises(InputError, match="contact ids in the events start or end with whitespace"):
+        spark_features(padded, None, as_of=AS_OF)
+
+
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
     spark_features: SparkFeatures,
 ) -> None:
