@@ -449,12 +449,19 @@ def _missing_in_file(file: Path, metadata: pq.FileMetaData) -> dict[str, int]:
 def _refuse_missing(missing: Mapping[str, int], where: str = "") -> None:
     for name, count in missing.items():
         if count:
-            reason = "missing_contact_id" if name == "contact_id" else "unparseable_timestamp"
-            raise InputError(
-                f"{count:,} event(s){where} have no {name}; they cannot be counted for anyone "
-                f"or at any time: run the events through `funnelcast ingest`, which sets such "
-                f"rows aside and counts them ({reason}), or drop them"
-            )
+            raise InputError(missing_message(name, count, where))
+
+
+def missing_message(name: str, count: int | None, where: str = "") -> str:
+    """Events without a contact_id or a timestamp, refused by every engine (Spark's says no
+    count: its query stops at the first)."""
+    reason = "missing_contact_id" if name == "contact_id" else "unparseable_timestamp"
+    how_many = "" if count is None else f"{count:,} "
+    return (
+        f"{how_many}event(s){where} have no {name}; they cannot be counted for anyone "
+        f"or at any time: run the events through `funnelcast ingest`, which sets such "
+        f"rows aside and counts them ({reason}), or drop them"
+    )
 
 
 # a money value no sum can hold, for every engine

@@ -45,6 +45,7 @@ from features.engine import (
     NOT_FINITE_VALUE,
     check_event_kinds,
     events_path,
+    missing_message,
     not_a_datetime,
 )
 from features.errors import InputError
@@ -130,10 +131,10 @@ def build_contact_features_spark(
     past = (
         read_events(events, spark)
         .select(
-            "contact_id",
+            _required("contact_id", F.col("contact_id")),
             _in_vocabulary("event_type", EVENT_TYPES),
             _in_vocabulary("channel", CHANNELS),
-            F.unix_micros("timestamp").alias(_TIME),
+            _required("timestamp", F.unix_micros("timestamp")).alias(_TIME),
             _finite_value(),
         )
         .where(F.col(_TIME) < now)
@@ -164,8 +165,22 @@ def build_contact_features_spark(
 _UNKNOWN = re.compile(r"the events' `(event_type|channel)` holds '(.*?)', not among")
 
 
-# every builder refuses contact ids with whitespace around them; Spark's message has no count
+# every builder refuses contact ids with whitespace around them, and events without an id or
+# a timestamp; Spark's messages have no count
 _PADDED_IDS = padded_ids_message(None, "the events")
+_MISSING = {name: missing_message(name, None) for name in ("contact_id", "timestamp")}
+
+
+def _required(name: str, column: Column) -> Column:
+    """``column`` (of the events' ``name``), whose null rows fail the query: an event without
+    an id would be a contact of its own, one without a timestamp would vanish in the filter
+    on as_of. Polars reads the count from the files' statistics; Spark checks the rows it
+    computes (those before as_of, and any timestamp that is null)."""
+    return (
+        F.when(F.col(name).isNull(), F.raise_error(F.lit(_MISSING[name])))
+        .otherwise(column)
+        .alias(name)
+    )
 
 
 def _unpadded_id() -> Column:
@@ -207,7 +222,7 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
     try:
         arrow = frame.toArrow()
     except Exception as error:  # Spark's error classes vary with its version and the JVM
-        for known in (NOT_FINITE_VALUE, _PADDED_IDS):
+        for known in (NOT_FINITE_VALUE, _PADDED_IDS, *_MISSING.values()):
             if known in str(error):
                 raise InputError(known) from None
         found = _UNKNOWN.search(str(error))

@@ -281,6 +281,26 @@ def test_the_spark_engine_refuses_contact_ids_with_whitespace_around_them(
         spark_features(padded, None, as_of=AS_OF)
 
 
+@pytest.mark.parametrize("column", ["contact_id", "timestamp"])
+def test_the_spark_engine_refuses_events_without_an_id_or_a_timestamp(
+    spark_features: SparkFeatures, column: str
+) -> None:
+    """A Spark DataFrame given to the engine (no files, so no statistics to count from): an
+    event without an id was a contact of its own, one without a timestamp vanished."""
+    from features.errors import InputError
+
+    events = _first_edge_events()
+    values = events.column(column).to_pylist()
+    kind = events.schema.field(column).type
+    emptied = events.set_column(
+        events.schema.get_field_index(column),
+        pa.field(column, kind, nullable=True),
+        pa.array([*values[:-1], None], type=kind),
+    )
+    with pytest.raises(InputError, match=f"event.* have no {column}; they cannot be counted"):
+        spark_features(emptied, None, as_of=AS_OF)
+
+
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
     spark_features: SparkFeatures,
 ) -> None:
