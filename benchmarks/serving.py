@@ -1335,10 +1335,8 @@ def _errors(
         for kind in KINDS:
             for conc, cell in (entry.get(kind) or {}).items():
                 cells.append((f"{kind} c={conc} {workers}w", cell))
-        for form in BATCH_FORMS:
-            for rows, by_conc in (entry.get(form) or {}).items():
-                for conc, cell in by_conc.items():
-                    cells.append((f"{form} {rows} c={conc} {workers}w", cell))
+        for form, rows, conc, cell in _batch_cells(entry):
+            cells.append((f"{form} {rows} c={conc} {workers}w", cell))
     if soaked and result.get("soak"):
         cells.append(("soak", result["soak"]))
     for name, cell in cells:
@@ -1346,6 +1344,16 @@ def _errors(
         if cell["errors"]:
             where.append(f"{name}: {cell['error_kinds']}")
     return total, where
+
+
+def _batch_cells(entry: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """A server's batch measurements: (form, rows, concurrency, cell), each form in turn."""
+    return [
+        (form, rows, conc, cell)
+        for form in BATCH_FORMS
+        for rows, by_conc in (entry.get(form) or {}).items()
+        for conc, cell in by_conc.items()
+    ]
 
 
 def _memory_target(soak: dict[str, Any] | None) -> dict[str, Any]:
@@ -1456,13 +1464,7 @@ def _print_servers(result: dict[str, Any]) -> None:
                     f"{cell.get('server_cpu_ms_per_request', 0):.2f} ms/req",
                     f"{cell['client_cpu_percent']:.0f}%",
                 )
-        cells = [
-            (form, rows, conc, cell)
-            for form in BATCH_FORMS
-            for rows, by_conc in (entry.get(form) or {}).items()
-            for conc, cell in by_conc.items()
-        ]
-        for form, rows, conc, cell in cells:
+        for form, rows, conc, cell in _batch_cells(entry):
             batch.add_row(
                 workers,
                 BATCH_FORMS[form],

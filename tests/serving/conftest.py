@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pyarrow as pa
@@ -88,6 +89,19 @@ def service_env(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
     ):
         monkeypatch.delenv(key, raising=False)
     return served
+
+
+def compact_body(contacts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """A /predict_batch body of precomputed features in the compact form: the names once, each
+    contact's values (from its ``features``) in their order."""
+    return {
+        "feature_names": names,
+        "contacts": [
+            {k: v for k, v in c.items() if k != "features"}
+            | {"values": [c["features"][n] for n in names]}
+            for c in contacts
+        ],
+    }
 
 
 def contact_body(served: Served, contact_id: str, *, last: int = 200) -> dict[str, object]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Served, contact_body
+from conftest import Served, compact_body, contact_body
 from starlette.testclient import TestClient
 
 from features.vocabulary import STAGES
@@ -289,17 +289,6 @@ def test_the_batch_endpoint_keeps_order_and_consent(
     assert single == predictions[1]
 
 
-def _compact(contacts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    return {
-        "feature_names": names,
-        "contacts": [
-            {k: v for k, v in c.items() if k != "features"}
-            | {"values": [c["features"][n] for n in names]}
-            for c in contacts
-        ],
-    }
-
-
 def test_the_compact_batch_form_answers_as_the_form_by_name(
     client: TestClient, auth: dict[str, str], body: dict[str, Any], features: dict[str, Any]
 ) -> None:
@@ -312,7 +301,7 @@ def test_the_compact_batch_form_answers_as_the_form_by_name(
         for k in range(3)
     ]
     names = sorted(features)  # not the model's order
-    good = _compact(by_name, names)
+    good = compact_body(by_name, names)
     compact = client.post("/predict_batch", headers=auth, json=good)
     assert compact.status_code == 200, compact.text
     expected = client.post("/predict_batch", headers=auth, json={"contacts": by_name})

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import polars as pl
 import pytest
-from conftest import Served, contact_body
+from conftest import Served, compact_body, contact_body
 from pydantic import ValidationError
 
 from features.engine import build_contact_features
@@ -219,16 +219,7 @@ def _compact(contacts: list[dict[str, Any]], names: list[str]) -> Any:
     values in their order."""
     from serving.schemas import BatchRequest
 
-    return BatchRequest.model_validate(
-        {
-            "feature_names": names,
-            "contacts": [
-                {k: v for k, v in c.items() if k != "features"}
-                | {"values": [c["features"][n] for n in names]}
-                for c in contacts
-            ],
-        }
-    )
+    return BatchRequest.model_validate(compact_body(contacts, names))
 
 
 def _feature_bodies(
