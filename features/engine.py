@@ -111,7 +111,6 @@ def build_contact_features(
         progress(parts, parts)
     frame = pl.concat(done, rechunk=False)
     del done
-    refuse_padded_ids(frame.get_column("contact_id"), "the events", rows=False)
     if listed is not None:  # listed contacts without any event before as_of: a row of nulls
         frame = _with_absent(frame, listed)
     # picking columns by name never copies them; an eager select would make every column of
@@ -197,6 +196,9 @@ def _aggregate_part(
     sums = [name for name in atoms.columns if name.startswith("_v")]
     if sums and atoms.select(pl.any_horizontal(~pl.col(sums).is_finite()).any()).item():
         raise InputError(NOT_FINITE_VALUE)
+    # an id with whitespace around it would split its contact, in all-history features too:
+    # every contact's atoms are looked at, before the ineligible ones are left out
+    refuse_padded_ids(atoms.get_column("contact_id"), "the events", rows=False)
     atoms = _eligible_runs(atoms, one_pass, listed)  # the unsorted atoms are freed here
     aggregated = _per_contact(atoms, one_pass, as_of)
     del atoms

@@ -131,7 +131,7 @@ def build_contact_features_spark(
     past = (
         read_events(events, spark)
         .select(
-            _required("contact_id", F.col("contact_id")),
+            _checked_contact_id(),
             _in_vocabulary("event_type", EVENT_TYPES),
             _in_vocabulary("channel", CHANNELS),
             _required("timestamp", F.unix_micros("timestamp")).alias(_TIME),
@@ -151,7 +151,7 @@ def build_contact_features_spark(
         )
     )
     frame, attributes = _eligible_with_attributes(per_contact, contacts, as_of=as_of, spec=spec)
-    columns = [_unpadded_id(), F.timestamp_micros(F.lit(now)).alias("as_of")]
+    columns = [F.col("contact_id"), F.timestamp_micros(F.lit(now)).alias("as_of")]
     columns += [_filled(a).alias(a.name) for a in spec.aggregates]
     columns += _derived_columns(spec)
     if spec.rules_stage:
@@ -173,9 +173,9 @@ _MISSING = {name: missing_message(name, None) for name in ("contact_id", "timest
 
 def _required(name: str, column: Column) -> Column:
     """``column`` (of the events' ``name``), whose null rows fail the query: an event without
-    an id would be a contact of its own, one without a timestamp would vanish in the filter
-    on as_of. Polars reads the count from the files' statistics; Spark checks the rows it
-    computes (those before as_of, and any timestamp that is null)."""
+    a timestamp would vanish in the filter on as_of. Polars reads the count from the files'
+    statistics; Spark checks the rows it computes (those before as_of, and any timestamp
+    that is null)."""
     return (
         F.when(F.col(name).isNull(), F.raise_error(F.lit(_MISSING[name])))
         .otherwise(column)
@@ -183,13 +183,16 @@ def _required(name: str, column: Column) -> Column:
     )
 
 
-def _unpadded_id() -> Column:
-    """``contact_id`` of the contacts' rows (one per contact, so the regular expression runs
-    once per contact), whose padded ids fail the query."""
-    padded = F.col("contact_id").rlike(PADDED_ID)
+def _checked_contact_id() -> Column:
+    """``contact_id`` of each event, whose missing ids (an event of nobody's, a contact of its
+    own) or padded ids fail the query. Checked on the events, not on the contacts they make:
+    the contacts without a recent event are left out before the result is computed, and a
+    padded id's older events would be lost from its contact's all-history features."""
+    contact = F.col("contact_id")
     return (
-        F.when(padded, F.raise_error(F.lit(_PADDED_IDS)))
-        .otherwise(F.col("contact_id"))
+        F.when(contact.isNull(), F.raise_error(F.lit(_MISSING["contact_id"])))
+        .when(contact.rlike(PADDED_ID), F.raise_error(F.lit(_PADDED_IDS)))
+        .otherwise(contact)
         .alias("contact_id")
     )
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import polars as pl
 import pyarrow as pa
 
+from features.consent import refuse_padded_ids
 from features.engine import STAGE_TYPE, EventsInput, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
@@ -73,7 +74,11 @@ def label_events(
     queries = [_label_one_snapshot(scanned, as_of, as_of + horizon, rules) for as_of in as_of_dates]
     if not queries:
         return _empty_labels()
-    return pl.concat(pl.collect_all(queries)).sort("as_of", "contact_id")
+    labels = pl.concat(pl.collect_all(queries))
+    # a padded id's events in a horizon would label another contact than the features' (the
+    # builders refuse such ids in the events before the snapshots)
+    refuse_padded_ids(labels.get_column("contact_id"), "the events", rows=False)
+    return labels.sort("as_of", "contact_id")
 
 
 def _label_one_snapshot(

@@ -367,6 +367,17 @@ def test_contact_ids_with_whitespace_around_them_are_refused_not_split(padded: s
             build_training_frame(source, table, as_of_dates=[AS_OF.date()], spec=SPEC)
     with pytest.raises(InputError, match=says):
         restrict_to_consented(events.select("contact_id"), padded_contacts)
+    # an old purchase under a padded id: its contact is not eligible (nothing recent), but
+    # it would be lost from the contact's all-history features
+    old = events.vstack(
+        _events([("c-17", "2023-06-01T12:00:00Z", "web", "purchase", 500.0)]).with_columns(
+            pl.lit(padded).alias("contact_id")
+        )
+    )
+    with pytest.raises(InputError, match=says):
+        build_contact_features(old, contacts, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(InputError, match=says):
+        build_training_frame(old, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
     inside = _events([("c 17", *rows[0][1:])])
     built = build_contact_features(inside, as_of=AS_OF, spec=SPEC)
     assert built["contact_id"].to_list() == ["c 17"]

@@ -279,6 +279,17 @@ def test_the_spark_engine_refuses_contact_ids_with_whitespace_around_them(
     )
     with pytest.raises(InputError, match="contact ids in the events start or end with whitespace"):
         spark_features(padded, None, as_of=AS_OF)
+    # one padded id, on an event older than every window: its contact is not eligible, but
+    # the event would be lost from the contact's all-history features
+    frame = pl.from_arrow(events)
+    assert isinstance(frame, pl.DataFrame)
+    older = frame.slice(1, 1).with_columns(
+        pl.lit(f"{ids[1]} ").alias("contact_id"),
+        pl.lit(dt.datetime(2023, 1, 1, tzinfo=dt.UTC)).dt.cast_time_unit("us").alias("timestamp"),
+    )
+    old = pl.concat([frame, older]).to_arrow()
+    with pytest.raises(InputError, match="contact ids in the events start or end with whitespace"):
+        spark_features(old, None, as_of=AS_OF)
 
 
 @pytest.mark.parametrize("column", ["contact_id", "timestamp"])

@@ -109,6 +109,21 @@ def test_a_snapshot_whose_horizon_passes_the_end_of_the_data_is_refused() -> Non
         label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
 
 
+def test_a_padded_contact_id_in_a_horizon_is_refused_not_labelled_as_another_contact() -> None:
+    """The features builders refuse " c-9" before the snapshots; its purchase in the horizon
+    would otherwise label nobody the features know, and c-9 as a non-buyer."""
+    events = _events([("c-9", _day(-3), "page_view"), ("c-9", _day(3), "purchase")])
+    events = events.with_columns(
+        pl.when(pl.col("timestamp") > AS_OF)
+        .then(pl.lit(" c-9"))
+        .otherwise(pl.col("contact_id"))
+        .alias("contact_id")
+    )
+    events = events.vstack(_events([("x", _day(30), "page_view")]))
+    with pytest.raises(InputError, match=r"1 contact id.* start or end with whitespace"):
+        label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+
+
 _EVENT_TYPES = ["page_view", "email_open", "email_click", "add_to_cart", "purchase", "review"]
 
 
