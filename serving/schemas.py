@@ -250,7 +250,8 @@ class ContactRequest(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    """Up to MAX_BATCH_CONTACTS contacts in one request."""
+    """Up to MAX_BATCH_CONTACTS contacts in one request; precomputed features by name, or in
+    the compact form: 'feature_names' once and each contact's 'values' in their order."""
 
     model_config = _STRICT
 

@@ -4,7 +4,9 @@
 * ``POST /predict``: one contact, from its raw events (features by the online path, the code
   training used) or from precomputed features: stage, every stage probability, purchase
   propensity, three reasons in the CRM's words, CTA and message type, model and version.
-* ``POST /predict_batch``: up to ``MAX_BATCH_CONTACTS`` contacts (more: 413 with the limit).
+* ``POST /predict_batch``: up to ``MAX_BATCH_CONTACTS`` contacts (more: 413 with the limit);
+  precomputed features by name, or in the compact form (``feature_names`` once, each
+  contact's ``values`` in that order).
 * ``GET /metadata``: the model, its training date, feature spec hash, stages and test metrics.
 * ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's probes.
 
