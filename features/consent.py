@@ -59,19 +59,28 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     ids = frame.get_column("contact_id")
     if ids.null_count():
         first = int(ids.is_null().arg_true()[0])
-        raise InputError(
-            f"the contacts table has {ids.null_count():,} row(s) without a contact_id (the "
-            f"first is row {first}, counting from 0); {_FIX}"
-        )
+        raise InputError(ids_missing_message(ids.null_count(), first=first))
     refuse_padded_ids(ids, "the contacts table")
     twice = ids.is_duplicated()
     if twice.any():
         rows = twice.arg_true()
-        raise InputError(
-            f"the contacts table gives {ids.filter(twice).n_unique():,} contact(s) more than "
-            f"one row (row {rows[0]}, counting from 0, is one); give one row per contact "
-            "(funnelcast ingest keeps the first, with consent only if every copy gives it)"
-        )
+        raise InputError(ids_repeated_message(ids.filter(twice).n_unique(), first=int(rows[0])))
+
+
+def ids_missing_message(count: int, *, first: int | None = None) -> str:
+    """Contacts rows without an id (Spark's check gives no row)."""
+    row = "" if first is None else f" (the first is row {first}, counting from 0)"
+    return f"the contacts table has {count:,} row(s) without a contact_id{row}; {_FIX}"
+
+
+def ids_repeated_message(count: int, *, first: int | None = None) -> str:
+    """Contacts on more than one row (Spark's check gives no row)."""
+    row = "" if first is None else f" (row {first}, counting from 0, is one)"
+    return (
+        f"the contacts table gives {count:,} contact(s) more than one row{row}; give one row "
+        "per contact (funnelcast ingest keeps the first, with consent only if every copy "
+        "gives it)"
+    )
 
 
 # an id that starts or ends with whitespace, of any kind: "(?U)" makes Java's \s (Spark's

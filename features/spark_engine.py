@@ -38,7 +38,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
-from features.consent import PADDED_ID, check_contact_ids, padded_ids_message
+from features.consent import (
+    PADDED_ID,
+    check_contact_ids,
+    ids_missing_message,
+    ids_repeated_message,
+    padded_ids_message,
+)
 from features.engine import (
     NAIVE_TIMESTAMP,
     NO_TIMESTAMP,
@@ -596,10 +602,37 @@ def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Colu
     return None
 
 
+def _check_spark_contacts(contacts: DataFrame) -> None:
+    """``check_contact_ids`` for a contacts table given as a Spark DataFrame: text ids, none
+    missing, none padded, one row per contact; counted by one pass over the table."""
+    dtype = {f.name: f.dataType for f in contacts.schema.fields}.get("contact_id")
+    if dtype is None:
+        raise InputError("the contacts table has no `contact_id` column")
+    if not isinstance(dtype, T.StringType):
+        raise InputError(f"the contacts table's `contact_id` is {dtype.simpleString()}, not text")
+    ids = F.col("contact_id")
+    counts = contacts.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(ids).alias("ids"),
+        F.countDistinct(ids).alias("distinct"),
+        F.sum(ids.rlike(PADDED_ID).cast("int")).alias("padded"),
+    ).first()
+    assert counts is not None  # an aggregate without grouping has one row
+    if counts["ids"] < counts["rows"]:
+        raise InputError(ids_missing_message(counts["rows"] - counts["ids"]))
+    if counts["padded"]:
+        raise InputError(padded_ids_message(counts["padded"], "the contacts table"))
+    if counts["distinct"] < counts["ids"]:
+        # the contacts on more than one row, counted once each
+        repeated = contacts.groupBy(ids).count().where(F.col("count") > 1).count()
+        raise InputError(ids_repeated_message(repeated))
+
+
 def _contacts_frame(
     contacts: pa.Table | pl.DataFrame | DataFrame, spark: SparkSession
 ) -> DataFrame:
     if isinstance(contacts, DataFrame):
+        _check_spark_contacts(contacts)
         return contacts
     check_contact_ids(contacts)  # as the Polars engine does: one row per contact, each with an id
     table = contacts.to_arrow() if isinstance(contacts, pl.DataFrame) else contacts

@@ -312,6 +312,31 @@ def test_the_spark_engine_refuses_events_without_an_id_or_a_timestamp(
         spark_features(emptied, None, as_of=AS_OF)
 
 
+def test_a_spark_contacts_table_is_checked_as_the_other_builders_check_it(
+    spark: Any, spark_features: SparkFeatures
+) -> None:
+    """A contacts table given as a Spark DataFrame: a contact on two rows (two answers about
+    its consent), a row without an id or a padded id is refused, as every builder refuses it."""
+    from features.errors import InputError
+
+    events = _first_edge_events()
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    for contact_ids, says in (
+        ([*ids, ids[0]], "gives 1 contact.* more than one row"),
+        ([*ids, None], "1 row.* without a contact_id"),
+        ([*ids[1:], f" {ids[0]}"], "1 contact id.* in the contacts table start or end"),
+    ):
+        table = spark.createDataFrame(
+            [(i, True) for i in contact_ids], "contact_id string, marketing_consent boolean"
+        )
+        with pytest.raises(InputError, match=says):
+            spark_features(events, table, as_of=AS_OF)
+    fine = spark.createDataFrame(
+        [(i, True) for i in ids], "contact_id string, marketing_consent boolean"
+    )
+    assert spark_features(events, fine, as_of=AS_OF).height > 0
+
+
 def test_the_spark_engine_refuses_event_types_outside_the_contract(
     spark_features: SparkFeatures,
 ) -> None:
