@@ -55,7 +55,7 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     frame = _frame(contacts)
     dtype = _column_type(frame, "contact_id")
     if not isinstance(dtype, TEXT_TYPES):
-        raise InputError(f"the contacts table's `contact_id` is {dtype}, not text; {_FIX}")
+        raise InputError(id_kind_message(str(dtype)))
     ids = frame.get_column("contact_id")
     if ids.null_count():
         first = int(ids.is_null().arg_true()[0])
@@ -65,6 +65,16 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     if twice.any():
         rows = twice.arg_true()
         raise InputError(ids_repeated_message(ids.filter(twice).n_unique(), first=int(rows[0])))
+
+
+def id_kind_message(kind: str) -> str:
+    """A contacts table whose ids are not text (``kind``: the type its engine names)."""
+    return f"the contacts table's `contact_id` is {kind}, not text; {_FIX}"
+
+
+def no_column_message(name: str, columns: list[str]) -> str:
+    """A contacts table without a column that consent or ids need."""
+    return f"the contacts table has no `{name}` column (it has {columns[:8]}); {_FIX}"
 
 
 def ids_missing_message(count: int, *, first: int | None = None) -> str:
@@ -114,9 +124,7 @@ def padded_ids_message(count: int | None, where: str, *, first: int | None = Non
 def _column_type(frame: pl.DataFrame, name: str) -> pl.DataType:
     dtype = frame.schema.get(name)
     if dtype is None:
-        raise InputError(
-            f"the contacts table has no `{name}` column (it has {list(frame.schema)[:8]}); {_FIX}"
-        )
+        raise InputError(no_column_message(name, list(frame.schema)))
     return dtype
 
 

@@ -41,8 +41,10 @@ from pyspark.sql import types as T  # noqa: N812
 from features.consent import (
     PADDED_ID,
     check_contact_ids,
+    id_kind_message,
     ids_missing_message,
     ids_repeated_message,
+    no_column_message,
     padded_ids_message,
 )
 from features.engine import (
@@ -179,9 +181,9 @@ _MISSING = {name: missing_message(name, None) for name in ("contact_id", "timest
 
 def _required(name: str, column: Column) -> Column:
     """``column`` (of the events' ``name``), whose null rows fail the query: an event without
-    a timestamp would vanish in the filter on as_of. Polars reads the count from the files'
-    statistics; Spark checks the rows it computes (those before as_of, and any timestamp
-    that is null)."""
+    an id would be a contact of its own, one without a timestamp would vanish in the filter on
+    as_of. Polars reads the count from the files' statistics; Spark checks the rows it
+    computes (those before as_of, and any timestamp that is null)."""
     return (
         F.when(F.col(name).isNull(), F.raise_error(F.lit(_MISSING[name])))
         .otherwise(column)
@@ -195,12 +197,8 @@ def _checked_contact_id() -> Column:
     the contacts without a recent event are left out before the result is computed, and a
     padded id's older events would be lost from its contact's all-history features."""
     contact = F.col("contact_id")
-    return (
-        F.when(contact.isNull(), F.raise_error(F.lit(_MISSING["contact_id"])))
-        .when(contact.rlike(PADDED_ID), F.raise_error(F.lit(_PADDED_IDS)))
-        .otherwise(contact)
-        .alias("contact_id")
-    )
+    padded = F.when(contact.rlike(PADDED_ID), F.raise_error(F.lit(_PADDED_IDS)))
+    return _required("contact_id", padded.otherwise(contact))
 
 
 def _finite_value() -> Column:
@@ -607,9 +605,9 @@ def _check_spark_contacts(contacts: DataFrame) -> None:
     missing, none padded, one row per contact; counted by one pass over the table."""
     dtype = {f.name: f.dataType for f in contacts.schema.fields}.get("contact_id")
     if dtype is None:
-        raise InputError("the contacts table has no `contact_id` column")
+        raise InputError(no_column_message("contact_id", contacts.columns))
     if not isinstance(dtype, T.StringType):
-        raise InputError(f"the contacts table's `contact_id` is {dtype.simpleString()}, not text")
+        raise InputError(id_kind_message(dtype.simpleString()))
     ids = F.col("contact_id")
     counts = contacts.agg(
         F.count(F.lit(1)).alias("rows"),

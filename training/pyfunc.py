@@ -238,6 +238,8 @@ class FunnelcastModel(_PythonModel):
         ``encode_records`` checks: text where a number goes, a number beyond float32, a
         category that is not text or a 'rules_stage' that is no stage name is a
         ``FeatureValueError`` naming the row and the feature."""
+        if not rows:
+            return np.empty((0, len(self.feature_names)), dtype=np.float64)
         numeric, categorical = self._columns()
         copied = [list(row) for row in rows]  # the rows' text stays as given (the reasons)
         for j in categorical:  # each category's code in its place, so every value is a number
@@ -247,8 +249,6 @@ class FunnelcastModel(_PythonModel):
                 row[place] = code
         names = [self.feature_names[j] for j in numeric]
         places = [positions[j] for j in numeric]
-        if not rows:
-            return np.empty((0, len(self.feature_names)), dtype=np.float64)
         try:
             # text left is among the numbers: the sum stops at it (numpy would read "3.5" as
             # a number); numpy reads None as NaN
