@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
 from serving.errors import KIND_TAGS, NamedValidationErrors
+from serving.gather import Gather
 from serving.openapi import complete_openapi
 from serving.runtime import (
     RequestError,
@@ -201,6 +202,7 @@ class Funnelcast:
             settings = dataclasses.replace(settings, bento_model=str(bento.info.models[0].tag))
         self.settings = settings
         self.scorer: Scorer = load_scorer(self.settings)
+        self.gather: Gather[ContactRequest] = Gather(self.scorer.predict_rows)
         self.limits = limits(self.settings)
         served = self.scorer.metadata(self.limits)
         _LOGGED_NAMES.update(served.features)
@@ -239,8 +241,8 @@ class Funnelcast:
             if len(request.events or ()) > _ON_THE_LOOP_EVENTS:
                 # a long history would hold the event loop (and /readyz) for milliseconds
                 rows = await anyio.to_thread.run_sync(self.scorer.predict_rows, [request])
-            else:
-                rows = self.scorer.predict_rows([request])
+            else:  # scored with the other requests this worker read at the same time
+                rows = [await self.gather.score(request)]
         except InputError as exc:
             return _bad_request(exc)  # type: ignore[return-value]
         return _answer(predictions_json(rows, batch=False))  # type: ignore[return-value]

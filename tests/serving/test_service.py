@@ -7,6 +7,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime as dt
+import json
 import pickle
 from typing import Any
 
@@ -182,6 +183,75 @@ def test_the_api_callers_are_built_once_per_worker(service: Any) -> None:
         assert getattr(service, name) is caller
         assert callable(caller.local)
         assert caller.__wrapped__ is getattr(type(service), name).func
+
+
+async def _all_at_once(service: Any, requests: list[ContactRequest]) -> list[Any]:
+    """The requests as a worker's event loop sees a burst: every one started before any is
+    answered. Returns the responses, in order, and how many joint calls scored them."""
+    calls = service.gather.calls
+    responses = await asyncio.gather(*(service.predict(r) for r in requests))
+    return [responses, service.gather.calls - calls]
+
+
+def _mixed_requests(service: Any, served: Served, contacts: list[str]) -> list[ContactRequest]:
+    """Raw events and precomputed features, with and without consent or reasons."""
+    requests = []
+    features = _feature_bodies(service, served, contacts)
+    for k, contact in enumerate(contacts):
+        body = contact_body(served, contact) if k % 2 else features[k]
+        body = {**body, "marketing_consent": k != 3, "explain": k != 5}
+        requests.append(_request(body))
+    return requests
+
+
+def test_requests_read_together_are_scored_in_one_call_with_the_same_answers(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """Requests a worker reads at the same moment are scored in one joint call; each answer
+    is, byte for byte, the one it gets alone."""
+    requests = _mixed_requests(service, served, active_contacts[:8])
+    alone = [asyncio.run(service.predict(r)).body for r in requests]
+    responses, calls = asyncio.run(_all_at_once(service, requests))
+    assert calls == 1
+    assert [r.body for r in responses] == alone
+    assert [Prediction.model_validate_json(b).status for b in alone].count("no_consent") == 1
+
+
+def test_a_request_that_fails_among_gathered_ones_gets_its_own_error(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    """One request the model cannot use does not fail the others read with it: the joint
+    call fails, each request is then scored alone, and only the bad one is refused, naming
+    its own field."""
+    requests = _mixed_requests(service, served, active_contacts[:6])
+    alone = [asyncio.run(service.predict(r)).body for r in requests]
+    bad = requests[2].model_copy(update={"features": {**requests[2].features, "odd": 1.0}})
+    responses, calls = asyncio.run(_all_at_once(service, [*requests[:2], bad, *requests[3:]]))
+    assert calls == len(requests) - 1  # the joint call failed; the good ones, one call each
+    assert responses[2].status_code == 400
+    refusal = json.loads(responses[2].body)
+    assert refusal["field"] == "features"
+    assert "unknown feature" in refusal["error"]
+    assert [r.body for k, r in enumerate(responses) if k != 2] == alone[:2] + alone[3:]
+
+
+def test_a_gathered_request_whose_client_left_is_not_scored(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    requests = _mixed_requests(service, served, active_contacts[:4])
+
+    async def one_leaves() -> list[Any]:
+        tasks = [asyncio.create_task(service.predict(r)) for r in requests]
+        await asyncio.sleep(0)  # every request has reached the gathering
+        tasks[1].cancel()
+        scored = service.gather.scored
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        return [done, service.gather.scored - scored]
+
+    done, scored = asyncio.run(one_leaves())
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert scored == len(requests) - 1
+    assert all(done[k].status_code == 200 for k in (0, 2, 3))
 
 
 def test_contacts_without_consent_are_never_scored(
