@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.consent import TEXT_TYPES, check_contact_ids, refuse_padded_ids
-from features.errors import InputError
+from features.errors import NOT_FINITE_VALUE, InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
@@ -158,8 +158,11 @@ def finish_features(
     query = query.select(pl.exclude(f"^{INTERNAL_PREFIX}.*$"))
     query = join_attributes(query, contacts, as_of=as_of, spec=spec)
     names = query.collect_schema().names()
-    columns = [c for c in names if c not in ("contact_id", "as_of")]
-    query = query.select("contact_id", "as_of", *columns)
+    # the spec's order (derived features that use others are computed later), then the rules
+    # stage and the attributes
+    ordered = [n for n in spec.names if n in names]
+    rest = [c for c in names if c not in ("contact_id", "as_of") and c not in set(ordered)]
+    query = query.select("contact_id", "as_of", *ordered, *rest)
     if not frame.get_column("contact_id").is_sorted():  # training snapshots come sorted
         query = query.sort("contact_id")
     return query.collect()
@@ -465,12 +468,6 @@ def missing_message(name: str, count: int | None, where: str = "") -> str:
         f"rows aside and counts them ({reason}), or drop them"
     )
 
-
-# a money value no sum can hold, for every engine
-NOT_FINITE_VALUE = (
-    "the events' `value` holds NaN or an infinite number; money values are finite numbers: "
-    "give events as funnelcast ingest writes them (it sets such rows aside and counts them)"
-)
 
 # what is wrong with the events' timestamps, for every engine
 NO_TIMESTAMP = (
@@ -1023,7 +1020,7 @@ def join_attributes(
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
         # other types (lists, structs) are not features; they are left out on purpose
     spec.check_attribute_columns(
-        {column.meta.output_name(): column.meta.root_names()[0] for column in columns}
+        (column.meta.output_name(), column.meta.root_names()[0]) for column in columns
     )
     attributes = listed.lazy().select("contact_id", *columns)
     return frame.join(attributes, on="contact_id", how="left", maintain_order="left")

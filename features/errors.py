@@ -9,3 +9,10 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Input or settings the user can fix; the message says how."""
+
+
+# a money value no sum can hold, for every engine (the online path included)
+NOT_FINITE_VALUE = (
+    "the events' `value` holds NaN or an infinite number; money values are finite numbers: "
+    "give events as funnelcast ingest writes them (it sets such rows aside and counts them)"
+)

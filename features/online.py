@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.errors import InputError
+from features.errors import NOT_FINITE_VALUE, InputError
 from features.schema import as_utc
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, evaluate
@@ -50,10 +51,13 @@ def build_online_features(
     spec: FeatureSpec,
     contact: Mapping[str, Any] | None = None,
     rules: RulesSettings | None = None,
+    dates: Collection[str] = (),
 ) -> dict[str, Any]:
     """Features of one contact as of ``as_of`` from its events (mappings with ``timestamp``
     (aware datetime), ``event_type``, ``channel`` and optionally ``value``). Events at or after
-    ``as_of`` are ignored. ``contact`` holds its attributes, as in the contacts table."""
+    ``as_of`` are ignored. ``contact`` holds its attributes, as in the contacts table;
+    ``dates`` names its date attributes, so that a missing one is a missing ``days_since_``
+    feature, as in the batch engines, which read the kind from the table's column."""
     as_of = as_utc(as_of, "as_of")
     now_us = _micros(as_of)
     groups = _group(events, now_us)
@@ -66,7 +70,7 @@ def build_online_features(
     if spec.rules_stage:
         values["rules_stage"] = _rules_stage(groups, now_us, rules or load_rules_settings())
     if contact is not None:
-        values.update(_attributes(contact, as_of=as_of, spec=spec))
+        values.update(_attributes(contact, as_of=as_of, spec=spec, dates=dates))
     return values
 
 
@@ -83,13 +87,18 @@ def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, 
             raise ValueError("event timestamps must be timezone-aware (UTC)")
         at = _micros(moment)
         if at < now_us:  # strictly before as_of: the future is never seen
-            rows.append((at, event["event_type"], event["channel"], event.get("value")))
+            value = event.get("value")
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise InputError(NOT_FINITE_VALUE)  # as every builder does
+            rows.append((at, event["event_type"], event["channel"], value))
     rows.sort(key=lambda row: row[0])
     groups: dict[tuple[str, str], _Group] = {}
     for at, event_type, channel, value in rows:
         group = groups.setdefault((event_type, channel), _Group())
         group.times.append(at)
-        group.values.append(None if value is None else float(value))
+        group.values.append(value)
     return groups
 
 
@@ -210,11 +219,14 @@ def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: Rule
 
 
 def _attributes(
-    contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec
+    contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec, dates: Collection[str]
 ) -> dict[str, Any]:
-    names = spec.attribute_names(contact)
-    out: dict[str, Any] = {}
-    for name in names:
+    """The attribute features of one contacts-table row, as the batch engines make them from
+    the table's columns: a date as days since it (missing when after ``as_of``, or when the
+    value of a name in ``dates`` is missing), a number or boolean as a float, anything else
+    scalar as text; lists and mappings are not features and are left out."""
+    named: list[tuple[str, str, Any]] = []
+    for name in spec.attribute_names(contact):
         value = contact.get(name)
         if isinstance(value, dt.datetime | dt.date):
             moment = (
@@ -224,11 +236,14 @@ def _attributes(
             )
             moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
             days = (as_of - moment).total_seconds() / 86_400
-            out[f"days_since_{name}"] = days if days >= 0 else None
+            named.append((f"days_since_{name}", name, days if days >= 0 else None))
+        elif value is None and name in dates:
+            named.append((f"days_since_{name}", name, None))
         elif isinstance(value, bool | int | float):
-            out[name] = float(value)
+            named.append((name, name, float(value)))
+        elif isinstance(value, list | tuple | set | frozenset | Mapping):
+            continue  # as the batch engines leave list and struct columns out
         else:
-            out[name] = None if value is None else str(value)
-    if not out.keys().isdisjoint(spec.taken_names):  # as the batch engines refuse it
-        spec.check_attribute_columns({k: k.removeprefix("days_since_") for k in out})
-    return out
+            named.append((name, name, None if value is None else str(value)))
+    spec.check_attribute_columns((output, name) for output, name, _ in named)
+    return {output: value for output, _, value in named}

@@ -560,7 +560,9 @@ def _eligible_with_attributes(
 ) -> tuple[DataFrame, list[str]]:
     """Eligible contacts (any event in the longest window, or listed in ``contacts``) with their
     attribute columns, and the names of those columns."""
-    recent = F.col(_LAST) >= _window_start(as_of, spec.longest_window_days)
+    longest = spec.longest_window_days
+    # every aggregate over all history: any event before as_of makes a contact eligible
+    recent = F.lit(True) if longest is None else F.col(_LAST) >= _window_start(as_of, longest)
     if contacts is None:
         return per_contact.where(recent), []
     listed = _contacts_frame(contacts, per_contact.sparkSession)
@@ -572,7 +574,7 @@ def _eligible_with_attributes(
             "them from `attributes:` or add them to the contacts"
         )
     named = [a for name in wanted if (a := _attribute(listed.schema[name], as_of)) is not None]
-    spec.check_attribute_columns({output: source for output, source, _ in named})
+    spec.check_attribute_columns((output, source) for output, source, _ in named)
     attributes = [column for _, _, column in named]
     listed = listed.select("contact_id", *attributes, F.lit(True).alias(_LISTED))
     # a full join keeps listed contacts without events and active contacts not listed

@@ -70,7 +70,7 @@ class _DerivedEntry(FrozenSettings):
 
 
 class _SpecFile(FrozenSettings):
-    session_gap_minutes: float = Field(gt=0)
+    session_gap_minutes: float
     aggregates: list[_AggregateEntry]
     derived: list[_DerivedEntry] = Field(default_factory=list)
     attributes: Literal["all"] | list[str] = "all"
@@ -81,6 +81,19 @@ class _SpecFile(FrozenSettings):
     def _not_empty(cls, value: list[_AggregateEntry]) -> list[_AggregateEntry]:
         if not value:
             raise ValueError("the spec declares no aggregates")
+        return value
+
+    @field_validator("session_gap_minutes")
+    @classmethod
+    def _a_usable_gap(cls, value: float) -> float:
+        # the engines count in whole microseconds: a gap under a second is a typo, as is one
+        # longer than the longest window
+        longest = MAX_WINDOW_DAYS * 24 * 60
+        if not (math.isfinite(value) and 1 / 60 <= value <= longest):
+            raise ValueError(
+                f"{value} is not a usable gap between sessions; give minutes from 0.0167 (one "
+                f"second) to {longest:,} (e.g. 30)"
+            )
         return value
 
     @field_validator("attributes")
@@ -162,12 +175,21 @@ class FeatureSpec:
         """The names no attribute feature may take: the spec's features and the reserved."""
         return frozenset(self.names) | _RESERVED_NAMES
 
-    def check_attribute_columns(self, columns: Mapping[str, str]) -> None:
+    def check_attribute_columns(self, columns: Iterable[tuple[str, str]]) -> None:
         """The attribute features' names (``columns``: each output name and the contacts column
-        it comes from) clash with no feature of the spec and no reserved name; a clash is a
-        ``SpecError`` naming the column, for every engine (a join would otherwise rename one
-        side, or fail)."""
-        for output, column in columns.items():
+        it comes from) clash with no feature of the spec, no reserved name and each other (a
+        date column ``signup`` and a number column ``days_since_signup``); a clash is a
+        ``SpecError`` naming the column(s), for every engine (a join would otherwise rename
+        one side, or fail)."""
+        seen: dict[str, str] = {}
+        for output, column in columns:
+            if output in seen:
+                raise SpecError(
+                    f"the contacts table's columns `{seen[output]}` and `{column}` would both be "
+                    f"the attribute feature `{output}`; rename one, or list the attributes to "
+                    "use under `attributes:` in your copy of the spec"
+                )
+            seen[output] = column
             if output in self.taken_names:
                 raise SpecError(
                     f"the contacts table's column `{column}` would be the attribute feature "
@@ -177,9 +199,11 @@ class FeatureSpec:
                 )
 
     @property
-    def longest_window_days(self) -> int:
+    def longest_window_days(self) -> int | None:
+        """The longest lookback of the spec's aggregates, in days; None when every aggregate
+        looks at all history (a contact with any event before ``as_of`` is then eligible)."""
         windows = [a.window_days for a in self.aggregates if a.window_days is not None]
-        return max(windows, default=0)
+        return max(windows) if windows else None
 
 
 def load_feature_spec(path: Path | None = None) -> FeatureSpec:
@@ -191,7 +215,17 @@ def load_feature_spec(path: Path | None = None) -> FeatureSpec:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"feature spec {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise SpecError(
+                f"feature spec {path} is not UTF-8 text; save the YAML file as UTF-8"
+            ) from error
+        except OSError as error:  # a folder, no permission
+            raise SpecError(
+                f"feature spec {path} cannot be read ({error.strerror or error}); give the YAML "
+                "file itself"
+            ) from error
         origin = str(path)
     return parse_feature_spec(text, origin=origin)
 
@@ -309,6 +343,9 @@ def _bindings(for_each: Mapping[str, list[str] | str], where: str) -> list[dict[
         else _checked(list(for_each[k]), k, where) or []
         for k in keys
     ]
+    empty = [k for k, listed in zip(keys, values, strict=True) if not listed]
+    if empty:
+        raise SpecError(f"{where}: for_each over {empty[0]} lists nothing; list values, or `all`")
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
@@ -349,6 +386,11 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
     except KeyError as error:
         raise SpecError(
             f"{where}: the name uses {{{error.args[0]}}}, which neither for_each nor windows gives"
+        ) from error
+    except (IndexError, ValueError, AttributeError) as error:  # "{}", "{window", "{window.x}"
+        raise SpecError(
+            f"{where}: {template!r} is not a name template ({error}); write placeholders as "
+            "{window}, {event_type} or {channel}, and other braces doubled ({{ or }})"
         ) from error
 
 

@@ -359,6 +359,11 @@ def features(
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     feature_spec = load_feature_spec(spec)
     rules = load_rules_settings(config)
+    if "*" not in events.name and not events.exists():  # before the contacts beside it
+        raise FileNotFoundError(
+            f"--events {events} does not exist; give the events folder or Parquet file written "
+            "by ingest or simulate"
+        )
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")

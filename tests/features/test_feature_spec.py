@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from features.spec import SpecError, load_feature_spec, parse_feature_spec
@@ -180,3 +182,37 @@ def test_an_empty_filter_list_is_an_error_and_a_repeated_name_says_what_it_lacks
         parse_feature_spec(BASE + "    where: {event_type: []}\n")
     with pytest.raises(SpecError, match=r"needs \{window\}"):
         parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', '"{event_type}_count"'))
+
+
+def test_a_spec_of_all_history_windows_has_no_longest_window() -> None:
+    spec = parse_feature_spec(BASE.replace("[7, 28]", "[all]"))
+    assert spec.names == ("email_open_count_all", "email_click_count_all")
+    assert spec.longest_window_days is None
+    assert parse_feature_spec(BASE.replace("[7, 28]", "[all, 28]")).longest_window_days == 28
+
+
+@pytest.mark.parametrize("gap", ["0", "1e-9", "-5", ".inf", ".nan", "1e15"])
+def test_a_session_gap_outside_one_second_to_a_century_is_an_error(gap: str) -> None:
+    with pytest.raises(SpecError, match="not a usable gap between sessions"):
+        parse_feature_spec(BASE.replace("session_gap_minutes: 30", f"session_gap_minutes: {gap}"))
+    assert parse_feature_spec(BASE.replace("30", "0.5")).session_gap_minutes == 0.5
+
+
+@pytest.mark.parametrize("name", ["views_{}", "n_{window", "n_{window.x}", "n_{0}"])
+def test_a_name_that_is_not_a_template_is_an_error_naming_the_entry(name: str) -> None:
+    with pytest.raises(SpecError, match="is not a name template"):
+        parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', f'"{name}"'))
+
+
+def test_a_for_each_over_nothing_is_an_error() -> None:
+    with pytest.raises(SpecError, match="for_each over event_type lists nothing"):
+        parse_feature_spec(BASE.replace("[email_open, email_click]", "[]"))
+
+
+def test_a_spec_file_that_cannot_be_read_is_an_error_saying_why(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot be read .* give the YAML file itself"):
+        load_feature_spec(tmp_path)
+    latin = tmp_path / "spec.yaml"
+    latin.write_bytes(BASE.encode() + b"# caf\xe9\n")
+    with pytest.raises(SpecError, match="is not UTF-8 text"):
+        load_feature_spec(latin)

@@ -275,6 +275,106 @@ def test_a_contacts_column_named_like_a_feature_is_refused_by_every_builder(
     assert "loyalty_tier" in built.columns or "days_since_loyalty_tier" in built.columns
 
 
+def test_two_contacts_columns_giving_one_feature_are_refused_by_every_builder() -> None:
+    """A date column `signup` and a number column `days_since_signup` would both be the
+    feature `days_since_signup`: refused naming both, not a join error or one of them lost."""
+    from features.snapshots import build_training_frame
+    from features.spec import SpecError
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["a"],
+            "marketing_consent": [True],
+            "signup": [dt.date(2023, 5, 1)],
+            "days_since_signup": [3.0],
+        }
+    )
+    both = "columns `signup` and `days_since_signup` would both be"
+    with pytest.raises(SpecError, match=both):
+        build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(SpecError, match=both):
+        build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(SpecError, match=both):
+        build_online_features(
+            events.to_dicts(), as_of=AS_OF, spec=SPEC, contact=contacts.row(0, named=True)
+        )
+
+
+def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attributes() -> None:
+    """A missing date is a missing `days_since_` feature (the online path is told which
+    attributes are dates; the batch engines read it from the column's type), and a list
+    column is no feature in either."""
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["a"],
+            "marketing_consent": [True],
+            "signup": [None],
+            "tags": [["vip", "b2b"]],
+            "segment": ["smb"],
+        },
+        schema_overrides={"signup": pl.Date},
+    )
+    batch = _row(build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC), "a")
+    online = build_online_features(
+        events.to_dicts(),
+        as_of=AS_OF,
+        spec=SPEC,
+        contact=contacts.row(0, named=True),
+        dates={"signup"},
+    )
+    attributes = {"days_since_signup": None, "segment": "smb"}
+    assert {k: batch[k] for k in attributes} == attributes
+    assert {k: online[k] for k in attributes} == attributes
+    assert "tags" not in batch and "tags" not in online and "signup" not in online
+
+
+def test_a_spec_of_all_history_windows_makes_every_contact_with_an_event_eligible() -> None:
+    """No aggregate with a window of days: a contact with any event before as_of gets a row,
+    however old the event (it was an empty table)."""
+    from features.snapshots import build_training_frame
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'events_{window}', kind: count, windows: [all]}\n"
+        "  - {name: days_since_last_event, kind: days_since_last}\n"
+    )
+    rows = [
+        ("old", "2019-06-01T00:00:00Z", "web", "page_view", None),
+        ("new", "2024-02-28T00:00:00Z", "email", "email_open", None),
+        ("later", "2024-03-05T00:00:00Z", "email", "email_open", None),
+    ]
+    events = _events(rows)
+    built = build_contact_features(events, as_of=AS_OF, spec=spec)
+    assert built["contact_id"].to_list() == ["new", "old"]
+    assert built["events_all"].to_list() == [1, 1]
+    frame = build_training_frame(events, as_of_dates=[AS_OF.date()], spec=spec)
+    assert frame.drop("as_of").equals(built.drop("as_of"))
+    online = build_online_features(
+        events.filter(pl.col("contact_id") == "old").to_dicts(), as_of=AS_OF, spec=spec
+    )
+    assert online == {k: v for k, v in _row(built, "old").items() if k in online}
+
+
+def test_features_come_in_the_spec_order_when_derived_ones_use_others() -> None:
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'views_{window}', kind: count, where: {event_type: [page_view]}, "
+        "windows: [7, 28]}\n"
+        "derived:\n"
+        "  - {name: views_more, expr: 'views_28d - views_7d'}\n"
+        "  - {name: views_more_twice, expr: 'views_more * 2'}\n"
+        "  - {name: views_week_share, expr: 'views_7d / views_28d'}\n"
+    )
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    built = build_contact_features(events, as_of=AS_OF, spec=spec)
+    assert built.columns == ["contact_id", "as_of", *spec.names]
+
+
 def test_events_without_a_contact_or_a_time_are_refused_not_dropped(tmp_path: Path) -> None:
     """Such rows count for nobody or at no time: ingest sets them aside and counts them; the
     builders refuse them, from a file's statistics or a frame's null counts, never drop them."""
@@ -320,6 +420,8 @@ def test_a_money_value_no_sum_can_hold_is_refused_not_leaked(value: float) -> No
         build_contact_features(bad, as_of=AS_OF, spec=SPEC)
     with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
         build_training_frame(bad, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(InputError, match="`value` holds NaN or an infinite number"):
+        build_online_features(bad.to_dicts(), as_of=AS_OF, spec=SPEC)
     fine = build_contact_features(events, as_of=AS_OF, spec=SPEC)
     assert _row(fine, "a")["purchase_value_sum_28d"] == 20.0
 

@@ -253,6 +253,49 @@ def test_the_spark_engine_refuses_a_contacts_column_named_like_a_feature(
             spark_features(events, contacts, as_of=AS_OF)
 
 
+def test_the_spark_engine_refuses_two_contacts_columns_giving_one_feature(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.spec import SpecError
+
+    events = _first_edge_events()
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ids,
+            "marketing_consent": [True] * len(ids),
+            "signup": [dt.date(2023, 5, 1)] * len(ids),
+            "days_since_signup": [3.0] * len(ids),
+        }
+    )
+    with pytest.raises(SpecError, match="`signup` and `days_since_signup` would both be"):
+        spark_features(events, contacts, as_of=AS_OF)
+
+
+def test_the_spark_engine_runs_a_spec_of_all_history_windows_as_polars_does(spark: Any) -> None:
+    """No aggregate with a window of days: every contact with an event before as_of is
+    eligible in both engines, however old the event."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'events_{window}', kind: count, windows: [all]}\n"
+        "  - {name: days_since_last_event, kind: days_since_last}\n"
+    )
+    events = pd.DataFrame(
+        EDGE_EVENTS, columns=["contact_id", "timestamp", "channel", "event_type", "value"]
+    )
+    validated = validate(events, now=NOW).events
+    expected = build_contact_features(validated, as_of=AS_OF, spec=spec)
+    frame = build_contact_features_spark(
+        spark.createDataFrame(validated), None, as_of=AS_OF, spec=spec, spark=spark
+    )
+    actual = spark_features_to_polars(frame)
+    _assert_identical(actual, expected)
+    assert {"old", "old_unlisted"} <= set(actual["contact_id"].to_list())
+
+
 def test_the_spark_engine_refuses_a_money_value_no_sum_can_hold(
     spark_features: SparkFeatures,
 ) -> None:

@@ -280,6 +280,8 @@ def test_features_refuses_unusable_contacts_outputs_and_dates_in_one_line(
         (["--out", str(tmp_path / "a-folder.parquet")], "is a folder"),
         (["--out", str(tmp_path / "a-file" / "f.parquet")], "cannot write"),
         (["--as-of", "0001-01-01"], "before 1970"),
+        # the events path first: no word of the contacts table that would sit beside it
+        (["--events", str(tmp_path / "nowhere")], "nowhere does not exist; give the events"),
     ]
     for args, says in cases:
         given = {"--events": str(data), "--as-of": "2024-01-20", "--out": out}
