@@ -12,6 +12,7 @@ explicitly, and then every answer says ``"model": "rules"``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -386,7 +387,7 @@ def _attributes(
         raise RequestError(
             _where(index, "attributes"),
             f"the model does not use attribute(s) {unknown}; it uses "
-            f"{sorted(wanted) or 'no attributes'}",
+            f"{sorted(known) or 'no attributes'}",
         )
     out: dict[str, Any] = {}
     value: Any
@@ -400,17 +401,24 @@ def _attributes(
                 shown = sorted(str(c) for c in categories[name])[:8]
                 raise RequestError(
                     _where(index, f"attributes.{name}"),
-                    f"{value!r} is not text; '{name}' is a category, e.g. one of {shown}",
+                    f"{_as_sent(value)} is not text; '{name}' is a category, e.g. one of {shown}",
                 )
         elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestError(_where(index, f"attributes.{name}"), f"{value!r} is not a number")
+            raise RequestError(
+                _where(index, f"attributes.{name}"), f"{_as_sent(value)} is not a number"
+            )
         out[name] = value
     return out
 
 
+def _as_sent(value: Any) -> str:
+    """A request's value as its JSON wrote it (true, not True)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _attribute_date(value: Any, where: str) -> dt.datetime:
     if not isinstance(value, str):
-        raise RequestError(where, f"{value!r} is not an ISO date (e.g. 2025-03-01)")
+        raise RequestError(where, f"{_as_sent(value)} is not an ISO date (e.g. 2025-03-01)")
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -517,6 +525,12 @@ class ModelScorer:
         self.rules: RulesSettings = model.rules
         self.feature_names: list[str] = list(model.feature_names)
         self.attribute_features: list[str] = list(model.attribute_features)
+        # the attributes the model reads as days since a date (a null one is a missing value)
+        self._dates = frozenset(
+            name.removeprefix("days_since_")
+            for name in self.attribute_features
+            if name.startswith("days_since_")
+        )
         self._feature_set = frozenset(self.feature_names)
         self._categories: dict[str, list[Any]] = model.categories
         self._categorical = frozenset(self._categories)
@@ -546,7 +560,7 @@ class ModelScorer:
         rows, used = _event_rows(request, as_of)
         contact = _attributes(request, self.attribute_features, self._categories, index)
         features = build_online_features(
-            rows, as_of=as_of, spec=self.spec, contact=contact, rules=self.rules
+            rows, as_of=as_of, spec=self.spec, contact=contact, rules=self.rules, dates=self._dates
         )
         for name in self.attribute_features:  # an attribute not given is a missing value
             features.setdefault(name, None)
@@ -608,11 +622,24 @@ class ModelScorer:
         out: list[dict[str, Any] | None] = [None] * len(requests)
         records: list[Mapping[str, Any]] = []
         slots: list[tuple[int, dt.datetime, int | None]] = []
+        # contacts without consent: never scored, but their input is checked as any other's
+        # (a fault is a 400 now, not when the contact opts in)
+        unscored: list[Mapping[str, Any]] = []
+        unscored_slots: list[tuple[int, dt.datetime, int | None]] = []
         for i, request in enumerate(requests):
             as_of = request.as_of or now
-            _check_form(request, table, i if batch else None)
+            index = i if batch else None
+            _check_form(request, table, index)
             if not request.marketing_consent:
                 out[i] = _no_consent(request, self.info, as_of)
+                if table is not None and request.values is not None:
+                    unscored.append(table.row(request.values))
+                elif request.features is not None:
+                    unscored.append(self.features_of(request, as_of, index)[0])
+                else:  # events: their kinds and times are the schema's; the attributes, here
+                    _attributes(request, self.attribute_features, self._categories, index)
+                    continue
+                unscored_slots.append((i, as_of, None))
                 continue
             if table is not None and request.values is not None:
                 records.append(table.row(request.values))
@@ -621,6 +648,11 @@ class ModelScorer:
             features, used = self.features_of(request, as_of, i if batch else None)
             records.append(features)
             slots.append((i, as_of, used))
+        if unscored:  # encoded only to be checked
+            if table is not None:
+                self._encode_table(table, unscored, unscored_slots, batch)
+            else:
+                self._encode(unscored, unscored_slots, batch)
         if records:
             if table is not None:  # every contact gave values (_check_form)
                 matrix = self._encode_table(table, records, slots, batch)

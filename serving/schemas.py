@@ -126,7 +126,8 @@ class Event(BaseModel):
     )
 
 
-AttributeValue = float | bool | str | None
+# int first: a JSON integer stays one (an error quotes it as sent, 20250101, not 20250101.0)
+AttributeValue = int | float | bool | str | None
 # a number (a JSON integer is one too), text (a category) or null; tried in that order, each
 # strictly (no "3.5" read as a number, no true as 1): a smart union tries every member; this
 # parsed a 1,000-contact batch of 148 features in about 17 ms instead of 20.5 (profiling script)

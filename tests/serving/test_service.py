@@ -452,26 +452,64 @@ def test_metadata_describes_the_model(service: Any) -> None:
     assert meta.limits["max_batch_contacts"] == 1000
 
 
+@pytest.mark.parametrize("consent", [True, False])
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
         ({"features": {"no_such_feature": 1.0}}, "features", "unknown feature"),
-        ({"attributes": {"shoe_size": 42.0}}, "attributes", "does not use attribute"),
+        (
+            {"attributes": {"shoe_size": 42.0}},
+            "attributes",
+            # the names a client sends, not the features they become
+            "does not use attribute(s) ['shoe_size']; it uses ['acquisition_source', 'segment', "
+            "'signup_date']",
+        ),
         ({"attributes": {"signup_date": "last spring"}}, "attributes.signup_date", "ISO date"),
+        # quoted as the JSON gave them, not as Python reads them
+        ({"attributes": {"signup_date": 20250101}}, "attributes.signup_date", "20250101 is not"),
+        ({"attributes": {"segment": True}}, "attributes.segment", "true is not text"),
     ],
 )
 def test_requests_the_model_cannot_use_name_the_field(
-    service: Any, served: Served, active_contacts: list[str], change: dict, field: str, words: str
+    service: Any,
+    served: Served,
+    active_contacts: list[str],
+    change: dict,
+    field: str,
+    words: str,
+    consent: bool,
 ) -> None:
+    """Refused whether or not the contact gave consent: a contact without it is never scored,
+    but its input is checked as any other's."""
     body = contact_body(served, active_contacts[3])
     if "features" in change:
         body = {"marketing_consent": True, "as_of": body["as_of"], **change}
     else:
         body["attributes"] = {**body["attributes"], **change["attributes"]}  # type: ignore[dict-item]
+    body["marketing_consent"] = consent
     with pytest.raises(RequestError) as caught:
         service.scorer.predict([_request(body)])
     assert caught.value.field == field
     assert words in caught.value.message
+
+
+def test_the_values_of_a_contact_without_consent_are_checked_in_both_batch_forms(
+    service: Any, served: Served, active_contacts: list[str]
+) -> None:
+    bodies = _feature_bodies(service, served, active_contacts[:2], opted_out=1)
+    names = list(bodies[0]["features"])
+    place = names.index("email_open_count_7d")
+    bodies[1]["features"]["email_open_count_7d"] = 1e39
+    with pytest.raises(RequestError) as caught:
+        service.scorer.predict_rows(_batch(bodies).contacts, batch=True)
+    assert caught.value.field == "contacts.1.features.email_open_count_7d"
+    compact = _compact(bodies, names)
+    with pytest.raises(RequestError) as caught:
+        service.scorer.predict_rows(compact.contacts, batch=True, feature_names=names)
+    assert caught.value.field == f"contacts.1.values.{place}"
+    bodies[1]["features"]["email_open_count_7d"] = 3.0  # fixed: answered, not scored
+    answered = service.scorer.predict_rows(_batch(bodies).contacts, batch=True)
+    assert [row["status"] for row in answered] == ["scored", "no_consent"]
 
 
 def test_missing_and_mistyped_features_are_refused(
