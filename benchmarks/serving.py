@@ -1284,12 +1284,16 @@ def check_targets(
         beside.append(f"features by name, one client: {by_name:,} rows/s")
     if both:
         beside.append(f"two clients on 2 workers: {both:,} rows/s{lopsided}")
+    # one worker's figure beside it: a worker then gathers all eight connections' requests
+    # into one scoring call (serving/gather.py), and the load generator has a core to itself
+    one = result.get("servers", {}).get("1", {}).get("features", {}).get("8", {}).get("p99_ms")
     targets = [
         _target(
             f"p99 <= {P99_MAX_MS:g} ms, feature requests at concurrency 8, 2 workers",
             c8.get("p99_ms"),
             P99_MAX_MS,
             at_most=True,
+            reason="" if one is None or TARGET_WORKERS == 1 else f"1 worker: {one:g} ms",
         ),
         _target(
             f">= {REQUESTS_PER_S_MIN:,} req/s, feature requests at concurrency 32, 2 workers",

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from benchmarks.serving import SPREAD_ATTEMPTS, _concurrency, on_one_worker
+from benchmarks.serving import SPREAD_ATTEMPTS, _concurrency, check_targets, on_one_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "serving.py"
@@ -69,6 +69,20 @@ def test_a_cell_counts_as_on_one_worker_only_when_it_could_have_spread(
     share: list[float] | None, concurrency: int, expected: bool
 ) -> None:
     assert on_one_worker(share, concurrency) is expected
+
+
+def test_the_p99_target_is_judged_on_two_workers_with_one_workers_figure_beside_it() -> None:
+    def server(p99: float) -> dict[str, Any]:
+        return {"features": {"8": {"p99_ms": p99}, "32": {"req_per_s": 3000.0}}}
+
+    both = {"servers": {"1": server(4.45), "2": server(8.15)}}
+    (p99,) = [t for t in check_targets(both, measured_now=[], soaked=False) if "p99" in t["target"]]
+    assert (p99["status"], p99["observed"], p99["reason"]) == ("missed", 8.15, "1 worker: 4.45 ms")
+    alone = {"servers": {"2": server(4.9)}}
+    (p99,) = [
+        t for t in check_targets(alone, measured_now=[], soaked=False) if "p99" in t["target"]
+    ]
+    assert (p99["status"], p99["reason"]) == ("met", "")
 
 
 def test_the_concurrency_column_says_when_a_cell_needed_more_tries_or_never_spread() -> None:

@@ -210,7 +210,7 @@ def test_a_for_each_over_nothing_is_an_error() -> None:
 
 
 def test_a_spec_file_that_cannot_be_read_is_an_error_saying_why(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="cannot be read .* give the YAML file itself"):
+    with pytest.raises(SpecError, match=r"cannot be read .* give the YAML file itself"):
         load_feature_spec(tmp_path)
     latin = tmp_path / "spec.yaml"
     latin.write_bytes(BASE.encode() + b"# caf\xe9\n")

@@ -327,7 +327,9 @@ def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attribute
     attributes = {"days_since_signup": None, "segment": "smb"}
     assert {k: batch[k] for k in attributes} == attributes
     assert {k: online[k] for k in attributes} == attributes
-    assert "tags" not in batch and "tags" not in online and "signup" not in online
+    assert "tags" not in batch
+    assert "tags" not in online
+    assert "signup" not in online
 
 
 def test_a_spec_of_all_history_windows_makes_every_contact_with_an_event_eligible() -> None:
