@@ -526,6 +526,12 @@ def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
     )
     if "value" not in schema:  # events without money values: every value missing
         events = events.with_columns(pl.lit(None, pl.Float64).alias("value"))
+    elif schema["value"] == pl.Null:  # a column of nulls only (no type): every value missing
+        events = events.with_columns(pl.col("value").cast(pl.Float64))
+    if isinstance(schema.get("contact_id"), pl.Categorical | pl.Enum):
+        # ids as text, whatever the categories: the contacts table's may be plain text (or
+        # other categories), and ids are joined, concatenated and sorted as text
+        events = events.with_columns(pl.col("contact_id").cast(pl.String))
     dtype = schema.get("timestamp")
     if dtype is None:
         raise InputError(NO_TIMESTAMP)
@@ -977,10 +983,12 @@ def with_listed_contacts(
 
 def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | None:
     """The contacts table as a frame (the builders check its ids once, on entry)."""
-    if contacts is None or isinstance(contacts, pl.DataFrame):
-        return contacts
-    frame = pl.from_arrow(contacts)
+    if contacts is None:
+        return None
+    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
     assert isinstance(frame, pl.DataFrame)
+    if isinstance(frame.schema.get("contact_id"), pl.Categorical | pl.Enum):  # as the events'
+        frame = frame.with_columns(pl.col("contact_id").cast(pl.String))
     return frame
 
 

@@ -60,7 +60,7 @@ def build_online_features(
     feature, as in the batch engines, which read the kind from the table's column."""
     as_of = as_utc(as_of, "as_of")
     now_us = _micros(as_of)
-    groups = _group(events, now_us)
+    groups = _group(events, now_us, refuse_non_finite=spec.sums_values)
     values: dict[str, Any] = {}
     plan = _matching_plan(spec, frozenset(groups))
     for aggregate, keys in zip(spec.aggregates, plan, strict=True):
@@ -79,7 +79,9 @@ def _micros(moment: dt.datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, str], _Group]:
+def _group(
+    events: Iterable[Mapping[str, Any]], now_us: int, *, refuse_non_finite: bool
+) -> dict[tuple[str, str], _Group]:
     rows = []
     for event in events:
         moment = event["timestamp"]
@@ -90,7 +92,7 @@ def _group(events: Iterable[Mapping[str, Any]], now_us: int) -> dict[tuple[str, 
             value = event.get("value")
             if value is not None:
                 value = float(value)
-                if not math.isfinite(value):
+                if refuse_non_finite and not math.isfinite(value):
                     raise InputError(NOT_FINITE_VALUE)  # as every builder does
             rows.append((at, event["event_type"], event["channel"], value))
     rows.sort(key=lambda row: row[0])

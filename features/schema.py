@@ -639,7 +639,13 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def as_utc(moment: dt.datetime, name: str = "now") -> dt.datetime:
-    """A timezone-aware moment in UTC; a naive one is an error (its zone would be a guess)."""
+    """A timezone-aware moment in UTC; a naive one is an error (its zone would be a guess),
+    and so is a plain date (which midnight, in which zone?)."""
+    if not isinstance(moment, dt.datetime):
+        raise InputError(
+            f"`{name}` must be a datetime with a time zone, not {type(moment).__name__} "
+            f"{moment!r}; for a day's start in UTC: datetime(y, m, d, tzinfo=UTC)"
+        )
     if moment.tzinfo is None:
         raise InputError(f"`{name}` must be timezone-aware (UTC), e.g. 2024-06-01T00:00:00+00:00")
     return moment.astimezone(dt.UTC)

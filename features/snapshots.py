@@ -441,13 +441,11 @@ class _Formulas:
         return ((now_us - moment).cast(pl.Float64) / MICROS_PER_DAY).alias(aggregate.name)
 
 
-def _snapshot_days(as_of_dates: Sequence[dt.date]) -> list[int]:
+def _snapshot_days(as_of_dates: Iterable[dt.date]) -> list[int]:
     """Snapshot dates as days since the epoch, sorted and unique; a datetime must be midnight
     UTC (a date is taken as midnight UTC)."""
-    if not as_of_dates:
-        raise InputError("as_of_dates is empty; give at least one snapshot date")
     days: set[int] = set()
-    for value in as_of_dates:
+    for value in as_of_dates:  # any iterable: a list, a generator, a pandas or Polars series
         if isinstance(value, dt.datetime):
             if value.tzinfo is None:
                 raise InputError(f"as_of {value} has no time zone; give a date or a UTC datetime")
@@ -459,6 +457,8 @@ def _snapshot_days(as_of_dates: Sequence[dt.date]) -> list[int]:
                 )
             value = value.date()
         days.add((value - dt.date(1970, 1, 1)).days)
+    if not days:
+        raise InputError("as_of_dates is empty; give at least one snapshot date")
     return sorted(days)
 
 

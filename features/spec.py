@@ -171,6 +171,13 @@ class FeatureSpec:
         return list(self.attributes)
 
     @cached_property
+    def sums_values(self) -> bool:
+        """Whether a feature sums the events' ``value``: then every builder refuses a NaN or
+        infinite value before as_of (each event's value is summed in its atom), and otherwise
+        none reads it."""
+        return any(a.kind == "sum" for a in self.aggregates)
+
+    @cached_property
     def taken_names(self) -> frozenset[str]:
         """The names no attribute feature may take: the spec's features and the reserved."""
         return frozenset(self.names) | _RESERVED_NAMES

@@ -851,7 +851,9 @@ def test_parts_follow_the_order_polars_compares_ids_in_not_the_text(tmp_path: Pa
     path = tmp_path / "events.parquet"
     events.write_parquet(path)
     bounds = engine._part_bounds(path, engine.scan_events(path), 25)
-    assert bounds.dtype == categories
+    # ids are read as text whatever their categories' order (a contacts table's may differ),
+    # so the parts' bounds are text too, in the order the parts are filtered in
+    assert bounds.dtype == pl.String
     assert bounds.is_sorted()
     whole = build_contact_features(path, as_of=AS_OF, spec=SPEC)
     in_parts = build_contact_features(path, as_of=AS_OF, spec=SPEC, partition_rows=25)
@@ -1034,3 +1036,82 @@ def test_parts_packed_and_parts_summed_alone_stack_into_one_table(
     assert chosen[-1] == 0
     assert chosen[0] > 0
     assert_frame_equal(in_parts, whole)
+
+
+def test_a_value_column_of_nulls_only_is_read_as_missing_values_by_every_builder() -> None:
+    """A column of nulls has no type (Arrow's null): every value is missing, as when the
+    column is absent; the engine failed on it."""
+    import pyarrow as pa
+
+    from features.snapshots import build_training_frame
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "purchase", None)])
+    untyped = events.to_arrow().set_column(
+        4, "value", pa.nulls(1)
+    )  # the contract's order: value is the fifth column
+    assert untyped.schema.field("value").type == pa.null()
+    expected = build_contact_features(events, as_of=AS_OF, spec=SPEC)
+    assert build_contact_features(untyped, as_of=AS_OF, spec=SPEC).equals(expected)
+    frame = build_training_frame(untyped, as_of_dates=[AS_OF.date()], spec=SPEC)
+    assert frame.equals(build_training_frame(events, as_of_dates=[AS_OF.date()], spec=SPEC))
+    assert _row(expected, "a")["purchase_count_all"] == 1
+    assert _row(expected, "a")["purchase_value_sum_all"] == 0.0
+
+
+@pytest.mark.parametrize("side", ["events", "contacts"])
+def test_ids_as_categories_on_one_side_and_text_on_the_other_are_joined_as_text(side: str) -> None:
+    """A contacts table written by pandas holds its ids as categories (Arrow dictionaries):
+    both builders read ids as text, not a schema error."""
+    from features.snapshots import build_training_frame
+
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("b", "2024-02-21T12:00:00Z", "web", "purchase", 12.0),
+        ]
+    )
+    contacts = pl.DataFrame(
+        {"contact_id": ["a", "b", "c"], "marketing_consent": [True] * 3, "segment": ["x", "y", "z"]}
+    )
+    expected = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    expected_frame = build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+    category = pl.col("contact_id").cast(pl.Categorical)
+    if side == "events":
+        events = events.with_columns(category)
+    else:
+        contacts = contacts.with_columns(category)
+    built = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    assert built.equals(expected)
+    assert built["contact_id"].to_list() == ["a", "b", "c"]
+    frame = build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+    assert frame.equals(expected_frame)
+
+
+def test_no_sum_in_the_spec_means_no_builder_reads_a_money_value() -> None:
+    """A NaN value is refused where a feature sums values (above); with no sum in the spec no
+    builder reads it, the online path included, so all accept it."""
+    from features.snapshots import build_training_frame
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'purchases_{window}', kind: count, where: {event_type: [purchase]}, "
+        "windows: [7, all]}\n"
+    )
+    events = _events([("a", "2024-02-28T10:00:00Z", "web", "purchase", 5.0)])
+    events = events.with_columns(pl.lit(float("nan")).alias("value"))
+    built = build_contact_features(events, as_of=AS_OF, spec=spec)
+    frame = build_training_frame(events, as_of_dates=[AS_OF.date()], spec=spec)
+    online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=spec)
+    assert _row(built, "a")["purchases_7d"] == _row(frame, "a")["purchases_7d"] == 1
+    assert online == {"purchases_7d": 1, "purchases_all": 1}
+
+
+def test_a_plain_date_as_of_is_refused_naming_the_fix() -> None:
+    from features.errors import InputError
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    with pytest.raises(InputError, match="must be a datetime with a time zone, not date"):
+        build_contact_features(events, as_of=AS_OF.date(), spec=SPEC)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="must be a datetime with a time zone, not date"):
+        build_online_features(events.to_dicts(), as_of=AS_OF.date(), spec=SPEC)  # type: ignore[arg-type]

@@ -252,6 +252,7 @@ def test_events_on_or_after_a_snapshot_day_change_nothing_in_it(
     ("dates", "message"),
     [
         ([], "as_of_dates is empty"),
+        (iter([]), "as_of_dates is empty"),  # any iterable: it failed with an IndexError
         ([dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)], "not at midnight UTC"),
         ([dt.datetime(2024, 3, 1)], "has no time zone"),
     ],
