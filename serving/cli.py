@@ -526,7 +526,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
     alias: Annotated[
         str | None,
         typer.Option(help=f"Registry alias of the model to serve (default: {_CONFIGURED_ALIAS})."),
@@ -564,6 +564,10 @@ def serve(
     from training.tracking import tracking_uri as resolve_uri
 
     settings = load_training_settings(config)
+    _check_port_free(host, port)  # before the model's check, which takes seconds
+    # a registry server that does not answer: a few seconds, not MLflow's minutes of retries
+    for key, patience in _REGISTRY_PATIENCE.items():
+        os.environ.setdefault(key, patience)
     env = dict(os.environ)
     env.update(
         {
@@ -598,6 +602,46 @@ def serve(
     os.execvpe(sys.executable, command, env)  # the server replaces this process: Ctrl-C stops it
 
 
+# MLflow's HTTP retries for a registry that does not answer (its defaults: 7 retries with
+# backoff and a 120 s timeout, about 4 minutes); a setting in the environment wins
+_REGISTRY_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """The address can be bound now (BentoML would say so only after a traceback)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host} is not an address of this machine ({exc})") from exc
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); another server may be "
+                "using the port: stop it or give --port"
+            ) from exc
+
+
+def _existing_store(uri: str | None) -> None:
+    """A SQLite tracking store named for reading must exist (configure_tracking would create
+    an empty one, and the error would then be a missing model)."""
+    from training.tracking import tracking_uri as resolve_uri
+
+    resolved = resolve_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        database = Path(resolved.removeprefix("sqlite:///"))
+        if not database.exists():
+            raise InputError(
+                f"the MLflow store {database} does not exist; train a model first (`funnelcast "
+                "train` or `funnelcast run`) or give --tracking-uri"
+            )
+
+
 @app.command()
 def build(
     alias: Annotated[
@@ -619,6 +663,9 @@ def build(
     from training.settings import load_training_settings
     from training.tracking import configure_tracking
 
+    _existing_store(tracking_uri)
+    for key, patience in _REGISTRY_PATIENCE.items():
+        os.environ.setdefault(key, patience)
     configure_tracking(tracking_uri)
     settings = load_training_settings(config)
     chosen = alias or settings.registry.champion_alias

@@ -224,6 +224,13 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
     except SpecMismatchError:
         raise  # a wrong model is never replaced by the rules silently
     except InputError as exc:
+        if settings.allow_rules_fallback and settings.version is not None:
+            # the fallback stands in for a model that is not there, not for a mistyped one
+            raise ServiceConfigError(
+                f"version {settings.version} was asked for by number and cannot be served: "
+                f"{exc}. The rules fallback does not replace a version named on purpose; give "
+                "one that exists, or leave the version out"
+            ) from exc
         if not settings.allow_rules_fallback:
             raise ServiceConfigError(
                 f"no model to serve: {exc}. Serve a registered version "
@@ -282,6 +289,11 @@ def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
         stored = bentoml.models.get(tag)
     except NotFound as exc:
         raise InputError(f"the BentoML model {tag} is not in the model store ({exc})") from exc
+    except ValueError as exc:  # not a tag at all
+        raise InputError(
+            f"{tag!r} is not a BentoML model tag ({exc}); give name:version, e.g. "
+            "funnelcast:latest (`bentoml models list` shows them)"
+        ) from exc
     loaded = mlflow.pyfunc.load_model(stored.path_of(BENTO_MODEL_DIR))
     model = loaded.unwrap_python_model()
     if not isinstance(model, FunnelcastModel):

@@ -39,8 +39,16 @@ class ModelRef:
 
 
 def resolve(name: str, *, alias: str | None = None, version: str | None = None) -> ModelRef:
-    """A registered model version by alias or number (default: the latest version)."""
-    client = MlflowClient()
+    """A registered model version by alias or number (default: the latest version). A store
+    that cannot be used or reached is a ``RegistryError`` saying so, not a missing model."""
+    try:
+        client = MlflowClient()
+    except MlflowException as exc:  # a file store (refused by MLflow 3), an unknown scheme
+        raise RegistryError(
+            f"the MLflow tracking URI {mlflow.get_tracking_uri()} cannot hold the registry "
+            f"({_first_line(exc)}); give a SQLite store, e.g. sqlite:///mlruns/mlflow.db, or an "
+            "MLflow server's http(s) address"
+        ) from exc
     try:
         if version is not None:
             found = client.get_model_version(name, version)
@@ -54,12 +62,23 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
                 )
             found = max(versions, key=lambda v: int(v.version))
     except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # unreachable, refused, broken
+            raise RegistryError(
+                f"the MLflow registry at {mlflow.get_tracking_uri()} could not be read "
+                f"({_first_line(exc)}); check that it is running and reachable"
+            ) from exc
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise RegistryError(
             f"model '{name}' has no {what} in {mlflow.get_tracking_uri()}; list versions in the "
             "MLflow UI or train one with `funnelcast train`"
         ) from exc
     return ModelRef(name=name, version=str(found.version), run_id=str(found.run_id))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "message", "") or exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def load_model(ref: ModelRef) -> FunnelcastModel:

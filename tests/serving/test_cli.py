@@ -337,6 +337,7 @@ def test_serve_and_build_use_the_configured_champion_alias(
     monkeypatch.setattr(serving.packaging, "build_bento", build_bento)
     monkeypatch.setattr(training.tracking, "configure_tracking", lambda uri: uri)
     store = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "mlflow.db").touch()  # build reads a store that exists
 
     cli.serve(tracking_uri=store, config=production_config)
     cli.serve(tracking_uri=store, config=production_config, alias="staging")

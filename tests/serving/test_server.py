@@ -246,6 +246,34 @@ def test_funnelcast_serve_checks_before_it_starts(served: Served, tmp_path: Path
     assert result.returncode == 2
     assert "no model to serve" in result.stderr
     assert "--allow-rules-fallback" in result.stderr
+    with socket.socket() as taken:  # a port in use: one line before any check, not a traceback
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run(
+            [FUNNELCAST, "serve", "--tracking-uri", served.store, "--port", port],
+            cwd=ROOT,
+            env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    # build reads a store: a missing one is said so, not created empty
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    result = subprocess.run(
+        [FUNNELCAST, "build", "--tracking-uri", f"sqlite:///{missing}"],
+        cwd=ROOT,
+        env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"the MLflow store {missing} does not exist" in result.stderr
+    assert not missing.parent.exists()
 
 
 def test_funnelcast_serve_with_the_rules_fallback(

@@ -841,6 +841,45 @@ def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> No
     assert load_scorer(ServiceSettings.from_env(env)).info.model == RULES
 
 
+def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
+    service_env: Served,
+) -> None:
+    env = service_env.env(FUNNELCAST_MODEL_VERSION="999", FUNNELCAST_ALLOW_RULES_FALLBACK="1")
+    with pytest.raises(ServiceConfigError, match="version 999 was asked for by number"):
+        load_scorer(ServiceSettings.from_env(env))
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("bogus://x", "cannot hold the registry"),
+        ("http://127.0.0.1:9", "could not be read .* check that it is running"),
+    ],
+)
+def test_a_registry_that_cannot_be_used_is_not_reported_as_a_missing_model(
+    service_env: Served, monkeypatch: pytest.MonkeyPatch, uri: str, says: str
+) -> None:
+    """An unknown scheme, or a registry server that does not answer (port 9 is closed): said
+    so, not "no alias 'champion'", and in seconds (no retries here)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    env = service_env.env(MLFLOW_TRACKING_URI=uri)
+    try:
+        with pytest.raises(ServiceConfigError, match=says) as caught:
+            load_scorer(ServiceSettings.from_env(env))
+    finally:  # the loader points MLflow at the URI it tried: back to the test store
+        mlflow.set_tracking_uri(service_env.store)
+        mlflow.set_registry_uri(service_env.store)
+    assert "has no alias" not in str(caught.value)
+
+
+def test_a_bento_model_tag_that_is_no_tag_is_refused_naming_the_form(
+    service_env: Served,
+) -> None:
+    env = service_env.env(FUNNELCAST_BENTO_MODEL="bad tag!!")
+    with pytest.raises(ServiceConfigError, match=r"is not a BentoML model tag.*name:version"):
+        load_scorer(ServiceSettings.from_env(env))
+
+
 def _tampered(service: Any) -> FunnelcastModel:
     model = copy.copy(service.scorer.model)
     model.spec_features = [
