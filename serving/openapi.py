@@ -12,6 +12,7 @@ BentoML's schemas that no path of this service uses.
 from __future__ import annotations
 
 import copy
+import inspect
 from importlib import metadata
 from typing import Any
 
@@ -158,7 +159,11 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         operation = out.get("paths", {}).get(path, {}).get("post")
         if operation is None:
             continue
-        operation.setdefault("requestBody", {})["content"] = _json_body(request)
+        body = operation.setdefault("requestBody", {})
+        body["content"] = _json_body(request)
+        body["required"] = True  # else client generators make the body optional
+        if isinstance(operation.get("description"), str):  # the method's docstring, dedented
+            operation["description"] = inspect.cleandoc(operation["description"])
         responses = operation.setdefault("responses", {})
         success = responses.pop(200, None) or responses.get("200") or {}
         success.setdefault("description", "Successful Response")

@@ -123,6 +123,8 @@ class GuardMiddleware:
         if scope["type"] != "http":  # no websocket or other route is served: closed
             return
         path = scope.get("path", "")
+        if path not in self.post_only:  # the routers' plain-text 404 and 405, in JSON
+            send = _json_refusals(send, path, scope.get("method", ""))
         if not path.isprintable():
             # no route has a control character; Starlette would route "/predict\n" (sent
             # as /predict%0A) to /predict, as its patterns end in "$"
@@ -190,6 +192,40 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _json_refusals(send: Send, path: str, method: str) -> Send:
+    """``send`` with a 404 or 405 answered by a router (Starlette's plain text, FastAPI's
+    ``{"detail": ...}``) replaced by funnelcast's JSON refusal, the ``Allow`` header kept."""
+    held: list[Message] = []
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (404, 405):
+            held.append(message)
+            return
+        if held and message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return  # the router's own body, dropped; ours goes with its last part
+            start = held.pop()
+            status = start["status"]
+            error = (
+                f"no such path: {path}"
+                if status == 404
+                else f"{path} does not answer {method}; see the API docs at /"
+            )
+            payload = json.dumps({"error": error}).encode("utf-8")
+            allow = [(n, v) for n, v in start.get("headers", []) if n.lower() == b"allow"]
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *allow,
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send(message)
+
+    return sending
 
 
 def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> str:

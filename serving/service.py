@@ -29,7 +29,7 @@ import anyio
 import bentoml
 from fastapi import FastAPI
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
@@ -56,6 +56,9 @@ from serving.schemas import (
 from serving.security import GuardMiddleware
 
 log = logging.getLogger("funnelcast.service")
+# BentoML leaves loggers other than its own at WARNING: the line saying which model a worker
+# serves (INFO) would never show
+log.setLevel(logging.INFO)
 # a request with more events than this is scored on a worker thread, not on the event loop
 _ON_THE_LOOP_EVENTS = 500
 # MLflow's download bar would fill the server log at every start
@@ -249,8 +252,8 @@ class Funnelcast:
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, request: BatchRequest, /) -> BatchPredictions:
-        """Score up to 1,000 contacts in one request (more: 413 with the limit, from
-        ``serving.errors``, before any contact is scored: split the batch).
+        """Score up to 1,000 contacts in one request (more: a 413 naming the limit, before
+        any contact is scored: split the batch).
 
         Precomputed features have a compact form: the feature names once in 'feature_names'
         and each contact's 'values' in that order, a fifth of the body."""
@@ -279,6 +282,33 @@ _extra = FastAPI(title="funnelcast", openapi_url=None, docs_url=None, redoc_url=
 @functools.cache
 def _openapi_document() -> dict[str, Any]:
     return complete_openapi(Funnelcast.openapi_spec.asdict())  # type: ignore[attr-defined]
+
+
+# BentoML's own page loads Google Tag Manager, a third-party script on the page where a
+# developer types an API key into Swagger's "Authorize": this one loads only the Swagger UI
+# that BentoML serves from this server (/static_content/), pointed at /docs.json
+_INDEX_PAGE = """<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <title>funnelcast prediction service</title>
+    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
+    <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-initializer.js" charset="UTF-8"></script>
+  </body>
+</html>
+"""
+
+
+@_extra.get("/", include_in_schema=False)
+def index_page() -> HTMLResponse:
+    """The API docs (Swagger UI), with no third-party script."""
+    return HTMLResponse(_INDEX_PAGE)
 
 
 @_extra.get("/docs.json", include_in_schema=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -538,6 +539,20 @@ def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
     assert "BentoML" not in document["info"]["description"]
 
 
+def test_the_docs_page_loads_no_third_party_script(client: TestClient) -> None:
+    """BentoML's page loads Google Tag Manager where a developer types an API key: the
+    service's own page loads only the Swagger UI served from the same server."""
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "./static_content/swagger-ui-bundle.js" in sources
+    assert all(source.startswith("./static_content/") for source in sources)
+    assert "googletagmanager" not in page.text
+    for source in sources:  # every asset is there
+        assert client.get(source.removeprefix(".")).status_code == 200
+
+
 def test_the_openapi_document_declares_the_key_and_the_refusals(client: TestClient) -> None:
     document = client.get("/docs.json").json()
     schemes = document["components"]["securitySchemes"]
@@ -553,6 +568,11 @@ def test_the_openapi_document_declares_the_key_and_the_refusals(client: TestClie
         assert "401" in operation["responses"]
         if method == "post":
             assert {"400", "413"} <= set(operation["responses"])
+            assert operation["requestBody"]["required"] is True
+            # the docstring dedented (Swagger shows an indented paragraph as code), no module
+            # names meant for developers of funnelcast
+            assert "\n " not in operation["description"]
+            assert "serving." not in operation["description"]
     for open_path in ("/healthz", "/readyz"):
         assert "security" not in document["paths"][open_path]["get"]
     batch = document["components"]["schemas"]["BatchRequest"]
@@ -817,6 +837,28 @@ def test_other_methods_on_the_prediction_routes_are_a_json_405(
     assert response.headers["allow"] == "POST"
     assert "POST only" in response.json()["error"]
     assert client.request(method, path).status_code == 401  # the key still comes first
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "says"),
+    [
+        ("GET", "/nosuch", 404, "no such path: /nosuch"),
+        ("POST", "/readyz", 405, "/readyz does not answer POST"),
+        ("DELETE", "/metadata", 405, "/metadata does not answer DELETE"),
+    ],
+)
+def test_the_routers_refusals_are_json_too(
+    client: TestClient, auth: dict[str, str], method: str, path: str, status: int, says: str
+) -> None:
+    """Starlette answers an unknown path or method in plain text, FastAPI as {"detail"}: both
+    come out as every other refusal does."""
+    response = client.request(method, path, headers=auth)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert set(response.json()) == {"error"}
+    assert says in response.json()["error"]
+    if status == 405:
+        assert "GET" in response.headers["allow"]
 
 
 def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> None:
