@@ -78,8 +78,20 @@ def _shipped_defaults() -> dict[str, Any]:
     return loaded
 
 
+def config_section(path: Path | None, name: str) -> dict[str, Any]:
+    """One section of the settings file: a user's file without it is an ``InputError`` saying
+    how to fix it (a partial copy of the defaults would otherwise be a KeyError)."""
+    section = load_defaults(path).get(name)
+    if not isinstance(section, dict):
+        raise InputError(
+            f"{path} has no `{name}:` section of settings; start from a copy of "
+            "features/config/default.yaml and change what you need"
+        )
+    return dict(section)
+
+
 def load_rules_settings(path: Path | None = None) -> RulesSettings:
-    return RulesSettings.model_validate(load_defaults(path)["rules"])
+    return RulesSettings.model_validate(config_section(path, "rules"))
 
 
 def parse_yaml_model(

@@ -582,6 +582,7 @@ def serve(
         ("FUNNELCAST_BENTO_MODEL", bento_model),
         ("FUNNELCAST_API_KEY_FILE", str(api_key_file.resolve()) if api_key_file else None),
         ("FUNNELCAST_ALLOW_RULES_FALLBACK", "1" if allow_rules_fallback else None),
+        ("FUNNELCAST_CONFIG", str(config.resolve()) if config else None),
     ):
         if value is not None:
             env[key] = value

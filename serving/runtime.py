@@ -76,6 +76,9 @@ class ServiceSettings:
     tracking_uri: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * 1024 * 1024
+    # the settings file (`funnelcast serve --config`): the rules fallback's lookback and
+    # thresholds (a model carries the rules it was trained with)
+    config: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -104,6 +107,7 @@ class ServiceSettings:
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             api_keys=read_api_keys(env),
             max_body_bytes=max_body,
+            config=_config_file(get("CONFIG")),
         )
 
 
@@ -117,6 +121,15 @@ def _ascii_key(key: str, where: str) -> str:
             "'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return key
+
+
+def _config_file(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ServiceConfigError(f"FUNNELCAST_CONFIG {value} is not a file; give a settings YAML")
+    return path
 
 
 def _flag(value: str | None) -> bool:
@@ -241,7 +254,7 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
         log.warning(
             "no model (%s); serving the rules, as FUNNELCAST_ALLOW_RULES_FALLBACK allows", exc
         )
-        return RulesScorer()
+        return RulesScorer(load_rules_settings(settings.config))
     check_feature_spec(model)
     return ModelScorer(model, info)
 

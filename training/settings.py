@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from features.settings import FrozenSettings, load_defaults
+from features.settings import FrozenSettings, config_section
 from training.models import ReasonsMethod
 
 
@@ -63,6 +63,6 @@ class TrainingSettings(FrozenSettings):
 
 def load_training_settings(path: Path | None = None, **overrides: Any) -> TrainingSettings:
     """The shipped (or a user's) training settings, with keyword overrides from the CLI."""
-    section = dict(load_defaults(path)["training"])
+    section = config_section(path, "training")
     section.update({k: v for k, v in overrides.items() if v is not None})
     return TrainingSettings.model_validate(section)

@@ -733,6 +733,56 @@ def _rules_scorer(tmp_path: Any, served: Served) -> Any:
     return load_scorer(settings)
 
 
+def test_the_rules_fallback_reads_the_rules_of_the_settings_file(
+    tmp_path: Any, served: Served
+) -> None:
+    """`funnelcast serve --config` passes its file on (FUNNELCAST_CONFIG): a cart 16 days ago
+    is intent within the shipped 28-day lookback, and no signal within a 7-day one."""
+    import yaml
+
+    from features.settings import load_defaults
+
+    config = load_defaults()
+    config["rules"]["lookback_days"] = 7
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(config), "utf-8")
+    as_of = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    cart = {
+        "timestamp": (as_of - dt.timedelta(days=16)).isoformat(),
+        "event_type": "add_to_cart",
+        "channel": "web",
+    }
+    body = {"marketing_consent": True, "as_of": as_of.isoformat(), "events": [cart]}
+    shipped = _rules_scorer(tmp_path, served).predict_rows([_request(body)])[0]
+    settings = ServiceSettings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db",
+            "FUNNELCAST_API_KEY": served.api_key,
+            "FUNNELCAST_ALLOW_RULES_FALLBACK": "1",
+            "FUNNELCAST_CONFIG": str(path),
+        }
+    )
+    configured = load_scorer(settings).predict_rows([_request(body)])[0]
+    assert shipped["stage"] == "intent"
+    assert configured["stage"] != "intent"
+    with pytest.raises(ServiceConfigError, match=r"FUNNELCAST_CONFIG .* is not a file"):
+        ServiceSettings.from_env(
+            {"FUNNELCAST_API_KEY": served.api_key, "FUNNELCAST_CONFIG": str(tmp_path / "x.yaml")}
+        )
+
+
+def test_a_settings_file_without_a_section_is_one_line_naming_it(tmp_path: Any) -> None:
+    from features.errors import InputError
+    from features.settings import load_rules_settings
+    from training.settings import load_training_settings
+
+    path = tmp_path / "partial.yaml"
+    path.write_text("rules: {lookback_days: 7, repeat_visit_min_days: 2}\n", "utf-8")
+    assert load_rules_settings(path).lookback_days == 7
+    with pytest.raises(InputError, match="has no `training:` section"):
+        load_training_settings(path)
+
+
 def test_the_rules_fallback_says_so_in_every_answer(
     tmp_path: Any, served: Served, active_contacts: list[str]
 ) -> None:
