@@ -62,7 +62,9 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
                 )
             found = max(versions, key=lambda v: int(v.version))
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # unreachable, refused, broken
+        # no such model, version or alias (a missing alias is an invalid parameter to
+        # MLflow); anything else is a registry that could not answer
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise RegistryError(
                 f"the MLflow registry at {mlflow.get_tracking_uri()} could not be read "
                 f"({_first_line(exc)}); check that it is running and reachable"
