@@ -257,29 +257,36 @@ def test_a_contacts_column_named_like_a_feature_is_refused_by_every_builder(
 ) -> None:
     """With `attributes: all`, every contacts column becomes a feature: one that would take a
     feature's name is refused, not joined under another name or over the feature."""
-    from features.snapshots import build_training_frame
-    from features.spec import SpecError
 
     events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     contacts = pl.DataFrame({"contact_id": ["a"], "marketing_consent": [True], column: [value]})
-    with pytest.raises(SpecError, match=named):
-        build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
-    with pytest.raises(SpecError, match=named):
-        build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
-    with pytest.raises(SpecError, match=named):
-        build_online_features(
-            events.to_dicts(), as_of=AS_OF, spec=SPEC, contact=contacts.row(0, named=True)
-        )
+    _attributes_refused_by_every_builder(events, contacts, named)
     fine = contacts.rename({column: "loyalty_tier"})
     built = build_contact_features(events, fine, as_of=AS_OF, spec=SPEC)
     assert "loyalty_tier" in built.columns or "days_since_loyalty_tier" in built.columns
 
 
+def _attributes_refused_by_every_builder(
+    events: pl.DataFrame, contacts: pl.DataFrame, says: str
+) -> None:
+    """The batch engine, the training frame and the online path refuse ``contacts``'
+    attributes, each saying ``says``."""
+    from features.snapshots import build_training_frame
+    from features.spec import SpecError
+
+    with pytest.raises(SpecError, match=says):
+        build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
+    with pytest.raises(SpecError, match=says):
+        build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(SpecError, match=says):
+        build_online_features(
+            events.to_dicts(), as_of=AS_OF, spec=SPEC, contact=contacts.row(0, named=True)
+        )
+
+
 def test_two_contacts_columns_giving_one_feature_are_refused_by_every_builder() -> None:
     """A date column `signup` and a number column `days_since_signup` would both be the
     feature `days_since_signup`: refused naming both, not a join error or one of them lost."""
-    from features.snapshots import build_training_frame
-    from features.spec import SpecError
 
     events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     contacts = pl.DataFrame(
@@ -290,15 +297,9 @@ def test_two_contacts_columns_giving_one_feature_are_refused_by_every_builder() 
             "days_since_signup": [3.0],
         }
     )
-    both = "columns `signup` and `days_since_signup` would both be"
-    with pytest.raises(SpecError, match=both):
-        build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
-    with pytest.raises(SpecError, match=both):
-        build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=SPEC)
-    with pytest.raises(SpecError, match=both):
-        build_online_features(
-            events.to_dicts(), as_of=AS_OF, spec=SPEC, contact=contacts.row(0, named=True)
-        )
+    _attributes_refused_by_every_builder(
+        events, contacts, "columns `signup` and `days_since_signup` would both be"
+    )
 
 
 def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attributes() -> None:

@@ -222,27 +222,20 @@ def test_a_built_bento_serves_without_the_registry(
     assert _port_is_free(port)
 
 
+def _funnelcast(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FUNNELCAST, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_funnelcast_serve_checks_before_it_starts(served: Served, tmp_path: Path) -> None:
     empty_store = f"sqlite:///{tmp_path}/empty.db"
     no_key = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELCAST_API_KEY")}
-    result = subprocess.run(
-        [FUNNELCAST, "serve", "--tracking-uri", served.store],
-        cwd=ROOT,
-        env=no_key,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    keyed = {**no_key, "FUNNELCAST_API_KEY": served.api_key}
+    result = _funnelcast(["serve", "--tracking-uri", served.store], no_key)
     assert result.returncode == 2
     assert "no API key is configured" in result.stderr
-    result = subprocess.run(
-        [FUNNELCAST, "serve", "--tracking-uri", empty_store],
-        cwd=ROOT,
-        env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _funnelcast(["serve", "--tracking-uri", empty_store], keyed)
     assert result.returncode == 2
     assert "no model to serve" in result.stderr
     assert "--allow-rules-fallback" in result.stderr
@@ -250,27 +243,13 @@ def test_funnelcast_serve_checks_before_it_starts(served: Served, tmp_path: Path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = subprocess.run(
-            [FUNNELCAST, "serve", "--tracking-uri", served.store, "--port", port],
-            cwd=ROOT,
-            env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = _funnelcast(["serve", "--tracking-uri", served.store, "--port", port], keyed)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
     # build reads a store: a missing one is said so, not created empty
     missing = tmp_path / "nowhere" / "mlflow.db"
-    result = subprocess.run(
-        [FUNNELCAST, "build", "--tracking-uri", f"sqlite:///{missing}"],
-        cwd=ROOT,
-        env={**no_key, "FUNNELCAST_API_KEY": served.api_key},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _funnelcast(["build", "--tracking-uri", f"sqlite:///{missing}"], keyed)
     assert result.returncode == 2
     assert f"the MLflow store {missing} does not exist" in result.stderr
     assert not missing.parent.exists()
