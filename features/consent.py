@@ -150,7 +150,10 @@ def restrict_to_consented(
         return ConsentFilter(kept=frame, contacts_without_consent=0)
     check_contacts(contacts)
     table = _frame(contacts)
-    consented = table.filter(pl.col("marketing_consent")).select("contact_id")
-    kept = frame.join(consented, on="contact_id", how="semi")
+    # ids as text on both sides, as the builders read them (a pandas-written table holds
+    # categories), so that the join never fails on the ids' types
+    as_text = pl.col("contact_id").cast(pl.String)
+    consented = table.filter(pl.col("marketing_consent")).select(as_text)
+    kept = frame.join(consented, left_on=as_text, right_on="contact_id", how="semi")
     held_back = frame["contact_id"].n_unique() - kept["contact_id"].n_unique()
     return ConsentFilter(kept=kept, contacts_without_consent=held_back)

@@ -92,11 +92,16 @@ class _NoInputInLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
+            problems = error.errors(include_input=False, include_context=False)
             where = "; ".join(
-                (_logged_place(e["loc"]) or "body") + f" ({e['type']})"
-                for e in error.errors(include_input=False, include_context=False)[:5]
+                (_logged_place(e["loc"]) or "body") + f" ({e['type']})" for e in problems[:5]
             )
-            record.msg = f"{record.msg} refused with 400: {where or 'invalid body'}"
+            # a batch over the contact limit is answered 413 (serving.errors), the rest 400
+            too_many = any(
+                e["type"] == "too_long" and list(e["loc"]) == ["contacts"] for e in problems
+            )
+            status = 413 if too_many else 400
+            record.msg = f"{record.msg} refused with {status}: {where or 'invalid body'}"
             record.exc_info = None
             record.exc_text = None
             # the client's mistake, not the service's: a warning, not an error

@@ -24,3 +24,23 @@ def test_without_a_contacts_table_consent_must_be_assumed_explicitly() -> None:
     with pytest.raises(ConsentUnknownError, match="assume-consent"):
         restrict_to_consented(SCORES, None)
     assert restrict_to_consented(SCORES, None, assume_consent=True).kept.height == 4
+
+
+@pytest.mark.parametrize("side", ["contacts", "rows"])
+def test_ids_as_categories_on_either_side_are_matched_as_text(side: str) -> None:
+    """A contacts table written by pandas holds its ids as categories: the filter matches them
+    with the feature rows' text ids (it failed with a schema error), and keeps the rows as
+    they were."""
+    contacts = pl.DataFrame(
+        {"contact_id": ["a", "b", "c"], "marketing_consent": [True, False, True]}
+    )
+    rows = SCORES
+    category = pl.col("contact_id").cast(pl.Categorical)
+    if side == "contacts":
+        contacts = contacts.with_columns(category)
+    else:
+        rows = rows.with_columns(category)
+    result = restrict_to_consented(rows, contacts)
+    assert result.kept["contact_id"].cast(pl.String).to_list() == ["a", "c"]
+    assert result.kept.schema == rows.schema
+    assert result.contacts_without_consent == 2

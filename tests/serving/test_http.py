@@ -487,6 +487,16 @@ def test_logs_carry_neither_keys_nor_contact_ids(
     assert any("refused with 400: events (one_input)" in r.getMessage() for r in refusals)
 
 
+def test_a_batch_over_the_limit_is_logged_with_the_413_it_gets(
+    client: TestClient, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    too_many = {"contacts": [{"marketing_consent": False, "events": []}] * 1001}
+    with caplog.at_level(logging.INFO):
+        assert client.post("/predict_batch", headers=auth, json=too_many).status_code == 413
+    assert "refused with 413: contacts (too_long)" in caplog.text
+    assert "refused with 400" not in caplog.text
+
+
 def test_the_openapi_document_describes_every_field(client: TestClient) -> None:
     document = client.get("/docs.json").json()
     assert {"/predict", "/predict_batch", "/metadata", "/healthz", "/readyz"} <= set(
