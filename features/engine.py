@@ -161,7 +161,8 @@ def finish_features(
     # the spec's order (derived features that use others are computed later), then the rules
     # stage and the attributes
     ordered = [n for n in spec.names if n in names]
-    rest = [c for c in names if c not in ("contact_id", "as_of") and c not in set(ordered)]
+    placed = {"contact_id", "as_of", *ordered}
+    rest = [c for c in names if c not in placed]
     query = query.select("contact_id", "as_of", *ordered, *rest)
     if not frame.get_column("contact_id").is_sorted():  # training snapshots come sorted
         query = query.sort("contact_id")

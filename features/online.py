@@ -247,5 +247,9 @@ def _attributes(
             continue  # as the batch engines leave list and struct columns out
         else:
             named.append((name, name, None if value is None else str(value)))
-    spec.check_attribute_columns((output, name) for output, name, _ in named)
-    return {output: value for output, _, value in named}
+    out = {output: value for output, _, value in named}
+    # a name taken twice, or a feature's: refused as the batch engines refuse it (checked
+    # only then, as this runs for every request)
+    if len(out) < len(named) or not out.keys().isdisjoint(spec.taken_names):
+        spec.check_attribute_columns((output, name) for output, name, _ in named)
+    return out

@@ -565,9 +565,7 @@ def serve(
 
     settings = load_training_settings(config)
     _check_port_free(host, port)  # before the model's check, which takes seconds
-    # a registry server that does not answer: a few seconds, not MLflow's minutes of retries
-    for key, patience in _REGISTRY_PATIENCE.items():
-        os.environ.setdefault(key, patience)
+    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     env = dict(os.environ)
     env.update(
         {
@@ -631,16 +629,20 @@ def _check_port_free(host: str, port: int) -> None:
 def _existing_store(uri: str | None) -> None:
     """A SQLite tracking store named for reading must exist (configure_tracking would create
     an empty one, and the error would then be a missing model)."""
-    from training.tracking import tracking_uri as resolve_uri
+    from training.tracking import _sqlite_path, tracking_uri
 
-    resolved = resolve_uri(uri)
-    if resolved.startswith("sqlite:///"):
-        database = Path(resolved.removeprefix("sqlite:///"))
-        if not database.exists():
-            raise InputError(
-                f"the MLflow store {database} does not exist; train a model first (`funnelcast "
-                "train` or `funnelcast run`) or give --tracking-uri"
-            )
+    database = _sqlite_path(tracking_uri(uri))
+    if database is not None and not database.exists():
+        raise InputError(
+            f"the MLflow store {database} does not exist; train a model first (`funnelcast "
+            "train` or `funnelcast run`) or give --tracking-uri"
+        )
+
+
+def _patient_registry() -> None:
+    """MLflow's HTTP retries cut to ``_REGISTRY_PATIENCE`` unless the environment sets them."""
+    for key, value in _REGISTRY_PATIENCE.items():
+        os.environ.setdefault(key, value)
 
 
 @app.command()
@@ -665,8 +667,7 @@ def build(
     from training.tracking import configure_tracking
 
     _existing_store(tracking_uri)
-    for key, patience in _REGISTRY_PATIENCE.items():
-        os.environ.setdefault(key, patience)
+    _patient_registry()
     configure_tracking(tracking_uri)
     settings = load_training_settings(config)
     chosen = alias or settings.registry.champion_alias

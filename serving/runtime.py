@@ -670,7 +670,7 @@ class ModelScorer:
                 records.append(table.row(request.values))
                 slots.append((i, as_of, None))
                 continue
-            features, used = self.features_of(request, as_of, i if batch else None)
+            features, used = self.features_of(request, as_of, index)
             records.append(features)
             slots.append((i, as_of, used))
         if unscored:  # encoded only to be checked
