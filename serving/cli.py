@@ -7,7 +7,9 @@ import datetime as dt
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -795,6 +797,7 @@ def _build_features_on_spark(
 
     events_path(events)  # a missing or unusable file is reported before Spark starts
     spark = _with_spinner("Starting Spark (local mode)", spark_session)
+    _interrupts_stop_the_command()
     try:
         return _with_spinner(
             f"{description} on Spark",
@@ -811,6 +814,30 @@ def _build_features_on_spark(
         )
     finally:
         spark.stop()
+
+
+def _interrupts_stop_the_command() -> None:
+    """PySpark answers Ctrl-C by cancelling its jobs through the JVM gateway from the signal
+    handler; while the command waits on that same gateway, the call fails (a reentrant read),
+    py4j logs its traceback and the command went on to fail with exit status 1. Python's own
+    handler is put back instead: the wait ends with KeyboardInterrupt, so the command stops
+    with status 130 (as for any Ctrl-C), writes nothing, and Spark's JVM ends with it. A
+    notebook keeps PySpark's handler (it never calls this)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # py4j logs the interrupted wait with its traceback on the root logger: the
+        # interrupt is the user's, and the exit status says all there is to say
+        root = logging.getLogger()
+        if not any(isinstance(f, _NoPy4jInterruptTraceback) for f in root.filters):
+            root.addFilter(_NoPy4jInterruptTraceback())
+
+
+class _NoPy4jInterruptTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.getMessage() == "KeyboardInterrupt while sending command."
+            and f"{os.sep}py4j{os.sep}" in record.pathname
+        )
 
 
 def _ingest(source: str, data_dir: Path | None) -> Any:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
@@ -33,3 +38,55 @@ def test_features_on_spark_equal_features_on_polars(spark_installed: None, tmp_p
         outputs[engine] = pl.read_parquet(out)
     assert "segment" in outputs["spark"].columns
     assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
+
+
+def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
+    spark_installed: None, tmp_path: Path
+) -> None:
+    """Ctrl-C while Spark computes the table: exit status 130, no traceback (PySpark's own
+    handler cancelled the jobs through the gateway the command was waiting on, which failed
+    with a py4j traceback and let the command go on), no output file, and Spark's JVM gone."""
+    data = tmp_path / "data"
+    sim = simulate(
+        load_simulator_settings(), contacts=3000, days=90, seed=4, start=dt.date(2024, 1, 1)
+    )
+    write_simulation(sim, data)
+    out = tmp_path / "features.parquet"
+    command = [
+        str(Path(sys.executable).parent / "funnelcast"),
+        "--verbose",  # py4j's debug lines say when the command starts waiting on the job
+        "features",
+        "--events",
+        str(data),
+        "--as-of",
+        "2024-03-20",
+        "--engine",
+        "spark",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "COLUMNS": "200"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # the table is computed by the collect to Arrow
+            seen.append(line)
+            if "collectAsArrowToPython" in line:
+                break
+        else:
+            pytest.fail("the command never asked Spark for the table:\n" + "".join(seen[-30:]))
+        jvm = psutil.Process(process.pid).children(recursive=True)
+        assert jvm, "Spark's JVM is a child of the command"
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, rest[-3000:]
+    assert "Traceback" not in rest, rest[-3000:]
+    assert not out.exists()
+    _, alive = psutil.wait_procs(jvm, timeout=60)
+    assert not alive, f"Spark's JVM outlived the command: {alive}"
