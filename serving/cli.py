@@ -3,6 +3,7 @@ one pipeline function; logging is configured here and nowhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -797,7 +798,7 @@ def _build_features_on_spark(
 
     events_path(events)  # a missing or unusable file is reported before Spark starts
     spark = _with_spinner("Starting Spark (local mode)", spark_session)
-    _interrupts_stop_the_command()
+    interrupted = _interrupts_stop_the_command()
     try:
         return _with_spinner(
             f"{description} on Spark",
@@ -812,24 +813,43 @@ def _build_features_on_spark(
                 )
             ),
         )
+    except Exception:
+        # after Ctrl-C, PySpark's clean-up calls into the dropped gateway and fails with a
+        # py4j error of its own: the command was interrupted, and says so by its exit status
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        spark.stop()
+        if interrupted.is_set():
+            with contextlib.suppress(Exception):  # the JVM ends with this process anyway
+                spark.stop()
+        else:
+            spark.stop()
 
 
-def _interrupts_stop_the_command() -> None:
+def _interrupts_stop_the_command() -> threading.Event:
     """PySpark answers Ctrl-C by cancelling its jobs through the JVM gateway from the signal
     handler; while the command waits on that same gateway, the call fails (a reentrant read),
-    py4j logs its traceback and the command went on to fail with exit status 1. Python's own
-    handler is put back instead: the wait ends with KeyboardInterrupt, so the command stops
-    with status 130 (as for any Ctrl-C), writes nothing, and Spark's JVM ends with it. A
-    notebook keeps PySpark's handler (it never calls this)."""
+    py4j logs its traceback and the command went on to fail with exit status 1. A handler
+    like Python's own is put in instead: the wait ends with KeyboardInterrupt, so the command
+    stops with status 130 (as for any Ctrl-C), writes nothing, and Spark's JVM ends with it.
+    The event returned is set once Ctrl-C has been pressed (PySpark's clean-up may then fail
+    on the dropped gateway, which is the interrupt, not an error). A notebook keeps PySpark's
+    handler (it never calls this)."""
+    interrupted = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_interrupt)
         # py4j logs the interrupted wait with its traceback on the root logger: the
         # interrupt is the user's, and the exit status says all there is to say
         root = logging.getLogger()
         if not any(isinstance(f, _NoPy4jInterruptTraceback) for f in root.filters):
             root.addFilter(_NoPy4jInterruptTraceback())
+    return interrupted
 
 
 class _NoPy4jInterruptTraceback(logging.Filter):

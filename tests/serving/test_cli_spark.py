@@ -43,9 +43,10 @@ def test_features_on_spark_equal_features_on_polars(spark_installed: None, tmp_p
 def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
     spark_installed: None, tmp_path: Path
 ) -> None:
-    """Ctrl-C while Spark computes the table: exit status 130, no traceback (PySpark's own
+    """Ctrl-C while Spark computes the table: exit status 130, no error logged (PySpark's own
     handler cancelled the jobs through the gateway the command was waiting on, which failed
-    with a py4j traceback and let the command go on), no output file, and Spark's JVM gone."""
+    with a py4j error and its traceback, and the command exited 1), no output file, and
+    Spark's JVM gone."""
     data = tmp_path / "data"
     sim = simulate(
         load_simulator_settings(), contacts=3000, days=90, seed=4, start=dt.date(2024, 1, 1)
@@ -86,7 +87,11 @@ def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, rest[-3000:]
-    assert "Traceback" not in rest, rest[-3000:]
+    # --verbose shows py4j's own INFO lines on the dropped connection, tracebacks included;
+    # what the user must not get is an error (the old handler's "ERROR root: Exception while
+    # sending command." and its traceback)
+    errors = [line for line in rest.splitlines() if " ERROR " in line or "CRITICAL" in line]
+    assert not errors, rest[-3000:]
     assert not out.exists()
     _, alive = psutil.wait_procs(jvm, timeout=60)
     assert not alive, f"Spark's JVM outlived the command: {alive}"
