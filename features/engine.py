@@ -527,7 +527,10 @@ def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
     )
     if "value" not in schema:  # events without money values: every value missing
         events = events.with_columns(pl.lit(None, pl.Float64).alias("value"))
-    elif schema["value"] == pl.Null:  # a column of nulls only (no type): every value missing
+    elif schema["value"] != pl.Float64:
+        # a column of nulls only (no type): every value missing; integers (cents, say) and
+        # float32 are summed as doubles, as every other builder sums them: in their own type
+        # two purchases of 2e9 in an Int32 column summed to -294,967,296
         events = events.with_columns(pl.col("value").cast(pl.Float64))
     if isinstance(schema.get("contact_id"), pl.Categorical | pl.Enum):
         # ids as text, whatever the categories: the contacts table's may be plain text (or
@@ -821,7 +824,7 @@ def _sessions(
     counted again). Events in one gap-wide time bucket are always one session, so the events
     first collapse (streaming) to each bucket's first and last time; a bucket's first event
     starts a session when the previous bucket's last event is more than the gap before it."""
-    gap_us = int(spec.session_gap_minutes * 60 * 1_000_000)
+    gap_us = spec.session_gap_us
     us = pl.col("timestamp").dt.epoch("us")
     results = []
     for key, mask in _distinct_filters(aggregates).items():
@@ -1015,7 +1018,7 @@ def join_attributes(
     columns: list[pl.Expr] = []
     for name in wanted:
         dtype = listed[name].dtype
-        if dtype in (pl.String, pl.Categorical):
+        if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
             columns.append(pl.col(name).cast(pl.String).cast(pl.Categorical).alias(name))
         elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
             moment = pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import math
+import numbers
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from features.errors import NOT_FINITE_VALUE, InputError
@@ -169,7 +171,7 @@ def _aggregate(
         return len(days)
     if kind == "sessions":
         times = sorted(at for k in keys for at in groups[k].times)
-        gap = int(spec.session_gap_minutes * 60 * 1_000_000)
+        gap = spec.session_gap_us
         sessions, previous = 0, None
         for at in times:
             if (previous is None or at - previous > gap) and (start is None or at >= start):
@@ -220,13 +222,30 @@ def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: Rule
     )
 
 
+# values of the kinds the batch engines leave out of the attributes (lists, structs, binary,
+# times of day, durations): not features
+_NOT_ATTRIBUTES = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    Mapping,
+    bytes,
+    bytearray,
+    memoryview,
+    dt.time,
+    dt.timedelta,
+)
+
+
 def _attributes(
     contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec, dates: Collection[str]
 ) -> dict[str, Any]:
     """The attribute features of one contacts-table row, as the batch engines make them from
     the table's columns: a date as days since it (missing when after ``as_of``, or when the
-    value of a name in ``dates`` is missing), a number or boolean as a float, anything else
-    scalar as text; lists and mappings are not features and are left out."""
+    value of a name in ``dates`` is missing), a number (a decimal too) or boolean as a float,
+    other scalars as text; lists, mappings, bytes, times of day and durations are not
+    features and are left out. A name starting with '_' is refused, as by the batch engines."""
     named: list[tuple[str, str, Any]] = []
     for name in spec.attribute_names(contact):
         value = contact.get(name)
@@ -241,15 +260,19 @@ def _attributes(
             named.append((f"days_since_{name}", name, days if days >= 0 else None))
         elif value is None and name in dates:
             named.append((f"days_since_{name}", name, None))
-        elif isinstance(value, bool | int | float):
+        elif isinstance(value, bool | numbers.Real | Decimal):  # numpy's numbers too
             named.append((name, name, float(value)))
-        elif isinstance(value, list | tuple | set | frozenset | Mapping):
-            continue  # as the batch engines leave list and struct columns out
+        elif isinstance(value, _NOT_ATTRIBUTES):
+            continue  # as the batch engines leave these columns out
         else:
             named.append((name, name, None if value is None else str(value)))
     out = {output: value for output, _, value in named}
     # a name taken twice, or a feature's: refused as the batch engines refuse it (checked
     # only then, as this runs for every request)
-    if len(out) < len(named) or not out.keys().isdisjoint(spec.taken_names):
+    if (
+        len(out) < len(named)
+        or not out.keys().isdisjoint(spec.taken_names)
+        or any(output.startswith("_") for output in out)
+    ):
         spec.check_attribute_columns((output, name) for output, name, _ in named)
     return out

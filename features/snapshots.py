@@ -294,7 +294,7 @@ def _session_start(filter_: _Filter, spec: FeatureSpec) -> pl.Expr:
     """Whether each event (sorted by contact and time) starts a session of the filter: it
     matches, and no matching event of the same contact lies within the gap before it. Starts
     depend only on earlier events, so one flag serves every snapshot after the event."""
-    gap_us = int(spec.session_gap_minutes * 60 * 1_000_000)
+    gap_us = spec.session_gap_us
     mask = _mask(filter_)
     # the previous matching event's contact and time, carried forward over other events
     previous_us = pl.when(mask).then(pl.col("_us")).shift(1).forward_fill()

@@ -136,16 +136,22 @@ def build_contact_features_spark(
     rules = rules or load_rules_settings()
     if spark is None:
         spark = events.sparkSession if isinstance(events, DataFrame) else spark_session()
-    past = (
-        read_events(events, spark)
-        .select(
-            _checked_contact_id(),
-            _in_vocabulary("event_type", EVENT_TYPES),
-            _in_vocabulary("channel", CHANNELS),
-            _required("timestamp", F.unix_micros("timestamp")).alias(_TIME),
-            _finite_value(),
-        )
-        .where(F.col(_TIME) < now)
+    # the rows at or after as_of are left out before the rows are checked: Spark evaluated a
+    # projection's checks over rows a filter after it would drop, when the events are an
+    # in-memory DataFrame. An event without a timestamp or an id is kept, to be refused
+    # wherever it is, as the Polars engine refuses it (counted over the whole file)
+    events_before = read_events(events, spark).where(
+        F.col("timestamp").isNull()
+        | F.col("contact_id").isNull()
+        | (F.unix_micros("timestamp") < now)
+    )
+    past = events_before.select(
+        _checked_contact_id(),
+        _in_vocabulary("event_type", EVENT_TYPES),
+        _in_vocabulary("channel", CHANNELS),
+        _required("timestamp", F.unix_micros("timestamp")).alias(_TIME),
+        # as the other builders: a NaN or infinite value is refused only when a feature sums it
+        _finite_value() if spec.sums_values else F.col("value"),
     )
     aggregates = [*spec.aggregates, *(_rules_aggregates(rules) if spec.rules_stage else [])]
     previous = _previous_columns(aggregates)
@@ -397,7 +403,7 @@ def _aggregate(
         # a session starts at a matching event with no matching event in the gap before it,
         # looking at all history (a session begun before the window is not counted in it)
         previous = F.col(previous_columns[_filter_key(aggregate)])
-        gap = dt.timedelta(minutes=spec.session_gap_minutes) // dt.timedelta(microseconds=1)
+        gap = spec.session_gap_us
         column = F.count(F.when(selected & (previous.isNull() | (time - previous > gap)), 1))
     elif aggregate.kind == "days_since_last":
         column = _days_before(as_of, F.max(F.when(matching, time)))
@@ -642,4 +648,7 @@ def _contacts_frame(
         pa.field(f.name, pa.string()) if any(is_text(f.type) for is_text in text) else f
         for f in table.schema
     ]
-    return spark.createDataFrame(table.cast(pa.schema(fields)))
+    table = table.cast(pa.schema(fields))
+    # a time of day is no attribute in any builder, and Spark cannot read one from Arrow
+    times = [f.name for f in table.schema if pa.types.is_time(f.type)]
+    return spark.createDataFrame(table.drop_columns(times) if times else table)

@@ -9,6 +9,7 @@ template, and parses each derived expression once into a small arithmetic tree.
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import hashlib
 import itertools
 import json
@@ -110,6 +111,12 @@ class _SpecFile(FrozenSettings):
                 f"{never} cannot be attributes: contact_id identifies the contact, and consent "
                 "decides who is scored, never how (`all` leaves them out too)"
             )
+        internal = sorted(name for name in value if name.startswith("_"))
+        if internal:
+            raise ValueError(
+                f"{internal} cannot be attributes: names starting with '_' are the engines' own "
+                "(`all` leaves such columns out); rename the column in the contacts table"
+            )
         return value
 
 
@@ -167,8 +174,21 @@ class FeatureSpec:
         """The contact attributes that become features, given the columns a contact has; one
         rule for every engine."""
         if self.attributes == "all":
-            return [name for name in available if name not in _NOT_ATTRIBUTES]
+            # names starting with '_' are the engines' own working columns (a MongoDB `_id`
+            # would be no feature either)
+            return [
+                name
+                for name in available
+                if name not in _NOT_ATTRIBUTES and not name.startswith("_")
+            ]
         return list(self.attributes)
+
+    @cached_property
+    def session_gap_us(self) -> int:
+        """The session gap in whole microseconds, as ``datetime.timedelta`` rounds it (4.1
+        minutes is 246 s, not 246 s less a microsecond): the one value every engine compares
+        the time between two events with."""
+        return dt.timedelta(minutes=self.session_gap_minutes) // dt.timedelta(microseconds=1)
 
     @cached_property
     def sums_values(self) -> bool:
@@ -197,6 +217,13 @@ class FeatureSpec:
                     "use under `attributes:` in your copy of the spec"
                 )
             seen[output] = column
+            if output.startswith("_"):
+                raise SpecError(
+                    f"the contacts table's column `{column}` would be the attribute feature "
+                    f"`{output}`; names starting with '_' are the engines' own; rename the "
+                    "column, or list the attributes to use under `attributes:` in your copy of "
+                    "the spec"
+                )
             if output in self.taken_names:
                 raise SpecError(
                     f"the contacts table's column `{column}` would be the attribute feature "

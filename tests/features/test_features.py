@@ -1116,3 +1116,93 @@ def test_a_plain_date_as_of_is_refused_naming_the_fix() -> None:
         build_contact_features(events, as_of=AS_OF.date(), spec=SPEC)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="must be a datetime with a time zone, not date"):
         build_online_features(events.to_dicts(), as_of=AS_OF.date(), spec=SPEC)  # type: ignore[arg-type]
+
+
+# --- found in a parity review (2026-12-05): the builders disagreed on these -----------------
+
+
+def _three_builders(
+    events: pl.DataFrame, contacts: pl.DataFrame | None, spec: Any, contact: str = "a"
+) -> list[dict[str, Any]]:
+    """One contact's features from the Polars engine, the training frame and the online path."""
+    from features.snapshots import build_training_frame
+
+    batch = build_contact_features(events, contacts, as_of=AS_OF, spec=spec)
+    frame = build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=spec)
+    row = None if contacts is None else _row(contacts, contact)
+    online = build_online_features(
+        events.filter(pl.col("contact_id") == contact).to_dicts(),
+        as_of=AS_OF,
+        spec=spec,
+        contact=row,
+    )
+    return [_row(batch, contact), _row(frame, contact), online]
+
+
+def test_a_session_gap_of_a_fraction_of_a_minute_is_the_same_for_every_builder() -> None:
+    """4.1 minutes is 246 s (as datetime.timedelta, and Spark, make it): two visits 246 s apart
+    are one session. The builders used to truncate it to 246 s less a microsecond."""
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 4.1\nrules_stage: false\naggregates:\n"
+        "  - {name: 'sessions_{window}', kind: sessions, windows: [7]}\n"
+    )
+    assert spec.session_gap_us == 246_000_000
+    events = _events(
+        [
+            ("a", "2024-02-28T10:00:00Z", "web", "page_view", None),
+            ("a", "2024-02-28T10:04:06Z", "web", "page_view", None),
+            ("a", "2024-02-28T10:08:12.000001Z", "web", "page_view", None),  # 1 µs over: a new one
+        ]
+    )
+    assert [row["sessions_7d"] for row in _three_builders(events, None, spec)] == [2, 2, 2]
+
+
+def test_attributes_of_every_kind_are_made_alike_by_every_builder() -> None:
+    """An Enum text column is a category (the Polars builders left it out); a decimal is a
+    number (the online path made it text); a time of day, a duration and bytes are no
+    attribute in any builder; a column starting with '_' is the engines' own, left out by
+    `all` (Spark failed on some such names)."""
+    import decimal
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["a"],
+            "tier": pl.Series(["gold"], dtype=pl.Enum(["gold", "silver"])),
+            "ltv": pl.Series([decimal.Decimal("12.50")], dtype=pl.Decimal(10, 2)),
+            "opens_at": [dt.time(9, 30)],
+            "tenure": [dt.timedelta(days=3)],
+            "blob": [b"\x01"],
+            "_id": ["64f0c0ffee"],
+            "_last": [3.0],
+        }
+    )
+    for features in _three_builders(events, contacts, SPEC):
+        assert features["tier"] == "gold"
+        assert features["ltv"] == 12.5
+        assert not {"opens_at", "tenure", "blob", "_id", "_last"} & set(features)
+
+
+def test_an_attribute_starting_with_an_underscore_is_refused_when_listed() -> None:
+    from features.spec import SpecError, parse_feature_spec
+
+    with pytest.raises(SpecError, match=r"\['_id'\] cannot be attributes"):
+        parse_feature_spec(
+            "session_gap_minutes: 30\nrules_stage: false\nattributes: [segment, _id]\n"
+            "aggregates:\n  - {name: 'events_{window}', kind: count, windows: [7]}\n"
+        )
+
+
+def test_integer_money_values_are_summed_as_doubles_by_every_builder() -> None:
+    """Cents in an Int32 column: two purchases of 2e9 summed to -294,967,296 in the Polars
+    engine, which summed in the column's own type."""
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "store", "purchase", 1.0),
+            ("a", "2024-02-21T12:00:00Z", "store", "purchase", 1.0),
+        ]
+    ).with_columns(pl.lit(2_000_000_000, dtype=pl.Int32).alias("value"))
+    sums = [row["purchase_value_sum_all"] for row in _three_builders(events, None, SPEC)]
+    assert sums == [4e9, 4e9, 4e9]

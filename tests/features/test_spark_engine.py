@@ -386,10 +386,12 @@ def test_the_spark_engine_refuses_event_types_outside_the_contract(
     from features.errors import InputError
 
     events = _first_edge_events()
+    kinds = events.column("event_type").to_pylist()
+    # the second event, before as_of (the first is at as_of: no builder reads it)
     bad = events.set_column(
         events.schema.get_field_index("event_type"),
         "event_type",
-        pa.array(["page_veiw", *events.column("event_type").to_pylist()[1:]]),
+        pa.array([kinds[0], "page_veiw", *kinds[2:]]),
     )
     with pytest.raises(InputError, match="`event_type` holds 'page_veiw', not among"):
         spark_features(bad, None, as_of=AS_OF)
@@ -405,3 +407,64 @@ def test_without_java_the_spark_session_names_the_fix(
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(InputError, match="make java"):
         spark_session()
+
+
+def test_the_spark_engine_checks_only_the_rows_it_reads_and_makes_attributes_alike(
+    spark: Any,
+) -> None:
+    """Found in a parity review (2026-12-05). Events from an in-memory DataFrame: a NaN value
+    or an unknown event type after as_of was refused (Spark checked rows its filter drops),
+    and so was a NaN value when no feature sums values. A 4.1-minute session gap: 246 s,
+    as every builder now reads it. A time-of-day contacts column crashed the conversion to
+    Spark; a column named like one of Spark's working columns (`_last`) was an ambiguous
+    reference: both are left out, as the Polars engine leaves them out."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec
+
+    def both(events: pl.DataFrame, contacts: Any, spec: Any) -> pl.DataFrame:
+        expected = build_contact_features(events, contacts, as_of=AS_OF, spec=spec)
+        frame = build_contact_features_spark(
+            spark.createDataFrame(events.to_arrow()), contacts, as_of=AS_OF, spec=spec, spark=spark
+        )
+        actual = spark_features_to_polars(frame)
+        _assert_identical(actual, expected)
+        return actual
+
+    def event(when: str, kind: str, value: float | None = None) -> dict[str, Any]:
+        moment = dt.datetime.fromisoformat(when)
+        return {
+            "contact_id": "a",
+            "timestamp": moment,
+            "channel": "web",
+            "event_type": kind,
+            "value": value,
+        }
+
+    schema = {"timestamp": pl.Datetime("us", "UTC"), "value": pl.Float64}
+    later = pl.DataFrame(
+        [
+            event("2024-02-28T10:00:00+00:00", "page_view"),
+            event("2024-02-28T10:04:06+00:00", "page_view"),
+            event("2024-03-02T10:00:00+00:00", "purchase", float("nan")),
+            event("2024-03-03T10:00:00+00:00", "teleport"),
+        ],
+        schema_overrides=schema,
+    )
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ["a"],
+            "tier": pl.Series(["gold"], dtype=pl.Enum(["gold", "silver"])),
+            "opens_at": [dt.time(9, 30)],
+            "_last": [3.0],
+        }
+    )
+    shipped = both(later, contacts, SPEC)
+    assert shipped["tier"].to_list() == ["gold"]
+    assert not {"opens_at", "_last"} & set(shipped.columns)
+    gap = parse_feature_spec(
+        "session_gap_minutes: 4.1\nrules_stage: false\naggregates:\n"
+        "  - {name: 'sessions_{window}', kind: sessions, windows: [7]}\n"
+    )
+    assert both(later, None, gap)["sessions_7d"].to_list() == [1]
+    unsummed = later.with_columns(pl.lit(float("nan")).alias("value"))
+    both(unsummed.filter(pl.col("event_type") != "teleport"), None, gap)  # no sum reads it
