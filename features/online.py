@@ -245,7 +245,7 @@ def _attributes(
     the table's columns: a date as days since it (missing when after ``as_of``, or when the
     value of a name in ``dates`` is missing), a number (a decimal too) or boolean as a float,
     other scalars as text; lists, mappings, bytes, times of day and durations are not
-    features and are left out. A name starting with '_' is refused, as by the batch engines."""
+    features and are left out (so are names starting with '_': ``attribute_names``)."""
     named: list[tuple[str, str, Any]] = []
     for name in spec.attribute_names(contact):
         value = contact.get(name)
@@ -269,10 +269,6 @@ def _attributes(
     out = {output: value for output, _, value in named}
     # a name taken twice, or a feature's: refused as the batch engines refuse it (checked
     # only then, as this runs for every request)
-    if (
-        len(out) < len(named)
-        or not out.keys().isdisjoint(spec.taken_names)
-        or any(output.startswith("_") for output in out)
-    ):
+    if len(out) < len(named) or not out.keys().isdisjoint(spec.taken_names):
         spec.check_attribute_columns((output, name) for output, name, _ in named)
     return out

@@ -217,13 +217,6 @@ class FeatureSpec:
                     "use under `attributes:` in your copy of the spec"
                 )
             seen[output] = column
-            if output.startswith("_"):
-                raise SpecError(
-                    f"the contacts table's column `{column}` would be the attribute feature "
-                    f"`{output}`; names starting with '_' are the engines' own; rename the "
-                    "column, or list the attributes to use under `attributes:` in your copy of "
-                    "the spec"
-                )
             if output in self.taken_names:
                 raise SpecError(
                     f"the contacts table's column `{column}` would be the attribute feature "
