@@ -65,6 +65,7 @@ def test_the_main_job_simulates_trains_evaluates_and_promotes(tmp_path: Path) ->
     assert decision is not None, result.stdout
     # the simulated data decide the gate's outcome; what the job says must be what the
     # registry holds: version 1 is the champion exactly when the job says it promoted it
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     aliases = (
         MlflowClient(tracking_uri=uri, registry_uri=uri)
