@@ -196,9 +196,15 @@ def _aggregate_part(
     if atoms.select(pl.col("_type").is_null().any() | pl.col("_channel").is_null().any()).item():
         raise_unknown_vocabulary(past)
     # a NaN or infinite money value makes its atom's sums NaN or infinite in every window
-    # (0 x NaN is NaN): refused, as Spark refuses it, rather than leaked into other windows
+    # (0 x NaN is NaN): refused, as Spark refuses it, rather than leaked into other windows.
+    # Finite values whose sum is beyond the largest double (two of 1e308) are no such value:
+    # their sum is infinite, as in every other builder
     sums = [name for name in atoms.columns if name.startswith("_v")]
-    if sums and atoms.select(pl.any_horizontal(~pl.col(sums).is_finite()).any()).item():
+    if (
+        sums
+        and atoms.select(pl.any_horizontal(~pl.col(sums).is_finite()).any()).item()
+        and _collect(past.select((~pl.col("value").is_finite()).any())).item()
+    ):
         raise InputError(NOT_FINITE_VALUE)
     # an id with whitespace around it would split its contact, in all-history features too:
     # every contact's atoms are looked at, before the ineligible ones are left out

@@ -1206,3 +1206,16 @@ def test_integer_money_values_are_summed_as_doubles_by_every_builder() -> None:
     ).with_columns(pl.lit(2_000_000_000, dtype=pl.Int32).alias("value"))
     sums = [row["purchase_value_sum_all"] for row in _three_builders(events, None, SPEC)]
     assert sums == [4e9, 4e9, 4e9]
+
+
+def test_finite_money_values_whose_sum_is_beyond_any_double_are_not_refused_as_nan() -> None:
+    """Two purchases of 1e308: every value is finite, so nothing is refused for holding NaN or
+    an infinite number (the Polars engine said so); the sum is infinite in every builder."""
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "store", "purchase", 1e308),
+            ("a", "2024-02-21T12:00:00Z", "store", "purchase", 1e308),
+        ]
+    )
+    sums = [row["purchase_value_sum_all"] for row in _three_builders(events, None, SPEC)]
+    assert sums == [float("inf")] * 3
