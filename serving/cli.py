@@ -629,19 +629,6 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def _existing_store(uri: str | None) -> None:
-    """A SQLite tracking store named for reading must exist (configure_tracking would create
-    an empty one, and the error would then be a missing model)."""
-    from training.tracking import _sqlite_path, tracking_uri
-
-    database = _sqlite_path(tracking_uri(uri))
-    if database is not None and not database.exists():
-        raise InputError(
-            f"the MLflow store {database} does not exist; train a model first (`funnelcast "
-            "train` or `funnelcast run`) or give --tracking-uri"
-        )
-
-
 def _patient_registry() -> None:
     """MLflow's HTTP retries cut to ``_REGISTRY_PATIENCE`` unless the environment sets them."""
     for key, value in _REGISTRY_PATIENCE.items():
@@ -667,9 +654,9 @@ def build(
     (`bentoml serve funnelcast:latest`, or `bentoml containerize`)."""
     from serving.packaging import build_bento
     from training.settings import load_training_settings
-    from training.tracking import configure_tracking
+    from training.tracking import configure_tracking, existing_store
 
-    _existing_store(tracking_uri)
+    existing_store(tracking_uri)
     _patient_registry()
     configure_tracking(tracking_uri)
     settings = load_training_settings(config)

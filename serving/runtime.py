@@ -264,12 +264,9 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
     from mlflow.tracking import MlflowClient
 
     from training.registry import load_model, resolve, run_metrics
-    from training.tracking import _sqlite_path, tracking_uri
+    from training.tracking import existing_store
 
-    uri = tracking_uri(settings.tracking_uri)
-    database = _sqlite_path(uri)
-    if database is not None and not database.exists():
-        raise InputError(f"the MLflow store {uri} does not exist (no {database})")
+    uri = existing_store(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if settings.version is not None:

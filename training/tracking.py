@@ -29,6 +29,7 @@ import polars as pl
 from mlflow.tracking import MlflowClient
 
 from features.engine import EventsInput, scan_events
+from features.errors import InputError
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
 from training.evaluation import write_evaluation_artifacts
@@ -56,6 +57,21 @@ _REQUIREMENTS = (
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else SQLite in mlruns/."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def existing_store(uri: str | None = None) -> str:
+    """The tracking URI (``tracking_uri``) of a store to read from: a SQLite store that does
+    not exist is an ``InputError`` (MLflow would create an empty one, and the error would then
+    be a missing model)."""
+    resolved = tracking_uri(uri)
+    database = _sqlite_path(resolved)
+    if database is not None and not database.exists():
+        raise InputError(
+            f"the MLflow store {database} does not exist; train a model first (`funnelcast "
+            "train` or `funnelcast run`), or point --tracking-uri (MLFLOW_TRACKING_URI) at "
+            "the store that holds it"
+        )
+    return resolved
 
 
 def configure_tracking(uri: str | None = None) -> str:
