@@ -224,7 +224,7 @@ def _rules_stage(groups: dict[tuple[str, str], _Group], now_us: int, rules: Rule
 
 # values of the kinds the batch engines leave out of the attributes (lists, structs, binary,
 # times of day, durations): not features
-_NOT_ATTRIBUTES = (
+_NOT_FEATURE_KINDS = (
     list,
     tuple,
     set,
@@ -262,7 +262,7 @@ def _attributes(
             named.append((f"days_since_{name}", name, None))
         elif isinstance(value, bool | numbers.Real | Decimal):  # numpy's numbers too
             named.append((name, name, float(value)))
-        elif isinstance(value, _NOT_ATTRIBUTES):
+        elif isinstance(value, _NOT_FEATURE_KINDS):
             continue  # as the batch engines leave these columns out
         else:
             named.append((name, name, None if value is None else str(value)))
