@@ -827,12 +827,14 @@ def _interrupts_stop_the_command() -> threading.Event:
 
     def on_interrupt(signum: int, frame: Any) -> None:
         interrupted.set()
+        # what py4j logs from here on is about the gateway the interrupt dropped (errors
+        # closing its connections among it): noise, not the command's failure
+        logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_interrupt)
-        # py4j logs the interrupted wait with its traceback on the root logger: the
-        # interrupt is the user's, and the exit status says all there is to say
+        # py4j also logs the interrupted wait, with its traceback, on the root logger
         root = logging.getLogger()
         if not any(isinstance(f, _NoPy4jInterruptTraceback) for f in root.filters):
             root.addFilter(_NoPy4jInterruptTraceback())
