@@ -151,6 +151,7 @@ class FunnelcastModel(_PythonModel):
         state["_spec"] = None  # parsed again after loading; the text is the source of truth
         state.pop("_codes", None)
         state.pop("_positions", None)
+        state.pop("_floor_values", None)
         return state
 
     # model_input is left unannotated on purpose: MLflow reads the annotation as a schema and
@@ -219,6 +220,10 @@ class FunnelcastModel(_PythonModel):
         if np.isinf(block).any():  # one pass over the block; the culprit is looked for only now
             raise _beyond_float32(block, names, lambda i, k: records[i].get(names[k]))
         if names:
+            block = block.reshape(len(records), len(names))
+            floors = self._floors()
+            if (block < floors).any():  # NaN is below nothing
+                raise _below_zero(block, floors, names, lambda i, k: records[i].get(names[k]))
             X[:, numeric] = block.reshape(len(records), len(names))
         for j in categorical:
             name = self.feature_names[j]
@@ -260,6 +265,12 @@ class FunnelcastModel(_PythonModel):
             raise
         if np.isinf(block).any():  # a category's code is never infinite
             raise _beyond_float32(block[:, places], names, lambda i, k: rows[i][places[k]])
+        floors = np.full(block.shape[1], -np.inf, dtype=np.float32)  # a category's code: none
+        floors[places] = self._floors()
+        if (block < floors).any():
+            raise _below_zero(
+                block[:, places], floors[places], names, lambda i, k: rows[i][places[k]]
+            )
         return block[:, positions].astype(np.float64)
 
     def _category_column(self, name: str, values: Sequence[Any]) -> list[float]:
@@ -283,6 +294,23 @@ class FunnelcastModel(_PythonModel):
                     _check_closed(name, value, row=row)  # ... there is no such category
                 out.append(np.nan if code is None else code)
         return out
+
+    def _floors(self) -> npt.NDArray[np.float32]:
+        """The least value of each numeric feature (``_columns``' order): 0 for the spec's
+        counts, sums, recencies, active days and sessions and for days since an attribute's
+        date (the builders make none of them negative: a date after ``as_of`` is missing),
+        -inf for the others (derived features, numeric attributes)."""
+        cached: npt.NDArray[np.float32] | None = self.__dict__.get("_floor_values")
+        if cached is None:
+            numeric, _ = self._columns()
+            counted = {a.name for a in self.spec.aggregates}
+            counted.update(n for n in self.attribute_features if n.startswith("days_since_"))
+            cached = np.array(
+                [0.0 if self.feature_names[j] in counted else -np.inf for j in numeric],
+                dtype=np.float32,
+            )
+            self.__dict__["_floor_values"] = cached
+        return cached
 
     def _columns(self) -> tuple[list[int], list[int]]:
         """Positions of the numeric and of the categorical features."""
@@ -398,6 +426,24 @@ def _beyond_float32(
     return FeatureValueError(
         f"feature '{name}' is {value_of(row, column)!r}, beyond the float32 range the model "
         f"reads numbers in (\u00b1{FLOAT32_MAX:.4g})",
+        row=row,
+        feature=name,
+    )
+
+
+def _below_zero(
+    block: npt.NDArray[np.float32],
+    floors: npt.NDArray[np.float32],
+    names: list[str],
+    value_of: Callable[[int, int], Any],
+) -> FeatureValueError:
+    """The first value of the block below its feature's floor (``_floors``), named."""
+    rows, columns = np.nonzero(block < floors)
+    row, column = int(rows[0]), int(columns[0])
+    name = names[column]
+    return FeatureValueError(
+        f"feature '{name}' is {value_of(row, column)!r}; a count, sum, active days, sessions "
+        "or days since an event or date is never negative",
         row=row,
         feature=name,
     )

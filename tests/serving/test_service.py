@@ -338,6 +338,7 @@ def test_the_compact_batch_form_is_scored_as_the_form_by_name(
         ("category as a number", "contacts.1.values.{segment}", "'segment' is a category"),
         ("no such stage", "contacts.1.values.{rules_stage}", "not one of its values"),
         ("beyond float32", "contacts.1.values.{email_click_count_7d}", "float32"),
+        ("negative count", "contacts.1.values.{email_click_count_7d}", "never negative"),
     ],
 )
 def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
@@ -366,6 +367,8 @@ def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
         wrong["segment"] = 3.0
     elif mistake == "no such stage":
         wrong["rules_stage"] = "bogus"
+    elif mistake == "negative count":
+        wrong["email_click_count_7d"] = -5.0
     else:
         wrong["email_click_count_7d"] = 1e39
     batch = _compact(bodies, names)
@@ -881,6 +884,45 @@ def test_a_number_beyond_float32_is_never_scored_as_infinite(
     assert caught.value.feature == last
     with pytest.raises(FeatureValueError, match="float32"):
         model.predict_records([huge])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["purchase_value_sum_all", "email_click_count_7d", "active_days_28d", "days_since_last_event"],
+)
+def test_a_negative_count_sum_or_recency_is_refused_naming_it(
+    service: Any, served: Served, active_contacts: list[str], name: str
+) -> None:
+    """No builder makes them negative: a negative one given is a mistake, refused on every
+    path to the model; a derived feature (a trend, a ratio) or a numeric attribute is not
+    held to it."""
+    from training.pyfunc import FeatureValueError
+
+    model: FunnelcastModel = service.scorer.model
+    features, _ = service.scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    wrong = {**features, name: -5.0}
+    for complete in (True, False):
+        with pytest.raises(FeatureValueError, match="never negative") as caught:
+            model.encode_records([features, wrong], complete=complete)
+        assert (caught.value.row, caught.value.feature) == (1, name)
+    with pytest.raises(RequestError, match="never negative") as caught:
+        service.scorer.predict(
+            [_request({"marketing_consent": True, "features": f}) for f in (features, wrong)],
+            batch=True,
+        )
+    assert caught.value.field == f"contacts.1.features.{name}"
+    days = [n for n in model.attribute_features if n.startswith("days_since_")]
+    free = [
+        "activity_trend_7d_vs_prior_28d",
+        *(n for n in model.attribute_features if n not in days and n not in model.categories),
+    ]
+    assert days
+    assert free
+    with pytest.raises(FeatureValueError, match="never negative"):
+        model.encode_records([{**features, days[0]: -1.0}])
+    model.encode_records([{**features, **dict.fromkeys(free, -1.0)}])  # accepted
 
 
 def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> None:
