@@ -47,6 +47,8 @@ log = logging.getLogger("funnelcast.service")
 ENV_PREFIX = "FUNNELCAST_"
 MIN_KEY_LENGTH = 16
 DEFAULT_MAX_BODY_MB = 32
+# BentoML's default of 60 s keeps every request's state that long and stalls p99 under load
+DEFAULT_TIMEOUT_S = 10.0
 RULES = "rules"
 FUNNELCAST = "funnelcast"
 BENTO_MODEL_DIR = "mlflow_model"  # the MLflow model's folder inside a BentoML model
@@ -76,6 +78,11 @@ class ServiceSettings:
     tracking_uri: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * 1024 * 1024
+    # how long a request may take before it is dropped (BentoML's traffic timeout), and the
+    # worker processes: read when the service is defined, checked here too so that
+    # `funnelcast serve` refuses a bad one before it starts
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    workers: int = 1
     # the settings file (`funnelcast serve --config`): the rules fallback's lookback and
     # thresholds (a model carries the rules it was trained with)
     config: Path | None = None
@@ -88,16 +95,7 @@ class ServiceSettings:
             value = env.get(ENV_PREFIX + name, "").strip()
             return value or None
 
-        megabytes = get("MAX_BODY_MB") or str(DEFAULT_MAX_BODY_MB)
-        try:
-            size = float(megabytes)
-        except ValueError:
-            size = math.nan
-        if not (math.isfinite(size) and size > 0):
-            raise ServiceConfigError(
-                f"FUNNELCAST_MAX_BODY_MB must be a positive number of megabytes; got {megabytes!r}"
-            )
-        max_body = int(size * 1024 * 1024)
+        max_body = int(positive_setting(env, "MAX_BODY_MB", DEFAULT_MAX_BODY_MB) * 1024 * 1024)
         return cls(
             model_name=get("MODEL_NAME") or "funnelcast",
             alias=get("MODEL_ALIAS") or "champion",
@@ -107,8 +105,34 @@ class ServiceSettings:
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             api_keys=read_api_keys(env),
             max_body_bytes=max_body,
+            timeout_s=positive_setting(env, "TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            workers=int(positive_setting(env, "WORKERS", 1, whole=True)),
             config=_config_file(get("CONFIG")),
         )
+
+
+_UNITS = {"MAX_BODY_MB": " of megabytes", "TIMEOUT_S": " of seconds"}
+
+
+def positive_setting(
+    env: Mapping[str, str], name: str, default: float, *, whole: bool = False
+) -> float:
+    """``FUNNELCAST_<name>`` as a positive number (a whole one with ``whole``), ``default``
+    when it is unset; anything else is a ``ServiceConfigError`` naming it (BentoML would take
+    a timeout of -1 and stop with "Key 'timeout' error: v(-1.0) should evaluate to True")."""
+    text = env.get(ENV_PREFIX + name, "").strip()
+    if not text:
+        return default
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0) or (whole and not number.is_integer()):
+        kind = "a positive whole number" if whole else "a positive number"
+        raise ServiceConfigError(
+            f"{ENV_PREFIX}{name} must be {kind}{_UNITS.get(name, '')}; got {text!r}"
+        )
+    return number
 
 
 def _ascii_key(key: str, where: str) -> str:
@@ -244,12 +268,13 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
                 f"{exc}. The rules fallback does not replace a version named on purpose; give "
                 "one that exists, or leave the version out"
             ) from exc
+        if not settings.allow_rules_fallback and settings.version is not None:
+            # the rules would not stand in for it either (above): no hint that they could
+            raise ServiceConfigError(f"no model to serve: {exc}") from exc
         if not settings.allow_rules_fallback:
             raise ServiceConfigError(
-                f"no model to serve: {exc}. Serve a registered version "
-                "(`funnelcast serve --version N`), promote one (`funnelcast promote`), or allow "
-                "the rules fallback with FUNNELCAST_ALLOW_RULES_FALLBACK=1 "
-                "(`funnelcast serve --allow-rules-fallback`)"
+                f"no model to serve: {exc}; or allow the rules fallback with "
+                "FUNNELCAST_ALLOW_RULES_FALLBACK=1 (`funnelcast serve --allow-rules-fallback`)"
             ) from exc
         log.warning(
             "no model (%s); serving the rules, as FUNNELCAST_ALLOW_RULES_FALLBACK allows", exc

@@ -81,6 +81,14 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+# BentoML reads an empty body as an empty object, and the 400 then named the first required
+# field as if the body had lacked only it
+_EMPTY_BODY = {
+    "error": "the request body is empty; send a JSON object (the API docs at / describe it)",
+    "field": None,
+}
+
+
 class PostMiddleware:
     """An ASGI middleware that acts on POST requests only (``post``); every other request,
     and the lifespan, pass through untouched."""
@@ -123,6 +131,13 @@ class GuardMiddleware:
         if scope["type"] != "http":  # no websocket or other route is served: closed
             return
         path = scope.get("path", "")
+        if path.endswith("/") and path != "/" and not path.startswith(OPEN_PREFIXES):
+            # Starlette would redirect "/predict/" to "/predict" (a 307 with no body, which a
+            # client not following redirects reads as an empty answer), after the key check
+            # even for "/healthz/": no route ends in "/", so say which one was meant
+            meant = path.rstrip("/") or "/"
+            await _json(send, 404, {"error": f"no such path: {path}; did you mean {meant}?"})
+            return
         if path not in self.post_only:  # the routers' plain-text 404 and 405, in JSON
             send = _json_refusals(send, path, scope.get("method", ""))
         if not path.isprintable():
@@ -155,6 +170,9 @@ class GuardMiddleware:
         if declared is None:
             await self._buffered(scope, receive, send)
             return
+        if declared == 0 and path in self.post_only:
+            await _json(send, 400, _EMPTY_BODY)
+            return
         await self.app(scope, receive, send)
 
     def _too_large(self) -> dict[str, Any]:
@@ -182,6 +200,9 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if not body and scope.get("path") in self.post_only:
+            await _json(send, 400, _EMPTY_BODY)
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -37,12 +37,14 @@ from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
 from serving.openapi import complete_openapi
 from serving.runtime import (
+    DEFAULT_TIMEOUT_S,
     RequestError,
     Scorer,
     ServiceConfigError,
     ServiceSettings,
     limits,
     load_scorer,
+    positive_setting,
     predictions_json,
 )
 from serving.schemas import (
@@ -112,12 +114,13 @@ class _NoInputInLogs(logging.Filter):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoInputInLogs())
 
 
-def _env_number(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
+def _setting(name: str, default: float, *, whole: bool = False) -> float:
+    """A number the service's definition needs (``positive_setting``); a bad one stops
+    `bentoml serve` with the reason, before any worker starts."""
     try:
-        return float(text) if text else default
-    except ValueError:
-        raise SystemExit(f"{name} must be a number; got {text!r}") from None
+        return positive_setting(os.environ, name, default, whole=whole)
+    except ServiceConfigError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _stop_the_server(error: ServiceConfigError) -> NoReturn:
@@ -178,10 +181,10 @@ def _untraced_paths() -> list[str]:
 
 @bentoml.service(
     name="funnelcast",
-    workers=int(_env_number("FUNNELCAST_WORKERS", 1)),
+    workers=int(_setting("WORKERS", 1, whole=True)),
     # a request is dropped after this long; BentoML keeps each request's state for the whole
     # timeout, and its default of 60 s grows the heap and stalls p99 under load
-    traffic={"timeout": _env_number("FUNNELCAST_TIMEOUT_S", 10)},
+    traffic={"timeout": _setting("TIMEOUT_S", DEFAULT_TIMEOUT_S)},
     http={"host": "127.0.0.1", "port": 3000},
     logging={"access": {"enabled": False}},  # access lines would carry nothing useful
     tracing={"excluded_urls": _untraced_paths()},

@@ -57,7 +57,9 @@ _EVENT_WORDS: Final[dict[str, _EventWords]] = {
         "push open", "push opens", "push message opened", "push message never opened"
     ),
     "video_view": _EventWords("video view", "video views", "video watched", "video never watched"),
-    "page_view": _EventWords("page view", "page views", "website visited", "website never visited"),
+    # a pricing or product page has words of its own: "website never visited" read as no web
+    # activity at all to a contact who had viewed the pricing page
+    "page_view": _EventWords("page view", "page views", "page viewed", "no general page view yet"),
     "app_open": _EventWords("app open", "app opens", "app opened", "app never opened"),
     "email_click": _EventWords(
         "e-mail click", "e-mail clicks", "e-mail clicked", "e-mail never clicked"
@@ -192,8 +194,8 @@ def _percent(number: float) -> str:
 
 def _days_ago(days: float) -> str:
     whole = math.floor(days)
-    if whole < 1:
-        return "today"
+    if whole < 1:  # elapsed time, not the calendar: "today" read wrong for last evening
+        return "less than a day ago"
     return "1 day ago" if whole == 1 else f"{whole} days ago"
 
 

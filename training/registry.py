@@ -71,10 +71,26 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
             ) from exc
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise RegistryError(
-            f"model '{name}' has no {what} in {mlflow.get_tracking_uri()}; list versions in the "
-            "MLflow UI or train one with `funnelcast train`"
+            f"model '{name}' has no {what} in {mlflow.get_tracking_uri()}; "
+            + _what_there_is(client, name)
         ) from exc
     return ModelRef(name=name, version=str(found.version), run_id=str(found.run_id))
+
+
+def _what_there_is(client: MlflowClient, name: str) -> str:
+    """The versions that are registered, and what to do with them: "train one" alone was
+    wrong when versions exist but none is the champion (a gate that refused to promote)."""
+    try:
+        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except MlflowException:
+        numbers = []
+    if not numbers:
+        return "no version is registered: train one with `funnelcast train`"
+    shown = ", ".join(map(str, numbers[-10:]))
+    return (
+        f"its registered versions are {'..., ' if len(numbers) > 10 else ''}{shown}: name one "
+        "(--version N) or make one the champion (`funnelcast promote --version N`)"
+    )
 
 
 def _first_line(exc: Exception) -> str:

@@ -348,6 +348,28 @@ def test_serve_and_build_use_the_configured_champion_alias(
     assert built == [("production", None), ("staging", None), ("champion", None)]
 
 
+@pytest.mark.parametrize(("name", "value"), [("TIMEOUT_S", "abc"), ("MAX_BODY_MB", "-1")])
+def test_serve_refuses_a_bad_service_setting_before_it_says_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Before the model is loaded and the server started: the server's own check came after
+    "Starting funnelcast version 1 ..." and exited 1."""
+    import os
+
+    import serving.runtime
+    from serving import cli
+    from serving.runtime import ServiceConfigError
+
+    monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
+    monkeypatch.setenv(f"FUNNELCAST_{name}", value)
+    started: list[object] = []
+    monkeypatch.setattr(serving.runtime, "load_scorer", started.append)
+    monkeypatch.setattr(os, "execvpe", lambda *args: started.append(args))
+    with pytest.raises(ServiceConfigError, match=f"FUNNELCAST_{name} must be a positive"):
+        cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", workers=1)
+    assert started == []
+
+
 @pytest.mark.parametrize("command", ["serve", "build", "evaluate"])
 def test_the_alias_help_names_the_configured_default(command: str) -> None:
     result = _run(command, "--help")

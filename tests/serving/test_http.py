@@ -871,6 +871,43 @@ def test_the_routers_refusals_are_json_too(
         assert "GET" in response.headers["allow"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "meant"),
+    [
+        ("POST", "/predict/", "/predict"),
+        ("POST", "/predict_batch/", "/predict_batch"),
+        ("GET", "/metadata/", "/metadata"),
+        ("GET", "/healthz/", "/healthz"),
+        ("GET", "/readyz//", "/readyz"),
+    ],
+)
+def test_a_path_with_a_trailing_slash_is_a_json_404_naming_the_route(
+    client: TestClient, auth: dict[str, str], method: str, path: str, meant: str
+) -> None:
+    """Starlette redirected them (307, an empty body to a client that does not follow it),
+    and asked for the key first even on the open probes."""
+    for headers in (auth, {}):
+        response = client.request(method, path, headers=headers, follow_redirects=False)
+        assert response.status_code == 404
+        assert response.json() == {"error": f"no such path: {path}; did you mean {meant}?"}
+
+
+def test_an_empty_body_is_a_400_that_names_no_field(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """BentoML read it as an empty object, and the 400 named marketing_consent as missing."""
+    for path in ("/predict", "/predict_batch"):
+        for headers in (
+            {**auth, "Content-Type": "application/json"},
+            {**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        ):
+            response = client.post(path, headers=headers, content=b"")
+            assert response.status_code == 400
+            assert response.json()["field"] is None
+            assert "body is empty" in response.json()["error"]
+    assert client.post("/predict", content=b"").status_code == 401  # the key still comes first
+
+
 def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> None:
     form = client.post("/predict", headers=auth, data={"marketing_consent": "true"})
     assert form.status_code == 415

@@ -186,6 +186,30 @@ def test_the_body_limit_must_be_a_positive_size(value: str) -> None:
         ServiceSettings.from_env({"FUNNELCAST_API_KEY": KEY, "FUNNELCAST_MAX_BODY_MB": value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TIMEOUT_S", "0"),
+        ("TIMEOUT_S", "-1"),
+        ("TIMEOUT_S", "abc"),
+        ("TIMEOUT_S", "inf"),
+        ("WORKERS", "0"),
+        ("WORKERS", "1.5"),
+        ("WORKERS", "two"),
+    ],
+)
+def test_the_timeout_and_the_workers_must_be_positive(name: str, value: str) -> None:
+    """Checked with the other settings, so `funnelcast serve` refuses them before it says it
+    starts; BentoML took a timeout of -1 and stopped with a message about a lambda."""
+    with pytest.raises(ServiceConfigError, match=f"FUNNELCAST_{name} must be a positive"):
+        ServiceSettings.from_env({"FUNNELCAST_API_KEY": KEY, f"FUNNELCAST_{name}": value})
+    given = ServiceSettings.from_env(
+        {"FUNNELCAST_API_KEY": KEY, "FUNNELCAST_TIMEOUT_S": "2.5", "FUNNELCAST_WORKERS": "3"}
+    )
+    assert (given.timeout_s, given.workers) == (2.5, 3)
+    assert (ServiceSettings.from_env({"FUNNELCAST_API_KEY": KEY}).timeout_s) == 10
+
+
 class _Consent(_App):
     """Records what ``consent_given_twice`` says from inside the app, as the API methods ask."""
 

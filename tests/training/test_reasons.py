@@ -175,7 +175,7 @@ def test_a_session_count_reads_as_sessions(spec: FeatureSpec, value: int, phrase
     [
         (2.3, "pricing page viewed 2 days ago"),
         (1.2, "pricing page viewed 1 day ago"),
-        (0.4, "pricing page viewed today"),
+        (0.4, "pricing page viewed less than a day ago"),
         (None, "pricing page never viewed"),
         (math.nan, "pricing page never viewed"),
     ],
@@ -196,7 +196,17 @@ def test_days_since_the_last_purchase_read_as_the_last_purchase_or_never(
 def test_days_since_the_last_click_and_cart_use_past_participles(spec: FeatureSpec) -> None:
     assert describe_feature("days_since_last_email_click", 3, spec) == "e-mail clicked 3 days ago"
     assert describe_feature("days_since_last_add_to_cart", 5, spec) == "cart added to 5 days ago"
-    assert describe_feature("days_since_last_demo_request", 0, spec) == "demo requested today"
+    assert (
+        describe_feature("days_since_last_demo_request", 0, spec)
+        == "demo requested less than a day ago"
+    )
+
+
+def test_a_general_page_view_is_not_called_a_visit_to_the_website(spec: FeatureSpec) -> None:
+    """Pricing and product pages are web pages with words of their own: a contact who viewed
+    only those was told "website never visited"."""
+    assert describe_feature("days_since_last_page_view", None, spec) == "no general page view yet"
+    assert describe_feature("days_since_last_page_view", 3, spec) == "page viewed 3 days ago"
 
 
 def test_days_since_the_first_and_last_interaction_read_as_first_and_last(
