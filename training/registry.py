@@ -200,17 +200,23 @@ def promote(
         )
     test_set = load_test_set(challenger)
     challenger_scores = score(load_model(challenger), test_set)
+    unscorable: str | None = None
     if champion is None:
         champion_scores = baseline_scores(challenger, test_set)
     else:
         try:
             champion_scores = score(load_model(champion), test_set)
         except InputError as exc:
-            raise RegistryError(
+            unscorable = (
                 f"the champion (version {champion.version}) cannot score the challenger's test "
-                f"window: {exc}. Its features differ; use --force to replace it anyway"
-            ) from exc
+                f"window: {exc}. Its features differ"
+            )
+            if not force:
+                raise RegistryError(f"{unscorable}; use --force to replace it anyway") from exc
+            champion_scores = {}  # nothing to compare: --force replaces it, and says why
     ok, reasons = beats(challenger_scores, champion_scores)
+    if unscorable is not None:
+        ok, reasons = False, [unscorable]
     decision = Promotion(
         promoted=ok or force,
         challenger=challenger,

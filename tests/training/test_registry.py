@@ -183,6 +183,60 @@ def test_force_promotes_a_loser_and_records_it(trained: dict) -> None:
     assert resolve(NAME, alias="champion").version == weak
 
 
+def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
+    simulation: object, store: str
+) -> None:
+    """A champion trained with another spec (a feature added without Python, as the README
+    shows) cannot score the challenger's test window: the gate says so and points to
+    --force, which used to fail the same way."""
+    import yaml
+
+    from features.spec import parse_feature_spec
+    from training.registry import RegistryError
+
+    name = "funnelcast-respec"
+    base = _weak()
+    settings = base.model_copy(
+        update={"registry": base.registry.model_copy(update={"model_name": name})}
+    )
+    extended = yaml.safe_load(shipped_spec_text())
+    extended["derived"].append(
+        {"name": "clicks_per_open_28d", "expr": "email_click_count_28d / email_open_count_28d"}
+    )
+    text = yaml.safe_dump(extended, sort_keys=False)
+    versions = []
+    for spec, spec_text in ((parse_feature_spec(text), text), (load_feature_spec(), None)):
+        result = train_models(
+            simulation.events,  # type: ignore[attr-defined]
+            simulation.contacts,  # type: ignore[attr-defined]
+            spec=spec,
+            rules=load_rules_settings(),
+            settings=settings,
+        )
+        with training_run():
+            versions.append(
+                log_training(
+                    result,
+                    spec=spec,
+                    spec_text=spec_text or shipped_spec_text(),
+                    rules=load_rules_settings(),
+                    settings=settings,
+                    fingerprint=data_fingerprint(simulation.events),  # type: ignore[attr-defined]
+                )
+            )
+    extended_version, plain = versions
+    MlflowClient().set_registered_model_alias(name, "champion", extended_version)
+    with pytest.raises(RegistryError, match=r"clicks_per_open_28d.*--force"):
+        promote(name, version=plain)
+    assert resolve(name, alias="champion").version == extended_version
+    decision = promote(name, version=plain, force=True)
+    assert (decision.promoted, decision.forced) == (True, True)
+    assert decision.deltas == {}
+    assert "cannot score" in decision.reasons[0]
+    assert resolve(name, alias="champion").version == plain
+    assert MlflowClient().get_model_version(name, plain).tags["forced"] == "true"
+
+
 def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
     assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
     assert not beats({"macro_f1": 0.5, "auc_pr": 0.2}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
@@ -190,8 +244,13 @@ def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
     assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": float("nan")})[0]
 
 
-def test_an_unknown_alias_is_a_clear_error(store: str) -> None:
+def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
     from training.registry import RegistryError
 
-    with pytest.raises(RegistryError, match="no alias 'nope'"):
+    with pytest.raises(RegistryError, match="no alias 'nope'") as caught:
         resolve(NAME, alias="nope")
+    # versions exist (the module's trainings): name one or promote one, not "train one"
+    assert "registered versions are" in str(caught.value)
+    assert "promote --version N" in str(caught.value)
+    with pytest.raises(RegistryError, match="no version is registered: train one"):
+        resolve("no-such-model", alias="champion")
