@@ -56,15 +56,41 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def write_tables_atomic(tables: Mapping[str, pa.Table | None], out_dir: Path) -> dict[str, Path]:
-    """Write several tables as ``out_dir/<name>.parquet``, all or nothing.
+# the tables a data folder holds (``ingest``, ``simulate``, ``run``): a writer of some of them
+# removes the others' files left by an earlier run, which would otherwise be read with the new
+# events (another source's labels beside this one's events)
+DATA_TABLES = ("events", "contacts", "stage_history", "rejects", "labels")
+
+
+def check_writable_folder(out_dir: Path) -> None:
+    """``out_dir`` is (or can be made) a folder that takes new files; otherwise an
+    ``InputError`` naming it, before any work whose output it would hold."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        files = [p for p in (out_dir, *out_dir.parents) if p.is_file()]
+        kind = f"{files[0]} is a file, not a folder" if files else (error.strerror or str(error))
+        raise InputError(
+            f"cannot write into {out_dir}: {kind}; give a folder you may write to"
+        ) from None
+
+
+def write_tables_atomic(
+    tables: Mapping[str, pa.Table | None], out_dir: Path, *, replaces: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """Write several tables as ``out_dir/<name>.parquet``, all or nothing; then remove the
+    files of the tables in ``replaces`` that were not written (None, or not given), which an
+    earlier run left.
 
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
     them are complete are they renamed into place, so an interrupted run leaves the previous
     outputs (or none), never a mix.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     written: dict[str, Path] = {}
     try:
@@ -79,6 +105,9 @@ def write_tables_atomic(tables: Mapping[str, pa.Table | None], out_dir: Path) ->
             written[name] = target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for name in replaces:
+        if name not in written:
+            (out_dir / f"{name}.parquet").unlink(missing_ok=True)
     return written
 
 

@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from features.errors import InputError
-from features.io import write_tables_atomic
+from features.io import DATA_TABLES, write_tables_atomic
 from features.schema import EVENTS_SCHEMA
 from features.settings import FrozenSettings, config_section
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
@@ -370,6 +370,7 @@ def write_simulation(sim: Simulation, out_dir: Path) -> dict[str, Path]:
     return write_tables_atomic(
         {"events": sim.events, "contacts": sim.contacts, "stage_history": sim.stage_history},
         out_dir,
+        replaces=DATA_TABLES,
     )
 
 

@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 
 from features.errors import InputError
+from features.io import check_writable_folder
 from features.settings import RulesSettings, load_rules_settings
 from features.vocabulary import STAGE_CTA, STAGES
 
@@ -172,6 +173,7 @@ def run(
     """The main job, end to end: simulate (or ingest your data), validate, show the funnel,
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     started = time.perf_counter()
+    check_writable_folder(out / "data")  # now, not after the simulation
     if source is None:
         console.rule("[bold]1. Simulate customer journeys")
         validated, true_history = _simulate_into(
@@ -232,6 +234,7 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Simulate customer journeys with known hidden stages (validated canonical Parquet out)."""
+    check_writable_folder(out)  # now, not after the simulation
     validated, _ = _simulate_into(out, contacts, days, seed, _start_date(start), config)
     _print_validation(validated)
 
@@ -243,6 +246,7 @@ def ingest(
     data_dir: DataDirOption = None,
 ) -> None:
     """Read a source through its mapping, validate it, and write canonical Parquet."""
+    check_writable_folder(out)  # now, not after reading the source
     validated = _ingest_into(source, out, data_dir)
     _print_validation(validated)
 
@@ -857,7 +861,7 @@ def _ingest(source: str, data_dir: Path | None) -> Any:
 
 
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
-    from features.io import write_tables_atomic
+    from features.io import DATA_TABLES, write_tables_atomic
 
     ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
     validated: Validated = ingested.validated
@@ -867,7 +871,10 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
         "rejects": validated.rejects,
         "labels": ingested.labels,
     }
-    written = _with_spinner(f"Writing Parquet to {out}", lambda: write_tables_atomic(tables, out))
+    written = _with_spinner(
+        f"Writing Parquet to {out}",
+        lambda: write_tables_atomic(tables, out, replaces=DATA_TABLES),
+    )
     console.print("Wrote " + ", ".join(str(path) for path in written.values()))
     return validated
 

@@ -111,6 +111,45 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in lines[0]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("simulate", "--contacts", "50", "--days", "5"),
+        ("ingest", "--source", "cdnow_sample"),
+        ("run", "--contacts", "50", "--days", "5"),
+    ],
+)
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A file where the folder goes, or below it: a traceback (exit 1) after the whole
+    simulation, before."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    for out in (blocker, blocker / "sub"):
+        result = _run(*args, "--out", str(out), cwd=tmp_path)
+        _assert_one_line_error(result, f"{blocker} is a file, not a folder")
+        assert "Simulating" not in result.stdout
+        assert "Reading" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_data_folder_written_again_keeps_no_table_of_the_earlier_run(tmp_path: Path) -> None:
+    """Another source's labels beside these events would be read with them by `train`."""
+    out = tmp_path / "data"
+    assert _run("ingest", "--source", "cdnow_sample", "--out", str(out)).returncode == 0
+    stale = {"labels.parquet", "rejects.parquet"}
+    for name in stale:  # what another source's ingest leaves
+        (out / name).write_bytes((out / "events.parquet").read_bytes())
+    result = _run("simulate", "--out", str(out), "--contacts", "50", "--days", "5")
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == {
+        "events.parquet",
+        "contacts.parquet",
+        "stage_history.parquet",
+    }
+
+
 def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
     mapping = tmp_path / "typo.yaml"
     mapping.write_text(
