@@ -53,6 +53,7 @@ from features.schema import (
     validate,
 )
 from features.settings import FrozenSettings, parse_yaml_model
+from features.vocabulary import CHANNELS, EVENT_TYPES
 
 DATA_DIR_ENV: Final = "FUNNELCAST_DATA_DIR"
 EXCLUDED_REASON: Final = "excluded_by_mapping"
@@ -192,6 +193,24 @@ class EventStreamSpec(FrozenSettings):
     # Puts the 0-based row of the file into properties under this key, so rows that repeat
     # every column are kept as separate events. Only for sources whose identical rows are real.
     row_number_property: str | None = None
+
+    @model_validator(mode="after")
+    def _targets_in_the_contract(self) -> EventStreamSpec:
+        """What the mapping itself writes (``fixed:``, the right side of ``values:``,
+        ``missing:``) is an event type or channel of the contract: a typo there
+        (``order: purchse``) set aside every row it maps, all the purchases, with exit 0."""
+        for key, given, vocabulary in (
+            ("event_type", self.event_type, EVENT_TYPES),
+            ("channel", self.channel, CHANNELS),
+        ):
+            targets = [given.fixed, given.missing, *given.values.values()]
+            unknown = sorted({t for t in targets if t is not None and t not in vocabulary})
+            if unknown:
+                raise ValueError(
+                    f"{key} maps to {unknown}, outside the event contract; use one of "
+                    f"{list(vocabulary)}"
+                )
+        return self
 
 
 class ConsentSpec(FrozenSettings):
@@ -360,7 +379,16 @@ def load_mapping(name_or_path: str | Path) -> SourceMapping:
         path = Path(name_or_path)
         if not path.exists():
             raise FileNotFoundError(f"source mapping {path} does not exist")
-        return _parse_mapping(path.read_text("utf-8"), origin=str(path))
+        if not path.is_file():
+            raise MappingError(f"source mapping {path} is not a file; give the YAML file itself")
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MappingError(
+                f"source mapping {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "save it as UTF-8"
+            ) from None
+        return _parse_mapping(text, origin=str(path))
     shipped = list_sources()
     if name_or_path not in shipped:
         raise MappingError(

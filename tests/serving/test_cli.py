@@ -160,6 +160,38 @@ def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
     _assert_one_line_error(result, "raed")
 
 
+@pytest.mark.parametrize(
+    ("event_type", "channel", "named"),
+    [
+        ("{column: kind, values: {order: purchse}}", "{fixed: web}", "['purchse']"),
+        ("{fixed: purchase}", "{fixed: webb}", "channel maps to ['webb']"),
+        ("{column: kind, missing: pageview}", "{fixed: web}", "['pageview']"),
+    ],
+)
+def test_a_mapping_that_writes_a_value_outside_the_contract_names_it(
+    tmp_path: Path, event_type: str, channel: str, named: str
+) -> None:
+    """It set aside every row it mapped (all the purchases), with exit 0."""
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: c\n    timestamp: {column: t, format: iso8601}\n"
+        f"    event_type: {event_type}\n    channel: {channel}\n",
+        encoding="utf-8",
+    )
+    result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
+    _assert_one_line_error(result, "events[0]", named, "outside the event contract")
+
+
+def test_a_mapping_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    _assert_one_line_error(_run("validate", "--source", str(folder)), "is not a file")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: t\ndescription: caf\xe9\nevents: []\n")
+    _assert_one_line_error(_run("validate", "--source", str(latin)), "is not UTF-8 text")
+
+
 def test_a_file_missing_a_mapped_column_names_the_column(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text("user,when\nu1,2024-01-01T00:00:00Z\n", encoding="utf-8")
     mapping = tmp_path / "m.yaml"
