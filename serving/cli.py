@@ -491,9 +491,11 @@ def evaluate(
     the RFM baseline (as logged by its training run)."""
     from training.registry import resolve, run_metrics
     from training.settings import load_training_settings
-    from training.tracking import configure_tracking
+    from training.tracking import configure_tracking, existing_store
 
-    configure_tracking(tracking_uri)
+    # a store that does not exist is said so; MLflow would make an empty one here and the
+    # error would be a missing model
+    configure_tracking(existing_store(tracking_uri))
     settings = load_training_settings(config)
     alias = alias or settings.registry.champion_alias
     ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
@@ -518,9 +520,11 @@ def promote(
     """Make a version the champion if it beats the current one on the same out-of-time test
     window (stage macro-F1 and purchase AUC-PR); otherwise refuse and say by how much."""
     from training.settings import load_training_settings
-    from training.tracking import configure_tracking
+    from training.tracking import configure_tracking, existing_store
 
-    configure_tracking(tracking_uri)
+    # a store that does not exist is said so; MLflow would make an empty one here and the
+    # error would be a missing model
+    configure_tracking(existing_store(tracking_uri))
     settings = load_training_settings(config)
     if not _promote_and_report(
         settings.registry.model_name, settings.registry.champion_alias, version=version, force=force

@@ -150,6 +150,18 @@ def test_a_data_folder_written_again_keeps_no_table_of_the_earlier_run(tmp_path:
     }
 
 
+@pytest.mark.parametrize("command", ["evaluate", "promote"])
+def test_evaluate_and_promote_without_a_store_say_so_and_make_none(
+    tmp_path: Path, command: str
+) -> None:
+    """MLflow made an empty store in the current folder, and the error was a missing alias
+    with the advice to train."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = _run(command, cwd=tmp_path, env=env)
+    _assert_one_line_error(result, "mlruns/mlflow.db does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
     mapping = tmp_path / "typo.yaml"
     mapping.write_text(
