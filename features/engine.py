@@ -421,7 +421,7 @@ def _check_files(files: list[Path]) -> None:
             reason = " ".join(str(error).split())[:160]
             raise InputError(f"{file} is not a readable Parquet file ({reason}); {fix}") from None
         contract = {
-            name: schema.field(name).type if name in schema.names else None
+            name: _same_text(schema.field(name).type) if name in schema.names else None
             for name in ("timestamp", *EVENT_KINDS)
         }
         if first is None:
@@ -434,6 +434,14 @@ def _check_files(files: list[Path]) -> None:
                     "(funnelcast ingest writes them so)"
                 )
         _refuse_missing(_missing_in_file(file, metadata), f" in {file}")
+
+
+def _same_text(dtype: pa.DataType) -> pa.DataType:
+    """Arrow's kinds of text as one: Polars writes large_string, pyarrow string, and every
+    engine reads them alike (a folder of both was refused)."""
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    return dtype
 
 
 _REQUIRED_VALUES = ("contact_id", "timestamp")

@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -215,6 +217,16 @@ def test_contract_columns_of_the_wrong_kind_are_refused_naming_them(
     )
 
 
+def _small_text(frame: pl.DataFrame) -> pa.Schema:
+    schema = frame.to_arrow().schema
+    return pa.schema(
+        [
+            field.with_type(pa.string()) if pa.types.is_large_string(field.type) else field
+            for field in schema
+        ]
+    )
+
+
 def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> None:
     """Unreadable files and files that disagree on the contract are named before any work;
     columns beyond the contract may differ."""
@@ -232,6 +244,9 @@ def test_a_folder_of_events_files_is_checked_file_by_file(tmp_path: Path) -> Non
     events.tail(1).with_columns(other=pl.lit("x")).write_parquet(folder / "part-1.parquet")
     both = build_contact_features(folder, as_of=AS_OF, spec=SPEC)
     assert both["contact_id"].to_list() == ["a", "b"]
+    # text as pyarrow writes it (string) beside Polars' (large_string): the same column
+    pq.write_table(events.tail(1).to_arrow().cast(_small_text(events)), folder / "part-1.parquet")
+    assert build_contact_features(folder, as_of=AS_OF, spec=SPEC).equals(both)
     as_ms = events.tail(1).with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
     as_ms.write_parquet(folder / "part-1.parquet")
     with pytest.raises(InputError, match=r"disagree on `timestamp`.*part-1\.parquet"):
