@@ -63,19 +63,20 @@ DATA_TABLES = ("events", "contacts", "stage_history", "rejects", "labels")
 
 
 def check_writable_folder(out_dir: Path) -> None:
-    """``out_dir`` is (or can be made) a folder that takes new files; otherwise an
-    ``InputError`` naming it, before any work whose output it would hold."""
+    """``out_dir`` is a folder that takes new files, or one that can be made: its nearest
+    existing place is a folder this process may write to. Otherwise an ``InputError`` naming
+    it, before any work whose output it would hold; nothing is made here."""
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as error:
-        files = [p for p in (out_dir, *out_dir.parents) if p.is_file()]
-        kind = f"{files[0]} is a file, not a folder" if files else (error.strerror or str(error))
+    place = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    if not place.is_dir():
         raise InputError(
-            f"cannot write into {out_dir}: {kind}; give a folder you may write to"
-        ) from None
+            f"cannot write into {out_dir}: {place} is a file, not a folder; give a folder you "
+            "may write to"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):  # a read-only mount too (EROFS)
+        raise InputError(
+            f"cannot write into {out_dir}: {place} is not writable; give a folder you may write to"
+        )
 
 
 def write_tables_atomic(
@@ -91,7 +92,14 @@ def write_tables_atomic(
     """
     out_dir = Path(out_dir)
     check_writable_folder(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    except OSError as error:  # what the check cannot see (a full disk, a special file system)
+        raise InputError(
+            f"cannot write into {out_dir}: {error.strerror or error}; give a folder you may "
+            "write to"
+        ) from None
     written: dict[str, Path] = {}
     try:
         staged = {

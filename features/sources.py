@@ -734,8 +734,10 @@ def _read_event_stream(
 def _contact_ids(frame: pl.DataFrame, column: str, *, key: str) -> pl.Expr:
     if frame[column].dtype.is_float():
         raise SchemaError(
-            f"column '{column}' ({key}) holds decimal numbers; ids must be text: declare "
-            f"`dtypes: {{{column}: str}}` for the file in the source mapping"
+            f"column '{column}' ({key}) holds decimal numbers; ids must be text: for a CSV "
+            f"file declare `dtypes: {{{column}: str}}` in the source mapping (read as written); "
+            "a Parquet file must store them as text or integers (a float such as 1.0 has no "
+            "one text)"
         )
     return pl.col(column).cast(pl.String).str.strip_chars()
 

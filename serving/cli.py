@@ -598,10 +598,13 @@ def serve(
     service_settings = ServiceSettings.from_env(env)
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     info = scorer.info
+    served = (
+        f"[bold]{info.model}[/] version {info.model_version} from {info.source}"
+        if info.model_version
+        else info.source  # the rules: "the hand-written rules (no model was available)"
+    )
     console.print(
-        f"Starting [bold]{info.model}[/]"
-        + (f" version {info.model_version}" if info.model_version else "")
-        + f" from {info.source} on http://{host}:{port} ({workers} worker(s)); it answers "
+        f"Starting {served} on http://{host}:{port} ({workers} worker(s)); it answers "
         "once each worker has loaded the model (GET /readyz says 200), some seconds from now. "
         "API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
     )

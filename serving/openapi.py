@@ -101,7 +101,10 @@ DESCRIPTION = (
     "funnelcast scores CRM contacts: the funnel stage, every stage's probability, the purchase "
     "propensity, three reasons in the CRM's words and the call to action, from a contact's raw "
     "events or precomputed features. Every endpoint but the probes and these documents needs "
-    "an API key. Contacts without marketing consent are never scored."
+    "an API key. Contacts without marketing consent are never scored. Refusals outside the "
+    'operations below are JSON too, {"error": "..."}: 404 for a path that does not '
+    "exist (a trailing slash included: the error names the path meant) and 405 for another "
+    "method than a path answers, with its Allow header."
 )
 
 

@@ -183,6 +183,12 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             key = line.strip()
             if key and not key.startswith("#"):  # a comment is never a key
                 keys.append(_ascii_key(key, f"the key on line {number} of {path}"))
+    if not keys and path:
+        raise ServiceConfigError(
+            f"the API key file {path} holds no key (blank lines and '#' comments are not keys); "
+            "write one key per line. Make one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
     if not keys:
         raise ServiceConfigError(
             "no API key is configured: set FUNNELCAST_API_KEY (or FUNNELCAST_API_KEY_FILE, one "

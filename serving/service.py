@@ -219,12 +219,10 @@ class Funnelcast:
         _LOGGED_NAMES.update(served.features)
         _LOGGED_NAMES.update(name.removeprefix("days_since_") for name in served.attribute_features)
         info = self.scorer.info
-        log.info(
-            "serving %s version %s from %s",
-            info.model,
-            info.model_version or "-",
-            info.source,
-        )
+        if info.model_version:
+            log.info("serving %s version %s from %s", info.model, info.model_version, info.source)
+        else:
+            log.info("serving %s", info.source)  # the rules say what they are
         # the model is loaded for good: move it out of the collector's generations, so a
         # full collection under load does not walk the trees' Python objects every time
         gc.collect()

@@ -585,6 +585,9 @@ def test_the_openapi_document_declares_the_key_and_the_refusals(client: TestClie
             assert "serving." not in operation["description"]
     for open_path in ("/healthz", "/readyz"):
         assert "security" not in document["paths"][open_path]["get"]
+    # the refusals no operation owns are described once, for the whole API
+    assert "404" in document["info"]["description"]
+    assert "405" in document["info"]["description"]
     batch = document["components"]["schemas"]["BatchRequest"]
     assert batch["properties"]["contacts"]["maxItems"] == MAX_BATCH_CONTACTS
 

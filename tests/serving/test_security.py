@@ -30,8 +30,11 @@ def test_comments_and_blank_lines_in_the_key_file_are_not_keys(tmp_path: Path) -
     assert keys == (KEY,)
     assert not KeyCheck(keys).accepts("# keys for the CRM, rotated 2026-12")
     path.write_text("# only a comment\n\n", "utf-8")
-    with pytest.raises(ServiceConfigError, match="no API key is configured"):
+    # the file is named: "set FUNNELCAST_API_KEY" sent a user who had given one elsewhere
+    with pytest.raises(ServiceConfigError, match=f"the API key file {path} holds no key"):
         read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    with pytest.raises(ServiceConfigError, match="no API key is configured"):
+        read_api_keys({})
 
 
 def test_a_key_no_header_can_carry_is_refused_naming_its_line_not_the_key(
