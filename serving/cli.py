@@ -899,6 +899,9 @@ def _print_validation(validated: Validated) -> None:
     if validated.contacts is not None:
         kept["contacts"] = validated.contacts.num_rows
     counts = validated.reject_counts()
+    for name, rows_in in validated.rows_in.items():  # a source's labels: kept = in - aside
+        if name not in kept:
+            kept[name] = rows_in - sum(n for (t, _), n in counts.items() if t == name)
     for name, rows_kept in kept.items():
         rejected = sum(n for (t, _), n in counts.items() if t == name)
         rows_in = validated.rows_in.get(name, rows_kept + rejected)

@@ -217,6 +217,13 @@ def test_a_file_missing_a_mapped_column_names_the_column(tmp_path: Path) -> None
     _assert_one_line_error(result, "'customer'")
 
 
+def test_validation_shows_a_row_for_the_sources_labels(shared_data_dir: Path) -> None:
+    """Label rows set aside were listed by reason, but the table had no labels row."""
+    result = _run("validate", "--source", "olist", "--data-dir", str(shared_data_dir))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"labels\s*│\s*8,000\s*│\s*8,000\s*│\s*0", result.stdout), result.stdout
+
+
 def test_an_unknown_source_name_lists_the_shipped_ones() -> None:
     _assert_one_line_error(_run("validate", "--source", "nosuchsource"), "taobao")
 
