@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,8 +67,15 @@ def check_writable_folder(out_dir: Path) -> None:
     existing place is a folder this process may write to. Otherwise an ``InputError`` naming
     it, before any work whose output it would hold; nothing is made here."""
     out_dir = Path(out_dir)
-    place = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
-    if not place.is_dir():
+    try:
+        place = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+        is_folder = place.is_dir()
+    except OSError as error:  # a folder above it this process may not enter
+        raise InputError(
+            f"cannot write into {out_dir}: {error.strerror or error}; give a folder you may "
+            "write to"
+        ) from None
+    if not is_folder:
         raise InputError(
             f"cannot write into {out_dir}: {place} is a file, not a folder; give a folder you "
             "may write to"
@@ -80,11 +87,15 @@ def check_writable_folder(out_dir: Path) -> None:
 
 
 def write_tables_atomic(
-    tables: Mapping[str, pa.Table | None], out_dir: Path, *, replaces: tuple[str, ...] = ()
+    tables: Mapping[str, pa.Table | None],
+    out_dir: Path,
+    *,
+    replaces: tuple[str, ...] = (),
+    removed: Callable[[Path], None] | None = None,
 ) -> dict[str, Path]:
     """Write several tables as ``out_dir/<name>.parquet``, all or nothing; then remove the
     files of the tables in ``replaces`` that were not written (None, or not given), which an
-    earlier run left.
+    earlier run left, calling ``removed(path)`` for each (the commands say so).
 
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
     them are complete are they renamed into place, so an interrupted run leaves the previous
@@ -114,8 +125,11 @@ def write_tables_atomic(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for name in replaces:
-        if name not in written:
-            (out_dir / f"{name}.parquet").unlink(missing_ok=True)
+        stale = out_dir / f"{name}.parquet"
+        if name not in written and stale.exists():
+            stale.unlink()
+            if removed is not None:
+                removed(stale)
     return written
 
 

@@ -365,12 +365,16 @@ def simulate(
     )
 
 
-def write_simulation(sim: Simulation, out_dir: Path) -> dict[str, Path]:
-    """Write events, contacts and stage_history as Parquet into ``out_dir``, all or nothing."""
+def write_simulation(
+    sim: Simulation, out_dir: Path, *, removed: Callable[[Path], None] | None = None
+) -> dict[str, Path]:
+    """Write events, contacts and stage_history as Parquet into ``out_dir``, all or nothing;
+    an earlier run's other tables there (labels, rejects) are removed (``removed(path)``)."""
     return write_tables_atomic(
         {"events": sim.events, "contacts": sim.contacts, "stage_history": sim.stage_history},
         out_dir,
         replaces=DATA_TABLES,
+        removed=removed,
     )
 
 

@@ -204,7 +204,10 @@ class EventStreamSpec(FrozenSettings):
             ("channel", self.channel, CHANNELS),
         ):
             targets = [given.fixed, given.missing, *given.values.values()]
-            unknown = sorted({t for t in targets if t is not None and t not in vocabulary})
+            # as validation reads them: trimmed and lower-cased ("Purchase" is purchase)
+            unknown = sorted(
+                {t for t in targets if t is not None and t.strip().lower() not in vocabulary}
+            )
             if unknown:
                 raise ValueError(
                     f"{key} maps to {unknown}, outside the event contract; use one of "

@@ -720,7 +720,9 @@ def _simulate_into(
     )
     if validated.rejects.num_rows:  # a simulator bug: nothing is written
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
-    _with_spinner(f"Writing Parquet to {out}", lambda: write_simulation(sim, out))
+    _with_spinner(
+        f"Writing Parquet to {out}", lambda: write_simulation(sim, out, removed=_say_removed)
+    )
     return validated, sim.stage_history
 
 
@@ -867,6 +869,10 @@ def _ingest(source: str, data_dir: Path | None) -> Any:
     return ingest_source(source, data_dir=data_dir or default_data_dir())
 
 
+def _say_removed(path: Path) -> None:
+    console.print(f"Removed {path}: an earlier run's table, which these events do not go with")
+
+
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     from features.io import DATA_TABLES, write_tables_atomic
 
@@ -880,7 +886,7 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     }
     written = _with_spinner(
         f"Writing Parquet to {out}",
-        lambda: write_tables_atomic(tables, out, replaces=DATA_TABLES),
+        lambda: write_tables_atomic(tables, out, replaces=DATA_TABLES, removed=_say_removed),
     )
     console.print("Wrote " + ", ".join(str(path) for path in written.values()))
     return validated
@@ -1120,7 +1126,7 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
         how = " (forced: " + "; ".join(decision.reasons) + ")" if decision.forced else ""
         console.print(
             f"Promoted version {decision.challenger.version} to '{alias}' over {against}"
-            f"{how}: {scores}."
+            f"{how}" + (f": {scores}." if scores else ".")
         )
         return True
     console.print(

@@ -103,7 +103,7 @@ DESCRIPTION = (
     "events or precomputed features. Every endpoint but the probes and these documents needs "
     "an API key. Contacts without marketing consent are never scored. Refusals outside the "
     'operations below are JSON too, {"error": "..."}: 404 for a path that does not '
-    "exist (a trailing slash included: the error names the path meant) and 405 for another "
+    "exist (one with a trailing slash included: no path ends in /) and 405 for another "
     "method than a path answers, with its Allow header."
 )
 

@@ -134,9 +134,10 @@ class GuardMiddleware:
         if path.endswith("/") and path != "/" and not path.startswith(OPEN_PREFIXES):
             # Starlette would redirect "/predict/" to "/predict" (a 307 with no body, which a
             # client not following redirects reads as an empty answer), after the key check
-            # even for "/healthz/": no route ends in "/", so say which one was meant
-            meant = path.rstrip("/") or "/"
-            await _json(send, 404, {"error": f"no such path: {path}; did you mean {meant}?"})
+            # even for "/healthz/": no route ends in "/", so say so
+            await _json(
+                send, 404, {"error": f"no such path: {path}; no path of this service ends in /"}
+            )
             return
         if path not in self.post_only:  # the routers' plain-text 404 and 405, in JSON
             send = _json_refusals(send, path, scope.get("method", ""))

@@ -297,14 +297,15 @@ class FunnelcastModel(_PythonModel):
 
     def _floors(self) -> npt.NDArray[np.float32]:
         """The least value of each numeric feature (``_columns``' order): 0 for the spec's
-        counts, sums, recencies, active days and sessions and for days since an attribute's
-        date (the builders make none of them negative: a date after ``as_of`` is missing),
-        -inf for the others (derived features, numeric attributes)."""
+        counts, recencies, active days and sessions, which no builder makes negative (a
+        recency counts back from as_of to events before it); -inf for the others. Sums are
+        not held to it: the contract has no negative money value, but a builder given
+        events directly (a refund of -25) sums what it is given; nor are attributes: a
+        numeric column may be named ``days_since_...`` and be negative."""
         cached: npt.NDArray[np.float32] | None = self.__dict__.get("_floor_values")
         if cached is None:
             numeric, _ = self._columns()
-            counted = {a.name for a in self.spec.aggregates}
-            counted.update(n for n in self.attribute_features if n.startswith("days_since_"))
+            counted = {a.name for a in self.spec.aggregates if a.kind != "sum"}
             cached = np.array(
                 [0.0 if self.feature_names[j] in counted else -np.inf for j in numeric],
                 dtype=np.float32,
@@ -442,8 +443,8 @@ def _below_zero(
     row, column = int(rows[0]), int(columns[0])
     name = names[column]
     return FeatureValueError(
-        f"feature '{name}' is {value_of(row, column)!r}; a count, sum, active days, sessions "
-        "or days since an event or date is never negative",
+        f"feature '{name}' is {value_of(row, column)!r}; a count, active days, sessions or "
+        "days since an event is never negative",
         row=row,
         feature=name,
     )

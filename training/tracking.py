@@ -11,11 +11,8 @@ promotion gate, and the model: one ``FunnelcastModel`` pyfunc, registered as ``f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import math
 import os
 import platform
@@ -243,12 +240,9 @@ def log_training(
         reasons_method=settings.reasons,
     )
     package_root = Path(__file__).resolve().parent.parent
-    printed = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(printed):
+    with warnings.catch_warnings():
         # MLflow asks for type hints on predict to infer a schema; the input is a feature
-        # table whose columns the spec decides, checked by the model itself. Its registry
-        # prints "Successfully registered model ..." to stderr (not to its log): passed to
-        # its log, which a notebook shows and the command line keeps quiet
+        # table whose columns the spec decides, checked by the model itself
         warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -257,9 +251,6 @@ def log_training(
             code_paths=[str(package_root / "features"), str(package_root / "training")],
             registered_model_name=settings.registry.model_name if register else None,
         )
-    for line in printed.getvalue().splitlines():
-        if line.strip():
-            logging.getLogger("mlflow.tracking").info("%s", line)
     if not register:
         return None
     version = str(info.registered_model_version)

@@ -143,6 +143,8 @@ def test_a_data_folder_written_again_keeps_no_table_of_the_earlier_run(tmp_path:
         (out / name).write_bytes((out / "events.parquet").read_bytes())
     result = _run("simulate", "--out", str(out), "--contacts", "50", "--days", "5")
     assert result.returncode == 0, result.stderr
+    for name in stale:  # and says so
+        assert f"Removed {out / name}" in result.stdout.replace("\n", "")
     assert {p.name for p in out.iterdir()} == {
         "events.parquet",
         "contacts.parquet",
@@ -193,6 +195,17 @@ def test_a_mapping_that_writes_a_value_outside_the_contract_names_it(
     )
     result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
     _assert_one_line_error(result, "events[0]", named, "outside the event contract")
+    # what validation reads as the contract's (trimmed, lower-cased) is no typo
+    mapping.write_text(
+        mapping.read_text("utf-8")
+        .replace(event_type, '{column: kind, values: {order: " Purchase"}}')
+        .replace(channel, "{fixed: Web}"),
+        encoding="utf-8",
+    )
+    (tmp_path / "e.csv").write_text("c,t,kind\nu1,2024-01-01T00:00:00Z,order\n", "utf-8")
+    result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "No rows set aside" in result.stdout
 
 
 def test_a_mapping_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:

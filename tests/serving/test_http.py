@@ -892,7 +892,10 @@ def test_a_path_with_a_trailing_slash_is_a_json_404_naming_the_route(
     for headers in (auth, {}):
         response = client.request(method, path, headers=headers, follow_redirects=False)
         assert response.status_code == 404
-        assert response.json() == {"error": f"no such path: {path}; did you mean {meant}?"}
+        assert response.json() == {
+            "error": f"no such path: {path}; no path of this service ends in /"
+        }
+    assert client.request(method, meant, headers=auth).status_code != 404  # the route exists
 
 
 def test_an_empty_body_is_a_400_that_names_no_field(
