@@ -17,12 +17,16 @@ read when a worker starts. Every endpoint but the probes and the API docs requir
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import gc
 import logging
 import os
 import signal
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -132,8 +136,34 @@ def _stop_the_server(error: ServiceConfigError) -> NoReturn:
 
     if server_context.worker_index is not None:
         log.critical("funnelcast cannot start, stopping the server: %s", error)
+        _stop_note(os.getppid()).touch()  # the server then exits 2, not 0 (below)
         os.kill(os.getppid(), signal.SIGTERM)
     raise error
+
+
+def _stop_note(server_pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"funnelcast-cannot-start-{server_pid}"
+
+
+# a note left by a server that was killed before it could read it names a process id that a
+# later process may get: this one starts clean
+_stop_note(os.getpid()).unlink(missing_ok=True)
+
+
+@atexit.register
+def _exit_2_when_a_worker_could_not_start() -> None:
+    """In `bentoml serve`'s own process (which imports this module too): a stop asked for by
+    a worker that cannot start (``_stop_the_server``) ends with exit status 2, as
+    `funnelcast serve` refuses the same settings, not BentoML's 0 for a stop asked for, so a
+    supervisor sees the failure. Anywhere else there is no note, and nothing happens."""
+    note = _stop_note(os.getpid())
+    if not note.exists():
+        return
+    note.unlink(missing_ok=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _bad_request(exc: InputError) -> JSONResponse:

@@ -276,8 +276,8 @@ def test_funnelcast_serve_with_the_rules_fallback(
 
 
 def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path) -> None:
-    """No model and no fallback: the server stops with the reason, instead of restarting its
-    worker forever."""
+    """No model and no fallback: the server stops with the reason and exit status 2, instead
+    of restarting its worker forever."""
     port = _free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
     env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none.db")}
@@ -295,4 +295,5 @@ def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path
     finally:
         _stop(process)
     assert "funnelcast cannot start, stopping the server: no model to serve" in output
+    assert process.returncode == 2, output  # a failure a supervisor sees, not a clean stop
     assert _port_is_free(port)
