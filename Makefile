@@ -5,6 +5,9 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# the interpreter itself, not a launcher such as pyenv's shim: uv sync compares it with the one
+# .venv was made from, and a launcher's path never matches, so .venv was made again every time
+PYTHON_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
@@ -25,7 +28,7 @@ $(UV):
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 install: $(UV) ## Install funnelcast and every dependency (all extras) from the lock file
-	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --python $(PYTHON_EXE)
 
 java: ## Make sure Java 17 is available for the Spark engine (installs it with apt-get when missing)
 	bash scripts/ensure-java.sh

@@ -58,8 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--contacts", type=int, default=None, help="simulated contacts")
     parser.add_argument("--singles", type=int, default=None, help="one-contact calls timed")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON to write")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"JSON to write (default {RESULTS}; quick runs write benchmarks/data/"
+        "reasons-quick.json, never over the committed figures)",
+    )
     args = parser.parse_args(argv)
+    if args.contacts is not None and args.contacts < 1:
+        parser.error("--contacts must be at least 1")
+    if args.results is None:
+        args.results = (
+            Path(__file__).parent / "data" / "reasons-quick.json" if args.quick else RESULTS
+        )
     contacts = args.contacts or 6_000
     singles = args.singles or (200 if args.quick else 2_000)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

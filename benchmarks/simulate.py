@@ -23,8 +23,17 @@ from typing import Any
 import polars as pl
 import psutil
 
-from features.schema import validate
-from features.simulator import (
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__":
+    # Run as a script, Python puts benchmarks/ first on the path, where benchmarks/features.py
+    # would stand in for the `features` package; the project root takes its place
+    sys.path[:] = [
+        str(ROOT) if Path(entry or ".").resolve() == Path(__file__).resolve().parent else entry
+        for entry in sys.path
+    ]
+
+from features.schema import validate  # noqa: E402  (after the path is set)
+from features.simulator import (  # noqa: E402
     count_stages_by_day,
     load_simulator_settings,
     measure_rates,
@@ -32,6 +41,9 @@ from features.simulator import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "simulate.json"
+DATA = Path(__file__).parent / "data"
+# the measured configuration: only its figures go to RESULTS (the README's table)
+MEASURED = {"contacts": 1_000_000, "days": 180}
 GIB = 1024**3
 
 
@@ -42,8 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1))
     parser.add_argument("--skip-validate", action="store_true", help="do not time validate()")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write the JSON (default {RESULTS} for 1,000,000 contacts over 180 "
+        "days, the README's figures; benchmarks/data/simulate-<N>c-<D>d.json for other sizes)",
+    )
     args = parser.parse_args(argv)
+    if args.contacts < 1 or args.days < 1:
+        parser.error("--contacts and --days must be at least 1")
+    if args.out is None:
+        measured = args.contacts == MEASURED["contacts"] and args.days == MEASURED["days"]
+        args.out = RESULTS if measured else DATA / f"simulate-{args.contacts}c-{args.days}d.json"
 
     settings = load_simulator_settings()
     day_seconds: list[float] = []

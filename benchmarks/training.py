@@ -58,12 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100k events, a 200k-row fit")
     parser.add_argument("--fit-rows", type=int, default=1_000_000)
     parser.add_argument("--memory-limit", type=float, default=20.0, help="GiB per child")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"JSON to merge into (default {RESULTS}; quick runs write benchmarks/data/"
+        "training-quick.json, never over the committed figures)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(json.loads(args.child))
     from benchmarks.reporting import write_json_atomic
+
+    if args.results is None:
+        args.results = DATA / "training-quick.json" if args.quick else RESULTS
 
     sizes = ["100k"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     fit_rows = 200_000 if args.quick else args.fit_rows
@@ -112,6 +121,8 @@ def _events_path(label: str) -> str:
             label,
             "--only",
             "funnelcast",
+            "--out",  # the log is what is wanted here, not figures over the committed ones
+            str(DATA / f"features-{label}-for-training.json"),
         ],
         check=True,
     )
