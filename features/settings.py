@@ -60,11 +60,15 @@ def load_defaults(path: Path | None = None) -> dict[str, Any]:
     """The raw defaults: the shipped ``features/config/default.yaml`` or a user's copy of it."""
     if path is None:
         return copy.deepcopy(_shipped_defaults())  # callers may edit; the cache must not change
+    if Path(path).is_dir():
+        raise InputError(f"{path} is a folder; give the settings YAML file itself")
     with open(path, encoding="utf-8") as handle:
         try:
             loaded = load_yaml(handle)
         except yaml.YAMLError as exc:
             raise InputError(f"{path} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{path} is not a YAML mapping of settings sections")
     return loaded

@@ -161,7 +161,7 @@ def run(
     ),
     contacts: Annotated[int, typer.Option(min=1, help="Simulated contacts.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 120,
-    seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 7,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed of the simulation.")] = 7,
     start: StartOption = None,
     data_dir: DataDirOption = None,
     tune: Annotated[
@@ -228,7 +228,7 @@ def simulate(
     contacts: Annotated[int, typer.Option(min=1, help="Number of contacts.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Number of days.")] = 120,
     seed: Annotated[
-        int, typer.Option(help="Random seed; the same seed and start give the same data.")
+        int, typer.Option(min=0, help="Random seed; the same seed and start give the same data.")
     ] = 7,
     start: StartOption = None,
     config: ConfigOption = None,
@@ -1228,9 +1228,12 @@ def _empty_rejects() -> Any:
 
 def _one_line(error: BaseException) -> str:
     if isinstance(error, pydantic.ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"settings: {where}: {first['msg']} ({error.error_count()} problem(s) in all)"
+        # an unknown key first: a typo in a key also makes the key meant "Field required",
+        # and only the unknown one says what to fix
+        errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        shown = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:3]]
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return f"settings: {'; '.join(shown)}{more}"
     text = str(error) or type(error).__name__
     return " ".join(text.split())
 

@@ -237,6 +237,30 @@ def test_validation_shows_a_row_for_the_sources_labels(shared_data_dir: Path) ->
     assert re.search(r"labels\s*│\s*8,000\s*│\s*8,000\s*│\s*0", result.stdout), result.stdout
 
 
+def test_a_settings_file_with_a_mistyped_key_or_that_is_a_folder_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The typo itself first: it also made the key meant "Field required", which was all the
+    message said."""
+    import yaml
+
+    from features.settings import load_defaults
+
+    settings = load_defaults()
+    contacts = settings["simulator"]["contacts"]
+    contacts["marketing_consent_shar"] = contacts.pop("marketing_consent_share")
+    typo = tmp_path / "settings.yaml"
+    typo.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    out = str(tmp_path / "o")
+    result = _run(
+        "simulate", "--out", out, "--contacts", "10", "--days", "2", "--config", str(typo)
+    )
+    _assert_one_line_error(result, "settings: contacts.marketing_consent_shar: Extra inputs")
+    result = _run("simulate", "--out", out, "--config", str(tmp_path))
+    _assert_one_line_error(result, "is a folder; give the settings YAML file itself")
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_unknown_source_name_lists_the_shipped_ones() -> None:
     _assert_one_line_error(_run("validate", "--source", "nosuchsource"), "taobao")
 
