@@ -715,6 +715,13 @@ def _send_messages(
     n = population.stage.size
     nudged: list[npt.NDArray[np.int32]] = []
     frictions: list[npt.NDArray[np.int32]] = []
+    # each contact's latest send of the day, and the day's unsubscribes: written once every
+    # channel has sent, each after the contact's last send (an SMS unsubscribe at 13:45 came
+    # before the e-mail the contact was sent at 20:28 the same day)
+    last_sent = np.full(n, -1, dtype=np.int32)
+    unsubscribes: list[
+        tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], int, npt.NDArray[np.int32]]
+    ] = []
     for c, channel in enumerate(MARKETING_CHANNELS):
         eligible = population.consent & population.reachable[c]
         drawn = rng.random(n, dtype=np.float32) < tables.send_probability[c]
@@ -728,6 +735,7 @@ def _send_messages(
         channel_code = _CHANNEL[channel]
         sent_at = rng.integers(0, SECONDS_PER_DAY, k, dtype=np.int32)
         events.add(day, recipients, sent_at, _EVENT["message_send"], channel_code, campaign)
+        last_sent[recipients] = np.maximum(last_sent[recipients], sent_at)  # one send a channel
 
         opened = rng.random(k, dtype=np.float32) < tables.open_p[c, stage, cta]
         clicked = opened & (rng.random(k, dtype=np.float32) < tables.click_p[c, stage, cta])
@@ -762,13 +770,13 @@ def _send_messages(
         )
 
         unsubscribed = rng.random(k, dtype=np.float32) < tables.unsubscribe_p[stage, cta]
-        events.add(
-            day,
-            recipients[unsubscribed],
-            _later(sent_at[unsubscribed], rng),
-            _EVENT["unsubscribe"],
-            channel_code,
-            campaign[unsubscribed],
+        unsubscribes.append(
+            (
+                recipients[unsubscribed],
+                _later(sent_at[unsubscribed], rng),
+                channel_code,
+                campaign[unsubscribed],
+            )
         )
         population.consent[recipients[unsubscribed]] = False  # from every channel, from now on
 
@@ -777,6 +785,11 @@ def _send_messages(
         fits = clicked & tables.matched[stage, cta]
         fits &= rng.random(k, dtype=np.float32) < tables.nudge_p
         nudged.append(recipients[fits])
+    for who, at, channel_code, campaign in unsubscribes:
+        after_last_send = np.minimum(last_sent[who] + 1, SECONDS_PER_DAY - 1)
+        events.add(
+            day, who, np.maximum(at, after_last_send), _EVENT["unsubscribe"], channel_code, campaign
+        )
     return _concat(nudged), _concat(frictions)
 
 
