@@ -224,7 +224,7 @@ class FunnelcastModel(_PythonModel):
             floors = self._floors()
             if (block < floors).any():  # NaN is below nothing
                 raise _below_zero(block, floors, names, lambda i, k: records[i].get(names[k]))
-            X[:, numeric] = block.reshape(len(records), len(names))
+            X[:, numeric] = block
         for j in categorical:
             name = self.feature_names[j]
             if complete:

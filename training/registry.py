@@ -214,8 +214,9 @@ def promote(
             if not force:
                 raise RegistryError(f"{unscorable}; use --force to replace it anyway") from exc
             champion_scores = {}  # nothing to compare: --force replaces it, and says why
-    ok, reasons = beats(challenger_scores, champion_scores)
-    if unscorable is not None:
+    if unscorable is None:
+        ok, reasons = beats(challenger_scores, champion_scores)
+    else:
         ok, reasons = False, [unscorable]
     decision = Promotion(
         promoted=ok or force,
