@@ -1010,6 +1010,21 @@ def _contacts_frame(contacts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | 
     return frame
 
 
+def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec) -> list[str]:
+    """The contacts-table columns the spec reads as dates (each the feature ``days_since_``
+    its name). A model records them: a number column may itself be named ``days_since_...``,
+    so the feature's name does not say which kind its attribute is."""
+    listed = _contacts_frame(contacts)
+    if listed is None:
+        return []
+    return [
+        name
+        for name in spec.attribute_names(listed.columns)
+        if name in listed.columns
+        and (listed[name].dtype == pl.Date or isinstance(listed[name].dtype, pl.Datetime))
+    ]
+
+
 def join_attributes(
     frame: pl.LazyFrame,
     contacts: pa.Table | pl.DataFrame | None,

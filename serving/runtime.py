@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -423,19 +423,20 @@ def _event_rows(request: ContactRequest, as_of: dt.datetime) -> tuple[list[dict[
 
 def _attributes(
     request: ContactRequest,
-    wanted: Sequence[str],
+    known: Collection[str],
+    dates: Collection[str],
     categories: Mapping[str, Sequence[Any]],
     index: int | None,
 ) -> dict[str, Any] | None:
-    """The request's attributes for the online path, each of the kind its feature reads: a
-    date as ISO text (parsed, because the model reads days since it), a category as text (a
-    value the model has not seen is a missing value, as in LightGBM), anything else as a
-    number. A value of another kind is a ``RequestError`` naming the attribute."""
+    """The request's attributes for the online path (``known``: the contacts columns the
+    model reads), each of the kind its feature reads: a date (one of ``dates``) as ISO text
+    (parsed, because the model reads days since it), a category as text (a value the model
+    has not seen is a missing value, as in LightGBM), anything else as a number. A value of
+    another kind is a ``RequestError`` naming the attribute."""
     given = request.attributes
     if given is None:
         return None
-    known = {w.removeprefix("days_since_") for w in wanted}
-    unknown = sorted(set(given) - known)
+    unknown = sorted(set(given).difference(known))
     if unknown:
         raise RequestError(
             _where(index, "attributes"),
@@ -447,7 +448,7 @@ def _attributes(
     for name, value in given.items():
         if value is None:
             pass
-        elif f"days_since_{name}" in wanted:
+        elif name in dates:
             value = _attribute_date(value, _where(index, f"attributes.{name}"))
         elif name in categories:
             if not isinstance(value, str):
@@ -578,11 +579,14 @@ class ModelScorer:
         self.rules: RulesSettings = model.rules
         self.feature_names: list[str] = list(model.feature_names)
         self.attribute_features: list[str] = list(model.attribute_features)
-        # the attributes the model reads as days since a date (a null one is a missing value)
-        self._dates = frozenset(
+        # the attributes the model reads as days since a date (a null one is a missing value),
+        # and the contacts columns a request's attributes may name
+        self._dates = frozenset(model.attribute_dates)
+        self._attribute_columns = frozenset(
             name.removeprefix("days_since_")
+            if name.removeprefix("days_since_") in self._dates
+            else name
             for name in self.attribute_features
-            if name.startswith("days_since_")
         )
         self._feature_set = frozenset(self.feature_names)
         self._categories: dict[str, list[Any]] = model.categories
@@ -611,13 +615,16 @@ class ModelScorer:
             self.check_given(given, index)
             return given, None
         rows, used = _event_rows(request, as_of)
-        contact = _attributes(request, self.attribute_features, self._categories, index)
+        contact = self._attributes_of(request, index)
         features = build_online_features(
             rows, as_of=as_of, spec=self.spec, contact=contact, rules=self.rules, dates=self._dates
         )
         for name in self.attribute_features:  # an attribute not given is a missing value
             features.setdefault(name, None)
         return features, used
+
+    def _attributes_of(self, request: ContactRequest, index: int | None) -> dict[str, Any] | None:
+        return _attributes(request, self._attribute_columns, self._dates, self._categories, index)
 
     def check_given(self, given: Mapping[str, Any], index: int | None) -> None:
         """Precomputed features hold exactly the model's names, and text only where a
@@ -690,7 +697,7 @@ class ModelScorer:
                 elif request.features is not None:
                     unscored.append(self.features_of(request, as_of, index)[0])
                 else:  # events: their kinds and times are the schema's; the attributes, here
-                    _attributes(request, self.attribute_features, self._categories, index)
+                    self._attributes_of(request, index)
                     continue
                 unscored_slots.append((i, as_of, None))
                 continue

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.consent import restrict_to_consented
-from features.engine import EventsInput, feature_columns, scan_events
+from features.engine import EventsInput, date_attributes, feature_columns, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
@@ -86,6 +86,8 @@ class TrainingResult:
     label_source: str
     tuned_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # the contacts columns read as dates (features days_since_<name>), for the online path
+    date_attributes: list[str] = field(default_factory=list)
 
 
 def build_labelled_frame(
@@ -413,6 +415,9 @@ def train_models(
         label_source=label_source,
         tuned_params=tuned,
         timings=timings,
+        date_attributes=[
+            name for name in date_attributes(contacts, spec) if f"days_since_{name}" in names
+        ],
     )
 
 

@@ -89,6 +89,8 @@ class FunnelcastModel(_PythonModel):
     # a model logged before the choice existed has no such attribute: it was explained by
     # TreeSHAP, and still is
     reasons_method: ReasonsMethod = "treeshap"
+    # and one logged before the date attributes were recorded has none (attribute_dates)
+    date_attributes: list[str] | None = None
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class FunnelcastModel(_PythonModel):
         feature_names: list[str],
         horizon_days: int,
         reasons_method: ReasonsMethod = "path",
+        date_attributes: list[str] | None = None,
     ) -> None:
         if reasons_method not in REASONS_METHODS:
             raise ValueError(
@@ -112,6 +115,7 @@ class FunnelcastModel(_PythonModel):
         self.rules = rules
         self.feature_names = feature_names
         self.horizon_days = horizon_days
+        self.date_attributes = None if date_attributes is None else list(date_attributes)
         self.stages = STAGES
         self.ctas = dict(STAGE_CTA)
         self._spec: FeatureSpec | None = None
@@ -132,6 +136,19 @@ class FunnelcastModel(_PythonModel):
         """The model's features that come from the contacts table, not from events."""
         computed = set(self.spec_features)
         return [name for name in self.feature_names if name not in computed]
+
+    @property
+    def attribute_dates(self) -> list[str]:
+        """The contacts columns the model reads as dates, each its feature ``days_since_``
+        the name (a number column named ``days_since_...`` is not one). A model that did not
+        record them read every ``days_since_`` attribute feature as a date."""
+        if self.date_attributes is not None:
+            return list(self.date_attributes)
+        return [
+            name.removeprefix("days_since_")
+            for name in self.attribute_features
+            if name.startswith("days_since_")
+        ]
 
     @property
     def categories(self) -> dict[str, list[Any]]:

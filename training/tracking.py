@@ -238,6 +238,7 @@ def log_training(
         feature_names=result.feature_names,
         horizon_days=settings.horizon_days,
         reasons_method=settings.reasons,
+        date_attributes=result.date_attributes,
     )
     package_root = Path(__file__).resolve().parent.parent
     with warnings.catch_warnings():

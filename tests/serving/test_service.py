@@ -1066,3 +1066,66 @@ def test_an_unknown_reasons_method_is_refused_in_the_settings_and_the_model() ->
             horizon_days=14,
             reasons_method="lime",  # type: ignore[arg-type]
         )
+
+
+def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
+    served: Served, active_contacts: list[str]
+) -> None:
+    """A CRM export's own `days_since_last_login` (a number) is a feature of that name, as the
+    batch engine makes it, not the days since a date attribute `last_login`: a request's
+    attributes name it as the contacts table does, and its features equal the batch
+    engine's. The date column `signup_date` still reads as days since it."""
+    from features.settings import load_rules_settings
+    from features.spec import load_feature_spec, shipped_spec_text
+    from serving.runtime import ModelInfo
+    from training.pipeline import train_models
+    from training.settings import load_training_settings
+
+    contacts = pl.from_arrow(served.contacts)
+    assert isinstance(contacts, pl.DataFrame)
+    # a third of the contacts (the checked ones among them) is enough to train on, and quicker
+    kept = set(contacts["contact_id"].to_list()[::3]) | set(active_contacts[:20])
+    contacts = contacts.filter(pl.col("contact_id").is_in(kept)).with_columns(
+        (pl.col("contact_id").str.len_chars() * 3.5 % 17).alias("days_since_last_login")
+    )
+    events = pl.from_arrow(served.events)
+    assert isinstance(events, pl.DataFrame)
+    events = events.filter(pl.col("contact_id").is_in(kept))
+    spec, rules = load_feature_spec(), load_rules_settings()
+    settings = load_training_settings(min_train_positives=50, min_eval_positives=10)
+    result = train_models(events, contacts, spec=spec, rules=rules, settings=settings)
+    assert result.date_attributes == ["signup_date"]
+    model = FunnelcastModel(
+        stage_model=result.stage_model,
+        propensity_model=result.propensity_model,
+        spec_text=shipped_spec_text(),
+        rules=rules,
+        feature_names=result.feature_names,
+        horizon_days=settings.horizon_days,
+        date_attributes=result.date_attributes,
+    )
+    model = pickle.loads(pickle.dumps(model))  # as logged and loaded
+    assert "days_since_last_login" in model.attribute_features
+    assert model.attribute_dates == ["signup_date"]
+    info = ModelInfo("funnelcast", "funnelcast", "9", "a test", None, None, {})
+    scorer = ModelScorer(model, info)
+    batch = build_contact_features(
+        events, contacts, as_of=served.as_of, spec=model.spec, rules=model.rules
+    ).filter(pl.col("contact_id").is_in(active_contacts[:20]))
+    by_id = {row["contact_id"]: row for row in batch.iter_rows(named=True)}
+    for contact_id in active_contacts[:20]:
+        body = contact_body(served, contact_id)
+        login = by_id[contact_id]["days_since_last_login"]
+        body["attributes"] = {**body["attributes"], "days_since_last_login": login}  # type: ignore[dict-item]
+        features, _ = scorer.features_of(_request(body), served.as_of)
+        assert features["days_since_last_login"] == login
+        for name in model.feature_names:
+            expected = by_id[contact_id][name]
+            if isinstance(expected, float):
+                assert features[name] == pytest.approx(expected, abs=1e-9), name
+            else:
+                assert features[name] == expected, name
+    # a model logged before the kinds were recorded reads every days_since_ feature as a date
+    old = copy.copy(model)
+    del old.date_attributes
+    assert sorted(old.attribute_dates) == ["last_login", "signup_date"]
