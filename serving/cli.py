@@ -1016,7 +1016,13 @@ def _train_and_report(
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import train_models
     from training.settings import load_training_settings
-    from training.tracking import configure_tracking, data_fingerprint, log_training, training_run
+    from training.tracking import (
+        configure_tracking,
+        data_fingerprint,
+        log_training,
+        shown_uri,
+        training_run,
+    )
     from training.tuning import tune_models
 
     settings = load_training_settings(config, horizon_days=horizon)
@@ -1077,7 +1083,7 @@ def _train_and_report(
     timing = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in result.timings.items())
     console.print(f"Time by step: {timing}.")
     where = f"version {version} of 'funnelcast'" if version else "not registered"
-    console.print(f"MLflow run {run_id[:12]} in {uri}; model {where}.")
+    console.print(f"MLflow run {run_id[:12]} in {shown_uri(uri)}; model {where}.")
     return version
 
 

@@ -295,7 +295,7 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
     from mlflow.tracking import MlflowClient
 
     from training.registry import load_model, resolve, run_metrics
-    from training.tracking import existing_store
+    from training.tracking import existing_store, shown_uri
 
     uri = existing_store(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -311,7 +311,7 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
         model=FUNNELCAST,
         model_name=ref.name,
         model_version=ref.version,
-        source=f"models:/{ref.name}/{ref.version} in {uri}",
+        source=f"models:/{ref.name}/{ref.version} in {shown_uri(uri)}",
         trained_at=trained_at.isoformat(timespec="seconds"),
         spec_text=model.spec_text,
         metrics=_test_metrics(run_metrics(ref)),

@@ -24,7 +24,7 @@ from features.errors import InputError
 from training.evaluation import propensity_metrics, stage_metrics
 from training.pipeline import PURCHASE_LABEL, STAGE_LABEL
 from training.pyfunc import FunnelcastModel
-from training.tracking import TEST_SET_ARTIFACT
+from training.tracking import TEST_SET_ARTIFACT, shown_uri
 
 
 class RegistryError(InputError):
@@ -45,9 +45,9 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
         client = MlflowClient()
     except MlflowException as exc:  # a file store (refused by MLflow 3), an unknown scheme
         raise RegistryError(
-            f"the MLflow tracking URI {mlflow.get_tracking_uri()} cannot hold the registry "
-            f"({_first_line(exc)}); give a SQLite store, e.g. sqlite:///mlruns/mlflow.db, or an "
-            "MLflow server's http(s) address"
+            f"the MLflow tracking URI {shown_uri(mlflow.get_tracking_uri())} cannot hold the "
+            f"registry ({shown_uri(_first_line(exc))}); give a SQLite store, e.g. "
+            "sqlite:///mlruns/mlflow.db, or an MLflow server's http(s) address"
         ) from exc
     try:
         if version is not None:
@@ -66,12 +66,12 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
         # MLflow); anything else is a registry that could not answer
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise RegistryError(
-                f"the MLflow registry at {mlflow.get_tracking_uri()} could not be read "
-                f"({_first_line(exc)}); check that it is running and reachable"
+                f"the MLflow registry at {shown_uri(mlflow.get_tracking_uri())} could not be read "
+                f"({shown_uri(_first_line(exc))}); check that it is running and reachable"
             ) from exc
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise RegistryError(
-            f"model '{name}' has no {what} in {mlflow.get_tracking_uri()}; "
+            f"model '{name}' has no {what} in {shown_uri(mlflow.get_tracking_uri())}; "
             + _what_there_is(client, name)
         ) from exc
     return ModelRef(name=name, version=str(found.version), run_id=str(found.run_id))

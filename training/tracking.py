@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -54,9 +55,20 @@ _REQUIREMENTS = (
 )
 
 
+# the user (and password) of a URI: scheme://user:password@host
+_CREDENTIALS = re.compile(r"://[^/\s@]+@")
+
+
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else SQLite in mlruns/."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def shown_uri(text: str) -> str:
+    """A tracking URI (or a message holding one, such as MLflow's) as it may be printed,
+    logged or reported: without the user and password a server or database URI can carry
+    (``http://alice:secret@host`` -> ``http://***@host``)."""
+    return _CREDENTIALS.sub("://***@", text)
 
 
 def existing_store(uri: str | None = None) -> str:

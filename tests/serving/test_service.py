@@ -942,6 +942,7 @@ def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
     [
         ("bogus://x", "cannot hold the registry"),
         ("http://127.0.0.1:9", "could not be read .* check that it is running"),
+        ("http://alice:s3cret@127.0.0.1:9", r"http://\*\*\*@127.0.0.1:9 could not be read"),
     ],
 )
 def test_a_registry_that_cannot_be_used_is_not_reported_as_a_missing_model(
@@ -958,6 +959,8 @@ def test_a_registry_that_cannot_be_used_is_not_reported_as_a_missing_model(
         mlflow.set_tracking_uri(service_env.store)
         mlflow.set_registry_uri(service_env.store)
     assert "has no alias" not in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert "alice" not in str(caught.value)
 
 
 def test_a_bento_model_tag_that_is_no_tag_is_refused_naming_the_form(
