@@ -39,6 +39,7 @@ from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
 from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
+from serving.metrics import bound_metrics_labels
 from serving.openapi import complete_openapi
 from serving.runtime import (
     DEFAULT_TIMEOUT_S,
@@ -60,6 +61,9 @@ from serving.schemas import (
     Prediction,
 )
 from serving.security import GuardMiddleware
+
+# /metrics counts a request by the path it was served by, or as `other`: not by the raw path
+bound_metrics_labels()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import psutil
 import pytest
 from conftest import Served, contact_body
 
+from serving.metrics import SERVED_PATHS
 from serving.runtime import ServiceSettings, load_scorer
 from serving.schemas import ContactRequest
 
@@ -58,6 +60,11 @@ def _call(
             return response.status, json.loads(text) if text.strip() else None
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+def _text(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return str(response.read().decode("utf-8"))
 
 
 @contextmanager
@@ -186,6 +193,24 @@ def test_bentoml_serve_answers_like_the_service_class(
         batch += b', "contacts": [' + twice + b"]}"
         status, answer = _call(port, "/predict_batch", key=served.api_key, body=batch)
         assert (status, answer["field"]) == (400, "contacts.0.marketing_consent")
+        # made-up paths (refused for want of a key) are counted as one `other` label, not
+        # each as a label of its own: anyone could otherwise grow /metrics without end
+        made_up = [f"/made-up-{n:03d}" for n in range(40)]
+        for path in made_up:
+            assert _call(port, path)[0] == 401
+        assert _call(port, "/predict/", key=served.api_key)[0] == 404
+        metrics = _text(port, "/metrics")
+        labels = set(re.findall(r'endpoint="([^"]*)"', metrics))
+        assert {"/predict", "/predict_batch", "/metadata", "other"} <= labels
+        assert not any(label.startswith("/made-up") for label in labels)
+        assert labels <= SERVED_PATHS | {"other", "/static_content/"}
+        refused = re.findall(
+            r'^\w*request_total\{[^}]*endpoint="other"[^}]*http_response_code="401"[^}]*\} '
+            r"(\S+)$",
+            metrics,
+            re.MULTILINE,
+        )
+        assert sum(float(count) for count in refused) >= len(made_up)
     assert process.returncode is not None
     assert _port_is_free(port)
 
