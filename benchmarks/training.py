@@ -225,7 +225,9 @@ def _child_train(task: dict[str, Any]) -> dict[str, Any]:
     if task.get("quick"):  # the smoke run's small log has fewer buyers than the minimum
         settings = settings.model_copy(update={"min_train_positives": 50})
     started = time.perf_counter()
-    result = train_models(events, None, spec=spec, rules=rules, settings=settings)
+    result = train_models(
+        events, None, spec=spec, rules=rules, settings=settings, assume_consent=True
+    )
     with tempfile.TemporaryDirectory() as store:
         configure_tracking(f"sqlite:///{store}/mlflow.db")
         clock = time.perf_counter()

@@ -446,16 +446,27 @@ def train(
     register: Annotated[
         bool, typer.Option(help="Register the model as a new version of 'funnelcast'.")
     ] = True,
+    assume_consent: Annotated[
+        bool,
+        typer.Option(
+            "--assume-consent", help="Without a contacts table: treat every contact as consented."
+        ),
+    ] = False,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Train the stage and propensity models on snapshots of the events, evaluate them beside
-    the rules and the RFM baseline on later snapshots, and log everything to MLflow."""
+    the rules and the RFM baseline on later snapshots, and log everything to MLflow. Only
+    contacts with marketing consent are trained on and scored."""
     from features.io import read_table
+    from training.pipeline import require_known_consent
 
     folder = events if events.is_dir() else events.parent
+    if contacts is not None and not contacts.exists():
+        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
     contacts_path = contacts or folder / "contacts.parquet"
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
+    require_known_consent(contact_table, assume_consent=assume_consent)  # before a run starts
     label_table = read_table(labels) if labels is not None else None
     from training.pipeline import InsufficientDataError
 
@@ -470,6 +481,7 @@ def train(
             register=register,
             tracking_uri=tracking_uri,
             config=config,
+            assume_consent=assume_consent,
         )
     except InsufficientDataError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
@@ -1011,6 +1023,7 @@ def _train_and_report(
     register: bool,
     tracking_uri: str | None,
     config: Path | None,
+    assume_consent: bool = False,
 ) -> str | None:
     """Train, log to MLflow and print the quality table; returns the registered version."""
     from features.spec import load_feature_spec, shipped_spec_text
@@ -1057,6 +1070,7 @@ def _train_and_report(
             tune_trials=tune,
             tuner=tune_models,
             progress=say,
+            assume_consent=assume_consent,
         )
         progress.update(task, description="Training: logging to MLflow", completed=len(steps))
         version = log_training(

@@ -25,7 +25,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from features.consent import restrict_to_consented
+from features.consent import ConsentUnknownError, restrict_to_consented
 from features.engine import EventsInput, date_attributes, feature_columns, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
@@ -90,6 +90,20 @@ class TrainingResult:
     date_attributes: list[str] = field(default_factory=list)
 
 
+def require_known_consent(
+    contacts: pa.Table | pl.DataFrame | None, *, assume_consent: bool = False
+) -> None:
+    """Training reads only contacts with marketing consent (its test weeks are scored, and
+    kept as an artifact): without a contacts table nobody's consent is known."""
+    if contacts is None and not assume_consent:
+        raise ConsentUnknownError(
+            "no contacts table, so no marketing consent is known and no contact may be trained "
+            "on or scored; give contacts with a marketing_consent column (contacts.parquet "
+            "beside the events, or --contacts), or pass --assume-consent if every contact "
+            "opted in"
+        )
+
+
 def build_labelled_frame(
     events: EventsInput,
     contacts: pa.Table | pl.DataFrame | None,
@@ -101,13 +115,17 @@ def build_labelled_frame(
     until: dt.datetime | None = None,
     as_of_dates: Sequence[dt.datetime] | None = None,
     each: Callable[[dt.datetime, pl.DataFrame], pl.DataFrame] | None = None,
+    assume_consent: bool = False,
 ) -> tuple[pl.DataFrame, list[dt.datetime], str]:
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
     where the labels came from.
 
     ``as_of_dates``: the snapshots to build (default: ``labelled_snapshot_dates``; training
     leaves out the embargoed ones); ``each`` is applied to each snapshot's rows as they are
-    built (``features.snapshots.build_training_frame``)."""
+    built (``features.snapshots.build_training_frame``). Only contacts with marketing consent
+    are rows: without a contacts table nobody's consent is known, and that is a
+    ``ConsentUnknownError`` unless ``assume_consent`` (every contact opted in)."""
+    require_known_consent(contacts, assume_consent=assume_consent)
     until = until or observed_until(events)
     dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
     frame = build_training_frame(
@@ -233,11 +251,15 @@ def train_models(
     tune_trials: int = 0,
     tuner: Callable[..., dict[str, dict[str, Any]]] | None = None,
     progress: Progress | None = None,
+    assume_consent: bool = False,
 ) -> TrainingResult:
     """Fit and evaluate the rules, the RFM baseline and both LightGBM models on ``events``.
 
     ``tuner`` (``training.tuning.tune_models``) searches LightGBM parameters when
-    ``tune_trials`` > 0; it is passed in so this module stays free of tracking."""
+    ``tune_trials`` > 0; it is passed in so this module stays free of tracking. Contacts
+    without marketing consent are left out (``build_labelled_frame``); without ``contacts``,
+    only with ``assume_consent``."""
+    require_known_consent(contacts, assume_consent=assume_consent)  # before any work
     say = progress or (lambda _: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -284,6 +306,7 @@ def train_models(
         until=until,
         as_of_dates=[*split.train, *split.validation, *split.test],
         each=sampler,
+        assume_consent=assume_consent,
     )
     timings["features_and_labels"] = time.perf_counter() - clock
     if sampler.rates and not sampler.active_rates:

@@ -54,6 +54,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
+def test_train_without_contacts_needs_consent_assumed_before_any_run(workspace: Path) -> None:
+    alone = workspace / "events-only"
+    alone.mkdir()
+    (alone / "events.parquet").symlink_to(workspace / "data" / "events.parquet")
+    result = _run(workspace, "train", "--events", str(alone))
+    assert result.returncode == 2
+    assert "no marketing consent is known" in result.stderr
+    assert "--assume-consent" in result.stderr
+    assert not (workspace / "mlruns").exists()  # refused before a run was started
+    missing = workspace / "nowhere.parquet"
+    result = _run(workspace, "train", "--events", str(alone), "--contacts", str(missing))
+    assert result.returncode == 2
+    assert f"--contacts {missing} does not exist" in " ".join(result.stderr.split())
+
+
 def test_train_with_tuning_logs_each_trial_as_a_nested_run(workspace: Path) -> None:
     result = _run(workspace, "train", "--events", str(workspace / "data"), "--tune", "2")
     assert result.returncode == 0, result.stderr

@@ -7,6 +7,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
+from features.consent import ConsentUnknownError
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
@@ -49,6 +50,28 @@ def test_the_training_frame_holds_only_consented_contacts_with_both_labels(small
     # snapshots start after the first engagement event, not in the backfilled order history
     first_engagement = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert min(dates) >= first_engagement + dt.timedelta(days=28)
+
+
+def test_without_a_contacts_table_training_needs_consent_assumed(small: object) -> None:
+    """Nobody's consent is known without contacts: training (whose test weeks are scored and
+    kept) stops before any work, naming the fix; assumed, every contact is a row."""
+    common = {"spec": load_feature_spec(), "rules": load_rules_settings()}
+    settings = load_training_settings()
+    with pytest.raises(ConsentUnknownError, match="--assume-consent"):
+        build_labelled_frame(small.events, None, settings=settings, **common)  # type: ignore[attr-defined]
+    with pytest.raises(ConsentUnknownError, match="no marketing consent is known"):
+        train_models(small.events, None, settings=settings, **common)  # type: ignore[attr-defined]
+    frame, _, _ = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        None,
+        settings=settings,
+        assume_consent=True,
+        **common,
+    )
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
+    assert isinstance(contacts, pl.DataFrame)
+    opted_out = set(contacts.filter(~pl.col("marketing_consent"))["contact_id"])
+    assert opted_out & set(frame["contact_id"])  # assumed: the table's opt-outs are unknown
 
 
 def test_too_few_buyers_stop_training_with_a_report_per_split(small: object) -> None:
