@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -703,6 +703,32 @@ def test_a_contacts_features_depend_on_its_own_events_only(
     for contact in together["contact_id"].to_list():
         alone = _features([r for r in generated if r[0] == contact])
         _assert_same(alone, together.filter(pl.col("contact_id") == contact))
+
+
+@quick
+@given(generated=rows)
+@example(generated=[("a", -3_600, "email", "email_click", 1), ("a", 0, "web", "purchase", 4_000)])
+def test_the_online_path_never_sees_events_at_or_after_as_of_and_equals_the_batch_engine(
+    generated: list[tuple[str, int, str, str, int]],
+) -> None:
+    """The service's path, handed a contact's events before, at and after as_of: the features
+    of its past events alone, and the batch engine's, events at as_of exactly included."""
+    eligible = _eligible(generated)
+    assume(eligible)
+    frame = _frame(generated)
+    batch = build_contact_features(frame, as_of=AS_OF, spec=SPEC)
+    for contact in sorted(eligible):
+        own = frame.filter(pl.col("contact_id") == contact).to_dicts()
+        past = [event for event in own if event["timestamp"] < AS_OF]
+        online = build_online_features(own, as_of=AS_OF, spec=SPEC)
+        assert online == build_online_features(past, as_of=AS_OF, spec=SPEC)
+        expected = _row(batch, contact)
+        assert set(online) == set(expected) - {"contact_id", "as_of"}
+        for name, value in online.items():
+            if isinstance(value, float) and expected[name] is not None:
+                assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
+            else:
+                assert value == expected[name], (contact, name)
 
 
 # --- the online path equals the batch engine ------------------------------------------------------
