@@ -237,6 +237,55 @@ def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
     assert MlflowClient().get_model_version(name, plain).tags["forced"] == "true"
 
 
+def test_with_no_champion_the_gate_compares_with_the_rules_and_the_rfm_baseline(
+    trained: dict,
+) -> None:
+    """The first promotion: the challenger against the rules' macro-F1 and the RFM baseline's
+    AUC-PR on its own test window, as its training run logged them."""
+    from training.registry import RegistryError
+
+    client = MlflowClient()
+
+    def logged(version: str) -> dict[str, float]:
+        return dict(client.get_run(resolve(NAME, version=version).run_id).data.metrics)
+
+    _, weak = trained["weak"]
+    decision = promote(NAME, alias="first", version=weak)
+    metrics = logged(weak)
+    assert decision.champion is None
+    assert decision.champion_scores["macro_f1"] == pytest.approx(
+        metrics["test.stage.rules.macro_f1"], abs=1e-9
+    )
+    assert decision.champion_scores["auc_pr"] == metrics["test.propensity.rfm_logistic.auc_pr"]
+    assert not decision.promoted  # one leaf per tree: worse than the rules on the stage
+    assert any(r.startswith("stage macro-F1") and "below" in r for r in decision.reasons)
+    with pytest.raises(RegistryError, match="no alias 'first'"):
+        resolve(NAME, alias="first")
+    # a real model: promoted exactly when its logged test metrics beat the logged baselines
+    _, normal = trained["normal"]
+    metrics = logged(normal)
+    wins, _ = beats(
+        {
+            "macro_f1": metrics["test.stage.lightgbm.macro_f1"],
+            "auc_pr": metrics["test.propensity.lightgbm.auc_pr"],
+        },
+        {
+            "macro_f1": metrics["test.stage.rules.macro_f1"],
+            "auc_pr": metrics["test.propensity.rfm_logistic.auc_pr"],
+        },
+    )
+    decision = promote(NAME, alias="first", version=normal)
+    assert decision.champion is None
+    assert decision.promoted is wins
+    assert not decision.forced
+    if wins:
+        assert resolve(NAME, alias="first").version == normal
+        assert client.get_model_version(NAME, normal).tags["promoted_over"] == "rules"
+    else:
+        with pytest.raises(RegistryError, match="no alias 'first'"):
+            resolve(NAME, alias="first")
+
+
 def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
     assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
     assert not beats({"macro_f1": 0.5, "auc_pr": 0.2}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
