@@ -400,12 +400,20 @@ def _names(names: Sequence[str]) -> str:
 
 def _event_rows(request: ContactRequest, as_of: dt.datetime) -> tuple[list[dict[str, Any]], int]:
     """The request's events as the online path reads them, exact repeats dropped (a CRM's
-    retry sends an event twice; validation drops such rows from batch data too), and how many
-    of them lie before as_of."""
+    retry sends an event twice; validation drops such rows from batch data too: equal in
+    every column, properties included), and how many of them lie before as_of."""
     seen: set[tuple[Any, ...]] = set()
     rows = []
     for e in request.events or []:
-        key = (e.timestamp, e.event_type, e.channel, e.value, e.campaign_id)
+        properties = e.properties
+        key = (
+            e.timestamp,
+            e.event_type,
+            e.channel,
+            e.value,
+            e.campaign_id,
+            None if properties is None else json.dumps(properties, sort_keys=True),
+        )
         if key in seen:
             continue
         seen.add(key)

@@ -124,6 +124,14 @@ class Event(BaseModel):
     campaign_id: str | None = Field(
         default=None, max_length=MAX_TEXT, description="The campaign it belongs to, if any."
     )
+    properties: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The event's properties as in the events table (a JSON object), if any. No feature "
+            "reads them; they tell two events at the same moment apart (two coupons redeemed "
+            "at once count twice, as in training), while an exact repeat counts once."
+        ),
+    )
 
 
 # int first: a JSON integer stays one (an error quotes it as sent, 20250101, not 20250101.0)

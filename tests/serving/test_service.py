@@ -1132,3 +1132,59 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
     old = copy.copy(model)
     del old.date_attributes
     assert sorted(old.attribute_dates) == ["last_login", "signup_date"]
+
+
+def test_events_are_told_apart_by_their_properties_as_validation_does() -> None:
+    """Two coupons of one campaign redeemed at one moment are two events in training (their
+    properties differ, so validation keeps both), and so in a request; an exact repeat (a
+    retry) counts once in both."""
+    import pandas as pd
+
+    from features.online import build_online_features
+    from features.schema import validate
+    from features.spec import load_feature_spec
+    from serving.runtime import _event_rows
+
+    spec = load_feature_spec()
+    as_of = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    events = [
+        ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "111"}),
+        ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "222"}),
+        ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "222"}),  # retry
+        ("2024-02-28T10:00:00Z", "page_view", "web", None, None),
+        ("2024-02-28T10:00:00Z", "page_view", "web", None, None),  # retry
+    ]
+    raw = pd.DataFrame(
+        {
+            "contact_id": ["h1"] * len(events),
+            "timestamp": [e[0] for e in events],
+            "event_type": [e[1] for e in events],
+            "channel": [e[2] for e in events],
+            "campaign_id": [e[3] for e in events],
+            "properties": [None if e[4] is None else json.dumps(e[4]) for e in events],
+        }
+    )
+    checked = validate(raw, now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    assert checked.rejects.num_rows == 2  # the two retries
+    batch = build_contact_features(pl.from_arrow(checked.events), as_of=as_of, spec=spec)
+    request = _request(
+        {
+            "marketing_consent": True,
+            "as_of": as_of.isoformat(),
+            "events": [
+                {"timestamp": t, "event_type": k, "channel": c, "campaign_id": campaign}
+                | ({} if properties is None else {"properties": properties})
+                for t, k, c, campaign, properties in events
+            ],
+        }
+    )
+    rows, used = _event_rows(request, as_of)
+    assert used == 3
+    served = build_online_features(rows, as_of=as_of, spec=spec)
+    assert served["coupon_redeem_count_7d"] == 2
+    for name in served:
+        assert served[name] == _row_of(batch, "h1")[name], name
+
+
+def _row_of(frame: pl.DataFrame, contact: str) -> dict[str, Any]:
+    return frame.filter(pl.col("contact_id") == contact).to_dicts()[0]
