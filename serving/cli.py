@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import pydantic
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -142,7 +143,7 @@ def main() -> None:
         if _VERBOSE:
             err_console.print_exception()
         err_console.print(
-            f"[bold red]error:[/] {_one_line(error)}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(_one_line(error))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
 
@@ -180,7 +181,7 @@ def run(
             out / "data", contacts, days, seed, _start_date(start), config
         )
     else:
-        console.rule(f"[bold]1. Ingest {source}")
+        console.rule(f"[bold]1. Ingest {escape(source)}")
         validated = _ingest_into(source, out / "data", data_dir)
         true_history = None
     console.rule("[bold]2. Validate")
@@ -203,7 +204,7 @@ def run(
             config=config,
         )
     except InsufficientDataError as error:
-        console.print(f"[bold]No model trained:[/] {error}")
+        console.print(f"[bold]No model trained:[/] {escape(str(error))}")
         _print_minimum_data(error.report)
         version = None
     if version is not None:
@@ -219,7 +220,9 @@ def run(
             "Serve it: export FUNNELCAST_API_KEY=<a long random key>; "
             f"{shell_command('funnelcast')} serve{which}"
         )
-    console.print(f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{out}[/].")
+    console.print(
+        f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{escape(str(out))}[/]."
+    )
 
 
 @app.command()
@@ -268,7 +271,9 @@ def validate(
     """
     from features.sources import EXCLUDED_REASON
 
-    ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
+    ingested = _with_spinner(
+        f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
+    )
     _print_validation(ingested.validated)
     unexpected = sum(
         count
@@ -412,7 +417,7 @@ def features(
     table = consented.kept
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
-        f"Wrote {table.height:,} contacts x {table.width - 2} features to {out} "
+        f"Wrote {table.height:,} contacts x {table.width - 2} features to {escape(str(out))} "
         f"(spec {feature_spec.fingerprint[:12]}); "
         f"{consented.contacts_without_consent:,} without marketing consent left out."
     )
@@ -484,7 +489,9 @@ def train(
             assume_consent=assume_consent,
         )
     except InsufficientDataError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
+        )
         _print_minimum_data(error.report)
         raise typer.Exit(code=1) from error
 
@@ -733,7 +740,8 @@ def _simulate_into(
     if validated.rejects.num_rows:  # a simulator bug: nothing is written
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
     _with_spinner(
-        f"Writing Parquet to {out}", lambda: write_simulation(sim, out, removed=_say_removed)
+        f"Writing Parquet to {escape(str(out))}",
+        lambda: write_simulation(sim, out, removed=_say_removed),
     )
     return validated, sim.stage_history
 
@@ -882,13 +890,17 @@ def _ingest(source: str, data_dir: Path | None) -> Any:
 
 
 def _say_removed(path: Path) -> None:
-    console.print(f"Removed {path}: an earlier run's table, which these events do not go with")
+    console.print(
+        f"Removed {escape(str(path))}: an earlier run's table, which these events do not go with"
+    )
 
 
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     from features.io import DATA_TABLES, write_tables_atomic
 
-    ingested = _with_spinner(f"Reading and validating {source}", lambda: _ingest(source, data_dir))
+    ingested = _with_spinner(
+        f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
+    )
     validated: Validated = ingested.validated
     tables = {
         "events": validated.events,
@@ -897,10 +909,10 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
         "labels": ingested.labels,
     }
     written = _with_spinner(
-        f"Writing Parquet to {out}",
+        f"Writing Parquet to {escape(str(out))}",
         lambda: write_tables_atomic(tables, out, replaces=DATA_TABLES, removed=_say_removed),
     )
-    console.print("Wrote " + ", ".join(str(path) for path in written.values()))
+    console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
     return validated
 
 

@@ -409,6 +409,9 @@ def test_features_refuses_unusable_contacts_outputs_and_dates_in_one_line(
         (["--as-of", "0001-01-01"], "before 1970"),
         # the events path first: no word of the contacts table that would sit beside it
         (["--events", str(tmp_path / "nowhere")], "nowhere does not exist; give the events"),
+        # a message is shown as it is, brackets and all (not read as Rich's markup)
+        (["--events", str(tmp_path / "[bold]no")], f"{tmp_path}/[bold]no does not exist"),
+        (["--events", str(tmp_path / "[/x]")], "[/x] does not exist"),
     ]
     for args, says in cases:
         given = {"--events": str(data), "--as-of": "2024-01-20", "--out": out}
