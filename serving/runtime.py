@@ -465,7 +465,9 @@ def _attributes(
                     _where(index, f"attributes.{name}"),
                     f"{_as_sent(value)} is not text; '{name}' is a category, e.g. one of {shown}",
                 )
-        elif isinstance(value, bool) or not isinstance(value, int | float):
+        elif isinstance(value, bool):
+            value = float(value)  # as the batch engines read a true/false column: 1.0 or 0.0
+        elif not isinstance(value, int | float):
             raise RequestError(
                 _where(index, f"attributes.{name}"), f"{_as_sent(value)} is not a number"
             )

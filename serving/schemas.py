@@ -180,7 +180,8 @@ class ContactRequest(BaseModel):
         max_length=100,
         description=(
             "The contact's attributes as in the contacts table (signup date, segment, ...), "
-            "used with events: dates as ISO text, categories as text, numbers as numbers. A "
+            "used with events: dates as ISO text, categories as text, numbers as numbers (true "
+            "and false as 1 and 0, as training reads them). A "
             "category value the model did not see in training (a new segment) is scored as "
             "missing, as LightGBM scores unseen categories."
         ),

@@ -1077,7 +1077,8 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
     """A CRM export's own `days_since_last_login` (a number) is a feature of that name, as the
     batch engine makes it, not the days since a date attribute `last_login`: a request's
     attributes name it as the contacts table does, and its features equal the batch
-    engine's. The date column `signup_date` still reads as days since it."""
+    engine's. The date column `signup_date` still reads as days since it, and a true/false
+    column's JSON true and false are 1 and 0, as training reads them."""
     from features.settings import load_rules_settings
     from features.spec import load_feature_spec, shipped_spec_text
     from serving.runtime import ModelInfo
@@ -1089,8 +1090,11 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
     # a third of the contacts (the checked ones among them) is enough to train on, and quicker
     kept = set(contacts["contact_id"].to_list()[::3]) | set(active_contacts[:20])
     contacts = contacts.filter(pl.col("contact_id").is_in(kept)).with_columns(
-        (pl.col("contact_id").str.len_chars() * 3.5 % 17).alias("days_since_last_login")
+        (pl.col("contact_id").str.len_chars() * 3.5 % 17).alias("days_since_last_login"),
+        (pl.col("contact_id").str.slice(-1) < "5").alias("is_vip"),  # true/false: 1.0/0.0
     )
+    vip = dict(contacts.select("contact_id", "is_vip").iter_rows())
+    assert set(vip.values()) == {True, False}
     events = pl.from_arrow(served.events)
     assert isinstance(events, pl.DataFrame)
     events = events.filter(pl.col("contact_id").is_in(kept))
@@ -1119,9 +1123,14 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
     for contact_id in active_contacts[:20]:
         body = contact_body(served, contact_id)
         login = by_id[contact_id]["days_since_last_login"]
-        body["attributes"] = {**body["attributes"], "days_since_last_login": login}  # type: ignore[dict-item]
+        body["attributes"] = {  # type: ignore[assignment]
+            **body["attributes"],  # type: ignore[dict-item]
+            "days_since_last_login": login,
+            "is_vip": vip[contact_id],  # JSON true or false
+        }
         features, _ = scorer.features_of(_request(body), served.as_of)
         assert features["days_since_last_login"] == login
+        assert features["is_vip"] == float(vip[contact_id])
         for name in model.feature_names:
             expected = by_id[contact_id][name]
             if isinstance(expected, float):
