@@ -599,13 +599,29 @@ def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Colu
     if isinstance(kind, T.DateType | T.TimestampType | T.TimestampNTZType):
         if isinstance(kind, T.DateType):
             micros = F.unix_date(column).cast("long") * MICROS_PER_DAY
-        else:  # naive times are read in the session time zone, UTC in spark_session
-            micros = F.unix_micros(column.cast(T.TimestampType()))
+        elif isinstance(kind, T.TimestampNTZType):
+            micros = _naive_as_utc_micros(column)
+        else:
+            micros = F.unix_micros(column)
         days = _days_before(as_of, micros)
         return f"days_since_{name}", name, F.when(days >= 0, days).alias(f"days_since_{name}")
     if isinstance(kind, T.BooleanType | T.NumericType):
         return name, name, column.cast("double").alias(name)
     return None
+
+
+def _naive_as_utc_micros(column: Column) -> Column:
+    """A naive time read as UTC, as the Polars engine and the online path read it, whatever
+    the session's time zone (a caller's session on a cluster need not be in UTC): its day and
+    time of day, none of which a time zone touches. Casting it to an instant would read it in
+    the session's zone, and so would Spark's timestampdiff across a DST gap."""
+    return (
+        F.unix_date(F.to_date(column)).cast("long") * MICROS_PER_DAY
+        + F.hour(column).cast("long") * 3_600_000_000
+        + F.minute(column).cast("long") * 60_000_000
+        + F.second(column).cast("long") * 1_000_000
+        + F.date_format(column, "SSSSSS").cast("long")
+    )
 
 
 def _check_spark_contacts(contacts: DataFrame) -> None:
@@ -645,7 +661,13 @@ def _contacts_frame(
     # Spark reads plain Arrow strings only: large, view and dictionary (categorical) text is cast
     text = (pa.types.is_large_string, pa.types.is_string_view, pa.types.is_dictionary)
     fields = [
-        pa.field(f.name, pa.string()) if any(is_text(f.type) for is_text in text) else f
+        pa.field(f.name, pa.string())
+        if any(is_text(f.type) for is_text in text)
+        # a naive time is UTC in every builder; Spark would read its wall time in the
+        # session's time zone, which a caller's session need not have in UTC
+        else pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC"))
+        if pa.types.is_timestamp(f.type) and f.type.tz is None
+        else f
         for f in table.schema
     ]
     table = table.cast(pa.schema(fields))
