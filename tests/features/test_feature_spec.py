@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,22 @@ def test_a_constant_beyond_any_number_is_an_error_not_a_column_of_nan(constant: 
         parse_feature_spec(text)
 
 
-@pytest.mark.parametrize("expr", ["__import__('os')", "email_open_count_7d ** 2", "abs(1, 2)"])
-def test_derived_expressions_allow_only_arithmetic(expr: str) -> None:
+@pytest.mark.parametrize(
+    ("expr", "says"),
+    [
+        ("__import__('os')", "only min() and max() may be called"),
+        ("email_open_count_7d ** 2", "only + - * / are allowed"),
+        ("abs(1, 2)", "only min() and max() may be called"),
+        ("email_open_count_7d(1, 2)", "only min() and max() may be called"),
+        ("min(email_open_count_7d, 1, key=email_open_count_7d)", "only min() and max()"),
+        ("max(email_open_count_7d)", "take two or more arguments"),
+        ("-email_open_count_7d + +email_open_count_7d", "only unary minus"),
+        ("email_open_count_7d * 'a'", "only numbers may appear as constants"),
+    ],
+)
+def test_derived_expressions_allow_only_arithmetic(expr: str, says: str) -> None:
     text = BASE + f'derived:\n  - name: x\n    expr: "{expr}"\n'
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecError, match=re.escape(says)):
         parse_feature_spec(text)
 
 

@@ -277,8 +277,14 @@ def test_a_contacts_column_named_like_a_feature_is_refused_by_every_builder(
     contacts = pl.DataFrame({"contact_id": ["a"], "marketing_consent": [True], column: [value]})
     _attributes_refused_by_every_builder(events, contacts, named)
     fine = contacts.rename({column: "loyalty_tier"})
-    built = build_contact_features(events, fine, as_of=AS_OF, spec=SPEC)
-    assert "loyalty_tier" in built.columns or "days_since_loyalty_tier" in built.columns
+    row = build_contact_features(events, fine, as_of=AS_OF, spec=SPEC).row(0, named=True)
+    if isinstance(value, dt.date):  # renamed, the date is days before as_of
+        signed_up = dt.datetime.combine(value, dt.time(), tzinfo=dt.UTC)
+        assert row["days_since_loyalty_tier"] == (AS_OF - signed_up) / dt.timedelta(days=1)
+    elif isinstance(value, str):
+        assert row["loyalty_tier"] == value
+    else:
+        assert row["loyalty_tier"] == float(value)  # type: ignore[arg-type]
 
 
 def _attributes_refused_by_every_builder(

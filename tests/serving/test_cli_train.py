@@ -54,23 +54,34 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-def test_train_without_contacts_needs_consent_assumed_before_any_run(workspace: Path) -> None:
-    alone = workspace / "events-only"
+def test_train_without_contacts_needs_consent_assumed_before_any_run(
+    workspace: Path, tmp_path: Path
+) -> None:
+    alone = tmp_path / "events-only"
     alone.mkdir()
     (alone / "events.parquet").symlink_to(workspace / "data" / "events.parquet")
-    result = _run(workspace, "train", "--events", str(alone))
+    result = _run(tmp_path, "train", "--events", str(alone))
     assert result.returncode == 2
     assert "no marketing consent is known" in result.stderr
     assert "--assume-consent" in result.stderr
-    assert not (workspace / "mlruns").exists()  # refused before a run was started
-    missing = workspace / "nowhere.parquet"
-    result = _run(workspace, "train", "--events", str(alone), "--contacts", str(missing))
+    assert not (tmp_path / "mlruns").exists()  # refused before a run was started
+    missing = tmp_path / "nowhere.parquet"
+    result = _run(tmp_path, "train", "--events", str(alone), "--contacts", str(missing))
     assert result.returncode == 2
     assert f"--contacts {missing} does not exist" in " ".join(result.stderr.split())
 
 
-def test_train_with_tuning_logs_each_trial_as_a_nested_run(workspace: Path) -> None:
-    result = _run(workspace, "train", "--events", str(workspace / "data"), "--tune", "2")
+@pytest.fixture(scope="module")
+def trained(workspace: Path) -> subprocess.CompletedProcess[str]:
+    """Version 1, trained with two tuning trials per model: what evaluate and promote read,
+    whichever test runs first."""
+    return _run(workspace, "train", "--events", str(workspace / "data"), "--tune", "2")
+
+
+def test_train_with_tuning_logs_each_trial_as_a_nested_run(
+    workspace: Path, trained: subprocess.CompletedProcess[str]
+) -> None:
+    result = trained
     assert result.returncode == 0, result.stderr
     assert "version 1 of 'funnelcast'" in result.stdout
     assert re.search(r"stage macro-F1\s.*\d\.\d{3}", result.stdout)
@@ -89,8 +100,9 @@ def test_train_with_tuning_logs_each_trial_as_a_nested_run(workspace: Path) -> N
 
 
 def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
-    workspace: Path,
+    workspace: Path, trained: subprocess.CompletedProcess[str]
 ) -> None:
+    assert trained.returncode == 0, trained.stderr
     missing = _run(workspace, "evaluate")
     assert missing.returncode == 2
     assert "no alias 'champion'" in missing.stderr

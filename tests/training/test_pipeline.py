@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import polars as pl
 import pytest
@@ -102,7 +103,21 @@ def test_the_minimum_data_check_passes_when_every_split_has_enough(small: object
     split = split_by_time(dates, horizon_days=14, validation=2, test=2)
     settings = load_training_settings(min_train_positives=1, min_eval_positives=1)
     report = check_enough_data(frame, split, settings)
-    assert report["train"]["positives"] >= 1
+    for name in ("train", "validation", "test"):
+        rows = frame.filter(pl.col("as_of").is_in(list(getattr(split, name))))
+        assert report[name]["rows"] == rows.height > 0
+        assert report[name]["positives"] == int(rows[PURCHASE_LABEL].sum()) >= 1
+    # each minimum is a rule of its own, named when it is not met
+    for overrides, says in (
+        ({"min_eval_positives": 10**6}, "buyers in the validation snapshots"),
+        ({"min_eval_positives": 10**6}, "buyers in the test snapshots"),
+        ({"min_stage_rows": 10**9}, "fewer than two stages with 1000000000+ rows"),
+    ):
+        strict = load_training_settings(
+            **{"min_train_positives": 1, "min_eval_positives": 1, **overrides}
+        )
+        with pytest.raises(InsufficientDataError, match=re.escape(says)):
+            check_enough_data(frame, split, strict)
 
 
 def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
