@@ -98,3 +98,38 @@ def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
     assert not out.exists()
     _, alive = psutil.wait_procs(jvm, timeout=60)
     assert not alive, f"Spark's JVM outlived the command: {alive}"
+
+
+def test_a_refused_row_on_spark_is_one_error_line_not_the_executors_report(
+    spark_installed: None, tmp_path: Path
+) -> None:
+    """A row the Spark engine refuses fails a task; the query's error reaches the command
+    line, which says it in one line. The executor's own report of the failed task (30-odd
+    lines with the JVM's stack trace) used to come first."""
+    data = tmp_path / "data"
+    data.mkdir()
+    as_of = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    pl.DataFrame(
+        {
+            "contact_id": ["c1", "c2"],
+            "timestamp": [as_of - dt.timedelta(days=1), as_of - dt.timedelta(days=2)],
+            "channel": ["web", "web"],
+            "event_type": ["page_view", "teleport"],
+            "value": [None, None],
+        },
+        schema_overrides={"timestamp": pl.Datetime("us", "UTC"), "value": pl.Float64},
+    ).write_parquet(data / "events.parquet")
+    out = tmp_path / "features.parquet"
+    command = [str(Path(sys.executable).parent / "funnelcast"), "features", "--events", str(data)]
+    command += ["--as-of", "2024-03-01", "--out", str(out), "--engine", "spark"]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    result = subprocess.run(
+        [*command, "--assume-consent"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "'teleport', not among the contract's event types" in errors[0]
+    assert "Exception" not in result.stderr
+    assert not re.search(r"^\s+at [\w.$]+\(", result.stderr, re.MULTILINE)  # no JVM stack
+    assert not out.exists()
