@@ -525,7 +525,7 @@ def check_event_kinds(kinds: Mapping[str, str], types: Mapping[str, str]) -> Non
 def _polars_kind(dtype: pl.DataType) -> str:
     if isinstance(dtype, TEXT_TYPES):
         return "text"
-    if dtype.is_float() or dtype.is_integer() or dtype == pl.Null:
+    if dtype.is_float() or dtype.is_integer() or dtype.is_decimal() or dtype == pl.Null:
         return "a number"
     return "other"
 

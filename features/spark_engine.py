@@ -272,6 +272,8 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
         raise InputError(not_a_datetime(fields["timestamp"].simpleString()))
     if "value" not in fields:  # events without money values: every value missing
         frame = frame.withColumn("value", F.lit(None).cast("double"))
+    elif not isinstance(fields["value"], T.DoubleType):  # as the Polars engine reads it
+        frame = frame.withColumn("value", F.col("value").cast("double"))
     return frame
 
 
@@ -295,7 +297,7 @@ def _read_parquet(events: Path | str, spark: SparkSession) -> DataFrame:
 def _spark_kind(dtype: T.DataType) -> str:
     if isinstance(dtype, T.StringType):
         return "text"
-    if isinstance(dtype, T.NumericType | T.NullType) and not isinstance(dtype, T.DecimalType):
+    if isinstance(dtype, T.NumericType | T.NullType):  # decimals too: Parquet's unsigned 64-bit
         return "a number"
     return "other"
 
@@ -667,6 +669,9 @@ def _contacts_frame(
         # session's time zone, which a caller's session need not have in UTC
         else pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC"))
         if pa.types.is_timestamp(f.type) and f.type.tz is None
+        # Spark reads no unsigned integers from Arrow; every builder makes numbers floats
+        else pa.field(f.name, pa.float64())
+        if pa.types.is_unsigned_integer(f.type)
         else f
         for f in table.schema
     ]

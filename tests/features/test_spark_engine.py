@@ -523,3 +523,34 @@ def test_a_naive_time_attribute_is_read_as_utc_whatever_the_sessions_time_zone(
                 _assert_identical(spark_features_to_polars(frame), expected)
     finally:
         spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+def test_unsigned_and_decimal_numbers_read_alike_in_both_engines(
+    spark_features: SparkFeatures, tmp_path: Path
+) -> None:
+    """Money values as unsigned integers (which Spark reads from Parquet as decimal(20,0)) or
+    as decimals, and an unsigned contacts column (which Spark cannot take from Arrow), give
+    the same features in both engines as plain floats do. Spark refused the first and
+    crashed on the last, found in a parity review."""
+    events = pl.from_arrow(_first_edge_events())
+    assert isinstance(events, pl.DataFrame)
+    # every event a purchase worth 12
+    events = events.with_columns(event_type=pl.lit("purchase"), value=pl.lit(12.0))
+    ids = sorted(set(events["contact_id"].to_list()))
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ids,
+            "marketing_consent": [True] * len(ids),
+            "visits": pl.Series(range(len(ids)), dtype=pl.UInt64),
+        }
+    )
+    plain = contacts.with_columns(pl.col("visits").cast(pl.Float64))
+    expected = build_contact_features(events, plain, as_of=AS_OF, spec=SPEC)
+    assert expected["purchase_value_sum_all"].max() == 12.0
+    for name, kind in (("unsigned", pl.UInt64), ("decimal", pl.Decimal(20, 2))):
+        path = tmp_path / f"events-{name}.parquet"
+        typed = events.with_columns(pl.col("value").cast(kind))
+        assert typed.schema["value"] == kind
+        typed.write_parquet(path)
+        _assert_identical(build_contact_features(path, contacts, as_of=AS_OF, spec=SPEC), expected)
+        _assert_identical(spark_features(path, contacts, as_of=AS_OF), expected)
