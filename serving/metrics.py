@@ -5,7 +5,8 @@ before funnelcast's key check runs: each new path anyone sends, with or without 
 new time series in every worker and in the metrics files, so that 7,000 made-up paths took a
 worker from 400 to 960 MB and ``/metrics`` past the request timeout. Here a path the service
 does not serve is counted as ``other`` (the API docs' assets as ``/static_content/``), so the
-labels are a fixed set; the app below still sees the real path.
+labels are a fixed set; the app below still sees the real path. Websocket connections (none
+is served: the key guard refuses them) are not counted.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ def bound_metrics_labels() -> None:
             super().__init__(_RealPath(app), **options)
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                path = scope["path"]
-                label = metrics_label(path)
-                if label != path:
-                    scope = {**scope, "path": label, _REAL_PATH: path}
+            if scope["type"] != "http":  # no websocket is served (the guard refuses them)
+                await self.app(scope, receive, send)
+                return
+            path = scope["path"]
+            label = metrics_label(path)
+            if label != path:
+                scope = {**scope, "path": label, _REAL_PATH: path}
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = LabelledTrafficMetrics  # type: ignore[misc,assignment]

@@ -128,7 +128,11 @@ class GuardMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
-        if scope["type"] != "http":  # no websocket or other route is served: closed
+        if scope["type"] == "websocket":  # no websocket is served: refused, a 403 to the client
+            await receive()  # the connection's opening message
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
             return
         path = scope.get("path", "")
         if path.endswith("/") and path != "/" and not path.startswith(OPEN_PREFIXES):

@@ -176,10 +176,10 @@ def test_only_json_bodies_and_http_reach_the_service() -> None:
         assert sent[0]["status"] == 415
         assert not inner.reached
     inner = _App()
-    assert (
-        _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), _scope(kind="websocket"), [])
-        == []
-    )
+    # a websocket is refused before its handshake: the server answers the upgrade with a 403
+    assert _call(
+        GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), _scope(kind="websocket"), []
+    ) == [{"type": "websocket.close", "code": 1008}]
     assert not inner.reached
 
 

@@ -62,6 +62,19 @@ def _call(
         return error.code, json.loads(error.read() or b"null")
 
 
+def _websocket_status(port: int, path: str) -> int:
+    """The HTTP status a websocket upgrade request gets (101 if it were accepted)."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request.encode("ascii"))
+        status_line = connection.makefile("rb").readline().decode("latin-1")
+    return int(status_line.split()[1])
+
+
 def _text(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         return str(response.read().decode("utf-8"))
@@ -199,10 +212,12 @@ def test_bentoml_serve_answers_like_the_service_class(
         for path in made_up:
             assert _call(port, path)[0] == 401
         assert _call(port, "/predict/", key=served.api_key)[0] == 404
+        for n in range(3):  # websocket upgrades: none is served, refused, and not counted
+            assert _websocket_status(port, f"/ws-made-up-{n}") == 403
         metrics = _text(port, "/metrics")
         labels = set(re.findall(r'endpoint="([^"]*)"', metrics))
         assert {"/predict", "/predict_batch", "/metadata", "other"} <= labels
-        assert not any(label.startswith("/made-up") for label in labels)
+        assert not any(label.startswith(("/made-up", "/ws-made-up")) for label in labels)
         assert labels <= SERVED_PATHS | {"other", "/static_content/"}
         refused = re.findall(
             r'^\w*request_total\{[^}]*endpoint="other"[^}]*http_response_code="401"[^}]*\} '
