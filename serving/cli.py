@@ -146,6 +146,23 @@ def main() -> None:
             f"[bold red]error:[/] {escape(_one_line(error))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
+    except Exception as error:
+        if not type(error).__module__.startswith("mlflow."):
+            raise
+        # a tracking store or server that cannot be used (not running, refused, a bad URI):
+        # one line, and without the user and password the URI and MLflow's message may hold
+        from training.tracking import shown_uri
+
+        if _VERBOSE:
+            err_console.print_exception()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        err_console.print(
+            f"[bold red]error:[/] MLflow: {escape(shown_uri(first))}; check the tracking URI "
+            "(--tracking-uri or MLFLOW_TRACKING_URI) and that its store or server can be used",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -218,7 +235,7 @@ def run(
         which = "" if promoted else f" --version {version}"
         console.print(
             "Serve it: export FUNNELCAST_API_KEY=<a long random key>; "
-            f"{shell_command('funnelcast')} serve{which}"
+            f"{escape(shell_command('funnelcast'))} serve{which}"
         )
     console.print(
         f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{escape(str(out))}[/]."
@@ -519,7 +536,7 @@ def evaluate(
     alias = alias or settings.registry.champion_alias
     ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
     console.print(
-        f"[bold]{ref.name}[/] version {ref.version} (run {ref.run_id[:12]}), test window:"
+        f"[bold]{escape(ref.name)}[/] version {ref.version} (run {ref.run_id[:12]}), test window:"
     )
     _print_quality(run_metrics(ref))
 
@@ -618,9 +635,9 @@ def serve(
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     info = scorer.info
     served = (
-        f"[bold]{info.model}[/] version {info.model_version} from {info.source}"
+        f"[bold]{info.model}[/] version {info.model_version} from {escape(info.source)}"
         if info.model_version
-        else info.source  # the rules: "the hand-written rules (no model was available)"
+        else escape(info.source)  # the rules: "the hand-written rules (no model was available)"
     )
     console.print(
         f"Starting {served} on http://{host}:{port} ({workers} worker(s)); it answers "
@@ -696,9 +713,9 @@ def build(
         lambda: build_bento(settings.registry.model_name, alias=chosen, version=version),
     )
     console.print(
-        f"Built Bento [bold]{built.bento}[/] with model {built.model} (registry version "
-        f"{built.version}). Serve it with: FUNNELCAST_API_KEY=... "
-        f"{shell_command('bentoml')} serve {built.bento}"
+        f"Built Bento [bold]{escape(str(built.bento))}[/] with model {escape(str(built.model))} "
+        f"(registry version {built.version}). Serve it with: FUNNELCAST_API_KEY=... "
+        f"{escape(shell_command('bentoml'))} serve {escape(str(built.bento))}"
     )
 
 
@@ -1157,13 +1174,13 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
     if decision.promoted:
         how = " (forced: " + "; ".join(decision.reasons) + ")" if decision.forced else ""
         console.print(
-            f"Promoted version {decision.challenger.version} to '{alias}' over {against}"
-            f"{how}" + (f": {scores}." if scores else ".")
+            f"Promoted version {decision.challenger.version} to '{escape(alias)}' over {against}"
+            f"{escape(how)}" + (f": {scores}." if scores else ".")
         )
         return True
     console.print(
         f"[bold]Not promoted:[/] version {decision.challenger.version} does not beat {against} "
-        f"on the same test window: " + "; ".join(decision.reasons) + f". ({scores}; "
+        f"on the same test window: " + escape("; ".join(decision.reasons)) + f". ({scores}; "
         "--force promotes anyway and records it.)"
     )
     return False

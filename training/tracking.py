@@ -56,7 +56,7 @@ _REQUIREMENTS = (
 
 
 # the user (and password) of a URI: scheme://user:password@host
-_CREDENTIALS = re.compile(r"://[^/\s@]+@")
+_CREDENTIALS = re.compile(r"://[^/\s?#]*@")
 
 
 def tracking_uri(uri: str | None = None) -> str:

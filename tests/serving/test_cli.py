@@ -164,6 +164,29 @@ def test_evaluate_and_promote_without_a_store_say_so_and_make_none(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_tracking_server_that_cannot_be_reached_is_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """MLflow's own error (a traceback, the URI's password in it) became one line, the
+    password hidden."""
+    simulated = _run(
+        "simulate", "--out", str(tmp_path / "data"), "--contacts", "200", "--days", "30"
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # port 9 is closed
+    result = _run(
+        "train",
+        "--events",
+        str(tmp_path / "data"),
+        "--tracking-uri",
+        "http://alice:s3cret@127.0.0.1:9",
+        cwd=tmp_path,
+        env=env,
+    )
+    _assert_one_line_error(result, "MLflow: ", "http://***@127.0.0.1:9", "check the tracking URI")
+    assert "s3cret" not in result.stderr + result.stdout
+
+
 def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
     mapping = tmp_path / "typo.yaml"
     mapping.write_text(
