@@ -676,6 +676,11 @@ def _contacts_frame(
         for f in table.schema
     ]
     table = table.cast(pa.schema(fields))
-    # a time of day is no attribute in any builder, and Spark cannot read one from Arrow
-    times = [f.name for f in table.schema if pa.types.is_time(f.type)]
-    return spark.createDataFrame(table.drop_columns(times) if times else table)
+    # times of day, durations, lists, structs and maps are no attributes in any builder, and
+    # Spark cannot read some of them from Arrow (a time of day, a list of unsigned integers)
+    unused = [
+        f.name
+        for f in table.schema
+        if pa.types.is_time(f.type) or pa.types.is_duration(f.type) or pa.types.is_nested(f.type)
+    ]
+    return spark.createDataFrame(table.drop_columns(unused) if unused else table)

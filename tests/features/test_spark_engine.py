@@ -542,7 +542,15 @@ def test_unsigned_and_decimal_numbers_read_alike_in_both_engines(
             "contact_id": ids,
             "marketing_consent": [True] * len(ids),
             "visits": pl.Series(range(len(ids)), dtype=pl.UInt64),
-        }
+            # no attributes in any builder, and nothing Spark can take from Arrow
+            "scores": [[1, 2]] * len(ids),
+            "place": [{"floor": 3}] * len(ids),
+            "waited": [dt.timedelta(minutes=5)] * len(ids),
+        },
+        schema_overrides={
+            "scores": pl.List(pl.UInt8),
+            "place": pl.Struct({"floor": pl.UInt8}),
+        },
     )
     plain = contacts.with_columns(pl.col("visits").cast(pl.Float64))
     expected = build_contact_features(events, plain, as_of=AS_OF, spec=SPEC)
