@@ -185,6 +185,14 @@ def run(
     tune: Annotated[
         int, typer.Option(min=0, help="Optuna trials per model (0: the default parameters).")
     ] = 0,
+    assume_consent: Annotated[
+        bool,
+        typer.Option(
+            "--assume-consent",
+            help="A source whose mapping gives no contacts table: treat every contact as "
+            "consented.",
+        ),
+    ] = False,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -204,7 +212,7 @@ def run(
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
-    _print_funnel(validated, true_history, config=config, as_of=None)
+    _print_funnel(validated, true_history, config=config, as_of=None, assume_consent=assume_consent)
     console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
     from training.pipeline import InsufficientDataError
 
@@ -219,6 +227,7 @@ def run(
             register=True,
             tracking_uri=tracking_uri,
             config=config,
+            assume_consent=assume_consent,
         )
     except InsufficientDataError as error:
         console.print(f"[bold]No model trained:[/] {escape(str(error))}")

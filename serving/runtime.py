@@ -19,7 +19,7 @@ import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import pydantic_core
@@ -842,6 +842,14 @@ class ModelScorer:
             horizon=int(self.model.horizon_days),
             reasons_method=self.model.reasons_method,
             spec_hash=self.spec.fingerprint,
+            request_attributes={
+                name: "date"
+                if name in self._dates
+                else "category"
+                if name in self._categorical
+                else "number"
+                for name in sorted(self._attribute_columns)
+            },
         )
 
 
@@ -958,8 +966,10 @@ def _metadata(
     horizon: int | None,
     reasons_method: ReasonsMethod | None = None,
     spec_hash: str | None = None,
+    request_attributes: dict[str, Literal["date", "category", "number"]] | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
+        attributes=request_attributes or {},
         model=info.model,
         model_name=info.model_name,
         model_version=info.model_version,

@@ -407,6 +407,15 @@ class ModelMetadata(BaseModel):
     attribute_features: list[str] = Field(
         description="Of those, the ones that come from contact attributes."
     )
+    attributes: dict[str, Literal["date", "category", "number"]] = Field(
+        default_factory=dict,
+        description=(
+            "The contacts columns a raw-events request may give in 'attributes', each with "
+            "the kind to send it as: a date as ISO text (the model reads days since it, the "
+            "feature days_since_<name>), a category as text, a number as a JSON number (true "
+            "and false read as 1 and 0)."
+        ),
+    )
     stages: list[str] = Field(description="The funnel stages, in funnel order.")
     horizon_days: int | None = Field(description="The propensity horizon.")
     reasons_method: Literal["path", "treeshap"] | None = Field(

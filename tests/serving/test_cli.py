@@ -231,6 +231,30 @@ def test_a_mapping_that_writes_a_value_outside_the_contract_names_it(
     assert "No rows set aside" in result.stdout
 
 
+def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) -> None:
+    """A mapping with no contacts table: nobody's consent is known, so the main job stops at
+    the funnel, naming --assume-consent; with it, it goes on (here to too little data)."""
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: c\n    timestamp: {column: t, format: iso8601}\n"
+        "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n",
+        encoding="utf-8",
+    )
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=n) for n in range(70)]  # a span to train on
+    rows = [f"u{n % 2 + 1},{day.isoformat()}T09:00:00Z" for n, day in enumerate(days)]
+    (tmp_path / "e.csv").write_text("c,t\n" + "\n".join(rows) + "\n", "utf-8")
+    common = ("run", "--source", str(mapping), "--data-dir", str(tmp_path), "--out")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
+    refused = _run(*common, str(tmp_path / "out"), env=env)
+    assert refused.returncode == 2
+    assert "--assume-consent" in refused.stderr
+    assumed = _run(*common, str(tmp_path / "out"), "--assume-consent", env=env)
+    assert assumed.returncode == 0, assumed.stderr
+    assert "2 consented contacts shown" in " ".join(assumed.stdout.split())
+    assert "No model trained" in assumed.stdout
+
+
 def test_a_mapping_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "folder.yaml"
     folder.mkdir()

@@ -89,6 +89,13 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
     assert meta["limits"]["max_body_bytes"] == 2 * 1024 * 1024
     assert len(meta["features"]) > 100
     assert meta["reasons_method"] == "path"  # the training default, carried by the model
+    # the simulator's contacts columns, as a raw-events request gives them
+    assert meta["attributes"] == {
+        "acquisition_source": "category",
+        "segment": "category",
+        "signup_date": "date",
+    }
+    assert "days_since_signup_date" in meta["attribute_features"]
 
 
 @pytest.mark.parametrize(

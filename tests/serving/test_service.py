@@ -1137,6 +1137,13 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
                 assert features[name] == pytest.approx(expected, abs=1e-9), name
             else:
                 assert features[name] == expected, name
+    assert scorer.metadata({}).attributes == {
+        "acquisition_source": "category",
+        "days_since_last_login": "number",
+        "is_vip": "number",
+        "segment": "category",
+        "signup_date": "date",
+    }
     # a model logged before the kinds were recorded reads every days_since_ feature as a date
     old = copy.copy(model)
     del old.date_attributes
