@@ -144,6 +144,7 @@ def _train(contacts: int) -> tuple[Any, np.ndarray, list[dict[str, Any]]]:
         rules=rules,
         feature_names=trained.feature_names,
         horizon_days=settings.horizon_days,
+        date_attributes=trained.date_attributes,
     )
     as_of = dt.datetime.combine(start + dt.timedelta(days=days), dt.time(), dt.UTC)
     frame = build_contact_features(sim.events, sim.contacts, as_of=as_of, spec=spec)
