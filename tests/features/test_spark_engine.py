@@ -20,7 +20,7 @@ from features.schema import validate
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a JVM, started by the tests
 
 SPEC = load_feature_spec()
 AS_OF = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)

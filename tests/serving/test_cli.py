@@ -277,6 +277,7 @@ def test_a_file_missing_a_mapped_column_names_the_column(tmp_path: Path) -> None
     _assert_one_line_error(result, "'customer'")
 
 
+@pytest.mark.integration  # ../shared/data
 def test_validation_shows_a_row_for_the_sources_labels(shared_data_dir: Path) -> None:
     """Label rows set aside were listed by reason, but the table had no labels row."""
     result = _run("validate", "--source", "olist", "--data-dir", str(shared_data_dir))

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from features.simulator import load_simulator_settings, simulate, write_simulation
 from serving.cli import app
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a JVM, started by the tests
 
 
 def test_features_on_spark_equal_features_on_polars(spark_installed: None, tmp_path: Path) -> None:
