@@ -948,16 +948,22 @@ class _PolarsOps:
 
     @staticmethod
     def max(args: list[pl.Expr]) -> pl.Expr:
-        return _null_if_any_null(args, pl.max_horizontal(args))
+        return _null_if_any_null(args, _nan_if_any_nan(args, pl.max_horizontal(args)))
 
     @staticmethod
     def min(args: list[pl.Expr]) -> pl.Expr:
-        return _null_if_any_null(args, pl.min_horizontal(args))
+        return _null_if_any_null(args, _nan_if_any_nan(args, pl.min_horizontal(args)))
 
 
 def _null_if_any_null(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
     # Polars' max/min_horizontal skip nulls; the spec says a missing input gives a missing value
     return pl.when(pl.any_horizontal([a.is_null() for a in args])).then(None).otherwise(combined)
+
+
+def _nan_if_any_nan(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
+    # max/min_horizontal skip a NaN (an overflowing sum less itself) too; every engine gives NaN
+    nan = pl.any_horizontal([a.cast(pl.Float64).is_nan() for a in args])
+    return pl.when(nan).then(float("nan")).otherwise(combined)
 
 
 def _derived_batches(spec: FeatureSpec, columns: set[str]) -> list[list[pl.Expr]]:

@@ -463,11 +463,20 @@ class _SparkOps:
 
     @staticmethod
     def max(args: list[Column]) -> Column:
-        return _null_if_any_null(args, F.greatest(*args))
+        return _null_if_any_null(args, _nan_if_any_nan(args, F.greatest(*args)))
 
     @staticmethod
     def min(args: list[Column]) -> Column:
-        return _null_if_any_null(args, F.least(*args))
+        return _null_if_any_null(args, _nan_if_any_nan(args, F.least(*args)))
+
+
+def _nan_if_any_nan(args: list[Column], combined: Column) -> Column:
+    # Spark orders NaN above every number (greatest gives it, least skips it); every engine
+    # gives NaN for a NaN argument (an overflowing sum less itself)
+    any_nan = F.lit(False)
+    for arg in args:
+        any_nan |= F.isnan(arg)
+    return F.when(any_nan, F.lit(float("nan"))).otherwise(combined)
 
 
 def _null_if_any_null(args: list[Column], combined: Column) -> Column:

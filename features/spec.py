@@ -555,6 +555,8 @@ def evaluate(tree: ast.expr, value_of: Callable[[str], float | None]) -> float |
             return None
         numbers = [a for a in args if a is not None]
         assert isinstance(tree.func, ast.Name)
+        if any(math.isnan(a) for a in numbers):  # NaN in, NaN out, whatever the order
+            return math.nan
         return max(numbers) if tree.func.id == "max" else min(numbers)
     raise AssertionError(f"unchecked expression node {type(tree).__name__}")  # parse forbids it
 

@@ -4,6 +4,7 @@ path equal to the batch engine."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -1266,3 +1267,52 @@ def test_finite_money_values_whose_sum_is_beyond_any_double_are_not_refused_as_n
     )
     sums = [row["purchase_value_sum_all"] for row in _three_builders(events, None, SPEC)]
     assert sums == [float("inf")] * 3
+
+
+NAN_SPEC = """
+session_gap_minutes: 30
+rules_stage: false
+aggregates:
+  - name: "spend_{window}"
+    kind: sum
+    column: value
+    where: {event_type: [purchase]}
+    windows: [all]
+derived:
+  - {name: nan_first, expr: "max(spend_all - spend_all, 1)"}
+  - {name: nan_last, expr: "max(1, spend_all - spend_all)"}
+  - {name: nan_low, expr: "min(spend_all - spend_all, 1)"}
+"""
+
+
+def test_min_and_max_of_a_nan_are_nan_in_every_builder_whatever_the_order() -> None:
+    """An overflowing sum less itself is NaN. Polars' horizontal max skipped it (1.0), the
+    online path's Python max gave NaN or 1.0 by argument order, and Spark's greatest ranks
+    NaN above every number (found in a parity review); now every builder gives NaN."""
+    from features.snapshots import build_training_frame
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(NAN_SPEC)
+    events = _events(
+        [
+            ("huge", "2024-02-20T12:00:00Z", "web", "purchase", 1e308),
+            ("huge", "2024-02-21T12:00:00Z", "web", "purchase", 1e308),  # the sum overflows
+            ("fine", "2024-02-21T12:00:00Z", "web", "purchase", 25.0),
+        ]
+    )
+    batch = build_contact_features(events, as_of=AS_OF, spec=spec)
+    many = build_training_frame(events, as_of_dates=[AS_OF.date()], spec=spec)
+    for frame in (batch, many):
+        huge, fine = _row(frame, "huge"), _row(frame, "fine")
+        assert huge["spend_all"] == math.inf
+        for name in ("nan_first", "nan_last", "nan_low"):
+            assert math.isnan(huge[name]), name  # type: ignore[arg-type]
+        assert (fine["nan_first"], fine["nan_last"], fine["nan_low"]) == (1.0, 1.0, 0.0)
+    for contact in ("huge", "fine"):
+        own = events.filter(pl.col("contact_id") == contact).to_dicts()
+        online = build_online_features(own, as_of=AS_OF, spec=spec)
+        expected = _row(batch, contact)
+        for name in ("nan_first", "nan_last", "nan_low"):
+            assert online[name] == expected[name] or (
+                math.isnan(online[name]) and math.isnan(expected[name])  # type: ignore[arg-type]
+            ), (contact, name)

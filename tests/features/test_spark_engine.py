@@ -562,3 +562,43 @@ def test_unsigned_and_decimal_numbers_read_alike_in_both_engines(
         typed.write_parquet(path)
         _assert_identical(build_contact_features(path, contacts, as_of=AS_OF, spec=SPEC), expected)
         _assert_identical(spark_features(path, contacts, as_of=AS_OF), expected)
+
+
+def test_min_and_max_of_a_nan_are_nan_on_spark_as_in_polars(spark: Any) -> None:
+    """Spark's greatest ranks NaN above every number and least skips it; the engines agree
+    on NaN (tests/features/test_features.py holds the Polars builders and the online path)."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'spend_{window}', kind: sum, column: value, where: {event_type: [purchase]},"
+        " windows: [all]}\nderived:\n"
+        "  - {name: nan_first, expr: 'max(spend_all - spend_all, 1)'}\n"
+        "  - {name: nan_last, expr: 'max(1, spend_all - spend_all)'}\n"
+        "  - {name: nan_low, expr: 'min(spend_all - spend_all, 1)'}\n"
+    )
+    moment = dt.datetime(2024, 2, 20, 12, tzinfo=dt.UTC)
+    events = pl.DataFrame(
+        {
+            "contact_id": ["huge", "huge", "fine"],
+            "timestamp": [moment, moment + dt.timedelta(days=1), moment],
+            "channel": ["web"] * 3,
+            "event_type": ["purchase"] * 3,
+            "value": [1e308, 1e308, 25.0],  # the first contact's sum overflows
+        },
+        schema_overrides={"timestamp": pl.Datetime("us", "UTC")},
+    )
+    expected = build_contact_features(events, as_of=AS_OF, spec=spec)
+    actual = spark_features_to_polars(
+        build_contact_features_spark(
+            spark.createDataFrame(events.to_arrow()), None, as_of=AS_OF, spec=spec, spark=spark
+        )
+    )
+    assert_frame_equal(actual, expected)  # NaN equals NaN here
+    huge = actual.filter(pl.col("contact_id") == "huge")
+    assert huge.select(pl.col("nan_first", "nan_last", "nan_low").is_nan().all()).row(0) == (
+        True,
+        True,
+        True,
+    )
