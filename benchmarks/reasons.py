@@ -130,22 +130,14 @@ def _train(contacts: int) -> tuple[Any, np.ndarray, list[dict[str, Any]]]:
     from features.simulator import load_simulator_settings, simulate
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import train_models
-    from training.pyfunc import FunnelcastModel
     from training.settings import load_training_settings
+    from training.tracking import served_model
 
     start, days = dt.date(2026, 1, 1), 120
     sim = simulate(load_simulator_settings(), contacts=contacts, days=days, seed=11, start=start)
     spec, rules, settings = load_feature_spec(), load_rules_settings(), load_training_settings()
     trained = train_models(sim.events, sim.contacts, spec=spec, rules=rules, settings=settings)
-    model = FunnelcastModel(
-        stage_model=trained.stage_model,
-        propensity_model=trained.propensity_model,
-        spec_text=shipped_spec_text(),
-        rules=rules,
-        feature_names=trained.feature_names,
-        horizon_days=settings.horizon_days,
-        date_attributes=trained.date_attributes,
-    )
+    model = served_model(trained, spec_text=shipped_spec_text(), rules=rules, settings=settings)
     as_of = dt.datetime.combine(start + dt.timedelta(days=days), dt.time(), dt.UTC)
     frame = build_contact_features(sim.events, sim.contacts, as_of=as_of, spec=spec)
     values = frame.select(model.feature_names).to_dicts()

@@ -64,6 +64,23 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def served_model(
+    result: TrainingResult, *, spec_text: str, rules: RulesSettings, settings: TrainingSettings
+) -> FunnelcastModel:
+    """The model a training run logs: both LightGBM models with the feature spec, the rules,
+    the stage names and what the service needs to read a request's attributes."""
+    return FunnelcastModel(
+        stage_model=result.stage_model,
+        propensity_model=result.propensity_model,
+        spec_text=spec_text,
+        rules=rules,
+        feature_names=result.feature_names,
+        horizon_days=settings.horizon_days,
+        reasons_method=settings.reasons,
+        date_attributes=result.date_attributes,
+    )
+
+
 def shown_uri(text: str) -> str:
     """A tracking URI (or a message holding one, such as MLflow's) as it may be printed,
     logged or reported: without the user and password a server or database URI can carry
@@ -242,16 +259,7 @@ def log_training(
         result.test_set.write_parquet(out / "evaluation" / "test_set.parquet")
         (out / "evaluation" / "timings.json").write_text(json.dumps(result.timings, indent=2))
         mlflow.log_artifacts(str(out / "evaluation"), "evaluation")
-    model = FunnelcastModel(
-        stage_model=result.stage_model,
-        propensity_model=result.propensity_model,
-        spec_text=spec_text,
-        rules=rules,
-        feature_names=result.feature_names,
-        horizon_days=settings.horizon_days,
-        reasons_method=settings.reasons,
-        date_attributes=result.date_attributes,
-    )
+    model = served_model(result, spec_text=spec_text, rules=rules, settings=settings)
     package_root = Path(__file__).resolve().parent.parent
     with warnings.catch_warnings():
         # MLflow asks for type hints on predict to infer a schema; the input is a feature

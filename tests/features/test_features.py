@@ -729,13 +729,19 @@ def test_the_online_path_never_sees_events_at_or_after_as_of_and_equals_the_batc
         past = [event for event in own if event["timestamp"] < AS_OF]
         online = build_online_features(own, as_of=AS_OF, spec=SPEC)
         assert online == build_online_features(past, as_of=AS_OF, spec=SPEC)
-        expected = _row(batch, contact)
-        assert set(online) == set(expected) - {"contact_id", "as_of"}
-        for name, value in online.items():
-            if isinstance(value, float) and expected[name] is not None:
-                assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
-            else:
-                assert value == expected[name], (contact, name)
+        _assert_online_equals_batch(online, _row(batch, contact), contact)
+
+
+def _assert_online_equals_batch(
+    online: dict[str, object], expected: dict[str, object], contact: str
+) -> None:
+    """The same features, floats to 1e-9 (a division may differ in its last bit)."""
+    assert set(online) == set(expected) - {"contact_id", "as_of"}
+    for name, value in online.items():
+        if isinstance(value, float) and expected[name] is not None:
+            assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
+        else:
+            assert value == expected[name], (contact, name)
 
 
 # --- the online path equals the batch engine ------------------------------------------------------
@@ -802,13 +808,8 @@ def test_the_online_path_equals_the_batch_engine_for_random_contacts(
         given = [] if own is None else own.to_dicts()
         with_later_events += any(e["timestamp"] >= as_of for e in given)
         online = build_online_features(given, as_of=as_of, spec=SPEC, contact=attributes[contact])
-        expected = _row(batch, contact)
-        assert set(online) == set(expected) - {"contact_id", "as_of"}
+        _assert_online_equals_batch(online, _row(batch, contact), contact)
         for name, value in online.items():
-            if isinstance(value, float) and expected[name] is not None:
-                assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
-            else:
-                assert value == expected[name], (contact, name)
             if value not in (0, None):
                 informative.add(name)
             compared += 1

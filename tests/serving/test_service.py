@@ -40,7 +40,7 @@ from serving.schemas import (
 from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
 from training.reasons import top_reasons
 from training.registry import load_model, resolve
-from training.tracking import _requirements, training_run
+from training.tracking import _requirements, served_model, training_run
 
 pytestmark = pytest.mark.slow
 
@@ -1102,15 +1102,7 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
     settings = load_training_settings(min_train_positives=50, min_eval_positives=10)
     result = train_models(events, contacts, spec=spec, rules=rules, settings=settings)
     assert result.date_attributes == ["signup_date"]
-    model = FunnelcastModel(
-        stage_model=result.stage_model,
-        propensity_model=result.propensity_model,
-        spec_text=shipped_spec_text(),
-        rules=rules,
-        feature_names=result.feature_names,
-        horizon_days=settings.horizon_days,
-        date_attributes=result.date_attributes,
-    )
+    model = served_model(result, spec_text=shipped_spec_text(), rules=rules, settings=settings)
     model = pickle.loads(pickle.dumps(model))  # as logged and loaded
     assert "days_since_last_login" in model.attribute_features
     assert model.attribute_dates == ["signup_date"]
