@@ -112,7 +112,24 @@ def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"purchase AUC-PR\s.*\d\.\d{3}", shown.stdout)
 
+    # the gate's answer is known from what the run logged: its test metrics and the baselines'
+    from training.registry import beats
+
+    mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlruns/mlflow.db")
+    version = MlflowClient().get_model_version("funnelcast", "1")
+    logged = MlflowClient().get_run(version.run_id).data.metrics
+    wins, _ = beats(
+        {
+            "macro_f1": logged["test.stage.lightgbm.macro_f1"],
+            "auc_pr": logged["test.propensity.lightgbm.auc_pr"],
+        },
+        {
+            "macro_f1": logged["test.stage.rules.macro_f1"],
+            "auc_pr": logged["test.propensity.rfm_logistic.auc_pr"],
+        },
+    )
     promoted = _run(workspace, "promote")
+    assert (promoted.returncode == 0) is wins, promoted.stdout
     if promoted.returncode == 0:
         assert "Promoted version 1 to 'champion' over the rules and RFM" in promoted.stdout
     else:  # the gate may refuse on a small simulation; then it must say by how much
