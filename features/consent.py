@@ -145,7 +145,8 @@ def restrict_to_consented(
         if not assume_consent:
             raise ConsentUnknownError(
                 "no contacts table, so no marketing consent is known; give contacts with a "
-                "marketing_consent column, or pass --assume-consent if every contact opted in"
+                "marketing_consent column (for a source, a `contacts:` section in its mapping), "
+                "or pass --assume-consent if every contact opted in"
             )
         return ConsentFilter(kept=frame, contacts_without_consent=0)
     check_contacts(contacts)
