@@ -1026,9 +1026,13 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
     return [
         name
         for name in spec.attribute_names(listed.columns)
-        if name in listed.columns
-        and (listed[name].dtype == pl.Date or isinstance(listed[name].dtype, pl.Datetime))
+        if name in listed.columns and _is_date(listed[name].dtype)
     ]
+
+
+def _is_date(dtype: pl.DataType) -> bool:
+    """A contacts column the attributes read as a date: days before the snapshot."""
+    return dtype == pl.Date or isinstance(dtype, pl.Datetime)
 
 
 def join_attributes(
@@ -1055,7 +1059,7 @@ def join_attributes(
         dtype = listed[name].dtype
         if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
             columns.append(pl.col(name).cast(pl.String).cast(pl.Categorical).alias(name))
-        elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        elif _is_date(dtype):
             moment = pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
             if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
                 moment = pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
