@@ -49,6 +49,9 @@ MIN_KEY_LENGTH = 16
 DEFAULT_MAX_BODY_MB = 32
 # BentoML's default of 60 s keeps every request's state that long and stalls p99 under load
 DEFAULT_TIMEOUT_S = 10.0
+# the largest number the model reads (features are float32 in training); training.pyfunc has
+# the same, imported only with a model
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 RULES = "rules"
 FUNNELCAST = "funnelcast"
 BENTO_MODEL_DIR = "mlflow_model"  # the MLflow model's folder inside a BentoML model
@@ -467,7 +470,9 @@ def _attributes(
                 )
         elif isinstance(value, bool):
             value = float(value)  # as the batch engines read a true/false column: 1.0 or 0.0
-        elif not isinstance(value, int | float):
+        elif isinstance(value, int | float):
+            value = _attribute_number(value, _where(index, f"attributes.{name}"))
+        else:
             raise RequestError(
                 _where(index, f"attributes.{name}"), f"{_as_sent(value)} is not a number"
             )
@@ -478,6 +483,22 @@ def _attributes(
 def _as_sent(value: Any) -> str:
     """A request's value as its JSON wrote it (true, not True)."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def _attribute_number(value: int | float, where: str) -> float:
+    """A number attribute as the float the model reads, within float32's range (the model's
+    precision): a JSON integer too long for a float (10**400) or a value beyond it is refused
+    here, named as the attribute it was given as."""
+    beyond = f"beyond the float32 range the model reads numbers in (\u00b1{FLOAT32_MAX:.4g})"
+    try:
+        number = float(value)
+    except OverflowError:  # not quoted: its digits may be more than Python prints
+        raise RequestError(
+            where, f"an integer of {int(value).bit_length()} bits is {beyond}"
+        ) from None
+    if not abs(number) <= FLOAT32_MAX:
+        raise RequestError(where, f"{number:.4g} is {beyond}")
+    return number
 
 
 def _attribute_date(value: Any, where: str) -> dt.datetime:

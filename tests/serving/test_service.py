@@ -37,7 +37,7 @@ from serving.schemas import (
     ContactRequest,
     Prediction,
 )
-from training.pyfunc import PROBABILITY_COLUMNS, FunnelcastModel
+from training.pyfunc import FLOAT32_MAX, PROBABILITY_COLUMNS, FunnelcastModel
 from training.reasons import top_reasons
 from training.registry import load_model, resolve
 from training.tracking import _requirements, served_model, training_run
@@ -1136,6 +1136,28 @@ def test_a_number_column_named_days_since_is_an_attribute_of_its_own_name(
         "segment": "category",
         "signup_date": "date",
     }
+    # a number the model cannot read is refused at the attribute it was given as, in a batch
+    # too, and for a contact without consent (checked as any other; a 10**400 was a 500)
+    body = contact_body(served, active_contacts[0])
+    for huge, shown in [(10**400, "an integer of 1329 bits"), (-1e300, "-1e+300")]:
+        for consent in (True, False):
+            wrong = {
+                **body,
+                "marketing_consent": consent,
+                "attributes": {**body["attributes"], "days_since_last_login": huge},  # type: ignore[dict-item]
+            }
+            with pytest.raises(RequestError, match="beyond the float32 range") as one:
+                scorer.predict_rows([_request(wrong)])
+            assert one.value.field == "attributes.days_since_last_login"
+            assert one.value.message.startswith(shown)
+            with pytest.raises(RequestError) as many:
+                scorer.predict_rows([_request(body), _request(wrong)], batch=True)
+            assert many.value.field == "contacts.1.attributes.days_since_last_login"
+    # the largest float32 is read as it is
+    edge = {**body, "attributes": {**body["attributes"], "days_since_last_login": -FLOAT32_MAX}}  # type: ignore[dict-item]
+    assert scorer.features_of(_request(edge), served.as_of)[0]["days_since_last_login"] == (
+        -FLOAT32_MAX
+    )
     # a model logged before the kinds were recorded reads every days_since_ feature as a date
     old = copy.copy(model)
     del old.date_attributes
