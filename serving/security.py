@@ -166,6 +166,19 @@ class GuardMiddleware:
                 send, 415, {"error": "send the body as JSON (Content-Type: application/json)"}
             )
             return
+        encoding = _header(headers, b"content-encoding")
+        if scope.get("method") == "POST" and encoding not in ("", "identity"):
+            # read as it is, a gzip body was "Invalid JSON" and a plain one marked deflate was
+            # scored: the service decodes no compression, so say so
+            await _json(
+                send,
+                415,
+                {
+                    "error": f"Content-Encoding {encoding[:40]!r} is not accepted; send the "
+                    "JSON body uncompressed (no Content-Encoding, or identity)"
+                },
+            )
+            return
         declared = _content_length(headers)
         if any(name.lower() == b"transfer-encoding" for name, _ in headers):
             declared = None  # chunked framing wins over a Content-Length: count while reading
@@ -259,6 +272,13 @@ def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> str:
         if name.lower() == b"content-type":
             return value.decode("latin-1").split(";")[0].strip().lower()
     return ""
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], wanted: bytes) -> str:
+    """A header's value (each one given, joined by commas), trimmed and in lower case; "" when
+    not given."""
+    values = [value for name, value in headers if name.lower() == wanted]
+    return b",".join(values).decode("latin-1").strip().lower()
 
 
 def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:

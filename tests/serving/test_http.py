@@ -932,6 +932,30 @@ def test_forms_are_refused_as_415(client: TestClient, auth: dict[str, str]) -> N
     assert multipart.status_code == 415
 
 
+def test_a_compressed_body_is_refused_as_415_naming_the_encoding(
+    client: TestClient, auth: dict[str, str], body: dict[str, Any]
+) -> None:
+    """The service decodes no compression: a gzip body was "Invalid JSON" at no field, and a
+    plain body marked deflate was scored as if the header were not there."""
+    import gzip
+
+    plain = json.dumps(body).encode()
+    json_type = {**auth, "Content-Type": "application/json"}
+    for encoding, content in [("gzip", gzip.compress(plain)), ("deflate", plain), ("br", plain)]:
+        response = client.post(
+            "/predict", headers={**json_type, "Content-Encoding": encoding}, content=content
+        )
+        assert response.status_code == 415
+        assert f"Content-Encoding '{encoding}' is not accepted" in response.json()["error"]
+    for encoding in ("identity", "Identity "):
+        response = client.post(
+            "/predict", headers={**json_type, "Content-Encoding": encoding}, content=plain
+        )
+        assert response.status_code == 200
+    # the key still comes first
+    assert client.post("/predict", headers={"Content-Encoding": "gzip"}).status_code == 401
+
+
 def test_a_repeated_event_counts_once(
     client: TestClient, auth: dict[str, str], body: dict[str, Any]
 ) -> None:
