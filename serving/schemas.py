@@ -8,6 +8,8 @@ the field, never a silent default. The field descriptions are what the OpenAPI d
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -132,6 +134,38 @@ class Event(BaseModel):
             "at once count twice, as in training), while an exact repeat counts once."
         ),
     )
+
+    @field_validator("properties")
+    @classmethod
+    def _properties_finite(cls, properties: dict[str, Any] | None) -> dict[str, Any] | None:
+        """No NaN or infinity anywhere in the properties (JSON has no such numbers; the parser
+        reads NaN, Infinity and 1e999 as them); named at its place in the object."""
+        if properties is not None:
+            place = _not_finite(properties)
+            if place is not None:
+                raise _refused(
+                    place, "finite_number", "Input should be a finite number (JSON has no NaN)"
+                )
+        return properties
+
+
+def _not_finite(value: Any, place: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in a JSON value (objects and lists) the first NaN or infinite number is; None
+    when there is none."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else place
+    items: Iterable[tuple[str | int, Any]]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _not_finite(item, (*place, key))
+        if found is not None:
+            return found
+    return None
 
 
 # int first: a JSON integer stays one (an error quotes it as sent, 20250101, not 20250101.0)

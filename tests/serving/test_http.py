@@ -811,6 +811,33 @@ def test_out_of_range_values_are_a_400(
     assert field in [d["loc"] for d in response.json()["detail"]]
 
 
+@pytest.mark.parametrize(
+    ("literal", "field"),
+    [
+        ("NaN", "events.0.properties.coupon"),
+        ("1e999", "events.0.properties.coupon"),
+        ('{"codes": [1, -Infinity]}', "events.0.properties.coupon.codes.1"),
+    ],
+)
+def test_a_non_finite_number_in_properties_is_a_400_naming_its_place(
+    client: TestClient, auth: dict[str, str], literal: str, field: str
+) -> None:
+    """JSON has no NaN or infinity, but the parser reads NaN, Infinity and 1e999 as them: in
+    an event's properties they were accepted (the same in its value is refused)."""
+    event = (
+        '{"timestamp": "2026-01-01T00:00:00Z", "event_type": "coupon_redeem", '
+        f'"channel": "store", "properties": {{"coupon": {literal}}}}}'
+    )
+    body = f'{{"marketing_consent": true, "events": [{event}]}}'
+    headers = {**auth, "Content-Type": "application/json"}
+    response = client.post("/predict", headers=headers, content=body.encode())
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert "finite number" in response.json()["error"]
+    finite = body.replace(literal, '{"codes": [1, 2.5, "x", null, true]}')
+    assert client.post("/predict", headers=headers, content=finite.encode()).status_code == 200
+
+
 def test_numbers_sent_as_text_and_dates_sent_as_numbers_are_a_400(
     client: TestClient, served: Served, auth: dict[str, str], body: dict[str, Any]
 ) -> None:
