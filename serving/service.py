@@ -39,6 +39,7 @@ from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
 from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
+from serving.http_limits import limit_request_heads
 from serving.metrics import bound_metrics_labels
 from serving.openapi import complete_openapi
 from serving.runtime import (
@@ -64,6 +65,8 @@ from serving.security import GuardMiddleware
 
 # /metrics counts a request by the path it was served by, or as `other`: not by the raw path
 bound_metrics_labels()
+# a request's line and headers stop at 64 KiB (a 431): uvicorn's httptools parser has no cap
+limit_request_heads()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker

@@ -24,6 +24,7 @@ import psutil
 import pytest
 from conftest import Served, contact_body
 
+from serving.http_limits import MAX_HEAD_BYTES
 from serving.metrics import SERVED_PATHS
 from serving.runtime import ServiceSettings, load_scorer
 from serving.schemas import ContactRequest
@@ -73,6 +74,36 @@ def _websocket_status(port: int, path: str) -> int:
         connection.sendall(request.encode("ascii"))
         status_line = connection.makefile("rb").readline().decode("latin-1")
     return int(status_line.split()[1])
+
+
+def _raw(port: int, request: bytes, answers: int = 1) -> list[tuple[int, bytes]]:
+    """Send raw bytes (a request, or several back to back) on one connection; read ``answers``
+    responses, or until the server closes it: each one's status and body."""
+    out: list[tuple[int, bytes]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        with suppress(ConnectionResetError, BrokenPipeError):  # it may close before all is sent
+            connection.sendall(request)
+        stream = connection.makefile("rb")
+        for _ in range(answers):
+            status_line = stream.readline()
+            if not status_line:
+                break
+            length = 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            out.append((int(status_line.split()[1]), stream.read(length)))
+    return out
+
+
+def _post(path: str, key: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n".encode()
+        + extra
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 def _text(port: int, path: str) -> str:
@@ -214,6 +245,28 @@ def test_bentoml_serve_answers_like_the_service_class(
         assert _call(port, "/predict/", key=served.api_key)[0] == 404
         for n in range(3):  # websocket upgrades: none is served, refused, and not counted
             assert _websocket_status(port, f"/ws-made-up-{n}") == 403
+        # a request's head is capped (64 KiB): a 1 MiB header, sent without a key, is a 431
+        # at once (unchecked, httptools joined it in quadratic time: 64 MB held the worker 5 s)
+        head = b"GET /nope HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2**20 + b"\r\n\r\n"
+        [(status, refusal)] = _raw(port, head)
+        assert status == 431
+        assert json.loads(refusal)["limit_bytes"] == MAX_HEAD_BYTES
+        assert _call(port, "/readyz")[0] == 200
+        # a long header below the cap is served; so are requests sent back to back, a large
+        # batch's body and the next request's head arriving together
+        padding = b"X-Pad: " + b"p" * 30_000 + b"\r\n"
+        small = json.dumps({**body, "marketing_consent": False}).encode()
+        large = json.dumps({"contacts": [{**body, "marketing_consent": False}] * 200}).encode()
+        assert len(large) > 4 * MAX_HEAD_BYTES
+        answers = _raw(
+            port,
+            _post("/predict_batch", served.api_key, large)
+            + _post("/predict", served.api_key, small, padding)
+            + _post("/predict_batch", served.api_key, large),
+            answers=3,
+        )
+        assert [status for status, _ in answers] == [200, 200, 200]
+        assert json.loads(answers[1][1])["status"] == "no_consent"
         metrics = _text(port, "/metrics")
         labels = set(re.findall(r'endpoint="([^"]*)"', metrics))
         assert {"/predict", "/predict_batch", "/metadata", "other"} <= labels
