@@ -1065,7 +1065,7 @@ def _train_and_report(
 ) -> str | None:
     """Train, log to MLflow and print the quality table; returns the registered version."""
     from features.spec import load_feature_spec, shipped_spec_text
-    from training.pipeline import train_models
+    from training.pipeline import require_trainable_spec, train_models
     from training.settings import load_training_settings
     from training.tracking import (
         configure_tracking,
@@ -1079,6 +1079,7 @@ def _train_and_report(
     settings = load_training_settings(config, horizon_days=horizon)
     rules = load_rules_settings(config)
     feature_spec = load_feature_spec(spec_path)
+    require_trainable_spec(feature_spec)  # before a run starts
     spec_text = spec_path.read_text("utf-8") if spec_path else shipped_spec_text()
     uri = configure_tracking(tracking_uri)
     steps = [

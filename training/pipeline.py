@@ -49,6 +49,7 @@ from training.labels import (
     with_default_labels,
 )
 from training.models import (
+    RFM_COLUMNS,
     LightGBMPropensityModel,
     LightGBMStageModel,
     RfmPropensityModel,
@@ -101,6 +102,24 @@ def require_known_consent(
             "on or scored; give contacts with a marketing_consent column (contacts.parquet "
             "beside the events, or --contacts), or pass --assume-consent if every contact "
             "opted in"
+        )
+
+
+def require_trainable_spec(spec: FeatureSpec) -> None:
+    """Training measures the models against the rules and the RFM baseline, which read
+    features of the shipped spec by name: a spec without them fails here, before any work,
+    not after both models are fitted."""
+    problems = []
+    if not spec.rules_stage:
+        problems.append("`rules_stage: true` (the rules baseline's stage)")
+    missing = [name for name in RFM_COLUMNS if name not in spec.names]
+    if missing:
+        problems.append(f"the RFM baseline's features {missing}")
+    if problems:
+        raise InputError(
+            f"training compares the models with the rules and the RFM baseline, so the feature "
+            f"spec needs {' and '.join(problems)}; keep these entries of the shipped spec "
+            "(features/config/feature_spec.yaml), names included, in your copy"
         )
 
 
@@ -260,6 +279,7 @@ def train_models(
     without marketing consent are left out (``build_labelled_frame``); without ``contacts``,
     only with ``assume_consent``."""
     require_known_consent(contacts, assume_consent=assume_consent)  # before any work
+    require_trainable_spec(spec)
     say = progress or (lambda _: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -160,12 +160,14 @@ def test_the_readme_example_adds_a_feature_to_the_shipped_spec() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```yaml\n(derived:.*?)```", readme, re.DOTALL)
+    # the README says: add this entry to the existing derived: list
+    blocks = re.findall(r"existing `derived:` list.*?```yaml\n(.*?)```", readme, re.DOTALL)
     assert len(blocks) == 1
     shipped = (
         Path(__file__).resolve().parents[2] / "features" / "config" / "feature_spec.yaml"
     ).read_text(encoding="utf-8")
-    extended = shipped.replace("derived:\n", blocks[0], 1)
+    assert shipped.count("\nderived:\n") == 1
+    extended = shipped.replace("\nderived:\n", "\nderived:\n" + blocks[0], 1)
     spec = parse_feature_spec(extended)
     assert "demo_requests_per_visit_28d" in spec.names
     assert "demo_requests_per_visit_90d" in spec.names

@@ -71,6 +71,19 @@ def test_train_without_contacts_needs_consent_assumed_before_any_run(
     assert f"--contacts {missing} does not exist" in " ".join(result.stderr.split())
 
 
+def test_train_refuses_a_spec_without_the_rules_stage_before_any_run(
+    workspace: Path, tmp_path: Path
+) -> None:
+    from features.spec import shipped_spec_text
+
+    spec = tmp_path / "no-rules.yaml"
+    spec.write_text(shipped_spec_text().replace("rules_stage: true", "rules_stage: false"))
+    result = _run(tmp_path, "train", "--events", str(workspace / "data"), "--spec", str(spec))
+    assert result.returncode == 2
+    assert "needs `rules_stage: true`" in " ".join(result.stderr.split())
+    assert not (tmp_path / "mlruns").exists()  # refused before a run was started
+
+
 @pytest.fixture(scope="module")
 def trained(workspace: Path) -> subprocess.CompletedProcess[str]:
     """Version 1, trained with two tuning trials per model: what evaluate and promote read,

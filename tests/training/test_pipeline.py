@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from features.consent import ConsentUnknownError
+from features.errors import InputError
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
@@ -19,6 +20,7 @@ from training.pipeline import (
     InsufficientDataError,
     build_labelled_frame,
     check_enough_data,
+    require_trainable_spec,
     train_models,
 )
 from training.settings import load_training_settings
@@ -73,6 +75,40 @@ def test_without_a_contacts_table_training_needs_consent_assumed(small: object) 
     assert isinstance(contacts, pl.DataFrame)
     opted_out = set(contacts.filter(~pl.col("marketing_consent"))["contact_id"])
     assert opted_out & set(frame["contact_id"])  # assumed: the table's opt-outs are unknown
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (("rules_stage: true", "rules_stage: false"), "`rules_stage: true`"),
+        (
+            ('"days_since_last_{event_type}"', '"recency_{event_type}"'),
+            "features ['days_since_last_purchase']",
+        ),
+    ],
+)
+def test_a_spec_without_the_baselines_features_is_refused_before_any_work(
+    edit: tuple[str, str], named: str
+) -> None:
+    """The rules and the RFM baseline read the shipped spec's features by name; a spec that
+    drops or renames them failed only after both models were fitted."""
+    from features.spec import parse_feature_spec, shipped_spec_text
+
+    old, new = edit
+    assert old in shipped_spec_text()
+    spec = parse_feature_spec(shipped_spec_text().replace(old, new))
+    with pytest.raises(InputError, match=re.escape(named)) as caught:
+        # no events at all: the spec is refused before they are read
+        train_models(
+            None,  # type: ignore[arg-type]
+            None,
+            spec=spec,
+            rules=load_rules_settings(),
+            settings=load_training_settings(),
+            assume_consent=True,
+        )
+    assert "keep these entries of the shipped spec" in str(caught.value)
+    require_trainable_spec(load_feature_spec())  # the shipped spec has them all
 
 
 def test_too_few_buyers_stop_training_with_a_report_per_split(small: object) -> None:
