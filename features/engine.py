@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -90,6 +90,7 @@ def build_contact_features(
     rules = rules or load_rules_settings()
     if contacts is not None:
         check_contact_ids(contacts)  # once, here: the steps below read the table several times
+        check_listed_attributes(column_names(contacts), spec)  # before the build, not after
     scanned = scan_events(events)  # the files' footers are read and checked once
     past = scanned.filter(pl.col("timestamp") < as_of)
     aggregates = with_internal_aggregates(spec, rules)
@@ -1030,9 +1031,25 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
     ]
 
 
+def column_names(contacts: pa.Table | pl.DataFrame) -> list[str]:
+    return list(contacts.column_names if isinstance(contacts, pa.Table) else contacts.columns)
+
+
 def _is_date(dtype: pl.DataType) -> bool:
     """A contacts column the attributes read as a date: days before the snapshot."""
     return dtype == pl.Date or isinstance(dtype, pl.Datetime)
+
+
+def check_listed_attributes(columns: Sequence[str], spec: FeatureSpec) -> None:
+    """The attributes the spec lists are columns of the contacts table (``columns``): checked
+    when the table is joined, and by the builders before they start (a typo found only after
+    a whole build)."""
+    missing = [c for c in spec.attribute_names(columns) if c not in columns]
+    if missing:
+        raise SpecError(
+            f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
+            "them from `attributes:` or add them to the contacts"
+        )
 
 
 def join_attributes(
@@ -1047,13 +1064,8 @@ def join_attributes(
     listed = _contacts_frame(contacts)
     if listed is None:
         return frame
+    check_listed_attributes(listed.columns, spec)
     wanted = spec.attribute_names(listed.columns)
-    missing = [c for c in wanted if c not in listed.columns]
-    if missing:
-        raise SpecError(
-            f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
-            "them from `attributes:` or add them to the contacts"
-        )
     columns: list[pl.Expr] = []
     for name in wanted:
         dtype = listed[name].dtype

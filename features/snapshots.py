@@ -40,6 +40,8 @@ from features.engine import (
     ANY_EVENT,
     NOT_FINITE_VALUE,
     EventsInput,
+    check_listed_attributes,
+    column_names,
     finish_features,
     matches,
     raise_unknown_vocabulary,
@@ -75,6 +77,7 @@ def build_training_frame(
     rules = rules or load_rules_settings()
     if contacts is not None:
         check_contact_ids(contacts)  # once, not at every snapshot that reads the table
+        check_listed_attributes(column_names(contacts), spec)  # before the build, not after
     aggregates = with_internal_aggregates(spec, rules)
     series = _series_of(aggregates)
     last_moment = _moment(days[-1])

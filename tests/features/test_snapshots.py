@@ -273,3 +273,32 @@ def test_a_midnight_in_another_time_zone_is_taken_as_its_utc_moment() -> None:
     utc_midnight = dt.datetime(2024, 3, 1, 1, tzinfo=paris)
     frame = build_training_frame(events, as_of_dates=[utc_midnight], spec=SPEC)
     assert frame["as_of"].to_list() == [_midnight(FIRST)]
+
+
+def test_an_attribute_the_contacts_table_lacks_is_refused_before_the_events_are_read(
+    tmp_path: object,
+) -> None:
+    """A typo in `attributes:` was found after the whole build (when the table was joined);
+    both builders now refuse it first: here the events do not even exist."""
+    from pathlib import Path
+
+    from features.spec import SpecError, parse_feature_spec, shipped_spec_text
+
+    text = shipped_spec_text()
+    spec = parse_feature_spec(text.replace("attributes: all", "attributes: [segmnt]"))
+    assert spec.attributes == ("segmnt",)
+    contacts = pl.DataFrame({"contact_id": ["c1"], "marketing_consent": [True], "segment": ["a"]})
+    nowhere = Path(str(tmp_path)) / "no-events.parquet"
+    as_of = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    message = r"lists attributes \['segmnt'\] that the contacts table lacks"
+    with pytest.raises(SpecError, match=message):
+        build_contact_features(nowhere, contacts, as_of=as_of, spec=spec)
+    with pytest.raises(SpecError, match=message):
+        build_training_frame(nowhere, contacts.to_arrow(), as_of_dates=[as_of], spec=spec)
+    with pytest.raises(FileNotFoundError):  # listed as the table has it: on to the events
+        build_contact_features(
+            nowhere,
+            contacts,
+            as_of=as_of,
+            spec=parse_feature_spec(text.replace("attributes: all", "attributes: [segment]")),
+        )
