@@ -6,7 +6,7 @@ import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -106,14 +106,31 @@ def parse_yaml_model(
     try:
         loaded = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise error(f"{origin} is not valid YAML: {exc}") from exc
+        # the parser calls the text "<unicode string>": name the file instead
+        shown = str(exc).replace('"<unicode string>"', f'"{origin}"')
+        raise error(f"{origin} is not valid YAML: {shown}") from exc
     if not isinstance(loaded, dict):
         raise error(f"{origin} is not a YAML mapping of keys")
     try:
         return model.model_validate(loaded)
     except ValidationError as exc:
-        problems = "; ".join(f"`{_key_path(e['loc'])}`: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e, loaded, model) for e in exc.errors())
         raise error(f"{origin} is invalid: {problems}") from exc
+
+
+def _problem(problem: Any, loaded: Any, model: type[BaseModel]) -> str:
+    """One validation problem: the key path, the entry it is in when that entry has a name
+    (``aggregates[5]`` alone makes the reader count entries), and the message; an unknown key
+    comes with the keys that are known there."""
+    location = tuple(problem["loc"])
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        known = _keys_at(model, location[:-1])
+        if known:
+            message += f"; the keys here are {', '.join(known)}"
+    named = _entry_name(loaded, location)
+    where = f"`{_key_path(location)}`" + (f" (in '{named}')" if named else "")
+    return f"{where}: {message}"
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:
@@ -121,3 +138,43 @@ def _key_path(location: tuple[int | str, ...]) -> str:
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "(top level)"
+
+
+def _entry_name(loaded: Any, location: tuple[int | str, ...]) -> str | None:
+    """The ``name`` of the innermost list entry on ``location`` that has one, as written."""
+    named = None
+    for part in location:
+        if isinstance(loaded, dict) and part in loaded:
+            loaded = loaded[part]
+        elif isinstance(loaded, list) and isinstance(part, int) and 0 <= part < len(loaded):
+            loaded = loaded[part]
+            name = loaded.get("name") if isinstance(loaded, dict) else None
+            named = name if isinstance(name, str) else named
+        else:
+            break
+    return named
+
+
+def _keys_at(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    """The keys the settings model accepts at ``location`` (empty when that is no model)."""
+    current: Any = model
+    for part in location:
+        if isinstance(part, int):  # an entry of a list: the model found for the list's items
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return []
+        current = _model_in(fields[part].annotation)
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if isinstance(fields, dict) else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (itself, or inside a list, a union, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import AfterValidator, Field, PlainValidator, field_validator
 
 from features.errors import InputError
 from features.settings import FrozenSettings, parse_yaml_model
@@ -53,6 +53,30 @@ class _Filter(FrozenSettings):
     channel: list[str] | None = Field(default=None, min_length=1)
 
 
+def _window(value: object) -> int | Literal["all"]:
+    """A window as written: whole days (a YAML integer) or ``all``; anything else is named
+    with the fix (``7d`` is the likeliest slip, since feature names read ``_7d``)."""
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(
+        f"window {value!r} is not whole days or `all`; write a number of days, e.g. 7 "
+        "(not '7d', 7.5 or \"7\")"
+    )
+
+
+Window = Annotated[int | Literal["all"], PlainValidator(_window)]
+
+
+def _once(windows: list[int | Literal["all"]] | None) -> list[int | Literal["all"]] | None:
+    repeated = [w for i, w in enumerate(windows or []) if w in (windows or [])[:i]]
+    if repeated:
+        raise ValueError(f"window {repeated[0]!r} is listed twice; list each window once")
+    return windows
+
+
+Windows = Annotated[list[Window] | None, AfterValidator(_once)]
+
+
 class _AggregateEntry(FrozenSettings):
     name: str
     kind: AggregateKind
@@ -60,14 +84,14 @@ class _AggregateEntry(FrozenSettings):
     for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
     where: _Filter = Field(default_factory=_Filter)
     where_not: _Filter = Field(default_factory=_Filter)
-    windows: list[StrictInt | Literal["all"]] | None = None
+    windows: Windows = None
 
 
 class _DerivedEntry(FrozenSettings):
     name: str
     expr: str
     for_each: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
-    windows: list[StrictInt | Literal["all"]] | None = None
+    windows: Windows = None
 
 
 class _SpecFile(FrozenSettings):
@@ -267,16 +291,12 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
                 "add your features to it"
             ) from exc
         raise
-    aggregates = tuple(
-        itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
-    )
-    known = _unique_names([a.name for a in aggregates], origin)
-    derived: list[Derived] = []
-    for entry in spec_file.derived:
-        for item in _expand_derived(entry, known, origin):
-            derived.append(item)
-            known.add(item.name)
-    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin)
+    try:
+        aggregates, derived = _expand(spec_file, origin)
+    except SpecError as exc:  # every problem names the file, as the YAML's own do
+        if str(exc).startswith(origin):
+            raise
+        raise SpecError(f"{origin}: {exc}") from exc
     attributes = (
         spec_file.attributes if spec_file.attributes == "all" else tuple(spec_file.attributes)
     )
@@ -295,6 +315,21 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
         session_gap_minutes=spec_file.session_gap_minutes,
         fingerprint=fingerprint,
     )
+
+
+def _expand(spec_file: _SpecFile, origin: str) -> tuple[tuple[Aggregate, ...], list[Derived]]:
+    """The spec's aggregates and derived features, one per expansion of its entries."""
+    aggregates = tuple(
+        itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
+    )
+    known = _unique_names([a.name for a in aggregates], origin)
+    derived: list[Derived] = []
+    for entry in spec_file.derived:
+        for item in _expand_derived(entry, known, origin):
+            derived.append(item)
+            known.add(item.name)
+    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin)
+    return aggregates, derived
 
 
 def shipped_spec_text() -> str:

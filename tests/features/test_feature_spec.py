@@ -100,8 +100,47 @@ def test_derived_expressions_allow_only_arithmetic(expr: str, says: str) -> None
 
 
 def test_a_feature_declared_twice_is_an_error() -> None:
-    with pytest.raises(SpecError, match="declared twice"):
-        parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [7, 7]"))
+    twice = BASE + '  - name: "email_open_count_7d"\n    kind: count\n    windows: [7]\n'
+    with pytest.raises(SpecError, match="feature 'email_open_count_7d' is declared twice"):
+        parse_feature_spec(twice)
+    # a window listed twice is named as such (it read as a name lacking {window})
+    with pytest.raises(
+        SpecError,
+        match=r"`aggregates\[0\].windows` \(in '\{event_type\}_count_\{window\}'\): "
+        "window 7 is listed twice",
+    ):
+        parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [7, 28, 7]"))
+
+
+@pytest.mark.parametrize("window", ["7d", '"7"', "7.5", "7.0", "true"])
+def test_a_window_that_is_not_whole_days_is_named_with_its_entry(window: str) -> None:
+    """'7d' is the likeliest slip (feature names read _7d): the error quotes the value and
+    the entry's name, not pydantic's union members (int, literal['all'])."""
+    with pytest.raises(SpecError) as caught:
+        parse_feature_spec(BASE.replace("windows: [7, 28]", f"windows: [28, {window}]"))
+    message = str(caught.value)
+    assert "`aggregates[0].windows[1]` (in '{event_type}_count_{window}'): window " in message
+    assert "is not whole days or `all`; write a number of days, e.g. 7" in message
+    assert "literal" not in message
+    assert "Value error" not in message
+
+
+def test_an_unknown_key_is_named_with_the_keys_known_there() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_feature_spec(BASE.replace("windows:", "windwos:"), origin="my.yaml")
+    assert str(caught.value) == (
+        "my.yaml is invalid: `aggregates[0].windwos` (in '{event_type}_count_{window}'): Extra "
+        "inputs are not permitted; the keys here are name, kind, column, for_each, where, "
+        "where_not, windows"
+    )
+
+
+def test_errors_found_while_expanding_and_yaml_errors_name_the_file() -> None:
+    with pytest.raises(SpecError, match=r"^my.yaml: aggregate .*: window 0 is not a positive"):
+        parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [0]"), origin="my.yaml")
+    with pytest.raises(SpecError, match=r'in "my\.yaml", line') as caught:
+        parse_feature_spec(BASE + "derived: [", origin="my.yaml")
+    assert "<unicode string>" not in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["_packed0", "__any_event", "_run", "contact_id", "rules_stage"])
