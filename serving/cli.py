@@ -641,6 +641,7 @@ def serve(
         if value is not None:
             env[key] = value
     service_settings = ServiceSettings.from_env(env)
+    _check_bentoml_home()
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     info = scorer.info
     served = (
@@ -685,6 +686,23 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
+def _check_bentoml_home() -> None:
+    """BentoML writes into its home (``BENTOML_HOME``, default ~/bentoml): the model store and
+    the Bentos when building, its metrics files when serving. One that cannot be written was a
+    100-line traceback after the registry work."""
+    from features.io import check_writable_folder
+
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    try:
+        check_writable_folder(home)
+    except InputError as exc:
+        raise InputError(
+            f"BentoML's home (BENTOML_HOME) {exc.args[0].removeprefix('cannot write into ')}: "
+            "BentoML keeps its models and Bentos there, and a server's metrics files; set "
+            "BENTOML_HOME to a folder you may write to"
+        ) from None
+
+
 def _patient_registry() -> None:
     """MLflow's HTTP retries cut to ``_REGISTRY_PATIENCE`` unless the environment sets them."""
     for key, value in _REGISTRY_PATIENCE.items():
@@ -712,6 +730,7 @@ def build(
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
 
+    _check_bentoml_home()
     existing_store(tracking_uri)
     _patient_registry()
     configure_tracking(tracking_uri)

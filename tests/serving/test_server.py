@@ -346,6 +346,18 @@ def test_funnelcast_serve_checks_before_it_starts(served: Served, tmp_path: Path
     assert result.returncode == 2
     assert f"the MLflow store {missing} does not exist" in result.stderr
     assert not missing.parent.exists()
+    # a BentoML home that cannot be written (here a file where its folder goes): one line,
+    # before the registry is read (it was a 100-line traceback after the model's download)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    unwritable = {**keyed, "BENTOML_HOME": str(blocker / "bentoml")}
+    for command in (["build"], ["serve"]):
+        result = _funnelcast([*command, "--tracking-uri", f"sqlite:///{missing}"], unwritable)
+        assert result.returncode == 2
+        said = " ".join(result.stderr.split())
+        assert f"BentoML's home (BENTOML_HOME) {blocker / 'bentoml'}: {blocker} is a file" in said
+        assert "set BENTOML_HOME to a folder you may write to" in said
+        assert "Traceback" not in result.stderr
 
 
 def test_funnelcast_serve_with_the_rules_fallback(
