@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: help install java demo serve test test-fast check lint format typecheck bench bench-models bench-serving clean
+.PHONY: help install bento-requirements java demo serve test test-fast check lint format typecheck bench bench-models bench-serving clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,12 @@ $(UV):
 
 install: $(UV) ## Install funnelcast and every dependency (all extras) from the lock file
 	$(UV) sync --frozen --all-extras --python $(PYTHON_EXE)
+
+bento-requirements: $(UV) ## Remake bento-requirements.txt (the Bento's environment) from uv.lock
+	{ echo "# The Bento's Python environment: uv.lock's runtime packages, each pinned (make"; \
+	  echo "# bento-requirements; tests/serving/test_packaging.py keeps it equal to uv.lock)."; \
+	  $(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-annotate --no-header; \
+	} > bento-requirements.txt
 
 java: ## Make sure Java 17 is available for the Spark engine (installs it with apt-get when missing)
 	bash scripts/ensure-java.sh

@@ -297,6 +297,18 @@ def test_a_built_bento_serves_without_the_registry(
     )
     assert built.returncode == 0, built.stdout + built.stderr
     assert "Built Bento funnelcast:" in built.stdout
+    # the Bento's environment is the lock file's, every package pinned (not only the direct
+    # dependencies, which let uvicorn and httpx float to versions never tested)
+    [requirements] = (tmp_path / "bentoml" / "bentos").glob(
+        "funnelcast/*/env/python/requirements.txt"
+    )
+
+    def pins(text: str) -> set[str]:  # name==version (BentoML rewrites the markers' quotes)
+        return {line.split(";")[0].strip() for line in text.splitlines() if "==" in line}
+
+    locked = pins((ROOT / "bento-requirements.txt").read_text("utf-8"))
+    assert locked <= pins(requirements.read_text("utf-8"))
+    assert any(pin.startswith("uvicorn==") for pin in locked)
     port = _free_port()
     # the registry is gone: only the Bento's own copy of the model can be served
     env = {**home, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nothing-here.db"}
