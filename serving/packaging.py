@@ -64,7 +64,11 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
             },
         ) as stored:
             shutil.copytree(local, stored.path_of(BENTO_MODEL_DIR))
-    bento = bentoml.bentos.build_bentofile(
-        str(BENTOFILE), build_ctx=str(PROJECT_ROOT), labels={"registry_version": ref.version}
-    )
+    try:
+        bento = bentoml.bentos.build_bentofile(
+            str(BENTOFILE), build_ctx=str(PROJECT_ROOT), labels={"registry_version": ref.version}
+        )
+    except BaseException:  # Ctrl-C too: no model copy is left without its Bento
+        bentoml.models.delete(stored.tag)
+        raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)

@@ -5,11 +5,14 @@ installed another uvicorn and httpx than the tests ran)."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +56,37 @@ def test_the_bento_installs_every_package_the_lock_file_pins() -> None:
         assert locked[name] == version, f"{name}=={version} here, {locked[name]} in uv.lock"
     # the dev tools and the Spark engine's extra are not served
     assert not {"pytest", "mypy", "ruff", "pyspark"} & versions.keys()
+
+
+@pytest.mark.slow  # the served model is trained for it
+def test_a_build_that_fails_leaves_no_model_copy_behind(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is copied into the BentoML store before the Bento is built: a build stopped
+    there (Ctrl-C, a bad bentofile) left the copy, without a Bento, in the store."""
+    import bentoml
+
+    from serving import packaging
+
+    def models() -> set[str]:
+        try:
+            return {str(model.tag) for model in bentoml.models.list(packaging.BENTO_MODEL_NAME)}
+        except bentoml.exceptions.NotFound:  # none yet
+            return set()
+
+    before = models()
+    reached: list[str] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        reached.append(str(bentoml.models.get(f"{packaging.BENTO_MODEL_NAME}:latest").tag))
+        raise KeyboardInterrupt
+
+    # bentoml.bentos is a lazy module until first used, when BentoML puts the real one in its
+    # place: load it, then patch the real one
+    assert callable(bentoml.bentos.build_bentofile)
+    monkeypatch.setattr(importlib.import_module("bentoml.bentos"), "build_bentofile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        packaging.build_bento("funnelcast", alias="champion")
+    assert len(reached) == 1
+    assert reached[0] not in before  # the copy was made, and then removed
+    assert models() == before
