@@ -5,7 +5,7 @@ its OpenAPI model has no place for security schemes or an operation's ``security
 ``Components`` and ``Operation`` classes say so: "Not yet supported"), and it lists the same
 generic error bodies (400, 404, 500 with an undescribed ``error``/``detail``) for every API.
 ``complete_openapi`` adds what a CRM developer needs: the two ways to send the API key, the
-responses the service really gives (400, 401, 413, 415, 500) with described bodies, and drops
+responses the service really gives (400, 401, 413, 415, 500, 504) with described bodies, and drops
 BentoML's schemas that no path of this service uses.
 """
 
@@ -26,6 +26,7 @@ from serving.schemas import (
     ContactRequest,
     Prediction,
     ServerError,
+    Timeout,
     TooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -75,8 +76,17 @@ def _error_responses(method: str) -> dict[str, dict[str, Any]]:
             "413": _response(
                 TooLarge, "The body is over the size limit, or the batch over its contact limit."
             ),
-            "415": _response(UnsupportedMediaType, "The body is not sent as JSON."),
+            "415": _response(
+                UnsupportedMediaType,
+                "The body is not sent as JSON, or is compressed (a Content-Encoding other "
+                "than identity).",
+            ),
         }
+    responses["504"] = _response(
+        Timeout,
+        "The request took longer than the service's timeout (FUNNELCAST_TIMEOUT_S, 10 s by "
+        "default), for instance a body sent more slowly than that; retry, or split a batch.",
+    )
     return responses
 
 
@@ -87,6 +97,7 @@ def _error_schemas() -> dict[str, Any]:
         TooLarge,
         UnsupportedMediaType,
         ServerError,
+        Timeout,
     ]
     _, top = models_json_schema([(m, "serialization") for m in models], ref_template=REF)
     return dict(top.get("$defs", {}))
@@ -103,8 +114,11 @@ DESCRIPTION = (
     "events or precomputed features. Every endpoint but the probes and these documents needs "
     "an API key. Contacts without marketing consent are never scored. Refusals outside the "
     'operations below are JSON too, {"error": "..."}: 404 for a path that does not '
-    "exist (one with a trailing slash included: no path ends in /) and 405 for another "
-    "method than a path answers, with its Allow header."
+    "exist (one with a trailing slash included: no path ends in /), 405 for another "
+    "method than a path answers, with its Allow header, and 431 for a request line and "
+    "headers over 64 KiB. A request that is not valid HTTP at all (a malformed header, a bad "
+    "Content-Length) is refused by the HTTP layer before the service sees it, with a "
+    "plain-text 400 'Invalid HTTP request received.'."
 )
 
 
@@ -139,9 +153,29 @@ def nullable_as_openapi_30(schema: Any) -> Any:
             out["allOf"] = rest  # siblings of a $ref are ignored in 3.0: wrap it
         elif len(rest) == 1:
             out = rest[0] | out
-        else:
-            out["anyOf"] = rest
+        else:  # 3.0 reads `nullable` beside a `type` only: each option says it
+            out["anyOf"] = [_nullable(option) for option in rest]
+            return out
         out["nullable"] = True
+    return out
+
+
+def _nullable(option: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in option:  # siblings of a $ref are ignored in 3.0: wrap it
+        return {"allOf": [option], "nullable": True}
+    return option | {"nullable": True}
+
+
+def const_as_enum(schema: Any) -> Any:
+    """JSON Schema's ``const`` (pydantic's for a one-value ``Literal``) as a one-value
+    ``enum``: OpenAPI 3.0 has no ``const``."""
+    if isinstance(schema, list):
+        return [const_as_enum(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: const_as_enum(value) for key, value in schema.items() if key != "const"}
+    if "const" in schema:
+        out["enum"] = [schema["const"]]
     return out
 
 
@@ -182,7 +216,7 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         success = responses.get("200") or responses.get(200)
         errors = _error_responses(method)
         operation["responses"] = {"200": success} | {code: errors[code] for code in sorted(errors)}
-    components["schemas"] = nullable_as_openapi_30(schemas)
+    components["schemas"] = const_as_enum(nullable_as_openapi_30(schemas))
     return out
 
 

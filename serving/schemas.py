@@ -531,6 +531,12 @@ class UnsupportedMediaType(BaseModel):
     error: str = Field(description="What to send instead (Content-Type: application/json).")
 
 
+class Timeout(BaseModel):
+    """504: the request took longer than the service's timeout (BentoML's answer)."""
+
+    error: str = Field(description="The timeout passed, in seconds.")
+
+
 class ServerError(BaseModel):
     """500: a fault of the service, not of the request."""
 
