@@ -48,6 +48,9 @@ OUTPUT_COLUMNS = (
 # category the model has not seen (which is read as missing, as LightGBM does)
 CLOSED_CATEGORIES: dict[str, tuple[str, ...]] = {"rules_stage": STAGES}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# the spec's aggregates that every builder makes as 32-bit integers
+_WHOLE_KINDS = frozenset({"count", "distinct_days", "sessions"})
+_INT32_MAX = 2**31 - 1
 
 
 class FeatureValueError(InputError):
@@ -169,6 +172,7 @@ class FunnelcastModel(_PythonModel):
         state.pop("_codes", None)
         state.pop("_positions", None)
         state.pop("_floor_values", None)
+        state.pop("_whole_places", None)
         return state
 
     # model_input is left unannotated on purpose: MLflow reads the annotation as a schema and
@@ -241,6 +245,9 @@ class FunnelcastModel(_PythonModel):
             floors = self._floors()
             if (block < floors).any():  # NaN is below nothing
                 raise _below_zero(block, floors, names, lambda i, k: records[i].get(names[k]))
+            whole = self._whole()
+            if whole:
+                _check_whole(block, whole, names, lambda i, k: records[i].get(names[k]))
             X[:, numeric] = block
         for j in categorical:
             name = self.feature_names[j]
@@ -288,6 +295,9 @@ class FunnelcastModel(_PythonModel):
             raise _below_zero(
                 block[:, places], floors[places], names, lambda i, k: rows[i][places[k]]
             )
+        whole = self._whole()
+        if whole:
+            _check_whole(block[:, places], whole, names, lambda i, k: rows[i][places[k]])
         return block[:, positions].astype(np.float64)
 
     def _category_column(self, name: str, values: Sequence[Any]) -> list[float]:
@@ -328,6 +338,17 @@ class FunnelcastModel(_PythonModel):
                 dtype=np.float32,
             )
             self.__dict__["_floor_values"] = cached
+        return cached
+
+    def _whole(self) -> list[int]:
+        """Places (in ``_columns``' numeric order) of the features that are whole numbers in
+        every builder: counts, active days and sessions (32-bit integers)."""
+        cached: list[int] | None = self.__dict__.get("_whole_places")
+        if cached is None:
+            numeric, _ = self._columns()
+            whole = {a.name for a in self.spec.aggregates if a.kind in _WHOLE_KINDS}
+            cached = [k for k, j in enumerate(numeric) if self.feature_names[j] in whole]
+            self.__dict__["_whole_places"] = cached
         return cached
 
     def _columns(self) -> tuple[list[int], list[int]]:
@@ -462,6 +483,31 @@ def _below_zero(
     return FeatureValueError(
         f"feature '{name}' is {value_of(row, column)!r}; a count, active days, sessions or "
         "days since an event is never negative",
+        row=row,
+        feature=name,
+    )
+
+
+def _check_whole(
+    block: npt.NDArray[np.float32],
+    whole: list[int],
+    names: list[str],
+    value_of: Callable[[int, int], Any],
+) -> None:
+    """Counts, active days and sessions (the ``whole`` columns of the block) are whole numbers
+    that fit 32 bits, as every builder makes them (a null is a missing value); otherwise a
+    ``FeatureValueError`` naming the first that is not."""
+    part = block[:, whole]
+    with np.errstate(invalid="ignore"):
+        wrong = ((part != np.floor(part)) | (part >= 2.0**31)) & ~np.isnan(part)
+    if not wrong.any():
+        return
+    rows, columns = np.nonzero(wrong)
+    row, column = int(rows[0]), whole[int(columns[0])]
+    name = names[column]
+    raise FeatureValueError(
+        f"feature '{name}' is {value_of(row, column)!r}; a count, active days or sessions is a "
+        f"whole number (at most {_INT32_MAX:,})",
         row=row,
         feature=name,
     )

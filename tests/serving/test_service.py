@@ -339,6 +339,7 @@ def test_the_compact_batch_form_is_scored_as_the_form_by_name(
         ("no such stage", "contacts.1.values.{rules_stage}", "not one of its values"),
         ("beyond float32", "contacts.1.values.{email_click_count_7d}", "float32"),
         ("negative count", "contacts.1.values.{email_click_count_7d}", "never negative"),
+        ("half a count", "contacts.1.values.{email_click_count_7d}", "is a whole number"),
     ],
 )
 def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
@@ -369,6 +370,8 @@ def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
         wrong["rules_stage"] = "bogus"
     elif mistake == "negative count":
         wrong["email_click_count_7d"] = -5.0
+    elif mistake == "half a count":
+        wrong["email_click_count_7d"] = 0.5
     else:
         wrong["email_click_count_7d"] = 1e39
     batch = _compact(bodies, names)
@@ -919,6 +922,38 @@ def test_a_negative_count_or_recency_is_refused_naming_it(
     ]
     assert any(n.startswith("days_since_") for n in free)
     model.encode_records([{**features, **dict.fromkeys(free, -1.0)}])  # accepted
+
+
+@pytest.mark.parametrize("value", [0.5, 3e38, 2.0**31])
+@pytest.mark.parametrize("name", ["email_click_count_7d", "active_days_28d", "session_count_7d"])
+def test_a_count_that_is_no_whole_32_bit_number_is_refused_naming_it(
+    service: Any, served: Served, active_contacts: list[str], name: str, value: float
+) -> None:
+    """Every builder makes counts, active days and sessions 32-bit integers: half a click or
+    3e38 of them given as precomputed features is a mistake (they were scored). Missing
+    (null) stays allowed, and so do fractional recencies, sums and derived features."""
+    from training.pyfunc import FeatureValueError
+
+    model: FunnelcastModel = service.scorer.model
+    features, _ = service.scorer.features_of(
+        _request(contact_body(served, active_contacts[4])), served.as_of
+    )
+    wrong = {**features, name: value}
+    for complete in (True, False):
+        with pytest.raises(FeatureValueError, match="is a whole number") as caught:
+            model.encode_records([features, wrong], complete=complete)
+        assert (caught.value.row, caught.value.feature) == (1, name)
+    with pytest.raises(RequestError, match="is a whole number") as one:
+        service.scorer.predict([_request({"marketing_consent": True, "features": wrong})])
+    assert one.value.field == f"features.{name}"
+    fine = {
+        **features,
+        name: None,
+        "days_since_last_event": 2.5,
+        "purchase_value_sum_all": 10.25,
+        "activity_trend_7d_vs_prior_28d": 0.75,
+    }
+    model.encode_records([fine, {**features, name: 2.0**31 - 128}])  # accepted
 
 
 def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> None:
