@@ -359,6 +359,21 @@ def _expand_aggregate(entry: _AggregateEntry) -> Iterator[Aggregate]:
     include_channels = _checked(entry.where.channel, "channel", where)
     exclude_types = frozenset(_checked(entry.where_not.event_type, "event_type", where) or ())
     exclude_channels = frozenset(_checked(entry.where_not.channel, "channel", where) or ())
+    for key, included, excluded in (
+        ("event_type", include_types, exclude_types),
+        ("channel", include_channels, exclude_channels),
+    ):
+        listed = entry.for_each.get(key)
+        if isinstance(listed, list):  # listed by hand (`all` may cover what a filter removes)
+            void = [
+                v for v in listed if v in excluded or (included is not None and v not in included)
+            ]
+            if void:
+                raise SpecError(
+                    f"{where}: for_each {key} {void} names what its where/where_not filter "
+                    "leaves out, so those features would never see an event; remove them from "
+                    "for_each or from the filter"
+                )
     for binding in _bindings(entry.for_each, where):
         event_types = _narrow(include_types, binding.get("event_type"))
         channels = _narrow(include_channels, binding.get("channel"))

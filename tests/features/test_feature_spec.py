@@ -135,6 +135,27 @@ def test_an_unknown_key_is_named_with_the_keys_known_there() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "filters",
+    [
+        "where: {channel: [web], event_type: [purchase]}\n    for_each: {channel: [web, email]}",
+        "where_not: {channel: [email]}\n    for_each: {channel: [web, email]}",
+        "where_not: {event_type: [email_open]}",
+    ],
+)
+def test_a_for_each_value_its_filter_leaves_out_is_refused(filters: str) -> None:
+    """`email_buys_28d` of web purchases only was always 0: a slip, not a feature."""
+    text = BASE.replace("windows: [7, 28]", "windows: [7, 28]\n    " + filters)
+    if "for_each: {channel" in filters:
+        text = text.replace("    for_each: {event_type: [email_open, email_click]}\n", "")
+        text = text.replace("{event_type}_count", "{channel}_count")
+    with pytest.raises(SpecError, match=r"names what its where/where_not filter leaves out"):
+        parse_feature_spec(text)
+    # the same filter over every value (`all`) keeps the features it always had
+    wide = text.replace("[web, email]}", "all}").replace("[email_open, email_click]}", "all}")
+    assert parse_feature_spec(wide).names
+
+
 def test_errors_found_while_expanding_and_yaml_errors_name_the_file() -> None:
     with pytest.raises(SpecError, match=r"^my.yaml: aggregate .*: window 0 is not a positive"):
         parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [0]"), origin="my.yaml")
