@@ -281,7 +281,13 @@ def load_feature_spec(path: Path | None = None) -> FeatureSpec:
     return parse_feature_spec(text, origin=origin)
 
 
-def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpec:
+def parse_feature_spec(
+    text: str, *, origin: str = "feature spec", logged: bool = False
+) -> FeatureSpec:
+    """A spec's text, checked and expanded. ``logged``: the spec a model was trained with,
+    read back to serve it; checks added after a model was trained to catch a slip in a new
+    spec (a ``for_each`` value its own filter leaves out) do not refuse a model that has it:
+    it was trained, tested and registered with those features."""
     try:
         spec_file = parse_yaml_model(text, _SpecFile, origin=origin, error=SpecError)
     except SpecError as exc:
@@ -292,7 +298,7 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
             ) from exc
         raise
     try:
-        aggregates, derived = _expand(spec_file, origin)
+        aggregates, derived = _expand(spec_file, origin, lint=not logged)
     except SpecError as exc:  # every problem names the file, as the YAML's own do
         if str(exc).startswith(origin):
             raise
@@ -317,10 +323,12 @@ def parse_feature_spec(text: str, *, origin: str = "feature spec") -> FeatureSpe
     )
 
 
-def _expand(spec_file: _SpecFile, origin: str) -> tuple[tuple[Aggregate, ...], list[Derived]]:
+def _expand(
+    spec_file: _SpecFile, origin: str, *, lint: bool = True
+) -> tuple[tuple[Aggregate, ...], list[Derived]]:
     """The spec's aggregates and derived features, one per expansion of its entries."""
     aggregates = tuple(
-        itertools.chain.from_iterable(_expand_aggregate(e) for e in spec_file.aggregates)
+        itertools.chain.from_iterable(_expand_aggregate(e, lint=lint) for e in spec_file.aggregates)
     )
     known = _unique_names([a.name for a in aggregates], origin)
     derived: list[Derived] = []
@@ -345,7 +353,7 @@ def _shipped_text() -> str:
 # --- expansion -------------------------------------------------------------------------------
 
 
-def _expand_aggregate(entry: _AggregateEntry) -> Iterator[Aggregate]:
+def _expand_aggregate(entry: _AggregateEntry, *, lint: bool = True) -> Iterator[Aggregate]:
     where = f"aggregate '{entry.name}'"
     if entry.kind == "sum" and entry.column not in _SUMMABLE:
         raise SpecError(f"{where}: kind sum needs `column: value` (got {entry.column!r})")
@@ -359,21 +367,15 @@ def _expand_aggregate(entry: _AggregateEntry) -> Iterator[Aggregate]:
     include_channels = _checked(entry.where.channel, "channel", where)
     exclude_types = frozenset(_checked(entry.where_not.event_type, "event_type", where) or ())
     exclude_channels = frozenset(_checked(entry.where_not.channel, "channel", where) or ())
-    for key, included, excluded in (
-        ("event_type", include_types, exclude_types),
-        ("channel", include_channels, exclude_channels),
-    ):
-        listed = entry.for_each.get(key)
-        if isinstance(listed, list):  # listed by hand (`all` may cover what a filter removes)
-            void = [
-                v for v in listed if v in excluded or (included is not None and v not in included)
-            ]
-            if void:
-                raise SpecError(
-                    f"{where}: for_each {key} {void} names what its where/where_not filter "
-                    "leaves out, so those features would never see an event; remove them from "
-                    "for_each or from the filter"
-                )
+    if lint:
+        _refuse_void_for_each(
+            entry,
+            where,
+            {
+                "event_type": (include_types, exclude_types),
+                "channel": (include_channels, exclude_channels),
+            },
+        )
     for binding in _bindings(entry.for_each, where):
         event_types = _narrow(include_types, binding.get("event_type"))
         channels = _narrow(include_channels, binding.get("channel"))
@@ -389,6 +391,26 @@ def _expand_aggregate(entry: _AggregateEntry) -> Iterator[Aggregate]:
                 exclude_channels=exclude_channels,
                 window_days=window_days,
                 column=entry.column,
+            )
+
+
+def _refuse_void_for_each(
+    entry: _AggregateEntry,
+    where: str,
+    filters: Mapping[str, tuple[list[str] | None, frozenset[str]]],
+) -> None:
+    """A ``for_each`` value listed by hand that the entry's own filter leaves out (``all`` may
+    cover what a filter removes): those features would never see an event."""
+    for key, (included, excluded) in filters.items():
+        listed = entry.for_each.get(key)
+        if not isinstance(listed, list):
+            continue
+        void = [v for v in listed if v in excluded or (included is not None and v not in included)]
+        if void:
+            raise SpecError(
+                f"{where}: for_each {key} {void} names what its where/where_not filter leaves "
+                "out, so those features would never see an event; remove them from for_each "
+                "or from the filter"
             )
 
 

@@ -369,7 +369,7 @@ def check_feature_spec(model: Any) -> None:
     model was trained on (a feature renamed, added or removed since, or a spec this code cannot
     read); the message names the features that differ."""
     try:
-        spec = parse_feature_spec(model.spec_text, origin="the model's feature spec")
+        spec = parse_feature_spec(model.spec_text, origin="the model's feature spec", logged=True)
     except InputError as exc:
         raise SpecMismatchError(
             f"the model's feature spec does not load with this service's code: {exc}. Serve it "

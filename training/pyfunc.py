@@ -131,7 +131,9 @@ class FunnelcastModel(_PythonModel):
     @property
     def spec(self) -> FeatureSpec:
         if self._spec is None:
-            self._spec = parse_feature_spec(self.spec_text, origin="the model's feature spec")
+            self._spec = parse_feature_spec(
+                self.spec_text, origin="the model's feature spec", logged=True
+            )
         return self._spec
 
     @property

@@ -154,6 +154,25 @@ def test_a_for_each_value_its_filter_leaves_out_is_refused(filters: str) -> None
     # the same filter over every value (`all`) keeps the features it always had
     wide = text.replace("[web, email]}", "all}").replace("[email_open, email_click]}", "all}")
     assert parse_feature_spec(wide).names
+    # a model trained before the check was added keeps loading with the features it has
+    logged = parse_feature_spec(text, logged=True)
+    assert len(logged.names) == 4
+
+
+def test_a_model_whose_logged_spec_predates_a_new_check_is_still_served() -> None:
+    from types import SimpleNamespace
+
+    from serving.runtime import check_feature_spec
+
+    text = BASE.replace(
+        "    for_each: {event_type: [email_open, email_click]}\n",
+        "    for_each: {channel: [web, email]}\n    where: {channel: [web]}\n",
+    ).replace("{event_type}_count", "{channel}_count")
+    with pytest.raises(SpecError, match="filter leaves out"):
+        parse_feature_spec(text)
+    names = list(parse_feature_spec(text, logged=True).names)
+    assert names == ["web_count_7d", "web_count_28d", "email_count_7d", "email_count_28d"]
+    check_feature_spec(SimpleNamespace(spec_text=text, spec_features=[*names, "rules_stage"]))
 
 
 def test_errors_found_while_expanding_and_yaml_errors_name_the_file() -> None:
