@@ -692,14 +692,18 @@ def _check_bentoml_home() -> None:
     100-line traceback after the registry work."""
     from features.io import check_writable_folder
 
-    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    # as BentoML reads it: ~ and $VARIABLES expanded until nothing changes
+    home = os.environ.get("BENTOML_HOME", "~/bentoml")
+    while (expanded := os.path.expanduser(os.path.expandvars(home))) != home:
+        home = expanded
+
     try:
-        check_writable_folder(home)
+        check_writable_folder(Path(home))
     except InputError as exc:
+        why = exc.args[0].removeprefix("cannot write into ").split("; give a folder")[0]
         raise InputError(
-            f"BentoML's home (BENTOML_HOME) {exc.args[0].removeprefix('cannot write into ')}: "
-            "BentoML keeps its models and Bentos there, and a server's metrics files; set "
-            "BENTOML_HOME to a folder you may write to"
+            f"BentoML's home (BENTOML_HOME) {why}: BentoML keeps its models and Bentos there, "
+            "and a server's metrics files; set BENTOML_HOME to a folder you may write to"
         ) from None
 
 

@@ -50,7 +50,6 @@ CLOSED_CATEGORIES: dict[str, tuple[str, ...]] = {"rules_stage": STAGES}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # the spec's aggregates that every builder makes as 32-bit integers
 _WHOLE_KINDS = frozenset({"count", "distinct_days", "sessions"})
-_INT32_MAX = 2**31 - 1
 
 
 class FeatureValueError(InputError):
@@ -516,7 +515,8 @@ def _check_whole(
     name = names[column]
     raise FeatureValueError(
         f"feature '{name}' is {value_of(row, column)!r}; a count, active days or sessions is a "
-        f"whole number (at most {_INT32_MAX:,})",
+        "whole number below 2**31 as the model reads it (in float32, where 2,147,483,584 and "
+        "above round to 2**31)",
         row=row,
         feature=name,
     )
