@@ -1,10 +1,13 @@
-"""A cap on the size of a request's head (its request line and headers).
+"""A cap on what a request sends besides its body: its request line and headers, and a chunked
+body's framing and trailers.
 
-BentoML serves through uvicorn with httptools' parser, and neither caps a request's head:
-httptools joins a header's value chunk by chunk, so a head grows in quadratic time; a 64 MB
+BentoML serves through uvicorn with httptools' parser, and neither caps these: httptools joins
+a header's value (a trailer's too) chunk by chunk, so it grows in quadratic time; a 64 MB
 header sent without any key held a worker for 5 s (its other requests and ``/readyz``
-waited) and 100 MB for 12 s. ``FUNNELCAST_MAX_BODY_MB`` limits bodies only. Here a head that
-goes on past ``MAX_HEAD_BYTES`` is answered with a 431 and its connection closed (uvicorn's
+waited) and 100 MB for 12 s, and a 64 MB trailer after an empty chunked body 3 s.
+``FUNNELCAST_MAX_BODY_MB`` limits bodies only. Here a request whose bytes other than its body
+go on past ``MAX_HEAD_BYTES`` (plus an eighth of its body, the framing a chunked body of
+chunks of 64 bytes or more needs) is answered with a 431 and its connection closed (uvicorn's
 other parser, h11, stops at 16 KiB on its own).
 """
 
@@ -21,8 +24,8 @@ def head_too_large(limit: int = MAX_HEAD_BYTES) -> bytes:
     """The whole 431 answer, JSON like every refusal of the service."""
     body = json.dumps(
         {
-            "error": f"request line and headers are larger than the limit of {limit} bytes; "
-            "send shorter headers",
+            "error": f"request line and headers (or a chunked body's framing and trailers) "
+            f"are larger than the limit of {limit} bytes; send shorter headers",
             "limit_bytes": limit,
         }
     ).encode()
@@ -35,13 +38,15 @@ def head_too_large(limit: int = MAX_HEAD_BYTES) -> bytes:
 
 
 def limit_request_heads(limit: int = MAX_HEAD_BYTES) -> None:
-    """Make uvicorn's httptools protocol refuse a head longer than ``limit`` bytes. Called
-    when the service module is imported (a worker imports it before uvicorn starts); the
-    class's methods are wrapped, so whichever name uvicorn reaches the class by, the cap holds.
+    """Make uvicorn's httptools protocol refuse a request whose bytes other than its body pass
+    ``limit`` (plus an eighth of its body). Called when the service module is imported (a
+    worker imports it before uvicorn starts); the class's methods are wrapped, so whichever
+    name uvicorn reaches the class by, the cap holds.
 
-    A head is counted from the first chunk after the one it began in: that chunk may also hold
-    the end of an earlier request's body (requests sent back to back), which is no head. So a
-    head is refused at most one socket read (256 KiB) past ``limit``."""
+    The bytes are counted from the first read after the one a request begins in: that read
+    may also hold the end of an earlier request's body (requests sent back to back), which
+    is not this one's. So a head that arrives within one read of the socket (up to 256 KiB)
+    is parsed at once, in linear time, and is not refused; one that keeps coming is."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn uses h11, which caps heads itself
@@ -49,36 +54,46 @@ def limit_request_heads(limit: int = MAX_HEAD_BYTES) -> None:
     if getattr(HttpToolsProtocol, "funnelcast_head_limit", None) is not None:
         return
     begin = HttpToolsProtocol.on_message_begin
-    complete = HttpToolsProtocol.on_headers_complete
+    body = HttpToolsProtocol.on_body
+    complete = HttpToolsProtocol.on_message_complete
     received = HttpToolsProtocol.data_received
     answer = head_too_large(limit)
 
     def on_message_begin(self: Any) -> None:
-        self.funnelcast_head = 0
+        self.funnelcast_open = True
         self.funnelcast_began = True
+        self.funnelcast_other = 0  # bytes that are not the body, from the next read on
+        self.funnelcast_body = 0
         begin(self)
 
-    def on_headers_complete(self: Any) -> None:
-        self.funnelcast_head = None
+    def on_body(self: Any, chunk: bytes) -> None:
+        self.funnelcast_read_body += len(chunk)
+        self.funnelcast_body += len(chunk)
+        body(self, chunk)
+
+    def on_message_complete(self: Any) -> None:
+        self.funnelcast_open = False
         complete(self)
 
     def data_received(self: Any, data: bytes) -> None:
         self.funnelcast_began = False
+        self.funnelcast_read_body = 0
         received(self, data)
-        head = self.funnelcast_head
-        if head is None or self.funnelcast_began:
+        if not self.funnelcast_open or self.funnelcast_began:
             return
-        head += len(data)
-        self.funnelcast_head = head
-        if head > limit and not self.transport.is_closing():
-            self.funnelcast_head = None
+        self.funnelcast_other += len(data) - self.funnelcast_read_body
+        allowed = limit + self.funnelcast_body // 8
+        if self.funnelcast_other > allowed and not self.transport.is_closing():
+            self.funnelcast_open = False
             self.transport.write(answer)
             self.transport.close()
 
     protocol: Any = HttpToolsProtocol  # the class gains attributes it does not declare
-    protocol.funnelcast_head = None  # no head being read
+    protocol.funnelcast_open = False  # no request being read
     protocol.funnelcast_began = False
+    protocol.funnelcast_read_body = 0
     protocol.on_message_begin = on_message_begin
-    protocol.on_headers_complete = on_headers_complete
+    protocol.on_body = on_body
+    protocol.on_message_complete = on_message_complete
     protocol.data_received = data_received
     protocol.funnelcast_head_limit = limit

@@ -116,7 +116,8 @@ DESCRIPTION = (
     'operations below are JSON too, {"error": "..."}: 404 for a path that does not '
     "exist (one with a trailing slash included: no path ends in /), 405 for another "
     "method than a path answers, with its Allow header, and 431 for a request line and "
-    "headers over 64 KiB. A request that is not valid HTTP at all (a malformed header, a bad "
+    "headers (or a chunked body's framing and trailers) that go on past 64 KiB. A request "
+    "that is not valid HTTP at all (a malformed header, a bad "
     "Content-Length) is refused by the HTTP layer before the service sees it, with a "
     "plain-text 400 'Invalid HTTP request received.'."
 )

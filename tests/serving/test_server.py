@@ -252,6 +252,23 @@ def test_bentoml_serve_answers_like_the_service_class(
         assert status == 431
         assert json.loads(refusal)["limit_bytes"] == MAX_HEAD_BYTES
         assert _call(port, "/readyz")[0] == 200
+        # so are a chunked body's trailers (httptools joins them as slowly)
+        trailer = b"0\r\nX-Trailer: " + b"t" * 2**20 + b"\r\n\r\n"
+        chunked = f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {served.api_key}\r\n"
+        chunked += "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        [(status, _)] = _raw(port, chunked.encode() + trailer)
+        assert status == 431
+        # while a large chunked body of small chunks is served, its framing past 64 KiB
+        data = json.dumps({"contacts": [{**body, "marketing_consent": False}] * 40}).encode()
+        framed = b"".join(
+            b"%x\r\n%s\r\n" % (len(data[i : i + 64]), data[i : i + 64])
+            for i in range(0, len(data), 64)
+        )
+        assert len(framed) - len(data) > MAX_HEAD_BYTES
+        batch_head = chunked.replace("/predict ", "/predict_batch ").encode()
+        [(status, answer)] = _raw(port, batch_head + framed + b"0\r\n\r\n")
+        assert status == 200, answer
+        assert {p["status"] for p in json.loads(answer)["predictions"]} == {"no_consent"}
         # a long header below the cap is served; so are requests sent back to back, a large
         # batch's body and the next request's head arriving together
         padding = b"X-Pad: " + b"p" * 30_000 + b"\r\n"
