@@ -458,19 +458,34 @@ def _numbers_one_by_one(
     return out
 
 
+def _first_named(
+    wrong: npt.NDArray[np.bool_],
+    names: list[str],
+    value_of: Callable[[int, int], Any],
+    says: str,
+    columns: npt.NDArray[np.intp] | None = None,
+) -> FeatureValueError:
+    """The first ``wrong`` value (row by row), named: ``value_of(row, k)`` is the value given
+    for ``names[k]`` (quoted in the message, then ``says``); ``columns[c]`` is the ``k`` of
+    the mask's column ``c`` when the mask covers only some features."""
+    rows, places = np.nonzero(wrong)
+    row, column = int(rows[0]), int(places[0])
+    column = column if columns is None else int(columns[column])
+    name = names[column]
+    return FeatureValueError(
+        f"feature '{name}' is {value_of(row, column)!r}{says}", row=row, feature=name
+    )
+
+
 def _beyond_float32(
     block: npt.NDArray[np.float32], names: list[str], value_of: Callable[[int, int], Any]
 ) -> FeatureValueError:
-    """The first value that became infinite in the float32 block, named; ``value_of(row, k)``
-    is the value given for ``names[k]`` (quoted in the message)."""
-    rows, columns = np.nonzero(np.isinf(block.reshape(-1, len(names))))
-    row, column = int(rows[0]), int(columns[0])
-    name = names[column]
-    return FeatureValueError(
-        f"feature '{name}' is {value_of(row, column)!r}, beyond the float32 range the model "
-        f"reads numbers in (\u00b1{FLOAT32_MAX:.4g})",
-        row=row,
-        feature=name,
+    """The first value that became infinite in the float32 block, named."""
+    return _first_named(
+        np.isinf(block.reshape(-1, len(names))),
+        names,
+        value_of,
+        f", beyond the float32 range the model reads numbers in (\u00b1{FLOAT32_MAX:.4g})",
     )
 
 
@@ -481,14 +496,11 @@ def _below_zero(
     value_of: Callable[[int, int], Any],
 ) -> FeatureValueError:
     """The first value of the block below its feature's floor (``_floors``), named."""
-    rows, columns = np.nonzero(block < floors)
-    row, column = int(rows[0]), int(columns[0])
-    name = names[column]
-    return FeatureValueError(
-        f"feature '{name}' is {value_of(row, column)!r}; a count, active days, sessions or "
-        "days since an event is never negative",
-        row=row,
-        feature=name,
+    return _first_named(
+        block < floors,
+        names,
+        value_of,
+        "; a count, active days, sessions or days since an event is never negative",
     )
 
 
@@ -508,18 +520,15 @@ def _check_whole(
         return
     with np.errstate(invalid="ignore"):
         wrong = ((part != np.floor(part)) | (part >= 2.0**31)) & ~np.isnan(part)
-    if not wrong.any():
-        return
-    rows, columns = np.nonzero(wrong)
-    row, column = int(rows[0]), int(whole[int(columns[0])])
-    name = names[column]
-    raise FeatureValueError(
-        f"feature '{name}' is {value_of(row, column)!r}; a count, active days or sessions is a "
-        "whole number below 2**31 as the model reads it (in float32, where 2,147,483,584 and "
-        "above round to 2**31)",
-        row=row,
-        feature=name,
-    )
+    if wrong.any():
+        raise _first_named(
+            wrong,
+            names,
+            value_of,
+            "; a count, active days or sessions is a whole number below 2**31 as the model "
+            "reads it (in float32, where 2,147,483,584 and above round to 2**31)",
+            columns=whole,
+        )
 
 
 def _check_closed(name: str, value: str, *, row: int) -> None:
