@@ -135,6 +135,11 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return
         path = scope.get("path", "")
+        if scope.get("method") == "HEAD" and path not in self.post_only:
+            # HEAD answers as GET without the body (HTTP requires it wherever GET works; the
+            # routes here declare GET only, so HEAD /metadata or /readyz was a 405)
+            scope = {**scope, "method": "GET"}
+            send = _headers_only(send)
         if path.endswith("/") and path != "/" and not path.startswith(OPEN_PREFIXES):
             # Starlette would redirect "/predict/" to "/predict" (a 307 with no body, which a
             # client not following redirects reads as an empty answer), after the key check
@@ -231,6 +236,18 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _headers_only(send: Send) -> Send:
+    """``send`` with every body part emptied: a HEAD answer keeps GET's status and headers
+    (Content-Length included), and sends no body."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return sending
 
 
 def _json_refusals(send: Send, path: str, method: str) -> Send:

@@ -1000,3 +1000,20 @@ def test_a_repeated_event_counts_once(
     ).json()
     assert twice["events_used"] == once["events_used"]
     assert twice["probabilities"] == once["probabilities"]
+
+
+def test_head_answers_wherever_get_does_without_a_body(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """HTTP requires HEAD wherever GET works (monitors probe with it); the routes declare GET
+    only, so HEAD /metadata or /readyz was a 405."""
+    for path, headers in (("/healthz", {}), ("/readyz", {}), ("/metadata", auth)):
+        got = client.get(path, headers=headers)
+        head = client.head(path, headers=headers)
+        assert (head.status_code, got.status_code) == (200, 200)
+        assert head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] != "0"
+    assert client.head("/metadata").status_code == 401  # the key still counts
+    refused = client.head("/predict", headers=auth)
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "POST"
