@@ -156,8 +156,12 @@ def main() -> None:
         if _VERBOSE:
             err_console.print_exception()
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = ""
+        if "mlflow" in sys.modules:  # MLflow's message may not say which store or server
+            where = f" at {sys.modules['mlflow'].get_tracking_uri()}"
         err_console.print(
-            f"[bold red]error:[/] MLflow: {escape(shown_uri(first))}; check the tracking URI "
+            f"[bold red]error:[/] MLflow{escape(shown_uri(where))}: {escape(shown_uri(first))}; "
+            "check the tracking URI "
             "(--tracking-uri or MLFLOW_TRACKING_URI) and that its store or server can be used",
             highlight=False,
             soft_wrap=True,
@@ -200,6 +204,10 @@ def run(
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     started = time.perf_counter()
     check_writable_folder(out / "data")  # now, not after the simulation
+    from training.tracking import check_server
+    from training.tracking import tracking_uri as resolve_uri
+
+    check_server(resolve_uri(tracking_uri))  # a server that is down: now, not at step 4
     if source is None:
         console.rule("[bold]1. Simulate customer journeys")
         validated, true_history = _simulate_into(

@@ -17,7 +17,10 @@ import math
 import os
 import platform
 import re
+import socket
 import tempfile
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,15 +103,54 @@ def existing_store(uri: str | None = None) -> str:
             "train` or `funnelcast run`), or point --tracking-uri (MLFLOW_TRACKING_URI) at "
             "the store that holds it"
         )
+    check_server(resolved)
     return resolved
 
 
+def check_server(uri: str, *, timeout: float = 5.0) -> None:
+    """An http(s) tracking server that cannot be reached (nothing listening, an unknown host,
+    no answer within ``timeout`` seconds) is an ``InputError`` at once: MLflow retries each
+    request with growing pauses, and ``train`` failed only after 4.5 minutes of warnings.
+
+    Only a TCP connection is tried, so a server that asks for a login still passes (MLflow's
+    own error then says so). A host reached through a proxy (``HTTP(S)_PROXY``) is left to
+    MLflow, which goes through the proxy."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(
+        parts.hostname
+    ):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:  # a port that is not a number or out of range
+        raise InputError(
+            f"the MLflow tracking URI {shown_uri(uri)} has a bad port ({error}); fix "
+            "--tracking-uri (MLFLOW_TRACKING_URI)"
+        ) from None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within {timeout:g} s"
+        raise InputError(
+            f"the MLflow tracking server {shown_uri(uri)} cannot be reached ({reason}); start "
+            "it, or point --tracking-uri (MLFLOW_TRACKING_URI) at a server that runs or at a "
+            f"SQLite store such as {DEFAULT_TRACKING_URI}"
+        ) from None
+
+
 def configure_tracking(uri: str | None = None) -> str:
-    """Point MLflow (tracking and registry) at the store, making the SQLite folder if needed."""
+    """Point MLflow (tracking and registry) at the store, making the SQLite folder if needed
+    and refusing an http(s) server that cannot be reached (``check_server``)."""
     resolved = tracking_uri(uri)
     database = _sqlite_path(resolved)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
+    check_server(resolved)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     return resolved

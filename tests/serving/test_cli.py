@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,23 +169,57 @@ def test_evaluate_and_promote_without_a_store_say_so_and_make_none(
 def test_a_tracking_server_that_cannot_be_reached_is_one_line_without_its_password(
     tmp_path: Path,
 ) -> None:
-    """MLflow's own error (a traceback, the URI's password in it) became one line, the
-    password hidden."""
+    """MLflow retried for 4.5 minutes, then its traceback showed the URI's password; now one
+    connection is tried and the error is one line, the password hidden."""
     simulated = _run(
         "simulate", "--out", str(tmp_path / "data"), "--contacts", "200", "--days", "30"
     )
     assert simulated.returncode == 0, simulated.stderr
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # port 9 is closed
-    result = _run(
-        "train",
-        "--events",
-        str(tmp_path / "data"),
-        "--tracking-uri",
-        "http://alice:s3cret@127.0.0.1:9",
-        cwd=tmp_path,
-        env=env,
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    for command in (["train", "--events", str(tmp_path / "data")], ["run", "--out", "out"]):
+        result = _run(
+            *command, "--tracking-uri", "http://alice:s3cret@127.0.0.1:9", cwd=tmp_path, env=env
+        )
+        _assert_one_line_error(result, "http://***@127.0.0.1:9", "cannot be reached")
+        assert "s3cret" not in result.stderr + result.stdout
+    assert not (tmp_path / "out").exists()  # run stopped before simulating
+
+
+def test_a_server_that_is_not_mlflow_is_one_line_without_its_password(tmp_path: Path) -> None:
+    """A server that listens but is not MLflow gets past the connection check: MLflow's own
+    error (a traceback, the URI's password in it) is one line, the password hidden."""
+    simulated = _run(
+        "simulate", "--out", str(tmp_path / "data"), "--contacts", "200", "--days", "30"
     )
-    _assert_one_line_error(result, "MLflow: ", "http://***@127.0.0.1:9", "check the tracking URI")
+    assert simulated.returncode == 0, simulated.stderr
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        result = _run(
+            "train",
+            "--events",
+            str(tmp_path / "data"),
+            "--tracking-uri",
+            f"http://alice:s3cret@127.0.0.1:{server.server_address[1]}",
+            cwd=tmp_path,
+            env=env,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    _assert_one_line_error(result, "MLflow at http://***@127.0.0.1:", "check the tracking URI")
     assert "s3cret" not in result.stderr + result.stdout
 
 
