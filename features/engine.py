@@ -1031,6 +1031,36 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
     ]
 
 
+# a text attribute with at least this many distinct values, over more than this share of the
+# contacts that have one, names contacts (an e-mail, a phone number, a CRM id) rather than
+# describing them: as a categorical feature LightGBM would store every value in the model
+IDENTIFYING_MIN_VALUES = 100
+IDENTIFYING_SHARE = 0.5
+
+
+def identifying_attributes(
+    contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec
+) -> list[tuple[str, int, int]]:
+    """The text attributes the spec would make categorical features that identify contacts
+    (``IDENTIFYING_MIN_VALUES``, ``IDENTIFYING_SHARE``): each name with its distinct values
+    and the contacts that have a value."""
+    listed = _contacts_frame(contacts)
+    if listed is None:
+        return []
+    found = []
+    for name in spec.attribute_names(listed.columns):
+        if name not in listed.columns:
+            continue  # check_listed_attributes names it
+        dtype = listed[name].dtype
+        if not (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)):
+            continue
+        values = listed[name].drop_nulls()
+        distinct = values.n_unique()
+        if distinct >= IDENTIFYING_MIN_VALUES and distinct > IDENTIFYING_SHARE * len(values):
+            found.append((name, distinct, len(values)))
+    return found
+
+
 def column_names(contacts: pa.Table | pl.DataFrame) -> list[str]:
     return list(contacts.column_names if isinstance(contacts, pa.Table) else contacts.columns)
 

@@ -1096,7 +1096,11 @@ def _train_and_report(
 ) -> str | None:
     """Train, log to MLflow and print the quality table; returns the registered version."""
     from features.spec import load_feature_spec, shipped_spec_text
-    from training.pipeline import require_trainable_spec, train_models
+    from training.pipeline import (
+        require_no_identifying_attributes,
+        require_trainable_spec,
+        train_models,
+    )
     from training.settings import load_training_settings
     from training.tracking import (
         configure_tracking,
@@ -1111,6 +1115,7 @@ def _train_and_report(
     rules = load_rules_settings(config)
     feature_spec = load_feature_spec(spec_path)
     require_trainable_spec(feature_spec)  # before a run starts
+    require_no_identifying_attributes(contacts, feature_spec)
     spec_text = spec_path.read_text("utf-8") if spec_path else shipped_spec_text()
     uri = configure_tracking(tracking_uri)
     steps = [

@@ -26,7 +26,13 @@ import polars as pl
 import pyarrow as pa
 
 from features.consent import ConsentUnknownError, restrict_to_consented
-from features.engine import EventsInput, date_attributes, feature_columns, scan_events
+from features.engine import (
+    EventsInput,
+    date_attributes,
+    feature_columns,
+    identifying_attributes,
+    scan_events,
+)
 from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
@@ -121,6 +127,36 @@ def require_trainable_spec(spec: FeatureSpec) -> None:
             f"spec needs {' and '.join(problems)}; keep these entries of the shipped spec "
             "(features/config/feature_spec.yaml), names included, in your copy"
         )
+
+
+def require_no_identifying_attributes(
+    contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec
+) -> None:
+    """A contacts column that names contacts (an e-mail, a phone number, a CRM id) is no
+    feature to train on: the model would memorise it, and as a categorical LightGBM keeps
+    every value in the model, so MLflow, every Bento and the service's /metadata would carry
+    them. ``attributes: all`` takes every column, so it is checked before any work."""
+    found = identifying_attributes(contacts, spec)
+    if not found:
+        return
+    named = ", ".join(
+        f"'{name}' ({distinct:,} distinct values among {rows:,} contacts)"
+        for name, distinct, rows in found
+    )
+    how = (
+        "`attributes: all` in the feature spec takes every contacts column"
+        if spec.attributes == "all"
+        else "the feature spec lists them under `attributes:`"
+    )
+    one = len(found) == 1
+    raise InputError(
+        f"the contacts column{'' if one else 's'} {named} identif{'ies' if one else 'y'} "
+        f"contacts rather than describe{'s' if one else ''} them, and {how}: a model would "
+        "memorise the values and carry every one into MLflow and the Bento. List the "
+        "attributes to train on under `attributes:` in a copy of the spec "
+        "(features/config/feature_spec.yaml, given with --spec), or leave those columns out "
+        "of the contacts table"
+    )
 
 
 def build_labelled_frame(
@@ -280,6 +316,7 @@ def train_models(
     only with ``assume_consent``."""
     require_known_consent(contacts, assume_consent=assume_consent)  # before any work
     require_trainable_spec(spec)
+    require_no_identifying_attributes(contacts, spec)
     say = progress or (lambda _: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

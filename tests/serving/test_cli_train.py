@@ -84,6 +84,24 @@ def test_train_refuses_a_spec_without_the_rules_stage_before_any_run(
     assert not (tmp_path / "mlruns").exists()  # refused before a run was started
 
 
+def test_train_refuses_a_contacts_column_that_identifies_contacts_before_any_run(
+    workspace: Path, tmp_path: Path
+) -> None:
+    import polars as pl
+
+    contacts = pl.read_parquet(workspace / "data" / "contacts.parquet")
+    with_email = tmp_path / "contacts.parquet"
+    contacts.with_columns(email=pl.col("contact_id") + "@example.com").write_parquet(with_email)
+    result = _run(
+        tmp_path, "train", "--events", str(workspace / "data"), "--contacts", str(with_email)
+    )
+    assert result.returncode == 2
+    said = " ".join(result.stderr.split())
+    assert "the contacts column 'email' (6,000 distinct values among 6,000 contacts)" in said
+    assert "`attributes: all`" in said
+    assert not (tmp_path / "mlruns").exists()  # refused before a run was started
+
+
 @pytest.fixture(scope="module")
 def trained(workspace: Path) -> subprocess.CompletedProcess[str]:
     """Version 1, trained with two tuning trials per model: what evaluate and promote read,

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from features.consent import ConsentUnknownError
+from features.engine import identifying_attributes
 from features.errors import InputError
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
@@ -20,6 +21,7 @@ from training.pipeline import (
     InsufficientDataError,
     build_labelled_frame,
     check_enough_data,
+    require_no_identifying_attributes,
     require_trainable_spec,
     train_models,
 )
@@ -109,6 +111,56 @@ def test_a_spec_without_the_baselines_features_is_refused_before_any_work(
         )
     assert "keep these entries of the shipped spec" in str(caught.value)
     require_trainable_spec(load_feature_spec())  # the shipped spec has them all
+
+
+def test_a_contacts_column_that_identifies_contacts_is_refused_before_any_work(
+    small: object,
+) -> None:
+    """`attributes: all` made an e-mail column a categorical feature: every address went
+    into the model (and so MLflow and the Bento), and it was the stage model's top feature."""
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
+    assert isinstance(contacts, pl.DataFrame)
+    contacts = contacts.with_columns(email=pl.col("contact_id") + "@example.com")
+    common = {"rules": load_rules_settings(), "settings": load_training_settings()}
+    with pytest.raises(InputError, match=r"column 'email' \(1,500 distinct values among 1,500"):
+        # no events at all: the column is refused before they are read
+        train_models(None, contacts, spec=load_feature_spec(), **common)  # type: ignore[arg-type]
+    from features.spec import parse_feature_spec, shipped_spec_text
+
+    listed = parse_feature_spec(
+        shipped_spec_text().replace("attributes: all", "attributes: [segment, email]")
+    )
+    with pytest.raises(InputError, match="lists them under `attributes:`"):
+        train_models(None, contacts, spec=listed, **common)  # type: ignore[arg-type]
+    without = parse_feature_spec(
+        shipped_spec_text().replace("attributes: all", "attributes: [segment]")
+    )
+    require_no_identifying_attributes(contacts, without)  # listed out: trained without it
+
+
+@pytest.mark.parametrize(
+    ("values", "identifying"),
+    [
+        ([f"v{i}" for i in range(100)], True),  # 100 values, each once
+        ([f"v{i}" for i in range(99)], False),  # too few values to say
+        ([f"v{i // 2}" for i in range(200)], False),  # 100 values over 200: a half, not more
+        ([f"v{i // 2}" for i in range(199)] + [None] * 50, True),  # nulls have no value
+    ],
+)
+def test_which_text_attributes_identify_contacts(
+    values: list[str | None], identifying: bool
+) -> None:
+    contacts = pl.DataFrame(
+        {
+            "contact_id": [f"c{i}" for i in range(len(values))],
+            "marketing_consent": [True] * len(values),
+            "text": values,
+            "category": pl.Series(values, dtype=pl.Categorical),
+            "number": list(range(len(values))),  # a number is binned, not kept value by value
+        }
+    )
+    found = {name for name, _, _ in identifying_attributes(contacts, load_feature_spec())}
+    assert found == ({"text", "category"} if identifying else set())
 
 
 def test_too_few_buyers_stop_training_with_a_report_per_split(small: object) -> None:
