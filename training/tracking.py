@@ -5,7 +5,7 @@ says otherwise; artifacts go beside the database. Nothing is configured at impor
 
 A run logs the settings as params, the feature spec, data fingerprints (row counts, date
 ranges and a hash, never a contact id), every metric of every model, the report artifacts
-(``training.evaluation``), the test set (features and labels, no contact ids) for the
+(``training.evaluation``), the test set (features and labels, no contact ids, shuffled) for the
 promotion gate, and the model: one ``FunnelcastModel`` pyfunc, registered as ``funnelcast``.
 """
 

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from features.consent import restrict_to_consented
 from features.engine import build_contact_features
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
@@ -114,7 +115,22 @@ def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
     path = mlflow.artifacts.download_artifacts(
         run_id=ref.run_id, artifact_path="evaluation/test_set.parquet"
     )
-    assert "contact_id" not in pl.read_parquet(path).columns
+    logged = pl.read_parquet(path)
+    assert "contact_id" not in logged.columns
+    # nor is a row's place its contact's: the rows are not in contact order (privacy review)
+    first = logged["as_of"].min()
+    features = build_contact_features(
+        simulation.events,  # type: ignore[attr-defined]
+        simulation.contacts,  # type: ignore[attr-defined]
+        as_of=first,
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+    )
+    consented = restrict_to_consented(features, simulation.contacts).kept  # type: ignore[attr-defined]
+    in_order = consented.sort("contact_id")["days_since_last_event"].cast(pl.Float32)
+    week = logged.filter(pl.col("as_of") == first)["days_since_last_event"]
+    assert week.sort().equals(in_order.sort())  # the same rows
+    assert not week.equals(in_order)  # in another order
 
 
 def test_the_registered_model_loads_by_alias_and_predicts_like_the_trained_one(
