@@ -178,9 +178,11 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             text = Path(path).read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            # the value is not shown: a key put here by mistake would be printed and logged
             raise ServiceConfigError(
-                f"FUNNELCAST_API_KEY_FILE {path} cannot be read ({reason}); point it at a "
-                "file with one API key per line"
+                f"the API key file (FUNNELCAST_API_KEY_FILE, --api-key-file) cannot be read "
+                f"({reason}); point it at a file with one API key per line (a key itself goes "
+                "in FUNNELCAST_API_KEY)"
             ) from None
         for number, line in enumerate(text.splitlines(), start=1):
             key = line.strip()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from features import telemetry
 from serving.duplicates import KeepBody, consent_given_twice, needs_a_look
 from serving.runtime import ServiceConfigError, ServiceSettings, read_api_keys
 from serving.security import GuardMiddleware, KeyCheck, presented_key
@@ -71,6 +75,36 @@ def test_a_key_file_that_is_not_utf8_text_is_a_configuration_error(tmp_path: Pat
 def test_no_usable_key_is_a_configuration_error(env: dict[str, str], words: str) -> None:
     with pytest.raises(ServiceConfigError, match=words):
         read_api_keys(env)
+
+
+def test_a_key_given_as_the_key_file_is_not_repeated() -> None:
+    """The key itself put in FUNNELCAST_API_KEY_FILE (or --api-key-file) was echoed in the
+    error, so printed and, under `bentoml serve`, logged (privacy review)."""
+    with pytest.raises(ServiceConfigError, match="cannot be read") as caught:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": KEY})
+    assert KEY not in str(caught.value)
+    assert "a key itself goes in FUNNELCAST_API_KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize("preset", [None, "false"])
+def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
+    preset: str | None,
+) -> None:
+    """MLflow and BentoML send usage data to their makers by default (privacy review)."""
+    env = {k: v for k, v in os.environ.items() if k not in telemetry.SETTINGS}
+    if preset is not None:
+        env["BENTOML_DO_NOT_TRACK"] = env["MLFLOW_DISABLE_TELEMETRY"] = preset
+    code = (
+        "import os, serving.service\n"
+        "from bentoml._internal.utils.analytics.usage_stats import do_not_track\n"
+        "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['BENTOML_DO_NOT_TRACK'],"
+        " do_not_track())"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    expected = ["true", "true", "True"] if preset is None else ["false", "false", "False"]
+    assert shown == expected
 
 
 def test_the_check_accepts_configured_keys_only() -> None:

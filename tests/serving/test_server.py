@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 from conftest import Served, contact_body
 
 from serving.http_limits import MAX_HEAD_BYTES
@@ -326,6 +327,10 @@ def test_a_built_bento_serves_without_the_registry(
     locked = pins((ROOT / "bento-requirements.txt").read_text("utf-8"))
     assert locked <= pins(requirements.read_text("utf-8"))
     assert any(pin.startswith("uvicorn==") for pin in locked)
+    # a deployment sends no usage data to BentoML or MLflow
+    [manifest] = (tmp_path / "bentoml" / "bentos").glob("funnelcast/*/bento.yaml")
+    envs = {e["name"]: e["value"] for e in yaml.safe_load(manifest.read_text("utf-8"))["envs"]}
+    assert envs["BENTOML_DO_NOT_TRACK"] == envs["MLFLOW_DISABLE_TELEMETRY"] == "true"
     port = _free_port()
     # the registry is gone: only the Bento's own copy of the model can be served
     env = {**home, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nothing-here.db"}
