@@ -1166,6 +1166,16 @@ def _train_and_report(
         f"{summary['test_rows']:,} rows ({summary['test_from']}..{summary['test_to']}); "
         f"labels: {result.label_source}, {settings.horizon_days}-day horizon."
     )
+    if summary.get("rows_before_first_event"):
+        console.print(
+            f"Left out {summary['rows_before_first_event']:,} rows of listed contacts at "
+            "snapshots before their first event (nobody knew them then)."
+        )
+    if summary.get("labels_without_date"):
+        console.print(
+            f"Set aside {summary['labels_without_date']:,} provided labels without a "
+            "label_date (a conversion or stage that cannot be placed in time)."
+        )
     from training.tracking import flat_metrics
 
     _print_quality(flat_metrics(result.metrics))

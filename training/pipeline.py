@@ -171,6 +171,7 @@ def build_labelled_frame(
     as_of_dates: Sequence[dt.datetime] | None = None,
     each: Callable[[dt.datetime, pl.DataFrame], pl.DataFrame] | None = None,
     assume_consent: bool = False,
+    counts: dict[str, int] | None = None,
 ) -> tuple[pl.DataFrame, list[dt.datetime], str]:
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
     where the labels came from.
@@ -179,13 +180,37 @@ def build_labelled_frame(
     leaves out the embargoed ones); ``each`` is applied to each snapshot's rows as they are
     built (``features.snapshots.build_training_frame``). Only contacts with marketing consent
     are rows: without a contacts table nobody's consent is known, and that is a
-    ``ConsentUnknownError`` unless ``assume_consent`` (every contact opted in)."""
+    ``ConsentUnknownError`` unless ``assume_consent`` (every contact opted in).
+
+    Nor is a contact a row at a snapshot before its first event, though the contacts table
+    lists it (as the funnel report leaves it out): back then nobody knew it, no served model
+    sees such a contact, and its label would be its arrival (a lead created and won within the
+    horizon). ``counts`` (when given) receives how many rows that left out
+    (``rows_before_first_event``) and how many provided labels had no usable date
+    (``labels_without_date``, ``training.labels.label_from_provided``)."""
     require_known_consent(contacts, assume_consent=assume_consent)
     until = until or observed_until(events)
     dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
-    frame = build_training_frame(
-        events, contacts, as_of_dates=dates, spec=spec, rules=rules, each=each
+    firsts = (
+        scan_events(events)
+        .group_by(pl.col("contact_id").cast(pl.String))
+        .agg(pl.col("timestamp").min().alias("first_event"))
+        .collect()
     )
+    left_out = 0
+
+    def known_then(as_of: dt.datetime, rows: pl.DataFrame) -> pl.DataFrame:
+        nonlocal left_out
+        later = firsts.filter(pl.col("first_event") >= as_of)["contact_id"]
+        kept = rows.filter(~pl.col("contact_id").cast(pl.String).is_in(later.implode()))
+        left_out += rows.height - kept.height
+        return each(as_of, kept) if each is not None else kept
+
+    frame = build_training_frame(
+        events, contacts, as_of_dates=dates, spec=spec, rules=rules, each=known_then
+    )
+    if counts is not None:
+        counts["rows_before_first_event"] = left_out
     if contacts is not None:
         # contacts without marketing consent are never scored, not even on a test week
         frame = restrict_to_consented(frame, contacts).kept
@@ -198,7 +223,7 @@ def build_labelled_frame(
     source = "revealed"
     if labels is not None:
         provided = label_from_provided(
-            labels, as_of_dates=dates, horizon_days=settings.horizon_days
+            labels, as_of_dates=dates, horizon_days=settings.horizon_days, set_aside=counts
         )
         # provided labels replace the revealed ones; the rows they do not label are left out
         frame = frame.join(provided, on=["contact_id", "as_of"], how="inner")
@@ -353,6 +378,7 @@ def train_models(
             1, settings.max_validation_rows // max(1, len(split.validation))
         ),
     )
+    frame_counts: dict[str, int] = {}
     frame, _, label_source = build_labelled_frame(
         events,
         contacts,
@@ -364,6 +390,7 @@ def train_models(
         as_of_dates=[*split.train, *split.validation, *split.test],
         each=sampler,
         assume_consent=assume_consent,
+        counts=frame_counts,
     )
     timings["features_and_labels"] = time.perf_counter() - clock
     if sampler.rates and not sampler.active_rates:
@@ -492,6 +519,10 @@ def train_models(
             "label_source": label_source,
             "horizon_days": settings.horizon_days,
             "snapshot_rows_built": sampler.rows_built,
+            # listed contacts at snapshots before their first event: not rows
+            "rows_before_first_event": frame_counts["rows_before_first_event"],
+            # provided positives and stages without a date: set aside, never a label
+            "labels_without_date": frame_counts.get("labels_without_date", 0),
             "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
             "active_sample_rates": dict(sampler.active_rates),
             "validation_sample_rates": dict(sampler.validation_rates),

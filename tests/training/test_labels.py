@@ -178,9 +178,43 @@ def test_provided_conversions_are_positive_in_their_horizon_and_done_after_it() 
             "outcome": pl.String,
         },
     )
-    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    set_aside: dict[str, int] = {}
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14, set_aside=set_aside)
     by_contact = dict(zip(found["contact_id"], found["purchased"], strict=True))
-    assert by_contact == {"soon": True, "later": False, "never": False, "undated": True}
+    # a conversion without a date cannot be placed in time: it labelled every snapshot
+    # positive, those long before it too (review: test AUC-ROC 0.995 on Olist); an undated
+    # not_won is negative at every snapshot
+    assert by_contact == {"soon": True, "later": False, "never": False}
+    assert set_aside == {"labels_without_date": 1}
+
+
+def test_a_contact_converted_at_an_unknown_date_is_no_label_at_all() -> None:
+    """Its undated 'lost' (say, an earlier deal) would make it a negative at every snapshot,
+    though it converted at some time; an undated stage is set aside too."""
+    labels = pl.DataFrame(
+        {
+            "contact_id": ["x", "x", "y", "y", "z"],
+            "label_date": [None, None, _day(-20), None, _day(3)],
+            "outcome": ["won", "lost", "consideration", "advocacy", "won"],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    set_aside: dict[str, int] = {}
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14, set_aside=set_aside)
+    assert set(found["contact_id"]) == {"y", "z"}
+    assert found.filter(pl.col("contact_id") == "y")["provided_stage"].cast(
+        pl.String
+    ).to_list() == ["consideration"]
+    assert set_aside == {"labels_without_date": 3}
+    undated = labels.with_columns(label_date=pl.lit(None, pl.Datetime("us", "UTC")))
+    with pytest.raises(InputError, match="none of the 4 labels can be placed in time"):
+        label_from_provided(
+            undated.filter(pl.col("outcome") != "lost"), as_of_dates=[AS_OF], horizon_days=14
+        )
 
 
 def test_provided_stages_hold_until_the_next_record() -> None:
