@@ -180,6 +180,34 @@ def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[boo
     return not reasons, reasons
 
 
+def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
+    """Why the champion cannot be judged on the challenger's test window, from what each run
+    logged: a champion whose training or validation labels reach into that window has seen
+    its weeks (early stopping, calibration and decision weights read the validation weeks),
+    and one with another label horizon or label source predicts something else. Empty: they
+    compare. A run that logged none of this (older versions) is not judged."""
+    client = MlflowClient()
+    ours = client.get_run(challenger.run_id).data.params
+    theirs = client.get_run(champion.run_id).data.params
+    reasons = []
+    for key, what in (("horizon_days", "label horizon (days)"), ("label_source", "labels")):
+        if key in ours and key in theirs and ours[key] != theirs[key]:
+            reasons.append(
+                f"its {what} {theirs[key]} are not the challenger's {ours[key]}, so its "
+                "scores mean something else"
+            )
+    last = [theirs[k] for k in ("data.train_to", "data.validation_to") if k in theirs]
+    if last and "horizon_days" in theirs and "data.test_from" in ours:
+        seen = dt.date.fromisoformat(max(last)) + dt.timedelta(days=int(theirs["horizon_days"]))
+        if seen > dt.date.fromisoformat(ours["data.test_from"]):
+            reasons.append(
+                f"its training and validation labels reach {seen} ({max(last)} plus its "
+                f"{theirs['horizon_days']}-day horizon), past the start of the challenger's "
+                f"test window ({ours['data.test_from']}): it has seen those weeks"
+            )
+    return reasons
+
+
 def promote(
     name: str,
     *,
@@ -198,11 +226,24 @@ def promote(
         raise RegistryError(
             f"version {challenger.version} is already '{alias}'; train a new version first"
         )
+    unscorable: str | None = None
+    if champion is not None and (why := incomparable(challenger, champion)):
+        unscorable = (
+            f"the champion (version {champion.version}) cannot be judged on the challenger's "
+            f"test window: {'; and '.join(why)}"
+        )
+        if not force:
+            raise RegistryError(
+                f"{unscorable}. Train the challenger on data at least as recent as the "
+                "champion's, with the same horizon and labels, or use --force to replace it "
+                "anyway (recorded)"
+            )
     test_set = load_test_set(challenger)
     challenger_scores = score(load_model(challenger), test_set)
-    unscorable: str | None = None
     if champion is None:
         champion_scores = baseline_scores(challenger, test_set)
+    elif unscorable is not None:
+        champion_scores = {}  # nothing fair to compare: --force replaces it, and says why
     else:
         try:
             champion_scores = score(load_model(champion), test_set)
@@ -229,6 +270,18 @@ def promote(
     )
     if decision.promoted:
         client = MlflowClient()
+        # another promotion may have moved the alias while this one compared: then this
+        # decision was about a champion that is gone
+        try:
+            now: str | None = resolve(name, alias=alias).version
+        except RegistryError:
+            now = None
+        if now != (champion.version if champion else None):
+            raise RegistryError(
+                f"'{alias}' moved to version {now} while version {challenger.version} was "
+                f"compared with {champion.version if champion else 'the rules'}; run promote "
+                "again to compare it with the new champion"
+            )
         client.set_registered_model_alias(name, alias, challenger.version)
         tags = {
             "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -3,8 +3,10 @@ alias, and the promotion gate both ways. MLflow's store is SQLite in a temporary
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -21,7 +23,7 @@ from features.vocabulary import STAGE_CTA, STAGES
 from training.frame import model_matrix
 from training.pipeline import TrainingResult, train_models
 from training.pyfunc import OUTPUT_COLUMNS
-from training.registry import beats, load_model, promote, resolve
+from training.registry import beats, incomparable, load_model, promote, resolve
 from training.settings import TrainingSettings, load_training_settings
 from training.tracking import configure_tracking, data_fingerprint, log_training, training_run
 
@@ -319,3 +321,86 @@ def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
     assert "promote --version N" in str(caught.value)
     with pytest.raises(RegistryError, match="no version is registered: train one"):
         resolve("no-such-model", alias="champion")
+
+
+def _log_variant(result: TrainingResult, settings: TrainingSettings, **summary: str) -> str:
+    """The trained model logged again as a new version, its run saying other windows."""
+    variant = dataclasses.replace(result, data_summary={**result.data_summary, **summary})
+    spec, rules = load_feature_spec(), load_rules_settings()
+    with training_run():
+        version = log_training(
+            variant,
+            spec=spec,
+            spec_text=shipped_spec_text(),
+            rules=rules,
+            settings=settings,
+            fingerprint={},
+        )
+    assert version is not None
+    return version
+
+
+def test_the_gate_refuses_a_champion_that_has_seen_the_challengers_test_weeks(
+    trained: dict,
+) -> None:
+    """The champion was scored on the challenger's test rows though those weeks were among
+    its own validation weeks (early stopping, calibration, decision weights) or inside its
+    labels' horizon, and it won unfairly (training review). --force still replaces it."""
+    from training.registry import RegistryError
+
+    result, normal = trained["normal"]
+    summary = result.data_summary
+    # the challenger's test window starts at the champion's last validation snapshot
+    older = _log_variant(result, load_training_settings(), test_from=summary["validation_to"])
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
+    reach = dt.date.fromisoformat(summary["validation_to"]) + dt.timedelta(days=14)
+    with pytest.raises(RegistryError, match=f"labels reach {reach}.*has seen those weeks"):
+        promote(NAME, version=older)
+    assert resolve(NAME, alias="champion").version == normal
+    decision = promote(NAME, version=older, force=True)
+    assert (decision.promoted, decision.forced) == (True, True)
+    assert "cannot be judged" in decision.reasons[0]
+    assert resolve(NAME, alias="champion").version == older
+    # the same windows compare (what every other gate test does)
+    assert incomparable(resolve(NAME, version=normal), resolve(NAME, version=normal)) == []
+
+
+def test_the_gate_refuses_a_champion_with_another_label_horizon(trained: dict) -> None:
+    """A 7-day model replaced a 14-day one with no word: the served propensity changed its
+    meaning silently (training review)."""
+    from training.registry import RegistryError
+
+    result, normal = trained["normal"]
+    week = load_training_settings(horizon_days=7)
+    shorter = _log_variant(result, week)
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
+    with pytest.raises(
+        RegistryError, match=r"label horizon \(days\) 14 are not the challenger's 7"
+    ):
+        promote(NAME, version=shorter)
+    assert resolve(NAME, alias="champion").version == normal
+
+
+def test_a_champion_moved_while_comparing_stops_the_promotion(
+    trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two promotions at once both said "promoted over version 1"; the last one won the alias
+    without being compared with the other (training review)."""
+    import training.registry
+    from training.registry import RegistryError
+
+    _, weak = trained["weak"]
+    _, normal = trained["normal"]
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "champion", weak)
+    real_score = training.registry.score
+
+    def score_while_another_promotes(model: Any, test_set: pl.DataFrame) -> dict[str, float]:
+        client.set_registered_model_alias(NAME, "champion", normal)  # the other promotion
+        return real_score(model, test_set)
+
+    monkeypatch.setattr(training.registry, "score", score_while_another_promotes)
+    before = client.get_model_version(NAME, normal).tags
+    with pytest.raises(RegistryError, match=f"'champion' moved to version {normal}"):
+        promote(NAME, version=normal)  # compared with weak, which is no longer champion
+    assert client.get_model_version(NAME, normal).tags == before  # nothing recorded
