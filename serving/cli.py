@@ -74,7 +74,11 @@ _CONFIGURED_ALIAS = "the config's champion_alias, 'champion' as shipped"
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="A copy of features/config/default.yaml with your settings."),
+    typer.Option(
+        "--config",
+        exists=True,
+        help="A copy of features/config/default.yaml with your settings.",
+    ),
 ]
 StartOption = Annotated[
     str | None,
@@ -410,6 +414,8 @@ def features(
             f"--events {events} does not exist; give the events folder or Parquet file written "
             "by ingest or simulate"
         )
+    if not events.exists():  # before the contacts, whose absence it would otherwise be
+        raise FileNotFoundError(f"--events {events} does not exist; give the events Parquet")
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
@@ -500,6 +506,8 @@ def train(
     from features.io import read_table
     from training.pipeline import require_known_consent
 
+    if not events.exists():  # before the contacts, whose absence it would otherwise be
+        raise FileNotFoundError(f"--events {events} does not exist; give the events Parquet")
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")

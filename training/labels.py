@@ -33,6 +33,11 @@ from features.vocabulary import PURCHASE_EVENTS, STAGES
 LABEL_COLUMNS = ("contact_id", "as_of", "purchased", "revealed_stage")
 # outcomes of a provided labels table that count as a conversion (case-insensitive)
 POSITIVE_OUTCOMES = frozenset({"converted", "won", "purchase", "purchased", "1", "true", "yes"})
+# the words a provided outcome may use for "not converted": any other word is refused, so that a
+# typo or a CRM's own word ("closed_won") is not read as a negative silently
+NEGATIVE_OUTCOMES = frozenset(
+    {"not_converted", "not_won", "lost", "closed_lost", "not_purchased", "0", "false", "no"}
+)
 
 
 def observed_until(events: EventsInput) -> dt.datetime:
@@ -160,10 +165,25 @@ def label_from_provided(
         )
     if frame.height == 0:
         raise InputError("the labels table is empty; give labelled contacts or drop --labels")
+    frame = _typed_labels(frame)
     positive = {o.lower() for o in positive_outcomes}
-    frame = frame.with_columns(outcome=pl.col("outcome").cast(pl.String))
+    known = positive | NEGATIVE_OUTCOMES | set(STAGES)
+    unknown = (
+        frame.filter(pl.col("outcome").is_null() | ~pl.col("outcome").is_in(sorted(known)))
+        .select(pl.col("outcome").fill_null("(empty)"))["outcome"]
+        .value_counts(sort=True)
+        .head(5)
+    )
+    if unknown.height:
+        listed = ", ".join(f"{word!r} ({count:,})" for word, count in unknown.iter_rows())
+        raise InputError(
+            f"labels with outcomes {listed} that are neither a stage name, a conversion "
+            f"({', '.join(sorted(positive))}) nor a non-conversion "
+            f"({', '.join(sorted(NEGATIVE_OUTCOMES))}); rename them to one of these (a "
+            "mapping's outcome takes `values: {closed_won: won}`)"
+        )
     is_stage = pl.col("outcome").is_in(STAGES)
-    is_positive = ~is_stage & pl.col("outcome").str.to_lowercase().is_in(positive)
+    is_positive = ~is_stage & pl.col("outcome").is_in(positive)
     undated = pl.col("label_date").is_null()
     unplaced = frame.filter(undated & is_positive)["contact_id"].unique()
     usable = frame.filter(~(undated & is_stage) & ~pl.col("contact_id").is_in(unplaced.implode()))
@@ -196,6 +216,32 @@ def label_from_provided(
     result = pl.concat(parts, how="diagonal")
     return result.select("contact_id", "as_of", pl.exclude("contact_id", "as_of")).sort(
         "as_of", "contact_id"
+    )
+
+
+def _typed_labels(frame: pl.DataFrame) -> pl.DataFrame:
+    """The labels table with text ids and outcomes (outcomes trimmed and lower-cased, so that
+    'Intent' is the stage intent) and label dates in UTC; a column of another kind is an
+    ``InputError`` naming it."""
+    dates = frame.schema["label_date"]
+    if isinstance(dates, pl.Datetime) and dates.time_zone is None:
+        raise InputError(
+            "the labels' label_date holds times without a time zone; give them in UTC (or "
+            "with their zone), as `funnelcast ingest` writes them from a mapping's timezone:"
+        )
+    if not isinstance(dates, pl.Datetime | pl.Null):
+        raise InputError(
+            f"the labels' label_date is {dates}, not a timestamp; give timestamps with a time "
+            "zone (empty where unknown), as `funnelcast ingest` writes them"
+        )
+    for name in ("contact_id", "outcome"):
+        kind = frame.schema[name]
+        if not (kind == pl.String or isinstance(kind, pl.Categorical | pl.Enum | pl.Null)):
+            raise InputError(f"the labels' {name} is {kind}, not text; give it as text")
+    return frame.with_columns(
+        pl.col("contact_id").cast(pl.String),
+        pl.col("outcome").cast(pl.String).str.strip_chars().str.to_lowercase(),
+        pl.col("label_date").cast(pl.Datetime("us", "UTC")),
     )
 
 

@@ -608,3 +608,18 @@ def test_printed_commands_run_as_printed(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("PATH", str(beside))
     assert shell_command("funnelcast") == "funnelcast"
     assert shell_command("no-such-program") == "no-such-program"
+
+
+def test_train_with_events_that_do_not_exist_names_the_events(tmp_path: Path) -> None:
+    """It said there was no contacts table: the contacts are looked for beside the events."""
+    result = _run("train", "--events", str(tmp_path / "nope"), cwd=tmp_path)
+    _assert_one_line_error(result, f"--events {tmp_path / 'nope'} does not exist")
+
+
+def test_a_settings_file_that_does_not_exist_names_the_option(tmp_path: Path) -> None:
+    """It was "[Errno 2] No such file or directory", naming no option (bad-input review)."""
+    result = _run("simulate", "--out", str(tmp_path / "s"), "--config", str(tmp_path / "no.yaml"))
+    assert result.returncode == 2
+    assert "Invalid value for '--config'" in result.stderr
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "s").exists()

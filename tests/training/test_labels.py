@@ -243,3 +243,43 @@ def test_a_labels_table_without_an_outcome_column_is_refused_with_the_fix() -> N
             as_of_dates=[AS_OF],
             horizon_days=14,
         )
+
+
+def _provided(**columns: object) -> pl.DataFrame:
+    base: dict[str, object] = {
+        "contact_id": ["a", "b"],
+        "label_date": pl.Series([_day(3), None], dtype=pl.Datetime("us", "UTC")),
+        "outcome": ["won", "lost"],
+    }
+    return pl.DataFrame({**base, **columns})
+
+
+@pytest.mark.parametrize(
+    ("columns", "says"),
+    [
+        ({"outcome": ["closed_won", "lost"]}, r"outcomes 'closed_won' \(1\) that are neither"),
+        ({"outcome": ["won", None]}, r"outcomes '\(empty\)' \(1\)"),
+        (
+            {"label_date": pl.Series([_day(3), None]).dt.replace_time_zone(None)},
+            "without a time zone",
+        ),
+        ({"label_date": ["2024-01-01", None]}, "label_date is String, not a timestamp"),
+        ({"contact_id": [1, 2]}, "contact_id is Int64, not text"),
+    ],
+)
+def test_a_labels_table_that_cannot_be_read_as_labels_is_refused_naming_the_column(
+    columns: dict[str, object], says: str
+) -> None:
+    """A CRM's own outcome word counted as 'not bought' silently, and a naive or text date
+    was a Polars traceback (bad-input review)."""
+    with pytest.raises(InputError, match=says):
+        label_from_provided(_provided(**columns), as_of_dates=[AS_OF], horizon_days=14)
+
+
+def test_outcomes_are_read_whatever_their_case_and_spaces() -> None:
+    dates = pl.Series([_day(3), _day(-3)], dtype=pl.Datetime("us", "UTC"))
+    labels = _provided(outcome=[" Won ", "Intent"], label_date=dates)
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    assert found.filter(pl.col("contact_id") == "a")["purchased"].to_list() == [True]
+    stage = found.filter(pl.col("contact_id") == "b")["provided_stage"].cast(pl.String)
+    assert stage.to_list() == ["intent"]
