@@ -228,11 +228,20 @@ def run(
     console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
     from training.pipeline import InsufficientDataError
 
+    # a source's provided labels (a CRM's won/lost or lifecycle stages), as `train --labels`
+    provided = out / "data" / "labels.parquet"
+    if source is not None and provided.exists():
+        from features.io import read_table
+
+        labels = read_table(provided)
+        console.print(f"Training on the source's provided labels ({labels.num_rows:,} rows).")
+    else:
+        labels = None
     try:
         version = _train_and_report(
             out / "data" / "events.parquet",
             validated.contacts,
-            None,
+            labels,
             tune=tune,
             horizon=None,
             spec_path=None,
@@ -245,6 +254,9 @@ def run(
         console.print(f"[bold]No model trained:[/] {escape(str(error))}")
         _print_minimum_data(error.report)
         version = None
+        untrained = True  # exit 1 at the end, as `train` does: a scheduler can tell
+    else:
+        untrained = False
     if version is not None:
         console.rule("[bold]5. Promote")
         from training.settings import load_training_settings
@@ -261,6 +273,8 @@ def run(
     console.print(
         f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{escape(str(out))}[/]."
     )
+    if untrained:
+        raise typer.Exit(code=1)
 
 
 @app.command()

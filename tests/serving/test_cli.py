@@ -286,9 +286,44 @@ def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) 
     assert refused.returncode == 2
     assert "--assume-consent" in refused.stderr
     assumed = _run(*common, str(tmp_path / "out"), "--assume-consent", env=env)
-    assert assumed.returncode == 0, assumed.stderr
+    assert assumed.returncode == 1, assumed.stderr  # no model trained: as `train`, exit 1
     assert "2 consented contacts shown" in " ".join(assumed.stdout.split())
     assert "No model trained" in assumed.stdout
+
+
+def test_run_on_a_source_with_labels_trains_on_them(tmp_path: Path) -> None:
+    """`run --source olist` ingested the won/lost labels and trained on the labels the events
+    reveal instead (training review); it trains on the source's own, as `train --labels`."""
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\ntimezone: UTC\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: c\n    timestamp: {column: t, format: iso8601}\n"
+        "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n"
+        "labels:\n  read: {path: l.csv}\n  contact_id: c\n"
+        "  outcome: {column: won_at, when_present: won, when_missing: not_won}\n"
+        '  label_date: {column: won_at, format: "%Y-%m-%d"}\n',
+        encoding="utf-8",
+    )
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=n) for n in range(70)]
+    rows = [f"u{n % 2 + 1},{day.isoformat()}T09:00:00Z" for n, day in enumerate(days)]
+    (tmp_path / "e.csv").write_text("c,t\n" + "\n".join(rows) + "\n", "utf-8")
+    (tmp_path / "l.csv").write_text("c,won_at\nu1,2024-03-01\nu2,\n", "utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
+    result = _run(
+        "run",
+        "--source",
+        str(mapping),
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--assume-consent",
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr  # two contacts: too little to train
+    said = " ".join(result.stdout.split())
+    assert "Training on the source's provided labels (2 rows)." in said
+    assert "No model trained" in said
 
 
 def test_a_mapping_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:
