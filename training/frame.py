@@ -10,6 +10,7 @@ earlier split sees the period a later split is judged on.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,15 @@ class TimeSplit:
         return out
 
 
+def min_snapshots(*, horizon_days: int, every_days: int, validation: int, test: int) -> int:
+    """The fewest snapshots, ``every_days`` apart, that ``split_by_time`` can split: the test and
+    validation ones, one training snapshot, and before each split the snapshots whose label
+    horizon would reach into it (the embargo)."""
+    embargo = -(-horizon_days // every_days) - 1  # snapshots closer than a horizon apart
+    boundaries = 2 if validation else 1
+    return test + validation + 1 + boundaries * embargo
+
+
 def split_by_time(
     dates: list[dt.datetime], *, horizon_days: int, validation: int, test: int
 ) -> TimeSplit:
@@ -81,11 +91,19 @@ def split_by_time(
     ]
     dropped = sorted(set(dates) - set(train_dates) - set(validation_dates) - set(test_dates))
     if not train_dates or len(validation_dates) < validation:
+        gaps = {(b - a).days for a, b in itertools.pairwise(dates)} - {0}
+        every = min(gaps) if gaps else horizon_days
+        needed = min_snapshots(
+            horizon_days=horizon_days, every_days=every, validation=validation, test=test
+        )
         raise InputError(
             f"{len(dates)} snapshots are too few for an out-of-time split with a "
-            f"{horizon_days}-day horizon ({test} test, {validation} validation, at least one "
-            "training snapshot, and an embargo between them); give a longer history or "
-            "a shorter --horizon"
+            f"{horizon_days}-day horizon and snapshots {every} days apart: it needs at least "
+            f"{needed} ({test} test, {validation} validation, one training snapshot, and "
+            "before each split those whose labels would reach into it); raise `snapshots:` "
+            "under `training:` in your --config if the history is long enough (the snapshots "
+            "that fit are listed below), else give a longer history, a shorter --horizon, or "
+            "a larger `snapshot_every_days`"
         )
     return TimeSplit(tuple(train_dates), tuple(validation_dates), tuple(test_dates), tuple(dropped))
 

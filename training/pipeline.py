@@ -43,6 +43,7 @@ from training.frame import (
     SAMPLE_WEIGHT,
     SnapshotSampler,
     TimeSplit,
+    min_snapshots,
     model_matrix,
     rows_of,
     snapshot_dates,
@@ -362,7 +363,12 @@ def train_models(
             {
                 "snapshots": [f"{d:%Y-%m-%d}" for d in dates],
                 "minimums": {
-                    "snapshots": settings.validation_snapshots + settings.test_snapshots + 3
+                    "snapshots": min_snapshots(
+                        horizon_days=settings.horizon_days,
+                        every_days=settings.snapshot_every_days,
+                        validation=settings.validation_snapshots,
+                        test=settings.test_snapshots,
+                    )
                 },
             },
         ) from error

@@ -287,3 +287,19 @@ def test_the_stage_model_has_its_own_patience_and_falls_back_to_the_shared_one()
     assert lightgbm.patience("propensity") == lightgbm.early_stopping_rounds
     shared = lightgbm.model_copy(update={"stage_early_stopping_rounds": None})
     assert shared.patience("stage") == lightgbm.early_stopping_rounds
+
+
+@pytest.mark.parametrize(
+    ("every", "horizon", "needed"),
+    [(7, 14, 7), (1, 14, 31), (7, 7, 5), (3, 14, 13)],
+)
+def test_too_few_snapshots_say_how_many_the_split_needs(
+    every: int, horizon: int, needed: int
+) -> None:
+    """Daily snapshots with a 14-day horizon need 31, and the report said 7 with advice that
+    did not name the `snapshots:` setting (training review)."""
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    enough = [start + dt.timedelta(days=every * n) for n in range(needed)]
+    split_by_time(enough, horizon_days=horizon, validation=2, test=2)  # exactly enough
+    with pytest.raises(InputError, match=f"it needs at least {needed} .*raise `snapshots:`"):
+        split_by_time(enough[1:], horizon_days=horizon, validation=2, test=2)
