@@ -105,6 +105,18 @@ class ReadSpec(FrozenSettings):
     package: str | None = None  # read `path` from inside this installed Python package
     install_hint: str | None = None  # how to install `package` when it is missing
 
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        # the CSV reader takes one single-byte character; a quote or a line break cannot
+        # separate columns, as it already means something else in a CSV file
+        if len(value) != 1 or not value.isascii() or value in {'"', "\n", "\r"}:
+            raise ValueError(
+                f"delimiter {value!r} is not one ASCII character; give exactly one, other "
+                "than a quote or a line break: e.g. ',' or ';' or '\\t' (a tab)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _names_when_no_header(self) -> ReadSpec:
         if not self.header and self.columns is None and self.format != "parquet":

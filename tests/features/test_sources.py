@@ -163,6 +163,22 @@ def test_an_unknown_key_in_a_mapping_is_an_error_naming_the_key(shop: Path) -> N
         load_mapping(mapping)
 
 
+@pytest.mark.parametrize("delimiter", ['";;"', '""', '"§"', "'\"'"])
+def test_a_delimiter_that_is_not_one_ascii_character_is_an_error_naming_the_key(
+    shop: Path, delimiter: str
+) -> None:
+    mapping = _with(shop, 'delimiter: ";"', f"delimiter: {delimiter}")
+
+    with pytest.raises(MappingError, match=r"`events\[0\]\.read\.delimiter`.*one ASCII character"):
+        load_mapping(mapping)
+
+
+def test_a_tab_is_a_delimiter(shop: Path) -> None:
+    mapping = _with(shop, 'delimiter: ";"', 'delimiter: "\\t"')
+
+    assert load_mapping(mapping).events[0].read.delimiter == "\t"
+
+
 def test_an_unknown_time_zone_is_an_error_naming_the_key(shop: Path) -> None:
     mapping = _with(shop, "Europe/Stockholm", "Europe/Stockholmm")
 
