@@ -754,7 +754,10 @@ def _contact_ids(frame: pl.DataFrame, column: str, *, key: str) -> pl.Expr:
             "a Parquet file must store them as text or integers (a float such as 1.0 has no "
             "one text)"
         )
-    return pl.col(column).cast(pl.String).str.strip_chars()
+    # a blank id is no id: null here, as validation reads it, so that a contact made from the
+    # events is not made from it (its events are already counted as missing_contact_id)
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
 
 
 def _mapped_value(spec: ValueMap) -> pl.Expr:
@@ -867,8 +870,8 @@ def _empty_events() -> pl.DataFrame:
 def _read_contacts(spec: ContactsSpec, files: _FileCache, events: pl.DataFrame) -> pl.DataFrame:
     if spec.read is None:
         # one row per contact seen in the events, from its first event; rows without an id
-        # are already counted as missing_contact_id event rejects, so they do not become
-        # contacts too
+        # (blank ids are null by now) are already counted as missing_contact_id event rejects,
+        # so they do not become contacts too
         frame = (
             events.select("contact_id", *_ORIGIN_COLUMNS)
             .filter(pl.col("contact_id").is_not_null())

@@ -810,34 +810,81 @@ def test_a_rejected_contact_points_at_its_line_in_the_contacts_file(
     assert _line(customers, 4) == "c3,yes,bronze"
 
 
+CLICKS_MAPPING = """\
+name: clicks
+description: contacts from the events
+events:
+  - name: clicks
+    read: {path: clicks.csv}
+    contact_id: user
+    timestamp: {column: s, format: unix_s}
+    event_type: {fixed: email_click}
+    channel: {fixed: email}
+contacts:
+  consent_default: true
+"""
+
+
 def test_a_contact_made_from_the_events_points_at_its_first_event(tmp_path: Path) -> None:
     events = _write(
         tmp_path / "clicks.csv",
+        "user,s\nu1,1700000000\nu2,1700000001\nu1,1700000002\nu2,1700000003\n",
+    )
+    mapping = _write(tmp_path / "clicks.yaml", CLICKS_MAPPING)
+
+    raw = read_source(load_mapping(mapping), data_dir=tmp_path)
+
+    assert raw.contacts is not None
+    assert raw.contacts["contact_id"].to_list() == ["u1", "u2"]
+    # the origins of a table hold (file, 0-based row in that file) per row
+    contact_files, contact_rows = raw.origins.rows["contacts"].get_columns()
+    assert [raw.origins.files[i].label for i in contact_files] == ["events[0] clicks.csv"] * 2
+    assert raw.origins.files[0].source_rows(contact_rows).to_list() == [2, 3]
+    assert _line(events, 3).startswith("u2,")
+
+
+def test_a_blank_contact_id_is_counted_once_as_an_event_reject_not_again_as_a_contact(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path / "clicks.csv",
         "user,s\nu1,1700000000\n  ,1700000001\nu2,1700000002\n  ,1700000003\n",
     )
+    mapping = _write(tmp_path / "clicks.yaml", CLICKS_MAPPING)
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert _where(ingested.validated.rejects) == [
+        ("missing_contact_id", "events[0] clicks.csv", 3),
+        ("missing_contact_id", "events[0] clicks.csv", 5),
+    ]
+    contacts = ingested.validated.contacts
+    assert contacts is not None
+    assert contacts.column("contact_id").to_pylist() == ["u1", "u2"]
+    assert ingested.validated.rows_in["contacts"] == 2
+
+
+def test_a_label_with_a_blank_contact_id_is_set_aside_as_missing_its_contact(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "leads.csv", "lead,converted\na,1\n  ,0\n")
     mapping = _write(
-        tmp_path / "clicks.yaml",
+        tmp_path / "leads.yaml",
         """\
-        name: clicks
-        description: contacts from the events
-        events:
-          - name: clicks
-            read: {path: clicks.csv}
-            contact_id: user
-            timestamp: {column: s, format: unix_s}
-            event_type: {fixed: email_click}
-            channel: {fixed: email}
-        contacts:
-          consent_default: true
+        name: leads
+        description: leads with outcomes
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
         """,
     )
 
-    rejects = ingest(mapping, data_dir=tmp_path, now=NOW).validated.rejects
-    contact_rejects = rejects.filter(pc.equal(rejects.column("table"), "contacts"))
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
 
-    # a blank id is an event reject on each of its lines, and one contact reject
-    assert _where(contact_rejects) == [("missing_contact_id", "events[0] clicks.csv", 3)]
-    assert _line(events, 3).startswith("  ,")
+    assert ingested.labels is not None
+    assert ingested.labels.column("contact_id").to_pylist() == ["a"]
+    assert _where(ingested.validated.rejects) == [("missing_contact_id", "labels leads.csv", 3)]
 
 
 def test_a_rejected_label_points_at_its_line_in_the_labels_file(tmp_path: Path) -> None:
