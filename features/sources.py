@@ -578,10 +578,37 @@ class _FileCache:
 
 
 def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
+    """The file as the mapping declares it. A file the readers cannot read is a `SchemaError`
+    naming the file, the mapping entry and what to check, never the reader's traceback."""
+    where = f"{path} (`{key}`)"
+    if path.is_dir():
+        raise SchemaError(f"{where} is a folder; give the path of the file itself in `{key}.path`")
+    if path.stat().st_size == 0:
+        # no header line either: an export that failed looks the same, so it is refused, not
+        # read as a table without rows
+        raise SchemaError(
+            f"{where} is empty (0 bytes, not even a header line), as a broken export is; "
+            "re-export it (a file without rows still has its header line)"
+        )
+    try:
+        if spec.format != "parquet" and _is_parquet(path):
+            # read as text, its bytes make one long header line and a confusing error later
+            raise SchemaError(f"{where} is a Parquet file; declare `format: parquet` in `{key}`")
+        frame = _read_table(spec, path)
+    except (pl.exceptions.PolarsError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SchemaError(f"{where} cannot be read: {_reading_fix(spec, path, exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{where} cannot be read: {_encoding_fix(path)}") from exc
+    except OSError as exc:  # permission denied, a device error
+        raise SchemaError(f"{where} cannot be read ({exc.strerror or exc})") from exc
+    return _apply_dtypes(frame, spec, path, key)
+
+
+def _read_table(spec: ReadSpec, path: Path) -> pl.DataFrame:
     if spec.format == "parquet":
-        frame = pl.read_parquet(path)
-    elif spec.format == "csv":
-        frame = pl.read_csv(
+        return pl.read_parquet(path)
+    if spec.format == "csv":
+        return pl.read_csv(
             path,
             has_header=spec.header,
             new_columns=spec.columns,
@@ -589,19 +616,80 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
             infer_schema=False,  # all text: ids keep leading zeros, types come from `dtypes`
             null_values=spec.null_values or None,
         )
-    else:
-        # runs of spaces separate columns (CDNOW); Polars has no regex separator, pandas does
-        table = pd.read_csv(
-            path,
-            sep=r"\s+",
-            header=0 if spec.header else None,
-            names=spec.columns,
-            dtype=str,
-            keep_default_na=False,
-            na_values=spec.null_values,
+    # runs of spaces separate columns (CDNOW); Polars has no regex separator, pandas does
+    table = pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=0 if spec.header else None,
+        names=spec.columns,
+        dtype=str,
+        keep_default_na=False,
+        na_values=spec.null_values,
+    )
+    return pl.from_pandas(table)
+
+
+def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
+    """What a reader's error means for this file, and what to check in the mapping."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if spec.format == "parquet":
+        return f"it is not a Parquet file ({message}); check `format:` (csv, whitespace, parquet)"
+    if isinstance(exc, pl.exceptions.NoDataError | pd.errors.EmptyDataError):
+        return "it holds no data, not even a header line; re-export it"
+    if "utf-8" in message.lower() or "utf8" in message.lower():
+        return _encoding_fix(path)
+    if spec.format == "whitespace":
+        # pandas names the line: "Expected 4 fields in line 7, saw 5"
+        return (
+            f"{message}; a value holding a space splits into two columns, so this file needs "
+            "another `format:` (csv with its `delimiter:`)"
         )
-        frame = pl.from_pandas(table)
-    return _apply_dtypes(frame, spec, path, key)
+    if spec.columns is not None and "new_columns" in message:
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            first = next(csv.reader(handle, delimiter=spec.delimiter), [])
+        return (
+            f"`columns:` names {len(spec.columns)} columns but its first line has {len(first)} "
+            f"fields; name each column, or check `delimiter:` (now {spec.delimiter!r})"
+        )
+    ragged = _first_ragged_line(path, spec)
+    if ragged is not None:
+        line, found, expected = ragged
+        return (
+            f"line {line} has {found} fields where the first line has {expected}; check "
+            f"`delimiter:` (now {spec.delimiter!r}) and that values holding it are quoted"
+        )
+    return (
+        f"{message}; check `format:` (now csv), `delimiter:` (now {spec.delimiter!r}), that it "
+        "is UTF-8 text and that every quote is closed"
+    )
+
+
+def _is_parquet(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def _encoding_fix(path: Path) -> str:
+    return (
+        "it is not UTF-8 text (e.g. Latin-1 or Windows-1252); save it as UTF-8, e.g. "
+        f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+    )
+
+
+def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:
+    """(line, fields, fields expected) of the first CSV record with more fields than the
+    first one, as the CSV reader counts them; None when there is none."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle, delimiter=spec.delimiter)
+        expected = None
+        line = 1
+        for record in reader:
+            if expected is None:
+                expected = len(record)
+            elif len(record) > expected:
+                return line, len(record), expected
+            line = reader.line_num + 1
+    return None
 
 
 def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:

@@ -246,6 +246,104 @@ def test_a_missing_file_names_its_path_and_how_to_point_at_the_data(
     assert "FUNNELCAST_DATA_DIR" in message
 
 
+ONE_FILE_MAPPING = """\
+name: one_file
+description: one event file
+timezone: UTC
+events:
+  - name: clicks
+    read: {path: clicks.txt, format: FORMAT}
+    contact_id: user
+    timestamp: {column: s, format: unix_s}
+    event_type: {fixed: email_click}
+    channel: {fixed: email}
+"""
+
+
+@pytest.mark.parametrize(
+    ("content", "file_format", "fix"),
+    [
+        (b"", "csv", r"is empty \(0 bytes, not even a header line\)"),
+        (b"", "whitespace", r"is empty \(0 bytes"),
+        (b"", "parquet", r"is empty \(0 bytes"),
+        (b"\n\n", "whitespace", "holds no data, not even a header line"),
+        (b"user,s\nu1,1\nu2,2,3\n", "csv", r"line 3 has 3 fields .*`delimiter:` \(now ','\)"),
+        ("user,s\nJosé,1\n".encode("latin-1"), "csv", "not UTF-8 text.*save it as UTF-8"),
+        ("user s\nJosé 1\n".encode("latin-1"), "whitespace", "not UTF-8 text"),
+        (b"user s\nu1 1\nu2 2 3\n", "whitespace", r"line 3, saw 3.*`format:`"),
+        (b"user,s\nu1,1\n", "parquet", r"not a Parquet file.*`format:`"),
+    ],
+    ids=[
+        "empty csv",
+        "empty whitespace",
+        "empty parquet",
+        "blank lines only",
+        "a line with an extra field",
+        "latin-1 csv",
+        "latin-1 whitespace",
+        "whitespace with an extra field",
+        "csv declared parquet",
+    ],
+)
+def test_a_file_the_readers_cannot_read_is_a_schema_error_naming_it_and_the_fix(
+    tmp_path: Path, content: bytes, file_format: str, fix: str
+) -> None:
+    (tmp_path / "clicks.txt").write_bytes(content)
+    mapping = _write(tmp_path / "m.yaml", ONE_FILE_MAPPING.replace("FORMAT", file_format))
+
+    with pytest.raises(SchemaError, match=fix) as error:
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert f"{tmp_path / 'clicks.txt'} (`events[0].read`)" in str(error.value)
+    assert "\n" not in str(error.value)  # one line on the command line
+
+
+def test_a_parquet_file_declared_as_csv_is_an_error_saying_to_declare_parquet(
+    tmp_path: Path,
+) -> None:
+    pq.write_table(pa.table({"user": ["u1"], "s": [1700000000]}), tmp_path / "clicks.txt")
+    mapping = _write(tmp_path / "m.yaml", ONE_FILE_MAPPING.replace("FORMAT", "csv"))
+
+    with pytest.raises(
+        SchemaError, match=r"is a Parquet file; declare `format: parquet` in `events\[0\]\.read`"
+    ):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+@pytest.mark.parametrize("file_format", ["csv", "whitespace", "parquet"])
+def test_a_folder_given_as_the_path_is_an_error_asking_for_the_file(
+    tmp_path: Path, file_format: str
+) -> None:
+    (tmp_path / "clicks.txt").mkdir()
+    mapping = _write(tmp_path / "m.yaml", ONE_FILE_MAPPING.replace("FORMAT", file_format))
+
+    with pytest.raises(SchemaError, match=r"is a folder; .*`events\[0\]\.read\.path`"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_more_names_in_columns_than_fields_in_a_file_without_header_is_an_error(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "clicks.txt", "u1,1700000000\n")
+    mapping = _write(
+        tmp_path / "m.yaml",
+        ONE_FILE_MAPPING.replace("format: FORMAT", "header: false, columns: [user, s, extra]"),
+    )
+
+    with pytest.raises(SchemaError, match="`columns:` names 3 columns but its first line has 2"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_a_csv_with_its_header_line_and_no_rows_reads_as_no_events(tmp_path: Path) -> None:
+    _write(tmp_path / "clicks.txt", "user,s\n")
+    mapping = _write(tmp_path / "m.yaml", ONE_FILE_MAPPING.replace("FORMAT", "csv"))
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert ingested.validated.events.num_rows == 0
+    assert ingested.validated.rejects.num_rows == 0
+
+
 def test_a_column_missing_from_the_raw_file_names_the_column_and_the_mapping_key(
     shop: Path, tmp_path: Path
 ) -> None:
