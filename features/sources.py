@@ -47,6 +47,7 @@ from features.schema import (
     REJECTS_SCHEMA,
     SchemaError,
     Validated,
+    _parse_timestamps,  # validation's reader of ISO times: label dates are read by it too
     as_utc,
     localise_to_utc,
     rejects_table,
@@ -1042,12 +1043,18 @@ def _outcome(frame: pl.DataFrame, spec: OutcomeSpec) -> pl.Expr:
 
 
 def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -> pl.Series:
-    """Label dates in UTC. Labels skip event validation, so any unreadable date is an error."""
+    """Label dates in UTC, read exactly as event times are: a time without an offset is in the
+    mapping's `timezone:`, and an error without one. Labels skip event validation, so any
+    unreadable date is an error."""
+    parsed = _parse_event_time(column, spec.format, key="labels.label_date", timezone=timezone)
     if spec.format == "iso8601":
-        text = column.cast(pl.String).str.strip_chars().to_pandas()
-        parsed = pl.Series(pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True))
-    else:
-        parsed = _parse_event_time(column, spec.format, key="labels.label_date", timezone=timezone)
+        # the ISO text events leave to validation: read here by validation's own reader
+        try:
+            parsed, naive = _parse_timestamps(parsed, timezone=timezone)
+        except SchemaError as exc:  # every time is naive and no zone is named
+            raise _no_label_zone(column) from exc
+        if naive.any():  # some are naive, and no zone is named
+            raise _no_label_zone(column)
     if parsed.dtype == pl.String or parsed.null_count() > column.null_count():
         raise SchemaError(
             f"labels column '{column.name}' has dates that do not read as {spec.format!r}; "
@@ -1056,11 +1063,15 @@ def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -
     dtype = parsed.dtype
     assert isinstance(dtype, pl.Datetime)
     if dtype.time_zone is None:
-        raise SchemaError(
-            f"labels column '{column.name}' has no time zone; name it in the source mapping "
-            "(`timezone: Europe/Stockholm`)"
-        )
+        raise _no_label_zone(column)
     return parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us").alias("label_date")
+
+
+def _no_label_zone(column: pl.Series) -> SchemaError:
+    return SchemaError(
+        f"labels column '{column.name}' has no time zone; name it in the source mapping "
+        "(`timezone: Europe/Stockholm`) or give times with their UTC offset"
+    )
 
 
 # --- rows set aside by the mapping -------------------------------------------------------------

@@ -566,6 +566,69 @@ def test_labels_map_outcomes_and_convert_their_dates_to_utc(tmp_path: Path) -> N
     ]
 
 
+ISO_LABELS_MAPPING = """\
+name: leads
+description: leads whose sign-up time is both an event and the label date
+timezone: Europe/Stockholm
+events:
+  - name: signups
+    read: {path: leads.csv}
+    contact_id: lead
+    timestamp: {column: won_at, format: iso8601}
+    event_type: {fixed: form_submit}
+    channel: {fixed: web}
+labels:
+  read: {path: leads.csv}
+  contact_id: lead
+  outcome: {column: won_at, when_present: won, when_missing: not_won}
+  label_date: {column: won_at, format: iso8601}
+"""
+
+
+def test_iso_label_dates_are_read_in_the_mappings_zone_exactly_as_event_times_are(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "leads.csv", "lead,won_at\na,2024-01-01 10:00:00\nb,2024-01-01T10:00+05:00\n")
+    mapping = _write(tmp_path / "leads.yaml", ISO_LABELS_MAPPING)
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert ingested.labels is not None
+    label_dates = ingested.labels.column("label_date").to_pylist()
+    assert label_dates == [
+        dt.datetime(2024, 1, 1, 9, 0, tzinfo=dt.UTC),  # naive: Stockholm time, CET (UTC+1)
+        dt.datetime(2024, 1, 1, 5, 0, tzinfo=dt.UTC),  # its own offset wins over the mapping's
+    ]
+    assert label_dates == ingested.validated.events.column("timestamp").to_pylist()
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [["2024-01-01 10:00:00", "2024-01-02 10:00:00"], ["2024-01-01 10:00:00", "2024-01-02T10:00Z"]],
+    ids=["all naive", "one naive"],
+)
+def test_naive_iso_label_dates_without_a_declared_zone_are_a_schema_error(
+    tmp_path: Path, dates: list[str]
+) -> None:
+    _write(tmp_path / "leads.csv", f"lead,won_at\na,{dates[0]}\nb,{dates[1]}\n")
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        timezone: null
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: won_at, when_present: won, when_missing: not_won}
+          label_date: {column: won_at, format: iso8601}
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=r"labels column 'won_at' has no time zone.*timezone"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
 def test_an_outcome_value_the_labels_mapping_does_not_list_is_a_schema_error(
     tmp_path: Path,
 ) -> None:
