@@ -748,10 +748,20 @@ def _join(
     return left.join(right, on=join.key, how="left", maintain_order="left")
 
 
-def _aggregate(frame: pl.DataFrame, spec: AggregateSpec, *, key: str, where: str) -> pl.DataFrame:
+def _aggregate(
+    frame: pl.DataFrame,
+    spec: AggregateSpec,
+    *,
+    key: str,
+    where: str,
+    timestamp: TimestampSpec,
+    timezone: str | None,
+    timestamp_key: str,
+) -> pl.DataFrame:
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
     expressions = []
+    time_order: dict[str, pl.Series] = {}  # helper columns that put text times in time order
     for output, text in spec.columns.items():
         match = _AGGREGATE.match(text)
         assert match is not None  # checked when the mapping was loaded
@@ -775,10 +785,23 @@ def _aggregate(frame: pl.DataFrame, spec: AggregateSpec, *, key: str, where: str
             "first": source.first(),
             "count": source.count(),
         }[function]
+        by_time = function in ("min", "max") and output == timestamp.column
+        if by_time and frame[column].dtype == pl.String:
+            # as text "1/15/2024" comes before "1/5/2024": take the text of the line whose
+            # time comes first (last), read with the declared format
+            order, unread = f"__funnelcast_order_{output}", f"__funnelcast_unread_{output}"
+            instants = _instants(frame[column], timestamp, key=timestamp_key, timezone=timezone)
+            time_order[order] = instants
+            time_order[unread] = instants.is_null() & frame[column].is_not_null()
+            # a line whose time does not read wins, so that its basket is rejected as
+            # unparseable_timestamp showing that text, not given another line's time
+            aggregated = source.sort_by(
+                unread, order, descending=[True, function == "max"], nulls_last=True
+            ).first()
         expressions.append(aggregated.alias(output))
     if _ORIGIN_ROW in frame.columns:  # a group comes from its first input row
         expressions += [pl.col(_ORIGIN).first(), pl.col(_ORIGIN_ROW).min()]
-    return frame.group_by(spec.by, maintain_order=True).agg(expressions)
+    return frame.with_columns(**time_order).group_by(spec.by, maintain_order=True).agg(expressions)
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -796,7 +819,15 @@ def _read_event_stream(
     if stream.join is not None:
         frame = _join(frame, stream.join, files, key=f"{key}.join", where=where)
     if stream.aggregate is not None:
-        frame = _aggregate(frame, stream.aggregate, key=f"{key}.aggregate", where=where)
+        frame = _aggregate(
+            frame,
+            stream.aggregate,
+            key=f"{key}.aggregate",
+            where=where,
+            timestamp=stream.timestamp,
+            timezone=timezone,
+            timestamp_key=f"{key}.timestamp",
+        )
 
     referenced = [
         (stream.contact_id, f"{key}.contact_id"),
@@ -873,6 +904,12 @@ def _parse_event_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
                 f"`{key}.format: native`"
             )
         return column.cast(pl.String).str.strip_chars()
+    return _typed_or_text(_parse_typed_time(column, fmt, key=key, timezone=timezone), column, fmt)
+
+
+def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | None) -> pl.Series:
+    """Times in any format but ISO text, typed: UTC where the zone is known, null where a row
+    does not read."""
     if fmt == "native":
         if isinstance(column.dtype, pl.Datetime):
             parsed = column.dt.cast_time_unit("us")
@@ -905,7 +942,18 @@ def _parse_event_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
     dtype = parsed.dtype
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is None and timezone is not None:
         parsed = localise_to_utc(parsed, timezone)
-    return _typed_or_text(parsed, column, fmt)
+    return parsed
+
+
+def _instants(
+    column: pl.Series, spec: TimestampSpec, *, key: str, timezone: str | None
+) -> pl.Series:
+    """Each row's time, read as the stream's timestamps are, for putting rows in time order;
+    null where a row does not read (or is naive and no zone is named)."""
+    if spec.format == "iso8601":
+        text = _parse_event_time(column, spec.format, key=key, timezone=timezone)
+        return _parse_timestamps(text, timezone=timezone)[0]
+    return _parse_typed_time(column, spec.format, key=key, timezone=timezone)
 
 
 def _typed_or_text(parsed: pl.Series, raw: pl.Series, fmt: str) -> pl.Series:

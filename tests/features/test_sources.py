@@ -506,6 +506,86 @@ def test_line_items_aggregate_into_one_purchase_per_basket(tmp_path: Path) -> No
     assert json.loads(events[0]["properties"]) == {"basket": "10", "items": 2}
 
 
+BASKETS_MAPPING = """\
+name: baskets
+description: line items as text
+timezone: UTC
+events:
+  - name: baskets
+    read: {path: lines.csv}
+    aggregate:
+      by: [basket]
+      columns: {household: first(household), at: FUNCTION(at)}
+    contact_id: household
+    timestamp: {column: at, format: FORMAT}
+    event_type: {fixed: purchase}
+    channel: {fixed: store}
+"""
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        ("min", dt.datetime(2024, 1, 5, 10, 0, tzinfo=dt.UTC)),
+        ("max", dt.datetime(2024, 1, 15, 10, 0, tzinfo=dt.UTC)),
+    ],
+)
+def test_the_min_or_max_time_of_a_basket_compares_times_not_their_text(
+    tmp_path: Path, function: str, expected: dt.datetime
+) -> None:
+    # as text "1/15/2024" sorts before "1/5/2024", and "1/9/2024" after both
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at\n10,h1,1/15/2024 10:00\n10,h1,1/5/2024 10:00\n10,h1,1/9/2024 10:00\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", function).replace("FORMAT", '"%m/%d/%Y %H:%M"'),
+    )
+
+    events = ingest(mapping, data_dir=tmp_path, now=NOW).validated.events
+
+    assert events.column("timestamp").to_pylist() == [expected]
+
+
+def test_the_first_time_of_a_basket_in_iso_text_honours_each_lines_offset(
+    tmp_path: Path,
+) -> None:
+    # 10:00+05:00 is 05:00 UTC, before 06:00Z, though its text sorts after
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at\n10,h1,2024-01-01T06:00:00Z\n10,h1,2024-01-01T10:00:00+05:00\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min").replace("FORMAT", "iso8601"),
+    )
+
+    events = ingest(mapping, data_dir=tmp_path, now=NOW).validated.events
+
+    assert events.column("timestamp").to_pylist() == [dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC)]
+
+
+def test_a_basket_with_a_line_whose_time_does_not_read_is_rejected_not_given_another_time(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at\n10,h1,1/5/2024 10:00\n10,h1,yesterday\n11,h2,1/6/2024 10:00\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min").replace("FORMAT", '"%m/%d/%Y %H:%M"'),
+    )
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    assert ingested.validated.events.column("contact_id").to_pylist() == ["h2"]
+    rejects = ingested.validated.rejects
+    assert _reject_reasons(rejects) == ["unparseable_timestamp"]
+    assert "yesterday" in rejects.column("record")[0].as_py()
+
+
 def test_a_join_without_a_match_keeps_the_row_for_validation_to_count(tmp_path: Path) -> None:
     _write(tmp_path / "sends.csv", "who,campaign\nh1,1\nh2,9\n")
     _write(tmp_path / "campaigns.csv", "campaign,start\n1,2024-05-01\n")
