@@ -228,7 +228,7 @@ def _check_events(
         ),
         properties=_properties_as_json(frame),
     )
-    timestamp, naive_rows = _parse_timestamps(frame["timestamp"], timezone=timezone)
+    timestamp, naive_rows = parse_timestamps(frame["timestamp"], timezone=timezone)
     value, value_unparseable = _parse_values(frame)
     frame = frame.with_columns(
         timestamp=timestamp, value=value, _value_bad=value_unparseable, _naive=naive_rows
@@ -356,7 +356,7 @@ def _vocabulary_text(
     return text.scatter(off.arg_true(), fixed), changed
 
 
-def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Series, pl.Series]:
+def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Series, pl.Series]:
     """Parse to UTC microseconds. Returns (timestamps, rows that were naive with no zone named)."""
     no_naive = pl.repeat(False, column.len(), eager=True, dtype=pl.Boolean).alias("naive")
     dtype = column.dtype
@@ -370,7 +370,7 @@ def _parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Se
             return localise_to_utc(column, timezone), no_naive
         return column.dt.convert_time_zone("UTC").dt.cast_time_unit("us"), no_naive
     if isinstance(dtype, pl.Date):
-        return _parse_timestamps(column.cast(pl.Datetime("us")), timezone=timezone)
+        return parse_timestamps(column.cast(pl.Datetime("us")), timezone=timezone)
     if dtype.is_numeric():
         raise SchemaError(
             "events column 'timestamp' holds numbers; declare `format: unix_s` (or unix_ms) for "

@@ -47,9 +47,9 @@ from features.schema import (
     REJECTS_SCHEMA,
     SchemaError,
     Validated,
-    _parse_timestamps,  # validation's reader of ISO times: label dates are read by it too
     as_utc,
     localise_to_utc,
+    parse_timestamps,  # validation's reader of times: label dates are read by it too
     rejects_table,
     validate,
 )
@@ -952,7 +952,7 @@ def _instants(
     null where a row does not read (or is naive and no zone is named)."""
     if spec.format == "iso8601":
         text = _parse_event_time(column, spec.format, key=key, timezone=timezone)
-        return _parse_timestamps(text, timezone=timezone)[0]
+        return parse_timestamps(text, timezone=timezone)[0]
     return _parse_typed_time(column, spec.format, key=key, timezone=timezone)
 
 
@@ -1098,7 +1098,7 @@ def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -
     if spec.format == "iso8601":
         # the ISO text events leave to validation: read here by validation's own reader
         try:
-            parsed, naive = _parse_timestamps(parsed, timezone=timezone)
+            parsed, naive = parse_timestamps(parsed, timezone=timezone)
         except SchemaError as exc:  # every time is naive and no zone is named
             raise _no_label_zone(column) from exc
         if naive.any():  # some are naive, and no zone is named
