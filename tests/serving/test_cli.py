@@ -658,3 +658,13 @@ def test_a_settings_file_that_does_not_exist_names_the_option(tmp_path: Path) ->
     assert "Invalid value for '--config'" in result.stderr
     assert "does not exist" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_spark_memory_that_java_cannot_read_is_refused_before_spark_starts(
+    tmp_path: Path,
+) -> None:
+    simulated = _run("simulate", "--out", str(tmp_path / "d"), "--contacts", "50", "--days", "30")
+    assert simulated.returncode == 0, simulated.stderr
+    common = ("features", "--events", str(tmp_path / "d"), "--as-of", "2026-01-01")
+    result = _run(*common, "--engine", "spark", "--spark-memory", "4x", "--out", "f.parquet")
+    _assert_one_line_error(result, "--spark-memory '4x' is not a memory size")
