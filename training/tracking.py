@@ -60,6 +60,11 @@ _REQUIREMENTS = (
 
 # the user (and password) of a URI: scheme://user:password@host
 _CREDENTIALS = re.compile(r"://[^/\s?#]*@")
+# why a run failed (``error_reason``), on the run
+ERROR_TAG = "funnelcast.error"
+_MAX_REASON = 500
+# text in quotes or brackets, where libraries put the values they failed on
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -239,10 +244,71 @@ def _requirements() -> list[str]:
 
 @contextmanager
 def training_run(run_name: str | None = None) -> Iterator[str]:
-    """A parent run for one training; tuning trials nest under it."""
+    """A parent run for one training; tuning trials nest under it. It ends as what happened
+    (``end_run_after``): FINISHED, KILLED after Ctrl-C, or FAILED with the reason in the
+    ``funnelcast.error`` tag. MLflow's own ``with start_run`` ends every exception FAILED,
+    Ctrl-C included, and says nothing of why."""
     experiment_id = ensure_experiment()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        yield run.info.run_id
+    run_id = mlflow.start_run(experiment_id=experiment_id, run_name=run_name).info.run_id
+    try:
+        yield run_id
+    except BaseException as error:
+        end_run_after(run_id, error)
+        raise
+    end_run_after(run_id, None)
+
+
+def end_run_after(run_id: str, error: BaseException | None) -> None:
+    """End the active run ``run_id`` as ``error`` left it: FINISHED without one, KILLED after
+    a KeyboardInterrupt (someone stopped it; it did not break), else FAILED with the error's
+    one-line reason as the ``funnelcast.error`` tag, so a failed run says why without a log.
+
+    Runs still open inside it (a nested trial that did not end) end first, the same way:
+    ``mlflow.end_run`` ends the innermost run, which would otherwise be the one marked."""
+    if error is None:
+        status = "FINISHED"
+    elif isinstance(error, KeyboardInterrupt):
+        status = "KILLED"
+    else:
+        status = "FAILED"
+        MlflowClient().set_tag(run_id, ERROR_TAG, error_reason(error))
+    if not _open_within(run_id):
+        # ended by the code inside: still record how the block ended
+        MlflowClient().set_terminated(run_id, status)
+        return
+    while (active := mlflow.active_run()) is not None:
+        mlflow.end_run(status)
+        if active.info.run_id == run_id:
+            return
+
+
+def _open_within(run_id: str) -> bool:
+    """Whether ``run_id`` is the active run or an active run is nested in it (through
+    ``mlflow.parentRunId``): only then may runs be ended until it is, and a caller's own
+    outer runs are left alone."""
+    active = mlflow.active_run()
+    if active is None:
+        return False
+    current, tags = active.info.run_id, active.data.tags
+    while current != run_id:
+        parent = tags.get("mlflow.parentRunId")
+        if parent is None:
+            return False
+        current, tags = parent, MlflowClient().get_run(parent).data.tags
+    return True
+
+
+def error_reason(error: BaseException) -> str:
+    """One line that says why a run failed, fit for a tag: the error's type and first line,
+    without a URI's credentials (``shown_uri``). funnelcast's own errors (``InputError``)
+    name rows, never contacts, and are kept whole; other libraries' messages quote the values
+    they failed on, which can be contact ids, so quoted text is masked."""
+    lines = str(error).strip().splitlines()
+    line = shown_uri(lines[0].strip()) if lines else ""
+    if not isinstance(error, InputError):
+        line = _QUOTED.sub("'…'", line)
+    reason = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 1] + "…"
 
 
 def log_training(

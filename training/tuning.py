@@ -24,6 +24,7 @@ from optuna_integration.lightgbm import LightGBMPruningCallback
 
 from training.models import LightGBMPropensityModel, LightGBMStageModel
 from training.settings import TrainingSettings
+from training.tracking import end_run_after
 
 SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
     "learning_rate": ("log", 0.02, 0.2),
@@ -104,6 +105,7 @@ def _objective(
         if parent is not None
         else None
     )
+    error: BaseException | None = None
     try:
         if model == "propensity":
             metric = "average_precision"
@@ -141,7 +143,12 @@ def _objective(
         if nested is not None:
             mlflow.log_params(trial.params)
             mlflow.set_tag("pruned", "true")
+        raise  # pruning is one way a trial ends: its run is FINISHED
+    except BaseException as caught:
+        # Ctrl-C ends the trial KILLED (it ended FINISHED with no metrics), anything else
+        # FAILED with the reason
+        error = caught
         raise
     finally:
         if nested is not None:
-            mlflow.end_run()
+            end_run_after(nested.info.run_id, error)

@@ -1,14 +1,40 @@
-"""What is shown of a tracking URI (never its user or password), and a tracking server that
-cannot be reached refused at once."""
+"""What is shown of a tracking URI (never its user or password), a tracking server that
+cannot be reached refused at once, and how a training run ends: FINISHED, KILLED after Ctrl-C,
+FAILED with the reason."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
+import mlflow
 import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from features.errors import InputError
-from training.tracking import check_server, configure_tracking, existing_store, shown_uri
+from training.pipeline import InsufficientDataError
+from training.tracking import (
+    ERROR_TAG,
+    check_server,
+    configure_tracking,
+    existing_store,
+    shown_uri,
+    training_run,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    """A SQLite store of this test's own."""
+    previous = mlflow.get_tracking_uri()
+    yield configure_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(previous)
+
+
+def _run(run_id: str) -> Run:
+    return MlflowClient().get_run(run_id)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +99,62 @@ def test_a_server_behind_a_proxy_is_left_to_mlflow(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     check_server(f"http://mlflow.example:{_free_port()}")  # no connection tried: no error
+
+
+def test_a_training_run_that_completes_ends_finished_without_an_error_tag(store: str) -> None:
+    with training_run("fine") as run_id:
+        mlflow.log_metric("x", 1.0)
+    assert _run(run_id).info.status == "FINISHED"
+    assert ERROR_TAG not in _run(run_id).data.tags
+    assert mlflow.active_run() is None
+
+
+def test_an_error_inside_a_training_run_ends_it_failed_with_the_one_line_reason(
+    store: str,
+) -> None:
+    # it used to end FAILED and empty: nothing said why
+    problem = InsufficientDataError(
+        "too little data to train: 2 labelled snapshots, 6 needed\nsecond line", report={}
+    )
+    with pytest.raises(InsufficientDataError), training_run("short") as run_id:
+        raise problem
+    run = _run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[ERROR_TAG] == (
+        "InsufficientDataError: too little data to train: 2 labelled snapshots, 6 needed"
+    )
+    assert mlflow.active_run() is None
+
+
+def test_the_failure_reason_shows_no_credentials_and_no_quoted_values(store: str) -> None:
+    """Another library's message can carry a store's password or quote the value it failed on,
+    which can be a contact id."""
+    with pytest.raises(RuntimeError), training_run() as run_id:
+        raise RuntimeError("API request to http://alice:s3cret@mlflow.example failed on 'c-00042'")
+    reason = _run(run_id).data.tags[ERROR_TAG]
+    assert reason.startswith("RuntimeError: API request to http://***@mlflow.example failed")
+    assert "s3cret" not in reason
+    assert "c-00042" not in reason
+
+
+def test_ctrl_c_inside_a_training_run_ends_it_killed_and_is_raised_again(store: str) -> None:
+    with pytest.raises(KeyboardInterrupt), training_run("stopped") as run_id:
+        raise KeyboardInterrupt
+    assert _run(run_id).info.status == "KILLED"
+    assert ERROR_TAG not in _run(run_id).data.tags
+    assert mlflow.active_run() is None
+
+
+def test_ctrl_c_with_a_nested_run_still_open_ends_both_killed(store: str) -> None:
+    opened: list[str] = []
+
+    def stop_inside_a_nested_run() -> None:
+        opened.append(mlflow.start_run(nested=True).info.run_id)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), training_run() as run_id:
+        stop_inside_a_nested_run()
+    (nested,) = opened
+    assert _run(nested).info.status == "KILLED"
+    assert _run(run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None

@@ -1,0 +1,106 @@
+"""Tuning: each trial a nested MLflow run that ends as the trial did (Ctrl-C: KILLED, the
+training run with it). A tiny hand-made data set; MLflow's store is SQLite in a temporary
+folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from features.vocabulary import STAGES
+from training.models import LightGBMPropensityModel
+from training.settings import TrainingSettings, load_training_settings
+from training.tracking import ERROR_TAG, configure_tracking, training_run
+from training.tuning import tune_models
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    """A SQLite store of this test's own."""
+    previous = mlflow.get_tracking_uri()
+    yield configure_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(previous)
+
+
+Data = tuple[dict[str, pd.DataFrame], dict[str, np.ndarray], dict[str, np.ndarray]]
+
+
+def _data() -> Data:
+    """400 training and 200 validation rows of two features; buying follows the first."""
+    rng = np.random.default_rng(3)
+    X: dict[str, pd.DataFrame] = {}
+    stage_y: dict[str, np.ndarray] = {}
+    buy_y: dict[str, np.ndarray] = {}
+    for name, rows in (("train", 400), ("validation", 200)):
+        signal = rng.normal(size=rows)
+        X[name] = pd.DataFrame({"signal": signal, "noise": rng.normal(size=rows)})
+        buy_y[name] = (signal + rng.normal(scale=0.5, size=rows) > 0.8).astype(np.int8)
+        stage_y[name] = np.asarray(STAGES, dtype=object)[rng.integers(0, 3, size=rows)]
+    return X, stage_y, buy_y
+
+
+def _settings() -> TrainingSettings:
+    base = load_training_settings()
+    return base.model_copy(
+        update={"lightgbm": base.lightgbm.model_copy(update={"num_boost_round": 5})}
+    )
+
+
+def _trials(parent_id: str) -> dict[str, Run]:
+    experiment = mlflow.get_run(parent_id).info.experiment_id
+    runs = MlflowClient().search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    return {run.info.run_name: run for run in runs}
+
+
+def test_ctrl_c_in_a_trial_ends_that_trial_and_the_training_run_killed(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupted trial used to end FINISHED with no metrics, as if it had run."""
+    real_fit = LightGBMPropensityModel.fit
+    fits = []
+
+    def fit_stopped_at_the_second_trial(self: Any, *args: Any, **kwargs: Any) -> Any:
+        fits.append(1)
+        if len(fits) == 2:
+            raise KeyboardInterrupt
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LightGBMPropensityModel, "fit", fit_stopped_at_the_second_trial)
+    X, stage_y, buy_y = _data()
+    with pytest.raises(KeyboardInterrupt), training_run("tuning") as run_id:
+        tune_models(X, stage_y, buy_y, settings=_settings(), trials=3)
+    trials = _trials(run_id)
+    assert set(trials) == {"propensity-trial-0", "propensity-trial-1"}
+    assert trials["propensity-trial-0"].info.status == "FINISHED"
+    assert "validation.average_precision" in trials["propensity-trial-0"].data.metrics
+    assert trials["propensity-trial-1"].info.status == "KILLED"
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None
+
+
+def test_an_error_in_a_trial_fails_the_trial_and_the_training_run_with_the_reason(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(LightGBMPropensityModel, "fit", broken_fit)
+    X, stage_y, buy_y = _data()
+    with pytest.raises(MemoryError), training_run("tuning") as run_id:
+        tune_models(X, stage_y, buy_y, settings=_settings(), trials=2)
+    trial = _trials(run_id)["propensity-trial-0"]
+    assert trial.info.status == "FAILED"
+    assert trial.data.tags[ERROR_TAG] == "MemoryError: std::bad_alloc"
+    parent = mlflow.get_run(run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[ERROR_TAG] == "MemoryError: std::bad_alloc"
