@@ -1,7 +1,9 @@
 """Optuna tuning of both LightGBM models, each trial a nested MLflow run.
 
-Sampler: TPE, seeded. Pruner: median, fed by LightGBM's pruning callback on the validation
-window. Objectives on the validation snapshots (the test snapshots are never seen):
+Sampler: TPE, seeded per model (``study_seed``): one seed for both made the stage and the
+propensity studies try the very same parameters in TPE's random start-up trials. Pruner:
+median, fed by LightGBM's pruning callback on the validation window. Objectives on the
+validation snapshots (the test snapshots are never seen):
 
 * propensity: average precision (AUC-PR), maximised;
 * stage: class-weighted multi-class log loss, minimised.
@@ -14,6 +16,7 @@ Optuna's ``MLflowCallback`` is deprecated; trials are logged here by hand.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import mlflow
@@ -46,6 +49,14 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
     return params
 
 
+def study_seed(seed: int, model: str) -> int:
+    """The sampler's seed for ``model``'s study: set by ``seed`` and the model's name, so the
+    two studies sample apart and a rerun samples the same. A hash, not Python's ``hash``,
+    which changes from one process to the next; 32 bits, as numpy's generator takes."""
+    digest = hashlib.sha256(f"{seed}:{model}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def tune_models(
     X: dict[str, pd.DataFrame],
     stage_y: dict[str, np.ndarray],
@@ -60,7 +71,7 @@ def tune_models(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best: dict[str, dict[str, Any]] = {}
     for model in ("propensity", "stage"):
-        sampler = optuna.samplers.TPESampler(seed=settings.seed)
+        sampler = optuna.samplers.TPESampler(seed=study_seed(settings.seed, model))
         direction: Literal["maximize", "minimize"] = (
             "maximize" if model == "propensity" else "minimize"
         )

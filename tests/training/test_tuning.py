@@ -1,6 +1,6 @@
 """Tuning: each trial a nested MLflow run that ends as the trial did (Ctrl-C: KILLED, the
-training run with it). A tiny hand-made data set; MLflow's store is SQLite in a temporary
-folder."""
+training run with it), and the two studies' samplers seeded apart but the same on a rerun.
+A tiny hand-made data set; MLflow's store is SQLite in a temporary folder."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from features.vocabulary import STAGES
+from training import tuning
 from training.models import LightGBMPropensityModel
 from training.settings import TrainingSettings, load_training_settings
 from training.tracking import ERROR_TAG, configure_tracking, training_run
@@ -104,3 +106,29 @@ def test_an_error_in_a_trial_fails_the_trial_and_the_training_run_with_the_reaso
     parent = mlflow.get_run(run_id)
     assert parent.info.status == "FAILED"
     assert parent.data.tags[ERROR_TAG] == "MemoryError: std::bad_alloc"
+
+
+def _first_trials(monkeypatch: pytest.MonkeyPatch, trials: int = 3) -> dict[str, list[dict]]:
+    """Each study's sampled parameters, trial by trial (no model fitted: the objective only
+    samples)."""
+    sampled: dict[str, list[dict]] = {"propensity": [], "stage": []}
+
+    def sample_only(trial: optuna.Trial, model: str, *args: Any) -> float:
+        sampled[model].append(tuning.suggest(trial))
+        return 0.5
+
+    monkeypatch.setattr(tuning, "_objective", sample_only)
+    X, stage_y, buy_y = _data()
+    tune_models(X, stage_y, buy_y, settings=_settings(), trials=trials)
+    return sampled
+
+
+def test_the_two_studies_sample_different_parameters_and_a_rerun_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one seed for both, the stage and propensity studies tried the very same
+    parameter sets in the random start-up phase: half the search wasted."""
+    first = _first_trials(monkeypatch)
+    assert first["propensity"][0] != first["stage"][0]
+    assert all(p != s for p, s in zip(first["propensity"], first["stage"], strict=True))
+    assert _first_trials(monkeypatch) == first
