@@ -1198,7 +1198,7 @@ def _train_and_report(
             spec_text=spec_text,
             rules=rules,
             settings=settings,
-            fingerprint=data_fingerprint(events, contacts),
+            fingerprint=data_fingerprint(events, contacts, labels=labels),
             register=register,
         )
         progress.update(task, description="Training: done", completed=len(steps) + 1)

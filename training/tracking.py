@@ -30,6 +30,7 @@ from typing import Any
 
 import mlflow
 import polars as pl
+import pyarrow as pa
 from mlflow.tracking import MlflowClient
 
 from features.engine import EventsInput, scan_events
@@ -179,8 +180,17 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     return str(mlflow.create_experiment(name, artifact_location=location))
 
 
-def data_fingerprint(events: EventsInput, contacts: Any = None) -> dict[str, Any]:
-    """What the data was, without saying who is in it: counts, time range and a content hash."""
+def data_fingerprint(
+    events: EventsInput,
+    contacts: pa.Table | pl.DataFrame | None = None,
+    labels: pa.Table | pl.DataFrame | None = None,
+) -> dict[str, Any]:
+    """What the data was, without saying who is in it: counts, time range and a content hash of
+    the events and, when given, of the contacts (consent included) and the provided labels.
+
+    Each hash covers every column of every row (``_content_hash``), so a changed value,
+    campaign, property, consent flag or label changes it, and the same rows in another order
+    do not. It is a hash of sums of row hashes: no id can be read back from it."""
     scanned = scan_events(events)
     summary = (
         scanned.select(
@@ -188,7 +198,7 @@ def data_fingerprint(events: EventsInput, contacts: Any = None) -> dict[str, Any
             contacts=pl.col("contact_id").n_unique(),
             first=pl.col("timestamp").min(),
             last=pl.col("timestamp").max(),
-            hash=pl.struct("contact_id", "timestamp", "event_type", "channel").hash(seed=0).sum(),
+            hash=_row_hash_sum(scanned.collect_schema()),
         )
         .collect()
         .row(0, named=True)
@@ -198,13 +208,42 @@ def data_fingerprint(events: EventsInput, contacts: Any = None) -> dict[str, Any
         "events_contacts": int(summary["contacts"]),
         "events_from": f"{summary['first']:%Y-%m-%d %H:%M:%S}" if summary["first"] else None,
         "events_to": f"{summary['last']:%Y-%m-%d %H:%M:%S}" if summary["last"] else None,
-        "events_hash": hashlib.sha256(str(summary["hash"]).encode()).hexdigest()[:16],
+        "events_hash": _digest(scanned.collect_schema(), summary["hash"]),
     }
-    if contacts is not None:
-        out["contacts_rows"] = int(
-            contacts.num_rows if hasattr(contacts, "num_rows") else len(contacts)
-        )
+    for name, table in (("contacts", contacts), ("labels", labels)):
+        if table is not None:
+            rows, digest = _content_hash(table)
+            out[f"{name}_rows"] = rows
+            out[f"{name}_hash"] = digest
     return out
+
+
+def _content_hash(table: pa.Table | pl.DataFrame) -> tuple[int, str]:
+    """A table's row count and content hash (as ``data_fingerprint`` makes them)."""
+    frame = table if isinstance(table, pl.DataFrame) else pl.DataFrame(pl.from_arrow(table))
+    total = frame.select(_row_hash_sum(frame.schema)).item()
+    return frame.height, _digest(frame.schema, total)
+
+
+def _row_hash_sum(schema: pl.Schema) -> pl.Expr:
+    """The sum of every row's hash over all its columns: a sum, so the row order does not
+    count (the same rows read in another order, or another partition, hash the same), where
+    a hash of the rows in turn would. The columns are taken in name order, for the same
+    reason; categorical columns as their text, as their codes depend on the process."""
+    columns = [
+        pl.col(name).cast(pl.String)
+        if isinstance(schema[name], pl.Categorical | pl.Enum)
+        else pl.col(name)
+        for name in sorted(schema.names())
+    ]
+    return pl.struct(columns).hash(seed=0).sum()
+
+
+def _digest(schema: pl.Schema, total: int | None) -> str:
+    """The logged hash: the columns' names (a renamed or added column is other data) and the
+    sum of the row hashes, shortened."""
+    text = json.dumps([sorted(schema.names()), str(total)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,14 +1,17 @@
 """What is shown of a tracking URI (never its user or password), a tracking server that
-cannot be reached refused at once, and how a training run ends: FINISHED, KILLED after Ctrl-C,
-FAILED with the reason."""
+cannot be reached refused at once, how a training run ends (FINISHED, KILLED after Ctrl-C,
+FAILED with the reason), and the data fingerprint: every column, any row order, no id."""
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import polars as pl
+import pyarrow as pa
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -19,6 +22,7 @@ from training.tracking import (
     ERROR_TAG,
     check_server,
     configure_tracking,
+    data_fingerprint,
     existing_store,
     shown_uri,
     training_run,
@@ -158,3 +162,99 @@ def test_ctrl_c_with_a_nested_run_still_open_ends_both_killed(store: str) -> Non
     assert _run(nested).info.status == "KILLED"
     assert _run(run_id).info.status == "KILLED"
     assert mlflow.active_run() is None
+
+
+def _events() -> pl.DataFrame:
+    at = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+    return pl.DataFrame(
+        {
+            "contact_id": ["a", "a", "b", "c"],
+            "timestamp": [at, at + dt.timedelta(hours=1), at, at + dt.timedelta(days=2)],
+            "channel": ["email", "web", "email", "web"],
+            "event_type": ["email_open", "page_view", "email_click", "purchase"],
+            "value": [None, None, None, 42.0],
+            "campaign_id": ["spring", None, "spring", None],
+            "properties": [None, '{"page": "/pricing"}', None, '{"sku": "x1"}'],
+        }
+    )
+
+
+def _contacts() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": ["a", "b", "c"],
+            "marketing_consent": [True, True, False],
+            "segment": ["smb", "smb", "enterprise"],
+        }
+    )
+
+
+def _labels() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": ["a", "c"],
+            "label_date": [dt.date(2026, 3, 10), dt.date(2026, 3, 10)],
+            "outcome": ["won", "lost"],
+        }
+    )
+
+
+def _fingerprint(
+    events: pl.DataFrame | None = None,
+    contacts: pl.DataFrame | None = None,
+    labels: pl.DataFrame | pa.Table | None = None,
+) -> dict[str, object]:
+    return data_fingerprint(
+        _events() if events is None else events,
+        _contacts() if contacts is None else contacts,
+        labels=_labels() if labels is None else labels,
+    )
+
+
+def _with(frame: pl.DataFrame, column: str, row: int, value: object) -> pl.DataFrame:
+    values = frame[column].to_list()
+    values[row] = value
+    return frame.with_columns(pl.Series(column, values, dtype=frame.schema[column]))
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("events", "value", 41.0),
+        ("events", "campaign_id", "autumn"),
+        ("events", "properties", '{"sku": "x2"}'),
+        ("contacts", "marketing_consent", True),
+        ("labels", "outcome", "won"),
+    ],
+)
+def test_the_data_fingerprint_changes_with_any_column(
+    table: str, column: str, value: object
+) -> None:
+    """It hashed four event columns only: another value, campaign or property, a contact's
+    consent or a provided label left it the same."""
+    before = _fingerprint()
+    frames = {"events": _events(), "contacts": _contacts(), "labels": _labels()}
+    frames[table] = _with(frames[table], column, -1, value)
+    after = _fingerprint(**frames)
+    assert after[f"{table}_hash"] != before[f"{table}_hash"]
+    others = {"events", "contacts", "labels"} - {table}
+    assert all(after[f"{name}_hash"] == before[f"{name}_hash"] for name in others)
+
+
+def test_the_data_fingerprint_does_not_depend_on_the_row_or_column_order() -> None:
+    shuffled = _fingerprint(
+        _events().sample(fraction=1.0, shuffle=True, seed=1).select(reversed(_events().columns)),
+        _contacts().reverse(),
+        _labels().reverse().to_arrow(),  # as Arrow, as a caller may pass it
+    )
+    assert shuffled == _fingerprint()
+
+
+def test_the_data_fingerprint_counts_and_hashes_without_naming_a_contact() -> None:
+    fingerprint = _fingerprint()
+    assert fingerprint["events_rows"] == 4
+    assert fingerprint["events_contacts"] == 3
+    assert fingerprint["contacts_rows"] == 3
+    assert fingerprint["labels_rows"] == 2
+    assert not {"a", "b", "c"} & {str(v) for v in fingerprint.values()}
+    assert "labels_hash" not in data_fingerprint(_events(), _contacts())
