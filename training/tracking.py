@@ -3,8 +3,9 @@
 The store is SQLite under ``mlruns/`` unless ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``)
 says otherwise; artifacts go beside the database. Nothing is configured at import time.
 
-A run logs the settings as params, the feature spec, data fingerprints (row counts, date
-ranges and a hash, never a contact id), every metric of every model, the report artifacts
+A run logs every setting as a param, the feature spec, data fingerprints (row counts, date
+ranges and a hash of the events, contacts and labels, never a contact id), the git commit and
+the main libraries' versions as tags, every metric of every model, the report artifacts
 (``training.evaluation``), the test set (features and labels, no contact ids, shuffled) for the
 promotion gate, and the model: one ``FunnelcastModel`` pyfunc, registered as ``funnelcast``.
 """
@@ -18,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import subprocess
 import tempfile
 import urllib.parse
 import urllib.request
@@ -58,6 +60,19 @@ _REQUIREMENTS = (
     "mlflow",
 )
 
+
+# the libraries whose versions a run records as tags (``library_versions``)
+_VERSIONED = (
+    "lightgbm",
+    "polars",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pyarrow",
+    "mlflow",
+    "optuna",
+    "funnelcast",
+)
 
 # the user (and password) of a URI: scheme://user:password@host
 _CREDENTIALS = re.compile(r"://[^/\s?#]*@")
@@ -281,6 +296,68 @@ def _requirements() -> list[str]:
     return pinned
 
 
+def _settings_params(settings: TrainingSettings) -> dict[str, Any]:
+    """Every training setting as a param (``max_training_rows``,
+    ``lightgbm.class_weight_power``, ``registry.model_name``), so a run can be redone from
+    what it logged: a field added to the settings is logged without a change here. The
+    LightGBM parameters are left out: ``log_training`` logs them as ``lightgbm.<name>``."""
+    params: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            params[prefix] = value
+
+    walk("", settings.model_dump(mode="json", exclude={"lightgbm": {"params"}}))
+    return params
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a model's numbers depend on, as tags
+    (``version.lightgbm``): the same data and settings give other models under another
+    LightGBM or scikit-learn, and another Polars hashes the data fingerprint differently."""
+    versions = {}
+    for package in _VERSIONED:
+        try:
+            versions[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{package}"] = "not installed"
+    return versions
+
+
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """The commit of the code when it runs from a git checkout (``funnelcast.git_commit``),
+    and whether files tracked by git had changes (``funnelcast.git_dirty``); nothing when it
+    does not (an installed package, no git), which is no error.
+
+    ``root``: the folder that holds ``features/`` and ``training/``; it must be the top of the
+    checkout, or an installed copy inside someone else's repository (a virtualenv in a
+    project) would be tagged with that repository's commit."""
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split()
+        if len(found) != 2 or Path(found[0]).resolve() != root.resolve():
+            return {}
+        changes = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, no commit yet
+        return {}
+    return {"funnelcast.git_commit": found[1], "funnelcast.git_dirty": str(bool(changes)).lower()}
+
+
 @contextmanager
 def training_run(run_name: str | None = None) -> Iterator[str]:
     """A parent run for one training; tuning trials nest under it. It ends as what happened
@@ -389,9 +466,17 @@ def log_training(
                 for k, v in params.items()
             },
             **{f"data.{k}": v for k, v in {**fingerprint, **result.data_summary}.items()},
+            **_settings_params(settings),
         }
     )
-    mlflow.set_tags({"python": platform.python_version(), "funnelcast.spec": spec.fingerprint})
+    mlflow.set_tags(
+        {
+            "python": platform.python_version(),
+            "funnelcast.spec": spec.fingerprint,
+            **library_versions(),
+            **git_tags(),
+        }
+    )
     mlflow.log_metrics(flat_metrics(result.metrics))
     mlflow.log_metrics({f"time.{k}_s": v for k, v in result.timings.items()})
     mlflow.log_text(spec_text, "feature_spec.yaml")

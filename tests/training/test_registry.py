@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import mlflow
@@ -13,6 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from features.consent import restrict_to_consented
 from features.engine import build_contact_features
@@ -25,7 +27,13 @@ from training.pipeline import TrainingResult, train_models
 from training.pyfunc import OUTPUT_COLUMNS
 from training.registry import beats, incomparable, load_model, promote, resolve
 from training.settings import TrainingSettings, load_training_settings
-from training.tracking import configure_tracking, data_fingerprint, log_training, training_run
+from training.tracking import (
+    configure_tracking,
+    data_fingerprint,
+    git_tags,
+    log_training,
+    training_run,
+)
 
 pytestmark = pytest.mark.slow
 NAME = "funnelcast"
@@ -61,6 +69,17 @@ def _train(sim: object, settings: TrainingSettings) -> tuple[TrainingResult, str
         )
     assert version is not None
     return result, version
+
+
+def _setting_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """Each setting's name as a run logs it (``lightgbm.class_weight_power``) and its value;
+    the LightGBM parameters have their own names (``lightgbm.num_leaves``)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _setting_fields(value, f"{prefix}{name}.")
+        elif name != "params":
+            yield f"{prefix}{name}", value
 
 
 def _weak() -> TrainingSettings:
@@ -108,6 +127,16 @@ def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
         "test.propensity.rfm_logistic.auc_pr",
     ):
         assert 0.0 <= run.data.metrics[key] <= 1.0
+    # every setting, so the run can be redone from what it logged; the code and the libraries
+    for key, value in _setting_fields(load_training_settings()):
+        assert run.data.params[key] == str(value), key
+    for key in ("validation_snapshots", "max_training_rows", "lightgbm.class_weight_power"):
+        assert key in run.data.params
+    assert run.data.params["lightgbm.num_leaves"] == str(lightgbm.params["num_leaves"])
+    for package in ("lightgbm", "polars", "numpy", "pandas", "scikit-learn", "mlflow", "pyarrow"):
+        assert run.data.tags[f"version.{package}"] == metadata.version(package)
+    # tagged in a git checkout, and no tag (and no failure) in a copy outside one
+    assert run.data.tags.get("funnelcast.git_commit") == git_tags().get("funnelcast.git_commit")
     artifacts = {a.path for a in MlflowClient().list_artifacts(ref.run_id, "evaluation")}
     assert "evaluation/test_set.parquet" in artifacts
     assert "evaluation/metrics.json" in artifacts

@@ -1,12 +1,15 @@
 """What is shown of a tracking URI (never its user or password), a tracking server that
 cannot be reached refused at once, how a training run ends (FINISHED, KILLED after Ctrl-C,
-FAILED with the reason), and the data fingerprint: every column, any row order, no id."""
+FAILED with the reason), the data fingerprint (every column, any row order, no id), and what
+a run records to be redone: the git commit and the libraries' versions."""
 
 from __future__ import annotations
 
 import datetime as dt
 import socket
+import subprocess
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -24,6 +27,8 @@ from training.tracking import (
     configure_tracking,
     data_fingerprint,
     existing_store,
+    git_tags,
+    library_versions,
     shown_uri,
     training_run,
 )
@@ -258,3 +263,36 @@ def test_the_data_fingerprint_counts_and_hashes_without_naming_a_contact() -> No
     assert fingerprint["labels_rows"] == 2
     assert not {"a", "b", "c"} & {str(v) for v in fingerprint.values()}
     assert "labels_hash" not in data_fingerprint(_events(), _contacts())
+
+
+def _git(folder: Path, *args: str) -> str:
+    command = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_the_git_commit_is_tagged_from_a_checkout_with_its_changes_named(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "x.py").write_text("A = 1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "first")
+    commit = _git(tmp_path, "rev-parse", "HEAD")
+    assert git_tags(tmp_path) == {"funnelcast.git_commit": commit, "funnelcast.git_dirty": "false"}
+    (tmp_path / "training" / "x.py").write_text("A = 2\n")
+    assert git_tags(tmp_path)["funnelcast.git_dirty"] == "true"
+
+
+def test_outside_a_checkout_no_commit_is_tagged_and_nothing_fails(tmp_path: Path) -> None:
+    assert git_tags(tmp_path) == {}
+    # a copy inside another repository (a virtualenv in a project) is not that repository
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "site-packages").mkdir()
+    assert git_tags(tmp_path / "site-packages") == {}
+
+
+def test_the_main_libraries_versions_are_tags() -> None:
+    versions = library_versions()
+    for package in ("lightgbm", "polars", "numpy", "pandas", "scikit-learn", "mlflow", "pyarrow"):
+        assert versions[f"version.{package}"] == metadata.version(package)
