@@ -327,7 +327,7 @@ def train_model(store_uri: str) -> Trained:
             spec_text=shipped_spec_text(),
             rules=rules,
             settings=settings,
-            fingerprint=data_fingerprint(sim.events),
+            fingerprint=data_fingerprint(sim.events, sim.contacts),
         )
     promote("funnelcast", version=version, force=True)
     as_of = dt.datetime.combine(start + dt.timedelta(days=days), dt.time(), dt.UTC)
