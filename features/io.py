@@ -1,18 +1,40 @@
 """Reading and writing canonical tables. Every write is atomic: a file is written beside its
-target under a temporary name and renamed into place, so no reader ever sees half a file."""
+target under a temporary name and renamed into place, so no reader ever sees half a file.
+
+What a write leaves when it is stopped: Ctrl-C and SIGTERM take the same path (the temporary
+files are removed); what a kill leaves (it runs no clean-up) is swept by the next write into
+the same folder, by funnelcast's own temporary names only."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import InputError
+
+# the key-value metadata every data-folder table carries (its table name): a later run removes
+# an earlier run's table only when it is one funnelcast wrote, never a file of the user's
+TABLE_MARK = b"funnelcast.table"
+
+# funnelcast's temporary names: `.staging-<pid>-<8 random>` folders and
+# `.<file name>.<pid>-<8 random>.tmp` files; before the pid was in them, without it
+_RANDOM = r"[a-z0-9_]{8}"
+_STAGING = re.compile(rf"\.staging-(?:(\d+)-)?{_RANDOM}")
+# a temporary name without a pid (an older funnelcast's) is a leftover once untouched this long
+_UNTAGGED_LEFTOVER_SECONDS = 3600
 
 
 def _umask() -> int:
@@ -21,25 +43,166 @@ def _umask() -> int:
     return mask
 
 
+def _unwritable(what: str, folder: Path, error: OSError) -> InputError:
+    """One line for an ``OSError`` of a write: what could not be written, why in plain
+    words, and the fix."""
+    if error.errno == errno.ENOSPC:
+        return InputError(
+            f"cannot write {what}: no space left on {folder}; free some space there, or give "
+            "a place on another disk"
+        )
+    if error.errno == getattr(errno, "EDQUOT", None):
+        return InputError(
+            f"cannot write {what}: your disk quota is used up on {folder}; free some space "
+            "there, or give a place on another disk"
+        )
+    if error.errno == errno.EROFS:
+        return InputError(
+            f"cannot write {what}: {folder} is on a read-only file system; give a place you "
+            "may write to"
+        )
+    return InputError(
+        f"cannot write {what}: {error.strerror or error} (is every folder above it a folder "
+        "you may write to?)"
+    )
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager stopping the command, `kill`) takes the path of Ctrl-C
+    while a write runs: an exception, so the temporary files are removed; the process then
+    ends with status 143, as for SIGTERM. Only where nothing else handles SIGTERM (a
+    notebook's or an application's own handler is kept), and only on the main thread, the
+    one Python runs handlers on."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done: one that arrives meanwhile is noted
+    and delivered as the block ends (to the handler there was before), so the block runs
+    whole or not at all. For a few renames, never for work that could take long.
+
+    Python-level handlers, not a blocked signal mask: the process's other threads (Arrow's
+    pool) would take a signal the main thread blocks and still have it raised there."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+        signal.getsignal(number) is None
+        for number in signals  # a handler set outside Python
+    ):
+        yield  # elsewhere signals never interrupt this thread's code
+        return
+    arrived: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        arrived.append(signum)
+
+    previous = {number: signal.signal(number, note) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)  # its exception (or the default action) now
+
+
+def _is_leftover(pid: str | None, path: Path) -> bool:
+    """A temporary name's writer is gone: its process no longer runs (a kill), or, for a name
+    without a pid (an older funnelcast's), nothing in it has changed for an hour."""
+    if pid is None:
+        return time.time() - _newest_change(path) > _UNTAGGED_LEFTOVER_SECONDS
+    if int(pid) == os.getpid():
+        return False  # this process's own write (another thread's): running
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # runs, as another user's process
+        return False
+    return False
+
+
+def _newest_change(path: Path) -> float:
+    times = [path.lstat().st_mtime]
+    if path.is_dir() and not path.is_symlink():
+        with os.scandir(path) as inside:
+            times += [inner.stat(follow_symlinks=False).st_mtime for inner in inside]
+    return max(times)
+
+
+def _sweep_leftovers(folder: Path, file_name: str | None = None) -> None:
+    """Remove what a killed write into ``folder`` left: funnelcast's own staging folders, and
+    the temporary files of ``file_name`` (the file about to be written). Nothing else, and
+    nothing a running write still uses; a leftover that cannot be removed stays."""
+    temporary = (
+        re.compile(rf"\.{re.escape(file_name)}\.(?:(\d+)-)?{_RANDOM}\.tmp") if file_name else None
+    )
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            match = temporary.fullmatch(entry.name) if temporary is not None else None
+            if match and entry.is_file(follow_symlinks=False):
+                if _is_leftover(match.group(1), path):
+                    path.unlink()
+                continue
+            match = _STAGING.fullmatch(entry.name)
+            if match and _is_staging(entry) and _is_leftover(match.group(1), path):
+                shutil.rmtree(path)
+
+
+def _is_staging(entry: os.DirEntry[str]) -> bool:
+    """A real folder holding only what a staged write puts there (tables, temporary files)."""
+    if not entry.is_dir(follow_symlinks=False):
+        return False
+    with os.scandir(entry.path) as inside:
+        return all(
+            inner.is_file(follow_symlinks=False)
+            and (inner.name.endswith(".parquet") or inner.name.endswith(".tmp"))
+            for inner in inside
+        )
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write one Parquet file atomically (temp file in the same folder, fsync, rename). A
     place that cannot take the file (a folder of that name, a file where a folder goes, no
-    permission) is an ``InputError`` naming it; nothing is left behind."""
+    permission, a full disk) is an ``InputError`` naming it; nothing is left behind, after
+    Ctrl-C or SIGTERM either."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name for the Parquet output")
-    try:
-        return _write_parquet_atomic(table, path)
-    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as error:
-        raise InputError(
-            f"cannot write {path}: {error.strerror or error} (is every folder above it a "
-            "folder you may write to?)"
-        ) from error
+    with _terminate_like_interrupt():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_leftovers(path.parent, path.name)
+            return _write_parquet_atomic(table, path)
+        except OSError as error:
+            raise _unwritable(str(path), path.parent, error) from error
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
+    )
     # mkstemp makes the file private (0600); the output gets what any new file gets (0644
     # under the usual umask), as if written in place
     os.fchmod(fd, 0o666 & ~_umask())
@@ -86,50 +249,118 @@ def check_writable_folder(out_dir: Path) -> None:
         )
 
 
+def check_not_inputs(out_dir: Path, inputs: Iterable[Path], names: Iterable[str]) -> None:
+    """No table ``out_dir/<name>.parquet`` is one of the ``inputs`` (the files a source
+    reads), by its path, a symbolic link or a hard link: writing the tables would replace
+    the raw data they are made from. An ``InputError`` naming both, before any work."""
+    out_dir = Path(out_dir)
+    sources = [Path(p) for p in inputs if os.path.exists(p)]
+    for name in names:
+        target = out_dir / f"{name}.parquet"
+        if not os.path.exists(target):
+            continue
+        for source in sources:
+            with contextlib.suppress(OSError):
+                if target.resolve() == source.resolve() or os.path.samefile(target, source):
+                    which = "" if target.absolute() == source.absolute() else f" ({source})"
+                    raise InputError(
+                        f"cannot write into {out_dir}: {target} is a file the source reads"
+                        f"{which}, which the tables would replace; give another output folder"
+                    )
+
+
+def is_funnelcast_table(path: Path) -> bool:
+    """``path`` is a table funnelcast wrote into a data folder (it carries ``TABLE_MARK``)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):  # a folder, not Parquet, unreadable: not ours
+        return False
+    return TABLE_MARK in metadata
+
+
+def _marked(table: pa.Table, name: str) -> pa.Table:
+    return table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), TABLE_MARK: name.encode()}
+    )
+
+
 def write_tables_atomic(
     tables: Mapping[str, pa.Table | None],
     out_dir: Path,
     *,
     replaces: tuple[str, ...] = (),
     removed: Callable[[Path], None] | None = None,
+    inputs: Iterable[Path] = (),
 ) -> dict[str, Path]:
     """Write several tables as ``out_dir/<name>.parquet``, all or nothing; then remove the
     files of the tables in ``replaces`` that were not written (None, or not given), which an
     earlier run left, calling ``removed(path)`` for each (the commands say so).
 
+    Refused (an ``InputError``, before anything is written) when a table would replace one
+    of the ``inputs`` (the files the tables are made from), or when a file to remove is not
+    one funnelcast wrote (the user's own ``labels.parquet``): it is neither deleted nor left to
+    be read with the new tables.
+
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
-    them are complete are they renamed into place, so an interrupted run leaves the previous
-    outputs (or none), never a mix.
+    them are complete are they renamed into place, and the earlier run's tables removed, with
+    Ctrl-C and SIGTERM held until that is done: an interrupted run leaves the previous outputs
+    (or none), never a mix.
     """
     out_dir = Path(out_dir)
     check_writable_folder(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    except OSError as error:  # what the check cannot see (a full disk, a special file system)
-        raise InputError(
-            f"cannot write into {out_dir}: {error.strerror or error}; give a folder you may "
-            "write to"
-        ) from None
+    check_not_inputs(out_dir, inputs, {*tables, *replaces})
+    new = [name for name, table in tables.items() if table is not None]
+    stale = [
+        out_dir / f"{name}.parquet"
+        for name in replaces
+        if name not in new and os.path.lexists(out_dir / f"{name}.parquet")
+    ]
+    for path in stale:
+        if not is_funnelcast_table(path):
+            raise InputError(
+                f"cannot write into {out_dir}: {path} was not written by funnelcast (or by a "
+                "version older than this one), and would be read as the new tables' "
+                f"{path.stem}; move it out of {out_dir}, or give another output folder"
+            )
+    with _terminate_like_interrupt():
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _sweep_leftovers(out_dir)
+            staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
+        except OSError as error:  # what the check cannot see (a full disk, a special file system)
+            raise _unwritable(f"into {out_dir}", out_dir, error) from None
+        try:
+            staged = {
+                name: _write_parquet_atomic(
+                    _marked(tables[name], name), staging / f"{name}.parquet"
+                )
+                for name in new
+            }
+            return _swap_in(staged, stale, out_dir, removed)
+        except OSError as error:
+            raise _unwritable(f"the tables into {out_dir}", out_dir, error) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(
+    staged: dict[str, Path],
+    stale: list[Path],
+    out_dir: Path,
+    removed: Callable[[Path], None] | None,
+) -> dict[str, Path]:
+    """Rename the complete tables into place and remove the earlier run's others, as one
+    step that Ctrl-C and SIGTERM cannot cut in two."""
     written: dict[str, Path] = {}
-    try:
-        staged = {
-            name: write_parquet_atomic(table, staging / f"{name}.parquet")
-            for name, table in tables.items()
-            if table is not None
-        }
+    with _interrupts_held():
         for name, tmp in staged.items():
             target = out_dir / f"{name}.parquet"
             os.replace(tmp, target)
             written[name] = target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for name in replaces:
-        stale = out_dir / f"{name}.parquet"
-        if name not in written and stale.exists():
-            stale.unlink()
+        for path in stale:
+            path.unlink(missing_ok=True)
             if removed is not None:
-                removed(stale)
+                removed(path)
     return written
 
 

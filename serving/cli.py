@@ -846,6 +846,7 @@ def _can_write(out: Path) -> None:
 
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name for the Parquet output")
+    check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out.parent):
@@ -997,8 +998,30 @@ def _say_removed(path: Path) -> None:
 
 
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
-    from features.io import DATA_TABLES, write_tables_atomic
+    from pydantic import BaseModel
 
+    from features.io import DATA_TABLES, check_not_inputs, write_tables_atomic
+    from features.sources import ReadSpec, default_data_dir, load_mapping
+
+    def read_specs(value: object) -> Iterator[ReadSpec]:  # every file the mapping reads
+        if isinstance(value, ReadSpec):
+            yield value
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                yield from read_specs(getattr(value, name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                yield from read_specs(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from read_specs(item)
+
+    # a table written over the raw file it is made from: refused now, not after the reading
+    folder = data_dir or default_data_dir()
+    inputs = [
+        folder / spec.path for spec in read_specs(load_mapping(source)) if spec.package is None
+    ]
+    check_not_inputs(out, inputs, DATA_TABLES)
     ingested = _with_spinner(
         f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
     )
@@ -1011,7 +1034,9 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     }
     written = _with_spinner(
         f"Writing Parquet to {escape(str(out))}",
-        lambda: write_tables_atomic(tables, out, replaces=DATA_TABLES, removed=_say_removed),
+        lambda: write_tables_atomic(
+            tables, out, replaces=DATA_TABLES, removed=_say_removed, inputs=inputs
+        ),
     )
     console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
     return validated

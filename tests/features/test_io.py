@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import io
-from features.io import read_table, write_parquet_atomic, write_tables_atomic
+from features.errors import InputError
+from features.io import DATA_TABLES, read_table, write_parquet_atomic, write_tables_atomic
 
 
 def test_a_parquet_file_is_written_and_no_temporary_file_is_left(tmp_path: Path) -> None:
@@ -31,7 +38,7 @@ def test_a_failed_write_leaves_the_previous_file_untouched(
         raise OSError("disk full")
 
     monkeypatch.setattr(io.pq, "write_table", broken_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="disk full"):
         write_parquet_atomic(pa.table({"x": [2]}), target)
     assert pq.read_table(target).column("x").to_pylist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
@@ -50,7 +57,7 @@ def test_several_tables_are_written_all_or_nothing(
         real_write(table, where, **kwargs)
 
     monkeypatch.setattr(io.pq, "write_table", fail_on_second)
-    with pytest.raises(OSError, match="interrupted"):
+    with pytest.raises(InputError, match="interrupted"):
         write_tables_atomic({"a": pa.table({"x": [1]}), "b": pa.table({"y": [2]})}, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -80,3 +87,176 @@ def test_written_files_get_the_mode_any_new_file_gets(
         os.umask(previous)
     assert stat.S_IMODE(one.stat().st_mode) == mode
     assert stat.S_IMODE(several["events"].stat().st_mode) == mode
+
+
+def _run_of(path: Path) -> str:
+    return str(pq.read_table(path).column("run")[0])
+
+
+def _tables(run: str, *names: str) -> dict[str, pa.Table]:
+    return {name: pa.table({"run": [run], "table": [name]}) for name in names}
+
+
+def test_an_earlier_runs_table_that_is_not_written_again_is_removed_and_said(
+    tmp_path: Path,
+) -> None:
+    write_tables_atomic(_tables("a", "events", "labels"), tmp_path)
+    said: list[Path] = []
+    write_tables_atomic(_tables("b", "events"), tmp_path, replaces=DATA_TABLES, removed=said.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
+    assert said == [tmp_path / "labels.parquet"]
+
+
+def test_a_file_funnelcast_did_not_write_is_neither_removed_nor_left_beside_new_tables(
+    tmp_path: Path,
+) -> None:
+    """The user's own labels.parquet in the output folder: deleting it loses their data;
+    keeping it has it read as these events' labels. Refused, and nothing written."""
+    mine = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"mine": [1]}), mine)
+    with pytest.raises(InputError, match=r"labels\.parquet was not written by funnelcast"):
+        write_tables_atomic(_tables("b", "events"), tmp_path, replaces=DATA_TABLES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.parquet"]
+    assert pq.read_table(mine).column_names == ["mine"]
+
+
+@pytest.mark.parametrize("how", ["the same path", "a symbolic link", "a hard link"])
+def test_a_table_that_would_replace_a_file_the_source_reads_is_refused(
+    tmp_path: Path, how: str
+) -> None:
+    raw = tmp_path / "src" / "events.parquet"
+    raw.parent.mkdir()
+    pq.write_table(pa.table({"user": ["a"], "ts": ["2024-01-01"], "action": ["buy"]}), raw)
+    out = raw.parent
+    if how != "the same path":
+        out = tmp_path / "out"
+        out.mkdir()
+        if how == "a symbolic link":
+            (out / "events.parquet").symlink_to(raw)
+        else:
+            os.link(raw, out / "events.parquet")
+    with pytest.raises(InputError, match="is a file the source reads"):
+        write_tables_atomic(_tables("b", "events"), out, replaces=DATA_TABLES, inputs=[raw])
+    assert pq.read_table(raw).column_names == ["user", "ts", "action"]
+    assert not list(out.glob(".*"))
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.ENOSPC, "no space left on {folder}"),
+        (errno.EDQUOT, "your disk quota is used up on {folder}"),
+        (errno.EROFS, "{folder} is on a read-only file system"),
+    ],
+)
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, says: str
+) -> None:
+    before = tmp_path / "f.parquet"
+    write_parquet_atomic(pa.table({"x": [1]}), before)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io.pq, "write_table", full_disk)
+    with pytest.raises(InputError, match=re.escape(says.format(folder=tmp_path))):
+        write_parquet_atomic(pa.table({"x": [2]}), before)
+    with pytest.raises(InputError, match=re.escape(says.format(folder=tmp_path / "data"))):
+        write_tables_atomic(_tables("b", "events"), tmp_path / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.parquet"]
+    assert list((tmp_path / "data").iterdir()) == []
+    assert pq.read_table(before).column("x").to_pylist() == [1]
+
+
+def test_ctrl_c_between_the_renames_leaves_every_table_of_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after the first table is renamed into place: without holding it, new
+    events sat beside the earlier run's contacts and labels."""
+    write_tables_atomic(_tables("a", "events", "contacts", "labels"), tmp_path)
+    real_replace = os.replace
+
+    def interrupted_replace(source: str | Path, target: str | Path) -> None:
+        real_replace(source, target)
+        if Path(target).parent == tmp_path:  # a table into place, not a staged file
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(io.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_tables_atomic(_tables("b", "events", "contacts"), tmp_path, replaces=DATA_TABLES)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.parquet", "events.parquet"]
+    assert {_run_of(p) for p in tmp_path.iterdir()} == {"b"}
+
+
+_WRITE_THEN_SIGTERM = """
+import os, signal, sys
+from pathlib import Path
+import pyarrow as pa
+from features import io
+
+real_write = io.pq.write_table
+
+def write_then_terminate(table, where, **kwargs):
+    real_write(table, where, **kwargs)  # the temporary file is there, full size
+    os.kill(os.getpid(), signal.SIGTERM)
+
+io.pq.write_table = write_then_terminate
+table = pa.table({"x": [2]})
+out = Path(sys.argv[1])
+if sys.argv[2] == "one":
+    io.write_parquet_atomic(table, out / "f.parquet")
+else:
+    io.write_tables_atomic({"events": table}, out)
+"""
+
+
+@pytest.mark.parametrize("writer", ["one", "several"])
+def test_sigterm_during_a_write_removes_its_temporary_files(tmp_path: Path, writer: str) -> None:
+    """As Ctrl-C does; a terminated write left full-size hidden files nothing removed."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITE_THEN_SIGTERM, str(tmp_path), writer],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 143, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _a_finished_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_write_sweeps_what_a_killed_write_left_and_nothing_else(tmp_path: Path) -> None:
+    dead, hour_ago = _a_finished_pid(), time.time() - 2 * 3600
+    leftovers = [
+        tmp_path / f".staging-{dead}-abcd_123",
+        tmp_path / ".staging-olderrun",  # an earlier version's name, without a pid
+        tmp_path / f".f.parquet.{dead}-zz9zz9zz.tmp",
+        tmp_path / ".f.parquet.oldnames.tmp",
+    ]
+    kept = [
+        tmp_path / f".staging-{os.getppid()}-running1",  # a write that still runs
+        tmp_path / ".staging-freshone",  # no pid, and changed a moment ago
+        tmp_path / f".other.parquet.{dead}-zz9zz9zz.tmp",  # another file's: not this write's
+        tmp_path / ".staging-notes",  # the user's, not funnelcast's name
+        tmp_path / f".staging-{dead}-yours123",  # funnelcast's name, but holds the user's file
+    ]
+    for path in leftovers[:2] + kept[:2] + kept[4:]:
+        path.mkdir()
+        (path / "events.parquet").write_bytes(b"x" * 100)
+    (kept[4] / "notes.txt").write_text("mine", encoding="utf-8")
+    for path in leftovers[2:] + kept[2:4]:
+        path.write_bytes(b"x" * 100)
+    for path in (leftovers[1], leftovers[1] / "events.parquet", leftovers[3]):
+        os.utime(path, (hour_ago, hour_ago))
+
+    write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "f.parquet")
+    write_tables_atomic(_tables("b", "events"), tmp_path)
+
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)

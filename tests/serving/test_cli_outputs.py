@@ -1,0 +1,94 @@
+"""Where the commands write: never over the data they read, never a file of the user's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
+
+MAPPING = """\
+name: m_src
+description: raw events kept in the folder given as --out
+events:
+  - name: rows
+    read: {path: src/events.parquet, format: parquet}
+    contact_id: user
+    timestamp: {column: ts, format: iso8601}
+    event_type: {fixed: purchase}
+    channel: {fixed: store}
+"""
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FUNNELCAST, *args], capture_output=True, text=True, timeout=300, cwd=cwd, check=False
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "out", "raw"),
+    [
+        ("ingest", "src", "src/events.parquet"),
+        ("run", "project", "project/data/events.parquet"),
+    ],
+)
+def test_an_output_folder_holding_the_raw_source_is_refused_before_any_work(
+    tmp_path: Path, command: str, out: str, raw: str
+) -> None:
+    """It overwrote the raw events with the canonical table and removed the user's own
+    labels.parquet beside them as "an earlier run's table"."""
+    (tmp_path / "m_src.yaml").write_text(
+        MAPPING.replace("src/events.parquet", raw), encoding="utf-8"
+    )
+    source = tmp_path / raw
+    source.parent.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"user": ["a", "b"], "ts": ["2024-01-01T00:00:00Z"] * 2, "action": ["buy"] * 2}),
+        source,
+    )
+    mine = source.parent / "labels.parquet"
+    pq.write_table(pa.table({"mine": [1]}), mine)
+    before = {path: path.read_bytes() for path in (source, mine)}
+
+    result = _run(command, "--source", "m_src.yaml", "--data-dir", ".", "--out", out, cwd=tmp_path)
+
+    _one_line_error(result, f"{raw} is a file the source reads")
+    assert "Reading" not in result.stdout
+    assert {path: path.read_bytes() for path in (source, mine)} == before
+    assert sorted(p.name for p in source.parent.iterdir()) == ["events.parquet", "labels.parquet"]
+
+
+def test_features_out_below_a_file_says_it_is_a_file_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    data = tmp_path / "data"
+    simulated = _run(
+        "simulate", "--out", str(data), "--contacts", "20", "--days", "3", cwd=tmp_path
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    result = _run(
+        "features",
+        "--events",
+        str(data),
+        "--as-of",
+        "2024-01-02",
+        "--out",
+        str(tmp_path / "afile" / "f.parquet"),
+        cwd=tmp_path,
+    )
+    line = _one_line_error(result, f"{tmp_path / 'afile'} is a file, not a folder")
+    assert "File exists" not in line
