@@ -336,23 +336,17 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
     checkout, or an installed copy inside someone else's repository (a virtualenv in a
     project) would be tagged with that repository's commit."""
     root = root or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+
     try:
-        found = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.split()
+        found = git("rev-parse", "--show-toplevel", "HEAD").split()
         if len(found) != 2 or Path(found[0]).resolve() != root.resolve():
             return {}
-        changes = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        changes = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):  # no git, not a checkout, no commit yet
         return {}
     return {"funnelcast.git_commit": found[1], "funnelcast.git_dirty": str(bool(changes)).lower()}
