@@ -93,9 +93,10 @@ def ids_repeated_message(count: int, *, first: int | None = None) -> str:
     )
 
 
-# an id that starts or ends with whitespace, of any kind: "(?U)" makes Java's \s (Spark's
+# an id that starts or ends with whitespace, of any kind, or is empty (validation's
+# missing_contact_id; every empty id would be one contact): "(?U)" makes Java's \s (Spark's
 # engine) Unicode-aware, as Rust's (Polars) already is, where it only swaps greediness
-PADDED_ID = r"(?U)^\s|\s$"
+PADDED_ID = r"(?U)^\s|\s$|^$"
 
 
 def refuse_padded_ids(ids: pl.Series, where: str, *, rows: bool = True) -> None:
@@ -115,9 +116,10 @@ def padded_ids_message(count: int | None, where: str, *, first: int | None = Non
     how_many = "contact ids" if count is None else f"{count:,} contact id(s)"
     row = "" if first is None else f" (row {first}, counting from 0, is one)"
     return (
-        f"{how_many} in {where} start or end with whitespace{row}; ids are matched "
-        "exactly, so such a contact's events and its contacts row would be two contacts. "
-        "Trim them (funnelcast ingest does)"
+        f"{how_many} in {where} start or end with whitespace or are empty{row}; ids are "
+        "matched exactly, so such a contact's events and its contacts row would be two "
+        "contacts, and every empty id one. Trim them, and give every row an id (funnelcast "
+        "ingest does both)"
     )
 
 

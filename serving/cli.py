@@ -1382,6 +1382,8 @@ def shell_command(name: str) -> str:
 
 def _parse_date(text: str, option: str) -> dt.datetime:
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # fromisoformat takes 20261101 too
+            raise ValueError(text)
         day = dt.date.fromisoformat(text)
     except ValueError as error:
         raise InputError(f"{option} {text!r} is not a date; give YYYY-MM-DD") from error
