@@ -41,3 +41,57 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     aliases = client.get_model_version("funnelcast", "1").aliases
     assert ("champion" in aliases) == (decision.group(1) == "promoted")
+
+
+@pytest.mark.slow
+def test_the_notebook_trains_on_an_ingested_folders_provided_labels(tmp_path: Path) -> None:
+    """It read a folder's events and contacts but not its labels.parquet, so an ingested CRM
+    source's won/lost was ignored (training review); now it uses them, as `run` does."""
+    import datetime as dt
+
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from features.simulator import load_simulator_settings, simulate
+
+    sim = simulate(
+        load_simulator_settings(), contacts=6000, days=120, seed=5, start=dt.date(2026, 1, 1)
+    )
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(sim.events, folder / "events.parquet")
+    pq.write_table(sim.contacts, folder / "contacts.parquet")
+    events = pl.from_arrow(sim.events)
+    assert isinstance(events, pl.DataFrame)
+    won = (  # a CRM's won list: each buyer's first purchase in the period
+        events.filter(
+            (pl.col("event_type") == "purchase")
+            & (pl.col("timestamp") >= dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        )
+        .group_by("contact_id")
+        .agg(label_date=pl.col("timestamp").min())
+        .with_columns(outcome=pl.lit("won"))
+    )
+    lost = (
+        events.select("contact_id")
+        .unique()
+        .join(won, on="contact_id", how="anti")
+        .with_columns(label_date=pl.lit(None, pl.Datetime("us", "UTC")), outcome=pl.lit("lost"))
+    )
+    pl.concat([won.select("contact_id", "label_date", "outcome"), lost]).write_parquet(
+        folder / "labels.parquet"
+    )
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "retrain.ipynb"),
+        str(tmp_path / "retrain-out.ipynb"),
+        parameters={"events": str(folder), "tracking_uri": uri, "promote_if_better": False},
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    [version] = client.search_model_versions("name='funnelcast'")
+    params = client.get_run(version.run_id).data.params
+    assert params["label_source"] == "provided"
+    assert "data.labels_hash" in params
