@@ -222,8 +222,10 @@ def _child_train(task: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=_watch_memory, args=(peak,), daemon=True).start()
     events = pl.read_parquet(task["events"])
     spec, rules, settings = load_feature_spec(), load_rules_settings(), load_training_settings()
-    if task.get("quick"):  # the smoke run's small log has fewer buyers than the minimum
-        settings = settings.model_copy(update={"min_train_positives": 50})
+    if task.get("quick"):  # the smoke run's small log has fewer buyers than the minimums
+        settings = settings.model_copy(
+            update={"min_train_positives": 1, "min_eval_positives": 1, "min_stage_rows": 1}
+        )
     started = time.perf_counter()
     result = train_models(
         events, None, spec=spec, rules=rules, settings=settings, assume_consent=True
