@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -71,12 +72,14 @@ def _unwritable(what: str, folder: Path, error: OSError) -> InputError:
 def _terminate_like_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager stopping the command, `kill`) takes the path of Ctrl-C
     while a write runs: an exception, so the temporary files are removed; the process then
-    ends with status 143, as for SIGTERM. Only where nothing else handles SIGTERM (a
-    notebook's or an application's own handler is kept), and only on the main thread, the
-    one Python runs handlers on."""
+    ends with status 143, as for SIGTERM. Only where nothing else handles SIGTERM (an
+    application's own handler is kept), only on the main thread, the one Python runs
+    handlers on, and not in an IPython kernel (Jupyter): it leaves SIGTERM to the default,
+    and IPython would catch the SystemExit, so the kernel would outlive its SIGTERM."""
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        or "ipykernel" in sys.modules
     ):
         yield
         return
@@ -291,15 +294,17 @@ def write_tables_atomic(
     replaces: tuple[str, ...] = (),
     removed: Callable[[Path], None] | None = None,
     inputs: Iterable[Path] = (),
+    set_aside: Callable[[Path, Path], None] | None = None,
 ) -> dict[str, Path]:
     """Write several tables as ``out_dir/<name>.parquet``, all or nothing; then remove the
     files of the tables in ``replaces`` that were not written (None, or not given), which an
     earlier run left, calling ``removed(path)`` for each (the commands say so).
 
     Refused (an ``InputError``, before anything is written) when a table would replace one
-    of the ``inputs`` (the files the tables are made from), or when a file to remove is not
-    one funnelcast wrote (the user's own ``labels.parquet``): it is neither deleted nor left to
-    be read with the new tables.
+    of the ``inputs`` (the files the tables are made from). A file to remove that funnelcast
+    did not mark as its own (the user's ``labels.parquet``, or a table of a version older than
+    the mark) is neither deleted nor left to be read with the new tables: it is renamed to
+    ``<name>.parquet.set-aside-<time>`` beside them, calling ``set_aside(path, new_path)``.
 
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
     them are complete are they renamed into place, and the earlier run's tables removed, with
@@ -315,13 +320,7 @@ def write_tables_atomic(
         for name in replaces
         if name not in new and os.path.lexists(out_dir / f"{name}.parquet")
     ]
-    for path in stale:
-        if not is_funnelcast_table(path):
-            raise InputError(
-                f"cannot write into {out_dir}: {path} was not written by funnelcast (or by a "
-                "version older than this one), and would be read as the new tables' "
-                f"{path.stem}; move it out of {out_dir}, or give another output folder"
-            )
+    foreign = {path for path in stale if not is_funnelcast_table(path)}
     with _terminate_like_interrupt():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +335,7 @@ def write_tables_atomic(
                 )
                 for name in new
             }
-            return _swap_in(staged, stale, out_dir, removed)
+            return _swap_in(staged, stale, out_dir, removed, foreign, set_aside)
         except OSError as error:
             raise _unwritable(f"the tables into {out_dir}", out_dir, error) from None
         finally:
@@ -348,16 +347,26 @@ def _swap_in(
     stale: list[Path],
     out_dir: Path,
     removed: Callable[[Path], None] | None,
+    foreign: set[Path],
+    set_aside: Callable[[Path, Path], None] | None,
 ) -> dict[str, Path]:
-    """Rename the complete tables into place and remove the earlier run's others, as one
-    step that Ctrl-C and SIGTERM cannot cut in two."""
+    """Rename the complete tables into place and remove the earlier run's others (rename
+    aside those of ``foreign``, not marked as funnelcast's), as one step that Ctrl-C and
+    SIGTERM cannot cut in two."""
     written: dict[str, Path] = {}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     with _interrupts_held():
         for name, tmp in staged.items():
             target = out_dir / f"{name}.parquet"
             os.replace(tmp, target)
             written[name] = target
         for path in stale:
+            if path in foreign:
+                aside = path.with_name(f"{path.name}.set-aside-{stamp}")
+                os.replace(path, aside)
+                if set_aside is not None:
+                    set_aside(path, aside)
+                continue
             path.unlink(missing_ok=True)
             if removed is not None:
                 removed(path)

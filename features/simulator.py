@@ -366,15 +366,21 @@ def simulate(
 
 
 def write_simulation(
-    sim: Simulation, out_dir: Path, *, removed: Callable[[Path], None] | None = None
+    sim: Simulation,
+    out_dir: Path,
+    *,
+    removed: Callable[[Path], None] | None = None,
+    set_aside: Callable[[Path, Path], None] | None = None,
 ) -> dict[str, Path]:
     """Write events, contacts and stage_history as Parquet into ``out_dir``, all or nothing;
-    an earlier run's other tables there (labels, rejects) are removed (``removed(path)``)."""
+    an earlier run's other tables there (labels, rejects) are removed (``removed(path)``), or
+    renamed aside when funnelcast did not mark them (``set_aside(path, new_path)``)."""
     return write_tables_atomic(
         {"events": sim.events, "contacts": sim.contacts, "stage_history": sim.stage_history},
         out_dir,
         replaces=DATA_TABLES,
         removed=removed,
+        set_aside=set_aside,
     )
 
 

@@ -4,13 +4,14 @@ MLflow (3.2 and later) and BentoML send anonymous usage data to their makers by 
 which APIs ran, BentoML the platform, memory, and every 12 hours the requests per endpoint and
 status. A CRM deployment should not call out by default, so importing any funnelcast package
 turns both off, unless the environment already says otherwise (``MLFLOW_DISABLE_TELEMETRY=false``
-or ``BENTOML_DO_NOT_TRACK=false`` turn them back on). It must run before MLflow or BentoML is
-imported: both read the setting once.
+or ``BENTOML_DO_NOT_TRACK=false`` turn them back on). MLflow makes its telemetry client when it
+is imported, so when a notebook imported MLflow first, the client is made again, now off.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 SETTINGS = {"MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"}
 
@@ -19,3 +20,10 @@ def keep_usage_data_local() -> None:
     """Turn MLflow's and BentoML's usage data off where the environment does not decide."""
     for name, value in SETTINGS.items():
         os.environ.setdefault(name, value)
+    if "mlflow.telemetry" in sys.modules and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true":
+        try:  # MLflow's own way to make its client again after the setting changed
+            from mlflow.telemetry import set_telemetry_client
+
+            set_telemetry_client()
+        except Exception:  # best effort: an MLflow without it has nothing to turn off here
+            pass

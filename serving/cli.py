@@ -436,8 +436,6 @@ def features(
             f"--events {events} does not exist; give the events folder or Parquet file written "
             "by ingest or simulate"
         )
-    if not events.exists():  # before the contacts, whose absence it would otherwise be
-        raise FileNotFoundError(f"--events {events} does not exist; give the events Parquet")
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
@@ -534,8 +532,11 @@ def train(
     from features.io import read_table
     from training.pipeline import require_known_consent
 
-    if not events.exists():  # before the contacts, whose absence it would otherwise be
-        raise FileNotFoundError(f"--events {events} does not exist; give the events Parquet")
+    if "*" not in events.name and not events.exists():  # before the contacts beside it
+        raise FileNotFoundError(
+            f"--events {events} does not exist; give the events folder or Parquet file written "
+            "by ingest or simulate"
+        )
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
@@ -834,7 +835,7 @@ def _simulate_into(
         raise RuntimeError(f"the simulator produced {validated.rejects.num_rows} invalid rows")
     _with_spinner(
         f"Writing Parquet to {escape(str(out))}",
-        lambda: write_simulation(sim, out, removed=_say_removed),
+        lambda: write_simulation(sim, out, removed=_say_removed, set_aside=_say_set_aside),
     )
     return validated, sim.stage_history
 
@@ -997,6 +998,13 @@ def _say_removed(path: Path) -> None:
     )
 
 
+def _say_set_aside(path: Path, aside: Path) -> None:
+    console.print(
+        f"Renamed {escape(str(path))} to {escape(aside.name)}: funnelcast did not mark it as "
+        "its own (yours, or an older version's), and these events do not go with it"
+    )
+
+
 def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     from pydantic import BaseModel
 
@@ -1035,7 +1043,12 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     written = _with_spinner(
         f"Writing Parquet to {escape(str(out))}",
         lambda: write_tables_atomic(
-            tables, out, replaces=DATA_TABLES, removed=_say_removed, inputs=inputs
+            tables,
+            out,
+            replaces=DATA_TABLES,
+            removed=_say_removed,
+            inputs=inputs,
+            set_aside=_say_set_aside,
         ),
     )
     console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
@@ -1238,7 +1251,8 @@ def _train_and_report(
     if summary.get("rows_before_first_event"):
         console.print(
             f"Left out {summary['rows_before_first_event']:,} rows of listed contacts at "
-            "snapshots before their first event (nobody knew them then)."
+            "snapshots before their first event (nobody knew them then; counted before "
+            "contacts without consent are left out too)."
         )
     if summary.get("labels_without_date"):
         console.print(

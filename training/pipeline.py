@@ -87,7 +87,7 @@ class TrainingResult:
     rfm_model: RfmPropensityModel
     feature_names: list[str]
     split: TimeSplit
-    test_set: pl.DataFrame  # the test snapshots' features and labels: no contact ids, shuffled
+    test_set: pl.DataFrame  # the test snapshots' features and labels, no contact ids
     evaluation: EvaluationInputs
     metrics: dict[str, Any]
     data_summary: dict[str, Any]
@@ -439,11 +439,9 @@ def train_models(
         if name == "train" and sampler.sampled_training:
             train_weight = part[SAMPLE_WEIGHT].to_numpy().astype(np.float64)
         if name == "test":
-            # kept for the promotion gate (as an MLflow artifact) without the contact ids, and
-            # shuffled: in contact order a row's place would say whose it is
-            test_set = part.drop("contact_id", SAMPLE_WEIGHT).sample(
-                fraction=1.0, shuffle=True, seed=settings.seed
-            )
+            # kept for the promotion gate without the contact ids (the artifact is shuffled
+            # as it is logged: training.tracking.log_training)
+            test_set = part.drop("contact_id", SAMPLE_WEIGHT)
         del part
     del frame
 

@@ -185,10 +185,14 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     logged: a champion whose training or validation labels reach into that window has seen
     its weeks (early stopping, calibration and decision weights read the validation weeks),
     and one with another label horizon or label source predicts something else. Empty: they
-    compare. A run that logged none of this (older versions) is not judged."""
+    compare. A champion whose run logged none of this (older versions) or is gone is not
+    judged."""
     client = MlflowClient()
     ours = client.get_run(challenger.run_id).data.params
-    theirs = client.get_run(champion.run_id).data.params
+    try:
+        theirs = client.get_run(champion.run_id).data.params
+    except MlflowException:  # its run was deleted: nothing says what it saw, as for old ones
+        return []
     reasons = []
     for key, what in (("horizon_days", "label horizon (days)"), ("label_source", "labels")):
         if key in ours and key in theirs and ours[key] != theirs[key]:

@@ -110,14 +110,24 @@ def test_an_earlier_runs_table_that_is_not_written_again_is_removed_and_said(
 def test_a_file_funnelcast_did_not_write_is_neither_removed_nor_left_beside_new_tables(
     tmp_path: Path,
 ) -> None:
-    """The user's own labels.parquet in the output folder: deleting it loses their data;
-    keeping it has it read as these events' labels. Refused, and nothing written."""
+    """The user's own labels.parquet in the output folder (or an older version's, written
+    before tables were marked): deleting it loses their data; keeping it has it read as these
+    events' labels; refusing stopped `make demo` after an older ingest (diff review). It is
+    renamed aside, kept whole, and said."""
     mine = tmp_path / "labels.parquet"
     pq.write_table(pa.table({"mine": [1]}), mine)
-    with pytest.raises(InputError, match=r"labels\.parquet was not written by funnelcast"):
-        write_tables_atomic(_tables("b", "events"), tmp_path, replaces=DATA_TABLES)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.parquet"]
-    assert pq.read_table(mine).column_names == ["mine"]
+    said: list[tuple[Path, Path]] = []
+    write_tables_atomic(
+        _tables("b", "events"),
+        tmp_path,
+        replaces=DATA_TABLES,
+        set_aside=lambda path, aside: said.append((path, aside)),
+    )
+    [(path, aside)] = said
+    assert path == mine
+    assert aside.name.startswith("labels.parquet.set-aside-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", aside.name]
+    assert pq.read_table(aside).column_names == ["mine"]
 
 
 @pytest.mark.parametrize("how", ["the same path", "a symbolic link", "a hard link"])
@@ -223,6 +233,23 @@ def test_sigterm_during_a_write_removes_its_temporary_files(tmp_path: Path, writ
     )
     assert result.returncode == 143, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_in_a_jupyter_kernel_is_left_to_the_kernel(tmp_path: Path) -> None:
+    """IPython catches SystemExit in a cell: the kernel outlived its SIGTERM (diff review)."""
+    code = _WRITE_THEN_SIGTERM.replace(
+        "from features import io",
+        "import sys, types\n"
+        "sys.modules['ipykernel'] = types.ModuleType('ipykernel')\nfrom features import io",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), "one"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGTERM  # the default: killed by it, as a kernel is
 
 
 def _a_finished_pid() -> int:

@@ -669,3 +669,37 @@ def test_a_spark_memory_that_java_cannot_read_is_refused_before_spark_starts(
     common = ("features", "--events", str(tmp_path / "d"), "--as-of", "2026-01-01")
     result = _run(*common, "--engine", "spark", "--spark-memory", "4x", "--out", "f.parquet")
     _assert_one_line_error(result, "--spark-memory '4x' is not a memory size")
+
+
+def test_features_read_a_glob_of_event_files(tmp_path: Path) -> None:
+    """A check added today refused every glob as a file that does not exist (diff review)."""
+    import shutil
+
+    made = _run(
+        "simulate",
+        "--out",
+        str(tmp_path / "d"),
+        "--contacts",
+        "200",
+        "--days",
+        "30",
+        "--start",
+        "2026-01-01",
+    )
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "g").mkdir()
+    shutil.copy(tmp_path / "d" / "events.parquet", tmp_path / "g" / "events-1.parquet")
+    shutil.copy(tmp_path / "d" / "contacts.parquet", tmp_path / "g" / "contacts.parquet")
+    result = _run(
+        "features",
+        "--events",
+        str(tmp_path / "g" / "events-*.parquet"),
+        "--contacts",
+        str(tmp_path / "g" / "contacts.parquet"),
+        "--as-of",
+        "2026-01-20",
+        "--out",
+        str(tmp_path / "f.parquet"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "f.parquet").exists()

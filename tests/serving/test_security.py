@@ -107,6 +107,30 @@ def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
     assert shown == expected
 
 
+def test_mlflow_imported_before_funnelcast_sends_no_usage_data_either() -> None:
+    """MLflow makes its telemetry client when imported, so a notebook that imported MLflow
+    first kept it on (diff review)."""
+    # the variables by which MLflow turns its telemetry off itself (CI machines, pytest)
+    ci_names = {
+        "CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CIRCLECI", "GITLAB_CI", "JENKINS_URL",
+        "TRAVIS", "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE",
+        "TEAMCITY_VERSION", "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME",
+        "RUNBOT_WORKER_ID", "DO_NOT_TRACK",
+    }  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in telemetry.SETTINGS and k not in ci_names}
+    code = (
+        "import mlflow\n"
+        "from mlflow.telemetry import get_telemetry_client\n"
+        "before = get_telemetry_client() is not None\n"
+        "import training.tracking\n"
+        "print(before, get_telemetry_client() is None)"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert shown == ["True", "True"]  # on when imported alone; off once funnelcast is
+
+
 def test_the_check_accepts_configured_keys_only() -> None:
     check = KeyCheck([KEY, OTHER])
     assert check.accepts(KEY)

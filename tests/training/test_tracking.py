@@ -146,6 +146,22 @@ def test_the_failure_reason_shows_no_credentials_and_no_quoted_values(store: str
     assert "c-00042" not in reason
 
 
+def test_a_store_that_fails_while_a_run_ends_does_not_hide_the_error(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the store is what failed, recording why (set_tag) fails too: the user saw that
+    second failure instead of the first (diff review)."""
+    from mlflow.tracking import MlflowClient
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("the store is gone")
+
+    monkeypatch.setattr(MlflowClient, "set_tag", unreachable)
+    with pytest.raises(ValueError, match="the first problem"), training_run():
+        raise ValueError("the first problem")
+    assert mlflow.active_run() is None
+
+
 def test_ctrl_c_inside_a_training_run_ends_it_killed_and_is_raised_again(store: str) -> None:
     with pytest.raises(KeyboardInterrupt), training_run("stopped") as run_id:
         raise KeyboardInterrupt
