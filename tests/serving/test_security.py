@@ -86,6 +86,13 @@ def test_a_key_given_as_the_key_file_is_not_repeated() -> None:
     assert "a key itself goes in FUNNELCAST_API_KEY" in str(caught.value)
 
 
+def _printed(code: str, env: dict[str, str]) -> list[str]:
+    """What a fresh Python prints, as words: telemetry is decided once per process."""
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 @pytest.mark.parametrize("preset", [None, "false"])
 def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
     preset: str | None,
@@ -100,11 +107,8 @@ def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
         "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['BENTOML_DO_NOT_TRACK'],"
         " do_not_track())"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
     expected = ["true", "true", "True"] if preset is None else ["false", "false", "False"]
-    assert shown == expected
+    assert _printed(code, env) == expected
 
 
 def test_mlflow_imported_before_funnelcast_sends_no_usage_data_either() -> None:
@@ -125,10 +129,7 @@ def test_mlflow_imported_before_funnelcast_sends_no_usage_data_either() -> None:
         "import training.tracking\n"
         "print(before, get_telemetry_client() is None)"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert shown == ["True", "True"]  # on when imported alone; off once funnelcast is
+    assert _printed(code, env) == ["True", "True"]  # on when imported alone; off after ours
 
 
 def test_the_check_accepts_configured_keys_only() -> None:
