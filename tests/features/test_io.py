@@ -192,8 +192,14 @@ def test_ctrl_c_between_the_renames_leaves_every_table_of_one_run(
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(io.os, "replace", interrupted_replace)
-    with pytest.raises(KeyboardInterrupt):
-        write_tables_atomic(_tables("b", "events", "contacts"), tmp_path, replaces=DATA_TABLES)
+    # Ctrl-C as Python answers it by default, whatever handler an earlier test left (in the
+    # whole suite one once answered it without an exception)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_tables_atomic(_tables("b", "events", "contacts"), tmp_path, replaces=DATA_TABLES)
+    finally:
+        signal.signal(signal.SIGINT, before)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.parquet", "events.parquet"]
     assert {_run_of(p) for p in tmp_path.iterdir()} == {"b"}
