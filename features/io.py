@@ -44,24 +44,22 @@ def _umask() -> int:
     return mask
 
 
+# what a write's OSError means, in plain words, and its fix ({folder}: where it wrote)
+_PLAIN_WORDS = {
+    errno.ENOSPC: "no space left on {folder}; free some space there, or give a place on "
+    "another disk",
+    getattr(errno, "EDQUOT", -1): "your disk quota is used up on {folder}; free some space "
+    "there, or give a place on another disk",
+    errno.EROFS: "{folder} is on a read-only file system; give a place you may write to",
+}
+
+
 def _unwritable(what: str, folder: Path, error: OSError) -> InputError:
     """One line for an ``OSError`` of a write: what could not be written, why in plain
     words, and the fix."""
-    if error.errno == errno.ENOSPC:
-        return InputError(
-            f"cannot write {what}: no space left on {folder}; free some space there, or give "
-            "a place on another disk"
-        )
-    if error.errno == getattr(errno, "EDQUOT", None):
-        return InputError(
-            f"cannot write {what}: your disk quota is used up on {folder}; free some space "
-            "there, or give a place on another disk"
-        )
-    if error.errno == errno.EROFS:
-        return InputError(
-            f"cannot write {what}: {folder} is on a read-only file system; give a place you "
-            "may write to"
-        )
+    said = _PLAIN_WORDS.get(error.errno or 0)
+    if said is not None:
+        return InputError(f"cannot write {what}: {said.format(folder=folder)}")
     return InputError(
         f"cannot write {what}: {error.strerror or error} (is every folder above it a folder "
         "you may write to?)"

@@ -431,11 +431,7 @@ def features(
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     feature_spec = load_feature_spec(spec)
     rules = load_rules_settings(config)
-    if "*" not in events.name and not events.exists():  # before the contacts beside it
-        raise FileNotFoundError(
-            f"--events {events} does not exist; give the events folder or Parquet file written "
-            "by ingest or simulate"
-        )
+    _require_events(events)  # before the contacts beside it
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
@@ -532,11 +528,7 @@ def train(
     from features.io import read_table
     from training.pipeline import require_known_consent
 
-    if "*" not in events.name and not events.exists():  # before the contacts beside it
-        raise FileNotFoundError(
-            f"--events {events} does not exist; give the events folder or Parquet file written "
-            "by ingest or simulate"
-        )
+    _require_events(events)  # before the contacts beside it
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
         raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
@@ -1392,6 +1384,15 @@ def shell_command(name: str) -> str:
         return str(beside.relative_to(Path.cwd()))
     except ValueError:
         return str(beside)
+
+
+def _require_events(events: Path) -> None:
+    """``--events`` names something that exists (a glob is left to the reader)."""
+    if "*" not in events.name and not events.exists():
+        raise FileNotFoundError(
+            f"--events {events} does not exist; give the events folder or Parquet file written "
+            "by ingest or simulate"
+        )
 
 
 def _parse_date(text: str, option: str) -> dt.datetime:
