@@ -194,14 +194,24 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     except MlflowException:  # its run was deleted: nothing says what it saw, as for old ones
         return []
     reasons = []
-    for key, what in (("horizon_days", "label horizon (days)"), ("label_source", "labels")):
+    periods = [run.get(k) for run in (theirs, ours) for k in ("data.events_from", "data.events_to")]
+    other_data = all(periods) and (periods[1] < periods[2] or periods[0] > periods[3])
+    if other_data:  # not one day in common: another data set, not an older model of this one
+        reasons.append(
+            f"it was trained on other data (events of {periods[0][:10]}..{periods[1][:10]}; "
+            f"the challenger's are of {periods[2][:10]}..{periods[3][:10]})"
+        )
+    for key, what, unit in (
+        ("horizon_days", "label horizon", " days"),
+        ("label_source", "labels", ""),
+    ):
         if key in ours and key in theirs and ours[key] != theirs[key]:
             reasons.append(
-                f"its {what} {theirs[key]} are not the challenger's {ours[key]}, so its "
-                "scores mean something else"
+                f"its {what} ({theirs[key]}{unit}) is not the challenger's ({ours[key]}{unit}), "
+                "so its scores mean something else"
             )
     last = [theirs[k] for k in ("data.train_to", "data.validation_to") if k in theirs]
-    if last and "horizon_days" in theirs and "data.test_from" in ours:
+    if last and "horizon_days" in theirs and "data.test_from" in ours and not other_data:
         seen = dt.date.fromisoformat(max(last)) + dt.timedelta(days=int(theirs["horizon_days"]))
         if seen > dt.date.fromisoformat(ours["data.test_from"]):
             reasons.append(
@@ -239,7 +249,8 @@ def promote(
         if not force:
             raise RegistryError(
                 f"{unscorable}. Train the challenger on data at least as recent as the "
-                "champion's, with the same horizon and labels, or use --force to replace it "
+                "champion's, with the same horizon and labels; register a model of other data "
+                "under its own name (--model-name); or use --force to replace the champion "
                 "anyway (recorded)"
             )
     test_set = load_test_set(challenger)

@@ -352,8 +352,14 @@ def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
         resolve("no-such-model", alias="champion")
 
 
-def _log_variant(result: TrainingResult, settings: TrainingSettings, **summary: str) -> str:
-    """The trained model logged again as a new version, its run saying other windows."""
+def _log_variant(
+    result: TrainingResult,
+    settings: TrainingSettings,
+    fingerprint: dict[str, Any] | None = None,
+    **summary: str,
+) -> str:
+    """The trained model logged again as a new version, its run saying other windows (and,
+    given ``fingerprint``, other data)."""
     variant = dataclasses.replace(result, data_summary={**result.data_summary, **summary})
     spec, rules = load_feature_spec(), load_rules_settings()
     with training_run():
@@ -363,7 +369,7 @@ def _log_variant(result: TrainingResult, settings: TrainingSettings, **summary: 
             spec_text=shipped_spec_text(),
             rules=rules,
             settings=settings,
-            fingerprint={},
+            fingerprint=fingerprint or {},
         )
     assert version is not None
     return version
@@ -404,10 +410,39 @@ def test_the_gate_refuses_a_champion_with_another_label_horizon(trained: dict) -
     shorter = _log_variant(result, week)
     MlflowClient().set_registered_model_alias(NAME, "champion", normal)
     with pytest.raises(
-        RegistryError, match=r"label horizon \(days\) 14 are not the challenger's 7"
+        RegistryError, match=r"label horizon \(14 days\) is not the challenger's \(7 days\)"
     ):
         promote(NAME, version=shorter)
     assert resolve(NAME, alias="champion").version == normal
+
+
+def test_the_gate_says_when_the_champion_was_trained_on_other_data(trained: dict) -> None:
+    """After `make demo`, a model of CDNOW's 1997 purchases was refused because the simulated
+    champion's labels "reach 2026-11-14, past the start of the challenger's test window
+    (1998-06-10): it has seen those weeks", which it never had: it is another data set, and
+    the way out is another registered name."""
+    from training.registry import RegistryError
+
+    result, normal = trained["normal"]
+    settings = load_training_settings()
+    span = {"events_from": "2026-06-01 00:00:00", "events_to": "2026-11-30 23:00:00"}
+    champion = _log_variant(result, settings, span, test_from="2026-11-02")
+    old = {"events_from": "1997-01-01 05:00:00", "events_to": "1998-06-30 04:00:00"}
+    challenger = _log_variant(result, settings, old, test_from="1998-03-03")
+    MlflowClient().set_registered_model_alias(NAME, "champion", champion)
+    with pytest.raises(RegistryError) as caught:
+        promote(NAME, version=challenger)
+    said = str(caught.value)
+    assert (
+        "trained on other data (events of 2026-06-01..2026-11-30; the challenger's are "
+        "of 1997-01-01..1998-06-30)"
+    ) in said
+    assert "has seen those weeks" not in said
+    assert "--model-name" in said
+    assert resolve(NAME, alias="champion").version == champion
+    # overlapping periods are the same data, judged as before
+    assert incomparable(resolve(NAME, version=champion), resolve(NAME, version=champion)) == []
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
 
 
 def test_a_champion_moved_while_comparing_stops_the_promotion(
