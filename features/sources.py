@@ -3,8 +3,9 @@
 A source mapping (``features/mappings/NAME.yaml``, or a user's own file) says how to read a data
 set's file(s) and which of its columns and values become the canonical ``contact_id``,
 ``timestamp``, ``channel``, ``event_type``, ``value``, ``campaign_id`` and ``properties``; how its
-contacts table and consent are read; and, optionally, which outcomes it provides as labels.
-Adding a source is writing a YAML file, never editing this module.
+contacts table and consent are read; and, optionally, which outcomes it provides as labels and
+the training settings it needs (``training:``, e.g. a longer horizon for slow deals). Adding a
+source is writing a YAML file, never editing this module.
 
 ``read_source`` applies a mapping and returns the raw canonical tables, *not yet validated*:
 source event names the mapping does not list are passed through unchanged, so validation
@@ -32,7 +33,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -279,6 +280,25 @@ class LabelsSpec(FrozenSettings):
     label_date: TimestampSpec | None = None  # None: outcomes without a date
 
 
+class SourceTraining(FrozenSettings):
+    """The training settings a source needs where the shipped ones do not fit it (``training:``
+    of features/config/default.yaml): ``funnelcast run --source`` trains with them unless a
+    ``--config`` gives the settings. ``model_name``: the registered model's name, so a sample
+    source's models are never judged against (or served as) another data set's champion."""
+
+    horizon_days: int | None = Field(default=None, gt=0)
+    snapshot_every_days: int | None = Field(default=None, gt=0)
+    snapshots: int | None = Field(default=None, ge=3)
+    min_history_days: int | None = Field(default=None, ge=0)
+    validation_snapshots: int | None = Field(default=None, ge=1)
+    test_snapshots: int | None = Field(default=None, ge=1)
+    model_name: str | None = Field(default=None, min_length=1)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings given, by name (``load_training_settings``' keywords)."""
+        return self.model_dump(exclude_none=True)
+
+
 class SourceMapping(FrozenSettings):
     name: str
     description: str
@@ -287,6 +307,7 @@ class SourceMapping(FrozenSettings):
     events: list[EventStreamSpec] = Field(default_factory=list)  # empty: a source without events
     contacts: ContactsSpec | None = None
     labels: LabelsSpec | None = None
+    training: SourceTraining | None = None
 
     @field_validator("timezone")
     @classmethod

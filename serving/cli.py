@@ -8,13 +8,14 @@ import datetime as dt
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -79,6 +80,14 @@ ConfigOption = Annotated[
         "--config",
         exists=True,
         help="A copy of features/config/default.yaml with your settings.",
+    ),
+]
+ModelNameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name",
+        help="Registered model name (default: the config's registry model_name, 'funnelcast' "
+        "as shipped; a sample source's mapping names its own).",
     ),
 ]
 StartOption = Annotated[
@@ -202,6 +211,7 @@ def run(
             "consented.",
         ),
     ] = False,
+    model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -222,6 +232,9 @@ def run(
         console.rule(f"[bold]1. Ingest {escape(source)}")
         validated = _ingest_into(source, out / "data", data_dir)
         true_history = None
+    overrides = _source_training(source, config)
+    if model_name is not None:
+        overrides["model_name"] = model_name
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
@@ -244,7 +257,7 @@ def run(
             validated.contacts,
             labels,
             tune=tune,
-            horizon=None,
+            overrides=overrides,
             spec_path=None,
             register=True,
             tracking_uri=tracking_uri,
@@ -262,11 +275,13 @@ def run(
         console.rule("[bold]5. Promote")
         from training.settings import load_training_settings
 
-        registry = load_training_settings(config).registry
+        registry = load_training_settings(config, model_name=overrides.get("model_name")).registry
         promoted = _promote_and_report(
             registry.model_name, registry.champion_alias, version=version, force=False
         )
         which = "" if promoted else f" --version {version}"
+        if "model_name" in overrides:
+            which = f" --model-name {shlex.quote(registry.model_name)}{which}"
         console.print(
             "Serve it: export FUNNELCAST_API_KEY=<a long random key>; "
             f"{escape(shell_command('funnelcast'))} serve{which}"
@@ -276,6 +291,25 @@ def run(
     )
     if untrained:
         raise typer.Exit(code=1)
+
+
+def _source_training(source: str | None, config: Path | None) -> dict[str, Any]:
+    """The training settings a source's mapping gives (its ``training:``), said; they are
+    applied over the config's (shipped or ``--config``), being the more specific."""
+    if source is None:
+        return {}
+    from features.sources import load_mapping
+
+    mapping = load_mapping(source)
+    given = mapping.training.settings() if mapping.training else {}
+    if given:
+        listed = ", ".join(f"{key} {value}" for key, value in given.items())
+        over = "--config's" if config else "shipped"
+        console.print(
+            f"Training settings from the {escape(mapping.name)} mapping, over the {over}: "
+            f"{escape(listed)} (its `training:`; change them in a copy of the mapping)."
+        )
+    return given
 
 
 @app.command()
@@ -511,8 +545,9 @@ def train(
         Path | None, typer.Option(help="Your feature spec YAML (default: the shipped one).")
     ] = None,
     register: Annotated[
-        bool, typer.Option(help="Register the model as a new version of 'funnelcast'.")
+        bool, typer.Option(help="Register the model as a new version of --model-name.")
     ] = True,
+    model_name: ModelNameOption = None,
     assume_consent: Annotated[
         bool,
         typer.Option(
@@ -544,7 +579,7 @@ def train(
             contact_table,
             label_table,
             tune=tune,
-            horizon=horizon,
+            overrides={"horizon_days": horizon, "model_name": model_name},
             spec_path=spec,
             register=register,
             tracking_uri=tracking_uri,
@@ -566,6 +601,7 @@ def evaluate(
         str | None,
         typer.Option(help=f"Registry alias to evaluate (default: {_CONFIGURED_ALIAS})."),
     ] = None,
+    model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -578,7 +614,7 @@ def evaluate(
     # a store that does not exist is said so; MLflow would make an empty one here and the
     # error would be a missing model
     configure_tracking(existing_store(tracking_uri))
-    settings = load_training_settings(config)
+    settings = load_training_settings(config, model_name=model_name)
     alias = alias or settings.registry.champion_alias
     ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
     console.print(
@@ -596,6 +632,7 @@ def promote(
         bool,
         typer.Option("--force", help="Promote even if it does not beat the champion (recorded)."),
     ] = False,
+    model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -607,7 +644,7 @@ def promote(
     # a store that does not exist is said so; MLflow would make an empty one here and the
     # error would be a missing model
     configure_tracking(existing_store(tracking_uri))
-    settings = load_training_settings(config)
+    settings = load_training_settings(config, model_name=model_name)
     if not _promote_and_report(
         settings.registry.model_name, settings.registry.champion_alias, version=version, force=force
     ):
@@ -643,6 +680,7 @@ def serve(
         Path | None,
         typer.Option(help="File of API keys, one per line (or set FUNNELCAST_API_KEY)."),
     ] = None,
+    model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -656,7 +694,7 @@ def serve(
     from training.settings import load_training_settings
     from training.tracking import tracking_uri as resolve_uri
 
-    settings = load_training_settings(config)
+    settings = load_training_settings(config, model_name=model_name)
     _check_port_free(host, port)  # before the model's check, which takes seconds
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     env = dict(os.environ)
@@ -761,6 +799,7 @@ def build(
     version: Annotated[
         str | None, typer.Option(help="Registry version to package instead of the alias.")
     ] = None,
+    model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -775,7 +814,7 @@ def build(
     existing_store(tracking_uri)
     _patient_registry()
     configure_tracking(tracking_uri)
-    settings = load_training_settings(config)
+    settings = load_training_settings(config, model_name=model_name)
     chosen = alias or settings.registry.champion_alias
     built = _with_spinner(
         "building the Bento",
@@ -1161,14 +1200,15 @@ def _train_and_report(
     labels: Any,
     *,
     tune: int,
-    horizon: int | None,
+    overrides: Mapping[str, Any],
     spec_path: Path | None,
     register: bool,
     tracking_uri: str | None,
     config: Path | None,
     assume_consent: bool = False,
 ) -> str | None:
-    """Train, log to MLflow and print the quality table; returns the registered version."""
+    """Train, log to MLflow and print the quality table; returns the registered version.
+    ``overrides``: training settings over the config's (``load_training_settings``)."""
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import (
         require_no_identifying_attributes,
@@ -1185,7 +1225,7 @@ def _train_and_report(
     )
     from training.tuning import tune_models
 
-    settings = load_training_settings(config, horizon_days=horizon)
+    settings = load_training_settings(config, **overrides)
     rules = load_rules_settings(config)
     feature_spec = load_feature_spec(spec_path)
     require_trainable_spec(feature_spec)  # before a run starts

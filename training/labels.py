@@ -40,12 +40,19 @@ NEGATIVE_OUTCOMES = frozenset(
 )
 
 
+class NoEventsError(InputError):
+    """No events at all: nothing to snapshot or label (training says too little data)."""
+
+
 def observed_until(events: EventsInput) -> dt.datetime:
     """The end of the observed data: midnight (UTC) after the day of the last event. Logs are
     taken to be complete up to the end of their last day."""
     last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
     if last is None:
-        raise InputError("the events table is empty; labels need events after each snapshot")
+        raise NoEventsError(
+            "the events table is empty: the models learn from each contact's events before a "
+            "snapshot and its outcome after it"
+        )
     day = last.astimezone(dt.UTC).date() + dt.timedelta(days=1)
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 

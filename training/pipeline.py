@@ -50,6 +50,7 @@ from training.frame import (
     split_by_time,
 )
 from training.labels import (
+    NoEventsError,
     label_events,
     label_from_provided,
     observed_until,
@@ -272,12 +273,28 @@ def labelled_snapshot_dates(
         count=settings.snapshots,
     )
     if not dates:
-        raise InputError(
-            f"the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}: too short for one snapshot "
-            f"with {settings.min_history_days} days of history and a "
-            f"{settings.horizon_days}-day horizon"
+        raise InsufficientDataError(
+            f"too little data to train: the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}, "
+            f"too short for one snapshot with {settings.min_history_days} days of history "
+            f"and a {settings.horizon_days}-day horizon. The rules stay the served model.",
+            _snapshots_report([], settings),
         )
     return dates
+
+
+def _snapshots_report(dates: Sequence[dt.datetime], settings: TrainingSettings) -> dict[str, Any]:
+    """The snapshots that fit the data and how many a training run needs."""
+    return {
+        "snapshots": [f"{d:%Y-%m-%d}" for d in dates],
+        "minimums": {
+            "snapshots": min_snapshots(
+                horizon_days=settings.horizon_days,
+                every_days=settings.snapshot_every_days,
+                validation=settings.validation_snapshots,
+                test=settings.test_snapshots,
+            )
+        },
+    }
 
 
 def check_enough_data(
@@ -348,7 +365,13 @@ def train_models(
     clock = time.perf_counter()
 
     say("features and labels for every snapshot")
-    until = observed_until(events)
+    try:
+        until = observed_until(events)
+    except NoEventsError as error:
+        raise InsufficientDataError(
+            f"too little data to train: {error}. The rules stay the served model.",
+            _snapshots_report([], settings),
+        ) from None
     dates = labelled_snapshot_dates(events, settings, until)
     try:
         split = split_by_time(
@@ -359,18 +382,7 @@ def train_models(
         )
     except InputError as error:  # too short a history is too little data, with a report
         raise InsufficientDataError(
-            f"{error}. The rules stay the served model.",
-            {
-                "snapshots": [f"{d:%Y-%m-%d}" for d in dates],
-                "minimums": {
-                    "snapshots": min_snapshots(
-                        horizon_days=settings.horizon_days,
-                        every_days=settings.snapshot_every_days,
-                        validation=settings.validation_snapshots,
-                        test=settings.test_snapshots,
-                    )
-                },
-            },
+            f"{error}. The rules stay the served model.", _snapshots_report(dates, settings)
         ) from error
     # the embargoed snapshots are not built; the training and validation ones are sampled
     # when large

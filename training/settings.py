@@ -61,8 +61,13 @@ class TrainingSettings(FrozenSettings):
     registry: RegistrySettings
 
 
-def load_training_settings(path: Path | None = None, **overrides: Any) -> TrainingSettings:
-    """The shipped (or a user's) training settings, with keyword overrides from the CLI."""
+def load_training_settings(
+    path: Path | None = None, *, model_name: str | None = None, **overrides: Any
+) -> TrainingSettings:
+    """The shipped (or a user's) training settings, with keyword overrides from the CLI or a
+    source's mapping (None: not overridden); ``model_name`` is the registry's."""
     section = config_section(path, "training")
     section.update({k: v for k, v in overrides.items() if v is not None})
+    if model_name is not None:
+        section["registry"] = {**section.get("registry", {}), "model_name": model_name}
     return TrainingSettings.model_validate(section)

@@ -268,6 +268,26 @@ def test_a_mapping_that_writes_a_value_outside_the_contract_names_it(
     assert "No rows set aside" in result.stdout
 
 
+def test_a_mapping_training_setting_that_is_no_setting_is_named(tmp_path: Path) -> None:
+    """`training:` of a mapping holds training settings by their names in default.yaml."""
+    mapping = tmp_path / "m.yaml"
+    events = (
+        "events:\n  - name: e\n    read: {path: e.csv}\n    contact_id: c\n"
+        "    timestamp: {column: t, format: iso8601}\n    event_type: {fixed: page_view}\n"
+        "    channel: {fixed: web}\n"
+    )
+    for training, named in (
+        ("{horizon: 30}", "training.horizon"),
+        ("{horizon_days: 0}", "training.horizon_days"),
+        ("{model_name: ''}", "training.model_name"),
+    ):
+        mapping.write_text(
+            f"name: m\ndescription: m\n{events}training: {training}\n", encoding="utf-8"
+        )
+        result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
+        _assert_one_line_error(result, named)
+
+
 def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) -> None:
     """A mapping with no contacts table: nobody's consent is known, so the main job stops at
     the funnel, naming --assume-consent; with it, it goes on (here to too little data)."""
