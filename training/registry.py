@@ -194,8 +194,12 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     except MlflowException:  # its run was deleted: nothing says what it saw, as for old ones
         return []
     reasons = []
-    periods = [run.get(k) for run in (theirs, ours) for k in ("data.events_from", "data.events_to")]
-    other_data = all(periods) and (periods[1] < periods[2] or periods[0] > periods[3])
+    # "YYYY-MM-DD HH:MM:SS" texts, which compare as the times they are ("None": no events)
+    periods = [
+        run.get(key, "") for run in (theirs, ours) for key in ("data.events_from", "data.events_to")
+    ]
+    dated = all(period[:4].isdigit() for period in periods)
+    other_data = dated and (periods[1] < periods[2] or periods[0] > periods[3])
     if other_data:  # not one day in common: another data set, not an older model of this one
         reasons.append(
             f"it was trained on other data (events of {periods[0][:10]}..{periods[1][:10]}; "
