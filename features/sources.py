@@ -283,8 +283,9 @@ class LabelsSpec(FrozenSettings):
 class SourceTraining(FrozenSettings):
     """The training settings a source needs where the shipped ones do not fit it (``training:``
     of features/config/default.yaml): ``funnelcast run --source`` trains with them unless a
-    ``--config`` gives the settings. ``model_name``: the registered model's name, so a sample
-    source's models are never judged against (or served as) another data set's champion."""
+    ``--config`` gives the settings (theirs then, whole) and ``--model-name`` the name.
+    ``model_name``: the registered model's name, so a sample source's models are never judged
+    against (or served as) another data set's champion."""
 
     horizon_days: int | None = Field(default=None, gt=0)
     snapshot_every_days: int | None = Field(default=None, gt=0)

@@ -232,9 +232,7 @@ def run(
         console.rule(f"[bold]1. Ingest {escape(source)}")
         validated = _ingest_into(source, out / "data", data_dir)
         true_history = None
-    overrides = _source_training(source, config)
-    if model_name is not None:
-        overrides["model_name"] = model_name
+    overrides = _source_training(source, config, model_name)
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
@@ -293,23 +291,36 @@ def run(
         raise typer.Exit(code=1)
 
 
-def _source_training(source: str | None, config: Path | None) -> dict[str, Any]:
-    """The training settings a source's mapping gives (its ``training:``), said; they are
-    applied over the config's (shipped or ``--config``), being the more specific."""
-    if source is None:
-        return {}
-    from features.sources import load_mapping
+def _source_training(
+    source: str | None, config: Path | None, model_name: str | None
+) -> dict[str, Any]:
+    """The training settings over the config's: a source mapping's ``training:`` unless the
+    user gives ``--config`` (theirs then, whole), and ``--model-name`` over both; said."""
+    overrides: dict[str, Any] = {}
+    if source is not None:
+        from features.sources import load_mapping
 
-    mapping = load_mapping(source)
-    given = mapping.training.settings() if mapping.training else {}
-    if given:
-        listed = ", ".join(f"{key} {value}" for key, value in given.items())
-        over = "--config's" if config else "shipped"
-        console.print(
-            f"Training settings from the {escape(mapping.name)} mapping, over the {over}: "
-            f"{escape(listed)} (its `training:`; change them in a copy of the mapping)."
-        )
-    return given
+        mapping = load_mapping(source)
+        given = mapping.training.settings() if mapping.training else {}
+        if given and config is not None:
+            console.print(
+                f"The {escape(mapping.name)} mapping's training settings are not used: "
+                f"--config gives them (copy its `training:` values into your config's to use "
+                "them)."
+            )
+        elif given:
+            overrides = given
+            if model_name is not None:  # the option's name, not the mapping's
+                overrides.pop("model_name", None)
+            listed = ", ".join(f"{key} {value}" for key, value in overrides.items())
+            if listed:
+                console.print(
+                    f"Training settings from the {escape(mapping.name)} mapping over the "
+                    f"shipped ones: {escape(listed)}."
+                )
+    if model_name is not None:
+        overrides["model_name"] = model_name
+    return overrides
 
 
 @app.command()
@@ -339,6 +350,26 @@ def ingest(
     check_writable_folder(out)  # now, not after reading the source
     validated = _ingest_into(source, out, data_dir)
     _print_validation(validated)
+    from features.sources import load_mapping
+
+    training = load_mapping(source).training
+    if training is not None:  # `train` reads the tables, not the mapping
+        given = training.settings()
+        name = given.pop("model_name", None)
+        how = []
+        if given:
+            listed = ", ".join(f"{key}: {value}" for key, value in given.items())
+            how.append(
+                "put them under `training:` in a copy of features/config/default.yaml "
+                f"({escape(listed)}) and give it with --config"
+            )
+        if name:
+            how.append(f"give --model-name {escape(name)}")
+        console.print(
+            f"The mapping gives training settings: `funnelcast run --source {escape(source)}` "
+            "trains with them; to train these tables with `funnelcast train`, "
+            f"{'; and '.join(how)}."
+        )
 
 
 @app.command()
@@ -1296,7 +1327,8 @@ def _train_and_report(
     _print_quality(flat_metrics(result.metrics))
     timing = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in result.timings.items())
     console.print(f"Time by step: {timing}.")
-    where = f"version {version} of 'funnelcast'" if version else "not registered"
+    name = settings.registry.model_name
+    where = f"version {version} of {name!r}" if version else "not registered"
     console.print(f"MLflow run {run_id[:12]} in {shown_uri(uri)}; model {where}.")
     return version
 

@@ -50,7 +50,7 @@ def observed_until(events: EventsInput) -> dt.datetime:
     last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
     if last is None:
         raise NoEventsError(
-            "the events table is empty: the models learn from each contact's events before a "
+            "there are no events, and the models learn from each contact's events before a "
             "snapshot and its outcome after it"
         )
     day = last.astimezone(dt.UTC).date() + dt.timedelta(days=1)

@@ -276,7 +276,7 @@ def labelled_snapshot_dates(
         raise InsufficientDataError(
             f"too little data to train: the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}, "
             f"too short for one snapshot with {settings.min_history_days} days of history "
-            f"and a {settings.horizon_days}-day horizon. The rules stay the served model.",
+            f"and a {settings.horizon_days}-day horizon",
             _snapshots_report([], settings),
         )
     return dates
@@ -369,7 +369,7 @@ def train_models(
         until = observed_until(events)
     except NoEventsError as error:
         raise InsufficientDataError(
-            f"too little data to train: {error}. The rules stay the served model.",
+            f"too little data to train: {error}",
             _snapshots_report([], settings),
         ) from None
     dates = labelled_snapshot_dates(events, settings, until)

@@ -85,6 +85,15 @@ def _what_there_is(client: MlflowClient, name: str) -> str:
     except MlflowException:
         numbers = []
     if not numbers:
+        try:
+            others = sorted(m.name for m in client.search_registered_models(max_results=20))
+        except MlflowException:
+            others = []
+        if others:  # e.g. `run --source olist` registers funnelcast-olist
+            return (
+                "no version is registered under this name; the store's registered models are "
+                f"{', '.join(others)}: give one with --model-name, or train one"
+            )
         return "no version is registered: train one with `funnelcast train`"
     shown = ", ".join(map(str, numbers[-10:]))
     return (
@@ -194,16 +203,21 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     except MlflowException:  # its run was deleted: nothing says what it saw, as for old ones
         return []
     reasons = []
-    # "YYYY-MM-DD HH:MM:SS" texts, which compare as the times they are ("None": no events)
-    periods = [
-        run.get(key, "") for run in (theirs, ours) for key in ("data.events_from", "data.events_to")
+    # the events' first and last days ("YYYY-MM-DD HH:MM:SS" texts; "None": no events). A
+    # champion whose events all come after the challenger's last day was trained on other
+    # data (make demo's simulated weeks, then a 1998 data set), not on an earlier export of
+    # these; a champion of earlier data (a rolling export retrained) is judged as ever
+    days = [
+        run.get(key, "")[:10]
+        for run in (theirs, ours)
+        for key in ("data.events_from", "data.events_to")
     ]
-    dated = all(period[:4].isdigit() for period in periods)
-    other_data = dated and (periods[1] < periods[2] or periods[0] > periods[3])
-    if other_data:  # not one day in common: another data set, not an older model of this one
+    other_data = all(day[:4].isdigit() for day in days) and days[0] > days[3]
+    if other_data:
         reasons.append(
-            f"it was trained on other data (events of {periods[0][:10]}..{periods[1][:10]}; "
-            f"the challenger's are of {periods[2][:10]}..{periods[3][:10]})"
+            f"it was trained on later data than all of the challenger's (events of "
+            f"{days[0]}..{days[1]}; the challenger's are of {days[2]}..{days[3]}): another "
+            "data set, or a newer export of this one"
         )
     for key, what, unit in (
         ("horizon_days", "label horizon", " days"),

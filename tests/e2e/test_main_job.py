@@ -101,7 +101,8 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     assert "Training settings from the cdnow_sample mapping" in said
     assert "horizon_days 90" in said
     assert "serve --model-name funnelcast-cdnow_sample" in said
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # the registry too, whatever tests before set
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     (version,) = client.search_model_versions("name = 'funnelcast-cdnow_sample'")
     params = client.get_run(version.run_id).data.params
     assert (params["horizon_days"], params["snapshot_every_days"]) == ("90", "30")

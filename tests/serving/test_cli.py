@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [
     "run",
     "simulate",
@@ -286,6 +287,42 @@ def test_a_mapping_training_setting_that_is_no_setting_is_named(tmp_path: Path) 
         )
         result = _run("validate", "--source", str(mapping), "--data-dir", str(tmp_path))
         _assert_one_line_error(result, named)
+
+
+def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them(
+    tmp_path: Path,
+) -> None:
+    """A mapping's `training:` is applied over the shipped settings and said; a user's
+    --config wins whole (review: a --config horizon was overridden by the mapping's), and
+    --model-name over the mapping's name. Two days of events: too short to train, exit 1."""
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: c\n    timestamp: {column: t, format: iso8601}\n"
+        "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n"
+        "training: {horizon_days: 5, min_history_days: 3, model_name: m-model}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "e.csv").write_text(
+        "c,t\nu1,2024-01-01T09:00:00Z\nu2,2024-01-02T09:00:00Z\n", "utf-8"
+    )
+    common = ("run", "--source", str(mapping), "--data-dir", str(tmp_path), "--assume-consent")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
+    mapped = _run(*common, "--out", str(tmp_path / "a"), "--model-name", "mine", env=env)
+    assert mapped.returncode == 1, mapped.stderr
+    said = " ".join(mapped.stdout.split())
+    assert "Training settings from the m mapping over the shipped ones: horizon_days 5, " in said
+    assert "min_history_days 3." in said  # the option's name, not the mapping's, is used
+    assert "m-model" not in said
+    assert "too short for one snapshot with 3 days of history and a 5-day horizon" in said
+    assert "Snapshots that fit the data: none." in said
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "features/config/default.yaml").read_text("utf-8"), "utf-8")
+    configured = _run(*common, "--out", str(tmp_path / "b"), "--config", str(config), env=env)
+    assert configured.returncode == 1, configured.stderr
+    said = " ".join(configured.stdout.split())
+    assert "The m mapping's training settings are not used: --config gives them" in said
+    assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
 
 
 def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) -> None:

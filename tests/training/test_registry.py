@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
@@ -348,8 +349,12 @@ def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
     # versions exist (the module's trainings): name one or promote one, not "train one"
     assert "registered versions are" in str(caught.value)
     assert "promote --version N" in str(caught.value)
-    with pytest.raises(RegistryError, match="no version is registered: train one"):
+    # another name than the store's: they are listed (`run --source olist` registers
+    # funnelcast-olist, and `evaluate` without --model-name said only "train one")
+    with pytest.raises(RegistryError, match="no version is registered under this name") as caught:
         resolve("no-such-model", alias="champion")
+    assert re.search(rf"registered models are [^:]*\b{NAME}\b", str(caught.value))
+    assert "--model-name" in str(caught.value)
 
 
 def _log_variant(
@@ -434,14 +439,26 @@ def test_the_gate_says_when_the_champion_was_trained_on_other_data(trained: dict
         promote(NAME, version=challenger)
     said = str(caught.value)
     assert (
-        "trained on other data (events of 2026-06-01..2026-11-30; the challenger's are "
-        "of 1997-01-01..1998-06-30)"
+        "trained on later data than all of the challenger's (events of 2026-06-01..2026-11-30; "
+        "the challenger's are of 1997-01-01..1998-06-30)"
     ) in said
     assert "has seen those weeks" not in said
     assert "--model-name" in said
     assert resolve(NAME, alias="champion").version == champion
     # overlapping periods are the same data, judged as before
     assert incomparable(resolve(NAME, version=champion), resolve(NAME, version=champion)) == []
+    # a champion of earlier data (a rolling export, retrained on the next months) is judged
+    # too, the day the champion's events end and the challenger's begin included (review)
+    earlier = {"events_from": "2026-01-01 00:00:00", "events_to": "2026-05-31 23:00:00"}
+    newer = {"events_from": "2026-05-31 23:30:00", "events_to": "2026-10-31 00:00:00"}
+    old_champion = _log_variant(
+        result, settings, earlier, train_to="2026-05-03", validation_to="2026-05-10"
+    )
+    new_challenger = _log_variant(result, settings, newer, test_from="2026-10-01")
+    assert (
+        incomparable(resolve(NAME, version=new_challenger), resolve(NAME, version=old_champion))
+        == []
+    )
     MlflowClient().set_registered_model_alias(NAME, "champion", normal)
 
 
