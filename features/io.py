@@ -299,9 +299,10 @@ def write_tables_atomic(
     earlier run left, calling ``removed(path)`` for each (the commands say so).
 
     Refused (an ``InputError``, before anything is written) when a table would replace one
-    of the ``inputs`` (the files the tables are made from). A file to remove that funnelcast
-    did not mark as its own (the user's ``labels.parquet``, or a table of a version older than
-    the mark) is neither deleted nor left to be read with the new tables: it is renamed to
+    of the ``inputs`` (the files the tables are made from). A file to remove or to write over
+    that funnelcast did not mark as its own (the user's ``labels.parquet`` or
+    ``events.parquet``, or a table of a version older than the mark) is neither deleted,
+    overwritten nor left to be read with the new tables: it is renamed to
     ``<name>.parquet.set-aside-<time>`` beside them, calling ``set_aside(path, new_path)``.
 
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
@@ -318,7 +319,13 @@ def write_tables_atomic(
         for name in replaces
         if name not in new and os.path.lexists(out_dir / f"{name}.parquet")
     ]
-    foreign = {path for path in stale if not is_funnelcast_table(path)}
+    # files funnelcast did not mark, to be removed or written over: renamed aside instead
+    targets = [out_dir / f"{name}.parquet" for name in new]
+    foreign = {
+        path
+        for path in [*stale, *targets]
+        if os.path.lexists(path) and not is_funnelcast_table(path)
+    }
     with _terminate_like_interrupt():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,17 +360,23 @@ def _swap_in(
     SIGTERM cannot cut in two."""
     written: dict[str, Path] = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def rename_aside(path: Path) -> None:
+        aside = path.with_name(f"{path.name}.set-aside-{stamp}")
+        os.replace(path, aside)
+        if set_aside is not None:
+            set_aside(path, aside)
+
     with _interrupts_held():
         for name, tmp in staged.items():
             target = out_dir / f"{name}.parquet"
+            if target in foreign:
+                rename_aside(target)
             os.replace(tmp, target)
             written[name] = target
         for path in stale:
             if path in foreign:
-                aside = path.with_name(f"{path.name}.set-aside-{stamp}")
-                os.replace(path, aside)
-                if set_aside is not None:
-                    set_aside(path, aside)
+                rename_aside(path)
                 continue
             path.unlink(missing_ok=True)
             if removed is not None:

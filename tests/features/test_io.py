@@ -130,6 +130,35 @@ def test_a_file_funnelcast_did_not_write_is_neither_removed_nor_left_beside_new_
     assert pq.read_table(aside).column_names == ["mine"]
 
 
+def test_a_file_funnelcast_did_not_write_is_not_written_over_either(tmp_path: Path) -> None:
+    """The user's own events.parquet where a run writes its events was overwritten: only
+    removals were protected. It is renamed aside like a removal; funnelcast's own tables
+    are replaced as ever, with nothing set aside."""
+    mine = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"mine": [1]}), mine)
+    said: list[tuple[Path, Path]] = []
+
+    def aside(path: Path, new: Path) -> None:
+        said.append((path, new))
+
+    write_tables_atomic(
+        _tables("b", "events", "contacts"), tmp_path, replaces=DATA_TABLES, set_aside=aside
+    )
+    [(path, moved)] = said
+    assert path == mine
+    assert moved.name.startswith("events.parquet.set-aside-")
+    assert pq.read_table(moved).column_names == ["mine"]
+    assert {_run_of(tmp_path / f"{n}.parquet") for n in ("events", "contacts")} == {"b"}
+    write_tables_atomic(
+        _tables("c", "events", "contacts"), tmp_path, replaces=DATA_TABLES, set_aside=aside
+    )
+    assert len(said) == 1  # funnelcast's own tables: replaced, not set aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["events.parquet", "contacts.parquet", moved.name]
+    )
+    assert {_run_of(tmp_path / f"{n}.parquet") for n in ("events", "contacts")} == {"c"}
+
+
 @pytest.mark.parametrize("how", ["the same path", "a symbolic link", "a hard link"])
 def test_a_table_that_would_replace_a_file_the_source_reads_is_refused(
     tmp_path: Path, how: str
