@@ -1063,7 +1063,7 @@ def _say_removed(path: Path) -> None:
 def _say_set_aside(path: Path, aside: Path) -> None:
     console.print(
         f"Renamed {escape(str(path))} to {escape(aside.name)}: funnelcast did not mark it as "
-        "its own (yours, or an older version's), and these events do not go with it"
+        "its own (yours, or an older version's), so it is kept, not removed or written over"
     )
 
 
