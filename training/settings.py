@@ -32,8 +32,8 @@ class LightGBMSettings(FrozenSettings):
 
 
 class RegistrySettings(FrozenSettings):
-    model_name: str
-    champion_alias: str
+    model_name: str = Field(min_length=1)
+    champion_alias: str = Field(min_length=1)
 
 
 class TrainingSettings(FrozenSettings):
