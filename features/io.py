@@ -362,18 +362,26 @@ def _swap_in(
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def rename_aside(path: Path) -> None:
+        # a name nothing has yet: an earlier copy set aside in the same second is kept
         aside = path.with_name(f"{path.name}.set-aside-{stamp}")
-        os.replace(path, aside)
+        number = 1
+        while os.path.lexists(aside):
+            number += 1
+            aside = path.with_name(f"{path.name}.set-aside-{stamp}-{number}")
+        os.rename(path, aside)
         if set_aside is not None:
             set_aside(path, aside)
 
+    targets = {name: out_dir / f"{name}.parquet" for name in staged}
     with _interrupts_held():
-        for name, tmp in staged.items():
-            target = out_dir / f"{name}.parquet"
+        # the files not funnelcast's go aside before any new table is in place: a rename that
+        # fails leaves the earlier tables (and those kept aside), not a mix
+        for target in targets.values():
             if target in foreign:
                 rename_aside(target)
-            os.replace(tmp, target)
-            written[name] = target
+        for name, tmp in staged.items():
+            os.replace(tmp, targets[name])
+            written[name] = targets[name]
         for path in stale:
             if path in foreign:
                 rename_aside(path)

@@ -159,6 +159,52 @@ def test_a_file_funnelcast_did_not_write_is_not_written_over_either(tmp_path: Pa
     assert {_run_of(tmp_path / f"{n}.parquet") for n in ("events", "contacts")} == {"c"}
 
 
+def test_copies_set_aside_in_the_same_second_are_all_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two of the user's files set aside within one second had one name: the second copy
+    replaced the first (review)."""
+    monkeypatch.setattr(io.time, "strftime", lambda fmt: "20261205-220718")
+    kept: list[Path] = []
+    for mine in ("first", "second"):
+        pq.write_table(pa.table({"mine": [mine]}), tmp_path / "events.parquet")
+        (tmp_path / "contacts.parquet").unlink(missing_ok=True)  # its own: not set aside
+        write_tables_atomic(
+            _tables("b", "events"),
+            tmp_path,
+            replaces=DATA_TABLES,
+            set_aside=lambda path, aside: kept.append(aside),
+        )
+    assert [p.name for p in kept] == [
+        "events.parquet.set-aside-20261205-220718",
+        "events.parquet.set-aside-20261205-220718-2",
+    ]
+    assert [pq.read_table(p).column("mine")[0].as_py() for p in kept] == ["first", "second"]
+
+
+def test_a_table_that_cannot_be_set_aside_leaves_the_earlier_tables_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's own contacts.parquet could not be renamed aside after the new events were
+    already in place: new events beside the earlier contacts (review). Every rename aside now
+    comes before the first new table."""
+    write_tables_atomic(_tables("a", "events", "contacts"), tmp_path)
+    pq.write_table(pa.table({"mine": [1]}), tmp_path / "contacts.parquet")  # the user's
+    real_rename = os.rename
+
+    def failing_rename(source: str | Path, target: str | Path) -> None:
+        if ".set-aside-" in str(target):
+            raise OSError(errno.EACCES, "Permission denied")
+        real_rename(source, target)
+
+    monkeypatch.setattr(io.os, "rename", failing_rename)
+    with pytest.raises(InputError):
+        write_tables_atomic(_tables("b", "events", "contacts"), tmp_path, replaces=DATA_TABLES)
+    monkeypatch.undo()
+    assert _run_of(tmp_path / "events.parquet") == "a"
+    assert pq.read_table(tmp_path / "contacts.parquet").column_names == ["mine"]
+
+
 @pytest.mark.parametrize("how", ["the same path", "a symbolic link", "a hard link"])
 def test_a_table_that_would_replace_a_file_the_source_reads_is_refused(
     tmp_path: Path, how: str
