@@ -303,10 +303,18 @@ def _source_training(
         mapping = load_mapping(source)
         given = mapping.training.settings() if mapping.training else {}
         if given and config is not None:
+            name = given.pop("model_name", None)
+            how = []
+            if given:
+                keys = ", ".join(given)
+                how.append(f"copy its {keys} into your config's `training:`")
+            if name and model_name is None:
+                how.append(f"give --model-name {name} (else the config's name is used)")
+            said = (
+                f"The {mapping.name} mapping's training settings are not used: --config gives them"
+            )
             console.print(
-                f"The {escape(mapping.name)} mapping's training settings are not used: "
-                f"--config gives them (copy its `training:` values into your config's to use "
-                "them)."
+                escape(f"{said}; to use them, {' and '.join(how)}." if how else f"{said}.")
             )
         elif given:
             overrides = given
@@ -353,8 +361,8 @@ def ingest(
     from features.sources import load_mapping
 
     training = load_mapping(source).training
-    if training is not None:  # `train` reads the tables, not the mapping
-        given = training.settings()
+    given = training.settings() if training is not None else {}
+    if given:  # `train` reads the tables, not the mapping
         name = given.pop("model_name", None)
         how = []
         if given:

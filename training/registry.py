@@ -85,14 +85,17 @@ def _what_there_is(client: MlflowClient, name: str) -> str:
     except MlflowException:
         numbers = []
     if not numbers:
-        try:
-            others = sorted(m.name for m in client.search_registered_models(max_results=20))
+        try:  # the names with a version (e.g. `run --source olist` registers funnelcast-olist)
+            others = sorted({str(v.name) for v in client.search_model_versions(max_results=1000)})
         except MlflowException:
             others = []
-        if others:  # e.g. `run --source olist` registers funnelcast-olist
+        if others:
+            shown = ", ".join(others[:20]) + (
+                f" and {len(others) - 20} more" if len(others) > 20 else ""
+            )
             return (
                 "no version is registered under this name; the store's registered models are "
-                f"{', '.join(others)}: give one with --model-name, or train one"
+                f"{shown}: give one with --model-name, or train one"
             )
         return "no version is registered: train one with `funnelcast train`"
     shown = ", ".join(map(str, numbers[-10:]))

@@ -322,6 +322,8 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
     assert configured.returncode == 1, configured.stderr
     said = " ".join(configured.stdout.split())
     assert "The m mapping's training settings are not used: --config gives them" in said
+    assert "copy its horizon_days, min_history_days into your config's `training:`" in said
+    assert "give --model-name m-model (else the config's name is used)" in said
     assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
 
 
