@@ -95,3 +95,42 @@ def test_the_notebook_trains_on_an_ingested_folders_provided_labels(tmp_path: Pa
     params = client.get_run(version.run_id).data.params
     assert params["label_source"] == "provided"
     assert "data.labels_hash" in params
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
+    tmp_path: Path, shared_data_dir: Path
+) -> None:
+    """An ingested CDNOW folder trained with the shipped 14-day weekly settings and
+    registered as 'funnelcast'; with `source`, the mapping's monthly 90-day settings and its
+    own name are used, as `funnelcast run --source` does."""
+    import pyarrow.parquet as pq
+
+    from features.sources import ingest
+
+    ingested = ingest("cdnow_sample", data_dir=shared_data_dir)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(ingested.validated.events, folder / "events.parquet")
+    assert ingested.validated.contacts is not None
+    pq.write_table(ingested.validated.contacts, folder / "contacts.parquet")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "retrain.ipynb"),
+        str(tmp_path / "retrain-out.ipynb"),
+        parameters={
+            "events": str(folder),
+            "source": "cdnow_sample",
+            "tracking_uri": uri,
+            "promote_if_better": False,
+        },
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    [version] = client.search_model_versions("name='funnelcast-cdnow_sample'")
+    params = client.get_run(version.run_id).data.params
+    assert (params["horizon_days"], params["snapshot_every_days"]) == ("90", "30")
+    assert client.search_model_versions("name='funnelcast'") == []
