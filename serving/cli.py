@@ -362,21 +362,11 @@ def ingest(
 
     training = load_mapping(source).training
     given = training.settings() if training is not None else {}
-    if given:  # `train` reads the tables, not the mapping
-        name = given.pop("model_name", None)
-        how = []
-        if given:
-            listed = ", ".join(f"{key}: {value}" for key, value in given.items())
-            how.append(
-                "put them under `training:` in a copy of features/config/default.yaml "
-                f"({escape(listed)}) and give it with --config"
-            )
-        if name:
-            how.append(f"give --model-name {escape(name)}")
+    if given:  # `train` reads the tables, not the mapping, unless told which it was
+        command = shlex.join(["funnelcast", "train", "--events", str(out), "--source", source])
         console.print(
             f"The mapping gives training settings: `funnelcast run --source {escape(source)}` "
-            "trains with them; to train these tables with `funnelcast train`, "
-            f"{'; and '.join(how)}."
+            f"trains with them, and so does `{escape(command)}`."
         )
 
 
@@ -587,6 +577,14 @@ def train(
         bool, typer.Option(help="Register the model as a new version of --model-name.")
     ] = True,
     model_name: ModelNameOption = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="The source the events were ingested from (a shipped name or a mapping YAML): "
+            "its mapping's training settings and model name are used, as `run --source` does "
+            "(not with --config)."
+        ),
+    ] = None,
     assume_consent: Annotated[
         bool,
         typer.Option(
@@ -618,7 +616,8 @@ def train(
             contact_table,
             label_table,
             tune=tune,
-            overrides={"horizon_days": horizon, "model_name": model_name},
+            overrides=_source_training(source, config, model_name)
+            | ({} if horizon is None else {"horizon_days": horizon}),
             spec_path=spec,
             register=register,
             tracking_uri=tracking_uri,

@@ -325,6 +325,34 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
     assert "copy its horizon_days, min_history_days into your config's `training:`" in said
     assert "give --model-name m-model (else the config's name is used)" in said
     assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
+    # ingest says how `train` uses them; `train --source` does as `run --source`
+    folder = tmp_path / "ingested"
+    ingested = _run(
+        "ingest", "--source", str(mapping), "--data-dir", str(tmp_path), "--out", str(folder)
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    said = " ".join(ingested.stdout.split())
+    assert f"so does `funnelcast train --events {folder} --source {mapping}`" in said
+    trained = _run(
+        "train", "--events", str(folder), "--source", str(mapping), "--assume-consent", env=env
+    )
+    assert trained.returncode == 1, trained.stderr
+    said = " ".join((trained.stdout + trained.stderr).split())
+    assert "Training settings from the m mapping over the shipped ones: horizon_days 5" in said
+    assert "too short for one snapshot with 3 days of history and a 5-day horizon" in said
+    # --horizon still wins over the mapping's
+    shorter = _run(
+        "train",
+        "--events",
+        str(folder),
+        "--source",
+        str(mapping),
+        "--horizon",
+        "4",
+        "--assume-consent",
+        env=env,
+    )
+    assert "3 days of history and a 4-day horizon" in " ".join(shorter.stderr.split())
 
 
 def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) -> None:
