@@ -13,17 +13,22 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+def _execute(tmp_path: Path, **parameters: object) -> None:
+    """Run the retraining notebook top to bottom in ``tmp_path`` (its output notebook there)."""
     papermill.execute_notebook(
         str(ROOT / "notebooks" / "retrain.ipynb"),
         str(tmp_path / "retrain-out.ipynb"),
-        parameters={"contacts": 6000, "days": 120, "tracking_uri": uri},
+        parameters=parameters,
         kernel_name="python3",
         cwd=str(tmp_path),
         progress_bar=False,
     )
+
+
+@pytest.mark.slow
+def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    _execute(tmp_path, contacts=6000, days=120, tracking_uri=uri)
     versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(
         "name='funnelcast'"
     )
@@ -82,14 +87,7 @@ def test_the_notebook_trains_on_an_ingested_folders_provided_labels(tmp_path: Pa
         folder / "labels.parquet"
     )
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "retrain.ipynb"),
-        str(tmp_path / "retrain-out.ipynb"),
-        parameters={"events": str(folder), "tracking_uri": uri, "promote_if_better": False},
-        kernel_name="python3",
-        cwd=str(tmp_path),
-        progress_bar=False,
-    )
+    _execute(tmp_path, events=str(folder), tracking_uri=uri, promote_if_better=False)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     [version] = client.search_model_versions("name='funnelcast'")
     params = client.get_run(version.run_id).data.params
@@ -116,18 +114,12 @@ def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
     assert ingested.validated.contacts is not None
     pq.write_table(ingested.validated.contacts, folder / "contacts.parquet")
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "retrain.ipynb"),
-        str(tmp_path / "retrain-out.ipynb"),
-        parameters={
-            "events": str(folder),
-            "source": "cdnow_sample",
-            "tracking_uri": uri,
-            "promote_if_better": False,
-        },
-        kernel_name="python3",
-        cwd=str(tmp_path),
-        progress_bar=False,
+    _execute(
+        tmp_path,
+        events=str(folder),
+        source="cdnow_sample",
+        tracking_uri=uri,
+        promote_if_better=False,
     )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     [version] = client.search_model_versions("name='funnelcast-cdnow_sample'")
