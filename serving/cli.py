@@ -758,7 +758,7 @@ def serve(
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     info = scorer.info
     served = (
-        f"[bold]{info.model}[/] version {info.model_version} from {escape(info.source)}"
+        f"[bold]{info.model}[/] version {info.model_version} from {escape(info.loaded_from())}"
         if info.model_version
         else escape(info.source)  # the rules: "the hand-written rules (no model was available)"
     )

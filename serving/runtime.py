@@ -223,6 +223,13 @@ class ModelInfo:
     trained_at: str | None
     spec_text: str | None
     metrics: dict[str, float]
+    # the MLflow store the model came from: said to the operator (the command, the log), not
+    # to the service's clients, whom a file path on the server does not concern
+    store: str | None = None
+
+    def loaded_from(self) -> str:
+        """Where the model was loaded from, the store included."""
+        return self.source if self.store is None else f"{self.source} in {self.store}"
 
 
 class Scorer(Protocol):
@@ -316,7 +323,8 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
         model=FUNNELCAST,
         model_name=ref.name,
         model_version=ref.version,
-        source=f"models:/{ref.name}/{ref.version} in {shown_uri(uri)}",
+        source=f"models:/{ref.name}/{ref.version}",
+        store=shown_uri(uri),
         trained_at=trained_at.isoformat(timespec="seconds"),
         spec_text=model.spec_text,
         metrics=_test_metrics(run_metrics(ref)),

@@ -429,7 +429,10 @@ class ModelMetadata(BaseModel):
     model: str = Field(description="'funnelcast' or 'rules'.")
     model_name: str | None = Field(description="The registered model name.")
     model_version: str | None = Field(description="Its registry version.")
-    source: str = Field(description="Where it was loaded from (registry URI or Bento model).")
+    source: str = Field(
+        description="Where it was loaded from: a registry model URI (models:/NAME/VERSION) or "
+        "a Bento model tag; the store's location is not given out."
+    )
     trained_at: str | None = Field(description="When the model was trained (UTC, ISO 8601).")
     feature_spec_hash: str | None = Field(
         description=(

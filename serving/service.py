@@ -257,7 +257,9 @@ class Funnelcast:
         _LOGGED_NAMES.update(name.removeprefix("days_since_") for name in served.attribute_features)
         info = self.scorer.info
         if info.model_version:
-            log.info("serving %s version %s from %s", info.model, info.model_version, info.source)
+            log.info(
+                "serving %s version %s from %s", info.model, info.model_version, info.loaded_from()
+            )
         else:
             log.info("serving %s", info.source)  # the rules say what they are
         # the model is loaded for good: move it out of the collector's generations, so a

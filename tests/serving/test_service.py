@@ -456,6 +456,9 @@ def test_metadata_describes_the_model(service: Any) -> None:
     }
     assert meta.metrics["test.stage.lightgbm.macro_f1"] > 0
     assert meta.limits["max_batch_contacts"] == 1000
+    # the model's registry URI, not the store's place on the server's disk
+    assert meta.source == "models:/funnelcast/1"
+    assert "sqlite" not in meta.model_dump_json()
 
 
 @pytest.mark.parametrize("consent", [True, False])
