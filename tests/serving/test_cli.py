@@ -661,7 +661,7 @@ def test_serve_and_build_use_the_configured_champion_alias(
     from serving import cli
 
     monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
-    info = SimpleNamespace(model="funnelcast", model_version="1", source="a test")
+    info = serving.runtime.ModelInfo("funnelcast", "funnelcast", "1", "a test", None, None, {})
     monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
     served: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
