@@ -464,16 +464,13 @@ def _describe(events: pa.Table) -> dict[str, Any]:
 def _settings(key: str) -> TrainingSettings:
     """The shipped training settings with the data set's own (``SETTINGS``, else its source
     mapping's ``training:``, registry name aside)."""
-    from features.sources import list_sources, load_mapping
-    from training.settings import load_training_settings
+    from features.sources import list_sources
+    from training.settings import load_training_settings, source_training
 
     if key in SETTINGS:
         given = SETTINGS[key]
-    elif key in list_sources():
-        training = load_mapping(key).training
-        given = training.settings() if training else {}
     else:
-        given = {}
+        given = source_training(key if key in list_sources() else None)
     given = {name: value for name, value in given.items() if name != "model_name"}
     return load_training_settings().model_copy(update=given)
 

@@ -296,7 +296,6 @@ def _source_training(
 ) -> dict[str, Any]:
     """The training settings over the config's: a source mapping's ``training:`` unless the
     user gives ``--config`` (theirs then, whole), and ``--model-name`` over both; said."""
-    overrides: dict[str, Any] = {}
     if source is not None:
         from features.sources import load_mapping
 
@@ -317,18 +316,19 @@ def _source_training(
                 escape(f"{said}; to use them, {' and '.join(how)}." if how else f"{said}.")
             )
         elif given:
-            overrides = given
-            if model_name is not None:  # the option's name, not the mapping's
-                overrides.pop("model_name", None)
-            listed = ", ".join(f"{key} {value}" for key, value in overrides.items())
+            from training.settings import source_training
+
+            overrides = source_training(source, model_name=model_name)
+            if model_name is not None:  # the option's name is said by the user, not the mapping
+                given.pop("model_name", None)
+            listed = ", ".join(f"{key} {value}" for key, value in overrides.items() if key in given)
             if listed:
                 console.print(
                     f"Training settings from the {escape(mapping.name)} mapping over the "
                     f"shipped ones: {escape(listed)}."
                 )
-    if model_name is not None:
-        overrides["model_name"] = model_name
-    return overrides
+            return overrides
+    return {} if model_name is None else {"model_name": model_name}
 
 
 @app.command()

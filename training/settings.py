@@ -71,3 +71,16 @@ def load_training_settings(
     if model_name is not None:
         section["registry"] = {**section.get("registry", {}), "model_name": model_name}
     return TrainingSettings.model_validate(section)
+
+
+def source_training(source: str | None, *, model_name: str | None = None) -> dict[str, Any]:
+    """The training settings a source's mapping gives (its ``training:``, by
+    ``load_training_settings``' keywords), ``model_name`` over the mapping's name; none for no
+    source. What `funnelcast run --source`, `train --source` and the notebook train with."""
+    from features.sources import load_mapping
+
+    training = load_mapping(source).training if source else None
+    given = training.settings() if training is not None else {}
+    if model_name is not None:
+        given["model_name"] = model_name
+    return given
