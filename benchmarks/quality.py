@@ -66,10 +66,6 @@ F1_MARGIN = 0.15  # stage macro-F1 against the true stage, above the rules
 ECE_MAX = 0.02
 ECE_MIN_POSITIVES = 1_000  # ECE is judged only with at least this many test positives
 BOOTSTRAP_DRAWS = 500
-# Olist's lead flow (first contacts) ends 2018-05-31, its won dates run to 2018-11: observed to
-# the end, the test snapshots would fall in October 2018 and hold a few dozen wins of leads at
-# least four months old. The benchmark observes the data up to this moment instead.
-OLIST_CUT = dt.datetime(2018, 7, 1, tzinfo=dt.UTC)
 # the analyst's baseline for X Education: its activity summaries
 XEDUCATION_ACTIVITY = ("total_visits", "total_time_on_website", "page_views_per_visit")
 XEDUCATION_SPLIT = (60, 80)  # hash bucket (0..99) below 60 trains, below 80 validates, rest tests
@@ -283,15 +279,19 @@ def run_completejourney(say: Say) -> dict[str, Any]:
 
 
 def run_olist(say: Say) -> dict[str, Any]:
-    """``train_models`` on the provided won / not_won labels, the data observed up to
-    ``OLIST_CUT``."""
+    """``train_models`` on the provided won / not_won labels, the data observed up to the
+    mapping's ``observe_until`` (its lead flow ends 2018-05-31, its won dates run on to
+    2018-11)."""
     import pyarrow.compute as pc
 
-    from training.pipeline import PURCHASE_LABEL
+    from training.pipeline import PURCHASE_LABEL, observe_cut
 
     ingested = _ingest("olist", say)
     events = ingested.validated.events
-    observed = events.filter(pc.less(events["timestamp"], OLIST_CUT))
+    settings = _settings("olist")
+    cut = observe_cut(settings)
+    assert cut is not None, "the olist mapping observes its data up to a date"
+    observed = events.filter(pc.less(events["timestamp"], cut))
     assert ingested.labels is not None
     contacts = pl.from_arrow(ingested.validated.contacts)
     assert isinstance(contacts, pl.DataFrame)
@@ -299,7 +299,7 @@ def run_olist(say: Say) -> dict[str, Any]:
     task, _, test_rows = train_and_score(
         observed,
         contacts,
-        _settings("olist"),
+        settings,
         say=say,
         labels=ingested.labels,
         label="won within 30 days (provided labels)",
@@ -308,7 +308,7 @@ def run_olist(say: Say) -> dict[str, Any]:
     absent = test_rows["days_since_first_event"].is_null()
     task["notes"] = [
         *notes,
-        f"events observed up to {OLIST_CUT:%Y-%m-%d} ({events.num_rows - observed.num_rows:,} "
+        f"events observed up to {cut:%Y-%m-%d} ({events.num_rows - observed.num_rows:,} "
         "later won events not seen): the lead flow ends 2018-05-31",
         f"{int(absent.sum()):,} of {test_rows.height:,} test rows are leads whose first contact "
         f"is after the snapshot ({int(test_rows.filter(absent)[PURCHASE_LABEL].sum())} won "
@@ -316,7 +316,7 @@ def run_olist(say: Say) -> dict[str, Any]:
     ]
     return {
         "status": "ok",
-        "data": _describe(observed) | {"observed_until": OLIST_CUT.isoformat()},
+        "data": _describe(observed) | {"observed_until": cut.isoformat()},
         "tasks": {"won": task},
     }
 
@@ -478,7 +478,7 @@ def _settings(key: str) -> TrainingSettings:
 def _settings_entry(settings: TrainingSettings) -> dict[str, Any]:
     """The settings that shape the data a model sees (the LightGBM ones are the shipped
     defaults everywhere)."""
-    return settings.model_dump(exclude={"lightgbm", "registry"})
+    return settings.model_dump(mode="json", exclude={"lightgbm", "registry"})
 
 
 # --- training and scoring -----------------------------------------------------------------------

@@ -30,7 +30,7 @@ import json
 import os
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -293,6 +293,7 @@ class SourceTraining(FrozenSettings):
     min_history_days: int | None = Field(default=None, ge=0)
     validation_snapshots: int | None = Field(default=None, ge=1)
     test_snapshots: int | None = Field(default=None, ge=1)
+    observe_until: date | None = None
     model_name: str | None = Field(default=None, min_length=1)
 
     def settings(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the data libraries load only when a command needs them: --h
 
     from features.schema import Validated
     from features.spec import FeatureSpec
+    from training.pipeline import InsufficientDataError
 
 app = typer.Typer(
     name="funnelcast",
@@ -263,8 +264,7 @@ def run(
             assume_consent=assume_consent,
         )
     except InsufficientDataError as error:
-        console.print(f"[bold]No model trained:[/] {escape(str(error))}")
-        _print_minimum_data(error.report)
+        _print_no_model(error)
         version = None
         untrained = True  # exit 1 at the end, as `train` does: a scheduler can tell
     else:
@@ -625,10 +625,7 @@ def train(
             assume_consent=assume_consent,
         )
     except InsufficientDataError as error:
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
-        )
-        _print_minimum_data(error.report)
+        _print_no_model(error)  # as `run` says it: a report, not a crash
         raise typer.Exit(code=1) from error
 
 
@@ -1249,6 +1246,7 @@ def _train_and_report(
     ``overrides``: training settings over the config's (``load_training_settings``)."""
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import (
+        observed_events,
         require_no_identifying_attributes,
         require_trainable_spec,
         train_models,
@@ -1306,7 +1304,9 @@ def _train_and_report(
             spec_text=spec_text,
             rules=rules,
             settings=settings,
-            fingerprint=data_fingerprint(events, contacts, labels=labels),
+            fingerprint=data_fingerprint(
+                observed_events(events, settings), contacts, labels=labels
+            ),
             register=register,
         )
         progress.update(task, description="Training: done", completed=len(steps) + 1)
@@ -1318,6 +1318,11 @@ def _train_and_report(
         f"{summary['test_rows']:,} rows ({summary['test_from']}..{summary['test_to']}); "
         f"labels: {result.label_source}, {settings.horizon_days}-day horizon."
     )
+    if summary.get("observed_until"):
+        console.print(
+            f"Observed the events before {settings.observe_until} (observe_until): "
+            f"{summary['events_after_observed']:,} later events were not read."
+        )
     if summary.get("rows_before_first_event"):
         console.print(
             f"Left out {summary['rows_before_first_event']:,} rows of listed contacts at "
@@ -1396,6 +1401,13 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
     return False
 
 
+def _print_no_model(error: InsufficientDataError) -> None:
+    """Too little data to train: what is missing (the error says the rules stay the served
+    model), then the minimum-data report."""
+    console.print(f"[bold]No model trained:[/] {escape(str(error))}")
+    _print_minimum_data(error.report)
+
+
 def _print_minimum_data(report: dict[str, Any]) -> None:
     if "snapshots" in report:
         console.print(f"Snapshots that fit the data: {', '.join(report['snapshots']) or 'none'}.")
@@ -1408,7 +1420,7 @@ def _print_minimum_data(report: dict[str, Any]) -> None:
     if table.row_count:
         console.print(table)
     minimums = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
-    console.print(f"Minimums: {minimums}. The rules remain the served model.")
+    console.print(f"Minimums: {minimums}.")
 
 
 # --- helpers -----------------------------------------------------------------------------------

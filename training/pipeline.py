@@ -71,7 +71,8 @@ Progress = Callable[[str], None]
 
 
 class InsufficientDataError(InputError):
-    """Too little data to train; ``report`` says what there is and what is needed."""
+    """Too little data to train; ``report`` says what there is and what is needed. Each
+    message ends by saying the rules stay the served model."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
@@ -191,6 +192,7 @@ def build_labelled_frame(
     (``rows_before_first_event``) and how many provided labels had no usable date
     (``labels_without_date``, ``training.labels.label_from_provided``)."""
     require_known_consent(contacts, assume_consent=assume_consent)
+    events = observed_events(events, settings)
     until = until or observed_until(events)
     dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
     firsts = (
@@ -242,6 +244,22 @@ def build_labelled_frame(
     return frame, dates, source
 
 
+def observe_cut(settings: TrainingSettings) -> dt.datetime | None:
+    """The moment ``observe_until`` sets (midnight UTC of that day); None: no cut."""
+    if settings.observe_until is None:
+        return None
+    return dt.datetime.combine(settings.observe_until, dt.time(), tzinfo=dt.UTC)
+
+
+def observed_events(events: EventsInput, settings: TrainingSettings) -> EventsInput:
+    """The events a training run reads: those before ``observe_until`` (as if the log had
+    been exported then) when it is set, else all of them. Applying it twice changes nothing."""
+    cut = observe_cut(settings)
+    if cut is None:
+        return events
+    return scan_events(events).filter(pl.col("timestamp") < cut)
+
+
 def labelled_snapshot_dates(
     events: EventsInput, settings: TrainingSettings, until: dt.datetime | None = None
 ) -> list[dt.datetime]:
@@ -276,7 +294,7 @@ def labelled_snapshot_dates(
         raise InsufficientDataError(
             f"too little data to train: the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}, "
             f"too short for one snapshot with {settings.min_history_days} days of history "
-            f"and a {settings.horizon_days}-day horizon",
+            f"and a {settings.horizon_days}-day horizon. The rules stay the served model.",
             _snapshots_report([], settings),
         )
     return dates
@@ -365,11 +383,23 @@ def train_models(
     clock = time.perf_counter()
 
     say("features and labels for every snapshot")
+    cut = observe_cut(settings)
+    later = 0
+    if cut is not None:  # counted, never silently dropped
+        after = scan_events(events).filter(pl.col("timestamp") >= cut)
+        later = int(after.select(pl.len()).collect().item())
+        events = observed_events(events, settings)
     try:
         until = observed_until(events)
     except NoEventsError as error:
+        why = (
+            f"there are no events before observe_until {settings.observe_until} ({later:,} "
+            "events, all of them later); set observe_until after the data's start"
+            if cut is not None and later
+            else str(error)
+        )
         raise InsufficientDataError(
-            f"too little data to train: {error}",
+            f"too little data to train: {why}. The rules stay the served model.",
             _snapshots_report([], settings),
         ) from None
     dates = labelled_snapshot_dates(events, settings, until)
@@ -539,6 +569,9 @@ def train_models(
             "rows_before_first_event": frame_counts["rows_before_first_event"],
             # provided positives and stages without a date: set aside, never a label
             "labels_without_date": frame_counts.get("labels_without_date", 0),
+            # observe_until: the events at or after it, not read
+            "observed_until": None if cut is None else cut.isoformat(),
+            "events_after_observed": later,
             "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
             "active_sample_rates": dict(sampler.active_rates),
             "validation_sample_rates": dict(sampler.validation_rates),

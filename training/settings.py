@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ class TrainingSettings(FrozenSettings):
     min_history_days: int = Field(ge=0)
     validation_snapshots: int = Field(ge=1)
     test_snapshots: int = Field(ge=1)
+    # train on the events before this day (UTC midnight) only, as if the log had been exported
+    # then: the later ones are not read (counted in the report); None: all of them
+    observe_until: dt.date | None = None
     seed: int
     min_train_positives: int = Field(ge=1)
     min_eval_positives: int = Field(ge=1)

@@ -80,7 +80,7 @@ def test_the_main_job_on_too_little_history_keeps_the_rules_and_says_why(tmp_pat
     result = _run(tmp_path, "--contacts", "2000", "--days", "60")
     assert result.returncode == 1, result.stderr  # as `train`: a scheduler can tell
     assert "No model trained:" in result.stdout
-    assert "The rules remain the served model." in result.stdout
+    assert " ".join(result.stdout.split()).count("The rules stay the served model.") == 1
     assert "version 1" not in result.stdout
 
 
@@ -108,10 +108,24 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     assert (params["horizon_days"], params["snapshot_every_days"]) == ("90", "30")
     assert client.search_model_versions("name = 'funnelcast'") == []
 
+    # Olist's won dates run months past its last lead: observed up to the mapping's
+    # observe_until, the test weeks are the last weeks of leads, as in the quality benchmark
+    olist = _run(tmp_path, "--source", "olist", *data)
+    assert olist.returncode == 0, olist.stderr
+    said = " ".join(olist.stdout.split())
+    assert "observe_until 2018-07-01" in said
+    assert "Observed the events before 2018-07-01 (observe_until):" in said
+    test_to = re.search(r"tested on [\d,]+ rows \(\S+\.\.(\d{4}-\d\d-\d\d)\)", said)
+    assert test_to is not None, said
+    assert test_to.group(1) < "2018-06-01"  # + 30 days: inside what was observed
+    (olist_version,) = client.search_model_versions("name = 'funnelcast-olist'")
+    assert client.get_run(olist_version.run_id).data.params["observe_until"] == "2018-07-01"
+
     short = _run(tmp_path, "--source", "rees46", *data)
     assert short.returncode == 1, short.stderr
     said = " ".join(short.stdout.split())
     assert "No model trained: too little data to train: the events span 2019-10-01" in said
+    assert said.count("The rules stay the served model.") == 1
     assert "Snapshots that fit the data: none." in said
 
 

@@ -1188,3 +1188,27 @@ def test_validating_a_frame_directly_leaves_the_source_columns_empty() -> None:
 
     assert _where(rejects) == [("unknown_event_type", None, None)]
     assert rejects.column("row_number").to_pylist() == [1]
+
+
+def test_every_shipped_mappings_training_settings_load_as_training_settings() -> None:
+    """A mapping's `training:` is what `run --source` trains with: each shipped one loads over
+    the shipped settings (a key the training settings lack would fail every run of it), and
+    observe_until arrives as a date."""
+    from features.sources import SourceTraining, list_sources, load_mapping
+    from training.settings import TrainingSettings, load_training_settings, source_training
+
+    assert set(SourceTraining.model_fields) - {"model_name"} <= set(TrainingSettings.model_fields)
+    given = 0
+    for name in list_sources():
+        if load_mapping(name).training is None:
+            continue
+        overrides = source_training(name)
+        settings = load_training_settings(**overrides)
+        assert settings.registry.model_name == overrides["model_name"] == f"funnelcast-{name}"
+        for key, value in overrides.items():
+            if key != "model_name":
+                assert getattr(settings, key) == value, (name, key)
+        given += 1
+    assert given >= 4
+    olist = load_training_settings(**source_training("olist"))
+    assert olist.observe_until == dt.date(2018, 7, 1)

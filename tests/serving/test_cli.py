@@ -352,7 +352,7 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
         "--assume-consent",
         env=env,
     )
-    assert "3 days of history and a 4-day horizon" in " ".join(shorter.stderr.split())
+    assert "3 days of history and a 4-day horizon" in " ".join(shorter.stdout.split())
 
 
 def test_run_on_a_source_without_contacts_needs_consent_assumed(tmp_path: Path) -> None:

@@ -179,5 +179,52 @@ def test_train_on_too_little_history_exits_1_with_the_minimum_data_report(tmp_pa
     assert simulated.returncode == 0, simulated.stderr
     result = _run(tmp_path, "train", "--events", str(tmp_path / "small"))
     assert result.returncode == 1
-    assert "too little data" in result.stderr or "too few" in result.stderr
-    assert "The rules remain the served model." in result.stdout
+    # said as `run` says it, on the standard output: a report, not a crash
+    assert "error:" not in result.stderr
+    said = " ".join(result.stdout.split())
+    assert "No model trained: " in said
+    assert "too few" in said
+    assert said.count("The rules stay the served model.") == 1
+
+
+def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A config's (or a source mapping's) `observe_until` trains as if the log had been
+    exported that day: the later events are counted, and the run logs the data it read."""
+    import datetime as dt
+
+    import polars as pl
+    import yaml
+
+    from features.settings import load_defaults
+
+    events = pl.read_parquet(workspace / "data" / "events.parquet")
+    last = events["timestamp"].max()
+    assert isinstance(last, dt.datetime)
+    day = last.date() - dt.timedelta(days=10)
+    cut = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    later = events.filter(pl.col("timestamp") >= cut).height
+    assert later > 0
+    settings = load_defaults(None)
+    settings["training"]["observe_until"] = day
+    # ten days fewer of a small simulation: fewer buyers than the shipped minimums
+    settings["training"].update(min_train_positives=20, min_eval_positives=5)
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+
+    result = _run(tmp_path, "train", "--events", str(workspace / "data"), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert (
+        f"Observed the events before {day} (observe_until): {later:,} later events were not "
+        "read." in said
+    )
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    (version,) = client.search_model_versions("name = 'funnelcast'")
+    params = client.get_run(version.run_id).data.params
+    assert params["observe_until"] == day.isoformat()
+    assert params["data.events_after_observed"] == str(later)
+    assert params["data.events_rows"] == str(events.height - later)
+    assert params["data.events_to"] < f"{day:%Y-%m-%d}"

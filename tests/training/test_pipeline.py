@@ -303,3 +303,63 @@ def test_too_few_snapshots_say_how_many_the_split_needs(
     split_by_time(enough, horizon_days=horizon, validation=2, test=2)  # exactly enough
     with pytest.raises(InputError, match=f"it needs at least {needed} .*raise `snapshots:`"):
         split_by_time(enough[1:], horizon_days=horizon, validation=2, test=2)
+
+
+def test_observe_until_trains_as_if_the_log_had_been_exported_that_day(small: object) -> None:
+    """A source whose outcomes run on after its flow of new contacts ends (Olist's won dates,
+    months after its last lead) is observed up to a day: the events at or after it change no
+    snapshot, row or label, and they are counted, not silently dropped."""
+    events = pl.from_arrow(small.events)  # type: ignore[attr-defined]
+    assert isinstance(events, pl.DataFrame)
+    day = dt.date(2026, 4, 5)  # the log runs to 2026-04-10
+    cut = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    before = events.filter(pl.col("timestamp") < cut)
+    later = events.height - before.height
+    assert later > 0
+    common = {"spec": load_feature_spec(), "rules": load_rules_settings()}
+    observed = load_training_settings(observe_until=day)
+    frame, dates, _ = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        settings=observed,
+        **common,
+    )
+    exported, exported_dates, _ = build_labelled_frame(
+        before,
+        small.contacts,  # type: ignore[attr-defined]
+        settings=load_training_settings(),
+        **common,
+    )
+    assert dates == exported_dates
+    assert max(dates) + dt.timedelta(days=observed.horizon_days) <= cut
+    assert frame.equals(exported)
+
+    result = train_models(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        settings=load_training_settings(
+            observe_until=day, min_train_positives=1, min_eval_positives=1
+        ),
+        **common,
+    )
+    summary = result.data_summary
+    assert summary["observed_until"] == cut.isoformat()
+    assert summary["events_after_observed"] == later
+    assert {*result.split.train, *result.split.validation, *result.split.test} <= set(dates)
+    assert max(result.split.test) + dt.timedelta(days=observed.horizon_days) <= cut
+
+
+def test_observe_until_before_every_event_says_so(small: object) -> None:
+    settings = load_training_settings(observe_until=dt.date(2000, 1, 1))
+    rows = small.events.num_rows  # type: ignore[attr-defined]
+    with pytest.raises(InsufficientDataError) as caught:
+        train_models(
+            small.events,  # type: ignore[attr-defined]
+            small.contacts,  # type: ignore[attr-defined]
+            spec=load_feature_spec(),
+            rules=load_rules_settings(),
+            settings=settings,
+        )
+    said = str(caught.value)
+    assert f"no events before observe_until 2000-01-01 ({rows:,} events, all of them later)" in said
+    assert "set observe_until after the data's start" in said
