@@ -596,6 +596,7 @@ def _no_consent(request: ContactRequest, info: ModelInfo, as_of: dt.datetime) ->
         "contact_id": request.contact_id,
         "status": "no_consent",
         "model": info.model,
+        "model_name": info.model_name,
         "model_version": info.model_version,
         "as_of": as_of,
         "stage": None,
@@ -764,7 +765,7 @@ class ModelScorer:
             if not (np.isfinite(scored["proba"]).all() and np.isfinite(scored["propensity"]).all()):
                 raise RuntimeError("the model produced a non-finite probability")  # a bug: 500
             horizon = int(self.model.horizon_days)
-            version = self.info.model_version
+            name, version = self.info.model_name, self.info.model_version
             probabilities = scored["proba"].tolist()
             propensities = scored["propensity"].tolist()
             for row, (i, as_of, used) in enumerate(slots):
@@ -773,6 +774,7 @@ class ModelScorer:
                     "contact_id": requests[i].contact_id,
                     "status": "scored",
                     "model": FUNNELCAST,
+                    "model_name": name,
                     "model_version": version,
                     "as_of": as_of,
                     "stage": stage,
@@ -964,6 +966,7 @@ class RulesScorer:
                     "contact_id": request.contact_id,
                     "status": "scored",
                     "model": RULES,
+                    "model_name": None,
                     "model_version": None,
                     "as_of": as_of,
                     "stage": stage,

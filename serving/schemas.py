@@ -389,6 +389,9 @@ class Prediction(BaseModel):
     model: str = Field(
         description="'funnelcast' (the learned models) or 'rules' (the hand-written fallback)."
     )
+    model_name: str | None = Field(
+        description="The registered model's name, e.g. 'funnelcast' (null with the rules)."
+    )
     model_version: str | None = Field(description="The registry version of the model.")
     as_of: dt.datetime = Field(description="The moment the prediction is for (UTC).")
     stage: Stage | None = Field(description="The predicted funnel stage.")

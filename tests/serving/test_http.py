@@ -79,7 +79,8 @@ def test_a_valid_key_in_either_header_is_accepted(
     assert answer["status"] == "scored"
     assert list(answer["probabilities"]) == list(STAGES)
     assert answer["model"] == "funnelcast"
-    assert answer["model_version"] == "1"
+    # the registered name and version, as the issue asks ("model name and version")
+    assert (answer["model_name"], answer["model_version"]) == ("funnelcast", "1")
     assert answer["as_of"] == body["as_of"]
 
 

@@ -345,6 +345,7 @@ def test_a_built_bento_serves_without_the_registry(
         status, answer = _call(port, "/predict", key=served.api_key, body=body)
         assert status == 200
         assert answer["model"] == "funnelcast"
+        assert (answer["model_name"], answer["model_version"]) == ("funnelcast", "1")
     assert not (tmp_path / "nothing-here.db").exists()
     assert _port_is_free(port)
 
@@ -412,7 +413,7 @@ def test_funnelcast_serve_with_the_rules_fallback(
         )
         assert status == 200
         assert answer["model"] == "rules"
-        assert answer["propensity"] is None
+        assert answer["model_name"] is answer["model_version"] is answer["propensity"] is None
         assert _call(port, "/metadata", key=served.api_key)[1]["model"] == "rules"
     assert _port_is_free(port)
 

@@ -1055,6 +1055,37 @@ def test_a_registered_mismatched_model_does_not_load_even_with_the_fallback(
         load_scorer(ServiceSettings.from_env(env))
 
 
+def test_every_prediction_names_the_registered_model_it_came_from(
+    service: Any, service_env: Served, active_contacts: list[str]
+) -> None:
+    """A store holds several registered models (`run --source olist` registers
+    `funnelcast-olist` beside `funnelcast`): each answer names the one that scored it, and a
+    contact without consent is answered under the same name."""
+    with training_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=service.scorer.model,
+            pip_requirements=_requirements(),
+            registered_model_name="funnelcast-other",
+        )
+    env = service_env.env(
+        FUNNELCAST_MODEL_NAME="funnelcast-other",
+        FUNNELCAST_MODEL_VERSION=str(info.registered_model_version),
+    )
+    scorer = load_scorer(ServiceSettings.from_env(env))
+    body = contact_body(service_env, active_contacts[0])
+    scored, withheld = scorer.predict_rows(
+        [_request(body), _request({**body, "marketing_consent": False})]
+    )
+    assert scored["status"] == "scored"
+    assert withheld["status"] == "no_consent"
+    for answer in (scored, withheld):
+        assert answer["model"] == "funnelcast"
+        assert answer["model_name"] == "funnelcast-other"
+        assert answer["model_version"] == str(info.registered_model_version)
+    assert service.scorer.predict_rows([_request(body)])[0]["model_name"] == "funnelcast"
+
+
 def test_settings_never_show_the_keys(served: Served) -> None:
     settings = ServiceSettings.from_env(served.env())
     assert served.api_key not in repr(settings)
