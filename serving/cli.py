@@ -570,6 +570,15 @@ def train(
     horizon: Annotated[
         int | None, typer.Option(min=1, help="Label horizon in days (default 14).")
     ] = None,
+    observe_until: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on the events before this day only, YYYY-MM-DD (UTC midnight), as if "
+            "the log had been exported then (a backtest, or outcomes that run on past the "
+            "flow of new contacts); the later events are counted, not read. Default: all, "
+            "or the config's or --source mapping's observe_until."
+        ),
+    ] = None,
     spec: Annotated[
         Path | None, typer.Option(help="Your feature spec YAML (default: the shipped one).")
     ] = None,
@@ -600,6 +609,7 @@ def train(
     from features.io import read_table
     from training.pipeline import require_known_consent
 
+    cut = _parse_date(observe_until, "--observe-until") if observe_until else None
     _require_events(events)  # before the contacts beside it
     folder = events if events.is_dir() else events.parent
     if contacts is not None and not contacts.exists():
@@ -617,7 +627,8 @@ def train(
             label_table,
             tune=tune,
             overrides=_source_training(source, config, model_name)
-            | ({} if horizon is None else {"horizon_days": horizon}),
+            | ({} if horizon is None else {"horizon_days": horizon})
+            | ({} if cut is None else {"observe_until": cut.date()}),
             spec_path=spec,
             register=register,
             tracking_uri=tracking_uri,

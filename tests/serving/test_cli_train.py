@@ -228,3 +228,18 @@ def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones
     assert params["data.events_after_observed"] == str(later)
     assert params["data.events_rows"] == str(events.height - later)
     assert params["data.events_to"] < f"{day:%Y-%m-%d}"
+
+    # --observe-until wins over the config's, as --horizon does; a bad date is named
+    earlier = day - dt.timedelta(days=7)
+    option = tmp_path / "option"
+    option.mkdir()
+    common = ("train", "--events", str(workspace / "data"), "--config", str(config))
+    result = _run(option, *common, "--observe-until", earlier.isoformat(), "--no-register")
+    assert result.returncode == 0, result.stderr
+    fewer = events.filter(pl.col("timestamp") >= dt.datetime.combine(earlier, dt.time(), dt.UTC))
+    assert f"Observed the events before {earlier} (observe_until): {fewer.height:,} later" in (
+        " ".join(result.stdout.split())
+    )
+    refused = _run(option, *common, "--observe-until", "2026-13-01")
+    assert refused.returncode == 2
+    assert "--observe-until '2026-13-01' is not a date; give YYYY-MM-DD" in refused.stderr
