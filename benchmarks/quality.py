@@ -296,20 +296,23 @@ def run_olist(say: Say) -> dict[str, Any]:
     contacts = pl.from_arrow(ingested.validated.contacts)
     assert isinstance(contacts, pl.DataFrame)
     notes = []
-    task, _, test_rows = train_and_score(
-        observed,
+    # every event in: training observes them up to the mapping's day, as `run --source` does
+    task, result, test_rows = train_and_score(
+        events,
         contacts,
         settings,
         say=say,
         labels=ingested.labels,
         label="won within 30 days (provided labels)",
     )
+    later = result.data_summary["events_after_observed"]
+    assert later == events.num_rows - observed.num_rows
     # the contacts table lists every lead at every snapshot, also those not yet in the funnel
     absent = test_rows["days_since_first_event"].is_null()
     task["notes"] = [
         *notes,
-        f"events observed up to {cut:%Y-%m-%d} ({events.num_rows - observed.num_rows:,} "
-        "later won events not seen): the lead flow ends 2018-05-31",
+        f"events observed up to {cut:%Y-%m-%d} ({later:,} later won events not trained on): "
+        "the lead flow ends 2018-05-31",
         f"{int(absent.sum()):,} of {test_rows.height:,} test rows are leads whose first contact "
         f"is after the snapshot ({int(test_rows.filter(absent)[PURCHASE_LABEL].sum())} won "
         "in the horizon)",

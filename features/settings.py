@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TypeVar, get_args
+from typing import IO, Annotated, Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from features.errors import InputError
 
@@ -20,6 +22,22 @@ class FrozenSettings(BaseModel):
     """Base of every settings model: immutable, and an unknown key is an error, not a default."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _calendar_day(value: Any) -> Any:
+    """A day as YAML reads it (a date) or as text, YYYY-MM-DD. pydantic would take a time at
+    midnight with any offset ("2018-07-01T00:00+02:00") as that day, its zone dropped, and
+    read a number as Unix time: both are refused."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return value
+    shown = value.isoformat() if isinstance(value, dt.datetime) else repr(value)
+    raise ValueError(f"{shown} is not a day; give YYYY-MM-DD (UTC midnight), no time of day")
+
+
+# a setting that is a calendar day (UTC midnight): ``training.observe_until``
+CalendarDay = Annotated[dt.date, BeforeValidator(_calendar_day)]
 
 
 class RulesSettings(FrozenSettings):

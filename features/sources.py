@@ -30,7 +30,7 @@ import json
 import os
 import re
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -54,7 +54,7 @@ from features.schema import (
     rejects_table,
     validate,
 )
-from features.settings import FrozenSettings, parse_yaml_model
+from features.settings import CalendarDay, FrozenSettings, parse_yaml_model
 from features.vocabulary import CHANNELS, EVENT_TYPES
 
 DATA_DIR_ENV: Final = "FUNNELCAST_DATA_DIR"
@@ -293,7 +293,7 @@ class SourceTraining(FrozenSettings):
     min_history_days: int | None = Field(default=None, ge=0)
     validation_snapshots: int | None = Field(default=None, ge=1)
     test_snapshots: int | None = Field(default=None, ge=1)
-    observe_until: date | None = None
+    observe_until: CalendarDay | None = None
     model_name: str | None = Field(default=None, min_length=1)
 
     def settings(self) -> dict[str, Any]:

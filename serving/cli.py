@@ -575,7 +575,7 @@ def train(
         typer.Option(
             help="Train on the events before this day only, YYYY-MM-DD (UTC midnight), as if "
             "the log had been exported then (a backtest, or outcomes that run on past the "
-            "flow of new contacts); the later events are counted, not read. Default: all, "
+            "flow of new contacts); the later events are counted, not trained on. Default: all, "
             "or the config's or --source mapping's observe_until."
         ),
     ] = None,
@@ -1257,7 +1257,6 @@ def _train_and_report(
     ``overrides``: training settings over the config's (``load_training_settings``)."""
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import (
-        observed_events,
         require_no_identifying_attributes,
         require_trainable_spec,
         train_models,
@@ -1315,9 +1314,7 @@ def _train_and_report(
             spec_text=spec_text,
             rules=rules,
             settings=settings,
-            fingerprint=data_fingerprint(
-                observed_events(events, settings), contacts, labels=labels
-            ),
+            fingerprint=data_fingerprint(events, contacts, labels, settings=settings),
             register=register,
         )
         progress.update(task, description="Training: done", completed=len(steps) + 1)
@@ -1332,7 +1329,13 @@ def _train_and_report(
     if summary.get("observed_until"):
         console.print(
             f"Observed the events before {settings.observe_until} (observe_until): "
-            f"{summary['events_after_observed']:,} later events were not read."
+            f"{summary['events_after_observed']:,} later events"
+            + (
+                f" and {summary['labels_after_observed']:,} later-dated provided labels"
+                if summary.get("labels_after_observed")
+                else ""
+            )
+            + " were not trained on."
         )
     if summary.get("rows_before_first_event"):
         console.print(
@@ -1413,8 +1416,8 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
 
 
 def _print_no_model(error: InsufficientDataError) -> None:
-    """Too little data to train: what is missing (the error says the rules stay the served
-    model), then the minimum-data report."""
+    """Too little data to train: what is missing (the error says nothing was registered),
+    then the minimum-data report."""
     console.print(f"[bold]No model trained:[/] {escape(str(error))}")
     _print_minimum_data(error.report)
 

@@ -4,7 +4,8 @@
 2. The training frame: features at every snapshot in one pass (``features.snapshots``).
 3. Labels from the horizon after each snapshot (or a provided labels table).
 4. An out-of-time split with embargoes (``training.frame.split_by_time``).
-5. A minimum-data check: too few buyers, and training stops with a report; the rules stay.
+5. A minimum-data check: too few buyers, and training stops with a report; nothing is
+   registered, and the served model (the champion, else the rules) is unchanged.
 6. The rules, the RFM baseline and both LightGBM models (optionally tuned), fitted and
    evaluated side by side on the test snapshots.
 
@@ -70,9 +71,13 @@ PURCHASE_LABEL = "purchase_label"
 Progress = Callable[[str], None]
 
 
+# the end of every InsufficientDataError's message: training never demotes a champion
+UNCHANGED = "Nothing was registered: the served model (the champion, else the rules) is unchanged."
+
+
 class InsufficientDataError(InputError):
     """Too little data to train; ``report`` says what there is and what is needed. Each
-    message ends by saying the rules stay the served model."""
+    message says once that nothing was registered (``UNCHANGED``)."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
@@ -190,13 +195,18 @@ def build_labelled_frame(
     sees such a contact, and its label would be its arrival (a lead created and won within the
     horizon). ``counts`` (when given) receives how many rows that left out
     (``rows_before_first_event``) and how many provided labels had no usable date
-    (``labels_without_date``, ``training.labels.label_from_provided``)."""
+    (``labels_without_date``, ``training.labels.label_from_provided``).
+
+    With ``settings.observe_until``, features and labels read only the events before that day
+    (``observed_events``), and a contact first seen on or after it is no row: it was unknown
+    then, as the log exported that day would show."""
     require_known_consent(contacts, assume_consent=assume_consent)
+    seen = events  # who was first seen when: a contact first seen after the cut is no row
     events = observed_events(events, settings)
     until = until or observed_until(events)
     dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
     firsts = (
-        scan_events(events)
+        scan_events(seen)
         .group_by(pl.col("contact_id").cast(pl.String))
         .agg(pl.col("timestamp").min().alias("first_event"))
         .collect()
@@ -260,6 +270,17 @@ def observed_events(events: EventsInput, settings: TrainingSettings) -> EventsIn
     return scan_events(events).filter(pl.col("timestamp") < cut)
 
 
+def _labels_from(labels: pa.Table | pl.DataFrame | None, cut: dt.datetime) -> int:
+    """How many provided labels are dated at or after ``cut`` (none is read: every label
+    horizon ends by then)."""
+    if labels is None:
+        return 0
+    frame = labels if isinstance(labels, pl.DataFrame) else pl.DataFrame(pl.from_arrow(labels))
+    if "label_date" not in frame.columns:
+        return 0
+    return frame.select((pl.col("label_date") >= cut).sum()).item() or 0
+
+
 def labelled_snapshot_dates(
     events: EventsInput, settings: TrainingSettings, until: dt.datetime | None = None
 ) -> list[dt.datetime]:
@@ -294,7 +315,7 @@ def labelled_snapshot_dates(
         raise InsufficientDataError(
             f"too little data to train: the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}, "
             f"too short for one snapshot with {settings.min_history_days} days of history "
-            f"and a {settings.horizon_days}-day horizon. The rules stay the served model.",
+            f"and a {settings.horizon_days}-day horizon. {UNCHANGED}",
             _snapshots_report([], settings),
         )
     return dates
@@ -349,8 +370,8 @@ def check_enough_data(
         )
     if problems:
         raise InsufficientDataError(
-            "too little data to train: " + "; ".join(problems) + ". The rules stay the served "
-            "model; bring a longer history or more contacts.",
+            "too little data to train: " + "; ".join(problems) + ": bring a longer history "
+            f"or more contacts. {UNCHANGED}",
             report,
         )
     return report
@@ -374,7 +395,8 @@ def train_models(
     ``tuner`` (``training.tuning.tune_models``) searches LightGBM parameters when
     ``tune_trials`` > 0; it is passed in so this module stays free of tracking. Contacts
     without marketing consent are left out (``build_labelled_frame``); without ``contacts``,
-    only with ``assume_consent``."""
+    only with ``assume_consent``. ``settings.observe_until`` trains as if the log had been
+    exported that day; ``data_summary`` counts the later events and provided labels."""
     require_known_consent(contacts, assume_consent=assume_consent)  # before any work
     require_trainable_spec(spec)
     require_no_identifying_attributes(contacts, spec)
@@ -384,13 +406,14 @@ def train_models(
 
     say("features and labels for every snapshot")
     cut = observe_cut(settings)
-    later = 0
+    observed = observed_events(events, settings)
+    later = later_labels = 0
     if cut is not None:  # counted, never silently dropped
         after = scan_events(events).filter(pl.col("timestamp") >= cut)
         later = int(after.select(pl.len()).collect().item())
-        events = observed_events(events, settings)
+        later_labels = _labels_from(labels, cut)
     try:
-        until = observed_until(events)
+        until = observed_until(observed)
     except NoEventsError as error:
         why = (
             f"there are no events before observe_until {settings.observe_until} ({later:,} "
@@ -399,10 +422,10 @@ def train_models(
             else str(error)
         )
         raise InsufficientDataError(
-            f"too little data to train: {why}. The rules stay the served model.",
+            f"too little data to train: {why}. {UNCHANGED}",
             _snapshots_report([], settings),
         ) from None
-    dates = labelled_snapshot_dates(events, settings, until)
+    dates = labelled_snapshot_dates(observed, settings, until)
     try:
         split = split_by_time(
             dates,
@@ -412,7 +435,7 @@ def train_models(
         )
     except InputError as error:  # too short a history is too little data, with a report
         raise InsufficientDataError(
-            f"{error}. The rules stay the served model.", _snapshots_report(dates, settings)
+            f"{error}. {UNCHANGED}", _snapshots_report(dates, settings)
         ) from error
     # the embargoed snapshots are not built; the training and validation ones are sampled
     # when large
@@ -572,6 +595,7 @@ def train_models(
             # observe_until: the events at or after it, not read
             "observed_until": None if cut is None else cut.isoformat(),
             "events_after_observed": later,
+            "labels_after_observed": later_labels,  # provided labels dated at or after it
             "dormant_sample_rates": dict(sampler.rates),  # empty: nothing was sampled
             "active_sample_rates": dict(sampler.active_rates),
             "validation_sample_rates": dict(sampler.validation_rates),

@@ -235,12 +235,27 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     if last and "horizon_days" in theirs and "data.test_from" in ours and not other_data:
         seen = dt.date.fromisoformat(max(last)) + dt.timedelta(days=int(theirs["horizon_days"]))
         if seen > dt.date.fromisoformat(ours["data.test_from"]):
-            reasons.append(
+            reason = (
                 f"its training and validation labels reach {seen} ({max(last)} plus its "
                 f"{theirs['horizon_days']}-day horizon), past the start of the challenger's "
                 f"test window ({ours['data.test_from']}): it has seen those weeks"
             )
+            cuts = [_cut(run) for run in (ours, theirs)]
+            if cuts[0] is not None and cuts[0] != cuts[1]:
+                # a backtest, or a log observed up to a day, beside a champion that saw more
+                reason += (
+                    f" (the challenger observed its data only up to {cuts[0]}, its "
+                    f"observe_until; the champion {'up to ' + cuts[1] if cuts[1] else 'to its end'}"
+                    "): a model of an earlier cut is kept under its own --model-name"
+                )
+            reasons.append(reason)
     return reasons
+
+
+def _cut(params: dict[str, str]) -> str | None:
+    """A run's ``observe_until`` param (YYYY-MM-DD), None when it observed all its data."""
+    cut = params.get("observe_until")
+    return None if cut in (None, "None", "") else cut
 
 
 def promote(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from features.settings import FrozenSettings, config_section
+from features.settings import CalendarDay, FrozenSettings, config_section
 from training.models import ReasonsMethod
 
 
@@ -46,7 +45,7 @@ class TrainingSettings(FrozenSettings):
     test_snapshots: int = Field(ge=1)
     # train on the events before this day (UTC midnight) only, as if the log had been exported
     # then: the later ones are not read (counted in the report); None: all of them
-    observe_until: dt.date | None = None
+    observe_until: CalendarDay | None = None
     seed: int
     min_train_positives: int = Field(ge=1)
     min_eval_positives: int = Field(ge=1)

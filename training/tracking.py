@@ -42,7 +42,7 @@ from features.errors import InputError
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
 from training.evaluation import write_evaluation_artifacts
-from training.pipeline import TrainingResult
+from training.pipeline import TrainingResult, observed_events
 from training.pyfunc import FunnelcastModel
 from training.settings import TrainingSettings
 
@@ -203,14 +203,18 @@ def data_fingerprint(
     events: EventsInput,
     contacts: pa.Table | pl.DataFrame | None = None,
     labels: pa.Table | pl.DataFrame | None = None,
+    *,
+    settings: TrainingSettings | None = None,
 ) -> dict[str, Any]:
     """What the data was, without saying who is in it: counts, time range and a content hash of
     the events and, when given, of the contacts (consent included) and the provided labels.
+    With the run's ``settings``, the events are those it trained on (``observe_until``); the
+    labels are hashed whole (those dated after the cut are counted in the data summary).
 
     Each hash covers every column of every row (``_content_hash``), so a changed value,
     campaign, property, consent flag or label changes it, and the same rows in another order
     do not. It is a hash of sums of row hashes: no id can be read back from it."""
-    scanned = scan_events(events)
+    scanned = scan_events(events if settings is None else observed_events(events, settings))
     summary = (
         scanned.select(
             rows=pl.len(),

@@ -80,7 +80,12 @@ def test_the_main_job_on_too_little_history_keeps_the_rules_and_says_why(tmp_pat
     result = _run(tmp_path, "--contacts", "2000", "--days", "60")
     assert result.returncode == 1, result.stderr  # as `train`: a scheduler can tell
     assert "No model trained:" in result.stdout
-    assert " ".join(result.stdout.split()).count("The rules stay the served model.") == 1
+    assert (
+        " ".join(result.stdout.split()).count(
+            "Nothing was registered: the served model (the champion, else the rules) is unchanged."
+        )
+        == 1
+    )
     assert "version 1" not in result.stdout
 
 
@@ -125,7 +130,12 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     assert short.returncode == 1, short.stderr
     said = " ".join(short.stdout.split())
     assert "No model trained: too little data to train: the events span 2019-10-01" in said
-    assert said.count("The rules stay the served model.") == 1
+    assert (
+        said.count(
+            "Nothing was registered: the served model (the champion, else the rules) is unchanged."
+        )
+        == 1
+    )
     assert "Snapshots that fit the data: none." in said
 
 

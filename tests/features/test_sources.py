@@ -1212,3 +1212,22 @@ def test_every_shipped_mappings_training_settings_load_as_training_settings() ->
     assert given >= 4
     olist = load_training_settings(**source_training("olist"))
     assert olist.observe_until == dt.date(2018, 7, 1)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["2018-07-01T00:00+02:00", dt.datetime(2018, 7, 1, tzinfo=dt.UTC), 20180701, "20180701"],
+)
+def test_observe_until_is_a_day_never_a_time_whose_zone_would_be_dropped(given: object) -> None:
+    """pydantic reads a midnight with an offset as that day (the zone dropped: a cut two hours
+    off) and a number as Unix time; a mapping's and the settings' observe_until refuse both."""
+    from features.sources import SourceTraining
+    from training.settings import load_training_settings
+
+    for load in (
+        lambda: SourceTraining(observe_until=given),
+        lambda: load_training_settings(observe_until=given),
+    ):
+        with pytest.raises(ValueError, match="is not a day; give YYYY-MM-DD"):
+            load()
+    assert SourceTraining(observe_until="2018-07-01").observe_until == dt.date(2018, 7, 1)

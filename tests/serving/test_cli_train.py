@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -23,6 +22,7 @@ def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "COLUMNS": "200",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns/mlflow.db",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{tmp}/mlruns/mlflow.db",
     }
     return subprocess.run(
         [FUNNELCAST, *args],
@@ -33,6 +33,13 @@ def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         check=False,
     )
+
+
+def _client(tmp: Path) -> MlflowClient:
+    """The store the commands in ``tmp`` wrote, its registry too, whatever an earlier test set
+    as this process's tracking or registry URI."""
+    store = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    return MlflowClient(tracking_uri=store, registry_uri=store)
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +125,10 @@ def test_train_with_tuning_logs_each_trial_as_a_nested_run(
     assert re.search(r"stage macro-F1\s.*\d\.\d{3}", result.stdout)
     assert "Time by step:" in result.stdout
     assert "tuning" in result.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlruns/mlflow.db")
-    experiment = MlflowClient().get_experiment_by_name("funnelcast")
+    client = _client(workspace)
+    experiment = client.get_experiment_by_name("funnelcast")
     assert experiment is not None
-    runs = MlflowClient().search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1
@@ -146,9 +153,9 @@ def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
     # the gate's answer is known from what the run logged: its test metrics and the baselines'
     from training.registry import beats
 
-    mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlruns/mlflow.db")
-    version = MlflowClient().get_model_version("funnelcast", "1")
-    logged = MlflowClient().get_run(version.run_id).data.metrics
+    client = _client(workspace)
+    version = client.get_model_version("funnelcast", "1")
+    logged = client.get_run(version.run_id).data.metrics
     wins, _ = beats(
         {
             "macro_f1": logged["test.stage.lightgbm.macro_f1"],
@@ -184,7 +191,12 @@ def test_train_on_too_little_history_exits_1_with_the_minimum_data_report(tmp_pa
     said = " ".join(result.stdout.split())
     assert "No model trained: " in said
     assert "too few" in said
-    assert said.count("The rules stay the served model.") == 1
+    assert (
+        said.count(
+            "Nothing was registered: the served model (the champion, else the rules) is unchanged."
+        )
+        == 1
+    )
 
 
 def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones(
@@ -218,10 +230,9 @@ def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones
     said = " ".join(result.stdout.split())
     assert (
         f"Observed the events before {day} (observe_until): {later:,} later events were not "
-        "read." in said
+        "trained on." in said
     )
-    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = _client(tmp_path)
     (version,) = client.search_model_versions("name = 'funnelcast'")
     params = client.get_run(version.run_id).data.params
     assert params["observe_until"] == day.isoformat()

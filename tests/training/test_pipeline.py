@@ -307,36 +307,51 @@ def test_too_few_snapshots_say_how_many_the_split_needs(
 
 def test_observe_until_trains_as_if_the_log_had_been_exported_that_day(small: object) -> None:
     """A source whose outcomes run on after its flow of new contacts ends (Olist's won dates,
-    months after its last lead) is observed up to a day: the events at or after it change no
-    snapshot, row or label, and they are counted, not silently dropped."""
+    months after its last lead) is observed up to a day: the events at or after it (one exactly
+    at midnight included) change no snapshot, row or label, they are counted, not silently
+    dropped, and a listed contact first seen on or after that day is no row: unknown then."""
     events = pl.from_arrow(small.events)  # type: ignore[attr-defined]
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
     assert isinstance(events, pl.DataFrame)
+    assert isinstance(contacts, pl.DataFrame)
     day = dt.date(2026, 4, 5)  # the log runs to 2026-04-10
     cut = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    # a consented contact whose first event is exactly at the cut
+    late = events.head(1).with_columns(
+        contact_id=pl.lit("late-1").cast(events.schema["contact_id"]),
+        timestamp=pl.lit(cut).cast(events.schema["timestamp"]),
+    )
+    events = pl.concat([events, late])
+    contacts = pl.concat(
+        [contacts, pl.DataFrame({"contact_id": ["late-1"], "marketing_consent": [True]})],
+        how="diagonal_relaxed",
+    )
     before = events.filter(pl.col("timestamp") < cut)
     later = events.height - before.height
-    assert later > 0
+    assert later > 1
+    firsts = events.group_by("contact_id").agg(first=pl.col("timestamp").min())
+    unknown = firsts.filter(pl.col("first") >= cut)["contact_id"]
+    assert "late-1" in unknown.to_list()
     common = {"spec": load_feature_spec(), "rules": load_rules_settings()}
     observed = load_training_settings(observe_until=day)
+    counts: dict[str, int] = {}
     frame, dates, _ = build_labelled_frame(
-        small.events,  # type: ignore[attr-defined]
-        small.contacts,  # type: ignore[attr-defined]
-        settings=observed,
-        **common,
+        events, contacts, settings=observed, counts=counts, **common
     )
+    # the log as exported that day, beside today's contacts table: its rows, less the contacts
+    # nobody had seen by then (there, silent listed contacts: a row at every snapshot)
     exported, exported_dates, _ = build_labelled_frame(
-        before,
-        small.contacts,  # type: ignore[attr-defined]
-        settings=load_training_settings(),
-        **common,
+        before, contacts, settings=load_training_settings(), **common
     )
+    assert exported.filter(pl.col("contact_id") == "late-1").height == len(dates)
     assert dates == exported_dates
     assert max(dates) + dt.timedelta(days=observed.horizon_days) <= cut
-    assert frame.equals(exported)
+    assert frame.equals(exported.filter(~pl.col("contact_id").is_in(unknown.implode())))
+    assert counts["rows_before_first_event"] >= len(dates)
 
     result = train_models(
-        small.events,  # type: ignore[attr-defined]
-        small.contacts,  # type: ignore[attr-defined]
+        events,
+        contacts,
         settings=load_training_settings(
             observe_until=day, min_train_positives=1, min_eval_positives=1
         ),
@@ -345,6 +360,7 @@ def test_observe_until_trains_as_if_the_log_had_been_exported_that_day(small: ob
     summary = result.data_summary
     assert summary["observed_until"] == cut.isoformat()
     assert summary["events_after_observed"] == later
+    assert summary["labels_after_observed"] == 0  # no provided labels
     assert {*result.split.train, *result.split.validation, *result.split.test} <= set(dates)
     assert max(result.split.test) + dt.timedelta(days=observed.horizon_days) <= cut
 

@@ -403,6 +403,16 @@ def test_the_gate_refuses_a_champion_that_has_seen_the_challengers_test_weeks(
     assert resolve(NAME, alias="champion").version == older
     # the same windows compare (what every other gate test does)
     assert incomparable(resolve(NAME, version=normal), resolve(NAME, version=normal)) == []
+    # a challenger observed up to an earlier day (observe_until) is told why, and the way out
+    cut = load_training_settings(observe_until=dt.date.fromisoformat(summary["test_to"]))
+    backtest = _log_variant(result, cut, test_from=summary["validation_to"])
+    (why,) = incomparable(resolve(NAME, version=backtest), resolve(NAME, version=normal))
+    assert why.endswith(
+        f"has seen those weeks (the challenger observed its data only up to "
+        f"{summary['test_to']}, its observe_until; the champion to its end): a model of an "
+        "earlier cut is kept under its own --model-name"
+    )
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
 
 
 def test_the_gate_refuses_a_champion_with_another_label_horizon(trained: dict) -> None:
