@@ -281,7 +281,8 @@ def run(
         if "model_name" in overrides:
             which = f" --model-name {shlex.quote(registry.model_name)}{which}"
         console.print(
-            "Serve it: export FUNNELCAST_API_KEY=<a long random key>; "
+            ("Serve it" if promoted else f"To serve version {version} anyway")
+            + ": export FUNNELCAST_API_KEY=<a long random key>; "
             f"{escape(shell_command('funnelcast'))} serve{which}"
         )
     console.print(

@@ -73,6 +73,14 @@ def test_the_main_job_simulates_trains_evaluates_and_promotes(tmp_path: Path) ->
         .aliases
     )
     assert ("champion" in aliases) == decision.group(1).startswith("Promoted"), aliases
+    # the serve command printed serves what was promoted, or offers the loser only "anyway"
+    said = " ".join(result.stdout.split())
+    if "champion" in aliases:
+        assert "Serve it: export FUNNELCAST_API_KEY=<a long random key>;" in said
+        assert re.search(r"funnelcast serve(?! --version)", said)
+    else:
+        assert "To serve version 1 anyway: export FUNNELCAST_API_KEY=" in said
+        assert "funnelcast serve --version 1" in said
 
 
 @pytest.mark.slow
@@ -125,6 +133,20 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     assert test_to.group(1) < "2018-06-01"  # + 30 days: inside what was observed
     (olist_version,) = client.search_model_versions("name = 'funnelcast-olist'")
     assert client.get_run(olist_version.run_id).data.params["observe_until"] == "2018-07-01"
+
+    # Taobao's nine days: registered under its own name; the gate decides, and the printed
+    # command serves the champion, or this version only "anyway"
+    taobao = _run(tmp_path, "--source", "taobao", *data)
+    assert taobao.returncode == 0, taobao.stderr
+    said = " ".join(taobao.stdout.split())
+    if "champion" in client.get_model_version("funnelcast-taobao", "1").aliases:
+        assert "Promoted version 1 to 'champion'" in said
+        assert re.search(r"Serve it: .* serve --model-name funnelcast-taobao(?! --version)", said)
+    else:
+        assert "Not promoted: version 1" in said
+        assert re.search(
+            r"To serve version 1 anyway: .* serve --model-name funnelcast-taobao --version 1", said
+        )
 
     short = _run(tmp_path, "--source", "rees46", *data)
     assert short.returncode == 1, short.stderr
