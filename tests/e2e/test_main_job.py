@@ -127,6 +127,7 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     assert olist.returncode == 0, olist.stderr
     said = " ".join(olist.stdout.split())
     assert "observe_until 2018-07-01" in said
+    assert "training observes the events before 2018-07-01 only (observe_until)" in said
     assert "Observed the events before 2018-07-01 (observe_until):" in said
     test_to = re.search(r"tested on [\d,]+ rows \(\S+\.\.(\d{4}-\d\d-\d\d)\)", said)
     assert test_to is not None, said
