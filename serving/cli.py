@@ -582,7 +582,8 @@ def train(
         typer.Option(
             help="Train on the events before this day only, YYYY-MM-DD (UTC midnight), as if "
             "the log had been exported then (a backtest, or outcomes that run on past the "
-            "flow of new contacts); the later events are counted, not trained on. Default: all, "
+            "flow of new contacts): the later events and later-dated labels are counted, not "
+            "trained on, and a contact first seen on or after the day is no row. Default: all, "
             "or the config's or --source mapping's observe_until."
         ),
     ] = None,

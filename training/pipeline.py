@@ -182,7 +182,7 @@ def build_labelled_frame(
     counts: dict[str, int] | None = None,
 ) -> tuple[pl.DataFrame, list[dt.datetime], str]:
     """The training frame with ``stage_label`` and ``purchase_label``, its snapshot dates and
-    where the labels came from.
+    where the labels came from. ``events``: the whole log (``observe_until`` is applied here).
 
     ``as_of_dates``: the snapshots to build (default: ``labelled_snapshot_dates``; training
     leaves out the embargoed ones); ``each`` is applied to each snapshot's rows as they are
@@ -262,23 +262,28 @@ def observe_cut(settings: TrainingSettings) -> dt.datetime | None:
 
 
 def observed_events(events: EventsInput, settings: TrainingSettings) -> EventsInput:
-    """The events a training run reads: those before ``observe_until`` (as if the log had
-    been exported then) when it is set, else all of them. Applying it twice changes nothing."""
+    """The events a training run trains on: those before ``observe_until`` (as if the log had
+    been exported then) when it is set, else all of them. ``train_models`` and
+    ``build_labelled_frame`` apply it themselves and take the whole log: the later events say
+    who was first seen after the day (no row then)."""
     cut = observe_cut(settings)
     if cut is None:
         return events
     return scan_events(events).filter(pl.col("timestamp") < cut)
 
 
-def _labels_from(labels: pa.Table | pl.DataFrame | None, cut: dt.datetime) -> int:
-    """How many provided labels are dated at or after ``cut`` (none is read: every label
-    horizon ends by then)."""
+def labels_after(labels: pa.Table | pl.DataFrame | None, cut: dt.datetime) -> int:
+    """How many provided labels are dated at or after ``cut`` (none is trained on: every label
+    horizon ends by then). Dates of any zone count; a ``label_date`` that is no zoned
+    timestamp counts none here, and ``label_from_provided`` refuses it, naming the fix."""
     if labels is None:
         return 0
     frame = labels if isinstance(labels, pl.DataFrame) else pl.DataFrame(pl.from_arrow(labels))
-    if "label_date" not in frame.columns:
+    dates = frame.schema.get("label_date")
+    if not (isinstance(dates, pl.Datetime) and dates.time_zone is not None):
         return 0
-    return frame.select((pl.col("label_date") >= cut).sum()).item() or 0
+    later = pl.col("label_date").dt.convert_time_zone("UTC") >= cut
+    return int(frame.select(later.sum()).item() or 0)
 
 
 def labelled_snapshot_dates(
@@ -370,7 +375,7 @@ def check_enough_data(
         )
     if problems:
         raise InsufficientDataError(
-            "too little data to train: " + "; ".join(problems) + ": bring a longer history "
+            "too little data to train: " + "; ".join(problems) + ". Bring a longer history "
             f"or more contacts. {UNCHANGED}",
             report,
         )
@@ -411,7 +416,7 @@ def train_models(
     if cut is not None:  # counted, never silently dropped
         after = scan_events(events).filter(pl.col("timestamp") >= cut)
         later = int(after.select(pl.len()).collect().item())
-        later_labels = _labels_from(labels, cut)
+        later_labels = labels_after(labels, cut)
     try:
         until = observed_until(observed)
     except NoEventsError as error:
@@ -592,7 +597,7 @@ def train_models(
             "rows_before_first_event": frame_counts["rows_before_first_event"],
             # provided positives and stages without a date: set aside, never a label
             "labels_without_date": frame_counts.get("labels_without_date", 0),
-            # observe_until: the events at or after it, not read
+            # observe_until: the events at or after it, not trained on
             "observed_until": None if cut is None else cut.isoformat(),
             "events_after_observed": later,
             "labels_after_observed": later_labels,  # provided labels dated at or after it

@@ -241,7 +241,7 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
                 f"test window ({ours['data.test_from']}): it has seen those weeks"
             )
             cuts = [_cut(run) for run in (ours, theirs)]
-            if cuts[0] is not None and cuts[0] != cuts[1]:
+            if cuts[0] is not None and (cuts[1] is None or cuts[0] < cuts[1]):
                 # a backtest, or a log observed up to a day, beside a champion that saw more
                 reason += (
                     f" (the challenger observed its data only up to {cuts[0]}, its "

@@ -44,7 +44,7 @@ class TrainingSettings(FrozenSettings):
     validation_snapshots: int = Field(ge=1)
     test_snapshots: int = Field(ge=1)
     # train on the events before this day (UTC midnight) only, as if the log had been exported
-    # then: the later ones are not read (counted in the report); None: all of them
+    # then: the later ones are not trained on (counted in the report); None: all of them
     observe_until: CalendarDay | None = None
     seed: int
     min_train_positives: int = Field(ge=1)

@@ -412,6 +412,14 @@ def test_the_gate_refuses_a_champion_that_has_seen_the_challengers_test_weeks(
         f"{summary['test_to']}, its observe_until; the champion to its end): a model of an "
         "earlier cut is kept under its own --model-name"
     )
+    # a challenger observed up to a later day than the champion is not told it observed less
+    later = load_training_settings(
+        observe_until=dt.date.fromisoformat(summary["test_to"]) + dt.timedelta(days=30)
+    )
+    ahead = _log_variant(result, later, test_from=summary["validation_to"])
+    (why,) = incomparable(resolve(NAME, version=ahead), resolve(NAME, version=backtest))
+    assert why.endswith("has seen those weeks")
+    # the other gate tests start from the normal champion (--force above moved it)
     MlflowClient().set_registered_model_alias(NAME, "champion", normal)
 
 
