@@ -128,7 +128,12 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     said = " ".join(olist.stdout.split())
     assert "observe_until 2018-07-01" in said
     assert "training observes the events before 2018-07-01 only (observe_until)" in said
-    assert "Observed the events before 2018-07-01 (observe_until):" in said
+    # its won dates are both events and provided labels: each later one is counted
+    assert re.search(
+        r"Observed the events before 2018-07-01 \(observe_until\): ([1-9][\d,]*) later events "
+        r"and \1 later-dated provided labels were not trained on\.",
+        said,
+    ), said
     test_to = re.search(r"tested on [\d,]+ rows \(\S+\.\.(\d{4}-\d\d-\d\d)\)", said)
     assert test_to is not None, said
     assert test_to.group(1) < "2018-06-01"  # + 30 days: inside what was observed
