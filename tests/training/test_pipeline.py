@@ -26,7 +26,7 @@ from training.pipeline import (
     require_trainable_spec,
     train_models,
 )
-from training.settings import load_training_settings
+from training.settings import TrainingSettings, load_training_settings
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +194,20 @@ def test_which_text_attributes_identify_contacts(
     assert found == ({"text", "category"} if identifying else set())
 
 
+def _train_small(small: object, settings: TrainingSettings) -> object:
+    return train_models(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=settings,
+    )
+
+
 def test_too_few_buyers_stop_training_with_a_report_per_split(small: object) -> None:
     settings = load_training_settings(min_train_positives=10**6)
     with pytest.raises(InsufficientDataError, match="buyers in the train snapshots") as caught:
-        train_models(
-            small.events,  # type: ignore[attr-defined]
-            small.contacts,  # type: ignore[attr-defined]
-            spec=load_feature_spec(),
-            rules=load_rules_settings(),
-            settings=settings,
-        )
+        _train_small(small, settings)
     report = caught.value.report
     assert report["minimums"]["train_positives"] == 10**6
     for split in ("train", "validation", "test"):
@@ -375,13 +379,7 @@ def test_observe_until_before_every_event_says_so(small: object) -> None:
     settings = load_training_settings(observe_until=dt.date(2000, 1, 1))
     rows = small.events.num_rows  # type: ignore[attr-defined]
     with pytest.raises(InsufficientDataError) as caught:
-        train_models(
-            small.events,  # type: ignore[attr-defined]
-            small.contacts,  # type: ignore[attr-defined]
-            spec=load_feature_spec(),
-            rules=load_rules_settings(),
-            settings=settings,
-        )
+        _train_small(small, settings)
     said = str(caught.value)
     assert f"no events before observe_until 2000-01-01 ({rows:,} events, all of them later)" in said
     assert "set observe_until after the data's start" in said
