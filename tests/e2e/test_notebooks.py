@@ -118,6 +118,7 @@ def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
         tmp_path,
         events=str(folder),
         source="cdnow_sample",
+        observe_until="1998-06-01",  # a backtest: the last month (to 1998-06-30) left out
         tracking_uri=uri,
         promote_if_better=False,
     )
@@ -125,4 +126,7 @@ def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
     [version] = client.search_model_versions("name='funnelcast-cdnow_sample'")
     params = client.get_run(version.run_id).data.params
     assert (params["horizon_days"], params["snapshot_every_days"]) == ("90", "30")
+    assert params["observe_until"] == "1998-06-01"
+    assert "1998-01-01" < params["data.events_to"] < "1998-06-01"
+    assert int(params["data.events_after_observed"]) > 0
     assert client.search_model_versions("name='funnelcast'") == []
