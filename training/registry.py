@@ -99,9 +99,20 @@ def _what_there_is(client: MlflowClient, name: str) -> str:
             )
         return "no version is registered: train one with `funnelcast train`"
     shown = ", ".join(map(str, numbers[-10:]))
+    try:  # a mistyped alias shows beside the ones there are
+        aliases = dict(client.get_registered_model(name).aliases)
+    except MlflowException:
+        aliases = {}
+    named = (
+        "its aliases are "
+        + ", ".join(f"{alias} (version {aliases[alias]})" for alias in sorted(aliases)[:10])
+        if aliases
+        else "it has no alias yet"
+    )
     return (
-        f"its registered versions are {'..., ' if len(numbers) > 10 else ''}{shown}: name one "
-        "(--version N) or make one the champion (`funnelcast promote --version N`)"
+        f"its registered versions are {'..., ' if len(numbers) > 10 else ''}{shown} and "
+        f"{named}: name one (--version N, --alias NAME) or make one the champion "
+        "(`funnelcast promote --version N`)"
     )
 
 

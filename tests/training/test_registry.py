@@ -344,11 +344,15 @@ def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
 def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
     from training.registry import RegistryError
 
+    _, normal = trained["normal"]
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
     with pytest.raises(RegistryError, match="no alias 'nope'") as caught:
         resolve(NAME, alias="nope")
     # versions exist (the module's trainings): name one or promote one, not "train one"
     assert "registered versions are" in str(caught.value)
     assert "promote --version N" in str(caught.value)
+    # a mistyped alias shows beside the ones there are (the rules fallback logs this message)
+    assert f"its aliases are champion (version {normal})" in str(caught.value)
     # another name than the store's: they are listed (`run --source olist` registers
     # funnelcast-olist, and `evaluate` without --model-name said only "train one")
     with pytest.raises(RegistryError, match="no version is registered under this name") as caught:
