@@ -876,7 +876,8 @@ def build(
     )
     console.print(
         f"Built Bento [bold]{escape(str(built.bento))}[/] with model {escape(str(built.model))} "
-        f"(registry version {built.version}). Serve it with: FUNNELCAST_API_KEY=... "
+        f"(version {built.version} of {escape(repr(settings.registry.model_name))} in the "
+        "registry). Serve it with: FUNNELCAST_API_KEY=... "
         f"{escape(shell_command('bentoml'))} serve {escape(str(built.bento))}"
     )
 

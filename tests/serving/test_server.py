@@ -315,6 +315,7 @@ def test_a_built_bento_serves_without_the_registry(
     )
     assert built.returncode == 0, built.stdout + built.stderr
     assert "Built Bento funnelcast:" in built.stdout
+    assert "(version 1 of 'funnelcast' in the registry)" in " ".join(built.stdout.split())
     # the Bento's environment is the lock file's, every package pinned (not only the direct
     # dependencies, which let uvicorn and httpx float to versions never tested)
     [requirements] = (tmp_path / "bentoml" / "bentos").glob(
