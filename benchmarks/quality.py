@@ -282,16 +282,15 @@ def run_olist(say: Say) -> dict[str, Any]:
     """``train_models`` on the provided won / not_won labels, the data observed up to the
     mapping's ``observe_until`` (its lead flow ends 2018-05-31, its won dates run on to
     2018-11)."""
-    import pyarrow.compute as pc
-
-    from training.pipeline import PURCHASE_LABEL, observe_cut
+    from features.engine import scan_events
+    from training.pipeline import PURCHASE_LABEL, observe_cut, observed_events
 
     ingested = _ingest("olist", say)
     events = ingested.validated.events
     settings = _settings("olist")
     cut = observe_cut(settings)
     assert cut is not None, "the olist mapping observes its data up to a date"
-    observed = events.filter(pc.less(events["timestamp"], cut))
+    observed = scan_events(observed_events(events, settings)).collect().to_arrow()
     assert ingested.labels is not None
     contacts = pl.from_arrow(ingested.validated.contacts)
     assert isinstance(contacts, pl.DataFrame)

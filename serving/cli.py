@@ -240,11 +240,11 @@ def run(
     _print_funnel(validated, true_history, config=config, as_of=None, assume_consent=assume_consent)
     from training.settings import load_training_settings
 
-    cut = load_training_settings(config, **overrides).observe_until
-    if cut is not None:
+    settings = load_training_settings(config, **overrides)  # the settings step 4 trains with
+    if settings.observe_until is not None:
         console.print(
-            f"The funnel is as of the data's end; training observes the events before {cut} "
-            "only (observe_until)."
+            "The funnel is as of the data's end; training observes the events before "
+            f"{settings.observe_until} only (observe_until)."
         )
     console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
     from training.pipeline import InsufficientDataError
@@ -279,7 +279,7 @@ def run(
         untrained = False
     if version is not None:
         console.rule("[bold]5. Promote")
-        registry = load_training_settings(config, model_name=overrides.get("model_name")).registry
+        registry = settings.registry
         promoted = _promote_and_report(
             registry.model_name, registry.champion_alias, version=version, force=False
         )
