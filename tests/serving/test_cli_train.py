@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -109,11 +110,26 @@ def test_train_refuses_a_contacts_column_that_identifies_contacts_before_any_run
     assert not (tmp_path / "mlruns").exists()  # refused before a run was started
 
 
+def _small_models(settings: dict[str, Any]) -> dict[str, Any]:
+    """The shipped settings with small LightGBM models, for tests whose subject is what the
+    commands count, log and answer rather than how good the models are."""
+    settings["training"]["lightgbm"].update(num_boost_round=20)
+    settings["training"]["lightgbm"]["params"].update(num_leaves=7)
+    return settings
+
+
 @pytest.fixture(scope="module")
 def trained(workspace: Path) -> subprocess.CompletedProcess[str]:
     """Version 1, trained with two tuning trials per model: what evaluate and promote read,
     whichever test runs first."""
-    return _run(workspace, "train", "--events", str(workspace / "data"), "--tune", "2")
+    import yaml
+
+    from features.settings import load_defaults
+
+    config = workspace / "small-models.yaml"
+    config.write_text(yaml.safe_dump(_small_models(load_defaults(None))), encoding="utf-8")
+    common = ("--events", str(workspace / "data"), "--config", str(config))
+    return _run(workspace, "train", *common, "--tune", "2")
 
 
 def test_train_with_tuning_logs_each_trial_as_a_nested_run(
@@ -218,7 +234,7 @@ def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones
     cut = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     later = events.filter(pl.col("timestamp") >= cut).height
     assert later > 0
-    settings = load_defaults(None)
+    settings = _small_models(load_defaults(None))
     settings["training"]["observe_until"] = day
     # ten days fewer of a small simulation: fewer buyers than the shipped minimums
     settings["training"].update(min_train_positives=20, min_eval_positives=5)
