@@ -105,6 +105,17 @@ DataDirOption = Annotated[
         help="Root folder of the source files (default: $FUNNELCAST_DATA_DIR or ../shared/data).",
     ),
 ]
+ObserveUntilOption = Annotated[
+    str | None,
+    typer.Option(
+        "--observe-until",
+        help="Train on the events before this day only, YYYY-MM-DD (UTC midnight), as if the log "
+        "had been exported then (a backtest, or outcomes that run on past the flow of new "
+        "contacts): the later events and later-dated labels are counted, not trained on, and a "
+        "contact first seen on or after the day is no row. Default: all, or the config's or "
+        "--source mapping's observe_until.",
+    ),
+]
 
 
 TrackingOption = Annotated[
@@ -212,6 +223,7 @@ def run(
             "consented.",
         ),
     ] = False,
+    observe_until: ObserveUntilOption = None,
     model_name: ModelNameOption = None,
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
@@ -219,6 +231,7 @@ def run(
     """The main job, end to end: simulate (or ingest your data), validate, show the funnel,
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     started = time.perf_counter()
+    cut = _parse_date(observe_until, "--observe-until") if observe_until else None
     check_writable_folder(out / "data")  # now, not after the simulation
     from training.tracking import check_server
     from training.tracking import tracking_uri as resolve_uri
@@ -233,7 +246,7 @@ def run(
         console.rule(f"[bold]1. Ingest {escape(source)}")
         validated = _ingest_into(source, out / "data", data_dir)
         true_history = None
-    overrides = _source_training(source, config, model_name)
+    overrides = _observing_until(_source_training(source, config, model_name), cut)
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
@@ -336,6 +349,17 @@ def _source_training(
                 )
             return overrides
     return {} if model_name is None else {"model_name": model_name}
+
+
+def _observing_until(overrides: dict[str, Any], cut: dt.datetime | None) -> dict[str, Any]:
+    """``--observe-until`` over the config's and the mapping's ``observe_until``; a mapping's
+    that it replaces is said, as the mapping's settings were."""
+    if cut is None:
+        return overrides
+    replaced = overrides.get("observe_until")
+    if replaced is not None and replaced != cut.date():
+        console.print(f"--observe-until {cut.date()} over the mapping's observe_until {replaced}.")
+    return {**overrides, "observe_until": cut.date()}
 
 
 @app.command()
@@ -577,16 +601,7 @@ def train(
     horizon: Annotated[
         int | None, typer.Option(min=1, help="Label horizon in days (default 14).")
     ] = None,
-    observe_until: Annotated[
-        str | None,
-        typer.Option(
-            help="Train on the events before this day only, YYYY-MM-DD (UTC midnight), as if "
-            "the log had been exported then (a backtest, or outcomes that run on past the "
-            "flow of new contacts): the later events and later-dated labels are counted, not "
-            "trained on, and a contact first seen on or after the day is no row. Default: all, "
-            "or the config's or --source mapping's observe_until."
-        ),
-    ] = None,
+    observe_until: ObserveUntilOption = None,
     spec: Annotated[
         Path | None, typer.Option(help="Your feature spec YAML (default: the shipped one).")
     ] = None,
@@ -634,9 +649,8 @@ def train(
             contact_table,
             label_table,
             tune=tune,
-            overrides=_source_training(source, config, model_name)
-            | ({} if horizon is None else {"horizon_days": horizon})
-            | ({} if cut is None else {"observe_until": cut.date()}),
+            overrides=_observing_until(_source_training(source, config, model_name), cut)
+            | ({} if horizon is None else {"horizon_days": horizon}),
             spec_path=spec,
             register=register,
             tracking_uri=tracking_uri,

@@ -294,13 +294,15 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
 ) -> None:
     """A mapping's `training:` is applied over the shipped settings and said; a user's
     --config wins whole (review: a --config horizon was overridden by the mapping's), and
-    --model-name over the mapping's name. Two days of events: too short to train, exit 1."""
+    --model-name and --observe-until over the mapping's. Two days of events: too short to
+    train, exit 1."""
     mapping = tmp_path / "m.yaml"
     mapping.write_text(
         "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
         "    contact_id: c\n    timestamp: {column: t, format: iso8601}\n"
         "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n"
-        "training: {horizon_days: 5, min_history_days: 3, model_name: m-model}\n",
+        "training: {horizon_days: 5, min_history_days: 3, observe_until: 2024-01-09,\n"
+        "           model_name: m-model}\n",
         encoding="utf-8",
     )
     (tmp_path / "e.csv").write_text(
@@ -308,12 +310,16 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
     )
     common = ("run", "--source", str(mapping), "--data-dir", str(tmp_path), "--assume-consent")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
-    mapped = _run(*common, "--out", str(tmp_path / "a"), "--model-name", "mine", env=env)
+    options = ("--model-name", "mine", "--observe-until", "2024-01-02")
+    mapped = _run(*common, "--out", str(tmp_path / "a"), *options, env=env)
     assert mapped.returncode == 1, mapped.stderr
     said = " ".join(mapped.stdout.split())
     assert "Training settings from the m mapping over the shipped ones: horizon_days 5, " in said
-    assert "min_history_days 3." in said  # the option's name, not the mapping's, is used
+    # the option's name, not the mapping's, is used
+    assert "min_history_days 3, observe_until 2024-01-09." in said
     assert "m-model" not in said
+    assert "--observe-until 2024-01-02 over the mapping's observe_until 2024-01-09." in said
+    assert "training observes the events before 2024-01-02 only (observe_until)" in said
     assert "too short for one snapshot with 3 days of history and a 5-day horizon" in said
     assert "Snapshots that fit the data: none." in said
     config = tmp_path / "config.yaml"
@@ -322,7 +328,10 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
     assert configured.returncode == 1, configured.stderr
     said = " ".join(configured.stdout.split())
     assert "The m mapping's training settings are not used: --config gives them" in said
-    assert "copy its horizon_days, min_history_days into your config's `training:`" in said
+    assert (
+        "copy its horizon_days, min_history_days, observe_until into your config's `training:`"
+        in said
+    )
     assert "give --model-name m-model (else the config's name is used)" in said
     assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
     # ingest says how `train` uses them; `train --source` does as `run --source`
