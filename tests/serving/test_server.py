@@ -407,7 +407,8 @@ def test_funnelcast_serve_with_the_rules_fallback(
     keys.write_text(served.api_key + "\n", "utf-8")
     command = [FUNNELCAST, "serve", "--port", str(port), "--allow-rules-fallback"]
     command += ["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--api-key-file", str(keys)]
-    env = {"FUNNELCAST_API_KEY": ""}
+    # a short request timeout (the rules answer in a millisecond), to see its 504 below
+    env = {"FUNNELCAST_API_KEY": "", "FUNNELCAST_TIMEOUT_S": "1.5"}
     with _server(command, env, port):
         status, answer = _call(
             port, "/predict", key=served.api_key, body=contact_body(served, active_contacts[-1])
@@ -416,6 +417,13 @@ def test_funnelcast_serve_with_the_rules_fallback(
         assert answer["model"] == "rules"
         assert answer["model_name"] is answer["model_version"] is answer["propensity"] is None
         assert _call(port, "/metadata", key=served.api_key)[1]["model"] == "rules"
+        # a body that never arrives whole: answered 504 once the timeout has passed (the
+        # client waits for the answer, nothing sleeps), and the worker serves on
+        head = _post("/predict", served.api_key, b"x" * 100)[:-100]
+        [(status, refusal)] = _raw(port, head + b'{"contact_id": "c"')
+        assert status == 504
+        assert json.loads(refusal) == {"error": "Not able to process the request in 1.5 seconds"}
+        assert _call(port, "/readyz")[0] == 200
     assert _port_is_free(port)
 
 
