@@ -79,7 +79,7 @@ def _error_responses(method: str) -> dict[str, dict[str, Any]]:
             "415": _response(
                 UnsupportedMediaType,
                 "The body is not sent as JSON, or is compressed (a Content-Encoding other "
-                "than identity).",
+                "than identity, a Transfer-Encoding other than chunked).",
             ),
         }
     responses["504"] = _response(

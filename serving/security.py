@@ -184,8 +184,22 @@ class GuardMiddleware:
                 },
             )
             return
+        framing = _header(headers, b"transfer-encoding")
+        codings = [coding.strip() for coding in framing.split(",") if coding.strip()]
+        if scope.get("method") == "POST" and any(coding != "chunked" for coding in codings):
+            # the HTTP layer undoes the chunked framing only: a gzip transfer coding reached
+            # the parser as "Invalid JSON", a deflate one over a plain body was scored
+            await _json(
+                send,
+                415,
+                {
+                    "error": f"Transfer-Encoding {framing[:40]!r} is not accepted; send the "
+                    "JSON body uncompressed (Transfer-Encoding chunked at most)"
+                },
+            )
+            return
         declared = _content_length(headers)
-        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        if framing:
             declared = None  # chunked framing wins over a Content-Length: count while reading
         if declared is not None and declared > self.max_body_bytes:
             await _json(send, 413, self._too_large())

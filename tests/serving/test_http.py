@@ -990,6 +990,13 @@ def test_a_compressed_body_is_refused_as_415_naming_the_encoding(
         assert response.status_code == 200
     # the key still comes first
     assert client.post("/predict", headers={"Content-Encoding": "gzip"}).status_code == 401
+    # nor a transfer coding but chunked (review: a deflate one over a plain body was scored)
+    for framing in ("deflate, chunked", "gzip,chunked", "br"):
+        response = client.post(
+            "/predict", headers={**json_type, "Transfer-Encoding": framing}, content=plain
+        )
+        assert response.status_code == 415
+        assert f"Transfer-Encoding '{framing}' is not accepted" in response.json()["error"]
 
 
 def test_a_repeated_event_counts_once(
