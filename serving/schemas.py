@@ -89,15 +89,20 @@ def _refused(place: tuple[str | int, ...], kind: str, message: str) -> Validatio
 
 
 def _not_in_future(moment: dt.datetime, what: str) -> dt.datetime:
+    """The moment in UTC, if it is not in the future. Refused as a custom error (a ValueError),
+    whose message pydantic keeps as it is: a plain ValueError's gains "Value error, "."""
     now = dt.datetime.now(dt.UTC)
     if moment > now + CLOCK_SKEW:
-        raise ValueError(
-            f"{what} {moment.isoformat()} is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})"
+        raise PydanticCustomError(
+            "value_error",
+            f"{what} {moment.isoformat()} is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})",
         )
     try:
         return moment.astimezone(dt.UTC)
     except OverflowError:  # e.g. year 1 with a positive offset
-        raise ValueError(f"{what} {moment.isoformat()} is out of range") from None
+        raise PydanticCustomError(
+            "value_error", f"{what} {moment.isoformat()} is out of range"
+        ) from None
 
 
 class Event(BaseModel):

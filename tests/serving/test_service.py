@@ -706,6 +706,28 @@ def test_malformed_requests_are_refused_naming_the_field(body: dict, where: tupl
     assert where in [tuple(e["loc"]) for e in caught.value.errors()]
 
 
+@pytest.mark.parametrize(
+    ("moment", "refusal"),
+    [
+        ("2999-01-01T00:00:00Z", "2999-01-01T00:00:00+00:00 is in the future (server time "),
+        ("0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00+05:00 is out of range"),
+    ],
+)
+def test_a_moment_in_the_future_or_out_of_range_is_said_alike_for_as_of_and_events(
+    moment: str, refusal: str
+) -> None:
+    """as_of's refusal reads as an event timestamp's (review: it began "Value error, ")."""
+    event = {"timestamp": moment, "event_type": "page_view", "channel": "web"}
+    said = {}
+    for body in ({"as_of": moment, "events": []}, {"events": [event]}):
+        with pytest.raises(ValidationError) as caught:
+            ContactRequest.model_validate({"marketing_consent": True, **body})
+        [error] = caught.value.errors()
+        said[error["loc"][-1]] = error["msg"]
+    assert said["as_of"].startswith(f"as_of {refusal}")
+    assert said["timestamp"].startswith(f"timestamp {refusal}")
+
+
 def test_too_many_events_is_refused() -> None:
     event = {"timestamp": "2026-01-01T00:00:00Z", "event_type": "page_view", "channel": "web"}
     body = {"marketing_consent": True, "events": [event] * (MAX_EVENTS_PER_CONTACT + 1)}
