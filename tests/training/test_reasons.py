@@ -264,6 +264,19 @@ def test_a_sum_over_a_count_of_the_same_events_reads_as_an_average_value(
     )
 
 
+def test_amounts_summed_in_another_order_read_alike(spec: FeatureSpec) -> None:
+    """Review: one contact read "average purchase value of 48.88" from its raw events and
+    "48.89" from its batch features; their sums, 195.54 and 195.54000000000002, differ in the
+    last bit (the order of the additions), and so did their averages, either side of 48.885."""
+    batch, online = 195.54000000000002 / 4, 195.54 / 4
+    assert batch != online
+    said = {describe_feature("average_order_value_all", v, spec) for v in (batch, online)}
+    assert said == {"average purchase value of 48.88 in all history"}
+    share = math.nextafter(0.125, 1.0)  # a share one bit over 12.5 %
+    said = {describe_feature("email_share_28d", v, spec) for v in (0.125, share)}
+    assert len(said) == 1, said
+
+
 def test_a_generic_derived_feature_reads_as_its_name_and_value(spec: FeatureSpec) -> None:
     assert (
         describe_feature("activity_trend_7d_vs_prior_28d", 2.5, spec)
