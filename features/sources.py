@@ -253,6 +253,21 @@ class ContactsSpec(FrozenSettings):
         leaking = sorted(set(self.attributes) & set(self.leaks_outcome))
         if leaking:
             raise ValueError(f"attributes {leaking} are listed in `leaks_outcome`; remove them")
+        columns_of: dict[str, list[str]] = {}
+        for column, name in self.attributes.items():
+            columns_of.setdefault(name, []).append(column)
+            if name in ("contact_id", "marketing_consent") or name.startswith("_"):
+                raise ValueError(
+                    f"`attributes` names column {column!r} {name!r}, a name the contacts "
+                    "table keeps for itself (contact_id, marketing_consent, and any name "
+                    "starting with _); give the attribute another name"
+                )
+        for name, columns in columns_of.items():
+            if len(columns) > 1:  # one would silently replace the other
+                raise ValueError(
+                    f"`attributes` gives columns {columns} the same name {name!r}; give each "
+                    "its own name"
+                )
         return self
 
 

@@ -208,6 +208,33 @@ def test_a_mapping_refuses_an_attribute_it_lists_as_leaking_the_outcome(shop: Pa
         load_mapping(mapping)
 
 
+@pytest.mark.parametrize("name", ["contact_id", "marketing_consent", "_segment"])
+def test_a_mapping_refuses_an_attribute_named_as_the_tables_own_columns(
+    shop: Path, name: str
+) -> None:
+    """Review: contact_id or marketing_consent crashed the contacts' select with a traceback."""
+    mapping = _with(
+        shop, "attributes: {segment: customer_segment}", f"attributes: {{segment: {name}}}"
+    )
+
+    with pytest.raises(MappingError, match=rf"column 'segment' '{name}'.*another name"):
+        load_mapping(mapping)
+
+
+def test_a_mapping_refuses_two_columns_given_one_attribute_name(shop: Path) -> None:
+    """Review: the second column silently replaced the first."""
+    mapping = _with(
+        shop,
+        "attributes: {segment: customer_segment}",
+        "attributes: {segment: customer_segment, tier: customer_segment}",
+    )
+
+    with pytest.raises(
+        MappingError, match=r"columns \['segment', 'tier'\] the same name 'customer_segment'"
+    ):
+        load_mapping(mapping)
+
+
 def test_an_unknown_shipped_name_is_an_error_listing_the_shipped_names() -> None:
     with pytest.raises(MappingError, match="taobao") as error:
         load_mapping("taobau")
