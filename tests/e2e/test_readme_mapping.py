@@ -41,3 +41,14 @@ def test_the_readme_mapping_example_ingests_a_users_own_files(tmp_path: Path) ->
     assert result.contacts is not None
     assert result.contacts.column("marketing_consent").to_pylist() == [True, False]
     assert result.contacts.column("segment").to_pylist() == ["smb", "ent"]
+
+
+def test_the_readme_lists_every_reason_a_row_is_set_aside() -> None:
+    """Review: `unparseable_properties` was missing from the README's list."""
+    from features.schema import CONTACT_REJECT_REASONS, EVENT_REJECT_REASONS
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    events = readme[readme.index("Event reasons:") : readme.index("Contact reasons:")]
+    contacts = readme[readme.index("Contact reasons:") : readme.index("Label reasons:")]
+    assert [r for r in EVENT_REJECT_REASONS if f"`{r}`" not in events] == []
+    assert [r for r in CONTACT_REJECT_REASONS if f"`{r}`" not in contacts] == []
