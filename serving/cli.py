@@ -351,6 +351,15 @@ def _source_training(
     return {} if model_name is None else {"model_name": model_name}
 
 
+def _one_model(**given: str | None) -> None:
+    """The model to use is named one way: ``--version``, ``--alias`` or ``--bento-model``, or
+    none of them (the configured alias). Given two, one would silently win."""
+    named = [f"--{option.replace('_', '-')}" for option, value in given.items() if value]
+    if len(named) > 1:
+        listed = f"{', '.join(named[:-1])} and {named[-1]}"
+        raise InputError(f"{listed} {'both' if len(named) == 2 else 'all'} name a model; give one")
+
+
 def _observing_until(overrides: dict[str, Any], cut: dt.datetime | None) -> dict[str, Any]:
     """``--observe-until`` over the config's and the mapping's ``observe_until``; a mapping's
     that it replaces is said, as the mapping's settings were."""
@@ -675,6 +684,7 @@ def evaluate(
 ) -> None:
     """Show a registered model's quality on its out-of-time test window, beside the rules and
     the RFM baseline (as logged by its training run)."""
+    _one_model(version=version, alias=alias)
     from training.registry import resolve, run_metrics
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
@@ -758,6 +768,7 @@ def serve(
 
     The model and the API key are checked before the server starts, so a wrong setting is one
     clear line here, not a crashing worker."""
+    _one_model(alias=alias, version=version, bento_model=bento_model)
     from serving.runtime import ServiceSettings, load_scorer
     from training.settings import load_training_settings
     from training.tracking import tracking_uri as resolve_uri
@@ -874,6 +885,7 @@ def build(
     """Package the service and a registered model as a Bento (bentofile.yaml): the model is
     copied into the BentoML model store, so the Bento runs without the MLflow registry
     (`bentoml serve funnelcast:latest`, or `bentoml containerize`)."""
+    _one_model(alias=alias, version=version)
     from serving.packaging import build_bento
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store

@@ -45,6 +45,28 @@ def _run(
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["evaluate", "--version", "1", "--alias", "champion"], "--version and --alias both"),
+        (["build", "--alias", "champion", "--version", "2"], "--alias and --version both"),
+        (
+            ["serve", "--version", "1", "--alias", "a", "--bento-model", "funnelcast:latest"],
+            "--alias, --version and --bento-model all",
+        ),
+    ],
+)
+def test_a_model_named_two_ways_is_refused_before_anything_is_read(
+    args: list[str], said: str, tmp_path: Path
+) -> None:
+    """Review: `evaluate --version 1 --alias champion` quietly used the version."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db"}
+    result = _run(*args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {said} name a model; give one"
+    assert not (tmp_path / "none.db").exists()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     result = _run(command, "--help")
