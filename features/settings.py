@@ -112,8 +112,31 @@ def config_section(path: Path | None, name: str) -> dict[str, Any]:
     return dict(section)
 
 
+def section_settings(
+    model: type[Model], section: dict[str, Any], path: Path | None, name: str
+) -> Model:
+    """A section of the settings file as ``model``; its problems are one ``InputError`` naming
+    the file and the section (pydantic's "settings: x: Field required" named neither), an
+    unknown key first (a typo also makes the key meant missing, and only the unknown one says
+    what to fix), and how to fix a missing one."""
+    try:
+        return model.model_validate(section)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        shown = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:3]]
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        fix = (
+            "; a settings file gives each section whole: start from a copy of "
+            "features/config/default.yaml and change what you need"
+            if any(e["type"] == "missing" for e in errors)
+            else ""
+        )
+        where = "the shipped settings" if path is None else str(path)
+        raise InputError(f"{where}, `{name}:`: {'; '.join(shown)}{more}{fix}") from exc
+
+
 def load_rules_settings(path: Path | None = None) -> RulesSettings:
-    return RulesSettings.model_validate(config_section(path, "rules"))
+    return section_settings(RulesSettings, config_section(path, "rules"), path, "rules")
 
 
 def parse_yaml_model(

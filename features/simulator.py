@@ -63,7 +63,7 @@ from pydantic import Field, model_validator
 from features.errors import InputError
 from features.io import DATA_TABLES, write_tables_atomic
 from features.schema import EVENTS_SCHEMA
-from features.settings import FrozenSettings, config_section
+from features.settings import FrozenSettings, config_section, section_settings
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
 MARKETING_CHANNELS: Final[tuple[str, ...]] = ("email", "sms", "push")
@@ -293,7 +293,7 @@ class SimulatorSettings(FrozenSettings):
 
 def load_simulator_settings(path: Path | None = None) -> SimulatorSettings:
     """The simulator settings from the shipped defaults or a user's copy of them."""
-    return SimulatorSettings.model_validate(config_section(path, "simulator"))
+    return section_settings(SimulatorSettings, config_section(path, "simulator"), path, "simulator")
 
 
 # --- outputs -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from features.settings import CalendarDay, FrozenSettings, config_section
+from features.settings import CalendarDay, FrozenSettings, config_section, section_settings
 from training.models import ReasonsMethod
 
 
@@ -73,7 +73,7 @@ def load_training_settings(
     section.update({k: v for k, v in overrides.items() if v is not None})
     if model_name is not None:
         section["registry"] = {**section.get("registry", {}), "model_name": model_name}
-    return TrainingSettings.model_validate(section)
+    return section_settings(TrainingSettings, section, path, "training")
 
 
 def source_training(source: str | None, *, model_name: str | None = None) -> dict[str, Any]:

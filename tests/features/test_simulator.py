@@ -13,6 +13,7 @@ import pydantic
 import pytest
 import yaml
 
+from features.errors import InputError
 from features.schema import EVENTS_SCHEMA, validate
 from features.settings import load_defaults
 from features.simulator import (
@@ -364,7 +365,7 @@ def test_a_misspelt_setting_is_an_error_not_a_default(tmp_path: Path) -> None:
         SimulatorSettings.model_validate(raw)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"simulator": {**_raw(), "contactz": 5}}), encoding="utf-8")
-    with pytest.raises(pydantic.ValidationError, match="contactz"):
+    with pytest.raises(InputError, match=r"config.yaml, `simulator:`: contactz: Extra inputs"):
         load_simulator_settings(path)
 
 

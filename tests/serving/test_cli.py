@@ -493,7 +493,21 @@ def test_a_settings_file_with_a_mistyped_key_or_that_is_a_folder_is_one_line(
     result = _run(
         "simulate", "--out", out, "--contacts", "10", "--days", "2", "--config", str(typo)
     )
-    _assert_one_line_error(result, "settings: contacts.marketing_consent_shar: Extra inputs")
+    _assert_one_line_error(
+        result, f"{typo}, `simulator:`: contacts.marketing_consent_shar: Extra inputs"
+    )
+    # a section given in part: the file and the section named, and how to fix it (review: it
+    # was "settings: repeat_visit_min_days: Field required")
+    partial = tmp_path / "partial.yaml"
+    simulator = load_defaults()["simulator"]
+    del simulator["contacts"]
+    partial.write_text(yaml.safe_dump({"simulator": simulator}), encoding="utf-8")
+    result = _run("simulate", "--out", out, "--config", str(partial))
+    _assert_one_line_error(
+        result,
+        f"{partial}, `simulator:`: contacts: Field required; a settings file gives each "
+        "section whole: start from a copy of features/config/default.yaml",
+    )
     result = _run("simulate", "--out", out, "--config", str(tmp_path))
     _assert_one_line_error(result, "is a folder; give the settings YAML file itself")
     assert not (tmp_path / "o").exists()
