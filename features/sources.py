@@ -737,16 +737,22 @@ def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> 
         column = frame[name]
         if column.dtype == pl.String and dtype != "str":
             column = column.str.strip_chars()
-        try:
-            if dtype == "date":
-                converted = column.cast(pl.String).str.to_date("%Y-%m-%d", strict=True)
-            else:
-                converted = column.cast(_DTYPES[dtype], strict=True)
-            frame = frame.with_columns(converted.alias(name))
-        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        if dtype == "date":
+            converted = column.cast(pl.String).str.to_date("%Y-%m-%d", strict=False)
+        else:
+            converted = column.cast(_DTYPES[dtype], strict=False)
+        unread = column.filter(column.is_not_null() & converted.is_null())
+        if unread.len():
+            # said here, in the mapping's terms: Polars' own message advises options of its
+            # API (strict=False, str.strptime) that no mapping has
+            shown = ", ".join(repr(str(value)) for value in unread.unique(maintain_order=True)[:3])
+            form = " (YYYY-MM-DD)" if dtype == "date" else ""
             raise SchemaError(
-                f"{path}: column '{name}' does not read as {dtype} ({exc}); fix `{key}.dtypes`"
-            ) from exc
+                f"{path}: column '{name}' does not read as {dtype}{form}: {unread.len():,} of "
+                f"{column.is_not_null().sum():,} values, such as {shown}; fix the file, or "
+                f"`{key}.dtypes`"
+            )
+        frame = frame.with_columns(converted.alias(name))
     return frame
 
 
