@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -805,7 +806,7 @@ def _aggregate(
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
     expressions = []
-    time_order: dict[str, pl.Series] = {}  # helper columns that put text times in time order
+    helpers: dict[str, pl.Series] = {}  # columns that sum text amounts, order text times
     for output, text in spec.columns.items():
         match = _AGGREGATE.match(text)
         assert match is not None  # checked when the mapping was loaded
@@ -813,15 +814,14 @@ def _aggregate(
         _require(frame, column, f"{key}.columns.{output}", where)
         source = pl.col(column)
         if function == "sum" and frame[column].dtype == pl.String:
+            # a line whose amount does not read makes its group's sum NaN, so that the group
+            # is set aside as unparseable_value, as a plain event row's would be, and counted
+            # (it stopped the whole ingest); a sum without it would understate the basket
             numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
-            bad = frame[column].filter(numbers.is_null() & frame[column].is_not_null())
-            if bad.len():
-                raise SchemaError(
-                    f"{where}: column '{column}' has values that are not numbers "
-                    f"(e.g. {bad[0]!r}) and cannot be summed; fix `{key}.columns.{output}` or "
-                    "the file"
-                )
-            source = source.str.strip_chars().cast(pl.Float64)
+            unread = numbers.is_null() & frame[column].is_not_null()
+            summed = f"__funnelcast_number_{output}"
+            helpers[summed] = numbers.zip_with(~unread, pl.Series([math.nan] * len(unread)))
+            source = pl.col(summed)
         aggregated = {
             "sum": source.sum(),
             "min": source.min(),
@@ -835,8 +835,8 @@ def _aggregate(
             # time comes first (last), read with the declared format
             order, unread = f"__funnelcast_order_{output}", f"__funnelcast_unread_{output}"
             instants = _instants(frame[column], timestamp, key=timestamp_key, timezone=timezone)
-            time_order[order] = instants
-            time_order[unread] = instants.is_null() & frame[column].is_not_null()
+            helpers[order] = instants
+            helpers[unread] = instants.is_null() & frame[column].is_not_null()
             # a line whose time does not read wins, so that its basket is rejected as
             # unparseable_timestamp showing that text, not given another line's time
             aggregated = source.sort_by(
@@ -845,7 +845,7 @@ def _aggregate(
         expressions.append(aggregated.alias(output))
     if _ORIGIN_ROW in frame.columns:  # a group comes from its first input row
         expressions += [pl.col(_ORIGIN).first(), pl.col(_ORIGIN_ROW).min()]
-    return frame.with_columns(**time_order).group_by(spec.by, maintain_order=True).agg(expressions)
+    return frame.with_columns(**helpers).group_by(spec.by, maintain_order=True).agg(expressions)
 
 
 # --- events ------------------------------------------------------------------------------------

@@ -562,6 +562,33 @@ def test_line_items_aggregate_into_one_purchase_per_basket(tmp_path: Path) -> No
     assert json.loads(events[0]["properties"]) == {"basket": "10", "items": 2}
 
 
+def test_a_basket_with_an_amount_that_does_not_read_is_set_aside_not_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    """Review: one line's 'abc' stopped the whole ingest, where a plain event row's is set
+    aside as unparseable_value; summed without that line, its basket would be understated."""
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at,amount\n"
+        "10,h1,2024-01-05 10:00,1.5\n10,h1,2024-01-05 10:00,abc\n"
+        "11,h2,2024-01-06 10:00, 2.5\n11,h2,2024-01-06 10:00,\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min")
+        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
+        .replace("at: min(at)}", "at: min(at), amount: sum(amount)}")
+        + "    value: amount\n",
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    assert [(e["contact_id"], e["value"]) for e in validated.events.to_pylist()] == [("h2", 2.5)]
+    rejects = validated.rejects.to_pylist()
+    assert [(r["reason"], r["contact_id"], r["source_row"]) for r in rejects] == [
+        ("unparseable_value", "h1", 2)  # the basket's first line, as an editor shows it
+    ]
+
+
 BASKETS_MAPPING = """\
 name: baskets
 description: line items as text
