@@ -818,9 +818,10 @@ def _aggregate(
             # is set aside as unparseable_value, as a plain event row's would be, and counted
             # (it stopped the whole ingest); a sum without it would understate the basket
             numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
-            unread = numbers.is_null() & frame[column].is_not_null()
+            readable = numbers.is_not_null() | frame[column].is_null()
+            nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
             summed = f"__funnelcast_number_{output}"
-            helpers[summed] = numbers.zip_with(~unread, pl.Series([math.nan] * len(unread)))
+            helpers[summed] = numbers.zip_with(readable, nan)
             source = pl.col(summed)
         aggregated = {
             "sum": source.sum(),
