@@ -881,29 +881,6 @@ def test_a_unix_time_out_of_range_is_a_reject_not_a_crash(tmp_path: Path) -> Non
     assert validated.rejects.column("reason").to_pylist() == ["unparseable_timestamp"]
 
 
-def test_summing_text_that_is_not_numbers_names_the_column_and_the_key(tmp_path: Path) -> None:
-    _write(tmp_path / "lines.csv", "basket,who,at,sales\n1,a,2024-01-01T10:00:00Z,abc\n")
-    mapping = _write(
-        tmp_path / "baskets.yaml",
-        """\
-        name: baskets
-        description: line items
-        events:
-          - name: baskets
-            read: {path: lines.csv}
-            aggregate: {by: [basket], columns: {who: first(who), at: min(at), sales: sum(sales)}}
-            contact_id: who
-            timestamp: {column: at, format: iso8601}
-            event_type: {fixed: purchase}
-            channel: {fixed: store}
-            value: sales
-        """,
-    )
-
-    with pytest.raises(SchemaError, match=r"'sales'.*'abc'.*aggregate\.columns\.sales"):
-        ingest(mapping, data_dir=tmp_path, now=NOW)
-
-
 def test_label_rows_without_a_contact_or_dated_in_the_future_are_set_aside(
     tmp_path: Path,
 ) -> None:
