@@ -12,7 +12,9 @@ routes ``/predict%0A`` to ``/predict`` (its ``$`` matches before a final newline
 not kept would not be checked. ``needs_a_look`` counts ``"marketing_consent"`` in it: every
 contact has the field (the schema requires it), so with no more mentions than contacts, each
 contact gives it once. More mentions (a feature or a contact id of that name), or a ``\\u``
-escape (which could spell the name without matching the count), cost one exact parse,
+escape of a character of the name (which could spell it without matching the count; an
+escaped é or emoji, as Python's json.dumps sends every non-ASCII character, cannot), cost
+one exact parse,
 ``consent_given_twice``, which says which contact gave it twice, if any did; its time grows
 with the body, so the service runs it off the event loop.
 """
@@ -20,6 +22,7 @@ with the body, so the service runs it off the event loop.
 from __future__ import annotations
 
 import json
+import re
 from contextvars import ContextVar
 from typing import Any
 
@@ -27,6 +30,11 @@ from serving.security import Message, PostMiddleware, Receive, Scope, Send
 
 CONSENT = "marketing_consent"
 _MENTION = b'"marketing_consent"'
+# a JSON escape of one of the name's characters (\u0061 "a" ... \u0074 "t", \u005f "_"), in
+# either case of hex; an escaped backslash before "u00.." matches too, which costs a look only
+_NAME_ESCAPE = re.compile(
+    rb"\\u00(?:%s)" % b"|".join(b"%02x" % ord(c) for c in sorted(set(CONSENT))), re.IGNORECASE
+)
 
 _body: ContextVar[_Kept | None] = ContextVar("funnelcast_request_body", default=None)
 
@@ -73,13 +81,14 @@ class KeepBody(PostMiddleware):
 
 def needs_a_look(contacts: int) -> bool:
     """Whether this request's body may give some contact's ``marketing_consent`` twice: it
-    mentions the name more often than it has ``contacts``, or it holds a ``\\u`` escape. False
-    when no body was kept (the service class called directly, with no JSON)."""
+    mentions the name more often than it has ``contacts``, or it holds a ``\\u`` escape of a
+    character of the name. False when no body was kept (the service class called directly,
+    with no JSON)."""
     kept = _body.get()
     if kept is None:
         return False
     body = kept.body()
-    return body.count(_MENTION) > contacts or b"\\u" in body
+    return body.count(_MENTION) > contacts or (b"\\u" in body and bool(_NAME_ESCAPE.search(body)))
 
 
 def consent_given_twice(*, batch: bool) -> str | None:
