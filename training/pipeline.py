@@ -318,7 +318,9 @@ def labelled_snapshot_dates(
     )
     if not dates:
         raise InsufficientDataError(
-            f"too little data to train: the events span {first:%Y-%m-%d}..{until:%Y-%m-%d}, "
+            # `until` is the midnight after the last day observed: the span ends that day
+            f"too little data to train: the events span {first:%Y-%m-%d}.."
+            f"{until - dt.timedelta(microseconds=1):%Y-%m-%d}, "
             f"too short for one snapshot with {settings.min_history_days} days of history "
             f"and a {settings.horizon_days}-day horizon. {UNCHANGED}",
             _snapshots_report([], settings),
