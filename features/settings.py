@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -113,12 +114,18 @@ def config_section(path: Path | None, name: str) -> dict[str, Any]:
 
 
 def section_settings(
-    model: type[Model], section: dict[str, Any], path: Path | None, name: str
+    model: type[Model],
+    section: dict[str, Any],
+    path: Path | None,
+    name: str,
+    *,
+    given: Collection[str] = (),
 ) -> Model:
     """A section of the settings file as ``model``; its problems are one ``InputError`` naming
     the file and the section (pydantic's "settings: x: Field required" named neither), an
     unknown key first (a typo also makes the key meant missing, and only the unknown one says
-    what to fix), and how to fix a missing one."""
+    what to fix), and how to fix a missing one. ``given``: the keys a command's options or a
+    source's mapping gave over the file's, said as such (the file did not give them)."""
     try:
         return model.model_validate(section)
     except ValidationError as exc:
@@ -132,6 +139,8 @@ def section_settings(
             else ""
         )
         where = "the shipped settings" if path is None else str(path)
+        if given:
+            where = f"{where} with {', '.join(given)} given over them"
         raise InputError(f"{where}, `{name}:`: {'; '.join(shown)}{more}{fix}") from exc
 
 

@@ -738,10 +738,17 @@ def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> 
         column = frame[name]
         if column.dtype == pl.String and dtype != "str":
             column = column.str.strip_chars()
-        if dtype == "date":
-            converted = column.cast(pl.String).str.to_date("%Y-%m-%d", strict=False)
-        else:
-            converted = column.cast(_DTYPES[dtype], strict=False)
+        try:
+            if dtype == "date":
+                converted = column.cast(pl.String).str.to_date("%Y-%m-%d", strict=False)
+            else:
+                converted = column.cast(_DTYPES[dtype], strict=False)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            # a column of a kind that has no such reading at all (categorical, binary, list)
+            raise SchemaError(
+                f"{path}: column '{name}' holds {column.dtype} values, which do not read as "
+                f"{dtype}; fix `{key}.dtypes`, or write the column as text or numbers"
+            ) from exc
         unread = column.filter(column.is_not_null() & converted.is_null())
         if unread.len():
             # said here, in the mapping's terms: Polars' own message advises options of its
@@ -802,6 +809,7 @@ def _aggregate(
     timestamp: TimestampSpec,
     timezone: str | None,
     timestamp_key: str,
+    value: str | None,
 ) -> pl.DataFrame:
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
@@ -814,14 +822,24 @@ def _aggregate(
         _require(frame, column, f"{key}.columns.{output}", where)
         source = pl.col(column)
         if function == "sum" and frame[column].dtype == pl.String:
-            # a line whose amount does not read makes its group's sum NaN, so that the group
-            # is set aside as unparseable_value, as a plain event row's would be, and counted
-            # (it stopped the whole ingest); a sum without it would understate the basket
             numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
             readable = numbers.is_not_null() | frame[column].is_null()
-            nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
+            if output == value:
+                # the event's value: a line whose amount does not read makes its group's sum
+                # NaN, so that the group is set aside as unparseable_value, as a plain event
+                # row's would be, and counted (it stopped the whole ingest); a sum without
+                # that line would understate the basket
+                nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
+                numbers = numbers.zip_with(readable, nan)
+            elif not readable.all():  # another sum (a property) has no reason to set it aside
+                bad = frame[column].filter(~readable)
+                raise SchemaError(
+                    f"{where}: column '{column}' has values that are not numbers "
+                    f"(e.g. {bad[0]!r}) and cannot be summed; fix `{key}.columns.{output}` or "
+                    "the file"
+                )
             summed = f"__funnelcast_number_{output}"
-            helpers[summed] = numbers.zip_with(readable, nan)
+            helpers[summed] = numbers
             source = pl.col(summed)
         aggregated = {
             "sum": source.sum(),
@@ -872,6 +890,7 @@ def _read_event_stream(
             timestamp=stream.timestamp,
             timezone=timezone,
             timestamp_key=f"{key}.timestamp",
+            value=stream.value,
         )
 
     referenced = [

@@ -179,11 +179,14 @@ def _number(name: str, value: object) -> float:
 
 
 def _settled(number: float) -> float:
-    """The number to 12 significant digits: a sum of the same amounts added in another order
-    (the batch engines and the online path do) can differ in its last bit, 195.54 against
-    195.54000000000002, and a phrase rounded from it to cents must not tell them apart
-    (48.88 against 48.89 for their average of four)."""
-    return float(f"{number:.12g}") if math.isfinite(number) else number
+    """The number to 12 significant digits (more from ten billion up, to keep its cents): a sum
+    of the same amounts added in another order (the batch engines and the online path do) can
+    differ in its last bit, 195.54 against 195.54000000000002, and a phrase rounded from it to
+    cents must not tell them apart (48.88 against 48.89 for their average of four)."""
+    if not math.isfinite(number) or number == 0:
+        return number
+    digits = max(12, math.floor(math.log10(abs(number))) + 3)
+    return float(f"{number:.{digits}g}")
 
 
 def _plain(number: float) -> str:

@@ -70,10 +70,12 @@ def load_training_settings(
     """The shipped (or a user's) training settings, with keyword overrides from the CLI or a
     source's mapping (None: not overridden); ``model_name`` is the registry's."""
     section = config_section(path, "training")
-    section.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    section.update(given)
     if model_name is not None:
         section["registry"] = {**section.get("registry", {}), "model_name": model_name}
-    return section_settings(TrainingSettings, section, path, "training")
+        given["registry.model_name"] = model_name
+    return section_settings(TrainingSettings, section, path, "training", given=list(given))
 
 
 def source_training(source: str | None, *, model_name: str | None = None) -> dict[str, Any]:

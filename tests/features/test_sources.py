@@ -264,6 +264,35 @@ def test_a_column_that_does_not_read_as_its_dtype_names_its_values(
     assert "strict" not in message
 
 
+def test_a_column_of_a_kind_with_no_such_reading_is_one_error_naming_it(tmp_path: Path) -> None:
+    """Review: a categorical column given `dtypes: {amt: float}` escaped as Polars' own
+    ComputeError, a traceback."""
+    import pandas as pd
+
+    pd.DataFrame(
+        {"who": ["a", "b"], "at": ["2024-01-01T10:00:00Z"] * 2, "amt": pd.Categorical(["1", "2"])}
+    ).to_parquet(tmp_path / "e.parquet")
+    mapping = _write(
+        tmp_path / "m.yaml",
+        """\
+        name: m
+        description: m
+        events:
+          - name: e
+            read: {path: e.parquet, format: parquet, dtypes: {amt: float}}
+            contact_id: who
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+            value: amt
+        contacts: {consent_default: true}
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=r"column 'amt' holds Categorical values.*as float"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
 def test_an_unknown_shipped_name_is_an_error_listing_the_shipped_names() -> None:
     with pytest.raises(MappingError, match="taobao") as error:
         load_mapping("taobau")
@@ -879,6 +908,39 @@ def test_a_unix_time_out_of_range_is_a_reject_not_a_crash(tmp_path: Path) -> Non
 
     assert validated.events.column("contact_id").to_pylist() == ["u1"]
     assert validated.rejects.column("reason").to_pylist() == ["unparseable_timestamp"]
+
+
+def test_summing_text_that_is_not_numbers_into_a_property_names_the_column_and_the_key(
+    tmp_path: Path,
+) -> None:
+    """Only the event's value sets a basket aside (unparseable_value); a property's sum that
+    does not read has no reason to, and would otherwise be null (review)."""
+    _write(
+        tmp_path / "lines.csv",
+        "basket,who,at,sales,qty\n1,a,2024-01-01T10:00:00Z,1.5,x\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        """\
+        name: baskets
+        description: line items
+        events:
+          - name: baskets
+            read: {path: lines.csv}
+            aggregate:
+              by: [basket]
+              columns: {who: first(who), at: min(at), sales: sum(sales), qty: sum(qty)}
+            contact_id: who
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+            value: sales
+            properties: [qty]
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=r"'qty'.*'x'.*aggregate\.columns\.qty"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
 
 
 def test_label_rows_without_a_contact_or_dated_in_the_future_are_set_aside(

@@ -1148,9 +1148,10 @@ def test_a_model_logged_before_the_reasons_setting_is_explained_by_treeshap(
 
 
 def test_an_unknown_reasons_method_is_refused_in_the_settings_and_the_model() -> None:
+    from features.errors import InputError
     from training.settings import load_training_settings
 
-    with pytest.raises(ValidationError, match="reasons"):
+    with pytest.raises(InputError, match=r"settings with reasons given over them.*reasons:"):
         load_training_settings(reasons="lime")
     with pytest.raises(ValueError, match="reasons_method must be one of"):
         FunnelcastModel(

@@ -272,6 +272,10 @@ def test_amounts_summed_in_another_order_read_alike(spec: FeatureSpec) -> None:
     assert batch != online
     said = {describe_feature("average_order_value_all", v, spec) for v in (batch, online)}
     assert said == {"average purchase value of 48.88 in all history"}
+    # ten billion and more keep their cents (review: 12345678901.23 read 12345678901.20)
+    for amount in (12345678901.23, 123456789012.34):
+        said = describe_feature("purchase_value_sum_all", amount, spec)
+        assert said == f"{amount:.2f} spent on purchases in all history"
     share = math.nextafter(0.125, 1.0)  # a share one bit over 12.5 %
     said = {describe_feature("email_share_28d", v, spec) for v in (0.125, share)}
     assert len(said) == 1, said
