@@ -129,19 +129,26 @@ def section_settings(
     try:
         return model.model_validate(section)
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        shown = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:3]]
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         fix = (
             "; a settings file gives each section whole: start from a copy of "
             "features/config/default.yaml and change what you need"
-            if any(e["type"] == "missing" for e in errors)
+            if any(e["type"] == "missing" for e in exc.errors())
             else ""
         )
         where = "the shipped settings" if path is None else str(path)
         if given:
             where = f"{where} with {', '.join(given)} given over them"
-        raise InputError(f"{where}, `{name}:`: {'; '.join(shown)}{more}{fix}") from exc
+        raise InputError(f"{where}, `{name}:`: {validation_problems(exc)}{fix}") from exc
+
+
+def validation_problems(error: ValidationError, shown: int = 3) -> str:
+    """A validation error's first problems in one line, each as "key.path: message", an
+    unknown key first: a typo in a key also makes the key meant "Field required", and only
+    the unknown one says what to fix."""
+    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    listed = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:shown]]
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(listed) + more
 
 
 def load_rules_settings(path: Path | None = None) -> RulesSettings:

@@ -1559,12 +1559,9 @@ def _empty_rejects() -> Any:
 
 def _one_line(error: BaseException) -> str:
     if isinstance(error, pydantic.ValidationError):
-        # an unknown key first: a typo in a key also makes the key meant "Field required",
-        # and only the unknown one says what to fix
-        errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        shown = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:3]]
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        return f"settings: {'; '.join(shown)}{more}"
+        from features.settings import validation_problems
+
+        return f"settings: {validation_problems(error)}"
     text = str(error) or type(error).__name__
     return " ".join(text.split())
 
