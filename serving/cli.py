@@ -246,7 +246,7 @@ def run(
         console.rule(f"[bold]1. Ingest {escape(source)}")
         validated = _ingest_into(source, out / "data", data_dir)
         true_history = None
-    overrides = _observing_until(_source_training(source, config, model_name), cut)
+    overrides = _observing_until(_source_training(source, config, model_name), cut, config)
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
@@ -360,14 +360,22 @@ def _one_model(**given: str | None) -> None:
         raise InputError(f"{listed} {'both' if len(named) == 2 else 'all'} name a model; give one")
 
 
-def _observing_until(overrides: dict[str, Any], cut: dt.datetime | None) -> dict[str, Any]:
-    """``--observe-until`` over the config's and the mapping's ``observe_until``; a mapping's
-    that it replaces is said, as the mapping's settings were."""
+def _observing_until(
+    overrides: dict[str, Any], cut: dt.datetime | None, config: Path | None
+) -> dict[str, Any]:
+    """``--observe-until`` over the config's and the mapping's ``observe_until``; one that it
+    replaces is said, as the mapping's settings were."""
     if cut is None:
         return overrides
-    replaced = overrides.get("observe_until")
-    if replaced is not None and replaced != cut.date():
-        console.print(f"--observe-until {cut.date()} over the mapping's observe_until {replaced}.")
+    replaced, whose = overrides.get("observe_until"), "the mapping's"
+    if replaced is None and config is not None:
+        from features.settings import config_section
+
+        replaced, whose = config_section(config, "training").get("observe_until"), f"{config}'s"
+    if replaced is not None and str(replaced) != str(cut.date()):
+        console.print(
+            f"--observe-until {cut.date()} over {escape(whose)} observe_until {replaced}."
+        )
     return {**overrides, "observe_until": cut.date()}
 
 
@@ -658,7 +666,7 @@ def train(
             contact_table,
             label_table,
             tune=tune,
-            overrides=_observing_until(_source_training(source, config, model_name), cut)
+            overrides=_observing_until(_source_training(source, config, model_name), cut, config)
             | ({} if horizon is None else {"horizon_days": horizon}),
             spec_path=spec,
             register=register,
@@ -769,6 +777,11 @@ def serve(
     The model and the API key are checked before the server starts, so a wrong setting is one
     clear line here, not a crashing worker."""
     _one_model(alias=alias, version=version, bento_model=bento_model)
+    if bento_model and model_name:  # the tag names the model; the registry's name is not read
+        raise InputError(
+            "--bento-model names a model in the BentoML store and --model-name one in the "
+            "MLflow registry; give one"
+        )
     from serving.runtime import ServiceSettings, load_scorer
     from training.settings import load_training_settings
     from training.tracking import tracking_uri as resolve_uri

@@ -54,6 +54,11 @@ def _run(
             ["serve", "--version", "1", "--alias", "a", "--bento-model", "funnelcast:latest"],
             "--alias, --version and --bento-model all",
         ),
+        (
+            ["serve", "--bento-model", "funnelcast:latest", "--model-name", "other"],
+            "--bento-model names a model in the BentoML store and --model-name one in the "
+            "MLflow registry; give one",
+        ),
     ],
 )
 def test_a_model_named_two_ways_is_refused_before_anything_is_read(
@@ -63,7 +68,8 @@ def test_a_model_named_two_ways_is_refused_before_anything_is_read(
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db"}
     result = _run(*args, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {said} name a model; give one"
+    expected = said if said.endswith("give one") else f"{said} name a model; give one"
+    assert result.stderr.strip() == f"error: {expected}"
     assert not (tmp_path / "none.db").exists()
 
 
@@ -355,6 +361,16 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
         in said
     )
     assert "give --model-name m-model (else the config's name is used)" in said
+    # --observe-until over a config's observe_until is said as over a mapping's
+    config.write_text(
+        config.read_text("utf-8").replace("observe_until: null", "observe_until: 2024-01-09"),
+        "utf-8",
+    )
+    cut = ("--config", str(config), "--observe-until", "2024-01-02")
+    overruled = _run(*common, "--out", str(tmp_path / "c"), *cut, env=env)
+    assert overruled.returncode == 1, overruled.stderr
+    said = " ".join(overruled.stdout.split())
+    assert f"--observe-until 2024-01-02 over {config}'s observe_until 2024-01-09." in said
     assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
     # ingest says how `train` uses them; `train --source` does as `run --source`
     folder = tmp_path / "ingested"
