@@ -70,7 +70,7 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
         return 413, json.dumps(too_many).encode("utf-8")
     first = detail[0]
     field = _place(first.get("loc", ())) or None
-    message = str(first.get("msg", "invalid request"))
+    message = _time_of_day_out_of_range(first) or str(first.get("msg", "invalid request"))
     if len(detail) > 1:
         message += f" (and {len(detail) - 1} more: see detail)"
     named = {
@@ -95,3 +95,17 @@ def _place(loc: list[Any] | tuple[Any, ...]) -> str:
     if len(parts) >= 3 and parts[-1] in KIND_TAGS and parts[-3] in _VALUE_HOLDERS:
         parts.pop()
     return ".".join('""' if part == "" else str(part) for part in parts)
+
+
+def _time_of_day_out_of_range(problem: dict[str, Any]) -> str | None:
+    """pydantic reads a moment whose hour, minute or second is out of range (24:00, 10:61, a
+    leap second's 23:59:60) as a date followed by "unexpected extra characters", which sends
+    the sender looking for characters; BentoML leaves the input out of ``detail``, so the
+    message says both readings."""
+    message = str(problem.get("msg", ""))
+    if problem.get("type") != "datetime_from_date_parsing" or "extra characters" not in message:
+        return None
+    return (
+        f"{message}, or a time of day out of range: hours run 00-23, minutes and seconds "
+        "00-59 (a leap second's :60 is not accepted: give :59)"
+    )

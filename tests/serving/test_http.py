@@ -243,6 +243,28 @@ def test_every_400_of_a_json_object_names_a_field(
         assert "object" in answer["error"]
 
 
+@pytest.mark.parametrize("moment", ["2026-04-01T23:59:60Z", "2026-04-01T24:00", "2026-04-01 10:61"])
+def test_a_time_of_day_out_of_range_is_said_so(
+    client: TestClient, auth: dict[str, str], moment: str
+) -> None:
+    """Review: a leap second was refused as "unexpected extra characters at the end of the
+    input", as pydantic reads it; the message now says it may be the time of day (in an event
+    and in as_of)."""
+    event = {"timestamp": moment, "event_type": "page_view", "channel": "web"}
+    for body, named in (
+        ({"marketing_consent": True, "events": [event]}, "events.0.timestamp"),
+        ({"marketing_consent": True, "events": [], "as_of": moment}, "as_of"),
+    ):
+        answer = client.post("/predict", headers=auth, json=body).json()
+        assert answer["field"] == named
+        assert answer["error"].startswith(f"{named}: Input should be a valid datetime")
+        assert answer["error"].endswith(
+            ", or a time of day out of range: hours run 00-23, minutes and seconds 00-59 "
+            "(a leap second's :60 is not accepted: give :59)"
+        )
+        assert answer["detail"][0]["msg"].endswith("extra characters at the end of the input")
+
+
 @pytest.mark.parametrize(
     ("moments", "named", "words"),
     [
