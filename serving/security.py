@@ -3,8 +3,9 @@
 Checked before the body is read: a request without a valid key costs the service nothing but
 the comparison. Keys come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and are
 compared in constant time against every configured key (``hmac.compare_digest`` on their
-SHA-256 digests, so neither the key nor its length leaks through timing). A refused request
-gets 401 with no detail; keys are never logged or echoed.
+SHA-256 digests, so neither the key nor its length leaks through timing); a request that
+presents both headers is let in only when both keys are valid. A refused request gets 401
+with no detail; keys are never logged or echoed.
 
 Probes (``/healthz``, ``/livez``, ``/readyz``), Prometheus' ``/metrics`` and the API
 documentation stay open: they carry no contact data.
@@ -53,18 +54,29 @@ class KeyCheck:
         return ok
 
 
-def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The key from ``Authorization: Bearer ...`` or ``X-API-Key``."""
+def presented_keys(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
+    """Every key from ``Authorization: Bearer ...`` and ``X-API-Key`` headers, in their order
+    (empty ones are none)."""
+    keys = []
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"authorization":
             text = value.decode("latin-1").strip()
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+                keys.append(token.strip())
         elif lowered == b"x-api-key" and value.strip():
-            return value.decode("latin-1").strip()
-    return None
+            keys.append(value.decode("latin-1").strip())
+    return keys
+
+
+def authorized(check: KeyCheck, keys: Sequence[str]) -> bool:
+    """A request presents a key and every key it presents is valid: a wrong key is refused
+    whichever header it came in, and whether a right one came first or after it."""
+    ok = bool(keys)
+    for key in keys:  # each is checked, none skipped
+        ok &= check.accepts(key)
+    return ok
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -159,7 +171,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
-        if not self.check.accepts(presented_key(headers)):
+        if not authorized(self.check, presented_keys(headers)):
             await _json(send, 401, {"error": "unauthorized"})
             return
         if path in self.post_only and scope.get("method") != "POST":

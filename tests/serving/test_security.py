@@ -14,7 +14,7 @@ import pytest
 from features import telemetry
 from serving.duplicates import KeepBody, consent_given_twice, needs_a_look
 from serving.runtime import ServiceConfigError, ServiceSettings, read_api_keys
-from serving.security import GuardMiddleware, KeyCheck, presented_key
+from serving.security import GuardMiddleware, KeyCheck, authorized, presented_keys
 
 KEY = "k3y-0123456789-abcdef"
 OTHER = "another-key-0123456789"
@@ -144,23 +144,24 @@ def test_the_check_accepts_configured_keys_only() -> None:
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
-        ([(b"authorization", f"Bearer {KEY}".encode())], KEY),
-        ([(b"Authorization", f"bearer   {KEY}  ".encode())], KEY),
-        ([(b"x-api-key", KEY.encode())], KEY),
-        ([(b"authorization", f"Basic {KEY}".encode())], None),
-        ([(b"authorization", b"Bearer ")], None),
-        ([], None),
+        ([(b"authorization", f"Bearer {KEY}".encode())], [KEY]),
+        ([(b"Authorization", f"bearer   {KEY}  ".encode())], [KEY]),
+        ([(b"x-api-key", KEY.encode())], [KEY]),
+        ([(b"authorization", f"Basic {KEY}".encode())], []),
+        ([(b"authorization", b"Bearer ")], []),
+        ([], []),
     ],
 )
 def test_the_key_is_read_from_either_header(
-    headers: list[tuple[bytes, bytes]], expected: str | None
+    headers: list[tuple[bytes, bytes]], expected: list[str]
 ) -> None:
-    assert presented_key(headers) == expected
+    assert presented_keys(headers) == expected
 
 
 def test_an_empty_key_header_does_not_hide_a_valid_one() -> None:
     headers = [(b"x-api-key", b"  "), (b"authorization", f"Bearer {KEY}".encode())]
-    assert presented_key(headers) == KEY
+    assert presented_keys(headers) == [KEY]
+    assert authorized(KeyCheck([KEY]), presented_keys(headers))
 
 
 class _App:
@@ -350,4 +351,23 @@ def test_a_path_with_a_control_character_reaches_nothing() -> None:
         assert not inner.reached
     inner = _App()
     _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), _scope(), [b"{}"])
+    assert inner.reached
+
+
+@pytest.mark.parametrize("right_first", [True, False])
+def test_a_wrong_key_beside_a_right_one_is_refused_in_either_order(right_first: bool) -> None:
+    """Review: with a wrong Bearer key and a right X-API-Key the first header decided, so the
+    same two keys were let in or refused by their order. Every key presented must be valid."""
+    right, wrong = (b"x-api-key", KEY.encode()), (b"authorization", b"Bearer not-the-key-at-all")
+    headers = [right, wrong] if right_first else [wrong, right]
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    inner = _App()
+    sent = _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), scope, [b"{}"])
+    assert sent[0]["status"] == 401
+    assert not inner.reached
+    both_right = [right, (b"authorization", b"Bearer " + KEY.encode())]
+    assert authorized(KeyCheck([KEY]), presented_keys(both_right))
+    scope["headers"] = both_right
+    sent = _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), scope, [b"{}"])
+    assert sent[0]["status"] == 200
     assert inner.reached
