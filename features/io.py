@@ -188,19 +188,37 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     place that cannot take the file (a folder of that name, a file where a folder goes, no
     permission, a full disk) is an ``InputError`` naming it; nothing is left behind, after
     Ctrl-C or SIGTERM either."""
-    path = Path(path)
+    return _write_file_atomic(table, Path(path), "Parquet", _write_parquet_atomic)
+
+
+def write_csv_atomic(table: pa.Table, path: Path) -> Path:
+    """``write_parquet_atomic``, as CSV with a header line (UTF-8, RFC 4180 quoting)."""
+    return _write_file_atomic(table, Path(path), "CSV", _write_csv_atomic)
+
+
+def _write_file_atomic(
+    table: pa.Table, path: Path, kind: str, write: Callable[[pa.Table, Path], Path]
+) -> Path:
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name for the Parquet output")
+        raise InputError(f"{path} is a folder; give a file name for the {kind} output")
     with _terminate_like_interrupt():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _sweep_leftovers(path.parent, path.name)
-            return _write_parquet_atomic(table, path)
+            return write(table, path)
         except OSError as error:
             raise _unwritable(str(path), path.parent, error) from error
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+def _write_csv_atomic(table: pa.Table, path: Path) -> Path:
+    import pyarrow.csv as pacsv
+
+    return _write_parquet_atomic(table, path, write=pacsv.write_csv)
+
+
+def _write_parquet_atomic(
+    table: pa.Table, path: Path, write: Callable[[pa.Table, Path], None] | None = None
+) -> Path:
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
     )
@@ -210,7 +228,10 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        if write is None:
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            write(table, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -597,6 +597,230 @@ def features(
 
 
 @app.command()
+def score(
+    events: Annotated[
+        Path, typer.Option(help="Events Parquet: a file, or a folder written by ingest/simulate.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(help="Scores file for the CRM to import: .parquet or .csv (with a header)."),
+    ],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Score as of this day, YYYY-MM-DD (UTC midnight; events before it only); "
+            "default: the day after the last event."
+        ),
+    ] = None,
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            help="The scores of the run before (last week's file): shows who moved since."
+        ),
+    ] = None,
+    contacts: Annotated[
+        Path | None,
+        typer.Option(help="Contacts Parquet (default: contacts.parquet beside the events)."),
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Registry alias of the model to score with (default: {_CONFIGURED_ALIAS})."
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Registry version to score with instead of the alias.")
+    ] = None,
+    reasons: Annotated[
+        bool,
+        typer.Option(
+            "--reasons/--no-reasons",
+            help="Each contact's top-3 reasons in CRM words (--no-reasons: faster, columns empty).",
+        ),
+    ] = True,
+    assume_consent: Annotated[
+        bool,
+        typer.Option(
+            "--assume-consent", help="Without a contacts table: treat every contact as consented."
+        ),
+    ] = False,
+    model_name: ModelNameOption = None,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The weekly scoring job: every consented contact's stage, stage probabilities, purchase
+    propensity, reasons and CTA as of a date, by a registered model (the champion by default)
+    from the same features as training and the service, written for the CRM to import
+    (Parquet or CSV, all or nothing); then the funnel by predicted stage beside the rules and,
+    with --previous, who moved deeper or back since the last scores and where the funnel
+    leaks. Contacts without marketing consent are never scored or written."""
+    import polars as pl
+
+    from features.consent import check_contacts
+    from features.engine import scan_events
+    from features.io import read_table, write_csv_atomic, write_parquet_atomic
+    from serving.runtime import ServiceSettings, registered_model
+    from serving.scoring import check_scores_path, previous_as_of, read_scores, score_contacts
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking, existing_store
+
+    _one_model(alias=alias, version=version)
+    snapshot = _parse_date(as_of, "--as-of") if as_of else None
+    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC):
+        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
+    check_scores_path(out, "--out")
+    _require_events(events)  # before the contacts beside it
+    folder = events if events.is_dir() else events.parent
+    if contacts is not None and not contacts.exists():
+        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
+    contacts_path = contacts or folder / "contacts.parquet"
+    if not contacts_path.exists() and not assume_consent:
+        raise InputError(
+            f"no contacts table ({contacts_path} does not exist), so no marketing consent is "
+            "known and no contact may be scored; give --contacts, or pass --assume-consent if "
+            "every contact opted in"
+        )
+    _not_an_input(out, events, contacts_path)
+    if previous is not None and previous.resolve() == out.resolve():
+        raise InputError(
+            f"--previous {previous} is the --out file: this run would write over the scores it "
+            "compares with; give a new --out (a file per run, e.g. scores-YYYY-MM-DD.parquet)"
+        )
+    earlier = read_scores(previous) if previous is not None else None
+    _can_write(out, "scores")  # before the work, not after it
+    contact_table = read_table(contacts_path) if contacts_path.exists() else None
+    if contact_table is not None:
+        check_contacts(contact_table)  # before any work: consent decides what is scored
+    if snapshot is None:
+        last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+        if last is None:
+            raise InputError(f"--events {events} holds no events; give the events to score from")
+        snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    then = previous_as_of(earlier) if earlier is not None else None
+    if then is not None and then >= snapshot:
+        raise InputError(
+            f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before --as-of "
+            f"{snapshot:%Y-%m-%d}; give the scores of an earlier run"
+        )
+    configure_tracking(existing_store(tracking_uri))
+    settings = load_training_settings(config, model_name=model_name)
+    service_settings = ServiceSettings(
+        model_name=settings.registry.model_name,
+        alias=alias or settings.registry.champion_alias,
+        version=version,
+        tracking_uri=tracking_uri,
+    )
+    model, info = _with_spinner("Loading the model", lambda: registered_model(service_settings))
+    console.print(
+        f"Scoring with [bold]{escape(str(info.model_name))}[/] version {info.model_version} "
+        f"({escape(info.loaded_from())}) as of {snapshot:%Y-%m-%d}."
+    )
+    with _progress() as progress:
+        building = progress.add_task(f"Building {len(model.feature_names)} features", total=None)
+        scoring = progress.add_task("Scoring contacts", total=None, start=False)
+
+        def built(done: int, parts: int) -> None:
+            progress.update(building, total=parts, completed=done)
+
+        def scored(done: int, total: int) -> None:
+            progress.start_task(scoring)
+            progress.update(scoring, total=total, completed=done)
+
+        result = score_contacts(
+            model,
+            events,
+            contact_table,
+            as_of=snapshot,
+            model_name=str(info.model_name),
+            model_version=str(info.model_version),
+            assume_consent=assume_consent,
+            reasons=reasons,
+            built=built,
+            scored=scored,
+        )
+        progress.update(building, total=1, completed=1)
+    table = result.table
+    write = write_csv_atomic if out.suffix.lower() == ".csv" else write_parquet_atomic
+    _with_spinner(f"Writing {escape(str(out))}", lambda: write(table.to_arrow(), out))
+    console.print(
+        f"Wrote {table.height:,} contacts' scores to {escape(str(out))}; "
+        f"{result.contacts_without_consent:,} without marketing consent were not scored."
+    )
+    _print_scored_funnel(table, earlier, then)
+
+
+def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> None:
+    """The funnel by predicted stage (beside the rules' and the previous scores' counts), and
+    with the previous scores, where their contacts are now."""
+    import polars as pl
+
+    from serving.scoring import movement
+
+    def by_stage(frame: Any, column: str = "stage") -> dict[str, int]:
+        return dict(frame.group_by(column).len().iter_rows())
+
+    counts = by_stage(table)
+    rules = by_stage(table, "rules_stage") if "rules_stage" in table.columns else None
+    before = by_stage(earlier) if earlier is not None else None
+    propensity = dict(table.group_by("stage").agg(pl.col("propensity").mean()).iter_rows())
+    total = max(table.height, 1)
+    funnel = Table(title="Contacts by predicted stage (propensity: their mean)")
+    for name in ("stage", "funnelcast", "share", "propensity"):
+        funnel.add_column(name, justify="left" if name == "stage" else "right")
+    if rules is not None:
+        funnel.add_column("rules", justify="right")
+    if before is not None:
+        funnel.add_column("previous" if then is None else f"{then:%Y-%m-%d}", justify="right")
+        funnel.add_column("change", justify="right")
+    for stage in STAGES:
+        n = counts.get(stage, 0)
+        row = [
+            stage,
+            f"{n:,}",
+            f"{n / total:.1%}",
+            "-" if stage not in propensity else f"{propensity[stage]:.3f}",
+        ]
+        if rules is not None:
+            row.append(f"{rules.get(stage, 0):,}")
+        if before is not None:
+            row += [f"{before.get(stage, 0):,}", f"{n - before.get(stage, 0):+,}"]
+        funnel.add_row(*row)
+    console.print(funnel)
+    if earlier is None:
+        return
+    moved = movement(table, earlier)
+    since = Table(title="Where the previous scores' contacts are now")
+    for name in (
+        "stage then",
+        "contacts",
+        "stayed",
+        "moved deeper",
+        "moved back",
+        "not scored now",
+    ):
+        since.add_column(name, justify="left" if name == "stage then" else "right")
+    for m in moved.by_stage:
+        since.add_row(
+            m.stage,
+            f"{m.then:,}",
+            f"{m.stayed:,}",
+            f"{m.deeper:,}",
+            f"{m.back:,}",
+            f"{m.not_scored_now:,}",
+        )
+    console.print(since)
+    console.print(f"{moved.new:,} contacts are scored now and were not in the previous scores.")
+    leak = moved.leak
+    if leak is None:
+        console.print("Nobody moved back a stage since the previous scores.")
+    else:
+        console.print(
+            f"Where the funnel leaks most: {leak.stage}, {leak.back:,} of its {leak.then:,} "
+            f"contacts ({leak.back / leak.then:.1%}) moved back to a shallower stage."
+        )
+
+
+@app.command()
 def train(
     events: Annotated[
         Path, typer.Option(help="Events Parquet: a file, or a folder written by ingest/simulate.")
@@ -965,13 +1189,13 @@ def _simulate_into(
     return validated, sim.stage_history
 
 
-def _can_write(out: Path) -> None:
+def _can_write(out: Path, kind: str = "Parquet") -> None:
     """``out`` can be written: its folder exists (or is made) and takes a new file; otherwise
     the ``InputError`` the write would give, now."""
     import tempfile
 
     if out.is_dir():
-        raise InputError(f"{out} is a folder; give a file name for the Parquet output")
+        raise InputError(f"{out} is a folder; give a file name for the {kind} output")
     check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

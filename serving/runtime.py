@@ -302,6 +302,15 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
     return ModelScorer(model, info)
 
 
+def registered_model(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
+    """The registry's model that the settings name (alias or version), checked against this
+    code's feature spec as the service checks it: the scoring job's model (no rules
+    fallback: a batch of rules scores would pass for the model's)."""
+    model, info = _from_registry(settings)
+    check_feature_spec(model)
+    return model, info
+
+
 def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -18,8 +18,12 @@ FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _funnelcast(tmp_path, "run", "--out", str(tmp_path / "run"), *args)
+
+
+def _funnelcast(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FUNNELCAST, "run", "--out", str(tmp_path / "run"), *args],
+        [FUNNELCAST, *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -81,6 +85,21 @@ def test_the_main_job_simulates_trains_evaluates_and_promotes(tmp_path: Path) ->
     else:
         assert "To serve version 1 anyway: export FUNNELCAST_API_KEY=" in said
         assert "funnelcast serve --version 1" in said
+
+    # the weekly scoring job on the same data, as the README shows it: every consented
+    # contact the funnel showed is scored, none of the opted-out
+    csv = tmp_path / "scores" / "week.csv"
+    model = [] if "champion" in aliases else ["--version", "1"]
+    scored = _funnelcast(
+        tmp_path, "score", "--events", str(out / "data"), "--out", str(csv), *model
+    )
+    assert scored.returncode == 0, scored.stderr
+    scores = pl.read_csv(csv, infer_schema=False)
+    assert scores.height == contacts.height - opted_out
+    consented = contacts.filter(pl.col("marketing_consent"))["contact_id"].cast(pl.String)
+    assert set(scores["contact_id"]) == set(consented)
+    assert set(scores["stage"]) <= set(STAGES)
+    assert f"{opted_out:,} without marketing consent were not scored" in scored.stdout
 
 
 @pytest.mark.slow

@@ -18,7 +18,13 @@ import pytest
 
 from features import io
 from features.errors import InputError
-from features.io import DATA_TABLES, read_table, write_parquet_atomic, write_tables_atomic
+from features.io import (
+    DATA_TABLES,
+    read_table,
+    write_csv_atomic,
+    write_parquet_atomic,
+    write_tables_atomic,
+)
 
 
 def test_a_parquet_file_is_written_and_no_temporary_file_is_left(tmp_path: Path) -> None:
@@ -42,6 +48,28 @@ def test_a_failed_write_leaves_the_previous_file_untouched(
         write_parquet_atomic(pa.table({"x": [2]}), target)
     assert pq.read_table(target).column("x").to_pylist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_a_csv_is_written_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scores' CSV form: a header and quoted text; a write that fails leaves the earlier
+    file whole and no temporary file."""
+    import pyarrow.csv as pacsv
+
+    target = tmp_path / "scores.csv"
+    write_csv_atomic(pa.table({"id": ["a"], "reason": ["opened, then clicked"]}), target)
+    assert target.read_text("utf-8").splitlines() == ['"id","reason"', '"a","opened, then clicked"']
+
+    def half_then_fail(table: pa.Table, where: Path) -> None:
+        Path(where).write_text('"id"\n"b', "utf-8")  # half a file, then the disk fills
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pacsv, "write_csv", half_then_fail)
+    with pytest.raises(InputError, match="disk full"):
+        write_csv_atomic(pa.table({"id": ["b"]}), target)
+    assert target.read_text("utf-8").startswith('"id","reason"')
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
 
 
 def test_several_tables_are_written_all_or_nothing(

@@ -22,6 +22,7 @@ COMMANDS = [
     "validate",
     "funnel",
     "features",
+    "score",
     "sources",
     "train",
     "evaluate",
@@ -71,6 +72,14 @@ def test_a_model_named_two_ways_is_refused_before_anything_is_read(
     expected = said if said.endswith("give one") else f"{said} name a model; give one"
     assert result.stderr.strip() == f"error: {expected}"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_the_list_of_commands_is_every_command() -> None:
+    from serving.cli import app
+
+    assert sorted(c.name or c.callback.__name__ for c in app.registered_commands) == sorted(
+        COMMANDS
+    )  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
