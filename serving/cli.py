@@ -638,6 +638,16 @@ def score(
             help="Each contact's top-3 reasons in CRM words (--no-reasons: faster, columns empty).",
         ),
     ] = True,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="The features' engine: polars (this machine, streaming) or spark (the same "
+            "spec on Spark, local mode; needs Java 17 and the spark extra)."
+        ),
+    ] = Engine.polars,
+    spark_memory: Annotated[
+        str, typer.Option(help="--engine spark: the local Spark driver's memory (4g, 8g, ...).")
+    ] = "4g",
     assume_consent: Annotated[
         bool,
         typer.Option(
@@ -657,10 +667,10 @@ def score(
     import polars as pl
 
     from features.consent import check_contacts
-    from features.engine import scan_events
+    from features.engine import build_contact_features, scan_events
     from features.io import read_table, write_csv_atomic, write_parquet_atomic
     from serving.runtime import ServiceSettings, registered_model
-    from serving.scoring import check_scores_path, previous_as_of, read_scores, score_contacts
+    from serving.scoring import check_scores_path, previous_as_of, read_scores, score_features
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
 
@@ -715,30 +725,49 @@ def score(
         f"Scoring with [bold]{escape(str(info.model_name))}[/] version {info.model_version} "
         f"({escape(info.loaded_from())}) as of {snapshot:%Y-%m-%d}."
     )
-    with _progress() as progress:
-        building = progress.add_task(f"Building {len(model.feature_names)} features", total=None)
-        scoring = progress.add_task("Scoring contacts", total=None, start=False)
+    building = f"Building {len(model.spec.names)} features"
+    if engine is Engine.spark:
+        features = _build_features_on_spark(
+            events,
+            contact_table,
+            building,
+            as_of=snapshot,
+            spec=model.spec,
+            rules=model.rules,
+            memory=spark_memory,
+        )
+    else:
+        with _progress() as progress:
+            task = progress.add_task(building, total=None)
 
-        def built(done: int, parts: int) -> None:
-            progress.update(building, total=parts, completed=done)
+            def built(done: int, parts: int) -> None:
+                progress.update(task, total=parts, completed=done)
+
+            features = build_contact_features(
+                events,
+                contact_table,
+                as_of=snapshot,
+                spec=model.spec,
+                rules=model.rules,
+                progress=built,
+            )
+    with _progress() as progress:
+        scoring = progress.add_task("Scoring contacts", total=None)
 
         def scored(done: int, total: int) -> None:
-            progress.start_task(scoring)
             progress.update(scoring, total=total, completed=done)
 
-        result = score_contacts(
+        result = score_features(
             model,
-            events,
+            features,
             contact_table,
             as_of=snapshot,
             model_name=str(info.model_name),
             model_version=str(info.model_version),
             assume_consent=assume_consent,
             reasons=reasons,
-            built=built,
             scored=scored,
         )
-        progress.update(building, total=1, completed=1)
     table = result.table
     write = write_csv_atomic if out.suffix.lower() == ".csv" else write_parquet_atomic
     _with_spinner(f"Writing {escape(str(out))}", lambda: write(table.to_arrow(), out))

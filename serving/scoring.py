@@ -73,6 +73,33 @@ def score_contacts(
     features = build_contact_features(
         events, contacts, as_of=as_of, spec=model.spec, rules=model.rules, progress=built
     )
+    return score_features(
+        model,
+        features,
+        contacts,
+        as_of=as_of,
+        model_name=model_name,
+        model_version=model_version,
+        assume_consent=assume_consent,
+        reasons=reasons,
+        scored=scored,
+    )
+
+
+def score_features(
+    model: Any,
+    features: pl.DataFrame,
+    contacts: Any,
+    *,
+    as_of: dt.datetime,
+    model_name: str,
+    model_version: str,
+    assume_consent: bool = False,
+    reasons: bool = True,
+    scored: Callable[[int, int], None] | None = None,
+) -> Scores:
+    """``score_contacts`` of features built already, by either engine with the model's spec
+    and rules as of ``as_of``: the consented contacts' rows scored in chunks."""
     consented = restrict_to_consented(features, contacts, assume_consent=assume_consent)
     kept = consented.kept
     if kept.height == 0:

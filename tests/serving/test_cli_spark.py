@@ -1,4 +1,5 @@
-"""``funnelcast features --engine spark`` writes the same feature table as the Polars engine."""
+"""``funnelcast features --engine spark`` writes the same feature table as the Polars engine, and
+``score --engine spark`` the same scores."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import polars as pl
 import psutil
+import pyarrow.parquet as pq
 import pytest
+from conftest import Served
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
@@ -38,6 +41,27 @@ def test_features_on_spark_equal_features_on_polars(spark_installed: None, tmp_p
         assert "without marketing consent left out" in result.output
         outputs[engine] = pl.read_parquet(out)
     assert "segment" in outputs["spark"].columns
+    assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
+
+
+def test_scores_from_spark_features_equal_scores_from_polars_features(
+    spark_installed: None, served: Served, tmp_path: Path
+) -> None:
+    """The weekly job at scale: `score --engine spark` builds the model's features on Spark
+    and scores them as the Polars engine's (the same spec, so the same scores)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(served.events, data / "events.parquet")
+    pq.write_table(served.contacts, data / "contacts.parquet")
+    runner = CliRunner()
+    outputs = {}
+    for engine in ("polars", "spark"):
+        out = tmp_path / f"scores-{engine}.parquet"
+        args = ["score", "--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
+        result = runner.invoke(app, [*args, "--engine", engine, "--tracking-uri", served.store])
+        assert result.exit_code == 0, result.output
+        outputs[engine] = pl.read_parquet(out)
+    assert outputs["polars"].height > 1000
     assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
 
 
