@@ -769,6 +769,12 @@ def score(
             scored=scored,
         )
     table = result.table
+    if result.missing_attributes:
+        console.print(
+            f"The model reads contact attributes the contacts table does not hold "
+            f"({escape(', '.join(result.missing_attributes))}): scored as missing values, as "
+            "the service scores an attribute not sent."
+        )
     write = write_csv_atomic if out.suffix.lower() == ".csv" else write_parquet_atomic
     _with_spinner(f"Writing {escape(str(out))}", lambda: write(table.to_arrow(), out))
     console.print(

@@ -51,6 +51,9 @@ class Scores:
 
     table: pl.DataFrame
     contacts_without_consent: int
+    # the model's contact attributes the contacts table does not hold (or all of them, with no
+    # table): scored as missing values, as the service scores an attribute not sent
+    missing_attributes: tuple[str, ...] = ()
 
 
 def score_contacts(
@@ -111,6 +114,13 @@ def score_features(
             f"({consented.contacts_without_consent:,} without marketing consent left out); "
             "give another --as-of, or the contacts table"
         )
+    missing = tuple(name for name in model.attribute_features if name not in kept.columns)
+    if missing:
+        categorical = set(model.categories)
+        kept = kept.with_columns(
+            pl.lit(None, pl.String if name in categorical else pl.Float64).alias(name)
+            for name in missing
+        )
     parts = []
     for start in range(0, kept.height, CHUNK_ROWS):
         parts.append(model.predict_frame(kept.slice(start, CHUNK_ROWS), reasons=reasons))
@@ -130,6 +140,7 @@ def score_features(
     return Scores(
         table=table.select([c for c in SCORE_COLUMNS if c in table.columns]),
         contacts_without_consent=consented.contacts_without_consent,
+        missing_attributes=missing,
     )
 
 

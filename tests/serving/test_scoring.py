@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
-from conftest import Served
+from conftest import Served, contact_body
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
@@ -20,7 +20,8 @@ from features.engine import build_contact_features
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
 from serving.cli import app
-from serving.runtime import ServiceSettings, registered_model
+from serving.runtime import ServiceSettings, load_scorer, registered_model
+from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
 from serving.scoring import SCORE_COLUMNS, movement, previous_as_of, read_scores
 
 pytestmark = pytest.mark.slow
@@ -261,3 +262,52 @@ def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
         read = read_scores(_previous(tmp_path, frame, name))
         assert read["contact_id"].to_list() == ["1", "2"]  # ids as text, as the scores hold
         assert previous_as_of(read) == dt.datetime(2026, 4, 13, tzinfo=dt.UTC)
+
+
+def test_without_a_contacts_table_the_attributes_are_missing_values_and_said(
+    served: Served, data: Path, tmp_path: Path
+) -> None:
+    """--assume-consent with no contacts table: the model's contact attributes are scored as
+    missing, as the service scores an attribute not sent (before, the feature table "lacked
+    the model's features" and nothing was scored)."""
+    events_only = tmp_path / "events"
+    events_only.mkdir()
+    (events_only / "events.parquet").symlink_to(data / "events.parquet")
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(events_only), "--as-of", "2026-04-20", "--out", str(out)]
+    result = _score(served, *args, "--assume-consent", "--no-reasons")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    assert model.attribute_features  # the served model reads some
+    listed = ", ".join(model.attribute_features)
+    assert f"contacts table does not hold ({listed}): scored as missing values" in said
+    got = pl.read_parquet(out)
+    features = build_contact_features(
+        served.events, None, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    assert got["contact_id"].to_list() == features["contact_id"].cast(str).to_list()
+    blank = features.with_columns(
+        pl.lit(None, pl.String if n in model.categories else pl.Float64).alias(n)
+        for n in model.attribute_features
+    )
+    expected = model.predict_frame(blank, reasons=False)
+    assert got["stage"].to_list() == expected["stage"].to_list()
+    assert got["propensity"].to_list() == expected["propensity"].to_list()
+    # as the service scores the same contacts' events sent without attributes
+    scorer = load_scorer(ServiceSettings(tracking_uri=served.store))
+    active = got.join(
+        pl.from_arrow(served.events)  # type: ignore[arg-type]
+        .filter(pl.col("timestamp") < AS_OF)
+        .group_by(pl.col("contact_id").cast(str))
+        .len(),
+        on="contact_id",
+    ).filter(pl.col("len").is_between(5, MAX_EVENTS_PER_CONTACT))
+    for row in active.head(5).iter_rows(named=True):
+        body = contact_body(served, row["contact_id"], last=MAX_EVENTS_PER_CONTACT)
+        body = {k: v for k, v in body.items() if k != "attributes"} | {
+            "as_of": "2026-04-20T00:00:00Z"
+        }
+        (answer,) = scorer.predict([ContactRequest.model_validate(body)])
+        assert answer.stage == row["stage"]
+        assert answer.propensity == pytest.approx(row["propensity"], abs=1e-12)
