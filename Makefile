@@ -71,6 +71,7 @@ bench: install ## Run the benchmarks (figures printed and written to benchmarks/
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/reasons.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/scoring.py
 
 bench-models: install ## Only the model benchmarks: training speed and quality on every data set
 	$(BIN)/python benchmarks/training.py
