@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fnmatch
 import logging
 import os
 import re
@@ -691,6 +692,7 @@ def score(
             "every contact opted in"
         )
     _not_an_input(out, events, contacts_path)
+    _not_a_data_table(out, folder)
     if previous is not None and previous.resolve() == out.resolve():
         raise InputError(
             f"--previous {previous} is the --out file: this run would write over the scores it "
@@ -701,10 +703,22 @@ def score(
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
         check_contacts(contact_table)  # before any work: consent decides what is scored
+        consenting = pl.from_arrow(contact_table.select(["marketing_consent"]))
+        if not consenting["marketing_consent"].any():  # type: ignore[index]
+            raise InputError(
+                f"none of the {contact_table.num_rows:,} contacts in {contacts_path} has "
+                "marketing consent, so there is nobody to score; give the contacts table with "
+                "their consent"
+            )
     if snapshot is None:
         last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
         if last is None:
             raise InputError(f"--events {events} holds no events; give the events to score from")
+        if last > dt.datetime.now(dt.UTC):
+            raise InputError(
+                f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "
+                "future (a clock or time-zone error); give --as-of, or correct the timestamps"
+            )
         snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:
@@ -775,13 +789,43 @@ def score(
             f"({escape(', '.join(result.missing_attributes))}): scored as missing values, as "
             "the service scores an attribute not sent."
         )
-    write = write_csv_atomic if out.suffix.lower() == ".csv" else write_parquet_atomic
-    _with_spinner(f"Writing {escape(str(out))}", lambda: write(table.to_arrow(), out))
+    if out.suffix.lower() == ".csv":
+        # ISO 8601 with a T and Z, as the service answers it (CRM importers read that form)
+        written = table.with_columns(pl.col("as_of").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        _with_spinner(
+            f"Writing {escape(str(out))}", lambda: write_csv_atomic(written.to_arrow(), out)
+        )
+    else:
+        _with_spinner(
+            f"Writing {escape(str(out))}", lambda: write_parquet_atomic(table.to_arrow(), out)
+        )
     console.print(
-        f"Wrote {table.height:,} contacts' scores to {escape(str(out))}; "
+        f"Wrote the scores of {_count(table.height, 'contact')} to {escape(str(out))}; "
         f"{result.contacts_without_consent:,} without marketing consent were not scored."
     )
     _print_scored_funnel(table, earlier, then)
+    if earlier is not None and "model_version" in earlier.columns:
+        before = (
+            earlier.select(
+                pl.concat_str(
+                    pl.col("model_name").cast(pl.String)
+                    if "model_name" in earlier.columns
+                    else pl.lit("?"),
+                    pl.lit(" version "),
+                    pl.col("model_version").cast(pl.String),
+                )
+            )
+            .to_series()
+            .unique()
+            .to_list()
+        )
+        now = f"{info.model_name} version {info.model_version}"
+        if before != [now]:
+            shown = ", ".join(str(b) for b in before[:3])
+            console.print(
+                f"The previous scores are of {escape(shown)} and these of {escape(now)}: the "
+                "movement is the models' difference as well as the contacts'."
+            )
 
 
 def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> None:
@@ -789,7 +833,7 @@ def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> 
     with the previous scores, where their contacts are now."""
     import polars as pl
 
-    from serving.scoring import movement
+    from serving.scoring import MIN_LEAK_CONTACTS, movement
 
     def by_stage(frame: Any, column: str = "stage") -> dict[str, int]:
         return dict(frame.group_by(column).len().iter_rows())
@@ -799,14 +843,18 @@ def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> 
     before = by_stage(earlier) if earlier is not None else None
     propensity = dict(table.group_by("stage").agg(pl.col("propensity").mean()).iter_rows())
     total = max(table.height, 1)
-    funnel = Table(title="Contacts by predicted stage (propensity: their mean)")
-    for name in ("stage", "funnelcast", "share", "propensity"):
-        funnel.add_column(name, justify="left" if name == "stage" else "right")
-    if rules is not None:
-        funnel.add_column("rules", justify="right")
-    if before is not None:
-        funnel.add_column("previous" if then is None else f"{then:%Y-%m-%d}", justify="right")
-        funnel.add_column("change", justify="right")
+    title = "Contacts by predicted stage (propensity: their mean"
+    if before is not None and then is not None:
+        title += f"; previous: the scores as of {then:%Y-%m-%d}"
+    funnel = Table(title=title + ")")
+    headers = ["stage", "funnelcast", "share", "propensity"]
+    headers += ["rules"] if rules is not None else []
+    headers += ["previous", "change"] if before is not None else []
+    # narrow terminals (cron's 80 columns) wrap a figure, never cut it; stage names stay whole
+    stage_width = max(len(s) for s in STAGES)
+    funnel.add_column("stage", no_wrap=True, min_width=stage_width)
+    for name in headers[1:]:
+        funnel.add_column(name, justify="right", overflow="fold")
     for stage in STAGES:
         n = counts.get(stage, 0)
         row = [
@@ -833,7 +881,10 @@ def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> 
         "moved back",
         "not scored now",
     ):
-        since.add_column(name, justify="left" if name == "stage then" else "right")
+        if name == "stage then":
+            since.add_column(name, no_wrap=True, min_width=stage_width)
+        else:
+            since.add_column(name, justify="right", overflow="fold")
     for m in moved.by_stage:
         since.add_row(
             m.stage,
@@ -844,10 +895,21 @@ def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> 
             f"{m.not_scored_now:,}",
         )
     console.print(since)
-    console.print(f"{moved.new:,} contacts are scored now and were not in the previous scores.")
-    leak = moved.leak
+    console.print(
+        f"{_count(moved.new, 'contact')} scored now {'was' if moved.new == 1 else 'were'} not "
+        "in the previous scores."
+    )
+    if earlier.height and moved.new == table.height:
+        console.print(
+            f"[yellow]None of the previous scores' {_count(earlier.height, 'contact')} is "
+            "scored now:[/] are they the same contacts, with their ids written the same way?"
+        )
+    leak = moved.leak()
     if leak is None:
-        console.print("Nobody moved back a stage since the previous scores.")
+        console.print(
+            f"No stage of {MIN_LEAK_CONTACTS} contacts or more lost any to a shallower stage "
+            "since the previous scores."
+        )
     else:
         console.print(
             f"Where the funnel leaks most: {leak.stage}, {leak.back:,} of its {leak.then:,} "
@@ -1232,8 +1294,9 @@ def _can_write(out: Path, kind: str = "Parquet") -> None:
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name for the {kind} output")
     check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
+    if not out.parent.exists():
+        return  # its nearest folder takes new files (above); the write makes the rest
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out.parent):
             pass
     except OSError as error:
@@ -1243,6 +1306,24 @@ def _can_write(out: Path, kind: str = "Parquet") -> None:
         ) from None
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 contact``, ``2 contacts``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _not_a_data_table(out: Path, folder: Path) -> None:
+    """``--out`` is not one of the tables of the events' folder (``stage_history.parquet``,
+    the simulator's true stages, or another run's rejects), which a write would replace."""
+    from features.io import DATA_TABLES
+
+    target = out.resolve()
+    if target.parent == folder.resolve() and target.name in {f"{t}.parquet" for t in DATA_TABLES}:
+        raise InputError(
+            f"--out {out} is the {target.stem} table of the events' folder; write the scores "
+            "elsewhere"
+        )
+
+
 def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
     """``--out`` is neither an input file nor a file the events folder would read as events
     the next time (a folder without events.parquet is read as all its Parquet files)."""
@@ -1250,7 +1331,13 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
 
     target = out.resolve()
     inputs = {contacts.resolve()}
-    if not events.is_dir():
+    if "*" in events.name:  # a glob: any file it matches is read as events
+        if target.parent == events.parent.resolve() and fnmatch.fnmatch(target.name, events.name):
+            raise InputError(
+                f"--out {out} matches --events {events}: it would be read as events, and may "
+                "be one of them; write it elsewhere"
+            )
+    elif not events.is_dir():
         inputs.add(events.resolve())
     elif (events / "events.parquet").exists():
         inputs.add((events / "events.parquet").resolve())

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from features.consent import restrict_to_consented
+from features.consent import refuse_padded_ids, restrict_to_consented
 from features.engine import EventsInput, build_contact_features
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
@@ -43,6 +43,8 @@ SCORE_COLUMNS = (
     "model_version",
 )
 SCORE_FORMATS = (".parquet", ".csv")
+# the smallest stage (contacts in the previous scores) whose movement back is named as a leak
+MIN_LEAK_CONTACTS = 30
 
 
 @dataclass(frozen=True)
@@ -155,51 +157,113 @@ def check_scores_path(path: Path, option: str) -> None:
 
 def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
     """Earlier scores (a file `funnelcast score` wrote, or one of the same columns): at least
-    ``contact_id`` and ``stage``, the stages funnelcast's; ``as_of`` when the file has it."""
+    ``contact_id`` and ``stage``, the stages funnelcast's; ``as_of`` when the file has it. A
+    refusal names the column, a count and the first row, never a value: a stage column may
+    hold the ids of a file whose columns were swapped."""
     check_scores_path(path, option)
+    if path.is_dir():
+        raise InputError(
+            f"{option} {path} is a folder; give the scores file of a run before (one .parquet "
+            "or .csv file)"
+        )
     if not path.is_file():
         raise InputError(f"{option} {path} does not exist; give the scores file of a run before")
+    csv = path.suffix.lower() == ".csv"
     try:
-        if path.suffix.lower() == ".csv":
-            frame = pl.read_csv(path, infer_schema=False)  # every column as text
-        else:
-            frame = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise InputError(f"{option} {path} cannot be read as scores ({error})") from error
+        frame = pl.read_csv(path, infer_schema=False) if csv else pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
+        # the reader's message may quote the file's lines, contact ids among them
+        raise InputError(
+            f"{option} {path} cannot be read as a {'CSV' if csv else 'Parquet'} file of scores "
+            f"({type(error).__name__}); give a file written by `funnelcast score`"
+        ) from None
     missing = [c for c in ("contact_id", "stage") if c not in frame.columns]
     if missing:
         raise InputError(
             f"{option} {path} has no {' or '.join(missing)} column; give a scores file written "
             "by `funnelcast score`"
         )
+    if frame.schema["contact_id"].is_float():
+        raise InputError(
+            f"{option} {path}: contact_id holds decimal numbers (1.0 is not the id 1); give "
+            "the ids as text, as `funnelcast score` writes them"
+        )
     frame = frame.with_columns(pl.col("contact_id", "stage").cast(pl.String))
-    unknown = frame.filter(~pl.col("stage").is_in(STAGES))["stage"].unique().sort()
-    if len(unknown):
-        shown = ", ".join(repr(s) for s in unknown.head(3).to_list())
-        raise InputError(
-            f"{option} {path} holds stage(s) {shown} that are not funnelcast's stages "
-            f"({', '.join(STAGES)}); give a scores file written by `funnelcast score`"
-        )
-    doubled = frame["contact_id"].is_duplicated().sum()
-    if doubled:
-        raise InputError(
-            f"{option} {path} holds {doubled:,} rows of contacts listed more than once; give "
-            "one scores file of one run"
-        )
+    _refuse_rows(frame, pl.col("contact_id").is_null(), "without a contact_id", path, option)
+    refuse_padded_ids(frame["contact_id"], f"{option} {path}")
+    _refuse_rows(frame, pl.col("stage").is_null(), "without a stage", path, option)
+    _refuse_rows(
+        frame,
+        ~pl.col("stage").is_in(STAGES),
+        f"whose stage is none of funnelcast's ({', '.join(STAGES)})",
+        path,
+        option,
+    )
+    _refuse_rows(
+        frame,
+        pl.col("contact_id").is_duplicated(),
+        "of contacts listed twice or more",
+        path,
+        option,
+    )
+    if "as_of" in frame.columns:
+        frame = frame.with_columns(_moments(frame["as_of"], path, option).alias("as_of"))
     return frame
 
 
+def _refuse_rows(frame: pl.DataFrame, bad: pl.Expr, what: str, path: Path, option: str) -> None:
+    found = frame.select(bad.fill_null(False).arg_true()).to_series()
+    if len(found):
+        raise InputError(
+            f"{option} {path} holds {len(found):,} row(s) {what} (row {found[0]}, counting from "
+            "0, is one); give one scores file of one run, as `funnelcast score` writes it"
+        )
+
+
+_ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+
+
+def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
+    """Earlier scores' ``as_of`` as UTC moments: a date or timestamp column, or ISO 8601 text
+    (a date, or a date and time, with an offset or Z, else UTC). Anything else is refused:
+    a moment misread would let scores that are not earlier pass for the previous week's."""
+    why = None
+    if column.dtype == pl.Date:
+        return column.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if isinstance(column.dtype, pl.Datetime):
+        zone = column.dtype.time_zone
+        return (
+            column.dt.replace_time_zone("UTC")
+            if zone is None
+            else column.dt.convert_time_zone("UTC")
+        )
+    if column.dtype == pl.String:
+        text = column.str.strip_chars()
+        unread = int((text.is_null() | ~text.str.contains(_ISO_MOMENT)).sum())
+        if not unread:
+            moments = [_iso(value) for value in text.to_list()]
+            return pl.Series(column.name, moments, dtype=pl.Datetime("us", "UTC"))
+        why = f"{unread:,} value(s) that are not ISO 8601 dates or moments (2026-12-07T00:00:00Z)"
+    else:
+        why = f"values of type {column.dtype}"
+    raise InputError(
+        f"{option} {path}: its as_of column holds {why}; give the file `funnelcast score` wrote "
+        "(as_of: ISO 8601 text in a CSV, a timestamp in Parquet), or drop the column"
+    )
+
+
+def _iso(text: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
 def previous_as_of(previous: pl.DataFrame) -> dt.datetime | None:
-    """The moment earlier scores were for (their ``as_of``), when they say it."""
+    """The latest moment earlier scores were for (their ``as_of``, read by ``read_scores``),
+    when they say it."""
     if "as_of" not in previous.columns or previous.height == 0:
         return None
-    column = previous.get_column("as_of")
-    if column.dtype == pl.String:
-        column = column.str.to_datetime(time_zone="UTC", strict=False)
-    moment = column.max()
-    if not isinstance(moment, dt.datetime):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    moment = previous.get_column("as_of").max()
+    return moment if isinstance(moment, dt.datetime) else None
 
 
 @dataclass(frozen=True)
@@ -219,11 +283,13 @@ class Movement:
     by_stage: list[StageMovement]
     new: int  # scored now, not before
 
-    @property
-    def leak(self) -> StageMovement | None:
-        """The stage (dormant aside) that lost the largest share of its contacts to a
-        shallower one; none when nobody moved back."""
-        leaking = [m for m in self.by_stage if m.stage != "dormant" and m.back]
+    def leak(self, min_contacts: int = MIN_LEAK_CONTACTS) -> StageMovement | None:
+        """The stage (dormant aside) of at least ``min_contacts`` contacts then that lost the
+        largest share of them to a shallower one; none when none of those moved back (a
+        stage of a few contacts would name noise)."""
+        leaking = [
+            m for m in self.by_stage if m.stage != "dormant" and m.back and m.then >= min_contacts
+        ]
         return max(leaking, key=lambda m: (m.back / m.then, m.back), default=None)
 
 

@@ -119,8 +119,10 @@ def test_csv_scores_and_the_movement_since_the_previous_scores(
     assert "│ dormant │ 2 │ 0 │ 2 │ 0 │ 0 │" in said
     assert "│ advocacy │ 1 │ 0 │ 0 │ 1 │ 0 │" in said
     assert "│ awareness │ 1 │ 0 │ 0 │ 0 │ 1 │" in said
-    assert f"{now.height - 3:,} contacts are scored now and were not in the previous" in said
-    assert "Where the funnel leaks most: advocacy, 1 of its 1 contacts (100.0%)" in said
+    assert f"{now.height - 3:,} contacts scored now were not in the previous scores." in said
+    # a stage of one contact is no leak to name
+    assert "No stage of 30 contacts or more lost any to a shallower stage" in said
+    assert csv["as_of"].unique().to_list() == ["2026-04-20T00:00:00Z"]  # as the service says it
 
 
 def test_the_movement_counts_each_previous_stage_by_where_its_contacts_are_now() -> None:
@@ -147,10 +149,15 @@ def test_the_movement_counts_each_previous_stage_by_where_its_contacts_are_now()
     }
     assert [m.stage for m in moved.by_stage] == ["dormant", "awareness", "intent"]  # funnel order
     assert moved.new == 1
-    assert moved.leak is not None
-    assert moved.leak.stage == "intent"
+    leak = moved.leak(min_contacts=1)
+    assert leak is not None
+    assert leak.stage == "intent"  # 1 of 2 > 1 of 3
+    bigger = moved.leak(min_contacts=3)
+    assert bigger is not None
+    assert bigger.stage == "awareness"
+    assert moved.leak() is None  # the default: stages of 30 contacts or more
     stayed = movement(previous, previous)
-    assert stayed.leak is None
+    assert stayed.leak(min_contacts=1) is None
     assert stayed.new == 0
 
 
@@ -183,14 +190,52 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
             "has no stage column; give a scores file written by `funnelcast score`",
         ),
         (
-            pl.DataFrame({"contact_id": ["a"], "stage": ["hot lead"]}),
+            # a file whose columns were swapped: the refusal counts, it never shows a value
+            pl.DataFrame({"contact_id": ["intent", "a"], "stage": ["jane@example.com", "intent"]}),
             "scores.parquet",
-            "holds stage(s) 'hot lead' that are not funnelcast's stages",
+            "holds 1 row(s) whose stage is none of funnelcast's (dormant, awareness, "
+            "consideration, intent, conversion, retention, advocacy) (row 0, counting from 0",
         ),
         (
-            pl.DataFrame({"contact_id": ["a", "a"], "stage": ["intent", "dormant"]}),
+            pl.DataFrame({"contact_id": ["b", "a", "a"], "stage": ["intent", "intent", "dormant"]}),
             "scores.parquet",
-            "holds 2 rows of contacts listed more than once",
+            "holds 2 row(s) of contacts listed twice or more (row 1,",
+        ),
+        (
+            pl.DataFrame({"contact_id": ["a", "b"], "stage": ["intent", None]}),
+            "scores.parquet",
+            "holds 1 row(s) without a stage (row 1,",
+        ),
+        (
+            pl.DataFrame({"contact_id": ["a", None], "stage": ["intent", "intent"]}),
+            "scores.parquet",
+            "holds 1 row(s) without a contact_id (row 1,",
+        ),
+        (
+            pl.DataFrame({"contact_id": ["a", "b "], "stage": ["intent", "intent"]}),
+            "scores.parquet",
+            "1 contact id(s) in --previous",
+        ),
+        (
+            pl.DataFrame({"contact_id": [1.0], "stage": ["intent"]}),
+            "scores.parquet",
+            "contact_id holds decimal numbers (1.0 is not the id 1)",
+        ),
+        (
+            pl.DataFrame(
+                {
+                    "contact_id": ["a", "b"],
+                    "stage": ["intent"] * 2,
+                    "as_of": ["2026-04-06T00:00:00Z", "12/13/2026 00:00"],
+                }
+            ),
+            "scores.parquet",
+            "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments",
+        ),
+        (
+            pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": [1_800_000_000]}),
+            "scores.parquet",
+            "its as_of column holds values of type Int64",
         ),
         (
             pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": ["2026-04-20"]}),
@@ -211,7 +256,7 @@ def test_unusable_options_are_refused_before_any_work(
     if isinstance(previous, str):
         args += ["--previous", str(tmp_path / out)]
     elif previous is not None:
-        args += ["--previous", str(_previous(tmp_path, previous, "previous.csv"))]
+        args += ["--previous", str(_previous(tmp_path, previous))]
     result = _score(served, *args)
     assert isinstance(result.exception, InputError), result.output
     assert words in str(result.exception)
@@ -311,3 +356,102 @@ def test_without_a_contacts_table_the_attributes_are_missing_values_and_said(
         (answer,) = scorer.predict([ContactRequest.model_validate(body)])
         assert answer.stage == row["stage"]
         assert answer.propensity == pytest.approx(row["propensity"], abs=1e-12)
+
+
+def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
+    served: Served, data: Path, tmp_path: Path
+) -> None:
+    """Review: a Date column, or text with an offset, let a later file pass for last week's."""
+    late = dt.date(2026, 4, 27)
+    forms = {
+        "date.parquet": pl.Series([late]),
+        "offset.csv": pl.Series([f"{late}T01:00:00+02:00"]),  # 2026-04-26T23:00Z
+        "naive.parquet": pl.Series([dt.datetime(2026, 4, 20)]),
+    }
+    for name, as_of in forms.items():
+        frame = pl.DataFrame({"contact_id": ["a"], "stage": ["intent"]}).with_columns(as_of=as_of)
+        previous = _previous(tmp_path, frame, name)
+        out = tmp_path / "scores.parquet"
+        args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
+        result = _score(served, *args, "--previous", str(previous))
+        assert isinstance(result.exception, InputError), (name, result.output)
+        assert "not before --as-of 2026-04-20" in str(result.exception)
+
+
+def test_what_would_go_wrong_quietly_is_refused_or_said(
+    served: Served, data: Path, tmp_path: Path
+) -> None:
+    """Review: --out matching an --events glob replaced an events file; --out as the folder's
+    stage_history was accepted; a contacts table without one consent failed only after the
+    build, saying to give the contacts table; events in the future set a default as_of after
+    them; a failed run left the --out folders it made."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part-0.parquet").symlink_to(data / "events.parquet")
+    glob = str(parts / "part-*.parquet")
+    out = str(parts / "part-1.parquet")
+    result = _score(served, "--events", glob, "--assume-consent", "--out", out)
+    assert isinstance(result.exception, InputError)
+    assert "matches --events" in str(result.exception)
+    result = _score(served, "--events", str(data), "--out", str(data / "stage_history.parquet"))
+    assert "is the stage_history table of the events' folder" in str(result.exception)
+
+    nobody = tmp_path / "nobody"
+    nobody.mkdir()
+    (nobody / "events.parquet").symlink_to(data / "events.parquet")
+    contacts = pl.DataFrame(served.contacts).with_columns(marketing_consent=False)
+    contacts.write_parquet(nobody / "contacts.parquet")
+    scores = tmp_path / "new" / "sub" / "scores.csv"
+    result = _score(served, "--events", str(nobody), "--out", str(scores))
+    assert isinstance(result.exception, InputError)
+    assert f"none of the {contacts.height:,} contacts in" in str(result.exception)
+    assert "has marketing consent, so there is nobody to score" in str(result.exception)
+    assert "Loading the model" not in result.output
+    assert not (tmp_path / "new").exists()  # no folder left behind
+
+    future = tmp_path / "future"
+    future.mkdir()
+    events = pl.DataFrame(served.events)
+    late = events.head(1).with_columns(timestamp=pl.lit(dt.datetime(2099, 1, 1, tzinfo=dt.UTC)))
+    pl.concat([events, late]).write_parquet(future / "events.parquet")
+    result = _score(served, "--events", str(future), "--assume-consent", "--out", str(scores))
+    assert isinstance(result.exception, InputError)
+    assert "runs to 2099-01-01 00:00 UTC, after now: events in the future" in str(result.exception)
+
+
+def test_other_contacts_or_another_model_in_the_previous_scores_are_said(
+    served: Served, data: Path, scored: Path, tmp_path: Path
+) -> None:
+    previous = pl.read_parquet(scored).with_columns(
+        pl.lit("x-").add(pl.col("contact_id")).alias("contact_id"),
+        pl.lit("7").alias("model_version"),
+        pl.col("as_of").dt.offset_by("-7d"),
+    )
+    path = _previous(tmp_path, previous)
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
+    result = _score(served, *args, "--previous", str(path))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"None of the previous scores' {previous.height:,} contacts is scored now" in said
+    assert (
+        "The previous scores are of funnelcast version 7 and these of funnelcast version 1: "
+        "the movement is the models' difference as well as the contacts'." in said
+    )
+    assert "x-" not in result.output  # no id on the console
+
+
+def test_a_narrow_terminal_wraps_the_tables_but_cuts_no_figure(
+    served: Served, data: Path, scored: Path, tmp_path: Path
+) -> None:
+    previous = pl.read_parquet(scored).with_columns(pl.col("as_of").dt.offset_by("-7d"))
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
+    args += ["--previous", str(_previous(tmp_path, previous))]
+    result = CliRunner().invoke(
+        app, ["score", "--tracking-uri", served.store, *args], env={"COLUMNS": "60"}
+    )
+    assert result.exit_code == 0, result.output
+    tables = result.output[result.output.index("Contacts by predicted stage") :]
+    assert "…" not in tables  # (a progress bar's long path is shortened: not a figure)
+    assert tables.count("consideration") == 2
