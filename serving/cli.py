@@ -543,17 +543,7 @@ def features(
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     feature_spec = load_feature_spec(spec)
     rules = load_rules_settings(config)
-    _require_events(events)  # before the contacts beside it
-    folder = events if events.is_dir() else events.parent
-    if contacts is not None and not contacts.exists():
-        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
-    contacts_path = contacts or folder / "contacts.parquet"
-    if not contacts_path.exists() and not assume_consent:
-        raise InputError(
-            f"no contacts table ({contacts_path} does not exist), so no marketing consent is "
-            "known and no contact may be exported; give --contacts, or pass --assume-consent "
-            "if every contact opted in"
-        )
+    contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
     _not_an_input(out, events, contacts_path)
     _can_write(out)  # before the build, not after it
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
@@ -680,19 +670,9 @@ def score(
     if snapshot is not None and snapshot > dt.datetime.now(dt.UTC):
         raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
     check_scores_path(out, "--out")
-    _require_events(events)  # before the contacts beside it
-    folder = events if events.is_dir() else events.parent
-    if contacts is not None and not contacts.exists():
-        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
-    contacts_path = contacts or folder / "contacts.parquet"
-    if not contacts_path.exists() and not assume_consent:
-        raise InputError(
-            f"no contacts table ({contacts_path} does not exist), so no marketing consent is "
-            "known and no contact may be scored; give --contacts, or pass --assume-consent if "
-            "every contact opted in"
-        )
+    contacts_path = _contacts_for(events, contacts, assume_consent, "scored")
     _not_an_input(out, events, contacts_path)
-    _not_a_data_table(out, folder)
+    _not_a_data_table(out, events if events.is_dir() else events.parent)
     if previous is not None and previous.resolve() == out.resolve():
         raise InputError(
             f"--previous {previous} is the --out file: this run would write over the scores it "
@@ -727,6 +707,7 @@ def score(
             f"{snapshot:%Y-%m-%d}; give the scores of an earlier run"
         )
     configure_tracking(existing_store(tracking_uri))
+    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     settings = load_training_settings(config, model_name=model_name)
     service_settings = ServiceSettings(
         model_name=settings.registry.model_name,
@@ -1304,6 +1285,24 @@ def _can_write(out: Path, kind: str = "Parquet") -> None:
             f"cannot write {out}: {error.strerror or error} (is every folder above it a "
             "folder you may write to?)"
         ) from None
+
+
+def _contacts_for(events: Path, contacts: Path | None, assume_consent: bool, done: str) -> Path:
+    """The contacts table of ``--events`` (``--contacts``, else contacts.parquet beside the
+    events); without one nobody's consent is known, and no contact may be ``done`` (exported,
+    scored) unless the user says every contact opted in."""
+    _require_events(events)  # before the contacts beside it
+    folder = events if events.is_dir() else events.parent
+    if contacts is not None and not contacts.exists():
+        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
+    contacts_path = contacts or folder / "contacts.parquet"
+    if not contacts_path.exists() and not assume_consent:
+        raise InputError(
+            f"no contacts table ({contacts_path} does not exist), so no marketing consent is "
+            f"known and no contact may be {done}; give --contacts, or pass --assume-consent if "
+            "every contact opted in"
+        )
+    return contacts_path
 
 
 def _count(n: int, noun: str) -> str:

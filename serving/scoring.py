@@ -17,7 +17,6 @@ from typing import Any
 import polars as pl
 
 from features.consent import refuse_padded_ids, restrict_to_consented
-from features.engine import EventsInput, build_contact_features
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
 from training.pyfunc import PROBABILITY_COLUMNS
@@ -58,39 +57,6 @@ class Scores:
     missing_attributes: tuple[str, ...] = ()
 
 
-def score_contacts(
-    model: Any,
-    events: EventsInput,
-    contacts: Any,
-    *,
-    as_of: dt.datetime,
-    model_name: str,
-    model_version: str,
-    assume_consent: bool = False,
-    reasons: bool = True,
-    built: Callable[[int, int], None] | None = None,
-    scored: Callable[[int, int], None] | None = None,
-) -> Scores:
-    """Every contact the feature engine sees as of ``as_of`` (an event in the longest window,
-    or listed in ``contacts``) and who consented to marketing, scored by ``model`` (a
-    ``FunnelcastModel``) from features built with the model's own spec and rules. ``built``
-    and ``scored`` are told (done, total) as the features' parts and the score chunks end."""
-    features = build_contact_features(
-        events, contacts, as_of=as_of, spec=model.spec, rules=model.rules, progress=built
-    )
-    return score_features(
-        model,
-        features,
-        contacts,
-        as_of=as_of,
-        model_name=model_name,
-        model_version=model_version,
-        assume_consent=assume_consent,
-        reasons=reasons,
-        scored=scored,
-    )
-
-
 def score_features(
     model: Any,
     features: pl.DataFrame,
@@ -103,8 +69,11 @@ def score_features(
     reasons: bool = True,
     scored: Callable[[int, int], None] | None = None,
 ) -> Scores:
-    """``score_contacts`` of features built already, by either engine with the model's spec
-    and rules as of ``as_of``: the consented contacts' rows scored in chunks."""
+    """The consented contacts among ``features`` (built as of ``as_of`` with the model's
+    spec and rules, by either engine: every contact with an event in the longest window, or
+    listed in ``contacts``) scored by ``model`` (a ``FunnelcastModel``) in chunks, ``scored``
+    told (done, total) as each ends. An attribute the model reads that ``features`` lacks
+    (no contacts table, or one without the column) is a missing value, as in the service."""
     consented = restrict_to_consented(features, contacts, assume_consent=assume_consent)
     kept = consented.kept
     if kept.height == 0:
