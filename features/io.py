@@ -192,7 +192,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
 
 
 def write_csv_atomic(table: pa.Table, path: Path) -> Path:
-    """``write_parquet_atomic``, as CSV with a header line (UTF-8, RFC 4180 quoting)."""
+    """``write_parquet_atomic``, as CSV with a header line (UTF-8, text quoted, lines ending
+    in LF)."""
     return _write_file_atomic(table, Path(path), "CSV", _write_csv_atomic)
 
 
@@ -203,11 +204,29 @@ def _write_file_atomic(
         raise InputError(f"{path} is a folder; give a file name for the {kind} output")
     with _terminate_like_interrupt():
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _sweep_leftovers(path.parent, path.name)
-            return write(table, path)
+            with made_folders(path.parent, keep=True):
+                _sweep_leftovers(path.parent, path.name)
+                return write(table, path)
         except OSError as error:
             raise _unwritable(str(path), path.parent, error) from error
+
+
+@contextlib.contextmanager
+def made_folders(folder: Path, *, keep: bool) -> Iterator[None]:
+    """``folder`` and the folders above it that do not exist yet are made for the block;
+    those it made are removed again (when empty) if the block fails, and after it unless
+    ``keep``: a refused or failed write leaves no folders behind."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    failed = True
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+        failed = False
+    finally:
+        if failed or not keep:
+            for made in missing:  # deepest first
+                with contextlib.suppress(OSError):
+                    made.rmdir()
 
 
 def _write_csv_atomic(table: pa.Table, path: Path) -> Path:

@@ -545,6 +545,7 @@ def features(
     rules = load_rules_settings(config)
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
     _not_an_input(out, events, contacts_path)
+    _not_a_data_table(out, events if events.is_dir() else events.parent)
     _can_write(out)  # before the build, not after it
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
@@ -661,7 +662,13 @@ def score(
     from features.engine import build_contact_features, scan_events
     from features.io import read_table, write_csv_atomic, write_parquet_atomic
     from serving.runtime import ServiceSettings, registered_model
-    from serving.scoring import check_scores_path, previous_as_of, read_scores, score_features
+    from serving.scoring import (
+        check_scores_path,
+        other_model,
+        previous_as_of,
+        read_scores,
+        score_features,
+    )
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
 
@@ -703,8 +710,8 @@ def score(
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:
         raise InputError(
-            f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before --as-of "
-            f"{snapshot:%Y-%m-%d}; give the scores of an earlier run"
+            f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before this "
+            f"run's as_of {snapshot:%Y-%m-%d}; give the scores of an earlier run"
         )
     configure_tracking(existing_store(tracking_uri))
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
@@ -785,28 +792,13 @@ def score(
         f"{result.contacts_without_consent:,} without marketing consent were not scored."
     )
     _print_scored_funnel(table, earlier, then)
-    if earlier is not None and "model_version" in earlier.columns:
-        before = (
-            earlier.select(
-                pl.concat_str(
-                    pl.col("model_name").cast(pl.String)
-                    if "model_name" in earlier.columns
-                    else pl.lit("?"),
-                    pl.lit(" version "),
-                    pl.col("model_version").cast(pl.String),
-                )
-            )
-            .to_series()
-            .unique()
-            .to_list()
-        )
+    change = other_model(earlier, str(info.model_name), str(info.model_version))
+    if change is not None:
         now = f"{info.model_name} version {info.model_version}"
-        if before != [now]:
-            shown = ", ".join(str(b) for b in before[:3])
-            console.print(
-                f"The previous scores are of {escape(shown)} and these of {escape(now)}: the "
-                "movement is the models' difference as well as the contacts'."
-            )
+        console.print(
+            f"The previous scores are of {escape(change)} and these of {escape(now)}: the "
+            "movement is the models' difference as well as the contacts'."
+        )
 
 
 def _print_scored_funnel(table: Any, earlier: Any, then: dt.datetime | None) -> None:
@@ -1268,17 +1260,18 @@ def _simulate_into(
 
 
 def _can_write(out: Path, kind: str = "Parquet") -> None:
-    """``out`` can be written: its folder exists (or is made) and takes a new file; otherwise
-    the ``InputError`` the write would give, now."""
+    """``out`` can be written: its folder exists (or can be made) and takes a new file;
+    otherwise the ``InputError`` the write would give, now. Folders made to try it are
+    removed again: the write makes them."""
     import tempfile
+
+    from features.io import made_folders
 
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name for the {kind} output")
     check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
-    if not out.parent.exists():
-        return  # its nearest folder takes new files (above); the write makes the rest
     try:
-        with tempfile.TemporaryFile(dir=out.parent):
+        with made_folders(out.parent, keep=False), tempfile.TemporaryFile(dir=out.parent):
             pass
     except OSError as error:
         raise InputError(
@@ -1318,7 +1311,7 @@ def _not_a_data_table(out: Path, folder: Path) -> None:
     target = out.resolve()
     if target.parent == folder.resolve() and target.name in {f"{t}.parquet" for t in DATA_TABLES}:
         raise InputError(
-            f"--out {out} is the {target.stem} table of the events' folder; write the scores "
+            f"--out {out} is the {target.stem} table of the events' folder; write the output "
             "elsewhere"
         )
 

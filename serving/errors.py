@@ -106,6 +106,6 @@ def _time_of_day_out_of_range(problem: dict[str, Any]) -> str | None:
     if problem.get("type") != "datetime_from_date_parsing" or "extra characters" not in message:
         return None
     return (
-        f"{message}, or a time of day out of range: hours run 00-23, minutes and seconds "
-        "00-59 (a leap second's :60 is not accepted: give :59)"
+        f"{message}; if a time of day follows the date, it may be out of range: hours run "
+        "00-23, minutes and seconds 00-59 (a leap second's :60 is not accepted: give :59)"
     )

@@ -9,6 +9,7 @@ that a notebook can call the same functions."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ SCORE_COLUMNS = (
     "model_version",
 )
 SCORE_FORMATS = (".parquet", ".csv")
+# the columns of earlier scores that are read (the rest, reasons' text and all, is not)
+_READ = ("contact_id", "stage", "as_of", "model_name", "model_version")
 # the smallest stage (contacts in the previous scores) whose movement back is named as a leak
 MIN_LEAK_CONTACTS = 30
 
@@ -139,7 +142,15 @@ def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
         raise InputError(f"{option} {path} does not exist; give the scores file of a run before")
     csv = path.suffix.lower() == ".csv"
     try:
-        frame = pl.read_csv(path, infer_schema=False) if csv else pl.read_parquet(path)
+        if csv:
+            names = pl.read_csv(path, infer_schema=False, n_rows=0).columns
+        else:
+            names = list(pl.read_parquet_schema(path))
+        used = [name for name in _READ if name in names]  # not the reasons' text
+        if csv:
+            frame = pl.read_csv(path, infer_schema=False, columns=used)
+        else:
+            frame = pl.read_parquet(path, columns=used)
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
         # the reader's message may quote the file's lines, contact ids among them
         raise InputError(
@@ -157,7 +168,14 @@ def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
             f"{option} {path}: contact_id holds decimal numbers (1.0 is not the id 1); give "
             "the ids as text, as `funnelcast score` writes them"
         )
-    frame = frame.with_columns(pl.col("contact_id", "stage").cast(pl.String))
+    try:
+        frame = frame.with_columns(pl.col("contact_id", "stage").cast(pl.String))
+    except pl.exceptions.PolarsError:
+        kinds = f"{frame.schema['contact_id']} and {frame.schema['stage']}"
+        raise InputError(
+            f"{option} {path}: contact_id and stage hold {kinds}, not text; give a scores file "
+            "written by `funnelcast score`"
+        ) from None
     _refuse_rows(frame, pl.col("contact_id").is_null(), "without a contact_id", path, option)
     refuse_padded_ids(frame["contact_id"], f"{option} {path}")
     _refuse_rows(frame, pl.col("stage").is_null(), "without a stage", path, option)
@@ -208,10 +226,14 @@ def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
         )
     if column.dtype == pl.String:
         text = column.str.strip_chars()
-        unread = int((text.is_null() | ~text.str.contains(_ISO_MOMENT)).sum())
+        # each distinct text read once (a run's file holds one); its shape, then its values
+        # (2026-13-45 has the shape of a date and is none)
+        read = {value: _iso(value) for value in text.drop_nulls().unique().to_list()}
+        unread = int(text.is_null().sum()) + sum(
+            int((text == value).sum()) for value, moment in read.items() if moment is None
+        )
         if not unread:
-            moments = [_iso(value) for value in text.to_list()]
-            return pl.Series(column.name, moments, dtype=pl.Datetime("us", "UTC"))
+            return text.replace_strict(read, return_dtype=pl.Datetime("us", "UTC"))
         why = f"{unread:,} value(s) that are not ISO 8601 dates or moments (2026-12-07T00:00:00Z)"
     else:
         why = f"values of type {column.dtype}"
@@ -221,8 +243,14 @@ def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
     )
 
 
-def _iso(text: str) -> dt.datetime:
-    moment = dt.datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+def _iso(text: str) -> dt.datetime | None:
+    """An ISO 8601 date or moment in UTC; None for anything else."""
+    if not re.fullmatch(_ISO_MOMENT, text):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+    except ValueError:
+        return None
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
@@ -233,6 +261,29 @@ def previous_as_of(previous: pl.DataFrame) -> dt.datetime | None:
         return None
     moment = previous.get_column("as_of").max()
     return moment if isinstance(moment, dt.datetime) else None
+
+
+_SHOWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
+
+def other_model(previous: pl.DataFrame | None, name: str, version: str) -> str | None:
+    """How to name the model(s) of earlier scores when one is not this run's (by the columns
+    they have: ``model_version``, and ``model_name`` when present); None when they are this
+    model's or do not say. Values that do not look like a registered name and a version
+    number are not shown (a file's columns may be swapped): "another model" then."""
+    if previous is None or "model_version" not in previous.columns:
+        return None
+    columns = ["model_version"] + (["model_name"] if "model_name" in previous.columns else [])
+    pairs = previous.select(pl.col(columns).cast(pl.String)).drop_nulls().unique()
+    theirs = {
+        (row.get("model_name", name), row["model_version"]) for row in pairs.iter_rows(named=True)
+    }
+    if not theirs or theirs == {(name, version)}:
+        return None
+    shown = sorted(theirs)[:3]
+    if all(_SHOWN_NAME.fullmatch(n) and v.isdigit() for n, v in shown):
+        return ", ".join(f"{n} version {v}" for n, v in shown)
+    return "another model"
 
 
 @dataclass(frozen=True)

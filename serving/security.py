@@ -3,9 +3,10 @@
 Checked before the body is read: a request without a valid key costs the service nothing but
 the comparison. Keys come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and are
 compared in constant time against every configured key (``hmac.compare_digest`` on their
-SHA-256 digests, so neither the key nor its length leaks through timing); a request that
-presents both headers is let in only when both keys are valid. A refused request gets 401
-with no detail; keys are never logged or echoed.
+SHA-256 digests, so neither the key nor its length leaks through timing). A request with
+both headers is judged by its ``X-API-Key``, whatever their order (a gateway in front may set
+an ``Authorization`` of its own). A refused request gets 401 with no detail; keys are never
+logged or echoed.
 
 Probes (``/healthz``, ``/livez``, ``/readyz``), Prometheus' ``/metrics`` and the API
 documentation stay open: they carry no contact data.
@@ -55,24 +56,25 @@ class KeyCheck:
 
 
 def presented_keys(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    """Every key from ``Authorization: Bearer ...`` and ``X-API-Key`` headers, in their order
-    (empty ones are none)."""
-    keys = []
+    """The keys a request presents: its ``X-API-Key`` header(s) when it has one, else its
+    ``Authorization: Bearer ...`` token(s); empty ones are none. ``X-API-Key`` is funnelcast's
+    own header, so it wins over an ``Authorization`` that a gateway in front of the service
+    may set for itself, whatever the headers' order."""
+    api_keys, bearer = [], []
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"authorization":
             text = value.decode("latin-1").strip()
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                keys.append(token.strip())
+                bearer.append(token.strip())
         elif lowered == b"x-api-key" and value.strip():
-            keys.append(value.decode("latin-1").strip())
-    return keys
+            api_keys.append(value.decode("latin-1").strip())
+    return api_keys or bearer
 
 
 def authorized(check: KeyCheck, keys: Sequence[str]) -> bool:
-    """A request presents a key and every key it presents is valid: a wrong key is refused
-    whichever header it came in, and whether a right one came first or after it."""
+    """A request presents a key (``presented_keys``), and every one it presents is valid."""
     ok = bool(keys)
     for key in keys:  # each is checked, none skipped
         ok &= check.accepts(key)

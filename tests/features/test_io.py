@@ -70,6 +70,10 @@ def test_a_csv_is_written_whole_or_not_at_all(
         write_csv_atomic(pa.table({"id": ["b"]}), target)
     assert target.read_text("utf-8").startswith('"id","reason"')
     assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+    # the folders a failed write made are removed again
+    with pytest.raises(InputError, match="disk full"):
+        write_csv_atomic(pa.table({"id": ["b"]}), tmp_path / "new" / "sub" / "scores.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
 
 
 def test_several_tables_are_written_all_or_nothing(

@@ -259,8 +259,8 @@ def test_a_time_of_day_out_of_range_is_said_so(
         assert answer["field"] == named
         assert answer["error"].startswith(f"{named}: Input should be a valid datetime")
         assert answer["error"].endswith(
-            ", or a time of day out of range: hours run 00-23, minutes and seconds 00-59 "
-            "(a leap second's :60 is not accepted: give :59)"
+            "; if a time of day follows the date, it may be out of range: hours run 00-23, "
+            "minutes and seconds 00-59 (a leap second's :60 is not accepted: give :59)"
         )
         assert answer["detail"][0]["msg"].endswith("extra characters at the end of the input")
 

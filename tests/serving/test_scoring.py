@@ -19,10 +19,11 @@ from features.consent import restrict_to_consented
 from features.engine import build_contact_features
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
+from serving import cli
 from serving.cli import app
 from serving.runtime import ServiceSettings, load_scorer, registered_model
 from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
-from serving.scoring import SCORE_COLUMNS, movement, previous_as_of, read_scores
+from serving.scoring import SCORE_COLUMNS, movement, other_model, previous_as_of, read_scores
 
 pytestmark = pytest.mark.slow
 
@@ -232,6 +233,15 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
             "scores.parquet",
             "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments",
         ),
+        *(
+            (
+                pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": [moment]}),
+                "scores.parquet",
+                "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments",
+            )
+            # the shape of a moment, and none (review: these were a ValueError's traceback)
+            for moment in ("2026-13-45", "2026-12-07T24:00", "2026-12-07Z")
+        ),
         (
             pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": [1_800_000_000]}),
             "scores.parquet",
@@ -240,7 +250,7 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
         (
             pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": ["2026-04-20"]}),
             "scores.parquet",
-            "holds scores as of 2026-04-20, not before --as-of 2026-04-20",
+            "holds scores as of 2026-04-20, not before this run's as_of 2026-04-20",
         ),
     ],
 )
@@ -375,7 +385,7 @@ def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
         args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
         result = _score(served, *args, "--previous", str(previous))
         assert isinstance(result.exception, InputError), (name, result.output)
-        assert "not before --as-of 2026-04-20" in str(result.exception)
+        assert "not before this run's as_of 2026-04-20" in str(result.exception)
 
 
 def test_what_would_go_wrong_quietly_is_refused_or_said(
@@ -394,6 +404,9 @@ def test_what_would_go_wrong_quietly_is_refused_or_said(
     assert isinstance(result.exception, InputError)
     assert "matches --events" in str(result.exception)
     result = _score(served, "--events", str(data), "--out", str(data / "stage_history.parquet"))
+    assert "is the stage_history table of the events' folder" in str(result.exception)
+    history = ["--out", str(data / "stage_history.parquet"), "--as-of", "2026-04-20"]
+    result = CliRunner().invoke(app, ["features", "--events", str(data), *history])
     assert "is the stage_history table of the events' folder" in str(result.exception)
 
     nobody = tmp_path / "nobody"
@@ -442,16 +455,30 @@ def test_other_contacts_or_another_model_in_the_previous_scores_are_said(
 
 
 def test_a_narrow_terminal_wraps_the_tables_but_cuts_no_figure(
-    served: Served, data: Path, scored: Path, tmp_path: Path
+    served: Served, data: Path, scored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     previous = pl.read_parquet(scored).with_columns(pl.col("as_of").dt.offset_by("-7d"))
     out = tmp_path / "scores.parquet"
     args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
     args += ["--previous", str(_previous(tmp_path, previous))]
-    result = CliRunner().invoke(
-        app, ["score", "--tracking-uri", served.store, *args], env={"COLUMNS": "60"}
-    )
+    monkeypatch.setattr(cli.console, "_width", 60)  # fixed when the console was made
+    result = _score(served, *args)
     assert result.exit_code == 0, result.output
     tables = result.output[result.output.index("Contacts by predicted stage") :]
     assert "…" not in tables  # (a progress bar's long path is shortened: not a figure)
     assert tables.count("consideration") == 2
+
+
+def test_the_previous_model_is_named_only_when_it_is_another_and_only_as_a_model_name() -> None:
+    """Review: a file without model_name was "? version 1", another model; a null version
+    printed "None"; the values were shown unchecked (a file's columns may be swapped)."""
+    frame = pl.DataFrame({"contact_id": ["a", "b"], "model_version": ["1", None]})
+    assert other_model(frame, "funnelcast", "1") is None  # no name: the version alone decides
+    assert other_model(frame, "funnelcast", "2") == "funnelcast version 1"
+    named = frame.with_columns(model_name=pl.lit("funnelcast-olist"))
+    assert other_model(named, "funnelcast-olist", "1") is None
+    assert other_model(named, "funnelcast", "1") == "funnelcast-olist version 1"
+    swapped = frame.with_columns(model_name=pl.lit("jane@example.com"))
+    assert other_model(swapped, "funnelcast", "1") == "another model"
+    assert other_model(pl.DataFrame({"contact_id": ["a"]}), "funnelcast", "1") is None
+    assert other_model(None, "funnelcast", "1") is None
