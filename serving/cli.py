@@ -697,10 +697,19 @@ def score(
                 "marketing consent, so there is nobody to score; give the contacts table with "
                 "their consent"
             )
+    span = scan_events(events).select(
+        pl.col("timestamp").min().alias("first"), pl.col("timestamp").max().alias("last")
+    )
+    first, last = span.collect().row(0)
+    if last is None:
+        raise InputError(f"--events {events} holds no events; give the events to score from")
+    if snapshot is not None and snapshot <= first:
+        console.print(
+            f"[yellow]--as-of {snapshot:%Y-%m-%d} is not after the first event "
+            f"({first:%Y-%m-%d}):[/] no contact has an event before it, so every contact listed "
+            "is scored dormant or on its attributes alone."
+        )
     if snapshot is None:
-        last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
-        if last is None:
-            raise InputError(f"--events {events} holds no events; give the events to score from")
         if last > dt.datetime.now(dt.UTC):
             raise InputError(
                 f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "

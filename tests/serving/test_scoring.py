@@ -162,6 +162,21 @@ def test_the_movement_counts_each_previous_stage_by_where_its_contacts_are_now()
     assert stayed.new == 0
 
 
+def test_an_as_of_before_every_event_is_said(served: Served, data: Path, tmp_path: Path) -> None:
+    """Review: --as-of before the events scored every listed contact, nearly all dormant,
+    without a word."""
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2020-01-01", "--out", str(out), "--no-reasons"]
+    result = _score(served, *args)
+    assert result.exit_code == 0, result.output
+    first = pl.DataFrame(served.events)["timestamp"].min()
+    said = " ".join(result.output.split())
+    assert f"--as-of 2020-01-01 is not after the first event ({first:%Y-%m-%d}):" in said
+    assert pl.read_parquet(out).height == pl.DataFrame(served.contacts)["marketing_consent"].sum()
+    later = _score(served, *args[:3], "2026-04-20", *args[4:])
+    assert "is not after the first event" not in later.output
+
+
 def test_the_default_as_of_is_the_day_after_the_last_event(
     served: Served, data: Path, tmp_path: Path
 ) -> None:
