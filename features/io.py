@@ -188,13 +188,13 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     place that cannot take the file (a folder of that name, a file where a folder goes, no
     permission, a full disk) is an ``InputError`` naming it; nothing is left behind, after
     Ctrl-C or SIGTERM either."""
-    return _write_file_atomic(table, Path(path), "Parquet", _write_parquet_atomic)
+    return _write_file_atomic(table, Path(path), "Parquet", _write_file)
 
 
 def write_csv_atomic(table: pa.Table, path: Path) -> Path:
     """``write_parquet_atomic``, as CSV with a header line (UTF-8, text quoted, lines ending
     in LF)."""
-    return _write_file_atomic(table, Path(path), "CSV", _write_csv_atomic)
+    return _write_file_atomic(table, Path(path), "CSV", _write_csv)
 
 
 def _write_file_atomic(
@@ -229,15 +229,17 @@ def made_folders(folder: Path, *, keep: bool) -> Iterator[None]:
                     made.rmdir()
 
 
-def _write_csv_atomic(table: pa.Table, path: Path) -> Path:
+def _write_csv(table: pa.Table, path: Path) -> Path:
     import pyarrow.csv as pacsv
 
-    return _write_parquet_atomic(table, path, write=pacsv.write_csv)
+    return _write_file(table, path, write=pacsv.write_csv)
 
 
-def _write_parquet_atomic(
+def _write_file(
     table: pa.Table, path: Path, write: Callable[[pa.Table, Path], None] | None = None
 ) -> Path:
+    """``table`` into ``path`` by ``write`` (default: Parquet, zstd) through a temporary file
+    beside it, synced and renamed into place."""
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
     )
@@ -375,9 +377,7 @@ def write_tables_atomic(
             raise _unwritable(f"into {out_dir}", out_dir, error) from None
         try:
             staged = {
-                name: _write_parquet_atomic(
-                    _marked(tables[name], name), staging / f"{name}.parquet"
-                )
+                name: _write_file(_marked(tables[name], name), staging / f"{name}.parquet")
                 for name in new
             }
             return _swap_in(staged, stale, out_dir, removed, foreign, set_aside)

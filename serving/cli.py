@@ -545,7 +545,6 @@ def features(
     rules = load_rules_settings(config)
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
     _not_an_input(out, events, contacts_path)
-    _not_a_data_table(out, events if events.is_dir() else events.parent)
     _can_write(out)  # before the build, not after it
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
@@ -679,7 +678,6 @@ def score(
     check_scores_path(out, "--out")
     contacts_path = _contacts_for(events, contacts, assume_consent, "scored")
     _not_an_input(out, events, contacts_path)
-    _not_a_data_table(out, events if events.is_dir() else events.parent)
     if previous is not None and previous.resolve() == out.resolve():
         raise InputError(
             f"--previous {previous} is the --out file: this run would write over the scores it "
@@ -1312,23 +1310,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def _not_a_data_table(out: Path, folder: Path) -> None:
-    """``--out`` is not one of the tables of the events' folder (``stage_history.parquet``,
-    the simulator's true stages, or another run's rejects), which a write would replace."""
-    from features.io import DATA_TABLES
-
-    target = out.resolve()
-    if target.parent == folder.resolve() and target.name in {f"{t}.parquet" for t in DATA_TABLES}:
-        raise InputError(
-            f"--out {out} is the {target.stem} table of the events' folder; write the output "
-            "elsewhere"
-        )
-
-
 def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
-    """``--out`` is neither an input file nor a file the events folder would read as events
-    the next time (a folder without events.parquet is read as all its Parquet files)."""
+    """``--out`` is neither an input file, nor a file the events folder would read as events
+    the next time (a folder without events.parquet is read as all its Parquet files), nor
+    one of that folder's other tables (``stage_history.parquet``, the simulator's true
+    stages, or a run's rejects), which the write would replace."""
     from features.engine import SIBLING_TABLES
+    from features.io import DATA_TABLES
 
     target = out.resolve()
     inputs = {contacts.resolve()}
@@ -1353,6 +1341,12 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
         )
     if target in inputs:
         raise InputError(f"--out {out} is one of the input files; give another file name")
+    folder = events.parent if "*" in events.name or not events.is_dir() else events
+    if target.parent == folder.resolve() and target.name in {f"{t}.parquet" for t in DATA_TABLES}:
+        raise InputError(
+            f"--out {out} is the {target.stem} table of the events' folder; write the output "
+            "elsewhere"
+        )
 
 
 def _build_features_on_spark(
