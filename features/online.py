@@ -267,8 +267,9 @@ def _attributes(
         else:
             named.append((name, name, None if value is None else str(value)))
     out = {output: value for output, _, value in named}
-    # a name taken twice, or a feature's: refused as the batch engines refuse it (checked
-    # only then, as this runs for every request)
-    if len(out) < len(named) or not out.keys().isdisjoint(spec.taken_names):
+    # a name taken twice, or a feature's, but for case: refused as the batch engines refuse
+    # it (the names looked at, without case, only then, as this runs for every request)
+    without_case = {output.casefold() for output in out}
+    if len(without_case) < len(named) or not without_case.isdisjoint(spec.taken_without_case):
         spec.check_attribute_columns((output, name) for output, name, _ in named)
     return out

@@ -170,8 +170,14 @@ def build_contact_features_spark(
     columns += _derived_columns(spec)
     if spec.rules_stage:
         columns.append(_rules_stage(rules).alias("rules_stage"))
-    columns += [F.col(name) for name in attributes]
+    columns += [_named(name) for name in attributes]
     return frame.select(*columns).orderBy("contact_id")
+
+
+def _named(name: str) -> Column:
+    """The column called ``name``, whatever it holds: ``F.col`` reads a dot as a struct's field
+    and backticks as quotes, and a contacts table's columns may have either (``crm.segment``)."""
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 # Spark raises an event type or channel outside the contract as a query error when the rows
@@ -604,7 +610,7 @@ def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Colu
     """The rule of ``features.engine``: text stays text (categorical in Polars), dates become
     days before as_of (missing when after it), booleans and numbers floats; other types (lists,
     structs) are left out on purpose. The feature's name, the column's, and the feature."""
-    name, column, kind = field.name, F.col(field.name), field.dataType
+    name, column, kind = field.name, _named(field.name), field.dataType
     if isinstance(kind, T.StringType):
         return name, name, column.alias(name)
     if isinstance(kind, T.DateType | T.TimestampType | T.TimestampNTZType):

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -226,27 +227,42 @@ class FeatureSpec:
         """The names no attribute feature may take: the spec's features and the reserved."""
         return frozenset(self.names) | _RESERVED_NAMES
 
+    @cached_property
+    def taken_without_case(self) -> dict[str, str]:
+        """``taken_names`` by their names without case (Spark reads names so): the name."""
+        return {name.casefold(): name for name in self.taken_names}
+
     def check_attribute_columns(self, columns: Iterable[tuple[str, str]]) -> None:
         """The attribute features' names (``columns``: each output name and the contacts column
         it comes from) clash with no feature of the spec, no reserved name and each other (a
         date column ``signup`` and a number column ``days_since_signup``); a clash is a
         ``SpecError`` naming the column(s), for every engine (a join would otherwise rename
         one side, or fail)."""
-        seen: dict[str, str] = {}
+        fix = "list the attributes to use under `attributes:` in your copy of the spec"
+        seen: dict[str, tuple[str, str]] = {}  # by the name without case: Spark reads it so
         for output, column in columns:
-            if output in seen:
+            earlier = seen.get(output.casefold())
+            if earlier is not None and earlier[0] == output:
                 raise SpecError(
-                    f"the contacts table's columns `{seen[output]}` and `{column}` would both be "
-                    f"the attribute feature `{output}`; rename one, or list the attributes to "
-                    "use under `attributes:` in your copy of the spec"
+                    f"the contacts table's columns `{earlier[1]}` and `{column}` would both be "
+                    f"the attribute feature `{output}`; rename one, or {fix}"
                 )
-            seen[output] = column
-            if output in self.taken_names:
+            if earlier is not None:
+                raise SpecError(
+                    f"the contacts table's columns `{earlier[1]}` and `{column}` would be the "
+                    f"attribute features `{earlier[0]}` and `{output}`, which differ only in "
+                    f"case (Spark reads them as one name); rename one, or {fix}"
+                )
+            seen[output.casefold()] = (output, column)
+            taken = self.taken_without_case.get(output.casefold())
+            if taken is not None:
+                alike = (
+                    "" if taken == output else f" (`{taken}`, but for case, which Spark ignores)"
+                )
                 raise SpecError(
                     f"the contacts table's column `{column}` would be the attribute feature "
-                    f"`{output}`, a name the spec already gives a feature (or reserves); "
-                    "rename the column, or list the attributes to use under `attributes:` in "
-                    "your copy of the spec"
+                    f"`{output}`, a name the spec already gives a feature (or reserves){alike}; "
+                    f"rename the column, or {fix}"
                 )
 
     @property
@@ -476,21 +492,37 @@ def _window_days(window: int | str | None, where: str) -> int | None:
     return window
 
 
+_PLACEHOLDERS: Final = frozenset({"window", "event_type", "channel"})
+
+
 def _fill(template: str, binding: Mapping[str, str], window: int | str | None, where: str) -> str:
     values = dict(binding)
     if window is not None:
         values["window"] = "all" if window == "all" else f"{window}d"
+    fix = (
+        "write placeholders as {window}, {event_type} or {channel}, with nothing else between "
+        "the braces, and other braces doubled ({{ or }})"
+    )
     try:
-        return template.format(**values)
-    except KeyError as error:
-        raise SpecError(
-            f"{where}: the name uses {{{error.args[0]}}}, which neither for_each nor windows gives"
-        ) from error
-    except (IndexError, ValueError, AttributeError) as error:  # "{}", "{window", "{window.x}"
-        raise SpecError(
-            f"{where}: {template!r} is not a name template ({error}); write placeholders as "
-            "{window}, {event_type} or {channel}, and other braces doubled ({{ or }})"
-        ) from error
+        fields = list(string.Formatter().parse(template))
+    except ValueError as error:  # "{window", "}"
+        raise SpecError(f"{where}: {template!r} is not a name template ({error}); {fix}") from None
+    for _, field, format_spec, conversion in fields:
+        if field is None:
+            continue
+        if field not in _PLACEHOLDERS or format_spec or conversion:
+            # "{}", "{window.x}", "{event_type[0]}", "{window:>4}", "{window!r}": Python's
+            # formatting would make a name of them that no one wrote
+            shown = "{" + field + (f"!{conversion}" if conversion else "")
+            shown += (f":{format_spec}" if format_spec else "") + "}"
+            raise SpecError(
+                f"{where}: {template!r} is not a name template ({shown} is no placeholder); {fix}"
+            )
+        if field not in values:
+            raise SpecError(
+                f"{where}: the name uses {{{field}}}, which neither for_each nor windows gives"
+            )
+    return template.format(**values)
 
 
 # the feature table's own columns; and names starting with "_" are the engines' working columns
@@ -536,21 +568,37 @@ def _fingerprint(
 
 
 def _unique_names(names: list[str], origin: str) -> set[str]:
-    seen: set[str] = set()
+    """The feature names are names (letters, digits and '_', not starting with a digit: each
+    is a column in every engine, a LightGBM feature and a word in derived expressions), each
+    declared once, and no two differ only in case (Spark, and many CRM imports, read column
+    names without case). Otherwise a ``SpecError`` naming them."""
+    seen: dict[str, str] = {}
     for name in names:
-        if name in seen:
+        other = seen.get(name.casefold())
+        if other == name:
             raise SpecError(
                 f"{origin}: feature {name!r} is declared twice (a name over several windows "
                 "or event types needs {window}, {event_type} or {channel} in it)"
             )
-        if name.startswith("_") or name in _RESERVED_NAMES:
+        if not name.isidentifier():
+            raise SpecError(
+                f"{origin}: feature name {name!r} is not a name; use letters, digits and '_' "
+                "only, not starting with a digit (e.g. email_click_count_7d): it is a column "
+                "in every engine, a LightGBM feature and a word in derived expressions"
+            )
+        if name.startswith("_") or name.casefold() in _RESERVED_NAMES:
             raise SpecError(
                 f"{origin}: feature name {name!r} is reserved (contact_id, as_of, rules_stage "
                 "and names starting with '_' are the feature table's and the engines' own "
                 "columns); rename the feature"
             )
-        seen.add(name)
-    return seen
+        if other is not None:
+            raise SpecError(
+                f"{origin}: features {other!r} and {name!r} differ only in case; Spark reads "
+                "column names without case (so do many CRM imports): rename one"
+            )
+        seen[name.casefold()] = name
+    return set(seen.values())
 
 
 # --- the expression language ------------------------------------------------------------------

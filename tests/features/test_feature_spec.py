@@ -292,10 +292,69 @@ def test_a_session_gap_outside_one_second_to_a_century_is_an_error(gap: str) -> 
     assert parse_feature_spec(BASE.replace("30", "0.5")).session_gap_minutes == 0.5
 
 
-@pytest.mark.parametrize("name", ["views_{}", "n_{window", "n_{window.x}", "n_{0}"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "views_{}",
+        "n_{window",
+        "n_{window.x}",
+        "n_{0}",
+        # Python's formatting would make names no one wrote of these: 'n_  7d', "n_'7d'", 'n_p'
+        "n_{window:>4}",
+        "n_{window!r}",
+        "n_{event_type[0]}_{window}",
+        "n_}{window}",
+    ],
+)
 def test_a_name_that_is_not_a_template_is_an_error_naming_the_entry(name: str) -> None:
-    with pytest.raises(SpecError, match="is not a name template"):
+    with pytest.raises(SpecError, match=r"aggregate '.*' is not a name template"):
         parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', f'"{name}"'))
+
+
+@pytest.mark.parametrize(
+    "name", ["visits.{window}", "^visits_{window}$", "{window}_visits", "visits {window}"]
+)
+def test_a_feature_name_that_is_not_a_name_is_an_error_naming_it(name: str) -> None:
+    # each is a column in every engine (Spark reads a dot as a field of a struct), a LightGBM
+    # feature and a word in derived expressions
+    with pytest.raises(SpecError, match=r"feature name '.*7d.*' is not a name; use letters"):
+        parse_feature_spec(BASE.replace('"{event_type}_count_{window}"', f'"{name}"'))
+
+
+def test_feature_names_in_any_alphabet_are_names() -> None:
+    spec = parse_feature_spec(BASE.replace("_count_", "_köp_"))
+    assert set(spec.names) == {
+        f"{t}_köp_{w}d" for t in ("email_open", "email_click") for w in (7, 28)
+    }
+
+
+def test_an_empty_feature_name_is_an_error() -> None:
+    with pytest.raises(SpecError, match="feature name '' is not a name"):
+        parse_feature_spec(
+            BASE.replace("for_each: {event_type: [email_open, email_click]}", "")
+            .replace('"{event_type}_count_{window}"', '""')
+            .replace("[7, 28]", "[all]")
+        )
+
+
+def test_feature_names_that_differ_only_in_case_are_an_error() -> None:
+    text = (
+        BASE
+        + """  - name: "Email_open_count_{window}"
+    kind: count
+    where: {event_type: [email_open]}
+    windows: [7]
+"""
+    )
+    with pytest.raises(
+        SpecError,
+        match="features 'email_open_count_7d' and 'Email_open_count_7d' differ only in case",
+    ):
+        parse_feature_spec(text)
+    with pytest.raises(SpecError, match="feature name 'AS_OF' is reserved"):
+        parse_feature_spec(
+            text.replace("Email_open_count_{window}", "AS_OF").replace("[7]", "[all]")
+        )
 
 
 def test_a_for_each_over_nothing_is_an_error() -> None:

@@ -324,6 +324,43 @@ def test_two_contacts_columns_giving_one_feature_are_refused_by_every_builder() 
     )
 
 
+@pytest.mark.parametrize(
+    ("columns", "says"),
+    [
+        (
+            {"Segment": ["smb"], "segment": ["b2b"]},
+            "`Segment` and `segment` would be the attribute features `Segment` and `segment`, "
+            "which differ only in case",
+        ),
+        (
+            {"Email_Click_Count_7d": [3.0]},
+            "`Email_Click_Count_7d` would be the attribute feature `Email_Click_Count_7d`, a "
+            r"name the spec already gives a feature \(or reserves\) \(`email_click_count_7d`, "
+            "but for case",
+        ),
+        ({"AS_OF": ["x"]}, "`AS_OF` would be the attribute feature `AS_OF`, a name the spec"),
+    ],
+)
+def test_contacts_columns_whose_names_differ_only_in_case_are_refused_by_every_builder(
+    columns: dict[str, list[object]], says: str
+) -> None:
+    """Spark reads column names without case, so two names that differ only in it would be one
+    column there (an ambiguous reference): every builder refuses them, naming both, so the
+    same contacts table builds the same features in every engine or in none."""
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame({"contact_id": ["a"], "marketing_consent": [True], **columns})
+    _attributes_refused_by_every_builder(events, contacts, says)
+
+
+def test_a_contacts_column_with_a_dot_in_its_name_is_an_attribute_like_any_other() -> None:
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {"contact_id": ["a"], "marketing_consent": [True], "crm.segment": ["smb"], "crm`x": [2]}
+    )
+    batch = _row(build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC), "a")
+    assert (batch["crm.segment"], batch["crm`x"]) == ("smb", 2.0)
+
+
 def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attributes() -> None:
     """A missing date is a missing `days_since_` feature (the online path is told which
     attributes are dates; the batch engines read it from the column's type), and a list

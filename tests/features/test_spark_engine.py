@@ -272,6 +272,46 @@ def test_the_spark_engine_refuses_two_contacts_columns_giving_one_feature(
         spark_features(events, contacts, as_of=AS_OF)
 
 
+def test_the_spark_engine_reads_contacts_columns_with_dots_and_backticks_as_polars_does(
+    spark_features: SparkFeatures,
+) -> None:
+    """``F.col`` reads a dot as a struct's field: a column named ``crm.segment`` is an
+    attribute in Spark as in Polars, not an unresolved column."""
+    events = _first_edge_events()
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ids,
+            "marketing_consent": [True] * len(ids),
+            "crm.segment": ["smb"] * len(ids),
+            "score`x": [1.5] * len(ids),
+        }
+    )
+    expected = build_contact_features(pl.from_arrow(events), contacts, as_of=AS_OF, spec=SPEC)
+    actual = spark_features(events, contacts, as_of=AS_OF)
+    assert {"crm.segment", "score`x"} <= set(actual.columns)
+    _assert_identical(actual, expected)
+
+
+def test_the_spark_engine_refuses_contacts_columns_that_differ_only_in_case(
+    spark_features: SparkFeatures,
+) -> None:
+    from features.spec import SpecError
+
+    events = _first_edge_events()
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    contacts = pl.DataFrame(
+        {
+            "contact_id": ids,
+            "marketing_consent": [True] * len(ids),
+            "Segment": ["smb"] * len(ids),
+            "segment": ["b2b"] * len(ids),
+        }
+    )
+    with pytest.raises(SpecError, match="`Segment` and `segment`, which differ only in case"):
+        spark_features(events, contacts, as_of=AS_OF)
+
+
 def test_the_spark_engine_runs_a_spec_of_all_history_windows_as_polars_does(spark: Any) -> None:
     """No aggregate with a window of days: every contact with an event before as_of is
     eligible in both engines, however old the event."""
