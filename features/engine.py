@@ -1111,7 +1111,12 @@ def join_attributes(
             )
         elif dtype == pl.Boolean or dtype.is_numeric():
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
-        # other types (lists, structs) are not features; they are left out on purpose
+        elif dtype == pl.Null and spec.attributes != "all":
+            # a listed column with no value at all (so no type: this week's export left it
+            # empty): every contact's value is missing, as the online path has it
+            columns.append(pl.col(name).cast(pl.Float64).alias(name))
+        # other types (lists, structs) are not features; they are left out on purpose, and so
+        # is a column of no type under `all` (its kind is unknown)
     spec.check_attribute_columns(
         (column.meta.output_name(), column.meta.root_names()[0]) for column in columns
     )

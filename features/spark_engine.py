@@ -596,7 +596,12 @@ def _eligible_with_attributes(
             f"the feature spec lists attributes {missing} that the contacts table lacks; remove "
             "them from `attributes:` or add them to the contacts"
         )
-    named = [a for name in wanted if (a := _attribute(listed.schema[name], as_of)) is not None]
+    by_name = spec.attributes != "all"
+    named = [
+        a
+        for name in wanted
+        if (a := _attribute(listed.schema[name], as_of, listed=by_name)) is not None
+    ]
     spec.check_attribute_columns((output, source) for output, source, _ in named)
     attributes = [column for _, _, column in named]
     listed = listed.select("contact_id", *attributes, F.lit(True).alias(_LISTED))
@@ -606,7 +611,9 @@ def _eligible_with_attributes(
     return frame.where(recent | F.col(_LISTED).isNotNull()), names
 
 
-def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Column] | None:
+def _attribute(
+    field: T.StructField, as_of: dt.datetime, *, listed: bool
+) -> tuple[str, str, Column] | None:
     """The rule of ``features.engine``: text stays text (categorical in Polars), dates become
     days before as_of (missing when after it), booleans and numbers floats; other types (lists,
     structs) are left out on purpose. The feature's name, the column's, and the feature."""
@@ -622,7 +629,9 @@ def _attribute(field: T.StructField, as_of: dt.datetime) -> tuple[str, str, Colu
             micros = F.unix_micros(column)
         days = _days_before(as_of, micros)
         return f"days_since_{name}", name, F.when(days >= 0, days).alias(f"days_since_{name}")
-    if isinstance(kind, T.BooleanType | T.NumericType):
+    if isinstance(kind, T.BooleanType | T.NumericType) or (
+        isinstance(kind, T.NullType) and listed
+    ):  # a listed column of no type: every value missing, as in the other builders
         return name, name, column.cast("double").alias(name)
     return None
 

@@ -24,7 +24,7 @@ from features.online import build_online_features
 from features.schema import validate
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
-from features.spec import load_feature_spec
+from features.spec import load_feature_spec, parse_feature_spec, shipped_spec_text
 from features.vocabulary import CHANNELS, EVENT_TYPES
 
 SPEC = load_feature_spec()
@@ -359,6 +359,33 @@ def test_a_contacts_column_with_a_dot_in_its_name_is_an_attribute_like_any_other
     )
     batch = _row(build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC), "a")
     assert (batch["crm.segment"], batch["crm`x"]) == ("smb", 2.0)
+
+
+def test_a_listed_contacts_column_with_no_value_is_a_missing_attribute_in_every_builder() -> None:
+    """A column this week's export left empty has no type (Polars' Null): listed under
+    `attributes:`, it is every contact's missing value in every builder, as the online path
+    has it, not dropped without a word; under `all` its kind is unknown and it is no feature."""
+    from features.snapshots import build_training_frame
+
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {"contact_id": ["a"], "marketing_consent": [True], "region": [None], "tier": ["gold"]}
+    )
+    assert contacts.schema["region"] == pl.Null
+    listed = parse_feature_spec(
+        shipped_spec_text().replace("attributes: all", "attributes: [region, tier]")
+    )
+    batch = build_contact_features(events, contacts, as_of=AS_OF, spec=listed)
+    training = build_training_frame(events, contacts, as_of_dates=[AS_OF.date()], spec=listed)
+    online = build_online_features(
+        events.to_dicts(), as_of=AS_OF, spec=listed, contact=contacts.row(0, named=True)
+    )
+    for frame in (batch, training):
+        assert frame.schema["region"] == pl.Float64
+        assert frame.row(0, named=True)["region"] is None
+    assert online["region"] is None
+    assert_frame_equal(training.drop("as_of"), batch.drop("as_of"))
+    assert "region" not in build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC).columns
 
 
 def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attributes() -> None:

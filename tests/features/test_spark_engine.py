@@ -293,6 +293,30 @@ def test_the_spark_engine_reads_contacts_columns_with_dots_and_backticks_as_pola
     _assert_identical(actual, expected)
 
 
+def test_a_listed_contacts_column_with_no_value_is_a_missing_attribute_in_spark_too(
+    spark: Any,
+) -> None:
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec, shipped_spec_text
+
+    spec = parse_feature_spec(
+        shipped_spec_text().replace("attributes: all", "attributes: [region]")
+    )
+    events = _first_edge_events()
+    ids = sorted(set(events.column("contact_id").to_pylist()))
+    contacts = pl.DataFrame(
+        {"contact_id": ids, "marketing_consent": [True] * len(ids), "region": [None] * len(ids)}
+    )
+    expected = build_contact_features(pl.from_arrow(events), contacts, as_of=AS_OF, spec=spec)
+    frame = build_contact_features_spark(
+        spark.createDataFrame(events), contacts, as_of=AS_OF, spec=spec, spark=spark
+    )
+    actual = spark_features_to_polars(frame)
+    assert actual.schema["region"] == pl.Float64
+    assert actual["region"].null_count() == actual.height > 0
+    _assert_identical(actual, expected)
+
+
 def test_the_spark_engine_refuses_contacts_columns_that_differ_only_in_case(
     spark_features: SparkFeatures,
 ) -> None:
