@@ -383,6 +383,41 @@ def test_without_a_contacts_table_the_attributes_are_missing_values_and_said(
         assert answer.propensity == pytest.approx(row["propensity"], abs=1e-12)
 
 
+def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
+    served: Served, tmp_path: Path
+) -> None:
+    """A category exported as numbers (a CRM's kids: 2 instead of "2") would be cast to "2.0",
+    match none of the model's categories and be scored as missing, contact after contact,
+    without a word; a number given as text cannot be read. Both are refused, as the service
+    refuses them with a 400, naming the feature and what it should be."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    category = next(n for n in model.attribute_features if n in model.categories)
+    contacts = pl.from_arrow(served.contacts)
+    assert isinstance(contacts, pl.DataFrame)
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(served.events, data / "events.parquet")
+    contacts.with_columns(pl.col(category).rank("dense").cast(pl.Int64)).write_parquet(
+        data / "contacts.parquet"
+    )
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
+    result = _score(served, *args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InputError)
+    said = " ".join(str(result.exception).split())
+    assert f"feature '{category}' is a number (Float64), but the model reads it as a category" in said
+    assert f"give the contacts table's `{category}` as text" in said
+    assert not out.exists()
+    # and a number the features hold as text
+    features = build_contact_features(
+        served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    number = next(n for n in model.attribute_features if n not in model.categories)
+    with pytest.raises(InputError, match=f"feature '{number}' is text .*reads it as a number"):
+        model.predict_frame(features.with_columns(pl.col(number).cast(pl.String)))
+
+
 def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
     served: Served, data: Path, tmp_path: Path
 ) -> None:
