@@ -266,6 +266,15 @@ class FeatureSpec:
                 )
 
     @property
+    def history_days(self) -> int | None:
+        """How far back before as_of the features read events, in days: the longest window,
+        or None when a feature reads all history (a window of `all`, days since the first
+        event, or the rules stage, whose 'ever purchased' decides retention)."""
+        if self.rules_stage or any(a.window_days is None for a in self.aggregates):
+            return None
+        return self.longest_window_days
+
+    @property
     def longest_window_days(self) -> int | None:
         """The longest lookback of the spec's aggregates, in days; None when every aggregate
         looks at all history (a contact with any event before ``as_of`` is then eligible)."""

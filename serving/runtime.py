@@ -884,6 +884,7 @@ class ModelScorer:
             horizon=int(self.model.horizon_days),
             reasons_method=self.model.reasons_method,
             spec_hash=self.spec.fingerprint,
+            history_days=self.spec.history_days,
             request_attributes={
                 name: "date"
                 if name in self._dates
@@ -1009,9 +1010,11 @@ def _metadata(
     horizon: int | None,
     reasons_method: ReasonsMethod | None = None,
     spec_hash: str | None = None,
+    history_days: int | None = None,
     request_attributes: dict[str, Literal["date", "category", "number"]] | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
+        history_days=history_days,
         attributes=request_attributes or {},
         model=info.model,
         model_name=info.model_name,

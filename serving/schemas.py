@@ -210,8 +210,11 @@ class ContactRequest(BaseModel):
         default=None,
         max_length=MAX_EVENTS_PER_CONTACT,
         description=(
-            f"The contact's raw events, at least the last 90 days, at most "
-            f"{MAX_EVENTS_PER_CONTACT}. Give either events or features."
+            "The contact's raw events before as_of, as far back as the model reads "
+            "(GET /metadata's history_days; null, as for the shipped spec, whose all-history "
+            "counts and the rules' 'ever purchased' read every event: send its whole history), "
+            f"at most {MAX_EVENTS_PER_CONTACT}; a contact with more: send its features "
+            "(funnelcast features). Give either events or features."
         ),
     )
     attributes: dict[str, AttributeValue] | None = Field(
@@ -459,6 +462,15 @@ class ModelMetadata(BaseModel):
             "the kind to send it as: a date as ISO text (the model reads days since it, the "
             "feature days_since_<name>), a category as text, a number as a JSON number (true "
             "and false read as 1 and 0)."
+        ),
+    )
+    history_days: int | None = Field(
+        default=None,
+        description=(
+            "How far back before as_of the model's features read events, in days: a "
+            "raw-events request needs no older event. Null when some feature reads all history "
+            "(the shipped spec's all-history counts, days since the first event, and the rules "
+            "stage's 'ever purchased'): send every event the contact has."
         ),
     )
     stages: list[str] = Field(description="The funnel stages, in funnel order.")

@@ -369,3 +369,18 @@ def test_a_spec_file_that_cannot_be_read_is_an_error_saying_why(tmp_path: Path) 
     latin.write_bytes(BASE.encode() + b"# caf\xe9\n")
     with pytest.raises(SpecError, match="is not UTF-8 text"):
         load_feature_spec(latin)
+
+
+def test_history_days_is_how_far_back_the_features_read() -> None:
+    """What a raw-events request must send: the longest window, or all history when a
+    feature (or the rules stage's 'ever purchased') reads it."""
+    assert load_feature_spec().history_days is None  # the shipped spec reads all history
+    windowed = parse_feature_spec(BASE + "rules_stage: false\n")
+    assert windowed.history_days == 28
+    assert parse_feature_spec(BASE).history_days is None  # the rules stage, on by default
+    assert (
+        parse_feature_spec(
+            BASE.replace("[7, 28]", "[7, all]") + "rules_stage: false\n"
+        ).history_days
+        is None
+    )

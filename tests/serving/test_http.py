@@ -97,6 +97,13 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
         "signup_date": "date",
     }
     assert "days_since_signup_date" in meta["attribute_features"]
+    # the shipped spec reads all history (purchase_count_all, the rules' "ever purchased"):
+    # a raw-events request sends every event, as the events field's description says
+    assert meta["history_days"] is None
+    described = client.get("/docs.json").json()["components"]["schemas"]
+    events = described["ContactRequest"]["properties"]["events"]["description"]
+    assert "history_days" in events
+    assert "at least the last 90 days" not in events
 
 
 @pytest.mark.parametrize(

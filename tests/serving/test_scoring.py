@@ -406,7 +406,9 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     assert result.exit_code != 0
     assert isinstance(result.exception, InputError)
     said = " ".join(str(result.exception).split())
-    assert f"feature '{category}' is a number (Float64), but the model reads it as a category" in said
+    assert (
+        f"feature '{category}' is a number (Float64), but the model reads it as a category" in said
+    )
     assert f"give the contacts table's `{category}` as text" in said
     assert not out.exists()
     # and a number the features hold as text
