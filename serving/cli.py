@@ -47,7 +47,9 @@ if TYPE_CHECKING:  # the data libraries load only when a command needs them: --h
 
     from features.schema import Validated
     from features.spec import FeatureSpec
+    from serving.runtime import ModelInfo
     from training.pipeline import InsufficientDataError
+    from training.pyfunc import FunnelcastModel
 
 app = typer.Typer(
     name="funnelcast",
@@ -352,6 +354,31 @@ def _source_training(
     return {} if model_name is None else {"model_name": model_name}
 
 
+def _registered(
+    config: Path | None,
+    model_name: str | None,
+    alias: str | None,
+    version: str | None,
+    tracking_uri: str | None,
+) -> tuple[FunnelcastModel, ModelInfo]:
+    """The registered model the options name (the configured name and alias by default),
+    loaded as the service loads it: refused when its feature spec does not match this code."""
+    from serving.runtime import ServiceSettings, registered_model
+    from training.settings import load_training_settings
+    from training.tracking import configure_tracking, existing_store
+
+    configure_tracking(existing_store(tracking_uri))
+    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
+    settings = load_training_settings(config, model_name=model_name)
+    service_settings = ServiceSettings(
+        model_name=settings.registry.model_name,
+        alias=alias or settings.registry.champion_alias,
+        version=version,
+        tracking_uri=tracking_uri,
+    )
+    return _with_spinner("Loading the model", lambda: registered_model(service_settings))
+
+
 def _one_model(**given: str | None) -> None:
     """The model to use is named one way: ``--version``, ``--alias`` or ``--bento-model``, or
     none of them (the configured alias). Given two, one would silently win."""
@@ -527,6 +554,23 @@ def features(
             "--assume-consent", help="Without a contacts table: treat every contact as consented."
         ),
     ] = False,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            help="Build the features a registered model reads: its own feature spec and rules "
+            "(as score and the service use them), for precomputed-features requests. With "
+            "--alias or --version; alone, the configured alias (champion).",
+        ),
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(help="With a model: its registry alias (default: the configured one)."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="With a model: its registry version instead of an alias.")
+    ] = None,
+    tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Per-contact features as of a date, from the declarative feature spec (events before the
@@ -536,16 +580,31 @@ def features(
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
 
+    _one_model(alias=alias, version=version)
+    for_model = bool(model_name or alias or version)
+    if for_model and spec is not None:
+        raise InputError(
+            "--spec and a model (--model-name, --alias or --version): the model's features are "
+            "built with its own spec; give one or the other"
+        )
     snapshot = _parse_date(as_of, "--as-of")
     if snapshot > dt.datetime.now(dt.UTC):
         raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
     if out.suffix.lower() != ".parquet":
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
-    feature_spec = load_feature_spec(spec)
-    rules = load_rules_settings(config)
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
     _not_an_input(out, events, contacts_path)
     _can_write(out)  # before the build, not after it
+    if for_model:
+        model, info = _registered(config, model_name, alias, version, tracking_uri)
+        feature_spec, rules = model.spec, model.rules
+        console.print(
+            f"With the feature spec and rules of [bold]{escape(str(info.model_name))}[/] "
+            f"version {info.model_version} ({escape(info.loaded_from())})."
+        )
+    else:
+        feature_spec = load_feature_spec(spec)
+        rules = load_rules_settings(config)
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
         check_contacts(contact_table)  # before any work: consent decides what is written
@@ -660,7 +719,6 @@ def score(
     from features.consent import check_contacts
     from features.engine import build_contact_features, scan_events
     from features.io import read_table, write_csv_atomic, write_parquet_atomic
-    from serving.runtime import ServiceSettings, registered_model
     from serving.scoring import (
         check_scores_path,
         other_model,
@@ -668,8 +726,6 @@ def score(
         read_scores,
         score_features,
     )
-    from training.settings import load_training_settings
-    from training.tracking import configure_tracking, existing_store
 
     _one_model(alias=alias, version=version)
     snapshot = _parse_date(as_of, "--as-of") if as_of else None
@@ -720,16 +776,7 @@ def score(
             f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before this "
             f"run's as_of {snapshot:%Y-%m-%d}; give the scores of an earlier run"
         )
-    configure_tracking(existing_store(tracking_uri))
-    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
-    settings = load_training_settings(config, model_name=model_name)
-    service_settings = ServiceSettings(
-        model_name=settings.registry.model_name,
-        alias=alias or settings.registry.champion_alias,
-        version=version,
-        tracking_uri=tracking_uri,
-    )
-    model, info = _with_spinner("Loading the model", lambda: registered_model(service_settings))
+    model, info = _registered(config, model_name, alias, version, tracking_uri)
     console.print(
         f"Scoring with [bold]{escape(str(info.model_name))}[/] version {info.model_version} "
         f"({escape(info.loaded_from())}) as of {snapshot:%Y-%m-%d}."

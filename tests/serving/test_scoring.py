@@ -4,6 +4,7 @@ scores."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from pathlib import Path
 
@@ -418,6 +419,53 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     number = next(n for n in model.attribute_features if n not in model.categories)
     with pytest.raises(InputError, match=f"feature '{number}' is text .*reads it as a number"):
         model.predict_frame(features.with_columns(pl.col(number).cast(pl.String)))
+
+
+def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
+    served: Served, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`features --version 1` writes the features the registered model reads, with its own
+    spec and rules, as score builds them: precomputed-features requests then score as the
+    score file does. Without a model, the shipped spec and the config's rules: a model
+    trained with other rules (a 14-day lookback) would read other rules stages."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    out = tmp_path / "features.parquet"
+    args = ["features", "--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, "--tracking-uri", served.store, "--version", "1"])
+    assert result.exit_code == 0, result.output
+    assert "With the feature spec and rules of funnelcast version 1" in " ".join(
+        result.output.split()
+    )
+    expected = restrict_to_consented(
+        build_contact_features(
+            served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+        ),
+        served.contacts,
+    ).kept
+    assert_frame_equal(pl.read_parquet(out), expected, check_dtypes=False)
+    # a model trained with other rules: its rules, not the config's, make the rules stage
+    other = copy.copy(model)
+    other.rules = model.rules.model_copy(update={"lookback_days": 14})
+    monkeypatch.setattr(
+        cli,
+        "_registered",
+        lambda *_: (other, registered_model(ServiceSettings(tracking_uri=served.store))[1]),
+    )
+    result = runner.invoke(app, [*args, "--version", "1"])
+    assert result.exit_code == 0, result.output
+    got = pl.read_parquet(out)
+    defaults = build_contact_features(
+        served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    theirs = build_contact_features(
+        served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=other.rules
+    )
+    assert not theirs["rules_stage"].equals(defaults["rules_stage"])  # the rules tell
+    assert_frame_equal(got, restrict_to_consented(theirs, served.contacts).kept, check_dtypes=False)
+    refused = runner.invoke(app, [*args, "--version", "1", "--spec", str(tmp_path / "x.yaml")])
+    assert isinstance(refused.exception, InputError)
+    assert "--spec and a model" in str(refused.exception)
 
 
 def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
