@@ -885,6 +885,7 @@ class ModelScorer:
             reasons_method=self.model.reasons_method,
             spec_hash=self.spec.fingerprint,
             history_days=self.spec.history_days,
+            rules=self.rules,
             request_attributes={
                 name: "date"
                 if name in self._dates
@@ -992,7 +993,7 @@ class RulesScorer:
         return out
 
     def metadata(self, limits: dict[str, int]) -> ModelMetadata:
-        return _metadata(self.info, [], [], limits, horizon=None)
+        return _metadata(self.info, [], [], limits, horizon=None, rules=self.rules)
 
 
 def _rules_reason(stage: str, lookback: int) -> str:
@@ -1011,10 +1012,12 @@ def _metadata(
     reasons_method: ReasonsMethod | None = None,
     spec_hash: str | None = None,
     history_days: int | None = None,
+    rules: RulesSettings | None = None,
     request_attributes: dict[str, Literal["date", "category", "number"]] | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
         history_days=history_days,
+        rules={} if rules is None else rules.model_dump(),
         attributes=request_attributes or {},
         model=info.model,
         model_name=info.model_name,

@@ -473,6 +473,16 @@ class ModelMetadata(BaseModel):
             "stage's 'ever purchased'): send every event the contact has."
         ),
     )
+    rules: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "The rules settings the stage rules run with (lookback_days, "
+            "repeat_visit_min_days): a model's 'rules_stage' feature is computed with them, so "
+            "precomputed features must be built with them too (funnelcast features "
+            "--version N builds them with the model's own); feature_spec_hash does not cover "
+            "them."
+        ),
+    )
     stages: list[str] = Field(description="The funnel stages, in funnel order.")
     horizon_days: int | None = Field(description="The propensity horizon.")
     reasons_method: Literal["path", "treeshap"] | None = Field(

@@ -100,6 +100,8 @@ def test_metadata(client: TestClient, auth: dict[str, str]) -> None:
     # the shipped spec reads all history (purchase_count_all, the rules' "ever purchased"):
     # a raw-events request sends every event, as the events field's description says
     assert meta["history_days"] is None
+    # the rules its rules_stage feature was computed with, which the spec hash does not cover
+    assert meta["rules"] == {"lookback_days": 28, "repeat_visit_min_days": 2}
     described = client.get("/docs.json").json()["components"]["schemas"]
     events = described["ContactRequest"]["properties"]["events"]["description"]
     assert "history_days" in events
