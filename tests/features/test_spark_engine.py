@@ -253,23 +253,36 @@ def test_the_spark_engine_refuses_a_contacts_column_named_like_a_feature(
             spark_features(events, contacts, as_of=AS_OF)
 
 
+@pytest.mark.parametrize(
+    ("columns", "says"),
+    [
+        (
+            {"signup": dt.date(2023, 5, 1), "days_since_signup": 3.0},
+            "`signup` and `days_since_signup` would both be",
+        ),
+        (
+            {"Segment": "smb", "segment": "b2b"},
+            "`Segment` and `segment`, which differ only in case",
+        ),
+    ],
+)
 def test_the_spark_engine_refuses_two_contacts_columns_giving_one_feature(
-    spark_features: SparkFeatures,
+    spark_features: SparkFeatures, columns: dict[str, object], says: str
 ) -> None:
+    """Two columns that would be one feature, or two names Spark reads as one: refused naming
+    both, as every builder refuses them."""
     from features.spec import SpecError
 
     events = _first_edge_events()
+    with pytest.raises(SpecError, match=says):
+        spark_features(events, _contacts_of(events, columns), as_of=AS_OF)
+
+
+def _contacts_of(events: pa.Table, columns: dict[str, object]) -> pl.DataFrame:
+    """A consented contacts row for each contact of ``events``, each with ``columns``' values."""
     ids = sorted(set(events.column("contact_id").to_pylist()))
-    contacts = pl.DataFrame(
-        {
-            "contact_id": ids,
-            "marketing_consent": [True] * len(ids),
-            "signup": [dt.date(2023, 5, 1)] * len(ids),
-            "days_since_signup": [3.0] * len(ids),
-        }
-    )
-    with pytest.raises(SpecError, match="`signup` and `days_since_signup` would both be"):
-        spark_features(events, contacts, as_of=AS_OF)
+    listed = {name: [value] * len(ids) for name, value in columns.items()}
+    return pl.DataFrame({"contact_id": ids, "marketing_consent": [True] * len(ids), **listed})
 
 
 def test_the_spark_engine_reads_contacts_columns_with_dots_and_backticks_as_polars_does(
@@ -278,15 +291,7 @@ def test_the_spark_engine_reads_contacts_columns_with_dots_and_backticks_as_pola
     """``F.col`` reads a dot as a struct's field: a column named ``crm.segment`` is an
     attribute in Spark as in Polars, not an unresolved column."""
     events = _first_edge_events()
-    ids = sorted(set(events.column("contact_id").to_pylist()))
-    contacts = pl.DataFrame(
-        {
-            "contact_id": ids,
-            "marketing_consent": [True] * len(ids),
-            "crm.segment": ["smb"] * len(ids),
-            "score`x": [1.5] * len(ids),
-        }
-    )
+    contacts = _contacts_of(events, {"crm.segment": "smb", "score`x": 1.5})
     expected = build_contact_features(pl.from_arrow(events), contacts, as_of=AS_OF, spec=SPEC)
     actual = spark_features(events, contacts, as_of=AS_OF)
     assert {"crm.segment", "score`x"} <= set(actual.columns)
@@ -303,10 +308,7 @@ def test_a_listed_contacts_column_with_no_value_is_a_missing_attribute_in_spark_
         shipped_spec_text().replace("attributes: all", "attributes: [region]")
     )
     events = _first_edge_events()
-    ids = sorted(set(events.column("contact_id").to_pylist()))
-    contacts = pl.DataFrame(
-        {"contact_id": ids, "marketing_consent": [True] * len(ids), "region": [None] * len(ids)}
-    )
+    contacts = _contacts_of(events, {"region": None})
     expected = build_contact_features(pl.from_arrow(events), contacts, as_of=AS_OF, spec=spec)
     frame = build_contact_features_spark(
         spark.createDataFrame(events), contacts, as_of=AS_OF, spec=spec, spark=spark
@@ -315,25 +317,6 @@ def test_a_listed_contacts_column_with_no_value_is_a_missing_attribute_in_spark_
     assert actual.schema["region"] == pl.Float64
     assert actual["region"].null_count() == actual.height > 0
     _assert_identical(actual, expected)
-
-
-def test_the_spark_engine_refuses_contacts_columns_that_differ_only_in_case(
-    spark_features: SparkFeatures,
-) -> None:
-    from features.spec import SpecError
-
-    events = _first_edge_events()
-    ids = sorted(set(events.column("contact_id").to_pylist()))
-    contacts = pl.DataFrame(
-        {
-            "contact_id": ids,
-            "marketing_consent": [True] * len(ids),
-            "Segment": ["smb"] * len(ids),
-            "segment": ["b2b"] * len(ids),
-        }
-    )
-    with pytest.raises(SpecError, match="`Segment` and `segment`, which differ only in case"):
-        spark_features(events, contacts, as_of=AS_OF)
 
 
 def test_the_spark_engine_runs_a_spec_of_all_history_windows_as_polars_does(spark: Any) -> None:
