@@ -269,7 +269,7 @@ def _attributes(
     out = {output: value for output, _, value in named}
     # a name taken twice, or a feature's, but for case: refused as the batch engines refuse
     # it (the names looked at, without case, only then, as this runs for every request)
-    without_case = {output.casefold() for output in out}
+    without_case = {output.lower() for output in out}
     if len(without_case) < len(named) or not without_case.isdisjoint(spec.taken_without_case):
         spec.check_attribute_columns((output, name) for output, name, _ in named)
     return out

@@ -230,7 +230,7 @@ class FeatureSpec:
     @cached_property
     def taken_without_case(self) -> dict[str, str]:
         """``taken_names`` by their names without case (Spark reads names so): the name."""
-        return {name.casefold(): name for name in self.taken_names}
+        return {name.lower(): name for name in self.taken_names}
 
     def check_attribute_columns(self, columns: Iterable[tuple[str, str]]) -> None:
         """The attribute features' names (``columns``: each output name and the contacts column
@@ -241,7 +241,7 @@ class FeatureSpec:
         fix = "list the attributes to use under `attributes:` in your copy of the spec"
         seen: dict[str, tuple[str, str]] = {}  # by the name without case: Spark reads it so
         for output, column in columns:
-            earlier = seen.get(output.casefold())
+            earlier = seen.get(output.lower())
             if earlier is not None and earlier[0] == output:
                 raise SpecError(
                     f"the contacts table's columns `{earlier[1]}` and `{column}` would both be "
@@ -253,8 +253,8 @@ class FeatureSpec:
                     f"attribute features `{earlier[0]}` and `{output}`, which differ only in "
                     f"case (Spark reads them as one name); rename one, or {fix}"
                 )
-            seen[output.casefold()] = (output, column)
-            taken = self.taken_without_case.get(output.casefold())
+            seen[output.lower()] = (output, column)
+            taken = self.taken_without_case.get(output.lower())
             if taken is not None:
                 alike = (
                     "" if taken == output else f" (`{taken}`, but for case, which Spark ignores)"
@@ -267,12 +267,18 @@ class FeatureSpec:
 
     @property
     def history_days(self) -> int | None:
-        """How far back before as_of the features read events, in days: the longest window,
-        or None when a feature reads all history (a window of `all`, days since the first
-        event, or the rules stage, whose 'ever purchased' decides retention)."""
+        """How far back before as_of the features read events, in whole days: the longest
+        window, a sessions window with the session gap before it (whether an event in the
+        window starts a session depends on the matching event before it), or None when a
+        feature reads all history (a window of `all`, a recency, or the rules stage, whose
+        'ever purchased' decides retention)."""
         if self.rules_stage or any(a.window_days is None for a in self.aggregates):
             return None
-        return self.longest_window_days
+        gap_days = math.ceil(self.session_gap_minutes / (24 * 60))
+        return max(
+            (a.window_days or 0) + (gap_days if a.kind == "sessions" else 0)
+            for a in self.aggregates
+        )
 
     @property
     def longest_window_days(self) -> int | None:
@@ -355,13 +361,13 @@ def _expand(
     aggregates = tuple(
         itertools.chain.from_iterable(_expand_aggregate(e, lint=lint) for e in spec_file.aggregates)
     )
-    known = _unique_names([a.name for a in aggregates], origin)
+    known = _unique_names([a.name for a in aggregates], origin, lint=lint)
     derived: list[Derived] = []
     for entry in spec_file.derived:
-        for item in _expand_derived(entry, known, origin):
+        for item in _expand_derived(entry, known, origin, lint=lint):
             derived.append(item)
             known.add(item.name)
-    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin)
+    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin, lint=lint)
     return aggregates, derived
 
 
@@ -408,7 +414,7 @@ def _expand_aggregate(entry: _AggregateEntry, *, lint: bool = True) -> Iterator[
         for window in windows:
             window_days = _window_days(window, where)
             yield Aggregate(
-                name=_fill(entry.name, binding, window, where),
+                name=_fill(entry.name, binding, window, where, lint=lint),
                 kind=entry.kind,
                 event_types=event_types,
                 channels=channels,
@@ -439,13 +445,15 @@ def _refuse_void_for_each(
             )
 
 
-def _expand_derived(entry: _DerivedEntry, known: set[str], origin: str) -> Iterator[Derived]:
+def _expand_derived(
+    entry: _DerivedEntry, known: set[str], origin: str, *, lint: bool = True
+) -> Iterator[Derived]:
     where = f"derived '{entry.name}'"
     for binding in _bindings(entry.for_each, where):
         windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
         for window in windows:
-            name = _fill(entry.name, binding, window, where)
-            expr = _fill(entry.expr, binding, window, where)
+            name = _fill(entry.name, binding, window, where, lint=lint)
+            expr = _fill(entry.expr, binding, window, where, lint=lint)
             tree, inputs = _parse_expression(expr, where)
             missing = [n for n in inputs if n not in known]
             if missing:
@@ -504,7 +512,17 @@ def _window_days(window: int | str | None, where: str) -> int | None:
 _PLACEHOLDERS: Final = frozenset({"window", "event_type", "channel"})
 
 
-def _fill(template: str, binding: Mapping[str, str], window: int | str | None, where: str) -> str:
+def _fill(
+    template: str,
+    binding: Mapping[str, str],
+    window: int | str | None,
+    where: str,
+    *,
+    lint: bool = True,
+) -> str:
+    """The template filled for one expansion. ``lint`` False (a spec a model was trained
+    with): Python's formatting as it was before placeholders were held to their three names,
+    so a stored model keeps its features' names."""
     values = dict(binding)
     if window is not None:
         values["window"] = "all" if window == "all" else f"{window}d"
@@ -517,7 +535,7 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
     except ValueError as error:  # "{window", "}"
         raise SpecError(f"{where}: {template!r} is not a name template ({error}); {fix}") from None
     for _, field, format_spec, conversion in fields:
-        if field is None:
+        if field is None or not lint:
             continue
         if field not in _PLACEHOLDERS or format_spec or conversion:
             # "{}", "{window.x}", "{event_type[0]}", "{window:>4}", "{window!r}": Python's
@@ -531,7 +549,10 @@ def _fill(template: str, binding: Mapping[str, str], window: int | str | None, w
             raise SpecError(
                 f"{where}: the name uses {{{field}}}, which neither for_each nor windows gives"
             )
-    return template.format(**values)
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:  # lint False only
+        raise SpecError(f"{where}: {template!r} is not a name template ({error}); {fix}") from None
 
 
 # the feature table's own columns; and names starting with "_" are the engines' working columns
@@ -576,38 +597,43 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
-def _unique_names(names: list[str], origin: str) -> set[str]:
+def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[str]:
     """The feature names are names (letters, digits and '_', not starting with a digit: each
     is a column in every engine, a LightGBM feature and a word in derived expressions), each
     declared once, and no two differ only in case (Spark, and many CRM imports, read column
-    names without case). Otherwise a ``SpecError`` naming them."""
-    seen: dict[str, str] = {}
+    names without case). Otherwise a ``SpecError`` naming them. ``lint`` False (a spec a model
+    was trained with): the names and their case are not held to this, as before the rule, so
+    a stored model still loads."""
+    seen: set[str] = set()
+    lowered: dict[str, str] = {}  # Spark lowercases names (Java's Locale.ROOT): as str.lower
     for name in names:
-        other = seen.get(name.casefold())
-        if other == name:
+        if name in seen:
             raise SpecError(
                 f"{origin}: feature {name!r} is declared twice (a name over several windows "
                 "or event types needs {window}, {event_type} or {channel} in it)"
             )
-        if not name.isidentifier():
+        if lint and not name.isidentifier():
             raise SpecError(
                 f"{origin}: feature name {name!r} is not a name; use letters, digits and '_' "
                 "only, not starting with a digit (e.g. email_click_count_7d): it is a column "
                 "in every engine, a LightGBM feature and a word in derived expressions"
             )
-        if name.startswith("_") or name.casefold() in _RESERVED_NAMES:
+        reserved = name in _RESERVED_NAMES or (lint and name.lower() in _RESERVED_NAMES)
+        if name.startswith("_") or reserved:
             raise SpecError(
                 f"{origin}: feature name {name!r} is reserved (contact_id, as_of, rules_stage "
                 "and names starting with '_' are the feature table's and the engines' own "
                 "columns); rename the feature"
             )
-        if other is not None:
+        other = lowered.get(name.lower())
+        if lint and other is not None:
             raise SpecError(
                 f"{origin}: features {other!r} and {name!r} differ only in case; Spark reads "
                 "column names without case (so do many CRM imports): rename one"
             )
-        seen[name.casefold()] = name
-    return set(seen.values())
+        seen.add(name)
+        lowered.setdefault(name.lower(), name)
+    return seen
 
 
 # --- the expression language ------------------------------------------------------------------

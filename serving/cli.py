@@ -579,13 +579,16 @@ def features(
     from features.engine import build_contact_features
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
+    from serving.scoring import with_missing_attributes
 
     _one_model(alias=alias, version=version)
-    for_model = bool(model_name or alias or version)
+    # any of the model's options names a model, as for score (--tracking-uri alone: the
+    # configured alias's model in that store)
+    for_model = bool(model_name or alias or version or tracking_uri)
     if for_model and spec is not None:
         raise InputError(
-            "--spec and a model (--model-name, --alias or --version): the model's features are "
-            "built with its own spec; give one or the other"
+            "--spec and a model (--model-name, --alias, --version or --tracking-uri): the "
+            "model's features are built with its own spec; give one or the other"
         )
     snapshot = _parse_date(as_of, "--as-of")
     if snapshot > dt.datetime.now(dt.UTC):
@@ -595,6 +598,7 @@ def features(
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
     _not_an_input(out, events, contacts_path)
     _can_write(out)  # before the build, not after it
+    model = None
     if for_model:
         model, info = _registered(config, model_name, alias, version, tracking_uri)
         feature_spec, rules = model.spec, model.rules
@@ -638,6 +642,14 @@ def features(
             )
     consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
     table = consented.kept
+    if model is not None:  # every feature the model reads, so the file is a request's features
+        table, missing = with_missing_attributes(table, model)
+        if missing:
+            console.print(
+                f"The model reads contact attributes the contacts table does not hold "
+                f"({escape(', '.join(missing))}): written as missing values, as the service "
+                "scores an attribute not sent."
+            )
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {escape(str(out))} "

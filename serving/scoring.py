@@ -88,13 +88,7 @@ def score_features(
             f"({consented.contacts_without_consent:,} without marketing consent left out); "
             "give another --as-of, or the contacts table"
         )
-    missing = tuple(name for name in model.attribute_features if name not in kept.columns)
-    if missing:
-        categorical = set(model.categories)
-        kept = kept.with_columns(
-            pl.lit(None, pl.String if name in categorical else pl.Float64).alias(name)
-            for name in missing
-        )
+    kept, missing = with_missing_attributes(kept, model)
     parts = []
     for start in range(0, kept.height, CHUNK_ROWS):
         parts.append(model.predict_frame(kept.slice(start, CHUNK_ROWS), reasons=reasons))
@@ -116,6 +110,22 @@ def score_features(
         contacts_without_consent=consented.contacts_without_consent,
         missing_attributes=missing,
     )
+
+
+def with_missing_attributes(
+    features: pl.DataFrame, model: Any
+) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """``features`` with every attribute ``model`` reads that they lack (no contacts table, or
+    one without the column) as a missing value of its kind, as the service scores an attribute
+    not sent; and the names of those attributes, for the caller to say."""
+    missing = tuple(name for name in model.attribute_features if name not in features.columns)
+    if missing:
+        categorical = set(model.categories)
+        features = features.with_columns(
+            pl.lit(None, pl.String if name in categorical else pl.Float64).alias(name)
+            for name in missing
+        )
+    return features, missing
 
 
 def check_scores_path(path: Path, option: str) -> None:

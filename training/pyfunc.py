@@ -201,7 +201,7 @@ class FunnelcastModel(_PythonModel):
         X = np.empty((frame.height, len(self.feature_names)), dtype=np.float64)
         for j, name in enumerate(self.feature_names):
             column = frame[name]
-            _check_kind(name, column.dtype, codes.get(name))
+            _check_kind(column, codes.get(name))
             if name in codes:
                 mapping = codes[name]
                 X[:, j] = [
@@ -432,25 +432,28 @@ class FunnelcastModel(_PythonModel):
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
 
 
-def _check_kind(name: str, dtype: pl.DataType, categories: Mapping[str, int] | None) -> None:
+def _check_kind(column: pl.Series, categories: Mapping[str, int] | None) -> None:
     """A feature table's column holds the kind of value the model read in training: text for
-    a category, a number otherwise (a column of no type is all missing, either). Otherwise an
-    ``InputError`` naming the feature: a category's values cast to text ("2.0") would match
+    a category, a number otherwise; a column with no value at all is all missing, whatever its
+    type (an export that left it empty; pandas reads one as float NaN). Otherwise an
+    ``InputError`` naming the feature: a category's numbers cast to text ("2.0") would match
     none of its categories and be scored as missing, each contact without a word, and text
     cannot be a number; the service refuses both with a 400."""
+    dtype = column.dtype
     text = dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
-    if dtype == pl.Null or text == (categories is not None):
+    if text == (categories is not None) or column.null_count() == column.len():
         return
+    name = column.name
+    fix = "as when the model was trained (an attribute: the contacts table's column"
     if categories is not None:
         raise InputError(
             f"feature '{name}' is {'a number' if dtype.is_numeric() else dtype} ({dtype}), but "
-            "the model reads it as a category (it was text "
-            f"in training, one of {sorted(categories)[:8]}); give the contacts table's "
-            f"`{name}` as text, as when the model was trained"
+            f"the model reads it as a category (it was text in training, one of "
+            f"{sorted(categories)[:8]}); give it as text, {fix} as text)"
         )
     raise InputError(
-        f"feature '{name}' is text ({dtype}), but the model reads it as a number; give the "
-        f"contacts table's `{name}` as numbers (or true/false), as when the model was trained"
+        f"feature '{name}' is text ({dtype}), but the model reads it as a number; give it as "
+        f"numbers (or true/false), {fix} as numbers)"
     )
 
 

@@ -384,3 +384,36 @@ def test_history_days_is_how_far_back_the_features_read() -> None:
         ).history_days
         is None
     )
+    # whether an event in a sessions window starts a session depends on the matching event
+    # before it, up to the session gap earlier: a 30-minute gap reads a day more
+    sessions = BASE + "  - {name: 'web_sessions_{window}', kind: sessions, windows: [28]}\n"
+    assert parse_feature_spec(sessions + "rules_stage: false\n").history_days == 29
+    longer = sessions.replace("session_gap_minutes: 30", f"session_gap_minutes: {3 * 1440 + 1}")
+    assert parse_feature_spec(longer + "rules_stage: false\n").history_days == 32
+
+
+@pytest.mark.parametrize(
+    ("template", "names"),
+    [
+        ("web-visits_{window}", ("web-visits_7d", "web-visits_28d")),
+        ("n_{window:>4}", ("n_  7d", "n_ 28d")),
+    ],
+)
+def test_a_stored_models_spec_keeps_names_the_rules_came_after(
+    template: str, names: tuple[str, ...]
+) -> None:
+    """A model trained before feature names were held to names and templates to their three
+    placeholders was trained, tested and registered with those features: read back to serve
+    it (``logged=True``), its spec still expands to them; a new spec is refused."""
+    text = BASE.replace('"{event_type}_count_{window}"', f'"{template}"').replace(
+        "for_each: {event_type: [email_open, email_click]}", ""
+    )
+    with pytest.raises(SpecError):
+        parse_feature_spec(text)
+    assert parse_feature_spec(text, logged=True).names == names
+    cased = BASE + '  - {name: "Email_open_count_all", kind: count, windows: [all]}\n'
+    cased = cased.replace("[7, 28]", "[7, all]")
+    with pytest.raises(SpecError, match="differ only in case"):
+        parse_feature_spec(cased)
+    stored = parse_feature_spec(cased, logged=True)
+    assert {"email_open_count_all", "Email_open_count_all"} <= set(stored.names)

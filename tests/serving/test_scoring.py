@@ -410,7 +410,7 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     assert (
         f"feature '{category}' is a number (Float64), but the model reads it as a category" in said
     )
-    assert f"give the contacts table's `{category}` as text" in said
+    assert "give it as text, as when the model was trained (an attribute: the contacts " in said
     assert not out.exists()
     # and a number the features hold as text
     features = build_contact_features(
@@ -419,6 +419,23 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     number = next(n for n in model.attribute_features if n not in model.categories)
     with pytest.raises(InputError, match=f"feature '{number}' is text .*reads it as a number"):
         model.predict_frame(features.with_columns(pl.col(number).cast(pl.String)))
+    # a column with no value at all is every contact's missing value, whatever its type: a
+    # listed attribute exported empty (the builders make it a Float64 of nulls), or a column
+    # pandas read as NaN floats
+    blank = features.with_columns(
+        pl.lit(None, pl.Float64).alias(category), pl.lit(None, pl.String).alias(number)
+    )
+    expected = model.predict_frame(
+        features.with_columns(
+            pl.lit(None, pl.String).alias(category), pl.lit(None, pl.Float64).alias(number)
+        ),
+        reasons=False,
+    )
+    assert_frame_equal(model.predict_frame(blank, reasons=False), expected)
+    pandas = blank.to_pandas()
+    pandas[category] = float("nan")
+    got = pl.from_pandas(model.predict(None, pandas))
+    assert_frame_equal(got.select("stage", "propensity"), expected.select("stage", "propensity"))
 
 
 def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
@@ -466,6 +483,37 @@ def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
     refused = runner.invoke(app, [*args, "--version", "1", "--spec", str(tmp_path / "x.yaml")])
     assert isinstance(refused.exception, InputError)
     assert "--spec and a model" in str(refused.exception)
+    monkeypatch.undo()
+    # --tracking-uri alone names the store's champion, as for score; without a contacts
+    # table the model's attributes are written as missing values, and said, so the file
+    # holds every feature a request must give
+    events_only = tmp_path / "events"
+    events_only.mkdir()
+    (events_only / "events.parquet").symlink_to(data / "events.parquet")
+    bare = tmp_path / "bare.parquet"
+    result = runner.invoke(
+        app,
+        [
+            "features",
+            "--events",
+            str(events_only),
+            "--as-of",
+            "2026-04-20",
+            "--out",
+            str(bare),
+            "--assume-consent",
+            "--tracking-uri",
+            served.store,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "With the feature spec and rules of funnelcast version 1" in said
+    listed = ", ".join(model.attribute_features)
+    assert f"does not hold ({listed}): written as missing values" in said
+    written = pl.read_parquet(bare)
+    assert set(model.feature_names) <= set(written.columns)
+    assert all(written[name].null_count() == written.height for name in model.attribute_features)
 
 
 def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
