@@ -560,7 +560,8 @@ def features(
             "--model-name",
             help="Build the features a registered model reads: its own feature spec and rules "
             "(as score and the service use them), for precomputed-features requests. With "
-            "--alias or --version; alone, the configured alias (champion).",
+            "--alias or --version; alone, the configured alias (champion). --tracking-uri "
+            "names a model too (the configured one in that store).",
         ),
     ] = None,
     alias: Annotated[
