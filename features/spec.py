@@ -16,7 +16,7 @@ import json
 import math
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
@@ -189,6 +189,9 @@ class FeatureSpec:
     rules_stage: bool
     session_gap_minutes: float
     fingerprint: str  # sha256 of the expanded spec: equal specs, equal fingerprints
+    # a spec a model was trained with, read back to serve it: rules added since (names that
+    # differ only in case) do not refuse the contacts columns it was trained on
+    logged: bool = field(default=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -247,7 +250,7 @@ class FeatureSpec:
                     f"the contacts table's columns `{earlier[1]}` and `{column}` would both be "
                     f"the attribute feature `{output}`; rename one, or {fix}"
                 )
-            if earlier is not None:
+            if earlier is not None and not self.logged:
                 raise SpecError(
                     f"the contacts table's columns `{earlier[1]}` and `{column}` would be the "
                     f"attribute features `{earlier[0]}` and `{output}`, which differ only in "
@@ -255,7 +258,7 @@ class FeatureSpec:
                 )
             seen[output.lower()] = (output, column)
             taken = self.taken_without_case.get(output.lower())
-            if taken is not None:
+            if taken is not None and (taken == output or not self.logged):
                 alike = (
                     "" if taken == output else f" (`{taken}`, but for case, which Spark ignores)"
                 )
@@ -351,6 +354,7 @@ def parse_feature_spec(
         rules_stage=spec_file.rules_stage,
         session_gap_minutes=spec_file.session_gap_minutes,
         fingerprint=fingerprint,
+        logged=logged,
     )
 
 
@@ -531,23 +535,24 @@ def _fill(
         "the braces, and other braces doubled ({{ or }})"
     )
     try:
-        fields = list(string.Formatter().parse(template))
+        parsed = list(string.Formatter().parse(template))
     except ValueError as error:  # "{window", "}"
         raise SpecError(f"{where}: {template!r} is not a name template ({error}); {fix}") from None
-    for _, field, format_spec, conversion in fields:
-        if field is None or not lint:
+    for _, placeholder, format_spec, conversion in parsed:
+        if placeholder is None or not lint:
             continue
-        if field not in _PLACEHOLDERS or format_spec or conversion:
+        if placeholder not in _PLACEHOLDERS or format_spec or conversion:
             # "{}", "{window.x}", "{event_type[0]}", "{window:>4}", "{window!r}": Python's
             # formatting would make a name of them that no one wrote
-            shown = "{" + field + (f"!{conversion}" if conversion else "")
+            shown = "{" + placeholder + (f"!{conversion}" if conversion else "")
             shown += (f":{format_spec}" if format_spec else "") + "}"
             raise SpecError(
                 f"{where}: {template!r} is not a name template ({shown} is no placeholder); {fix}"
             )
-        if field not in values:
+        if placeholder not in values:
             raise SpecError(
-                f"{where}: the name uses {{{field}}}, which neither for_each nor windows gives"
+                f"{where}: the name uses {{{placeholder}}}, which neither for_each nor windows "
+                "gives"
             )
     try:
         return template.format(**values)

@@ -352,6 +352,23 @@ def test_contacts_columns_whose_names_differ_only_in_case_are_refused_by_every_b
     _attributes_refused_by_every_builder(events, contacts, says)
 
 
+def test_a_stored_models_spec_still_reads_contacts_columns_that_differ_only_in_case() -> None:
+    """A model trained before the case rule read `Segment` and `segment` as two attributes:
+    its spec, read back to serve it (``logged``), builds them still, in every builder that
+    scores it; a new spec refuses them (above)."""
+    events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
+    contacts = pl.DataFrame(
+        {"contact_id": ["a"], "marketing_consent": [True], "Segment": ["smb"], "segment": ["b2b"]}
+    )
+    stored = parse_feature_spec(shipped_spec_text(), logged=True)
+    batch = _row(build_contact_features(events, contacts, as_of=AS_OF, spec=stored), "a")
+    online = build_online_features(
+        events.to_dicts(), as_of=AS_OF, spec=stored, contact=contacts.row(0, named=True)
+    )
+    for row in (batch, online):
+        assert (row["Segment"], row["segment"]) == ("smb", "b2b")
+
+
 def test_a_contacts_column_with_a_dot_in_its_name_is_an_attribute_like_any_other() -> None:
     events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     contacts = pl.DataFrame(
