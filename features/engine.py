@@ -1036,14 +1036,21 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
 # describing them: as a categorical feature LightGBM would store every value in the model
 IDENTIFYING_MIN_VALUES = 100
 IDENTIFYING_SHARE = 0.5
+# a number names contacts when it is a whole number nearly every contact has its own of (a CRM
+# customer number, a phone number exported as a number, an id a pandas export made a double):
+# a measure in whole units (orders, employees, spend in cents) repeats far more often
+IDENTIFYING_NUMBER_SHARE = 0.9
 
 
 def identifying_attributes(
     contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec
 ) -> list[tuple[str, int, int]]:
-    """The text attributes the spec would make categorical features that identify contacts
-    (``IDENTIFYING_MIN_VALUES``, ``IDENTIFYING_SHARE``): each name with its distinct values
-    and the contacts that have a value."""
+    """The attributes the spec would make features that identify contacts: text with
+    ``IDENTIFYING_MIN_VALUES`` distinct values over more than ``IDENTIFYING_SHARE`` of the
+    contacts that have one, and whole numbers as many over more than
+    ``IDENTIFYING_NUMBER_SHARE``. Each name with its distinct values and the contacts that have
+    a value. A number is binned by the model, but it is still memorised, and it is a column of
+    the test set logged to MLflow, which joins back to every contact."""
     listed = _contacts_frame(contacts)
     if listed is None:
         return []
@@ -1052,11 +1059,20 @@ def identifying_attributes(
         if name not in listed.columns:
             continue  # check_listed_attributes names it
         dtype = listed[name].dtype
-        if not (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)):
-            continue
+        if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+            share = IDENTIFYING_SHARE
+        elif dtype.is_numeric():
+            share = IDENTIFYING_NUMBER_SHARE
+        else:
+            continue  # booleans, dates and the kinds that are no features
         values = listed[name].drop_nulls()
+        if dtype.is_numeric() and not dtype.is_integer():  # floats, decimals
+            values = values.cast(pl.Float64)
+            values = values.filter(values.is_finite())
+            if not (values == values.round(0)).all():
+                continue  # fractions: a measure, not a number anyone is known by
         distinct = values.n_unique()
-        if distinct >= IDENTIFYING_MIN_VALUES and distinct > IDENTIFYING_SHARE * len(values):
+        if distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values):
             found.append((name, distinct, len(values)))
     return found
 

@@ -140,10 +140,12 @@ def require_trainable_spec(spec: FeatureSpec) -> None:
 def require_no_identifying_attributes(
     contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec
 ) -> None:
-    """A contacts column that names contacts (an e-mail, a phone number, a CRM id) is no
-    feature to train on: the model would memorise it, and as a categorical LightGBM keeps
-    every value in the model, so MLflow, every Bento and the service's /metadata would carry
-    them. ``attributes: all`` takes every column, so it is checked before any work."""
+    """A contacts column that names contacts (an e-mail, a phone number, a CRM id, as text or
+    as a number) is no feature to train on: the model would memorise it, as a categorical
+    LightGBM keeps every value in the model, so MLflow, every Bento and the service's
+    /metadata would carry them, and the test set logged to MLflow would hold every value
+    (``identifying_attributes``). ``attributes: all`` takes every column, so it is checked
+    before any work."""
     found = identifying_attributes(contacts, spec)
     if not found:
         return

@@ -187,11 +187,44 @@ def test_which_text_attributes_identify_contacts(
             "marketing_consent": [True] * len(values),
             "text": values,
             "category": pl.Series(values, dtype=pl.Categorical),
-            "number": list(range(len(values))),  # a number is binned, not kept value by value
+            # a whole number most contacts share with another: a measure, not an id
+            "number": [i // 2 for i in range(len(values))],
         }
     )
     found = {name for name, _, _ in identifying_attributes(contacts, load_feature_spec())}
     assert found == ({"text", "category"} if identifying else set())
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "identifying"),
+    [
+        # a CRM customer number, as an integer and as the double a pandas export with nulls
+        # makes of it: it went into the test set logged to MLflow, joining back to every contact
+        ([100_000 + i for i in range(200)], pl.Int64, True),
+        ([100_000.0 + i for i in range(200)] + [None] * 20, pl.Float64, True),
+        ([4_915_112_345_000 + i for i in range(150)], pl.UInt64, True),  # a phone number
+        (list(range(99)), pl.Int32, False),  # too few values to say
+        ([i // 2 for i in range(300)], pl.Int64, False),  # each value twice: a measure
+        (list(range(180)) + [0] * 20, pl.Int64, False),  # 180 values over 200: 0.9, not more
+        ([i + 0.25 for i in range(200)], pl.Float64, False),  # fractions: an amount
+        ([i + 0.25 for i in range(200)], pl.Decimal(10, 2), False),
+        (list(range(200)), pl.Decimal(10, 0), True),
+    ],
+)
+def test_which_number_attributes_identify_contacts(
+    values: list[float | None], dtype: pl.DataType, identifying: bool
+) -> None:
+    """A review trained with a whole-number customer number among the contacts' columns: it
+    became the stage model's fifth feature and a column of the test set in MLflow."""
+    contacts = pl.DataFrame(
+        {
+            "contact_id": [f"c{i}" for i in range(len(values))],
+            "marketing_consent": [True] * len(values),
+            "number": pl.Series(values).cast(dtype),
+        }
+    )
+    found = identifying_attributes(contacts, load_feature_spec())
+    assert [name for name, _, _ in found] == (["number"] if identifying else [])
 
 
 def _train_small(small: object, settings: TrainingSettings) -> object:
