@@ -83,8 +83,9 @@ _CREDENTIALS = re.compile(r"://[^/\s?#]*@")
 # why a run failed (``error_reason``), on the run
 ERROR_TAG = "funnelcast.error"
 _MAX_REASON = 500
-# text in quotes or brackets, where libraries put the values they failed on
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]")
+# text in quotes or brackets, where messages put the values they failed on; a quote right
+# after a letter is an apostrophe ("the events' `event_type`"), which opens nothing
+_QUOTED = re.compile(r"(?<!\w)'[^']*'|(?<!\w)\"[^\"]*\"|\[[^\]]*\]")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -430,13 +431,13 @@ def _open_within(run_id: str) -> bool:
 
 def error_reason(error: BaseException) -> str:
     """One line that says why a run failed, fit for a tag: the error's type and first line,
-    without a URI's credentials (``shown_uri``). funnelcast's own errors (``InputError``)
-    name rows, never contacts, and are kept whole; other libraries' messages quote the values
-    they failed on, which can be contact ids, so quoted text is masked."""
+    without a URI's credentials (``shown_uri``) and with quoted text masked. Messages quote
+    the values they failed on, and so can funnelcast's own (``InputError``): an unknown event
+    type or label outcome is quoted as the data holds it, which can carry a contact's e-mail
+    address, of a contact without consent too. The tag stays in the store for good; the whole
+    message is the one the user saw (columns and settings are named in backticks, kept)."""
     lines = str(error).strip().splitlines()
-    line = shown_uri(lines[0].strip()) if lines else ""
-    if not isinstance(error, InputError):
-        line = _QUOTED.sub("'…'", line)
+    line = _QUOTED.sub("'…'", shown_uri(lines[0].strip())) if lines else ""
     reason = f"{type(error).__name__}: {line}" if line else type(error).__name__
     return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 1] + "…"
 

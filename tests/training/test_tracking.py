@@ -146,6 +146,21 @@ def test_the_failure_reason_shows_no_credentials_and_no_quoted_values(store: str
     assert "c-00042" not in reason
 
 
+def test_funnelcast_s_own_errors_quote_no_values_into_the_tag(store: str) -> None:
+    """An unknown event type is quoted as the data holds it: a review put contact e-mail
+    addresses there (of a contact without consent too), and the tag kept them for good."""
+    message = (
+        "the events' `event_type` holds 'unsubscribe?email=sim-0000001@example.com', "
+        "\"x@example.com\", not among ['visit', 'purchase']; map them in ingest"
+    )
+    with pytest.raises(InputError), training_run() as run_id:
+        raise InputError(message)
+    reason = _run(run_id).data.tags[ERROR_TAG]
+    assert "@example.com" not in reason
+    assert reason.startswith("InputError: the events' `event_type` holds '…', '…', not among")
+    assert reason.endswith("; map them in ingest")
+
+
 def test_a_store_that_fails_while_a_run_ends_does_not_hide_the_error(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
