@@ -468,6 +468,19 @@ def test_run_on_a_source_with_labels_trains_on_them(tmp_path: Path) -> None:
     said = " ".join(result.stdout.split())
     assert "Training on the source's provided labels (2 rows)." in said
     assert "No model trained" in said
+    # `train --source` does as `run --source` (README walk-through review: it trained on the
+    # labels the events reveal, so promote refused to compare its version with run's)
+    data = tmp_path / "out" / "data"
+    common = ("train", "--events", str(data), "--assume-consent")
+    trained = _run(*common, "--source", str(mapping), env=env)
+    assert trained.returncode == 1, trained.stderr
+    said = "".join(trained.stdout.split())  # the path may wrap anywhere
+    expected = f"Training on the source's provided labels (2 rows, {data / 'labels.parquet'}), "
+    assert "".join((expected + "as `run --source` does.").split()) in said
+    # without --source the tables are only tables: the labels the events reveal
+    plain = _run(*common, env=env)
+    assert plain.returncode == 1, plain.stderr
+    assert "provided labels" not in plain.stdout
 
 
 def test_a_mapping_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:
