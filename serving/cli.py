@@ -1073,6 +1073,7 @@ def evaluate(
     # a store that does not exist is said so; MLflow would make an empty one here and the
     # error would be a missing model
     configure_tracking(existing_store(tracking_uri))
+    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     settings = load_training_settings(config, model_name=model_name)
     alias = alias or settings.registry.champion_alias
     ref = resolve(settings.registry.model_name, alias=None if version else alias, version=version)
@@ -1103,6 +1104,7 @@ def promote(
     # a store that does not exist is said so; MLflow would make an empty one here and the
     # error would be a missing model
     configure_tracking(existing_store(tracking_uri))
+    _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     settings = load_training_settings(config, model_name=model_name)
     if not _promote_and_report(
         settings.registry.model_name, settings.registry.champion_alias, version=version, force=force
