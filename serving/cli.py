@@ -497,9 +497,7 @@ def funnel(
     from features.io import read_table
     from features.schema import Validated
 
-    snapshot = _parse_date(as_of, "--as-of") if as_of else None
-    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC):
-        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
+    snapshot = _as_of_date(as_of) if as_of else None
     events = read_table(data / "events.parquet")
     contacts_path = data / "contacts.parquet"
     history_path = data / "stage_history.parquet"
@@ -591,9 +589,7 @@ def features(
             "--spec and a model (--model-name, --alias, --version or --tracking-uri): the "
             "model's features are built with its own spec; give one or the other"
         )
-    snapshot = _parse_date(as_of, "--as-of")
-    if snapshot > dt.datetime.now(dt.UTC):
-        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
+    snapshot = _as_of_date(as_of)
     if out.suffix.lower() != ".parquet":
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
@@ -741,9 +737,7 @@ def score(
     )
 
     _one_model(alias=alias, version=version)
-    snapshot = _parse_date(as_of, "--as-of") if as_of else None
-    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC):
-        raise InputError(f"--as-of {as_of} is in the future; give a date up to today")
+    snapshot = _as_of_date(as_of) if as_of else None
     check_scores_path(out, "--out")
     contacts_path = _contacts_for(events, contacts, assume_consent, "scored")
     _not_an_input(out, events, contacts_path)
@@ -776,12 +770,14 @@ def score(
             f"({first:%Y-%m-%d}):[/] no contact has an event before it, so every contact listed "
             "is scored dormant or on its attributes alone."
         )
+    now = dt.datetime.now(dt.UTC)
+    if (snapshot is None or snapshot > now) and last > now:  # read when as of after now
+        raise InputError(
+            f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "
+            "future (a clock or time-zone error); give an --as-of up to today, or correct the "
+            "timestamps"
+        )
     if snapshot is None:
-        if last > dt.datetime.now(dt.UTC):
-            raise InputError(
-                f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "
-                "future (a clock or time-zone error); give --as-of, or correct the timestamps"
-            )
         snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:
@@ -1973,6 +1969,19 @@ def _parse_date(text: str, option: str) -> dt.datetime:
     if day.year < 1970:  # a lookback window from year 1 would reach before any calendar
         raise InputError(f"{option} {text} is before 1970; give a date of your events' time")
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _as_of_date(text: str) -> dt.datetime:
+    """``--as-of``: midnight UTC of the day, up to tomorrow's (events strictly before it, so
+    tomorrow is as of the end of today: `score`'s default when the events run to today)."""
+    snapshot = _parse_date(text, "--as-of")
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    if snapshot.date() > tomorrow:
+        raise InputError(
+            f"--as-of {text} is in the future; give a date up to {tomorrow} (tomorrow, UTC: "
+            "as of its midnight, today's events included)"
+        )
+    return snapshot
 
 
 def _start_date(text: str | None) -> dt.date | None:
