@@ -1181,16 +1181,10 @@ def serve(
     service_settings = ServiceSettings.from_env(env)
     _check_bentoml_home()
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
-    info = scorer.info
-    served = (
-        f"[bold]{info.model}[/] version {info.model_version} from {escape(info.loaded_from())}"
-        if info.model_version
-        else escape(info.source)  # the rules: "the hand-written rules (no model was available)"
-    )
     console.print(
-        f"Starting {served} on http://{host}:{port} ({workers} worker(s)); it answers "
-        "once each worker has loaded the model (GET /readyz says 200), some seconds from now. "
-        "API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
+        f"Starting {escape(scorer.info.served())} on http://{host}:{port} ({workers} "
+        "worker(s)); it answers once each worker has loaded the model (GET /readyz says 200), "
+        "some seconds from now. API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
     )
     del scorer
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]

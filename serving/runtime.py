@@ -231,6 +231,16 @@ class ModelInfo:
         """Where the model was loaded from, the store included."""
         return self.source if self.store is None else f"{self.source} in {self.store}"
 
+    def served(self) -> str:
+        """What is served, for the operator (the log, `funnelcast serve`): the registered name
+        and version and where they came from (a model packed into a Bento under another tag
+        keeps its registered name), or the rules, which say what they are."""
+        if not self.model_version:
+            return self.source
+        return f"{self.model_name or self.model} version {self.model_version} from " + (
+            self.loaded_from()
+        )
+
 
 class Scorer(Protocol):
     info: ModelInfo

@@ -255,13 +255,7 @@ class Funnelcast:
         served = self.scorer.metadata(self.limits)
         _LOGGED_NAMES.update(served.features)
         _LOGGED_NAMES.update(name.removeprefix("days_since_") for name in served.attribute_features)
-        info = self.scorer.info
-        if info.model_version:
-            log.info(
-                "serving %s version %s from %s", info.model, info.model_version, info.loaded_from()
-            )
-        else:
-            log.info("serving %s", info.source)  # the rules say what they are
+        log.info("serving %s", self.scorer.info.served())
         # the model is loaded for good: move it out of the collector's generations, so a
         # full collection under load does not walk the trees' Python objects every time
         gc.collect()

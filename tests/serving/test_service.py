@@ -1312,3 +1312,21 @@ def test_events_are_told_apart_by_their_properties_as_validation_does() -> None:
 
 def _row_of(frame: pl.DataFrame, contact: str) -> dict[str, Any]:
     return frame.filter(pl.col("contact_id") == contact).to_dicts()[0]
+
+
+def test_the_operator_is_told_the_registered_name_of_the_model_served() -> None:
+    """`serve --bento-model` of a Bento built from `funnelcast-olist` said "Starting funnelcast
+    version 1" and the worker "serving funnelcast version 1": the demo's model's words, for
+    another model (README walk-through review)."""
+    from serving.runtime import ModelInfo
+
+    olist = ModelInfo(
+        "funnelcast", "funnelcast-olist", "1", "BentoML model funnelcast:abc", None, None, {}
+    )
+    assert olist.served() == "funnelcast-olist version 1 from BentoML model funnelcast:abc"
+    stored = dataclasses.replace(olist, source="models:/funnelcast-olist/1", store="sqlite:///x")
+    assert stored.served() == "funnelcast-olist version 1 from models:/funnelcast-olist/1 in " + (
+        "sqlite:///x"
+    )
+    rules = ModelInfo("rules", None, None, "the hand-written rules (no model)", None, None, {})
+    assert rules.served() == "the hand-written rules (no model)"
