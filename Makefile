@@ -80,5 +80,5 @@ bench-models: install ## Only the model benchmarks: training speed and quality o
 bench-serving: install ## Only the service benchmark: latency, throughput and memory of a real server
 	$(BIN)/python benchmarks/serving.py
 
-clean: ## Remove the virtual environments, caches and run outputs (not mlruns/)
+clean: ## Remove the virtual environments, caches and run outputs in out/ (not mlruns/ or scores/)
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis out

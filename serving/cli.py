@@ -478,7 +478,12 @@ def validate(
 
 @app.command()
 def funnel(
-    data: Annotated[Path, typer.Option(help="A folder written by ingest, simulate or run.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="A folder written by ingest or simulate (run writes one: its --out/data)."
+        ),
+    ],
     as_of: Annotated[
         str | None,
         typer.Option(

@@ -239,12 +239,14 @@ def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
         # each distinct text read once (a run's file holds one); its shape, then its values
         # (2026-13-45 has the shape of a date and is none)
         read = {value: _iso(value) for value in text.drop_nulls().unique().to_list()}
-        unread = int(text.is_null().sum()) + sum(
-            int((text == value).sum()) for value, moment in read.items() if moment is None
-        )
-        if not unread:
+        bad = [value for value, moment in read.items() if moment is None]
+        rows = (text.is_null() | text.is_in(bad)).arg_true()
+        if not len(rows):
             return text.replace_strict(read, return_dtype=pl.Datetime("us", "UTC"))
-        why = f"{unread:,} value(s) that are not ISO 8601 dates or moments (2026-12-07T00:00:00Z)"
+        why = (
+            f"{len(rows):,} value(s) that are not ISO 8601 dates or moments "
+            f"(2026-12-07T00:00:00Z; row {rows[0]}, counting from 0, is one)"
+        )
     else:
         why = f"values of type {column.dtype}"
     raise InputError(

@@ -247,7 +247,9 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
                 }
             ),
             "scores.parquet",
-            "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments",
+            # the first row, as the other refusals of rows name it (README review)
+            "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments "
+            "(2026-12-07T00:00:00Z; row 1, counting from 0, is one)",
         ),
         *(
             (
