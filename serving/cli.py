@@ -775,8 +775,8 @@ def score(
             f"({first:%Y-%m-%d}):[/] no contact has an event before it, so every contact listed "
             "is scored dormant or on its attributes alone."
         )
-    now = dt.datetime.now(dt.UTC)
-    if (snapshot is None or snapshot > now) and last > now:  # read when as of after now
+    current = dt.datetime.now(dt.UTC)
+    if (snapshot is None or snapshot > current) and last > current:  # read: as of after now
         raise InputError(
             f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "
             "future (a clock or time-zone error); give an --as-of up to today, or correct the "
