@@ -679,6 +679,7 @@ def _stage_scores(truth: npt.NDArray[Any], predicted: Any) -> dict[str, Any]:
         metrics = stage_metrics(truth, stages)
         out[model] = {
             "macro_f1": metrics["macro_f1"],
+            "macro_f1_labelled": metrics["macro_f1_labelled"],
             "accuracy": metrics["accuracy"],
             "rows": metrics["rows"],
             "f1_by_stage": {s: round(v["f1"], 4) for s, v in metrics["per_stage"].items()},
@@ -910,6 +911,9 @@ def _models_table(task: dict[str, Any]) -> Table:
     stage_columns = [k for k in ("revealed", "true") if k in stage]
     for kind in stage_columns:
         table.add_column(f"stage macro-F1 ({kind})", justify="right")
+        # over the stages the labels hold: a stage only one model calls is no class of the
+        # other's average
+        table.add_column(f"the same, labels' stages ({kind})", justify="right")
     for column in ("AUC-ROC", "AUC-PR", "ECE", "Brier", "mean p"):
         table.add_column(column, justify="right")
 
@@ -918,6 +922,8 @@ def _models_table(task: dict[str, Any]) -> Table:
         for kind in stage_columns:
             found = stage[kind].get(stage_model) if stage_model else None
             cells.append(f"{found['macro_f1']:.3f}" if found else "-")
+            labelled = found.get("macro_f1_labelled") if found else None
+            cells.append("-" if labelled is None else f"{labelled:.3f}")
         scores = task["propensity"].get(propensity_model) if propensity_model else None
         for key in ("auc_roc", "auc_pr", "ece", "brier", "mean_predicted"):
             cells.append(f"{scores[key]:.4f}" if scores else "-")

@@ -1828,6 +1828,12 @@ def _print_quality(metrics: dict[str, float]) -> None:
     table.add_row(
         "stage macro-F1", get("test.stage.rules.macro_f1"), "-", get("test.stage.lightgbm.macro_f1")
     )
+    table.add_row(  # a stage only one of them calls is no class of the other's average
+        "  over the labels' stages",
+        get("test.stage.rules.macro_f1_labelled"),
+        "-",
+        get("test.stage.lightgbm.macro_f1_labelled"),
+    )
     table.add_row(
         "stage accuracy", get("test.stage.rules.accuracy"), "-", get("test.stage.lightgbm.accuracy")
     )

@@ -53,6 +53,9 @@ def test_macro_f1_averages_only_the_stages_seen_in_truth_or_prediction() -> None
         ["dormant", "awareness", "awareness"], ["dormant", "intent", "awareness"]
     )
     assert metrics["macro_f1"] == pytest.approx(5 / 9)
+    # over the stages the truth holds: (1 + 2/3) / 2, the call of intent counted in
+    # awareness' recall only
+    assert metrics["macro_f1_labelled"] == pytest.approx(5 / 6)
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["per_stage"]["awareness"]["recall"] == pytest.approx(0.5)
     assert metrics["per_stage"]["intent"] == {
@@ -418,15 +421,21 @@ def test_the_module_imports_matplotlib_only_inside_functions() -> None:
 def test_stage_metrics_agree_with_scikit_learn_on_many_rows() -> None:
     rng = np.random.default_rng(11)
     vocabulary = np.asarray(STAGES, dtype=str)
-    # the last stage never occurs: it is left out of the macro average
+    # the last stage is never true, only predicted: in macro_f1 (an F1 of 0), not in
+    # macro_f1_labelled
     truth = vocabulary[rng.choice(len(STAGES) - 1, 20_000, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05])]
     predicted = np.where(
-        rng.random(20_000) < 0.6, truth, vocabulary[rng.integers(0, len(STAGES) - 1, 20_000)]
+        rng.random(20_000) < 0.6, truth, vocabulary[rng.integers(0, len(STAGES), 20_000)]
     )
+    assert STAGES[-1] in set(predicted) - set(truth)
     metrics = stage_metrics(truth, predicted)
     present = [s for s in STAGES if s in set(truth) | set(predicted)]
     assert metrics["macro_f1"] == pytest.approx(
         f1_score(truth, predicted, labels=present, average="macro", zero_division=0)
+    )
+    labelled = [s for s in STAGES if s in set(truth)]
+    assert metrics["macro_f1_labelled"] == pytest.approx(
+        f1_score(truth, predicted, labels=labelled, average="macro", zero_division=0)
     )
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=list(STAGES), average=None, zero_division=0
