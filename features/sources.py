@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -634,6 +634,8 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
         if spec.format != "parquet" and _is_parquet(path):
             # read as text, its bytes make one long header line and a confusing error later
             raise SchemaError(f"{where} is a Parquet file; declare `format: parquet` in `{key}`")
+        if spec.format != "parquet":
+            _check_text_shape(spec, path, where)
         frame = _read_table(spec, path)
     except (pl.exceptions.PolarsError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SchemaError(f"{where} cannot be read: {_reading_fix(spec, path, exc)}") from exc
@@ -702,6 +704,41 @@ def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
         f"{message}; check `format:` (now csv), `delimiter:` (now {spec.delimiter!r}), that it "
         "is UTF-8 text and that every quote is closed"
     )
+
+
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_text_shape(spec: ReadSpec, path: Path, where: str) -> None:
+    """What the text readers would read wrongly without a word (a review): lines ended by a
+    carriage return alone (Excel for Mac's "CSV (Macintosh)"), which Polars reads as one
+    header line and no rows; and a header naming a column twice, of which the readers keep
+    the first under its name and rename the other, so a mapping reads one of the two."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if b"\r" in head and b"\n" not in head:
+        raise SchemaError(
+            f"{where}: its lines end with a carriage return alone (old Mac line endings, as "
+            "Excel for Mac's 'CSV (Macintosh)' writes), which reads as one line; save it as "
+            f"'CSV UTF-8', or convert them: `tr '\\r' '\\n' < {path.name} > "
+            f"{path.stem}.lf{path.suffix}`"
+        )
+    if not spec.header or spec.columns is not None:
+        return  # the mapping names the columns
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    line = next(iter(text.splitlines()), "")
+    if spec.format == "csv":
+        names = next(csv.reader([line], delimiter=spec.delimiter), [])
+    else:
+        names = line.split()
+    twice = sorted({name for name, count in Counter(names).items() if count > 1})
+    if twice:
+        raise SchemaError(
+            f"{where}: its header names the column(s) {twice} twice or more, so which one the "
+            "mapping reads is not said; rename them in the file, or name every column, in "
+            "order, with `columns:` in the mapping (the header line is then read as names "
+            "no more)"
+        )
 
 
 def _is_parquet(path: Path) -> bool:
@@ -810,9 +847,22 @@ def _aggregate(
     timezone: str | None,
     timestamp_key: str,
     value: str | None,
+    contact_id: str | None = None,
 ) -> pl.DataFrame:
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
+    # a line without a group key is a group of its own: Polars groups the nulls together, and
+    # a review's blank basket ids merged lines of other contacts into one event, their
+    # contacts left with none; and a group's lines that name other contacts are each
+    # contact's own event (`first()` gave them all to the first line's contact)
+    groups: dict[str, pl.Expr] = {
+        _ALONE: pl.when(pl.any_horizontal(pl.col(c).is_null() for c in spec.by))
+        .then(pl.int_range(pl.len(), dtype=pl.Int64))
+        .otherwise(None)
+    }
+    named = _AGGREGATE.match(spec.columns.get(contact_id or "", ""))
+    if named is not None and named.group(1) == "first":
+        groups[_GROUP_CONTACT] = pl.col(named.group(2))
     expressions = []
     helpers: dict[str, pl.Series] = {}  # columns that sum text amounts, order text times
     for output, text in spec.columns.items():
@@ -864,7 +914,16 @@ def _aggregate(
         expressions.append(aggregated.alias(output))
     if _ORIGIN_ROW in frame.columns:  # a group comes from its first input row
         expressions += [pl.col(_ORIGIN).first(), pl.col(_ORIGIN_ROW).min()]
-    return frame.with_columns(**helpers).group_by(spec.by, maintain_order=True).agg(expressions)
+    return (
+        frame.with_columns(**helpers, **groups)
+        .group_by([*spec.by, *groups], maintain_order=True)
+        .agg(expressions)
+        .drop(list(groups))
+    )
+
+
+_ALONE = "__funnelcast_alone"  # a line's own group: its group key is missing
+_GROUP_CONTACT = "__funnelcast_group_contact"  # the contact of a group's lines
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -891,6 +950,7 @@ def _read_event_stream(
             timezone=timezone,
             timestamp_key=f"{key}.timestamp",
             value=stream.value,
+            contact_id=stream.contact_id,
         )
 
     referenced = [
@@ -996,6 +1056,10 @@ def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
             .round()
             .cast(pl.Int64, strict=False)  # out of range -> null -> an unparseable_timestamp reject
         )
+        # and so is a time outside years 1-9999 (milliseconds read as seconds, say): no
+        # calendar holds it, and the set-aside row's record could not be written (a review's
+        # traceback)
+        micros = micros.set(~micros.is_between(_FIRST_MICROS, _LAST_MICROS).fill_null(True), None)
         parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
     else:
         parsed = (
@@ -1018,6 +1082,12 @@ def _instants(
         text = _parse_event_time(column, spec.format, key=key, timezone=timezone)
         return parse_timestamps(text, timezone=timezone)[0]
     return _parse_typed_time(column, spec.format, key=key, timezone=timezone)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_FIRST_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_LAST_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
 def _typed_or_text(parsed: pl.Series, raw: pl.Series, fmt: str) -> pl.Series:

@@ -610,6 +610,33 @@ def test_a_basket_with_an_amount_that_does_not_read_is_set_aside_not_the_whole_f
     ]
 
 
+def test_basket_lines_without_a_basket_or_of_other_contacts_are_not_merged(
+    tmp_path: Path,
+) -> None:
+    """Review: Polars groups missing keys together, so two lines without a basket id became
+    one purchase of the first line's contact, and a basket whose lines name two contacts
+    became the first one's: the others' events vanished, nothing set aside."""
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at,amount\n"
+        ",h2,2024-01-05 10:00,3\n,h3,2024-01-06 10:00,4\n"
+        "b3,h5,2024-01-05 10:00,1\nb3,h6,2024-01-05 10:00,1\n"
+        "b4,h7,2024-01-05 10:00,1\nb4,h7,2024-01-05 11:00,2\n",
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min")
+        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
+        .replace("at: min(at)}", "at: min(at), amount: sum(amount)}")
+        + "    value: amount\n",
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    events = [(e["contact_id"], e["value"]) for e in validated.events.to_pylist()]
+    assert events == [("h2", 3.0), ("h3", 4.0), ("h5", 1.0), ("h6", 1.0), ("h7", 3.0)]
+    assert validated.rejects.num_rows == 0
+
+
 BASKETS_MAPPING = """\
 name: baskets
 description: line items as text
@@ -1345,3 +1372,72 @@ def test_observe_until_is_a_day_never_a_time_whose_zone_would_be_dropped(given: 
         with pytest.raises(ValueError, match="is not a day; give YYYY-MM-DD"):
             load()
     assert SourceTraining(observe_until="2018-07-01").observe_until == dt.date(2018, 7, 1)
+
+
+# --- what the readers would read wrongly without a word (row-conservation review) --------------
+
+
+def test_a_csv_whose_lines_end_with_a_carriage_return_alone_is_refused(
+    shop: Path, tmp_path: Path
+) -> None:
+    """Excel for Mac's "CSV (Macintosh)": Polars read it as one header line and no rows, and
+    ingest said "0 in, 0 kept, no rows set aside"."""
+    path = tmp_path / "data/shop/events.csv"
+    path.write_bytes(SHOP_CSV.replace("\n", "\r").encode("utf-8"))
+    with pytest.raises(SchemaError, match="carriage return alone") as caught:
+        ingest(shop, data_dir=tmp_path / "data", now=NOW)
+    assert "tr '\\r' '\\n' < events.csv > events.lf.csv" in str(caught.value)
+    path.write_bytes(SHOP_CSV.replace("\n", "\r\n").encode("utf-8"))  # Windows' endings read
+    assert ingest(shop, data_dir=tmp_path / "data", now=NOW).validated.events.num_rows == 3
+
+
+def test_a_header_naming_a_column_twice_is_refused_unless_the_mapping_names_the_columns(
+    shop: Path, tmp_path: Path
+) -> None:
+    """The readers kept the first `opt_in` and renamed the second: a contact whose second
+    column said N was kept with consent, nothing said."""
+    _write(
+        tmp_path / "data/shop/customers.csv",
+        "id,opt_in,segment,opt_in\nc1,Y,gold,N\nc2,N,silver,N\n",
+    )
+    with pytest.raises(SchemaError, match=r"names the column\(s\) \['opt_in'\] twice"):
+        ingest(shop, data_dir=tmp_path / "data", now=NOW)
+    named = _with(
+        shop,
+        "read: {path: shop/customers.csv, format: csv}",
+        "read: {path: shop/customers.csv, format: csv, columns: [id, old, segment, opt_in]}",
+    )
+    contacts = ingest(named, data_dir=tmp_path / "data", now=NOW).validated.contacts
+    assert contacts.column("marketing_consent").to_pylist() == [False, False]
+
+
+def test_unix_times_outside_the_calendar_are_set_aside_not_a_traceback(tmp_path: Path) -> None:
+    """Milliseconds read as seconds (year 55,841) and a year -1199 crashed ingest with an
+    OverflowError while writing the set-aside row's record, or were kept."""
+    _write(
+        tmp_path / "ev.csv",
+        "cid,ts,action\nc1,1700000000,view\nc2,1700000000000,view\nc3,-100000000000,view\n",
+    )
+    mapping = _write(
+        tmp_path / "ms.yaml",
+        """\
+        name: ms
+        description: unix seconds
+        events:
+          - name: ev
+            read: {path: ev.csv}
+            contact_id: cid
+            timestamp: {column: ts, format: unix_s}
+            event_type: {column: action, values: {view: product_view}}
+            channel: {fixed: web}
+        contacts: {consent_default: true}
+        """,
+    )
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    assert validated.events.column("contact_id").to_pylist() == ["c1"]
+    rejects = validated.rejects.to_pylist()
+    assert [(r["reason"], r["contact_id"]) for r in rejects] == [
+        ("unparseable_timestamp", "c2"),
+        ("unparseable_timestamp", "c3"),
+    ]
+    assert "1700000000000" in rejects[0]["record"]
