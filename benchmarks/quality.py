@@ -686,6 +686,15 @@ def _stage_scores(truth: npt.NDArray[Any], predicted: Any) -> dict[str, Any]:
             "rows": metrics["rows"],
             "f1_by_stage": {s: round(v["f1"], 4) for s, v in metrics["per_stage"].items()},
             "support_by_stage": {s: v["support"] for s, v in metrics["per_stage"].items()},
+            # how often the model called each stage: a stage it calls that the labels never
+            # hold is a class of its macro_f1 only
+            "called_by_stage": dict(
+                zip(
+                    metrics["per_stage"],
+                    (int(n) for n in np.asarray(metrics["confusion_matrix"]).sum(axis=0)),
+                    strict=True,
+                )
+            ),
         }
     return out
 
