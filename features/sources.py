@@ -610,6 +610,11 @@ class _FileCache:
                 )
             return path
         path = self._data_dir / spec.path
+        if not path.exists() and any(mark in spec.path for mark in "*?["):
+            raise FileNotFoundError(
+                f"{path}: `{key}.path` names one file, not a pattern (source {self._source!r}); "
+                "give each file its own entry, or join the parts into one file"
+            )
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist (source {self._source!r}, `{key}.path`); {_DATA_DIR_FIX}"

@@ -1441,3 +1441,11 @@ def test_unix_times_outside_the_calendar_are_set_aside_not_a_traceback(tmp_path:
         ("unparseable_timestamp", "c3"),
     ]
     assert "1700000000000" in rejects[0]["record"]
+
+
+def test_a_path_with_a_pattern_is_said_to_name_one_file(shop: Path, tmp_path: Path) -> None:
+    """Review: `path: 'parts/*.parquet'` said the file did not exist and to pass --data-dir,
+    whose folder was right."""
+    mapping = _with(shop, "path: shop/events.csv", "path: shop/*.csv")
+    with pytest.raises(FileNotFoundError, match=r"names one file, not a pattern"):
+        ingest(mapping, data_dir=tmp_path / "data", now=NOW)
