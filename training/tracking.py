@@ -83,9 +83,14 @@ _CREDENTIALS = re.compile(r"://[^/\s?#]*@")
 # why a run failed (``error_reason``), on the run
 ERROR_TAG = "funnelcast.error"
 _MAX_REASON = 500
-# text in quotes or brackets, where messages put the values they failed on; a quote right
-# after a letter is an apostrophe ("the events' `event_type`"), which opens nothing
-_QUOTED = re.compile(r"(?<!\w)'[^']*'|(?<!\w)\"[^\"]*\"|\[[^\]]*\]")
+# text in quotes or brackets, where messages put the values they failed on: Python's repr
+# of text (an escaped quote inside, a b/r/u prefix) too; a quote right after a letter is an
+# apostrophe ("the events' `event_type`"), which opens nothing
+_QUOTED = re.compile(
+    r"""(?<!\w)[bBrRuU]{0,2}'(?:[^'\\]|\\.)*'"""
+    r'|(?<!\w)[bBrRuU]{0,2}"(?:[^"\\]|\\.)*"'
+    r"|\[[^\]]*\]"
+)
 
 
 def tracking_uri(uri: str | None = None) -> str:
