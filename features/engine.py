@@ -1036,10 +1036,13 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
 # describing them: as a categorical feature LightGBM would store every value in the model
 IDENTIFYING_MIN_VALUES = 100
 IDENTIFYING_SHARE = 0.5
-# a number names contacts when it is a whole number nearly every contact has its own of (a CRM
-# customer number, a phone number exported as a number, an id a pandas export made a double):
-# a measure in whole units (orders, employees, spend in cents) repeats far more often
+# a number names contacts when it is a whole number nearly every contact has its own of, packed
+# in a range not much wider than their count: a CRM customer number handed out in turn (an id
+# a pandas export made a double too). A measure in whole units can be as distinct (spend in
+# cents, revenue, a signup time in seconds) but spreads over a range far wider than the
+# contacts; a phone number as a number does too, and is not told from them
 IDENTIFYING_NUMBER_SHARE = 0.9
+IDENTIFYING_NUMBER_SPREAD = 10  # the range's width over the values, at most
 
 
 def identifying_attributes(
@@ -1048,7 +1051,8 @@ def identifying_attributes(
     """The attributes the spec would make features that identify contacts: text with
     ``IDENTIFYING_MIN_VALUES`` distinct values over more than ``IDENTIFYING_SHARE`` of the
     contacts that have one, and whole numbers as many over more than
-    ``IDENTIFYING_NUMBER_SHARE``. Each name with its distinct values and the contacts that have
+    ``IDENTIFYING_NUMBER_SHARE`` in a range at most ``IDENTIFYING_NUMBER_SPREAD`` times as wide
+    as their count. Each name with its distinct values and the contacts that have
     a value. A number is binned by the model, but it is still memorised, and it is a column of
     the test set logged to MLflow, which joins back to every contact."""
     listed = _contacts_frame(contacts)
@@ -1066,12 +1070,17 @@ def identifying_attributes(
         else:
             continue  # booleans, dates and the kinds that are no features
         values = listed[name].drop_nulls()
-        if dtype.is_numeric() and not dtype.is_integer():  # floats, decimals
-            values = values.cast(pl.Float64)
-            values = values.filter(values.is_finite())
-            if not (values == values.round(0)).all():
+        if dtype.is_numeric():
+            finite = values.cast(pl.Float64).is_finite()
+            values = values.filter(finite)
+            numbers = values.cast(pl.Float64)
+            if not dtype.is_integer() and not (numbers == numbers.round(0)).all():
                 continue  # fractions: a measure, not a number anyone is known by
-        distinct = values.n_unique()
+            if len(numbers) and (numbers.max() - numbers.min()) >= (  # type: ignore[operator]
+                IDENTIFYING_NUMBER_SPREAD * len(numbers)
+            ):
+                continue  # spread wide: a measure (or a number not handed out in turn)
+        distinct = values.n_unique()  # decimals as they are: a double merges ids above 2^53
         if distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values):
             found.append((name, distinct, len(values)))
     return found

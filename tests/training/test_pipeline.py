@@ -202,7 +202,12 @@ def test_which_text_attributes_identify_contacts(
         # makes of it: it went into the test set logged to MLflow, joining back to every contact
         ([100_000 + i for i in range(200)], pl.Int64, True),
         ([100_000.0 + i for i in range(200)] + [None] * 20, pl.Float64, True),
-        ([4_915_112_345_000 + i for i in range(150)], pl.UInt64, True),  # a phone number
+        ([4_915_112_345_000 + i for i in range(150)], pl.UInt64, True),  # numbers in turn
+        ([10**20 + i for i in range(150)], pl.Decimal(38, 0), True),  # beyond a double's 2^53
+        # as distinct, but spread wide: measures (spend in cents, a signup time in seconds;
+        # a diff review found them refused)
+        ([(i * 7919) % 500_000 for i in range(1000)], pl.Int64, False),
+        ([1_600_000_000 + i * 86_413 for i in range(1000)], pl.Int64, False),
         (list(range(99)), pl.Int32, False),  # too few values to say
         ([i // 2 for i in range(300)], pl.Int64, False),  # each value twice: a measure
         (list(range(180)) + [0] * 20, pl.Int64, False),  # 180 values over 200: 0.9, not more
