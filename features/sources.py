@@ -639,8 +639,8 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
         if spec.format != "parquet" and _is_parquet(path):
             # read as text, its bytes make one long header line and a confusing error later
             raise SchemaError(f"{where} is a Parquet file; declare `format: parquet` in `{key}`")
-        if spec.format != "parquet":
-            _check_text_shape(spec, path, where)
+        if spec.format == "csv":
+            _check_line_endings(path, where)
         frame = _read_table(spec, path)
     except (pl.exceptions.PolarsError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SchemaError(f"{where} cannot be read: {_reading_fix(spec, path, exc)}") from exc
@@ -714,11 +714,12 @@ def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
 _SNIFF_BYTES = 1 << 16
 
 
-def _check_text_shape(spec: ReadSpec, path: Path, where: str) -> None:
-    """What the text readers would read wrongly without a word (a review): lines ended by a
-    carriage return alone (Excel for Mac's "CSV (Macintosh)"), which Polars reads as one
-    header line and no rows; and a header naming a column twice, of which the readers keep
-    the first under its name and rename the other, so a mapping reads one of the two."""
+_TWICE = "_duplicated_0"  # how the CSV reader renames a column the header names again
+
+
+def _check_line_endings(path: Path, where: str) -> None:
+    """Lines ended by a carriage return alone (Excel for Mac's "CSV (Macintosh)"): the CSV
+    reader reads them as one header line and no rows, without a word (a review)."""
     with open(path, "rb") as handle:
         head = handle.read(_SNIFF_BYTES)
     if b"\r" in head and b"\n" not in head:
@@ -727,22 +728,6 @@ def _check_text_shape(spec: ReadSpec, path: Path, where: str) -> None:
             "Excel for Mac's 'CSV (Macintosh)' writes), which reads as one line; save it as "
             f"'CSV UTF-8', or convert them: `tr '\\r' '\\n' < {path.name} > "
             f"{path.stem}.lf{path.suffix}`"
-        )
-    if not spec.header or spec.columns is not None:
-        return  # the mapping names the columns
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
-    line = next(iter(text.splitlines()), "")
-    if spec.format == "csv":
-        names = next(csv.reader([line], delimiter=spec.delimiter), [])
-    else:
-        names = line.split()
-    twice = sorted({name for name, count in Counter(names).items() if count > 1})
-    if twice:
-        raise SchemaError(
-            f"{where}: its header names the column(s) {twice} twice or more, so which one the "
-            "mapping reads is not said; rename them in the file, or name every column, in "
-            "order, with `columns:` in the mapping (the header line is then read as names "
-            "no more)"
         )
 
 
@@ -807,6 +792,14 @@ def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> 
 
 
 def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
+    if f"{column}{_TWICE}" in frame.columns:
+        # the CSV reader keeps the first under its name and renames the other: which one the
+        # mapping reads is not said (a review's contact was kept with the first's consent)
+        raise SchemaError(
+            f"{where}: its header names the column '{column}' twice or more, and `{key}` reads "
+            "it; rename one in the file, or name every column, in order, with `columns:` in "
+            "the mapping's `read:` (the header line is then read as names no more)"
+        )
     if column not in frame.columns:
         names = [name for name in frame.columns if name not in _ORIGIN_COLUMNS]
         raise SchemaError(
@@ -867,7 +860,8 @@ def _aggregate(
     }
     named = _AGGREGATE.match(spec.columns.get(contact_id or "", ""))
     if named is not None and named.group(1) == "first":
-        groups[_GROUP_CONTACT] = pl.col(named.group(2))
+        # as validation reads ids: " h1" and "h1" are one contact, whose basket stays one
+        groups[_GROUP_CONTACT] = pl.col(named.group(2)).cast(pl.String).str.strip_chars()
     expressions = []
     helpers: dict[str, pl.Series] = {}  # columns that sum text amounts, order text times
     for output, text in spec.columns.items():
