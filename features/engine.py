@@ -1076,9 +1076,8 @@ def identifying_attributes(
             numbers = values.cast(pl.Float64)
             if not dtype.is_integer() and not (numbers == numbers.round(0)).all():
                 continue  # fractions: a measure, not a number anyone is known by
-            if len(numbers) and (numbers.max() - numbers.min()) >= (  # type: ignore[operator]
-                IDENTIFYING_NUMBER_SPREAD * len(numbers)
-            ):
+            width = float(numbers.max() - numbers.min()) if len(numbers) else 0.0  # type: ignore[operator,arg-type]
+            if width >= IDENTIFYING_NUMBER_SPREAD * len(numbers):
                 continue  # spread wide: a measure (or a number not handed out in turn)
         distinct = values.n_unique()  # decimals as they are: a double merges ids above 2^53
         if distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values):

@@ -504,6 +504,11 @@ def funnel(
 
     snapshot = _as_of_date(as_of) if as_of else None
     events = read_table(data / "events.parquet")
+    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC) and events.num_rows:
+        import polars as pl
+
+        latest = pl.from_arrow(events.select(["timestamp"]))["timestamp"].max()  # type: ignore[index]
+        _refuse_events_after_now(latest, f"--data {data}")  # type: ignore[arg-type]
     contacts_path = data / "contacts.parquet"
     history_path = data / "stage_history.parquet"
     validated = Validated(
@@ -595,6 +600,13 @@ def features(
             "model's features are built with its own spec; give one or the other"
         )
     snapshot = _as_of_date(as_of)
+    if snapshot > dt.datetime.now(dt.UTC):  # tomorrow: reads today's events up to now only
+        import polars as pl
+
+        from features.engine import scan_events
+
+        latest = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+        _refuse_events_after_now(latest, f"--events {events}")
     if out.suffix.lower() != ".parquet":
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
@@ -775,13 +787,8 @@ def score(
             f"({first:%Y-%m-%d}):[/] no contact has an event before it, so every contact listed "
             "is scored dormant or on its attributes alone."
         )
-    current = dt.datetime.now(dt.UTC)
-    if (snapshot is None or snapshot > current) and last > current:  # read: as of after now
-        raise InputError(
-            f"--events {events} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the "
-            "future (a clock or time-zone error); give an --as-of up to today, or correct the "
-            "timestamps"
-        )
+    if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
+        _refuse_events_after_now(last, f"--events {events}")
     if snapshot is None:
         snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     then = previous_as_of(earlier) if earlier is not None else None
@@ -1974,6 +1981,17 @@ def _parse_date(text: str, option: str) -> dt.datetime:
     if day.year < 1970:  # a lookback window from year 1 would reach before any calendar
         raise InputError(f"{option} {text} is before 1970; give a date of your events' time")
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _refuse_events_after_now(last: dt.datetime | None, what: str) -> None:
+    """Events after now, read when the date is after now (tomorrow's midnight, the default
+    after events that run to today): a clock or time-zone error, refused by every command
+    that reads past now, as the service refuses them."""
+    if last is not None and last > dt.datetime.now(dt.UTC):
+        raise InputError(
+            f"{what} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the future (a "
+            "clock or time-zone error); give an --as-of up to today, or correct the timestamps"
+        )
 
 
 def _as_of_date(text: str) -> dt.datetime:

@@ -896,3 +896,29 @@ def test_features_read_a_glob_of_event_files(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "f.parquet").exists()
+
+
+def test_features_and_funnel_as_of_tomorrow_refuse_events_after_now(tmp_path: Path) -> None:
+    """--as-of takes tomorrow (score's default after events that run to today); features and
+    funnel then read events after now as score refuses them (diff review: a purchase at 23:00
+    today was a feature at 10:00)."""
+    import polars as pl
+
+    data = tmp_path / "data"
+    simulated = _run("simulate", "--out", str(data), "--contacts", "50", "--days", "10")
+    assert simulated.returncode == 0, simulated.stderr
+    events = pl.read_parquet(data / "events.parquet")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    late = events.head(1).with_columns(
+        pl.lit(later).cast(events["timestamp"].dtype).alias("timestamp")
+    )
+    pl.concat([events, late]).write_parquet(data / "events.parquet")
+    tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+    out = tmp_path / "f.parquet"
+    for command in (
+        ["features", "--events", str(data), "--out", str(out)],
+        ["funnel", "--data", str(data)],
+    ):
+        result = _run(*command, "--as-of", tomorrow)
+        _assert_one_line_error(result, "after now: events in the future")
+    assert not out.exists()
