@@ -1866,10 +1866,12 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
 
     decision = promote(name, alias=alias, version=version, force=force)
     against = f"version {decision.champion.version}" if decision.champion else "the rules and RFM"
+    from training.registry import GATE_METRICS
+
     scores = ", ".join(
         f"{k} {decision.challenger_scores[k]:.4f} vs {decision.champion_scores[k]:.4f}"
-        for k in ("macro_f1", "auc_pr")
-        if k in decision.champion_scores
+        for k, _ in GATE_METRICS
+        if k in decision.champion_scores and k in decision.challenger_scores
     )
     if decision.promoted:
         how = " (forced: " + "; ".join(decision.reasons) + ")" if decision.forced else ""

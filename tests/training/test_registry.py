@@ -23,6 +23,7 @@ from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec, shipped_spec_text
 from features.vocabulary import STAGE_CTA, STAGES
+from training.evaluation import stage_metrics
 from training.frame import model_matrix
 from training.pipeline import TrainingResult, train_models
 from training.pyfunc import OUTPUT_COLUMNS
@@ -339,6 +340,26 @@ def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
     assert not beats({"macro_f1": 0.5, "auc_pr": 0.2}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
     assert not beats({"macro_f1": 0.4, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": 0.3})[0]
     assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": float("nan")})[0]
+
+
+def test_the_gate_also_reads_macro_f1_over_the_labels_stages() -> None:
+    """A diff review's case: truth 50 awareness + 50 intent; the rules call 10 awareness
+    contacts `consideration`, a stage the labels never hold, the model 15 of them `intent`.
+    The standard macro-F1 has the model ahead (0.847 against 0.630, the rules' mean taking an
+    F1 of 0 for consideration), over the labels' stages the rules are (0.944): not promoted."""
+    truth = ["awareness"] * 50 + ["intent"] * 50
+    rules = ["consideration"] * 10 + ["awareness"] * 40 + ["intent"] * 50
+    model = ["intent"] * 15 + ["awareness"] * 35 + ["intent"] * 50
+
+    def gate_scores(predicted: list[str]) -> dict[str, float]:
+        metrics = stage_metrics(truth, predicted)
+        return {k: metrics[k] for k in ("macro_f1", "macro_f1_labelled")} | {"auc_pr": 0.3}
+
+    ours, theirs = gate_scores(model), gate_scores(rules)
+    assert ours["macro_f1"] > theirs["macro_f1"]
+    promoted, reasons = beats(ours, theirs)
+    assert not promoted
+    assert reasons[0].startswith("stage macro-F1 over the labels' stages 0.8")
 
 
 def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
