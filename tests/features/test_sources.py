@@ -594,13 +594,7 @@ def test_a_basket_with_an_amount_that_does_not_read_is_set_aside_not_the_whole_f
         "10,h1,2024-01-05 10:00,1.5\n10,h1,2024-01-05 10:00,abc\n"
         "11,h2,2024-01-06 10:00, 2.5\n11,h2,2024-01-06 10:00,\n",
     )
-    mapping = _write(
-        tmp_path / "baskets.yaml",
-        BASKETS_MAPPING.replace("FUNCTION", "min")
-        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
-        .replace("at: min(at)}", "at: min(at), amount: sum(amount)}")
-        + "    value: amount\n",
-    )
+    mapping = _baskets_with_amounts(tmp_path)
 
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
     assert [(e["contact_id"], e["value"]) for e in validated.events.to_pylist()] == [("h2", 2.5)]
@@ -623,18 +617,23 @@ def test_basket_lines_without_a_basket_or_of_other_contacts_are_not_merged(
         "b3,h5,2024-01-05 10:00,1\nb3,h6,2024-01-05 10:00,1\n"
         "b4,h7,2024-01-05 10:00,1\nb4,h7 ,2024-01-05 11:00,2\n",  # one contact, as read
     )
-    mapping = _write(
-        tmp_path / "baskets.yaml",
-        BASKETS_MAPPING.replace("FUNCTION", "min")
-        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
-        .replace("at: min(at)}", "at: min(at), amount: sum(amount)}")
-        + "    value: amount\n",
-    )
+    mapping = _baskets_with_amounts(tmp_path)
 
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
     events = [(e["contact_id"], e["value"]) for e in validated.events.to_pylist()]
     assert events == [("h2", 3.0), ("h3", 4.0), ("h5", 1.0), ("h6", 1.0), ("h7", 3.0)]
     assert validated.rejects.num_rows == 0
+
+
+def _baskets_with_amounts(folder: Path) -> Path:
+    """``BASKETS_MAPPING`` reading lines.csv's times as text, with each basket's summed amount."""
+    return _write(
+        folder / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min")
+        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
+        .replace("at: min(at)}", "at: min(at), amount: sum(amount)}")
+        + "    value: amount\n",
+    )
 
 
 BASKETS_MAPPING = """\
