@@ -1237,9 +1237,16 @@ def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -
         if naive.any():  # some are naive, and no zone is named
             raise _no_label_zone(column)
     if parsed.dtype == pl.String or parsed.null_count() > column.null_count():
+        if parsed.dtype == pl.String:  # the rows that did not read carry their text
+            unread = parsed.str.starts_with(f"not {spec.format}: ").fill_null(False)
+        else:
+            unread = parsed.is_null() & column.is_not_null()
+        rows = unread.arg_true()
+        first = f" (e.g. {column[rows[0]]!r} on data row {rows[0] + 1})" if len(rows) else ""
         raise SchemaError(
-            f"labels column '{column.name}' has dates that do not read as {spec.format!r}; "
-            "fix `labels.label_date.format`"
+            f"labels column '{column.name}' has {len(rows):,} date(s) that do not read as "
+            f"{spec.format!r}{first}; fix those dates, or `labels.label_date.format` if it "
+            "is not how the file writes them"
         )
     dtype = parsed.dtype
     assert isinstance(dtype, pl.Datetime)

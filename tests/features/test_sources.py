@@ -839,6 +839,39 @@ def test_naive_iso_label_dates_without_a_declared_zone_are_a_schema_error(
         ingest(mapping, data_dir=tmp_path, now=NOW)
 
 
+@pytest.mark.parametrize(
+    ("label_date", "dates", "said"),
+    [
+        ('{column: won_at, format: "%Y-%m-%d"}', ["2024-01-05", "2024-31-01"], "'2024-31-01'"),
+        ("{column: won_at, format: iso8601}", ["2024-01-05", "soon"], "'soon'"),
+        ("{column: won_at, format: unix_s}", ["1700000000", "1700000000000"], "'1700000000000'"),
+    ],
+)
+def test_a_label_date_that_does_not_read_is_named_with_its_row(
+    tmp_path: Path, label_date: str, dates: list[str], said: str
+) -> None:
+    """Review: one bad date stopped the ingest with "fix the format", no value, no line, the
+    format blamed when it was right."""
+    _write(tmp_path / "leads.csv", f"lead,won_at\na,{dates[0]}\nb,{dates[1]}\n")
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        f"""\
+        name: leads
+        description: leads with outcomes
+        timezone: UTC
+        labels:
+          read: {{path: leads.csv}}
+          contact_id: lead
+          outcome: {{column: won_at, when_present: won, when_missing: not_won}}
+          label_date: {label_date}
+        """,
+    )
+    with pytest.raises(SchemaError) as caught:
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+    assert "has 1 date(s) that do not read as" in str(caught.value)
+    assert f"(e.g. {said} on data row 2); fix those dates" in str(caught.value)
+
+
 def test_an_outcome_value_the_labels_mapping_does_not_list_is_a_schema_error(
     tmp_path: Path,
 ) -> None:
