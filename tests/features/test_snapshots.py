@@ -208,7 +208,14 @@ def _events(generated: list[Row] | list[tuple[str, int, str, str]]) -> pl.DataFr
     return result
 
 
-quick = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the property tests keep only examples that can show what they test (assume): in a random
+# log that is often a minority, which Hypothesis' filter health check failed on now and then
+# (7 kept of 57, a full run on 2026-12-06); each test still runs on 30 kept examples
+quick = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @quick
