@@ -740,7 +740,14 @@ def _features(generated: list[tuple[str, int, str, str]]) -> pl.DataFrame:
     return build_contact_features(_frame(generated), as_of=AS_OF, spec=SPEC)
 
 
-quick = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the property tests keep only examples that can show what they test (assume); that can be a
+# minority of random logs, and Hypothesis' filter health check then fails by chance (it did in
+# tests/features/test_snapshots.py); each test still runs on 25 kept examples
+quick = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _assert_same(left: pl.DataFrame, right: pl.DataFrame) -> None:
