@@ -1071,9 +1071,11 @@ def identifying_attributes(
             continue  # booleans, dates and the kinds that are no features
         values = listed[name].drop_nulls()
         if dtype.is_numeric():
-            finite = values.cast(pl.Float64).is_finite()
-            values = values.filter(finite)
             numbers = values.cast(pl.Float64)
+            values, numbers = (
+                values.filter(numbers.is_finite()),
+                numbers.filter(numbers.is_finite()),
+            )
             if not dtype.is_integer() and not (numbers == numbers.round(0)).all():
                 continue  # fractions: a measure, not a number anyone is known by
             width = float(numbers.max() - numbers.min()) if len(numbers) else 0.0  # type: ignore[operator,arg-type]

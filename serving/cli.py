@@ -1028,13 +1028,14 @@ def train(
     contacts_path = contacts or folder / "contacts.parquet"
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     require_known_consent(contact_table, assume_consent=assume_consent)  # before a run starts
-    if labels is None and source is not None and (folder / "labels.parquet").exists():
-        # ingest wrote the source's provided labels beside its events: trained on, as `run
-        # --source` does (on labels revealed by the events instead, the version could not be
-        # compared with one `run` made: promote refuses labels of another kind)
+    # ingest wrote the source's provided labels beside its events: trained on, as `run
+    # --source` does (on labels revealed by the events instead, the version could not be
+    # compared with one `run` made: promote refuses labels of another kind)
+    from_source = labels is None and source is not None and (folder / "labels.parquet").exists()
+    if from_source:
         labels = folder / "labels.parquet"
     label_table = read_table(labels) if labels is not None else None
-    if label_table is not None and labels == folder / "labels.parquet" and source is not None:
+    if from_source and label_table is not None:
         console.print(
             f"Training on the source's provided labels ({label_table.num_rows:,} rows, "
             f"{labels}), as `run --source` does."
