@@ -535,21 +535,33 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
 def _validate_labels(
     labels: pa.Table | None, *, now: datetime | None
 ) -> tuple[pa.Table | None, pa.Table]:
-    """Label rows without a contact, or dated in the future, are set aside and counted."""
+    """Label rows without a contact, with a date that does not read, or dated in the future
+    are set aside and counted."""
     if labels is None:
         return None, REJECTS_SCHEMA.empty_table()
     cut_off = as_utc(now or datetime.now(UTC))
     frame = pl.from_arrow(labels)
     assert isinstance(frame, pl.DataFrame)
+    date = pl.col("label_date")
+    if frame.schema["label_date"] == pl.String:  # some dates did not read (_label_dates)
+        unread = date.str.starts_with("not ").fill_null(False)
+        typed = pl.when(unread).then(None).otherwise(date).str.to_datetime(time_zone="UTC")
+    else:
+        unread, typed = pl.lit(False), date
     checked = frame.with_row_index("_row").with_columns(
         _reason=pl.when(pl.col("contact_id").is_null())
         .then(pl.lit("missing_contact_id"))
-        .when(pl.col("label_date") > cut_off)
+        .when(unread)
+        .then(pl.lit("unparseable_label_date"))
+        .when(typed > cut_off)
         .then(pl.lit("future_label_date"))
-        .otherwise(pl.lit(None, pl.String))
+        .otherwise(pl.lit(None, pl.String)),
+        _date=typed.dt.cast_time_unit("us"),
     )
     bad = checked.filter(pl.col("_reason").is_not_null()).select("_row", "_reason", "contact_id")
-    kept = checked.filter(pl.col("_reason").is_null()).select(LABELS_SCHEMA.names)
+    kept = checked.filter(pl.col("_reason").is_null()).select(
+        "contact_id", label_date="_date", outcome="outcome"
+    )
     return kept.to_arrow().cast(LABELS_SCHEMA), rejects_table("labels", frame, bad)
 
 
@@ -1225,34 +1237,43 @@ def _outcome(frame: pl.DataFrame, spec: OutcomeSpec) -> pl.Expr:
 
 def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -> pl.Series:
     """Label dates in UTC, read exactly as event times are: a time without an offset is in the
-    mapping's `timezone:`, and an error without one. Labels skip event validation, so any
-    unreadable date is an error."""
-    parsed = _parse_event_time(column, spec.format, key="labels.label_date", timezone=timezone)
+    mapping's `timezone:`, and an error without one. A date that does not read is kept as its
+    text, marked as an event time's is (``not <format>: <text>``), so that ingest sets that row
+    aside as ``unparseable_label_date`` with what the file holds; when not one date reads, the
+    format is wrong, not the rows: an error naming a value and its row."""
+    key = "labels.label_date"
     if spec.format == "iso8601":
-        # the ISO text events leave to validation: read here by validation's own reader
+        # read by validation's own reader, as event times are
+        text = _parse_event_time(column, spec.format, key=key, timezone=timezone)
         try:
-            parsed, naive = parse_timestamps(parsed, timezone=timezone)
+            parsed, naive = parse_timestamps(text, timezone=timezone)
         except SchemaError as exc:  # every time is naive and no zone is named
             raise _no_label_zone(column) from exc
         if naive.any():  # some are naive, and no zone is named
             raise _no_label_zone(column)
-    if parsed.dtype == pl.String or parsed.null_count() > column.null_count():
-        if parsed.dtype == pl.String:  # the rows that did not read carry their text
-            unread = parsed.str.starts_with(f"not {spec.format}: ").fill_null(False)
-        else:
-            unread = parsed.is_null() & column.is_not_null()
-        rows = unread.arg_true()
-        first = f" (e.g. {column[rows[0]]!r} on data row {rows[0] + 1})" if len(rows) else ""
-        raise SchemaError(
-            f"labels column '{column.name}' has {len(rows):,} date(s) that do not read as "
-            f"{spec.format!r}{first}; fix those dates, or `labels.label_date.format` if it "
-            "is not how the file writes them"
-        )
+    else:
+        parsed = _parse_typed_time(column, spec.format, key=key, timezone=timezone)
     dtype = parsed.dtype
     assert isinstance(dtype, pl.Datetime)
     if dtype.time_zone is None:
         raise _no_label_zone(column)
-    return parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us").alias("label_date")
+    unread = parsed.is_null() & column.is_not_null()
+    dates = parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us").alias("label_date")
+    if not unread.any():
+        return dates
+    rows = unread.arg_true()
+    if len(rows) == column.len() - column.null_count():
+        raise SchemaError(
+            f"labels column '{column.name}': none of its {len(rows):,} date(s) reads as "
+            f"{spec.format!r} (e.g. {column[rows[0]]!r} on data row {rows[0] + 1}); set "
+            "`labels.label_date.format` to how the file writes them"
+        )
+    shown = pl.lit(f"not {spec.format}: ") + pl.lit(column.cast(pl.String))
+    return (
+        pl.select(pl.when(pl.lit(unread)).then(shown).otherwise(pl.lit(_iso_text(dates))))
+        .to_series()
+        .alias("label_date")
+    )
 
 
 def _no_label_zone(column: pl.Series) -> SchemaError:

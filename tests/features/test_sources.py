@@ -839,37 +839,57 @@ def test_naive_iso_label_dates_without_a_declared_zone_are_a_schema_error(
         ingest(mapping, data_dir=tmp_path, now=NOW)
 
 
-@pytest.mark.parametrize(
-    ("label_date", "dates", "said"),
-    [
-        ('{column: won_at, format: "%Y-%m-%d"}', ["2024-01-05", "2024-31-01"], "'2024-31-01'"),
-        ("{column: won_at, format: iso8601}", ["2024-01-05", "soon"], "'soon'"),
-        ("{column: won_at, format: unix_s}", ["1700000000", "1700000000000"], "'1700000000000'"),
-    ],
-)
-def test_a_label_date_that_does_not_read_is_named_with_its_row(
+_LEADS_MAPPING = """\
+    name: leads
+    description: leads with outcomes
+    timezone: UTC
+    labels:
+      read: {{path: leads.csv}}
+      contact_id: lead
+      outcome: {{column: won_at, when_present: won, when_missing: not_won}}
+      label_date: {label_date}
+    """
+
+_UNREADABLE_LABEL_DATES = [
+    ('{column: won_at, format: "%Y-%m-%d"}', ["2024-01-05", "2024-31-01"], "2024-31-01"),
+    ("{column: won_at, format: iso8601}", ["2024-01-05", "soon"], "soon"),
+    ("{column: won_at, format: unix_s}", ["1704412800", "1700000000000"], "1700000000000"),
+]
+
+
+@pytest.mark.parametrize(("label_date", "dates", "said"), _UNREADABLE_LABEL_DATES)
+def test_a_label_date_that_does_not_read_sets_its_row_aside_with_its_text(
     tmp_path: Path, label_date: str, dates: list[str], said: str
 ) -> None:
-    """Review: one bad date stopped the ingest with "fix the format", no value, no line, the
-    format blamed when it was right."""
-    _write(tmp_path / "leads.csv", f"lead,won_at\na,{dates[0]}\nb,{dates[1]}\n")
-    mapping = _write(
-        tmp_path / "leads.yaml",
-        f"""\
-        name: leads
-        description: leads with outcomes
-        timezone: UTC
-        labels:
-          read: {{path: leads.csv}}
-          contact_id: lead
-          outcome: {{column: won_at, when_present: won, when_missing: not_won}}
-          label_date: {label_date}
-        """,
-    )
+    """One bad date stopped the whole ingest (a review named the value, a later one asked for
+    the row to be set aside as an event with a bad time is): the other labels are kept."""
+    _write(tmp_path / "leads.csv", f"lead,won_at\na,{dates[0]}\nb,{dates[1]}\nc,\n")
+    mapping = _write(tmp_path / "leads.yaml", _LEADS_MAPPING.format(label_date=label_date))
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+    assert ingested.labels is not None
+    assert ingested.labels.to_pylist() == [
+        {"contact_id": "a", "label_date": dt.datetime(2024, 1, 5, tzinfo=dt.UTC), "outcome": "won"},
+        {"contact_id": "c", "label_date": None, "outcome": "not_won"},
+    ]
+    rejects = ingested.validated.rejects.to_pylist()
+    assert [(r["table"], r["reason"], r["contact_id"], r["source_row"]) for r in rejects] == [
+        ("labels", "unparseable_label_date", "b", 3)
+    ]
+    assert said in json.loads(rejects[0]["record"])["label_date"]
+    assert ingested.validated.reject_counts()[("labels", "unparseable_label_date")] == 1
+
+
+@pytest.mark.parametrize(("label_date", "dates", "said"), _UNREADABLE_LABEL_DATES)
+def test_label_dates_none_of_which_reads_are_a_format_error_naming_one_and_its_row(
+    tmp_path: Path, label_date: str, dates: list[str], said: str
+) -> None:
+    """Every date failing is the mapping's format, not the rows: an error, not all set aside."""
+    _write(tmp_path / "leads.csv", f"lead,won_at\na,\nb,{dates[1]}\n")
+    mapping = _write(tmp_path / "leads.yaml", _LEADS_MAPPING.format(label_date=label_date))
     with pytest.raises(SchemaError) as caught:
         ingest(mapping, data_dir=tmp_path, now=NOW)
-    assert "has 1 date(s) that do not read as" in str(caught.value)
-    assert f"(e.g. {said} on data row 2); fix those dates" in str(caught.value)
+    assert "none of its 1 date(s) reads as" in str(caught.value)
+    assert f"(e.g. {said!r} on data row 2); set `labels.label_date.format`" in str(caught.value)
 
 
 def test_an_outcome_value_the_labels_mapping_does_not_list_is_a_schema_error(
