@@ -1814,6 +1814,12 @@ def _train_and_report(
             f"Set aside {summary['labels_without_date']:,} provided labels without a "
             "label_date (a conversion or stage that cannot be placed in time)."
         )
+    if summary.get("labelled_contacts_without_rows"):
+        console.print(
+            f"{summary['labelled_contacts_without_rows']:,} contacts of the provided labels "
+            "are no row at any snapshot (no events before it, no marketing consent, or "
+            "labelled only outside every horizon): their labels were not trained on."
+        )
     from training.tracking import flat_metrics
 
     _print_quality(flat_metrics(result.metrics))

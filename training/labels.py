@@ -147,8 +147,8 @@ def label_from_provided(
     """Labels from a provided table (contact_id, label_date, outcome) for each snapshot.
 
     * An outcome that is a stage name is a stage label: the stage recorded last on or before
-      the end of the horizon (a lifecycle history holds until it changes); contacts with no
-      record by then are not labelled.
+      the end of the horizon (a lifecycle history holds until it changes; of two at the same
+      moment, the later row); contacts with no record by then are not labelled.
     * Any other outcome is a conversion flag (``positive_outcomes``, case-insensitive): at a
       snapshot, positive when a positive outcome is dated in the horizon; a contact whose
       positive outcome is before the snapshot has already converted and is not labelled
@@ -267,7 +267,9 @@ def _stage_at(stages: pl.DataFrame, end: dt.datetime) -> pl.DataFrame:
     date = pl.col("label_date")
     known = stages.filter(date < end)  # every stage here has its date
     return (
-        known.sort(date)
+        # two stages of one contact at the same moment: the later row of the table is the
+        # later record (a stable sort: Polars' default does not promise to keep equal dates' order)
+        known.sort(date, maintain_order=True)
         .group_by("contact_id")
         .agg(provided_stage=pl.col("outcome").last())
         .with_columns(pl.col("provided_stage").cast(STAGE_TYPE))

@@ -196,8 +196,9 @@ def build_labelled_frame(
     lists it (as the funnel report leaves it out): back then nobody knew it, no served model
     sees such a contact, and its label would be its arrival (a lead created and won within the
     horizon). ``counts`` (when given) receives how many rows that left out
-    (``rows_before_first_event``) and how many provided labels had no usable date
-    (``labels_without_date``, ``training.labels.label_from_provided``).
+    (``rows_before_first_event``), how many provided labels had no usable date
+    (``labels_without_date``, ``training.labels.label_from_provided``) and how many labelled
+    contacts are no row at any snapshot (``labelled_contacts_without_rows``).
 
     With ``settings.observe_until``, features and labels read only the events before that day
     (``observed_events``), and a contact first seen on or after it is no row: it was unknown
@@ -253,7 +254,19 @@ def build_labelled_frame(
             pl.col(PURCHASE_LABEL).is_not_null() & pl.col(STAGE_LABEL).is_not_null()
         )
         source = "provided"
+        if counts is not None:
+            counts["labelled_contacts_without_rows"] = _labelled_without_rows(labels, frame)
     return frame, dates, source
+
+
+def _labelled_without_rows(labels: pa.Table | pl.DataFrame, frame: pl.DataFrame) -> int:
+    """How many contacts of the provided labels are no training row at any snapshot: not in
+    the events before it, without marketing consent, or labelled only outside every horizon.
+    Their labels are counted, not silently lost."""
+    table = labels if isinstance(labels, pl.DataFrame) else pl.DataFrame(pl.from_arrow(labels))
+    labelled = table.select(pl.col("contact_id").cast(pl.String).unique())
+    rows = frame.select(pl.col("contact_id").cast(pl.String).unique())
+    return labelled.join(rows, on="contact_id", how="anti").height
 
 
 def observe_cut(settings: TrainingSettings) -> dt.datetime | None:
@@ -601,6 +614,8 @@ def train_models(
             "rows_before_first_event": frame_counts["rows_before_first_event"],
             # provided positives and stages without a date: set aside, never a label
             "labels_without_date": frame_counts.get("labels_without_date", 0),
+            # contacts of the provided labels that are no row at any snapshot
+            "labelled_contacts_without_rows": frame_counts.get("labelled_contacts_without_rows", 0),
             # observe_until: the events at or after it, not trained on
             "observed_until": None if cut is None else cut.isoformat(),
             "events_after_observed": later,

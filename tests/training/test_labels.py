@@ -283,3 +283,28 @@ def test_outcomes_are_read_whatever_their_case_and_spaces() -> None:
     assert found.filter(pl.col("contact_id") == "a")["purchased"].to_list() == [True]
     stage = found.filter(pl.col("contact_id") == "b")["provided_stage"].cast(pl.String)
     assert stage.to_list() == ["intent"]
+
+
+def test_of_two_provided_stages_at_the_same_moment_the_later_row_is_the_label() -> None:
+    """The labels were sorted by date with Polars' default, which does not promise to keep the
+    order of equal dates. Many contacts, so that a parallel sort would have the room to show."""
+    n = 20_000
+    ids = [f"c{i}" for i in range(n)]
+    first = ["awareness", "intent"] * (n // 2)
+    later = ["intent", "awareness"] * (n // 2)
+    labels = pl.DataFrame(
+        {
+            "contact_id": ids + ids,
+            "label_date": [_day(-3 - i % 5) for i in range(n)] * 2,
+            "outcome": first + later,
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    assert found.height == n
+    stages = dict(found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows())
+    assert stages == dict(zip(ids, later, strict=True))

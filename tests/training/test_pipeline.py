@@ -323,6 +323,44 @@ def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
     ].any()
 
 
+def test_provided_labels_of_contacts_that_are_no_row_are_counted(small: object) -> None:
+    """Labels of contacts unknown to the events, or without consent, were lost uncounted."""
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
+    assert isinstance(contacts, pl.DataFrame)
+    events = pl.from_arrow(small.events)  # type: ignore[attr-defined]
+    assert isinstance(events, pl.DataFrame)
+    with_events = set(events["contact_id"])
+    consented = sorted(
+        set(contacts.filter(pl.col("marketing_consent"))["contact_id"]) & with_events
+    )[:5]
+    opted_out = sorted(
+        set(contacts.filter(~pl.col("marketing_consent"))["contact_id"]) & with_events
+    )[:2]
+    ids = [*consented, *opted_out, "ghost-1", "ghost-2", "ghost-3"]
+    labels = pl.DataFrame(
+        {"contact_id": ids, "label_date": [None] * len(ids), "outcome": ["lost"] * len(ids)},
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    counts: dict[str, int] = {}
+    frame, _, _ = build_labelled_frame(
+        small.events,  # type: ignore[attr-defined]
+        small.contacts,  # type: ignore[attr-defined]
+        spec=load_feature_spec(),
+        rules=load_rules_settings(),
+        settings=load_training_settings(),
+        labels=labels,
+        counts=counts,
+    )
+    rows = set(frame["contact_id"])
+    assert rows <= set(consented)
+    assert counts["labelled_contacts_without_rows"] == len(ids) - len(rows)
+    assert counts["labelled_contacts_without_rows"] >= 5  # the opted-out and the ghosts
+
+
 def test_the_stage_model_has_its_own_patience_and_falls_back_to_the_shared_one() -> None:
     lightgbm = load_training_settings().lightgbm
     assert lightgbm.stage_early_stopping_rounds is not None
