@@ -961,9 +961,6 @@ class RulesScorer:
         for i, request in enumerate(requests):
             as_of = request.as_of or now
             _check_form(request, table, i if batch else None)
-            if not request.marketing_consent:
-                out.append(_no_consent(request, self.info, as_of))
-                continue
             used: int | None = None
             given: Mapping[str, Any] | None = request.features
             where = "features.rules_stage"
@@ -982,6 +979,11 @@ class RulesScorer:
                 stage = build_online_features(rows, as_of=as_of, spec=self.spec, rules=self.rules)[
                     "rules_stage"
                 ]
+            if not request.marketing_consent:
+                # checked as any other contact's input first (a 400 now, not when it opts in),
+                # as the model's scorer does; never a stage
+                out.append(_no_consent(request, self.info, as_of))
+                continue
             out.append(
                 {
                     "contact_id": request.contact_id,

@@ -859,6 +859,24 @@ def test_the_rules_fallback_names_the_contact_of_a_batch_of_one(
     assert caught.value.field == "features.rules_stage"
 
 
+@pytest.mark.parametrize("features", [{"rules_stage": "bogus"}, {}])
+def test_the_rules_fallback_checks_an_opted_out_contacts_input_as_any_other(
+    tmp_path: Any, served: Served, features: dict[str, Any]
+) -> None:
+    """Review: the fallback answered no_consent before reading the input, so a bad request was
+    a 200 while the contact was opted out and a 400 once it opted in (the model checks both)."""
+    scorer = _rules_scorer(tmp_path, served)
+    request = _request({"marketing_consent": False, "features": features})
+    with pytest.raises(RequestError) as caught:
+        scorer.predict([request])
+    assert caught.value.field == "features.rules_stage"
+    fine = _request({"marketing_consent": False, "features": {"rules_stage": "intent"}})
+    (answer,) = scorer.predict([fine])
+    assert answer.status == "no_consent"
+    assert answer.stage is None
+    assert answer.probabilities is None
+
+
 def test_the_rules_fallback_reads_the_stage_of_a_compact_batch(
     tmp_path: Any, served: Served
 ) -> None:
