@@ -183,7 +183,9 @@ def _settled(number: float) -> float:
     of the same amounts added in another order (the batch engines and the online path do) can
     differ in its last bit, 195.54 against 195.54000000000002, and a phrase rounded from it to
     cents must not tell them apart (48.88 against 48.89 for their average of four)."""
-    if not math.isfinite(number) or number == 0:
+    if number == 0:
+        return 0.0  # -0.0 too (an average of no money sent as -0.0): "0.00", never "-0.00"
+    if not math.isfinite(number):
         return number
     digits = max(12, math.floor(math.log10(abs(number))) + 3)
     return float(f"{number:.{digits}g}")

@@ -144,6 +144,11 @@ def test_a_purchase_value_sum_reads_as_money_spent_with_two_decimals(spec: Featu
         describe_feature("purchase_value_sum_28d", 0.0, spec)
         == "nothing spent on purchases in the last 28 days"
     )
+    # a review sent -0.0 (valid JSON, a number the model reads as 0): no minus sign shown
+    assert (
+        describe_feature("average_order_value_all", -0.0, spec)
+        == "average purchase value of 0.00 in all history"
+    )
 
 
 @pytest.mark.parametrize(
