@@ -263,6 +263,7 @@ class _Calibrator:
         if self.method == "isotonic":
             self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             self.isotonic_.fit(p, y)
+            self.steps_ = _shrunk_steps(self.isotonic_, p, y)
         else:
             self.sigmoid_ = LogisticRegression(C=1e6, max_iter=1000)
             self.sigmoid_.fit(_logit(p)[:, None], y)
@@ -278,13 +279,37 @@ class _Calibrator:
             return np.full(len(p), self.constant_)
         if self.method == "isotonic":
             iso = self.isotonic_
-            x, y = iso.X_thresholds_, iso.y_thresholds_
+            # steps_: the shrunk heights (a model pickled before them reads the plain ones)
+            x, y = iso.X_thresholds_, getattr(self, "steps_", iso.y_thresholds_)
             if len(x) == 1:
                 return np.full(len(p), float(y[0]))
             return np.interp(np.clip(p, iso.X_min_, iso.X_max_), x, y)
         lr = self.sigmoid_
         z = _logit(p) * float(lr.coef_[0, 0]) + float(lr.intercept_[0])
         return np.asarray(expit(z), dtype=np.float64)
+
+
+# pseudo-rows each isotonic step is shrunk by, toward the raw scores' mean over its rows
+ISOTONIC_PRIOR_ROWS = 20.0
+
+
+def _shrunk_steps(iso: IsotonicRegression, p: FloatArray, y: npt.NDArray[np.int64]) -> FloatArray:
+    """The isotonic steps' heights, each shrunk toward the raw scores' mean over its rows as
+    if ``ISOTONIC_PRIOR_ROWS`` more rows had that rate, then made monotone again (weighted by
+    rows). A step's observed rate is trusted in proportion to its rows: a top step of one buyer
+    was 1.0, a certainty from a single validation row (a review found contacts scored 1.0 who
+    bought nothing), and is now near the model's own score there; a step of thousands of rows
+    keeps its rate."""
+    fitted = np.interp(p, iso.X_thresholds_, iso.y_thresholds_)  # each row's step
+    heights, step, rows = np.unique(fitted, return_inverse=True, return_counts=True)
+    buyers = np.bincount(step, weights=y.astype(np.float64))
+    raw = np.bincount(step, weights=p) / rows
+    shrunk = (buyers + ISOTONIC_PRIOR_ROWS * raw) / (rows + ISOTONIC_PRIOR_ROWS)
+    shrunk = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(
+        np.arange(len(heights), dtype=np.float64), shrunk, sample_weight=rows + ISOTONIC_PRIOR_ROWS
+    )
+    at = np.clip(np.searchsorted(heights, iso.y_thresholds_), 0, len(heights) - 1)
+    return np.asarray(shrunk[at], dtype=np.float64)
 
 
 def _logit(p: FloatArray) -> FloatArray:

@@ -628,3 +628,23 @@ def test_the_stages_sigmoid_maps_at_once_equal_each_stages_own(
         assert stages._sigmoid_lines() is None  # one isotonic map: each stage its own way
     finally:
         stages.calibrators_ = kept
+
+
+def test_an_isotonic_step_of_one_row_is_no_certainty() -> None:
+    """Review: the top isotonic step was one validation buyer, so every higher score became a
+    propensity of exactly 1.0 (three test contacts, none of whom bought)."""
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.15, 5000)
+    y = (rng.random(5000) < p).astype(np.int64)
+    p, y = np.append(p, 0.2), np.append(y, 1)
+    calibrator = _Calibrator("isotonic").fit(p, y)
+    top = calibrator.transform(np.array([0.2, 0.3, 0.9]))
+    assert top.max() < 0.5  # the one buyer is 1 row against 20 pseudo-rows near 0.2
+    # monotone, within [0, 1], and a step of thousands of rows keeps about its rate
+    grid = np.linspace(0, 1, 201)
+    calibrated = calibrator.transform(grid)
+    assert np.all(np.diff(calibrated) >= 0)
+    assert calibrated.min() >= 0
+    assert calibrated.max() <= 1
+    low = p < 0.05
+    assert abs(calibrator.transform(p[low]).mean() - y[low].mean()) < 0.01
