@@ -146,7 +146,10 @@ def validation_problems(error: ValidationError, shown: int = 3) -> str:
     unknown key first: a typo in a key also makes the key meant "Field required", and only
     the unknown one says what to fix."""
     errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    listed = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:shown]]
+    listed = [
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in errors[:shown]
+    ]
     more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
     return "; ".join(listed) + more
 

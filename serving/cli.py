@@ -240,6 +240,10 @@ def run(
     from training.tracking import tracking_uri as resolve_uri
 
     check_server(resolve_uri(tracking_uri))  # a server that is down: now, not at step 4
+    from training.settings import load_training_settings
+
+    # a settings file or model name step 4 would refuse: now, before the data is rewritten
+    load_training_settings(config, model_name=model_name)
     if source is None:
         console.rule("[bold]1. Simulate customer journeys")
         validated, true_history = _simulate_into(
@@ -254,8 +258,6 @@ def run(
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
     _print_funnel(validated, true_history, config=config, as_of=None, assume_consent=assume_consent)
-    from training.settings import load_training_settings
-
     settings = load_training_settings(config, **overrides)  # the settings step 4 trains with
     if settings.observe_until is not None:
         console.print(

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import posixpath
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+import lightgbm as lgb
+import numpy as np
+from pydantic import Field, field_validator
 
 from features.settings import CalendarDay, FrozenSettings, config_section, section_settings
 from training.models import ReasonsMethod
@@ -23,6 +31,23 @@ class LightGBMSettings(FrozenSettings):
     blend_rfm: bool = True
     params: dict[str, Any]
 
+    @field_validator("params")
+    @classmethod
+    def _lightgbm_reads_them(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Checked when the settings load, not after the snapshots are built: a misspelt name
+        was ignored by LightGBM without a word (its warnings are off) yet logged as if used,
+        and a value out of range was a LightGBM traceback after minutes of work."""
+        unknown = sorted(set(params) - _lightgbm_parameter_names())
+        if unknown:
+            raise ValueError(
+                f"{unknown} are no LightGBM parameters; see "
+                "https://lightgbm.readthedocs.io/en/stable/Parameters.html for the names"
+            )
+        problem = _lightgbm_refusal(params)
+        if problem:
+            raise ValueError(f"LightGBM refuses these values: {problem}")
+        return params
+
     def patience(self, model: str) -> int:
         """Rounds without improvement on validation before ``model`` ("stage" or
         "propensity") stops boosting."""
@@ -35,6 +60,37 @@ class RegistrySettings(FrozenSettings):
     model_name: str = Field(min_length=1)
     champion_alias: str = Field(min_length=1)
 
+    @field_validator("model_name")
+    @classmethod
+    def _a_registry_name(cls, name: str) -> str:
+        """MLflow's rules for a registered model's name (it refused one only at registration,
+        after the whole training), and no quotes: the registry is searched by name."""
+        bad = sorted({c for c in name if c in "/:'\""})
+        normal = posixpath.normpath(name)
+        if not name.strip() or bad or normal != name or normal.startswith((".", "/")):
+            shown = f" (it holds {' '.join(bad)})" if bad else ""
+            raise ValueError(
+                f"{name!r} cannot name a registered model{shown}: no '/', ':' or quotes, not "
+                "blank, and not a path that resolves to another ('.', '..', 'a/../b'); e.g. "
+                "funnelcast-emea"
+            )
+        return name
+
+    @field_validator("champion_alias")
+    @classmethod
+    def _a_registry_alias(cls, alias: str) -> str:
+        """MLflow's rules for an alias, checked before training, not when promoting."""
+        if not re.fullmatch(r"[\w\-]{1,255}", alias):
+            raise ValueError(
+                f"{alias!r} cannot be an alias: letters, digits, '_' and '-' only, at most 255"
+            )
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(
+                f"{alias!r} is reserved by MLflow ('latest' and v<number> name versions); "
+                "e.g. champion or production"
+            )
+        return alias
+
 
 class TrainingSettings(FrozenSettings):
     horizon_days: int = Field(gt=0)
@@ -46,7 +102,7 @@ class TrainingSettings(FrozenSettings):
     # train on the events before this day (UTC midnight) only, as if the log had been exported
     # then: the later ones are not trained on (counted in the report); None: all of them
     observe_until: CalendarDay | None = None
-    seed: int
+    seed: int = Field(ge=0, le=2**31 - 1)  # LightGBM's and scikit-learn's range
     min_train_positives: int = Field(ge=1)
     min_eval_positives: int = Field(ge=1)
     min_stage_rows: int = Field(ge=1)
@@ -89,3 +145,38 @@ def source_training(source: str | None, *, model_name: str | None = None) -> dic
     if model_name is not None:
         given["model_name"] = model_name
     return given
+
+
+def _lightgbm_parameter_names() -> frozenset[str]:
+    """Every LightGBM parameter name and alias, as the library lists them."""
+    from lightgbm.basic import _ConfigAliases
+
+    aliases = _ConfigAliases._get_all_param_aliases()
+    return frozenset(name for names in aliases.values() for name in names) | set(aliases)
+
+
+def _lightgbm_refusal(params: dict[str, Any]) -> str | None:
+    """LightGBM's own check of the values (a booster built on 20 rows: a few ms), or None."""
+    rows = np.arange(40, dtype=np.float64).reshape(20, 2)
+    quiet = {"verbosity": -1}
+    try:
+        with _stderr_silenced():  # its "[LightGBM] [Fatal] ..." line; the message is ours
+            data = lgb.Dataset(rows, label=np.arange(20) % 2, params=quiet)
+            lgb.Booster(params={**params, **quiet, "objective": "binary"}, train_set=data)
+    except lgb.basic.LightGBMError as exc:
+        return str(exc).split(" at /")[0].strip()
+    return None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment: LightGBM's C++ writes there itself."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -922,3 +922,18 @@ def test_features_and_funnel_as_of_tomorrow_refuse_events_after_now(tmp_path: Pa
         result = _run(*command, "--as-of", tomorrow)
         _assert_one_line_error(result, "after now: events in the future")
     assert not out.exists()
+
+
+def test_run_refuses_a_bad_settings_file_before_it_writes_any_data(tmp_path: Path) -> None:
+    """Review: an unknown `training:` key stopped `run` only at step 4, after it had rewritten
+    out/data; a bad --model-name only after the whole training."""
+    config = tmp_path / "typo.yaml"
+    text = (ROOT / "features/config/default.yaml").read_text("utf-8")
+    config.write_text(text.replace("  horizon_days:", "  horizon_dayz:", 1), "utf-8")
+    out = tmp_path / "o"
+    result = _run("run", "--out", str(out), "--config", str(config))
+    _assert_one_line_error(result, "horizon_dayz")
+    assert not out.exists()
+    result = _run("run", "--out", str(out), "--model-name", "team/a")
+    _assert_one_line_error(result, "'team/a' cannot name a registered model")
+    assert not out.exists()

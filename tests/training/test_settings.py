@@ -1,0 +1,76 @@
+"""Training settings are checked when they load, before any work: a review found a bad model
+name, alias, seed or LightGBM parameter refused (or ignored) only after training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from features.errors import InputError
+from training.settings import LightGBMSettings, load_training_settings
+
+
+@pytest.mark.parametrize("name", ["team/a", "a:b", "o'brien", 'say "hi"', "..", "a/../b", " "])
+def test_a_model_name_mlflow_cannot_register_or_search_is_refused(name: str) -> None:
+    with pytest.raises(InputError, match="cannot name a registered model"):
+        load_training_settings(model_name=name)
+
+
+def test_a_usual_model_name_is_kept() -> None:
+    assert load_training_settings(model_name="funnelcast-emea_2").registry.model_name == (
+        "funnelcast-emea_2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("alias", "said"),
+    [
+        ("prod model", "letters, digits"),
+        ("", "at least 1 character"),
+        ("latest", "reserved"),
+        ("LATEST", "reserved"),
+        ("v1", "reserved"),
+    ],
+)
+def test_an_alias_mlflow_refuses_is_refused_when_the_settings_load(alias: str, said: str) -> None:
+    shipped = load_training_settings()
+    with pytest.raises(InputError, match=said):
+        load_training_settings(registry={**shipped.registry.model_dump(), "champion_alias": alias})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 5_000_000_000])
+def test_a_seed_outside_lightgbms_range_is_refused(seed: int) -> None:
+    with pytest.raises(InputError, match="seed"):
+        load_training_settings(seed=seed)
+
+
+def _lightgbm(params: dict[str, Any]) -> LightGBMSettings:
+    shipped = load_training_settings().lightgbm.model_dump()
+    return LightGBMSettings.model_validate({**shipped, "params": params})
+
+
+def test_a_misspelt_lightgbm_parameter_is_named_not_ignored() -> None:
+    with pytest.raises(ValueError, match=r"\['learnig_rate'\] are no LightGBM parameters"):
+        _lightgbm({"learnig_rate": 0.3})
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"num_leaves": 1}, "num_leaves"),
+        ({"feature_fraction": 1.5}, "feature_fraction"),
+    ],
+)
+def test_a_lightgbm_value_out_of_range_is_refused_with_lightgbms_check(
+    params: dict[str, Any], said: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match=f"LightGBM refuses these values: Check failed: .*{said}"):
+        _lightgbm(params)
+    assert "[Fatal]" not in capfd.readouterr().err  # its own line is kept out of the output
+
+
+def test_lightgbm_aliases_and_the_shipped_parameters_are_accepted() -> None:
+    assert _lightgbm({"eta": 0.1, "min_child_samples": 5}).params["eta"] == 0.1
+    assert load_training_settings().lightgbm.params["learning_rate"] > 0
