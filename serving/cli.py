@@ -317,10 +317,16 @@ def run(
 
 
 def _source_training(
-    source: str | None, config: Path | None, model_name: str | None
+    source: str | None,
+    config: Path | None,
+    model_name: str | None,
+    *,
+    options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The training settings over the config's: a source mapping's ``training:`` unless the
-    user gives ``--config`` (theirs then, whole), and ``--model-name`` over both; said."""
+    user gives ``--config`` (theirs then, whole), and ``--model-name`` over both; said.
+    ``options``: settings a command's option gives over the mapping's (``horizon_days`` by
+    ``--horizon 30``), said as such, not as the mapping's."""
     if source is not None:
         from features.sources import load_mapping
 
@@ -346,7 +352,12 @@ def _source_training(
             overrides = source_training(source, model_name=model_name)
             if model_name is not None:  # the option's name is said by the user, not the mapping
                 given.pop("model_name", None)
-            listed = ", ".join(f"{key} {value}" for key, value in overrides.items() if key in given)
+            options = options or {}
+            listed = ", ".join(
+                f"{key} {value}" + (f" ({options[key]} over it)" if key in options else "")
+                for key, value in overrides.items()
+                if key in given
+            )
             if listed:
                 console.print(
                     f"Training settings from the {escape(mapping.name)} mapping over the "
@@ -1050,7 +1061,16 @@ def train(
             contact_table,
             label_table,
             tune=tune,
-            overrides=_observing_until(_source_training(source, config, model_name), cut, config)
+            overrides=_observing_until(
+                _source_training(
+                    source,
+                    config,
+                    model_name,
+                    options={} if horizon is None else {"horizon_days": f"--horizon {horizon}"},
+                ),
+                cut,
+                config,
+            )
             | ({} if horizon is None else {"horizon_days": horizon}),
             spec_path=spec,
             register=register,

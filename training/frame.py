@@ -102,8 +102,8 @@ def split_by_time(
             f"{needed} ({test} test, {validation} validation, one training snapshot, and "
             "before each split those whose labels would reach into it); raise `snapshots:` "
             "under `training:` in your --config if the history is long enough (the snapshots "
-            "that fit are listed below), else give a longer history, a shorter --horizon, or "
-            "a larger `snapshot_every_days`"
+            "that fit are listed below), else give a longer history, a shorter horizon "
+            "(`horizon_days:`, or `train --horizon`), or a larger `snapshot_every_days`"
         )
     return TimeSplit(tuple(train_dates), tuple(validation_dates), tuple(test_dates), tuple(dropped))
 

@@ -937,3 +937,18 @@ def test_run_refuses_a_bad_settings_file_before_it_writes_any_data(tmp_path: Pat
     result = _run("run", "--out", str(out), "--model-name", "team/a")
     _assert_one_line_error(result, "'team/a' cannot name a registered model")
     assert not out.exists()
+
+
+def test_a_mappings_setting_an_option_replaces_is_said_as_replaced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review: `train --source cdnow_sample --horizon 30` said "horizon_days 90" from the
+    mapping and trained with 30."""
+    from serving.cli import _source_training
+
+    overrides = _source_training(
+        "cdnow_sample", None, None, options={"horizon_days": "--horizon 30"}
+    )
+    said = " ".join(capsys.readouterr().out.split())
+    assert overrides["horizon_days"] == 90  # the mapping's, which the option then replaces
+    assert "horizon_days 90 (--horizon 30 over it)" in said
