@@ -119,6 +119,14 @@ def with_missing_attributes(
     one without the column) as a missing value of its kind, as the service scores an attribute
     not sent; and the names of those attributes, for the caller to say."""
     missing = tuple(name for name in model.attribute_features if name not in features.columns)
+    for date in model.attribute_dates:
+        # a date exported as text is built as a text attribute of that name, not days_since_
+        if f"days_since_{date}" in missing and date in features.columns:
+            raise InputError(
+                f"the contacts column '{date}' is {features.schema[date]}, but the model reads "
+                f"it as a date (its feature days_since_{date}); give it as a date or a "
+                "timestamp, as in training (in a CSV export, read it with a date type)"
+            )
     if missing:
         categorical = set(model.categories)
         features = features.with_columns(

@@ -440,6 +440,30 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     assert_frame_equal(got.select("stage", "propensity"), expected.select("stage", "propensity"))
 
 
+def test_a_date_attribute_exported_as_text_is_refused_not_scored_as_missing(
+    served: Served, tmp_path: Path
+) -> None:
+    """Review: `signup_date` as text became a text attribute of that name, its days_since_
+    feature "not held" by the table, and every contact was scored with it missing, exit 0."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    assert model.attribute_dates
+    date = model.attribute_dates[0]
+    contacts = pl.from_arrow(served.contacts)
+    assert isinstance(contacts, pl.DataFrame)
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(served.events, data / "events.parquet")
+    contacts.with_columns(pl.col(date).cast(pl.String)).write_parquet(data / "contacts.parquet")
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
+    result = _score(served, *args)
+    assert isinstance(result.exception, InputError)
+    said = " ".join(str(result.exception).split())
+    assert f"the contacts column '{date}' is" in said
+    assert f"the model reads it as a date (its feature days_since_{date})" in said
+    assert not out.exists()
+
+
 def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
     served: Served, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
