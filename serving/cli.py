@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import io
 import logging
 import os
 import re
@@ -61,7 +62,55 @@ app = typer.Typer(
     # names off in 80 columns) and shows no type for a flag
     rich_markup_mode=None,
 )
-console = Console(stderr=False)
+
+
+class _Report(io.TextIOBase):
+    """Standard output for the console, whatever ``sys.stdout`` is at the moment, that a
+    failed write cannot stop the command: a closed pipe (``| head``) or a full disk under a
+    scheduler's log lost the week's scores file, written after the progress display. The
+    first failure is said once on stderr; the command goes on, its report there lost."""
+
+    lost: OSError | None = None
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        return self.lost is None and sys.stdout.isatty()
+
+    def write(self, text: str) -> int:
+        if self.lost is None:
+            try:
+                sys.stdout.write(text)
+            except OSError as error:
+                self._lose(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lost is None:
+            try:
+                sys.stdout.flush()
+            except OSError as error:
+                self._lose(error)
+
+    def _lose(self, error: OSError) -> None:
+        self.lost = error
+        with contextlib.suppress(OSError, ValueError):
+            # the interpreter's own flush at exit would fail on it again
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        reason = error.strerror or type(error).__name__
+        with contextlib.suppress(OSError):
+            sys.stderr.write(
+                f"warning: the standard output cannot be written ({reason}); funnelcast goes "
+                "on, its report there lost\n"
+            )
+            sys.stderr.flush()
+
+
+console = Console(file=_Report())
 err_console = Console(stderr=True)
 log = logging.getLogger("funnelcast")
 

@@ -952,3 +952,28 @@ def test_a_mappings_setting_an_option_replaces_is_said_as_replaced(
     said = " ".join(capsys.readouterr().out.split())
     assert overrides["horizon_days"] == 90  # the mapping's, which the option then replaces
     assert "horizon_days 90 (--horizon 30 over it)" in said
+
+
+@pytest.mark.parametrize("stdout", ["full disk", "closed pipe"])
+def test_an_unwritable_standard_output_does_not_stop_the_job(tmp_path: Path, stdout: str) -> None:
+    """Review: `score ... | head -c 10` and `score ... > /dev/full` (a scheduler's log on a
+    full disk) died in the progress display, before the scores file was written."""
+    out = tmp_path / "sim"
+    args = [FUNNELCAST, "simulate", "--out", str(out), "--contacts", "50", "--days", "10"]
+    if stdout == "full disk":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                args, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False
+            )
+        returncode, stderr = done.returncode, done.stderr
+    else:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        process.stdout.close()  # the reader is gone before the first line
+        _, stderr = process.communicate(timeout=300)
+        returncode = process.returncode
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("warning: the standard output cannot be written") == 1
+    assert (out / "events.parquet").is_file()
+    assert (out / "contacts.parquet").is_file()
