@@ -225,9 +225,10 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     """Why the champion cannot be judged on the challenger's test window, from what each run
     logged: a champion whose training or validation labels reach into that window has seen
     its weeks (early stopping, calibration and decision weights read the validation weeks),
-    and one with another label horizon or label source predicts something else. Empty: they
-    compare. A champion whose run logged none of this (older versions) or is gone is not
-    judged."""
+    and one with another label horizon, label source or ``rules:`` settings predicts something
+    else. Empty: they compare. A champion whose run logged none of this (older versions) or is
+    gone is not judged; of the rules settings, those both runs logged are compared (a setting
+    added later is absent from older runs, which are judged on the others)."""
     client = MlflowClient()
     ours = client.get_run(challenger.run_id).data.params
     try:
@@ -260,6 +261,20 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
                 f"its {what} ({theirs[key]}{unit}) is not the challenger's ({ours[key]}{unit}), "
                 "so its scores mean something else"
             )
+    # the rules' settings define the revealed stage labels, the rules baseline and its
+    # `rules_stage` feature: a champion of other rules was trained to answer another question
+    # and, scored on the challenger's labels, loses or wins for that alone
+    rules = sorted(k for k in ours.keys() & theirs.keys() if k.startswith("rules."))
+    if differ := [k for k in rules if ours[k] != theirs[k]]:
+
+        def shown(params: dict[str, str]) -> str:
+            return ", ".join(f"{k.removeprefix('rules.')} {params[k]}" for k in differ)
+
+        reasons.append(
+            f"its rules settings ({shown(theirs)}) are not the challenger's ({shown(ours)}): "
+            "they define the revealed stage labels, the rules baseline and the rules_stage "
+            "feature, so its scores mean something else"
+        )
     last = [theirs[k] for k in ("data.train_to", "data.validation_to") if k in theirs]
     if last and "horizon_days" in theirs and "data.test_from" in ours and not other_data:
         seen = dt.date.fromisoformat(max(last)) + dt.timedelta(days=int(theirs["horizon_days"]))
@@ -314,9 +329,9 @@ def promote(
         if not force:
             raise RegistryError(
                 f"{unscorable}. Train the challenger on data at least as recent as the "
-                "champion's, with the same horizon and labels; register a model of other data "
-                "under its own name (--model-name); or use --force to replace the champion "
-                "anyway (recorded)"
+                "champion's, with the same horizon, labels and rules settings; register a model "
+                "of other data under its own name (--model-name); or use --force to replace the "
+                "champion anyway (recorded)"
             )
     test_set = load_test_set(challenger)
     challenger_scores = score(load_model(challenger), test_set)

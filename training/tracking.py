@@ -465,8 +465,8 @@ def log_training(
             "snapshot_every_days": settings.snapshot_every_days,
             "seed": settings.seed,
             "label_source": result.label_source,
-            "rules.lookback_days": rules.lookback_days,
-            "rules.repeat_visit_min_days": rules.repeat_visit_min_days,
+            # every rules setting (the promotion gate compares them): one added is logged too
+            **{f"rules.{k}": v for k, v in rules.model_dump(mode="json").items()},
             "spec_fingerprint": spec.fingerprint,
             "features": len(result.feature_names),
             "reasons": settings.reasons,

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from features.consent import restrict_to_consented
 from features.engine import build_contact_features
-from features.settings import load_rules_settings
+from features.settings import RulesSettings, load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec, shipped_spec_text
 from features.vocabulary import STAGE_CTA, STAGES
@@ -386,12 +386,13 @@ def _log_variant(
     result: TrainingResult,
     settings: TrainingSettings,
     fingerprint: dict[str, Any] | None = None,
+    rules: RulesSettings | None = None,
     **summary: str,
 ) -> str:
     """The trained model logged again as a new version, its run saying other windows (and,
-    given ``fingerprint``, other data)."""
+    given ``fingerprint``, other data; given ``rules``, other rules settings)."""
     variant = dataclasses.replace(result, data_summary={**result.data_summary, **summary})
-    spec, rules = load_feature_spec(), load_rules_settings()
+    spec, rules = load_feature_spec(), rules or load_rules_settings()
     with training_run():
         version = log_training(
             variant,
@@ -462,6 +463,75 @@ def test_the_gate_refuses_a_champion_with_another_label_horizon(trained: dict) -
     ):
         promote(NAME, version=shorter)
     assert resolve(NAME, alias="champion").version == normal
+
+
+def test_the_gate_refuses_a_champion_with_other_rules_settings(trained: dict) -> None:
+    """The rules settings define the revealed stage labels, the rules baseline and the
+    rules_stage feature: a champion of a 28-day lookback was re-scored on a 7-day challenger's
+    labels and the gate answered as if the two meant the same (review)."""
+    from training.registry import RegistryError
+
+    result, normal = trained["normal"]
+    other = load_rules_settings().model_copy(
+        update={"lookback_days": 7, "repeat_visit_min_days": 4}
+    )
+    challenger = _log_variant(result, load_training_settings(), rules=other)
+    MlflowClient().set_registered_model_alias(NAME, "champion", normal)
+    with pytest.raises(RegistryError) as caught:
+        promote(NAME, version=challenger)
+    assert (
+        "its rules settings (lookback_days 28, repeat_visit_min_days 2) are not the "
+        "challenger's (lookback_days 7, repeat_visit_min_days 4)"
+    ) in str(caught.value)
+    assert "same horizon, labels and rules settings" in str(caught.value)
+    assert resolve(NAME, alias="champion").version == normal
+    # one setting apart: only that one is named
+    longer = load_rules_settings().model_copy(update={"lookback_days": 56})
+    (why,) = incomparable(
+        resolve(NAME, version=_log_variant(result, load_training_settings(), rules=longer)),
+        resolve(NAME, version=normal),
+    )
+    assert why.startswith("its rules settings (lookback_days 28) are not the challenger's")
+
+
+def _logged_params(monkeypatch: pytest.MonkeyPatch, params: dict[str, dict[str, str]]) -> None:
+    """The registry's MLflow client made to answer each run id's params from ``params``."""
+    import types
+
+    import training.registry
+
+    class Client:
+        def get_run(self, run_id: str) -> Any:
+            return types.SimpleNamespace(data=types.SimpleNamespace(params=params[run_id]))
+
+    monkeypatch.setattr(training.registry, "MlflowClient", Client)
+
+
+def test_rules_settings_an_older_champion_did_not_log_are_not_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As for a missing horizon: what a run did not log cannot be told apart, so a champion
+    of before these params is compared as it was, and a setting added since (absent from the
+    champion's run) is left out while the ones both logged are judged."""
+    from training.registry import ModelRef
+
+    new = {"rules.lookback_days": "7", "rules.repeat_visit_min_days": "2", "rules.later": "3"}
+    _logged_params(
+        monkeypatch,
+        {
+            "new": new,
+            "before-rules": {"horizon_days": "14"},
+            "before-later": {"rules.lookback_days": "28", "rules.repeat_visit_min_days": "2"},
+            "same": {"rules.lookback_days": "7", "rules.repeat_visit_min_days": "2"},
+        },
+    )
+    challenger = ModelRef(NAME, "9", "new")
+    assert incomparable(challenger, ModelRef(NAME, "1", "before-rules")) == []
+    assert incomparable(challenger, ModelRef(NAME, "2", "same")) == []
+    (why,) = incomparable(challenger, ModelRef(NAME, "3", "before-later"))
+    assert why.startswith(
+        "its rules settings (lookback_days 28) are not the challenger's (lookback_days 7)"
+    )
 
 
 def test_the_gate_says_when_the_champion_was_trained_on_other_data(trained: dict) -> None:
