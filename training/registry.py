@@ -296,6 +296,28 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     return reasons
 
 
+def require_finished(ref: ModelRef) -> None:
+    """A ``RegistryError`` unless the version's training run ended FINISHED. A version is
+    registered before its run ends, so a Ctrl-C (or a failure, or a killed process) in between
+    leaves a READY version of a KILLED (FAILED, RUNNING) run, which `promote` of the latest
+    version took up silently. ``force`` does not override this: it overrides the gate's verdict
+    on the comparison with the champion, and here no training is known to have completed; a
+    RUNNING one may also be a training still under way."""
+    status = str(MlflowClient().get_run(ref.run_id).info.status)
+    if status == "FINISHED":
+        return
+    fix = (
+        f"train again, or delete version {ref.version} (in the MLflow UI, or with "
+        "MlflowClient().delete_model_version) and name another with --version N"
+    )
+    if status == "RUNNING":  # or a process killed outright, which ends nothing
+        fix = f"if that training is still under way, promote once it ends; otherwise {fix}"
+    raise RegistryError(
+        f"version {ref.version} of '{ref.name}' is from a training run that did not finish "
+        f"(run {ref.run_id} is {status}), so nothing says it was trained and logged whole; {fix}"
+    )
+
+
 def _cut(params: dict[str, str]) -> str | None:
     """A run's ``observe_until`` param (YYYY-MM-DD), None when it observed all its data."""
     cut = params.get("observe_until")
@@ -310,8 +332,10 @@ def promote(
     force: bool = False,
 ) -> Promotion:
     """Move ``alias`` to the challenger (default: the latest version) if it beats the champion
-    on the challenger's test window; ``force`` moves it anyway and records that."""
+    on the challenger's test window; ``force`` moves it anyway and records that. A challenger
+    whose training run did not finish is refused, ``force`` or not (``require_finished``)."""
     challenger = resolve(name, version=version)
+    require_finished(challenger)
     try:
         champion: ModelRef | None = resolve(name, alias=alias)
     except RegistryError:

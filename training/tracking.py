@@ -526,19 +526,23 @@ def log_training(
             python_model=model,
             pip_requirements=_requirements(),
             code_paths=[str(package_root / "features"), str(package_root / "training")],
-            registered_model_name=settings.registry.model_name if register else None,
         )
     if not register:
         return None
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
-    for key, value in {
+    # registered last, with its tags in the same call: a version registered by log_model and
+    # tagged after could be left without its tags by a Ctrl-C. The run still ends after this
+    # (the caller's training_run), so `promote` refuses a version of a run that did not finish
+    run_id = info.run_id
+    tags = {
         "run_id": run_id,
         "spec_fingerprint": spec.fingerprint,
         "test_from": result.data_summary["test_from"],
         "test_to": result.data_summary["test_to"],
         "label_source": result.label_source,
-    }.items():
-        client.set_model_version_tag(settings.registry.model_name, version, key, str(value))
-    return version
+    }
+    registered = mlflow.register_model(
+        f"runs:/{run_id}/{info.name}",  # as log_model would: the version records the run
+        settings.registry.model_name,
+        tags={key: str(value) for key, value in tags.items()},
+    )
+    return str(registered.version)

@@ -534,6 +534,54 @@ def test_rules_settings_an_older_champion_did_not_log_are_not_judged(
     )
 
 
+def test_promote_refuses_a_version_whose_training_run_did_not_finish(trained: dict) -> None:
+    """A Ctrl-C after the version was registered and before its run ended left a READY
+    version of a KILLED run, and `promote` (the latest version) promoted it silently (review).
+    --force does not override it: it overrides the comparison, not a training that did not
+    complete."""
+    from training.registry import RegistryError
+
+    result, normal = trained["normal"]
+    logged: list[tuple[str, str]] = []
+
+    def register_then_ctrl_c(run_id: str) -> None:
+        version = log_training(
+            result,
+            spec=load_feature_spec(),
+            spec_text=shipped_spec_text(),
+            rules=load_rules_settings(),
+            settings=load_training_settings(),
+            fingerprint={},
+        )
+        assert version is not None
+        logged.append((run_id, version))
+        raise KeyboardInterrupt  # after the version was registered, before the run ended
+
+    with pytest.raises(KeyboardInterrupt), training_run() as started:
+        register_then_ctrl_c(started)
+    ((run_id, version),) = logged
+    client = MlflowClient()
+    assert client.get_model_version(NAME, version).status == "READY"
+    assert client.get_model_version(NAME, version).tags["run_id"] == run_id  # registered whole
+    assert client.get_run(run_id).info.status == "KILLED"
+    client.set_registered_model_alias(NAME, "champion", normal)
+    for force in (False, True):
+        with pytest.raises(RegistryError) as caught:
+            promote(NAME, force=force)  # the latest version: the one of the stopped run
+        said = str(caught.value)
+        assert f"version {version} of '{NAME}' is from a training run that did not finish" in said
+        assert f"(run {run_id} is KILLED)" in said
+        assert f"train again, or delete version {version}" in said
+        assert "\n" not in said
+    assert resolve(NAME, alias="champion").version == normal
+    assert "promoted_at" not in client.get_model_version(NAME, version).tags
+    # a run still RUNNING: a training under way (or a process killed outright)
+    client.update_run(run_id, status="RUNNING")
+    with pytest.raises(RegistryError, match=r"is RUNNING\), .*promote once it ends; otherwise"):
+        promote(NAME, version=version)
+    client.set_terminated(run_id, "KILLED")
+
+
 def test_the_gate_says_when_the_champion_was_trained_on_other_data(trained: dict) -> None:
     """After `make demo`, a model of CDNOW's 1997 purchases was refused because the simulated
     champion's labels "reach 2026-11-14, past the start of the challenger's test window
