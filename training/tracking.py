@@ -388,7 +388,10 @@ def end_run_after(run_id: str, error: BaseException | None) -> None:
     one-line reason as the ``funnelcast.error`` tag, so a failed run says why without a log.
 
     Runs still open inside it (a nested trial that did not end) end first, the same way:
-    ``mlflow.end_run`` ends the innermost run, which would otherwise be the one marked."""
+    ``mlflow.end_run`` ends the innermost run, which would otherwise be the one marked. Then
+    any run nested in it that the store still holds RUNNING ends too (``_end_unended_children``):
+    a Ctrl-C inside ``mlflow.start_run`` leaves a run made in the store that never became
+    active, so no ``end_run`` reaches it."""
     if error is None:
         status = "FINISHED"
     elif isinstance(error, KeyboardInterrupt):
@@ -401,6 +404,7 @@ def end_run_after(run_id: str, error: BaseException | None) -> None:
             log.warning("could not record why run %s failed", run_id, exc_info=True)
     try:
         _end(run_id, status)
+        _end_unended_children(run_id, status)
     except Exception:  # as above: the original error is the one to see
         if error is None:
             raise
@@ -416,6 +420,25 @@ def _end(run_id: str, status: str) -> None:
         mlflow.end_run(status)
         if active.info.run_id == run_id:
             return
+
+
+def _end_unended_children(run_id: str, status: str) -> None:
+    """End every run nested in ``run_id`` (tagged ``mlflow.parentRunId``) that is still
+    RUNNING: KILLED, or FAILED when ``run_id`` failed. Not FINISHED when it finished: such a
+    run never reached its own end, and a trial that ended FINISHED with no metrics looked as if
+    it had run. Searched page by page (a long tuning has thousands of trials)."""
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+    token: str | None = None
+    unended: list[str] = []
+    while True:
+        page = client.search_runs([experiment], query, max_results=1000, page_token=token)
+        unended += [child.info.run_id for child in page]
+        if not (token := page.token):
+            break
+    for child in unended:
+        client.set_terminated(child, "FAILED" if status == "FAILED" else "KILLED")
 
 
 def _open_within(run_id: str) -> bool:

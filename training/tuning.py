@@ -107,6 +107,9 @@ def _objective(
         "seed": settings.seed,
     }
     parent = mlflow.active_run()
+    # a Ctrl-C inside start_run can leave the trial's run made in the store but never active,
+    # out of reach of the finally below: the training run's end (tracking.end_run_after) ends
+    # every run nested in it still RUNNING, this one KILLED
     nested = (
         mlflow.start_run(
             run_name=f"{model}-trial-{trial.number}",

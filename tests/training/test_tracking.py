@@ -215,6 +215,46 @@ def test_ctrl_c_with_a_nested_run_still_open_ends_both_killed(store: str) -> Non
     assert mlflow.active_run() is None
 
 
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(KeyboardInterrupt(), "KILLED"), (MemoryError("std::bad_alloc"), "FAILED")],
+    ids=["ctrl-c", "failure"],
+)
+def test_a_nested_run_made_but_never_active_ends_with_the_training_run(
+    store: str, error: BaseException, status: str
+) -> None:
+    """A Ctrl-C inside `mlflow.start_run` can leave a nested run made in the store that never
+    became active: no `end_run` reached it, and it stayed RUNNING for good."""
+    made: list[str] = []
+
+    def make_a_nested_run_then_stop(parent: str) -> None:
+        made.append(_make_nested_run(parent))
+        raise error
+
+    with pytest.raises(type(error)), training_run() as run_id:
+        make_a_nested_run_then_stop(run_id)
+    assert _run(made[0]).info.status == status
+    assert _run(run_id).info.status == status
+    assert mlflow.active_run() is None
+
+
+def test_a_nested_run_never_ended_is_not_called_finished_when_the_training_run_is(
+    store: str,
+) -> None:
+    """It never reached its own end: FINISHED would say it had run (a trial with no metrics)."""
+    with training_run() as run_id:
+        made = _make_nested_run(run_id)
+    assert _run(run_id).info.status == "FINISHED"
+    assert _run(made).info.status == "KILLED"
+
+
+def _make_nested_run(parent: str) -> str:
+    """A run nested in ``parent``, made in the store and never active, as `mlflow.start_run`
+    leaves one when Ctrl-C stops it between the two."""
+    experiment = _run(parent).info.experiment_id
+    return MlflowClient().create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+
+
 def _events() -> pl.DataFrame:
     at = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
     return pl.DataFrame(

@@ -90,6 +90,34 @@ def test_ctrl_c_in_a_trial_ends_that_trial_and_the_training_run_killed(
     assert mlflow.active_run() is None
 
 
+def test_ctrl_c_while_a_trial_s_run_starts_ends_that_run_killed_too(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C inside `mlflow.start_run`, after the trial's run was made in the store and
+    before it became the active run, left that run RUNNING for good: the trial's own cleanup
+    had not begun, and ending the active runs does not reach it. Here the interrupt lands in
+    MLflow's own start_run, right where the made run is wrapped to be pushed as active."""
+    import mlflow.tracking.fluent
+
+    real_active_run = mlflow.tracking.fluent.ActiveRun
+
+    def interrupted_once_made(run: Run) -> Any:
+        if run.info.run_name == "propensity-trial-1":
+            raise KeyboardInterrupt
+        return real_active_run(run)
+
+    monkeypatch.setattr(mlflow.tracking.fluent, "ActiveRun", interrupted_once_made)
+    X, stage_y, buy_y = _data()
+    with pytest.raises(KeyboardInterrupt), training_run("tuning") as run_id:
+        tune_models(X, stage_y, buy_y, settings=_settings(), trials=3)
+    trials = _trials(run_id)
+    assert set(trials) == {"propensity-trial-0", "propensity-trial-1"}
+    assert trials["propensity-trial-0"].info.status == "FINISHED"
+    assert trials["propensity-trial-1"].info.status == "KILLED"
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None
+
+
 def test_an_error_in_a_trial_fails_the_trial_and_the_training_run_with_the_reason(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
