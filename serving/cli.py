@@ -306,7 +306,14 @@ def run(
     console.rule("[bold]2. Validate")
     _print_validation(validated)
     console.rule("[bold]3. The funnel")
-    _print_funnel(validated, true_history, config=config, as_of=None, assume_consent=assume_consent)
+    _print_funnel(
+        validated.events,
+        validated.contacts,
+        true_history,
+        config=config,
+        as_of=None,
+        assume_consent=assume_consent,
+    )
     settings = load_training_settings(config, **overrides)  # the settings step 4 trains with
     if settings.observe_until is not None:
         console.print(
@@ -561,31 +568,31 @@ def funnel(
     config: ConfigOption = None,
 ) -> None:
     """Show how many consented contacts sit in each funnel stage as of a date."""
+    import polars as pl
+
+    from features.consent import check_contacts
+    from features.engine import scan_events
     from features.io import read_table
-    from features.schema import Validated
+    from serving.funnel import default_as_of
 
     snapshot = _as_of_date(as_of) if as_of else None
-    events = read_table(data / "events.parquet")
-    if snapshot is not None and snapshot > dt.datetime.now(dt.UTC) and events.num_rows:
-        import polars as pl
-
-        latest = pl.from_arrow(events.select(["timestamp"]))["timestamp"].max()  # type: ignore[index]
-        _refuse_events_after_now(latest, f"--data {data}")  # type: ignore[arg-type]
+    events = data / "events.parquet"
     contacts_path = data / "contacts.parquet"
+    contacts = read_table(contacts_path) if contacts_path.exists() else None
+    if contacts is not None:
+        check_contacts(contacts)  # before any work, as features and score check them
+    # the events as features and score read them (in UTC, refused in their words), not raw
+    last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+    if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
+        _refuse_events_after_now(last, f"--data {data}")
     history_path = data / "stage_history.parquet"
-    validated = Validated(
-        events=events,
-        contacts=read_table(contacts_path) if contacts_path.exists() else None,
-        rejects=read_table(data / "rejects.parquet")
-        if (data / "rejects.parquet").exists()
-        else _empty_rejects(),
-    )
     history = read_table(history_path) if history_path.exists() else None
     _print_funnel(
-        validated,
+        events,
+        contacts,
         history,
         config=config,
-        as_of=snapshot,
+        as_of=snapshot or default_as_of(last),
         assume_consent=assume_consent,
     )
 
@@ -1704,25 +1711,25 @@ def _print_validation(validated: Validated) -> None:
 
 
 def _print_funnel(
-    validated: Validated,
+    events: Any,
+    contacts: Any,
     true_history: Any,
     *,
     config: Path | None,
     as_of: dt.datetime | None,
     assume_consent: bool = False,
 ) -> None:
+    """The funnel report of ``events`` (a table, or a Parquet path read as features reads it);
+    without ``as_of``, as of the data's end. Without any event it is still shown: the listed
+    contacts are all dormant, as features writes them."""
     import polars as pl
 
-    from serving.funnel import summarise_funnel
+    from features.engine import scan_events
+    from serving.funnel import default_as_of, summarise_funnel
 
-    events = validated.events
-    if events.num_rows == 0:
-        console.print("This source has no events, so it has no funnel to show.")
-        return
     if as_of is None:
-        last = pl.from_arrow(events.select(["timestamp"]))["timestamp"].max()  # type: ignore[index]
-        assert isinstance(last, dt.datetime)
-        as_of = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+        as_of = default_as_of(last)
     true_stages = None
     if true_history is not None:
         from features.simulator import true_stage_on
@@ -1730,17 +1737,22 @@ def _print_funnel(
         true_stages = true_stage_on(true_history, as_of.date() - dt.timedelta(days=1))
     summary = summarise_funnel(
         events,
-        validated.contacts,
+        contacts,
         as_of=as_of,
         settings=load_rules_settings(config),
         true_stages=true_stages,
         assume_consent=assume_consent,
     )
-    first = summary.first_event.date() if summary.first_event else "-"
-    last_day = summary.last_event.date() if summary.last_event else "-"
+    if summary.first_event and summary.last_event:
+        known = (
+            f"{summary.events:,} events before the snapshot, from {summary.first_event.date()} "
+            f"to {summary.last_event.date()}"
+        )
+    else:  # every contact listed without events is dormant, as features writes them
+        known = "No events before the snapshot"
     console.print(
-        f"{summary.events:,} events before the snapshot, from {first} to {last_day}; funnel as of "
-        f"{as_of:%Y-%m-%d %H:%M} UTC (rules: deepest signal in the lookback window)."
+        f"{known}; funnel as of {as_of:%Y-%m-%d %H:%M} UTC (rules: deepest signal in the "
+        "lookback window)."
     )
     table = Table(title="Contacts by stage")
     table.add_column("stage")
@@ -2089,12 +2101,6 @@ def _as_of_date(text: str) -> dt.datetime:
 
 def _start_date(text: str | None) -> dt.date | None:
     return None if text is None else _parse_date(text, "--start").date()
-
-
-def _empty_rejects() -> Any:
-    from features.schema import REJECTS_SCHEMA
-
-    return REJECTS_SCHEMA.empty_table()
 
 
 def _one_line(error: BaseException) -> str:

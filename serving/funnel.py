@@ -2,6 +2,10 @@
 
 Until the models exist the stage is the rules stage; on simulated data the hidden true stage is
 shown beside it, which is how far the rules are from the truth.
+
+The events are read and checked as the feature builders read and check them (the engine's
+reader and refusals, not a copy of them), so the funnel counts what ``features`` and ``score``
+would, and refuses what they refuse, with the same words.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from features.consent import restrict_to_consented
+from features.consent import check_contacts, refuse_padded_ids, restrict_to_consented
+from features.engine import EventsInput, raise_unknown_vocabulary, scan_events, with_listed_contacts
+from features.schema import as_utc
 from features.settings import RulesSettings
 from features.stages import rules_stage_as_of
-from features.vocabulary import STAGES
+from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,17 @@ class FunnelSummary:
     event_mix: dict[str, int]
 
 
+def default_as_of(last_event: dt.datetime | None) -> dt.datetime:
+    """The snapshot when none is given, as ``score``'s: midnight UTC after the last event, so
+    every event is before it. Without any event, the end of today (tomorrow's midnight): every
+    listed contact is dormant then, as at any date."""
+    day = dt.datetime.now(dt.UTC).date() if last_event is None else last_event.date()
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
 def summarise_funnel(
-    events: pa.Table,
-    contacts: pa.Table | None,
+    events: EventsInput,
+    contacts: pa.Table | pl.DataFrame | None,
     *,
     as_of: dt.datetime,
     settings: RulesSettings,
@@ -43,14 +57,22 @@ def summarise_funnel(
     assume_consent: bool = False,
 ) -> FunnelSummary:
     """Stage counts as of ``as_of`` for consented contacts; ``true_stages`` (contact_id, stage)
-    adds the simulator's hidden stage on that day for comparison."""
-    frame = pl.from_arrow(events)
-    assert isinstance(frame, pl.DataFrame)
-    active = rules_stage_as_of(frame, as_of=as_of, settings=settings)
-    known_later = frame.select("contact_id").unique().join(active, on="contact_id", how="anti")
+    adds the simulator's hidden stage on that day for comparison. ``events``: a table, or a
+    Parquet path read as ``features`` reads it; whatever ``features`` refuses in the rows the
+    funnel counts is refused here, in the same words."""
+    as_of = as_utc(as_of, "as_of")
+    if contacts is not None:
+        check_contacts(contacts)  # before any work, as features and score check them
+    scanned = scan_events(events)  # UTC, ids as text, no id or time missing: features' reader
+    past = _past_events(scanned, as_of)
+    ids = scanned.select("contact_id").unique().collect()
+    # every contact the funnel counts, the ones first seen after as_of too: " c1" would be a
+    # contact of its own, without c1's consent
+    refuse_padded_ids(ids.get_column("contact_id"), "the events", rows=False)
+    active = rules_stage_as_of(past, as_of=as_of, settings=settings)
+    known_later = ids.join(active, on="contact_id", how="anti")
     stages = _with_silent_contacts(active, contacts, known_later)
     consent = restrict_to_consented(stages, contacts, assume_consent=assume_consent)
-    past = frame.filter(pl.col("timestamp") < as_of)
     scored = consent.kept
     true_counts = rules_accuracy = None
     if true_stages is not None:
@@ -79,16 +101,36 @@ def summarise_funnel(
     )
 
 
+def _past_events(scanned: pl.LazyFrame, as_of: dt.datetime) -> pl.DataFrame:
+    """The events before ``as_of``, the columns the funnel reads, with names as text. An event
+    type or channel outside the contract is refused, as every builder refuses it ('Purchase'
+    would be no purchase, a missing type no signal at all): found as the builders find it, a
+    name without a code in the contract's enums."""
+    past = (
+        scanned.filter(pl.col("timestamp") < as_of)
+        .select("contact_id", "timestamp", "event_type", "channel")
+        .collect()
+    )
+    coded = past.select(
+        pl.col("event_type").cast(pl.Enum(EVENT_TYPES), strict=False).is_null().any(),
+        pl.col("channel").cast(pl.Enum(CHANNELS), strict=False).is_null().any(),
+    )
+    if any(coded.row(0)):
+        raise_unknown_vocabulary(past.lazy())
+    # categories (a pandas export) read as text, as the rules compare names
+    return past.with_columns(pl.col("event_type", "channel").cast(pl.String))
+
+
 def _with_silent_contacts(
-    stages: pl.DataFrame, contacts: pa.Table | None, known_later: pl.DataFrame
+    stages: pl.DataFrame, contacts: pa.Table | pl.DataFrame | None, known_later: pl.DataFrame
 ) -> pl.DataFrame:
     """Contacts listed in the contacts table with no event at all are dormant, not absent:
     a funnel that leaves them out would hide the quietest part of the base. Contacts whose
     events all come at or after as_of stay out: as of then, nothing was known of them."""
     if contacts is None:
         return stages
-    listed = pl.from_arrow(contacts.select(["contact_id"]))
-    assert isinstance(listed, pl.DataFrame)
+    # the engine's list of ids: its categories (a pandas export) read as text, as the events'
+    listed = with_listed_contacts(stages.select("contact_id"), contacts)
     silent = (
         listed.join(stages, on="contact_id", how="anti")
         .join(known_later, on="contact_id", how="anti")

@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 
 FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
@@ -977,3 +979,121 @@ def test_an_unwritable_standard_output_does_not_stop_the_job(tmp_path: Path, std
     assert stderr.count("warning: the standard output cannot be written") == 1
     assert (out / "events.parquet").is_file()
     assert (out / "contacts.parquet").is_file()
+
+
+# --- funnel reads its data as features and score do ----------------------------------------------
+
+
+def _funnel_data(
+    folder: Path,
+    *,
+    ids: list[Any] | None = None,
+    types: list[str] | None = None,
+    listed: list[str] | None = None,
+    events_at: pa.DataType | None = None,
+) -> Path:
+    """A data folder as ingest writes one, by hand: a's cart and purchase, b's open (January
+    2024), contacts a, b and q (q without events), every one consented."""
+    import pyarrow.parquet as pq
+
+    when = dt.datetime(2024, 1, 20, 9, tzinfo=dt.UTC)
+    ids = ids or ["a", "a", "b"]
+    events = pa.table(
+        {
+            "contact_id": pa.array(ids),
+            "timestamp": pa.array(
+                [when + dt.timedelta(days=n) for n in range(len(ids))],
+                events_at or pa.timestamp("us", tz="UTC"),
+            ),
+            "channel": ["web", "web", "email"][: len(ids)],
+            "event_type": types or ["add_to_cart", "purchase", "email_open"][: len(ids)],
+        }
+    )
+    listed = ["a", "b", "q"] if listed is None else listed
+    contacts = pa.table({"contact_id": listed, "marketing_consent": [True] * len(listed)})
+    folder.mkdir(parents=True)
+    pq.write_table(events, folder / "events.parquet")
+    pq.write_table(contacts, folder / "contacts.parquet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ({"events_at": pa.timestamp("us")}, "`timestamp` has no time zone"),
+        ({"types": ["add_to_cart", "Purchase", "email_open"]}, "holds 'Purchase'"),
+        ({"ids": ["a", "a ", "b"]}, "start or end with whitespace"),
+        ({"ids": [1, 1, 2]}, "`contact_id` is Int64, not text"),
+    ],
+)
+def test_funnel_refuses_what_features_refuses_in_the_same_line(
+    tmp_path: Path, case: dict[str, Any], said: str
+) -> None:
+    """Review: naive times or integer ids were tracebacks, every 'Purchase' no purchase, and
+    'a ' a contact of its own, all with exit 0; features refused each in one line."""
+    data = _funnel_data(tmp_path / "d", **case)
+    funnel = _run("funnel", "--data", str(data))
+    features = _run(
+        "features",
+        "--events",
+        str(data),
+        "--as-of",
+        "2024-02-01",
+        "--out",
+        str(tmp_path / "f.parquet"),
+    )
+    _assert_one_line_error(features, said)
+    _assert_one_line_error(funnel, said)
+    assert funnel.stderr == features.stderr
+
+
+def test_funnel_reads_another_zone_and_ids_as_categories_as_the_same_data(tmp_path: Path) -> None:
+    """Review: New York times were a Polars SchemaError, ids written as categories (pandas)
+    in the events and as large text in the contacts "datatypes of join keys don't match"."""
+    import pyarrow.parquet as pq
+
+    plain = _run("funnel", "--data", str(_funnel_data(tmp_path / "plain")))
+    assert plain.returncode == 0, plain.stderr
+    data = _funnel_data(tmp_path / "other", events_at=pa.timestamp("us", tz="America/New_York"))
+    events = pq.read_table(data / "events.parquet")
+    events = events.set_column(0, "contact_id", events["contact_id"].dictionary_encode())
+    pq.write_table(events, data / "events.parquet")
+    contacts = pq.read_table(data / "contacts.parquet")
+    ids = contacts["contact_id"].cast(pa.large_string())
+    pq.write_table(contacts.set_column(0, "contact_id", ids), data / "contacts.parquet")
+    other = _run("funnel", "--data", str(data))
+    assert other.returncode == 0, other.stderr
+    assert other.stdout == plain.stdout
+    assert "3 consented contacts shown" in plain.stdout
+
+
+def test_funnel_without_as_of_refuses_events_after_now(tmp_path: Path) -> None:
+    """Review: the default snapshot, the day after the last event, took an event next year
+    ("funnel as of 2027-03-02") where score refuses it, as funnel --as-of did."""
+    import pyarrow.parquet as pq
+
+    data = _funnel_data(tmp_path / "d")
+    events = pq.read_table(data / "events.parquet")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    times = [*events["timestamp"].to_pylist()[:-1], later]
+    events = events.set_column(1, "timestamp", pa.array(times, pa.timestamp("us", tz="UTC")))
+    pq.write_table(events, data / "events.parquet")
+    _assert_one_line_error(
+        _run("funnel", "--data", str(data)), "after now: events in the future", "--data"
+    )
+
+
+def test_funnel_of_data_without_events_shows_the_listed_contacts_dormant(tmp_path: Path) -> None:
+    """features writes a row for every listed contact when there are no events (each
+    dormant); funnel said "no funnel to show" and counted nobody."""
+    import pyarrow.parquet as pq
+
+    data = _funnel_data(tmp_path / "d")
+    events = pq.read_table(data / "events.parquet")
+    pq.write_table(events.slice(0, 0), data / "events.parquet")
+    result = _run("funnel", "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "No events before the snapshot" in said
+    assert "3 consented contacts shown; 0 without marketing consent left out." in said
+    assert re.search(r"dormant\s.*\s3\s.*100\.0%", result.stdout)
