@@ -1774,15 +1774,16 @@ def _print_funnel(
         table.add_row(*row)
     console.print(table)
     console.print(
-        f"{summary.contacts_scored:,} consented contacts shown; "
+        f"{_count(summary.contacts_scored, 'consented contact')} shown; "
         f"{summary.contacts_without_consent:,} without marketing consent left out."
     )
-    if summary.contacts_not_yet_active:
+    later = summary.contacts_not_yet_active
+    if later:
         console.print(
-            f"{summary.contacts_not_yet_active:,} contacts whose first event comes after the "
-            "snapshot are not counted."
+            f"{_count(later, 'contact')} whose first event comes after the snapshot "
+            f"{'is' if later == 1 else 'are'} not counted."
         )
-    if summary.rules_accuracy is not None:
+    if summary.rules_accuracy is not None:  # none of nobody: no contact shown
         console.print(
             f"The rules put {summary.rules_accuracy:.1%} of contacts in their true hidden stage: "
             "the gap the models of funnelcast are built to close."

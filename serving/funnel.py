@@ -35,7 +35,9 @@ class FunnelSummary:
     contacts_not_yet_active: int  # their first event is at or after as_of: unknown back then
     rules_counts: dict[str, int]
     true_counts: dict[str, int] | None  # simulator only
-    rules_accuracy: float | None  # share of contacts whose rules stage is the true stage
+    # share of contacts whose rules stage is the true stage; None without true stages or
+    # without a contact to compare (a share of nobody is no figure)
+    rules_accuracy: float | None
     event_mix: dict[str, int]
 
 
@@ -81,7 +83,7 @@ def summarise_funnel(
         )
         true_counts = _counts(joined["true_stage"].drop_nulls())
         matches = (joined["stage"] == joined["true_stage"]).fill_null(False)
-        rules_accuracy = int(matches.sum()) / max(matches.len(), 1)
+        rules_accuracy = int(matches.sum()) / matches.len() if matches.len() else None
     timestamps = past["timestamp"]
     return FunnelSummary(
         as_of=as_of,

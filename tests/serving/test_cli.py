@@ -991,9 +991,11 @@ def _funnel_data(
     types: list[str] | None = None,
     listed: list[str] | None = None,
     events_at: pa.DataType | None = None,
+    history: bool = False,
 ) -> Path:
     """A data folder as ingest writes one, by hand: a's cart and purchase, b's open (January
-    2024), contacts a, b and q (q without events), every one consented."""
+    2024), contacts a, b and q (q without events), every one consented; ``history``: the
+    simulator's true stages too (each listed contact in intent)."""
     import pyarrow.parquet as pq
 
     when = dt.datetime(2024, 1, 20, 9, tzinfo=dt.UTC)
@@ -1014,6 +1016,10 @@ def _funnel_data(
     folder.mkdir(parents=True)
     pq.write_table(events, folder / "events.parquet")
     pq.write_table(contacts, folder / "contacts.parquet")
+    if history:
+        stages = {"contact_id": listed, "stage": ["intent"] * len(listed)}
+        days = {"date": [when.date()] * len(listed), "is_customer": [False] * len(listed)}
+        pq.write_table(pa.table({**stages, **days}), folder / "stage_history.parquet")
     return folder
 
 
@@ -1081,6 +1087,25 @@ def test_funnel_without_as_of_refuses_events_after_now(tmp_path: Path) -> None:
     _assert_one_line_error(
         _run("funnel", "--data", str(data)), "after now: events in the future", "--data"
     )
+
+
+def test_funnel_before_any_event_gives_no_share_of_nobody_and_counts_one_contact(
+    tmp_path: Path,
+) -> None:
+    """Review: "The rules put 0.0% of contacts in their true hidden stage" over no contact,
+    and "1 contacts whose first event..."."""
+    data = _funnel_data(tmp_path / "d", ids=["a", "a"], listed=["a"], history=True)
+    result = _run("funnel", "--data", str(data), "--as-of", "2024-01-01")
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "true hidden stage" not in said
+    assert "0 consented contacts shown" in said
+    assert "No events before the snapshot" in said
+    assert "1 contact whose first event comes after the snapshot is not counted." in said
+    shown = " ".join(_run("funnel", "--data", str(data), "--as-of", "2024-02-01").stdout.split())
+    assert "1 consented contact shown" in shown
+    # a bought (conversion) where the true stage is intent: a share of one contact, said
+    assert "The rules put 0.0% of contacts in their true hidden stage" in shown
 
 
 def test_funnel_of_data_without_events_shows_the_listed_contacts_dormant(tmp_path: Path) -> None:

@@ -287,6 +287,16 @@ def test_the_funnel_reads_other_zones_and_id_encodings_as_the_same_events(case: 
     assert got.first_event.utcoffset() == dt.timedelta(0)  # read in UTC, as features reads it
 
 
+def test_a_funnel_before_any_event_has_no_rules_accuracy_over_nobody() -> None:
+    """Review: it said "The rules put 0.0% of contacts in their true hidden stage" of none."""
+    events = _events_table()
+    truth = pl.DataFrame({"contact_id": ["a", "b"], "stage": ["conversion", "awareness"]})
+    summary = _funnel(events, _contacts_table(["a", "b"]), as_of=LATER, true_stages=truth)
+    assert summary.contacts_scored == 0
+    assert summary.contacts_not_yet_active == 2
+    assert summary.rules_accuracy is None
+
+
 def test_without_events_every_listed_consented_contact_is_dormant_as_features_has_them() -> None:
     """features writes a row for every listed contact, dormant, when there are no events; the
     funnel counts the same contacts (it said "no funnel to show")."""
