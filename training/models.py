@@ -252,8 +252,10 @@ class _Calibrator:
     """A monotone map from a raw probability to a calibrated one: isotonic or sigmoid (Platt
     scaling on the log-odds)."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, *, shrink: bool = False) -> None:
         self.method = method
+        # isotonic steps shrunk toward the raw scores (_shrunk_steps): the propensity's
+        self.shrink = shrink
 
     def fit(self, p: FloatArray, y: npt.NDArray[np.int64]) -> _Calibrator:
         if y.min() == y.max():  # one class only: the observed rate is the best guess
@@ -263,7 +265,8 @@ class _Calibrator:
         if self.method == "isotonic":
             self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             self.isotonic_.fit(p, y)
-            self.steps_ = _shrunk_steps(self.isotonic_, p, y)
+            if self.shrink:
+                self.steps_ = _shrunk_steps(self.isotonic_, p, y)
         else:
             self.sigmoid_ = LogisticRegression(C=1e6, max_iter=1000)
             self.sigmoid_.fit(_logit(p)[:, None], y)
@@ -295,21 +298,21 @@ ISOTONIC_PRIOR_ROWS = 20.0
 
 def _shrunk_steps(iso: IsotonicRegression, p: FloatArray, y: npt.NDArray[np.int64]) -> FloatArray:
     """The isotonic steps' heights, each shrunk toward the raw scores' mean over its rows as
-    if ``ISOTONIC_PRIOR_ROWS`` more rows had that rate, then made monotone again (weighted by
-    rows). A step's observed rate is trusted in proportion to its rows: a top step of one buyer
-    was 1.0, a certainty from a single validation row (a review found contacts scored 1.0 who
-    bought nothing), and is now near the model's own score there; a step of thousands of rows
-    keeps its rate."""
+    if ``ISOTONIC_PRIOR_ROWS`` more rows had that rate. A step's observed rate is trusted in
+    proportion to its rows: a top step of one buyer was 1.0, a certainty from a single
+    validation row (a review found contacts scored 1.0 who bought nothing), and is now near
+    the model's own score there; a step of thousands of rows keeps its rate. A step shrunk
+    below the one under it takes that one's height (and a hair more): the steps' order, and
+    so the ranking of contacts, stays the isotonic fit's (merging them would tie the top
+    contacts with a large step below and cost precision at the top)."""
     fitted = np.interp(p, iso.X_thresholds_, iso.y_thresholds_)  # each row's step
     heights, step, rows = np.unique(fitted, return_inverse=True, return_counts=True)
     buyers = np.bincount(step, weights=y.astype(np.float64))
     raw = np.bincount(step, weights=p) / rows
     shrunk = (buyers + ISOTONIC_PRIOR_ROWS * raw) / (rows + ISOTONIC_PRIOR_ROWS)
-    shrunk = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(
-        np.arange(len(heights), dtype=np.float64), shrunk, sample_weight=rows + ISOTONIC_PRIOR_ROWS
-    )
+    ordered = np.maximum.accumulate(shrunk) + np.arange(len(heights)) * 1e-12
     at = np.clip(np.searchsorted(heights, iso.y_thresholds_), 0, len(heights) - 1)
-    return np.asarray(shrunk[at], dtype=np.float64)
+    return np.asarray(np.clip(ordered[at], 0.0, 1.0), dtype=np.float64)
 
 
 def _logit(p: FloatArray) -> FloatArray:
@@ -588,7 +591,9 @@ class LightGBMPropensityModel(_LightGBMBase):
         self.calibration_, self.calibration_losses_ = _choose_calibration(
             raw, target_val, self.seed
         )
-        self.calibrator_ = _Calibrator(self.calibration_).fit(raw, target_val)
+        # chosen as before (plain steps), then shrunk: the same ranking, and no propensity of
+        # exactly 1.0 from a step of one validation buyer
+        self.calibrator_ = _Calibrator(self.calibration_, shrink=True).fit(raw, target_val)
         return self
 
     def _blended(self, raw: FloatArray, X: pd.DataFrame | FloatArray) -> FloatArray:

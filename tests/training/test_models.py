@@ -637,7 +637,7 @@ def test_an_isotonic_step_of_one_row_is_no_certainty() -> None:
     p = rng.uniform(0, 0.15, 5000)
     y = (rng.random(5000) < p).astype(np.int64)
     p, y = np.append(p, 0.2), np.append(y, 1)
-    calibrator = _Calibrator("isotonic").fit(p, y)
+    calibrator = _Calibrator("isotonic", shrink=True).fit(p, y)
     top = calibrator.transform(np.array([0.2, 0.3, 0.9]))
     assert top.max() < 0.5  # the one buyer is 1 row against 20 pseudo-rows near 0.2
     # monotone, within [0, 1], and a step of thousands of rows keeps about its rate
@@ -648,3 +648,9 @@ def test_an_isotonic_step_of_one_row_is_no_certainty() -> None:
     assert calibrated.max() <= 1
     low = p < 0.05
     assert abs(calibrator.transform(p[low]).mean() - y[low].mean()) < 0.01
+    # the steps keep their order, so contacts keep their ranking
+    plain = _Calibrator("isotonic").fit(p, y)
+    assert np.array_equal(
+        np.argsort(plain.transform(grid), kind="stable"), np.argsort(calibrated, kind="stable")
+    )
+    assert plain.transform(np.array([0.3]))[0] == 1.0  # what the review saw
