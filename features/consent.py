@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.errors import InputError
+from features.schema import cast_unreadable_zones_to_utc
 
 
 class ConsentUnknownError(InputError):
@@ -131,9 +132,10 @@ def _column_type(frame: pl.DataFrame, name: str) -> pl.DataType:
 
 
 def _frame(contacts: pa.Table | pl.DataFrame) -> pl.DataFrame:
-    frame = contacts if isinstance(contacts, pl.DataFrame) else pl.from_arrow(contacts)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    if isinstance(contacts, pl.DataFrame):
+        return contacts
+    # a time attribute in a zone Polars cannot read ('+05:30') is read in UTC: the same instants
+    return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(contacts)))
 
 
 def restrict_to_consented(

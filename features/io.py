@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import InputError
+from features.schema import cast_unreadable_zones_to_utc
 
 # the key-value metadata every data-folder table carries (its table name): a later run removes
 # an earlier run's table only when it is one funnelcast wrote, never a file of the user's
@@ -433,7 +434,9 @@ def _swap_in(
 
 
 def read_table(path: Path) -> pa.Table:
-    """Read a Parquet file written by funnelcast, with a clear error when it is absent."""
+    """Read a Parquet file written by funnelcast, with a clear error when it is absent. A time
+    in a zone Polars cannot read ('+05:30', of a table written by pandas) comes in UTC: the
+    same instants, which every step reads in UTC anyway."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -442,7 +445,7 @@ def read_table(path: Path) -> pa.Table:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the Parquet file itself")
     try:
-        return pq.read_table(path)
+        return cast_unreadable_zones_to_utc(pq.read_table(path))
     except (pa.ArrowInvalid, OSError) as error:
         raise InputError(
             f"{path} is not a readable Parquet file ({' '.join(str(error).split())[:200]}); "

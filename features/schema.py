@@ -16,6 +16,7 @@ whose message names the column and the fix.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -531,9 +532,14 @@ def _to_polars(data: Frame, table: str) -> pl.DataFrame:
     if isinstance(data, pl.DataFrame):
         return data
     if isinstance(data, pa.Table):
-        return pl.from_arrow(data)  # type: ignore[return-value]
+        return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(data)))
     if isinstance(data, pd.DataFrame):
         data = data.reset_index(drop=True)
+        for name in data.columns:
+            if isinstance(data[name].dtype, pd.DatetimeTZDtype):
+                zone = pa.array(data[name].iloc[:0]).type.tz  # as Arrow, and so Polars, names it
+                if not polars_reads_zone(zone):  # '+05:30': UTC, the same instants
+                    data = data.assign(**{name: data[name].dt.tz_convert("UTC")})
         if "properties" in data.columns and data["properties"].dtype == object:
             # dicts become JSON text here, so Polars never has to guess a struct type
             data = data.assign(
@@ -649,3 +655,53 @@ def as_utc(moment: dt.datetime, name: str = "now") -> dt.datetime:
     if moment.tzinfo is None:
         raise InputError(f"`{name}` must be timezone-aware (UTC), e.g. 2024-06-01T00:00:00+00:00")
     return moment.astimezone(dt.UTC)
+
+
+# --- time zones Polars cannot read -------------------------------------------------------------
+
+
+@functools.cache
+def polars_reads_zone(zone: str) -> bool:
+    """Whether Polars reads Arrow timestamps labelled ``zone``. It reads IANA names and offsets
+    of whole hours ('-05:00' becomes Etc/GMT+5), but not an offset of other minutes ('+05:30',
+    as pandas writes India's times, '+05:45', '-03:30', 'UTC+05:30'): its Parquet reader then
+    panics, failing the whole command with a traceback."""
+    try:
+        pl.from_arrow(pa.array([], pa.timestamp("us", zone)))
+    except pl.exceptions.PolarsError:
+        return False
+    return True
+
+
+def utc_for_unreadable_zones(schema: pa.Schema) -> pa.Schema | None:
+    """``schema`` with every timestamp in a zone Polars cannot read (``polars_reads_zone``),
+    nested ones too, in UTC instead; None when it has none. An Arrow timestamp holds UTC
+    instants whatever its zone, which only says how to show them, so casting to this schema
+    changes no instant: every builder converts timestamps to UTC anyway."""
+    fields = [field.with_type(_utc_if_unreadable(field.type)) for field in schema]
+    if all(new.type == old.type for new, old in zip(fields, schema, strict=True)):
+        return None
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def cast_unreadable_zones_to_utc(table: pa.Table) -> pa.Table:
+    """``table`` with its timestamps in zones Polars cannot read in UTC (the same instants),
+    so that Polars can read it; a table without any, as it is."""
+    schema = utc_for_unreadable_zones(table.schema)
+    return table if schema is None else table.cast(schema)
+
+
+def _utc_if_unreadable(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(dtype):
+        if dtype.tz is None or polars_reads_zone(dtype.tz):
+            return dtype
+        return pa.timestamp(dtype.unit, "UTC")
+    if pa.types.is_struct(dtype):
+        return pa.struct([field.with_type(_utc_if_unreadable(field.type)) for field in dtype])
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        item = dtype.value_field.with_type(_utc_if_unreadable(dtype.value_type))
+        return pa.list_(item) if pa.types.is_list(dtype) else pa.large_list(item)
+    if pa.types.is_fixed_size_list(dtype):
+        item = dtype.value_field.with_type(_utc_if_unreadable(dtype.value_type))
+        return pa.list_(item, dtype.list_size)
+    return dtype

@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from features.errors import InputError
@@ -50,9 +51,11 @@ from features.schema import (
     SchemaError,
     Validated,
     as_utc,
+    cast_unreadable_zones_to_utc,
     localise_to_utc,
     parse_timestamps,  # validation's reader of times: label dates are read by it too
     rejects_table,
+    utc_for_unreadable_zones,
     validate,
 )
 from features.settings import CalendarDay, FrozenSettings, parse_yaml_model
@@ -654,7 +657,12 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
         if spec.format == "csv":
             _check_line_endings(path, where)
         frame = _read_table(spec, path)
-    except (pl.exceptions.PolarsError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (
+        pl.exceptions.PolarsError,
+        pa.ArrowInvalid,  # Arrow reads a file with a time Polars cannot read (_read_parquet)
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+    ) as exc:
         raise SchemaError(f"{where} cannot be read: {_reading_fix(spec, path, exc)}") from exc
     except UnicodeDecodeError as exc:
         raise SchemaError(f"{where} cannot be read: {_encoding_fix(path)}") from exc
@@ -665,7 +673,7 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
 
 def _read_table(spec: ReadSpec, path: Path) -> pl.DataFrame:
     if spec.format == "parquet":
-        return pl.read_parquet(path)
+        return _read_parquet(path)
     if spec.format == "csv":
         return pl.read_csv(
             path,
@@ -686,6 +694,19 @@ def _read_table(spec: ReadSpec, path: Path) -> pl.DataFrame:
         na_values=spec.null_values,
     )
     return pl.from_pandas(table)
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """A Parquet file as Polars reads it, but one with a time in a zone Polars cannot read
+    ('+05:30', as pandas writes India's times), on which Polars' reader panics: Arrow reads
+    it, and those times are in UTC, the same instants (a `native` time keeps its instant)."""
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError):
+        return pl.read_parquet(path)  # no Parquet footer: Polars' error says so
+    if utc_for_unreadable_zones(schema) is None:
+        return pl.read_parquet(path)
+    return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(pq.read_table(path))))
 
 
 def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from features.consent import refuse_padded_ids, restrict_to_consented
 from features.errors import InputError
+from features.schema import cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
 from training.pyfunc import PROBABILITY_COLUMNS
 
@@ -163,12 +165,17 @@ def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
         if csv:
             names = pl.read_csv(path, infer_schema=False, n_rows=0).columns
         else:
-            names = list(pl.read_parquet_schema(path))
+            # Arrow's reading of the schema: Polars' panics on a time zone it cannot read
+            schema = pq.read_schema(path)
+            names = schema.names
         used = [name for name in _READ if name in names]  # not the reasons' text
         if csv:
             frame = pl.read_csv(path, infer_schema=False, columns=used)
-        else:
+        elif utc_for_unreadable_zones(schema) is None:
             frame = pl.read_parquet(path, columns=used)
+        else:  # an as_of of '+05:30' (written by pandas): UTC, the same moment
+            table = cast_unreadable_zones_to_utc(pq.read_table(path, columns=used))
+            frame = pl.DataFrame(pl.from_arrow(table))
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
         # the reader's message may quote the file's lines, contact ids among them
         raise InputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from features.consent import ConsentUnknownError, restrict_to_consented
@@ -43,4 +44,16 @@ def test_ids_as_categories_on_either_side_are_matched_as_text(side: str) -> None
     result = restrict_to_consented(rows, contacts)
     assert result.kept["contact_id"].cast(pl.String).to_list() == ["a", "c"]
     assert result.kept.schema == rows.schema
+    assert result.contacts_without_consent == 2
+
+
+def test_the_filter_reads_a_time_attribute_at_an_offset_polars_has_no_zone_for() -> None:
+    """A contacts table written by pandas with India's times holds them at '+05:30', which
+    Polars has no zone for: the consent filter read the table through Polars and panicked."""
+    seen = pa.array([0, 1, 2], pa.timestamp("ms")).cast(pa.timestamp("ms", "+05:30"))
+    contacts = pa.table(
+        {"contact_id": ["a", "b", "c"], "marketing_consent": [True, False, True], "seen": seen}
+    )
+    result = restrict_to_consented(SCORES, contacts)
+    assert result.kept["contact_id"].to_list() == ["a", "c"]
     assert result.contacts_without_consent == 2

@@ -176,6 +176,83 @@ def test_timestamps_in_another_zone_give_the_features_of_the_same_instants_in_ut
     )
 
 
+# offsets that Polars has no zone for (it reads whole hours: -05:00 is Etc/GMT+5); pandas
+# writes India's datetime64[ns, UTC+05:30] to Parquet as '+05:30'
+ODD_OFFSETS = ["+05:30", "+05:45", "-03:30", "+09:30", "UTC+05:30"]
+
+
+def in_zone(table: pa.Table, name: str, zone: str) -> pa.Table:
+    """``table`` with its timestamp column ``name`` labelled ``zone``: the same instants."""
+    unit = table.schema.field(name).type.unit
+    position = table.schema.get_field_index(name)
+    return table.set_column(position, name, table[name].cast(pa.timestamp(unit, zone)))
+
+
+@pytest.mark.parametrize("zone", ODD_OFFSETS)
+def test_timestamps_at_an_offset_polars_has_no_zone_for_give_the_features_of_their_instants(
+    zone: str, tmp_path: Path
+) -> None:
+    """Parquet timestamps at an offset of other than whole hours made Polars panic, a traceback
+    on every path (review): the events and a contacts time attribute are read in UTC, the same
+    instants, from a table, a file, a folder of files (one without statistics) and in parts."""
+    from features.snapshots import build_training_frame
+
+    utc = _events(
+        [
+            ("a", "2024-02-29T23:30:00Z", "web", "page_view", None),  # 1 March in India
+            ("a", "2024-02-20T12:00:00Z", "web", "purchase", 20.0),
+            ("b", "2024-02-28T23:30:00Z", "email", "email_open", None),
+            ("c", "2024-01-10T08:00:00Z", "store", "purchase", 5.0),
+        ]
+    ).to_arrow()
+    seen = [AS_OF - dt.timedelta(days=2, hours=6), None, AS_OF - dt.timedelta(days=40)]
+    contacts = pa.table(
+        {
+            "contact_id": ["a", "b", "c"],
+            "marketing_consent": [True, True, False],
+            "seen_at": pa.array(seen, pa.timestamp("ms", "UTC")),
+        }
+    )
+    expected = build_contact_features(utc, contacts, as_of=AS_OF, spec=SPEC)
+    assert _row(expected, "a")["page_view_count_7d"] == 1
+    assert _row(expected, "a")["days_since_seen_at"] == pytest.approx(2.25)
+    events, listed = in_zone(utc, "timestamp", zone), in_zone(contacts, "seen_at", zone)
+    pq.write_table(events, tmp_path / "events.parquet")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(events.slice(0, 2), parts / "part-0.parquet", write_statistics=False)
+    pq.write_table(events.slice(2), parts / "part-1.parquet")
+    for source in (events, tmp_path / "events.parquet", parts):
+        got = build_contact_features(source, listed, as_of=AS_OF, spec=SPEC)
+        assert_frame_equal(got, expected)
+    in_parts = build_contact_features(parts, listed, as_of=AS_OF, spec=SPEC, partition_rows=2)
+    assert_frame_equal(in_parts, expected)
+    assert_frame_equal(
+        build_training_frame(parts, listed, as_of_dates=[AS_OF.date()], spec=SPEC),
+        build_training_frame(utc, contacts, as_of_dates=[AS_OF.date()], spec=SPEC),
+    )
+
+
+def test_the_events_are_read_by_polars_own_scan_unless_a_zone_needs_arrow(tmp_path: Path) -> None:
+    """Arrow reads a file only when Polars cannot: Polars' own scan is the fast path, and a
+    zone it reads (a whole-hour offset, a named zone) takes it."""
+    utc = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)]).to_arrow()
+    for zone, arrow in [
+        ("UTC", False),
+        ("-05:00", False),
+        ("Asia/Kolkata", False),
+        ("+05:30", True),
+    ]:
+        path = tmp_path / f"events-{len(zone)}-{arrow}.parquet"
+        pq.write_table(in_zone(utc, "timestamp", zone), path)
+        plan = engine.scan_events(path).explain()
+        assert ("PYTHON" in plan) is arrow, plan
+        assert (
+            engine.scan_events(path).collect()["timestamp"].to_list()
+            == utc["timestamp"].to_pylist()
+        )
+
+
 @pytest.mark.parametrize("dtype", ["naive", "text"])
 def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
     dtype: str, tmp_path: Path

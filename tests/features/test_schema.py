@@ -151,6 +151,31 @@ def test_naive_datetime_columns_follow_the_same_rule() -> None:
     )
 
 
+@pytest.mark.parametrize("form", ["pandas", "arrow"])
+def test_times_at_an_offset_polars_has_no_zone_for_are_validated_as_their_instants(
+    form: str,
+) -> None:
+    """pandas holds India's times as datetime64[ns, UTC+05:30], Arrow as '+05:30', a zone
+    Polars cannot read (it failed with a ComputeError); validation reads their instants, in
+    the events and in a contacts attribute."""
+    local = pd.Timestamp("2024-06-01 17:30", tz="UTC+05:30")
+    events = pd.DataFrame([_event(timestamp=local)])
+    contacts = pd.DataFrame(
+        {"contact_id": ["c1"], "marketing_consent": [True], "signed_up": [local]}
+    )
+    assert str(pa.Table.from_pandas(events).schema.field("timestamp").type.tz) == "+05:30"
+    given = (
+        (events, contacts)
+        if form == "pandas"
+        else tuple(map(pa.Table.from_pandas, (events, contacts)))
+    )
+    result = validate(given[0], given[1], now=NOW)
+    noon = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
+    assert result.events.column("timestamp").to_pylist() == [noon]
+    assert result.contacts is not None
+    assert result.contacts.column("signed_up").to_pylist() == [noon]
+
+
 def test_a_naive_row_among_zoned_rows_is_set_aside() -> None:
     rows = [_event(), _event(timestamp="2024-06-01 14:00:00")]
     assert _reasons(rows) == ["timestamp_without_time_zone"]

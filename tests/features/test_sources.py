@@ -1228,6 +1228,51 @@ def test_a_reject_in_a_parquet_file_points_at_its_0_based_row(tmp_path: Path) ->
     ]
 
 
+@pytest.mark.parametrize("zone", ["+05:30", "-03:30", "UTC+05:45"])
+def test_native_times_of_a_parquet_file_at_an_offset_polars_has_no_zone_for_are_read(
+    zone: str, tmp_path: Path
+) -> None:
+    """A Parquet export whose times are at an offset of other than whole hours ('+05:30', as
+    pandas writes India's) made Polars' reader panic, a traceback (review): the events' native
+    times and a contacts time attribute are read as their instants, in UTC."""
+    instants = [
+        dt.datetime(2024, 1, 15, 4, 30, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 1, tzinfo=dt.UTC),
+    ]
+    local = pa.array(instants, pa.timestamp("ms", "UTC")).cast(pa.timestamp("ms", zone))
+    pq.write_table(pa.table({"id": ["a", "b"], "at": local}), tmp_path / "rows.parquet")
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "ok": ["Y", "N"], "seen": local}), tmp_path / "people.parquet"
+    )
+    mapping = _write(
+        tmp_path / "rows.yaml",
+        """\
+        name: rows
+        description: parquet rows at an offset
+        events:
+          - name: rows
+            read: {path: rows.parquet, format: parquet}
+            contact_id: id
+            timestamp: {column: at, format: native}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+        contacts:
+          read: {path: people.parquet, format: parquet}
+          contact_id: id
+          attributes: {seen: seen_at}
+          consent: {column: ok, values: {"Y": true, "N": false}}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.rejects.num_rows == 0
+    assert validated.events.column("timestamp").to_pylist() == instants
+    assert validated.contacts is not None
+    assert validated.contacts.column("seen_at").to_pylist() == instants
+    assert validated.contacts.schema.field("seen_at").type.tz == "UTC"
+
+
 def test_a_rejected_contact_points_at_its_line_in_the_contacts_file(
     shop: Path, tmp_path: Path
 ) -> None:

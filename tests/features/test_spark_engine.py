@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -106,6 +107,30 @@ def test_the_spark_engine_equals_the_polars_engine_on_simulated_journeys(
     assert expected["session_count_28d"].sum() > 0
     assert 0 < expected["days_since_last_login_at"].null_count() < expected.height
     assert expected["days_since_trial_ends_on"].null_count() < expected.height
+
+
+def test_both_engines_read_times_at_an_offset_polars_has_no_zone_for_as_their_instants(
+    simulated: tuple[Path, pl.DataFrame], spark_features: SparkFeatures, tmp_path: Path
+) -> None:
+    """Events and a contacts time attribute at '+05:30' (pandas' India times), a zone Polars
+    has none for: the Polars engine panicked (review); both engines give the features of
+    the same instants in UTC."""
+    folder, contacts = simulated
+    as_of = dt.datetime(2024, 2, 20, tzinfo=dt.UTC)
+    expected = build_contact_features(folder, contacts, as_of=as_of, spec=SPEC)
+    events = pq.read_table(folder / "events.parquet")
+    india = pa.timestamp("us", "+05:30")
+    position = events.schema.get_field_index("timestamp")
+    local = tmp_path / "events.parquet"
+    pq.write_table(events.set_column(position, "timestamp", events["timestamp"].cast(india)), local)
+    table = contacts.to_arrow()
+    position = table.schema.get_field_index("last_login_at")
+    local_contacts = table.set_column(position, "last_login_at", table["last_login_at"].cast(india))
+    assert local_contacts.schema.field("last_login_at").type.tz == "+05:30"
+    polars_engine = build_contact_features(local, local_contacts, as_of=as_of, spec=SPEC)
+    _assert_identical(polars_engine, expected)
+    _assert_identical(spark_features(local, local_contacts, as_of=as_of), expected)
+    assert expected["days_since_last_login_at"].null_count() < expected.height
 
 
 # --- hand-made edges --------------------------------------------------------------------------

@@ -44,6 +44,16 @@ class Served:
         }
 
 
+def in_zone(table: pa.Table, name: str, zone: str) -> pa.Table:
+    """``table`` with its time column ``name`` labelled ``zone`` ('+05:30', as pandas writes
+    India's times): the same instants. A date becomes its UTC midnight."""
+    position = table.schema.get_field_index(name)
+    column = table[name]
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.timestamp("s")).cast(pa.timestamp("s", "UTC"))
+    return table.set_column(position, name, column.cast(pa.timestamp("ms", zone)))
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("served")

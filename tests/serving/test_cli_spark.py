@@ -15,7 +15,7 @@ import polars as pl
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import Served
+from conftest import Served, in_zone
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
@@ -63,6 +63,29 @@ def test_scores_from_spark_features_equal_scores_from_polars_features(
         outputs[engine] = pl.read_parquet(out)
     assert outputs["polars"].height > 1000
     assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
+
+
+def test_scores_on_spark_read_times_at_an_offset_polars_has_no_zone_for(
+    spark_installed: None, served: Served, tmp_path: Path
+) -> None:
+    """`score --engine spark` on events at '+05:30' (pandas' India times) failed with a Polars
+    panic before Spark started, as score reads the events' span with Polars first (review):
+    the scores are those of the same events in UTC."""
+    outputs = {}
+    for zone in ("+05:30", "UTC"):
+        data = tmp_path / zone
+        data.mkdir()
+        pq.write_table(in_zone(served.events, "timestamp", zone), data / "events.parquet")
+        pq.write_table(served.contacts, data / "contacts.parquet")
+        out = tmp_path / f"scores-{zone}.parquet"
+        args = ["score", "--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
+        engine = "spark" if zone != "UTC" else "polars"
+        result = CliRunner().invoke(
+            app, [*args, "--engine", engine, "--no-reasons", "--tracking-uri", served.store]
+        )
+        assert result.exit_code == 0, result.output
+        outputs[zone] = pl.read_parquet(out)
+    assert_frame_equal(outputs["+05:30"], outputs["UTC"], rel_tol=1e-12, abs_tol=0.0)
 
 
 def test_ctrl_c_during_a_spark_build_stops_it_cleanly(

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
-from conftest import Served, contact_body
+from conftest import Served, contact_body, in_zone
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
@@ -540,6 +540,30 @@ def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
     written = pl.read_parquet(bare)
     assert set(model.feature_names) <= set(written.columns)
     assert all(written[name].null_count() == written.height for name in model.attribute_features)
+
+
+def test_events_contacts_and_previous_scores_at_an_offset_polars_has_no_zone_for_are_read(
+    served: Served, data: Path, scored: Path, tmp_path: Path
+) -> None:
+    """Times at '+05:30' (pandas writes India's so), a zone Polars has none for, made score
+    panic with a traceback (review): in the events, in a contacts time attribute and in the
+    previous scores' as_of they are read as their instants, so the scores are those of the
+    same data in UTC."""
+    local = tmp_path / "local"
+    local.mkdir()
+    pq.write_table(in_zone(served.events, "timestamp", "+05:30"), local / "events.parquet")
+    # the model's date attribute given as the time of its UTC midnight, at +05:30
+    pq.write_table(in_zone(served.contacts, "signup_date", "+05:30"), local / "contacts.parquet")
+    previous = in_zone(pq.read_table(scored), "as_of", "+05:30")
+    pq.write_table(previous, tmp_path / "previous.parquet")
+    out, expected = tmp_path / "scores.parquet", tmp_path / "expected.parquet"
+    args = ["--as-of", "2026-04-21", "--previous", str(tmp_path / "previous.parquet")]
+    result = _score(served, "--events", str(local), "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    assert "previous: the scores as of 2026-04-20" in " ".join(result.output.split())
+    in_utc = _score(served, "--events", str(data), "--out", str(expected), *args)
+    assert in_utc.exit_code == 0, in_utc.output
+    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected))
 
 
 def test_a_late_previous_is_refused_whatever_form_its_as_of_takes(
