@@ -62,11 +62,27 @@ def unreadable_parquet_named() -> Iterator[None]:
     except pl.exceptions.ComputeError as error:
         if not str(error).startswith("parquet:"):
             raise
-        reason = " ".join(str(error).split())[:200]
-        raise InputError(
-            f"the events Parquet is damaged ({reason}); write the events again, e.g. with "
-            "`funnelcast ingest`"
-        ) from None
+        raise InputError(damaged_parquet_message(str(error))) from None
+
+
+def damaged_parquet_message(reason: str) -> str:
+    """The refusal of events Parquet whose pages do not read, for every engine (``reason``:
+    the reader's own words)."""
+    shown = " ".join(reason.split())[:200]
+    return (
+        f"the events Parquet is damaged ({shown}); write the events again, e.g. with "
+        "`funnelcast ingest`"
+    )
+
+
+@unreadable_parquet_named()
+def events_time_span(events: EventsInput) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The first and the last event's timestamp, in UTC (None and None: no events), from one
+    read of the timestamps; damaged pages are an ``InputError``, as in the builders."""
+    timestamp = pl.col("timestamp")
+    span = scan_events(events).select(timestamp.min().alias("first"), timestamp.max().alias("last"))
+    first, last = span.collect().row(0)
+    return first, last
 
 
 @unreadable_parquet_named()

@@ -52,6 +52,7 @@ from features.engine import (
     NO_TIMESTAMP,
     NOT_FINITE_VALUE,
     check_event_kinds,
+    damaged_parquet_message,
     events_path,
     missing_message,
     not_a_datetime,
@@ -244,6 +245,9 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
         for known in (NOT_FINITE_VALUE, _PADDED_IDS, *_MISSING.values()):
             if known in str(error):
                 raise InputError(known) from None
+        damaged = _damaged_file(str(error))
+        if damaged is not None:
+            raise InputError(damaged_parquet_message(damaged)) from None
         found = _UNKNOWN.search(str(error))
         if found is None:
             raise
@@ -260,6 +264,24 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
         elif name != "contact_id" and dtype == pl.String:  # the only other text: attributes
             casts.append(pl.col(name).cast(pl.Categorical))
     return converted.with_columns(casts).sort("contact_id")
+
+
+# Spark's error when a file's pages do not read (its footer does: events_path read it), and
+# the root cause the JVM's trace ends with
+_FAILED_READ = re.compile(
+    r"\[FAILED_READ_FILE\.NO_HINT\] (Encountered error while reading file [^\n]*?)\.?\s+SQLSTATE"
+)
+_ROOT_CAUSE = re.compile(r"^Caused by: [\w.$]+: (.*)$", re.MULTILINE)
+
+
+def _damaged_file(error: str) -> str | None:
+    """Spark's reason, when its ``error`` is a Parquet file whose pages do not read: which file,
+    and the root cause (Spark's stack trace, 200-odd lines, left out); else None."""
+    failed = _FAILED_READ.search(error)
+    if failed is None:
+        return None
+    causes = _ROOT_CAUSE.findall(error)
+    return f"Spark: {failed.group(1)}: {causes[-1]}" if causes else f"Spark: {failed.group(1)}"
 
 
 def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:

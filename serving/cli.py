@@ -670,12 +670,9 @@ def features(
         )
     snapshot = _as_of_date(as_of)
     if snapshot > dt.datetime.now(dt.UTC):  # tomorrow: reads today's events up to now only
-        import polars as pl
+        from features.engine import events_time_span
 
-        from features.engine import scan_events
-
-        latest = scan_events(events).select(pl.col("timestamp").max()).collect().item()
-        _refuse_events_after_now(latest, f"--events {events}")
+        _refuse_events_after_now(events_time_span(events)[1], f"--events {events}")
     if out.suffix.lower() != ".parquet":
         raise InputError(f"--out {out} would hold Parquet; give a file name ending in .parquet")
     contacts_path = _contacts_for(events, contacts, assume_consent, "exported")
@@ -812,7 +809,7 @@ def score(
     import polars as pl
 
     from features.consent import check_contacts
-    from features.engine import build_contact_features, scan_events
+    from features.engine import build_contact_features, events_time_span
     from features.io import read_table, write_csv_atomic, write_parquet_atomic
     from serving.scoring import (
         check_scores_path,
@@ -844,11 +841,8 @@ def score(
                 "marketing consent, so there is nobody to score; give the contacts table with "
                 "their consent"
             )
-    span = scan_events(events).select(
-        pl.col("timestamp").min().alias("first"), pl.col("timestamp").max().alias("last")
-    )
-    first, last = span.collect().row(0)
-    if last is None:
+    first, last = events_time_span(events)
+    if first is None or last is None:
         raise InputError(f"--events {events} holds no events; give the events to score from")
     if snapshot is not None and snapshot <= first:
         console.print(

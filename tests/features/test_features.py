@@ -703,6 +703,13 @@ def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) ->
         build_contact_features(damaged, as_of=AS_OF, spec=SPEC)
     with pytest.raises(InputError, match="events Parquet is damaged"):
         build_training_frame(damaged, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(InputError, match="events Parquet is damaged"):
+        engine.events_time_span(damaged)  # score's and features' first read
+    first, last = engine.events_time_span(whole)
+    assert (first, last) == (
+        dt.datetime(2024, 2, 1, 12, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 27, 12, tzinfo=dt.UTC),
+    )
 
 
 @pytest.mark.parametrize(

@@ -1122,3 +1122,34 @@ def test_funnel_of_data_without_events_shows_the_listed_contacts_dormant(tmp_pat
     assert "No events before the snapshot" in said
     assert "3 consented contacts shown; 0 without marketing consent left out." in said
     assert re.search(r"dormant\s.*\s3\s.*100\.0%", result.stdout)
+
+
+def _damage_pages(path: Path) -> None:
+    """Zero every 7th byte between the file's leading magic and its footer: the footer (the
+    schema and statistics) reads, the pages do not."""
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    for i in range(4, len(data) - 8 - footer, 7):
+        data[i] = 0
+    path.write_bytes(bytes(data))
+
+
+def test_events_damaged_past_their_footer_are_one_line_in_score_and_features_for_tomorrow(
+    tmp_path: Path,
+) -> None:
+    """score and features --as-of tomorrow read the events' last moment first, which stopped
+    on damaged pages with Polars' traceback (review); the builders' one line, exit code 2."""
+    data = tmp_path / "data"
+    simulated = _run("simulate", "--out", str(data), "--contacts", "50", "--days", "10")
+    assert simulated.returncode == 0, simulated.stderr
+    _damage_pages(data / "events.parquet")
+    tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+    out = tmp_path / "out.parquet"
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # no model: the events are read first
+    for command in (
+        ["score", "--events", str(data), "--out", str(out), "--tracking-uri", store],
+        ["features", "--events", str(data), "--as-of", tomorrow, "--out", str(out)],
+    ):
+        result = _run(*command)
+        _assert_one_line_error(result, "the events Parquet is damaged (parquet:", "ingest")
+    assert not out.exists()

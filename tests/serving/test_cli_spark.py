@@ -180,3 +180,33 @@ def test_a_refused_row_on_spark_is_one_error_line_not_the_executors_report(
     assert "Exception" not in result.stderr
     assert not re.search(r"^\s+at [\w.$]+\(", result.stderr, re.MULTILINE)  # no JVM stack
     assert not out.exists()
+
+
+def test_events_damaged_past_their_footer_are_one_line_on_spark_too(
+    spark_installed: None, tmp_path: Path
+) -> None:
+    """Pages that do not read failed Spark's query with a 224-line Java trace (review): the
+    Polars engine's one line, naming Spark's reason, exit code 2."""
+    data = tmp_path / "data"
+    sim = simulate(
+        load_simulator_settings(), contacts=300, days=40, seed=3, start=dt.date(2024, 1, 1)
+    )
+    write_simulation(sim, data)
+    events = bytearray((data / "events.parquet").read_bytes())
+    footer = int.from_bytes(events[-8:-4], "little")
+    for i in range(4, len(events) - 8 - footer, 7):  # the pages, not the footer
+        events[i] = 0
+    (data / "events.parquet").write_bytes(bytes(events))
+    out = tmp_path / "features.parquet"
+    command = [str(Path(sys.executable).parent / "funnelcast"), "features", "--events", str(data)]
+    command += ["--as-of", "2024-02-01", "--out", str(out), "--engine", "spark"]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: the events Parquet is damaged (Spark: Encountered error")
+    assert "events.parquet" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not re.search(r"^\s+at [\w.$]+\(", result.stderr, re.MULTILINE)  # no JVM stack
+    assert not out.exists()
