@@ -453,8 +453,11 @@ def _expand_derived(
     entry: _DerivedEntry, known: set[str], origin: str, *, lint: bool = True
 ) -> Iterator[Derived]:
     where = f"derived '{entry.name}'"
+    windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
+    if lint:  # as an aggregate's: 0 named the features it read ("no aggregate defines") instead
+        for window in windows:
+            _window_days(window, where)
     for binding in _bindings(entry.for_each, where):
-        windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
         for window in windows:
             name = _fill(entry.name, binding, window, where, lint=lint)
             expr = _fill(entry.expr, binding, window, where, lint=lint)

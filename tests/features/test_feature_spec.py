@@ -67,6 +67,42 @@ def test_a_window_that_is_not_a_whole_number_of_days_up_to_a_century_is_an_error
         parse_feature_spec(BASE.replace("[7, 28]", f"[7, {window}]"))
 
 
+@pytest.mark.parametrize(
+    ("window", "says"),
+    [
+        ("0", "window 0 is not a positive number of days or all"),
+        ("-7", "window -7 is not a positive number of days or all"),
+        ("40000", "window 40000 is longer than 36,500 days; use `all` for all history"),
+    ],
+)
+def test_a_derived_features_window_is_checked_as_an_aggregates_is(window: str, says: str) -> None:
+    """A derived entry's windows were never checked (review): 0 was named as features no
+    aggregate defines, -7 as an expression that does not parse. It is the aggregate's message
+    now, also for an expression that does not use the window; a model trained on such a spec
+    before still reads it back."""
+    with pytest.raises(SpecError) as caught:
+        parse_feature_spec(BASE.replace("[7, 28]", f"[7, {window}]"), origin="my.yaml")
+    assert str(caught.value) == f"my.yaml: aggregate '{{event_type}}_count_{{window}}': {says}"
+    ratio = f"""
+derived:
+  - name: "clicks_per_open_{{window}}"
+    expr: "email_click_count_{{window}} / email_open_count_{{window}}"
+    windows: [7, {window}]
+"""
+    with pytest.raises(SpecError) as caught:
+        parse_feature_spec(BASE + ratio, origin="my.yaml")
+    assert str(caught.value) == f"my.yaml: derived 'clicks_per_open_{{window}}': {says}"
+    fixed = f"""
+derived:
+  - name: "click_share_{{window}}"
+    expr: "email_click_count_7d / email_open_count_7d"
+    windows: [{window}]
+"""
+    with pytest.raises(SpecError, match=re.escape(f"derived 'click_share_{{window}}': {says}")):
+        parse_feature_spec(BASE + fixed)
+    assert parse_feature_spec(BASE + fixed, logged=True).names[-1].startswith("click_share_")
+
+
 def test_a_derived_feature_using_an_unknown_feature_is_an_error_naming_it() -> None:
     text = BASE + 'derived:\n  - name: x\n    expr: "email_open_count_7d / nope_7d"\n'
     with pytest.raises(SpecError, match="nope_7d"):
