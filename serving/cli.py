@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import pydantic
 import typer
@@ -110,7 +110,7 @@ class _Report(io.TextIOBase):
             sys.stderr.flush()
 
 
-console = Console(file=_Report())
+console = Console(file=cast("IO[str]", _Report()))
 err_console = Console(stderr=True)
 log = logging.getLogger("funnelcast")
 
