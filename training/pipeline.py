@@ -33,6 +33,7 @@ from features.engine import (
     feature_columns,
     identifying_attributes,
     scan_events,
+    unreadable_parquet_named,
 )
 from features.errors import InputError
 from features.settings import RulesSettings
@@ -399,6 +400,7 @@ def check_enough_data(
     return report
 
 
+@unreadable_parquet_named()  # damaged events pages: one line, as the feature builders say it
 def train_models(
     events: EventsInput,
     contacts: pa.Table | pl.DataFrame | None = None,

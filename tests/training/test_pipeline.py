@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from features.consent import ConsentUnknownError
@@ -481,3 +483,22 @@ def test_labels_dated_after_observe_until_are_counted_in_any_zone() -> None:
     naive = labels.with_columns(pl.col("label_date").dt.replace_time_zone(None))
     assert labels_after(naive, cut) == 0
     assert labels_after(labels.with_columns(pl.col("label_date").cast(pl.String)), cut) == 0
+
+
+def test_damaged_events_pages_stop_training_in_one_line(small: object, tmp_path: Path) -> None:
+    """Review: `train` on events whose pages were damaged (footer intact) was a Polars
+    traceback; the feature builders already said it in one line."""
+    path = tmp_path / "events.parquet"
+    pq.write_table(small.events, path)  # type: ignore[attr-defined]
+    damaged = bytearray(path.read_bytes())
+    for i in range(200, min(20_000, len(damaged) - 2_000), 7):
+        damaged[i] = 0
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match="the events Parquet is damaged"):
+        train_models(
+            path,
+            small.contacts,  # type: ignore[attr-defined]
+            spec=load_feature_spec(),
+            rules=load_rules_settings(),
+            settings=load_training_settings(),
+        )
