@@ -93,7 +93,9 @@ def score_features(
     kept, missing = with_missing_attributes(kept, model)
     parts = []
     for start in range(0, kept.height, CHUNK_ROWS):
-        parts.append(model.predict_frame(kept.slice(start, CHUNK_ROWS), reasons=reasons))
+        # a value the model refuses is named by its row in the whole table, not the chunk's
+        chunk = kept.slice(start, CHUNK_ROWS)
+        parts.append(model.predict_frame(chunk, reasons=reasons, first_row=start))
         if scored is not None:
             scored(min(start + CHUNK_ROWS, kept.height), kept.height)
     table = pl.concat(parts, how="vertical")

@@ -50,16 +50,22 @@ CLOSED_CATEGORIES: dict[str, tuple[str, ...]] = {"rules_stage": STAGES}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # the spec's aggregates that every builder makes as 32-bit integers
 _WHOLE_KINDS = frozenset({"count", "distinct_days", "sessions"})
+# rows of a feature table encoded at a time (a block of 4 bytes a value besides the matrix's 8)
+_SLAB_ROWS = 65_536
+# the ``whole`` places of a one-column block: its column, or none
+_ONE_COLUMN = np.array([0], dtype=np.intp)
+_NO_COLUMN = np.array([], dtype=np.intp)
 
 
 class FeatureValueError(InputError):
     """A feature value the model cannot read; ``row`` (the record's position) and ``feature``
-    say where."""
+    say where, ``rows`` how many records hold such a value of that feature."""
 
-    def __init__(self, message: str, *, row: int, feature: str) -> None:
+    def __init__(self, message: str, *, row: int, feature: str, rows: int = 1) -> None:
         super().__init__(message)
         self.row = row
         self.feature = feature
+        self.rows = rows
 
 
 class _PythonModel(_MlflowPythonModel):
@@ -86,7 +92,9 @@ class FunnelcastModel(_PythonModel):
     Both forms are encoded into one numeric matrix in the model's column order (numbers
     rounded to float32 as in training, categoricals as the category codes LightGBM learned,
     unknown categories as missing) and scored by one function, so a batch score and an online
-    score of the same features are the same numbers."""
+    score of the same features are the same numbers; and both are checked alike, so a value
+    one refuses (a 'rules_stage' that is no stage, a negative count, a number beyond float32)
+    the other refuses too, rather than scoring it."""
 
     # a model logged before the choice existed has no such attribute: it was explained by
     # TreeSHAP, and still is
@@ -194,23 +202,89 @@ class FunnelcastModel(_PythonModel):
             self.__dict__["_codes"] = codes
         return codes
 
-    def encode_frame(self, frame: pl.DataFrame) -> FloatArray:
-        """A feature table as the model's matrix."""
+    def encode_frame(self, frame: pl.DataFrame, *, first_row: int = 0) -> FloatArray:
+        """A feature table as the model's matrix, checked as ``encode_records`` checks records
+        (null, and NaN, are missing values) but a column at a time: a column of another kind
+        than in training is an ``InputError`` naming it; a number beyond float32's range or
+        infinite, a negative count, recency, active days or sessions, one of those three that
+        is not a whole number below 2**31, or a 'rules_stage' that is no stage name is a
+        ``FeatureValueError`` naming the feature, the first row that holds one (counting
+        from ``first_row``: a chunk's place in the whole table), how many of the rows encoded
+        with it do, and the fix."""
         require_features(frame, self.feature_names)
         codes = self._category_codes()
+        for name in self.feature_names:  # each column's kind, over the whole table
+            _check_kind(frame.get_column(name), codes.get(name))
         X = np.empty((frame.height, len(self.feature_names)), dtype=np.float64)
-        for j, name in enumerate(self.feature_names):
-            column = frame[name]
-            _check_kind(column, codes.get(name))
-            if name in codes:
-                mapping = codes[name]
-                X[:, j] = [
-                    np.nan if v is None else mapping.get(v, np.nan)
-                    for v in column.cast(pl.String).to_list()
-                ]
-            else:
-                X[:, j] = column.cast(pl.Float32).to_numpy().astype(np.float64)
+        for start in range(0, frame.height, _SLAB_ROWS):
+            rows = frame.slice(start, _SLAB_ROWS)
+            try:
+                X[start : start + rows.height] = self._encoded_slab(rows).T
+            except FeatureValueError as error:
+                raise self._in_table(error, first_row + start, rows.height) from None
         return X
+
+    def _encoded_slab(self, frame: pl.DataFrame) -> npt.NDArray[np.float32]:
+        """Some rows of a table, checked, as a block of a row per feature: filled a column of
+        the table at a time, then copied into the matrix's rows at once (filling the matrix's
+        columns in place, a write every row's width apart, cost more than the checks); a
+        slab at a time, so that the block adds a slab's memory, not a table's."""
+        numeric, categorical = self._columns()
+        floors, whole = self._floors(), set(self._whole().tolist())
+        block = np.empty((len(self.feature_names), frame.height), dtype=np.float32)
+        for j in categorical:  # category codes are small whole numbers: exact in float32
+            block[j] = self._category_codes_of(frame.get_column(self.feature_names[j]))
+        for k, j in enumerate(numeric):  # each checked as encode_records checks its numbers
+            column = frame.get_column(self.feature_names[j])
+            values = _as_float32(column).to_numpy().reshape(-1, 1)
+            counted = _ONE_COLUMN if k in whole else _NO_COLUMN
+            _check_numbers(values, [column.name], floors[k : k + 1], counted, _row_of(column))
+            block[j] = values[:, 0]
+        return block
+
+    def _category_codes_of(self, column: pl.Series) -> npt.NDArray[np.float64]:
+        """A table's categorical column (of text, ``_check_kind``'s) as the model's category
+        codes, as ``_category_column`` reads a record's values, over the whole column at
+        once: null, and a value not seen in training, as missing (NaN), unless the feature's
+        values are a closed vocabulary (``CLOSED_CATEGORIES``) that the value is not in."""
+        name = column.name
+        text = column.cast(pl.String)
+        codes = text.replace_strict(
+            self._category_codes()[name], default=None, return_dtype=pl.Float64
+        )
+        vocabulary = CLOSED_CATEGORIES.get(name)
+        if vocabulary is not None:
+            wrong = (
+                codes.is_null() & text.is_not_null() & ~text.is_in(list(vocabulary))
+            ).arg_true()
+            if len(wrong):
+                row = int(wrong[0])
+                _check_closed(name, text[row], row=row, rows=len(wrong))
+        return codes.to_numpy()
+
+    def _in_table(self, error: FeatureValueError, first_row: int, height: int) -> FeatureValueError:
+        """A value ``encode_frame`` refused, said as a table's: its row, how many of the
+        ``height`` rows from ``first_row`` (those encoded with it) hold one, and where to fix
+        it (a computed feature is made by the feature engine, which never makes one; an
+        attribute comes from the contacts table)."""
+        row = first_row + error.row
+        which = "the only one" if error.rows == 1 else f"the first of {error.rows:,}"
+        where = (
+            f"row {row:,} of the feature table, counting from 0, {which} in rows "
+            f"{first_row:,} to {first_row + height - 1:,}"
+        )
+        if error.feature in self.attribute_features:
+            date = error.feature.removeprefix("days_since_")
+            column = date if date in self.attribute_dates else error.feature
+            fix = f"correct the contacts table's column '{column}', an attribute"
+        else:
+            fix = (
+                "build the features with funnelcast's feature engine and the model's own spec "
+                "(`funnelcast features --version N`), which never makes such a value"
+            )
+        return FeatureValueError(
+            f"{error} ({where}); {fix}", row=row, feature=error.feature, rows=error.rows
+        )
 
     def encode_records(
         self, records: Sequence[Mapping[str, Any]], *, complete: bool = False
@@ -240,16 +314,11 @@ class FunnelcastModel(_PythonModel):
             if complete:
                 raise InputError("a feature is missing, or text where a number goes") from None
             block = _numbers_one_by_one(records, names, names, _get)
-        if np.isinf(block).any():  # one pass over the block; the culprit is looked for only now
-            raise _beyond_float32(block, names, lambda i, k: records[i].get(names[k]))
         if names:
             block = block.reshape(len(records), len(names))
-            floors = self._floors()
-            if (block < floors).any():  # NaN is below nothing
-                raise _below_zero(block, floors, names, lambda i, k: records[i].get(names[k]))
-            whole = self._whole()
-            if whole.size:
-                _check_whole(block, whole, names, lambda i, k: records[i].get(names[k]))
+            _check_numbers(
+                block, names, self._floors(), self._whole(), lambda i, k: records[i].get(names[k])
+            )
             X[:, numeric] = block
         for j in categorical:
             name = self.feature_names[j]
@@ -406,16 +475,29 @@ class FunnelcastModel(_PythonModel):
         return self.score_matrix(self.encode_records(records), records if reasons else None)
 
     def predict_frame(
-        self, features: pd.DataFrame | pl.DataFrame, *, reasons: bool = True
+        self, features: pd.DataFrame | pl.DataFrame, *, reasons: bool = True, first_row: int = 0
     ) -> pl.DataFrame:
         """The predictions for a feature table, as a Polars frame (the batch path's form).
         ``reasons=False`` leaves the reason columns empty and skips their cost (per-feature
-        contributions of every tree), for evaluation."""
-        frame = features if isinstance(features, pl.DataFrame) else pl.from_pandas(features)
-        if frame.height == 0:
+        contributions of every tree), for evaluation. A value the model cannot read is
+        refused as ``encode_frame`` says, its row counted from ``first_row`` (a chunk's
+        place in the whole table)."""
+        if len(features) == 0:
             raise InputError("no rows to predict; give at least one contact's features")
-        X = self.encode_frame(frame)
-        values = frame.select(self.feature_names).to_dicts() if reasons else None
+        frame = features if isinstance(features, pl.DataFrame) else self._from_pandas(features)
+        X = self.encode_frame(frame, first_row=first_row)
+        values = None
+        if reasons:
+            # the reasons read numbers as int or float: true/false and decimals are given as
+            # the numbers the model read (true is 1, as the service reads a JSON true)
+            values = (
+                frame.select(
+                    pl.col(name).cast(pl.Float64)
+                    if frame.schema[name] == pl.Boolean or frame.schema[name].is_decimal()
+                    else pl.col(name)
+                    for name in self.feature_names
+                )
+            ).to_dicts()
         scored = self.score_matrix(X, values)
         out: dict[str, Any] = {}
         for key in ("contact_id", "as_of"):
@@ -431,17 +513,40 @@ class FunnelcastModel(_PythonModel):
         out["cta"] = scored["cta"]
         return pl.DataFrame(out, schema_overrides={f"reason_{k}": pl.String for k in (1, 2, 3)})
 
+    def _from_pandas(self, features: pd.DataFrame) -> pl.DataFrame:
+        """The columns of a pandas feature table that the model reads (and contact_id and
+        as_of, passed through) as a Polars frame; a column Arrow cannot read as one kind (a
+        pandas object column of text among numbers) is an ``InputError`` naming it."""
+        wanted = {"contact_id", "as_of", *self.feature_names}
+        names = [name for name in features.columns if name in wanted]
+        try:
+            return pl.from_pandas(features[names])
+        except (TypeError, ValueError, pl.exceptions.PolarsError):  # Arrow's are among them
+            for name in names:  # the culprit, looked for only now
+                try:
+                    pl.from_pandas(features[[name]])
+                except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
+                    raise InputError(
+                        f"the feature table's column '{name}' cannot be read as one kind of "
+                        f"value ({type(error).__name__}: text among numbers?); give each "
+                        "column one kind: numbers (or true/false) for a number, text for a "
+                        "category"
+                    ) from None
+            raise
+
 
 def _check_kind(column: pl.Series, categories: Mapping[str, int] | None) -> None:
     """A feature table's column holds the kind of value the model read in training: text for
-    a category, a number otherwise; a column with no value at all is all missing, whatever its
-    type (an export that left it empty; pandas reads one as float NaN). Otherwise an
-    ``InputError`` naming the feature: a category's numbers cast to text ("2.0") would match
-    none of its categories and be scored as missing, each contact without a word, and text
-    cannot be a number; the service refuses both with a 400."""
+    a category, a number (or true/false, read as 1 and 0) otherwise; a column with no value
+    at all is all missing, whatever its type (an export that left it empty; pandas reads one
+    as float NaN). Otherwise an ``InputError`` naming the feature: a category's numbers cast
+    to text ("2.0") would match none of its categories and be scored as missing, each
+    contact without a word, and text, a date or an object cannot be a number (a date cast
+    to one is its microseconds since 1970); the service refuses them all with a 400."""
     dtype = column.dtype
     text = dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
-    if text == (categories is not None) or column.null_count() == column.len():
+    wanted = text if categories is not None else _is_number(dtype)
+    if wanted or column.null_count() == column.len():
         return
     name = column.name
     fix = "as when the model was trained (an attribute: the contacts table's column"
@@ -451,10 +556,54 @@ def _check_kind(column: pl.Series, categories: Mapping[str, int] | None) -> None
             f"the model reads it as a category (it was text in training, one of "
             f"{sorted(categories)[:8]}); give it as text, {fix} as text)"
         )
+    kind = "text" if text else "dates or times" if dtype.is_temporal() else "not numbers"
+    date = "; a date as the days from it to as_of, as the feature engine makes days_since_"
+    date = date if dtype.is_temporal() else ""
     raise InputError(
-        f"feature '{name}' is text ({dtype}), but the model reads it as a number; give it as "
-        f"numbers (or true/false), {fix} as numbers)"
+        f"feature '{name}' is {kind} ({dtype}), but the model reads it as a number; give it "
+        f"as numbers (or true/false), {fix} as numbers){date}"
     )
+
+
+def _is_number(dtype: pl.DataType) -> bool:
+    """A column the model reads as numbers: integers, floats, decimals, true/false."""
+    return dtype.is_numeric() or dtype == pl.Boolean
+
+
+def _as_float32(column: pl.Series) -> pl.Series:
+    """A numeric column (``_check_kind``'s) as float32, the precision the model was trained
+    at, null as NaN; a number beyond float32's range becomes infinite here, and is refused
+    (``_check_numbers``). Decimals are read as the float64 numbers the reasons quote, then
+    rounded, as a record's numbers are. A column of no value at all, whatever its type, is
+    all missing."""
+    if column.dtype.is_decimal():
+        return column.cast(pl.Float64).cast(pl.Float32)
+    if _is_number(column.dtype) or column.dtype == pl.Null:
+        return column.cast(pl.Float32)
+    return pl.Series(column.name, np.full(column.len(), np.nan, dtype=np.float32))
+
+
+def _row_of(column: pl.Series) -> Callable[[int, int], Any]:
+    """``value_of`` for the checks of one column: the value given in a row."""
+    return lambda row, _: column[row]
+
+
+def _check_numbers(
+    block: npt.NDArray[np.float32],
+    names: list[str],
+    floors: npt.NDArray[np.float32],
+    whole: npt.NDArray[np.intp],
+    value_of: Callable[[int, int], Any],
+) -> None:
+    """The numeric features of a block (a row per record, a column per name) within
+    float32's range, at or above their ``floors`` and whole in the ``whole`` columns;
+    ``value_of(row, k)`` is the value given, quoted by the error."""
+    if np.isinf(block).any():  # one pass over the block; the culprit is looked for only now
+        raise _beyond_float32(block, names, value_of)
+    if (block < floors).any():  # NaN is below nothing
+        raise _below_zero(block, floors, names, value_of)
+    if whole.size:
+        _check_whole(block, whole, names, value_of)
 
 
 def _get(record: Mapping[str, Any], name: str) -> Any:
@@ -495,11 +644,14 @@ def _first_named(
     for ``names[k]`` (quoted in the message, then ``says``); ``columns[c]`` is the ``k`` of
     the mask's column ``c`` when the mask covers only some features."""
     rows, places = np.nonzero(wrong)
-    row, column = int(rows[0]), int(places[0])
-    column = column if columns is None else int(columns[column])
+    row, place = int(rows[0]), int(places[0])
+    column = place if columns is None else int(columns[place])
     name = names[column]
     return FeatureValueError(
-        f"feature '{name}' is {value_of(row, column)!r}{says}", row=row, feature=name
+        f"feature '{name}' is {value_of(row, column)!r}{says}",
+        row=row,
+        feature=name,
+        rows=int(np.count_nonzero(wrong[:, place])),
     )
 
 
@@ -557,7 +709,7 @@ def _check_whole(
         )
 
 
-def _check_closed(name: str, value: str, *, row: int) -> None:
+def _check_closed(name: str, value: str, *, row: int, rows: int = 1) -> None:
     vocabulary = CLOSED_CATEGORIES.get(name)
     if vocabulary is not None and value not in vocabulary:
         raise FeatureValueError(
@@ -565,6 +717,7 @@ def _check_closed(name: str, value: str, *, row: int) -> None:
             "null when it is undefined)",
             row=row,
             feature=name,
+            rows=rows,
         )
 
 

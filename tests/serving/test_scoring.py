@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -20,11 +21,12 @@ from features.consent import restrict_to_consented
 from features.engine import build_contact_features
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
-from serving import cli
+from serving import cli, scoring
 from serving.cli import app
 from serving.runtime import ServiceSettings, load_scorer, registered_model
 from serving.schemas import MAX_EVENTS_PER_CONTACT, ContactRequest
 from serving.scoring import SCORE_COLUMNS, movement, other_model, previous_as_of, read_scores
+from training.pyfunc import FeatureValueError
 
 pytestmark = pytest.mark.slow
 
@@ -462,6 +464,159 @@ def test_a_date_attribute_exported_as_text_is_refused_not_scored_as_missing(
     assert f"the contacts column '{date}' is" in said
     assert f"the model reads it as a date (its feature days_since_{date})" in said
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def batch(served: Served) -> tuple[Any, pl.DataFrame]:
+    """The registered model and the first 60 consented contacts' features, as `score` builds
+    them."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    features = build_contact_features(
+        served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    kept = restrict_to_consented(features, served.contacts).kept.head(60)
+    return model, kept
+
+
+def _with(frame: pl.DataFrame, name: str, value: object, row: int) -> pl.DataFrame:
+    """``frame`` with ``value`` as feature ``name`` of one row (a stage column as text)."""
+    column = pl.col(name).cast(pl.String) if isinstance(value, str) else pl.col(name)
+    at_row = pl.int_range(pl.len()) == row
+    return frame.with_columns(pl.when(at_row).then(pl.lit(value)).otherwise(column).alias(name))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("rules_stage", "bogus", "not one of its values"),
+        ("email_click_count_7d", -5.0, "never negative"),
+        ("days_since_last_event", -3.0, "never negative"),
+        ("email_click_count_7d", 0.5, "is a whole number"),
+        ("event_count_28d", 1e39, "beyond the float32 range"),
+        ("days_since_last_event", float("inf"), "beyond the float32 range"),
+        ("purchase_value_sum_all", float("-inf"), "beyond the float32 range"),
+    ],
+)
+def test_the_batch_path_refuses_what_the_record_path_refuses_naming_the_row(
+    batch: tuple[Any, pl.DataFrame], name: str, value: object, says: str
+) -> None:
+    """Review: a feature table's rules_stage 'bogus' was scored as missing, a negative or
+    fractional count and a negative recency were scored, 1e39 clicks became inf (propensity
+    1.0) and inf an OverflowError in the reasons, while the record path refused them all. The
+    same value is now refused by both, with the record path's words, the batch naming the row
+    (in the whole table when scored in chunks) and the fix."""
+    model, kept = batch
+    wrong = _with(kept, name, value, row=3)
+    with pytest.raises(FeatureValueError) as by_record:
+        model.encode_records(wrong.select(model.feature_names).to_dicts())
+    for call in (
+        lambda: model.predict_frame(wrong),
+        lambda: model.predict_frame(wrong, reasons=False),
+        lambda: model.predict(None, wrong.to_pandas()),  # MLflow's entry point
+    ):
+        with pytest.raises(FeatureValueError, match=says) as by_table:
+            call()
+        said = str(by_table.value)
+        assert said.startswith(str(by_record.value))
+        assert (by_record.value.row, by_record.value.feature) == (3, name)
+        assert (by_table.value.row, by_table.value.feature) == (3, name)
+        assert "row 3 of the feature table, counting from 0, the only one in rows 0 to 59" in said
+        assert "build the features with funnelcast's feature engine and the model's own" in said
+    twice = _with(wrong, name, value, row=50)
+    with pytest.raises(FeatureValueError) as chunk:
+        model.predict_frame(twice, reasons=False, first_row=20_000)
+    assert chunk.value.row == 20_003
+    said = str(chunk.value)
+    assert (
+        "row 20,003 of the feature table, counting from 0, the first of 2 in rows 20,000 to "
+        in said
+    )
+
+
+def test_only_a_stage_that_is_none_is_refused_nulls_nan_and_new_segments_are_missing(
+    batch: tuple[Any, pl.DataFrame],
+) -> None:
+    """What the refusals leave alone: null and NaN are missing values, a stage-less contact's
+    rules_stage may be null, and a category of an attribute not seen in training (a new
+    segment) is scored as missing, as LightGBM scores it; only a closed vocabulary's
+    (rules_stage's) unknown value is a mistake."""
+    model, kept = batch
+    nulls = kept.with_columns(
+        pl.lit(None, pl.Float64).alias("days_since_last_event"),
+        pl.lit(None, pl.String).alias("rules_stage"),
+        pl.lit(None, pl.String).alias("segment"),
+    )
+    others = kept.with_columns(
+        pl.lit(float("nan")).alias("days_since_last_event"),
+        pl.lit(None, pl.String).alias("rules_stage"),
+        pl.lit("brand_new_segment").alias("segment"),
+    )
+    # the same numbers (the reasons quote the segment given)
+    expected = model.predict_frame(nulls).drop("reason_1", "reason_2", "reason_3")
+    for got in (
+        model.predict_frame(others),
+        pl.from_pandas(model.predict(None, others.to_pandas())),
+    ):
+        assert_frame_equal(got.select(expected.columns), expected)
+    with pytest.raises(FeatureValueError, match="'rules_stage' is 'brand_new_segment', not one"):
+        model.predict_frame(_with(others, "rules_stage", "brand_new_segment", row=0))
+
+
+def test_values_no_feature_table_holds_are_an_input_error_naming_the_column(
+    batch: tuple[Any, pl.DataFrame],
+) -> None:
+    """Review: a date where a number goes was read as its microseconds since 1970 and the
+    reasons stopped with a ValueError; a pandas column of text among numbers stopped in
+    Arrow with a TypeError. Both are an InputError naming the column."""
+    model, kept = batch
+    dated = kept.with_columns(pl.lit(dt.datetime(2026, 1, 1)).alias("days_since_last_event"))
+    for call in (
+        lambda: model.predict_frame(dated),
+        lambda: model.predict(None, dated.to_pandas()),
+    ):
+        with pytest.raises(InputError, match="feature 'days_since_last_event' is dates or times"):
+            call()
+    mixed = kept.to_pandas()
+    mixed["purchase_value_sum_all"] = ["many", *mixed["purchase_value_sum_all"][1:]]
+    with pytest.raises(InputError, match="column 'purchase_value_sum_all' cannot be read as one"):
+        model.predict(None, mixed)
+    mixed["purchase_value_sum_all"] = [[1.0, 2.0]] * len(mixed)  # a list per contact
+    with pytest.raises(InputError, match=r"'purchase_value_sum_all' is not numbers \(List"):
+        model.predict(None, mixed)
+
+
+def test_decimals_and_true_false_are_read_as_the_numbers_they_are_reasons_included(
+    batch: tuple[Any, pl.DataFrame],
+) -> None:
+    """Review: a table of decimal numbers (a database export) or of true/false was scored,
+    then the reasons stopped with a ValueError on the first such value they quoted. They are
+    the numbers the model reads (true is 1, as the service reads a JSON true)."""
+    model, kept = batch
+    numbers = [n for n in model.feature_names if n not in model.categories]
+    decimals = kept.with_columns(pl.col(numbers).cast(pl.Float64).round(2).cast(pl.Decimal(20, 2)))
+    floats = decimals.with_columns(pl.col(numbers).cast(pl.Float64))
+    assert_frame_equal(model.predict_frame(decimals), model.predict_frame(floats))
+    flags = kept.with_columns(pl.col(numbers).fill_null(0) > 0)
+    ones = flags.with_columns(pl.col(numbers).cast(pl.Float64))
+    assert_frame_equal(model.predict_frame(flags), model.predict_frame(ones))
+
+
+def test_score_names_a_refused_value_by_its_row_among_all_the_contacts_scored(
+    served: Served, batch: tuple[Any, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weekly job scores in chunks; a value the model refuses (here a negative count,
+    which no builder makes) stops it naming the row in the whole table of consented
+    contacts, which `funnelcast features` with the model writes, not in its chunk."""
+    model, kept = batch
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 20)
+    wrong = _with(kept, "event_count_90d", -1.0, row=45)
+    with pytest.raises(FeatureValueError, match="never negative") as caught:
+        scoring.score_features(
+            model, wrong, served.contacts, as_of=AS_OF, model_name="m", model_version="1"
+        )
+    assert caught.value.row == 45
+    said = str(caught.value)
+    assert "row 45 of the feature table, counting from 0, the only one in rows 40 to 59" in said
 
 
 def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
