@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import IO, Annotated, Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from features.errors import InputError
 
@@ -23,6 +31,28 @@ class FrozenSettings(BaseModel):
     """Base of every settings model: immutable, and an unknown key is an error, not a default."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``horizon_days: true`` is refused, not read as 1 (pydantic takes a boolean for a
+        number): YAML reads yes, no, on and off as booleans too."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _a_number(field.annotation):
+            raise ValueError(
+                f"{str(value).lower()} is not a number; give a number (YAML reads true, false, "
+                "yes, no, on and off as booleans)"
+            )
+        return value
+
+
+def _a_number(annotation: Any) -> bool:
+    """Whether a field's type is a number (or an optional one) and not also a boolean."""
+    kinds = set(get_args(annotation)) if get_args(annotation) else {annotation}
+    for kind in list(kinds):  # Annotated[int, ...]
+        if get_args(kind):
+            kinds |= {get_args(kind)[0]}
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 def _calendar_day(value: Any) -> Any:

@@ -74,3 +74,31 @@ def test_a_lightgbm_value_out_of_range_is_refused_with_lightgbms_check(
 def test_lightgbm_aliases_and_the_shipped_parameters_are_accepted() -> None:
     assert _lightgbm({"eta": 0.1, "min_child_samples": 5}).params["eta"] == 0.1
     assert load_training_settings().lightgbm.params["learning_rate"] > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"horizon_days": True}, "horizon_days: true is not a number"),
+        ({"seed": False}, "seed: false is not a number"),
+        ({"min_dormant_sample_rate": True}, "min_dormant_sample_rate: true"),
+    ],
+)
+def test_a_boolean_is_no_number_setting(overrides: dict[str, Any], key: str) -> None:
+    """YAML reads `yes`, `on` and `true` as booleans and pydantic took them as 1: a horizon of
+    one day trained without a word."""
+    with pytest.raises(InputError, match=key):
+        load_training_settings(**overrides)
+
+
+def test_a_boolean_in_a_nested_setting_is_named_by_its_path() -> None:
+    shipped = load_training_settings().lightgbm.model_dump()
+    with pytest.raises(InputError, match=r"lightgbm\.class_weight_power: true is not a number"):
+        load_training_settings(lightgbm={**shipped, "class_weight_power": True})
+
+
+def test_a_boolean_setting_still_takes_a_boolean() -> None:
+    shipped = load_training_settings().lightgbm.model_dump()
+    assert (
+        load_training_settings(lightgbm={**shipped, "blend_rfm": False}).lightgbm.blend_rfm is False
+    )
