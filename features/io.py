@@ -67,8 +67,12 @@ def _unwritable(what: str, folder: Path, error: OSError) -> InputError:
     )
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived (``terminate_like_interrupt``): the process ends with status 143."""
+
+
 @contextlib.contextmanager
-def _terminate_like_interrupt() -> Iterator[None]:
+def terminate_like_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager stopping the command, `kill`) takes the path of Ctrl-C
     while a write runs: an exception, so the temporary files are removed; the process then
     ends with status 143, as for SIGTERM. Only where nothing else handles SIGTERM (an
@@ -84,7 +88,7 @@ def _terminate_like_interrupt() -> Iterator[None]:
         return
 
     def on_terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, on_terminate)
     try:
@@ -203,7 +207,7 @@ def _write_file_atomic(
 ) -> Path:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name for the {kind} output")
-    with _terminate_like_interrupt():
+    with terminate_like_interrupt():
         try:
             with made_folders(path.parent, keep=True):
                 _sweep_leftovers(path.parent, path.name)
@@ -369,7 +373,7 @@ def write_tables_atomic(
         for path in [*stale, *targets]
         if os.path.lexists(path) and not is_funnelcast_table(path)
     }
-    with _terminate_like_interrupt():
+    with terminate_like_interrupt():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             _sweep_leftovers(out_dir)

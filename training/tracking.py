@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from features.engine import EventsInput, scan_events
 from features.errors import InputError
+from features.io import Terminated, terminate_like_interrupt
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
 from training.evaluation import write_evaluation_artifacts
@@ -369,23 +370,26 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
 @contextmanager
 def training_run(run_name: str | None = None) -> Iterator[str]:
     """A parent run for one training; tuning trials nest under it. It ends as what happened
-    (``end_run_after``): FINISHED, KILLED after Ctrl-C, or FAILED with the reason in the
-    ``funnelcast.error`` tag. MLflow's own ``with start_run`` ends every exception FAILED,
-    Ctrl-C included, and says nothing of why."""
+    (``end_run_after``): FINISHED, KILLED after Ctrl-C or SIGTERM, or FAILED with the reason
+    in the ``funnelcast.error`` tag. MLflow's own ``with start_run`` ends every exception
+    FAILED, Ctrl-C included, and says nothing of why; and SIGTERM (a scheduler's timeout,
+    ``kill``) ended the process with the run left RUNNING for good."""
     experiment_id = ensure_experiment()
-    run_id = mlflow.start_run(experiment_id=experiment_id, run_name=run_name).info.run_id
-    try:
-        yield run_id
-    except BaseException as error:
-        end_run_after(run_id, error)
-        raise
-    end_run_after(run_id, None)
+    with terminate_like_interrupt():
+        run_id = mlflow.start_run(experiment_id=experiment_id, run_name=run_name).info.run_id
+        try:
+            yield run_id
+        except BaseException as error:
+            end_run_after(run_id, error)
+            raise
+        end_run_after(run_id, None)
 
 
 def end_run_after(run_id: str, error: BaseException | None) -> None:
     """End the active run ``run_id`` as ``error`` left it: FINISHED without one, KILLED after
-    a KeyboardInterrupt (someone stopped it; it did not break), else FAILED with the error's
-    one-line reason as the ``funnelcast.error`` tag, so a failed run says why without a log.
+    a KeyboardInterrupt or SIGTERM (someone stopped it; it did not break), else FAILED with
+    the error's one-line reason as the ``funnelcast.error`` tag, so a failed run says why
+    without a log.
 
     Runs still open inside it (a nested trial that did not end) end first, the same way:
     ``mlflow.end_run`` ends the innermost run, which would otherwise be the one marked. Then
@@ -394,7 +398,7 @@ def end_run_after(run_id: str, error: BaseException | None) -> None:
     active, so no ``end_run`` reaches it."""
     if error is None:
         status = "FINISHED"
-    elif isinstance(error, KeyboardInterrupt):
+    elif isinstance(error, KeyboardInterrupt | Terminated):
         status = "KILLED"
     else:
         status = "FAILED"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -236,6 +237,38 @@ def test_a_nested_run_made_but_never_active_ends_with_the_training_run(
     assert _run(made[0]).info.status == status
     assert _run(run_id).info.status == status
     assert mlflow.active_run() is None
+
+
+_TRAIN_THEN_SIGTERM = """
+import os, signal, sys
+import mlflow
+from training.tracking import configure_tracking, training_run
+
+configure_tracking(sys.argv[1])
+with training_run("terminated") as run_id:
+    print(run_id, mlflow.start_run(nested=True).info.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's timeout, `kill`
+    signal.pause()  # not reached: the handler raises
+"""
+
+
+def test_sigterm_during_a_training_run_ends_it_and_its_nested_runs_killed(tmp_path: Path) -> None:
+    """SIGTERM ended the process at once: the run stayed RUNNING in the store for good, as if
+    training still went on (review). It now ends as Ctrl-C does, and the exit status is 143."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_THEN_SIGTERM, uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 143, result.stderr
+    run_id, nested = result.stdout.split()
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(nested).info.status == "KILLED"
+    assert ERROR_TAG not in client.get_run(run_id).data.tags
 
 
 def test_a_nested_run_never_ended_is_not_called_finished_when_the_training_run_is(
