@@ -58,7 +58,8 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
                 raise RegistryError(
-                    f"no versions of model '{name}' are registered; run `funnelcast train` first"
+                    f"model '{name}' has no version in "
+                    f"{shown_uri(mlflow.get_tracking_uri())}; " + _what_there_is(client, name)
                 )
             found = max(versions, key=lambda v: int(v.version))
     except MlflowException as exc:

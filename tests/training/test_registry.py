@@ -380,6 +380,10 @@ def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
         resolve("no-such-model", alias="champion")
     assert re.search(rf"registered models are [^:]*\b{NAME}\b", str(caught.value))
     assert "--model-name" in str(caught.value)
+    # without an alias (`promote`'s latest version), the same list: it said only "train one"
+    with pytest.raises(RegistryError, match="'no-such-model' has no version in") as caught:
+        resolve("no-such-model")
+    assert re.search(rf"registered models are [^:]*\b{NAME}\b", str(caught.value))
 
 
 def _log_variant(
