@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import polars as pl
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -134,8 +135,26 @@ def load_model(ref: ModelRef) -> FunnelcastModel:
 
 def load_test_set(ref: ModelRef) -> pl.DataFrame:
     """The out-of-time test snapshots a version was evaluated on (features and labels)."""
+    _run_of(ref)  # a run the store no longer holds is said as such
     path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=TEST_SET_ARTIFACT)
     return pl.read_parquet(path)
+
+
+def _run_of(ref: ModelRef) -> Run:
+    """The training run of a version; one the store no longer holds (deleted, then removed by
+    `mlflow gc`) is a ``RegistryError`` saying so: MLflow's "Run ... not found" was taken for
+    a store that could not be reached."""
+    try:
+        return MlflowClient().get_run(ref.run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise RegistryError(
+            f"version {ref.version} of '{ref.name}' was trained in run {ref.run_id}, which "
+            f"{shown_uri(mlflow.get_tracking_uri())} no longer holds (deleted and removed by "
+            "`mlflow gc`): its test set and metrics are gone with it; train again, or name "
+            "another version with --version N"
+        ) from exc
 
 
 def score(model: FunnelcastModel, test_set: pl.DataFrame) -> dict[str, float]:
@@ -162,7 +181,7 @@ def baseline_scores(ref: ModelRef, test_set: pl.DataFrame) -> dict[str, float]:
         test_set[STAGE_LABEL].cast(pl.String).to_numpy(),
         test_set["rules_stage"].cast(pl.String).to_numpy(),
     )
-    run = MlflowClient().get_run(ref.run_id)
+    run = _run_of(ref)
     auc_pr = run.data.metrics.get("test.propensity.rfm_logistic.auc_pr", float("nan"))
     return {
         "macro_f1": float(stages["macro_f1"]),
@@ -230,11 +249,10 @@ def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
     else. Empty: they compare. A champion whose run logged none of this (older versions) or is
     gone is not judged; of the rules settings, those both runs logged are compared (a setting
     added later is absent from older runs, which are judged on the others)."""
-    client = MlflowClient()
-    ours = client.get_run(challenger.run_id).data.params
+    ours = _run_of(challenger).data.params
     try:
-        theirs = client.get_run(champion.run_id).data.params
-    except MlflowException:  # its run was deleted: nothing says what it saw, as for old ones
+        theirs = _run_of(champion).data.params
+    except (MlflowException, RegistryError):  # deleted: nothing says what it saw, as for old
         return []
     reasons = []
     # the events' first and last days ("YYYY-MM-DD HH:MM:SS" texts; "None": no events). A
@@ -304,7 +322,7 @@ def require_finished(ref: ModelRef) -> None:
     version took up silently. ``force`` does not override this: it overrides the gate's verdict
     on the comparison with the champion, and here no training is known to have completed; a
     RUNNING one may also be a training still under way."""
-    status = str(MlflowClient().get_run(ref.run_id).info.status)
+    status = str(_run_of(ref).info.status)
     if status == "FINISHED":
         return
     fix = (
@@ -416,4 +434,4 @@ def promote(
 
 def run_metrics(ref: ModelRef) -> dict[str, Any]:
     """The test metrics a version's run logged (for `funnelcast evaluate`)."""
-    return dict(MlflowClient().get_run(ref.run_id).data.metrics)
+    return dict(_run_of(ref).data.metrics)

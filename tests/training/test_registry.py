@@ -650,3 +650,36 @@ def test_a_champion_moved_while_comparing_stops_the_promotion(
     with pytest.raises(RegistryError, match=f"'champion' moved to version {normal}"):
         promote(NAME, version=normal)  # compared with weak, which is no longer champion
     assert client.get_model_version(NAME, normal).tags == before  # nothing recorded
+
+
+def test_a_version_whose_run_was_garbage_collected_is_said_as_such(tmp_path: Any) -> None:
+    """A run deleted and removed by `mlflow gc` made `evaluate` and `promote` say "check the
+    tracking URI", as if the store could not be reached (review)."""
+    import subprocess
+    import sys
+
+    from training.registry import RegistryError, load_test_set, require_finished, run_metrics
+
+    uri = f"sqlite:///{tmp_path}/gc.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient()
+        with mlflow.start_run() as run:
+            pass
+        client.create_registered_model("collected")
+        client.create_model_version("collected", source=str(tmp_path), run_id=run.info.run_id)
+        client.delete_run(run.info.run_id)
+        subprocess.run(
+            [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri],
+            check=True,
+            capture_output=True,
+        )
+        ref = resolve("collected")
+        for reading in (run_metrics, load_test_set, require_finished):
+            with pytest.raises(RegistryError, match="no longer holds") as caught:
+                reading(ref)
+            assert f"run {run.info.run_id}" in str(caught.value)
+            assert "--version N" in str(caught.value)
+    finally:
+        mlflow.set_tracking_uri(previous)
