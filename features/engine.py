@@ -1116,9 +1116,16 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
 
 # a text attribute with at least this many distinct values, over more than this share of the
 # contacts that have one, names contacts (an e-mail, a phone number, a CRM id) rather than
-# describing them: as a categorical feature LightGBM would store every value in the model
-IDENTIFYING_MIN_VALUES = 100
+# describing them: as a categorical feature LightGBM would store every value in the model. A
+# sparse column counts too: 20 values each held by one of 20 contacts name those contacts
+IDENTIFYING_MIN_VALUES = 20
 IDENTIFYING_SHARE = 0.5
+# text that is mostly e-mail addresses or phone numbers names people however few its values
+# (a referrer's address filled for a few contacts, a shared company address)
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_PHONE = r"^\+?[\d\s().\-/]{7,}$"  # at least 7 characters of digits and separators
+_PHONE_DIGITS = 7
+_DATE = r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})$"  # not a phone
 # a number names contacts when it is a whole number nearly every contact has its own of, packed
 # in a range not much wider than their count: a CRM customer number handed out in turn (an id
 # a pandas export made a double too). A measure in whole units can be as distinct (spend in
@@ -1133,7 +1140,8 @@ def identifying_attributes(
 ) -> list[tuple[str, int, int]]:
     """The attributes the spec would make features that identify contacts: text with
     ``IDENTIFYING_MIN_VALUES`` distinct values over more than ``IDENTIFYING_SHARE`` of the
-    contacts that have one, and whole numbers as many over more than
+    contacts that have one or that is mostly e-mail addresses or phone numbers (``_addresses``),
+    and whole numbers as many over more than
     ``IDENTIFYING_NUMBER_SHARE`` in a range at most ``IDENTIFYING_NUMBER_SPREAD`` times as wide
     as their count. Each name with its distinct values and the contacts that have
     a value. A number is binned by the model, but it is still memorised, and it is a column of
@@ -1165,9 +1173,25 @@ def identifying_attributes(
             if width >= IDENTIFYING_NUMBER_SPREAD * len(numbers):
                 continue  # spread wide: a measure (or a number not handed out in turn)
         distinct = values.n_unique()  # decimals as they are: a double merges ids above 2^53
-        if distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values):
+        if (distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values)) or (
+            not dtype.is_numeric() and _addresses(values)
+        ):
             found.append((name, distinct, len(values)))
     return found
+
+
+def _addresses(values: pl.Series) -> bool:
+    """Whether more than half of a text column's values are e-mail addresses or phone
+    numbers (with at least ``_PHONE_DIGITS`` digits)."""
+    text = values.cast(pl.String).str.strip_chars()
+    if not len(text):
+        return False
+    shaped = text.str.contains(_EMAIL) | (
+        text.str.contains(_PHONE)
+        & (text.str.count_matches(r"\d") >= _PHONE_DIGITS)
+        & ~text.str.contains(_DATE)
+    )
+    return bool(shaped.sum() * 2 > len(text))
 
 
 def column_names(contacts: pa.Table | pl.DataFrame) -> list[str]:

@@ -175,9 +175,19 @@ def test_a_contacts_column_that_identifies_contacts_is_refused_before_any_work(
     ("values", "identifying"),
     [
         ([f"v{i}" for i in range(100)], True),  # 100 values, each once
-        ([f"v{i}" for i in range(99)], False),  # too few values to say
+        ([f"v{i}" for i in range(19)], False),  # too few values to say
+        # 99 ids filled for 99 contacts among many: each names its contact (privacy review:
+        # 99 e-mail addresses went into the model's categories, MLflow and the Bento)
+        ([f"v{i}" for i in range(99)] + [None] * 2000, True),
         ([f"v{i // 2}" for i in range(200)], False),  # 100 values over 200: a half, not more
         ([f"v{i // 2}" for i in range(199)] + [None] * 50, True),  # nulls have no value
+        # e-mail addresses and phone numbers name people however few and shared they are
+        (["info@acme.example", " sales@beta.example"] * 100, True),
+        (["+44 20 7946 0018", "(555) 010-0001", "x"] * 100, True),
+        # ... but not dates written as text, short codes, or a few addresses among categories
+        (["2024-01-05", "05/01/2024", "2024.1.5"] * 100, False),
+        (["75001", "AB-12", "10115"] * 100, False),
+        (["a@b.example", "retail", "retail"] * 100, False),
     ],
 )
 def test_which_text_attributes_identify_contacts(
@@ -210,7 +220,8 @@ def test_which_text_attributes_identify_contacts(
         # a diff review found them refused)
         ([(i * 7919) % 500_000 for i in range(1000)], pl.Int64, False),
         ([1_600_000_000 + i * 86_413 for i in range(1000)], pl.Int64, False),
-        (list(range(99)), pl.Int32, False),  # too few values to say
+        (list(range(19)), pl.Int32, False),  # too few values to say
+        (list(range(99)) + [None] * 2000, pl.Int32, True),  # sparse: each names its contact
         ([i // 2 for i in range(300)], pl.Int64, False),  # each value twice: a measure
         (list(range(180)) + [0] * 20, pl.Int64, False),  # 180 values over 200: 0.9, not more
         ([i + 0.25 for i in range(200)], pl.Float64, False),  # fractions: an amount
