@@ -492,10 +492,12 @@ def _attributes(
             value = _attribute_date(value, _where(index, f"attributes.{name}"))
         elif name in categories:
             if not isinstance(value, str):
-                shown = sorted(str(c) for c in categories[name])[:8]
+                # the training data's values are not shown: whoever holds a key could read the
+                # contacts' categories out of the errors
                 raise RequestError(
                     _where(index, f"attributes.{name}"),
-                    f"{_as_sent(value)} is not text; '{name}' is a category, e.g. one of {shown}",
+                    f"{_as_sent(value)} is not text; '{name}' is a category: give it as text (a "
+                    "value the model did not see in training is scored as missing)",
                 )
         elif isinstance(value, bool):
             value = float(value)  # as the batch engines read a true/false column: 1.0 or 0.0

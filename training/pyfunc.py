@@ -380,9 +380,9 @@ class FunnelcastModel(_PythonModel):
             if value is None:
                 out.append(np.nan)
             elif not isinstance(value, str):
-                raise FeatureValueError(
-                    f"feature '{name}' is a category; give it as text, one of "
-                    f"{sorted(mapping)[:8]}",
+                raise FeatureValueError(  # not the training data's values: see runtime
+                    f"feature '{name}' is a category; give it as text (a value the model did "
+                    "not see in training is scored as missing)",
                     row=row,
                     feature=name,
                 )
