@@ -976,16 +976,17 @@ class RulesScorer:
                         f"the rules fallback needs 'rules_stage', one of {list(STAGES)}; "
                         "or send events",
                     )
-            else:
+            if not request.marketing_consent:
+                # its given stage was checked as any other contact's input (a 400 now, not when
+                # it opts in), as the model's scorer does; events are the schema's to check:
+                # none is read, and no stage is worked out
+                out.append(_no_consent(request, self.info, as_of))
+                continue
+            if given is None:
                 rows, used = _event_rows(request, as_of)
                 stage = build_online_features(rows, as_of=as_of, spec=self.spec, rules=self.rules)[
                     "rules_stage"
                 ]
-            if not request.marketing_consent:
-                # checked as any other contact's input first (a 400 now, not when it opts in),
-                # as the model's scorer does; never a stage
-                out.append(_no_consent(request, self.info, as_of))
-                continue
             out.append(
                 {
                     "contact_id": request.contact_id,

@@ -885,6 +885,31 @@ def test_the_rules_fallback_checks_an_opted_out_contacts_input_as_any_other(
     assert answer.probabilities is None
 
 
+def test_the_rules_fallback_works_out_no_stage_for_an_opted_out_contacts_events(
+    tmp_path: Any, served: Served, active_contacts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Privacy review: the fallback built the features and the stage of a contact without
+    consent from its events before answering no_consent; the model's scorer reads none."""
+    import serving.runtime
+
+    scorer = _rules_scorer(tmp_path, served)
+    body = {**contact_body(served, active_contacts[-2]), "marketing_consent": False}
+    worked_out: list[object] = []
+    real = serving.runtime.build_online_features
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        worked_out.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serving.runtime, "build_online_features", noted)
+    (answer,) = scorer.predict([_request(body)])
+    assert answer.status == "no_consent"
+    assert worked_out == []
+    (scored,) = scorer.predict([_request({**body, "marketing_consent": True})])
+    assert scored.status == "scored"
+    assert len(worked_out) == 1  # the same request with consent: worked out, once
+
+
 def test_the_rules_fallback_reads_the_stage_of_a_compact_batch(
     tmp_path: Any, served: Served
 ) -> None:
