@@ -968,14 +968,16 @@ class RulesScorer:
             where = "features.rules_stage"
             if table is not None and request.values is not None:
                 given, where = table.row(request.values), f"values.{table.place['rules_stage']}"
+            stage = ""
             if given is not None:
-                stage = given.get("rules_stage")
-                if not isinstance(stage, str) or stage not in STAGES:
+                named = given.get("rules_stage")
+                if not isinstance(named, str) or named not in STAGES:
                     raise RequestError(
                         _where(i if batch else None, where),
                         f"the rules fallback needs 'rules_stage', one of {list(STAGES)}; "
                         "or send events",
                     )
+                stage = named
             if not request.marketing_consent:
                 # its given stage was checked as any other contact's input (a 400 now, not when
                 # it opts in), as the model's scorer does; events are the schema's to check:
