@@ -98,7 +98,9 @@ def build_contact_features(
 ) -> pl.DataFrame:
     """One row per eligible contact: any event in the longest window before ``as_of``, or
     listed in ``contacts``. Columns: contact_id, as_of, the spec's features, the attributes,
-    and rules_stage. Events at or after ``as_of`` are never read.
+    and rules_stage. Events at or after ``as_of`` are never read. Every contact is built,
+    whatever its consent: ``features.consent.restrict_to_consented`` keeps the rows to score
+    or export, as the commands do.
 
     A Parquet input of more than ``partition_rows`` events is done in parts, each a range of
     contact ids, so memory is bounded by a part, not the input; the parts' rows come out in

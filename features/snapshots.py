@@ -72,7 +72,9 @@ def build_training_frame(
     columns of ``build_contact_features``; events are read once, whatever the number of dates.
 
     ``each(as_of, rows)``, when given, replaces each snapshot's rows as soon as they are built
-    (training samples and narrows them there), so the frame never holds more than it keeps."""
+    (training samples and narrows them there), so the frame never holds more than it keeps.
+    Every contact is built, whatever its consent: ``training.pipeline`` keeps the consenting
+    ones (``features.consent.restrict_to_consented``)."""
     days = _snapshot_days(as_of_dates)
     rules = rules or load_rules_settings()
     if contacts is not None:

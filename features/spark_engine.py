@@ -131,7 +131,8 @@ def build_contact_features_spark(
     sorted by contact_id (``spark_features_to_polars`` gives the Polars engine's exact types).
 
     ``events``: a Spark DataFrame with the event schema, or Parquet (a file, a folder written
-    by ingest/simulate, or a glob). Events at or after ``as_of`` are never read."""
+    by ingest/simulate, or a glob). Events at or after ``as_of`` are never read. Every
+    contact is built, whatever its consent (``features.consent.restrict_to_consented``)."""
     as_of = as_utc(as_of, "as_of")
     now = _micros(as_of)
     rules = rules or load_rules_settings()
