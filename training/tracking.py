@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient
 from features.engine import EventsInput, scan_events
 from features.errors import InputError
 from features.io import Terminated, terminate_like_interrupt
+from features.schema import cast_unreadable_zones_to_utc
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
 from training.evaluation import write_evaluation_artifacts
@@ -250,7 +251,13 @@ def data_fingerprint(
 
 def _content_hash(table: pa.Table | pl.DataFrame) -> tuple[int, str]:
     """A table's row count and content hash (as ``data_fingerprint`` makes them)."""
-    frame = table if isinstance(table, pl.DataFrame) else pl.DataFrame(pl.from_arrow(table))
+    # a time in a zone Polars has no name for ('+05:30') is hashed as its UTC instant, as every
+    # builder reads it (Polars refused the table)
+    frame = (
+        table
+        if isinstance(table, pl.DataFrame)
+        else pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(table)))
+    )
     total = frame.select(_row_hash_sum(frame.schema)).item()
     return frame.height, _digest(frame.schema, total)
 

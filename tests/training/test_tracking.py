@@ -384,6 +384,19 @@ def test_the_data_fingerprint_counts_and_hashes_without_naming_a_contact() -> No
     assert "labels_hash" not in data_fingerprint(_events(), _contacts())
 
 
+def test_the_data_fingerprint_reads_a_contacts_time_in_a_zone_polars_cannot_name() -> None:
+    """A pandas export in India's +05:30 as an Arrow table: the builders read it as its UTC
+    instants, and the fingerprint panicked in Polars (review)."""
+    moment = dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    signup = pa.array([moment] * 3, pa.timestamp("us", tz="+05:30"))
+    in_utc = pa.array([moment] * 3, pa.timestamp("us", tz="UTC"))
+    contacts = _contacts().to_arrow()
+    zoned = _fingerprint(contacts=contacts.append_column("signup", signup))  # type: ignore[arg-type]
+    utc = _fingerprint(contacts=contacts.append_column("signup", in_utc))  # type: ignore[arg-type]
+    assert zoned["contacts_hash"] == utc["contacts_hash"]  # the same instants
+    assert zoned["contacts_hash"] != _fingerprint()["contacts_hash"]
+
+
 def _git(folder: Path, *args: str) -> str:
     command = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.com"]
     return subprocess.run(
