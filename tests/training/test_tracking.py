@@ -391,8 +391,8 @@ def test_the_data_fingerprint_reads_a_contacts_time_in_a_zone_polars_cannot_name
     signup = pa.array([moment] * 3, pa.timestamp("us", tz="+05:30"))
     in_utc = pa.array([moment] * 3, pa.timestamp("us", tz="UTC"))
     contacts = _contacts().to_arrow()
-    zoned = _fingerprint(contacts=contacts.append_column("signup", signup))  # type: ignore[arg-type]
-    utc = _fingerprint(contacts=contacts.append_column("signup", in_utc))  # type: ignore[arg-type]
+    zoned = _fingerprint(contacts=contacts.append_column("signup", signup))
+    utc = _fingerprint(contacts=contacts.append_column("signup", in_utc))
     assert zoned["contacts_hash"] == utc["contacts_hash"]  # the same instants
     assert zoned["contacts_hash"] != _fingerprint()["contacts_hash"]
 
