@@ -33,6 +33,7 @@ import anyio
 import bentoml
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from features.errors import InputError
@@ -118,6 +119,13 @@ class _NoInputInLogs(logging.Filter):
             record.exc_info = None
             record.exc_text = None
             # the client's mistake, not the service's: a warning, not an error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif isinstance(error, ClientDisconnect):
+            # a client that hung up before its body was read (a timeout on its side): one
+            # line, not an error with a traceback of the service's
+            record.msg = f"{record.msg}: the client disconnected before its request was read"
+            record.exc_info = None
+            record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 

@@ -530,6 +530,27 @@ def test_logs_carry_neither_keys_nor_contact_ids(
     assert any("refused with 400: events (one_input)" in r.getMessage() for r in refusals)
 
 
+def test_a_client_that_hung_up_is_one_warning_line_not_an_error_with_a_traceback(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BentoML logs a body read cut short by the client as an ERROR with the traceback of
+    Starlette's ClientDisconnect (privacy review: log noise an operator would chase)."""
+    from starlette.requests import ClientDisconnect
+
+    try:
+        raise ClientDisconnect
+    except ClientDisconnect:
+        with caplog.at_level(logging.INFO):  # as BentoML's log_exception logs it
+            logging.getLogger("bentoml._internal.server.http_app").error(
+                "Exception on %s [%s]", "/predict", "POST", exc_info=True
+            )
+    (record,) = [r for r in caplog.records if "/predict" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
+    assert "the client disconnected before its request was read" in record.getMessage()
+    assert "Traceback" not in caplog.text
+
+
 def test_a_batch_over_the_limit_is_logged_with_the_413_it_gets(
     client: TestClient, auth: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
