@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -633,6 +634,19 @@ def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[st
                 "and names starting with '_' are the feature table's and the engines' own "
                 "columns); rename the feature"
             )
+        if lint and unicodedata.normalize("NFKC", name) != name:
+            # Python's parser reads a name in derived expressions in this form: 'ﬁle_7d' (a
+            # ligature) as 'file_7d', another feature's name, or none
+            raise SpecError(
+                f"{origin}: feature name {name!r} reads as "
+                f"{unicodedata.normalize('NFKC', name)!r} in derived expressions (Unicode's "
+                "NFKC form); write it that way"
+            )
+        if lint and name in _FUNCTIONS:
+            raise SpecError(
+                f"{origin}: feature name {name!r} is a function of derived expressions (min, "
+                "max); rename the feature"
+            )
         other = lowered.get(name.lower())
         if lint and other is not None:
             raise SpecError(
@@ -656,6 +670,7 @@ def _parse_expression(text: str, where: str) -> tuple[ast.expr, tuple[str, ...]]
     except SyntaxError as error:
         raise SpecError(f"{where}: expression {text!r} does not parse: {error.msg}") from error
     names: list[str] = []
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             if (
@@ -668,6 +683,11 @@ def _parse_expression(text: str, where: str) -> tuple[ast.expr, tuple[str, ...]]
         elif isinstance(node, ast.Name):
             if node.id not in _FUNCTIONS:
                 names.append(node.id)
+            elif id(node) not in called:  # read as a feature, it crashed every engine
+                raise SpecError(
+                    f"{where}: {node.id} in {text!r} is a function; call it, e.g. "
+                    f"{node.id}(event_count_7d, 1)"
+                )
         elif isinstance(node, ast.BinOp):
             if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
                 raise SpecError(f"{where}: only + - * / are allowed in {text!r}")

@@ -127,6 +127,9 @@ def test_a_constant_beyond_any_number_is_an_error_not_a_column_of_nan(constant: 
         ("max(email_open_count_7d)", "take two or more arguments"),
         ("-email_open_count_7d + +email_open_count_7d", "only unary minus"),
         ("email_open_count_7d * 'a'", "only numbers may appear as constants"),
+        # read as a feature named min, it crashed every engine after the build (Spark review)
+        ("min - email_open_count_7d", "min in 'min - email_open_count_7d' is a function"),
+        ("max(max, 1)", "max in 'max(max, 1)' is a function"),
     ],
 )
 def test_derived_expressions_allow_only_arithmetic(expr: str, says: str) -> None:
@@ -453,3 +456,24 @@ def test_a_stored_models_spec_keeps_names_the_rules_came_after(
         parse_feature_spec(cased)
     stored = parse_feature_spec(cased, logged=True)
     assert {"email_open_count_all", "Email_open_count_all"} <= set(stored.names)
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        # Python's parser reads names in NFKC form: an expression naming the ligature read
+        # another feature, file_downloads_7d (Spark review: every engine gave 30, not 10)
+        ("\ufb01le_downloads_7d", "reads as 'file_downloads_7d' in derived expressions"),
+        ("\u017fessions_7d", "reads as 'sessions_7d'"),  # long s
+        ("min", "is a function of derived expressions"),
+    ],
+)
+def test_a_feature_name_derived_expressions_would_read_otherwise_is_refused(
+    name: str, says: str
+) -> None:
+    text = BASE + f'  - name: "{name}"\n    kind: count\n    windows: [7]\n'
+    text = text.replace('"{name}_7d"', f'"{name}"')
+    with pytest.raises(SpecError, match=re.escape(says)):
+        parse_feature_spec(text)
+    # a spec a model was trained with still loads as it was written
+    assert name in parse_feature_spec(text, logged=True).names
