@@ -336,7 +336,8 @@ def _micros(moment: dt.datetime) -> int:
 
 
 def _window_start(as_of: dt.datetime, days: int) -> int:
-    return _micros(as_of - dt.timedelta(days=days))
+    # in microseconds, not a datetime: a window may reach back past year 1
+    return _micros(as_of) - days * 86_400_000_000
 
 
 def _utc_day(micros: Column) -> Column:

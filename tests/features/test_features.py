@@ -24,6 +24,7 @@ from features.online import build_online_features
 from features.schema import validate
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
+from features.snapshots import build_training_frame
 from features.spec import load_feature_spec, parse_feature_spec, shipped_spec_text
 from features.vocabulary import CHANNELS, EVENT_TYPES
 
@@ -1489,3 +1490,60 @@ def test_min_and_max_of_a_nan_are_nan_in_every_builder_whatever_the_order() -> N
             assert online[name] == expected[name] or (
                 math.isnan(online[name]) and math.isnan(expected[name])  # type: ignore[arg-type]
             ), (contact, name)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_YEAR_1_US = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+_ANCIENT_SPEC = """
+session_gap_minutes: 30
+rules_stage: false
+aggregates:
+  - {name: "events_{window}", kind: count, windows: [all, 36500]}
+  - {name: "active_days_{window}", kind: distinct_days, windows: [all, 36500]}
+  - {name: "sessions_{window}", kind: sessions, windows: [all, 36500]}
+"""
+
+
+def _page_views_at(micros: list[int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "contact_id": ["a"] * len(micros),
+            "timestamp": pl.Series(micros, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "channel": ["web"] * len(micros),
+            "event_type": ["page_view"] * len(micros),
+            "value": pl.Series([None] * len(micros), dtype=pl.Float64),
+        }
+    )
+
+
+def test_all_history_reaches_events_before_year_1_in_every_kind() -> None:
+    """Spark review: all history began at 0001-01-01 for active days and sessions in the
+    Polars engine, so an export's sentinel dates before it were counted as events but not as
+    days or sessions (the training frame and Spark counted them)."""
+    day = 86_400_000_000
+    as_of = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    yesterday = (as_of - _EPOCH) // dt.timedelta(microseconds=1) - day
+    events = _page_views_at([_YEAR_1_US - 400 * day, _YEAR_1_US - 1, _YEAR_1_US, yesterday])
+    spec = parse_feature_spec(_ANCIENT_SPEC)
+    row = build_contact_features(events, as_of=as_of, spec=spec).row(0, named=True)
+    # four days; the two events a microsecond apart across year 1 are one session
+    assert (row["events_all"], row["active_days_all"], row["sessions_all"]) == (4, 4, 3)
+    frame = build_training_frame(events, as_of_dates=[as_of.date()], spec=spec)
+    assert frame.row(0, named=True) == row
+
+
+def test_a_window_reaching_back_past_year_1_is_counted_not_an_overflow() -> None:
+    """As of year 90, a 36,500-day window starts before year 1: the batch engines computed its
+    start as a Python datetime and raised OverflowError; the online path counted."""
+    as_of = dt.datetime(90, 1, 1, tzinfo=dt.UTC)
+    moment = (dt.datetime(80, 1, 1, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+    events = _page_views_at([_YEAR_1_US, moment])  # year 1: the first a Python datetime holds
+    spec = parse_feature_spec(_ANCIENT_SPEC)
+    row = build_contact_features(events, as_of=as_of, spec=spec).row(0, named=True)
+    assert (row["events_36500d"], row["active_days_36500d"], row["sessions_36500d"]) == (2, 2, 2)
+    frame = build_training_frame(events, as_of_dates=[as_of.date()], spec=spec)
+    assert frame.row(0, named=True) == row
+    online = build_online_features(events.to_dicts(), as_of=as_of, spec=spec)
+    assert {k: online[k] for k in row if k not in ("contact_id", "as_of")} == {
+        k: v for k, v in row.items() if k not in ("contact_id", "as_of")
+    }

@@ -674,3 +674,34 @@ def test_min_and_max_of_a_nan_are_nan_on_spark_as_in_polars(spark: Any) -> None:
         True,
         True,
     )
+
+
+def test_a_window_reaching_back_past_year_1_is_counted_on_spark_too(spark: Any) -> None:
+    """Spark review: as of year 90, a 36,500-day window's start overflowed a Python datetime
+    in the Spark engine as in the Polars one (the online path counted)."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec
+
+    spec = parse_feature_spec(
+        "session_gap_minutes: 30\nrules_stage: false\naggregates:\n"
+        "  - {name: 'events_{window}', kind: count, windows: [all, 36500]}\n"
+        "  - {name: 'active_days_{window}', kind: distinct_days, windows: [all, 36500]}\n"
+        "  - {name: 'sessions_{window}', kind: sessions, windows: [all, 36500]}\n"
+    )
+    as_of = dt.datetime(90, 1, 1, tzinfo=dt.UTC)
+    moments = [dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(80, 1, 1, tzinfo=dt.UTC)]
+    events = pa.table(
+        {
+            "contact_id": ["a", "a"],
+            "timestamp": pa.array(moments, pa.timestamp("us", tz="UTC")),
+            "channel": ["web", "web"],
+            "event_type": ["page_view", "page_view"],
+            "value": pa.array([None, None], pa.float64()),
+        }
+    )
+    expected = build_contact_features(events, as_of=as_of, spec=spec)
+    assert expected["events_36500d"].to_list() == [2]
+    frame = build_contact_features_spark(
+        spark.createDataFrame(events), None, as_of=as_of, spec=spec, spark=spark
+    )
+    _assert_identical(spark_features_to_polars(frame), expected)
