@@ -169,11 +169,19 @@ def build_contact_features_spark(
     frame, attributes = _eligible_with_attributes(per_contact, contacts, as_of=as_of, spec=spec)
     columns = [F.col("contact_id"), F.timestamp_micros(F.lit(now)).alias("as_of")]
     columns += [_filled(a).alias(a.name) for a in spec.aggregates]
-    columns += _derived_columns(spec)
     if spec.rules_stage:
         columns.append(_rules_stage(rules).alias("rules_stage"))
     columns += [_named(name) for name in attributes]
-    return frame.select(*columns).orderBy("contact_id")
+    features = _with_derived(frame.select(*columns), spec)
+    order = [
+        "contact_id",
+        "as_of",
+        *(a.name for a in spec.aggregates),
+        *(d.name for d in spec.derived),
+        *(["rules_stage"] if spec.rules_stage else []),
+        *attributes,
+    ]
+    return features.select(*[_named(name) for name in order]).orderBy("contact_id")
 
 
 def _named(name: str) -> Column:
@@ -517,20 +525,30 @@ def _null_if_any_null(args: list[Column], combined: Column) -> Column:
     return F.when(any_null, F.lit(None).cast("double")).otherwise(combined)
 
 
-def _derived_columns(spec: FeatureSpec) -> list[Column]:
-    """Each derived feature as one expression over the filled aggregates; a derived feature
-    used by a later one is inlined, so none depends on a column of the same projection."""
-    compiled: dict[str, Column] = {}
-    aggregates = {a.name: a for a in spec.aggregates}
-
-    def leaf(name: str) -> Column:
-        if name in compiled:
-            return compiled[name]
-        return _filled(aggregates[name]).cast("double")
-
-    for derived in spec.derived:
-        compiled[derived.name] = compile_expression(derived.tree, leaf=leaf, ops=_SparkOps)
-    return [column.cast("double").alias(name) for name, column in compiled.items()]
+def _with_derived(frame: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """The derived features added in batches, as the Polars engine adds them: each batch those
+    whose inputs are columns by then, read by name. Inlining a derived feature into every
+    later one that uses it (min and max read each argument three times) grew the expression
+    about sixfold per level: a chain of six ran Spark out of memory (review)."""
+    pending, known = list(spec.derived), {a.name for a in spec.aggregates}
+    while pending:
+        ready = [d for d in pending if all(name in known for name in d.inputs)]
+        if not ready:  # the spec loader guarantees an order exists
+            raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
+        frame = frame.select(
+            "*",
+            *[
+                compile_expression(
+                    d.tree, leaf=lambda name: _named(name).cast("double"), ops=_SparkOps
+                )
+                .cast("double")
+                .alias(d.name)
+                for d in ready
+            ],
+        )
+        known.update(d.name for d in ready)
+        pending = [d for d in pending if d not in ready]
+    return frame
 
 
 # --- the rules stage (features.stages, ported) ------------------------------------------------

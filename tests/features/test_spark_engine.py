@@ -705,3 +705,28 @@ def test_a_window_reaching_back_past_year_1_is_counted_on_spark_too(spark: Any) 
         spark.createDataFrame(events), None, as_of=as_of, spec=spec, spark=spark
     )
     _assert_identical(spark_features_to_polars(frame), expected)
+
+
+def test_derived_features_built_on_each_other_stay_small_on_spark(spark: Any) -> None:
+    """Spark review: each derived feature was inlined into every later one that uses it, and
+    min and max read each argument three times, so a chain of six derived features ran a
+    2 GB driver out of memory (Polars and the online path read the earlier column)."""
+    from features.spark_engine import build_contact_features_spark, spark_features_to_polars
+    from features.spec import parse_feature_spec, shipped_spec_text
+
+    chain = ['  - {name: "level_0", expr: "event_count_7d / 7"}']
+    chain += [
+        f'  - {{name: "level_{i}", expr: "max(level_{i - 1}, 0.5) - min(level_{i - 1}, 0.5)"}}'
+        for i in range(1, 9)
+    ]
+    spec = parse_feature_spec(
+        shipped_spec_text().replace("derived:\n", "derived:\n" + "\n".join(chain) + "\n", 1)
+    )
+    events = _first_edge_events()
+    expected = build_contact_features(events, as_of=AS_OF, spec=spec)
+    frame = build_contact_features_spark(
+        spark.createDataFrame(events), None, as_of=AS_OF, spec=spec, spark=spark
+    )
+    actual = spark_features_to_polars(frame)
+    assert actual.columns == expected.columns  # the spec's order, derived ones in place
+    _assert_identical(actual, expected)
