@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NamedTuple, NoReturn, TypeAlias
 
 import polars as pl
 import pyarrow as pa
@@ -1142,32 +1142,44 @@ def date_attributes(contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec)
 # sparse column counts too: 20 values each held by one of 20 contacts name those contacts
 IDENTIFYING_MIN_VALUES = 20
 IDENTIFYING_SHARE = 0.5
-# text that is mostly e-mail addresses or phone numbers names people however few its values
-# (a referrer's address filled for a few contacts, a shared company address)
+# text that is mostly e-mail addresses or international phone numbers names people however
+# few its values (a referrer's address filled for a few contacts, a shared company address).
+# Only the international form (+ and 7 digits or more) is told from codes, postcodes, dates
+# and amounts written as text; a column of other phone numbers is caught by its many values
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-_PHONE = r"^\+?[\d\s().\-/]{7,}$"  # at least 7 characters of digits and separators
+_PHONE = r"^\+\d[\d\s().\-/]{6,}$"
 _PHONE_DIGITS = 7
-_DATE = r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})$"  # not a phone
 # a number names contacts when it is a whole number nearly every contact has its own of, packed
 # in a range not much wider than their count: a CRM customer number handed out in turn (an id
 # a pandas export made a double too). A measure in whole units can be as distinct (spend in
 # cents, revenue, a signup time in seconds) but spreads over a range far wider than the
-# contacts; a phone number as a number does too, and is not told from them
+# contacts; a phone number as a number does too, and is not told from them. A sparse number
+# column is no such sign: a measure filled for a few contacts is as distinct and as packed
+IDENTIFYING_NUMBER_MIN_VALUES = 100
 IDENTIFYING_NUMBER_SHARE = 0.9
 IDENTIFYING_NUMBER_SPREAD = 10  # the range's width over the values, at most
 
 
+class IdentifyingColumn(NamedTuple):
+    """A contacts column that names contacts: its distinct values among the contacts that have
+    one, and why (``many values``, ``e-mail addresses`` or ``phone numbers``)."""
+
+    name: str
+    distinct: int
+    rows: int
+    why: str
+
+
 def identifying_attributes(
     contacts: pa.Table | pl.DataFrame | None, spec: FeatureSpec
-) -> list[tuple[str, int, int]]:
+) -> list[IdentifyingColumn]:
     """The attributes the spec would make features that identify contacts: text with
     ``IDENTIFYING_MIN_VALUES`` distinct values over more than ``IDENTIFYING_SHARE`` of the
-    contacts that have one or that is mostly e-mail addresses or phone numbers (``_addresses``),
-    and whole numbers as many over more than
+    contacts that have one, or that is mostly e-mail addresses or international phone numbers
+    (``_addresses``), and whole numbers with ``IDENTIFYING_NUMBER_MIN_VALUES`` over more than
     ``IDENTIFYING_NUMBER_SHARE`` in a range at most ``IDENTIFYING_NUMBER_SPREAD`` times as wide
-    as their count. Each name with its distinct values and the contacts that have
-    a value. A number is binned by the model, but it is still memorised, and it is a column of
-    the test set logged to MLflow, which joins back to every contact."""
+    as their count. A number is binned by the model, but it is still memorised, and it is a
+    column of the test set logged to MLflow, which joins back to every contact."""
     listed = _contacts_frame(contacts)
     if listed is None:
         return []
@@ -1177,9 +1189,9 @@ def identifying_attributes(
             continue  # check_listed_attributes names it
         dtype = listed[name].dtype
         if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
-            share = IDENTIFYING_SHARE
+            share, least = IDENTIFYING_SHARE, IDENTIFYING_MIN_VALUES
         elif dtype.is_numeric():
-            share = IDENTIFYING_NUMBER_SHARE
+            share, least = IDENTIFYING_NUMBER_SHARE, IDENTIFYING_NUMBER_MIN_VALUES
         else:
             continue  # booleans, dates and the kinds that are no features
         values = listed[name].drop_nulls()
@@ -1195,25 +1207,25 @@ def identifying_attributes(
             if width >= IDENTIFYING_NUMBER_SPREAD * len(numbers):
                 continue  # spread wide: a measure (or a number not handed out in turn)
         distinct = values.n_unique()  # decimals as they are: a double merges ids above 2^53
-        if (distinct >= IDENTIFYING_MIN_VALUES and distinct > share * len(values)) or (
-            not dtype.is_numeric() and _addresses(values)
-        ):
-            found.append((name, distinct, len(values)))
+        shaped = None if dtype.is_numeric() else _addresses(values)
+        if shaped is not None:
+            found.append(IdentifyingColumn(name, distinct, len(values), shaped))
+        elif distinct >= least and distinct > share * len(values):
+            found.append(IdentifyingColumn(name, distinct, len(values), "many values"))
     return found
 
 
-def _addresses(values: pl.Series) -> bool:
-    """Whether more than half of a text column's values are e-mail addresses or phone
-    numbers (with at least ``_PHONE_DIGITS`` digits)."""
+def _addresses(values: pl.Series) -> str | None:
+    """``e-mail addresses`` or ``phone numbers`` when more than half of a text column's values
+    are such (a phone number in the international form, with at least ``_PHONE_DIGITS``
+    digits); None otherwise."""
     text = values.cast(pl.String).str.strip_chars()
     if not len(text):
-        return False
-    shaped = text.str.contains(_EMAIL) | (
-        text.str.contains(_PHONE)
-        & (text.str.count_matches(r"\d") >= _PHONE_DIGITS)
-        & ~text.str.contains(_DATE)
-    )
-    return bool(shaped.sum() * 2 > len(text))
+        return None
+    if text.str.contains(_EMAIL).sum() * 2 > len(text):
+        return "e-mail addresses"
+    phones = text.str.contains(_PHONE) & (text.str.count_matches(r"\d") >= _PHONE_DIGITS)
+    return "phone numbers" if phones.sum() * 2 > len(text) else None
 
 
 def column_names(contacts: pa.Table | pl.DataFrame) -> list[str]:

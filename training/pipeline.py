@@ -151,8 +151,10 @@ def require_no_identifying_attributes(
     if not found:
         return
     named = ", ".join(
-        f"'{name}' ({distinct:,} distinct values among {rows:,} contacts)"
-        for name, distinct, rows in found
+        f"'{c.name}' ({c.distinct:,} distinct values among {c.rows:,} contacts"
+        + ("" if c.why == "many values" else f", mostly {c.why}")
+        + ")"
+        for c in found
     )
     how = (
         "`attributes: all` in the feature spec takes every contacts column"
