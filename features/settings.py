@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from collections.abc import Collection
+import types
+from collections.abc import Collection, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar, get_args
+from typing import IO, Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -17,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -36,23 +38,35 @@ class FrozenSettings(BaseModel):
     @classmethod
     def _no_yes_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
         """``horizon_days: true`` is refused, not read as 1 (pydantic takes a boolean for a
-        number): YAML reads yes, no, on and off as booleans too."""
+        number), and so is one among a mapping's or a list's numbers (``segments: {budget:
+        yes}``): YAML reads yes, no, on and off as booleans too."""
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and _a_number(field.annotation):
-            raise ValueError(
-                f"{str(value).lower()} is not a number; give a number (YAML reads true, false, "
-                "yes, no, on and off as booleans)"
+        if field is not None and _boolean_for_a_number(field.annotation, value):
+            said = (
+                f"{str(value).lower()} is not a number; give a number"
+                if isinstance(value, bool)
+                else "a boolean is among its numbers; give numbers"
             )
+            raise ValueError(f"{said} (YAML reads true, false, yes, no, on and off as booleans)")
         return value
 
 
-def _a_number(annotation: Any) -> bool:
-    """Whether a field's type is a number (or an optional one) and not also a boolean."""
-    kinds = set(get_args(annotation)) if get_args(annotation) else {annotation}
-    for kind in list(kinds):  # Annotated[int, ...]
-        if get_args(kind):
-            kinds |= {get_args(kind)[0]}
-    return bool(kinds & {int, float}) and bool not in kinds
+def _boolean_for_a_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a boolean where ``annotation`` wants a number (and not also a
+    boolean): itself, or one of a list's items or a mapping's values."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # a type that reads its values itself says what is wrong
+        own = any(isinstance(m, PlainValidator | BeforeValidator) for m in args[1:])
+        return not own and _boolean_for_a_number(args[0], value)
+    if origin in (Union, types.UnionType):
+        if isinstance(value, bool) and bool in args:
+            return False
+        return any(_boolean_for_a_number(a, value) for a in args)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list | tuple):
+        return any(_boolean_for_a_number(args[0], v) for v in value) if args else False
+    if origin in (dict, Mapping) and isinstance(value, dict):
+        return any(_boolean_for_a_number(args[1], v) for v in value.values()) if args else False
+    return annotation in (int, float) and isinstance(value, bool)
 
 
 def _calendar_day(value: Any) -> Any:

@@ -3,6 +3,7 @@ name, alias, seed or LightGBM parameter refused (or ignored) only after training
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,3 +103,19 @@ def test_a_boolean_setting_still_takes_a_boolean() -> None:
     assert (
         load_training_settings(lightgbm={**shipped, "blend_rfm": False}).lightgbm.blend_rfm is False
     )
+
+
+def test_a_boolean_among_a_mappings_numbers_is_refused(tmp_path: Path) -> None:
+    """Diff review: `segments: {budget: yes}` loaded as a weight of 1.0."""
+    import yaml
+
+    from features.settings import load_defaults
+    from features.simulator import load_simulator_settings
+
+    settings = load_defaults()
+    segments = settings["simulator"]["contacts"]["segments"]
+    segments[next(iter(segments))] = True
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    with pytest.raises(InputError, match=r"contacts\.segments: a boolean is among its numbers"):
+        load_simulator_settings(path)
