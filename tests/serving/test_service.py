@@ -337,6 +337,8 @@ def test_the_compact_batch_form_is_scored_as_the_form_by_name(
         ("number as text", "contacts.1.values.{email_click_count_7d}", "is a number; got '3.5'"),
         ("category as a number", "contacts.1.values.{segment}", "'segment' is a category"),
         ("no such stage", "contacts.1.values.{rules_stage}", "not one of its values"),
+        # its names are public, not training data: said (diff review)
+        ("stage as a number", "contacts.1.values.{rules_stage}", "'awareness', 'consideration'"),
         ("beyond float32", "contacts.1.values.{email_click_count_7d}", "float32"),
         ("negative count", "contacts.1.values.{email_click_count_7d}", "never negative"),
         ("half a count", "contacts.1.values.{email_click_count_7d}", "is a whole number"),
@@ -368,6 +370,8 @@ def test_compact_batches_the_model_cannot_use_name_the_contact_and_place(
         wrong["segment"] = 3.0
     elif mistake == "no such stage":
         wrong["rules_stage"] = "bogus"
+    elif mistake == "stage as a number":
+        wrong["rules_stage"] = 3.0
     elif mistake == "negative count":
         wrong["email_click_count_7d"] = -5.0
     elif mistake == "half a count":
