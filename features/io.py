@@ -98,7 +98,7 @@ def terminate_like_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
+def interrupts_held() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait until the block is done: one that arrives meanwhile is noted
     and delivered as the block ends (to the handler there was before), so the block runs
     whole or not at all. For a few renames, never for work that could take long.
@@ -418,7 +418,7 @@ def _swap_in(
             set_aside(path, aside)
 
     targets = {name: out_dir / f"{name}.parquet" for name in staged}
-    with _interrupts_held():
+    with interrupts_held():
         # the files not funnelcast's go aside before any new table is in place: a rename that
         # fails leaves the earlier tables (and those kept aside), not a mix
         for target in targets.values():

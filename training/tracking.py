@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from features.engine import EventsInput, scan_events
 from features.errors import InputError
-from features.io import Terminated, terminate_like_interrupt
+from features.io import Terminated, interrupts_held, terminate_like_interrupt
 from features.schema import cast_unreadable_zones_to_utc
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
@@ -383,13 +383,22 @@ def training_run(run_name: str | None = None) -> Iterator[str]:
     ``kill``) ended the process with the run left RUNNING for good."""
     experiment_id = ensure_experiment()
     with terminate_like_interrupt():
-        run_id = mlflow.start_run(experiment_id=experiment_id, run_name=run_name).info.run_id
+        run_id: str | None = None
         try:
+            # a stop while the run starts or ends waits for it: MLflow's exit hook would end
+            # a run left active FINISHED, and promote would take its version
+            with interrupts_held():
+                run_id = mlflow.start_run(
+                    experiment_id=experiment_id, run_name=run_name
+                ).info.run_id
             yield run_id
         except BaseException as error:
-            end_run_after(run_id, error)
+            if run_id is not None:
+                with interrupts_held():
+                    end_run_after(run_id, error)
             raise
-        end_run_after(run_id, None)
+        with interrupts_held():
+            end_run_after(run_id, None)
 
 
 def end_run_after(run_id: str, error: BaseException | None) -> None:

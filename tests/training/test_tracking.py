@@ -271,6 +271,42 @@ def test_sigterm_during_a_training_run_ends_it_and_its_nested_runs_killed(tmp_pa
     assert ERROR_TAG not in client.get_run(run_id).data.tags
 
 
+_SIGTERM_WHILE_ENDING = """
+import os, signal, sys
+import mlflow
+from training import tracking
+
+real_end = tracking._end
+
+def end_after_a_second_sigterm(run_id, status):
+    os.kill(os.getpid(), signal.SIGTERM)  # another stop while the run is being ended
+    real_end(run_id, status)
+
+tracking._end = end_after_a_second_sigterm
+tracking.configure_tracking(sys.argv[1])
+with tracking.training_run("terminated twice") as run_id:
+    print(run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_second_sigterm_while_the_run_ends_does_not_leave_it_to_be_called_finished(
+    tmp_path: Path,
+) -> None:
+    """Diff review: a SIGTERM that arrived while the run was being ended escaped the ending,
+    and MLflow's exit hook then ended the still-active run FINISHED, a version promote takes."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_WHILE_ENDING, uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 143, result.stderr
+    assert MlflowClient(tracking_uri=uri).get_run(result.stdout.split()[0]).info.status == "KILLED"
+
+
 def test_a_nested_run_never_ended_is_not_called_finished_when_the_training_run_is(
     store: str,
 ) -> None:
