@@ -530,7 +530,7 @@ def test_logs_carry_neither_keys_nor_contact_ids(
     assert any("refused with 400: events (one_input)" in r.getMessage() for r in refusals)
 
 
-def test_a_client_that_hung_up_is_one_warning_line_not_an_error_with_a_traceback(
+def test_the_log_filter_makes_a_client_that_hung_up_one_warning_line_without_a_traceback(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """BentoML logs a body read cut short by the client as an ERROR with the traceback of
