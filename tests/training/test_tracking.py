@@ -255,17 +255,8 @@ with training_run("terminated") as run_id:
 def test_sigterm_during_a_training_run_ends_it_and_its_nested_runs_killed(tmp_path: Path) -> None:
     """SIGTERM ended the process at once: the run stayed RUNNING in the store for good, as if
     training still went on (review). It now ends as Ctrl-C does, and the exit status is 143."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_THEN_SIGTERM, uri],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 143, result.stderr
-    run_id, nested = result.stdout.split()
-    client = MlflowClient(tracking_uri=uri)
+    client, printed = _terminated(_TRAIN_THEN_SIGTERM, tmp_path)
+    run_id, nested = printed
     assert client.get_run(run_id).info.status == "KILLED"
     assert client.get_run(nested).info.status == "KILLED"
     assert ERROR_TAG not in client.get_run(run_id).data.tags
@@ -295,16 +286,23 @@ def test_a_second_sigterm_while_the_run_ends_does_not_leave_it_to_be_called_fini
 ) -> None:
     """Diff review: a SIGTERM that arrived while the run was being ended escaped the ending,
     and MLflow's exit hook then ended the still-active run FINISHED, a version promote takes."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, (run_id,) = _terminated(_SIGTERM_WHILE_ENDING, tmp_path)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def _terminated(script: str, folder: Path) -> tuple[MlflowClient, list[str]]:
+    """Run ``script`` (given a store's URI) in a process it stops with SIGTERM: the store's
+    client and the words the script printed, once it exited with SIGTERM's 143."""
+    uri = f"sqlite:///{folder}/mlflow.db"
     result = subprocess.run(
-        [sys.executable, "-c", _SIGTERM_WHILE_ENDING, uri],
+        [sys.executable, "-c", script, uri],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 143, result.stderr
-    assert MlflowClient(tracking_uri=uri).get_run(result.stdout.split()[0]).info.status == "KILLED"
+    return MlflowClient(tracking_uri=uri), result.stdout.split()
 
 
 def test_a_nested_run_never_ended_is_not_called_finished_when_the_training_run_is(
