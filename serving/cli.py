@@ -2026,14 +2026,14 @@ def _warn_formula_ids(table: pl.DataFrame) -> None:
 
     ids = table.get_column("contact_id").cast(pl.String)
     # a signed number ("-5") is read as a number, not run
-    number = ids.str.contains(r"^[+-]\d+(\.\d+)?$")
+    number = ids.str.contains(r"^[+-](\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
     starts = (ids.str.slice(0, 1).is_in(list(_FORMULA_STARTS)) & ~number).sum()
     if starts:
         err_console.print(
-            f"[yellow]warning:[/] {_count(int(starts), 'contact id')} in the CSV start with =, +, "
-            "-, @, a tab or a carriage return, which a spreadsheet may run as a formula when it "
-            "opens the file: import it as text (a CRM import reads ids as they are), or write "
-            ".parquet",
+            f"[yellow]warning:[/] {_count(int(starts), 'contact id')} in the CSV start with = or "
+            "@, or with + or - and are not a number, which a spreadsheet may run as a formula "
+            "when it opens the file: import it as text (a CRM import reads ids as they are), or "
+            "write .parquet",
             highlight=False,
             soft_wrap=True,
         )

