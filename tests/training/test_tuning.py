@@ -78,16 +78,8 @@ def test_ctrl_c_in_a_trial_ends_that_trial_and_the_training_run_killed(
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(LightGBMPropensityModel, "fit", fit_stopped_at_the_second_trial)
-    X, stage_y, buy_y = _data()
-    with pytest.raises(KeyboardInterrupt), training_run("tuning") as run_id:
-        tune_models(X, stage_y, buy_y, settings=_settings(), trials=3)
-    trials = _trials(run_id)
-    assert set(trials) == {"propensity-trial-0", "propensity-trial-1"}
-    assert trials["propensity-trial-0"].info.status == "FINISHED"
+    trials = _tuned_until_ctrl_c_in_the_second_trial()
     assert "validation.average_precision" in trials["propensity-trial-0"].data.metrics
-    assert trials["propensity-trial-1"].info.status == "KILLED"
-    assert mlflow.get_run(run_id).info.status == "KILLED"
-    assert mlflow.active_run() is None
 
 
 def test_ctrl_c_while_a_trial_s_run_starts_ends_that_run_killed_too(
@@ -107,6 +99,12 @@ def test_ctrl_c_while_a_trial_s_run_starts_ends_that_run_killed_too(
         return real_active_run(run)
 
     monkeypatch.setattr(mlflow.tracking.fluent, "ActiveRun", interrupted_once_made)
+    _tuned_until_ctrl_c_in_the_second_trial()
+
+
+def _tuned_until_ctrl_c_in_the_second_trial() -> dict[str, Run]:
+    """Tune 3 propensity trials that Ctrl-C stops in the second: the first trial FINISHED,
+    the second and the training run KILLED, no run left active. The trials' runs by name."""
     X, stage_y, buy_y = _data()
     with pytest.raises(KeyboardInterrupt), training_run("tuning") as run_id:
         tune_models(X, stage_y, buy_y, settings=_settings(), trials=3)
@@ -116,6 +114,7 @@ def test_ctrl_c_while_a_trial_s_run_starts_ends_that_run_killed_too(
     assert trials["propensity-trial-1"].info.status == "KILLED"
     assert mlflow.get_run(run_id).info.status == "KILLED"
     assert mlflow.active_run() is None
+    return trials
 
 
 def test_an_error_in_a_trial_fails_the_trial_and_the_training_run_with_the_reason(
