@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -95,9 +96,13 @@ _CONSENT_TRUE: Final = frozenset({"true", "t", "yes", "y", "1", "opt-in", "opted
 _CONSENT_FALSE: Final = frozenset(
     {"false", "f", "no", "n", "0", "opt-out", "opted_out", "denied", "withdrawn"}
 )
-# a zone after a time of day: Z, +02, +0200, +02:00 or " UTC" (a bare date's "-01" is no zone)
 _JSON_OBJECT: Final = r"(?s)^\s*\{.*\}\s*$"  # (?s): an object may span lines
-_TZ_SUFFIX: Final = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?|UTC)$"
+# a zone after a time of day: Z, +02, +0200, +02:00 or " UTC" (a bare date's "-01" is no zone);
+# the time either extended (10:00, 10:00:00.5) or ISO 8601's basic form after its T (T10,
+# T1000, T100000.5), as in 20240301T100000Z
+_TZ_SUFFIX: Final = (
+    r"(\d{2}:\d{2}(:\d{2})?|[T ]\d{2}(\d{2}){0,2})(\.\d+)?\s*(Z|[+-]\d{2}(:?\d{2})?|UTC)$"
+)
 
 Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
 
@@ -393,7 +398,11 @@ def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Ser
     parsed = parsed.set(~has_zone, None)
     naive_text = text.set(has_zone, None)
     if naive_text.null_count() < naive_text.len():  # some rows carry no zone
-        naive = pd.to_datetime(naive_text.to_pandas(), errors="coerce", format="ISO8601")
+        with warnings.catch_warnings():
+            # zones it reads among rows taken for naive (mixed: a FutureWarning) are refused
+            warnings.simplefilter("ignore", FutureWarning)
+            naive = pd.to_datetime(naive_text.to_pandas(), errors="coerce", format="ISO8601")
+        _refuse_unseen_zones(naive)
         naive_parsed = _beyond_pandas_range(pl.Series("timestamp", naive), naive_text)
         if timezone is None:
             if not has_zone.any() and naive_parsed.null_count() < naive_parsed.len():
@@ -407,6 +416,24 @@ def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Ser
         local = localise_to_utc(pl.Series("timestamp", naive), timezone)
         parsed = pl.select(pl.coalesce(parsed, local)).to_series()
     return parsed.alias("timestamp"), no_naive
+
+
+def _refuse_unseen_zones(naive: pd.Series) -> None:
+    """Text taken for a time without a zone that pandas read with one: a zone written in a
+    form ``_TZ_SUFFIX`` does not know. Localising it would raise or shift it by its zone again,
+    so it is refused, naming a value, rather than read an hour or two off."""
+    if pd.api.types.is_datetime64_dtype(naive) and not isinstance(naive.dtype, pd.DatetimeTZDtype):
+        return
+    zoned = (v for v in naive.dropna() if getattr(v, "tzinfo", None) is not None)
+    example = next(zoned, None)
+    raise SchemaError(
+        "events column 'timestamp' holds a time whose zone funnelcast cannot place"
+        + (f" (read as {example.isoformat()})" if example is not None else "")
+        + "; "
+        "write zones as Z, +02:00 or +0200 right after the time of day (2024-03-01T10:00:00Z, "
+        "20240301T100000+0100), or give times without a zone and name it in the source mapping "
+        "(`timezone: Europe/Stockholm`)"
+    )
 
 
 def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:

@@ -1082,9 +1082,9 @@ def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
         )
     elif fmt in ("unix_s", "unix_ms"):
         numbers = column if column.dtype.is_numeric() else column.str.strip_chars()
-        seconds = numbers.cast(pl.Float64, strict=False)
+        given = numbers.cast(pl.Float64, strict=False)
         micros = (
-            (seconds * (1_000_000 if fmt == "unix_s" else 1_000))
+            (given * (1_000_000 if fmt == "unix_s" else 1_000))
             .round()
             .cast(pl.Int64, strict=False)  # out of range -> null -> an unparseable_timestamp reject
         )
@@ -1092,6 +1092,10 @@ def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
         # calendar holds it, and the set-aside row's record could not be written (a review's
         # traceback)
         micros = micros.set(~micros.is_between(_FIRST_MICROS, _LAST_MICROS).fill_null(True), None)
+        if fmt == "unix_ms":
+            # under 10^11 ms is before March 1973: seconds in a milliseconds column (exports
+            # merged from two systems), which would land in January 1970 without a word
+            micros = micros.set((given.abs() < _SECONDS_AS_MS).fill_null(False), None)
         parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
     else:
         parsed = (
@@ -1118,6 +1122,7 @@ def _instants(
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_SECONDS_AS_MS = 10**11  # a unix_ms value under this is read as seconds written there
 _FIRST_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _LAST_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 

@@ -176,6 +176,41 @@ def test_times_at_an_offset_polars_has_no_zone_for_are_validated_as_their_instan
     assert result.contacts.column("signed_up").to_pylist() == [noon]
 
 
+@pytest.mark.parametrize("timezone", [None, "Europe/Stockholm"])
+def test_iso_times_in_the_basic_form_keep_their_zone(timezone: str | None) -> None:
+    """20240301T100000Z was taken for a naive time: read an hour off in Stockholm, or a
+    traceback (review); with and without a naive row beside it."""
+    stamps = ["20240301T100000Z", "20240301T100000+0100", "2024-03-01T11Z", "20240301T1000-0030"]
+    expected = [
+        dt.datetime(2024, 3, 1, 10, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 1, 11, tzinfo=dt.UTC),
+        dt.datetime(2024, 3, 1, 10, 30, tzinfo=dt.UTC),
+    ]
+    zoned = validate(
+        pd.DataFrame([_event(timestamp=s) for s in stamps]), now=NOW, timezone=timezone
+    )
+    assert zoned.events.column("timestamp").to_pylist() == expected
+    mixed = validate(
+        pd.DataFrame([_event(timestamp=s) for s in ["2024-03-01 14:00:00", *stamps]]),
+        now=NOW,
+        timezone="Europe/Stockholm",
+    )
+    assert mixed.events.column("timestamp").to_pylist() == [
+        dt.datetime(2024, 3, 1, 13, tzinfo=dt.UTC),
+        *expected,
+    ]
+
+
+def test_a_zone_in_a_form_not_recognised_is_an_error_naming_it_not_a_shifted_time() -> None:
+    """pandas reads an offset this code does not see as one (a one-digit hour, "+1"):
+    localising it would shift it by its zone again, so it is refused."""
+    stamp = "2024-03-01T10:00:00+1"
+    frame = pd.DataFrame([_event(timestamp="2024-03-01 10:00:00"), _event(timestamp=stamp)])
+    with pytest.raises(SchemaError, match=r"zone funnelcast cannot place.*\+0?1:00.*Z, \+02:00"):
+        validate(frame, now=NOW, timezone="Europe/Stockholm")
+
+
 def test_a_naive_row_among_zoned_rows_is_set_aside() -> None:
     rows = [_event(), _event(timestamp="2024-06-01 14:00:00")]
     assert _reasons(rows) == ["timestamp_without_time_zone"]

@@ -958,6 +958,37 @@ def test_unix_millisecond_times_read_as_utc_instants(tmp_path: Path) -> None:
     ]
 
 
+def test_seconds_in_a_unix_millisecond_column_are_set_aside_not_put_in_1970(
+    tmp_path: Path,
+) -> None:
+    """Merged exports mix seconds into a milliseconds column: read as milliseconds they land
+    in January 1970 (review); under 10^11 they are set aside."""
+    _write(tmp_path / "clicks.csv", "user,ms\nu1,1709287200000\nu2,1709287200\nu3,0\n")
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: clicks in unix milliseconds
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: user
+            timestamp: {column: ms, format: unix_ms}
+            event_type: {fixed: email_click}
+            channel: {fixed: email}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.events.column("contact_id").to_pylist() == ["u1"]
+    assert validated.events.column("timestamp").to_pylist() == [
+        dt.datetime(2024, 3, 1, 10, tzinfo=dt.UTC)
+    ]
+    assert validated.rejects.column("contact_id").to_pylist() == ["u2", "u3"]
+    assert set(validated.rejects.column("reason").to_pylist()) == {"unparseable_timestamp"}
+
+
 def test_a_unix_time_out_of_range_is_a_reject_not_a_crash(tmp_path: Path) -> None:
     _write(tmp_path / "clicks.csv", "user,s\nu1,1700000000\nu2,99999999999999999999\n")
     mapping = _write(
