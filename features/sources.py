@@ -63,6 +63,7 @@ from features.vocabulary import CHANNELS, EVENT_TYPES
 
 DATA_DIR_ENV: Final = "FUNNELCAST_DATA_DIR"
 EXCLUDED_REASON: Final = "excluded_by_mapping"
+MISSING_FIELDS: Final = "missing_fields"  # a CSV line with fewer fields than its header
 
 LABELS_SCHEMA: Final = pa.schema(
     [
@@ -191,6 +192,13 @@ class ValueMap(FrozenSettings):
             raise ValueError("give exactly one of `fixed:` or `column:`")
         if self.fixed is not None and (self.values or self.missing is not None):
             raise ValueError("`values:` and `missing:` apply only to `column:`")
+        trimmed: dict[str, str] = {}
+        for source in self.values:  # the column's values are trimmed before the lookup
+            if (other := trimmed.setdefault(source.strip(), source)) != source:
+                raise ValueError(
+                    f"`values:` lists {other!r} and {source!r}, one value once spaces around "
+                    "it are trimmed (as the column's values are); keep one"
+                )
         return self
 
 
@@ -482,14 +490,14 @@ def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
     events = _concat_streams(streams) if streams else _empty_events()
     # drop_contacts rows are set aside here and reported by ingest, never lost
     drop = pl.Series(mapping.drop_contacts, dtype=pl.String)
-    events, excluded_events = _set_aside("events", events, drop, files.sources)
+    events, excluded_events = _set_aside("events", events, drop, files)
     excluded = [excluded_events]
     origins = {"events": events.select(_ORIGIN_COLUMNS)}
 
     contacts = None
     if mapping.contacts is not None:
         contact_frame, excluded_contacts = _set_aside(
-            "contacts", _read_contacts(mapping.contacts, files, events), drop, files.sources
+            "contacts", _read_contacts(mapping.contacts, files, events), drop, files
         )
         excluded.append(excluded_contacts)
         origins["contacts"] = contact_frame.select(_ORIGIN_COLUMNS)
@@ -501,7 +509,7 @@ def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
             "labels",
             _read_labels(mapping.labels, files, timezone=mapping.timezone),
             drop,
-            files.sources,
+            files,
         )
         excluded.append(excluded_labels)
         origins["labels"] = label_frame.select(_ORIGIN_COLUMNS)
@@ -586,10 +594,22 @@ class _FileCache:
         self._source = mapping.name
         self._data_dir = data_dir
         self._frames: dict[str, tuple[pl.DataFrame, Path]] = {}
+        self._short: dict[str, _ShortLines | None] = {}
         self.sources: list[SourceFile] = []  # files read by `read_rows`, in order
+        # (_ORIGIN, _ORIGIN_ROW) of the rows of lines with fewer fields than the header
+        self.short_rows: list[pl.DataFrame] = []
 
     def read(self, spec: ReadSpec, key: str) -> pl.DataFrame:
-        return self._read(spec, key)[0]
+        """A file whose rows are not a canonical table's own (a joined file): a short line
+        in it is refused."""
+        frame, path = self._read(spec, key)
+        if (short := self.short_lines(spec)) is not None:
+            raise short.refusal(str(path), key)
+        return frame
+
+    def short_lines(self, spec: ReadSpec) -> _ShortLines | None:
+        """The file's lines with fewer fields than its header (read already)."""
+        return self._short[spec.model_dump_json()]
 
     def read_rows(self, spec: ReadSpec, key: str) -> pl.DataFrame:
         """The file, for rows of a canonical table (`key`: "events[1]", "contacts", ...), with
@@ -597,6 +617,17 @@ class _FileCache:
         frame, path = self._read(spec, f"{key}.read")
         shown = spec.path if spec.package is None else f"{spec.package}:{spec.path}"
         self.sources.append(SourceFile(f"{key} {shown}", path, spec, frame.height))
+        if (short := self.short_lines(spec)) is not None:
+            self.short_rows.append(
+                pl.DataFrame(
+                    {
+                        _ORIGIN: pl.repeat(
+                            len(self.sources) - 1, short.rows.len(), dtype=pl.UInt16, eager=True
+                        ),
+                        _ORIGIN_ROW: short.rows,
+                    }
+                )
+            )
         return frame.with_columns(
             pl.lit(len(self.sources) - 1, pl.UInt16).alias(_ORIGIN),
             pl.int_range(frame.height, dtype=pl.Int64).alias(_ORIGIN_ROW),
@@ -606,7 +637,9 @@ class _FileCache:
         cache_key = spec.model_dump_json()
         if cache_key not in self._frames:
             path = self._locate(spec, key)
-            self._frames[cache_key] = (_read_file(spec, path, key), path)
+            frame = _read_file(spec, path, key)
+            self._frames[cache_key] = (frame, path)
+            self._short[cache_key] = _short_lines(frame, path, spec)
         return self._frames[cache_key]
 
     def _locate(self, spec: ReadSpec, key: str) -> Path:
@@ -776,6 +809,56 @@ def _encoding_fix(path: Path) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _ShortLines:
+    """Lines of a CSV file with fewer fields than its header: the CSV reader fills their
+    missing values with nulls, as if they were empty (a cut line's purchase lost its amount,
+    a review). Their rows are set aside as ``missing_fields``."""
+
+    rows: pl.Series  # 0-based rows of the frame read
+    first_line: int  # as an editor numbers it
+    fields: int
+    expected: int
+
+    def refusal(self, where: str, key: str) -> SchemaError:
+        """For a file whose rows cannot be set aside one by one (a joined file, baskets)."""
+        more = f" (and {self.rows.len() - 1:,} more lines)" if self.rows.len() > 1 else ""
+        return SchemaError(
+            f"{where}: line {self.first_line} has {self.fields} fields where the header has "
+            f"{self.expected}{more}, so its last values are missing, not empty, and `{key}` "
+            "cannot set its rows aside one by one; re-export the file whole, or write each "
+            "empty value between its delimiters (`a,,`)"
+        )
+
+
+def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines | None:
+    """The lines of a CSV file with fewer fields than its header, if any. A short line leaves
+    the last column null, so only a file with nulls there is read again to look for them."""
+    if (
+        spec.format != "csv"
+        or not frame.width
+        or not frame.get_column(frame.columns[-1]).null_count()
+    ):
+        return None
+    expected = None if spec.header or spec.columns is None else len(spec.columns)
+    rows: list[int] = []
+    first: tuple[int, int] | None = None
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle, delimiter=spec.delimiter)
+        line = 1
+        for index, record in enumerate(reader):
+            if expected is None:
+                expected = len(record)
+            # a blank line is a row of nulls to the reader (its id is missing), not a short one
+            if record and len(record) < expected:
+                rows.append(index - (1 if spec.header else 0))
+                first = first or (line, len(record))
+            line = reader.line_num + 1
+    if first is None or expected is None:
+        return None
+    return _ShortLines(pl.Series(rows, dtype=pl.Int64), first[0], first[1], expected)
+
+
 def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:
     """(line, fields, fields expected) of the first CSV record with more fields than the
     first one, as the CSV reader counts them; None when there is none."""
@@ -838,6 +921,13 @@ def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
         raise SchemaError(
             f"{where} has no column '{column}' (it has: {', '.join(names)}); "
             f"fix `{key}` in the source mapping"
+        )
+    if frame[column].dtype == pl.Binary:  # a UUID as 16 bytes, as Spark or BigQuery write it
+        raise SchemaError(
+            f"{where}: column '{column}', which `{key}` reads, holds bytes (binary), not text or "
+            "numbers; store it as text (a UUID in its 36-character form, e.g. "
+            "str(uuid.UUID(bytes=...)) or Spark's `uuid` as a string), or leave it out of the "
+            "source mapping"
         )
 
 
@@ -973,6 +1063,9 @@ def _read_event_stream(
     if stream.join is not None:
         frame = _join(frame, stream.join, files, key=f"{key}.join", where=where)
     if stream.aggregate is not None:
+        if (short := files.short_lines(stream.read)) is not None:
+            # a basket is known by its first line: a short line inside it could not be found
+            raise short.refusal(where, f"{key}.aggregate")
         frame = _aggregate(
             frame,
             stream.aggregate,
@@ -1040,10 +1133,11 @@ def _mapped_value(spec: ValueMap) -> pl.Expr:
     if spec.fixed is not None:
         return pl.lit(spec.fixed, pl.String)
     assert spec.column is not None  # the model allows exactly one of fixed / column
-    text = pl.col(spec.column).cast(pl.String)
+    # trimmed before the lookup, as ids and consent values are: "view " is the mapping's view
+    text = pl.col(spec.column).cast(pl.String).str.strip_chars()
     if spec.values:
         # replace() keeps values the mapping does not list: validation must see and count them
-        text = text.replace(spec.values)
+        text = text.replace({source.strip(): name for source, name in spec.values.items()})
     if spec.missing is not None:
         text = text.fill_null(spec.missing)
     return text
@@ -1313,9 +1407,10 @@ def _no_label_zone(column: pl.Series) -> SchemaError:
 
 
 def _excluded_rows(
-    table: str, frame: pl.DataFrame, *, first_row: int, files: list[SourceFile]
+    table: str, frame: pl.DataFrame, reasons: pl.Series, *, first_row: int, files: list[SourceFile]
 ) -> pa.Table:
-    """Rows of `drop_contacts` in the rejects layout, numbered after the rows that were kept."""
+    """Rows set aside while reading (`drop_contacts`, lines with missing fields) in the
+    rejects layout, numbered after the rows that were kept."""
     records = [
         json.dumps(row, default=str, sort_keys=True)
         for row in frame.drop(_ORIGIN_COLUMNS).iter_rows(named=True)
@@ -1325,7 +1420,7 @@ def _excluded_rows(
         {
             "table": pa.array([table] * frame.height, pa.string()),
             "row_number": pa.array(range(first_row, first_row + frame.height), pa.int64()),
-            "reason": pa.array([EXCLUDED_REASON] * frame.height, pa.string()),
+            "reason": reasons.cast(pl.String).to_arrow(),
             "contact_id": pa.array(frame["contact_id"].cast(pl.String).to_list(), pa.string()),
             "record": pa.array(records, pa.string()),
             "source": source,
@@ -1336,11 +1431,30 @@ def _excluded_rows(
 
 
 def _set_aside(
-    table: str, frame: pl.DataFrame, drop: pl.Series, files: list[SourceFile]
+    table: str, frame: pl.DataFrame, drop: pl.Series, files: _FileCache
 ) -> tuple[pl.DataFrame, pa.Table]:
+    """The rows of `drop_contacts` (excluded_by_mapping) and of lines with fewer fields than
+    their file's header (missing_fields), taken out and put in the rejects layout."""
     dropped = frame["contact_id"].is_in(drop).fill_null(False)
-    kept = frame.filter(~dropped)
-    excluded = _excluded_rows(table, frame.filter(dropped), first_row=kept.height, files=files)
+    short = pl.repeat(False, frame.height, eager=True, dtype=pl.Boolean)
+    if files.short_rows:
+        cut = pl.concat(files.short_rows).with_columns(_cut=pl.lit(True))
+        short = (
+            frame.select(_ORIGIN_COLUMNS)
+            .join(cut, on=_ORIGIN_COLUMNS, how="left", maintain_order="left")
+            .get_column("_cut")
+            .fill_null(False)
+        )
+    aside = dropped | short
+    kept = frame.filter(~aside)
+    reasons = (
+        pl.select(pl.when(dropped).then(pl.lit(EXCLUDED_REASON)).otherwise(pl.lit(MISSING_FIELDS)))
+        .to_series()
+        .filter(aside)
+    )
+    excluded = _excluded_rows(
+        table, frame.filter(aside), reasons, first_row=kept.height, files=files.sources
+    )
     return kept, excluded
 
 

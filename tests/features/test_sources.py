@@ -1614,3 +1614,161 @@ def test_a_path_with_a_pattern_is_said_to_name_one_file(shop: Path, tmp_path: Pa
     mapping = _with(shop, "path: shop/events.csv", "path: shop/*.csv")
     with pytest.raises(FileNotFoundError, match=r"names one file, not a pattern"):
         ingest(mapping, data_dir=tmp_path / "data", now=NOW)
+
+
+def test_source_values_are_trimmed_before_the_mapping_looks_them_up(tmp_path: Path) -> None:
+    """ "view " was set aside as unknown_event_type though the mapping lists view, while ids
+    and consent values are trimmed (review)."""
+    _write(tmp_path / "clicks.csv", "user,at,action\nu1,2024-03-01T10:00:00Z,view \n")
+    text = """\
+        name: clicks
+        description: clicks
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: user
+            timestamp: {column: at, format: iso8601}
+            event_type: {column: action, values: VALUES}
+            channel: {fixed: web}
+        """
+    mapping = _write(tmp_path / "clicks.yaml", text.replace("VALUES", "{view: product_view}"))
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.events.column("event_type").to_pylist() == ["product_view"]
+    assert validated.rejects.num_rows == 0
+    twice = _write(
+        tmp_path / "twice.yaml",
+        text.replace("VALUES", '{view: product_view, "view ": page_view}'),
+    )
+    with pytest.raises(MappingError, match=r"lists 'view' and 'view ', one value .* trimmed"):
+        load_mapping(twice)
+
+
+@pytest.mark.parametrize("where", ["contact_id", "properties"])
+def test_a_binary_parquet_column_is_an_error_naming_it_not_a_traceback(
+    tmp_path: Path, where: str
+) -> None:
+    """16-byte UUID ids (as Spark or BigQuery write them) failed with Polars' "invalid utf8",
+    and bytes among the properties with a Rust panic (review)."""
+    pq.write_table(
+        pa.table(
+            {
+                "uid": pa.array([b"\x00\xff" * 8, b"\x01" * 16], pa.binary(16)),
+                "name": ["u1", "u2"],
+                "at": pa.array([dt.datetime(2024, 3, 1, 10)] * 2, pa.timestamp("us", "UTC")),
+                "blob": pa.array([b"\x00\xff", b"a"]),
+            }
+        ),
+        tmp_path / "e.parquet",
+    )
+    ids, properties = ("uid", "[name]") if where == "contact_id" else ("name", "[blob]")
+    mapping = _write(
+        tmp_path / "e.yaml",
+        f"""\
+        name: bytes
+        description: binary columns
+        events:
+          - name: e
+            read: {{path: e.parquet, format: parquet}}
+            contact_id: {ids}
+            timestamp: {{column: at, format: native}}
+            event_type: {{fixed: page_view}}
+            channel: {{fixed: web}}
+            properties: {properties}
+        contacts: {{consent_default: true}}
+        """,
+    )
+    column = "uid" if where == "contact_id" else "blob"
+
+    with pytest.raises(
+        SchemaError, match=rf"column '{column}', which `events\[0\]\.{where}` reads, holds bytes"
+    ):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_lines_with_fewer_fields_than_the_header_are_set_aside_and_counted(tmp_path: Path) -> None:
+    """The CSV reader filled a cut line's missing fields with nulls, and the purchase was kept
+    without its amount, without a word (review). A line whose last value is empty but present
+    (`u5,...,`) is no such line; a blank line is a row without an id."""
+    _write(
+        tmp_path / "orders.csv",
+        "user,at,action,amount\n"
+        '"u\n1",2024-03-01T10:00:00Z,order,5\n'  # lines 2-3: a quoted line break
+        "u2,2024-03-01T10:00:00Z,order\n"  # line 4: cut
+        "u3,2024-03-01T11:00:00Z,order,7\n"
+        "u4,2024-03-01T12:00:00Z\n"  # line 6: cut
+        "u5,2024-03-01T12:00:00Z,view,\n",
+    )
+    mapping = _write(
+        tmp_path / "orders.yaml",
+        """\
+        name: orders
+        description: orders
+        events:
+          - name: orders
+            read: {path: orders.csv}
+            contact_id: user
+            timestamp: {column: at, format: iso8601}
+            event_type: {column: action, values: {order: purchase, view: product_view}}
+            channel: {fixed: web}
+            value: amount
+        contacts: {consent_default: true}
+        """,
+    )
+
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    events = ingested.validated.events
+    assert events.column("contact_id").to_pylist() == ["u\n1", "u3", "u5"]
+    assert events.column("value").to_pylist() == [5.0, 7.0, None]
+    rejects = ingested.validated.rejects
+    assert rejects.column("reason").to_pylist() == ["missing_fields"] * 2
+    assert rejects.column("contact_id").to_pylist() == ["u2", "u4"]
+    assert rejects.column("source_row").to_pylist() == [4, 6]
+    assert ingested.reject_counts()[("events", "missing_fields")] == 2
+    # every line is kept or counted: rows in are the five lines' rows
+    assert ingested.validated.rows_in["events"] == events.num_rows + rejects.num_rows == 5
+
+
+_SHORT_LINE_READS = {
+    "join": "join: {read: {path: users.csv}, key: user, columns: [segment]}",
+    "aggregate": "aggregate: {by: [basket], columns: {user: first(user), at: min(at), "
+    "amount: sum(amount)}}",
+}
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("join", r"users.csv: line 3 has 1 fields where the header has 2.*`events\[0\]\.join"),
+        ("aggregate", r"line 3 has 2 fields where the header has 4.*`events\[0\]\.aggregate`"),
+    ],
+)
+def test_a_short_line_whose_rows_cannot_be_set_aside_one_by_one_is_an_error(
+    tmp_path: Path, how: str, message: str
+) -> None:
+    """A joined file's rows are no event's own, and a basket is known by its first line."""
+    lines = "basket,user,at,amount\n1,u1,2024-03-01T10:00:00Z,5\n"
+    _write(tmp_path / "lines.csv", lines + ("2,u2\n" if how == "aggregate" else ""))
+    _write(tmp_path / "users.csv", "user,segment\nu1,gold\nu2\n")
+    mapping = _write(
+        tmp_path / "m.yaml",
+        f"""\
+        name: lines
+        description: lines
+        events:
+          - name: orders
+            read: {{path: lines.csv}}
+            {_SHORT_LINE_READS[how]}
+            contact_id: user
+            timestamp: {{column: at, format: iso8601}}
+            event_type: {{fixed: purchase}}
+            channel: {{fixed: web}}
+            value: amount
+        contacts: {{consent_default: true}}
+        """,
+    )
+
+    with pytest.raises(SchemaError, match=message):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
