@@ -232,6 +232,16 @@ def _problem(problem: Any, loaded: Any, model: type[BaseModel]) -> str:
         known = _keys_at(model, location[:-1])
         if known:
             message += f"; the keys here are {', '.join(known)}"
+    if problem["type"] == "string_type" and isinstance(problem.get("input"), bool | int | float):
+        # `values: {yes: true}` or `{1: purchase}`: YAML made the key a boolean or a number
+        kind = "a boolean" if isinstance(problem["input"], bool) else "a number"
+        message += (
+            f"; YAML read {problem['input']!r} as {kind} (unquoted yes, no, on, off, true, "
+            'false and digits are not text in YAML): quote it, e.g. "yes" or "1"'
+        )
+    if location[-1:] == ("[key]",):  # a mapping's key: pydantic's location numbers it
+        location = location[:-2]
+        message = f"the key {problem.get('input')!r}: {message}"
     named = _entry_name(loaded, location)
     where = f"`{_key_path(location)}`" + (f" (in '{named}')" if named else "")
     return f"{where}: {message}"

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import importlib.util
+import io
 import json
 import math
 import os
@@ -34,7 +36,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import IO, Any, Final, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -687,6 +689,8 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
         if spec.format != "parquet" and _is_parquet(path):
             # read as text, its bytes make one long header line and a confusing error later
             raise SchemaError(f"{where} is a Parquet file; declare `format: parquet` in `{key}`")
+        if spec.format != "parquet":
+            _refuse_utf16(path, where)
         if spec.format == "csv":
             _check_line_endings(path, where)
         frame = _read_table(spec, path)
@@ -725,6 +729,7 @@ def _read_table(spec: ReadSpec, path: Path) -> pl.DataFrame:
         dtype=str,
         keep_default_na=False,
         na_values=spec.null_values,
+        compression="gzip" if _is_gzip(path) else "infer",  # by its bytes, as Polars does
     )
     return pl.from_pandas(table)
 
@@ -758,7 +763,7 @@ def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
             "another `format:` (csv with its `delimiter:`)"
         )
     if spec.columns is not None and "new_columns" in message:
-        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        with _open_text(path) as handle:
             first = next(csv.reader(handle, delimiter=spec.delimiter), [])
         return (
             f"`columns:` names {len(spec.columns)} columns but its first line has {len(first)} "
@@ -786,7 +791,7 @@ _TWICE = "_duplicated_0"  # how the CSV reader renames a column the header names
 def _check_line_endings(path: Path, where: str) -> None:
     """Lines ended by a carriage return alone (Excel for Mac's "CSV (Macintosh)"): the CSV
     reader reads them as one header line and no rows, without a word (a review)."""
-    with open(path, "rb") as handle:
+    with _open_bytes(path) as handle:
         head = handle.read(_SNIFF_BYTES)
     if b"\r" in head and b"\n" not in head:
         raise SchemaError(
@@ -794,6 +799,39 @@ def _check_line_endings(path: Path, where: str) -> None:
             "Excel for Mac's 'CSV (Macintosh)' writes), which reads as one line; save it as "
             f"'CSV UTF-8', or convert them: `tr '\\r' '\\n' < {path.name} > "
             f"{path.stem}.lf{path.suffix}`"
+        )
+
+
+_GZIP = b"\x1f\x8b"  # the CSV reader decompresses gzip by itself; every look at the lines must
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == _GZIP
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when it is gzip (as the CSV reader reads it)."""
+    if _is_gzip(path):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
+
+
+def _open_text(path: Path) -> IO[str]:
+    """The file as text for the csv module (lines counted as the reader counts rows)."""
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8", errors="replace", newline="")
+
+
+def _refuse_utf16(path: Path, where: str) -> None:
+    """UTF-16 text (Excel's "Unicode Text" export) reads as names with NUL bytes between the
+    letters, and the error then blamed the mapping's column names (a review)."""
+    with _open_bytes(path) as handle:
+        head = handle.read(2)
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        raise SchemaError(
+            f"{where} is UTF-16 text (as Excel's 'Unicode Text' saves), not UTF-8; save it as "
+            f"'CSV UTF-8', or convert it: `iconv -f utf-16 -t utf-8 {path.name} > "
+            f"{path.stem}.utf8{path.suffix}`"
         )
 
 
@@ -843,7 +881,7 @@ def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines
     expected = None if spec.header or spec.columns is None else len(spec.columns)
     rows: list[int] = []
     first: tuple[int, int] | None = None
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    with _open_text(path) as handle:
         reader = csv.reader(handle, delimiter=spec.delimiter)
         line = 1
         for index, record in enumerate(reader):
@@ -862,7 +900,7 @@ def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines
 def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:
     """(line, fields, fields expected) of the first CSV record with more fields than the
     first one, as the CSV reader counts them; None when there is none."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    with _open_text(path) as handle:
         reader = csv.reader(handle, delimiter=spec.delimiter)
         expected = None
         line = 1
@@ -918,9 +956,16 @@ def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
         )
     if column not in frame.columns:
         names = [name for name in frame.columns if name not in _ORIGIN_COLUMNS]
+        hint = ""
+        if len(names) == 1 and (found := next((d for d in ";\t|," if d in names[0]), None)):
+            # the whole header read as one name: another delimiter (a review)
+            hint = (
+                f"; its header reads as one column holding {found!r}: if that separates the "
+                f"columns, set `delimiter: {json.dumps(found)}` in the mapping's `read:`"
+            )
         raise SchemaError(
             f"{where} has no column '{column}' (it has: {', '.join(names)}); "
-            f"fix `{key}` in the source mapping"
+            f"fix `{key}` in the source mapping{hint}"
         )
     if frame[column].dtype == pl.Binary:  # a UUID as 16 bytes, as Spark or BigQuery write it
         raise SchemaError(
@@ -1501,7 +1546,7 @@ def _locate(
 def _count_lines(path: Path) -> int:
     """Lines in a file, a last line without a line break included."""
     count, last = 0, b"\n"
-    with open(path, "rb") as handle:
+    with _open_bytes(path) as handle:
         while chunk := handle.read(1 << 24):
             count += chunk.count(b"\n")
             last = chunk[-1:]
@@ -1513,7 +1558,7 @@ def _record_lines(path: Path, spec: ReadSpec) -> list[int]:
     a quoted CSV value may span lines; blank lines are rows of a CSV (Polars reads them as
     empty rows) but not of a whitespace file (pandas skips them)."""
     starts: list[int] = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    with _open_text(path) as handle:
         if spec.format == "whitespace":
             starts = [number for number, line in enumerate(handle, start=1) if line.strip()]
         else:

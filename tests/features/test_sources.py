@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import textwrap
 from pathlib import Path
@@ -1772,3 +1773,57 @@ def test_a_short_line_whose_rows_cannot_be_set_aside_one_by_one_is_an_error(
 
     with pytest.raises(SchemaError, match=message):
         ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
+def test_a_utf16_file_is_refused_saying_so_not_blaming_the_column_names(
+    shop: Path, tmp_path: Path
+) -> None:
+    """Excel's "Unicode Text": the error named the mapping's column, whose name it printed
+    with NUL bytes (review)."""
+    (tmp_path / "data/shop/events.csv").write_bytes(SHOP_CSV.encode("utf-16"))
+    with pytest.raises(SchemaError, match=r"is UTF-16 text.*iconv -f utf-16 -t utf-8") as caught:
+        ingest(shop, data_dir=tmp_path / "data", now=NOW)
+    assert "\x00" not in str(caught.value)
+
+
+def test_a_gzip_csv_is_read_with_its_lines_counted_on_the_text_not_the_bytes(
+    shop: Path, tmp_path: Path
+) -> None:
+    """Polars reads gzip by itself, but the line-ending check looked at the compressed bytes
+    (and refused some files as old Mac line endings) and a reject's line was counted on
+    them (null) (review). The first row count whose compressed bytes hold a carriage return
+    and no line feed shows the first; a line with an unknown event type shows the second."""
+    for rows in range(1, 400):
+        text = SHOP_CSV + "".join(
+            f"c{i};2024-01-15 10:00:0{i % 10};view;site;;;A{i}\n" for i in range(rows)
+        )
+        packed = gzip.compress((text + "c9;2024-01-15 11:00:00;shout;site;;;Z\n").encode(), mtime=0)
+        if b"\r" in packed[:65536] and b"\n" not in packed[:65536]:
+            break
+    else:
+        pytest.fail("no row count gave compressed bytes with a carriage return and no line feed")
+    (tmp_path / "data/shop/events.csv").write_bytes(packed)
+
+    validated = ingest(shop, data_dir=tmp_path / "data", now=NOW).validated
+
+    assert validated.events.num_rows == 3 + rows
+    assert validated.rejects.column("reason").to_pylist() == ["unknown_event_type"]
+    assert validated.rejects.column("source_row").to_pylist() == [2 + 3 + rows]
+
+
+def test_a_header_read_as_one_column_suggests_the_delimiter_it_holds(shop: Path) -> None:
+    mapping = _with(shop, 'delimiter: ";"', 'delimiter: ","')
+    with pytest.raises(
+        SchemaError, match=r"header reads as one column holding ';'.*set `delimiter: \";\"`"
+    ):
+        ingest(mapping, data_dir=mapping.parent / "data", now=NOW)
+
+
+@pytest.mark.parametrize(("key", "shown"), [("yes", "True"), ("1", "1")])
+def test_an_unquoted_yes_or_number_key_says_to_quote_it(shop: Path, key: str, shown: str) -> None:
+    """YAML reads `{yes: true}` as {True: True}: the error said only "a valid string"."""
+    mapping = _with(shop, '{"Y": true, "N": false}', f"{{{key}: true}}")
+    with pytest.raises(
+        MappingError, match=rf"`contacts.consent.values`: the key {shown}: .* quote it"
+    ):
+        load_mapping(mapping)
