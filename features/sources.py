@@ -776,6 +776,13 @@ def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
             f"line {line} has {found} fields where the first line has {expected}; check "
             f"`delimiter:` (now {spec.delimiter!r}) and that values holding it are quoted"
         )
+    stray = _stray_quote_line(path, spec)
+    if stray is not None:
+        return (
+            f"line {stray} has a quote inside a value that does not start with one (as in "
+            '27" monitor), which opens a quoted value that never closes; quote the whole '
+            'value and double the quote in it ("27"" monitor"), or re-export with quoting on'
+        )
     return (
         f"{message}; check `format:` (now csv), `delimiter:` (now {spec.delimiter!r}), that it "
         "is UTF-8 text and that every quote is closed"
@@ -895,6 +902,31 @@ def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines
     if first is None or expected is None:
         return None
     return _ShortLines(pl.Series(rows, dtype=pl.Int64), first[0], first[1], expected)
+
+
+def _stray_quote_line(path: Path, spec: ReadSpec) -> int | None:
+    """The first line with a quote in the middle of an unquoted value (the CSV reader takes it
+    for the start of a quoted value that runs on to the end of the file), as an editor
+    numbers lines; None when there is none."""
+    delimiter, inside = spec.delimiter, False
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if '"' not in line:
+                continue
+            position = 0
+            while position < len(line):
+                char = line[position]
+                if char == '"' and inside:
+                    if line[position + 1 : position + 2] == '"':  # a doubled quote in the value
+                        position += 1
+                    else:
+                        inside = False
+                elif char == '"':
+                    if position and line[position - 1] != delimiter:
+                        return number
+                    inside = True
+                position += 1
+    return None
 
 
 def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:

@@ -346,6 +346,7 @@ events:
         (b"", "parquet", r"is empty \(0 bytes"),
         (b"\n\n", "whitespace", "holds no data, not even a header line"),
         (b"user,s\nu1,1\nu2,2,3\n", "csv", r"line 3 has 3 fields .*`delimiter:` \(now ','\)"),
+        (b'user,s\nu1,1\nu2,27" x\nu3,3\n', "csv", r"line 3 has a quote inside a value .*\"\""),
         ("user,s\nJosé,1\n".encode("latin-1"), "csv", "not UTF-8 text.*save it as UTF-8"),
         ("user s\nJosé 1\n".encode("latin-1"), "whitespace", "not UTF-8 text"),
         (b"user s\nu1 1\nu2 2 3\n", "whitespace", r"line 3, saw 3.*`format:`"),
@@ -357,6 +358,7 @@ events:
         "empty parquet",
         "blank lines only",
         "a line with an extra field",
+        "a stray quote",
         "latin-1 csv",
         "latin-1 whitespace",
         "whitespace with an extra field",
@@ -1827,3 +1829,15 @@ def test_an_unquoted_yes_or_number_key_says_to_quote_it(shop: Path, key: str, sh
         MappingError, match=rf"`contacts.consent.values`: the key {shown}: .* quote it"
     ):
         load_mapping(mapping)
+
+
+def test_the_stray_quote_finder_passes_doubled_quotes_and_quoted_line_breaks(
+    tmp_path: Path,
+) -> None:
+    from features.sources import ReadSpec, _stray_quote_line
+
+    path = tmp_path / "q.csv"
+    path.write_text('user,s\nu1,"27"" monitor"\nu2,"two\nlines ""x"""\nu3,3\n', encoding="utf-8")
+    assert _stray_quote_line(path, ReadSpec(path="q.csv")) is None
+    path.write_text('user,s\nu1,"27"" monitor"\nu2,"two\nlines"\nu3,4" x\n', encoding="utf-8")
+    assert _stray_quote_line(path, ReadSpec(path="q.csv")) == 5
