@@ -295,6 +295,21 @@ def test_contacts_are_validated_with_consent_parsed_and_attributes_kept() -> Non
     assert {r for (t, r) in counts if t == "contacts"} == set(CONTACT_REJECT_REASONS)
 
 
+@pytest.mark.parametrize(
+    "consent",
+    [pa.array([True, None, False], pa.bool_()), pa.array([1, None, 0], pa.int64())],
+    ids=["booleans", "integers"],
+)
+def test_a_missing_consent_among_booleans_or_numbers_is_no_consent(consent: pa.Array) -> None:
+    """Only text nulls were held to mean no consent; a null in a boolean column read as
+    consent would have survived (mutation review)."""
+    contacts = pa.table({"contact_id": ["a", "b", "c"], "marketing_consent": consent})
+    result = validate(pd.DataFrame([_event()]), contacts, now=NOW)
+    assert result.contacts is not None
+    assert result.contacts.column("marketing_consent").to_pylist() == [True, False, False]
+    assert result.reject_counts()[("contacts", "unparseable_consent")] == 0
+
+
 def test_a_later_opt_out_is_never_lost_to_a_duplicate_contact_row() -> None:
     contacts = pd.DataFrame(
         {"contact_id": ["a", "a", "b", "b"], "marketing_consent": ["yes", "no", "yes", "maybe"]}
