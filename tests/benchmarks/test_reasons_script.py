@@ -19,7 +19,10 @@ SCRIPT = ROOT / "benchmarks" / "reasons.py"
 def test_quick_run_measures_both_methods_and_their_agreement(tmp_path: Path) -> None:
     out = tmp_path / "reasons.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--singles", "20", "--results", str(out)],
+        [
+            *(sys.executable, str(SCRIPT), "--quick", "--singles", "20"),
+            *("--contacts", "4000", "--results", str(out)),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
