@@ -535,6 +535,7 @@ def validate(
     ingested = _with_spinner(
         f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
     )
+    _say_aggregated(ingested.mapping)
     _print_validation(ingested.validated)
     unexpected = sum(
         count
@@ -1668,10 +1669,23 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
         ),
     )
     console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
+    _say_aggregated(ingested.mapping)
     return validated
 
 
 # --- display -----------------------------------------------------------------------------------
+
+
+def _say_aggregated(mapping: Any) -> None:
+    """A stream that combines lines into one event per group (baskets) makes the events' rows
+    in a count of groups, not of the file's lines (a review could not reconcile them)."""
+    for index, stream in enumerate(mapping.events):
+        if stream.aggregate is not None:
+            console.print(
+                f"events[{index}] {escape(repr(stream.name))} combines the lines of "
+                f"{escape(stream.read.path)} into one event per "
+                f"{escape(', '.join(stream.aggregate.by))}: its rows in count those, not lines"
+            )
 
 
 def _print_validation(validated: Validated) -> None:

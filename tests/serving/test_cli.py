@@ -1153,3 +1153,28 @@ def test_events_damaged_past_their_footer_are_one_line_in_score_and_features_for
         result = _run(*command)
         _assert_one_line_error(result, "the events Parquet is damaged (parquet:", "ingest")
     assert not out.exists()
+
+
+def test_ingest_and_validate_say_that_a_basket_streams_rows_in_count_baskets(
+    tmp_path: Path,
+) -> None:
+    """Six lines in the file, three rows in the report: a review could not reconcile them."""
+    lines = "".join(f"{i // 2},u{i // 2},2024-03-01T10:0{i}:00Z,{i}\n" for i in range(6))
+    (tmp_path / "lines.csv").write_text("basket,user,at,amount\n" + lines, encoding="utf-8")
+    mapping = tmp_path / "baskets.yaml"
+    mapping.write_text(
+        "name: baskets\ndescription: line items\nevents:\n  - name: orders\n"
+        "    read: {path: lines.csv}\n"
+        "    aggregate: {by: [basket], columns: {user: first(user), at: min(at), "
+        "amount: sum(amount)}}\n"
+        "    contact_id: user\n    timestamp: {column: at, format: iso8601}\n"
+        "    event_type: {fixed: purchase}\n    channel: {fixed: web}\n    value: amount\n"
+        "contacts: {consent_default: true}\n",
+        encoding="utf-8",
+    )
+    said = "events[0] 'orders' combines the lines of lines.csv into one event per basket"
+    for command in (["validate"], ["ingest", "--out", str(tmp_path / "out")]):
+        result = _run(*command, "--source", str(mapping), "--data-dir", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert said in " ".join(result.stdout.split()), result.stdout
+        assert re.search(r"events\s+│\s+3\s+│\s+3\s+│\s+0", result.stdout), result.stdout
