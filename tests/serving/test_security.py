@@ -164,6 +164,33 @@ def test_an_empty_key_header_does_not_hide_a_valid_one() -> None:
     assert authorized(KeyCheck([KEY]), presented_keys(headers))
 
 
+@pytest.mark.parametrize("wrong_first", [True, False])
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [(b"x-api-key", b""), (b"authorization", b"Bearer ")],
+    ids=["x-api-key", "bearer"],
+)
+def test_a_wrong_key_beside_the_right_one_is_refused(
+    name: bytes, prefix: bytes, wrong_first: bool
+) -> None:
+    """Every key a request presents must be valid: a client trying keys by sending many in
+    one request must not get in because one of them is right. (Mutation review: letting in a
+    request if any of its keys was valid survived.) Both orders, so neither the first nor the
+    last header alone decides."""
+    pair = [(name, prefix + b"wrong-key-0123456789"), (name, prefix + KEY.encode())]
+    headers = pair if wrong_first else pair[::-1]
+    assert sorted(presented_keys(headers)) == sorted(["wrong-key-0123456789", KEY])
+    assert not authorized(KeyCheck([KEY]), presented_keys(headers))
+    inner = _App()
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    sent = _call(GuardMiddleware(inner, keys=[KEY], max_body_bytes=1000), scope, [b"{}"])
+    assert sent[0]["status"] == 401
+    assert not inner.reached
+    # the same header twice with the right key is let in: the refusal is for the wrong one
+    right = [(name, prefix + KEY.encode())] * 2
+    assert authorized(KeyCheck([KEY]), presented_keys(right))
+
+
 class _App:
     """An ASGI app that records whether it was reached and reads the whole body."""
 
