@@ -188,6 +188,28 @@ def test_provided_conversions_are_positive_in_their_horizon_and_done_after_it() 
     assert set_aside == {"labels_without_date": 1}
 
 
+def test_a_provided_conversion_is_in_the_horizon_from_as_of_to_before_its_end() -> None:
+    """As for events: a win at the snapshot's moment is in its horizon, one at as_of plus the
+    horizon is one moment past it. (Mutation review: ending the horizon on its last day, or
+    counting a win at as_of as history, survived.)"""
+    labels = pl.DataFrame(
+        {
+            "contact_id": ["at_start", "at_end", "just_inside"],
+            "label_date": [AS_OF, _day(14), _day(14) - dt.timedelta(microseconds=1)],
+            "outcome": ["won", "won", "won"],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    by_contact = dict(zip(found["contact_id"], found["purchased"], strict=True))
+    # at_end has not converted yet at the snapshot: a negative, not left out
+    assert by_contact == {"at_start": True, "at_end": False, "just_inside": True}
+
+
 def test_a_contact_converted_at_an_unknown_date_is_no_label_at_all() -> None:
     """Its undated 'lost' (say, an earlier deal) would make it a negative at every snapshot,
     though it converted at some time; an undated stage is set aside too."""
@@ -233,6 +255,34 @@ def test_provided_stages_hold_until_the_next_record() -> None:
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
     assert found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows() == [
         ("a", "consideration")
+    ]
+
+
+def test_a_provided_stage_recorded_at_the_horizons_end_is_not_the_label() -> None:
+    """The horizon ends before as_of plus the horizon: a stage recorded at that moment is the
+    next snapshot's, and the record before it holds; a contact whose only record is there is
+    not labelled. (Mutation review: taking the records up to and at the end survived.)"""
+    labels = pl.DataFrame(
+        {
+            "contact_id": ["a", "a", "b", "c"],
+            "label_date": [
+                _day(-3),
+                _day(14),
+                _day(14),
+                _day(14) - dt.timedelta(microseconds=1),
+            ],
+            "outcome": ["consideration", "intent", "intent", "retention"],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
+    assert found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows() == [
+        ("a", "consideration"),
+        ("c", "retention"),
     ]
 
 
