@@ -939,16 +939,22 @@ def test_a_feature_that_is_neither_number_text_nor_null_is_a_400(
     assert ["features", "days_since_last_event", "float"] in places  # never read as 1.0
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
 @pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
 def test_other_methods_on_the_prediction_routes_are_a_json_405(
     client: TestClient, auth: dict[str, str], method: str, path: str
 ) -> None:
+    """OPTIONS too: CORS is off (BentoML's http.cors.enabled defaults to false and the service
+    does not set it), so a browser's preflight is one more request without a key, refused
+    without granting any origin."""
     response = client.request(method, path, headers=auth)
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert "POST only" in response.json()["error"]
-    assert client.request(method, path).status_code == 401  # the key still comes first
+    preflight = {"Origin": "https://crm.example", "Access-Control-Request-Method": "POST"}
+    refused = client.request(method, path, headers=preflight)
+    assert refused.status_code == 401  # the key still comes first
+    assert "access-control-allow-origin" not in refused.headers
 
 
 @pytest.mark.parametrize(
