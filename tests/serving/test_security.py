@@ -132,6 +132,22 @@ def test_mlflow_imported_before_funnelcast_sends_no_usage_data_either() -> None:
     assert _printed(code, env) == ["True", "True"]  # on when imported alone; off after ours
 
 
+def test_the_settings_never_show_their_keys(tmp_path: Path) -> None:
+    """Settings get printed and logged (a startup line, a traceback's locals): the keys,
+    given inline or in the key file, are not in their repr or str. (Mutation review:
+    dropping repr=False from api_keys survived.)"""
+    path = tmp_path / "keys"
+    path.write_text(f"{OTHER}\n", "utf-8")
+    settings = ServiceSettings.from_env(
+        {"FUNNELCAST_API_KEY": KEY, "FUNNELCAST_API_KEY_FILE": str(path)}
+    )
+    assert settings.api_keys == (KEY, OTHER)  # read, so that their absence below means hidden
+    for shown in (repr(settings), str(settings)):
+        assert KEY not in shown
+        assert OTHER not in shown
+    assert "funnelcast" in repr(settings)  # the rest is still shown
+
+
 def test_the_check_accepts_configured_keys_only() -> None:
     check = KeyCheck([KEY, OTHER])
     assert check.accepts(KEY)
