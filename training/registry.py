@@ -224,7 +224,8 @@ GATE_METRICS = (
 
 def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[bool, list[str]]:
     """At least as good on every gate metric (``GATE_METRICS``) and better on one; NaN or
-    absence on the champion's side (no baseline) does not block."""
+    absence on the champion's side (no baseline) does not block, NaN on the challenger's
+    alone does."""
     reasons, better = [], False
     for key, label in GATE_METRICS:
         if key not in challenger:
@@ -232,7 +233,9 @@ def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[boo
         ours, theirs = challenger[key], champion.get(key, float("nan"))
         if np.isnan(theirs):
             continue
-        if ours < theirs:
+        if np.isnan(ours):  # neither below nor above a number: it would pass unjudged
+            reasons.append(f"{label} could not be computed (NaN), against {theirs:.4f}")
+        elif ours < theirs:
             reasons.append(f"{label} {ours:.4f} is {theirs - ours:.2g} below {theirs:.4f}")
         elif ours > theirs:
             better = True

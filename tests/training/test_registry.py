@@ -342,6 +342,20 @@ def test_the_gate_needs_both_metrics_at_least_equal_and_one_better() -> None:
     assert beats({"macro_f1": 0.5, "auc_pr": 0.3}, {"macro_f1": 0.4, "auc_pr": float("nan")})[0]
 
 
+def test_a_challenger_whose_auc_pr_is_nan_does_not_beat_a_champion_that_has_one() -> None:
+    """An AUC-PR that could not be computed is not at least as good as 0.3, however high the
+    stage scores: NaN compared with a number is neither below nor above it, and the gate let
+    it through. (Mutation review: skipping a metric whose challenger score is NaN survived.)
+    NaN on both sides (a test window with one class) still does not block."""
+    nan = float("nan")
+    challenger = {"macro_f1": 0.9, "macro_f1_labelled": 0.9, "auc_pr": nan}
+    champion = {"macro_f1": 0.4, "macro_f1_labelled": 0.4, "auc_pr": 0.3}
+    promoted, reasons = beats(challenger, champion)
+    assert not promoted
+    assert reasons == ["purchase AUC-PR could not be computed (NaN), against 0.3000"]
+    assert beats(challenger, {**champion, "auc_pr": nan}) == (True, [])
+
+
 def test_the_gate_also_reads_macro_f1_over_the_labels_stages() -> None:
     """A diff review's case: truth 50 awareness + 50 intent; the rules call 10 awareness
     contacts `consideration`, a stage the labels never hold, the model 15 of them `intent`.
