@@ -146,9 +146,9 @@ def label_from_provided(
 ) -> pl.DataFrame:
     """Labels from a provided table (contact_id, label_date, outcome) for each snapshot.
 
-    * An outcome that is a stage name is a stage label: the stage recorded last on or before
-      the end of the horizon (a lifecycle history holds until it changes; of two at the same
-      moment, the later row); contacts with no record by then are not labelled.
+    * An outcome that is a stage name is a stage label: the stage recorded last before the
+      horizon's end, as_of + horizon (a lifecycle history holds until it changes; of two at
+      the same moment, the later row); contacts with no record by then are not labelled.
     * Any other outcome is a conversion flag (``positive_outcomes``, case-insensitive): at a
       snapshot, positive when a positive outcome is dated in the horizon; a contact whose
       positive outcome is before the snapshot has already converted and is not labelled
