@@ -80,8 +80,12 @@ def test_quick_run_writes_counts_and_metrics_of_every_model_on_both_data_sets(
         for split in ("train", "validation", "test"):
             counts = task["split"][split]
             assert 0 < counts["positives"] < counts["rows"], (name, split, counts)
-        for model in ("rules", "lightgbm"):
-            assert _in_unit_interval(task["stage"]["revealed"][model]["macro_f1"])
+        stage = task["stage"]["revealed"]
+        for model in ("rules", "rules_lookback_horizon", "lightgbm"):
+            assert _in_unit_interval(stage[model]["macro_f1"])
+            # the same test rows and labels for every stage model, the horizon's rules too
+            assert stage[model]["rows"] == task["split"]["test"]["rows"], (name, model)
+            assert stage[model]["support_by_stage"] == stage["rules"]["support_by_stage"]
         for model in ("rfm_logistic", "lightgbm"):
             scores = task["propensity"][model]
             for metric in ("auc_roc", "auc_pr", "ece", "brier"):
