@@ -99,6 +99,16 @@ def test_empty_windows_give_zero_counts_and_missing_ratios_and_recency() -> None
     assert _row(frame, "a")["days_since_last_page_view"] == pytest.approx(273 + 14 / 24)
 
 
+def _in_every_engine(events: pl.DataFrame) -> list[dict[str, Any]]:
+    """Contact a's features as of AS_OF from the one-snapshot engine, the training frame and
+    the online path (given the events of contact a alone)."""
+    return [
+        _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a"),
+        _row(build_training_frame(events, as_of_dates=[AS_OF.date()], spec=SPEC), "a"),
+        build_online_features(events.to_dicts(), as_of=AS_OF, spec=SPEC),
+    ]
+
+
 def test_an_event_exactly_at_a_window_edge_is_inside_and_one_at_as_of_is_not() -> None:
     edge = (AS_OF - dt.timedelta(days=7)).isoformat()
     before_edge = (AS_OF - dt.timedelta(days=7, microseconds=1)).isoformat()
@@ -109,11 +119,8 @@ def test_an_event_exactly_at_a_window_edge_is_inside_and_one_at_as_of_is_not() -
             ("a", AS_OF.isoformat(), "web", "add_to_cart", None),
         ]
     )
-    batch = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
-    many = _row(build_training_frame(events, as_of_dates=[AS_OF.date()], spec=SPEC), "a")
     # the online path too: moving its window start past the edge went unseen (mutation review)
-    online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=SPEC)
-    for row in (batch, many, online):
+    for row in _in_every_engine(events):
         assert row["page_view_count_7d"] == 1
         assert row["product_view_count_7d"] == 0
         assert row["product_view_count_28d"] == 1
@@ -791,7 +798,6 @@ def test_every_builder_refuses_event_types_and_channels_outside_the_contract(
 def test_copies_are_set_aside_and_same_instant_events_count_in_every_builder() -> None:
     """An exact copy is the contract's to set aside (validation counts it); two events at the
     same instant that differ (another campaign) are two events, and every builder counts both."""
-    from features.snapshots import build_training_frame
 
     rows = [
         ("a", "2024-02-28T10:00:00Z", "email", "email_click", None, "spring"),
@@ -807,10 +813,7 @@ def test_copies_are_set_aside_and_same_instant_events_count_in_every_builder() -
     assert validated.rejects.column("reason").to_pylist() == ["duplicate", "duplicate"]
     events = pl.from_arrow(validated.events)
     assert isinstance(events, pl.DataFrame)
-    batch = _row(build_contact_features(events, as_of=AS_OF, spec=SPEC), "a")
-    many = _row(build_training_frame(events, as_of_dates=[AS_OF.date()], spec=SPEC), "a")
-    online = build_online_features(events.to_dicts(), as_of=AS_OF, spec=SPEC)
-    for row in (batch, many, online):
+    for row in _in_every_engine(events):
         assert row["email_click_count_7d"] == 2
         assert row["purchase_count_all"] == 1
         assert row["purchase_value_sum_all"] == 40.0

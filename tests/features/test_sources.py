@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.schema import EVENT_COLUMNS, SchemaError
+from features.schema import EVENT_COLUMNS, SchemaError, Validated
 from features.sources import (
     EXCLUDED_REASON,
     LABELS_SCHEMA,
@@ -937,24 +937,29 @@ def test_a_source_without_events_still_validates_an_empty_event_table(tmp_path: 
     assert validated.contacts.column("marketing_consent").to_pylist() == [False, True]
 
 
-def test_unix_millisecond_times_read_as_utc_instants(tmp_path: Path) -> None:
-    _write(tmp_path / "clicks.csv", "user,ms\nu1,1700000000123\n")
+def _unix_clicks(tmp_path: Path, unit: str, times: list[str]) -> Validated:
+    """Clicks of users u1, u2, ... at ``times`` in a column of unix ``unit`` (s or ms)."""
+    rows = "".join(f"u{i},{time}\n" for i, time in enumerate(times, start=1))
+    _write(tmp_path / "clicks.csv", f"user,t\n{rows}")
     mapping = _write(
         tmp_path / "clicks.yaml",
-        """\
+        f"""\
         name: clicks
-        description: clicks in unix milliseconds
+        description: clicks in unix time
         events:
           - name: clicks
-            read: {path: clicks.csv}
+            read: {{path: clicks.csv}}
             contact_id: user
-            timestamp: {column: ms, format: unix_ms}
-            event_type: {fixed: email_click}
-            channel: {fixed: email}
+            timestamp: {{column: t, format: unix_{unit}}}
+            event_type: {{fixed: email_click}}
+            channel: {{fixed: email}}
         """,
     )
+    return ingest(mapping, data_dir=tmp_path, now=NOW).validated
 
-    events = ingest(mapping, data_dir=tmp_path, now=NOW).validated.events
+
+def test_unix_millisecond_times_read_as_utc_instants(tmp_path: Path) -> None:
+    events = _unix_clicks(tmp_path, "ms", ["1700000000123"]).events
 
     assert events.column("timestamp").to_pylist() == [
         dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC)
@@ -966,23 +971,7 @@ def test_seconds_in_a_unix_millisecond_column_are_set_aside_not_put_in_1970(
 ) -> None:
     """Merged exports mix seconds into a milliseconds column: read as milliseconds they land
     in January 1970 (review); under 10^11 they are set aside."""
-    _write(tmp_path / "clicks.csv", "user,ms\nu1,1709287200000\nu2,1709287200\nu3,0\n")
-    mapping = _write(
-        tmp_path / "clicks.yaml",
-        """\
-        name: clicks
-        description: clicks in unix milliseconds
-        events:
-          - name: clicks
-            read: {path: clicks.csv}
-            contact_id: user
-            timestamp: {column: ms, format: unix_ms}
-            event_type: {fixed: email_click}
-            channel: {fixed: email}
-        """,
-    )
-
-    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    validated = _unix_clicks(tmp_path, "ms", ["1709287200000", "1709287200", "0"])
 
     assert validated.events.column("contact_id").to_pylist() == ["u1"]
     assert validated.events.column("timestamp").to_pylist() == [
@@ -993,23 +982,7 @@ def test_seconds_in_a_unix_millisecond_column_are_set_aside_not_put_in_1970(
 
 
 def test_a_unix_time_out_of_range_is_a_reject_not_a_crash(tmp_path: Path) -> None:
-    _write(tmp_path / "clicks.csv", "user,s\nu1,1700000000\nu2,99999999999999999999\n")
-    mapping = _write(
-        tmp_path / "clicks.yaml",
-        """\
-        name: clicks
-        description: clicks in unix seconds
-        events:
-          - name: clicks
-            read: {path: clicks.csv}
-            contact_id: user
-            timestamp: {column: s, format: unix_s}
-            event_type: {fixed: email_click}
-            channel: {fixed: email}
-        """,
-    )
-
-    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    validated = _unix_clicks(tmp_path, "s", ["1700000000", "99999999999999999999"])
 
     assert validated.events.column("contact_id").to_pylist() == ["u1"]
     assert validated.rejects.column("reason").to_pylist() == ["unparseable_timestamp"]

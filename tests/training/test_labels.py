@@ -166,17 +166,10 @@ def test_labels_ignore_every_non_purchase_event_before_as_of(
 
 
 def test_provided_conversions_are_positive_in_their_horizon_and_done_after_it() -> None:
-    labels = pl.DataFrame(
-        {
-            "contact_id": ["soon", "later", "before", "never", "undated"],
-            "label_date": [_day(5), _day(30), _day(-5), None, None],
-            "outcome": ["won", "won", "won", "not_won", "converted"],
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
+    labels = _label_table(
+        ["soon", "later", "before", "never", "undated"],
+        [_day(5), _day(30), _day(-5), None, None],
+        ["won", "won", "won", "not_won", "converted"],
     )
     set_aside: dict[str, int] = {}
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14, set_aside=set_aside)
@@ -192,17 +185,10 @@ def test_a_provided_conversion_is_in_the_horizon_from_as_of_to_before_its_end() 
     """As for events: a win at the snapshot's moment is in its horizon, one at as_of plus the
     horizon is one moment past it. (Mutation review: ending the horizon on its last day, or
     counting a win at as_of as history, survived.)"""
-    labels = pl.DataFrame(
-        {
-            "contact_id": ["at_start", "at_end", "just_inside"],
-            "label_date": [AS_OF, _day(14), _day(14) - dt.timedelta(microseconds=1)],
-            "outcome": ["won", "won", "won"],
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
+    labels = _label_table(
+        ["at_start", "at_end", "just_inside"],
+        [AS_OF, _day(14), _day(14) - dt.timedelta(microseconds=1)],
+        ["won", "won", "won"],
     )
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
     by_contact = dict(zip(found["contact_id"], found["purchased"], strict=True))
@@ -213,17 +199,10 @@ def test_a_provided_conversion_is_in_the_horizon_from_as_of_to_before_its_end() 
 def test_a_contact_converted_at_an_unknown_date_is_no_label_at_all() -> None:
     """Its undated 'lost' (say, an earlier deal) would make it a negative at every snapshot,
     though it converted at some time; an undated stage is set aside too."""
-    labels = pl.DataFrame(
-        {
-            "contact_id": ["x", "x", "y", "y", "z"],
-            "label_date": [None, None, _day(-20), None, _day(3)],
-            "outcome": ["won", "lost", "consideration", "advocacy", "won"],
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
+    labels = _label_table(
+        ["x", "x", "y", "y", "z"],
+        [None, None, _day(-20), None, _day(3)],
+        ["won", "lost", "consideration", "advocacy", "won"],
     )
     set_aside: dict[str, int] = {}
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14, set_aside=set_aside)
@@ -240,17 +219,8 @@ def test_a_contact_converted_at_an_unknown_date_is_no_label_at_all() -> None:
 
 
 def test_provided_stages_hold_until_the_next_record() -> None:
-    labels = pl.DataFrame(
-        {
-            "contact_id": ["a", "a", "b"],
-            "label_date": [_day(-20), _day(20), _day(30)],
-            "outcome": ["consideration", "retention", "intent"],
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
+    labels = _label_table(
+        ["a", "a", "b"], [_day(-20), _day(20), _day(30)], ["consideration", "retention", "intent"]
     )
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
     assert found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows() == [
@@ -262,22 +232,15 @@ def test_a_provided_stage_recorded_at_the_horizons_end_is_not_the_label() -> Non
     """The horizon ends before as_of plus the horizon: a stage recorded at that moment is the
     next snapshot's, and the record before it holds; a contact whose only record is there is
     not labelled. (Mutation review: taking the records up to and at the end survived.)"""
-    labels = pl.DataFrame(
-        {
-            "contact_id": ["a", "a", "b", "c"],
-            "label_date": [
-                _day(-3),
-                _day(14),
-                _day(14),
-                _day(14) - dt.timedelta(microseconds=1),
-            ],
-            "outcome": ["consideration", "intent", "intent", "retention"],
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
+    labels = _label_table(
+        ["a", "a", "b", "c"],
+        [
+            _day(-3),
+            _day(14),
+            _day(14),
+            _day(14) - dt.timedelta(microseconds=1),
+        ],
+        ["consideration", "intent", "intent", "retention"],
     )
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
     assert found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows() == [
@@ -293,6 +256,20 @@ def test_a_labels_table_without_an_outcome_column_is_refused_with_the_fix() -> N
             as_of_dates=[AS_OF],
             horizon_days=14,
         )
+
+
+def _label_table(
+    ids: list[str], dates: list[dt.datetime | None], outcomes: list[str]
+) -> pl.DataFrame:
+    """A provided labels table: contact_id, label_date (UTC), outcome."""
+    return pl.DataFrame(
+        {"contact_id": ids, "label_date": dates, "outcome": outcomes},
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
 
 
 def _provided(**columns: object) -> pl.DataFrame:
@@ -342,18 +319,7 @@ def test_of_two_provided_stages_at_the_same_moment_the_later_row_is_the_label() 
     ids = [f"c{i}" for i in range(n)]
     first = ["awareness", "intent"] * (n // 2)
     later = ["intent", "awareness"] * (n // 2)
-    labels = pl.DataFrame(
-        {
-            "contact_id": ids + ids,
-            "label_date": [_day(-3 - i % 5) for i in range(n)] * 2,
-            "outcome": first + later,
-        },
-        schema={
-            "contact_id": pl.String,
-            "label_date": pl.Datetime("us", "UTC"),
-            "outcome": pl.String,
-        },
-    )
+    labels = _label_table(ids + ids, [_day(-3 - i % 5) for i in range(n)] * 2, first + later)
     found = label_from_provided(labels, as_of_dates=[AS_OF], horizon_days=14)
     assert found.height == n
     stages = dict(found.select("contact_id", pl.col("provided_stage").cast(pl.String)).rows())
