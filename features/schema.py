@@ -111,6 +111,10 @@ class SchemaError(InputError):
     """A whole input is unusable: a column is missing or of the wrong kind. Names the fix."""
 
 
+class UnplacedZoneError(SchemaError):
+    """Times with a zone written in a form funnelcast does not read as one (``+1``)."""
+
+
 @dataclass(frozen=True)
 class Validated:
     """What validation kept, what it set aside, and why."""
@@ -426,7 +430,7 @@ def _refuse_unseen_zones(naive: pd.Series) -> None:
         return
     zoned = (v for v in naive.dropna() if getattr(v, "tzinfo", None) is not None)
     example = next(zoned, None)
-    raise SchemaError(
+    raise UnplacedZoneError(
         "events column 'timestamp' holds a time whose zone funnelcast cannot place"
         + (f" (read as {example.isoformat()})" if example is not None else "")
         + "; "

@@ -23,6 +23,7 @@ without a contacts file) points at its first event.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -32,7 +33,9 @@ import json
 import math
 import os
 import re
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -51,6 +54,7 @@ from features.schema import (
     EVENTS_SCHEMA,
     REJECTS_SCHEMA,
     SchemaError,
+    UnplacedZoneError,
     Validated,
     as_utc,
     cast_unreadable_zones_to_utc,
@@ -703,6 +707,11 @@ def _read_file(spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
         raise SchemaError(f"{where} cannot be read: {_reading_fix(spec, path, exc)}") from exc
     except UnicodeDecodeError as exc:
         raise SchemaError(f"{where} cannot be read: {_encoding_fix(path)}") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # cut or damaged compression
+        raise SchemaError(
+            f"{where} cannot be read: it is a damaged gzip file ({exc}); compress it again, or "
+            "give it uncompressed"
+        ) from exc
     except OSError as exc:  # permission denied, a device error
         raise SchemaError(f"{where} cannot be read ({exc.strerror or exc})") from exc
     return _apply_dtypes(frame, spec, path, key)
@@ -877,31 +886,85 @@ class _ShortLines:
 
 
 def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines | None:
-    """The lines of a CSV file with fewer fields than its header, if any. A short line leaves
-    the last column null, so only a file with nulls there is read again to look for them."""
-    if (
-        spec.format != "csv"
-        or not frame.width
-        or not frame.get_column(frame.columns[-1]).null_count()
-    ):
+    """The lines of a CSV file with fewer named fields than its header, if any. A short line
+    leaves the last column null, so only a file with nulls there is looked at: where each row
+    is one line, only the lines of those rows are parsed again; where a quoted value spans
+    lines, the whole file is, and its short lines count only when its records are as many as
+    the rows read (a bare carriage return is a line break to one reader and not the other), so
+    that nothing is set aside by a number that could point at another row."""
+    if spec.format != "csv" or not frame.width or not frame.height:
         return None
-    expected = None if spec.header or spec.columns is None else len(spec.columns)
-    rows: list[int] = []
-    first: tuple[int, int] | None = None
-    with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=spec.delimiter)
-        line = 1
-        for index, record in enumerate(reader):
-            if expected is None:
-                expected = len(record)
-            # a blank line is a row of nulls to the reader (its id is missing), not a short one
-            if record and len(record) < expected:
-                rows.append(index - (1 if spec.header else 0))
-                first = first or (line, len(record))
-            line = reader.line_num + 1
-    if first is None or expected is None:
+    last_null = frame.get_column(frame.columns[-1]).is_null()
+    if not last_null.any():
         return None
-    return _ShortLines(pl.Series(rows, dtype=pl.Int64), first[0], first[1], expected)
+    header = 1 if spec.header else 0
+    short = _Shortness(spec)
+    with _large_csv_fields():
+        if _count_lines(path) == frame.height + header:  # one line per row
+            wanted = set((last_null.arg_true() + header).to_list())  # 0-based lines
+            with _open_bytes(path) as handle:
+                for number, raw in enumerate(handle):
+                    if number in wanted or (number == 0 and spec.header):
+                        short.see(number, number + 1, _fields(_line_text(raw), spec))
+        else:  # a quoted value spans lines: records, not lines
+            with _open_text(path) as handle:
+                reader = csv.reader(handle, delimiter=spec.delimiter)
+                line, records = 1, 0
+                for records, record in enumerate(reader, start=1):
+                    short.see(records - 1, line, record)
+                    line = reader.line_num + 1
+            if records != frame.height + header:
+                return None
+    return short.found()
+
+
+class _Shortness:
+    """Collects the records with fewer named fields than the header (or `columns:`)."""
+
+    def __init__(self, spec: ReadSpec) -> None:
+        self._header = spec.header
+        self._expected = None if spec.header else len(spec.columns or ())
+        self._rows: list[int] = []
+        self._first: tuple[int, int] | None = None
+
+    def see(self, index: int, line: int, fields: list[str]) -> None:
+        """Record ``index`` (0-based, the header included) starting on ``line``."""
+        if index == 0 and self._header:
+            names = list(fields)
+            while names and not names[-1].strip():  # a trailing delimiter names no column
+                names.pop()
+            self._expected = len(names)
+        elif any(field.strip() for field in fields) and len(fields) < (self._expected or 0):
+            # (a blank or whitespace-only line is a row without an id, not a short one)
+            self._rows.append(index - (1 if self._header else 0))
+            self._first = self._first or (line, len(fields))
+
+    def found(self) -> _ShortLines | None:
+        if self._first is None or self._expected is None:
+            return None
+        first_line, fields = self._first
+        return _ShortLines(
+            pl.Series(self._rows, dtype=pl.Int64), first_line, fields, self._expected
+        )
+
+
+def _fields(text: str, spec: ReadSpec) -> list[str]:
+    return next(csv.reader([text], delimiter=spec.delimiter), [])
+
+
+def _line_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+@contextlib.contextmanager
+def _large_csv_fields() -> Iterator[None]:
+    """The csv module refuses a field over 128 KiB (an e-mail body, a JSON blob) that the
+    CSV reader read: lifted for the block."""
+    previous = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _stray_quote_line(path: Path, spec: ReadSpec) -> int | None:
@@ -932,7 +995,7 @@ def _stray_quote_line(path: Path, spec: ReadSpec) -> int | None:
 def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:
     """(line, fields, fields expected) of the first CSV record with more fields than the
     first one, as the CSV reader counts them; None when there is none."""
-    with _open_text(path) as handle:
+    with _open_text(path) as handle, _large_csv_fields():
         reader = csv.reader(handle, delimiter=spec.delimiter)
         expected = None
         line = 1
@@ -1444,6 +1507,9 @@ def _label_dates(column: pl.Series, spec: TimestampSpec, timezone: str | None) -
         text = _parse_event_time(column, spec.format, key=key, timezone=timezone)
         try:
             parsed, naive = parse_timestamps(text, timezone=timezone)
+        except UnplacedZoneError as exc:  # a zone in a form not read: said as such
+            said = str(exc).replace("events column 'timestamp'", f"labels column '{column.name}'")
+            raise SchemaError(said) from exc
         except SchemaError as exc:  # every time is naive and no zone is named
             raise _no_label_zone(column) from exc
         if naive.any():  # some are naive, and no zone is named
@@ -1590,7 +1656,7 @@ def _record_lines(path: Path, spec: ReadSpec) -> list[int]:
     a quoted CSV value may span lines; blank lines are rows of a CSV (Polars reads them as
     empty rows) but not of a whitespace file (pandas skips them)."""
     starts: list[int] = []
-    with _open_text(path) as handle:
+    with _open_text(path) as handle, _large_csv_fields():
         if spec.format == "whitespace":
             starts = [number for number, line in enumerate(handle, start=1) if line.strip()]
         else:

@@ -815,6 +815,17 @@ def test_iso_label_dates_are_read_in_the_mappings_zone_exactly_as_event_times_ar
     assert label_dates == ingested.validated.events.column("timestamp").to_pylist()
 
 
+def test_an_iso_label_date_whose_zone_is_not_read_as_one_is_said_so(tmp_path: Path) -> None:
+    """Its error was taken for "no zone named", though the mapping names one (diff review)."""
+    _write(tmp_path / "leads.csv", "lead,won_at\na,2024-01-01 10:00:00\nb,2024-01-02T10:00:00+1\n")
+    labels_only = (
+        ISO_LABELS_MAPPING.split("events:")[0] + "labels:" + ISO_LABELS_MAPPING.split("labels:")[1]
+    )
+    mapping = _write(tmp_path / "leads.yaml", labels_only)
+    with pytest.raises(SchemaError, match=r"labels column 'won_at' holds a time whose zone"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+
+
 @pytest.mark.parametrize(
     "dates",
     [["2024-01-01 10:00:00", "2024-01-02 10:00:00"], ["2024-01-01 10:00:00", "2024-01-02T10:00Z"]],
@@ -1814,3 +1825,80 @@ def test_the_stray_quote_finder_passes_doubled_quotes_and_quoted_line_breaks(
     assert _stray_quote_line(path, ReadSpec(path="q.csv")) is None
     path.write_text('user,s\nu1,"27"" monitor"\nu2,"two\nlines"\nu3,4" x\n', encoding="utf-8")
     assert _stray_quote_line(path, ReadSpec(path="q.csv")) == 5
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        # a field over the csv module's 128 KiB beside an empty last value (a traceback)
+        (f'user,at,note,amount\nu1,{{t}},"{"x" * 200_000}",5\nu2,{{t}},y,\n', ["u1", "u2"]),
+        # a bare carriage return inside a value: a line break to the csv module only, which
+        # shifted every later row (both were set aside)
+        ("user,at,note,amount\nu1,{t},a\rb,5\nu2,{t},y,\n", ["u1", "u2"]),
+        # a header ending in the delimiter names an empty column no line fills
+        ("user,at,amount,\nu1,{t},5\nu2,{t},6\n", ["u1", "u2"]),
+        # a quoted line break and a short line: records counted, not lines
+        ('user,at,note,amount\nu1,{t},"a\nb",5\nu2,{t}\nu3,{t},c,\n', ["u1", "u3"]),
+    ],
+    ids=["a long field", "a bare carriage return", "a trailing delimiter", "a quoted line break"],
+)
+def test_the_short_line_check_sets_aside_no_full_line(
+    tmp_path: Path, content: str, kept: list[str]
+) -> None:
+    """Valid files the first short-line check set aside rows of, or crashed on (diff review)."""
+    (tmp_path / "e.csv").write_bytes(content.replace("{t}", "2024-03-01T10:00:00Z").encode())
+    mapping = _write(
+        tmp_path / "m.yaml",
+        """\
+        name: t
+        description: t
+        events:
+          - name: e
+            read: {path: e.csv}
+            contact_id: user
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: web}
+            value: amount
+        contacts: {consent_default: true}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.events.column("contact_id").to_pylist() == kept
+    short = {"u2"} - set(kept)
+    assert [r for r in validated.rejects.column("contact_id").to_pylist()] == sorted(short)
+
+
+def test_a_damaged_gzip_file_is_one_error_naming_it(shop: Path, tmp_path: Path) -> None:
+    packed = gzip.compress((SHOP_CSV * 200).encode())
+    (tmp_path / "data/shop/events.csv").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(SchemaError, match=r"events.csv .*cannot be read: it is a damaged gzip"):
+        ingest(shop, data_dir=tmp_path / "data", now=NOW)
+
+
+def test_a_whitespace_only_line_is_a_row_without_an_id_not_a_short_line(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text(
+        "user,at,amount\nu1,2024-03-01T10:00:00Z,5\n   \nu2,2024-03-01T11:00:00Z,\n",
+        encoding="utf-8",
+    )
+    mapping = _write(
+        tmp_path / "m.yaml",
+        """\
+        name: t
+        description: t
+        events:
+          - name: e
+            read: {path: e.csv}
+            contact_id: user
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: purchase}
+            channel: {fixed: web}
+            value: amount
+        contacts: {consent_default: true}
+        """,
+    )
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+    assert validated.events.column("contact_id").to_pylist() == ["u1", "u2"]
+    assert validated.rejects.column("reason").to_pylist() == ["missing_contact_id"]
