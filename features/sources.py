@@ -887,34 +887,30 @@ class _ShortLines:
 
 def _short_lines(frame: pl.DataFrame, path: Path, spec: ReadSpec) -> _ShortLines | None:
     """The lines of a CSV file with fewer named fields than its header, if any. A short line
-    leaves the last column null, so only a file with nulls there is looked at: where each row
-    is one line, only the lines of those rows are parsed again; where a quoted value spans
-    lines, the whole file is, and its short lines count only when its records are as many as
-    the rows read (a bare carriage return is a line break to one reader and not the other), so
-    that nothing is set aside by a number that could point at another row."""
+    leaves the last column null, so only a file with nulls there is read again, by the csv
+    module (one pass in C), and its short lines count only when its records are as many as
+    the rows read (a bare carriage return is a line break to the csv module and not to the
+    CSV reader): nothing is set aside by a number that could point at another row."""
     if spec.format != "csv" or not frame.width or not frame.height:
         return None
-    last_null = frame.get_column(frame.columns[-1]).is_null()
-    if not last_null.any():
+    if not frame.get_column(frame.columns[-1]).null_count():
         return None
-    header = 1 if spec.header else 0
     short = _Shortness(spec)
-    with _large_csv_fields():
-        if _count_lines(path) == frame.height + header:  # one line per row
-            wanted = set((last_null.arg_true() + header).to_list())  # 0-based lines
-            with _open_bytes(path) as handle:
-                for number, raw in enumerate(handle):
-                    if number in wanted or (number == 0 and spec.header):
-                        short.see(number, number + 1, _fields(_line_text(raw), spec))
-        else:  # a quoted value spans lines: records, not lines
-            with _open_text(path) as handle:
-                reader = csv.reader(handle, delimiter=spec.delimiter)
-                line, records = 1, 0
-                for records, record in enumerate(reader, start=1):
-                    short.see(records - 1, line, record)
-                    line = reader.line_num + 1
-            if records != frame.height + header:
+    with _large_csv_fields(), _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=spec.delimiter)
+        header = 1 if spec.header else 0
+        if spec.header:
+            if (names := next(reader, None)) is None:
                 return None
+            short.see(0, 1, names)
+        expected, ended = short.expected, reader.line_num  # the line before each record
+        records = header
+        for records, record in enumerate(reader, start=header + 1):
+            if len(record) < expected:  # only these cost a call
+                short.see(records - 1, ended + 1, record)
+            ended = reader.line_num
+    if records != frame.height + header:
+        return None
     return short.found()
 
 
@@ -926,6 +922,11 @@ class _Shortness:
         self._expected = None if spec.header else len(spec.columns or ())
         self._rows: list[int] = []
         self._first: tuple[int, int] | None = None
+
+    @property
+    def expected(self) -> int:
+        """The fields a line must have: the header's named ones, or `columns:`."""
+        return self._expected or 0
 
     def see(self, index: int, line: int, fields: list[str]) -> None:
         """Record ``index`` (0-based, the header included) starting on ``line``."""
@@ -946,14 +947,6 @@ class _Shortness:
         return _ShortLines(
             pl.Series(self._rows, dtype=pl.Int64), first_line, fields, self._expected
         )
-
-
-def _fields(text: str, spec: ReadSpec) -> list[str]:
-    return next(csv.reader([text], delimiter=spec.delimiter), [])
-
-
-def _line_text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
 @contextlib.contextmanager
