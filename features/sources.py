@@ -818,7 +818,8 @@ def _check_line_endings(path: Path, where: str) -> None:
         )
 
 
-_GZIP = b"\x1f\x8b"  # the CSV reader decompresses gzip by itself; every look at the lines must
+# the CSV reader decompresses gzip by itself, so every look at the lines decompresses too
+_GZIP = b"\x1f\x8b"
 
 
 def _is_gzip(path: Path) -> bool:
