@@ -1827,6 +1827,21 @@ def test_the_stray_quote_finder_passes_doubled_quotes_and_quoted_line_breaks(
     assert _stray_quote_line(path, ReadSpec(path="q.csv")) == 5
 
 
+_PURCHASES_E_CSV = """\
+name: t
+description: purchases of users at ISO times, with an amount
+events:
+  - name: e
+    read: {path: e.csv}
+    contact_id: user
+    timestamp: {column: at, format: iso8601}
+    event_type: {fixed: purchase}
+    channel: {fixed: web}
+    value: amount
+contacts: {consent_default: true}
+"""
+
+
 @pytest.mark.parametrize(
     ("content", "kept"),
     [
@@ -1847,22 +1862,7 @@ def test_the_short_line_check_sets_aside_no_full_line(
 ) -> None:
     """Valid files the first short-line check set aside rows of, or crashed on (diff review)."""
     (tmp_path / "e.csv").write_bytes(content.replace("{t}", "2024-03-01T10:00:00Z").encode())
-    mapping = _write(
-        tmp_path / "m.yaml",
-        """\
-        name: t
-        description: t
-        events:
-          - name: e
-            read: {path: e.csv}
-            contact_id: user
-            timestamp: {column: at, format: iso8601}
-            event_type: {fixed: purchase}
-            channel: {fixed: web}
-            value: amount
-        contacts: {consent_default: true}
-        """,
-    )
+    mapping = _write(tmp_path / "m.yaml", _PURCHASES_E_CSV)
 
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
 
@@ -1883,22 +1883,7 @@ def test_a_whitespace_only_line_is_a_row_without_an_id_not_a_short_line(tmp_path
         "user,at,amount\nu1,2024-03-01T10:00:00Z,5\n   \nu2,2024-03-01T11:00:00Z,\n",
         encoding="utf-8",
     )
-    mapping = _write(
-        tmp_path / "m.yaml",
-        """\
-        name: t
-        description: t
-        events:
-          - name: e
-            read: {path: e.csv}
-            contact_id: user
-            timestamp: {column: at, format: iso8601}
-            event_type: {fixed: purchase}
-            channel: {fixed: web}
-            value: amount
-        contacts: {consent_default: true}
-        """,
-    )
+    mapping = _write(tmp_path / "m.yaml", _PURCHASES_E_CSV)
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
     assert validated.events.column("contact_id").to_pylist() == ["u1", "u2"]
     assert validated.rejects.column("reason").to_pylist() == ["missing_contact_id"]
