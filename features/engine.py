@@ -1072,15 +1072,10 @@ def _nan_if_any_nan(args: list[pl.Expr], combined: pl.Expr) -> pl.Expr:
 
 def _derived_batches(spec: FeatureSpec, columns: set[str]) -> list[list[pl.Expr]]:
     """The derived features in batches: each the largest whose inputs are columns by then."""
-    pending, known, batches = list(spec.derived), set(columns), []
-    while pending:
-        ready = [d for d in pending if all(name in known for name in d.inputs)]
-        if not ready:  # the spec loader guarantees an order exists
-            raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
-        batches.append([derived_expression(d.tree).alias(d.name) for d in ready])
-        known.update(d.name for d in ready)
-        pending = [d for d in pending if d not in ready]
-    return batches
+    return [
+        [derived_expression(d.tree).alias(d.name) for d in batch]
+        for batch in spec.derived_in_batches(columns)
+    ]
 
 
 def derived_expression(tree: Any) -> pl.Expr:

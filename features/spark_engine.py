@@ -530,11 +530,7 @@ def _with_derived(frame: DataFrame, spec: FeatureSpec) -> DataFrame:
     whose inputs are columns by then, read by name. Inlining a derived feature into every
     later one that uses it (min and max read each argument three times) grew the expression
     about sixfold per level: a chain of six ran Spark out of memory (review)."""
-    pending, known = list(spec.derived), {a.name for a in spec.aggregates}
-    while pending:
-        ready = [d for d in pending if all(name in known for name in d.inputs)]
-        if not ready:  # the spec loader guarantees an order exists
-            raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
+    for ready in spec.derived_in_batches(a.name for a in spec.aggregates):
         frame = frame.select(
             "*",
             *[
@@ -546,8 +542,6 @@ def _with_derived(frame: DataFrame, spec: FeatureSpec) -> DataFrame:
                 for d in ready
             ],
         )
-        known.update(d.name for d in ready)
-        pending = [d for d in pending if d not in ready]
     return frame
 
 

@@ -284,6 +284,20 @@ class FeatureSpec:
             for a in self.aggregates
         )
 
+    def derived_in_batches(self, known: Iterable[str]) -> list[list[Derived]]:
+        """The derived features in batches, each the largest whose inputs are ``known`` columns
+        or earlier batches' features: every engine adds one batch at a time, reading the
+        inputs by name (inlining each into the next grew Spark's plan sixfold per level)."""
+        pending, ready_names, batches = list(self.derived), set(known), []
+        while pending:
+            ready = [d for d in pending if all(name in ready_names for name in d.inputs)]
+            if not ready:  # the spec loader guarantees an order exists
+                raise AssertionError(f"derived features {[d.name for d in pending]} never ready")
+            batches.append(ready)
+            ready_names.update(d.name for d in ready)
+            pending = [d for d in pending if d not in ready]
+        return batches
+
     @property
     def longest_window_days(self) -> int | None:
         """The longest lookback of the spec's aggregates, in days; None when every aggregate
