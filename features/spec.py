@@ -263,10 +263,14 @@ class FeatureSpec:
                 alike = (
                     "" if taken == output else f" (`{taken}`, but for case, which Spark ignores)"
                 )
+                why = (
+                    f"a reserved name ({_RESERVED_SAID})"
+                    if taken in _RESERVED_NAMES
+                    else "a name the spec already gives a feature"
+                )
                 raise SpecError(
                     f"the contacts table's column `{column}` would be the attribute feature "
-                    f"`{output}`, a name the spec already gives a feature (or reserves){alike}; "
-                    f"rename the column, or {fix}"
+                    f"`{output}`, {why}{alike}; rename the column, or {fix}"
                 )
 
     @property
@@ -578,9 +582,24 @@ def _fill(
         raise SpecError(f"{where}: {template!r} is not a name template ({error}); {fix}") from None
 
 
-# the feature table's own columns; and names starting with "_" are the engines' working columns
-# (their internal signals, atoms, runs and packed sums), which a feature must not shadow
-_RESERVED_NAMES = frozenset({"contact_id", "as_of", "rules_stage"})
+# the columns training puts beside the features: the labels table's and the label join's
+# (purchased, revealed_stage, provided_stage), the training frame's labels and row weight. A
+# feature or contacts column of one of these names was joined beside them and renamed into the
+# label (a review: a CRM column `purchased` became the purchase label, and the real label a
+# feature), so no feature may take one
+TRAINING_COLUMNS = frozenset(
+    {"purchased", "revealed_stage", "provided_stage", "stage_label", "purchase_label"}
+    | {"sample_weight"}
+)
+# the feature table's own columns, and training's; names starting with "_" are the engines'
+# working columns (their internal signals, atoms, runs and packed sums), which a feature must
+# not shadow
+_RESERVED_NAMES = frozenset({"contact_id", "as_of", "rules_stage"}) | TRAINING_COLUMNS
+_RESERVED_SAID = (
+    "contact_id, as_of and rules_stage are the feature table's columns, "
+    + ", ".join(sorted(TRAINING_COLUMNS))
+    + " training's labels and row weight, and names starting with '_' the engines' own"
+)
 
 
 def _fingerprint(
@@ -644,9 +663,8 @@ def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[st
         reserved = name in _RESERVED_NAMES or (lint and name.lower() in _RESERVED_NAMES)
         if name.startswith("_") or reserved:
             raise SpecError(
-                f"{origin}: feature name {name!r} is reserved (contact_id, as_of, rules_stage "
-                "and names starting with '_' are the feature table's and the engines' own "
-                "columns); rename the feature"
+                f"{origin}: feature name {name!r} is reserved ({_RESERVED_SAID}); rename the "
+                "feature"
             )
         if lint and unicodedata.normalize("NFKC", name) != name:
             # Python's parser reads a name in derived expressions in this form: 'ﬁle_7d' (a

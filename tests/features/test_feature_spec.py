@@ -222,7 +222,10 @@ def test_errors_found_while_expanding_and_yaml_errors_name_the_file() -> None:
     assert "<unicode string>" not in str(caught.value)
 
 
-@pytest.mark.parametrize("name", ["_packed0", "__any_event", "_run", "contact_id", "rules_stage"])
+@pytest.mark.parametrize(
+    "name",
+    ["_packed0", "__any_event", "_run", "contact_id", "rules_stage", "purchased", "sample_weight"],
+)
 def test_names_of_the_engines_own_columns_are_refused(name: str) -> None:
     text = BASE + f'derived:\n  - name: "{name}"\n    expr: "email_open_count_7d + 1"\n'
     with pytest.raises(SpecError, match=f"{name!r} is reserved"):

@@ -424,10 +424,12 @@ def test_two_contacts_columns_giving_one_feature_are_refused_by_every_builder() 
         (
             {"Email_Click_Count_7d": [3.0]},
             "`Email_Click_Count_7d` would be the attribute feature `Email_Click_Count_7d`, a "
-            r"name the spec already gives a feature \(or reserves\) \(`email_click_count_7d`, "
-            "but for case",
+            r"name the spec already gives a feature \(`email_click_count_7d`, but for case",
         ),
-        ({"AS_OF": ["x"]}, "`AS_OF` would be the attribute feature `AS_OF`, a name the spec"),
+        ({"AS_OF": ["x"]}, "`AS_OF` would be the attribute feature `AS_OF`, a reserved name"),
+        # training's label columns: a CRM column `purchased` was renamed into the label
+        ({"purchased": [True]}, "`purchased` would be the attribute feature `purchased`, a res"),
+        ({"Sample_Weight": [1.0]}, "`Sample_Weight` would be the attribute feature `Sample_W"),
     ],
 )
 def test_contacts_columns_whose_names_differ_only_in_case_are_refused_by_every_builder(

@@ -90,6 +90,28 @@ def test_a_listed_contact_is_no_row_before_its_first_event(small: object) -> Non
     assert frame.filter(pl.col("contact_id") == "silent-1").height == len(dates)
 
 
+@pytest.mark.parametrize("column", ["purchased", "revealed_stage", "stage_label", "sample_weight"])
+def test_a_contacts_column_named_as_a_training_column_is_refused_not_made_the_label(
+    small: object, column: str
+) -> None:
+    """A CRM column `purchased` was an attribute under `attributes: all`, joined beside the
+    labels and renamed into the purchase label, the real label a feature (a review; others
+    crashed or overwrote the row weight). It is refused before any work, naming it."""
+    from features.spec import SpecError
+
+    contacts = pl.from_arrow(small.contacts)  # type: ignore[attr-defined]
+    assert isinstance(contacts, pl.DataFrame)
+    flagged = contacts.with_columns(pl.lit(True).alias(column))
+    with pytest.raises(SpecError, match=f"column `{column}` would be the attribute feature"):
+        build_labelled_frame(
+            small.events,  # type: ignore[attr-defined]
+            flagged,
+            spec=load_feature_spec(),
+            rules=load_rules_settings(),
+            settings=load_training_settings(),
+        )
+
+
 def test_without_a_contacts_table_training_needs_consent_assumed(small: object) -> None:
     """Nobody's consent is known without contacts: training (whose test weeks are scored and
     kept) stops before any work, naming the fix; assumed, every contact is a row."""
