@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import keyword
 import math
 import string
 import unicodedata
@@ -674,6 +675,11 @@ def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[st
                 f"{unicodedata.normalize('NFKC', name)!r} in derived expressions (Unicode's "
                 "NFKC form); write it that way"
             )
+        if lint and keyword.iskeyword(name):  # True, None, class: no name in expressions
+            raise SpecError(
+                f"{origin}: feature name {name!r} is a Python keyword, which derived "
+                "expressions cannot name; rename the feature"
+            )
         if lint and name in _FUNCTIONS:
             raise SpecError(
                 f"{origin}: feature name {name!r} is a function of derived expressions (min, "
@@ -695,12 +701,37 @@ def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[st
 _FUNCTIONS: Final = frozenset({"min", "max"})
 
 
+# how deeply a derived expression may nest (``a + b + c`` is 3 deep): every engine builds and
+# evaluates the tree recursively, and a thousand terms overflowed Python's stack in them with
+# a traceback (a review), long after the spec loaded
+MAX_EXPRESSION_DEPTH = 200
+_TOO_DEEP = (
+    f"the expression nests more than {MAX_EXPRESSION_DEPTH} deep (a sum of more than "
+    f"{MAX_EXPRESSION_DEPTH} terms, say); split it into derived features that build on each "
+    "other, or use an aggregate over several event types or channels"
+)
+
+
+def _depth(tree: ast.AST) -> int:
+    """How many nodes deep ``tree`` goes, counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def _parse_expression(text: str, where: str) -> tuple[ast.expr, tuple[str, ...]]:
     """Parse ``text`` into a tree of numbers, names, + - * /, unary minus, min() and max()."""
     try:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError as error:
         raise SpecError(f"{where}: expression {text!r} does not parse: {error.msg}") from error
+    except (RecursionError, MemoryError):  # Python's parser gives up on thousands of terms
+        raise SpecError(f"{where}: {_TOO_DEEP}") from None
+    if _depth(tree) > MAX_EXPRESSION_DEPTH:
+        raise SpecError(f"{where}: {_TOO_DEEP}")
     names: list[str] = []
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from features.spec import SpecError, load_feature_spec, parse_feature_spec
+from features.spec import (
+    MAX_EXPRESSION_DEPTH,
+    SpecError,
+    load_feature_spec,
+    parse_feature_spec,
+)
 
 BASE = """
 session_gap_minutes: 30
@@ -469,6 +474,9 @@ def test_a_stored_models_spec_keeps_names_the_rules_came_after(
         ("\ufb01le_downloads_7d", "reads as 'file_downloads_7d' in derived expressions"),
         ("\u017fessions_7d", "reads as 'sessions_7d'"),  # long s
         ("min", "is a function of derived expressions"),
+        # keywords are names to str.isidentifier, but no expression can name them
+        ("class", "'class' is a Python keyword"),
+        ("True", "'True' is a Python keyword"),
     ],
 )
 def test_a_feature_name_derived_expressions_would_read_otherwise_is_refused(
@@ -480,3 +488,18 @@ def test_a_feature_name_derived_expressions_would_read_otherwise_is_refused(
         parse_feature_spec(text)
     # a spec a model was trained with still loads as it was written
     assert name in parse_feature_spec(text, logged=True).names
+
+
+@pytest.mark.parametrize("terms", [MAX_EXPRESSION_DEPTH + 1, 5_000])
+def test_an_expression_too_deep_for_the_engines_is_refused_when_the_spec_loads(
+    terms: int,
+) -> None:
+    """A sum of a thousand terms loaded and then overflowed the stack in every engine; of
+    five thousand, Python's parser itself (a review): one line naming the entry, at load."""
+    long = " + ".join(["email_open_count_7d"] * terms)
+    text = BASE + f'derived:\n  - name: "wide"\n    expr: "{long}"\n'
+    with pytest.raises(SpecError, match=r"derived 'wide'.*nests more than 200 deep"):
+        parse_feature_spec(text)
+    fits = " + ".join(["email_open_count_7d"] * (MAX_EXPRESSION_DEPTH - 1))
+    spec = parse_feature_spec(BASE + f'derived:\n  - name: "wide"\n    expr: "{fits}"\n')
+    assert "wide" in spec.names
