@@ -551,6 +551,23 @@ class RequestError(InputError):
         self.message = message
 
 
+def _unknown_features(unknown: Sequence[str], missing: Sequence[str]) -> str:
+    """Names the model does not read, and in the same answer those it reads that are not
+    given: features built with another spec were told one half per request (a review)."""
+
+    def some(names: Sequence[str]) -> str:
+        return f"{list(names[:8])}{' and more' if len(names) > 8 else ''}"
+
+    said = f"unknown feature(s) {some(unknown)}"
+    if missing:
+        said += (
+            f", and {len(missing)} of the model's feature(s) missing ({some(missing)}): "
+            "features built with another spec? `funnelcast features --model-name NAME` builds "
+            "the model's own"
+        )
+    return f"{said}; GET /metadata lists the model's features and its feature_spec_hash"
+
+
 def _where(index: int | None, name: str) -> str:
     return name if index is None else f"contacts.{index}.{name}"
 
@@ -696,10 +713,8 @@ class ModelScorer:
             [] if self._feature_set.issuperset(given) else sorted(given.keys() - self._feature_set)
         )
         if unknown:
-            raise RequestError(
-                _where(index, "features"),
-                f"unknown feature(s) {unknown[:8]}; GET /metadata lists the model's features",
-            )
+            missing = [k for k in self.feature_names if k not in given]
+            raise RequestError(_where(index, "features"), _unknown_features(unknown, missing))
         if len(given) != len(self.feature_names):  # a name missing (none are unknown)
             missing = [k for k in self.feature_names if k not in given]
             raise RequestError(
@@ -813,11 +828,9 @@ class ModelScorer:
         """A batch's feature names, which must be the model's, every one (in any order)."""
         unknown = [name for name in names if name not in self._feature_set]
         if unknown:
-            raise RequestError(
-                "feature_names",
-                f"unknown feature(s) {unknown[:8]}{' and more' if len(unknown) > 8 else ''}; "
-                "GET /metadata lists the model's features",
-            )
+            given = set(names)
+            missing = [name for name in self.feature_names if name not in given]
+            raise RequestError("feature_names", _unknown_features(unknown, missing))
         if len(set(names)) != len(names):  # BatchRequest refuses it; direct callers, here
             raise RequestError("feature_names", "a feature is named twice; name each once")
         if len(names) != len(self.feature_names):  # a name missing (none unknown, none twice)
