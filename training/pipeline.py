@@ -16,6 +16,7 @@ everything they log.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ from training.settings import TrainingSettings
 
 STAGE_LABEL = "stage_label"
 PURCHASE_LABEL = "purchase_label"
+# the test set's columns for the promotion gate's paired bootstrap (training.bootstrap): each
+# row's contact as a number of this run alone, and the RFM baseline's propensity. A name that
+# starts with "_" is no feature or attribute of any spec (features.spec), so neither shadows one
+CONTACT_GROUP = "_contact_group"
+RFM_PROPENSITY = "_rfm_propensity"
 Progress = Callable[[str], None]
 
 
@@ -95,7 +101,9 @@ class TrainingResult:
     rfm_model: RfmPropensityModel
     feature_names: list[str]
     split: TimeSplit
-    test_set: pl.DataFrame  # the test snapshots' features and labels, no contact ids
+    # the test snapshots' features and labels, no contact ids: a number per contact of this
+    # run alone (CONTACT_GROUP) and the RFM baseline's propensity (RFM_PROPENSITY)
+    test_set: pl.DataFrame
     evaluation: EvaluationInputs
     metrics: dict[str, Any]
     data_summary: dict[str, Any]
@@ -531,8 +539,11 @@ def train_models(
             train_weight = part[SAMPLE_WEIGHT].to_numpy().astype(np.float64)
         if name == "test":
             # kept for the promotion gate without the contact ids (the artifact is shuffled
-            # as it is logged: training.tracking.log_training)
-            test_set = part.drop("contact_id", SAMPLE_WEIGHT)
+            # as it is logged: training.tracking.log_training), but with each row's contact
+            # as a number drawn by a seed nobody keeps, so the gate resamples contacts whole
+            test_set = part.drop("contact_id", SAMPLE_WEIGHT).with_columns(
+                number_contacts(part["contact_id"], seed=secrets.randbits(63))
+            )
         del part
     del frame
 
@@ -596,6 +607,11 @@ def train_models(
         rfm_model=rfm_model,
     )
     metrics = evaluate(evaluation)
+    # the baseline's own probabilities, row by row: the first promotion (no champion yet)
+    # compares the model with them on the same draws of rows, not with a logged AUC-PR
+    test_set = test_set.with_columns(
+        pl.Series(RFM_PROPENSITY, evaluation.propensity["rfm_logistic"], dtype=pl.Float64)
+    )
     timings["evaluation"] = time.perf_counter() - clock
     return TrainingResult(
         stage_model=stage_model,
@@ -635,6 +651,17 @@ def train_models(
             name for name in date_attributes(contacts, spec) if f"days_since_{name}" in names
         ],
     )
+
+
+def number_contacts(contact_ids: pl.Series, *, seed: int) -> pl.Series:
+    """Each row's contact as a number from 0 to the contacts less one, the same for every row
+    of one contact (``CONTACT_GROUP``). The numbers are a random permutation drawn from
+    ``seed``, not a function of the ids: without the seed, a number says nothing of whose
+    rows they are, only that they are one contact's."""
+    codes = contact_ids.rank("dense").cast(pl.Int64).to_numpy() - 1
+    count = int(codes.max()) + 1 if len(codes) else 0
+    numbers = np.random.default_rng(seed).permutation(count)
+    return pl.Series(CONTACT_GROUP, numbers[codes], dtype=pl.UInt32)
 
 
 def evaluate_on(

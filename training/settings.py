@@ -56,9 +56,28 @@ class LightGBMSettings(FrozenSettings):
         return self.early_stopping_rounds
 
 
+# the promotion gate's resamples when a settings file (or a run, for promote) predates them
+DEFAULT_GATE_RESAMPLES = 500
+
+
 class RegistrySettings(FrozenSettings):
     model_name: str = Field(min_length=1)
     champion_alias: str = Field(min_length=1)
+    # the promotion gate's paired bootstrap (training.bootstrap): a metric refuses the
+    # challenger only when it is worse beyond noise; 0 is the strict point comparison
+    gate_resamples: int = Field(default=DEFAULT_GATE_RESAMPLES, ge=0, le=100_000)
+
+    @field_validator("gate_resamples")
+    @classmethod
+    def _enough_resamples(cls, resamples: int) -> int:
+        """A 95 % interval from a few resamples is mostly noise itself: its ends are the
+        second-smallest and second-largest of 40 differences, or worse."""
+        if 0 < resamples < 100:
+            raise ValueError(
+                f"{resamples} resamples are too few for a 95 % interval; give 100 or more "
+                "(500 by default), or 0 for the strict point comparison"
+            )
+        return resamples
 
     @field_validator("model_name")
     @classmethod

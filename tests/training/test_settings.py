@@ -40,6 +40,30 @@ def test_an_alias_mlflow_refuses_is_refused_when_the_settings_load(alias: str, s
         load_training_settings(registry={**shipped.registry.model_dump(), "champion_alias": alias})
 
 
+@pytest.mark.parametrize(
+    ("resamples", "said"),
+    [(-1, "greater than or equal to 0"), (50, "too few"), (99, "too few"), (100_001, "100000")],
+)
+def test_gate_resamples_out_of_range_are_refused_when_the_settings_load(
+    resamples: int, said: str
+) -> None:
+    shipped = load_training_settings()
+    with pytest.raises(InputError, match=said):
+        load_training_settings(
+            registry={**shipped.registry.model_dump(), "gate_resamples": resamples}
+        )
+
+
+def test_gate_resamples_of_0_is_the_strict_gate_and_a_file_without_it_has_the_default() -> None:
+    shipped = load_training_settings()
+    assert shipped.registry.gate_resamples == 500
+    strict = {**shipped.registry.model_dump(), "gate_resamples": 0}
+    assert load_training_settings(registry=strict).registry.gate_resamples == 0
+    # a settings file copied before the setting existed still loads
+    older = shipped.registry.model_dump(exclude={"gate_resamples"})
+    assert load_training_settings(registry=older).registry.gate_resamples == 500
+
+
 @pytest.mark.parametrize("seed", [-1, 2**31, 5_000_000_000])
 def test_a_seed_outside_lightgbms_range_is_refused(seed: int) -> None:
     with pytest.raises(InputError, match="seed"):
