@@ -1180,7 +1180,8 @@ def promote(
     config: ConfigOption = None,
 ) -> None:
     """Make a version the champion if it beats the current one on the same out-of-time test
-    window (stage macro-F1 and purchase AUC-PR); otherwise refuse and say by how much."""
+    window (better on stage macro-F1 or purchase AUC-PR, worse on neither beyond noise);
+    otherwise refuse and say by how much."""
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
 
@@ -1968,22 +1969,42 @@ def _promote_and_report(name: str, alias: str, *, version: str | None, force: bo
     against = f"version {decision.champion.version}" if decision.champion else "the rules and RFM"
     from training.registry import GATE_METRICS
 
+    def compared(key: str) -> str:
+        shown = (
+            f"{key} {decision.challenger_scores[key]:.4f} vs {decision.champion_scores[key]:.4f}"
+        )
+        interval = decision.intervals.get(key)
+        return shown + (f" [{interval.low:+.4f}, {interval.high:+.4f}]" if interval else "")
+
     scores = ", ".join(
-        f"{k} {decision.challenger_scores[k]:.4f} vs {decision.champion_scores[k]:.4f}"
+        compared(k)
         for k, _ in GATE_METRICS
         if k in decision.champion_scores and k in decision.challenger_scores
     )
+    # the intervals, and how they were drawn (a test set of rows, a baseline without them)
+    judged = (
+        f" In brackets: the 95 % interval of the difference, from {decision.method}."
+        if decision.intervals
+        else (f" Judged by {decision.method}." if decision.method else "")
+    )
     if decision.promoted:
         how = " (forced: " + "; ".join(decision.reasons) + ")" if decision.forced else ""
+        notes = (
+            " Note: " + "; ".join(decision.reasons) + "." if decision.reasons and not how else ""
+        )
         console.print(
             f"Promoted version {decision.challenger.version} to '{escape(alias)}' over {against}"
-            f"{escape(how)}" + (f": {scores}." if scores else ".")
+            f"{escape(how)}" + (f": {escape(scores)}." if scores else ".") + escape(notes + judged)
         )
         return True
     console.print(
         f"[bold]Not promoted:[/] version {decision.challenger.version} does not beat {against} "
-        f"on the same test window: " + escape("; ".join(decision.reasons)) + f". ({scores}; "
-        "--force promotes anyway and records it.)"
+        f"on the same test window: "
+        + escape("; ".join(decision.reasons))
+        + ". ("
+        + escape(scores)
+        + "; --force promotes anyway and records it.)"
+        + escape(judged)
     )
     return False
 

@@ -265,9 +265,9 @@ def confusion_counts(
     return counts.reshape(n_classes, n_classes)
 
 
-def f1_by_class(matrix: npt.NDArray[np.int64]) -> FloatArray:
-    """Each class's F1 from a confusion matrix: 2 tp / (true + predicted), 0 when both are 0
-    (scikit-learn's ``zero_division=0``)."""
+def f1_by_class(matrix: npt.NDArray[np.int64] | FloatArray) -> FloatArray:
+    """Each class's F1 from a confusion matrix (of counts, or of weighted counts): 2 tp /
+    (true + predicted), 0 when both are 0 (scikit-learn's ``zero_division=0``)."""
     hits = np.diag(matrix).astype(np.float64)
     return _share(2 * hits, matrix.sum(axis=1) + matrix.sum(axis=0))
 
@@ -399,6 +399,105 @@ def propensity_metrics(
         "positives": positives,
         "base_rate": positives / len(labels),
     }
+
+
+# --- weighted metrics (the promotion gate's bootstrap) ------------------------------------------
+
+
+class WeightedStageF1:
+    """``stage_metrics``' ``macro_f1`` and ``macro_f1_labelled`` with each row counted as often
+    as its weight says (a bootstrap resample's draw counts): the labels are read once, and
+    each call is one weighted ``np.bincount`` into the confusion matrix. A stage counts in
+    the mean as ``stage_metrics`` counts it, by the weighted rows: one whose rows all weigh
+    0 is absent. At unit weights both are ``stage_metrics``' own, bit for bit.
+
+    Raises ``ValueError`` as ``stage_metrics`` does.
+    """
+
+    def __init__(
+        self,
+        y_true: Sequence[str] | np.ndarray,
+        y_pred: Sequence[str] | np.ndarray,
+        *,
+        stages: Sequence[str] = STAGES,
+    ) -> None:
+        vocabulary = _check_stages(stages)
+        truth = _stage_codes(y_true, name="y_true", stages=vocabulary)
+        predicted = _stage_codes(y_pred, name="y_pred", stages=vocabulary)
+        _same_length(y_true=truth, y_pred=predicted)
+        self.classes = len(vocabulary)
+        self.cells = truth * self.classes + predicted  # each row's cell of the matrix
+
+    def __call__(self, weights: FloatArray) -> tuple[float, float]:
+        """``(macro_f1, macro_f1_labelled)`` at these row weights."""
+        n = self.classes
+        matrix = np.bincount(self.cells, weights=weights, minlength=n * n).reshape(n, n)
+        f1 = f1_by_class(matrix)
+        support, called = matrix.sum(axis=1), matrix.sum(axis=0)
+        present, labelled = (support + called) > 0, support > 0
+        return (
+            float(f1[present].mean()) if present.any() else math.nan,
+            float(f1[labelled].mean()) if labelled.any() else math.nan,
+        )
+
+
+class WeightedAveragePrecision:
+    """Average precision (``propensity_metrics``' ``auc_pr``) with row weights: scikit-learn's
+    ``average_precision_score(y_true, p, sample_weight=weights)``. The rows are ranked once;
+    each call is two cumulative sums over them. Tied scores are one threshold, as
+    scikit-learn groups them: precision and recall change only where the score does.
+    ``nan`` when the weighted positives are none (no positive drawn, or none there).
+
+    Raises ``ValueError`` as ``propensity_metrics`` does.
+    """
+
+    def __init__(self, y_true: np.ndarray, p: np.ndarray) -> None:
+        labels, scores = _binary_inputs(y_true, p)
+        self.order = np.argsort(-scores, kind="stable")
+        self.positive = labels[self.order]
+        ranked = scores[self.order]
+        # the last row of each run of equal scores: the thresholds
+        self.ends = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+
+    def __call__(self, weights: FloatArray) -> float:
+        ranked = weights[self.order]
+        flagged = np.cumsum(ranked)[self.ends]  # weight at or above each threshold
+        hits = np.cumsum(np.where(self.positive, ranked, 0.0))[self.ends]
+        if hits[-1] <= 0:
+            return math.nan
+        precision = _share(hits, flagged)
+        recall_step = np.diff(hits, prepend=0.0)
+        return float(max(0.0, np.sum(recall_step * precision) / hits[-1]))
+
+
+def weighted_stage_f1(
+    y_true: Sequence[str] | np.ndarray,
+    y_pred: Sequence[str] | np.ndarray,
+    sample_weight: np.ndarray,
+    *,
+    stages: Sequence[str] = STAGES,
+) -> tuple[float, float]:
+    """``(macro_f1, macro_f1_labelled)`` of ``stage_metrics`` with row weights (one call of
+    ``WeightedStageF1``)."""
+    scorer = WeightedStageF1(y_true, y_pred, stages=stages)
+    return scorer(_row_weights(sample_weight, len(scorer.cells)))
+
+
+def weighted_average_precision(
+    y_true: np.ndarray, p: np.ndarray, sample_weight: np.ndarray
+) -> float:
+    """scikit-learn's ``average_precision_score`` with ``sample_weight`` (one call of
+    ``WeightedAveragePrecision``)."""
+    scorer = WeightedAveragePrecision(y_true, p)
+    return scorer(_row_weights(sample_weight, len(scorer.order)))
+
+
+def _row_weights(values: Any, rows: int) -> FloatArray:
+    weights = np.asarray(_one_per_row(values, name="sample_weight"), dtype=np.float64)
+    _same_length(rows=np.empty(rows), sample_weight=weights)
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("sample_weight must be finite and at least 0 per row")
+    return weights
 
 
 def lift_table(y_true: np.ndarray, p: np.ndarray, *, groups: int = 10) -> pl.DataFrame:

@@ -2,15 +2,18 @@
 
 A challenger becomes ``champion`` only when it beats the champion on the *same* out-of-time
 test window: the challenger's own test snapshots (logged with its run, without contact ids)
-are scored by both, and the challenger must be at least as good on stage macro-F1 and on
-purchase AUC-PR, and better on one. Without a champion the bar is the rules (stage) and the
-RFM baseline (propensity) on that window, so a model that cannot beat the rules is never
+are scored by both, and the challenger must be better on stage macro-F1 or on purchase
+AUC-PR, and worse on neither beyond noise: a shortfall refuses only when the paired
+bootstrap's 95 % interval of the difference (``training.bootstrap``, the test window's
+contacts resampled) lies wholly below 0. Without a champion the bar is the rules (stage) and
+the RFM baseline (propensity) on that window, so a model that cannot beat the rules is never
 served. ``force`` skips the gate and is recorded as a tag.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +25,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.errors import InputError
+from training.bootstrap import Interval, Predictions, paired_intervals
 from training.evaluation import propensity_metrics, stage_metrics
-from training.pipeline import PURCHASE_LABEL, STAGE_LABEL
+from training.pipeline import CONTACT_GROUP, PURCHASE_LABEL, RFM_PROPENSITY, STAGE_LABEL
 from training.pyfunc import FunnelcastModel
+from training.settings import DEFAULT_GATE_RESAMPLES
 from training.tracking import TEST_SET_ARTIFACT, shown_uri
 
 
@@ -157,37 +162,95 @@ def _run_of(ref: ModelRef) -> Run:
         ) from exc
 
 
-def score(model: FunnelcastModel, test_set: pl.DataFrame) -> dict[str, float]:
-    """Stage macro-F1 and purchase AUC-PR / AUC-ROC of a model on a test set."""
+def predict(model: FunnelcastModel, test_set: pl.DataFrame) -> Predictions:
+    """A model's stage and propensity for each test row (it reads its own features: the
+    test set's other columns, the labels and the gate's, are left alone)."""
     predicted = model.predict_frame(test_set, reasons=False)
-    stages = stage_metrics(
-        test_set[STAGE_LABEL].cast(pl.String).to_numpy(), predicted["stage"].to_numpy()
+    return Predictions(
+        stage=predicted["stage"].cast(pl.String).to_numpy(),
+        propensity=predicted["propensity"].cast(pl.Float64).to_numpy(),
     )
-    buys = propensity_metrics(
-        test_set[PURCHASE_LABEL].to_numpy(), predicted["propensity"].to_numpy()
-    )
-    return {
+
+
+def baseline_predictions(test_set: pl.DataFrame) -> Predictions:
+    """The rules' stage and the RFM baseline's propensity for each test row; no propensities
+    for a test set logged before they were (``RFM_PROPENSITY``)."""
+    rfm = test_set[RFM_PROPENSITY].to_numpy() if RFM_PROPENSITY in test_set.columns else None
+    return Predictions(stage=test_set["rules_stage"].cast(pl.String).to_numpy(), propensity=rfm)
+
+
+def scores_of(predictions: Predictions, test_set: pl.DataFrame) -> dict[str, float]:
+    """Stage macro-F1 (both ways) and, given propensities, purchase AUC-PR / AUC-ROC."""
+    stages = stage_metrics(test_set[STAGE_LABEL].cast(pl.String).to_numpy(), predictions.stage)
+    scores = {
         "macro_f1": float(stages["macro_f1"]),
         "macro_f1_labelled": float(stages["macro_f1_labelled"]),
-        "auc_pr": float(buys["auc_pr"]),
-        "auc_roc": float(buys["auc_roc"]),
     }
+    if predictions.propensity is not None:
+        buys = propensity_metrics(test_set[PURCHASE_LABEL].to_numpy(), predictions.propensity)
+        scores |= {"auc_pr": float(buys["auc_pr"]), "auc_roc": float(buys["auc_roc"])}
+    return scores
+
+
+def score(model: FunnelcastModel, test_set: pl.DataFrame) -> dict[str, float]:
+    """Stage macro-F1 and purchase AUC-PR / AUC-ROC of a model on a test set."""
+    return scores_of(predict(model, test_set), test_set)
 
 
 def baseline_scores(ref: ModelRef, test_set: pl.DataFrame) -> dict[str, float]:
-    """The rules' macro-F1 on the test set, and the RFM baseline's AUC-PR logged by the run
-    on that same window."""
-    stages = stage_metrics(
+    """The rules' macro-F1 and the RFM baseline's AUC-PR on the test set: from its per-row
+    propensities, or, for a run that logged none, the AUC-PR the run logged on that window."""
+    scores = scores_of(baseline_predictions(test_set), test_set)
+    if "auc_pr" not in scores:
+        logged = _run_of(ref).data.metrics
+        scores["auc_pr"] = float(logged.get("test.propensity.rfm_logistic.auc_pr", float("nan")))
+    scores.pop("auc_roc", None)
+    return scores
+
+
+def gate_intervals(
+    test_set: pl.DataFrame,
+    challenger: Predictions,
+    champion: Predictions,
+    *,
+    resamples: int,
+    seed: int,
+) -> tuple[dict[str, Interval], str]:
+    """The paired bootstrap's 95 % intervals of challenger - champion on the test rows
+    (``training.bootstrap``) and one sentence saying how they were drawn: by contact
+    (``CONTACT_GROUP``), or row by row for a test set logged before contacts were numbered;
+    AUC-PR has none when the champion has no per-row propensities (the RFM baseline of an
+    older run), and is then compared point to point. ``resamples`` 0: no intervals, the
+    strict point comparison."""
+    if resamples == 0:
+        return {}, "the point scores compared strictly (gate_resamples 0: no noise allowed)"
+    grouped = CONTACT_GROUP in test_set.columns
+    groups = test_set[CONTACT_GROUP].to_numpy() if grouped else None
+    intervals = paired_intervals(
         test_set[STAGE_LABEL].cast(pl.String).to_numpy(),
-        test_set["rules_stage"].cast(pl.String).to_numpy(),
+        test_set[PURCHASE_LABEL].to_numpy(),
+        challenger,
+        champion,
+        groups=groups,
+        resamples=resamples,
+        seed=seed,
     )
-    run = _run_of(ref)
-    auc_pr = run.data.metrics.get("test.propensity.rfm_logistic.auc_pr", float("nan"))
-    return {
-        "macro_f1": float(stages["macro_f1"]),
-        "macro_f1_labelled": float(stages["macro_f1_labelled"]),
-        "auc_pr": float(auc_pr),
-    }
+    drawn = (
+        f"its {test_set[CONTACT_GROUP].n_unique():,} contacts"
+        if grouped
+        else (
+            f"its {test_set.height:,} rows one by one (the run logged its test set before "
+            "contacts were numbered, so a contact's weeks are drawn apart and the intervals "
+            "are somewhat narrower than they should be)"
+        )
+    )
+    method = f"a paired bootstrap of {resamples} resamples of the test window, drawing {drawn}"
+    if champion.propensity is None:
+        method += (
+            "; purchase AUC-PR compared point to point (the run logged no per-row RFM "
+            "propensities: trained before they were)"
+        )
+    return intervals, method
 
 
 @dataclass
@@ -200,7 +263,11 @@ class Promotion:
     challenger_scores: dict[str, float]
     champion_scores: dict[str, float]
     forced: bool = False
+    # refusals first, then shortfalls within noise (not held against the challenger)
     reasons: list[str] = field(default_factory=list)
+    # the 95 % interval of challenger - champion per gate metric (none: compared strictly)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    method: str = ""  # how the intervals were drawn, in a sentence (gate_intervals)
 
     @property
     def deltas(self) -> dict[str, float]:
@@ -211,7 +278,7 @@ class Promotion:
         }
 
 
-# the gate: at least as good on each, better on one. Stage macro-F1 both ways: the standard
+# the gate: no metric worse beyond noise, better on one. Stage macro-F1 both ways: the standard
 # one counts a stage only one of the two calls as an F1 of 0 in its mean alone, and so can
 # favour a model for the stages the other calls that the labels never hold (a review); over
 # the labels' stages both are averaged alike
@@ -222,26 +289,56 @@ GATE_METRICS = (
 )
 
 
-def beats(challenger: dict[str, float], champion: dict[str, float]) -> tuple[bool, list[str]]:
-    """At least as good on every gate metric (``GATE_METRICS``) and better on one; NaN or
-    absence on the champion's side (no baseline) does not block, NaN on the challenger's
-    alone does."""
-    reasons, better = [], False
+def beats(
+    challenger: dict[str, float],
+    champion: dict[str, float],
+    intervals: Mapping[str, Interval] | None = None,
+) -> tuple[bool, list[str]]:
+    """No gate metric (``GATE_METRICS``) worse and one better. A metric below the champion's
+    refuses when it has no interval (the strict comparison), or when its interval of the
+    difference lies wholly below 0 (worse beyond noise); a shortfall whose interval reaches
+    0 is a note, not a refusal. Better is a point score above the champion's: equal on every
+    metric refuses. NaN or absence on the champion's side (no baseline) does not block, NaN
+    on the challenger's alone does. The reasons: the refusals, then the notes."""
+    refusals: list[str] = []
+    notes: list[str] = []
+    better = False
     for key, label in GATE_METRICS:
         if key not in challenger:
             continue
         ours, theirs = challenger[key], champion.get(key, float("nan"))
         if np.isnan(theirs):
             continue
+        interval = (intervals or {}).get(key)
         if np.isnan(ours):  # neither below nor above a number: it would pass unjudged
-            reasons.append(f"{label} could not be computed (NaN), against {theirs:.4f}")
+            refusals.append(f"{label} could not be computed (NaN), against {theirs:.4f}")
         elif ours < theirs:
-            reasons.append(f"{label} {ours:.4f} is {theirs - ours:.2g} below {theirs:.4f}")
+            shortfall = f"{label} {ours:.4f} is {theirs - ours:.2g} below {theirs:.4f}"
+            if interval is None:
+                refusals.append(shortfall)
+            elif interval.wholly_below_zero:
+                refusals.append(
+                    f"{shortfall}, beyond noise (95 % interval of the difference "
+                    f"{_shown(interval)}, wholly below 0)"
+                )
+            else:
+                notes.append(
+                    f"{shortfall}, within noise (95 % interval of the difference "
+                    f"{_shown(interval)}): not held against it"
+                )
         elif ours > theirs:
             better = True
-    if not reasons and not better:
-        reasons.append("it is not better on either metric (equal scores)")
-    return not reasons, reasons
+    if not refusals and not better:
+        refusals.append(
+            "it is better on no metric (below within noise on the others)"
+            if notes
+            else "it is not better on any metric (equal scores)"
+        )
+    return not refusals, refusals + notes
+
+
+def _shown(interval: Interval) -> str:
+    return f"{interval.low:+.4f} to {interval.high:+.4f}"
 
 
 def incomparable(challenger: ModelRef, champion: ModelRef) -> list[str]:
@@ -380,14 +477,18 @@ def promote(
                 "champion anyway (recorded)"
             )
     test_set = load_test_set(challenger)
-    challenger_scores = score(load_model(challenger), test_set)
+    ours = predict(load_model(challenger), test_set)
+    challenger_scores = scores_of(ours, test_set)
+    theirs: Predictions | None = None
     if champion is None:
+        theirs = baseline_predictions(test_set)
         champion_scores = baseline_scores(challenger, test_set)
     elif unscorable is not None:
         champion_scores = {}  # nothing fair to compare: --force replaces it, and says why
     else:
         try:
-            champion_scores = score(load_model(champion), test_set)
+            theirs = predict(load_model(champion), test_set)
+            champion_scores = scores_of(theirs, test_set)
         except InputError as exc:
             unscorable = (
                 f"the champion (version {champion.version}) cannot score the challenger's test "
@@ -396,10 +497,15 @@ def promote(
             if not force:
                 raise RegistryError(f"{unscorable}; use --force to replace it anyway") from exc
             champion_scores = {}  # nothing to compare: --force replaces it, and says why
-    if unscorable is None:
-        ok, reasons = beats(challenger_scores, champion_scores)
-    else:
+    intervals: dict[str, Interval] = {}
+    method = ""
+    resamples, seed = _gate_settings(challenger)
+    if unscorable is not None:
         ok, reasons = False, [unscorable]
+    else:
+        assert theirs is not None  # the champion scored, or the baselines read
+        intervals, method = gate_intervals(test_set, ours, theirs, resamples=resamples, seed=seed)
+        ok, reasons = beats(challenger_scores, champion_scores, intervals)
     decision = Promotion(
         promoted=ok or force,
         challenger=challenger,
@@ -408,6 +514,8 @@ def promote(
         champion_scores=champion_scores,
         forced=force and not ok,
         reasons=reasons,
+        intervals=intervals,
+        method=method,
     )
     if decision.promoted:
         client = MlflowClient()
@@ -429,10 +537,28 @@ def promote(
             "promoted_over": champion.version if champion else "rules",
             "forced": str(decision.forced).lower(),
             **{f"gate.{k}": f"{v:.6f}" for k, v in challenger_scores.items()},
+            # how it was judged: the resamples (0: strictly), what was drawn, and each
+            # metric's 95 % interval of challenger - champion
+            "gate.resamples": str(resamples if intervals else 0),
+            "gate.resampled": _resampled(test_set) if intervals else "none",
+            **{f"gate.{k}.low": f"{v.low:.6f}" for k, v in intervals.items()},
+            **{f"gate.{k}.high": f"{v.high:.6f}" for k, v in intervals.items()},
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, challenger.version, key, value)
     return decision
+
+
+def _gate_settings(ref: ModelRef) -> tuple[int, int]:
+    """The resamples and the seed of the gate's bootstrap: what the version's run logged
+    (``registry.gate_resamples``, ``seed``); a run older than the setting, the default."""
+    params = _run_of(ref).data.params
+    resamples = int(params.get("registry.gate_resamples", DEFAULT_GATE_RESAMPLES))
+    return resamples, int(params.get("seed", 0))
+
+
+def _resampled(test_set: pl.DataFrame) -> str:
+    return "contacts" if CONTACT_GROUP in test_set.columns else "rows"
 
 
 def run_metrics(ref: ModelRef) -> dict[str, Any]:
