@@ -169,45 +169,51 @@ def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"purchase AUC-PR\s.*\d\.\d{3}", shown.stdout)
 
-    # the gate's answer is known from what the run logged: its test metrics and the baselines'
-    from training.registry import beats
-
+    # the strict comparison of the point scores the run logged refused this seeded model by
+    # 1.8e-06 of AUC-PR (Linux x86-64), a margin another platform's floating point could turn
+    # either way. The gate weighs noise: no test window tells 1.8e-06 from it, and the model's
+    # stage macro-F1 is above the rules' (within noise too), so it is promoted
     client = _client(workspace)
-    version = client.get_model_version("funnelcast", "1")
-    logged = client.get_run(version.run_id).data.metrics
-    wins, _ = beats(
-        {
-            "macro_f1": logged["test.stage.lightgbm.macro_f1"],
-            "auc_pr": logged["test.propensity.lightgbm.auc_pr"],
-        },
-        {
-            "macro_f1": logged["test.stage.rules.macro_f1"],
-            "auc_pr": logged["test.propensity.rfm_logistic.auc_pr"],
-        },
-    )
+    logged = client.get_run(client.get_model_version("funnelcast", "1").run_id).data.metrics
+    assert logged["test.stage.lightgbm.macro_f1"] > logged["test.stage.rules.macro_f1"]
     promoted = _run(workspace, "promote")
-    assert (promoted.returncode == 0) is wins, promoted.stdout
-    # both branches are needed: the propensity blends the RFM line, and on this seed the gate
-    # refused by 1.8e-06 of AUC-PR (Linux x86-64), a margin another platform's floating point
-    # may turn either way; the model-level gate is tested deterministically in test_registry
-    if promoted.returncode == 0:
-        assert "Promoted version 1 to 'champion' over the rules and RFM" in promoted.stdout
-    else:  # refused: it must say by how much
-        assert promoted.returncode == 1
-        assert "below" in promoted.stdout
-        forced = _run(workspace, "promote", "--force")
-        assert forced.returncode == 0, forced.stderr
-        assert "forced" in forced.stdout
+    assert promoted.returncode == 0, promoted.stdout
+    said = " ".join(promoted.stdout.split())
+    assert "Promoted version 1 to 'champion' over the rules and RFM: " in said
+    number, signed = r"\d\.\d{4}", r"[+-]\d\.\d{4}"
+    for key in ("macro_f1", "macro_f1_labelled", "auc_pr"):
+        assert re.search(rf"{key} {number} vs {number} \[{signed}, {signed}\]", said), said
+    assert re.search(
+        r"In brackets: the 95 % interval of the difference, from a paired bootstrap of 500 "
+        r"resamples of the test window, drawing its [\d,]+ contacts\.",
+        said,
+    )
+    shortfall = (
+        logged["test.propensity.lightgbm.auc_pr"] < logged["test.propensity.rfm_logistic.auc_pr"]
+    )
+    assert ("purchase AUC-PR" in said and "within noise" in said) is shortfall
+    tags = client.get_model_version("funnelcast", "1").tags
+    assert (tags["forced"], tags["gate.resampled"], tags["gate.resamples"]) == (
+        "false",
+        "contacts",
+        "500",
+    )
+    for key in ("macro_f1", "macro_f1_labelled", "auc_pr"):  # none worse beyond noise
+        assert float(tags[f"gate.{key}.low"]) <= float(tags[f"gate.{key}.high"])
+        assert float(tags[f"gate.{key}.high"]) >= 0, said
     assert _run(workspace, "evaluate").returncode == 0
 
 
 def test_a_promotion_over_the_rules_is_said_with_the_scores(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The promoted branch above does not run where the gate refuses the seeded model: what
-    `promote` says when the gate promotes is checked here, on a decision made for it."""
+    """What `promote` says, word for word, on decisions made for it: strict (no intervals),
+    and with intervals and a shortfall within noise."""
+    import dataclasses
+
     from serving import cli
     from training import registry
+    from training.bootstrap import Interval
 
     decision = registry.Promotion(
         promoted=True,
@@ -221,6 +227,26 @@ def test_a_promotion_over_the_rules_is_said_with_the_scores(
     assert " ".join(capsys.readouterr().out.split()) == (
         "Promoted version 1 to 'champion' over the rules and RFM: macro_f1 0.2500 vs 0.2400, "
         "macro_f1_labelled 0.2500 vs 0.2400, auc_pr 0.0300 vs 0.0200."
+    )
+    noisy = dataclasses.replace(
+        decision,
+        champion_scores={**decision.champion_scores, "auc_pr": 0.0301},
+        intervals={
+            "macro_f1": Interval(low=0.004, high=0.016, resamples=500),
+            "macro_f1_labelled": Interval(low=0.003, high=0.017, resamples=500),
+            "auc_pr": Interval(low=-0.002, high=0.0015, resamples=500),
+        },
+        reasons=["purchase AUC-PR 0.0300 is 0.0001 below 0.0301, within noise (...)"],
+        method="a paired bootstrap of 500 resamples of the test window, drawing its 9 contacts",
+    )
+    monkeypatch.setattr(registry, "promote", lambda *args, **kwargs: noisy)
+    assert cli._promote_and_report("funnelcast", "champion", version=None, force=False)
+    assert " ".join(capsys.readouterr().out.split()) == (
+        "Promoted version 1 to 'champion' over the rules and RFM: macro_f1 0.2500 vs 0.2400 "
+        "[+0.0040, +0.0160], macro_f1_labelled 0.2500 vs 0.2400 [+0.0030, +0.0170], auc_pr "
+        "0.0300 vs 0.0301 [-0.0020, +0.0015]. Note: purchase AUC-PR 0.0300 is 0.0001 below "
+        "0.0301, within noise (...). In brackets: the 95 % interval of the difference, from a "
+        "paired bootstrap of 500 resamples of the test window, drawing its 9 contacts."
     )
 
 
