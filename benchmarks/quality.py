@@ -14,10 +14,12 @@ simulator and on every real data set in ``../shared/data``.
   (60/20/20), LightGBM on the lead attributes against a logistic regression on the activity
   attributes (RFM needs purchases; this file has none).
 
-Every propensity comparison also gives the AUC difference with a 95 % interval from resampling
-contacts (a contact's snapshots are not independent rows). Prints a table per data set and
-PASS/MISS (or n/a, with the reason) for each target of the issue, and merges the figures into
-``benchmarks/results/quality.json`` by data set. No contact id is printed or written.
+Every comparison with a baseline also gives the difference with a 95 % interval from
+resampling contacts (a contact's snapshots are not independent rows), paired (both scored on
+each resample): AUC-ROC and AUC-PR against the propensity baseline, stage macro-F1 (both
+averages) against the rules and the rules with the horizon's lookback. Prints a table per
+data set and PASS/MISS (or n/a, with the reason) for each target of the issue, and merges the
+figures into ``benchmarks/results/quality.json`` by data set. No contact id is printed or written.
 """
 
 from __future__ import annotations
@@ -226,8 +228,10 @@ def run_simulator(say: Say, *, contacts: int, days: int, seed: int) -> dict[str,
     rules_at_horizon = rules_at_lookback(
         sim.events, test_rows, load_rules_settings(), settings.horizon_days
     )
-    task["stage"]["true"] = _stage_scores(
-        true_stage, {**result.evaluation.stage_pred, RULES_AT_HORIZON: rules_at_horizon}
+    predicted = {**result.evaluation.stage_pred, RULES_AT_HORIZON: rules_at_horizon}
+    task["stage"]["true"] = _stage_scores(true_stage, predicted)
+    task["stage_difference"]["true"] = stage_differences(
+        test_rows["contact_id"].to_numpy(), true_stage, predicted, seed=settings.seed
     )
     # how often the training label (the stage the horizon reveals) is the hidden stage itself
     revealed = test_rows[STAGE_LABEL].cast(pl.String).to_numpy().astype(str)
@@ -422,7 +426,7 @@ def run_xeducation(say: Say) -> dict[str, Any]:
             "out; the one with it is shown beside",
         ],
     }
-    task["auc_difference"] = auc_difference(
+    task |= propensity_differences(
         parts["test"]["contact_id"].to_numpy(),
         y["test"],
         scores["lightgbm"],
@@ -581,7 +585,7 @@ def train_and_score(
         **evaluation.stage_pred,
         RULES_AT_HORIZON: rules_at_lookback(events, test_rows, rules, settings.horizon_days),
     }
-    say("resampling contacts for the AUC interval")
+    say("resampling contacts for the intervals")
     summary = result.data_summary
     task: dict[str, Any] = {
         "label": label,
@@ -606,13 +610,21 @@ def train_and_score(
             model: _propensity_scores(evaluation.purchase_true, evaluation.propensity[model])
             for model in ("rfm_logistic", "lightgbm")
         },
-        "auc_difference": auc_difference(
+        **propensity_differences(
             test_rows["contact_id"].to_numpy(),
             evaluation.purchase_true,
             evaluation.propensity["lightgbm"],
             evaluation.propensity["rfm_logistic"],
             seed=settings.seed,
         ),
+        "stage_difference": {
+            "revealed": stage_differences(
+                test_rows["contact_id"].to_numpy(),
+                evaluation.stage_true,
+                stage_pred,
+                seed=settings.seed,
+            )
+        },
         "timings_seconds": {k: round(v, 1) for k, v in result.timings.items()},
     }
     return task, result, test_rows
@@ -737,7 +749,7 @@ def score_coupon_redemption(
     task["baseline"] = COUPON_BASELINE
     task["propensity_lightgbm_weight"] = model.lightgbm_weight_
     task["propensity"] = {name: _propensity_scores(y["test"], p) for name, p in scores.items()}
-    task["auc_difference"] = auc_difference(
+    task |= propensity_differences(
         parts["test"]["contact_id"].to_numpy(),
         y["test"],
         scores["lightgbm"],
@@ -840,24 +852,123 @@ def auc_difference(
     """AUC(model) - AUC(baseline) on the test rows, and a 95 % percentile interval from
     resampling contacts with replacement (all of a contact's snapshots go together)."""
     y = np.asarray(y, dtype=bool)
-    _, codes = np.unique(contact_ids, return_inverse=True)
-    groups = int(codes.max()) + 1
-    ones = np.ones(len(y))
-    point = weighted_auc(y, p_model, ones) - weighted_auc(y, p_baseline, ones)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(draws):
-        weight = np.bincount(rng.integers(0, groups, groups), minlength=groups)[codes]
-        weight = weight.astype(float)
-        diffs.append(weighted_auc(y, p_model, weight) - weighted_auc(y, p_baseline, weight))
-    finite = np.asarray([d for d in diffs if math.isfinite(d)])
-    low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
+    found = paired_differences(
+        contact_ids,
+        lambda w: np.array([weighted_auc(y, p_model, w)]),
+        lambda w: np.array([weighted_auc(y, p_baseline, w)]),
+        names=("auc_roc",),
+        seed=seed,
+        draws=draws,
+    )
+    return found["auc_roc"]
+
+
+def propensity_differences(
+    contact_ids: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    p_model: FloatArray,
+    p_baseline: FloatArray,
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """``auc_difference`` and ``auc_pr_difference``, by the task's keys."""
+    both = (contact_ids, y, p_model, p_baseline)
     return {
-        "lightgbm_minus_baseline": float(point),
-        "ci95": [float(low), float(high)],
-        "draws": draws,
-        "resampled": f"{groups:,} contacts",
+        "auc_difference": auc_difference(*both, seed=seed),
+        "auc_pr_difference": auc_pr_difference(*both, seed=seed),
     }
+
+
+def auc_pr_difference(
+    contact_ids: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    p_model: FloatArray,
+    p_baseline: FloatArray,
+    *,
+    seed: int,
+    draws: int = BOOTSTRAP_DRAWS,
+) -> dict[str, Any]:
+    """AUC-PR (average precision) of the model minus the baseline's, with the interval of
+    ``auc_difference``."""
+    from training.evaluation import WeightedAveragePrecision
+
+    ours, theirs = WeightedAveragePrecision(y, p_model), WeightedAveragePrecision(y, p_baseline)
+    found = paired_differences(
+        contact_ids,
+        lambda w: np.array([ours(w)]),
+        lambda w: np.array([theirs(w)]),
+        names=("auc_pr",),
+        seed=seed,
+        draws=draws,
+    )
+    return found["auc_pr"]
+
+
+def stage_differences(
+    contact_ids: npt.NDArray[Any],
+    truth: npt.NDArray[Any],
+    predicted: dict[str, npt.NDArray[Any]],
+    *,
+    seed: int,
+    draws: int = BOOTSTRAP_DRAWS,
+) -> dict[str, Any]:
+    """funnelcast's stage macro-F1 (both averages) minus each rules variant's in
+    ``predicted``, with the interval of ``auc_difference`` (the same resamples for every
+    variant)."""
+    from training.evaluation import WeightedStageF1
+
+    ours = WeightedStageF1(truth, predicted["lightgbm"])
+    out = {}
+    for name in ("rules", RULES_AT_HORIZON):
+        theirs = WeightedStageF1(truth, predicted[name])
+        out[name] = paired_differences(
+            contact_ids,
+            lambda w: np.array(ours(w)),
+            lambda w, theirs=theirs: np.array(theirs(w)),
+            names=("macro_f1", "macro_f1_labelled"),
+            seed=seed,
+            draws=draws,
+        )
+    return out
+
+
+def paired_differences(
+    contact_ids: npt.NDArray[Any],
+    model: Callable[[FloatArray], FloatArray],
+    baseline: Callable[[FloatArray], FloatArray],
+    *,
+    names: tuple[str, ...],
+    seed: int,
+    draws: int,
+) -> dict[str, dict[str, Any]]:
+    """``model(w) - baseline(w)``, metrics ``names`` at row weights ``w``: at unit weights,
+    and a 95 % percentile interval over ``draws`` resamples of the contacts with replacement
+    (a contact's rows weigh what it drew), those of the promotion gate
+    (``training.bootstrap.resample_weights``). A resample where a metric is undefined (AUC
+    with one class drawn) is left out of its interval."""
+    from training.bootstrap import resample_weights
+
+    _, codes = np.unique(contact_ids, return_inverse=True)
+    groups = int(codes.max()) + 1 if len(codes) else 0
+    ones = np.ones(len(codes))
+    point = model(ones) - baseline(ones)
+    diffs = np.array(
+        [
+            model(w) - baseline(w)
+            for w in resample_weights(len(codes), groups=codes, resamples=draws, seed=seed)
+        ]
+    ).reshape(draws, len(names))
+    out = {}
+    for k, name in enumerate(names):
+        finite = diffs[:, k][np.isfinite(diffs[:, k])]
+        low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
+        out[name] = {
+            "lightgbm_minus_baseline": float(point[k]),
+            "ci95": [float(low), float(high)],
+            "draws": draws,
+            "resampled": f"{groups:,} contacts",
+        }
+    return out
 
 
 # --- targets ------------------------------------------------------------------------------------
@@ -996,13 +1107,34 @@ def _print_dataset(name: str, entry: dict[str, Any]) -> None:
             console.print(f"  [bold red]{task['status']}[/]: {task['reason']}")
             continue
         console.print(_models_table(task))
+        for line in _difference_lines(task):
+            console.print(f"  {line}")
+
+
+def _difference_lines(task: dict[str, Any]) -> list[str]:
+    """funnelcast minus each baseline, with the interval, one line each (those the task has:
+    results of earlier runs lack some)."""
+
+    def said(diff: dict[str, Any]) -> str:
+        low, high = (_number(x) for x in diff["ci95"])
+        return f"{diff['lightgbm_minus_baseline']:+.4f} (95% CI {low:+.4f}..{high:+.4f})"
+
+    lines = []
+    for key, metric in (("auc_difference", "AUC-ROC"), ("auc_pr_difference", "AUC-PR")):
+        if key in task:
+            lines.append(f"{metric} funnelcast - baseline: {said(task[key])}")
+    days = task["settings"].get("horizon_days")
+    rules = {"rules": "rules", RULES_AT_HORIZON: f"rules, {days}-day lookback"}
+    for kind, found in task.get("stage_difference", {}).items():
+        for name, diffs in found.items():
+            lines.append(
+                f"stage macro-F1 ({kind}) funnelcast - {rules[name]}: {said(diffs['macro_f1'])}"
+            )
+            lines.append(f"  over the labels' stages: {said(diffs['macro_f1_labelled'])}")
+    if "auc_difference" in task:
         diff = task["auc_difference"]
-        low, high = diff["ci95"]
-        console.print(
-            f"  AUC funnelcast - baseline: {diff['lightgbm_minus_baseline']:+.4f} "
-            f"(95% CI {low:+.4f}..{high:+.4f}, {diff['draws']} resamples of "
-            f"{diff['resampled']})"
-        )
+        lines.append(f"  ({diff['draws']} resamples of {diff['resampled']}, paired)")
+    return lines
 
 
 def _inline(values: dict[str, Any]) -> str:

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from benchmarks.quality import (
     ECE_MIN_POSITIVES,
     auc_difference,
+    auc_pr_difference,
     check_targets,
     coupon_labels,
+    stage_differences,
     weighted_auc,
 )
 
@@ -91,8 +93,25 @@ def test_quick_run_writes_counts_and_metrics_of_every_model_on_both_data_sets(
             for metric in ("auc_roc", "auc_pr", "ece", "brier"):
                 assert _in_unit_interval(scores[metric]), (name, model, metric, scores[metric])
             assert scores["positives"] == task["split"]["test"]["positives"]
-        low, high = task["auc_difference"]["ci95"]
-        assert low <= task["auc_difference"]["lightgbm_minus_baseline"] <= high
+        propensity = task["propensity"]
+        for key, metric in (("auc_difference", "auc_roc"), ("auc_pr_difference", "auc_pr")):
+            diff = task[key]
+            ours, theirs = propensity["lightgbm"][metric], propensity["rfm_logistic"][metric]
+            # the point is the difference of the figures written, inside its interval
+            assert diff["lightgbm_minus_baseline"] == pytest.approx(ours - theirs, abs=1e-12)
+            low, high = diff["ci95"]
+            assert low <= diff["lightgbm_minus_baseline"] <= high, (name, key)
+        for kind in ("revealed", "true") if name == "simulator" else ("revealed",):
+            scores = task["stage"][kind]
+            for rules in ("rules", "rules_lookback_horizon"):
+                for metric in ("macro_f1", "macro_f1_labelled"):
+                    diff = task["stage_difference"][kind][rules][metric]
+                    gap = scores["lightgbm"][metric] - scores[rules][metric]
+                    assert diff["lightgbm_minus_baseline"] == pytest.approx(gap, abs=1e-12)
+                    low, high = diff["ci95"]
+                    assert low < high, (name, kind, rules, metric)  # resamples differ
+                    assert low <= diff["lightgbm_minus_baseline"] <= high
+    assert "stage macro-F1 (true) funnelcast - rules" in quick_run["stdout"]
     true_stage = result["datasets"]["simulator"]["tasks"]["purchase"]["stage"]["true"]
     assert _in_unit_interval(true_stage["rules"]["macro_f1"])
     assert _in_unit_interval(true_stage["lightgbm"]["macro_f1"])
@@ -154,6 +173,37 @@ def test_auc_difference_of_a_model_with_itself_is_zero_and_of_a_better_one_posit
     better = auc_difference(ids, y, noise + y, noise, seed=0, draws=50)
     assert better["ci95"][0] > 0.1
     assert better["resampled"] == "300 contacts"
+
+
+def test_differences_resample_contacts_and_keep_each_metrics_point() -> None:
+    from training.evaluation import stage_metrics
+
+    rng = np.random.default_rng(9)
+    ids = np.repeat(np.arange(200).astype(str), 3)  # three snapshots per contact
+    y = rng.random(600) < 0.3
+    noise = rng.random(600)
+    better = (noise + y) / 2  # probabilities: in [0, 1]
+    pr = auc_pr_difference(ids, y, better, noise, seed=1, draws=40)
+    expected = average_precision_score(y, better) - average_precision_score(y, noise)
+    assert pr["lightgbm_minus_baseline"] == pytest.approx(expected, abs=1e-12)
+    assert pr["ci95"][0] > 0.2
+    assert pr["resampled"] == "200 contacts"
+    stages = np.array(["awareness", "consideration", "intent"])
+    truth = stages[rng.integers(0, 3, 600)]
+    rules = stages[rng.integers(0, 3, 600)]
+    found = stage_differences(
+        ids,
+        truth,
+        {"lightgbm": truth, "rules": rules, "rules_lookback_horizon": truth},
+        seed=1,
+        draws=40,
+    )
+    f1 = found["rules"]["macro_f1"]
+    assert f1["lightgbm_minus_baseline"] == pytest.approx(
+        1.0 - stage_metrics(truth, rules)["macro_f1"], abs=1e-12
+    )
+    assert 0 < f1["ci95"][0] <= f1["ci95"][1] < 1
+    assert found["rules_lookback_horizon"]["macro_f1_labelled"]["ci95"] == [0.0, 0.0]
 
 
 def test_coupon_labels_read_only_redemptions_in_the_horizon() -> None:
