@@ -41,8 +41,11 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
         for output in executed.cells[-1].get("outputs", [])
         if output.get("output_type") == "stream" and output.get("name") == "stdout"
     )
-    decision = re.search(r"^(promoted|not promoted) ", printed, flags=re.MULTILINE)
+    decision = re.search(r"^(promoted|not promoted)(:|$)", printed, flags=re.MULTILINE)
     assert decision is not None, printed
+    # each gate metric's difference, with the gate's interval (a version's first promotion is
+    # judged against the rules and RFM, paired)
+    assert re.search(r"^  macro_f1: [+-]\d\.\d{4} \(95 % interval ", printed, re.MULTILINE)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     aliases = client.get_model_version("funnelcast", "1").aliases
     assert ("champion" in aliases) == (decision.group(1) == "promoted")
