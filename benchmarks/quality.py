@@ -429,8 +429,7 @@ def run_xeducation(say: Say) -> dict[str, Any]:
     task |= propensity_differences(
         parts["test"]["contact_id"].to_numpy(),
         y["test"],
-        scores["lightgbm"],
-        scores["logistic_attributes"],
+        scores=(scores["lightgbm"], scores["logistic_attributes"]),
         seed=settings.seed,
     )
     return {
@@ -613,8 +612,7 @@ def train_and_score(
         **propensity_differences(
             test_rows["contact_id"].to_numpy(),
             evaluation.purchase_true,
-            evaluation.propensity["lightgbm"],
-            evaluation.propensity["rfm_logistic"],
+            scores=(evaluation.propensity["lightgbm"], evaluation.propensity["rfm_logistic"]),
             seed=settings.seed,
         ),
         "stage_difference": {
@@ -752,8 +750,7 @@ def score_coupon_redemption(
     task |= propensity_differences(
         parts["test"]["contact_id"].to_numpy(),
         y["test"],
-        scores["lightgbm"],
-        scores[COUPON_BASELINE],
+        scores=(scores["lightgbm"], scores[COUPON_BASELINE]),
         seed=settings.seed,
     )
     return task
@@ -848,60 +845,46 @@ def auc_difference(
     *,
     seed: int,
     draws: int = BOOTSTRAP_DRAWS,
+    metric: str = "auc_roc",
 ) -> dict[str, Any]:
-    """AUC(model) - AUC(baseline) on the test rows, and a 95 % percentile interval from
-    resampling contacts with replacement (all of a contact's snapshots go together)."""
-    y = np.asarray(y, dtype=bool)
+    """AUC(model) - AUC(baseline) on the test rows (AUC-ROC, or AUC-PR with ``metric``
+    "auc_pr"), and a 95 % percentile interval from resampling contacts with replacement (all
+    of a contact's snapshots go together)."""
     found = paired_differences(
         contact_ids,
-        lambda w: np.array([weighted_auc(y, p_model, w)]),
-        lambda w: np.array([weighted_auc(y, p_baseline, w)]),
-        names=("auc_roc",),
+        _weighted(metric, y, p_model),
+        _weighted(metric, y, p_baseline),
+        names=(metric,),
         seed=seed,
         draws=draws,
     )
-    return found["auc_roc"]
+    return found[metric]
+
+
+def _weighted(metric: str, y: npt.NDArray[Any], p: FloatArray) -> Callable[[FloatArray], Any]:
+    """``metric`` of ``p`` at row weights, as a one-element array."""
+    if metric == "auc_roc":
+        labels = np.asarray(y, dtype=bool)
+        return lambda w: np.array([weighted_auc(labels, p, w)])
+    from training.evaluation import WeightedAveragePrecision
+
+    ranked = WeightedAveragePrecision(y, p)
+    return lambda w: np.array([ranked(w)])
 
 
 def propensity_differences(
     contact_ids: npt.NDArray[Any],
     y: npt.NDArray[Any],
-    p_model: FloatArray,
-    p_baseline: FloatArray,
     *,
+    scores: tuple[FloatArray, FloatArray],
     seed: int,
 ) -> dict[str, Any]:
-    """``auc_difference`` and ``auc_pr_difference``, by the task's keys."""
-    both = (contact_ids, y, p_model, p_baseline)
+    """AUC-ROC's and AUC-PR's ``auc_difference`` of ``scores`` (the model's, the baseline's),
+    by the task's keys."""
     return {
-        "auc_difference": auc_difference(*both, seed=seed),
-        "auc_pr_difference": auc_pr_difference(*both, seed=seed),
+        key: auc_difference(contact_ids, y, *scores, seed=seed, metric=metric)
+        for key, metric in (("auc_difference", "auc_roc"), ("auc_pr_difference", "auc_pr"))
     }
-
-
-def auc_pr_difference(
-    contact_ids: npt.NDArray[Any],
-    y: npt.NDArray[Any],
-    p_model: FloatArray,
-    p_baseline: FloatArray,
-    *,
-    seed: int,
-    draws: int = BOOTSTRAP_DRAWS,
-) -> dict[str, Any]:
-    """AUC-PR (average precision) of the model minus the baseline's, with the interval of
-    ``auc_difference``."""
-    from training.evaluation import WeightedAveragePrecision
-
-    ours, theirs = WeightedAveragePrecision(y, p_model), WeightedAveragePrecision(y, p_baseline)
-    found = paired_differences(
-        contact_ids,
-        lambda w: np.array([ours(w)]),
-        lambda w: np.array([theirs(w)]),
-        names=("auc_pr",),
-        seed=seed,
-        draws=draws,
-    )
-    return found["auc_pr"]
 
 
 def stage_differences(

@@ -21,7 +21,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from benchmarks.quality import (
     ECE_MIN_POSITIVES,
     auc_difference,
-    auc_pr_difference,
     check_targets,
     coupon_labels,
     stage_differences,
@@ -183,7 +182,7 @@ def test_differences_resample_contacts_and_keep_each_metrics_point() -> None:
     y = rng.random(600) < 0.3
     noise = rng.random(600)
     better = (noise + y) / 2  # probabilities: in [0, 1]
-    pr = auc_pr_difference(ids, y, better, noise, seed=1, draws=40)
+    pr = auc_difference(ids, y, better, noise, seed=1, draws=40, metric="auc_pr")
     expected = average_precision_score(y, better) - average_precision_score(y, noise)
     assert pr["lightgbm_minus_baseline"] == pytest.approx(expected, abs=1e-12)
     assert pr["ci95"][0] > 0.2
