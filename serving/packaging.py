@@ -2,8 +2,9 @@
 
 The model's MLflow folder is copied into the BentoML model store (name ``funnelcast``, its
 registry version, training date and test metrics as metadata); ``bentofile.yaml`` at the
-project root then packs the code and that model into a Bento whose environment tells the
-service to load it from the Bento (``FUNNELCAST_BENTO_MODEL``), not from the registry.
+project root then packs the code and that model, by its exact tag, into a Bento whose
+environment tells the service to load it from the Bento (``FUNNELCAST_BENTO_MODEL``), not from
+the registry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from features.errors import InputError
 from serving.runtime import BENTO_MODEL_DIR, check_feature_spec
@@ -64,11 +66,47 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
             },
         ) as stored:
             shutil.copytree(local, stored.path_of(BENTO_MODEL_DIR))
-    try:
-        bento = bentoml.bentos.build_bentofile(
-            str(BENTOFILE), build_ctx=str(PROJECT_ROOT), labels={"registry_version": ref.version}
-        )
-    except BaseException:  # Ctrl-C too: no model copy is left without its Bento
-        bentoml.models.delete(stored.tag)
-        raise
+        try:
+            bento = bentoml.bentos.build_bentofile(
+                str(_bentofile_for(str(stored.tag), Path(scratch))),
+                build_ctx=str(PROJECT_ROOT),
+                labels={"registry_version": ref.version},
+            )
+            _check_packed(bento, str(stored.tag))
+        except BaseException:  # Ctrl-C too: no model copy is left without its Bento
+            bentoml.models.delete(stored.tag)
+            raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)
+
+
+def _bentofile_for(model: str, folder: Path) -> Path:
+    """``bentofile.yaml`` with the model to pack, and the one the service loads, named by
+    ``model``'s exact tag, written into ``folder``. The file's ``funnelcast:latest`` is read
+    when the Bento is built: a build running beside this one may have imported its own model
+    by then, and this Bento would pack that one under this build's version label."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load(BENTOFILE.read_text("utf-8"))
+    config["models"] = [model]
+    config["envs"] = [
+        {**env, "value": model} if env["name"] == "FUNNELCAST_BENTO_MODEL" else env
+        for env in config.get("envs", [])
+    ]
+    path = folder / "bentofile.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    return path
+
+
+def _check_packed(bento: Any, model: str) -> None:
+    """The Bento packs ``model`` and nothing else, and its service is told to load it; a Bento
+    that does not is removed (it would serve another model under this version's label)."""
+    import bentoml
+
+    packed = [str(packed.tag) for packed in bento.info.models]
+    told = {env.name: env.value for env in bento.info.envs}.get("FUNNELCAST_BENTO_MODEL")
+    if packed != [model] or told != model:
+        bentoml.bentos.delete(bento.tag)
+        raise RuntimeError(
+            f"the Bento {bento.tag} packs {packed} and loads {told}, not the model {model} "
+            "this build imported; it was removed. Build again"
+        )

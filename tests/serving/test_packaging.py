@@ -90,3 +90,36 @@ def test_a_build_that_fails_leaves_no_model_copy_behind(
     assert len(reached) == 1
     assert reached[0] not in before  # the copy was made, and then removed
     assert models() == before
+
+
+@pytest.mark.slow  # the served model is trained for it
+def test_a_build_packs_the_model_it_imported_when_another_is_imported_meanwhile(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: two builds at once, and a `--version 1` Bento served version 2: bentofile.yaml
+    named funnelcast:latest, which the Bento build resolved after the other build's import.
+    Here another model is imported between this build's import and its Bento build."""
+    import bentoml
+
+    from serving import packaging
+
+    bentos = importlib.import_module("bentoml.bentos")
+    build_bentofile = bentos.build_bentofile
+    other: list[str] = []
+
+    def another_import_first(*args: Any, **kwargs: Any) -> Any:
+        with bentoml.models.create(packaging.BENTO_MODEL_NAME) as model:
+            Path(model.path_of("placeholder.txt")).write_text("another build's model", "utf-8")
+        other.append(str(model.tag))
+        assert str(bentoml.models.get(f"{packaging.BENTO_MODEL_NAME}:latest").tag) == other[0]
+        return build_bentofile(*args, **kwargs)
+
+    monkeypatch.setattr(bentos, "build_bentofile", another_import_first)
+    built = packaging.build_bento("funnelcast", alias="champion")
+    assert len(other) == 1
+    assert other[0] != built.model
+    bento = bentoml.bentos.get(built.bento)
+    assert [str(model.tag) for model in bento.info.models] == [built.model]
+    envs = {env.name: env.value for env in bento.info.envs}
+    assert envs["FUNNELCAST_BENTO_MODEL"] == built.model
+    assert bentoml.models.get(built.model).info.metadata["model_version"] == built.version == "1"
