@@ -9,6 +9,7 @@ the registry.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import InputError
+from features.io import terminate_like_interrupt
 from serving.runtime import BENTO_MODEL_DIR, check_feature_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,31 +52,39 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
     import datetime as dt
 
     trained_at = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
-    with tempfile.TemporaryDirectory(prefix="funnelcast-build-") as scratch:
+    # SIGTERM (a service manager, `kill`) takes Ctrl-C's path: an exception, so the clean-up
+    # below runs; the model copy left behind would be the store's funnelcast:latest
+    with (
+        terminate_like_interrupt(),
+        tempfile.TemporaryDirectory(prefix="funnelcast-build-") as scratch,
+    ):
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=scratch
         )
-        with bentoml.models.create(
-            BENTO_MODEL_NAME,
-            labels={"registry_version": ref.version},
-            metadata={
-                "model_name": ref.name,
-                "model_version": ref.version,
-                "run_id": ref.run_id,
-                "trained_at": trained_at.isoformat(timespec="seconds"),
-                "metrics": _test_metrics(run_metrics(ref)),
-            },
-        ) as stored:
-            shutil.copytree(local, stored.path_of(BENTO_MODEL_DIR))
+        stored = None
         try:
+            with bentoml.models.create(
+                BENTO_MODEL_NAME,
+                labels={"registry_version": ref.version},
+                metadata={
+                    "model_name": ref.name,
+                    "model_version": ref.version,
+                    "run_id": ref.run_id,
+                    "trained_at": trained_at.isoformat(timespec="seconds"),
+                    "metrics": _test_metrics(run_metrics(ref)),
+                },
+            ) as stored:
+                shutil.copytree(local, stored.path_of(BENTO_MODEL_DIR))
             bento = bentoml.bentos.build_bentofile(
                 str(_bentofile_for(str(stored.tag), Path(scratch))),
                 build_ctx=str(PROJECT_ROOT),
                 labels={"registry_version": ref.version},
             )
             _check_packed(bento, str(stored.tag))
-        except BaseException:  # Ctrl-C too: no model copy is left without its Bento
-            bentoml.models.delete(stored.tag)
+        except BaseException:  # Ctrl-C and SIGTERM too: no model copy is left without its Bento
+            if stored is not None:  # its folder in the store, whole or half-copied
+                with contextlib.suppress(bentoml.exceptions.NotFound):
+                    bentoml.models.delete(stored.tag)
             raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)
 

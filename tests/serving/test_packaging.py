@@ -6,6 +6,8 @@ installed another uvicorn and httpx than the tests ran)."""
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,3 +126,39 @@ def test_a_build_packs_the_model_it_imported_when_another_is_imported_meanwhile(
     envs = {env.name: env.value for env in bento.info.envs}
     assert envs["FUNNELCAST_BENTO_MODEL"] == built.model
     assert bentoml.models.get(built.model).info.metadata["model_version"] == built.version == "1"
+
+
+# `funnelcast build` in a process of its own that sends itself SIGTERM where the Bento build
+# starts: after the model was copied into the store, before any Bento holds it
+_TERMINATED_BUILD = """
+import importlib, os, signal, sys
+import bentoml
+
+def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs as this call returns
+    raise AssertionError("SIGTERM did not stop the build")
+
+assert callable(bentoml.bentos.build_bentofile)  # the real module, not the lazy one
+importlib.import_module("bentoml.bentos").build_bentofile = terminated
+from serving.cli import main
+sys.argv = ["funnelcast", "build", "--tracking-uri", sys.argv[1]]
+main()
+"""
+
+
+@pytest.mark.slow  # the served model is trained for it
+def test_a_build_stopped_by_sigterm_leaves_no_model_copy_behind(
+    served: Served, tmp_path: Path
+) -> None:
+    """Review: SIGTERM during `funnelcast build` left the model copy in the store, where it
+    became funnelcast:latest (Ctrl-C removed it)."""
+    home = tmp_path / "bentoml"
+    env = {**os.environ, **served.env(), "BENTOML_HOME": str(home)}
+    command = [sys.executable, "-c", _TERMINATED_BUILD, served.store]
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "SIGTERM did not stop the build" not in result.stderr
+    assert list((home / "models").rglob("model.yaml")) == []  # the copy was removed
+    assert list((home / "bentos").rglob("bento.yaml")) == []
