@@ -10,6 +10,8 @@ the registry.
 from __future__ import annotations
 
 import contextlib
+import errno
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -81,10 +83,12 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
                 labels={"registry_version": ref.version},
             )
             _check_packed(bento, str(stored.tag))
-        except BaseException:  # Ctrl-C and SIGTERM too: no model copy is left without its Bento
+        except BaseException as error:  # Ctrl-C and SIGTERM too: no model copy without its Bento
             if stored is not None:  # its folder in the store, whole or half-copied
                 with contextlib.suppress(bentoml.exceptions.NotFound):
                     bentoml.models.delete(stored.tag)
+            if isinstance(error, OSError):  # a full disk, mostly: one line, not a traceback
+                raise _unwritable(error) from None
             raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)
 
@@ -120,3 +124,23 @@ def _check_packed(bento: Any, model: str) -> None:
             f"the Bento {bento.tag} packs {packed} and loads {told}, not the model {model} "
             "this build imported; it was removed. Build again"
         )
+
+
+def _unwritable(error: OSError) -> InputError:
+    """A write of the build that failed, in one line: the file, why, and the fix.
+    shutil.copytree (BentoML's copies into its stores) gathers every file's error as text in a
+    ``shutil.Error``; the first is said, its number read from the text's "[Errno 28] ..."."""
+    number, where, why = error.errno, error.filename, error.strerror or str(error)
+    if isinstance(error, shutil.Error) and error.args and error.args[0]:
+        _, where, text = error.args[0][0]
+        said = re.match(r"\[Errno (\d+)\] ([^:]*)", str(text))
+        number, why = (int(said[1]), said[2]) if said else (None, str(text))
+    if number in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = "free some space there, or point the variable at a folder on another disk"
+    else:
+        fix = "point the variable at a folder you may write to"
+    return InputError(
+        f"cannot write {where or 'the Bento'}: {why} (the build writes the model and the Bento "
+        f"into BentoML's home, BENTOML_HOME, and works in the temporary folder, TMPDIR); {fix}. "
+        "The model's copy was removed from the store"
+    )

@@ -162,3 +162,54 @@ def test_a_build_stopped_by_sigterm_leaves_no_model_copy_behind(
     assert "SIGTERM did not stop the build" not in result.stderr
     assert list((home / "models").rglob("model.yaml")) == []  # the copy was removed
     assert list((home / "bentos").rglob("bento.yaml")) == []
+
+
+@pytest.mark.slow  # the served model is trained for it
+@pytest.mark.parametrize("stage", ["model", "bento"])
+def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_model_copy(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """Review: a full disk under BENTOML_HOME was a 59-line traceback (shutil.Error) and exit 1.
+    Here the copy into the model store, or the Bento's build, fails as copytree fails on a full
+    disk: some files written, every file's ENOSPC gathered as text in one shutil.Error."""
+    import errno
+    import shutil
+
+    import bentoml
+
+    from features.errors import InputError
+    from serving import packaging
+
+    store = Path(os.environ["BENTOML_HOME"]) / "models"
+    before = sorted(store.rglob("model.yaml"))
+    copytree = shutil.copytree
+
+    def full_disk(src: str, dst: str) -> shutil.Error:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        (Path(dst) / "half-written").write_bytes(b"x")
+        failed = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src, None, dst)
+        return shutil.Error([(src, dst, str(failed))])
+
+    def copy_into_a_full_store(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(dst).is_relative_to(store):
+            raise full_disk(str(Path(src) / "model.yaml"), str(Path(dst) / "model.yaml"))
+        return copytree(src, dst, *args, **kwargs)
+
+    def build_on_a_full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise full_disk("/build/serving/cli.py", "/bentoml/bentos/funnelcast/x/src/cli.py")
+
+    if stage == "model":
+        monkeypatch.setattr(shutil, "copytree", copy_into_a_full_store)
+    else:
+        assert callable(bentoml.bentos.build_bentofile)  # the real module, not the lazy one
+        bentos = importlib.import_module("bentoml.bentos")
+        monkeypatch.setattr(bentos, "build_bentofile", build_on_a_full_disk)
+    with pytest.raises(InputError) as refused:
+        packaging.build_bento("funnelcast", alias="champion")
+    said = str(refused.value)
+    assert "\n" not in said
+    assert ": No space left on device (the build writes the model and the Bento into " in said
+    assert said.count("model.yaml" if stage == "model" else "cli.py") == 1
+    assert "free some space there, or point the variable at a folder on another disk" in said
+    assert sorted(store.rglob("model.yaml")) == before  # no copy left, whole or half
+    assert not list(store.rglob("half-written"))
