@@ -1274,6 +1274,14 @@ def serve(
         "worker(s)); it answers once each worker has loaded the model (GET /readyz says 200), "
         "some seconds from now. API docs at / (OpenAPI at /docs.json). Ctrl-C stops it."
     )
+    # every worker loads the model checked and named here: the version the alias points to
+    # now, the exact tag of NAME:latest (each worker resolved them itself, so a worker
+    # restarted after a promote or an import served another model than the others)
+    if scorer.info.bento_model is not None:
+        env["FUNNELCAST_BENTO_MODEL"] = scorer.info.bento_model
+    elif scorer.info.model_version is not None:
+        env["FUNNELCAST_MODEL_VERSION"] = scorer.info.model_version
+        env.pop("FUNNELCAST_MODEL_ALIAS", None)
     del scorer
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
     command += ["--host", host, "--port", str(port)]

@@ -226,6 +226,8 @@ class ModelInfo:
     # the MLflow store the model came from: said to the operator (the command, the log), not
     # to the service's clients, whom a file path on the server does not concern
     store: str | None = None
+    # the exact tag of a model loaded from the BentoML store (``funnelcast:latest`` resolved)
+    bento_model: str | None = None
 
     def loaded_from(self) -> str:
         """Where the model was loaded from, the store included."""
@@ -380,6 +382,7 @@ def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
         trained_at=str(meta["trained_at"]) if meta.get("trained_at") else None,
         spec_text=model.spec_text,
         metrics={k: float(v) for k, v in dict(meta.get("metrics") or {}).items()},
+        bento_model=str(stored.tag),
     )
     return model, info
 

@@ -770,7 +770,13 @@ def test_serve_and_build_use_the_configured_champion_alias(
 
     monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
     info = serving.runtime.ModelInfo("funnelcast", "funnelcast", "1", "a test", None, None, {})
-    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    checked: list[str] = []
+
+    def load_scorer(settings: serving.runtime.ServiceSettings) -> object:
+        checked.append(settings.alias)
+        return SimpleNamespace(info=info)
+
+    monkeypatch.setattr(serving.runtime, "load_scorer", load_scorer)
     served: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
     built: list[tuple[str, str | None]] = []
@@ -789,8 +795,61 @@ def test_serve_and_build_use_the_configured_champion_alias(
     cli.build(tracking_uri=store, config=production_config)
     cli.build(tracking_uri=store, config=production_config, alias="staging")
     cli.build(tracking_uri=store, config=None)
-    assert [env["FUNNELCAST_MODEL_ALIAS"] for env in served] == ["production", "staging"]
+    assert checked == ["production", "staging"]
+    assert [env["FUNNELCAST_MODEL_VERSION"] for env in served] == ["1", "1"]
     assert built == [("production", None), ("staging", None), ("champion", None)]
+
+
+@pytest.mark.parametrize(
+    ("given", "loaded", "pinned"),
+    [
+        ({}, {"model_version": "7"}, {"FUNNELCAST_MODEL_VERSION": "7"}),
+        ({"alias": "staging"}, {"model_version": "3"}, {"FUNNELCAST_MODEL_VERSION": "3"}),
+        (
+            {"bento_model": "funnelcast:latest"},
+            {"model_version": "7", "bento_model": "funnelcast:6syooqxrv6pbmax4"},
+            {"FUNNELCAST_BENTO_MODEL": "funnelcast:6syooqxrv6pbmax4"},
+        ),
+    ],
+)
+def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    given: dict[str, str],
+    loaded: dict[str, str],
+    pinned: dict[str, str],
+) -> None:
+    """Review: serve resolved the champion for its message and handed the workers the alias, so
+    a worker restarted after `promote` loaded the new champion and one server answered with two
+    versions. The workers' environment names what serve checked and printed: the version the
+    alias pointed to, the exact tag of NAME:latest."""
+    import os
+    from types import SimpleNamespace
+
+    import serving.runtime
+    from serving import cli
+
+    monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
+    monkeypatch.setenv("FUNNELCAST_MODEL_ALIAS", "champion")  # as a user's shell may have it
+    for name in ("FUNNELCAST_MODEL_VERSION", "FUNNELCAST_BENTO_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    info = serving.runtime.ModelInfo(
+        "funnelcast",
+        "funnelcast",
+        source="a test",
+        trained_at=None,
+        spec_text=None,
+        metrics={},
+        **loaded,
+    )
+    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    served: list[dict[str, str]] = []
+    monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
+    cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **given)
+    [env] = served
+    named = {k: v for k, v in env.items() if k in {*pinned, "FUNNELCAST_MODEL_VERSION"}}
+    assert named == pinned
+    assert "FUNNELCAST_MODEL_ALIAS" not in env or "FUNNELCAST_BENTO_MODEL" in env
 
 
 @pytest.mark.parametrize(("name", "value"), [("TIMEOUT_S", "abc"), ("MAX_BODY_MB", "-1")])
