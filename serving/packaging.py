@@ -14,6 +14,7 @@ import errno
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,12 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
                 },
             ) as stored:
                 shutil.copytree(local, stored.path_of(BENTO_MODEL_DIR))
-            bento = bentoml.bentos.build_bentofile(
-                str(_bentofile_for(str(stored.tag), Path(scratch))),
-                build_ctx=str(PROJECT_ROOT),
-                labels={"registry_version": ref.version},
-            )
+            with _bento_scratch_of_its_own():
+                bento = bentoml.bentos.build_bentofile(
+                    str(_bentofile_for(str(stored.tag), Path(scratch))),
+                    build_ctx=str(PROJECT_ROOT),
+                    labels={"registry_version": ref.version},
+                )
             _check_packed(bento, str(stored.tag))
         except BaseException as error:  # Ctrl-C and SIGTERM too: no model copy without its Bento
             if stored is not None:  # its folder in the store, whole or half-copied
@@ -91,6 +93,24 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
                 raise _unwritable(error) from None
             raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)
+
+
+@contextlib.contextmanager
+def _bento_scratch_of_its_own() -> Iterator[None]:
+    """BentoML builds a Bento in a folder under its home's ``tmp/`` and removes it only when
+    the Bento object is collected: a build that failed part-way (a full disk) left its folder
+    there, and each retry filled the disk more. This build's go into a folder of its own under
+    ``tmp/``, removed after (with BentoML's own testing plugin's setting)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    shared = BentoMLContainer.tmp_bento_store_dir.get()
+    private = tempfile.mkdtemp(prefix="funnelcast-build-", dir=shared)
+    BentoMLContainer.tmp_bento_store_dir.set(private)
+    try:
+        yield
+    finally:
+        BentoMLContainer.tmp_bento_store_dir.set(shared)
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _bentofile_for(model: str, folder: Path) -> Path:
@@ -130,7 +150,9 @@ def _unwritable(error: OSError) -> InputError:
     """A write of the build that failed, in one line: the file, why, and the fix.
     shutil.copytree (BentoML's copies into its stores) gathers every file's error as text in a
     ``shutil.Error``; the first is said, its number read from the text's "[Errno 28] ..."."""
-    number, where, why = error.errno, error.filename, error.strerror or str(error)
+    # a copy's error names the source, then the target (filename2) it could not write
+    where = error.filename2 or error.filename
+    number, why = error.errno, error.strerror or str(error)
     if isinstance(error, shutil.Error) and error.args and error.args[0]:
         _, where, text = error.args[0][0]
         said = re.match(r"\[Errno (\d+)\] ([^:]*)", str(text))

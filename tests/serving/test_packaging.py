@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,8 @@ def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_model_copy(
 
     store = Path(os.environ["BENTOML_HOME"]) / "models"
     before = sorted(store.rglob("model.yaml"))
+    scratch = Path(os.environ["BENTOML_HOME"]) / "tmp"
+    scratch_before = set(scratch.iterdir()) if scratch.exists() else set()
     copytree = shutil.copytree
 
     def full_disk(src: str, dst: str) -> shutil.Error:
@@ -196,7 +199,13 @@ def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_model_copy(
         return copytree(src, dst, *args, **kwargs)
 
     def build_on_a_full_disk(*args: Any, **kwargs: Any) -> Any:
-        raise full_disk("/build/serving/cli.py", "/bentoml/bentos/funnelcast/x/src/cli.py")
+        # as Bento.create starts: a folder of its own under BentoML's tmp/
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        made = tempfile.mkdtemp(
+            prefix="bentoml_bento_", dir=BentoMLContainer.tmp_bento_store_dir.get()
+        )
+        raise full_disk("/build/serving/cli.py", f"{made}/src/cli.py")
 
     if stage == "model":
         monkeypatch.setattr(shutil, "copytree", copy_into_a_full_store)
@@ -213,3 +222,4 @@ def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_model_copy(
     assert "free some space there, or point the variable at a folder on another disk" in said
     assert sorted(store.rglob("model.yaml")) == before  # no copy left, whole or half
     assert not list(store.rglob("half-written"))
+    assert set(scratch.iterdir()) == scratch_before  # nor a half-built Bento
