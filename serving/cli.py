@@ -1248,6 +1248,7 @@ def serve(
     settings = load_training_settings(config, model_name=model_name)
     _check_port_free(host, port)  # before the model's check, which takes seconds
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
+    _check_bentoml_home()  # before the environment is copied: it may unset an empty one
     env = dict(os.environ)
     env.update(
         {
@@ -1267,7 +1268,6 @@ def serve(
         if value is not None:
             env[key] = value
     service_settings = ServiceSettings.from_env(env)
-    _check_bentoml_home()
     scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
     console.print(
         f"Starting {escape(scorer.info.served())} on http://{host}:{port} ({workers} "
@@ -1317,9 +1317,12 @@ def _check_port_free(host: str, port: int) -> None:
 def _check_bentoml_home() -> None:
     """BentoML writes into its home (``BENTOML_HOME``, default ~/bentoml): the model store and
     the Bentos when building, its metrics files when serving. One that cannot be written was a
-    100-line traceback after the registry work."""
+    100-line traceback after the registry work. An empty one is unset here, for BentoML
+    too, as XDG's variables are: BentoML would put its stores in the current folder."""
     from features.io import check_writable_folder
 
+    if not os.environ.get("BENTOML_HOME", "unset").strip():
+        del os.environ["BENTOML_HOME"]
     # as BentoML reads it: ~ and $VARIABLES expanded until nothing changes
     home = os.environ.get("BENTOML_HOME", "~/bentoml")
     while (expanded := os.path.expanduser(os.path.expandvars(home))) != home:

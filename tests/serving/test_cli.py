@@ -1237,3 +1237,42 @@ def test_ingest_and_validate_say_that_a_basket_streams_rows_in_count_baskets(
         assert result.returncode == 0, result.stderr
         assert said in " ".join(result.stdout.split()), result.stdout
         assert re.search(r"events\s+│\s+3\s+│\s+3\s+│\s+0", result.stdout), result.stdout
+
+
+def test_an_empty_bentoml_home_is_unset_for_bentoml_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: `BENTOML_HOME=` put the model store and the Bentos in the current folder (the
+    check read Path("") as "."). Empty is unset, BentoML's default ~/bentoml, in the
+    environment BentoML reads: the build's (this process) and the server's."""
+    import os
+    from types import SimpleNamespace
+
+    import serving.packaging
+    import serving.runtime
+    import training.tracking
+    from serving import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
+    info = serving.runtime.ModelInfo("funnelcast", "funnelcast", "1", "a test", None, None, {})
+    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    served: list[dict[str, str]] = []
+    monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
+    homes: list[str | None] = []
+
+    def build_bento(name: str, *, alias: str, version: str | None = None) -> object:
+        homes.append(os.environ.get("BENTOML_HOME"))
+        return serving.packaging.Built(bento="funnelcast:t", model="funnelcast:m", version="1")
+
+    monkeypatch.setattr(serving.packaging, "build_bento", build_bento)
+    monkeypatch.setattr(training.tracking, "configure_tracking", lambda uri: uri)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "mlflow.db").touch()  # build reads a store that exists
+    monkeypatch.setenv("BENTOML_HOME", "")
+    cli.serve(tracking_uri=store)
+    monkeypatch.setenv("BENTOML_HOME", "")
+    cli.build(tracking_uri=store)
+    assert len(served) == 1
+    assert "BENTOML_HOME" not in served[0]
+    assert homes == [None]
