@@ -2142,14 +2142,22 @@ def _parse_date(text: str, option: str) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
-def _refuse_events_after_now(last: dt.datetime | None, what: str) -> None:
+def _refuse_events_after_now(
+    last: dt.datetime | None, what: str, *, now: dt.datetime | None = None
+) -> None:
     """Events after now, read when the date is after now (tomorrow's midnight, the default
     after events that run to today): a clock or time-zone error, refused by every command
-    that reads past now, as the service refuses them."""
-    if last is not None and last > dt.datetime.now(dt.UTC):
+    that reads past now, as the service refuses them: beyond the clock skew it allows (one
+    event 2 minutes ahead, a source's clock running fast, stopped a whole weekly job)."""
+    from serving.schemas import CLOCK_SKEW
+
+    now = dt.datetime.now(dt.UTC) if now is None else now
+    if last is not None and last > now + CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
         raise InputError(
-            f"{what} runs to {last:%Y-%m-%d %H:%M} UTC, after now: events in the future (a "
-            "clock or time-zone error); give an --as-of up to today, or correct the timestamps"
+            f"{what} runs to {last:%Y-%m-%d %H:%M} UTC, more than {minutes} minutes after now: "
+            "events in the future (a clock or time-zone error); give an --as-of up to today, "
+            "or correct the timestamps"
         )
 
 

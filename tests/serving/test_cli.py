@@ -969,7 +969,7 @@ def test_features_and_funnel_as_of_tomorrow_refuse_events_after_now(tmp_path: Pa
     simulated = _run("simulate", "--out", str(data), "--contacts", "50", "--days", "10")
     assert simulated.returncode == 0, simulated.stderr
     events = pl.read_parquet(data / "events.parquet")
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)  # beyond the clock skew
     late = events.head(1).with_columns(
         pl.lit(later).cast(events["timestamp"].dtype).alias("timestamp")
     )
@@ -983,6 +983,22 @@ def test_features_and_funnel_as_of_tomorrow_refuse_events_after_now(tmp_path: Pa
         result = _run(*command, "--as-of", tomorrow)
         _assert_one_line_error(result, "after now: events in the future")
     assert not out.exists()
+
+
+def test_events_after_now_are_refused_beyond_the_clock_skew_the_service_allows() -> None:
+    """Review: `score` refused a whole weekly job for one event 2 minutes ahead of its clock,
+    which the service, allowing 5 minutes of clock skew, accepts."""
+    from features.errors import InputError
+    from serving.cli import _refuse_events_after_now
+    from serving.schemas import CLOCK_SKEW
+
+    now = dt.datetime(2026, 12, 6, 20, 0, tzinfo=dt.UTC)
+    for ahead in (dt.timedelta(minutes=2), CLOCK_SKEW):
+        _refuse_events_after_now(now + ahead, "--events e", now=now)
+    with pytest.raises(InputError, match="20:05 UTC, more than 5 minutes after now"):
+        _refuse_events_after_now(
+            now + CLOCK_SKEW + dt.timedelta(microseconds=1), "--events e", now=now
+        )
 
 
 def test_run_refuses_a_bad_settings_file_before_it_writes_any_data(tmp_path: Path) -> None:

@@ -811,7 +811,8 @@ def test_what_would_go_wrong_quietly_is_refused_or_said(
     pl.concat([events, late]).write_parquet(future / "events.parquet")
     result = _score(served, "--events", str(future), "--assume-consent", "--out", str(scores))
     assert isinstance(result.exception, InputError)
-    assert "runs to 2099-01-01 00:00 UTC, after now: events in the future" in str(result.exception)
+    said = str(result.exception)
+    assert "runs to 2099-01-01 00:00 UTC, more than 5 minutes after now: events in the" in said
     # tomorrow is a date --as-of takes (the default's when the events run to today), and it
     # would read those future events as well
     tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
