@@ -16,6 +16,9 @@ import json
 import logging
 import math
 import os
+import re
+import shlex
+import stat
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +144,11 @@ def positive_setting(
 def _ascii_key(key: str, where: str) -> str:
     """A key as clients can send it: header values travel as latin-1 bytes, so a key with
     other characters could never match. The message says where it is, never the key."""
+    if "\ufeff" in key:  # invisible in an editor: the message names it
+        raise ServiceConfigError(
+            f"{where} holds a byte-order mark (U+FEFF, invisible in most editors, which some "
+            "put at a file's start); remove it and keep the key's ASCII letters and digits"
+        )
     if not key.isascii():
         raise ServiceConfigError(
             f"{where} has characters outside ASCII; HTTP headers carry latin-1 bytes, so no "
@@ -163,6 +171,17 @@ def _flag(value: str | None) -> bool:
     return (value or "").lower() in {"1", "true", "yes", "on"}
 
 
+# a line of the key file written as a shell or .env assignment, `FUNNELCAST_API_KEY=...`:
+# taken as the key, it would be a key no client holds (every request a 401 that says nothing),
+# so it is refused at start, not warned about in a log nobody reads. A random key has no
+# '=' followed by more text (base64 pads with '=' at its end only)
+_ASSIGNMENT = re.compile(r"(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*\s*=\s*[^\s=]")
+_ASSIGNED = (
+    "line {number} of {path} reads as an assignment, NAME=value; the API key file holds each "
+    "key alone on its line: write the key without the name and '='"
+)
+
+
 def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     """The accepted keys: ``FUNNELCAST_API_KEY`` (several separated by commas, for rotation)
     and/or ``FUNNELCAST_API_KEY_FILE`` (one per line; blank lines and lines starting with
@@ -175,7 +194,8 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     path = env.get("FUNNELCAST_API_KEY_FILE", "").strip()
     if path:
         try:
-            text = Path(path).read_text("utf-8")
+            # utf-8-sig: the byte-order mark Windows editors put first is no part of a key
+            text = Path(path).read_text("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             # the value is not shown: a key put here by mistake would be printed and logged
@@ -187,6 +207,8 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
         for number, line in enumerate(text.splitlines(), start=1):
             key = line.strip()
             if key and not key.startswith("#"):  # a comment is never a key
+                if _ASSIGNMENT.match(key):
+                    raise ServiceConfigError(_ASSIGNED.format(number=number, path=path))
                 keys.append(_ascii_key(key, f"the key on line {number} of {path}"))
     if not keys and path:
         raise ServiceConfigError(
@@ -207,6 +229,24 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             "keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return tuple(keys)
+
+
+def exposed_key_file(env: Mapping[str, str]) -> str | None:
+    """A warning when the API key file (``FUNNELCAST_API_KEY_FILE``) can be read by its group
+    or by every user, naming the file and its mode, never a key; None otherwise."""
+    path = env.get("FUNNELCAST_API_KEY_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        mode = stat.S_IMODE(Path(path).stat().st_mode)
+    except OSError:
+        return None  # read_api_keys says why it cannot be read
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return None
+    return (
+        f"the API key file {path} can be read by other users (mode {mode:04o}); make it "
+        f"readable by the service's user only: chmod 600 {shlex.quote(path)}"
+    )
 
 
 # --- the loaded model ---------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from serving.runtime import (
     Scorer,
     ServiceConfigError,
     ServiceSettings,
+    exposed_key_file,
     limits,
     load_scorer,
     positive_setting,
@@ -206,6 +207,8 @@ class _Guard(GuardMiddleware):
             settings = ServiceSettings.from_env()
         except ServiceConfigError as error:
             _stop_the_server(error)
+        if (exposed := exposed_key_file(os.environ)) is not None:
+            log.warning(exposed)
         super().__init__(
             app,
             keys=settings.api_keys,

@@ -63,6 +63,76 @@ def test_a_key_file_that_is_not_utf8_text_is_a_configuration_error(tmp_path: Pat
         read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
 
 
+def test_a_key_file_that_starts_with_a_byte_order_mark_reads_its_key(tmp_path: Path) -> None:
+    """Review: a key file saved with a UTF-8 byte-order mark (Windows editors) was refused for
+    "characters outside ASCII", which the file, seen in an editor, did not hold. One elsewhere
+    than the start is refused naming it."""
+    path = tmp_path / "keys"
+    path.write_bytes(f"\ufeff{KEY}\n{OTHER}\n".encode())
+    assert read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)}) == (KEY, OTHER)
+    path.write_bytes(f"{KEY}\n\ufeff{OTHER}\n".encode())
+    with pytest.raises(ServiceConfigError, match=r"line 2 of .* byte-order mark \(U\+FEFF") as said:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert OTHER not in str(said.value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"FUNNELCAST_API_KEY={KEY}",
+        f'export FUNNELCAST_API_KEY="{KEY}"',
+        f"API_KEY = {KEY}",
+    ],
+)
+def test_a_key_file_line_written_as_an_assignment_is_refused_not_taken_as_a_key(
+    tmp_path: Path, line: str
+) -> None:
+    """Review: `FUNNELCAST_API_KEY=key-...` in the file was the key, one no client holds."""
+    path = tmp_path / "keys"
+    path.write_text(f"# the CRM's key\n{line}\n", "utf-8")
+    with pytest.raises(
+        ServiceConfigError, match=f"line 2 of {path} reads as an assignment"
+    ) as said:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert "write the key without the name and '='" in str(said.value)
+    assert KEY not in str(said.value)
+
+
+def test_a_base64_key_with_its_padding_is_a_key_not_an_assignment(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    padded = ["ZnVubmVsY2FzdGtleTAxMjM0NQ==", "ZnVubmVsY2FzdGtleTAxMjM0NTY="]
+    path.write_text("\n".join(padded) + "\n", "utf-8")
+    assert read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)}) == tuple(padded)
+
+
+def test_a_key_file_others_can_read_is_warned_about_once_as_a_worker_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review: a key file readable by the group or by everyone was served from without a
+    word. The worker's key guard says so in one line, naming the file, never a key."""
+    from serving.runtime import exposed_key_file
+    from serving.service import _Guard
+
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY}\n", "utf-8")
+    env = {"FUNNELCAST_API_KEY_FILE": str(path)}
+    path.chmod(0o600)
+    assert exposed_key_file(env) is None
+    for mode in (0o640, 0o604):
+        path.chmod(mode)
+        assert exposed_key_file(env) == (
+            f"the API key file {path} can be read by other users (mode {mode:04o}); make it "
+            f"readable by the service's user only: chmod 600 {path}"
+        )
+    monkeypatch.delenv("FUNNELCAST_API_KEY", raising=False)
+    monkeypatch.setenv("FUNNELCAST_API_KEY_FILE", str(path))
+    with caplog.at_level("WARNING", logger="funnelcast.service"):
+        _Guard(lambda *args: None)
+    said = [r.getMessage() for r in caplog.records if r.name == "funnelcast.service"]
+    assert said == [exposed_key_file(env)]
+    assert KEY not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [
