@@ -855,6 +855,7 @@ def score(
         _refuse_events_after_now(last, f"--events {events}")
     if snapshot is None:
         snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+        _say_if_stale(last, f"--events {events}")
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:
         raise InputError(
@@ -2140,6 +2141,23 @@ def _parse_date(text: str, option: str) -> dt.datetime:
     if day.year < 1970:  # a lookback window from year 1 would reach before any calendar
         raise InputError(f"{option} {text} is before 1970; give a date of your events' time")
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+# a weekly export whose last event is older than this is said when `score` dates by it
+STALE_AFTER_DAYS = 7
+
+
+def _say_if_stale(last: dt.datetime, where: str) -> None:
+    """The default as_of follows the events: an export that stopped coming is scored as of
+    its own end, with exit 0, and a CRM would import scores weeks old without a word (ops
+    review). Said, not refused: a backfill or a demo scores old data on purpose."""
+    age = (dt.datetime.now(dt.UTC).date() - last.date()).days
+    if age > STALE_AFTER_DAYS:
+        console.print(
+            f"[yellow]{escape(where)} ends on {last:%Y-%m-%d}, {age} days ago:[/] the scores are "
+            "as of the day after it (the default), not of this week. If the export stopped, "
+            "fix it; a scheduled job can give --as-of to name the day it means."
+        )
 
 
 def _refuse_events_after_now(

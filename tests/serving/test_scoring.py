@@ -218,7 +218,14 @@ def test_the_default_as_of_is_the_day_after_the_last_event(
     last = pl.from_arrow(served.events)["timestamp"].max()  # type: ignore[index]
     day_after = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     assert set(pl.read_parquet(out)["as_of"]) == {day_after}
-    assert f"as of {day_after:%Y-%m-%d}" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert f"as of {day_after:%Y-%m-%d}" in said
+    # the simulated log ended months ago: a stopped export would be scored silently (review)
+    age = (dt.datetime.now(dt.UTC).date() - last.date()).days
+    assert f"ends on {last:%Y-%m-%d}, {age} days ago: the scores are as of the day after" in said
+    result = _score(served, "--events", str(data), "--out", str(out), "--as-of", "2026-04-20")
+    assert result.exit_code == 0, result.output
+    assert "days ago" not in result.output  # a date given is the day meant
 
 
 def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet") -> Path:
@@ -893,3 +900,14 @@ def test_the_previous_model_is_named_only_when_it_is_another_and_only_as_a_model
     assert other_model(swapped, "funnelcast", "1") == "another model"
     assert other_model(pl.DataFrame({"contact_id": ["a"]}), "funnelcast", "1") is None
     assert other_model(None, "funnelcast", "1") is None
+
+
+@pytest.mark.parametrize(("days", "said"), [(7, False), (8, True)])
+def test_an_export_is_said_stale_only_past_a_week(
+    days: int, said: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.cli import _say_if_stale
+
+    now = dt.datetime.now(dt.UTC)
+    _say_if_stale(now - dt.timedelta(days=days), "--events x")
+    assert ("days ago" in capsys.readouterr().out) == said
