@@ -1281,6 +1281,9 @@ def serve(
     if scorer.info.bento_model is not None:
         env["FUNNELCAST_BENTO_MODEL"] = scorer.info.bento_model
     elif scorer.info.model_version is not None:
+        # a worker that cannot load it (a registry down when it restarts) falls back to the
+        # rules where allowed, as it would for the alias; a --version given never does
+        env["FUNNELCAST_MODEL_PINNED_FROM_ALIAS"] = "1" if version is None else "0"
         env["FUNNELCAST_MODEL_VERSION"] = scorer.info.model_version
         env.pop("FUNNELCAST_MODEL_ALIAS", None)
     del scorer

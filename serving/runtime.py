@@ -79,6 +79,9 @@ class ServiceSettings:
     model_name: str = "funnelcast"
     alias: str = "champion"
     version: str | None = None
+    # the version is the alias's, pinned by `funnelcast serve` so that every worker loads the
+    # one it checked: not named on purpose, so the rules fallback may stand in for it
+    pinned_from_alias: bool = False
     bento_model: str | None = None  # a BentoML model tag: load from the Bento, not the registry
     allow_rules_fallback: bool = False
     tracking_uri: str | None = None
@@ -106,6 +109,7 @@ class ServiceSettings:
             model_name=get("MODEL_NAME") or "funnelcast",
             alias=get("MODEL_ALIAS") or "champion",
             version=get("MODEL_VERSION"),
+            pinned_from_alias=_flag(get("MODEL_PINNED_FROM_ALIAS")),
             bento_model=get("BENTO_MODEL"),
             allow_rules_fallback=_flag(get("ALLOW_RULES_FALLBACK")),
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
@@ -331,14 +335,15 @@ def load_scorer(settings: ServiceSettings) -> Scorer:
     except SpecMismatchError:
         raise  # a wrong model is never replaced by the rules silently
     except InputError as exc:
-        if settings.allow_rules_fallback and settings.version is not None:
+        named = settings.version is not None and not settings.pinned_from_alias
+        if settings.allow_rules_fallback and named:
             # the fallback stands in for a model that is not there, not for a mistyped one
             raise ServiceConfigError(
                 f"version {settings.version} was asked for by number and cannot be served: "
                 f"{exc}. The rules fallback does not replace a version named on purpose; give "
                 "one that exists, or leave the version out"
             ) from exc
-        if not settings.allow_rules_fallback and settings.version is not None:
+        if not settings.allow_rules_fallback and named:
             # the rules would not stand in for it either (above): no hint that they could
             raise ServiceConfigError(f"no model to serve: {exc}") from exc
         if not settings.allow_rules_fallback:

@@ -800,11 +800,20 @@ def test_serve_and_build_use_the_configured_champion_alias(
     assert built == [("production", None), ("staging", None), ("champion", None)]
 
 
+PINNED = "FUNNELCAST_MODEL_PINNED_FROM_ALIAS"
+
+
 @pytest.mark.parametrize(
     ("given", "loaded", "pinned"),
     [
-        ({}, {"model_version": "7"}, {"FUNNELCAST_MODEL_VERSION": "7"}),
-        ({"alias": "staging"}, {"model_version": "3"}, {"FUNNELCAST_MODEL_VERSION": "3"}),
+        ({}, {"model_version": "7"}, {"FUNNELCAST_MODEL_VERSION": "7", PINNED: "1"}),
+        (
+            {"alias": "staging"},
+            {"model_version": "3"},
+            {"FUNNELCAST_MODEL_VERSION": "3", PINNED: "1"},
+        ),
+        # a version given is one named on purpose: the rules never stand in for it
+        ({"version": "4"}, {"model_version": "4"}, {"FUNNELCAST_MODEL_VERSION": "4", PINNED: "0"}),
         (
             {"bento_model": "funnelcast:latest"},
             {"model_version": "7", "bento_model": "funnelcast:6syooqxrv6pbmax4"},
@@ -847,7 +856,7 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
     cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **given)
     [env] = served
-    named = {k: v for k, v in env.items() if k in {*pinned, "FUNNELCAST_MODEL_VERSION"}}
+    named = {k: v for k, v in env.items() if k in {*pinned, "FUNNELCAST_MODEL_VERSION", PINNED}}
     assert named == pinned
     assert "FUNNELCAST_MODEL_ALIAS" not in env or "FUNNELCAST_BENTO_MODEL" in env
 

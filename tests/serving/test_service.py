@@ -1052,6 +1052,13 @@ def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
     env = service_env.env(FUNNELCAST_MODEL_VERSION="999", FUNNELCAST_ALLOW_RULES_FALLBACK="1")
     with pytest.raises(ServiceConfigError, match="version 999 was asked for by number"):
         load_scorer(ServiceSettings.from_env(env))
+    # the alias's version, pinned by `funnelcast serve` for its workers: a worker that cannot
+    # load it (the registry down as it restarts) falls back as the alias would (diff review)
+    env["FUNNELCAST_MODEL_PINNED_FROM_ALIAS"] = "1"
+    assert load_scorer(ServiceSettings.from_env(env)).info.model == RULES
+    del env["FUNNELCAST_ALLOW_RULES_FALLBACK"]
+    with pytest.raises(ServiceConfigError, match=r"no model to serve: .*RULES_FALLBACK=1"):
+        load_scorer(ServiceSettings.from_env(env))
 
 
 @pytest.mark.parametrize(
