@@ -812,6 +812,7 @@ def score(
     from features.consent import check_contacts
     from features.engine import build_contact_features, events_time_span
     from features.io import read_table, write_csv_atomic, write_parquet_atomic
+    from serving.funnel import default_as_of
     from serving.scoring import (
         check_scores_path,
         other_model,
@@ -854,7 +855,7 @@ def score(
     if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
         _refuse_events_after_now(last, f"--events {events}")
     if snapshot is None:
-        snapshot = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+        snapshot = default_as_of(last)  # the day after the last event, at most tomorrow
         _say_if_stale(last, f"--events {events}")
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:

@@ -911,3 +911,16 @@ def test_an_export_is_said_stale_only_past_a_week(
     now = dt.datetime.now(dt.UTC)
     _say_if_stale(now - dt.timedelta(days=days), "--events x")
     assert ("days ago" in capsys.readouterr().out) == said
+
+
+def test_the_default_as_of_is_never_after_the_end_of_today() -> None:
+    """An event a minute past midnight, within the clock skew allowed, dated the scores the
+    day after tomorrow (diff review): the default is at most tomorrow's midnight."""
+    from serving.funnel import default_as_of
+
+    today = dt.datetime.now(dt.UTC).date()
+    tomorrow = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+    assert default_as_of(tomorrow + dt.timedelta(minutes=1)) == tomorrow
+    assert default_as_of(None) == tomorrow
+    yesterday = tomorrow - dt.timedelta(days=2)
+    assert default_as_of(yesterday + dt.timedelta(hours=23)) == tomorrow - dt.timedelta(days=1)
