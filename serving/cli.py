@@ -39,7 +39,6 @@ from rich.progress import (
 from rich.table import Table
 
 from features.errors import InputError
-from features.io import check_writable_folder
 from features.settings import RulesSettings, load_rules_settings
 from features.vocabulary import STAGE_CTA, STAGES
 
@@ -284,6 +283,8 @@ def run(
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     started = time.perf_counter()
     cut = _parse_date(observe_until, "--observe-until") if observe_until else None
+    from features.io import check_writable_folder
+
     check_writable_folder(out / "data")  # now, not after the simulation
     from training.tracking import check_server
     from training.tracking import tracking_uri as resolve_uri
@@ -488,6 +489,8 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Simulate customer journeys with known hidden stages (validated canonical Parquet out)."""
+    from features.io import check_writable_folder
+
     check_writable_folder(out)  # now, not after the simulation
     validated, _ = _simulate_into(out, contacts, days, seed, _start_date(start), config)
     _print_validation(validated)
@@ -500,6 +503,8 @@ def ingest(
     data_dir: DataDirOption = None,
 ) -> None:
     """Read a source through its mapping, validate it, and write canonical Parquet."""
+    from features.io import check_writable_folder
+
     check_writable_folder(out)  # now, not after reading the source
     validated = _ingest_into(source, out, data_dir)
     _print_validation(validated)
@@ -1333,6 +1338,8 @@ def _check_bentoml_home() -> None:
     while (expanded := os.path.expanduser(os.path.expandvars(home))) != home:
         home = expanded
 
+    from features.io import check_writable_folder
+
     try:
         check_writable_folder(Path(home))
     except InputError as exc:
@@ -1444,6 +1451,8 @@ def _can_write(out: Path, kind: str = "Parquet") -> None:
 
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name for the {kind} output")
+    from features.io import check_writable_folder
+
     check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
     try:
         with made_folders(out.parent, keep=False), tempfile.TemporaryFile(dir=out.parent):

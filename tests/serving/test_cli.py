@@ -120,6 +120,20 @@ def test_the_top_level_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
+def test_the_command_line_starts_without_the_data_stack() -> None:
+    """`funnelcast --help` took 3 s, 2 of them importing pandas, polars and pyarrow for one
+    folder check; each command now imports what it uses when it runs."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, serving.cli; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    heavy = {"pandas", "polars", "pyarrow", "numpy", "lightgbm", "mlflow", "bentoml", "duckdb"}
+    assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
+
+
 def test_a_missing_folder_is_a_one_line_error_with_exit_code_2(tmp_path: Path) -> None:
     result = _run("funnel", "--data", str(tmp_path / "nowhere"))
     assert result.returncode == 2
