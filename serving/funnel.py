@@ -41,14 +41,14 @@ class FunnelSummary:
     event_mix: dict[str, int]
 
 
-def default_as_of(last_event: dt.datetime | None) -> dt.datetime:
+def default_as_of(last_event: dt.datetime | None, *, today: dt.date | None = None) -> dt.datetime:
     """The snapshot when none is given, as ``score``'s: midnight UTC after the last event, so
     every event is before it. Without any event, the end of today (tomorrow's midnight): every
     listed contact is dormant then, as at any date. Never later than the end of today: an
     event past midnight within the clock skew allowed (``serving.schemas.CLOCK_SKEW``) dated
     the scores the day after tomorrow (diff review); it is after the snapshot, as it is
-    after now."""
-    today = dt.datetime.now(dt.UTC).date()
+    after now. ``today`` (UTC) is read from the clock when not given."""
+    today = today or dt.datetime.now(dt.UTC).date()
     day = today if last_event is None else min(last_event.date(), today)
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 

@@ -918,9 +918,21 @@ def test_the_default_as_of_is_never_after_the_end_of_today() -> None:
     day after tomorrow (diff review): the default is at most tomorrow's midnight."""
     from serving.funnel import default_as_of
 
-    today = dt.datetime.now(dt.UTC).date()
-    tomorrow = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
-    assert default_as_of(tomorrow + dt.timedelta(minutes=1)) == tomorrow
-    assert default_as_of(None) == tomorrow
+    today = dt.date(2026, 12, 6)
+    tomorrow = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    assert default_as_of(tomorrow + dt.timedelta(minutes=1), today=today) == tomorrow
+    assert default_as_of(None, today=today) == tomorrow
     yesterday = tomorrow - dt.timedelta(days=2)
-    assert default_as_of(yesterday + dt.timedelta(hours=23)) == tomorrow - dt.timedelta(days=1)
+    assert default_as_of(
+        yesterday + dt.timedelta(hours=23), today=today
+    ) == tomorrow - dt.timedelta(days=1)
+
+
+def test_without_a_date_given_the_default_as_of_reads_today_from_the_clock() -> None:
+    from serving.funnel import default_as_of
+
+    before = dt.datetime.now(dt.UTC).date()
+    got = default_as_of(None)
+    after = dt.datetime.now(dt.UTC).date()
+    assert got.time() == dt.time() and got.tzinfo is not None
+    assert got.date() - dt.timedelta(days=1) in {before, after}
