@@ -599,17 +599,19 @@ class RequestError(InputError):
         self.message = message
 
 
+def _some(names: Sequence[str]) -> str:
+    """The first eight names of a list, as a list, said to be more when there are."""
+    return f"{list(names[:8])}{' and more' if len(names) > 8 else ''}"
+
+
 def _unknown_features(unknown: Sequence[str], missing: Sequence[str]) -> str:
     """Names the model does not read, and in the same answer those it reads that are not
     given: features built with another spec were told one half per request (a review)."""
 
-    def some(names: Sequence[str]) -> str:
-        return f"{list(names[:8])}{' and more' if len(names) > 8 else ''}"
-
-    said = f"unknown feature(s) {some(unknown)}"
+    said = f"unknown feature(s) {_some(unknown)}"
     if missing:
         said += (
-            f", and {len(missing)} of the model's feature(s) missing ({some(missing)}): "
+            f", and {len(missing)} of the model's feature(s) missing ({_some(missing)}): "
             "features built with another spec? `funnelcast features --model-name NAME` builds "
             "the model's own"
         )
@@ -767,7 +769,7 @@ class ModelScorer:
             missing = [k for k in self.feature_names if k not in given]
             raise RequestError(
                 _where(index, "features"),
-                f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}"
+                f"missing feature(s) {_some(missing)}"
                 "; give every feature the model uses (null where undefined)",
             )
         text = [k for k, v in given.items() if isinstance(v, str) and k not in self._categorical]
@@ -886,7 +888,7 @@ class ModelScorer:
             missing = [name for name in self.feature_names if name not in given]
             raise RequestError(
                 "feature_names",
-                f"missing feature(s) {missing[:8]}{' and more' if len(missing) > 8 else ''}; "
+                f"missing feature(s) {_some(missing)}; "
                 "name every feature the model uses (null values where undefined)",
             )
         return _Table(names)
