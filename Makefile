@@ -16,6 +16,10 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+# the suite in two processes, each test file whole in one (its module fixtures made once): half
+# the suite's time is one core waiting on subprocesses, servers and Spark; TEST_WORKERS= runs
+# it in one
+TEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: help install bento-requirements java demo serve test test-fast check lint format typecheck bench bench-models bench-serving clean
 
@@ -46,7 +50,7 @@ serve: install ## Serve the champion model on 127.0.0.1:3000 (needs FUNNELCAST_A
 	$(BIN)/funnelcast serve
 
 test: install java ## Set everything up and run the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_WORKERS)
 
 test-fast: install ## Run the tests that take under a few seconds each
 	$(BIN)/python -m pytest -m "not slow"
