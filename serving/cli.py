@@ -660,7 +660,7 @@ def features(
     """Per-contact features as of a date, from the declarative feature spec (events before the
     date only). Contacts without marketing consent are left out of the file, and counted."""
     from features.consent import check_contacts, restrict_to_consented
-    from features.engine import build_contact_features
+    from features.engine import build_contact_features, feature_columns
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
     from serving.scoring import with_missing_attributes
@@ -728,13 +728,25 @@ def features(
             )
     consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
     table = consented.kept
-    if model is not None:  # every feature the model reads, so the file is a request's features
+    if model is not None:  # the features the model reads, so the file is a request's features
         table, missing = with_missing_attributes(table, model)
         if missing:
             console.print(
                 f"The model reads contact attributes the contacts table does not hold "
                 f"({escape(', '.join(missing))}): written as missing values, as the service "
                 "scores an attribute not sent."
+            )
+        # a contacts column the model does not read (an e-mail address, a phone number that
+        # the spec's `attributes: all` took in) is not exported: the service refuses it as an
+        # unknown feature, and it is personal data the file has no use for (export review)
+        read = set(model.feature_names)
+        unread = [name for name in feature_columns(table) if name not in read]
+        if unread:
+            table = table.drop(unread)
+            console.print(
+                f"Left out {len(unread)} contacts column(s) the model does not read "
+                f"({escape(', '.join(unread[:8]))}"
+                f"{f' and {len(unread) - 8} more' if len(unread) > 8 else ''})."
             )
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
@@ -1337,8 +1349,6 @@ def _check_bentoml_home() -> None:
     home = os.environ.get("BENTOML_HOME", "~/bentoml")
     while (expanded := os.path.expanduser(os.path.expandvars(home))) != home:
         home = expanded
-
-    from features.io import check_writable_folder
 
     try:
         check_writable_folder(Path(home))

@@ -733,6 +733,45 @@ def test_features_for_a_model_are_built_with_its_own_spec_and_rules(
     assert all(written[name].null_count() == written.height for name in model.attribute_features)
 
 
+def test_features_for_a_model_leave_out_contacts_columns_it_does_not_read(
+    served: Served, data: Path, tmp_path: Path
+) -> None:
+    """A contacts table with an e-mail address and a phone number: the spec's `attributes:
+    all` took them in, `features --version 1` wrote them beside the model's features, and the
+    service refused those rows as unknown features (export review). The file holds the model's
+    features only, and says what it left out; a row of it scores as a request."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    folder = tmp_path / "pii"
+    folder.mkdir()
+    (folder / "events.parquet").symlink_to(data / "events.parquet")
+    contacts = pl.from_arrow(served.contacts)
+    assert isinstance(contacts, pl.DataFrame)
+    contacts.with_columns(
+        (pl.col("contact_id") + "@mail.example").alias("email"),
+        pl.lit("+44 20 7946 0000").alias("phone"),
+    ).write_parquet(folder / "contacts.parquet")
+    out = tmp_path / "features.parquet"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("features", "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out)),
+            *("--tracking-uri", served.store, "--version", "1"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Left out 2 contacts column(s) the model does not read (email, phone)" in said
+    written = pl.read_parquet(out)
+    assert written.columns == ["contact_id", "as_of", *model.feature_names]
+    scorer = load_scorer(ServiceSettings(tracking_uri=served.store, version="1"))
+    row = written.drop("contact_id", "as_of").row(0, named=True)
+    request = ContactRequest.model_validate(
+        {"marketing_consent": True, "as_of": AS_OF.isoformat(), "features": row}
+    )
+    (prediction,) = scorer.predict([request])
+    assert prediction.stage in STAGES
+
+
 def test_events_contacts_and_previous_scores_at_an_offset_polars_has_no_zone_for_are_read(
     served: Served, data: Path, scored: Path, tmp_path: Path
 ) -> None:
@@ -934,5 +973,6 @@ def test_without_a_date_given_the_default_as_of_reads_today_from_the_clock() -> 
     before = dt.datetime.now(dt.UTC).date()
     got = default_as_of(None)
     after = dt.datetime.now(dt.UTC).date()
-    assert got.time() == dt.time() and got.tzinfo is not None
+    assert got.time() == dt.time()
+    assert got.tzinfo is not None
     assert got.date() - dt.timedelta(days=1) in {before, after}
