@@ -26,15 +26,22 @@ TEST_WORKERS ?= -n 2 --dist loadfile
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(UV):
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+# uv in .tools, made again when UV_VERSION changes (the stamp names the version)
+UV_STAMP := .tools/.uv-$(UV_VERSION)
+
+$(UV_STAMP):
+	@[ -n "$(PYTHON)" ] && command -v $(PYTHON) >/dev/null || { echo "error: Python 3.11 not found (python3.11 or python3 on PATH); install it or run make PYTHON=/path/to/python3.11"; exit 2; }
+	rm -rf .tools
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	touch $@
 
-install: $(UV) ## Install funnelcast and every dependency (all extras) from the lock file
-	$(UV) sync --frozen --all-extras --python $(PYTHON_EXE)
+# --locked: a uv.lock behind pyproject.toml stops the install (and CI) instead of installing
+# without what pyproject added; `uv lock` remakes it
+install: $(UV_STAMP) ## Install funnelcast and every dependency (all extras) from the lock file
+	$(UV) sync --locked --all-extras --python $(PYTHON_EXE)
 
-bento-requirements: $(UV) ## Remake bento-requirements.txt (the Bento's environment) from uv.lock
+bento-requirements: $(UV_STAMP) ## Remake bento-requirements.txt (the Bento's environment) from uv.lock
 	{ echo "# The Bento's Python environment: uv.lock's runtime packages, each pinned (make"; \
 	  echo "# bento-requirements; tests/serving/test_packaging.py keeps it equal to uv.lock)."; \
 	  $(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-annotate --no-header; \
@@ -66,7 +73,7 @@ format: install ## Format and auto-fix with ruff
 typecheck: install ## mypy on the packages
 	$(BIN)/mypy
 
-check: lint typecheck test ## Everything CI cares about: ruff, mypy, tests
+check: lint typecheck test ## ruff, mypy and the tests (CI runs the tests: make test)
 
 bench: install ## Run the benchmarks (figures printed and written to benchmarks/results/)
 	$(BIN)/python benchmarks/simulate.py
