@@ -13,6 +13,7 @@ served. ``force`` skips the gate and is recorded as a tag.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,8 +142,13 @@ def load_model(ref: ModelRef) -> FunnelcastModel:
 def load_test_set(ref: ModelRef) -> pl.DataFrame:
     """The out-of-time test snapshots a version was evaluated on (features and labels)."""
     _run_of(ref)  # a run the store no longer holds is said as such
-    path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=TEST_SET_ARTIFACT)
-    return pl.read_parquet(path)
+    # into a folder of ours: without dst_path MLflow makes a temporary folder it never
+    # removes, and each promote and evaluate left a copy of the test set in it (install review)
+    with tempfile.TemporaryDirectory(prefix="funnelcast-test-set-") as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=ref.run_id, artifact_path=TEST_SET_ARTIFACT, dst_path=folder
+        )
+        return pl.read_parquet(path)
 
 
 def _run_of(ref: ModelRef) -> Run:

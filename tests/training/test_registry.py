@@ -776,3 +776,35 @@ def test_a_version_whose_run_was_garbage_collected_is_said_as_such(tmp_path: Any
             assert "--version N" in str(caught.value)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_reading_a_test_set_leaves_no_temporary_copy_behind(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow, given no folder to download into, made a temporary one it never removed: each
+    promote and evaluate left a copy of the test set in /tmp (install review)."""
+    import tempfile
+
+    from training.registry import load_test_set
+    from training.tracking import TEST_SET_ARTIFACT
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        frame = pl.DataFrame({"a": [1, 2, 3]})
+        written = tmp_path / "upload" / "test_set.parquet"
+        written.parent.mkdir()
+        frame.write_parquet(written)
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(written), artifact_path=TEST_SET_ARTIFACT.rsplit("/", 1)[0])
+        client = MlflowClient()
+        client.create_registered_model("kept")
+        client.create_model_version("kept", source=str(tmp_path), run_id=run.info.run_id)
+        scratch = tmp_path / "tmp"
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        assert load_test_set(resolve("kept")).equals(frame)
+        assert list(scratch.iterdir()) == []
+    finally:
+        mlflow.set_tracking_uri(previous)
