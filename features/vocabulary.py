@@ -8,6 +8,7 @@ rules model all read it.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # Funnel stages, in the order the funnel is shown. "dormant" comes first: it is the absence of
@@ -108,10 +109,26 @@ def stage_rank(stage: str) -> int:
     return STAGES.index(stage)
 
 
+# a value that reads as a name (letters, `_`, `-` and spaces, as event types and channels are
+# named) is quoted, so that a mapping's typo can be found; any other (an e-mail address, a phone
+# number, an id in the wrong column) may be a contact's personal data, which the console does
+# not show: the refusal went to a scheduler's log, of a contact without consent too (export
+# review)
+_NAME_LIKE = re.compile(r"[A-Za-z_][A-Za-z_ -]{0,39}")
+NOT_A_NAME = "<a value that is not a name, not shown>"
+
+
+def _shown(value: object) -> str:
+    if value is None or (isinstance(value, str) and _NAME_LIKE.fullmatch(value)):
+        return repr(value)
+    return NOT_A_NAME
+
+
 def unknown_vocabulary_message(column: str, values: list[object]) -> str:
     """The error for events whose ``column`` (event_type or channel) holds names outside the
-    contract: the feature builders take events as ``funnelcast ingest`` writes them."""
-    shown = ", ".join(repr(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
+    contract: the feature builders take events as ``funnelcast ingest`` writes them. Values
+    that are not name-like are not quoted (``_shown``)."""
+    shown = ", ".join(_shown(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
     names = "event types" if column == "event_type" else "channels"
     return (
         f"the events' `{column}` holds {shown}, not among the contract's {names}; give events "

@@ -761,6 +761,9 @@ def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) ->
         ("event_type", "page_veiw", "'page_veiw'"),
         ("channel", "fax", "'fax'"),
         ("channel", None, "None"),
+        # not a name: not quoted, it may be a contact's e-mail address (export review)
+        ("event_type", "jane.doe@victim.example", "<a value that is not a name, not shown>"),
+        ("channel", "+44 20 7946 0000", "<a value that is not a name, not shown>"),
     ],
 )
 def test_every_builder_refuses_event_types_and_channels_outside_the_contract(

@@ -456,6 +456,7 @@ def test_the_spark_engine_refuses_event_types_outside_the_contract(
     spark_features: SparkFeatures,
 ) -> None:
     from features.errors import InputError
+    from features.vocabulary import NOT_A_NAME
 
     events = _first_edge_events()
     kinds = events.column("event_type").to_pylist()
@@ -467,6 +468,15 @@ def test_the_spark_engine_refuses_event_types_outside_the_contract(
     )
     with pytest.raises(InputError, match="`event_type` holds 'page_veiw', not among"):
         spark_features(bad, None, as_of=AS_OF)
+    # a value that is not a name is not quoted, as by the other engines (export review)
+    mailed = events.set_column(
+        events.schema.get_field_index("event_type"),
+        "event_type",
+        pa.array([kinds[0], "jane.doe@victim.example", *kinds[2:]]),
+    )
+    with pytest.raises(InputError, match=f"holds {NOT_A_NAME}, not among") as refused:
+        spark_features(mailed, None, as_of=AS_OF)
+    assert "victim" not in str(refused.value)
 
 
 def test_without_java_the_spark_session_names_the_fix(
