@@ -80,6 +80,10 @@ def summarise_funnel(
     stages = _with_silent_contacts(active, contacts, known_later)
     consent = restrict_to_consented(stages, contacts, assume_consent=assume_consent)
     scored = consent.kept
+    # those first seen later are counted by consent too: the ones without it were counted as
+    # not yet active, in a report of consented contacts, and not among those without consent
+    # (export review)
+    later = restrict_to_consented(known_later, contacts, assume_consent=assume_consent)
     true_counts = rules_accuracy = None
     if true_stages is not None:
         joined = scored.join(
@@ -95,8 +99,8 @@ def summarise_funnel(
         first_event=timestamps.min() if past.height else None,  # type: ignore[arg-type]
         last_event=timestamps.max() if past.height else None,  # type: ignore[arg-type]
         contacts_scored=scored.height,
-        contacts_without_consent=consent.contacts_without_consent,
-        contacts_not_yet_active=known_later.height,
+        contacts_without_consent=consent.contacts_without_consent + later.contacts_without_consent,
+        contacts_not_yet_active=later.kept.height,
         rules_counts=_counts(scored["stage"]),
         true_counts=true_counts,
         rules_accuracy=rules_accuracy,

@@ -115,6 +115,33 @@ def test_contacts_first_seen_after_the_snapshot_are_not_counted_as_dormant() -> 
     assert summary.events == 1  # the header counts only what was known at the snapshot
 
 
+def test_contacts_first_seen_after_the_snapshot_are_counted_by_consent_too() -> None:
+    """One without consent, first seen after the snapshot, was counted as not yet active in a
+    report of consented contacts, and not among those without consent (export review)."""
+    events = pd.DataFrame(
+        [
+            ("a", "2024-01-20T10:00:00Z", "web", "add_to_cart"),
+            ("late", "2024-02-10T10:00:00Z", "web", "purchase"),
+            ("late-no", "2024-02-10T10:00:00Z", "web", "purchase"),
+            ("no", "2024-01-20T10:00:00Z", "web", "purchase"),
+        ],
+        columns=["contact_id", "timestamp", "channel", "event_type"],
+    )
+    contacts = pd.DataFrame(
+        {
+            "contact_id": ["a", "late", "late-no", "no"],
+            "marketing_consent": [True, True, False, False],
+        }
+    )
+    result = validate(events, contacts, now=dt.datetime(2024, 3, 1, tzinfo=dt.UTC))
+    summary = summarise_funnel(
+        result.events, result.contacts, as_of=AS_OF, settings=load_rules_settings()
+    )
+    assert summary.contacts_scored == 1
+    assert summary.contacts_not_yet_active == 1
+    assert summary.contacts_without_consent == 2
+
+
 # --- the funnel reads and checks its input as the feature builders do ---------------------------
 
 LATER = dt.datetime(2024, 1, 25, 9, tzinfo=dt.UTC)  # after AS_OF's lookback start, before it
