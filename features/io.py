@@ -1,5 +1,6 @@
 """Reading and writing canonical tables. Every write is atomic: a file is written beside its
 target under a temporary name and renamed into place, so no reader ever sees half a file.
+A file written over keeps its permission bits.
 
 What a write leaves when it is stopped: Ctrl-C and SIGTERM take the same path (the temporary
 files are removed); what a kill leaves (it runs no clean-up) is swept by the next write into
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -241,19 +243,24 @@ def _write_csv(table: pa.Table, path: Path) -> Path:
 
 
 def _write_file(
-    table: pa.Table, path: Path, write: Callable[[pa.Table, Path], None] | None = None
+    table: pa.Table,
+    path: Path,
+    write: Callable[[pa.Table, Path], None] | None = None,
+    *,
+    replacing: Path | None = None,
 ) -> Path:
     """``table`` into ``path`` by ``write`` (default: Parquet, zstd) through a temporary file
-    beside it, synced and renamed into place."""
+    beside it, synced and renamed into place, with the mode of the file it replaces
+    (``replacing``, else ``path``; ``_give_mode``)."""
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
     )
-    # mkstemp makes the file private (0600); the output gets what any new file gets (0644
-    # under the usual umask), as if written in place
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        try:
+            _give_mode(fd, replacing or path)
+        finally:
+            os.close(fd)
         if write is None:
             pq.write_table(table, tmp, compression="zstd")
         else:
@@ -265,6 +272,28 @@ def _write_file(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _give_mode(fd: int, replaced: Path) -> None:
+    """The mode of the new file ``fd``, set before anything is written into it. A file it
+    replaces keeps its permission bits and, where this user may give it, its group: the
+    rename made an admin's `chmod 600` scores file (contact ids) 0644, readable by everyone.
+    A new file gets what any new file gets (0644 under the usual umask), as if written in
+    place, not mkstemp's private 0600."""
+    try:
+        before = os.stat(replaced)
+    except FileNotFoundError:
+        os.fchmod(fd, 0o666 & ~_umask())
+        return
+    mode = stat.S_IMODE(before.st_mode) & 0o777
+    if before.st_gid != os.fstat(fd).st_gid:
+        try:
+            os.fchown(fd, -1, before.st_gid)
+        except PermissionError:
+            # a group this user is not in: the file's group is another one, which the old
+            # bits are not meant for, so it gets none of them
+            mode &= ~0o070
+    os.fchmod(fd, mode)
 
 
 # the tables a data folder holds (``ingest``, ``simulate``, ``run``): a writer of some of them
@@ -382,7 +411,11 @@ def write_tables_atomic(
             raise _unwritable(f"into {out_dir}", out_dir, error) from None
         try:
             staged = {
-                name: _write_file(_marked(tables[name], name), staging / f"{name}.parquet")
+                name: _write_file(
+                    _marked(tables[name], name),
+                    staging / f"{name}.parquet",
+                    replacing=out_dir / f"{name}.parquet",
+                )
                 for name in new
             }
             return _swap_in(staged, stale, out_dir, removed, foreign, set_aside)

@@ -121,6 +121,63 @@ def test_written_files_get_the_mode_any_new_file_gets(
     assert stat.S_IMODE(several["events"].stat().st_mode) == mode
 
 
+def test_a_file_written_over_keeps_its_mode_and_a_new_one_follows_the_umask(
+    tmp_path: Path,
+) -> None:
+    """Export review: `chmod 600 scores.csv`, then `score --out scores.csv`, gave back a 0644
+    file, the contacts' ids readable by everyone: the temporary file took the umask's mode."""
+    table = pa.table({"x": [1, 2]})
+    kept = {"one.parquet": 0o600, "one.csv": 0o640, "out/events.parquet": 0o400}
+    previous = os.umask(0o022)
+    try:
+        write_parquet_atomic(table, tmp_path / "one.parquet")
+        write_csv_atomic(table, tmp_path / "one.csv")
+        write_tables_atomic({"events": table}, tmp_path / "out")
+        for name, mode in kept.items():
+            (tmp_path / name).chmod(mode)
+        write_parquet_atomic(table, tmp_path / "one.parquet")
+        write_csv_atomic(table, tmp_path / "one.csv")
+        write_tables_atomic({"events": table}, tmp_path / "out")
+        os.umask(0o077)
+        new = write_csv_atomic(table, tmp_path / "new.csv")
+    finally:
+        os.umask(previous)
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in kept} == kept
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+
+
+def _another_group(path: Path) -> int:
+    """A group ``path`` can be given other than this process's own, or the test is skipped."""
+    others = [gid for gid in os.getgroups() if gid != os.getgid()]
+    group = 4242 if os.geteuid() == 0 else (others[0] if others else None)
+    if group is None:
+        pytest.skip("this user is in no group but its own")
+    os.chown(path, -1, group)
+    return group
+
+
+def test_a_file_written_over_keeps_its_group_or_else_loses_the_group_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 0640 file of the group `crm` came back in the writer's own group, with `crm`'s
+    read bit: readable by the writer's group instead. Where the group cannot be given, the
+    bits meant for it are dropped, never handed to another group."""
+    target = tmp_path / "scores.csv"
+    write_csv_atomic(pa.table({"x": [1]}), target)
+    group = _another_group(target)
+    target.chmod(0o640)
+    write_csv_atomic(pa.table({"x": [2]}), target)
+    assert (target.stat().st_gid, stat.S_IMODE(target.stat().st_mode)) == (group, 0o640)
+
+    def refused(*args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(io.os, "fchown", refused)
+    write_csv_atomic(pa.table({"x": [3]}), target)
+    assert target.stat().st_gid != group
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
 def _run_of(path: Path) -> str:
     return str(pq.read_table(path).column("run")[0])
 
