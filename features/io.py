@@ -1,6 +1,7 @@
 """Reading and writing canonical tables. Every write is atomic: a file is written beside its
 target under a temporary name and renamed into place, so no reader ever sees half a file.
-A file written over keeps its permission bits.
+A file written over keeps its permission bits; one output file given as a symbolic link is
+written into the file the link names, the link kept.
 
 What a write leaves when it is stopped: Ctrl-C and SIGTERM take the same path (the temporary
 files are removed); what a kill leaves (it runs no clean-up) is swept by the next write into
@@ -209,13 +210,24 @@ def _write_file_atomic(
 ) -> Path:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name for the {kind} output")
+    target = replaced_file(path)
     with terminate_like_interrupt():
         try:
-            with made_folders(path.parent, keep=True):
-                _sweep_leftovers(path.parent, path.name)
-                return write(table, path)
+            with made_folders(target.parent, keep=True):
+                _sweep_leftovers(target.parent, target.name)
+                write(table, target)
+                return path
         except OSError as error:
-            raise _unwritable(str(path), path.parent, error) from error
+            raise _unwritable(str(path), target.parent, error) from error
+
+
+def replaced_file(path: Path) -> Path:
+    """The file a write of ``path`` replaces: ``path``, or the file it names when it is a
+    symbolic link (through a chain of them). The link stays, and the file it names gets the
+    new contents: replacing the link (``latest.csv``, naming the CRM's import file) with a
+    file left the file it named stale, and said nothing."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @contextlib.contextmanager

@@ -1457,15 +1457,17 @@ def _can_write(out: Path, kind: str = "Parquet") -> None:
     removed again: the write makes them."""
     import tempfile
 
-    from features.io import made_folders
+    from features.io import made_folders, replaced_file
 
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name for the {kind} output")
     from features.io import check_writable_folder
 
-    check_writable_folder(out.parent)  # a file where a folder goes: said so, in those words
+    # a symbolic link's file is the one written, in its own folder
+    folder = replaced_file(out).parent
+    check_writable_folder(folder)  # a file where a folder goes: said so, in those words
     try:
-        with made_folders(out.parent, keep=False), tempfile.TemporaryFile(dir=out.parent):
+        with made_folders(folder, keep=False), tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
         raise InputError(

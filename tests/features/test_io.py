@@ -178,6 +178,37 @@ def test_a_file_written_over_keeps_its_group_or_else_loses_the_group_bits(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
+def test_an_output_given_as_a_symbolic_link_is_written_into_the_file_it_names(
+    tmp_path: Path,
+) -> None:
+    """Export review: `--out out/latest.csv`, a link to crm/import.csv, replaced the link with
+    a file and left crm/import.csv with the earlier contents, exit 0. The link stays, the
+    file it names (through a chain of relative links too) gets the new contents and keeps
+    its mode, and no temporary file is left in either folder."""
+    crm, out = tmp_path / "crm", tmp_path / "out"
+    crm.mkdir()
+    out.mkdir()
+    imported = crm / "import.csv"
+    imported.write_text('"id"\n"old"\n', "utf-8")
+    imported.chmod(0o600)
+    (out / "latest.csv").symlink_to(Path("..") / "crm" / "import.csv")
+    (out / "current.csv").symlink_to("latest.csv")
+    for link, contact in (("latest.csv", "new"), ("current.csv", "newer")):
+        written = write_csv_atomic(pa.table({"id": [contact]}), out / link)
+        assert written == out / link
+        assert imported.read_text("utf-8") == f'"id"\n"{contact}"\n'
+    assert os.readlink(out / "latest.csv") == str(Path("..") / "crm" / "import.csv")
+    assert os.readlink(out / "current.csv") == "latest.csv"
+    assert stat.S_IMODE(imported.stat().st_mode) == 0o600
+    assert sorted(p.name for p in crm.iterdir()) == ["import.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["current.csv", "latest.csv"]
+    # a link to a file not there yet makes it, in the folder the link names
+    (out / "next.parquet").symlink_to(crm / "next.parquet")
+    write_parquet_atomic(pa.table({"x": [1]}), out / "next.parquet")
+    assert (out / "next.parquet").is_symlink()
+    assert pq.read_table(crm / "next.parquet").column("x").to_pylist() == [1]
+
+
 def _run_of(path: Path) -> str:
     return str(pq.read_table(path).column("run")[0])
 

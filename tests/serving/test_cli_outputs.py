@@ -92,3 +92,72 @@ def test_features_out_below_a_file_says_it_is_a_file_not_a_folder(tmp_path: Path
     )
     line = _one_line_error(result, f"{tmp_path / 'afile'} is a file, not a folder")
     assert "File exists" not in line
+
+
+def _small_data(folder: Path) -> Path:
+    """Two contacts' events and their contacts table, as ingest writes them."""
+    from features.schema import validate
+
+    events = pa.table(
+        {
+            "contact_id": ["a", "b"],
+            "timestamp": ["2024-01-02T10:00:00Z", "2024-01-03T10:00:00Z"],
+            "channel": ["web", "email"],
+            "event_type": ["page_view", "email_open"],
+        }
+    )
+    contacts = pa.table({"contact_id": ["a", "b"], "marketing_consent": [True, True]})
+    validated = validate(events, contacts)
+    folder.mkdir()
+    pq.write_table(validated.events, folder / "events.parquet")
+    assert validated.contacts is not None
+    pq.write_table(validated.contacts, folder / "contacts.parquet")
+    return folder
+
+
+def test_features_out_as_a_link_writes_the_file_it_names_and_never_an_input(
+    tmp_path: Path,
+) -> None:
+    """Export review: a write replaced a symbolic link --out with a file, leaving the file
+    it named stale. The link's file is written now, so a link (or a `..` path) to the
+    events or the contacts must stay refused, before any work, as the files themselves are;
+    and a link into a place that cannot take a file is said before the build."""
+    from typer.testing import CliRunner
+
+    from features.errors import InputError
+    from serving.cli import app
+
+    data = _small_data(tmp_path / "data")
+    before = {name: (data / name).read_bytes() for name in ("events.parquet", "contacts.parquet")}
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    links = {name: tmp_path / f"to-{name}.parquet" for name in ("events", "contacts", "a-file")}
+    links["events"].symlink_to(data / "events.parquet")
+    links["contacts"].symlink_to(Path("data") / "contacts.parquet")  # relative
+    links["a-file"].symlink_to(tmp_path / "a-file" / "f.parquet")
+    refused = [
+        (links["events"], "is one of the input files"),
+        (links["contacts"], "is one of the input files"),
+        (tmp_path / "a-file" / ".." / "data" / "events.parquet", "is one of the input files"),
+        (tmp_path / "a-file" / ".." / "data" / "contacts.parquet", "is one of the input files"),
+        (links["a-file"], "a-file is a file, not a folder"),
+    ]
+    features = ["features", "--events", str(data), "--as-of", "2024-01-05"]
+    for out, says in refused:
+        result = CliRunner().invoke(app, [*features, "--out", str(out)])
+        assert isinstance(result.exception, InputError), (out, result.output)
+        assert says in str(result.exception), out
+        assert "Building" not in result.output
+    assert {name: (data / name).read_bytes() for name in before} == before
+    assert all(link.is_symlink() for link in links.values())
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    latest = tmp_path / "latest.parquet"
+    latest.symlink_to(Path("exports") / "features.parquet")
+    result = CliRunner().invoke(app, [*features, "--out", str(latest)])
+    assert result.exit_code == 0, result.output
+    assert latest.is_symlink()
+    assert pq.read_table(exports / "features.parquet").column("contact_id").to_pylist() == [
+        "a",
+        "b",
+    ]
