@@ -13,7 +13,12 @@ import polars as pl
 import pyarrow as pa
 
 from features.errors import InputError
-from features.schema import cast_unreadable_zones_to_utc
+from features.schema import (
+    CONTROL_IN_ID,
+    cast_unreadable_zones_to_utc,
+    control_ids_message,
+    first_control_character,
+)
 
 
 class ConsentUnknownError(InputError):
@@ -61,7 +66,7 @@ def check_contact_ids(contacts: pa.Table | pl.DataFrame) -> None:
     if ids.null_count():
         first = int(ids.is_null().arg_true()[0])
         raise InputError(ids_missing_message(ids.null_count(), first=first))
-    refuse_padded_ids(ids, "the contacts table")
+    refuse_unusable_ids(ids, "the contacts table")
     twice = ids.is_duplicated()
     if twice.any():
         rows = twice.arg_true()
@@ -100,16 +105,28 @@ def ids_repeated_message(count: int, *, first: int | None = None) -> str:
 PADDED_ID = r"(?U)^\s|\s$|^$"
 
 
-def refuse_padded_ids(ids: pl.Series, where: str, *, rows: bool = True) -> None:
+def refuse_unusable_ids(ids: pl.Series, where: str, *, rows: bool = True) -> None:
     """Contact ids are matched exactly: " c1" (an id padded by an export) is not "c1", so its
     events would be a contact of their own, without the attributes or the consent of the
-    contacts table, and "c1" would come out without its events. An ``InputError`` with the
-    count and (``rows``: the ids are a table's rows) the first row; the ids are not shown."""
-    padded = ids.cast(pl.String).str.contains(PADDED_ID)
+    contacts table, and "c1" would come out without its events. And they are written as they
+    are: "c1\x00x" would be read back from a CSV as "c1". An ``InputError`` with the count,
+    (``rows``: the ids are a table's rows) the first row and, for a control character, the
+    character; the ids are not shown."""
+    text = ids.cast(pl.String)
+    # one pass over the ids when none is refused, as almost always
+    if not text.str.contains(f"{PADDED_ID}|{CONTROL_IN_ID}").any():
+        return
+    padded = text.str.contains(PADDED_ID)
     count = int(padded.sum())
     if count:
         first = int(padded.arg_true()[0]) if rows else None
         raise InputError(padded_ids_message(count, where, first=first))
+    held = text.str.contains(CONTROL_IN_ID)
+    at = int(held.arg_true()[0])
+    example = first_control_character(text[at])
+    first = at if rows else None
+    count = text.filter(held).n_unique()
+    raise InputError(control_ids_message(count, where, example=example, first=first))
 
 
 def padded_ids_message(count: int | None, where: str, *, first: int | None = None) -> str:

@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from features.consent import TEXT_TYPES, check_contact_ids, refuse_padded_ids
+from features.consent import TEXT_TYPES, check_contact_ids, refuse_unusable_ids
 from features.errors import NOT_FINITE_VALUE, InputError
 from features.schema import as_utc, cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.settings import RulesSettings, load_rules_settings
@@ -227,9 +227,10 @@ def _aggregate_part(
         and _collect(past.select((~pl.col("value").is_finite()).any())).item()
     ):
         raise InputError(NOT_FINITE_VALUE)
-    # an id with whitespace around it would split its contact, in all-history features too:
-    # every contact's atoms are looked at, before the ineligible ones are left out
-    refuse_padded_ids(atoms.get_column("contact_id"), "the events", rows=False)
+    # an id with whitespace around it would split its contact, in all-history features too,
+    # and one holding a control character would be read back from a CSV as another's: every
+    # contact's atoms are looked at, before the ineligible ones are left out
+    refuse_unusable_ids(atoms.get_column("contact_id"), "the events", rows=False)
     atoms = _eligible_runs(atoms, one_pass, listed)  # the unsorted atoms are freed here
     aggregated = _per_contact(atoms, one_pass, as_of)
     del atoms

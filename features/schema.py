@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -113,6 +114,43 @@ class SchemaError(InputError):
 
 class UnplacedZoneError(SchemaError):
     """Times with a zone written in a form funnelcast does not read as one (``+1``)."""
+
+
+# a C0 control character (NUL, a line break, ...) or DEL inside a contact id: ids are written
+# as they are, and a CSV reader cuts an id at a NUL or splits its row at a line break
+# (pandas reads "x\x00y" as "x"), so the id would come back as another contact's. The same
+# pattern in Rust's regex (Polars) and Java's (Spark)
+CONTROL_IN_ID: Final = r"[\x00-\x1f\x7f]"
+
+
+def first_control_character(text: str) -> str:
+    """The first character of ``text`` that ``CONTROL_IN_ID`` matches."""
+    found = re.search(CONTROL_IN_ID, text)
+    assert found is not None, "only called on an id that holds one"
+    return found.group()
+
+
+def control_ids_message(
+    count: int | None,
+    where: str,
+    *,
+    example: str | None = None,
+    first: int | str | None = None,
+) -> str:
+    """The refusal of ids holding a control character, shared by every builder: ``example``
+    is such a character, shown escaped (never the id); ``first`` where the first such id is,
+    a row counting from 0 or a place in a file (``line 5``)."""
+    how_many = "contact ids" if count is None else f"{count:,} contact id(s)"
+    said = [] if example is None else [f"such as {example!r}"]
+    if first is not None:
+        said.append(f"row {first}, counting from 0, is one" if isinstance(first, int) else first)
+    detail = f" ({'; '.join(said)})" if said else ""
+    return (
+        f"{how_many} in {where} hold a control character{detail}; ids are written as they "
+        'are, and a CSV reader cuts or splits such an id ("x\\x00y" reads as "x"), so its '
+        "contact would come back as another. Remove the control characters from the ids "
+        "where they are exported"
+    )
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
-from features.consent import check_contact_ids, refuse_padded_ids
+from features.consent import check_contact_ids, refuse_unusable_ids
 from features.engine import (
     ANY_EVENT,
     NOT_FINITE_VALUE,
@@ -85,7 +85,7 @@ def build_training_frame(
     last_moment = _moment(days[-1])
     events_before = scan_events(events).filter(pl.col("timestamp") < last_moment)
     running = _running_totals(events_before, series, spec)
-    refuse_padded_ids(running.contacts.get_column("contact_id"), "the events", rows=False)
+    refuse_unusable_ids(running.contacts.get_column("contact_id"), "the events", rows=False)
     frames = []
     for day in days:
         rows = _snapshot(running, series, aggregates, day, contacts, spec=spec, rules=rules)

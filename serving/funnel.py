@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from features.consent import check_contacts, refuse_padded_ids, restrict_to_consented
+from features.consent import check_contacts, refuse_unusable_ids, restrict_to_consented
 from features.engine import EventsInput, raise_unknown_vocabulary, scan_events, with_listed_contacts
 from features.schema import as_utc
 from features.settings import RulesSettings
@@ -74,7 +74,7 @@ def summarise_funnel(
     ids = scanned.select("contact_id").unique().collect()
     # every contact the funnel counts, the ones first seen after as_of too: " c1" would be a
     # contact of its own, without c1's consent
-    refuse_padded_ids(ids.get_column("contact_id"), "the events", rows=False)
+    refuse_unusable_ids(ids.get_column("contact_id"), "the events", rows=False)
     active = rules_stage_as_of(past, as_of=as_of, settings=settings)
     known_later = ids.join(active, on="contact_id", how="anti")
     stages = _with_silent_contacts(active, contacts, known_later)

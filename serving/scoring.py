@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from features.consent import refuse_padded_ids, restrict_to_consented
+from features.consent import refuse_unusable_ids, restrict_to_consented
 from features.errors import InputError
 from features.schema import cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
@@ -204,7 +204,7 @@ def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
             "written by `funnelcast score`"
         ) from None
     _refuse_rows(frame, pl.col("contact_id").is_null(), "without a contact_id", path, option)
-    refuse_padded_ids(frame["contact_id"], f"{option} {path}")
+    refuse_unusable_ids(frame["contact_id"], f"{option} {path}")
     _refuse_rows(frame, pl.col("stage").is_null(), "without a stage", path, option)
     _refuse_rows(
         frame,

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import polars as pl
 import pyarrow as pa
 
-from features.consent import refuse_padded_ids
+from features.consent import refuse_unusable_ids
 from features.engine import STAGE_TYPE, EventsInput, scan_events
 from features.errors import InputError
 from features.settings import RulesSettings
@@ -89,7 +89,7 @@ def label_events(
     labels = pl.concat(pl.collect_all(queries))
     # a padded id's events in a horizon would label another contact than the features' (the
     # builders refuse such ids in the events before the snapshots)
-    refuse_padded_ids(labels.get_column("contact_id"), "the events", rows=False)
+    refuse_unusable_ids(labels.get_column("contact_id"), "the events", rows=False)
     return labels.sort("as_of", "contact_id")
 
 

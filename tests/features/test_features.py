@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -709,6 +710,48 @@ def test_contact_ids_with_whitespace_around_them_are_refused_not_split(padded: s
     inside = _events([("c 17", *rows[0][1:])])
     built = build_contact_features(inside, as_of=AS_OF, spec=SPEC)
     assert built["contact_id"].to_list() == ["c 17"]
+
+
+@pytest.mark.parametrize("held", ["nul\x00id", "new\nline", "cr\rinside", "del\x7f"])
+def test_contact_ids_holding_a_control_character_are_refused_as_padded_ones_are(
+    held: str,
+) -> None:
+    """Export review: such an id was built, scored and written raw into the scores CSV, where
+    pandas reads "x\\x00nul" back as "x", another contact. Every builder and the consent
+    filter refuse it, in the events or the contacts table, counting the ids and showing the
+    character escaped, never the id; an id both padded and holding one is refused as padded."""
+    from features.consent import restrict_to_consented
+    from features.errors import InputError
+    from features.snapshots import build_training_frame
+
+    rows = [("c-17", "2024-02-20T12:00:00Z", "web", "page_view", None)]
+    events = _events(rows)
+    bad_events = events.vstack(events.with_columns(pl.lit(held).alias("contact_id")))
+    contacts = pl.DataFrame({"contact_id": ["c-17"], "marketing_consent": [True]})
+    bad_contacts = pl.DataFrame({"contact_id": ["c-17", held], "marketing_consent": [True] * 2})
+    character = repr(next(c for c in held if not c.isprintable()))
+    says = r"1 contact id.* in the (events|contacts table) hold a control character \(such as "
+    says += re.escape(character)
+    for source, table in ((bad_events, contacts), (events, bad_contacts)):
+        with pytest.raises(InputError, match=says) as caught:
+            build_contact_features(source, table, as_of=AS_OF, spec=SPEC)
+        assert held not in str(caught.value)
+        assert all(c.isprintable() for c in str(caught.value))
+        with pytest.raises(InputError, match=says):
+            build_training_frame(source, table, as_of_dates=[AS_OF.date()], spec=SPEC)
+    with pytest.raises(InputError, match=says + "; row 1, counting from 0, is one"):
+        restrict_to_consented(events.select("contact_id"), bad_contacts)
+    # an old purchase under such an id: its contact is not eligible, but is looked at
+    old = events.vstack(
+        _events([("c-17", "2023-06-01T12:00:00Z", "web", "purchase", 500.0)]).with_columns(
+            pl.lit(held).alias("contact_id")
+        )
+    )
+    with pytest.raises(InputError, match=says):
+        build_contact_features(old, contacts, as_of=AS_OF, spec=SPEC)
+    padded = events.with_columns(pl.lit(f" {held}").alias("contact_id"))
+    with pytest.raises(InputError, match="start or end with whitespace"):
+        build_contact_features(padded, contacts, as_of=AS_OF, spec=SPEC)
 
 
 def test_a_folder_of_event_parts_beside_the_contacts_reads_the_parts_only(tmp_path: Path) -> None:

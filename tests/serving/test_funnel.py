@@ -222,6 +222,10 @@ def _broken(case: str) -> tuple[pa.Table, pa.Table]:
         contacts = _contacts_table(ids=["a", "b ", "q"])
     elif case == "dictionary ids with a padded one":
         events = _with(events, "contact_id", pa.array(["a", "a", "b "]).dictionary_encode())
+    elif case == "an id with a control character in the events":
+        events = _events_table(ids=["a", "a\x00b", "b"])
+    elif case == "an id with a control character in the contacts":
+        contacts = _contacts_table(ids=["a", "b\nq", "q"])
     else:
         raise AssertionError(case)
     return events, contacts
@@ -240,6 +244,8 @@ def _broken(case: str) -> tuple[pa.Table, pa.Table]:
         "an id padded in the events",
         "an id padded in the contacts",
         "dictionary ids with a padded one",
+        "an id with a control character in the events",
+        "an id with a control character in the contacts",
     ],
 )
 def test_the_funnel_refuses_what_the_feature_builder_refuses_in_the_same_words(

@@ -361,6 +361,21 @@ def test_no_consent_known_no_model_or_an_unknown_alias_is_refused(
     assert not out.exists()
 
 
+def test_previous_scores_with_an_id_holding_a_control_character_are_refused(
+    tmp_path: Path,
+) -> None:
+    """As an id with whitespace around it is (export review): compared with this run's, it
+    would be a contact no longer scored, and this run's own a new one."""
+    frame = pl.DataFrame({"contact_id": ["a", "b\rc"], "stage": ["intent", "intent"]})
+    for name in ("s.csv", "s.parquet"):
+        with pytest.raises(InputError) as refused:
+            read_scores(_previous(tmp_path, frame, name))
+        assert str(refused.value).startswith(
+            f"1 contact id(s) in --previous {tmp_path / name} hold a control character (such "
+            "as '\\r'; row 1, counting from 0, is one); "
+        )
+
+
 def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
     frame = pl.DataFrame(
         {

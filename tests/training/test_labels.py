@@ -124,6 +124,21 @@ def test_a_padded_contact_id_in_a_horizon_is_refused_not_labelled_as_another_con
         label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
 
 
+def test_a_contact_id_holding_a_control_character_in_a_horizon_is_refused() -> None:
+    """As a padded one is (export review): "c-9\\x00" would label a contact no scores file
+    reads back as itself."""
+    events = _events([("c-9", _day(-3), "page_view"), ("c-9", _day(3), "purchase")])
+    events = events.with_columns(
+        pl.when(pl.col("timestamp") > AS_OF)
+        .then(pl.lit("c-9\x00"))
+        .otherwise(pl.col("contact_id"))
+        .alias("contact_id")
+    )
+    events = events.vstack(_events([("x", _day(30), "page_view")]))
+    with pytest.raises(InputError, match=r"1 contact id.* hold a control character \(such as "):
+        label_events(events, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+
+
 _EVENT_TYPES = ["page_view", "email_open", "email_click", "add_to_cart", "purchase", "review"]
 
 
