@@ -58,7 +58,7 @@ from features.engine import (
     not_a_datetime,
 )
 from features.errors import InputError
-from features.schema import as_utc
+from features.schema import CONTROL_IN_ID, as_utc, control_ids_message
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
 from features.stages import BASE_RANK
@@ -195,10 +195,14 @@ def _named(name: str) -> Column:
 _UNKNOWN = re.compile(r"the events' `(event_type|channel)` holds '(.*?)', not among")
 
 
-# every builder refuses contact ids with whitespace around them, and events without an id or
-# a timestamp; Spark's messages have no count
+# every builder refuses contact ids with whitespace around them or a control character in
+# them, and events without an id or a timestamp; Spark's messages have no count
 _PADDED_IDS = padded_ids_message(None, "the events")
 _MISSING = {name: missing_message(name, None) for name in ("contact_id", "timestamp")}
+# Spark's message for a control character names its code point, found again here to show the
+# character as the other builders do
+_CONTROL_CODE = "a contact id in the events holds the control character of code point "
+_CONTROL = re.compile(re.escape(_CONTROL_CODE) + r"(\d+)\b")
 
 
 def _required(name: str, column: Column) -> Column:
@@ -215,12 +219,16 @@ def _required(name: str, column: Column) -> Column:
 
 def _checked_contact_id() -> Column:
     """``contact_id`` of each event, whose missing ids (an event of nobody's, a contact of its
-    own) or padded ids fail the query. Checked on the events, not on the contacts they make:
-    the contacts without a recent event are left out before the result is computed, and a
-    padded id's older events would be lost from its contact's all-history features."""
+    own), padded ids or ids holding a control character fail the query. Checked on the
+    events, not on the contacts they make: the contacts without a recent event are left out
+    before the result is computed, and a padded id's older events would be lost from its
+    contact's all-history features."""
     contact = F.col("contact_id")
-    padded = F.when(contact.rlike(PADDED_ID), F.raise_error(F.lit(_PADDED_IDS)))
-    return _required("contact_id", padded.otherwise(contact))
+    code = F.ascii(F.regexp_extract(contact, f"({CONTROL_IN_ID})", 1)).cast("string")
+    refused = F.when(contact.rlike(PADDED_ID), F.raise_error(F.lit(_PADDED_IDS))).when(
+        contact.rlike(CONTROL_IN_ID), F.raise_error(F.concat(F.lit(_CONTROL_CODE), code))
+    )
+    return _required("contact_id", refused.otherwise(contact))
 
 
 def _finite_value() -> Column:
@@ -254,6 +262,10 @@ def spark_features_to_polars(frame: DataFrame) -> pl.DataFrame:
         for known in (NOT_FINITE_VALUE, _PADDED_IDS, *_MISSING.values()):
             if known in str(error):
                 raise InputError(known) from None
+        control = _CONTROL.search(str(error))
+        if control is not None:
+            example = chr(int(control.group(1)))
+            raise InputError(control_ids_message(None, "the events", example=example)) from None
         damaged = _damaged_file(str(error))
         if damaged is not None:
             raise InputError(damaged_parquet_message(damaged)) from None
@@ -688,24 +700,33 @@ def _naive_as_utc_micros(column: Column) -> Column:
 
 def _check_spark_contacts(contacts: DataFrame) -> None:
     """``check_contact_ids`` for a contacts table given as a Spark DataFrame: text ids, none
-    missing, none padded, one row per contact; counted by one pass over the table."""
+    missing, padded or holding a control character, one row per contact; counted by one
+    pass over the table."""
     dtype = {f.name: f.dataType for f in contacts.schema.fields}.get("contact_id")
     if dtype is None:
         raise InputError(no_column_message("contact_id", contacts.columns))
     if not isinstance(dtype, T.StringType):
         raise InputError(id_kind_message(dtype.simpleString()))
     ids = F.col("contact_id")
+    held = ids.rlike(CONTROL_IN_ID)
     counts = contacts.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count(ids).alias("ids"),
         F.countDistinct(ids).alias("distinct"),
         F.sum(ids.rlike(PADDED_ID).cast("int")).alias("padded"),
+        F.count_distinct(F.when(held, ids)).alias("control"),
+        F.min(F.when(held, F.ascii(F.regexp_extract(ids, f"({CONTROL_IN_ID})", 1)))).alias("code"),
     ).first()
     assert counts is not None  # an aggregate without grouping has one row
     if counts["ids"] < counts["rows"]:
         raise InputError(ids_missing_message(counts["rows"] - counts["ids"]))
     if counts["padded"]:
         raise InputError(padded_ids_message(counts["padded"], "the contacts table"))
+    if counts["control"]:
+        example = chr(counts["code"])
+        raise InputError(
+            control_ids_message(counts["control"], "the contacts table", example=example)
+        )
     if counts["distinct"] < counts["ids"]:
         # the contacts on more than one row, counted once each
         repeated = contacts.groupBy(ids).count().where(F.col("count") > 1).count()

@@ -407,6 +407,48 @@ def test_the_spark_engine_refuses_contact_ids_with_whitespace_around_them(
         spark_features(old, None, as_of=AS_OF)
 
 
+def test_the_spark_engine_refuses_contact_ids_holding_a_control_character(
+    spark: Any, spark_features: SparkFeatures
+) -> None:
+    """As the Polars engine does, in the same words and with the character shown escaped
+    (export review): in the events, on an event older than every window too, and in a
+    contacts table given as a Spark DataFrame; a padded one is refused as padded."""
+    from features.errors import InputError
+
+    events = _first_edge_events()
+    frame = pl.from_arrow(events)
+    assert isinstance(frame, pl.DataFrame)
+    ids = frame["contact_id"].to_list()
+    says = "contact ids in the events hold a control character (such as '\\x00'); "
+    held = frame.with_columns(pl.lit(f"{ids[1]}\x00nul").alias("contact_id"))
+    with pytest.raises(InputError) as refused:
+        spark_features(held.to_arrow(), None, as_of=AS_OF)
+    assert str(refused.value).startswith(says)
+    with pytest.raises(InputError) as polars_refused:
+        build_contact_features(held, None, as_of=AS_OF, spec=SPEC)
+    assert str(polars_refused.value).startswith("1 " + says.replace("ids", "id(s)", 1))
+    older = frame.slice(1, 1).with_columns(
+        pl.lit(f"{ids[1]}\x7f").alias("contact_id"),
+        pl.lit(dt.datetime(2023, 1, 1, tzinfo=dt.UTC)).dt.cast_time_unit("us").alias("timestamp"),
+    )
+    with pytest.raises(InputError, match=r"hold a control character \(such as '\\x7f'\)"):
+        spark_features(pl.concat([frame, older]).to_arrow(), None, as_of=AS_OF)
+    padded = frame.with_columns(pl.lit(f"\t{ids[1]}\x00").alias("contact_id"))
+    with pytest.raises(InputError, match="contact ids in the events start or end with whitespace"):
+        spark_features(padded.to_arrow(), None, as_of=AS_OF)
+
+    listed = sorted(set(ids))
+    table = spark.createDataFrame(
+        [(i, True) for i in [*listed[1:], f"{listed[0]}\nline"]],
+        "contact_id string, marketing_consent boolean",
+    )
+    with pytest.raises(InputError) as refused:
+        spark_features(events, table, as_of=AS_OF)
+    assert str(refused.value).startswith(
+        "1 contact id(s) in the contacts table hold a control character (such as '\\n'); "
+    )
+
+
 @pytest.mark.parametrize("column", ["contact_id", "timestamp"])
 def test_the_spark_engine_refuses_events_without_an_id_or_a_timestamp(
     spark_features: SparkFeatures, column: str
