@@ -9,8 +9,8 @@ Every source, real or simulated, ends up as two tables:
 ``validate`` turns whatever a source produced (pandas, Polars or Arrow, canonical column names)
 into tables that conform exactly, and sets every unusable row aside in a rejects table with one
 reason per row. Nothing is dropped silently: ``rows_in == rows_out + rows_rejected`` always holds.
-A problem with a whole file (a missing column, a column of the wrong kind) is a ``SchemaError``
-whose message names the column and the fix.
+A problem with a whole file (a missing column, a column of the wrong kind, contact ids holding
+control characters) is a ``SchemaError`` whose message names the column and the fix.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
 
 
 class SchemaError(InputError):
-    """A whole input is unusable: a column is missing or of the wrong kind. Names the fix."""
+    """A whole input is unusable: a column is missing or of the wrong kind, or its contact ids
+    hold control characters. Names the fix."""
 
 
 class UnplacedZoneError(SchemaError):
@@ -137,9 +138,9 @@ def control_ids_message(
     example: str | None = None,
     first: int | str | None = None,
 ) -> str:
-    """The refusal of ids holding a control character, shared by every builder: ``example``
-    is such a character, shown escaped (never the id); ``first`` where the first such id is,
-    a row counting from 0 or a place in a file (``line 5``)."""
+    """The refusal of ids holding a control character, shared by validation and every
+    builder: ``example`` is such a character, shown escaped (never the id); ``first`` where
+    the first such id is, a row counting from 0 or a place in a file (``line 5``)."""
     how_many = "contact ids" if count is None else f"{count:,} contact id(s)"
     said = [] if example is None else [f"such as {example!r}"]
     if first is not None:
@@ -151,6 +152,29 @@ def control_ids_message(
         "contact would come back as another. Remove the control characters from the ids "
         "where they are exported"
     )
+
+
+class ControlCharacterIdsError(SchemaError):
+    """Contact ids holding control characters (``control_ids_message``); ``table`` and
+    ``row`` (0-based, in the table validated) say where the first one is, so that ingest
+    can name its file and line instead."""
+
+    def __init__(self, count: int, table: str, row: int, example: str) -> None:
+        self.where = "the contacts table" if table == "contacts" else f"the {table}"
+        super().__init__(control_ids_message(count, self.where, example=example, first=row))
+        self.count, self.table, self.row, self.example = count, table, row, example
+
+
+def refuse_control_ids(ids: pl.Series, table: str) -> None:
+    """Validation's check of a table's contact ids (trimmed, as validation keeps them). A
+    control character inside an id is no padding an export added, to be trimmed, but part of
+    the id as the CRM holds it: the table is refused, naming the fix, rather than the
+    contact's rows set aside, which would leave out a contact the CRM has."""
+    held = ids.cast(pl.String).str.contains(CONTROL_IN_ID).fill_null(False)
+    if held.any():
+        first = int(held.arg_true()[0])
+        example = first_control_character(ids[first])
+        raise ControlCharacterIdsError(ids.filter(held).n_unique(), table, first, example)
 
 
 @dataclass(frozen=True)
@@ -227,6 +251,8 @@ def _validate_events(
 ) -> tuple[pa.Table, pa.Table]:
     columns = source.column_names if isinstance(source, pa.Table) else source.columns
     _require_columns(columns, REQUIRED_EVENT_COLUMNS, "events", _EVENT_COLUMN_FIXES)
+    ids = _to_polars(source.select(["contact_id"]), "events")
+    refuse_control_ids(ids.select(_normalise_contact_id(ids, "events")).to_series(), "events")
     conforming = isinstance(source, pa.Table) and source.schema.equals(EVENTS_SCHEMA)
     total = _height(source)
     kept: list[pa.Table] = []
@@ -541,6 +567,7 @@ def _validate_contacts(raw: pl.DataFrame) -> tuple[pa.Table, pa.Table]:
     frame = raw.with_row_index("_row").with_columns(
         contact_id=_normalise_contact_id(raw.with_row_index("_row"), "contacts")
     )
+    refuse_control_ids(frame["contact_id"], "contacts")
     consent, consent_bad = _parse_consent(frame["marketing_consent"])
     frame = frame.with_columns(marketing_consent=consent, _consent_bad=consent_bad)
     reason = (

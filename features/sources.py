@@ -53,13 +53,16 @@ from features.schema import (
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
     REJECTS_SCHEMA,
+    ControlCharacterIdsError,
     SchemaError,
     UnplacedZoneError,
     Validated,
     as_utc,
     cast_unreadable_zones_to_utc,
+    control_ids_message,
     localise_to_utc,
     parse_timestamps,  # validation's reader of times: label dates are read by it too
+    refuse_control_ids,
     rejects_table,
     utc_for_unreadable_zones,
     validate,
@@ -536,11 +539,14 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
     """Read a source (shipped name or mapping path) and validate it against the contract."""
     mapping = load_mapping(source)
     raw = read_source(mapping, data_dir=data_dir)
-    validated = validate(raw.events, raw.contacts, timezone=raw.timezone, now=now)
+    try:
+        validated = validate(raw.events, raw.contacts, timezone=raw.timezone, now=now)
+        labels, label_rejects = _validate_labels(raw.labels, now=now)
+    except ControlCharacterIdsError as error:
+        raise _in_its_file(error, raw.origins) from None
     validated = dataclasses.replace(
         validated, rejects=_with_sources(validated.rejects, raw.origins)
     )
-    labels, label_rejects = _validate_labels(raw.labels, now=now)
     set_aside = pa.concat_tables([raw.excluded, _with_sources(label_rejects, raw.origins)])
     return Ingested(
         validated=_with_excluded(validated, set_aside, labels=labels),
@@ -559,6 +565,8 @@ def _validate_labels(
     cut_off = as_utc(now or datetime.now(UTC))
     frame = pl.from_arrow(labels)
     assert isinstance(frame, pl.DataFrame)
+    # a label of an id no event or contact can have: refused, as in the other tables
+    refuse_control_ids(frame["contact_id"], "labels")
     date = pl.col("label_date")
     if frame.schema["label_date"] == pl.String:  # some dates did not read (_label_dates)
         unread = date.str.starts_with("not ").fill_null(False)
@@ -1616,6 +1624,26 @@ def _with_sources(rejects: pa.Table, origins: Origins) -> pa.Table:
         rejects.drop_columns(["source", "source_row"])
         .append_column(REJECTS_SCHEMA.field("source"), source)
         .append_column(REJECTS_SCHEMA.field("source_row"), source_row)
+    )
+
+
+def _in_its_file(error: ControlCharacterIdsError, origins: Origins) -> SchemaError:
+    """Validation's refusal of ids holding control characters, naming the file and the line
+    (the row of a Parquet file) of the first one, not its row in the table validated."""
+    rows = origins.rows.get(error.table)
+    index = None if rows is None else rows[_ORIGIN][error.row]
+    if rows is None or index is None:
+        return error
+    file = origins.files[index]
+    number = file.source_rows(rows[_ORIGIN_ROW].slice(error.row, 1))[0]
+    text = file.spec.format != "parquet" and file.spec.package is None
+    if number is None:  # lines that cannot be matched to the rows read
+        place = f"one is in {file.label}"
+    else:
+        row = f"line {number}" if text else f"row {number} (counting from 0)"
+        place = f"{row} of {file.label} is one"
+    return SchemaError(
+        control_ids_message(error.count, error.where, example=error.example, first=place)
     )
 
 

@@ -244,6 +244,47 @@ def test_decimal_contact_ids_are_an_error() -> None:
         validate(frame, now=NOW)
 
 
+CONTROL_IDS = ["nul\x00id", "new\nline", "cr\rinside", "del\x7f", "\x01start", "unit\x1fsep"]
+
+
+@pytest.mark.parametrize("contact_id", CONTROL_IDS)
+def test_a_contact_id_holding_a_control_character_is_an_error_counting_them(
+    contact_id: str,
+) -> None:
+    """Export review: they were kept as they were and written raw into the scores CSV, where
+    pandas reads "x\\x00nul" back as "x", another contact. Refused, in the events and in the
+    contacts, with the count, the first row and the character, never the id; a control
+    character around an id that is whitespace (a tab, a line break) is trimmed as ever."""
+    events = [_event(), _event(contact_id=contact_id), _event(contact_id=contact_id, value=1.0)]
+    contacts = pd.DataFrame({"contact_id": ["c1", contact_id], "marketing_consent": [True] * 2})
+    for frame, table in (
+        (pd.DataFrame(events), "the events"),
+        (pl.DataFrame(events), "the events"),
+        (pa.Table.from_pylist(events), "the events"),
+    ):
+        with pytest.raises(SchemaError, match=f"^1 contact id\\(s\\) in {table} hold a control"):
+            validate(frame, now=NOW)
+    with pytest.raises(SchemaError) as refused:
+        validate(pd.DataFrame([_event()]), contacts, now=NOW)
+    said = str(refused.value)
+    assert said.startswith("1 contact id(s) in the contacts table hold a control character")
+    assert "row 1, counting from 0, is one" in said
+    assert contact_id not in said
+    assert contact_id.encode("unicode_escape").decode() not in said
+    assert all(c.isprintable() for c in said)  # one line, the character shown escaped
+    trimmed = validate(pd.DataFrame([_event(contact_id="\tc1\r\n")]), now=NOW)
+    assert trimmed.events.column("contact_id").to_pylist() == ["c1"]
+
+
+def test_the_control_character_is_named_by_its_escape() -> None:
+    frame = pd.DataFrame([_event(), _event(contact_id="x\x00nul")])
+    with pytest.raises(SchemaError, match=r"\(such as '\\x00'; row 1, counting from 0, is one\)"):
+        validate(frame, now=NOW)
+    frame = pd.DataFrame([_event(contact_id="new\nline")])
+    with pytest.raises(SchemaError, match=r"\(such as '\\n'; row 0, counting from 0, is one\)"):
+        validate(frame, now=NOW)
+
+
 def test_a_value_column_of_the_wrong_kind_is_an_error() -> None:
     frame = pl.DataFrame([_event()]).with_columns(value=pl.lit([1, 2]))
     with pytest.raises(SchemaError, match="'value'"):

@@ -1681,7 +1681,9 @@ def test_lines_with_fewer_fields_than_the_header_are_set_aside_and_counted(tmp_p
     _write(
         tmp_path / "orders.csv",
         "user,at,action,amount\n"
-        '"u\n1",2024-03-01T10:00:00Z,order,5\n'  # lines 2-3: a quoted line break
+        # lines 2-3: a quoted line break (around a name, which is trimmed; inside an id it
+        # would be refused)
+        'u1,2024-03-01T10:00:00Z,"order\n",5\n'
         "u2,2024-03-01T10:00:00Z,order\n"  # line 4: cut
         "u3,2024-03-01T11:00:00Z,order,7\n"
         "u4,2024-03-01T12:00:00Z\n"  # line 6: cut
@@ -1707,7 +1709,7 @@ def test_lines_with_fewer_fields_than_the_header_are_set_aside_and_counted(tmp_p
     ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
 
     events = ingested.validated.events
-    assert events.column("contact_id").to_pylist() == ["u\n1", "u3", "u5"]
+    assert events.column("contact_id").to_pylist() == ["u1", "u3", "u5"]
     assert events.column("value").to_pylist() == [5.0, 7.0, None]
     rejects = ingested.validated.rejects
     assert rejects.column("reason").to_pylist() == ["missing_fields"] * 2
@@ -1887,3 +1889,61 @@ def test_a_whitespace_only_line_is_a_row_without_an_id_not_a_short_line(tmp_path
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
     assert validated.events.column("contact_id").to_pylist() == ["u1", "u2"]
     assert validated.rejects.column("reason").to_pylist() == ["missing_contact_id"]
+
+
+def test_ingest_refuses_contact_ids_holding_a_control_character_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    """Export review: "nul\\x00id" or a line break inside a quoted id passed ingest and was
+    written raw into the scores CSV. Ingest stops, counting the ids and naming the first one's
+    line in its file (a quoted id over two lines too) or its row in a Parquet file, and the
+    character, never the id."""
+    mapping = _write(tmp_path / "clicks.yaml", CLICKS_MAPPING)
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_bytes(b'user,s\nu1,1700000000\n"new\nline",1700000001\nnul\x00id,1700000002\n')
+    with pytest.raises(SchemaError) as refused:
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+    said = str(refused.value)
+    assert said.startswith(
+        "2 contact id(s) in the events hold a control character (such as '\\n'; line 3 of "
+        "events[0] clicks.csv is one); "
+    )
+    assert "nul" not in said
+    assert "line\n" not in said
+
+    pq.write_table(
+        pa.table({"user": ["u1", "u2", "del\x7f"], "s": [1700000000, 1700000001, 1700000002]}),
+        tmp_path / "clicks.parquet",
+    )
+    parquet = _write(
+        tmp_path / "parquet.yaml",
+        CLICKS_MAPPING.replace("{path: clicks.csv}", "{path: clicks.parquet, format: parquet}"),
+    )
+    with pytest.raises(SchemaError) as refused:
+        ingest(parquet, data_dir=tmp_path, now=NOW)
+    assert "(such as '\\x7f'; row 2 (counting from 0) of events[0] clicks.parquet is one)" in str(
+        refused.value
+    )
+
+
+def test_ingest_refuses_a_label_whose_contact_id_holds_a_control_character(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "leads.csv").write_bytes(b"lead,converted\na,1\nb\x01,0\n")
+    mapping = _write(
+        tmp_path / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
+        """,
+    )
+    with pytest.raises(SchemaError, match=r"^1 contact id\(s\) in the labels hold a control .*"):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
+    with pytest.raises(
+        SchemaError, match=r"\(such as '\\x01'; line 3 of labels leads.csv is one\)"
+    ):
+        ingest(mapping, data_dir=tmp_path, now=NOW)
