@@ -2,11 +2,12 @@
 requests. The BentoML class in ``serving.service`` is a thin shell around ``Scorer``, so the
 class can be tested directly, over ASGI and as a real server with the same code underneath.
 
-A model comes from the MLflow registry (alias ``champion`` by default) or, inside a Bento built
-by ``funnelcast build``, from the BentoML model store. Its feature spec must compile, with this
-service's code, to the features the model was trained on; otherwise it is refused with the
-features that differ. With no model, the service starts only when the rules fallback is allowed
-explicitly, and then every answer says ``"model": "rules"``.
+A model comes from the MLflow registry (alias ``champion`` by default), from the local copy of
+a registered version that `funnelcast serve` makes for its workers (``serving.model_copy``) or,
+inside a Bento built by ``funnelcast build``, from the BentoML model store. Its feature spec
+must compile, with this service's code, to the features the model was trained on; otherwise it
+is refused with the features that differ. With no model, the service starts only when the
+rules fallback is allowed explicitly, and then every answer says ``"model": "rules"``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 import shlex
 import stat
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -83,6 +84,10 @@ class ServiceSettings:
     # one it checked: not named on purpose, so the rules fallback may stand in for it
     pinned_from_alias: bool = False
     bento_model: str | None = None  # a BentoML model tag: load from the Bento, not the registry
+    # the folder of a registered version's local copy, made by `funnelcast serve`: loaded
+    # instead of the registry, so a worker restarted while the registry is down still loads
+    # it; the copy names its model (the name, alias and version above are not read for it)
+    model_copy: Path | None = None
     allow_rules_fallback: bool = False
     tracking_uri: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
@@ -111,6 +116,7 @@ class ServiceSettings:
             version=get("MODEL_VERSION"),
             pinned_from_alias=_flag(get("MODEL_PINNED_FROM_ALIAS")),
             bento_model=get("BENTO_MODEL"),
+            model_copy=None if (copy := get("MODEL_COPY")) is None else Path(copy),
             allow_rules_fallback=_flag(get("ALLOW_RULES_FALLBACK")),
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             api_keys=read_api_keys(env),
@@ -272,6 +278,8 @@ class ModelInfo:
     store: str | None = None
     # the exact tag of a model loaded from the BentoML store (``funnelcast:latest`` resolved)
     bento_model: str | None = None
+    # the folder of the local copy a registered model was loaded from (``serving.model_copy``)
+    local_copy: Path | None = None
 
     def loaded_from(self) -> str:
         """Where the model was loaded from, the store included."""
@@ -280,11 +288,13 @@ class ModelInfo:
     def served(self) -> str:
         """What is served, for the operator (the log, `funnelcast serve`): the registered name
         and version and where they came from (a model packed into a Bento under another tag
-        keeps its registered name), or the rules, which say what they are."""
+        keeps its registered name), or the rules, which say what they are; and the local copy
+        a registered model was loaded from."""
         if not self.model_version:
             return self.source
+        copy = "" if self.local_copy is None else f" (local copy in {self.local_copy})"
         return f"{self.model_name or self.model} version {self.model_version} from " + (
-            self.loaded_from()
+            self.loaded_from() + copy
         )
 
 
@@ -324,16 +334,22 @@ def _validated(rows: list[dict[str, Any]]) -> list[Prediction]:
     return [Prediction.model_validate(row) for row in rows]
 
 
-def load_scorer(settings: ServiceSettings) -> Scorer:
+def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> Scorer:
     """The model the settings name, checked against this code's feature spec; or the rules,
-    when allowed, if there is no model."""
+    when allowed, if there is no model. ``copy_into`` (`funnelcast serve`): a registered
+    model is copied into a folder under it, or a complete copy there reused, and loaded from
+    that copy as the workers will load it (``info.local_copy`` names it)."""
+    from serving.model_copy import UnwritableCopyError
+
     try:
         if settings.bento_model:
             model, info = _from_bento_store(settings.bento_model)
+        elif settings.model_copy is not None:
+            model, info = _from_copy(settings.model_copy)
         else:
-            model, info = _from_registry(settings)
-    except SpecMismatchError:
-        raise  # a wrong model is never replaced by the rules silently
+            model, info = _from_registry(settings, copy_into=copy_into)
+    except (SpecMismatchError, UnwritableCopyError):
+        raise  # a wrong model, or one there but not copied, is never replaced by the rules
     except InputError as exc:
         named = settings.version is not None and not settings.pinned_from_alias
         if settings.allow_rules_fallback and named:
@@ -368,10 +384,13 @@ def registered_model(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
     return model, info
 
 
-def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
+def _from_registry(
+    settings: ServiceSettings, *, copy_into: Path | None = None
+) -> tuple[Any, ModelInfo]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from serving.model_copy import copy_place, make_model_copy
     from training.registry import load_model, resolve, run_metrics
     from training.tracking import existing_store, shown_uri
 
@@ -382,7 +401,6 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
         ref = resolve(settings.model_name, version=settings.version)
     else:
         ref = resolve(settings.model_name, alias=settings.alias)
-    model = load_model(ref)
     run = MlflowClient().get_run(ref.run_id)
     trained_at = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
     info = ModelInfo(
@@ -392,18 +410,70 @@ def _from_registry(settings: ServiceSettings) -> tuple[Any, ModelInfo]:
         source=f"models:/{ref.name}/{ref.version}",
         store=shown_uri(uri),
         trained_at=trained_at.isoformat(timespec="seconds"),
-        spec_text=model.spec_text,
+        spec_text=None,  # the model's, once loaded
         metrics=_test_metrics(run_metrics(ref)),
     )
-    return model, info
+    if copy_into is None:
+        model = load_model(ref)
+        return model, replace(info, spec_text=model.spec_text)
+    place = copy_place(
+        copy_into, store=shown_uri(uri), name=ref.name, version=ref.version, run_id=ref.run_id
+    )
+    # downloaded once, and loaded as every worker will load it: the copy is what is checked
+    make_model_copy(
+        place,
+        _recorded(info),
+        lambda folder: mlflow.artifacts.download_artifacts(
+            artifact_uri=info.source, dst_path=str(folder)
+        ),
+    )
+    return _from_copy(place)
+
+
+# what a copy records of its model: what /metadata and the operator are told (the spec is the
+# model's own, read from it when it is loaded)
+_RECORDED = ("model", "model_name", "model_version", "source", "store", "trained_at", "metrics")
+
+
+def _recorded(info: ModelInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in _RECORDED}
+
+
+def _from_copy(folder: Path) -> tuple[Any, ModelInfo]:
+    """A registered model from its local copy (``serving.model_copy``), which names the model
+    and what the registry said about it: no MLflow store is read."""
+    from serving.model_copy import MODEL_FOLDER, read_model_copy
+
+    recorded = read_model_copy(folder)
+    try:
+        info = ModelInfo(
+            **{name: recorded[name] for name in _RECORDED}, spec_text=None, local_copy=folder
+        )
+    except KeyError as missing:
+        raise InputError(
+            f"the model's local copy {folder} does not record its {missing}; restart "
+            "`funnelcast serve`, which makes it again"
+        ) from None
+    model = _funnelcast_model(folder / MODEL_FOLDER, f"the model's local copy {folder}")
+    return model, replace(info, spec_text=model.spec_text)
+
+
+def _funnelcast_model(path: Path | str, what: str) -> Any:
+    """The FunnelcastModel of an MLflow model folder on this machine, through MLflow's pyfunc
+    loader (which reads no tracking store for a folder)."""
+    import mlflow
+
+    from training.pyfunc import FunnelcastModel
+
+    model = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
+    if not isinstance(model, FunnelcastModel):
+        raise InputError(f"{what} is not a funnelcast model")
+    return model
 
 
 def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
     import bentoml
-    import mlflow
     from bentoml.exceptions import NotFound
-
-    from training.pyfunc import FunnelcastModel
 
     try:
         stored = bentoml.models.get(tag)
@@ -414,10 +484,7 @@ def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
             f"{tag!r} is not a BentoML model tag ({exc}); give name:version, e.g. "
             "funnelcast:latest (`bentoml models list` shows them)"
         ) from exc
-    loaded = mlflow.pyfunc.load_model(stored.path_of(BENTO_MODEL_DIR))
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, FunnelcastModel):
-        raise InputError(f"the BentoML model {tag} is not a funnelcast model")
+    model = _funnelcast_model(stored.path_of(BENTO_MODEL_DIR), f"the BentoML model {tag}")
     meta: dict[str, Any] = dict(stored.info.metadata)
     info = ModelInfo(
         model=FUNNELCAST,

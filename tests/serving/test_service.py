@@ -9,6 +9,9 @@ import dataclasses
 import datetime as dt
 import json
 import pickle
+import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -1059,6 +1062,111 @@ def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
     del env["FUNNELCAST_ALLOW_RULES_FALLBACK"]
     with pytest.raises(ServiceConfigError, match=r"no model to serve: .*RULES_FALLBACK=1"):
         load_scorer(ServiceSettings.from_env(env))
+
+
+def test_a_worker_loads_the_local_copy_with_the_registry_gone(
+    service: Any,
+    served: Served,
+    active_contacts: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ops review: each worker loaded the model from the registry as it started, so one that
+    BentoML restarted while the registry was down stopped the server (or served the rules
+    beside the others' model). `funnelcast serve`'s check copies the model once; a worker
+    loads that copy with the store deleted, or the tracking URI a server nothing listens on,
+    and answers as the registry's model does: /metadata and predictions alike."""
+    import mlflow.artifacts
+
+    from serving.model_copy import MODEL_FOLDER
+    from training.tracking import shown_uri
+
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    store = tmp_path / "store" / "mlflow.db"  # a store of its own, to delete
+    store.parent.mkdir()
+    shutil.copyfile(served.store.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    downloads: list[str] = []
+    download = mlflow.artifacts.download_artifacts
+
+    def counted(**given: Any) -> Any:
+        downloads.append(given["artifact_uri"])
+        return download(**given)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counted)
+    checked = ServiceSettings.from_env(served.env(MLFLOW_TRACKING_URI=uri))
+    try:
+        first = load_scorer(checked, copy_into=tmp_path / "copies")
+        again = load_scorer(checked, copy_into=tmp_path / "copies")
+    finally:  # the loader points MLflow at the store it read: back to the test store
+        mlflow.set_tracking_uri(served.store)
+        mlflow.set_registry_uri(served.store)
+    folder = first.info.local_copy
+    assert folder is not None
+    assert folder.parent == tmp_path / "copies"
+    assert (folder / MODEL_FOLDER / "MLmodel").is_file()
+    assert again.info.local_copy == folder
+    assert downloads == ["models:/funnelcast/1"]  # made once, then reused
+    store.unlink()  # the registry is gone
+    body = contact_body(served, active_contacts[-3])
+    expected = service.scorer.predict_rows([_request(body)])
+    for gone in (uri, "http://127.0.0.1:9"):  # deleted; a server nothing listens on
+        # what `funnelcast serve` hands its workers
+        env = served.env(
+            MLFLOW_TRACKING_URI=gone,
+            FUNNELCAST_MODEL_COPY=str(folder),
+            FUNNELCAST_MODEL_VERSION="1",
+            FUNNELCAST_MODEL_PINNED_FROM_ALIAS="1",
+        )
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            from serving.service import Funnelcast
+
+            worker = Funnelcast()
+        assert worker.scorer.info.model == "funnelcast"  # not the rules
+        assert worker.scorer.info == dataclasses.replace(
+            service.scorer.info, store=shown_uri(uri), local_copy=folder
+        )
+        assert worker.metadata() == service.metadata()
+        assert worker.scorer.predict_rows([_request(body)]) == expected
+        assert predictions_json(expected, batch=False) == predictions_json(
+            worker.scorer.predict_rows([_request(body)]), batch=False
+        )
+    assert not store.exists()  # loading did not make an empty store in its place
+    assert downloads == ["models:/funnelcast/1"]
+
+
+def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down(
+    service_env: Served, tmp_path: Path
+) -> None:
+    """A copy removed or damaged since `funnelcast serve` made it is never loaded: the worker
+    is refused with the fix, or serves the rules when allowed for the alias's version, as it
+    would have with the registry down; a version named with --version never is replaced."""
+    from serving.model_copy import MODEL_FOLDER, make_model_copy
+
+    def download(folder: Path) -> None:
+        (folder / "MLmodel").write_text("flavors: {}\n", "utf-8")
+        (folder / "python_model.pkl").write_bytes(b"\x80" * 4096)
+
+    info = {"model": "funnelcast", "model_name": "funnelcast", "model_version": "1"}
+    damaged = make_model_copy(tmp_path / "damaged", info, download)
+    (damaged / MODEL_FOLDER / "python_model.pkl").write_bytes(b"\x80" * 100)  # half of it
+    for folder, says in ((tmp_path / "gone", "does not exist"), (damaged, "is incomplete")):
+        env = service_env.env(
+            FUNNELCAST_MODEL_COPY=str(folder),
+            FUNNELCAST_MODEL_VERSION="1",
+            FUNNELCAST_MODEL_PINNED_FROM_ALIAS="1",
+        )
+        said = f"no model to serve: .*{re.escape(str(folder))} {says}"
+        with pytest.raises(ServiceConfigError, match=said):
+            load_scorer(ServiceSettings.from_env(env))
+        env["FUNNELCAST_ALLOW_RULES_FALLBACK"] = "1"
+        assert load_scorer(ServiceSettings.from_env(env)).info.model == RULES
+        env["FUNNELCAST_MODEL_PINNED_FROM_ALIAS"] = "0"  # `funnelcast serve --version 1`
+        with pytest.raises(ServiceConfigError, match="version 1 was asked for by number"):
+            load_scorer(ServiceSettings.from_env(env))
 
 
 @pytest.mark.parametrize(
