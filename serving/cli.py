@@ -1253,13 +1253,16 @@ def serve(
     (OpenAPI at /docs.json).
 
     The model and the API key are checked before the server starts, so a wrong setting is one
-    clear line here, not a crashing worker."""
+    clear line here, not a crashing worker. A registered model is copied under BentoML's home
+    (BENTOML_HOME) as it is checked, and the workers load that copy: a worker restarted while
+    the registry is down still serves the model."""
     _one_model(alias=alias, version=version, bento_model=bento_model)
     if bento_model and model_name:  # the tag names the model; the registry's name is not read
         raise InputError(
             "--bento-model names a model in the BentoML store and --model-name one in the "
             "MLflow registry; give one"
         )
+    from serving.model_copy import COPIES_IN_BENTOML_HOME
     from serving.runtime import ServiceSettings, load_scorer
     from training.settings import load_training_settings
     from training.tracking import tracking_uri as resolve_uri
@@ -1267,8 +1270,11 @@ def serve(
     settings = load_training_settings(config, model_name=model_name)
     _check_port_free(host, port)  # before the model's check, which takes seconds
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
-    _check_bentoml_home()  # before the environment is copied: it may unset an empty one
+    home = _check_bentoml_home()  # before the environment is copied: it may unset an empty one
     env = dict(os.environ)
+    # the copy the workers load is the one made below, of the model checked here: one named
+    # in the shell would be loaded instead of the model these options name
+    env.pop("FUNNELCAST_MODEL_COPY", None)
     env.update(
         {
             "FUNNELCAST_MODEL_NAME": settings.registry.model_name,
@@ -1287,7 +1293,12 @@ def serve(
         if value is not None:
             env[key] = value
     service_settings = ServiceSettings.from_env(env)
-    scorer = _with_spinner("checking the model", lambda: load_scorer(service_settings))
+    # a registered model is copied for the workers, under BentoML's home: a worker BentoML
+    # restarts (a crash, an OOM kill) loads it with the registry down (ops review)
+    scorer = _with_spinner(
+        "checking the model",
+        lambda: load_scorer(service_settings, copy_into=home / COPIES_IN_BENTOML_HOME),
+    )
     console.print(
         f"Starting {escape(scorer.info.served())} on http://{host}:{port} ({workers} "
         "worker(s)); it answers once each worker has loaded the model (GET /readyz says 200), "
@@ -1304,6 +1315,8 @@ def serve(
         env["FUNNELCAST_MODEL_PINNED_FROM_ALIAS"] = "1" if version is None else "0"
         env["FUNNELCAST_MODEL_VERSION"] = scorer.info.model_version
         env.pop("FUNNELCAST_MODEL_ALIAS", None)
+        if scorer.info.local_copy is not None:  # loaded from it, so no worker needs the registry
+            env["FUNNELCAST_MODEL_COPY"] = str(scorer.info.local_copy)
     del scorer
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
     command += ["--host", host, "--port", str(port)]
@@ -1336,11 +1349,12 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def _check_bentoml_home() -> None:
+def _check_bentoml_home() -> Path:
     """BentoML writes into its home (``BENTOML_HOME``, default ~/bentoml): the model store and
-    the Bentos when building, its metrics files when serving. One that cannot be written was a
-    100-line traceback after the registry work. An empty one is unset here, for BentoML
-    too, as XDG's variables are: BentoML would put its stores in the current folder."""
+    the Bentos when building, its metrics files (and `serve`'s copy of the model) when serving.
+    One that cannot be written was a 100-line traceback after the registry work. An empty one
+    is unset here, for BentoML too, as XDG's variables are: BentoML would put its stores in the
+    current folder. Returns the home, as BentoML reads it."""
     from features.io import check_writable_folder
 
     if not os.environ.get("BENTOML_HOME", "unset").strip():
@@ -1358,6 +1372,7 @@ def _check_bentoml_home() -> None:
             f"BentoML's home (BENTOML_HOME) {why}: BentoML keeps its models and Bentos there, "
             "and a server's metrics files; set BENTOML_HOME to a folder you may write to"
         ) from None
+    return Path(home).absolute()  # handed to the workers and said to the operator: whole
 
 
 def _patient_registry() -> None:

@@ -789,7 +789,7 @@ def test_serve_and_build_use_the_configured_champion_alias(
     info = serving.runtime.ModelInfo("funnelcast", "funnelcast", "1", "a test", None, None, {})
     checked: list[str] = []
 
-    def load_scorer(settings: serving.runtime.ServiceSettings) -> object:
+    def load_scorer(settings: serving.runtime.ServiceSettings, **_: object) -> object:
         checked.append(settings.alias)
         return SimpleNamespace(info=info)
 
@@ -818,12 +818,23 @@ def test_serve_and_build_use_the_configured_champion_alias(
 
 
 PINNED = "FUNNELCAST_MODEL_PINNED_FROM_ALIAS"
+COPY = "FUNNELCAST_MODEL_COPY"
 
 
 @pytest.mark.parametrize(
     ("given", "loaded", "pinned"),
     [
         ({}, {"model_version": "7"}, {"FUNNELCAST_MODEL_VERSION": "7", PINNED: "1"}),
+        # the registry's model, checked from its local copy: the workers load that copy
+        (
+            {},
+            {"model_version": "7", "local_copy": Path("/home/u/bentoml/funnelcast/models/f-7")},
+            {
+                "FUNNELCAST_MODEL_VERSION": "7",
+                PINNED: "1",
+                COPY: "/home/u/bentoml/funnelcast/models/f-7",
+            },
+        ),
         (
             {"alias": "staging"},
             {"model_version": "3"},
@@ -842,13 +853,15 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     given: dict[str, str],
-    loaded: dict[str, str],
+    loaded: dict[str, Any],
     pinned: dict[str, str],
 ) -> None:
     """Review: serve resolved the champion for its message and handed the workers the alias, so
     a worker restarted after `promote` loaded the new champion and one server answered with two
     versions. The workers' environment names what serve checked and printed: the version the
-    alias pointed to, the exact tag of NAME:latest."""
+    alias pointed to, the exact tag of NAME:latest; and the local copy under BentoML's home
+    the registry's model was checked from, which the workers load (ops review), never one
+    named in the shell."""
     import os
     from types import SimpleNamespace
 
@@ -857,6 +870,8 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
 
     monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
     monkeypatch.setenv("FUNNELCAST_MODEL_ALIAS", "champion")  # as a user's shell may have it
+    monkeypatch.setenv(COPY, str(tmp_path / "another-copy"))  # never the model checked here
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     for name in ("FUNNELCAST_MODEL_VERSION", "FUNNELCAST_BENTO_MODEL"):
         monkeypatch.delenv(name, raising=False)
     info = serving.runtime.ModelInfo(
@@ -868,13 +883,24 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
         metrics={},
         **loaded,
     )
-    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    checked: list[tuple[serving.runtime.ServiceSettings, Path | None]] = []
+
+    def load_scorer(
+        settings: serving.runtime.ServiceSettings, *, copy_into: Path | None = None
+    ) -> object:
+        checked.append((settings, copy_into))
+        return SimpleNamespace(info=info)
+
+    monkeypatch.setattr(serving.runtime, "load_scorer", load_scorer)
     served: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
     cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **given)
     [env] = served
-    named = {k: v for k, v in env.items() if k in {*pinned, "FUNNELCAST_MODEL_VERSION", PINNED}}
-    assert named == pinned
+    [(settings, copy_into)] = checked
+    assert settings.model_copy is None  # the shell's copy is not what serve checks
+    assert copy_into == tmp_path / "bentoml" / "funnelcast" / "models"
+    names = {*pinned, "FUNNELCAST_MODEL_VERSION", PINNED, COPY}
+    assert {k: v for k, v in env.items() if k in names} == pinned
     assert "FUNNELCAST_MODEL_ALIAS" not in env or "FUNNELCAST_BENTO_MODEL" in env
 
 
@@ -1298,7 +1324,7 @@ def test_an_empty_bentoml_home_is_unset_for_bentoml_too(
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
     info = serving.runtime.ModelInfo("funnelcast", "funnelcast", "1", "a test", None, None, {})
-    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _: SimpleNamespace(info=info))
+    monkeypatch.setattr(serving.runtime, "load_scorer", lambda _, **__: SimpleNamespace(info=info))
     served: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
     homes: list[str | None] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -448,4 +449,58 @@ def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path
         _stop(process)
     assert "funnelcast cannot start, stopping the server: no model to serve" in output
     assert process.returncode == 2, output  # a failure a supervisor sees, not a clean stop
+    assert _port_is_free(port)
+
+
+def _workers(server: int) -> list[psutil.Process]:
+    """The server's worker processes: the children BentoML's arbiter (the server's own process,
+    which holds the socket) runs the service in, each as `_bentoml_impl.worker.service
+    serving.service:Funnelcast --fd N`."""
+    return [
+        child
+        for child in psutil.Process(server).children()
+        if "serving.service:Funnelcast" in " ".join(child.cmdline())
+    ]
+
+
+def test_a_worker_restarted_with_the_registry_gone_serves_the_model(
+    served: Served, active_contacts: list[str], tmp_path: Path
+) -> None:
+    """Ops review: each worker loaded the model from the registry as it started, so a worker
+    BentoML restarted (a crash, an OOM kill) while the registry was down stopped the whole
+    server, or served the rules beside the others' model. `funnelcast serve` copies the model
+    it checks under BentoML's home; with the store deleted once the server is ready, its worker
+    killed is restarted and answers with the model, as before."""
+    store = tmp_path / "store" / "mlflow.db"  # a store of its own, to delete
+    store.parent.mkdir()
+    shutil.copyfile(served.store.removeprefix("sqlite:///"), store)
+    home = tmp_path / "bentoml"
+    port = _free_port()
+    command = [FUNNELCAST, "serve", "--port", str(port), "--tracking-uri", f"sqlite:///{store}"]
+    env = {"FUNNELCAST_API_KEY": served.api_key, "BENTOML_HOME": str(home)}
+    body = contact_body(served, active_contacts[-2])
+    with _server(command, env, port) as process:
+        status, before = _call(port, "/predict", key=served.api_key, body=body)
+        assert (status, before["model"], before["model_version"]) == (200, "funnelcast", "1")
+        metadata = _call(port, "/metadata", key=served.api_key)[1]
+        [copy] = (home / "funnelcast" / "models").iterdir()
+        assert copy.name.startswith("funnelcast-1-")
+        shutil.rmtree(store.parent)  # the registry is gone
+        [worker] = _workers(process.pid)
+        worker.kill()
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + READY_WITHIN_S
+        while True:  # a new worker, answering; the server never stops
+            assert process.poll() is None, "the server stopped when its worker restarted"
+            with suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                if _call(port, "/readyz", timeout=2)[0] == 200:
+                    break
+            assert time.monotonic() < deadline, f"no worker ready within {READY_WITHIN_S} s"
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
+        [restarted] = _workers(process.pid)
+        assert restarted.pid != worker.pid
+        assert _call(port, "/predict", key=served.api_key, body=body) == (200, before)
+        assert _call(port, "/metadata", key=served.api_key) == (200, metadata)
+    assert not store.exists()  # no worker made an empty store in its place
     assert _port_is_free(port)
