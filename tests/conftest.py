@@ -17,6 +17,11 @@ import pytest
 
 from features.sources import default_data_dir
 
+# `make test` runs two test processes on two cores: OpenMP threads (LightGBM's) that spin while
+# they wait, as they do by default, burn the core the other process needs; subprocesses
+# inherit it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
