@@ -77,6 +77,21 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _leads_mapping(folder: Path) -> Path:
+    """A labels-only mapping of leads.csv (lead, converted 1/0) in ``folder``."""
+    return _write(
+        folder / "leads.yaml",
+        """\
+        name: leads
+        description: leads with outcomes
+        labels:
+          read: {path: leads.csv}
+          contact_id: lead
+          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
+        """,
+    )
+
+
 @pytest.fixture
 def shop(tmp_path: Path) -> Path:
     """A data folder with the shop files; returns the path of its mapping."""
@@ -910,17 +925,7 @@ def test_an_outcome_value_the_labels_mapping_does_not_list_is_a_schema_error(
     tmp_path: Path,
 ) -> None:
     _write(tmp_path / "leads.csv", "lead,converted\na,1\nb,0\nc,2\n")
-    mapping = _write(
-        tmp_path / "leads.yaml",
-        """\
-        name: leads
-        description: leads with outcomes
-        labels:
-          read: {path: leads.csv}
-          contact_id: lead
-          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
-        """,
-    )
+    mapping = _leads_mapping(tmp_path)
 
     with pytest.raises(SchemaError, match=r"\['2'\].*labels\.outcome\.values"):
         ingest(mapping, data_dir=tmp_path, now=NOW)
@@ -1365,17 +1370,7 @@ def test_a_label_with_a_blank_contact_id_is_set_aside_as_missing_its_contact(
     tmp_path: Path,
 ) -> None:
     _write(tmp_path / "leads.csv", "lead,converted\na,1\n  ,0\n")
-    mapping = _write(
-        tmp_path / "leads.yaml",
-        """\
-        name: leads
-        description: leads with outcomes
-        labels:
-          read: {path: leads.csv}
-          contact_id: lead
-          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
-        """,
-    )
+    mapping = _leads_mapping(tmp_path)
 
     ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
 
@@ -1930,17 +1925,7 @@ def test_ingest_refuses_a_label_whose_contact_id_holds_a_control_character(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "leads.csv").write_bytes(b"lead,converted\na,1\nb\x01,0\n")
-    mapping = _write(
-        tmp_path / "leads.yaml",
-        """\
-        name: leads
-        description: leads with outcomes
-        labels:
-          read: {path: leads.csv}
-          contact_id: lead
-          outcome: {column: converted, values: {"1": converted, "0": not_converted}}
-        """,
-    )
+    mapping = _leads_mapping(tmp_path)
     with pytest.raises(SchemaError, match=r"^1 contact id\(s\) in the labels hold a control .*"):
         ingest(mapping, data_dir=tmp_path, now=NOW)
     with pytest.raises(
