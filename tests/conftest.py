@@ -71,3 +71,25 @@ def _private_mlflow_and_bentoml_stores(tmp_path_factory: pytest.TempPathFactory)
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# the test files that take longest, in one process (`--durations` on CI, 2026-12-06), first: a
+# test process takes a file whole (`make test`: `--dist loadfile`), and when the longest came
+# last in the order, the other process sat idle for minutes at the end
+LONGEST_FIRST = (
+    "serving/test_cli.py",
+    "features/test_spark_engine.py",
+    "serving/test_cli_spark.py",
+    "serving/test_cli_train.py",
+    "serving/test_server.py",
+    "e2e/test_main_job.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        found = [i for i, name in enumerate(LONGEST_FIRST) if path.endswith(f"tests/{name}")]
+        return found[0] if found else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order, as does each file's tests
