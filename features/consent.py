@@ -17,7 +17,7 @@ from features.schema import (
     CONTROL_IN_ID,
     cast_unreadable_zones_to_utc,
     control_ids_message,
-    first_control_character,
+    find_control_ids,
 )
 
 
@@ -121,12 +121,10 @@ def refuse_unusable_ids(ids: pl.Series, where: str, *, rows: bool = True) -> Non
     if count:
         first = int(padded.arg_true()[0]) if rows else None
         raise InputError(padded_ids_message(count, where, first=first))
-    held = text.str.contains(CONTROL_IN_ID)
-    at = int(held.arg_true()[0])
-    example = first_control_character(text[at])
-    first = at if rows else None
-    count = text.filter(held).n_unique()
-    raise InputError(control_ids_message(count, where, example=example, first=first))
+    found = find_control_ids(text)
+    assert found is not None, "an id matched one of the two patterns, and is not padded"
+    count, at, example = found
+    raise InputError(control_ids_message(count, where, example=example, first=at if rows else None))
 
 
 def padded_ids_message(count: int | None, where: str, *, first: int | None = None) -> str:

@@ -137,13 +137,18 @@ def _is_leftover(pid: str | None, path: Path) -> bool:
         return time.time() - _newest_change(path) > _UNTAGGED_LEFTOVER_SECONDS
     if int(pid) == os.getpid():
         return False  # this process's own write (another thread's): running
+    return not process_runs(int(pid))
+
+
+def process_runs(pid: int) -> bool:
+    """A process of that id runs (another user's too)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except OSError:  # runs, as another user's process
         return False
-    return False
+    except OSError:  # runs, as another user's process
+        return True
+    return True
 
 
 def _newest_change(path: Path) -> float:

@@ -165,16 +165,25 @@ class ControlCharacterIdsError(SchemaError):
         self.count, self.table, self.row, self.example = count, table, row, example
 
 
+def find_control_ids(ids: pl.Series) -> tuple[int, int, str] | None:
+    """Of ids holding a control character: how many distinct ones, the row of the first and
+    its first such character; None when no id holds one."""
+    held = ids.cast(pl.String).str.contains(CONTROL_IN_ID).fill_null(False)
+    if not held.any():
+        return None
+    first = int(held.arg_true()[0])
+    return ids.filter(held).n_unique(), first, first_control_character(str(ids[first]))
+
+
 def refuse_control_ids(ids: pl.Series, table: str) -> None:
     """Validation's check of a table's contact ids (trimmed, as validation keeps them). A
     control character inside an id is no padding an export added, to be trimmed, but part of
     the id as the CRM holds it: the table is refused, naming the fix, rather than the
     contact's rows set aside, which would leave out a contact the CRM has."""
-    held = ids.cast(pl.String).str.contains(CONTROL_IN_ID).fill_null(False)
-    if held.any():
-        first = int(held.arg_true()[0])
-        example = first_control_character(ids[first])
-        raise ControlCharacterIdsError(ids.filter(held).n_unique(), table, first, example)
+    found = find_control_ids(ids)
+    if found is not None:
+        count, first, example = found
+        raise ControlCharacterIdsError(count, table, first, example)
 
 
 @dataclass(frozen=True)

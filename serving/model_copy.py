@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import InputError
-from features.io import terminate_like_interrupt
+from features.io import process_runs, terminate_like_interrupt
 
 # under BentoML's home: the one folder a deployment already keeps writable and lasting for the
 # server (it holds BentoML's model store and metrics files); not the temporary folder, which
@@ -191,18 +191,8 @@ def _remove_abandoned(root: Path) -> None:
     remove them: its process is gone."""
     for entry in root.iterdir():
         working = _WORKING.match(entry.name)
-        if working and not _running(int(working[2])):
+        if working and not process_runs(int(working[2])):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _files(folder: Path) -> list[str]:
