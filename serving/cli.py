@@ -663,7 +663,6 @@ def features(
     from features.engine import build_contact_features, feature_columns
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
-    from serving.scoring import with_missing_attributes
 
     _one_model(alias=alias, version=version)
     # any of the model's options names a model, as for score (--tracking-uri alone: the
@@ -729,6 +728,8 @@ def features(
     consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
     table = consented.kept
     if model is not None:  # the features the model reads, so the file is a request's features
+        from serving.scoring import with_missing_attributes  # MLflow's imports: a model's only
+
         table, missing = with_missing_attributes(table, model)
         if missing:
             console.print(

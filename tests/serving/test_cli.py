@@ -137,6 +137,30 @@ def test_the_command_line_starts_without_the_data_stack() -> None:
     assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
 
 
+def test_features_without_a_model_loads_neither_mlflow_nor_lightgbm(tmp_path: Path) -> None:
+    """`features` imported the scoring module (MLflow, LightGBM, scikit-learn: 2 s of each
+    call, 5 more where bytecode is not cached) for a step only `--model-name` needs."""
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from serving.cli import app\n"
+        "run = CliRunner().invoke\n"
+        f"data, out = {str(tmp_path / 'data')!r}, {str(tmp_path / 'f.parquet')!r}\n"
+        "made = run(app, ['simulate', '--out', data, '--contacts', '60', '--days', '20',\n"
+        "                 '--start', '2024-01-01'])\n"
+        "assert made.exit_code == 0, made.output\n"
+        "built = run(app, ['features', '--events', data, '--as-of', '2024-01-15', '--out', out])\n"
+        "assert built.exit_code == 0, built.output\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
+    assert (tmp_path / "f.parquet").exists()
+    heavy = {"lightgbm", "mlflow", "sklearn", "bentoml"}
+    assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
+
+
 def test_a_missing_folder_is_a_one_line_error_with_exit_code_2(tmp_path: Path) -> None:
     result = _run("funnel", "--data", str(tmp_path / "nowhere"))
     assert result.returncode == 2
