@@ -8,6 +8,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -107,7 +108,7 @@ def trained(simulation: object, store: str) -> dict[str, tuple[TrainingResult, s
 
 
 def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
-    trained: dict, simulation: object
+    trained: dict, simulation: object, tmp_path: Path
 ) -> None:
     _, version = trained["normal"]
     ref = resolve(NAME, version=version)
@@ -147,8 +148,8 @@ def test_a_training_run_logs_params_metrics_spec_and_report_without_contact_ids(
     ids = set(pl.from_arrow(simulation.contacts)["contact_id"].head(200).to_list())  # type: ignore[attr-defined]
     assert not ids & set(run.data.params.values())
     path = mlflow.artifacts.download_artifacts(
-        run_id=ref.run_id, artifact_path="evaluation/test_set.parquet"
-    )
+        run_id=ref.run_id, artifact_path="evaluation/test_set.parquet", dst_path=str(tmp_path)
+    )  # into the test's folder: without one, MLflow leaves a folder in /tmp each run
     logged = pl.read_parquet(path)
     assert "contact_id" not in logged.columns
     # the gate's columns: a contact's number, one row per contact and week, as many numbers as
