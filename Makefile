@@ -38,9 +38,9 @@ $(UV_STAMP):
 
 # --locked: a uv.lock behind pyproject.toml stops the install (and CI) instead of installing
 # without what pyproject added; `uv lock` remakes it. --compile-bytecode: the packages' .pyc
-# files are written once here (14 s), not compiled again by every process that imports them
-# where PYTHONDONTWRITEBYTECODE is set (as on the machines this was measured on): a command
-# that loads MLflow and LightGBM spent 5 of its 8.5 s compiling them
+# files are written once, at install (14-21 s on this VM), not compiled again by every
+# process that imports them where PYTHONDONTWRITEBYTECODE is set (as on the machines this was
+# measured on): a command that loads MLflow and LightGBM spent 5 of its 8.5 s compiling them
 install: $(UV_STAMP) ## Install funnelcast and every dependency (all extras) from the lock file
 	$(UV) sync --locked --all-extras --compile-bytecode --python $(PYTHON_EXE)
 
