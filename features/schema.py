@@ -74,6 +74,11 @@ REJECTS_SCHEMA: Final = pa.schema(
     ]
 )
 
+# Clocks drift: an event this far past the reader's clock is not yet "in the future" (one event
+# 2 minutes ahead, a source's clock running fast, stopped a whole weekly job). Every reader of
+# events uses it: validation and ingest, the commands, training and the service.
+CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+
 # Reasons, in the order they are checked: a row gets the first one that applies.
 EVENT_REJECT_REASONS: Final[tuple[str, ...]] = (
     "missing_contact_id",
@@ -224,8 +229,8 @@ def validate(
     """Validate events (and contacts) against the canonical contract.
 
     ``timezone`` is the IANA zone of naive timestamps (from the source mapping); without it,
-    naive timestamps are a ``SchemaError``. ``now`` (UTC, default: the current time) is the
-    cut-off for future timestamps.
+    naive timestamps are a ``SchemaError``. ``now`` (UTC, default: the current time) plus the
+    clock skew allowed (``CLOCK_SKEW``) is the cut-off for future timestamps.
     """
     now = as_utc(now or dt.datetime.now(dt.UTC))
     # Arrow stays Arrow: it is checked in zero-copy slices and, when it already conforms,
@@ -323,7 +328,7 @@ def _check_events(
         .then(pl.lit("unparseable_timestamp"))
         .when(pl.col("_naive"))
         .then(pl.lit("timestamp_without_time_zone"))
-        .when(pl.col("timestamp") > pl.lit(now))
+        .when(pl.col("timestamp") > pl.lit(now + CLOCK_SKEW))
         .then(pl.lit("future_timestamp"))
         .when(~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null())
         .then(pl.lit("unknown_event_type"))

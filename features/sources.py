@@ -50,6 +50,7 @@ from pydantic import Field, field_validator, model_validator
 
 from features.errors import InputError
 from features.schema import (
+    CLOCK_SKEW,
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
     REJECTS_SCHEMA,
@@ -578,7 +579,7 @@ def _validate_labels(
         .then(pl.lit("missing_contact_id"))
         .when(unread)
         .then(pl.lit("unparseable_label_date"))
-        .when(typed > cut_off)
+        .when(typed > cut_off + CLOCK_SKEW)
         .then(pl.lit("future_label_date"))
         .otherwise(pl.lit(None, pl.String)),
         _date=typed.dt.cast_time_unit("us"),

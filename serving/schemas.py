@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
+from features.schema import CLOCK_SKEW
 from features.vocabulary import CHANNELS, EVENT_TYPES, STAGES
 
 # Limits, documented in the README ("The prediction service") and served by GET /metadata; over
@@ -37,8 +38,6 @@ MAX_BATCH_CONTACTS = 1_000
 MAX_FEATURES = 2_000
 MAX_TEXT = 200
 MAX_VALUE = 1e12  # a money value above this is a unit error, not a purchase
-# Clocks drift: an event this far past the server's clock is still accepted.
-CLOCK_SKEW = dt.timedelta(minutes=5)
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]

@@ -26,6 +26,7 @@ import pyarrow as pa
 from features.consent import refuse_unusable_ids
 from features.engine import STAGE_TYPE, EventsInput, scan_events
 from features.errors import InputError
+from features.schema import CLOCK_SKEW
 from features.settings import RulesSettings
 from features.stages import signal_aggregations, stage_from_signal_columns
 from features.vocabulary import PURCHASE_EVENTS, STAGES
@@ -44,16 +45,29 @@ class NoEventsError(InputError):
     """No events at all: nothing to snapshot or label (training says too little data)."""
 
 
-def observed_until(events: EventsInput) -> dt.datetime:
+def observed_until(events: EventsInput, *, now: dt.datetime | None = None) -> dt.datetime:
     """The end of the observed data: midnight (UTC) after the day of the last event. Logs are
-    taken to be complete up to the end of their last day."""
+    taken to be complete up to the end of their last day, but never past today's midnight: a
+    log that runs into today has not seen the rest of it, and a label horizon ending later
+    would count its unseen purchases as none. Events more than the clock skew after ``now``
+    (default: the current time) are a clock or time-zone error, refused as every command and
+    the service refuse them: the snapshots would be counted back from them."""
     last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
     if last is None:
         raise NoEventsError(
             "there are no events, and the models learn from each contact's events before a "
             "snapshot and its outcome after it"
         )
-    day = last.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    last = last.astimezone(dt.UTC)
+    now = dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
+    if last > now + CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise InputError(
+            f"the events run to {last:%Y-%m-%d %H:%M} UTC, more than {minutes} minutes after "
+            "now: events in the future (a clock or time-zone error); correct the timestamps, "
+            "or train on the events before them with --observe-until (observe_until)"
+        )
+    day = min(last.date() + dt.timedelta(days=1), now.date())
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from features.schema import (
+    CLOCK_SKEW,
     CONTACT_REJECT_REASONS,
     EVENT_REJECT_REASONS,
     EVENTS_SCHEMA,
@@ -56,6 +57,18 @@ def test_each_unusable_event_row_is_set_aside_with_its_reason(
     bad_row: dict[str, object], reason: str
 ) -> None:
     assert _reasons([_event(), bad_row]) == [reason]
+
+
+def test_an_event_within_the_clock_skew_is_kept_and_one_past_it_is_future() -> None:
+    """ingest and validate set aside an event 90 s ahead of the clock, which score, funnel and
+    the service accept (time review): every reader now allows the same skew."""
+    ahead = [NOW + dt.timedelta(seconds=90), NOW + CLOCK_SKEW]
+    past = NOW + CLOCK_SKEW + dt.timedelta(microseconds=1)
+    rows = [_event(timestamp=moment.isoformat()) for moment in [*ahead, past]]
+    result = validate(pd.DataFrame(rows), now=NOW)
+    assert result.rejects.column("reason").to_pylist() == ["future_timestamp"]
+    assert result.rejects.column("row_number").to_pylist() == [2]
+    assert result.events.num_rows == 2
 
 
 def test_an_exact_duplicate_is_set_aside_and_its_first_copy_kept() -> None:

@@ -102,6 +102,35 @@ def test_a_contact_with_nothing_in_the_horizon_is_dormant_and_did_not_buy() -> N
     assert (row["purchased"], row["revealed_stage"]) == (False, "dormant")
 
 
+def test_a_log_that_runs_into_today_is_observed_up_to_todays_midnight_only() -> None:
+    """A last horizon ending tomorrow counted today's unseen purchases as none (time review)."""
+    now = dt.datetime(2026, 3, 20, 10, 30, tzinfo=UTC)
+    today = dt.datetime(2026, 3, 20, tzinfo=UTC)
+    this_morning = _events(
+        [("a", _day(-1), "page_view"), ("a", now - dt.timedelta(hours=2), "page_view")]
+    )
+    assert observed_until(this_morning, now=now) == today
+    yesterday = _events([("a", today - dt.timedelta(minutes=1), "page_view")])
+    assert observed_until(yesterday, now=now) == today
+    within_the_skew = _events([("a", now + dt.timedelta(minutes=4), "page_view")])
+    assert observed_until(within_the_skew, now=now) == today
+
+
+def test_training_on_events_after_now_is_refused_in_one_line() -> None:
+    """train took a log running into 2099 without a word (its snapshots counted back from
+    2099, then "too little data"), where score, funnel and the service refuse it."""
+    now = dt.datetime(2026, 3, 20, 10, 30, tzinfo=UTC)
+    ahead = _events(
+        [("a", _day(1), "page_view"), ("b", dt.datetime(2099, 1, 1, tzinfo=UTC), "page_view")]
+    )
+    with pytest.raises(
+        InputError, match=r"run to 2099-01-01 00:00 UTC, more than 5 minutes after now"
+    ):
+        observed_until(ahead, now=now)
+    with pytest.raises(InputError, match="events in the future"):
+        label_events(ahead, as_of_dates=[AS_OF], horizon_days=14, rules=RULES)
+
+
 def test_a_snapshot_whose_horizon_passes_the_end_of_the_data_is_refused() -> None:
     events = _events([("a", _day(10), "page_view")])  # data ends after day 10
     assert observed_until(events) == dt.datetime(2026, 3, 12, tzinfo=UTC)
