@@ -1335,11 +1335,12 @@ def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
             micros = micros.set((given.abs() < _SECONDS_AS_MS).fill_null(False), None)
         parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
     else:
-        parsed = (
-            column.cast(pl.String)
-            .str.strip_chars()
-            .str.strptime(pl.Datetime("us"), fmt, strict=False)
-        )
+        text = column.cast(pl.String).str.strip_chars()
+        parsed = text.str.strptime(pl.Datetime("us"), fmt, strict=False)
+        if _ADJACENT_NUMBERS.search(fmt) and set(_DIRECTIVE.findall(fmt)) <= _FIXED_WIDTH:
+            # numbers without a separator between them read only at their full width: Polars
+            # read "1997111" with %Y%m%d as 1997-11-01, which could as well be 11 January
+            parsed = parsed.set((parsed.dt.strftime(fmt) != text).fill_null(False), None)
     dtype = parsed.dtype
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is None and timezone is not None:
         parsed = localise_to_utc(parsed, timezone)
@@ -1357,6 +1358,9 @@ def _instants(
     return _parse_typed_time(column, spec.format, key=key, timezone=timezone)
 
 
+_DIRECTIVE = re.compile(r"%.")
+_FIXED_WIDTH = frozenset({"%Y", "%m", "%d", "%H", "%M", "%S", "%y", "%j", "%%"})
+_ADJACENT_NUMBERS = re.compile(r"%[YmdHMSyj]%[YmdHMSyj]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _SECONDS_AS_MS = 10**11  # a unix_ms value under this is read as seconds written there

@@ -1153,7 +1153,10 @@ def test_line_numbers_stay_right_after_a_value_spanning_lines_or_a_blank_line(
         tmp_path / "notes.csv",
         'who,at,note\na,2024-01-01,"two\nlines"\nb,2024-13-01,short\n',
     )
-    orders = _write(tmp_path / "orders.txt", "who at\nc 20240101\n\nd 2024xx01\n")
+    # 2024111 reads as 2024-11-01 or 2024-01-11 under %Y%m%d: set aside, not guessed
+    orders = _write(
+        tmp_path / "orders.txt", "who at\nc 20240101\n\nd 2024xx01\ne 2024111\nf 20240111\n"
+    )
     mapping = _write(
         tmp_path / "mixed.yaml",
         """\
@@ -1182,9 +1185,11 @@ def test_line_numbers_stay_right_after_a_value_spanning_lines_or_a_blank_line(
     assert _where(rejects) == [
         ("unparseable_timestamp", "events[0] notes.csv", 4),
         ("unparseable_timestamp", "events[1] orders.txt", 4),
+        ("unparseable_timestamp", "events[1] orders.txt", 5),
     ]
     assert _line(notes, 4).startswith("b,")
     assert _line(orders, 4).startswith("d ")
+    assert _line(orders, 5).startswith("e ")
 
 
 def test_a_rejected_aggregated_row_points_at_the_first_input_row_of_its_group(
