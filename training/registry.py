@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.errors import InputError
+from features.io import interrupts_held, terminate_like_interrupt
 from training.bootstrap import Interval, Predictions, paired_intervals
 from training.evaluation import propensity_metrics, stage_metrics
 from training.pipeline import CONTACT_GROUP, PURCHASE_LABEL, RFM_PROPENSITY, STAGE_LABEL
@@ -524,7 +525,25 @@ def promote(
         method=method,
     )
     if decision.promoted:
-        client = MlflowClient()
+        _record_and_move(name, alias, decision, challenger_scores, resamples, test_set)
+    return decision
+
+
+def _record_and_move(
+    name: str,
+    alias: str,
+    decision: Promotion,
+    challenger_scores: Mapping[str, float],
+    resamples: int,
+    test_set: pl.DataFrame,
+) -> None:
+    """Record the decision on the challenger's version, then move the alias to it: the tags
+    first, so a champion always carries them (``forced`` above all), and the whole under
+    Ctrl-C and SIGTERM held, so a promotion stopped midway is not left a champion without its
+    record (a concurrency review stopped one there, and the forced tag was lost)."""
+    challenger, champion, intervals = decision.challenger, decision.champion, decision.intervals
+    client = MlflowClient()
+    with terminate_like_interrupt(), interrupts_held():
         # another promotion may have moved the alias while this one compared: then this
         # decision was about a champion that is gone
         try:
@@ -537,7 +556,6 @@ def promote(
                 f"compared with {champion.version if champion else 'the rules'}; run promote "
                 "again to compare it with the new champion"
             )
-        client.set_registered_model_alias(name, alias, challenger.version)
         tags = {
             "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "promoted_over": champion.version if champion else "rules",
@@ -552,7 +570,7 @@ def promote(
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, challenger.version, key, value)
-    return decision
+        client.set_registered_model_alias(name, alias, challenger.version)
 
 
 def _gate_settings(ref: ModelRef) -> tuple[int, int]:

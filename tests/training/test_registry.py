@@ -249,6 +249,37 @@ def test_force_promotes_a_loser_and_records_it(trained: dict) -> None:
     assert resolve(NAME, alias="champion").version == weak
 
 
+def test_ctrl_c_while_a_promotion_is_recorded_leaves_it_whole_with_its_record(
+    trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after the alias moved left a forced champion without its `forced` tag
+    and the gate's (concurrency review): the record is written first, the alias moved last,
+    and an interrupt waits until both are done."""
+    import signal
+
+    _, weak = trained["weak"]
+    _, normal = trained["normal"]
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "champion", normal)
+    real_tag = MlflowClient.set_model_version_tag
+    calls: list[str] = []
+
+    def tag_then_ctrl_c(self: MlflowClient, name: str, version: str, key: str, value: str) -> None:
+        real_tag(self, name, version, key, value)
+        if not calls:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C after the first tag
+        calls.append(key)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", tag_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        promote(NAME, version=weak, force=True)
+    assert resolve(NAME, alias="champion").version == weak
+    tags = client.get_model_version(NAME, weak).tags
+    assert tags["forced"] == "true"
+    assert {"promoted_at", "promoted_over", "gate.resamples"} <= set(tags)
+    assert len(calls) > 3
+
+
 def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
     simulation: object, store: str
 ) -> None:
