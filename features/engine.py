@@ -1252,8 +1252,8 @@ def join_attributes(
     as_of: dt.datetime,
     spec: FeatureSpec,
 ) -> pl.LazyFrame:
-    """Join contact attributes: text as categorical, dates as days before as_of (a date after
-    as_of is in the future of the snapshot and so missing)."""
+    """Join contact attributes: text as categorical, dates as days before as_of (a date at or
+    after as_of is not strictly before the snapshot, and so missing)."""
     listed = _contacts_frame(contacts)
     if listed is None:
         return frame
@@ -1269,9 +1269,7 @@ def join_attributes(
             if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
                 moment = pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
             days = _days_before(as_of, moment)
-            columns.append(
-                pl.when(days >= 0).then(days).otherwise(None).alias(f"days_since_{name}")
-            )
+            columns.append(pl.when(days > 0).then(days).otherwise(None).alias(f"days_since_{name}"))
         elif dtype == pl.Boolean or dtype.is_numeric():
             columns.append(pl.col(name).cast(pl.Float64).alias(name))
         elif dtype == pl.Null and spec.attributes != "all":

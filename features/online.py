@@ -242,7 +242,7 @@ def _attributes(
     contact: Mapping[str, Any], *, as_of: dt.datetime, spec: FeatureSpec, dates: Collection[str]
 ) -> dict[str, Any]:
     """The attribute features of one contacts-table row, as the batch engines make them from
-    the table's columns: a date as days since it (missing when after ``as_of``, or when the
+    the table's columns: a date as days since it (missing when at or after ``as_of``, or when the
     value of a name in ``dates`` is missing), a number (a decimal too) or boolean as a float,
     other scalars as text; lists, mappings, bytes, times of day and durations are not
     features and are left out (so are names starting with '_': ``attribute_names``)."""
@@ -257,7 +257,7 @@ def _attributes(
             )
             moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
             days = (as_of - moment).total_seconds() / 86_400
-            named.append((f"days_since_{name}", name, days if days >= 0 else None))
+            named.append((f"days_since_{name}", name, days if days > 0 else None))
         elif value is None and name in dates:
             named.append((f"days_since_{name}", name, None))
         elif isinstance(value, bool | numbers.Real | Decimal):  # numpy's numbers too

@@ -663,8 +663,8 @@ def _attribute(
     field: T.StructField, as_of: dt.datetime, *, listed: bool
 ) -> tuple[str, str, Column] | None:
     """The rule of ``features.engine``: text stays text (categorical in Polars), dates become
-    days before as_of (missing when after it), booleans and numbers floats; other types (lists,
-    structs) are left out on purpose. The feature's name, the column's, and the feature."""
+    days before as_of (missing when at or after it), booleans and numbers floats; other types
+    (lists, structs) are left out on purpose. The feature's name, the column's, and the feature."""
     name, column, kind = field.name, _named(field.name), field.dataType
     if isinstance(kind, T.StringType):
         return name, name, column.alias(name)
@@ -676,7 +676,7 @@ def _attribute(
         else:
             micros = F.unix_micros(column)
         days = _days_before(as_of, micros)
-        return f"days_since_{name}", name, F.when(days >= 0, days).alias(f"days_since_{name}")
+        return f"days_since_{name}", name, F.when(days > 0, days).alias(f"days_since_{name}")
     if isinstance(kind, T.BooleanType | T.NumericType) or (
         isinstance(kind, T.NullType) and listed
     ):  # a listed column of no type: every value missing, as in the other builders

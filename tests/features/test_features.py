@@ -528,17 +528,23 @@ def test_missing_dates_and_list_columns_give_the_online_path_the_batch_attribute
     assert "signup" not in online
 
 
-def test_a_date_attribute_after_as_of_is_missing_not_negative_in_every_engine() -> None:
+def test_a_date_attribute_at_or_after_as_of_is_missing_not_negative_in_every_engine() -> None:
     """A signup dated after the snapshot is not yet known then: a missing `days_since_`, in
     the one-snapshot engine, the training frame and the online path (only a Spark test held
     this, and the online path was not held at all: mutation review). The simulator's signups
-    all come before its start, so the parity tests never meet one."""
+    all come before its start, so the parity tests never meet one. A signup on the snapshot's
+    own day is a moment of [as_of, as_of + 1 day), not strictly before as_of: missing too (it
+    was 0 days: time review)."""
     events = _events([("a", "2024-02-20T12:00:00Z", "web", "page_view", None)])
     contacts = pl.DataFrame(
         {
-            "contact_id": ["a", "b"],
-            "marketing_consent": [True, True],
-            "signup": [AS_OF.date() + dt.timedelta(days=1), AS_OF.date() - dt.timedelta(days=10)],
+            "contact_id": ["a", "b", "c"],
+            "marketing_consent": [True, True, True],
+            "signup": [
+                AS_OF.date() + dt.timedelta(days=1),
+                AS_OF.date() - dt.timedelta(days=10),
+                AS_OF.date(),
+            ],
         }
     )
     batch = build_contact_features(events, contacts, as_of=AS_OF, spec=SPEC)
@@ -546,7 +552,8 @@ def test_a_date_attribute_after_as_of_is_missing_not_negative_in_every_engine() 
     for frame in (batch, many):
         assert _row(frame, "a")["days_since_signup"] is None
         assert _row(frame, "b")["days_since_signup"] == 10.0
-    for contact, expected in zip(contacts.iter_rows(named=True), (None, 10.0), strict=True):
+        assert _row(frame, "c")["days_since_signup"] is None
+    for contact, expected in zip(contacts.iter_rows(named=True), (None, 10.0, None), strict=True):
         online = build_online_features(
             events.filter(pl.col("contact_id") == contact["contact_id"]).to_dicts(),
             as_of=AS_OF,

@@ -226,6 +226,8 @@ def test_the_spark_engine_equals_the_polars_engine_on_edge_cases(
     assert row("old")["days_since_last_purchase"] is not None
     assert row("old")["days_since_signup_date"] is not None
     assert row("single")["days_since_signup_date"] is None  # signed up after the snapshot
+    # on the snapshot's own day, so not strictly before it (it was 0: time review)
+    assert row("listed_only")["days_since_signup_date"] is None
 
 
 def _first_edge_events() -> pa.Table:
