@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fnmatch
 import io
 import logging
@@ -207,6 +208,8 @@ def _configure(
         # MLflow's notes (pickling, pip versions, download bars) are for its own developers;
         # the commands say what happened in their own words
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        # its store logs each failed session before raising it: said once, in one line (main)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow resets it on import
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -224,6 +227,13 @@ def main() -> None:
         )
         sys.exit(2)
     except Exception as error:
+        if (said := _no_space_or_locked(error)) is not None:
+            if _VERBOSE:
+                err_console.print_exception()
+            err_console.print(
+                f"[bold red]error:[/] {escape(said)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
         if not type(error).__module__.startswith("mlflow."):
             raise
         # a tracking store or server that cannot be used (not running, refused, a bad URI):
@@ -244,6 +254,49 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(2)
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+_NO_SPACE_TEXT = ("No space left on device", "[Errno 28]", "database or disk is full")
+
+
+def _no_space_or_locked(error: BaseException) -> str | None:
+    """One line for the two failures of the machine, not of the input, that reach here as any
+    library's exception (a concurrency review saw 70- and 1,100-line tracebacks): a full disk
+    or a file-size limit, under MLflow's, SQLite's or Arrow's wording, and an MLflow SQLite
+    store another process holds locked. None for anything else."""
+    from training.tracking import shown_uri  # a message may hold the store's credentials
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    store = ""
+    if "mlflow" in sys.modules:
+        store = shown_uri(str(sys.modules["mlflow"].get_tracking_uri()))
+    for link in chain:
+        text = str(link)
+        if isinstance(link, OSError) and link.errno in _NO_SPACE:
+            where = link.filename if link.filename is not None else "the folder written to"
+            return (
+                f"{shown_uri(str(where))}: {link.strerror or text} (a full disk, a quota or a "
+                "file-size limit); free some space there, or write somewhere else, and run "
+                "again"
+            )
+        if any(words in text for words in _NO_SPACE_TEXT):
+            place = f"the MLflow store {store}" if store else "the folder written to"
+            return (
+                f"no space left while writing to {place} (a full disk or a quota); free some "
+                "space there, or write somewhere else, and run again"
+            )
+        if "database is locked" in text:
+            return (
+                f"the MLflow store {store or '(SQLite)'} is locked by another process (mlflow "
+                "ui or gc, a backup, another funnelcast command writing to it); run again "
+                "once it is done"
+            )
+    return None
 
 
 # --- commands ----------------------------------------------------------------------------------

@@ -161,3 +161,55 @@ def test_features_out_as_a_link_writes_the_file_it_names_and_never_an_input(
         "a",
         "b",
     ]
+
+
+def test_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
+    """A locked SQLite store (mlflow gc, a backup) made every command a traceback ending in
+    sqlalchemy's 'database is locked' (concurrency review)."""
+    import os
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # the schema, made
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = subprocess.run(
+            [FUNNELCAST, "evaluate", "--tracking-uri", uri],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    line = _one_line_error(result, "is locked by another process")
+    assert "mlflow.db" in line
+
+
+def test_a_full_disk_is_one_line_under_any_librarys_wording() -> None:
+    """ENOSPC reached the user as a 70-line traceback from MLflow's artifact writes, or as
+    'check the tracking URI' (concurrency review): one line, saying what to free."""
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    from serving.cli import _no_space_or_locked
+
+    plain = OSError(errno.ENOSPC, "No space left on device", "/data/out/model.lgb")
+    said = _no_space_or_locked(plain)
+    assert said is not None
+    assert said.startswith("/data/out/model.lgb: No space left on device")
+    assert "free some space there" in said
+    wrapped = MlflowException("failures while downloading artifacts")
+    wrapped.__cause__ = plain
+    assert _no_space_or_locked(wrapped) == said  # found under the wrapper
+    sqlite = MlflowException("(sqlite3.OperationalError) database or disk is full")
+    assert "no space left while writing to" in (_no_space_or_locked(sqlite) or "")
+    assert _no_space_or_locked(ValueError("a bug")) is None
+    assert _no_space_or_locked(OSError(errno.EACCES, "Permission denied", "/x")) is None
