@@ -28,7 +28,15 @@ from polars.io.plugins import register_io_source
 
 from features.consent import TEXT_TYPES, check_contact_ids, refuse_unusable_ids
 from features.errors import NOT_FINITE_VALUE, InputError
-from features.schema import as_utc, cast_unreadable_zones_to_utc, utc_for_unreadable_zones
+from features.schema import (
+    INT96_CAST,
+    as_utc,
+    cast_unreadable_zones_to_utc,
+    int96_columns,
+    parquet_schema,
+    polars_schema_reading_int96,
+    utc_for_unreadable_zones,
+)
 from features.settings import RulesSettings, load_rules_settings
 from features.spec import MICROS_PER_DAY, Aggregate, FeatureSpec, SpecError, compile_expression
 from features.stages import BASE_RANK, stage_from_signal_columns
@@ -394,13 +402,24 @@ def scan_events(events: EventsInput) -> pl.LazyFrame:
 
 
 def _scan_parquet(files: list[Path], schemas: list[pa.Schema]) -> pl.LazyFrame:
-    """Parquet files (``schemas``: their Arrow schemas) as one lazy frame: Polars' own scan,
-    unless a file holds a timestamp in a zone Polars cannot read (``polars_reads_zone``; its
-    reader panics on the file's schema), when Arrow reads the files instead, in batches."""
-    if all(utc_for_unreadable_zones(schema) is None for schema in schemas):
-        # columns beyond the contract may differ between files: they are not read
+    """Parquet files (``schemas``: their Arrow schemas, from ``parquet_schema``) as one lazy
+    frame: Polars' own scan, unless a file holds a timestamp in a zone Polars cannot read
+    (``polars_reads_zone``; its reader panics on the file's schema), when Arrow reads the files
+    instead, in batches. Timestamps stored as INT96 (Spark's) are read as the UTC instants they
+    are, as Spark reads them."""
+    if any(utc_for_unreadable_zones(schema) is not None for schema in schemas):
+        return _scan_with_utc(files, utc_for_unreadable_zones(schemas[0]) or schemas[0])
+    # columns beyond the contract may differ between files: they are not read
+    if not any("timestamp" in int96_columns(schema) for schema in schemas):
         return pl.scan_parquet(_path_of(files), extra_columns="ignore")
-    return _scan_with_utc(files, utc_for_unreadable_zones(schemas[0]) or schemas[0])
+    # Polars would read INT96 as naive times, which every builder refuses: told the files'
+    # schema (the first file's, its timestamp in UTC), it reads them as instants
+    return pl.scan_parquet(
+        _path_of(files),
+        schema=polars_schema_reading_int96(str(files[0]), ["timestamp"]),
+        cast_options=INT96_CAST,
+        extra_columns="ignore",
+    )
 
 
 # rows per batch when Arrow reads the events for Polars (Polars' own hint when it gives one),
@@ -418,7 +437,12 @@ def _scan_with_utc(files: list[Path], schema: pa.Schema) -> pl.LazyFrame:
     engine takes the batches as they come, so the events are never held whole. Slower than
     Polars' own reader, so taken only for such files. Columns of ``schema`` a file lacks are
     missing values; a file's columns beyond it are not read."""
-    dataset = ds.dataset([str(file) for file in files], schema=schema, format="parquet")
+    # INT96 (Spark's times) in microseconds, as ``schema`` has them: in nanoseconds they wrap
+    # outside the years 1677-2262
+    parquet = ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")
+    )
+    dataset = ds.dataset([str(file) for file in files], schema=schema, format=parquet)
 
     def batches(
         columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, size: int | None
@@ -498,7 +522,7 @@ def _check_files(files: list[Path]) -> list[pa.Schema]:
     for file in files:
         try:
             metadata = pq.read_metadata(file)  # the footer: schema and statistics
-            schema = metadata.schema.to_arrow_schema()
+            schema = parquet_schema(metadata)  # INT96 (Spark's times) as UTC instants
         except Exception as error:  # Arrow's and the OS's errors alike: the file is unusable
             reason = " ".join(str(error).split())[:160]
             raise InputError(f"{file} is not a readable Parquet file ({reason}); {fix}") from None

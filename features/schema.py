@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.errors import InputError
 from features.vocabulary import CHANNELS, EVENT_TYPES
@@ -815,3 +816,55 @@ def _utc_if_unreadable(dtype: pa.DataType) -> pa.DataType:
         item = dtype.value_field.with_type(_utc_if_unreadable(dtype.value_type))
         return pa.list_(item, dtype.list_size)
     return dtype
+
+
+# --- Spark's INT96 timestamps ------------------------------------------------------------------
+
+# Spark writes timestamps to Parquet as INT96 unless told otherwise (the default of
+# `spark.sql.parquet.outputTimestampType`): UTC instants, yet the footer names no zone, so
+# Polars and Arrow read them as naive times, in nanoseconds that clip or wrap outside the years
+# 1677-2262. Spark reads them as UTC instants in microseconds, and so does every reader here
+INT96_TIME: Final = pa.timestamp("us", "UTC")
+# Polars' reader, told a column is INT96_TIME, reads one whose Arrow schema (pyarrow stores
+# it, for pandas' tables) gives another zone or nanoseconds as the same instants
+INT96_CAST: Final = pl.ScanCastOptions(datetime_cast=["nanosecond-downcast", "convert-timezone"])
+_INT96_MARK: Final = {b"funnelcast.parquet_type": b"INT96"}
+
+
+def parquet_schema(metadata: pq.FileMetaData) -> pa.Schema:
+    """A Parquet file's Arrow schema, from its footer, with each top-level INT96 column
+    ``INT96_TIME`` and marked as such (``int96_columns``); a nested one is left as it comes,
+    as no builder reads it."""
+    schema = metadata.schema.to_arrow_schema()
+    columns = (metadata.schema.column(i) for i in range(metadata.num_columns))
+    int96 = {column.path for column in columns if column.physical_type == "INT96"}
+    if not int96.intersection(schema.names):
+        return schema
+    fields = [
+        field.with_type(INT96_TIME).with_metadata({**(field.metadata or {}), **_INT96_MARK})
+        if field.name in int96
+        else field
+        for field in schema
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def int96_columns(schema: pa.Schema) -> list[str]:
+    """The columns ``parquet_schema`` marked as INT96."""
+    return [
+        field.name for field in schema if _INT96_MARK.items() <= dict(field.metadata or {}).items()
+    ]
+
+
+def polars_schema_reading_int96(path: str, names: list[str]) -> pl.Schema:
+    """Polars' schema of the Parquet file at ``path`` with the columns ``names`` (INT96) as
+    ``INT96_TIME``: given to its reader, with ``INT96_CAST``, Polars reads them as UTC
+    instants in microseconds, every year included (a cast after the read would start from the
+    clipped nanoseconds)."""
+    time = pl.Datetime("us", "UTC")
+    return pl.Schema(
+        {
+            name: time if name in names else dtype
+            for name, dtype in pl.read_parquet_schema(path).items()
+        }
+    )

@@ -61,7 +61,9 @@ from features.schema import (
     as_utc,
     cast_unreadable_zones_to_utc,
     control_ids_message,
+    int96_columns,
     localise_to_utc,
+    parquet_schema,
     parse_timestamps,  # validation's reader of times: label dates are read by it too
     refuse_control_ids,
     rejects_table,
@@ -754,15 +756,20 @@ def _read_table(spec: ReadSpec, path: Path) -> pl.DataFrame:
 
 def _read_parquet(path: Path) -> pl.DataFrame:
     """A Parquet file as Polars reads it, but one with a time in a zone Polars cannot read
-    ('+05:30', as pandas writes India's times), on which Polars' reader panics: Arrow reads
-    it, and those times are in UTC, the same instants (a `native` time keeps its instant)."""
+    ('+05:30', as pandas writes India's times), on which Polars' reader panics, or with times
+    stored as INT96 (Spark's), which Polars reads as naive times: Arrow reads it, and those
+    times are in UTC, the same instants (a `native` time keeps its instant, and an INT96 one is
+    never placed in the mapping's `timezone:`, as Spark reads it as an instant)."""
     try:
-        schema = pq.read_schema(path)
+        schema = parquet_schema(pq.read_metadata(path))
     except (pa.ArrowException, OSError):
         return pl.read_parquet(path)  # no Parquet footer: Polars' error says so
-    if utc_for_unreadable_zones(schema) is None:
+    if utc_for_unreadable_zones(schema) is None and not int96_columns(schema):
         return pl.read_parquet(path)
-    return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(pq.read_table(path))))
+    # INT96 in microseconds, cast to the UTC of ``schema``: in nanoseconds they wrap outside
+    # the years 1677-2262
+    table = pq.read_table(path, schema=schema, coerce_int96_timestamp_unit="us")
+    return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(table)))
 
 
 def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:

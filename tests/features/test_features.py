@@ -266,6 +266,70 @@ def test_the_events_are_read_by_polars_own_scan_unless_a_zone_needs_arrow(tmp_pa
         )
 
 
+def test_timestamps_stored_as_int96_as_spark_writes_them_give_the_features_of_their_instants(
+    tmp_path: Path,
+) -> None:
+    """Spark writes timestamps as INT96 by default: UTC instants, though the footer names no
+    zone. The Polars engine refused them as naive times while the Spark engine read them as
+    instants (review): every builder reads them as their instants, in UTC, from a file and
+    from a folder that mixes them with micro-seconds, in any year (Polars' own reading, in
+    nanoseconds, moved the year 1500 to 1677)."""
+    utc = _events(
+        [
+            ("a", "2024-02-29T23:30:00Z", "web", "page_view", None),
+            ("a", "2024-02-20T12:00:00Z", "web", "purchase", 20.0),
+            ("b", "2024-02-28T23:30:00.000001Z", "email", "email_open", None),
+            ("c", "2024-02-25T10:00:00Z", "web", "page_view", None),
+            ("c", "2000-01-01T00:00:00Z", "store", "purchase", 5.0),
+        ]
+    ).to_arrow()
+    # a purchase in 1500 (validation reads times in nanoseconds, so sets it aside)
+    position = utc.schema.get_field_index("timestamp")
+    ancient = utc.slice(4).set_column(
+        position, "timestamp", pa.array([dt.datetime(1500, 1, 1)], utc.schema[position].type)
+    )
+    utc = pa.concat_tables([utc.slice(0, 4), ancient])
+    expected = build_contact_features(utc, as_of=AS_OF, spec=SPEC)
+    assert _row(expected, "c")["days_since_last_purchase"] > 190_000
+    spark = tmp_path / "events.parquet"
+    # as Spark writes it: INT96 and no Arrow schema (which would give Polars a zone)
+    pq.write_table(utc, spark, use_deprecated_int96_timestamps=True, store_schema=False)
+    assert pq.read_metadata(spark).schema.column(1).physical_type == "INT96"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pq.write_table(utc.slice(0, 2), mixed / "part-0.parquet")
+    pq.write_table(
+        utc.slice(2),
+        mixed / "part-1.parquet",
+        use_deprecated_int96_timestamps=True,
+        store_schema=False,
+    )
+    for source in (spark, mixed):
+        assert_frame_equal(build_contact_features(source, as_of=AS_OF, spec=SPEC), expected)
+    assert "PYTHON" not in engine.scan_events(spark).explain()  # Polars' own scan, not Arrow's
+    # pyarrow writes INT96 with an Arrow schema, which gives Polars pandas' nanoseconds and zone
+    recent = utc.slice(0, 4)
+    nanos = pa.timestamp("ns", "Europe/Paris")
+    pandas = tmp_path / "pandas.parquet"
+    pq.write_table(
+        recent.set_column(position, "timestamp", recent["timestamp"].cast(nanos)),
+        pandas,
+        use_deprecated_int96_timestamps=True,
+    )
+    assert_frame_equal(
+        build_contact_features(pandas, as_of=AS_OF, spec=SPEC),
+        build_contact_features(recent, as_of=AS_OF, spec=SPEC),
+    )
+    assert_frame_equal(
+        build_training_frame(spark, as_of_dates=[AS_OF.date()], spec=SPEC),
+        build_training_frame(utc, as_of_dates=[AS_OF.date()], spec=SPEC),
+    )
+    assert engine.events_time_span(spark) == (
+        dt.datetime(1500, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 29, 23, 30, tzinfo=dt.UTC),
+    )
+
+
 @pytest.mark.parametrize("dtype", ["naive", "text"])
 def test_timestamps_without_a_zone_or_not_datetimes_are_refused_naming_the_fix(
     dtype: str, tmp_path: Path

@@ -1301,6 +1301,55 @@ def test_native_times_of_a_parquet_file_at_an_offset_polars_has_no_zone_for_are_
     assert validated.contacts.schema.field("seen_at").type.tz == "UTC"
 
 
+def test_native_times_stored_as_int96_as_spark_writes_them_are_not_moved_by_the_timezone(
+    tmp_path: Path,
+) -> None:
+    """A Parquet export from Spark stores its times as INT96 (Spark's default): UTC instants,
+    though the footer names no zone, so Polars read them as naive times and ingest placed them
+    in the mapping's `timezone:`, an hour off in Stockholm's winter, without a word. They are
+    read as the instants Spark reads, in UTC, events and contacts alike."""
+    instants = [
+        dt.datetime(2024, 1, 15, 4, 30, tzinfo=dt.UTC),
+        dt.datetime(2024, 7, 1, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    ]
+    at = pa.array(instants, pa.timestamp("us", "UTC"))
+    spark = {"use_deprecated_int96_timestamps": True, "store_schema": False}  # Spark's way
+    pq.write_table(pa.table({"id": ["a", "b"], "at": at}), tmp_path / "rows.parquet", **spark)
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "ok": ["Y", "N"], "seen": at}),
+        tmp_path / "people.parquet",
+        **spark,
+    )
+    assert pq.read_metadata(tmp_path / "rows.parquet").schema.column(1).physical_type == "INT96"
+    mapping = _write(
+        tmp_path / "rows.yaml",
+        """\
+        name: rows
+        description: parquet rows written by Spark
+        timezone: Europe/Stockholm
+        events:
+          - name: rows
+            read: {path: rows.parquet, format: parquet}
+            contact_id: id
+            timestamp: {column: at, format: native}
+            event_type: {fixed: purchase}
+            channel: {fixed: store}
+        contacts:
+          read: {path: people.parquet, format: parquet}
+          contact_id: id
+          attributes: {seen: seen_at}
+          consent: {column: ok, values: {"Y": true, "N": false}}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.rejects.num_rows == 0
+    assert validated.events.column("timestamp").to_pylist() == instants
+    assert validated.contacts is not None
+    assert validated.contacts.column("seen_at").to_pylist() == instants
+
+
 def test_a_rejected_contact_points_at_its_line_in_the_contacts_file(
     shop: Path, tmp_path: Path
 ) -> None:

@@ -133,6 +133,25 @@ def test_both_engines_read_times_at_an_offset_polars_has_no_zone_for_as_their_in
     assert expected["days_since_last_login_at"].null_count() < expected.height
 
 
+def test_both_engines_read_the_int96_timestamps_spark_writes_as_their_instants(
+    simulated: tuple[Path, pl.DataFrame], spark: Any, spark_features: SparkFeatures, tmp_path: Path
+) -> None:
+    """Spark writes timestamps to Parquet as INT96 unless told otherwise: UTC instants, though
+    the footer names no zone. The Spark engine read them as instants and the Polars engine
+    refused them as naive times (review); both give the features of the same instants."""
+    folder, contacts = simulated
+    as_of = dt.datetime(2024, 2, 20, tzinfo=dt.UTC)
+    expected = build_contact_features(folder, contacts, as_of=as_of, spec=SPEC)
+    written = tmp_path / "written_by_spark"
+    spark.read.parquet(str(folder / "events.parquet")).write.parquet(str(written))
+    parts = sorted(written.glob("*.parquet"))
+    footer = pq.read_metadata(parts[0]).schema
+    types = {footer.column(i).path: footer.column(i).physical_type for i in range(len(footer))}
+    assert types["timestamp"] == "INT96"
+    _assert_identical(build_contact_features(written, contacts, as_of=as_of, spec=SPEC), expected)
+    _assert_identical(spark_features(written, contacts, as_of=as_of), expected)
+
+
 # --- hand-made edges --------------------------------------------------------------------------
 
 EDGE = AS_OF - dt.timedelta(days=7)  # the 7-day window's first moment
