@@ -226,7 +226,22 @@ def main() -> None:
             f"[bold red]error:[/] {escape(_one_line(error))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
-    except Exception as error:
+    except BaseException as error:
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+            raise  # Ctrl-C, SIGTERM, sys.exit: their own exit codes
+        if type(error).__name__ == "PanicException":  # Polars' (Rust's) internal stop
+            if _VERBOSE:
+                err_console.print_exception()
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "a panic"
+            err_console.print(
+                f"[bold red]error:[/] the data reader stopped on an internal error "
+                f"({escape(first[:200])}); if another command was writing the files read at "
+                "that moment (ingest or simulate into the same folder), run again once it is "
+                "done; otherwise run again with -v and report it",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
         if (said := _no_space_or_locked(error)) is not None:
             if _VERBOSE:
                 err_console.print_exception()

@@ -213,3 +213,34 @@ def test_a_full_disk_is_one_line_under_any_librarys_wording() -> None:
     assert "no space left while writing to" in (_no_space_or_locked(sqlite) or "")
     assert _no_space_or_locked(ValueError("a bug")) is None
     assert _no_space_or_locked(OSError(errno.EACCES, "Permission denied", "/x")) is None
+
+
+def test_a_panic_of_the_data_reader_is_one_line_that_says_what_may_have_caused_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Polars panicked (a Rust assertion, raised as pyo3's PanicException, a BaseException)
+    when an events file was replaced while score read it, and the user got the panic and a
+    traceback (concurrency review)."""
+    from serving import cli
+
+    class PanicException(BaseException):  # pyo3's own is not importable; its name is the mark
+        pass
+
+    def reader_panics() -> None:
+        raise PanicException("assertion failed: range.end as u64 <= self.size")
+
+    monkeypatch.setattr(cli, "app", reader_panics)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1, said
+    assert "assertion failed: range.end" in said[0]
+    assert "another command was writing the files read" in said[0]
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # still Ctrl-C's, not a one-line error
+        cli.main()
