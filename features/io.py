@@ -55,6 +55,9 @@ _PLAIN_WORDS = {
     getattr(errno, "EDQUOT", -1): "your disk quota is used up on {folder}; free some space "
     "there, or give a place on another disk",
     errno.EROFS: "{folder} is on a read-only file system; give a place you may write to",
+    # the process's file-size limit (ulimit -f), which the permissions hint did not fit
+    errno.EFBIG: "the file grew past this process's file-size limit (ulimit -f) on {folder}; "
+    "raise the limit, or write a smaller output",
 }
 
 

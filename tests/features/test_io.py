@@ -352,6 +352,8 @@ def test_a_table_that_would_replace_a_file_the_source_reads_is_refused(
         (errno.ENOSPC, "no space left on {folder}"),
         (errno.EDQUOT, "your disk quota is used up on {folder}"),
         (errno.EROFS, "{folder} is on a read-only file system"),
+        # was "(is every folder above it a folder you may write to?)" (concurrency review)
+        (errno.EFBIG, "file-size limit (ulimit -f) on {folder}"),
     ],
 )
 def test_a_full_disk_is_one_clear_error_and_leaves_nothing_behind(
