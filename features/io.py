@@ -38,6 +38,8 @@ TABLE_MARK = b"funnelcast.table"
 # `.<file name>.<pid>-<8 random>.tmp` files; before the pid was in them, without it
 _RANDOM = r"[a-z0-9_]{8}"
 _STAGING = re.compile(rf"\.staging-(?:(\d+)-)?{_RANDOM}")
+# a temporary file of any name with its writer's pid: removed once that process is gone
+_OTHERS_TEMPORARY = re.compile(rf"\..+\.(\d+)-{_RANDOM}\.tmp")
 # a temporary name without a pid (an older funnelcast's) is a leftover once untouched this long
 _UNTAGGED_LEFTOVER_SECONDS = 3600
 
@@ -163,11 +165,15 @@ def _newest_change(path: Path) -> float:
 
 
 def _sweep_leftovers(folder: Path, file_name: str | None = None) -> None:
-    """Remove what a killed write into ``folder`` left: funnelcast's own staging folders, and
-    the temporary files of ``file_name`` (the file about to be written). Nothing else, and
-    nothing a running write still uses; a leftover that cannot be removed stays."""
+    """Remove what a killed write into ``folder`` left: funnelcast's own staging folders, the
+    temporary files of ``file_name`` (the file about to be written), and those of any other
+    file whose writer's process is gone (a weekly job writing a dated file never wrote the
+    same name again, so its killed write's file stayed: concurrency review). Nothing else,
+    and nothing a running write still uses; a leftover that cannot be removed stays."""
     temporary = (
-        re.compile(rf"\.{re.escape(file_name)}\.(?:(\d+)-)?{_RANDOM}\.tmp") if file_name else None
+        re.compile(rf"\.{re.escape(file_name)}\.(?:(\d+)-)?{_RANDOM}\.tmp")
+        if file_name
+        else _OTHERS_TEMPORARY
     )
     try:
         with os.scandir(folder) as listing:
@@ -177,7 +183,7 @@ def _sweep_leftovers(folder: Path, file_name: str | None = None) -> None:
     for entry in entries:
         path = Path(entry.path)
         with contextlib.suppress(OSError):
-            match = temporary.fullmatch(entry.name) if temporary is not None else None
+            match = temporary.fullmatch(entry.name) or _OTHERS_TEMPORARY.fullmatch(entry.name)
             if match and entry.is_file(follow_symlinks=False):
                 if _is_leftover(match.group(1), path):
                     path.unlink()

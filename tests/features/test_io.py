@@ -468,11 +468,14 @@ def test_a_write_sweeps_what_a_killed_write_left_and_nothing_else(tmp_path: Path
         tmp_path / ".staging-olderrun",  # an earlier version's name, without a pid
         tmp_path / f".f.parquet.{dead}-zz9zz9zz.tmp",
         tmp_path / ".f.parquet.oldnames.tmp",
+        # another file's, its writer gone: a weekly job's dated file is never written again,
+        # so it stayed for good (concurrency review)
+        tmp_path / f".scores-2026-11-30.csv.{dead}-zz9zz9zz.tmp",
     ]
     kept = [
         tmp_path / f".staging-{os.getppid()}-running1",  # a write that still runs
         tmp_path / ".staging-freshone",  # no pid, and changed a moment ago
-        tmp_path / f".other.parquet.{dead}-zz9zz9zz.tmp",  # another file's: not this write's
+        tmp_path / f".other.parquet.{os.getppid()}-zz9zz9zz.tmp",  # another write, running
         tmp_path / ".staging-notes",  # the user's, not funnelcast's name
         tmp_path / f".staging-{dead}-yours123",  # funnelcast's name, but holds the user's file
     ]
