@@ -213,6 +213,7 @@ def _child_score(task: dict[str, Any]) -> dict[str, Any]:
         model,
         features,
         None,
+        events=Path(task["path"]),
         as_of=as_of,
         model_name=str(info.model_name),
         model_version=str(info.model_version),

@@ -93,6 +93,41 @@ def events_time_span(events: EventsInput) -> tuple[dt.datetime | None, dt.dateti
     return first, last
 
 
+# --- who was known as of a date ------------------------------------------------------------------
+# A contact is known from its first event on. Before it, the contacts table may list it (a CRM
+# export lists today's contacts), but as of then nobody knew it: the funnel report does not
+# count it, training makes it no row, and score and features write no row for it. One
+# definition for all of them, here. A contact listed without any event is another case: it is
+# known by its listing alone, dormant, at every date.
+
+
+def first_event_times(events: EventsInput) -> pl.DataFrame:
+    """Each contact's first event in the whole log (``contact_id`` as text, ``first_event``),
+    events at or after any snapshot included: they say who was not known yet then."""
+    return _collect(
+        scan_events(events)
+        .group_by(pl.col("contact_id").cast(pl.String))
+        .agg(pl.col("timestamp").min().alias("first_event"))
+    )
+
+
+def contacts_not_yet_active(first_events: pl.DataFrame, *, as_of: dt.datetime) -> pl.DataFrame:
+    """The contacts (``contact_id``) of ``first_events`` (``first_event_times``) whose first
+    event comes at or after ``as_of``: unknown as of then."""
+    return first_events.filter(pl.col("first_event") >= as_of).select("contact_id")
+
+
+def leave_out_not_yet_active(
+    rows: pl.DataFrame, first_events: pl.DataFrame, *, as_of: dt.datetime
+) -> pl.DataFrame:
+    """``rows`` (as of ``as_of``; any number per contact) without those of contacts whose first
+    event comes at or after ``as_of``, in their order. A contact without any event stays."""
+    later = contacts_not_yet_active(first_events, as_of=as_of)["contact_id"]
+    if later.is_empty():  # as of the data's end, nobody: no copy of a wide table
+        return rows
+    return rows.filter(~pl.col("contact_id").cast(pl.String).is_in(later.implode()))
+
+
 @unreadable_parquet_named()
 def build_contact_features(
     events: EventsInput,

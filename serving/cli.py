@@ -726,9 +726,15 @@ def features(
     config: ConfigOption = None,
 ) -> None:
     """Per-contact features as of a date, from the declarative feature spec (events before the
-    date only). Contacts without marketing consent are left out of the file, and counted."""
+    date only). Contacts without marketing consent are left out of the file, and counted; so
+    are those whose first event comes after the date (nobody knew them then)."""
     from features.consent import check_contacts, restrict_to_consented
-    from features.engine import build_contact_features, feature_columns
+    from features.engine import (
+        build_contact_features,
+        feature_columns,
+        first_event_times,
+        leave_out_not_yet_active,
+    )
     from features.io import read_table, write_parquet_atomic
     from features.spec import load_feature_spec
 
@@ -794,7 +800,10 @@ def features(
                 progress=advance,
             )
     consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
-    table = consented.kept
+    # a listed contact whose first event comes after the date was unknown then: training makes
+    # it no row and score does not score it, so it is no row here either (counted)
+    table = leave_out_not_yet_active(consented.kept, first_event_times(events), as_of=snapshot)
+    later = consented.kept.height - table.height  # one row per contact
     if model is not None:  # the features the model reads, so the file is a request's features
         from serving.scoring import with_missing_attributes  # MLflow's imports: a model's only
 
@@ -823,6 +832,7 @@ def features(
         f"(spec {feature_spec.fingerprint[:12]}); "
         f"{consented.contacts_without_consent:,} without marketing consent left out."
     )
+    _say_not_yet_active(later, "written")
 
 
 @app.command()
@@ -935,8 +945,9 @@ def score(
     if snapshot is not None and snapshot <= first:
         console.print(
             f"[yellow]--as-of {snapshot:%Y-%m-%d} is not after the first event "
-            f"({first:%Y-%m-%d}):[/] no contact has an event before it, so every contact listed "
-            "is scored dormant or on its attributes alone."
+            f"({first:%Y-%m-%d}):[/] no contact has an event before it, so none with events is "
+            "scored (nobody knew them then); only contacts listed without any event are, dormant "
+            "or on their attributes alone."
         )
     if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
         _refuse_events_after_now(last, f"--events {events}")
@@ -990,6 +1001,7 @@ def score(
             model,
             features,
             contact_table,
+            events=events,
             as_of=snapshot,
             model_name=str(info.model_name),
             model_version=str(info.model_version),
@@ -1019,6 +1031,7 @@ def score(
         f"Wrote the scores of {_count(table.height, 'contact')} to {escape(str(out))}; "
         f"{result.contacts_without_consent:,} without marketing consent were not scored."
     )
+    _say_not_yet_active(result.contacts_not_yet_active, "scored")
     _print_scored_funnel(table, earlier, then)
     change = other_model(earlier, str(info.model_name), str(info.model_version))
     if change is not None:
@@ -1578,6 +1591,16 @@ def _contacts_for(events: Path, contacts: Path | None, assume_consent: bool, don
     return contacts_path
 
 
+def _say_not_yet_active(later: int, done: str) -> None:
+    """How many consented contacts first appear at or after the snapshot, and so are not
+    ``done`` (counted, scored, written): in the same words in funnel, score and features."""
+    if later:
+        console.print(
+            f"{_count(later, 'contact')} whose first event comes after the snapshot "
+            f"{'is' if later == 1 else 'are'} not {done}."
+        )
+
+
 def _count(n: int, noun: str) -> str:
     """``1 contact``, ``2 contacts``."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
@@ -1908,12 +1931,7 @@ def _print_funnel(
         f"{_count(summary.contacts_scored, 'consented contact')} shown; "
         f"{summary.contacts_without_consent:,} without marketing consent left out."
     )
-    later = summary.contacts_not_yet_active
-    if later:
-        console.print(
-            f"{_count(later, 'contact')} whose first event comes after the snapshot "
-            f"{'is' if later == 1 else 'are'} not counted."
-        )
+    _say_not_yet_active(summary.contacts_not_yet_active, "counted")
     if summary.rules_accuracy is not None:  # none of nobody: no contact shown
         console.print(
             f"The rules put {summary.rules_accuracy:.1%} of contacts in their true hidden stage: "

@@ -17,7 +17,14 @@ import polars as pl
 import pyarrow as pa
 
 from features.consent import check_contacts, refuse_unusable_ids, restrict_to_consented
-from features.engine import EventsInput, raise_unknown_vocabulary, scan_events, with_listed_contacts
+from features.engine import (
+    EventsInput,
+    contacts_not_yet_active,
+    first_event_times,
+    raise_unknown_vocabulary,
+    scan_events,
+    with_listed_contacts,
+)
 from features.schema import as_utc
 from features.settings import RulesSettings
 from features.stages import rules_stage_as_of
@@ -71,12 +78,13 @@ def summarise_funnel(
         check_contacts(contacts)  # before any work, as features and score check them
     scanned = scan_events(events)  # UTC, ids as text, no id or time missing: features' reader
     past = _past_events(scanned, as_of)
-    ids = scanned.select("contact_id").unique().collect()
+    firsts = first_event_times(events)
     # every contact the funnel counts, the ones first seen after as_of too: " c1" would be a
     # contact of its own, without c1's consent
-    refuse_unusable_ids(ids.get_column("contact_id"), "the events", rows=False)
+    refuse_unusable_ids(firsts.get_column("contact_id"), "the events", rows=False)
     active = rules_stage_as_of(past, as_of=as_of, settings=settings)
-    known_later = ids.join(active, on="contact_id", how="anti")
+    # unknown as of then, by the definition training, score and features leave out too
+    known_later = contacts_not_yet_active(firsts, as_of=as_of)
     stages = _with_silent_contacts(active, contacts, known_later)
     consent = restrict_to_consented(stages, contacts, assume_consent=assume_consent)
     scored = consent.kept

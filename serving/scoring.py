@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features.consent import refuse_unusable_ids, restrict_to_consented
+from features.engine import EventsInput, first_event_times, leave_out_not_yet_active
 from features.errors import InputError
 from features.schema import cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
@@ -53,10 +54,14 @@ MIN_LEAK_CONTACTS = 30
 
 @dataclass(frozen=True)
 class Scores:
-    """One scoring run: a row per consented contact, and the contacts left out for consent."""
+    """One scoring run: a row per consented contact known as of the run's date, and the
+    contacts left out: for consent, and (consented) for first appearing at or after that date."""
 
     table: pl.DataFrame
     contacts_without_consent: int
+    # consented contacts whose first event comes at or after as_of: unknown as of then, so
+    # not scored (the funnel report does not count them, training makes them no row)
+    contacts_not_yet_active: int = 0
     # the model's contact attributes the contacts table does not hold (or all of them, with no
     # table): scored as missing values, as the service scores an attribute not sent
     missing_attributes: tuple[str, ...] = ()
@@ -67,6 +72,7 @@ def score_features(
     features: pl.DataFrame,
     contacts: Any,
     *,
+    events: EventsInput,
     as_of: dt.datetime,
     model_name: str,
     model_version: str,
@@ -74,20 +80,29 @@ def score_features(
     reasons: bool = True,
     scored: Callable[[int, int], None] | None = None,
 ) -> Scores:
-    """The consented contacts among ``features`` (built as of ``as_of`` with the model's
-    spec and rules, by either engine: every contact with an event in the longest window, or
-    listed in ``contacts``) scored by ``model`` (a ``FunnelcastModel``) in chunks, ``scored``
-    told (done, total) as each ends. An attribute the model reads that ``features`` lacks
-    (no contacts table, or one without the column) is a missing value, as in the service."""
+    """The consented contacts among ``features`` (built from ``events`` as of ``as_of`` with
+    the model's spec and rules, by either engine: every contact with an event in the longest
+    window, or listed in ``contacts``) scored by ``model`` (a ``FunnelcastModel``) in chunks,
+    ``scored`` told (done, total) as each ends. An attribute the model reads that ``features``
+    lacks (no contacts table, or one without the column) is a missing value, as in the service.
+
+    A listed contact whose first event in ``events`` comes at or after ``as_of`` is not scored:
+    as of then nobody knew it, as the funnel report and training hold (training makes it no
+    row, so no model learned from such a contact). A contact listed without any event is
+    scored, dormant, as the funnel counts it."""
     consented = restrict_to_consented(features, contacts, assume_consent=assume_consent)
-    kept = consented.kept
+    # consent first, as the funnel counts: a contact without it is counted as such, whenever
+    # it first appears
+    kept = leave_out_not_yet_active(consented.kept, first_event_times(events), as_of=as_of)
+    not_yet_active = consented.kept.height - kept.height  # one row per contact
     if kept.height == 0:
         days = model.spec.longest_window_days
         lookback = f"the {days}-day lookback" if days else "the events before it"
         raise InputError(
             f"no consented contact to score as of {as_of:%Y-%m-%d}: none has an event in "
-            f"{lookback} or is listed in the contacts table "
-            f"({consented.contacts_without_consent:,} without marketing consent left out); "
+            f"{lookback} or is listed in the contacts table and known by then "
+            f"({consented.contacts_without_consent:,} without marketing consent left out, "
+            f"{not_yet_active:,} whose first event comes after it not scored); "
             "give another --as-of, or the contacts table"
         )
     kept, missing = with_missing_attributes(kept, model)
@@ -112,6 +127,7 @@ def score_features(
     return Scores(
         table=table.select([c for c in SCORE_COLUMNS if c in table.columns]),
         contacts_without_consent=consented.contacts_without_consent,
+        contacts_not_yet_active=not_yet_active,
         missing_attributes=missing,
     )
 

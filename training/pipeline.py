@@ -32,7 +32,9 @@ from features.engine import (
     EventsInput,
     date_attributes,
     feature_columns,
+    first_event_times,
     identifying_attributes,
+    leave_out_not_yet_active,
     scan_events,
     unreadable_parquet_named,
 )
@@ -219,18 +221,12 @@ def build_labelled_frame(
     events = observed_events(events, settings)
     until = until or observed_until(events)
     dates = sorted(as_of_dates or labelled_snapshot_dates(events, settings, until))
-    firsts = (
-        scan_events(seen)
-        .group_by(pl.col("contact_id").cast(pl.String))
-        .agg(pl.col("timestamp").min().alias("first_event"))
-        .collect()
-    )
+    firsts = first_event_times(seen)
     left_out = 0
 
     def known_then(as_of: dt.datetime, rows: pl.DataFrame) -> pl.DataFrame:
         nonlocal left_out
-        later = firsts.filter(pl.col("first_event") >= as_of)["contact_id"]
-        kept = rows.filter(~pl.col("contact_id").cast(pl.String).is_in(later.implode()))
+        kept = leave_out_not_yet_active(rows, firsts, as_of=as_of)
         left_out += rows.height - kept.height
         return each(as_of, kept) if each is not None else kept
 

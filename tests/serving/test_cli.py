@@ -1259,6 +1259,35 @@ def test_funnel_before_any_event_gives_no_share_of_nobody_and_counts_one_contact
     assert "The rules put 0.0% of contacts in their true hidden stage" in shown
 
 
+def test_features_write_no_row_for_a_contact_funnel_does_not_count_yet(tmp_path: Path) -> None:
+    """Diff review: features (as score) wrote a row for a listed contact whose first event
+    comes after the date, a row training never makes and funnel does not count. Now it is left
+    out and counted in funnel's words; q, listed without any event, stays a row (dormant), as
+    funnel counts it."""
+    import polars as pl
+
+    data = _funnel_data(tmp_path / "d")  # b's first event: 2024-01-22 09:00
+    out = tmp_path / "f.parquet"
+    args = ["--events", str(data), "--as-of", "2024-01-22", "--out", str(out)]
+    features = _run("features", *args)
+    assert features.returncode == 0, features.stderr
+    table = pl.read_parquet(out)
+    assert table["contact_id"].to_list() == ["a", "q"]
+    assert table["rules_stage"].cast(pl.String).to_list() == ["conversion", "dormant"]
+    said = " ".join(features.stdout.split())
+    assert "Wrote 2 contacts x" in said
+    assert "1 contact whose first event comes after the snapshot is not written." in said
+    funnel = _run("funnel", "--data", str(data), "--as-of", "2024-01-22")
+    shown = " ".join(funnel.stdout.split())
+    assert "2 consented contacts shown" in shown
+    assert "1 contact whose first event comes after the snapshot is not counted." in shown
+    # from b's first day on, b is a row, and nothing is said
+    later = _run("features", *args[:3], "2024-01-23", *args[4:])
+    assert later.returncode == 0, later.stderr
+    assert pl.read_parquet(out)["contact_id"].to_list() == ["a", "b", "q"]
+    assert "first event comes after" not in later.stdout
+
+
 def test_funnel_of_data_without_events_shows_the_listed_contacts_dormant(tmp_path: Path) -> None:
     """features writes a row for every listed contact when there are no events (each
     dormant); funnel said "no funnel to show" and counted nobody."""

@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from features.consent import restrict_to_consented
-from features.engine import build_contact_features
+from features.engine import build_contact_features, first_event_times, leave_out_not_yet_active
 from features.errors import InputError
 from features.vocabulary import STAGE_MESSAGE, STAGES
 from serving import cli, scoring
@@ -39,6 +39,23 @@ def data(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir()
     pq.write_table(served.events, folder / "events.parquet")
     pq.write_table(served.contacts, folder / "contacts.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def listed_data(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served data with three more consented contacts listed without any event (leads
+    imported into the CRM that never interacted): the simulated ones without events are all
+    without consent."""
+    folder = tmp_path_factory.mktemp("scoring") / "listed"
+    folder.mkdir()
+    contacts = pl.DataFrame(served.contacts)
+    silent = contacts.head(3).with_columns(
+        contact_id=pl.Series(["listed-only-1", "listed-only-2", "listed-only-3"]),
+        marketing_consent=pl.lit(True),
+    )
+    pq.write_table(served.events, folder / "events.parquet")
+    pl.concat([contacts, silent]).write_parquet(folder / "contacts.parquet")
     return folder
 
 
@@ -66,10 +83,11 @@ def test_every_consented_contact_is_scored_as_the_batch_pipeline_scores_it(
     )
     consented = restrict_to_consented(features, served.contacts)
     assert consented.contacts_without_consent > 0  # the data has some to leave out
-    expected = model.predict_frame(consented.kept).with_columns(pl.col("contact_id").cast(str))
+    known = leave_out_not_yet_active(consented.kept, first_event_times(served.events), as_of=AS_OF)
+    expected = model.predict_frame(known).with_columns(pl.col("contact_id").cast(str))
     got = pl.read_parquet(scored)
     assert got.columns == list(SCORE_COLUMNS)
-    assert got.height == expected.height == consented.kept.height
+    assert got.height == expected.height == known.height
     assert_frame_equal(got.select(expected.columns), expected, check_dtypes=False)
     refused = pl.from_arrow(served.contacts).filter(~pl.col("marketing_consent"))  # type: ignore[union-attr]
     assert not set(refused["contact_id"].cast(str)) & set(got["contact_id"])
@@ -78,7 +96,7 @@ def test_every_consented_contact_is_scored_as_the_batch_pipeline_scores_it(
     assert set(got["model_version"]) == {"1"}
     assert set(got["as_of"]) == {AS_OF}
     assert set(got["horizon_days"]) == {int(model.horizon_days)}
-    assert got["rules_stage"].to_list() == consented.kept["rules_stage"].cast(str).to_list()
+    assert got["rules_stage"].to_list() == known["rules_stage"].cast(str).to_list()
     assert got["reason_1"].null_count() < got.height  # reasons were computed
 
 
@@ -194,19 +212,107 @@ def test_the_movement_counts_each_previous_stage_by_where_its_contacts_are_now()
     assert stayed.new == 0
 
 
-def test_an_as_of_before_every_event_is_said(served: Served, data: Path, tmp_path: Path) -> None:
+def test_an_as_of_before_every_event_is_said(
+    served: Served, data: Path, listed_data: Path, tmp_path: Path
+) -> None:
     """Review: --as-of before the events scored every listed contact, nearly all dormant,
-    without a word."""
+    without a word. Then only the contacts listed without any event are known (diff review:
+    the others, unknown then, were scored too), and without them nobody is left to score."""
     out = tmp_path / "scores.parquet"
-    args = ["--events", str(data), "--as-of", "2020-01-01", "--out", str(out), "--no-reasons"]
-    result = _score(served, *args)
+    args = ["--as-of", "2020-01-01", "--out", str(out), "--no-reasons"]
+    result = _score(served, "--events", str(listed_data), *args)
     assert result.exit_code == 0, result.output
-    first = pl.DataFrame(served.events)["timestamp"].min()
+    events = pl.DataFrame(served.events)
+    first = events["timestamp"].min()
     said = " ".join(result.output.split())
     assert f"--as-of 2020-01-01 is not after the first event ({first:%Y-%m-%d}):" in said
-    assert pl.read_parquet(out).height == pl.DataFrame(served.contacts)["marketing_consent"].sum()
-    later = _score(served, *args[:3], "2026-04-20", *args[4:])
+    assert "only contacts listed without any event are" in said
+    listed = pl.read_parquet(listed_data / "contacts.parquet")
+    consented = listed.filter(pl.col("marketing_consent"))
+    silent = consented.join(events, on="contact_id", how="anti")
+    assert silent.height == 3
+    assert pl.read_parquet(out)["contact_id"].to_list() == sorted(silent["contact_id"])
+    unknown = consented.height - silent.height
+    assert f"{unknown:,} contacts whose first event comes after the snapshot are not scored" in said
+    later = _score(served, "--events", str(listed_data), "--as-of", "2026-04-20", *args[2:])
     assert "is not after the first event" not in later.output
+    # every consented contact of the simulator has events: nobody to score, and why
+    alone = _score(served, "--events", str(data), *args)
+    assert isinstance(alone.exception, InputError), alone.output
+    told = " ".join(str(alone.exception).split())
+    assert "no consented contact to score as of 2020-01-01" in told
+    assert f"{unknown:,} whose first event comes after it not scored" in told
+
+
+def test_a_contact_first_seen_at_or_after_as_of_is_not_scored_as_funnel_does_not_count_it(
+    served: Served, listed_data: Path, tmp_path: Path
+) -> None:
+    """Review: score --as-of a past date scored and wrote listed contacts whose first event
+    came after it (nobody knew them then), which funnel at that date does not count and
+    training makes no row of. Now score writes the contacts funnel counts, in the engine's
+    order as before, and says how many it left out in funnel's words and figure; a contact
+    listed without any event is scored, as funnel counts it (dormant)."""
+    as_of = "2026-02-01"
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(listed_data), "--as-of", as_of, "--out", str(out), "--no-reasons"]
+    result = _score(served, *args)
+    assert result.exit_code == 0, result.output
+    funnel = CliRunner().invoke(app, ["funnel", "--data", str(listed_data), "--as-of", as_of])
+    assert funnel.exit_code == 0, funnel.output
+    moment = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    events = pl.DataFrame(served.events)
+    firsts = events.group_by("contact_id").agg(pl.col("timestamp").min())
+    listed = pl.read_parquet(listed_data / "contacts.parquet")
+    consented = listed.filter(pl.col("marketing_consent"))
+    later = set(
+        consented.join(firsts.filter(pl.col("timestamp") >= moment), on="contact_id")["contact_id"]
+    )
+    assert len(later) > 50  # the simulator's contacts arrive over the months
+    got = pl.read_parquet(out)["contact_id"]
+    assert not later & set(got)
+    assert {"listed-only-1", "listed-only-2", "listed-only-3"} <= set(got)
+    assert set(got) == set(consented["contact_id"]) - later
+    assert got.is_sorted()  # the engine's order, as before
+    said, shown = (" ".join(r.output.split()) for r in (result, funnel))
+    gone = f"{len(later):,} contacts whose first event comes after the snapshot are not"
+    assert f"{gone} scored." in said
+    assert f"{gone} counted." in shown
+    assert f"Wrote the scores of {got.len():,} contacts" in said
+    assert f"{got.len():,} consented contacts shown" in shown
+    refused = listed.height - consented.height
+    assert f"{refused:,} without marketing consent were not scored" in said
+    assert f"{refused:,} without marketing consent left out" in shown
+
+
+def test_score_features_leaves_out_a_contact_whose_first_event_is_at_as_of_and_keeps_the_order(
+    served: Served, batch: tuple[Any, pl.DataFrame]
+) -> None:
+    """The boundary, as funnel and training draw it: an event exactly at as_of (midnight) is
+    not before it, so its contact was unknown; one a microsecond earlier was known. Contacts
+    without any event in the log given stay, in their order."""
+    model, kept = batch
+    ids = kept["contact_id"].cast(pl.String).to_list()
+    events = pl.DataFrame(
+        {
+            "contact_id": [ids[5], ids[7]],
+            "timestamp": [AS_OF, AS_OF - dt.timedelta(microseconds=1)],
+            "channel": ["web", "web"],
+            "event_type": ["page_view", "page_view"],
+        },
+        schema_overrides={"timestamp": pl.Datetime("us", "UTC")},
+    )
+    result = scoring.score_features(
+        model,
+        kept,
+        served.contacts,
+        events=events,
+        as_of=AS_OF,
+        model_name="m",
+        model_version="1",
+        reasons=False,
+    )
+    assert result.contacts_not_yet_active == 1
+    assert result.table["contact_id"].to_list() == [i for i in ids if i != ids[5]]
 
 
 def test_the_default_as_of_is_the_day_after_the_last_event(
@@ -663,7 +769,13 @@ def test_score_names_a_refused_value_by_its_row_among_all_the_contacts_scored(
     wrong = _with(kept, "event_count_90d", -1.0, row=45)
     with pytest.raises(FeatureValueError, match="never negative") as caught:
         scoring.score_features(
-            model, wrong, served.contacts, as_of=AS_OF, model_name="m", model_version="1"
+            model,
+            wrong,
+            served.contacts,
+            events=served.events,
+            as_of=AS_OF,
+            model_name="m",
+            model_version="1",
         )
     assert caught.value.row == 45
     said = str(caught.value)
