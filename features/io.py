@@ -167,13 +167,13 @@ def _newest_change(path: Path) -> float:
 def _sweep_leftovers(folder: Path, file_name: str | None = None) -> None:
     """Remove what a killed write into ``folder`` left: funnelcast's own staging folders, the
     temporary files of ``file_name`` (the file about to be written), and those of any other
-    file whose writer's process is gone (a weekly job writing a dated file never wrote the
-    same name again, so its killed write's file stayed: concurrency review). Nothing else,
-    and nothing a running write still uses; a leftover that cannot be removed stays."""
-    temporary = (
-        re.compile(rf"\.{re.escape(file_name)}\.(?:(\d+)-)?{_RANDOM}\.tmp")
-        if file_name
-        else _OTHERS_TEMPORARY
+    file whose writer's process is gone and which has not changed for an hour (a weekly job
+    writing a dated file never wrote the same name again, so its killed write's file stayed:
+    concurrency review; the hour, because a writer in another container's pid namespace looks
+    gone from here). Nothing else, and nothing a running write still uses; a leftover that
+    cannot be removed stays."""
+    temporary = re.compile(
+        rf"\.{re.escape(file_name)}\.(?:(\d+)-)?{_RANDOM}\.tmp" if file_name else r"(?!)"
     )
     try:
         with os.scandir(folder) as listing:
@@ -183,9 +183,15 @@ def _sweep_leftovers(folder: Path, file_name: str | None = None) -> None:
     for entry in entries:
         path = Path(entry.path)
         with contextlib.suppress(OSError):
-            match = temporary.fullmatch(entry.name) or _OTHERS_TEMPORARY.fullmatch(entry.name)
+            match = temporary.fullmatch(entry.name)
             if match and entry.is_file(follow_symlinks=False):
                 if _is_leftover(match.group(1), path):
+                    path.unlink()
+                continue
+            match = _OTHERS_TEMPORARY.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False):
+                old = time.time() - _newest_change(path) > _UNTAGGED_LEFTOVER_SECONDS
+                if old and _is_leftover(match.group(1), path):
                     path.unlink()
                 continue
             match = _STAGING.fullmatch(entry.name)

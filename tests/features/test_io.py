@@ -468,24 +468,27 @@ def test_a_write_sweeps_what_a_killed_write_left_and_nothing_else(tmp_path: Path
         tmp_path / ".staging-olderrun",  # an earlier version's name, without a pid
         tmp_path / f".f.parquet.{dead}-zz9zz9zz.tmp",
         tmp_path / ".f.parquet.oldnames.tmp",
-        # another file's, its writer gone: a weekly job's dated file is never written again,
-        # so it stayed for good (concurrency review)
+        # another file's, its writer gone for an hour: a weekly job's dated file is never
+        # written again, so it stayed for good (concurrency review)
         tmp_path / f".scores-2026-11-30.csv.{dead}-zz9zz9zz.tmp",
     ]
     kept = [
         tmp_path / f".staging-{os.getppid()}-running1",  # a write that still runs
         tmp_path / ".staging-freshone",  # no pid, and changed a moment ago
         tmp_path / f".other.parquet.{os.getppid()}-zz9zz9zz.tmp",  # another write, running
+        # another file's, its pid unknown here but changed a moment ago: a write in another
+        # container (its own pid namespace) may be making it
+        tmp_path / f".scores.csv.{dead}-zz9zz9zz.tmp",
         tmp_path / ".staging-notes",  # the user's, not funnelcast's name
         tmp_path / f".staging-{dead}-yours123",  # funnelcast's name, but holds the user's file
     ]
-    for path in leftovers[:2] + kept[:2] + kept[4:]:
+    for path in leftovers[:2] + kept[:2] + kept[5:]:
         path.mkdir()
         (path / "events.parquet").write_bytes(b"x" * 100)
-    (kept[4] / "notes.txt").write_text("mine", encoding="utf-8")
-    for path in leftovers[2:] + kept[2:4]:
+    (kept[5] / "notes.txt").write_text("mine", encoding="utf-8")
+    for path in leftovers[2:] + kept[2:5]:
         path.write_bytes(b"x" * 100)
-    for path in (leftovers[1], leftovers[1] / "events.parquet", leftovers[3]):
+    for path in (leftovers[1], leftovers[1] / "events.parquet", leftovers[3], leftovers[4]):
         os.utime(path, (hour_ago, hour_ago))
 
     write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "f.parquet")
