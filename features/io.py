@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -133,6 +134,45 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(number, handler)
         for signum in dict.fromkeys(arrived):
             signal.raise_signal(signum)  # its exception (or the default action) now
+
+
+@contextlib.contextmanager
+def lock_held(path: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on the file ``path`` for the block: another process's
+    block under the same path waits until this one ends (a Ctrl-C stops the wait).
+
+    The file is made for the block and removed as it ends, the lock still held, so it is
+    never left among a folder's files. A process that waited on the removed file then holds
+    a lock nobody else can see: it takes the lock again, on the file the path names now.
+    A file a killed process left is taken over (its lock ended with it)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names_file(path, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _names_file(path: Path, fd: int) -> bool:
+    """``path`` names the open file ``fd`` (not another made since, nor none)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _is_leftover(pid: str | None, path: Path) -> bool:
@@ -332,6 +372,9 @@ def _give_mode(fd: int, replaced: Path) -> None:
 # removes the others' files left by an earlier run, which would otherwise be read with the new
 # events (another source's labels beside this one's events)
 DATA_TABLES = ("events", "contacts", "stage_history", "rejects", "labels")
+# the lock a data folder's writers take in turn (``lock_held``), there only while one swaps
+# its tables in: hidden, and no table (readers take the folder's ``*.parquet``)
+LOCK_FILE = ".funnelcast.lock"
 
 
 def check_writable_folder(out_dir: Path) -> None:
@@ -416,24 +459,15 @@ def write_tables_atomic(
     The files are first written into a hidden staging folder inside ``out_dir``; only when all of
     them are complete are they renamed into place, and the earlier run's tables removed, with
     Ctrl-C and SIGTERM held until that is done: an interrupted run leaves the previous outputs
-    (or none), never a mix.
+    (or none), never a mix. Writes into one folder at once (`simulate` and `ingest`, two
+    processes) swap their tables in one after the other, under a lock in the folder
+    (``LOCK_FILE``), each removing the tables it finds there then: the last one's tables are
+    what the folder holds, never a mix of both.
     """
     out_dir = Path(out_dir)
     check_writable_folder(out_dir)
     check_not_inputs(out_dir, inputs, {*tables, *replaces})
     new = [name for name, table in tables.items() if table is not None]
-    stale = [
-        out_dir / f"{name}.parquet"
-        for name in replaces
-        if name not in new and os.path.lexists(out_dir / f"{name}.parquet")
-    ]
-    # files funnelcast did not mark, to be removed or written over: renamed aside instead
-    targets = [out_dir / f"{name}.parquet" for name in new]
-    foreign = {
-        path
-        for path in [*stale, *targets]
-        if os.path.lexists(path) and not is_funnelcast_table(path)
-    }
     with terminate_like_interrupt():
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,11 +484,36 @@ def write_tables_atomic(
                 )
                 for name in new
             }
-            return _swap_in(staged, stale, out_dir, removed, foreign, set_aside)
+            # what is in the folder is read only now, under the folder's lock: a write that ran
+            # meanwhile (`ingest` while `simulate` wrote its tables) left tables this one must
+            # remove, and one that swaps its tables in at the same time would mix the two
+            with lock_held(out_dir / LOCK_FILE):
+                stale, foreign = _earlier_tables(out_dir, new, replaces)
+                return _swap_in(staged, stale, out_dir, removed, foreign, set_aside)
         except OSError as error:
             raise _unwritable(f"the tables into {out_dir}", out_dir, error) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _earlier_tables(
+    out_dir: Path, new: list[str], replaces: tuple[str, ...]
+) -> tuple[list[Path], set[Path]]:
+    """The tables in ``out_dir`` that a write of the tables ``new`` removes (those of
+    ``replaces`` it does not write), and, of those and the ones it writes over, the files
+    funnelcast did not mark, which go aside instead."""
+    stale = [
+        out_dir / f"{name}.parquet"
+        for name in replaces
+        if name not in new and os.path.lexists(out_dir / f"{name}.parquet")
+    ]
+    targets = [out_dir / f"{name}.parquet" for name in new]
+    foreign = {
+        path
+        for path in [*stale, *targets]
+        if os.path.lexists(path) and not is_funnelcast_table(path)
+    }
+    return stale, foreign
 
 
 def _swap_in(

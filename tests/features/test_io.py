@@ -402,6 +402,115 @@ def test_ctrl_c_between_the_renames_leaves_every_table_of_one_run(
     assert {_run_of(p) for p in tmp_path.iterdir()} == {"b"}
 
 
+# a write into a data folder (argv: folder, run, tables, pause, marker, go) that touches
+# `marker` where it pauses and waits there until `go` exists: "staging" (its tables staged,
+# nothing in the folder read yet), "swap" (its first table in place, the rest not yet), or
+# "none" (touched once its tables are staged, no wait)
+_WRITE_PAUSED = """
+import sys, time
+from pathlib import Path
+import pyarrow as pa
+from features import io
+
+out, run, names, pause, marker, go = sys.argv[1:]
+out, marker, go = Path(out), Path(marker), Path(go)
+real_write, real_replace = io.pq.write_table, io.os.replace
+
+def pause_here(point):
+    if point == pause or (point == "staging" and pause == "none"):
+        marker.touch()
+        while pause != "none" and not go.exists():
+            time.sleep(0.01)
+
+def write_then_pause(table, where, **kwargs):  # into the staging folder
+    real_write(table, where, **kwargs)
+    pause_here("staging")
+
+def replace_then_pause(source, target):
+    real_replace(source, target)
+    if Path(target).parent == out:  # a table into place
+        pause_here("swap")
+
+io.pq.write_table = write_then_pause
+io.os.replace = replace_then_pause
+tables = {name: pa.table({"run": [run], "table": [name]}) for name in names.split(",")}
+io.write_tables_atomic(tables, out, replaces=io.DATA_TABLES)
+"""
+
+
+def _paused_write(out: Path, run: str, names: str, pause: str, go: Path) -> subprocess.Popen[str]:
+    """``_WRITE_PAUSED`` in a process of its own, once it has reached its pause."""
+    marker = out.parent / f"{run}-at-{pause}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WRITE_PAUSED, str(out), run, names, pause, str(marker), str(go)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the write never reached its pause"
+        time.sleep(0.01)
+    return process
+
+
+def _finished(process: subprocess.Popen[str]) -> None:
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+
+
+def test_a_write_removes_the_tables_another_process_wrote_while_it_staged_its_own(
+    tmp_path: Path,
+) -> None:
+    """Review: `simulate` read what the folder held before its slow write, `ingest` wrote its
+    tables meanwhile, and simulate's events then sat beside Olist's labels.parquet; both
+    exited 0. What to remove is read as the tables go in, so the last write's tables are all
+    the folder holds."""
+    out, go = tmp_path / "data", tmp_path / "go"
+    write_tables_atomic(_tables("earlier", "events", "contacts", "stage_history"), out)
+    simulate = _paused_write(out, "simulate", "events,contacts,stage_history", "staging", go)
+    try:
+        write_tables_atomic(
+            _tables("ingest", "events", "contacts", "labels"), out, replaces=DATA_TABLES
+        )
+        go.touch()
+        _finished(simulate)
+    finally:
+        simulate.kill()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "contacts.parquet",
+        "events.parquet",
+        "stage_history.parquet",
+    ]
+    assert {_run_of(p) for p in out.iterdir()} == {"simulate"}
+
+
+def test_two_writes_into_one_folder_swap_their_tables_in_one_after_the_other(
+    tmp_path: Path,
+) -> None:
+    """Each write's renames ran through the other's: events of one beside the contacts and
+    labels of the other. A write waits on the folder's lock while another swaps its tables
+    in, then puts its own in and removes the other's, and leaves no lock file behind."""
+    out, go = tmp_path / "data", tmp_path / "go"
+    first = _paused_write(out, "first", "events,contacts,stage_history", "swap", go)
+    second = _paused_write(out, "second", "events,contacts,labels", "none", go)
+    try:
+        time.sleep(0.5)  # the second has its tables staged: only the lock holds it back
+        assert second.poll() is None, "the second write swapped its tables in beside the first's"
+        go.touch()
+        _finished(first)
+        _finished(second)
+    finally:
+        first.kill()
+        second.kill()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "contacts.parquet",
+        "events.parquet",
+        "labels.parquet",
+    ]
+    assert {_run_of(p) for p in out.iterdir()} == {"second"}
+
+
 _WRITE_THEN_SIGTERM = """
 import os, signal, sys
 from pathlib import Path
