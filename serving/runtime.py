@@ -392,11 +392,10 @@ def _from_registry(
 
     from serving.model_copy import copy_place, make_model_copy
     from training.registry import load_model, resolve, run_metrics
-    from training.tracking import existing_store, shown_uri
+    from training.tracking import configure_tracking, existing_store, shown_uri
 
-    uri = existing_store(settings.tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # opened as every command opens it: a SQLite store one process at a time
+    uri = configure_tracking(existing_store(settings.tracking_uri))
     if settings.version is not None:
         ref = resolve(settings.model_name, version=settings.version)
     else:

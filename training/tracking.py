@@ -35,11 +35,12 @@ from typing import Any
 import mlflow
 import polars as pl
 import pyarrow as pa
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.engine import EventsInput, scan_events
 from features.errors import InputError
-from features.io import Terminated, interrupts_held, terminate_like_interrupt
+from features.io import Terminated, interrupts_held, lock_held, terminate_like_interrupt
 from features.schema import cast_unreadable_zones_to_utc
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
@@ -178,7 +179,9 @@ def check_server(uri: str, *, timeout: float = 5.0) -> None:
 
 def configure_tracking(uri: str | None = None) -> str:
     """Point MLflow (tracking and registry) at the store, making the SQLite folder if needed
-    and refusing an http(s) server that cannot be reached (``check_server``)."""
+    and refusing an http(s) server that cannot be reached (``check_server``). A SQLite store
+    is opened here, one process at a time (``_open_sqlite_store``): every command and the
+    notebook touch the store first through this."""
     resolved = tracking_uri(uri)
     database = _sqlite_path(resolved)
     if database is not None:
@@ -186,7 +189,21 @@ def configure_tracking(uri: str | None = None) -> str:
     check_server(resolved)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
+    if database is not None:
+        _open_sqlite_store(resolved, database)
     return resolved
+
+
+def _open_sqlite_store(uri: str, database: Path) -> None:
+    """Open the SQLite store under a lock beside it (``<database>.lock``): the first process
+    to open a new store makes its tables and migrates them, in steps that are no transaction,
+    while another waits. Two commands started at once on a new store (two `train`) ran the
+    migrations together: one died with alembic's "expected to match one row" or "table
+    _alembic_tmp_tags already exists", at times leaving a half-migrated store every later
+    command failed on. On a store that exists this is MLflow's schema check, which the first
+    access makes anyway (the process keeps the opened store), and the lock is that short."""
+    with lock_held(database.with_name(f"{database.name}.lock")):
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -204,7 +221,18 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     location = None
     if database is not None:
         location = (database.parent.resolve() / "artifacts").as_uri()
-    return str(mlflow.create_experiment(name, artifact_location=location))
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=location))
+    except MlflowException as error:
+        # made meanwhile by another process (a second `train` started at once): that one
+        made = (
+            mlflow.get_experiment_by_name(name)
+            if error.error_code == "RESOURCE_ALREADY_EXISTS"
+            else None
+        )
+        if made is None:
+            raise
+        return str(made.experiment_id)
 
 
 def data_fingerprint(

@@ -9,9 +9,11 @@ import datetime as dt
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import polars as pl
@@ -27,6 +29,7 @@ from training.tracking import (
     check_server,
     configure_tracking,
     data_fingerprint,
+    ensure_experiment,
     existing_store,
     git_tags,
     library_versions,
@@ -109,6 +112,85 @@ def test_a_server_behind_a_proxy_is_left_to_mlflow(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     check_server(f"http://mlflow.example:{_free_port()}")  # no connection tried: no error
+
+
+# opens the store (argv[1]) and makes the experiment at the moment `go` (argv[3]) appears,
+# once MLflow is imported (`ready`, argv[2]): two of them start their first access together
+_OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from typing import Any
+from training.tracking import configure_tracking, ensure_experiment
+
+uri, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+configure_tracking(uri)
+print(ensure_experiment())
+"""
+
+
+def test_two_processes_opening_a_new_store_at_once_both_succeed(tmp_path: Path) -> None:
+    """Review: two `train` started together on a new SQLite store ran MLflow's migrations at
+    once; one died with a 100-line alembic traceback ("expected to match one row", "table
+    _alembic_tmp_tags already exists"), at times leaving a store every later command failed
+    on. Both now open it and share one experiment, a third then trains into it, and no lock
+    file is left beside the database."""
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{n}" for n in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_WHEN_TOLD, uri, str(flag), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(flag.exists() for flag in ready):
+            assert all(p.poll() is None for p in processes), [p.communicate() for p in processes]
+            assert time.monotonic() < deadline, "the processes never got ready"
+            time.sleep(0.01)
+        go.touch()
+        printed = [p.communicate(timeout=300) for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, printed, strict=True):
+        assert process.returncode == 0, stderr
+    assert printed[0][0] == printed[1][0]  # one experiment, made by one of them
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        configure_tracking(uri)
+        with training_run("third") as run_id:
+            mlflow.log_metric("x", 1.0)
+        assert _run(run_id).info.experiment_id == printed[0][0].strip()
+        assert _run(run_id).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not (tmp_path / "store" / "mlflow.db.lock").exists()
+
+
+def test_an_experiment_made_by_another_process_meanwhile_is_the_one_used(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `train` started together both found no experiment, and the second to make it
+    failed with MLflow's "already exists"; it now takes the one the other made."""
+    made = MlflowClient().create_experiment("meanwhile")
+    real_get = mlflow.get_experiment_by_name
+    looked: list[str] = []
+
+    def not_there_at_first(name: str) -> Any:
+        looked.append(name)
+        return None if len(looked) == 1 else real_get(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", not_there_at_first)
+    assert ensure_experiment("meanwhile") == made
 
 
 def test_a_training_run_that_completes_ends_finished_without_an_error_tag(store: str) -> None:
