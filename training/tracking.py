@@ -12,6 +12,7 @@ promotion gate, and the model: one ``FunnelcastModel`` pyfunc, registered as ``f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -202,8 +203,20 @@ def _open_sqlite_store(uri: str, database: Path) -> None:
     _alembic_tmp_tags already exists", at times leaving a half-migrated store every later
     command failed on. On a store that exists this is MLflow's schema check, which the first
     access makes anyway (the process keeps the opened store), and the lock is that short."""
-    with lock_held(database.with_name(f"{database.name}.lock")):
+
+    def open_store() -> None:
         MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+
+    try:
+        with lock_held(database.with_name(f"{database.name}.lock")):
+            open_store()
+        return
+    except OSError as error:
+        # a store in a folder this process may not write (a read-only volume a server reads
+        # its registry from): no lock can be made there, and no migration either
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    open_store()
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -551,3 +551,38 @@ def test_the_main_libraries_versions_are_tags() -> None:
     versions = library_versions()
     for package in ("lightgbm", "polars", "numpy", "pandas", "scikit-learn", "mlflow", "pyarrow"):
         assert versions[f"version.{package}"] == metadata.version(package)
+
+
+def test_a_store_in_a_folder_no_lock_can_be_made_in_is_opened_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server reading its registry from a read-only volume cannot make the lock beside the
+    store (the tests run as root, which any folder lets write: the refusal is made here)."""
+    import contextlib
+    import errno
+
+    import training.tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # the store, made
+
+    @contextlib.contextmanager
+    def refused(path: Path) -> Iterator[None]:
+        raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(training.tracking, "lock_held", refused)
+    previous = mlflow.get_tracking_uri()
+    try:
+        assert training.tracking.configure_tracking(uri) == uri
+        assert MlflowClient().search_experiments(max_results=1)  # the store answers
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    def broken(path: Path) -> Iterator[None]:
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(training.tracking, "lock_held", contextlib.contextmanager(broken))
+    with pytest.raises(OSError, match="Input/output error"):  # any other failure is said
+        training.tracking.configure_tracking(uri)
+    mlflow.set_tracking_uri(previous)
