@@ -1272,25 +1272,7 @@ def test_native_times_of_a_parquet_file_at_an_offset_polars_has_no_zone_for_are_
     pq.write_table(
         pa.table({"id": ["a", "b"], "ok": ["Y", "N"], "seen": local}), tmp_path / "people.parquet"
     )
-    mapping = _write(
-        tmp_path / "rows.yaml",
-        """\
-        name: rows
-        description: parquet rows at an offset
-        events:
-          - name: rows
-            read: {path: rows.parquet, format: parquet}
-            contact_id: id
-            timestamp: {column: at, format: native}
-            event_type: {fixed: purchase}
-            channel: {fixed: store}
-        contacts:
-          read: {path: people.parquet, format: parquet}
-          contact_id: id
-          attributes: {seen: seen_at}
-          consent: {column: ok, values: {"Y": true, "N": false}}
-        """,
-    )
+    mapping = _native_rows_mapping(tmp_path)
 
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
 
@@ -1299,6 +1281,31 @@ def test_native_times_of_a_parquet_file_at_an_offset_polars_has_no_zone_for_are_
     assert validated.contacts is not None
     assert validated.contacts.column("seen_at").to_pylist() == instants
     assert validated.contacts.schema.field("seen_at").type.tz == "UTC"
+
+
+def _native_rows_mapping(tmp_path: Path, *, timezone: str | None = None) -> Path:
+    """A mapping of rows.parquet (events) and people.parquet (contacts) in ``tmp_path``, their
+    times read as they are stored (``native``), naive ones in ``timezone``."""
+    zone = f"timezone: {timezone}\n" if timezone else ""
+    return _write(
+        tmp_path / "rows.yaml",
+        "name: rows\ndescription: parquet rows, times as stored\n"
+        + zone
+        + """\
+events:
+  - name: rows
+    read: {path: rows.parquet, format: parquet}
+    contact_id: id
+    timestamp: {column: at, format: native}
+    event_type: {fixed: purchase}
+    channel: {fixed: store}
+contacts:
+  read: {path: people.parquet, format: parquet}
+  contact_id: id
+  attributes: {seen: seen_at}
+  consent: {column: ok, values: {"Y": true, "N": false}}
+""",
+    )
 
 
 def test_native_times_stored_as_int96_as_spark_writes_them_are_not_moved_by_the_timezone(
@@ -1321,26 +1328,7 @@ def test_native_times_stored_as_int96_as_spark_writes_them_are_not_moved_by_the_
         **spark,
     )
     assert pq.read_metadata(tmp_path / "rows.parquet").schema.column(1).physical_type == "INT96"
-    mapping = _write(
-        tmp_path / "rows.yaml",
-        """\
-        name: rows
-        description: parquet rows written by Spark
-        timezone: Europe/Stockholm
-        events:
-          - name: rows
-            read: {path: rows.parquet, format: parquet}
-            contact_id: id
-            timestamp: {column: at, format: native}
-            event_type: {fixed: purchase}
-            channel: {fixed: store}
-        contacts:
-          read: {path: people.parquet, format: parquet}
-          contact_id: id
-          attributes: {seen: seen_at}
-          consent: {column: ok, values: {"Y": true, "N": false}}
-        """,
-    )
+    mapping = _native_rows_mapping(tmp_path, timezone="Europe/Stockholm")
 
     validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
 
