@@ -405,21 +405,33 @@ def test_ctrl_c_between_the_renames_leaves_every_table_of_one_run(
 # a write into a data folder (argv: folder, run, tables, pause, marker, go) that touches
 # `marker` where it pauses and waits there until `go` exists: "staging" (its tables staged,
 # nothing in the folder read yet), "swap" (its first table in place, the rest not yet), or
-# "none" (touched once its tables are staged, no wait)
+# "lock" (touched as it asks for the folder's lock, no wait; once it holds the lock it
+# writes to `<marker>-held` whether `go` existed then)
 _WRITE_PAUSED = """
-import sys, time
+import contextlib, sys, time
 from pathlib import Path
 import pyarrow as pa
 from features import io
 
 out, run, names, pause, marker, go = sys.argv[1:]
 out, marker, go = Path(out), Path(marker), Path(go)
-real_write, real_replace = io.pq.write_table, io.os.replace
+real_write, real_replace, real_lock = io.pq.write_table, io.os.replace, io.lock_held
+
+@contextlib.contextmanager
+def lock_then_say(path):
+    if pause == "lock":
+        marker.touch()
+    with real_lock(path):
+        if pause == "lock":
+            Path(f"{marker}-held").write_text(str(go.exists()))
+        yield
+
+io.lock_held = lock_then_say
 
 def pause_here(point):
-    if point == pause or (point == "staging" and pause == "none"):
+    if point == pause:
         marker.touch()
-        while pause != "none" and not go.exists():
+        while not go.exists():
             time.sleep(0.01)
 
 def write_then_pause(table, where, **kwargs):  # into the staging folder
@@ -493,16 +505,17 @@ def test_two_writes_into_one_folder_swap_their_tables_in_one_after_the_other(
     in, then puts its own in and removes the other's, and leaves no lock file behind."""
     out, go = tmp_path / "data", tmp_path / "go"
     first = _paused_write(out, "first", "events,contacts,stage_history", "swap", go)
-    second = _paused_write(out, "second", "events,contacts,labels", "none", go)
+    second = _paused_write(out, "second", "events,contacts,labels", "lock", go)
     try:
-        time.sleep(0.5)  # the second has its tables staged: only the lock holds it back
-        assert second.poll() is None, "the second write swapped its tables in beside the first's"
-        go.touch()
+        go.touch()  # the first, paused amid its swap, goes on only now
         _finished(first)
         _finished(second)
     finally:
         first.kill()
         second.kill()
+    # the second asked for the lock while the first was paused holding it, and got it only
+    # once the first went on: without the lock it would have held it before `go`
+    assert (tmp_path / "second-at-lock-held").read_text() == "True"
     assert sorted(p.name for p in out.iterdir()) == [
         "contacts.parquet",
         "events.parquet",
