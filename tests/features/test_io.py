@@ -459,10 +459,14 @@ def _paused_write(out: Path, run: str, names: str, pause: str, go: Path) -> subp
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "the write never reached its pause"
-        time.sleep(0.01)
+    try:
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the write never reached its pause"
+            time.sleep(0.01)
+    except BaseException:
+        process.kill()  # a write left paused would wait for `go` for good
+        raise
     return process
 
 
@@ -505,14 +509,16 @@ def test_two_writes_into_one_folder_swap_their_tables_in_one_after_the_other(
     in, then puts its own in and removes the other's, and leaves no lock file behind."""
     out, go = tmp_path / "data", tmp_path / "go"
     first = _paused_write(out, "first", "events,contacts,stage_history", "swap", go)
-    second = _paused_write(out, "second", "events,contacts,labels", "lock", go)
     try:
-        go.touch()  # the first, paused amid its swap, goes on only now
-        _finished(first)
-        _finished(second)
+        second = _paused_write(out, "second", "events,contacts,labels", "lock", go)
+        try:
+            go.touch()  # the first, paused amid its swap, goes on only now
+            _finished(first)
+            _finished(second)
+        finally:
+            second.kill()
     finally:
-        first.kill()
-        second.kill()
+        first.kill()  # never left paused, waiting for `go`, when the second fails
     # the second asked for the lock while the first was paused holding it, and got it only
     # once the first went on: without the lock it would have held it before `go`
     assert (tmp_path / "second-at-lock-held").read_text() == "True"
