@@ -468,9 +468,10 @@ def write_tables_atomic(
     check_writable_folder(out_dir)
     check_not_inputs(out_dir, inputs, {*tables, *replaces})
     new = [name for name, table in tables.items() if table is not None]
-    with terminate_like_interrupt():
+    # the folders this write makes are removed again if it fails: a failed simulate left an
+    # empty --out folder (concurrency review)
+    with terminate_like_interrupt(), made_folders(out_dir, keep=True):
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
             _sweep_leftovers(out_dir)
             staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
         except OSError as error:  # what the check cannot see (a full disk, a special file system)

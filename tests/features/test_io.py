@@ -368,10 +368,16 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing_behind(
     monkeypatch.setattr(io.pq, "write_table", full_disk)
     with pytest.raises(InputError, match=re.escape(says.format(folder=tmp_path))):
         write_parquet_atomic(pa.table({"x": [2]}), before)
-    with pytest.raises(InputError, match=re.escape(says.format(folder=tmp_path / "data"))):
-        write_tables_atomic(_tables("b", "events"), tmp_path / "data")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.parquet"]
-    assert list((tmp_path / "data").iterdir()) == []
+    new = tmp_path / "data" / "new"
+    with pytest.raises(InputError, match=re.escape(says.format(folder=new))):
+        write_tables_atomic(_tables("b", "events"), new)
+    # the folders the failed write made are gone with it (an empty --out was left: review)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet"]
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, empty as it was
+    with pytest.raises(InputError, match=re.escape(says.format(folder=tmp_path / "kept"))):
+        write_tables_atomic(_tables("b", "events"), tmp_path / "kept")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet", "kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
     assert pq.read_table(before).column("x").to_pylist() == [1]
 
 
