@@ -80,6 +80,22 @@ REJECTS_SCHEMA: Final = pa.schema(
 # events uses it: validation and ingest, the commands, training and the service.
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 
+
+def refuse_events_after_now(
+    last: dt.datetime | None, what: str, *, fix: str, now: dt.datetime | None = None
+) -> None:
+    """``what`` (the events' source, as the user named it) runs to ``last``: beyond the clock
+    skew after ``now`` (default: the current time) that is a clock or time-zone error, refused
+    in one line ending in ``fix``, by training as by every command that reads past now."""
+    now = dt.datetime.now(dt.UTC) if now is None else now
+    if last is not None and last > now + CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise InputError(
+            f"{what} runs to {last:%Y-%m-%d %H:%M} UTC, more than {minutes} minutes after now: "
+            f"events in the future (a clock or time-zone error); {fix}"
+        )
+
+
 # Reasons, in the order they are checked: a row gets the first one that applies.
 EVENT_REJECT_REASONS: Final[tuple[str, ...]] = (
     "missing_contact_id",

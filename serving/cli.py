@@ -227,8 +227,6 @@ def main() -> None:
         )
         sys.exit(2)
     except BaseException as error:
-        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
-            raise  # Ctrl-C, SIGTERM, sys.exit: their own exit codes
         if type(error).__name__ == "PanicException":  # Polars' (Rust's) internal stop
             if _VERBOSE:
                 err_console.print_exception()
@@ -242,6 +240,8 @@ def main() -> None:
                 soft_wrap=True,
             )
             sys.exit(1)
+        if not isinstance(error, Exception):
+            raise  # Ctrl-C, SIGTERM, sys.exit: their own exit codes
         if (said := _no_space_or_locked(error)) is not None:
             if _VERBOSE:
                 err_console.print_exception()
@@ -2294,16 +2294,10 @@ def _refuse_events_after_now(
     after events that run to today): a clock or time-zone error, refused by every command
     that reads past now, as the service refuses them: beyond the clock skew it allows (one
     event 2 minutes ahead, a source's clock running fast, stopped a whole weekly job)."""
-    from serving.schemas import CLOCK_SKEW
+    from features.schema import refuse_events_after_now
 
-    now = dt.datetime.now(dt.UTC) if now is None else now
-    if last is not None and last > now + CLOCK_SKEW:
-        minutes = int(CLOCK_SKEW.total_seconds() // 60)
-        raise InputError(
-            f"{what} runs to {last:%Y-%m-%d %H:%M} UTC, more than {minutes} minutes after now: "
-            "events in the future (a clock or time-zone error); give an --as-of up to today, "
-            "or correct the timestamps"
-        )
+    fix = "give an --as-of up to today, or correct the timestamps"
+    refuse_events_after_now(last, what, fix=fix, now=now)
 
 
 def _as_of_date(text: str) -> dt.datetime:

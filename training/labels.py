@@ -26,7 +26,7 @@ import pyarrow as pa
 from features.consent import refuse_unusable_ids
 from features.engine import STAGE_TYPE, EventsInput, scan_events
 from features.errors import InputError
-from features.schema import CLOCK_SKEW
+from features.schema import refuse_events_after_now
 from features.settings import RulesSettings
 from features.stages import signal_aggregations, stage_from_signal_columns
 from features.vocabulary import PURCHASE_EVENTS, STAGES
@@ -60,13 +60,13 @@ def observed_until(events: EventsInput, *, now: dt.datetime | None = None) -> dt
         )
     last = last.astimezone(dt.UTC)
     now = dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
-    if last > now + CLOCK_SKEW:
-        minutes = int(CLOCK_SKEW.total_seconds() // 60)
-        raise InputError(
-            f"the events run to {last:%Y-%m-%d %H:%M} UTC, more than {minutes} minutes after "
-            "now: events in the future (a clock or time-zone error); correct the timestamps, "
-            "or train on the events before them with --observe-until (observe_until)"
-        )
+    refuse_events_after_now(
+        last,
+        "the event log",
+        fix="correct the timestamps, or train on the events before them with --observe-until "
+        "(observe_until)",
+        now=now,
+    )
     day = min(last.date() + dt.timedelta(days=1), now.date())
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 

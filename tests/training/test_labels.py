@@ -124,7 +124,7 @@ def test_training_on_events_after_now_is_refused_in_one_line() -> None:
         [("a", _day(1), "page_view"), ("b", dt.datetime(2099, 1, 1, tzinfo=UTC), "page_view")]
     )
     with pytest.raises(
-        InputError, match=r"run to 2099-01-01 00:00 UTC, more than 5 minutes after now"
+        InputError, match=r"runs to 2099-01-01 00:00 UTC, more than 5 minutes after now"
     ):
         observed_until(ahead, now=now)
     with pytest.raises(InputError, match="events in the future"):
