@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -349,96 +350,97 @@ def run(
 ) -> None:
     """The main job, end to end: simulate (or ingest your data), validate, show the funnel,
     train and evaluate the models beside the rules, and promote the model if it beats them."""
-    started = time.perf_counter()
-    cut = _parse_date(observe_until, "--observe-until") if observe_until else None
-    from features.io import check_writable_folder
+    with _saying_what_a_stop_left() as training:
+        started = time.perf_counter()
+        cut = _parse_date(observe_until, "--observe-until") if observe_until else None
+        from features.io import check_writable_folder
 
-    check_writable_folder(out / "data")  # now, not after the simulation
-    from training.tracking import check_server
-    from training.tracking import tracking_uri as resolve_uri
+        check_writable_folder(out / "data")  # now, not after the simulation
+        from training.tracking import check_server
+        from training.tracking import tracking_uri as resolve_uri
 
-    check_server(resolve_uri(tracking_uri))  # a server that is down: now, not at step 4
-    from training.settings import load_training_settings
+        check_server(resolve_uri(tracking_uri))  # a server that is down: now, not at step 4
+        from training.settings import load_training_settings
 
-    # a settings file or model name step 4 would refuse: now, before the data is rewritten
-    load_training_settings(config, model_name=model_name)
-    if source is None:
-        console.rule("[bold]1. Simulate customer journeys")
-        validated, true_history = _simulate_into(
-            out / "data", contacts, days, seed, _start_date(start), config
-        )
-    else:
-        console.rule(f"[bold]1. Ingest {escape(source)}")
-        validated = _ingest_into(source, out / "data", data_dir)
-        true_history = None
-    overrides = _observing_until(_source_training(source, config, model_name), cut, config)
-    console.rule("[bold]2. Validate")
-    _print_validation(validated)
-    console.rule("[bold]3. The funnel")
-    _print_funnel(
-        validated.events,
-        validated.contacts,
-        true_history,
-        config=config,
-        as_of=None,
-        assume_consent=assume_consent,
-    )
-    settings = load_training_settings(config, **overrides)  # the settings step 4 trains with
-    if settings.observe_until is not None:
-        console.print(
-            "The funnel is as of the data's end; training observes the events before "
-            f"{settings.observe_until} only (observe_until)."
-        )
-    console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
-    from training.pipeline import InsufficientDataError
-
-    # a source's provided labels (a CRM's won/lost or lifecycle stages), as `train --labels`
-    provided = out / "data" / "labels.parquet"
-    if source is not None and provided.exists():
-        from features.io import read_table
-
-        labels = read_table(provided)
-        console.print(f"Training on the source's provided labels ({labels.num_rows:,} rows).")
-    else:
-        labels = None
-    try:
-        version = _train_and_report(
-            out / "data" / "events.parquet",
+        # a settings file or model name step 4 would refuse: now, before the data is rewritten
+        load_training_settings(config, model_name=model_name)
+        if source is None:
+            console.rule("[bold]1. Simulate customer journeys")
+            validated, true_history = _simulate_into(
+                out / "data", contacts, days, seed, _start_date(start), config
+            )
+        else:
+            console.rule(f"[bold]1. Ingest {escape(source)}")
+            validated = _ingest_into(source, out / "data", data_dir)
+            true_history = None
+        overrides = _observing_until(_source_training(source, config, model_name), cut, config)
+        console.rule("[bold]2. Validate")
+        _print_validation(validated)
+        console.rule("[bold]3. The funnel")
+        _print_funnel(
+            validated.events,
             validated.contacts,
-            labels,
-            tune=tune,
-            overrides=overrides,
-            spec_path=None,
-            register=True,
-            tracking_uri=tracking_uri,
+            true_history,
             config=config,
+            as_of=None,
             assume_consent=assume_consent,
         )
-    except InsufficientDataError as error:
-        _print_no_model(error)
-        version = None
-        untrained = True  # exit 1 at the end, as `train` does: a scheduler can tell
-    else:
-        untrained = False
-    if version is not None:
-        console.rule("[bold]5. Promote")
-        registry = settings.registry
-        promoted = _promote_and_report(
-            registry.model_name, registry.champion_alias, version=version, force=False
-        )
-        which = "" if promoted else f" --version {version}"
-        if "model_name" in overrides:
-            which = f" --model-name {shlex.quote(registry.model_name)}{which}"
-        console.print(
-            ("Serve it" if promoted else f"To serve version {version} anyway")
-            + ": export FUNNELCAST_API_KEY=<a long random key>; "
-            f"{escape(shell_command('funnelcast'))} serve{which}"
-        )
-    console.print(
-        f"\nDone in {time.perf_counter() - started:.1f} s. Outputs in [bold]{escape(str(out))}[/]."
-    )
-    if untrained:
-        raise typer.Exit(code=1)
+        settings = load_training_settings(config, **overrides)  # the settings step 4 trains with
+        if settings.observe_until is not None:
+            console.print(
+                "The funnel is as of the data's end; training observes the events before "
+                f"{settings.observe_until} only (observe_until)."
+            )
+        console.rule("[bold]4. Train and evaluate (test window: the latest snapshots)")
+        from training.pipeline import InsufficientDataError
+
+        # a source's provided labels (a CRM's won/lost or lifecycle stages), as `train --labels`
+        provided = out / "data" / "labels.parquet"
+        if source is not None and provided.exists():
+            from features.io import read_table
+
+            labels = read_table(provided)
+            console.print(f"Training on the source's provided labels ({labels.num_rows:,} rows).")
+        else:
+            labels = None
+        try:
+            version = _train_and_report(
+                out / "data" / "events.parquet",
+                validated.contacts,
+                labels,
+                tune=tune,
+                overrides=overrides,
+                spec_path=None,
+                register=True,
+                tracking_uri=tracking_uri,
+                config=config,
+                assume_consent=assume_consent,
+                training=training,
+            )
+        except InsufficientDataError as error:
+            _print_no_model(error)
+            version = None
+            untrained = True  # exit 1 at the end, as `train` does: a scheduler can tell
+        else:
+            untrained = False
+        if version is not None:
+            console.rule("[bold]5. Promote")
+            registry = settings.registry
+            promoted = _promote_and_report(
+                registry.model_name, registry.champion_alias, version=version, force=False
+            )
+            which = "" if promoted else f" --version {version}"
+            if "model_name" in overrides:
+                which = f" --model-name {shlex.quote(registry.model_name)}{which}"
+            console.print(
+                ("Serve it" if promoted else f"To serve version {version} anyway")
+                + ": export FUNNELCAST_API_KEY=<a long random key>; "
+                f"{escape(shell_command('funnelcast'))} serve{which}"
+            )
+        elapsed = time.perf_counter() - started
+        console.print(f"\nDone in {elapsed:.1f} s. Outputs in [bold]{escape(str(out))}[/].")
+        if untrained:
+            raise typer.Exit(code=1)
 
 
 def _source_training(
@@ -1183,57 +1185,61 @@ def train(
     """Train the stage and propensity models on snapshots of the events, evaluate them beside
     the rules and the RFM baseline on later snapshots, and log everything to MLflow. Only
     contacts with marketing consent are trained on and scored."""
-    from features.io import read_table
-    from training.pipeline import require_known_consent
+    with _saying_what_a_stop_left() as training:
+        from features.io import read_table
+        from training.pipeline import require_known_consent
 
-    cut = _parse_date(observe_until, "--observe-until") if observe_until else None
-    _require_events(events)  # before the contacts beside it
-    folder = events if events.is_dir() else events.parent
-    if contacts is not None and not contacts.exists():
-        raise FileNotFoundError(f"--contacts {contacts} does not exist; give a contacts Parquet")
-    contacts_path = contacts or folder / "contacts.parquet"
-    contact_table = read_table(contacts_path) if contacts_path.exists() else None
-    require_known_consent(contact_table, assume_consent=assume_consent)  # before a run starts
-    # ingest wrote the source's provided labels beside its events: trained on, as `run
-    # --source` does (on labels revealed by the events instead, the version could not be
-    # compared with one `run` made: promote refuses labels of another kind)
-    from_source = labels is None and source is not None and (folder / "labels.parquet").exists()
-    if from_source:
-        labels = folder / "labels.parquet"
-    label_table = read_table(labels) if labels is not None else None
-    if from_source and label_table is not None:
-        console.print(
-            f"Training on the source's provided labels ({label_table.num_rows:,} rows, "
-            f"{labels}), as `run --source` does."
-        )
-    from training.pipeline import InsufficientDataError
-
-    try:
-        _train_and_report(
-            events,
-            contact_table,
-            label_table,
-            tune=tune,
-            overrides=_observing_until(
-                _source_training(
-                    source,
-                    config,
-                    model_name,
-                    options={} if horizon is None else {"horizon_days": f"--horizon {horizon}"},
-                ),
-                cut,
-                config,
+        cut = _parse_date(observe_until, "--observe-until") if observe_until else None
+        _require_events(events)  # before the contacts beside it
+        folder = events if events.is_dir() else events.parent
+        if contacts is not None and not contacts.exists():
+            raise FileNotFoundError(
+                f"--contacts {contacts} does not exist; give a contacts Parquet"
             )
-            | ({} if horizon is None else {"horizon_days": horizon}),
-            spec_path=spec,
-            register=register,
-            tracking_uri=tracking_uri,
-            config=config,
-            assume_consent=assume_consent,
-        )
-    except InsufficientDataError as error:
-        _print_no_model(error)  # as `run` says it: a report, not a crash
-        raise typer.Exit(code=1) from error
+        contacts_path = contacts or folder / "contacts.parquet"
+        contact_table = read_table(contacts_path) if contacts_path.exists() else None
+        require_known_consent(contact_table, assume_consent=assume_consent)  # before a run starts
+        # ingest wrote the source's provided labels beside its events: trained on, as `run
+        # --source` does (on labels revealed by the events instead, the version could not be
+        # compared with one `run` made: promote refuses labels of another kind)
+        from_source = labels is None and source is not None and (folder / "labels.parquet").exists()
+        if from_source:
+            labels = folder / "labels.parquet"
+        label_table = read_table(labels) if labels is not None else None
+        if from_source and label_table is not None:
+            console.print(
+                f"Training on the source's provided labels ({label_table.num_rows:,} rows, "
+                f"{labels}), as `run --source` does."
+            )
+        from training.pipeline import InsufficientDataError
+
+        try:
+            _train_and_report(
+                events,
+                contact_table,
+                label_table,
+                tune=tune,
+                overrides=_observing_until(
+                    _source_training(
+                        source,
+                        config,
+                        model_name,
+                        options={} if horizon is None else {"horizon_days": f"--horizon {horizon}"},
+                    ),
+                    cut,
+                    config,
+                )
+                | ({} if horizon is None else {"horizon_days": horizon}),
+                spec_path=spec,
+                register=register,
+                tracking_uri=tracking_uri,
+                config=config,
+                assume_consent=assume_consent,
+                training=training,
+            )
+        except InsufficientDataError as error:
+            _print_no_model(error)  # as `run` says it: a report, not a crash
+            raise typer.Exit(code=1) from error
 
 
 @app.command()
@@ -1939,6 +1945,76 @@ def _print_funnel(
         )
 
 
+@dataclass
+class _TrainingStarted:
+    """The MLflow run a training command has started, if any (``_saying_what_a_stop_left``)."""
+
+    run_id: str | None = None
+
+    def note(self, run_id: str) -> None:
+        self.run_id = run_id
+
+
+@contextmanager
+def _saying_what_a_stop_left() -> Iterator[_TrainingStarted]:
+    """A command that trains, stopped by Ctrl-C or SIGTERM, says in one line on stderr what it
+    left in MLflow (``_what_a_stop_left``); the stop then goes on, to exit status 130 (143).
+    The process used to exit without a word, though the run it stopped ends KILLED and a
+    version registered from it before the stop stays in the registry, never promoted."""
+    training = _TrainingStarted()
+    try:
+        yield training
+    except BaseException as stop:
+        from features.io import Terminated
+
+        if isinstance(stop, KeyboardInterrupt | Terminated):
+            err_console.print(
+                escape(_what_a_stop_left(stop, training.run_id)), highlight=False, soft_wrap=True
+            )
+        raise
+
+
+def _what_a_stop_left(stop: BaseException, run_id: str | None) -> str:
+    """The line a stopped training command says: the run it started, how that run ended and
+    the versions registered from it, as the store holds them. No data and no contact ids: the
+    run's id, the model's name and version numbers only."""
+    said = "Interrupted" if isinstance(stop, KeyboardInterrupt) else "Stopped by SIGTERM"
+    if run_id is None:
+        return f"{said}: no training run was started; nothing was logged to MLflow or registered."
+    from training.tracking import error_reason, read_run_outcome
+
+    try:
+        outcome = read_run_outcome(run_id)
+    except Exception as error:  # the stop is what goes on; this line says why it says less
+        log.debug("could not read what run %s left", run_id, exc_info=True)
+        return (
+            f"{said}: training run {run_id} was stopped, but the MLflow store could not be read "
+            f"to say how it ended ({error_reason(error)}); look it up in the MLflow UI (promote "
+            "refuses a version whose training run did not finish)."
+        )
+    versions = " and ".join(f"version {number} of {name!r}" for name, number in outcome.versions)
+    if outcome.status == "FINISHED":  # stopped after the training, while promoting
+        if not outcome.versions:
+            return f"{said} after training run {run_id} finished; no model version was registered."
+        name, number = outcome.versions[-1]
+        return (
+            f"{said} after training run {run_id} finished; {versions} is registered from it: "
+            f"`{shell_command('funnelcast')} promote --model-name {shlex.quote(name)} --version "
+            f"{number}` promotes it if it beats the champion."
+        )
+    ended = (
+        "was left RUNNING (it could not be ended)"
+        if outcome.status == "RUNNING"
+        else f"ended {outcome.status}"
+    )
+    if not outcome.versions:
+        return f"{said}: training run {run_id} {ended}; no model version was registered from it."
+    return (
+        f"{said}: training run {run_id} {ended}; {versions} registered from it is never "
+        "promoted (promote refuses a version whose training run did not finish): train again."
+    )
+
+
 def _train_and_report(
     events: Any,
     contacts: Any,
@@ -1951,9 +2027,11 @@ def _train_and_report(
     tracking_uri: str | None,
     config: Path | None,
     assume_consent: bool = False,
+    training: _TrainingStarted | None = None,
 ) -> str | None:
     """Train, log to MLflow and print the quality table; returns the registered version.
-    ``overrides``: training settings over the config's (``load_training_settings``)."""
+    ``overrides``: training settings over the config's (``load_training_settings``);
+    ``training``: where the run's id is noted as it starts (``_saying_what_a_stop_left``)."""
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import (
         require_no_identifying_attributes,
@@ -1986,7 +2064,8 @@ def _train_and_report(
     if tune:
         steps.insert(1, f"tuning LightGBM: {tune} trials per model")
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-    with training_run(run_name) as run_id, _progress() as progress:
+    on_start = None if training is None else training.note
+    with training_run(run_name, on_start=on_start) as run_id, _progress() as progress:
         task = progress.add_task("Training", total=len(steps) + 1)
 
         def say(step: str) -> None:

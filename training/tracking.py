@@ -27,8 +27,9 @@ import tempfile
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -416,12 +417,18 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def training_run(run_name: str | None = None) -> Iterator[str]:
+def training_run(
+    run_name: str | None = None, *, on_start: Callable[[str], None] | None = None
+) -> Iterator[str]:
     """A parent run for one training; tuning trials nest under it. It ends as what happened
     (``end_run_after``): FINISHED, KILLED after Ctrl-C or SIGTERM, or FAILED with the reason
     in the ``funnelcast.error`` tag. MLflow's own ``with start_run`` ends every exception
     FAILED, Ctrl-C included, and says nothing of why; and SIGTERM (a scheduler's timeout,
-    ``kill``) ended the process with the run left RUNNING for good."""
+    ``kill``) ended the process with the run left RUNNING for good.
+
+    ``on_start`` is called with the run's id as soon as the run is made, before a stop can
+    end it: a stop held while the run started is raised before the block is entered, and the
+    caller would not know the run it then ended KILLED (``read_run_outcome``)."""
     experiment_id = ensure_experiment()
     with terminate_like_interrupt():
         run_id: str | None = None
@@ -432,6 +439,8 @@ def training_run(run_name: str | None = None) -> Iterator[str]:
                 run_id = mlflow.start_run(
                     experiment_id=experiment_id, run_name=run_name
                 ).info.run_id
+                if on_start is not None:
+                    on_start(run_id)
             yield run_id
         except BaseException as error:
             if run_id is not None:
@@ -440,6 +449,26 @@ def training_run(run_name: str | None = None) -> Iterator[str]:
             raise
         with interrupts_held():
             end_run_after(run_id, None)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a training run left in the store: its status (FINISHED, KILLED, FAILED, or
+    RUNNING when it could not be ended) and the model versions registered from it, as
+    (registered model name, version) pairs, oldest first."""
+
+    status: str
+    versions: tuple[tuple[str, str], ...]
+
+
+def read_run_outcome(run_id: str) -> RunOutcome:
+    """How the run ``run_id`` ended and what was registered from it, read from the store the
+    process points at (``configure_tracking``): what a stopped command says it left."""
+    client = MlflowClient()
+    status = str(client.get_run(run_id).info.status)
+    found = client.search_model_versions(f"run_id = '{run_id}'")
+    versions = sorted(((str(v.name), str(v.version)) for v in found), key=lambda v: int(v[1]))
+    return RunOutcome(status=status, versions=tuple(versions))
 
 
 def end_run_after(run_id: str, error: BaseException | None) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,24 @@ FUNNELCAST = str(Path(sys.executable).parent / "funnelcast")
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def _env(tmp: Path) -> dict[str, str]:
+    """The environment of a command run in ``tmp``: its own MLflow store there."""
+    return {
         **os.environ,
         "COLUMNS": "200",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns/mlflow.db",
         "MLFLOW_REGISTRY_URI": f"sqlite:///{tmp}/mlruns/mlflow.db",
     }
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [FUNNELCAST, *args],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=tmp,
-        env=env,
+        env=_env(tmp),
         check=False,
     )
 
@@ -325,3 +331,174 @@ def test_train_observes_the_events_up_to_observe_until_and_counts_the_later_ones
     refused = _run(option, *common, "--observe-until", "2026-13-01")
     assert refused.returncode == 2
     assert "--observe-until '2026-13-01' is not a date; give YYYY-MM-DD" in refused.stderr
+
+
+# `funnelcast` (argv: pause, then the command's arguments) that says "paused at <pause>" on
+# stderr where it pauses and waits there until it is stopped: "training" (the training run
+# started, nothing logged to it yet) or "registered" (a version registered from the run,
+# which has not ended yet)
+_PAUSED_COMMAND = """
+import sys, time
+import mlflow
+from training import pipeline
+
+pause, args = sys.argv[1], sys.argv[2:]
+real_train, real_register = pipeline.train_models, mlflow.register_model
+
+def pause_here(point):
+    if point == pause:
+        print(f"paused at {point}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(0.01)
+
+def pause_then_train(*args, **kwargs):
+    pause_here("training")
+    return real_train(*args, **kwargs)
+
+def register_then_pause(*args, **kwargs):
+    version = real_register(*args, **kwargs)
+    pause_here("registered")
+    return version
+
+pipeline.train_models = pause_then_train
+mlflow.register_model = register_then_pause
+from serving.cli import main
+
+sys.argv = ["funnelcast", *args]
+main()
+"""
+
+
+def _interrupted_at(tmp: Path, pause: str, *args: str) -> tuple[int, str]:
+    """``funnelcast *args`` run in ``tmp``, interrupted by Ctrl-C (SIGINT) once it has reached
+    ``pause`` (``_PAUSED_COMMAND``): its exit status and what it wrote on stderr after."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_COMMAND, pause, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp,
+        env=_env(tmp),
+    )
+    # a command that never reaches its pause fails the test instead of holding it for good
+    watchdog = threading.Timer(900, process.kill)
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        before = []
+        for line in process.stderr:
+            if line.strip() == f"paused at {pause}":
+                break
+            before.append(line)
+        else:
+            pytest.fail(f"the command never paused at {pause}:\n" + "".join(before[-30:]))
+        process.send_signal(signal.SIGINT)
+        _, after = process.communicate(timeout=300)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, after
+
+
+def test_train_interrupted_after_registering_names_its_killed_run_and_the_version_left(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C of `train` was silent (exit status 130 alone), though it left a KILLED run and a
+    version registered from it that promote refuses. One line says so, on stderr."""
+    import yaml
+
+    from features.settings import load_defaults
+
+    config = tmp_path / "small-models.yaml"
+    config.write_text(yaml.safe_dump(_small_models(load_defaults(None))), encoding="utf-8")
+    status, said = _interrupted_at(
+        tmp_path,
+        "registered",
+        "train",
+        "--events",
+        str(workspace / "data"),
+        "--config",
+        str(config),
+    )
+    assert status == 130, said
+    client = _client(tmp_path)
+    (version,) = client.search_model_versions("name = 'funnelcast'")
+    assert client.get_run(version.run_id).info.status == "KILLED"
+    assert said.strip().splitlines() == [
+        f"Interrupted: training run {version.run_id} ended KILLED; version {version.version} of "
+        "'funnelcast' registered from it is never promoted (promote refuses a version whose "
+        "training run did not finish): train again."
+    ]
+    assert "sim-" not in said  # no contact id
+
+
+def test_run_interrupted_as_training_starts_says_its_run_ended_killed_with_nothing_registered(
+    tmp_path: Path,
+) -> None:
+    status, said = _interrupted_at(
+        tmp_path, "training", "run", "--out", str(tmp_path / "out"), "--contacts", "500"
+    )
+    assert status == 130, said
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("funnelcast")
+    assert experiment is not None
+    (stopped,) = client.search_runs([experiment.experiment_id])
+    assert stopped.info.status == "KILLED"
+    assert client.search_model_versions() == []
+    assert said.strip().splitlines() == [
+        f"Interrupted: training run {stopped.info.run_id} ended KILLED; no model version was "
+        "registered from it."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "said"),
+    [(KeyboardInterrupt, 130, "Interrupted"), ("Terminated", 143, "Stopped by SIGTERM")],
+)
+def test_train_stopped_before_its_run_starts_says_nothing_was_registered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stop: Any, status: int, said: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from features.io import Terminated
+    from serving import cli
+
+    def stopped(events: Path) -> None:
+        raise KeyboardInterrupt if stop is KeyboardInterrupt else Terminated(143)
+
+    monkeypatch.setattr(cli, "_require_events", stopped)
+    result = CliRunner().invoke(cli.app, ["train", "--events", str(tmp_path)])
+    assert result.exit_code == status
+    assert result.stderr.strip().splitlines() == [
+        f"{said}: no training run was started; nothing was logged to MLflow or registered."
+    ]
+
+
+def test_a_stop_after_the_training_names_the_version_to_promote_and_an_unread_store_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run` stopped while it promotes: the run finished and its version can be promoted.
+    A store that cannot be read then still gives one line, with the run's id."""
+    from mlflow.exceptions import MlflowException
+
+    from serving import cli
+    from training import tracking
+
+    finished = tracking.RunOutcome(status="FINISHED", versions=(("funnelcast-olist", "4"),))
+    monkeypatch.setattr(tracking, "read_run_outcome", lambda run_id: finished)
+    assert cli._what_a_stop_left(KeyboardInterrupt(), "abc123") == (
+        "Interrupted after training run abc123 finished; version 4 of 'funnelcast-olist' is "
+        f"registered from it: `{cli.shell_command('funnelcast')} promote --model-name "
+        "funnelcast-olist --version 4` promotes it if it beats the champion."
+    )
+
+    def unreadable(run_id: str) -> tracking.RunOutcome:
+        raise MlflowException("database is locked")
+
+    monkeypatch.setattr(tracking, "read_run_outcome", unreadable)
+    said = cli._what_a_stop_left(KeyboardInterrupt(), "abc123")
+    assert said.startswith("Interrupted: training run abc123 was stopped, but the MLflow store")
+    assert "(MlflowException: database is locked)" in said
+    assert "\n" not in said

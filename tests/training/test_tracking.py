@@ -6,6 +6,7 @@ a run records to be redone: the git commit and the libraries' versions."""
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from features.errors import InputError
 from training.pipeline import InsufficientDataError
 from training.tracking import (
     ERROR_TAG,
+    RunOutcome,
     check_server,
     configure_tracking,
     data_fingerprint,
@@ -33,6 +35,7 @@ from training.tracking import (
     existing_store,
     git_tags,
     library_versions,
+    read_run_outcome,
     shown_uri,
     training_run,
 )
@@ -287,6 +290,35 @@ def test_ctrl_c_inside_a_training_run_ends_it_killed_and_is_raised_again(store: 
         raise KeyboardInterrupt
     assert _run(run_id).info.status == "KILLED"
     assert ERROR_TAG not in _run(run_id).data.tags
+    assert mlflow.active_run() is None
+
+
+def test_ctrl_c_as_the_run_starts_is_raised_before_the_block_with_the_run_made_known(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C held while the run starts is raised before the block is entered, after the
+    run was made and then ended KILLED: only ``on_start`` tells the caller which run that is
+    (`train` said it had started none)."""
+    real_start = mlflow.start_run
+
+    def start_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        started = real_start(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return started
+
+    monkeypatch.setattr(mlflow, "start_run", start_then_ctrl_c)
+    noted: list[str] = []
+    entered = False
+    # Ctrl-C as Python answers it by default, whatever handler an earlier test left
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), training_run(on_start=noted.append):
+            entered = True
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert not entered
+    (run_id,) = noted
+    assert read_run_outcome(run_id) == RunOutcome(status="KILLED", versions=())
     assert mlflow.active_run() is None
 
 
