@@ -80,6 +80,13 @@ REJECTS_SCHEMA: Final = pa.schema(
 # events uses it: validation and ingest, the commands, training and the service.
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 
+# The UTC offset written after a time of day, one rule for every reader of ISO 8601 text
+# (validation and ingest here, the service's requests in serving.schemas): Z or z (RFC 3339
+# allows either case, as for its T), +HH:MM, +HHMM, or +HH, whole hours (ISO 8601). Ingest
+# took +01 and the service refused it; the service took z and ingest set the row aside.
+OFFSET_HOURS: Final = r"[+-]\d{2}"
+UTC_OFFSET: Final = rf"(?:[Zz]|{OFFSET_HOURS}(?::?\d{{2}})?)"
+
 
 def refuse_events_after_now(
     last: dt.datetime | None, what: str, *, fix: str, now: dt.datetime | None = None
@@ -120,11 +127,11 @@ _CONSENT_FALSE: Final = frozenset(
     {"false", "f", "no", "n", "0", "opt-out", "opted_out", "denied", "withdrawn"}
 )
 _JSON_OBJECT: Final = r"(?s)^\s*\{.*\}\s*$"  # (?s): an object may span lines
-# a zone after a time of day: Z, +02, +0200, +02:00 or " UTC" (a bare date's "-01" is no zone);
-# the time either extended (10:00, 10:00:00.5) or ISO 8601's basic form after its T (T10,
-# T1000, T100000.5), as in 20240301T100000Z
+# a zone after a time of day: UTC_OFFSET (Z, +02, +0200, +02:00) or " UTC" (a bare date's
+# "-01" is no zone); the time either extended (10:00, 10:00:00.5) or ISO 8601's basic form
+# after its T (T10, T1000, T100000.5), as in 20240301T100000Z
 _TZ_SUFFIX: Final = (
-    r"(\d{2}:\d{2}(:\d{2})?|[T ]\d{2}(\d{2}){0,2})(\.\d+)?\s*(Z|[+-]\d{2}(:?\d{2})?|UTC)$"
+    rf"(\d{{2}}:\d{{2}}(:\d{{2}})?|[T ]\d{{2}}(\d{{2}}){{0,2}})(\.\d+)?\s*({UTC_OFFSET}|UTC)$"
 )
 
 Frame: TypeAlias = pd.DataFrame | pl.DataFrame | pa.Table
@@ -485,7 +492,7 @@ def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Ser
         raise SchemaError(
             f"events column 'timestamp' has type {dtype}; give ISO-8601 text or datetimes"
         )
-    text = column.cast(pl.String).str.strip_chars()
+    text = _upper_t_and_z(column.cast(pl.String).str.strip_chars())
     has_zone = text.str.contains(_TZ_SUFFIX).fill_null(False)
     aware = pd.to_datetime(
         text.str.replace(r"\sUTC$", "+00:00").to_pandas(),
@@ -515,6 +522,19 @@ def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Ser
         local = localise_to_utc(pl.Series("timestamp", naive), timezone)
         parsed = pl.select(pl.coalesce(parsed, local)).to_series()
     return parsed.alias("timestamp"), no_naive
+
+
+def _upper_t_and_z(text: pl.Series) -> pl.Series:
+    """ISO 8601 text with RFC 3339's T and Z in upper case (2026-11-20t09:30:00z read as
+    2026-11-20T09:30:00Z), as the service reads them: pandas leaves the lower-case forms
+    unread, and such rows were set aside as unparseable. A column without a lower-case t or
+    z is left as it is (one scan for the two letters, no copy)."""
+    if not text.str.contains_any(["t", "z"]).any():
+        return text
+    # the T between date and time (extended or basic form), the z ending a time (a space
+    # before it, as before Z)
+    between = text.str.replace(r"^(\d{4}-?\d{2}-?\d{2})t(\d)", "${1}T${2}")
+    return between.str.replace(r"(\d\s*)z$", "${1}Z")
 
 
 def _refuse_unseen_zones(naive: pd.Series) -> None:

@@ -123,7 +123,16 @@ def test_event_names_are_matched_case_and_space_insensitively() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["2024-06-01T17:00:00+05", "2024-06-01T17:00:00+0500", "2024-06-01 12:00:00 UTC"]
+    "text",
+    [
+        "2024-06-01T17:00:00+05",
+        "2024-06-01T17:00:00+0500",
+        "2024-06-01 12:00:00 UTC",
+        # RFC 3339's letters in either case, as the service reads them (set aside before)
+        "2024-06-01T12:00:00z",
+        "2024-06-01t12:00:00Z",
+        "20240601t120000z",
+    ],
 )
 def test_every_iso_offset_form_is_understood(text: str) -> None:
     result = validate(pd.DataFrame([_event(timestamp=text)]), now=NOW)

@@ -1228,6 +1228,44 @@ def test_a_rejected_aggregated_row_points_at_the_first_input_row_of_its_group(
     assert _line(lines, 4).startswith("2,,")
 
 
+def test_iso_times_with_a_lower_case_z_or_whole_hours_offset_are_read_as_the_service_reads_them(
+    tmp_path: Path,
+) -> None:
+    """One rule for ingest and the service (features.schema.UTC_OFFSET): a lower-case z,
+    which the service read, was set aside here as unparseable_timestamp; +01 was read here
+    and refused by the service."""
+    _write(
+        tmp_path / "clicks.csv",
+        "who,at\n"
+        "a,2024-06-01T12:00:00z\n"
+        "b,2024-06-01t12:00:00Z\n"
+        "c,2024-06-01T13:00:00+01\n"
+        "d,2024-06-01T07:00:00-05\n",
+    )
+    mapping = _write(
+        tmp_path / "clicks.yaml",
+        """\
+        name: clicks
+        description: clicks with times in ISO 8601 text
+        events:
+          - name: clicks
+            read: {path: clicks.csv}
+            contact_id: who
+            timestamp: {column: at, format: iso8601}
+            event_type: {fixed: page_view}
+            channel: {fixed: web}
+        """,
+    )
+
+    validated = ingest(mapping, data_dir=tmp_path, now=NOW).validated
+
+    assert validated.rejects.num_rows == 0
+    assert (
+        validated.events.column("timestamp").to_pylist()
+        == [dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)] * 4
+    )
+
+
 def test_a_reject_in_a_parquet_file_points_at_its_0_based_row(tmp_path: Path) -> None:
     pq.write_table(
         pa.table({"id": ["a", "b", "c"], "at": ["2024-01-01T00:00:00Z", "x", "y"]}),

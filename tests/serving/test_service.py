@@ -745,6 +745,55 @@ def test_a_moment_in_the_future_or_out_of_range_is_said_alike_for_as_of_and_even
     assert said["timestamp"].startswith(f"timestamp {refusal}")
 
 
+@pytest.mark.parametrize(
+    ("written", "instant"),
+    [
+        ("2026-01-01T12:00:00z", dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)),
+        ("2026-01-01t12:00:00Z", dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)),
+        ("2026-01-01T13:00:00+01", dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)),
+        ("2026-01-01T07:00-05", dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)),
+        ("2026-01-01T13:00:00.25+01", dt.datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)),
+    ],
+)
+def test_a_lower_case_z_and_an_offset_of_whole_hours_are_read_as_ingest_reads_them(
+    written: str, instant: dt.datetime
+) -> None:
+    """One rule for the service and ingest (features.schema.UTC_OFFSET): the service refused
+    +01, which ingest read, and ingest set aside a lower-case z, which the service read."""
+    from features.schema import parse_timestamps
+
+    event = {"timestamp": written, "event_type": "page_view", "channel": "web"}
+    body = {"marketing_consent": True, "events": [event], "as_of": written}
+    request = ContactRequest.model_validate_json(json.dumps(body))  # as BentoML reads it
+    assert request.events is not None
+    assert request.events[0].timestamp == instant
+    assert request.as_of == instant
+    assert parse_timestamps(pl.Series([written]), timezone=None)[0].to_list() == [instant]
+
+
+@pytest.mark.parametrize(
+    ("written", "kind"),
+    [
+        ("2026-01-01T12:00:00", "timezone_aware"),
+        ("2026-01-01T12:00:00+1", "datetime_from_date_parsing"),
+        ("2026-01-01T12+01", "datetime_from_date_parsing"),
+        ("2026-01-01T24:00:00+01", "datetime_from_date_parsing"),  # an hour out of range
+    ],
+)
+def test_a_moment_still_refused_gets_the_parsers_one_error_at_its_field(
+    written: str, kind: str
+) -> None:
+    """Completing +01 to +01:00 adds no error of its own: what the parser refuses is one
+    error, of the parser's kind (errors.py words the out-of-range one), at the field."""
+    event = {"timestamp": written, "event_type": "page_view", "channel": "web"}
+    with pytest.raises(ValidationError) as caught:
+        ContactRequest.model_validate_json(
+            json.dumps({"marketing_consent": True, "events": [event]})
+        )
+    [error] = caught.value.errors()
+    assert (error["loc"], error["type"]) == (("events", 0, "timestamp"), kind)
+
+
 def test_too_many_events_is_refused() -> None:
     event = {"timestamp": "2026-01-01T00:00:00Z", "event_type": "page_view", "channel": "web"}
     body = {"marketing_consent": True, "events": [event] * (MAX_EVENTS_PER_CONTACT + 1)}
