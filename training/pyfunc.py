@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import operator
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -495,14 +495,14 @@ class FunnelcastModel(_PythonModel):
         if reasons:
             # the reasons read numbers as int or float: true/false and decimals are given as
             # the numbers the model read (true is 1, as the service reads a JSON true)
-            values = (
+            values = _ColumnRows(
                 frame.select(
                     pl.col(name).cast(pl.Float64)
                     if frame.schema[name] == pl.Boolean or frame.schema[name].is_decimal()
                     else pl.col(name)
                     for name in self.feature_names
-                )
-            ).to_dicts()
+                ).to_dict(as_series=False)
+            )
         scored = self.score_matrix(X, values)
         out: dict[str, Any] = {}
         for key in ("contact_id", "as_of"):
@@ -538,6 +538,51 @@ class FunnelcastModel(_PythonModel):
                         "category"
                     ) from None
             raise
+
+
+class _ColumnRows(Sequence[Mapping[str, Any]]):
+    """A table's rows, each read by name, over its columns as Python lists: the reasons read
+    three values of a row, and a dict of every feature per row (``to_dicts``) cost a third of
+    the batch path's scoring with reasons (0.25 s of 0.78 s for 20,000 contacts); the lists
+    take a tenth of that."""
+
+    def __init__(self, columns: dict[str, list[Any]]) -> None:
+        self._columns = columns
+        self._rows = len(next(iter(columns.values()))) if columns else 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, row: int) -> _ColumnRow:  # type: ignore[override]
+        if not -self._rows <= row < self._rows:
+            raise IndexError(f"row {row} of {self._rows}")
+        return _ColumnRow(self._columns, row % self._rows)
+
+    def __iter__(self) -> Iterator[_ColumnRow]:
+        columns = self._columns
+        return (_ColumnRow(columns, row) for row in range(self._rows))
+
+
+class _ColumnRow(Mapping[str, Any]):
+    """One row of ``_ColumnRows``, by name."""
+
+    __slots__ = ("_columns", "_row")
+
+    def __init__(self, columns: dict[str, list[Any]], row: int) -> None:
+        self._columns = columns
+        self._row = row
+
+    def __getitem__(self, name: str) -> Any:
+        return self._columns[name][self._row]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
 
 
 def _check_kind(column: pl.Series, categories: Mapping[str, int] | None) -> None:

@@ -527,9 +527,11 @@ class _SpecIndex:
         """``_describe``, remembered for the values that repeat across contacts: whole numbers
         (counts, sessions, days), text, and recencies by their whole days (all their phrase
         shows). Other fractions (ratios, money) are nearly all distinct and would only fill
-        the memory; a missing value is never a key (each NaN is a key of its own)."""
+        the memory. A missing value is a key as None (a NaN never is: each is a key of its own)."""
         key: tuple[str, type, object]
-        if type(value) is float and name in self.recencies and math.isfinite(value):
+        if value is None:  # missing: one phrase per feature (a contact without a signup date)
+            key = (name, type(None), None)
+        elif type(value) is float and name in self.recencies and math.isfinite(value):
             key = (name, int, math.floor(value))
         elif isinstance(value, bool) or not (
             isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())

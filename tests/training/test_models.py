@@ -654,3 +654,25 @@ def test_an_isotonic_step_of_one_row_is_no_certainty() -> None:
         np.argsort(plain.transform(grid), kind="stable"), np.argsort(calibrated, kind="stable")
     )
     assert plain.transform(np.array([0.3]))[0] == 1.0  # what the review saw
+
+
+def test_rows_over_columns_read_as_the_rows_by_name() -> None:
+    """``predict_frame``'s rows for the reasons: each a mapping by name over the columns,
+    the same values as the table's rows as dicts."""
+    from training.pyfunc import _ColumnRows
+
+    frame = pl.DataFrame({"a": [1, None, 3], "b": ["x", "y", None], "c": [0.5, 1.5, None]})
+    rows = _ColumnRows(frame.to_dict(as_series=False))
+    assert len(rows) == 3
+    assert [dict(row) for row in rows] == frame.to_dicts()
+    assert dict(rows[-1]) == frame.to_dicts()[2]
+    assert rows[1]["a"] is None
+    assert rows[1]["b"] == "y"
+    assert "c" in rows[0]
+    assert "d" not in rows[0]
+    assert len(rows[0]) == 3
+    with pytest.raises(IndexError):
+        rows[3]
+    with pytest.raises(KeyError):
+        rows[0]["d"]
+    assert len(_ColumnRows({})) == 0

@@ -484,13 +484,17 @@ def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
         {"email_click_count_7d": 2, "last_purchase": 2.9, "email_part": 0.5},
         {"email_click_count_7d": 2, "last_purchase": 1.999, "email_part": 0.5},
         {"email_click_count_7d": 2, "last_purchase": 1.0, "email_part": 0.5},
+        # a missing value (None) is remembered per feature: the same phrase each time
+        {"email_click_count_7d": 2, "last_purchase": None, "email_part": None},
     ]
     contributions = np.array([[3.0, 2.0, 1.0, 0.0]] * len(rows))
     first = top_reasons(contributions, names, rows, vocabulary_spec, k=3)
     again = top_reasons(contributions, names, rows, vocabulary_spec, k=3)  # from memory now
     fresh = [[describe_feature(n, row[n], vocabulary_spec) for n in names] for row in rows]
     assert first == again == fresh
-    assert first[1][1] == "never purchased"  # a missing value is described, not remembered
+    assert first[1][1] == "never purchased"  # NaN: described, not remembered
+    assert first[7][1] == "never purchased"  # None: remembered by the feature's name
+    assert first[7][2] == first[1][2]
     assert first[2] == first[0]
     assert first[3][0] == "1 e-mail click in the last 7 days"
     assert first[4][1] == first[0][1] != first[5][1] == first[6][1]
