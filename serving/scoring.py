@@ -8,9 +8,11 @@ that a notebook can call the same functions."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,12 +109,13 @@ def score_features(
         )
     kept, missing = with_missing_attributes(kept, model)
     parts = []
-    for start in range(0, kept.height, CHUNK_ROWS):
-        # a value the model refuses is named by its row in the whole table, not the chunk's
-        chunk = kept.slice(start, CHUNK_ROWS)
-        parts.append(model.predict_frame(chunk, reasons=reasons, first_row=start))
-        if scored is not None:
-            scored(min(start + CHUNK_ROWS, kept.height), kept.height)
+    with _objects_so_far_left_alone():
+        for start in range(0, kept.height, CHUNK_ROWS):
+            # a value the model refuses is named by its row in the whole table, not the chunk's
+            chunk = kept.slice(start, CHUNK_ROWS)
+            parts.append(model.predict_frame(chunk, reasons=reasons, first_row=start))
+            if scored is not None:
+                scored(min(start + CHUNK_ROWS, kept.height), kept.height)
     table = pl.concat(parts, how="vertical")
     extra: list[pl.Expr | pl.Series] = [
         pl.lit(int(model.horizon_days), pl.Int32).alias("horizon_days"),
@@ -130,6 +133,22 @@ def score_features(
         contacts_not_yet_active=not_yet_active,
         missing_attributes=missing,
     )
+
+
+@contextlib.contextmanager
+def _objects_so_far_left_alone() -> Iterator[None]:
+    """Python's cycle collector leaves the objects that exist now (the model, the libraries)
+    alone while the chunks are scored, as the service does once its model is loaded: each
+    chunk makes millions of objects, and every full collection they set off walked the
+    loaded model and libraries again (a third of scoring 335,451 contacts with reasons: 6.5 s
+    instead of 8.9-10.4). They are handed back to it after, unless they were frozen before."""
+    frozen_before = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def with_missing_attributes(

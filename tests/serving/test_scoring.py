@@ -1121,3 +1121,39 @@ def test_batch_reasons_read_each_contact_as_its_features_by_name_give_them(serve
         [*reasons, *[None] * (3 - len(reasons))] for reasons in by_name
     ]
     assert sum(len(reasons) for reasons in by_name) > len(rows)  # reasons were given
+
+
+def test_the_objects_loaded_before_scoring_are_left_to_the_collector_after_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the chunks are scored, the objects that existed before (the model, the libraries)
+    are frozen out of the cycle collector's full collections, which walked them for every
+    chunk; after it, they are the collector's again, as they were."""
+    import gc
+
+    model, info = registered_model(ServiceSettings(tracking_uri=served.store))
+    features = build_contact_features(
+        served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    real = type(model).predict_frame
+    frozen: list[int] = []
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        frozen.append(gc.get_freeze_count())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "predict_frame", counting)
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 50)
+    before = gc.get_freeze_count()
+    scores = scoring.score_features(
+        model,
+        features,
+        served.contacts,
+        events=served.events,
+        as_of=AS_OF,
+        model_name=str(info.model_name),
+        model_version=str(info.model_version),
+    )
+    assert len(frozen) == -(-scores.table.height // 50) > 1
+    assert min(frozen) > before  # the model, at least, was frozen for every chunk
+    assert gc.get_freeze_count() == before
