@@ -1463,6 +1463,20 @@ def _check_bentoml_home() -> Path:
     return Path(home).absolute()  # handed to the workers and said to the operator: whole
 
 
+@contextmanager
+def _patience_for_a_stop() -> Iterator[None]:
+    """``_REGISTRY_PATIENCE`` for the block (a setting in the environment wins), then the
+    environment as it was."""
+    unset = [key for key in _REGISTRY_PATIENCE if key not in os.environ]
+    for key in unset:
+        os.environ[key] = _REGISTRY_PATIENCE[key]
+    try:
+        yield
+    finally:
+        for key in unset:
+            os.environ.pop(key, None)
+
+
 def _patient_registry() -> None:
     """MLflow's HTTP retries cut to ``_REGISTRY_PATIENCE`` unless the environment sets them."""
     for key, value in _REGISTRY_PATIENCE.items():
@@ -1961,16 +1975,24 @@ def _saying_what_a_stop_left() -> Iterator[_TrainingStarted]:
     left in MLflow (``_what_a_stop_left``); the stop then goes on, to exit status 130 (143).
     The process used to exit without a word, though the run it stopped ends KILLED and a
     version registered from it before the stop stays in the registry, never promoted."""
+    from features.io import Terminated, terminate_like_interrupt
+
     training = _TrainingStarted()
     try:
-        yield training
+        # SIGTERM as Ctrl-C for the whole command, not only inside the training run: a stop
+        # while `run` promotes says so too
+        with terminate_like_interrupt():
+            yield training
     except BaseException as stop:
-        from features.io import Terminated
-
         if isinstance(stop, KeyboardInterrupt | Terminated):
-            err_console.print(
-                escape(_what_a_stop_left(stop, training.run_id)), highlight=False, soft_wrap=True
-            )
+            # a stderr that is gone (its reader stopped by the same Ctrl-C) leaves the stop
+            # and its exit status as they were, not a BrokenPipeError's
+            with contextlib.suppress(OSError):
+                err_console.print(
+                    escape(_what_a_stop_left(stop, training.run_id)),
+                    highlight=False,
+                    soft_wrap=True,
+                )
         raise
 
 
@@ -1984,7 +2006,8 @@ def _what_a_stop_left(stop: BaseException, run_id: str | None) -> str:
     from training.tracking import error_reason, read_run_outcome
 
     try:
-        outcome = read_run_outcome(run_id)
+        with _patience_for_a_stop():  # a stopped command does not wait minutes for a server
+            outcome = read_run_outcome(run_id)
     except Exception as error:  # the stop is what goes on; this line says why it says less
         log.debug("could not read what run %s left", run_id, exc_info=True)
         return (

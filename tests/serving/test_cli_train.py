@@ -502,3 +502,77 @@ def test_a_stop_after_the_training_names_the_version_to_promote_and_an_unread_st
     assert said.startswith("Interrupted: training run abc123 was stopped, but the MLflow store")
     assert "(MlflowException: database is locked)" in said
     assert "\n" not in said
+
+
+def test_sigterm_anywhere_in_a_training_command_says_what_it_left(tmp_path: Path) -> None:
+    """SIGTERM outside the training run (before it, or while `run` promotes) takes the path
+    of Ctrl-C too: the line, then exit status 143. It was turned into an exception only inside
+    the training run, and elsewhere ended the process without a word. In a process of its
+    own: a SIGTERM nothing handles ends the process it is sent to."""
+    script = """
+import os, signal, sys
+from serving import cli
+
+def terminated(events):
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler raises before kill returns
+
+cli._require_events = terminated
+sys.argv = ["funnelcast", "train", "--events", sys.argv[1]]
+cli.main()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Stopped by SIGTERM: no training run was started; nothing was logged to MLflow or "
+        "registered."
+    ]
+
+
+def test_a_stop_whose_line_cannot_be_written_keeps_its_exit_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stderr that is gone (its reader stopped by the same Ctrl-C) leaves the Ctrl-C as it
+    was (exit status 130), not a BrokenPipeError (exit status 1)."""
+    from serving import cli
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli.err_console, "print", broken)
+    with pytest.raises(KeyboardInterrupt), cli._saying_what_a_stop_left():
+        raise KeyboardInterrupt
+
+
+def test_a_stopped_command_reads_its_run_with_little_patience_for_a_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's defaults retry a server that does not answer for minutes, past a stop's grace
+    period: the run is read with the registry's short patience, and the environment is as it
+    was after; a setting of the user's wins."""
+    import os
+
+    from serving import cli
+    from training import tracking
+
+    seen: list[dict[str, str | None]] = []
+
+    def reading(run_id: str) -> tracking.RunOutcome:
+        seen.append({key: os.environ.get(key) for key in cli._REGISTRY_PATIENCE})
+        return tracking.RunOutcome(status="KILLED", versions=())
+
+    monkeypatch.setattr(tracking, "read_run_outcome", reading)
+    for key in cli._REGISTRY_PATIENCE:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    said = cli._what_a_stop_left(KeyboardInterrupt(), "abc123")
+    assert said.endswith("ended KILLED; no model version was registered from it.")
+    assert seen == [{"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}]
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"

@@ -1128,7 +1128,9 @@ def test_the_objects_loaded_before_scoring_are_left_to_the_collector_after_it(
 ) -> None:
     """While the chunks are scored, the objects that existed before (the model, the libraries)
     are frozen out of the cycle collector's full collections, which walked them for every
-    chunk; after it, they are the collector's again, as they were."""
+    chunk; after it, they are the collector's again. When something froze objects before
+    (the service's tests load it in this process), nothing more is frozen: a freeze could
+    not be undone without undoing theirs."""
     import gc
 
     model, info = registered_model(ServiceSettings(tracking_uri=served.store))
@@ -1144,16 +1146,34 @@ def test_the_objects_loaded_before_scoring_are_left_to_the_collector_after_it(
 
     monkeypatch.setattr(type(model), "predict_frame", counting)
     monkeypatch.setattr(scoring, "CHUNK_ROWS", 50)
-    before = gc.get_freeze_count()
-    scores = scoring.score_features(
-        model,
-        features,
-        served.contacts,
-        events=served.events,
-        as_of=AS_OF,
-        model_name=str(info.model_name),
-        model_version=str(info.model_version),
-    )
-    assert len(frozen) == -(-scores.table.height // 50) > 1
-    assert min(frozen) > before  # the model, at least, was frozen for every chunk
-    assert gc.get_freeze_count() == before
+
+    def score() -> int:
+        frozen.clear()
+        return scoring.score_features(
+            model,
+            features,
+            served.contacts,
+            events=served.events,
+            as_of=AS_OF,
+            model_name=str(info.model_name),
+            model_version=str(info.model_version),
+        ).table.height
+
+    was_frozen = gc.get_freeze_count() > 0
+    gc.unfreeze()  # what other tests froze goes back to the collector (restored below)
+    try:
+        rows = score()
+        assert len(frozen) == -(-rows // 50) > 1
+        assert min(frozen) > 0  # the model, at least, was frozen for every chunk
+        assert gc.get_freeze_count() == 0
+        gc.freeze()  # as a server or a notebook may have done
+        before = gc.get_freeze_count()
+        score()
+        # none frozen more (a frozen object freed leaves the count, so it may fall)
+        assert len(frozen) > 1
+        assert max(frozen) <= before
+        assert gc.get_freeze_count() <= before
+    finally:
+        gc.unfreeze()
+        if was_frozen:
+            gc.freeze()

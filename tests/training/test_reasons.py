@@ -13,6 +13,7 @@ from features.spec import FeatureSpec, load_feature_spec, parse_feature_spec
 from features.vocabulary import CHANNELS, EVENT_TYPES
 from training.reasons import (
     _event_words,
+    _SpecIndex,
     contributions_for_class,
     describe_feature,
     top_reasons,
@@ -495,6 +496,9 @@ def test_remembered_phrases_are_the_phrases_of_each_value_and_type(
     assert first[1][1] == "never purchased"  # NaN: described, not remembered
     assert first[7][1] == "never purchased"  # None: remembered by the feature's name
     assert first[7][2] == first[1][2]
+    remembered = _SpecIndex.of(vocabulary_spec).described
+    assert ("last_purchase", type(None), None) in remembered
+    assert not any(key[0] == "last_purchase" and key[1] is float for key in remembered)
     assert first[2] == first[0]
     assert first[3][0] == "1 e-mail click in the last 7 days"
     assert first[4][1] == first[0][1] != first[5][1] == first[6][1]
