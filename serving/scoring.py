@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from features.consent import refuse_unusable_ids, restrict_to_consented
 from features.engine import EventsInput, first_event_times, leave_out_not_yet_active
 from features.errors import InputError
-from features.schema import cast_unreadable_zones_to_utc, utc_for_unreadable_zones
+from features.schema import UTC_OFFSET, cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
 from training.pyfunc import PROBABILITY_COLUMNS
 
@@ -273,7 +273,9 @@ def _refuse_rows(frame: pl.DataFrame, bad: pl.Expr, what: str, path: Path, optio
         )
 
 
-_ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+# the offsets every other reader takes (features.schema.UTC_OFFSET: Z or z, +HH:MM, +HHMM,
+# +HH), and a T or z in either case, as ingest reads them (fromisoformat refuses a small z)
+_ISO_MOMENT = rf"^\d{{4}}-\d{{2}}-\d{{2}}([Tt ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?{UTC_OFFSET}?)?$"
 
 
 def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
@@ -316,7 +318,7 @@ def _iso(text: str) -> dt.datetime | None:
     if not re.fullmatch(_ISO_MOMENT, text):
         return None
     try:
-        moment = dt.datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+        moment = dt.datetime.fromisoformat(text.upper().replace(" ", "T", 1))
     except ValueError:
         return None
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)

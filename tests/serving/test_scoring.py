@@ -496,6 +496,26 @@ def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
         assert previous_as_of(read) == dt.datetime(2026, 4, 13, tzinfo=dt.UTC)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-04-13T02:00:00+02:00",
+        "2026-04-13T02:00:00+0200",
+        "2026-04-13T02:00:00+02",  # whole hours, as ingest and the service read them
+        "2026-04-13T00:00:00z",  # a small z and t, as ingest reads them
+        "2026-04-13t00:00:00Z",
+        "2026-04-12 19:00-05:00",
+        "2026-04-13",
+    ],
+)
+def test_an_earlier_as_of_is_read_in_every_offset_form_the_other_readers_take(
+    tmp_path: Path, text: str
+) -> None:
+    frame = pl.DataFrame({"contact_id": ["a"], "stage": [STAGES[0]], "as_of": [text]})
+    read = read_scores(_previous(tmp_path, frame, "s.csv"))
+    assert previous_as_of(read) == dt.datetime(2026, 4, 13, tzinfo=dt.UTC)
+
+
 def test_without_a_contacts_table_the_attributes_are_missing_values_and_said(
     served: Served, data: Path, tmp_path: Path
 ) -> None:
