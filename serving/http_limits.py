@@ -9,6 +9,14 @@ waited) and 100 MB for 12 s, and a 64 MB trailer after an empty chunked body 3 s
 go on past ``MAX_HEAD_BYTES`` (plus an eighth of its body, the framing a chunked body of
 chunks of 64 bytes or more needs) is answered with a 431 and its connection closed (uvicorn's
 other parser, h11, stops at 16 KiB on its own).
+
+Nor does either bound the time a head takes to arrive: uvicorn's keep-alive timer starts only
+after a first answer, and any byte received stops it, so a client sending a header line every
+2 s held its connection for as long as it liked, and 500 such connections held 500 of a
+worker's file descriptors (review). Here a request's line and headers must arrive whole within
+a deadline (the service's request timeout) of the connection opening or of the answer before
+it: a head still incomplete then is answered with a 408 and its connection closed, and a
+connection that has sent nothing by then is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any
 
 # as nginx's largest default header buffers (4 x 8 KiB) twice over: far above any real client's
 MAX_HEAD_BYTES = 64 * 1024
+# a head's deadline unless told (the service passes its request timeout, FUNNELCAST_TIMEOUT_S)
+HEAD_TIMEOUT_S = 10.0
 
 
 def head_too_large(limit: int = MAX_HEAD_BYTES) -> bytes:
@@ -37,11 +47,32 @@ def head_too_large(limit: int = MAX_HEAD_BYTES) -> bytes:
     )
 
 
-def limit_request_heads(limit: int = MAX_HEAD_BYTES) -> None:
+def head_too_slow(seconds: float) -> bytes:
+    """The whole 408 answer to a head that did not arrive in time."""
+    body = json.dumps(
+        {
+            "error": f"request line and headers did not arrive within {seconds:g} seconds; "
+            "send a request's head at once",
+            "timeout_s": seconds,
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+def limit_request_heads(
+    limit: int = MAX_HEAD_BYTES, *, head_timeout_s: float = HEAD_TIMEOUT_S
+) -> None:
     """Make uvicorn's httptools protocol refuse a request whose bytes other than its body pass
-    ``limit`` (plus an eighth of its body). Called when the service module is imported (a
-    worker imports it before uvicorn starts); the class's methods are wrapped, so whichever
-    name uvicorn reaches the class by, the cap holds.
+    ``limit`` (plus an eighth of its body), or whose head is not whole ``head_timeout_s``
+    after the connection opened or the answer before it was sent (a 408; a connection that
+    sent nothing is closed). Called when the service module is imported (a worker imports it
+    before uvicorn starts); the class's methods are wrapped, so whichever name uvicorn reaches
+    the class by, the caps hold.
 
     The bytes are counted from the first read after the one a request begins in: that read
     may also hold the end of an earlier request's body (requests sent back to back), which
@@ -53,14 +84,60 @@ def limit_request_heads(limit: int = MAX_HEAD_BYTES) -> None:
         return
     if getattr(HttpToolsProtocol, "funnelcast_head_limit", None) is not None:
         return
+    made = HttpToolsProtocol.connection_made
+    lost = HttpToolsProtocol.connection_lost
     begin = HttpToolsProtocol.on_message_begin
+    headers = HttpToolsProtocol.on_headers_complete
     body = HttpToolsProtocol.on_body
     complete = HttpToolsProtocol.on_message_complete
+    answered = HttpToolsProtocol.on_response_complete
     received = HttpToolsProtocol.data_received
     answer = head_too_large(limit)
+    too_slow = head_too_slow(head_timeout_s)
+
+    def overdue(self: Any) -> None:
+        self.funnelcast_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.funnelcast_in_head:  # part of a head came: say why the connection ends
+            self.funnelcast_open = self.funnelcast_in_head = False
+            self.transport.write(too_slow)
+        self.transport.close()
+
+    def await_head(self: Any) -> None:
+        """The next request's head is due within the deadline from now."""
+        stop_waiting(self)
+        if not self.transport.is_closing():
+            self.funnelcast_deadline = self.loop.call_later(head_timeout_s, overdue, self)
+
+    def stop_waiting(self: Any) -> None:
+        if self.funnelcast_deadline is not None:
+            self.funnelcast_deadline.cancel()
+            self.funnelcast_deadline = None
+
+    def connection_made(self: Any, transport: Any) -> None:
+        made(self, transport)
+        await_head(self)
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        stop_waiting(self)
+        lost(self, exc)
+
+    def on_headers_complete(self: Any) -> None:
+        self.funnelcast_in_head = False
+        stop_waiting(self)  # the request is the app's now, under its own timeout
+        headers(self)
+
+    def on_response_complete(self: Any) -> None:
+        # a request whose head came whole while this one was answered is served next, at
+        # once; otherwise the next head is awaited
+        queued = bool(self.pipeline)
+        answered(self)
+        if not queued:
+            await_head(self)
 
     def on_message_begin(self: Any) -> None:
-        self.funnelcast_open = True
+        self.funnelcast_open = self.funnelcast_in_head = True
         self.funnelcast_began = True
         self.funnelcast_other = 0  # bytes that are not the body, from the next read on
         self.funnelcast_body = 0
@@ -91,9 +168,16 @@ def limit_request_heads(limit: int = MAX_HEAD_BYTES) -> None:
     protocol: Any = HttpToolsProtocol  # the class gains attributes it does not declare
     protocol.funnelcast_open = False  # no request being read
     protocol.funnelcast_began = False
+    protocol.funnelcast_in_head = False  # a request's line and headers are being read
     protocol.funnelcast_read_body = 0
+    protocol.funnelcast_deadline = None  # the timer of the head awaited, if any
+    protocol.connection_made = connection_made
+    protocol.connection_lost = connection_lost
     protocol.on_message_begin = on_message_begin
+    protocol.on_headers_complete = on_headers_complete
     protocol.on_body = on_body
     protocol.on_message_complete = on_message_complete
+    protocol.on_response_complete = on_response_complete
     protocol.data_received = data_received
     protocol.funnelcast_head_limit = limit
+    protocol.funnelcast_head_timeout_s = head_timeout_s

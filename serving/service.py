@@ -67,8 +67,6 @@ from serving.security import GuardMiddleware
 
 # /metrics counts a request by the path it was served by, or as `other`: not by the raw path
 bound_metrics_labels()
-# a request's line and headers stop at 64 KiB (a 431): uvicorn's httptools parser has no cap
-limit_request_heads()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker
@@ -141,6 +139,11 @@ def _setting(name: str, default: float, *, whole: bool = False) -> float:
         return positive_setting(os.environ, name, default, whole=whole)
     except ServiceConfigError as error:
         raise SystemExit(str(error)) from None
+
+
+# a request's line and headers stop at 64 KiB (a 431) and must arrive whole within the request
+# timeout (a 408): uvicorn's httptools parser has neither limit
+limit_request_heads(head_timeout_s=_setting("TIMEOUT_S", DEFAULT_TIMEOUT_S))
 
 
 def _stop_the_server(error: ServiceConfigError) -> NoReturn:

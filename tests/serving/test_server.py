@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -425,7 +426,39 @@ def test_funnelcast_serve_with_the_rules_fallback(
         assert status == 504
         assert json.loads(refusal) == {"error": "Not able to process the request in 1.5 seconds"}
         assert _call(port, "/readyz")[0] == 200
+        # a head sent a line at a time, each line resetting uvicorn's own timer, is answered
+        # 408 once the timeout has passed since the connection opened, and the connection
+        # closed (review: 500 such connections held 500 of a worker's file descriptors)
+        status, refusal, lines = _trickled_head(port)
+        assert status == 408, (status, lines)
+        assert json.loads(refusal)["timeout_s"] == 1.5
+        # a connection that sends nothing is closed after as long, with no answer
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+            assert idle.recv(1) == b""
+        # and a keep-alive connection that sends its next request at once is served twice
+        ping = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert [s for s, _ in _raw(port, ping + ping, answers=2)] == [200, 200]
+        assert _call(port, "/readyz")[0] == 200
     assert _port_is_free(port)
+
+
+def _trickled_head(port: int, lines: int = 60) -> tuple[int | None, bytes, int]:
+    """Send a request's line, then one header line each time the server has not answered
+    within 0.25 s, never ending the head; the answer's status and body (None when the server
+    never answered), and how many header lines went out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for sent in range(1, lines + 1):
+            ready, _, _ = select.select([connection], [], [], 0.25)
+            if ready:
+                break
+            with suppress(BrokenPipeError, ConnectionResetError):
+                connection.sendall(b"X-Line-%d: a\r\n" % sent)
+        else:
+            return None, b"", lines
+        answer = connection.makefile("rb").read()  # to the end: the server closed it
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body, sent
 
 
 def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path) -> None:
