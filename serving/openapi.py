@@ -116,7 +116,9 @@ DESCRIPTION = (
     'operations below are JSON too, {"error": "..."}: 404 for a path that does not '
     "exist (one with a trailing slash included: no path ends in /), 405 for another "
     "method than a path answers, with its Allow header, and 431 for a request line and "
-    "headers (or a chunked body's framing and trailers) that go on past 64 KiB. A request "
+    "headers (or a chunked body's framing and trailers) that go on past 64 KiB, 408 (and the "
+    "connection closed) for a request line and headers not all there within the request "
+    "timeout of the connection opening or the previous answer. A request "
     "that is not valid HTTP at all (a malformed header, a bad "
     "Content-Length) is refused by the HTTP layer before the service sees it, with a "
     "plain-text 400 'Invalid HTTP request received.'."

@@ -658,7 +658,7 @@ def test_the_openapi_document_declares_the_key_and_the_refusals(client: TestClie
     for open_path in ("/healthz", "/readyz"):
         assert "security" not in document["paths"][open_path]["get"]
     # the refusals no operation owns are described once, for the whole API
-    for status in ("404", "405", "431", "plain-text 400"):
+    for status in ("404", "405", "408", "431", "plain-text 400"):
         assert status in document["info"]["description"]
     batch = document["components"]["schemas"]["BatchRequest"]
     assert batch["properties"]["contacts"]["maxItems"] == MAX_BATCH_CONTACTS
