@@ -70,9 +70,15 @@ def reshaped(body: bytes) -> tuple[int, bytes]:
         return 413, json.dumps(too_many).encode("utf-8")
     first = detail[0]
     field = _place(first.get("loc", ())) or None
-    message = _time_of_day_out_of_range(first) or str(first.get("msg", "invalid request"))
-    if len(detail) > 1:
-        message += f" (and {len(detail) - 1} more: see detail)"
+    kinds = _kinds_refused(detail)
+    message = (
+        _none_of(kinds)
+        or _time_of_day_out_of_range(first)
+        or str(first.get("msg", "invalid request"))
+    )
+    others = len(detail) - max(1, len(kinds))
+    if others:
+        message += f" (and {others} more: see detail)"
     named = {
         "error": f"{field}: {message}" if field else message,
         "field": field,
@@ -88,11 +94,47 @@ KIND_TAGS = frozenset({"float", "str", "bool", "int"})
 _VALUE_HOLDERS = ("features", "attributes", "values")
 
 
+# the words for each kind a value may take, in the order they are said
+_KIND_WORDS = {"float": "a number", "int": "a number", "bool": "true or false", "str": "text"}
+
+
+def _is_kind_problem(loc: list[Any] | tuple[Any, ...]) -> bool:
+    return len(loc) >= 3 and loc[-1] in KIND_TAGS and loc[-3] in _VALUE_HOLDERS
+
+
+def _kinds_refused(detail: list[Any]) -> list[str]:
+    """The kinds a feature or attribute value failed to be, one problem each in pydantic's
+    ``detail`` (its union's members), when the first problem is one of them; else none."""
+    loc = list(detail[0].get("loc", ()))
+    if not _is_kind_problem(loc):
+        return []
+    return [
+        str(problem["loc"][-1])
+        for problem in detail
+        if isinstance(problem, dict)
+        and list(problem.get("loc", ()))[:-1] == loc[:-1]
+        and _is_kind_problem(list(problem.get("loc", ())))
+    ]
+
+
+def _none_of(kinds: list[str]) -> str | None:
+    """One message for a value that is none of the kinds it may take: pydantic's message for
+    the first of them alone ("Input should be a valid integer") said a date or a category was
+    to be an integer (review)."""
+    if len(kinds) < 2:
+        return None
+    words = list(dict.fromkeys(_KIND_WORDS[kind] for kind in kinds))
+    return (
+        f"Input should be {', '.join(words[:-1])} or {words[-1]} (a date or a category as "
+        "text), or null; not an object or a list"
+    )
+
+
 def _place(loc: list[Any] | tuple[Any, ...]) -> str:
     """A problem's place as a dotted path, without pydantic's name of a kind the value failed
     to be; an empty key shows as ``""``."""
     parts = list(loc)
-    if len(parts) >= 3 and parts[-1] in KIND_TAGS and parts[-3] in _VALUE_HOLDERS:
+    if _is_kind_problem(parts):
         parts.pop()
     return ".".join('""' if part == "" else str(part) for part in parts)
 
@@ -106,6 +148,8 @@ def _time_of_day_out_of_range(problem: dict[str, Any]) -> str | None:
     if problem.get("type") != "datetime_from_date_parsing" or "extra characters" not in message:
         return None
     return (
-        f"{message}; if a time of day follows the date, it may be out of range: hours run "
-        "00-23, minutes and seconds 00-59 (a leap second's :60 is not accepted: give :59)"
+        f"{message}; if a time of day and a zone follow the date, one of them may be out of "
+        "range or form: hours run 00-23, minutes and seconds 00-59 (a leap second's :60 is "
+        "not accepted: give :59), and the zone is Z or an offset from -23:59 to +23:59 "
+        "(+01, +0100 or +01:00) written right after the time (' UTC' is not read)"
     )

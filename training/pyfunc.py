@@ -382,11 +382,11 @@ class FunnelcastModel(_PythonModel):
             elif not isinstance(value, str):
                 closed = CLOSED_CATEGORIES.get(name)  # public names, not training data
                 raise FeatureValueError(  # not the training data's values: see runtime
-                    f"feature '{name}' is a category; give it as text, "
+                    f"feature '{name}' is a category; give it as text"
                     + (
-                        f"one of {list(closed)}"
+                        f", one of {list(closed)}"
                         if closed is not None
-                        else "(a value the model did not see in training is scored as missing)"
+                        else " (a value the model did not see in training is scored as missing)"
                     ),
                     row=row,
                     feature=name,

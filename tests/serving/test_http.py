@@ -252,8 +252,20 @@ def test_every_400_of_a_json_object_names_a_field(
         assert "object" in answer["error"]
 
 
-@pytest.mark.parametrize("moment", ["2026-04-01T23:59:60Z", "2026-04-01T24:00", "2026-04-01 10:61"])
-def test_a_time_of_day_out_of_range_is_said_so(
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-04-01T23:59:60Z",
+        "2026-04-01T24:00",
+        "2026-04-01 10:61",
+        # a zone out of range or form (review: these were told of the time of day alone)
+        "2026-04-01T10:00:00 UTC",
+        "2026-04-01T10:00:00+99",
+        "2026-04-01T10:00:00+01:00:00",
+        "2026-04-01T10:00:00 +01:00",
+    ],
+)
+def test_a_time_of_day_or_zone_out_of_range_is_said_so(
     client: TestClient, auth: dict[str, str], moment: str
 ) -> None:
     """Review: a leap second was refused as "unexpected extra characters at the end of the
@@ -268,10 +280,37 @@ def test_a_time_of_day_out_of_range_is_said_so(
         assert answer["field"] == named
         assert answer["error"].startswith(f"{named}: Input should be a valid datetime")
         assert answer["error"].endswith(
-            "; if a time of day follows the date, it may be out of range: hours run 00-23, "
-            "minutes and seconds 00-59 (a leap second's :60 is not accepted: give :59)"
+            "; if a time of day and a zone follow the date, one of them may be out of range "
+            "or form: hours run 00-23, minutes and seconds 00-59 (a leap second's :60 is not "
+            "accepted: give :59), and the zone is Z or an offset from -23:59 to +23:59 (+01, "
+            "+0100 or +01:00) written right after the time (' UTC' is not read)"
         )
         assert answer["detail"][0]["msg"].endswith("extra characters at the end of the input")
+
+
+@pytest.mark.parametrize(
+    ("sent", "field", "kinds"),
+    [
+        ({"attributes": {"signup_date": {"y": 2026}}}, "attributes.signup_date", 3),
+        ({"attributes": {"segment": ["a"]}}, "attributes.segment", 3),
+        ({"features": {"rules_stage": False}}, "features.rules_stage", 2),
+        ({"features": {"rules_stage": ["intent"]}}, "features.rules_stage", 2),
+    ],
+)
+def test_a_value_of_no_kind_a_value_may_take_is_told_every_kind(
+    client: TestClient, auth: dict[str, str], sent: dict[str, Any], field: str, kinds: int
+) -> None:
+    """Review: a date or a category given as an object was told "Input should be a valid
+    integer (and 3 more)", pydantic's message for the first kind of the union alone."""
+    body = {"marketing_consent": True, **({"events": []} if "attributes" in sent else {}), **sent}
+    answer = client.post("/predict", headers=auth, json=body).json()
+    assert answer["field"] == field
+    words = "a number, true or false or text" if kinds == 3 else "a number or text"
+    assert answer["error"] == (
+        f"{field}: Input should be {words} (a date or a category as text), or null; not an "
+        "object or a list"
+    )
+    assert len(answer["detail"]) >= kinds  # every kind's problem is still there
 
 
 @pytest.mark.parametrize(

@@ -546,6 +546,10 @@ def test_missing_and_mistyped_features_are_refused(
     with pytest.raises(RequestError, match="'segment' is a category") as caught:
         scorer.predict([_request({"marketing_consent": True, "features": wrong})])
     assert caught.value.field == "features.segment"
+    assert str(caught.value).endswith(  # one sentence (review: "give it as text, (a value")
+        "feature 'segment' is a category; give it as text (a value the model did not see in "
+        "training is scored as missing)"
+    )
     # the training data's values are not shown to whoever holds a key (privacy review: an
     # e-mail column's addresses came back in a 400)
     seen = scorer.model.categories["segment"]
