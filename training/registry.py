@@ -46,9 +46,16 @@ class ModelRef:
     run_id: str
 
 
-def resolve(name: str, *, alias: str | None = None, version: str | None = None) -> ModelRef:
+def resolve(
+    name: str,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+    options: str = "--version N, --alias NAME",
+) -> ModelRef:
     """A registered model version by alias or number (default: the latest version). A store
-    that cannot be used or reached is a ``RegistryError`` saying so, not a missing model."""
+    that cannot be used or reached is a ``RegistryError`` saying so, not a missing model.
+    ``options``: how the command asks for a version, as a missing one's error tells."""
     try:
         client = MlflowClient()
     except MlflowException as exc:  # a file store (refused by MLflow 3), an unknown scheme
@@ -67,7 +74,8 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
             if not versions:
                 raise RegistryError(
                     f"model '{name}' has no version in "
-                    f"{shown_uri(mlflow.get_tracking_uri())}; " + _what_there_is(client, name)
+                    f"{shown_uri(mlflow.get_tracking_uri())}; "
+                    + _what_there_is(client, name, options)
                 )
             found = max(versions, key=lambda v: int(v.version))
     except MlflowException as exc:
@@ -81,12 +89,12 @@ def resolve(name: str, *, alias: str | None = None, version: str | None = None) 
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise RegistryError(
             f"model '{name}' has no {what} in {shown_uri(mlflow.get_tracking_uri())}; "
-            + _what_there_is(client, name)
+            + _what_there_is(client, name, options)
         ) from exc
     return ModelRef(name=name, version=str(found.version), run_id=str(found.run_id))
 
 
-def _what_there_is(client: MlflowClient, name: str) -> str:
+def _what_there_is(client: MlflowClient, name: str, options: str) -> str:
     """The versions that are registered, and what to do with them: "train one" alone was
     wrong when versions exist but none is the champion (a gate that refused to promote)."""
     try:
@@ -120,7 +128,7 @@ def _what_there_is(client: MlflowClient, name: str) -> str:
     )
     return (
         f"its registered versions are {'..., ' if len(numbers) > 10 else ''}{shown} and "
-        f"{named}: name one (--version N, --alias NAME) or make one the champion "
+        f"{named}: name one ({options}) or make one the champion "
         "(`funnelcast promote --version N`)"
     )
 
@@ -460,7 +468,7 @@ def promote(
     """Move ``alias`` to the challenger (default: the latest version) if it beats the champion
     on the challenger's test window; ``force`` moves it anyway and records that. A challenger
     whose training run did not finish is refused, ``force`` or not (``require_finished``)."""
-    challenger = resolve(name, version=version)
+    challenger = resolve(name, version=version, options="--version N")  # promote has no --alias
     require_finished(challenger)
     try:
         champion: ModelRef | None = resolve(name, alias=alias)

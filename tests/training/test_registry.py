@@ -509,6 +509,13 @@ def test_an_unknown_alias_is_a_clear_error(trained: dict) -> None:
     with pytest.raises(RegistryError, match="'no-such-model' has no version in") as caught:
         resolve("no-such-model")
     assert re.search(rf"registered models are [^:]*\b{NAME}\b", str(caught.value))
+    # `promote` has no --alias: its missing version is told the option it has (review)
+    with pytest.raises(RegistryError, match="has no version 999") as caught:
+        promote(NAME, version="999")
+    assert "name one (--version N) or make one the champion" in str(caught.value)
+    with pytest.raises(RegistryError) as caught:
+        resolve(NAME, version="999")
+    assert "name one (--version N, --alias NAME)" in str(caught.value)
 
 
 def _log_variant(
