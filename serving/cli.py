@@ -306,6 +306,20 @@ def _no_space_or_locked(error: BaseException) -> str | None:
                 f"no space left while writing to {place} (a full disk or a quota); free some "
                 "space there, or write somewhere else, and run again"
             )
+        if "attempt to write a readonly database" in text:
+            return (
+                f"the MLflow store {store or '(SQLite)'} cannot be written (SQLite: attempt "
+                "to write a readonly database: the file's or its folder's permissions, or a "
+                "read-only file system); give --tracking-uri (MLFLOW_TRACKING_URI) a store "
+                "you may write to"
+            )
+        if "unable to open database file" in text:
+            return (
+                f"the MLflow store {store or '(SQLite)'} cannot be opened (SQLite: unable to "
+                "open database file: a folder that may not be written, or a read-only file "
+                "system, for a store not made yet); give --tracking-uri (MLFLOW_TRACKING_URI) "
+                "a store in a folder you may write to"
+            )
         if "database is locked" in text:
             return (
                 f"the MLflow store {store or '(SQLite)'} is locked by another process (mlflow "
@@ -356,10 +370,11 @@ def run(
         from features.io import check_writable_folder
 
         check_writable_folder(out / "data")  # now, not after the simulation
-        from training.tracking import check_server
+        from training.tracking import check_store_writable
         from training.tracking import tracking_uri as resolve_uri
 
-        check_server(resolve_uri(tracking_uri))  # a server that is down: now, not at step 4
+        # a server that is down, a store that cannot be written: now, not at step 4
+        check_store_writable(resolve_uri(tracking_uri))
         from training.settings import load_training_settings
 
         # a settings file or model name step 4 would refuse: now, before the data is rewritten
@@ -2063,12 +2078,14 @@ def _train_and_report(
     )
     from training.settings import load_training_settings
     from training.tracking import (
+        check_store_writable,
         configure_tracking,
         data_fingerprint,
         log_training,
         shown_uri,
         training_run,
     )
+    from training.tracking import tracking_uri as resolve_uri
     from training.tuning import tune_models
 
     settings = load_training_settings(config, **overrides)
@@ -2077,6 +2094,7 @@ def _train_and_report(
     require_trainable_spec(feature_spec)  # before a run starts
     require_no_identifying_attributes(contacts, feature_spec)
     spec_text = spec_path.read_text("utf-8") if spec_path else shipped_spec_text()
+    check_store_writable(resolve_uri(tracking_uri))  # a read-only store: now, not after training
     uri = configure_tracking(tracking_uri)
     steps = [
         "features and labels for every snapshot",

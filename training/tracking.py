@@ -187,13 +187,47 @@ def configure_tracking(uri: str | None = None) -> str:
     resolved = tracking_uri(uri)
     database = _sqlite_path(resolved)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        _make_store_folder(database)
     check_server(resolved)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     if database is not None:
         _open_sqlite_store(resolved, database)
     return resolved
+
+
+_STORE_FIX = "give --tracking-uri (MLFLOW_TRACKING_URI) a store in a folder you may write to"
+
+
+def _make_store_folder(database: Path) -> None:
+    """The SQLite store's folder, made if missing; one that cannot be made (a file in its
+    path, a folder that may not be written, a read-only file system) is an ``InputError``
+    naming it: it was a 40-line traceback (review)."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"the MLflow store {database}: its folder {database.parent} cannot be made "
+            f"({error.strerror or error}); {_STORE_FIX}"
+        ) from None
+
+
+def check_store_writable(uri: str) -> None:
+    """A SQLite store a command will write to (train, run): its folder can be made and
+    written (SQLite writes its journal beside the store), and the store, when it exists, can
+    be written. Checked before the work: `run` found out at step 4, after the data was
+    ingested, validated and shown. An http(s) server is checked as ``check_server`` does."""
+    check_server(uri)
+    database = _sqlite_path(uri)
+    if database is None:
+        return
+    _make_store_folder(database)
+    for place in (database.parent, *([database] if database.exists() else [])):
+        if not os.access(place, os.W_OK):
+            raise InputError(
+                f"the MLflow store {database} cannot be written: {place} may not be written "
+                f"(its permissions or a read-only file system); {_STORE_FIX}"
+            )
 
 
 def _open_sqlite_store(uri: str, database: Path) -> None:
@@ -490,15 +524,32 @@ def end_run_after(run_id: str, error: BaseException | None) -> None:
         status = "FAILED"
         try:
             MlflowClient().set_tag(run_id, ERROR_TAG, error_reason(error))
-        except Exception:  # the store itself may be what failed: the caller's error stands
-            log.warning("could not record why run %s failed", run_id, exc_info=True)
+        except Exception as unrecorded:  # the store itself may be what failed: the caller's
+            # error stands, and this is one line (a traceback with -v)
+            log.warning(
+                "could not record why run %s failed (%s)",
+                run_id,
+                error_reason(unrecorded),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
     try:
         _end(run_id, status)
         _end_unended_children(run_id, status)
-    except Exception:  # as above: the original error is the one to see
+    except Exception as unended:  # as above: the original error is the one to see
         if error is None:
             raise
-        log.warning("could not end run %s as %s", run_id, status, exc_info=True)
+        # the run stays RUNNING in the store for good unless someone ends it: say so, and how
+        # (review: two tracebacks of 180 lines each, and the run's state never said)
+        log.warning(
+            "run %s stays RUNNING in the store: it could not be ended as %s (%s); once the "
+            "store can be written, end it with mlflow.MlflowClient().set_terminated('%s', '%s')",
+            run_id,
+            status,
+            error_reason(unended),
+            run_id,
+            status,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
 
 
 def _end(run_id: str, status: str) -> None:

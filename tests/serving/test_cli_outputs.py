@@ -192,6 +192,50 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
     assert "mlflow.db" in line
 
 
+def test_a_store_whose_folder_cannot_be_made_is_one_line_before_any_work(tmp_path: Path) -> None:
+    """Review: a SQLite store under a file was a 42-line NotADirectoryError, and `run`
+    simulated, validated and showed the funnel before it (step 4)."""
+    import os
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", "utf-8")
+    uri = f"sqlite:///{blocker}/store/mlflow.db"
+    result = subprocess.run(
+        [FUNNELCAST, "run", "--tracking-uri", uri, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    line = _one_line_error(result, f"its folder {blocker}/store cannot be made")
+    assert line.endswith("in a folder you may write to")
+    assert not (tmp_path / "out" / "data" / "events.parquet").exists()  # nothing simulated
+
+
+def test_a_store_that_cannot_be_written_or_opened_is_one_line_naming_why() -> None:
+    """Review: a read-only store was told by the first line of SQLAlchemy's message alone
+    ("raised as a result of Query-invoked autoflush"), the reason being on the next; a new
+    store on a read-only file system was a 179-line traceback."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    from serving.cli import _no_space_or_locked
+
+    autoflush = MlflowException(
+        "(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush "
+        "block if this flush is occurring prematurely)\n(sqlite3.OperationalError) attempt to "
+        "write a readonly database"
+    )
+    said = _no_space_or_locked(autoflush) or ""
+    assert "cannot be written (SQLite: attempt to write a readonly database" in said
+    assert said.endswith("a store you may write to")
+    unopened = OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+    said = _no_space_or_locked(unopened) or ""
+    assert "cannot be opened (SQLite: unable to open database file" in said
+
+
 def test_a_full_disk_is_one_line_under_any_librarys_wording() -> None:
     """ENOSPC reached the user as a 70-line traceback from MLflow's artifact writes, or as
     'check the tracking URI' (concurrency review): one line, saying what to free."""

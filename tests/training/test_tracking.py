@@ -285,6 +285,45 @@ def test_a_store_that_fails_while_a_run_ends_does_not_hide_the_error(
     assert mlflow.active_run() is None
 
 
+def test_a_run_the_store_cannot_end_is_said_in_one_line_naming_its_state(
+    store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review: a store locked while a run failed gave two warnings with a traceback each (360
+    lines without -v), and the run, left RUNNING for good, was never said to be."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    import training.tracking
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("database is locked\nsecond line")
+
+    monkeypatch.setattr(MlflowClient, "set_tag", locked)
+    monkeypatch.setattr(training.tracking, "_end", locked)
+    caplog.set_level(logging.WARNING, logger="training.tracking")
+    with pytest.raises(ValueError, match="the first problem"), training_run() as run_id:
+        raise ValueError("the first problem")
+    said = [r for r in caplog.records if r.name == "training.tracking"]
+    assert [r.getMessage() for r in said] == [
+        f"could not record why run {run_id} failed (ConnectionError: database is locked)",
+        f"run {run_id} stays RUNNING in the store: it could not be ended as FAILED "
+        "(ConnectionError: database is locked); once the store can be written, end it with "
+        f"mlflow.MlflowClient().set_terminated('{run_id}', 'FAILED')",
+    ]
+    assert not any(r.exc_info for r in said)  # no traceback unless asked for (-v)
+    assert _run(run_id).info.status == "RUNNING"
+    mlflow.end_run()  # the store works again: the run MLflow still holds active is ended
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="training.tracking")
+    with pytest.raises(ValueError), training_run():
+        raise ValueError("the first problem")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert all(r.exc_info for r in warned)  # -v: the tracebacks too
+    mlflow.end_run()
+
+
 def test_ctrl_c_inside_a_training_run_ends_it_killed_and_is_raised_again(store: str) -> None:
     with pytest.raises(KeyboardInterrupt), training_run("stopped") as run_id:
         raise KeyboardInterrupt
@@ -583,6 +622,34 @@ def test_the_main_libraries_versions_are_tags() -> None:
     versions = library_versions()
     for package in ("lightgbm", "polars", "numpy", "pandas", "scikit-learn", "mlflow", "pyarrow"):
         assert versions[f"version.{package}"] == metadata.version(package)
+
+
+def test_a_store_that_cannot_be_made_or_written_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a store under a file was a NotADirectoryError's traceback; a read-only one was
+    found out after training."""
+    import os
+
+    from features.errors import InputError
+    from training.tracking import check_store_writable, configure_tracking
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", "utf-8")
+    under_a_file = f"sqlite:///{blocker}/mlflow.db"
+    for check in (configure_tracking, check_store_writable):
+        with pytest.raises(InputError, match=f"its folder {blocker} cannot be made"):
+            check(under_a_file)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    check_store_writable(uri)  # a new store in a folder that can be made: fine, and made
+    assert (tmp_path / "store").is_dir()
+    (tmp_path / "store" / "mlflow.db").write_bytes(b"")
+    check_store_writable(uri)
+    # the tests run as root, which may write anything: the refusal is made here
+    store = tmp_path / "store" / "mlflow.db"
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != store)
+    with pytest.raises(InputError, match=f"mlflow.db cannot be written: {store} may not be"):
+        check_store_writable(uri)
 
 
 def test_a_store_in_a_folder_no_lock_can_be_made_in_is_opened_without_one(
