@@ -316,7 +316,7 @@ def test_a_run_the_store_cannot_end_is_said_in_one_line_naming_its_state(
     mlflow.end_run()  # the store works again: the run MLflow still holds active is ended
     caplog.clear()
     caplog.set_level(logging.DEBUG, logger="training.tracking")
-    with pytest.raises(ValueError), training_run():
+    with pytest.raises(ValueError, match="the first problem"), training_run():
         raise ValueError("the first problem")
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2
