@@ -2287,7 +2287,10 @@ def _print_minimum_data(report: dict[str, Any]) -> None:
     if table.row_count:
         console.print(table)
     minimums = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
-    console.print(f"Minimums: {minimums}.")
+    # the snapshots' minimum is the split's, not the `snapshots:` setting (review: "snapshots
+    # 33" read as a setting that said 12)
+    split = " (an out-of-time split with this horizon)" if "snapshots" in report else ""
+    console.print(f"Minimums: {minimums}{split}.")
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -344,7 +344,11 @@ def labelled_snapshot_dates(
             f"too little data to train: the events span {first:%Y-%m-%d}.."
             f"{until - dt.timedelta(microseconds=1):%Y-%m-%d}, "
             f"too short for one snapshot with {settings.min_history_days} days of history "
-            f"and a {settings.horizon_days}-day horizon. {UNCHANGED}",
+            f"and a {settings.horizon_days}-day horizon (those need "
+            f"{settings.min_history_days + settings.horizon_days} days, the span is "
+            f"{(until - first).days}); give a longer history, a shorter horizon "
+            "(`horizon_days:`, or `train --horizon`), or fewer days of history "
+            f"(`min_history_days:`) under `training:` in your --config. {UNCHANGED}",
             _snapshots_report([], settings),
         )
     return dates

@@ -447,6 +447,10 @@ def test_run_trains_with_the_mappings_training_settings_unless_config_gives_them
     said = " ".join(overruled.stdout.split())
     assert f"--observe-until 2024-01-02 over {config}'s observe_until 2024-01-09." in said
     assert "too short for one snapshot with 28 days of history and a 14-day horizon" in said
+    # with what it needs and what to change (review: no fix, and a minimum read as a setting)
+    assert "(those need 42 days, the span is " in said
+    assert "a shorter horizon (`horizon_days:`, or `train --horizon`)" in said
+    assert re.search(r"Minimums: snapshots \d+ \(an out-of-time split with this horizon\)\.", said)
     # ingest says how `train` uses them; `train --source` does as `run --source`
     folder = tmp_path / "ingested"
     ingested = _run(
