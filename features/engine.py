@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TypeAlias
@@ -518,6 +519,12 @@ def events_path(events: Path | str) -> str | list[str]:
     return _path_of(_events_files(events)[0])
 
 
+def is_glob(path: Path | str) -> bool:
+    """Whether an events path is a glob (``*``, ``?`` or ``[...]`` anywhere in it, ``**``
+    for any depth), read as the files it matches."""
+    return glob.has_magic(str(path))
+
+
 def _path_of(files: list[Path]) -> str | list[str]:
     return str(files[0]) if len(files) == 1 else [str(f) for f in files]
 
@@ -533,13 +540,19 @@ def _events_files(events: Path | str) -> tuple[list[Path], list[pa.Schema]]:
             files = [f for f in sorted(path.glob("*.parquet")) if f.name not in SIBLING_TABLES]
         if not files:
             raise FileNotFoundError(
-                f"{path} holds no events Parquet files; give the events folder written by "
-                "ingest or simulate (with its events.parquet), or an events Parquet file"
+                f"{path} holds no events Parquet files (its subfolders are not read); give the "
+                "events folder written by ingest or simulate (with its events.parquet), an "
+                "events Parquet file, or a glob such as DIR/*/*.parquet for a folder of "
+                "partitions"
             )
-    elif "*" in path.name:
-        files = sorted(path.parent.glob(path.name))
+    elif is_glob(path):
+        matched = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
+        # the tables written beside the events are left out, as from a folder: a glob over
+        # the folder read contacts.parquet as events, refused as a file of another schema
+        files = [f for f in matched if f.is_file() and f.name not in SIBLING_TABLES]
         if not files:
-            raise FileNotFoundError(f"{path} matches no file; give events Parquet")
+            beside = " but the tables written beside the events" if matched else ""
+            raise FileNotFoundError(f"{path} matches no file{beside}; give events Parquet")
     elif not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
     else:

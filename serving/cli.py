@@ -667,7 +667,13 @@ def funnel(
     from serving.funnel import default_as_of
 
     snapshot = _as_of_date(as_of) if as_of else None
-    events = data / "events.parquet"
+    # the folder's events as features and score read them: its events.parquet, else its
+    # Parquet files (review: a folder of parts was "events.parquet does not exist")
+    if not data.exists():
+        raise FileNotFoundError(
+            f"--data {data} does not exist; give the folder written by ingest or simulate"
+        )
+    events = data
     contacts_path = data / "contacts.parquet"
     contacts = read_table(contacts_path) if contacts_path.exists() else None
     if contacts is not None:
@@ -1646,13 +1652,14 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
     the next time (a folder without events.parquet is read as all its Parquet files), nor
     one of that folder's other tables (``stage_history.parquet``, the simulator's true
     stages, or a run's rejects), which the write would replace."""
-    from features.engine import SIBLING_TABLES
+    from features.engine import SIBLING_TABLES, is_glob
     from features.io import DATA_TABLES
 
     target = out.resolve()
     inputs = {contacts.resolve()}
-    if "*" in events.name:  # a glob: any file it matches is read as events
-        if target.parent == events.parent.resolve() and fnmatch.fnmatch(target.name, events.name):
+    if is_glob(events):  # a glob: any file it matches is read as events
+        pattern = os.path.abspath(events)
+        if any(fnmatch.fnmatch(p, pattern) for p in (os.path.abspath(out), str(target))):
             raise InputError(
                 f"--out {out} matches --events {events}: it would be read as events, and may "
                 "be one of them; write it elsewhere"
@@ -1672,7 +1679,7 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
         )
     if target in inputs:
         raise InputError(f"--out {out} is one of the input files; give another file name")
-    folder = events.parent if "*" in events.name or not events.is_dir() else events
+    folder = events.parent if is_glob(events) or not events.is_dir() else events
     if target.parent == folder.resolve() and target.name in {f"{t}.parquet" for t in DATA_TABLES}:
         raise InputError(
             f"--out {out} is the {target.stem} table of the events' folder; write the output "
@@ -2374,7 +2381,9 @@ def shell_command(name: str) -> str:
 
 def _require_events(events: Path) -> None:
     """``--events`` names something that exists (a glob is left to the reader)."""
-    if "*" not in events.name and not events.exists():
+    from features.engine import is_glob
+
+    if not is_glob(events) and not events.exists():
         raise FileNotFoundError(
             f"--events {events} does not exist; give the events folder or Parquet file written "
             "by ingest or simulate"

@@ -841,6 +841,46 @@ def test_a_folder_of_event_parts_beside_the_contacts_reads_the_parts_only(tmp_pa
     assert built["event_count_90d"].to_list() == [1, 1, 0]
 
 
+def test_a_glob_reads_the_files_it_matches_at_any_depth_and_never_the_tables_beside(
+    tmp_path: Path,
+) -> None:
+    """Review: a glob was read only with * in its last part ('g/*/*.parquet' matched no
+    file, '?' and '[01]' did not exist), a glob over a folder read its contacts.parquet as
+    events, and a folder of partitions was told nothing of its subfolders."""
+    events = _events(
+        [
+            ("a", "2024-02-20T12:00:00Z", "web", "page_view", None),
+            ("b", "2024-02-21T12:00:00Z", "email", "email_open", None),
+        ]
+    )
+    for day, part in (("2024-02-20", events.head(1)), ("2024-02-21", events.tail(1))):
+        (tmp_path / "hive" / f"date={day}").mkdir(parents=True)
+        part.write_parquet(tmp_path / "hive" / f"date={day}" / "part-0.parquet")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    events.head(1).write_parquet(flat / "part-0.parquet")
+    events.tail(1).write_parquet(flat / "part-1.parquet")
+    pl.DataFrame({"contact_id": ["a"], "marketing_consent": [True]}).write_parquet(
+        flat / "contacts.parquet"
+    )
+    for pattern in (
+        tmp_path / "hive" / "*" / "*.parquet",
+        tmp_path / "hive" / "**" / "*.parquet",
+        flat / "part-?.parquet",
+        flat / "part-[01].parquet",
+        flat / "*.parquet",  # the contacts table beside them left out, as from the folder
+    ):
+        built = build_contact_features(pattern, as_of=AS_OF, spec=SPEC)
+        assert built["contact_id"].to_list() == ["a", "b"], pattern
+        assert built["event_count_90d"].to_list() == [1, 1], pattern
+    with pytest.raises(FileNotFoundError, match="matches no file but the tables written beside"):
+        engine.events_path(flat / "contacts*.parquet")
+    with pytest.raises(FileNotFoundError, match=r"matches no file; give events Parquet"):
+        engine.events_path(flat / "nothing-?.parquet")
+    with pytest.raises(FileNotFoundError, match=r"its subfolders are not read.*DIR/\*/\*.parquet"):
+        engine.events_path(tmp_path / "hive")
+
+
 def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) -> None:
     from features.errors import InputError
     from features.snapshots import build_training_frame

@@ -167,7 +167,9 @@ def test_a_missing_folder_is_a_one_line_error_with_exit_code_2(tmp_path: Path) -
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error:")
-    assert "events.parquet does not exist" in lines[0]
+    assert lines[0].endswith(
+        "nowhere does not exist; give the folder written by ingest or simulate"
+    )
 
 
 @pytest.mark.parametrize("text", ["last tuesday", "20261101", "2026-W44-1"])
@@ -1206,6 +1208,23 @@ def test_funnel_refuses_what_features_refuses_in_the_same_line(
     _assert_one_line_error(features, said)
     _assert_one_line_error(funnel, said)
     assert funnel.stderr == features.stderr
+
+
+def test_funnel_reads_a_folder_of_event_parts_as_features_and_score_do(tmp_path: Path) -> None:
+    """Review: funnel read DIR/events.parquet alone ("does not exist") where features and
+    score read a folder without one as its Parquet files, as the README says funnel does."""
+    import pyarrow.parquet as pq
+
+    data = _funnel_data(tmp_path / "d")
+    whole = _run("funnel", "--data", str(data))
+    assert whole.returncode == 0, whole.stderr
+    events = pq.read_table(data / "events.parquet")
+    pq.write_table(events.slice(0, 2), data / "part-0.parquet")
+    pq.write_table(events.slice(2), data / "part-1.parquet")
+    (data / "events.parquet").unlink()
+    parts = _run("funnel", "--data", str(data))
+    assert parts.returncode == 0, parts.stderr
+    assert parts.stdout == whole.stdout
 
 
 def test_funnel_reads_another_zone_and_ids_as_categories_as_the_same_data(tmp_path: Path) -> None:

@@ -978,6 +978,11 @@ def test_what_would_go_wrong_quietly_is_refused_or_said(
     result = _score(served, "--events", glob, "--assume-consent", "--out", out)
     assert isinstance(result.exception, InputError)
     assert "matches --events" in str(result.exception)
+    # a glob of folders too (review: only the last part of a glob was read as one)
+    deep = str(tmp_path / "p?rts" / "part-[0-9].parquet")
+    result = _score(served, "--events", deep, "--assume-consent", "--out", out)
+    assert isinstance(result.exception, InputError)
+    assert "matches --events" in str(result.exception)
     result = _score(served, "--events", str(data), "--out", str(data / "stage_history.parquet"))
     assert "is the stage_history table of the events' folder" in str(result.exception)
     history = ["--out", str(data / "stage_history.parquet"), "--as-of", "2026-04-20"]
