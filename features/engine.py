@@ -521,8 +521,9 @@ def events_path(events: Path | str) -> str | list[str]:
 
 def is_glob(path: Path | str) -> bool:
     """Whether an events path is a glob (``*``, ``?`` or ``[...]`` anywhere in it, ``**``
-    for any depth), read as the files it matches."""
-    return glob.has_magic(str(path))
+    for any depth), read as the files it matches; a path that exists as written (a folder
+    named ``exports [2026]``) is that path."""
+    return glob.has_magic(str(path)) and not Path(path).exists()
 
 
 def _path_of(files: list[Path]) -> str | list[str]:

@@ -873,6 +873,11 @@ def test_a_glob_reads_the_files_it_matches_at_any_depth_and_never_the_tables_bes
         built = build_contact_features(pattern, as_of=AS_OF, spec=SPEC)
         assert built["contact_id"].to_list() == ["a", "b"], pattern
         assert built["event_count_90d"].to_list() == [1, 1], pattern
+    literal = tmp_path / "exports [2024]"  # a name with a glob's characters, as written
+    flat.rename(literal)
+    built = build_contact_features(literal, as_of=AS_OF, spec=SPEC)
+    assert built["contact_id"].to_list() == ["a", "b"]
+    literal.rename(flat)
     with pytest.raises(FileNotFoundError, match="matches no file but the tables written beside"):
         engine.events_path(flat / "contacts*.parquet")
     with pytest.raises(FileNotFoundError, match=r"matches no file; give events Parquet"):
