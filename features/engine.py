@@ -447,7 +447,8 @@ def _scan_parquet(files: list[Path], schemas: list[pa.Schema]) -> pl.LazyFrame:
         return _scan_with_utc(files, utc_for_unreadable_zones(schemas[0]) or schemas[0])
     # columns beyond the contract may differ between files: they are not read
     if not any("timestamp" in int96_columns(schema) for schema in schemas):
-        return pl.scan_parquet(_path_of(files), extra_columns="ignore")
+        # the files are found already (a glob expanded): a name's [ or * is no glob here
+        return pl.scan_parquet(_path_of(files), extra_columns="ignore", glob=False)
     # Polars would read INT96 as naive times, which every builder refuses: told the files'
     # schema (the first file's, its timestamp in UTC), it reads them as instants
     return pl.scan_parquet(
@@ -455,6 +456,7 @@ def _scan_parquet(files: list[Path], schemas: list[pa.Schema]) -> pl.LazyFrame:
         schema=polars_schema_reading_int96(str(files[0]), ["timestamp"]),
         cast_options=INT96_CAST,
         extra_columns="ignore",
+        glob=False,
     )
 
 
