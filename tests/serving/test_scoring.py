@@ -392,8 +392,10 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
             ),
             "scores.parquet",
             # the first row, as the other refusals of rows name it (README review)
+            # the value itself (review: the example alone read as the bad value)
             "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments "
-            "(2026-12-07T00:00:00Z; row 1, counting from 0, is one)",
+            "(row 1, counting from 0, holds '12/13/2026 00:00'; ISO 8601 reads 2026-12-07 or "
+            "2026-12-07T00:00:00Z)",
         ),
         *(
             (
