@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import pydantic
 import typer
@@ -627,6 +627,8 @@ def validate(
     )
     _say_aggregated(ingested.mapping)
     _print_validation(ingested.validated)
+    if _nothing_usable(ingested.validated):
+        _refuse_nothing_usable(ingested.validated, source, "the source is unusable as it is")
     unexpected = sum(
         count
         for (_, reason), count in ingested.validated.reject_counts().items()
@@ -1838,6 +1840,9 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
         f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
     )
     validated: Validated = ingested.validated
+    if _nothing_usable(validated):
+        _print_validation(validated)
+        _refuse_nothing_usable(validated, source, "nothing was written")
     tables = {
         "events": validated.events,
         "contacts": validated.contacts,
@@ -1858,6 +1863,33 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
     console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
     _say_aggregated(ingested.mapping)
     return validated
+
+
+def _nothing_usable(validated: Validated) -> bool:
+    """Every event of the source was set aside (none was there at all is another error)."""
+    return validated.events.num_rows == 0 and any(
+        n for (table, _), n in validated.reject_counts().items() if table == "events"
+    )
+
+
+def _refuse_nothing_usable(validated: Validated, source: str, said: str) -> NoReturn:
+    """A source none of whose events can be used, in one line with the commonest reasons: it
+    was written as an empty events table with exit 0, and `run` went on to train on nothing
+    (review: every timestamp unparseable, a mapping's `format:` wrong for the file)."""
+    aside = sorted(
+        (
+            (n, reason)
+            for (table, reason), n in validated.reject_counts().items()
+            if table == "events" and n
+        ),
+        reverse=True,
+    )
+    reasons = ", ".join(f"{reason} {n:,}" for n, reason in aside[:3])
+    raise InputError(
+        f"none of the {sum(n for n, _ in aside):,} events of {source} can be used (set aside: "
+        f"{reasons}{', and more' if len(aside) > 3 else ''}); {said}: check the mapping (the "
+        "timestamp's `format:`, the columns it names) against the files, and run again"
+    )
 
 
 # --- display -----------------------------------------------------------------------------------

@@ -374,6 +374,35 @@ def test_a_mapping_that_writes_a_value_outside_the_contract_names_it(
     assert "No rows set aside" in result.stdout
 
 
+def test_a_source_none_of_whose_events_can_be_used_is_refused_and_nothing_written(
+    tmp_path: Path,
+) -> None:
+    """Review: a mapping whose timestamp format is wrong for the file set every event aside
+    and ingest wrote an empty events table with exit 0 (run then trained on nothing)."""
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: m\ndescription: m\nevents:\n  - name: e\n    read: {path: e.csv}\n"
+        "    contact_id: c\n    timestamp: {column: t, format: unix_ms}\n"
+        "    event_type: {fixed: page_view}\n    channel: {fixed: web}\n",
+        encoding="utf-8",
+    )
+    rows = "".join(f"u{n},2024-01-0{1 + n}T00:00:00Z\n" for n in range(3))
+    (tmp_path / "e.csv").write_text("c,t\n" + rows, "utf-8")
+    out = tmp_path / "out"
+    for command in (["validate"], ["ingest", "--out", str(out)]):
+        result = _run(*command, "--source", str(mapping), "--data-dir", str(tmp_path))
+        _assert_one_line_error(result, "none of the 3 events of", "can be used (set aside: ")
+        assert "Rows set aside, by reason" in result.stdout  # the reasons, in the table too
+    assert not (out / "events.parquet").exists()
+    # one usable event: ingested, the others counted as set aside
+    (tmp_path / "e.csv").write_text("c,t\n" + rows + "u9,1704067200000\n", "utf-8")
+    result = _run(
+        "ingest", "--out", str(out), "--source", str(mapping), "--data-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "events.parquet").exists()
+
+
 def test_a_mapping_training_setting_that_is_no_setting_is_named(tmp_path: Path) -> None:
     """`training:` of a mapping holds training settings by their names in default.yaml."""
     mapping = tmp_path / "m.yaml"
