@@ -1336,10 +1336,13 @@ def _parse_typed_time(column: pl.Series, fmt: str, *, key: str, timezone: str | 
         # calendar holds it, and the set-aside row's record could not be written (a review's
         # traceback)
         micros = micros.set(~micros.is_between(_FIRST_MICROS, _LAST_MICROS).fill_null(True), None)
-        if fmt == "unix_ms":
-            # under 10^11 ms is before March 1973: seconds in a milliseconds column (exports
-            # merged from two systems), which would land in January 1970 without a word
-            micros = micros.set((given.abs() < _SECONDS_AS_MS).fill_null(False), None)
+        # under 10^11 ms is before March 1973: seconds in a milliseconds column (exports
+        # merged from two systems), which would land in January 1970 without a word; and
+        # under 10^8 s, the same moment, a placeholder (0 or -1 for "no time") or a count in
+        # another unit, which would be an event of 1970 that every all-history feature reads
+        # (review: unix_s kept them, unix_ms set them aside)
+        seconds = given if fmt == "unix_s" else given / 1_000
+        micros = micros.set((seconds.abs() < _BEFORE_UNIX_TIMES).fill_null(False), None)
         parsed = pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
     else:
         text = column.cast(pl.String).str.strip_chars()
@@ -1370,7 +1373,9 @@ _FIXED_WIDTH = frozenset({"%Y", "%m", "%d", "%H", "%M", "%S", "%y", "%j", "%%"})
 _ADJACENT_NUMBERS = re.compile(r"%[YmdHMSyj]%[YmdHMSyj]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_SECONDS_AS_MS = 10**11  # a unix_ms value under this is read as seconds written there
+# a unix time under this many seconds (before March 1973) is set aside: 10^11 in a unix_ms
+# column is seconds written there, a unix_s value a placeholder (0, -1)
+_BEFORE_UNIX_TIMES = 10**8
 _FIRST_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _LAST_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 

@@ -1643,7 +1643,9 @@ def test_unix_times_outside_the_calendar_are_set_aside_not_a_traceback(tmp_path:
     OverflowError while writing the set-aside row's record, or were kept."""
     _write(
         tmp_path / "ev.csv",
-        "cid,ts,action\nc1,1700000000,view\nc2,1700000000000,view\nc3,-100000000000,view\n",
+        "cid,ts,action\nc1,1700000000,view\nc2,1700000000000,view\nc3,-100000000000,view\n"
+        # placeholders for "no time" (review: kept as 1970, unlike unix_ms)
+        "c4,0,view\nc5,-1,view\nc6,99999999,view\n",
     )
     mapping = _write(
         tmp_path / "ms.yaml",
@@ -1664,8 +1666,7 @@ def test_unix_times_outside_the_calendar_are_set_aside_not_a_traceback(tmp_path:
     assert validated.events.column("contact_id").to_pylist() == ["c1"]
     rejects = validated.rejects.to_pylist()
     assert [(r["reason"], r["contact_id"]) for r in rejects] == [
-        ("unparseable_timestamp", "c2"),
-        ("unparseable_timestamp", "c3"),
+        ("unparseable_timestamp", f"c{n}") for n in range(2, 7)
     ]
     assert "1700000000000" in rejects[0]["record"]
 
