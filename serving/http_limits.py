@@ -16,7 +16,8 @@ after a first answer, and any byte received stops it, so a client sending a head
 worker's file descriptors (review). Here a request's line and headers must arrive whole within
 a deadline (the service's request timeout) of the connection opening or of the answer before
 it: a head still incomplete then is answered with a 408 and its connection closed, and a
-connection that has sent nothing by then is closed.
+connection that has sent nothing by then is closed. A request answered before its body was all
+read (a 413, a 504) has its body read on, the deadline running from each piece of it.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def limit_request_heads(
         self.funnelcast_deadline = None
         if self.transport.is_closing():
             return
-        if self.funnelcast_in_head:  # part of a head came: say why the connection ends
+        if self.funnelcast_in_head and not self.funnelcast_draining:
+            # part of a head came: say why the connection ends
             self.funnelcast_open = self.funnelcast_in_head = False
             self.transport.write(too_slow)
         self.transport.close()
@@ -130,10 +132,14 @@ def limit_request_heads(
 
     def on_response_complete(self: Any) -> None:
         # a request whose head came whole while this one was answered is served next, at
-        # once; otherwise the next head is awaited
+        # once; otherwise the next head is awaited. An answer sent before its request's body
+        # was all read (a 413, a 504) leaves the body to arrive first: the client reads the
+        # answer once it has sent it (review: cut mid-upload, the client saw a broken pipe),
+        # so the deadline runs from each piece of it instead, as nginx's client_body_timeout
         queued = bool(self.pipeline)
         answered(self)
         if not queued:
+            self.funnelcast_draining = self.funnelcast_open
             await_head(self)
 
     def on_message_begin(self: Any) -> None:
@@ -146,11 +152,16 @@ def limit_request_heads(
     def on_body(self: Any, chunk: bytes) -> None:
         self.funnelcast_read_body += len(chunk)
         self.funnelcast_body += len(chunk)
+        if self.funnelcast_draining:
+            await_head(self)  # the body of an answered request still comes: not idle
         body(self, chunk)
 
     def on_message_complete(self: Any) -> None:
         self.funnelcast_open = False
         complete(self)
+        if self.funnelcast_draining:  # answered before its body ended: the next head is due
+            self.funnelcast_draining = False
+            await_head(self)
 
     def data_received(self: Any, data: bytes) -> None:
         self.funnelcast_began = False
@@ -169,6 +180,7 @@ def limit_request_heads(
     protocol.funnelcast_open = False  # no request being read
     protocol.funnelcast_began = False
     protocol.funnelcast_in_head = False  # a request's line and headers are being read
+    protocol.funnelcast_draining = False  # an answered request's body is still being read
     protocol.funnelcast_read_body = 0
     protocol.funnelcast_deadline = None  # the timer of the head awaited, if any
     protocol.connection_made = connection_made

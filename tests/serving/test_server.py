@@ -410,7 +410,7 @@ def test_funnelcast_serve_with_the_rules_fallback(
     command = [FUNNELCAST, "serve", "--port", str(port), "--allow-rules-fallback"]
     command += ["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--api-key-file", str(keys)]
     # a short request timeout (the rules answer in a millisecond), to see its 504 below
-    env = {"FUNNELCAST_API_KEY": "", "FUNNELCAST_TIMEOUT_S": "1.5"}
+    env = {"FUNNELCAST_API_KEY": "", "FUNNELCAST_TIMEOUT_S": "1.5", "FUNNELCAST_MAX_BODY_MB": "1"}
     with _server(command, env, port):
         status, answer = _call(
             port, "/predict", key=served.api_key, body=contact_body(served, active_contacts[-1])
@@ -435,11 +435,39 @@ def test_funnelcast_serve_with_the_rules_fallback(
         # a connection that sends nothing is closed after as long, with no answer
         with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
             assert idle.recv(1) == b""
+        # a body over the limit is answered 413 at once, and read on while it keeps coming
+        # for longer than the timeout: the client that sends it whole reads the 413 after
+        # (review: the connection was cut 1.5 s after the answer, mid-upload)
+        status, refusal = _slow_upload(port, served.api_key, chunks=31)
+        assert status == 413, refusal
+        assert json.loads(refusal)["limit_bytes"] == 2**20
         # and a keep-alive connection that sends its next request at once is served twice
         ping = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         assert [s for s, _ in _raw(port, ping + ping, answers=2)] == [200, 200]
         assert _call(port, "/readyz")[0] == 200
     assert _port_is_free(port)
+
+
+def _slow_upload(port: int, key: str, *, chunks: int) -> tuple[int, bytes]:
+    """POST a body of ``chunks`` pieces of 64 KiB, one every 0.1 s (a slow client's pace),
+    then read the answer: its status and body."""
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {chunks * 65536}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head.encode())
+        for _ in range(chunks):
+            connection.sendall(b" " * 65536)
+            time.sleep(0.1)  # the client's pace, not a wait for the server
+        answer = connection.makefile("rb")
+        status = int(answer.readline().split()[1])
+        length = 0
+        while (line := answer.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, answer.read(length)
 
 
 def _trickled_head(port: int, lines: int = 60) -> tuple[int | None, bytes, int]:
