@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fnmatch
 import glob
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TypeAlias
@@ -528,6 +530,40 @@ def is_glob(path: Path | str) -> bool:
     return glob.has_magic(str(path)) and not Path(path).exists()
 
 
+def glob_base(path: Path | str) -> tuple[Path, str]:
+    """A glob as the folder it starts from (the longest leading part that is a folder as
+    written, whatever characters its name holds: ``exports [2024]/*.parquet``) and the pattern
+    under it."""
+    parts = Path(path).parts
+    for cut in range(len(parts) - 1, 0, -1):
+        if Path(*parts[:cut]).is_dir():
+            return Path(*parts[:cut]), str(Path(*parts[cut:]))
+    return Path("."), str(path)
+
+
+def matches_glob(path: Path | str, pattern: Path | str) -> bool:
+    """Whether ``path`` (existing or not) is one a glob reads as ``_events_files`` expands
+    it: ``*`` within one name, ``**`` for any number of folders."""
+    base, rest = glob_base(pattern)
+    try:
+        under = Path(os.path.abspath(path)).relative_to(os.path.abspath(base))
+    except ValueError:
+        return False
+
+    def match(names: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+        if not patterns:
+            return not names
+        if patterns[0] == "**":
+            return any(match(names[i:], patterns[1:]) for i in range(len(names) + 1))
+        return (
+            bool(names)
+            and fnmatch.fnmatchcase(names[0], patterns[0])
+            and match(names[1:], patterns[1:])
+        )
+
+    return match(under.parts, Path(rest).parts)
+
+
 def _path_of(files: list[Path]) -> str | list[str]:
     return str(files[0]) if len(files) == 1 else [str(f) for f in files]
 
@@ -549,7 +585,8 @@ def _events_files(events: Path | str) -> tuple[list[Path], list[pa.Schema]]:
                 "partitions"
             )
     elif is_glob(path):
-        matched = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
+        base, pattern = glob_base(path)
+        matched = sorted(base / f for f in glob.glob(pattern, root_dir=base, recursive=True))
         # the tables written beside the events are left out, as from a folder: a glob over
         # the folder read contacts.parquet as events, refused as a file of another schema
         files = [f for f in matched if f.is_file() and f.name not in SIBLING_TABLES]

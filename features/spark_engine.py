@@ -326,12 +326,20 @@ def read_events(events: SparkEvents, spark: SparkSession) -> DataFrame:
     return frame
 
 
+def _hadoop_literal(path: str) -> str:
+    """A path as Hadoop's glob reads it literally: its glob characters escaped."""
+    return re.sub(r"([\\{}\[\]*?])", r"\\\1", path)
+
+
 def _read_parquet(events: Path | str, spark: SparkSession) -> DataFrame:
     """The events Parquet as Spark reads it; what Spark cannot read (timestamps in nanoseconds,
     say, which Polars writes and Spark refuses) is an ``InputError`` with Spark's reason."""
     path = events_path(events)
+    # the files are found already: Hadoop would read a [ or * in a name as a glob again
+    # (review: a folder named `exports [2024]` was "Path does not exist")
+    files = [_hadoop_literal(p) for p in ([path] if isinstance(path, str) else path)]
     try:
-        return spark.read.parquet(*([path] if isinstance(path, str) else path))
+        return spark.read.parquet(*files)
     except AnalysisException as error:
         reason = " ".join(str(error).split("\n")[0].split())[:240]
         hint = (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fnmatch
 import io
 import logging
 import os
@@ -1654,14 +1653,13 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
     the next time (a folder without events.parquet is read as all its Parquet files), nor
     one of that folder's other tables (``stage_history.parquet``, the simulator's true
     stages, or a run's rejects), which the write would replace."""
-    from features.engine import SIBLING_TABLES, is_glob
+    from features.engine import SIBLING_TABLES, is_glob, matches_glob
     from features.io import DATA_TABLES
 
     target = out.resolve()
     inputs = {contacts.resolve()}
     if is_glob(events):  # a glob: any file it matches is read as events
-        pattern = os.path.abspath(events)
-        if any(fnmatch.fnmatch(p, pattern) for p in (os.path.abspath(out), str(target))):
+        if any(matches_glob(p, events) for p in (out, target)):
             raise InputError(
                 f"--out {out} matches --events {events}: it would be read as events, and may "
                 "be one of them; write it elsewhere"

@@ -875,8 +875,9 @@ def test_a_glob_reads_the_files_it_matches_at_any_depth_and_never_the_tables_bes
         assert built["event_count_90d"].to_list() == [1, 1], pattern
     literal = tmp_path / "exports [2024]"  # a name with a glob's characters, as written
     flat.rename(literal)
-    built = build_contact_features(literal, as_of=AS_OF, spec=SPEC)
-    assert built["contact_id"].to_list() == ["a", "b"]
+    for events in (literal, literal / "part-*.parquet"):  # a glob under it too (diff review)
+        built = build_contact_features(events, as_of=AS_OF, spec=SPEC)
+        assert built["contact_id"].to_list() == ["a", "b"]
     literal.rename(flat)
     with pytest.raises(FileNotFoundError, match="matches no file but the tables written beside"):
         engine.events_path(flat / "contacts*.parquet")
@@ -884,6 +885,24 @@ def test_a_glob_reads_the_files_it_matches_at_any_depth_and_never_the_tables_bes
         engine.events_path(flat / "nothing-?.parquet")
     with pytest.raises(FileNotFoundError, match=r"its subfolders are not read.*DIR/\*/\*.parquet"):
         engine.events_path(tmp_path / "hive")
+
+
+def test_a_path_matches_a_glob_as_the_glob_reads_files(tmp_path: Path) -> None:
+    """What `--out` is checked against: a file the glob would read the next time, existing
+    or not (diff review: * crossed folders, and **/ never stood for no folder)."""
+    (tmp_path / "d [1]").mkdir()
+    cases = [
+        ("d [1]/x.parquet", "d [1]/*.parquet", True),
+        ("d [1]/sub/x.parquet", "d [1]/*.parquet", False),  # * stays within one name
+        ("d [1]/x.parquet", "d [1]/**/*.parquet", True),  # ** for no folder
+        ("d [1]/a/b/x.parquet", "d [1]/**/*.parquet", True),
+        ("d [1]/part-1.parquet", "d [1]/part-[0-9].parquet", True),
+        ("d [1]/part-x.parquet", "d [1]/part-[0-9].parquet", False),
+        ("e/x.parquet", "d [1]/*.parquet", False),
+        ("e/x.parquet", "?/*.parquet", True),  # a glob from the start
+    ]
+    for path, pattern, expected in cases:
+        assert engine.matches_glob(tmp_path / path, tmp_path / pattern) is expected, (path, pattern)
 
 
 def test_events_damaged_past_their_footer_are_named_when_read(tmp_path: Path) -> None:

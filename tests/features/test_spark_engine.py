@@ -133,6 +133,26 @@ def test_both_engines_read_times_at_an_offset_polars_has_no_zone_for_as_their_in
     assert expected["days_since_last_login_at"].null_count() < expected.height
 
 
+def test_both_engines_read_events_in_a_folder_named_with_a_glob_s_characters(
+    simulated: tuple[Path, pl.DataFrame], spark_features: SparkFeatures, tmp_path: Path
+) -> None:
+    """Review: Polars and then Hadoop read the files found in `exports [2024]` as globs
+    again, and matched nothing ("Path does not exist"); a glob under it reads them too."""
+    import shutil
+
+    folder, contacts = simulated
+    as_of = dt.datetime(2024, 2, 20, tzinfo=dt.UTC)
+    expected = build_contact_features(folder, contacts, as_of=as_of, spec=SPEC)
+    named = tmp_path / "exports [2024]{a,b}*"
+    named.mkdir()
+    shutil.copy(folder / "events.parquet", named / "part-0.parquet")
+    for events in (named, named / "*.parquet"):
+        _assert_identical(
+            build_contact_features(events, contacts, as_of=as_of, spec=SPEC), expected
+        )
+        _assert_identical(spark_features(events, contacts, as_of=as_of), expected)
+
+
 def test_both_engines_read_the_int96_timestamps_spark_writes_as_their_instants(
     simulated: tuple[Path, pl.DataFrame], spark: Any, spark_features: SparkFeatures, tmp_path: Path
 ) -> None:
