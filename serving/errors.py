@@ -108,13 +108,18 @@ def _kinds_refused(detail: list[Any]) -> list[str]:
     loc = list(detail[0].get("loc", ()))
     if not _is_kind_problem(loc):
         return []
-    return [
-        str(problem["loc"][-1])
+    problems = [
+        problem
         for problem in detail
         if isinstance(problem, dict)
         and list(problem.get("loc", ()))[:-1] == loc[:-1]
         and _is_kind_problem(list(problem.get("loc", ())))
     ]
+    # a value of one of the kinds that fails that kind's own check (1e400: no finite number)
+    # is told pydantic's message for it, not that it is of no kind (diff review)
+    if not all(str(problem.get("type", "")).endswith("_type") for problem in problems):
+        return []
+    return [str(problem["loc"][-1]) for problem in problems]
 
 
 def _none_of(kinds: list[str]) -> str | None:

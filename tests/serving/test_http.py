@@ -311,6 +311,21 @@ def test_a_value_of_no_kind_a_value_may_take_is_told_every_kind(
         "object or a list"
     )
     assert len(answer["detail"]) >= kinds  # every kind's problem is still there
+    # a number of no finite size is a number: told so, not that it is of no kind (diff review)
+    place = sent.get("features", sent.get("attributes"))
+    assert place is not None
+    name = next(iter(place))
+    key = "features" if "features" in sent else "attributes"
+    huge = b'{"marketing_consent": true, %s"%s": {"%s": 1e400}}' % (
+        b'"events": [], ' if key == "attributes" else b"",
+        key.encode(),
+        name.encode(),
+    )
+    answer = client.post(
+        "/predict", headers={**auth, "Content-Type": "application/json"}, content=huge
+    ).json()
+    assert answer["field"] == field
+    assert answer["error"].startswith(f"{field}: Input should be a finite number")
 
 
 @pytest.mark.parametrize(
