@@ -33,32 +33,33 @@ HEAD_TIMEOUT_S = 10.0
 
 def head_too_large(limit: int = MAX_HEAD_BYTES) -> bytes:
     """The whole 431 answer, JSON like every refusal of the service."""
-    body = json.dumps(
+    return _closing_answer(
+        b"431 Request Header Fields Too Large",
         {
             "error": f"request line and headers (or a chunked body's framing and trailers) "
             f"are larger than the limit of {limit} bytes; send shorter headers",
             "limit_bytes": limit,
-        }
-    ).encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"content-type: application/json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n"
-        b"connection: close\r\n\r\n" + body
+        },
     )
 
 
 def head_too_slow(seconds: float) -> bytes:
     """The whole 408 answer to a head that did not arrive in time."""
-    body = json.dumps(
+    return _closing_answer(
+        b"408 Request Timeout",
         {
             "error": f"request line and headers did not arrive within {seconds:g} seconds; "
             "send a request's head at once",
             "timeout_s": seconds,
-        }
-    ).encode()
+        },
+    )
+
+
+def _closing_answer(status: bytes, refusal: dict[str, object]) -> bytes:
+    """A whole HTTP answer with a JSON body, after which the connection is closed."""
+    body = json.dumps(refusal).encode()
     return (
-        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"HTTP/1.1 " + status + b"\r\n"
         b"content-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n"
         b"connection: close\r\n\r\n" + body
