@@ -2410,13 +2410,25 @@ def shell_command(name: str) -> str:
 
 
 def _require_events(events: Path) -> None:
-    """``--events`` names something that exists (a glob is left to the reader)."""
-    from features.engine import is_glob
+    """``--events`` names something that exists, or a glob that matches a file: said before
+    any other check (a path with a [ in it is read as a glob, and one that matched nothing
+    was told of the contacts table that would sit beside it)."""
+    import glob
 
-    if not is_glob(events) and not events.exists():
+    from features.engine import glob_base, is_glob
+
+    if not is_glob(events):
+        if not events.exists():
+            raise FileNotFoundError(
+                f"--events {events} does not exist; give the events folder or Parquet file "
+                "written by ingest or simulate"
+            )
+        return
+    base, pattern = glob_base(events)
+    if next(glob.iglob(pattern, root_dir=base, recursive=True), None) is None:
         raise FileNotFoundError(
-            f"--events {events} does not exist; give the events folder or Parquet file written "
-            "by ingest or simulate"
+            f"--events {events} does not exist, and as a glob it matches no file; give the "
+            "events folder or Parquet file written by ingest or simulate, or a glob of them"
         )
 
 
