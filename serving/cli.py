@@ -2223,39 +2223,17 @@ def _train_and_report(
 
 def _print_quality(metrics: dict[str, float]) -> None:
     """The test-window table: rules vs RFM baseline vs LightGBM."""
+    from training.evaluation import buyers_line, quality_rows
 
-    def get(key: str) -> str:
-        value = metrics.get(key)
+    def shown(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     table = Table("test window", "rules", "RFM baseline", "funnelcast (LightGBM)")
-    table.add_row(
-        "stage macro-F1", get("test.stage.rules.macro_f1"), "-", get("test.stage.lightgbm.macro_f1")
-    )
-    table.add_row(  # a stage only one of them calls is no class of the other's average
-        "  over the labels' stages",
-        get("test.stage.rules.macro_f1_labelled"),
-        "-",
-        get("test.stage.lightgbm.macro_f1_labelled"),
-    )
-    table.add_row(
-        "stage accuracy", get("test.stage.rules.accuracy"), "-", get("test.stage.lightgbm.accuracy")
-    )
-    for key, label in (
-        ("auc_roc", "purchase AUC-ROC"),
-        ("auc_pr", "purchase AUC-PR"),
-        ("ece", "purchase ECE (calibration)"),
-    ):
-        table.add_row(
-            label,
-            "-",
-            get(f"test.propensity.rfm_logistic.{key}"),
-            get(f"test.propensity.lightgbm.{key}"),
-        )
-    positives = metrics.get("test.propensity.lightgbm.positives")
+    for row in quality_rows(metrics):
+        table.add_row(row.label, shown(row.rules), shown(row.rfm), shown(row.funnelcast))
     console.print(table)
-    if positives is not None:
-        console.print(f"{int(positives):,} buyers in the test window.")
+    if buyers := buyers_line(metrics):
+        console.print(buyers)
 
 
 def _promote_and_report(name: str, alias: str, *, version: str | None, force: bool) -> bool:

@@ -614,6 +614,59 @@ def evaluate(inputs: EvaluationInputs) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class QualityRow:
+    """One row of the test window's quality table: a metric for the rules, the RFM
+    baseline and funnelcast's LightGBM models (None where one has no such figure)."""
+
+    label: str
+    rules: float | None
+    rfm: float | None
+    funnelcast: float | None
+
+
+def quality_rows(metrics: Mapping[str, float]) -> list[QualityRow]:
+    """The test window's quality from a run's flat metrics (``flat_metrics``), as
+    ``funnelcast train`` prints it and the notebook shows it: the stages' macro-F1 over
+    every stage and over the labels' stages (a stage only one side calls is no class of the
+    other's average, and an F1 of 0 in the first), stage accuracy, and the purchase metrics
+    beside the RFM baseline."""
+    rows = [
+        QualityRow(
+            label,
+            metrics.get(f"test.stage.rules.{key}"),
+            None,
+            metrics.get(f"test.stage.lightgbm.{key}"),
+        )
+        for key, label in (
+            ("macro_f1", "stage macro-F1"),
+            ("macro_f1_labelled", "  over the labels' stages"),
+            ("accuracy", "stage accuracy"),
+        )
+    ]
+    rows += [
+        QualityRow(
+            label,
+            None,
+            metrics.get(f"test.propensity.rfm_logistic.{key}"),
+            metrics.get(f"test.propensity.lightgbm.{key}"),
+        )
+        for key, label in (
+            ("auc_roc", "purchase AUC-ROC"),
+            ("auc_pr", "purchase AUC-PR"),
+            ("ece", "purchase ECE (calibration)"),
+        )
+    ]
+    return rows
+
+
+def buyers_line(metrics: Mapping[str, float]) -> str:
+    """How many contacts bought in the test window (what the purchase metrics rest on), said
+    under the quality table (``quality_rows``)."""
+    buyers = metrics.get("test.propensity.lightgbm.positives")
+    return "" if buyers is None else f"{int(buyers):,} buyers in the test window."
+
+
 def write_evaluation_artifacts(
     inputs: EvaluationInputs,
     out_dir: Path,

@@ -133,3 +133,17 @@ def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
     assert "1998-01-01" < params["data.events_to"] < "1998-06-01"
     assert int(params["data.events_after_observed"]) > 0
     assert client.search_model_versions("name='funnelcast'") == []
+
+
+@pytest.mark.slow
+def test_a_flag_papermill_passed_as_text_stops_the_notebook_before_any_work(
+    tmp_path: Path,
+) -> None:
+    """`-p force_promotion false` is the text 'false', which Python takes as true: the
+    notebook forced a worse model to champion (notebook review). Now it stops at once,
+    naming the parameter, before any data is read or any store is made."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    with pytest.raises(papermill.PapermillExecutionError) as stopped:
+        _execute(tmp_path, force_promotion="false", tracking_uri=uri)
+    assert "parameter force_promotion is 'false', not True or False" in str(stopped.value)
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,132 @@
+"""What the retraining notebook (``notebooks/retrain.ipynb``) needs around the training steps,
+kept here with tests, since a notebook holds no logic:
+
+- its parameters checked: papermill reads ``-p force_promotion false`` as the text 'false',
+  which Python takes as true, so a run meant to keep the gate forced a worse model to champion
+  and one meant to stop without consent trained on everybody (notebook review);
+- the project's folder as the working folder when Jupyter or VS Code starts the notebook in
+  its own folder: the default store ``mlruns/`` and the documented relative paths were then
+  another store and other paths, and the champion promoted there was one ``serve`` never saw;
+- an ingested folder read with the notebook's words (a folder of part files is
+  ``funnelcast train``'s);
+- the test window's quality as a table with the rows ``funnelcast train`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from features.errors import InputError
+from training.evaluation import buyers_line, quality_rows
+
+__all__ = ["buyers_line", "check_parameters", "project_folder", "quality_table", "read_data_folder"]
+
+PROJECT = Path(__file__).resolve().parent.parent
+FLAGS = ("promote_if_better", "force_promotion", "assume_consent")
+COUNTS = {"contacts": 1, "days": 1, "tune_trials": 0}  # each one's least value
+TEXTS = ("events", "source", "model_name", "observe_until", "tracking_uri")
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Each parameter of the notebook's ``parameters`` cell is of its kind, or an
+    ``InputError`` names it and says how papermill takes it."""
+    for name in FLAGS:
+        value = parameters[name]
+        if not isinstance(value, bool):
+            raise InputError(
+                f"parameter {name} is {value!r}, not True or False (papermill passes "
+                f"-p {name} false as the text 'false', which Python takes as true); give "
+                f"-p {name} False, or -y '{name}: false'"
+            )
+    for name, least in COUNTS.items():
+        value = parameters[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(
+                f"parameter {name} is {value!r}; give a whole number of {least} or more "
+                f"(-p {name} 5)"
+            )
+    for name in TEXTS:
+        value = parameters[name]
+        if not isinstance(value, str):
+            raise InputError(
+                f"parameter {name} is {value!r}, not text (papermill reads -p {name} {value} "
+                f"as a number); give it as text with -r {name} {value}"
+            )
+
+
+def project_folder(cwd: Path | None = None) -> Path | None:
+    """Make the project's folder the working folder when the kernel started in the
+    notebook's own folder (``notebooks/``, where Jupyter and VS Code start it), so that
+    ``mlruns/``, ``out/run/data`` and the other documented paths are the project's, as for
+    ``make demo`` and ``funnelcast serve``. Returns the folder moved to, or None when the
+    working folder is another (papermill run from the project, or ``--cwd``), kept."""
+    here = (cwd or Path.cwd()).resolve()
+    if here != PROJECT / "notebooks":
+        return None
+    os.chdir(PROJECT)
+    return PROJECT
+
+
+def read_data_folder(events: str) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    """The events, contacts (None when the folder has no contacts.parquet) and provided
+    labels (None when it has no labels.parquet) of a folder written by ``funnelcast ingest``
+    or ``simulate``; ``events`` may name its events.parquet. Anything else is an
+    ``InputError`` saying what to give."""
+    from features.io import read_table
+
+    path = Path(events)
+    if path.name == "events.parquet" and path.is_file():
+        path = path.parent
+    if not path.exists():
+        raise InputError(
+            f"events={events!r}: no such folder (relative to {Path.cwd()}); give the folder "
+            "`funnelcast ingest` or `simulate` wrote, or leave events empty to simulate"
+        )
+    if not path.is_dir():
+        raise InputError(
+            f"events={events!r} is a file; give the folder `funnelcast ingest` or `simulate` "
+            "wrote (its events.parquet, contacts.parquet and labels.parquet are read)"
+        )
+    table = path / "events.parquet"
+    if not table.is_file():
+        found = "a folder" if table.is_dir() else "missing"
+        raise InputError(
+            f"{table} is {found}: the notebook reads a folder written by `funnelcast ingest` "
+            "or `simulate`; train on a folder of Parquet part files with `funnelcast train "
+            f"--events '{path}/*.parquet'` (or '{path}/*/*.parquet' for parts in subfolders)"
+        )
+    contacts = path / "contacts.parquet"
+    labels = path / "labels.parquet"  # a source's provided labels, as `funnelcast run` uses
+    return (
+        read_table(table),
+        read_table(contacts) if contacts.exists() else None,
+        read_table(labels) if labels.exists() else None,
+    )
+
+
+def quality_table(metrics: Mapping[str, float]) -> pl.DataFrame:
+    """The test window's quality, the rows ``funnelcast train`` prints: the stages'
+    macro-F1 over every stage and over the labels' stages (a stage the labels never hold
+    counts as an F1 of 0 for whoever calls it), accuracy, and the purchase metrics, for the
+    rules, the RFM baseline and funnelcast."""
+    rows = quality_rows(metrics)
+    return pl.DataFrame(
+        {
+            "test window": [row.label for row in rows],
+            "rules": [row.rules for row in rows],
+            "RFM baseline": [row.rfm for row in rows],
+            "funnelcast": [row.funnelcast for row in rows],
+        },
+        schema={
+            "test window": pl.String,
+            "rules": pl.Float64,
+            "RFM baseline": pl.Float64,
+            "funnelcast": pl.Float64,
+        },
+    )
