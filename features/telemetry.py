@@ -27,3 +27,12 @@ def keep_usage_data_local() -> None:
             set_telemetry_client()
         except Exception:  # best effort: an MLflow without it has nothing to turn off here
             pass
+    usage = sys.modules.get("bentoml._internal.utils.analytics.usage_stats")
+    if usage is not None and os.environ["BENTOML_DO_NOT_TRACK"].lower() == "true":
+        # BentoML reads its setting once and keeps it: `bentoml serve` (of the service or of
+        # a Bento) read it before it imported the service, and sent its serve and command
+        # events, with one every 12 hours of requests per endpoint (deploy review)
+        cached = getattr(usage, "do_not_track", None)
+        clear = getattr(cached, "cache_clear", None)
+        if clear is not None:
+            clear()

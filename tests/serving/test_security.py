@@ -181,6 +181,20 @@ def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
     assert _printed(code, env) == expected
 
 
+def test_bentomls_setting_read_before_funnelcast_is_read_again() -> None:
+    """`bentoml serve` reads BENTOML_DO_NOT_TRACK once, before it imports the service, and
+    keeps what it read: a plain `bentoml serve` of the service or of a Bento sent its serve
+    and command events (deploy review)."""
+    env = {k: v for k, v in os.environ.items() if k not in telemetry.SETTINGS}
+    code = (
+        "from bentoml._internal.utils.analytics.usage_stats import do_not_track\n"
+        "before = do_not_track()\n"
+        "import serving.service\n"
+        "print(before, do_not_track())"
+    )
+    assert _printed(code, env) == ["False", "True"]  # on as BentoML read it; off after ours
+
+
 def test_mlflow_imported_before_funnelcast_sends_no_usage_data_either() -> None:
     """MLflow makes its telemetry client when imported, so a notebook that imported MLflow
     first kept it on (diff review)."""

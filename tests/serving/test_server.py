@@ -115,15 +115,24 @@ def _text(port: int, path: str) -> str:
 
 
 @contextmanager
-def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+def _server(
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    *,
+    unset: tuple[str, ...] = (),
+    output: list[str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
     """Start a server in its own process group, wait until /readyz answers 200 (or the process
     dies), check it listens on 127.0.0.1 only, and stop the whole group afterwards. Its output
-    goes to a file: a pipe nobody reads would stall a server that logs more than it holds."""
+    goes to a file: a pipe nobody reads would stall a server that logs more than it holds
+    (appended to ``output`` once the server stopped, when given). ``unset``: variables of
+    this process's environment the server does not get."""
     log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         command,
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={k: v for k, v in os.environ.items() if k not in unset} | env,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -150,6 +159,9 @@ def _server(command: list[str], env: dict[str, str], port: int) -> Iterator[subp
         yield process
     finally:
         _stop(process)
+        if output is not None:
+            log.seek(0)
+            output.append(log.read())
         log.close()
 
 
@@ -340,7 +352,12 @@ def test_a_built_bento_serves_without_the_registry(
     env["FUNNELCAST_API_KEY"] = served.api_key
     body = contact_body(served, active_contacts[-5])
     command = [sys.executable, "-m", "bentoml", "serve", "funnelcast:latest", "--port", str(port)]
-    with _server(command, env, port):
+    # served as the README says, by a user who set no telemetry variable: BentoML read its
+    # setting before it imported the service and sent its events (deploy review); with this
+    # variable BentoML logs each event it would send instead of sending it
+    env["__BENTOML_DEBUG_USAGE"] = "true"
+    logged: list[str] = []
+    with _server(command, env, port, unset=("BENTOML_DO_NOT_TRACK",), output=logged):
         meta = _call(port, "/metadata", key=served.api_key)[1]
         assert meta["source"].startswith("BentoML model funnelcast:")
         assert meta["model_version"] == "1"
@@ -351,6 +368,8 @@ def test_a_built_bento_serves_without_the_registry(
         assert (answer["model_name"], answer["model_version"]) == ("funnelcast", "1")
     assert not (tmp_path / "nothing-here.db").exists()
     assert _port_is_free(port)
+    assert "Starting production HTTP BentoServer" in logged[0]  # the log was read
+    assert "Tracking Payload" not in logged[0]
 
 
 def _funnelcast(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
