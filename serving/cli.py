@@ -365,7 +365,7 @@ def run(
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     with _saying_what_a_stop_left() as training:
         started = time.perf_counter()
-        cut = _parse_date(observe_until, "--observe-until") if observe_until else None
+        cut = _parse_date(observe_until, "--observe-until") if observe_until is not None else None
         from features.io import check_writable_folder
 
         check_writable_folder(out / "data")  # now, not after the simulation
@@ -667,7 +667,7 @@ def funnel(
     from features.io import read_table
     from serving.funnel import default_as_of
 
-    snapshot = _as_of_date(as_of) if as_of else None
+    snapshot = _as_of_date(as_of) if as_of is not None else None
     # the folder's events as features and score read them: its events.parquet, else its
     # Parquet files (review: a folder of parts was "events.parquet does not exist")
     if not data.exists():
@@ -675,6 +675,8 @@ def funnel(
             f"--data {data} does not exist; give the folder written by ingest or simulate"
         )
     events = data
+    if data.is_dir():
+        _say_unread_beside(data, "--data")
     contacts_path = data / "contacts.parquet"
     contacts = read_table(contacts_path) if contacts_path.exists() else None
     if contacts is not None:
@@ -942,7 +944,7 @@ def score(
     )
 
     _one_model(alias=alias, version=version)
-    snapshot = _as_of_date(as_of) if as_of else None
+    snapshot = _as_of_date(as_of) if as_of is not None else None
     check_scores_path(out, "--out")
     contacts_path = _contacts_for(events, contacts, assume_consent, "scored")
     _not_an_input(out, events, contacts_path)
@@ -952,6 +954,15 @@ def score(
             "compares with; give a new --out (a file per run, e.g. scores-YYYY-MM-DD.parquet)"
         )
     earlier = read_scores(previous) if previous is not None else None
+    if earlier is not None and earlier.height == 0:
+        # its counts would all be 0: every contact 'new', and 'no stage lost any' read as a
+        # clean week (batch review)
+        console.print(
+            f"[yellow]--previous {escape(str(previous))} holds no scores (0 contacts):[/] there "
+            "is nothing to compare with, so no movement is shown. If that run failed or its "
+            "file was cut, give an earlier week's scores."
+        )
+        earlier = None
     _can_write(out, "scores")  # before the work, not after it
     contact_table = read_table(contacts_path) if contacts_path.exists() else None
     if contact_table is not None:
@@ -978,6 +989,8 @@ def score(
     if snapshot is None:
         snapshot = default_as_of(last)  # the day after the last event, at most tomorrow
         _say_if_stale(last, f"--events {events}")
+    else:
+        _say_if_stale(last, f"--events {events}", as_of=snapshot)
     then = previous_as_of(earlier) if earlier is not None else None
     if then is not None and then >= snapshot:
         raise InputError(
@@ -1211,7 +1224,7 @@ def train(
         from features.io import read_table
         from training.pipeline import require_known_consent
 
-        cut = _parse_date(observe_until, "--observe-until") if observe_until else None
+        cut = _parse_date(observe_until, "--observe-until") if observe_until is not None else None
         _require_events(events)  # before the contacts beside it
         folder = events if events.is_dir() else events.parent
         if contacts is not None and not contacts.exists():
@@ -1546,6 +1559,34 @@ def build(
     )
 
 
+@app.command("check-keys")
+def check_keys(
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File of API keys, one per line (default: FUNNELCAST_API_KEY_FILE)."),
+    ] = None,
+) -> None:
+    """Read the API keys as the service's workers will (FUNNELCAST_API_KEY and the key file)
+    and say how many there are, never a key: run it on an edited key file before a reload,
+    since a worker that finds no usable key does not start, and a reload of them all with
+    such a file stops the server."""
+    from serving.runtime import exposed_key_file, read_api_keys
+
+    env = dict(os.environ)
+    if api_key_file is not None:
+        env["FUNNELCAST_API_KEY_FILE"] = str(api_key_file)
+    keys = read_api_keys(env)
+    where = [
+        f"{name}" for name in ("FUNNELCAST_API_KEY", "FUNNELCAST_API_KEY_FILE") if env.get(name)
+    ]
+    console.print(
+        f"{_count(len(keys), 'API key')} read from {' and '.join(where)}, as the service reads "
+        "them; a worker started or reloaded now accepts them."
+    )
+    if warning := exposed_key_file(env):
+        console.print(f"[yellow]{escape(warning)}[/]")
+
+
 @app.command()
 def sources() -> None:
     """List the shipped source mappings."""
@@ -1670,12 +1711,13 @@ def _not_an_input(out: Path, events: Path, contacts: Path) -> None:
         inputs.add((events / "events.parquet").resolve())
     elif (
         target.parent == events.resolve()
+        and target.name.endswith(".parquet")  # as the folder is read: a CSV never is
         and target.name not in SIBLING_TABLES
         and any(f.name not in SIBLING_TABLES for f in events.glob("*.parquet"))
     ):
         raise InputError(
             f"--out {out} is in the events folder {events}, whose Parquet files are all read "
-            "as events: the next run would read the features as events; write it elsewhere"
+            "as events: the next run would read this output as events; write it elsewhere"
         )
     if target in inputs:
         raise InputError(f"--out {out} is one of the input files; give another file name")
@@ -2401,12 +2443,38 @@ def _require_events(events: Path) -> None:
                 f"--events {events} does not exist; give the events folder or Parquet file "
                 "written by ingest or simulate"
             )
+        _say_unread_beside(events, "--events")
         return
     base, pattern = glob_base(events)
     if next(glob.iglob(pattern, root_dir=base, recursive=True), None) is None:
         raise FileNotFoundError(
             f"--events {events} does not exist, and as a glob it matches no file; give the "
             "events folder or Parquet file written by ingest or simulate, or a glob of them"
+        )
+
+
+def _say_unread_beside(folder: Path, option: str) -> None:
+    """A folder holding events.parquet is read as a folder ingest or simulate wrote: that file
+    alone. Other Parquet files there (a week's export copied in beside the history) were left
+    out without a word (batch review): named, with the glob that reads them all."""
+    from features.engine import SIBLING_TABLES
+
+    if not (folder / "events.parquet").is_file():
+        return
+    others = sorted(
+        f.name
+        for f in folder.glob("*.parquet")
+        if f.name != "events.parquet" and f.name not in SIBLING_TABLES and f.name[0] != "."
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (
+            f" and {len(others) - 3:,} more" if len(others) > 3 else ""
+        )
+        console.print(
+            f"[yellow]{option} {escape(str(folder))}: its events.parquet alone is read,[/] as a "
+            f"folder written by ingest or simulate; {_count(len(others), 'other Parquet file')} "
+            f"there {'is' if len(others) == 1 else 'are'} not ({escape(shown)}). To read them "
+            f"all, give the glob '{escape(str(folder / '*.parquet'))}'."
         )
 
 
@@ -2426,16 +2494,29 @@ def _parse_date(text: str, option: str) -> dt.datetime:
 STALE_AFTER_DAYS = 7
 
 
-def _say_if_stale(last: dt.datetime, where: str) -> None:
+def _say_if_stale(last: dt.datetime, where: str, *, as_of: dt.datetime | None = None) -> None:
     """The default as_of follows the events: an export that stopped coming is scored as of
     its own end, with exit 0, and a CRM would import scores weeks old without a word (ops
-    review). Said, not refused: a backfill or a demo scores old data on purpose."""
-    age = (dt.datetime.now(dt.UTC).date() - last.date()).days
-    if age > STALE_AFTER_DAYS:
+    review). Said, not refused: a backfill or a demo scores old data on purpose. With an
+    ``as_of`` given (a scheduler names the day), the events' end is measured from it: an
+    export that stopped left every contact to age into dormant, and the movement report
+    showed a funnel collapsing (batch review)."""
+    if as_of is None:
+        age = (dt.datetime.now(dt.UTC).date() - last.date()).days
+        if age > STALE_AFTER_DAYS:
+            console.print(
+                f"[yellow]{escape(where)} ends on {last:%Y-%m-%d}, {age} days ago:[/] the scores "
+                "are as of the day after it (the default), not of this week. If the export "
+                "stopped, fix it; a scheduled job can give --as-of to name the day it means."
+            )
+        return
+    gap = (as_of.date() - last.date()).days
+    if gap > STALE_AFTER_DAYS:
         console.print(
-            f"[yellow]{escape(where)} ends on {last:%Y-%m-%d}, {age} days ago:[/] the scores are "
-            "as of the day after it (the default), not of this week. If the export stopped, "
-            "fix it; a scheduled job can give --as-of to name the day it means."
+            f"[yellow]{escape(where)} ends on {last:%Y-%m-%d}, {gap} days before --as-of "
+            f"{as_of:%Y-%m-%d}:[/] nothing the contacts did in those days is in the scores, so "
+            "they age towards dormant. If the export stopped, fix it; a backfill of old data "
+            "can give an --as-of nearer its end."
         )
 
 

@@ -168,6 +168,31 @@ def _ascii_key(key: str, where: str) -> str:
     return key
 
 
+def _names_a_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL: no file
+        return False
+
+
+def _one_word(key: str, where: str) -> str:
+    """A key a client can hold: one word of ASCII (``_ascii_key``), not in quotes (Docker's
+    --env-file and a hand-edited file keep them, and no client sends them) and without a
+    space (a comment after the key on its line became part of it): such a key was accepted
+    and every request with the real key was a 401 that says nothing (deploy review)."""
+    key = _ascii_key(key, where)
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+        raise ServiceConfigError(
+            f"{where} is in quotes, which would be part of the key; write the key without them"
+        )
+    if any(character.isspace() for character in key):
+        raise ServiceConfigError(
+            f"{where} holds a space (a comment after the key?); a key is one word: put a "
+            "comment on a line of its own, starting with #"
+        )
+    return key
+
+
 def _config_file(value: str | None) -> Path | None:
     if value is None:
         return None
@@ -198,9 +223,14 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     ``#`` are skipped). None at all is a configuration error: the service never runs open."""
     keys: list[str] = []
     inline = env.get("FUNNELCAST_API_KEY", "")
+    if inline.strip() and _names_a_file(inline.strip()):  # a secret mounted as a file
+        raise ServiceConfigError(
+            "FUNNELCAST_API_KEY names a file, which would be taken as the key itself; give the "
+            "file as FUNNELCAST_API_KEY_FILE (or --api-key-file)"
+        )
     for number, part in enumerate(inline.split(","), start=1):
         if part.strip():
-            keys.append(_ascii_key(part.strip(), f"key {number} of FUNNELCAST_API_KEY"))
+            keys.append(_one_word(part.strip(), f"key {number} of FUNNELCAST_API_KEY"))
     path = env.get("FUNNELCAST_API_KEY_FILE", "").strip()
     if path:
         try:
@@ -208,18 +238,25 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             text = Path(path).read_text("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            # `bentoml serve` of a Bento runs its workers in the Bento's src/ folder
+            where = (
+                ""
+                if Path(path).is_absolute()
+                else f"; a relative path is read from the working folder, here {Path.cwd()} "
+                "(a Bento's workers run in its src/ folder): give an absolute path"
+            )
             # the value is not shown: a key put here by mistake would be printed and logged
             raise ServiceConfigError(
                 f"the API key file (FUNNELCAST_API_KEY_FILE, --api-key-file) cannot be read "
-                f"({reason}); point it at a file with one API key per line (a key itself goes "
-                "in FUNNELCAST_API_KEY)"
+                f"({reason}){where}; point it at a file with one API key per line (a key "
+                "itself goes in FUNNELCAST_API_KEY)"
             ) from None
         for number, line in enumerate(text.splitlines(), start=1):
             key = line.strip()
             if key and not key.startswith("#"):  # a comment is never a key
                 if _ASSIGNMENT.match(key):
                     raise ServiceConfigError(_ASSIGNED.format(number=number, path=path))
-                keys.append(_ascii_key(key, f"the key on line {number} of {path}"))
+                keys.append(_one_word(key, f"the key on line {number} of {path}"))
     if not keys and path:
         raise ServiceConfigError(
             f"the API key file {path} holds no key (blank lines and '#' comments are not keys); "

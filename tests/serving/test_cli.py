@@ -31,6 +31,7 @@ COMMANDS = [
     "promote",
     "serve",
     "build",
+    "check-keys",
 ]
 
 
@@ -172,12 +173,19 @@ def test_a_missing_folder_is_a_one_line_error_with_exit_code_2(tmp_path: Path) -
     )
 
 
-@pytest.mark.parametrize("text", ["last tuesday", "20261101", "2026-W44-1"])
+@pytest.mark.parametrize("text", ["last tuesday", "20261101", "2026-W44-1", ""])
 def test_a_bad_date_is_a_one_line_error(tmp_path: Path, text: str) -> None:
     """The two ISO forms but YYYY-MM-DD were taken (Python's fromisoformat reads them), though
-    the help says YYYY-MM-DD (bad-input review)."""
+    the help says YYYY-MM-DD (bad-input review). An empty one (a scheduler's template
+    variable left empty) was taken as no --as-of at all (batch review)."""
     result = _run("funnel", "--data", str(tmp_path), "--as-of", text)
     _assert_one_line_error(result, f"--as-of {text!r} is not a date; give YYYY-MM-DD")
+
+
+def test_an_empty_as_of_is_refused_by_score_too(tmp_path: Path) -> None:
+    out = str(tmp_path / "scores.parquet")
+    result = _run("score", "--events", str(tmp_path), "--out", out, "--as-of", "")
+    _assert_one_line_error(result, "--as-of '' is not a date; give YYYY-MM-DD")
 
 
 def test_an_option_out_of_range_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -1449,3 +1457,64 @@ def test_an_empty_bentoml_home_is_unset_for_bentoml_too(
     assert len(served) == 1
     assert "BENTOML_HOME" not in served[0]
     assert homes == [None]
+
+
+def test_an_output_in_a_folder_of_event_parts_is_refused_only_when_it_would_be_read(
+    tmp_path: Path,
+) -> None:
+    """A folder without events.parquet is read as its Parquet files: a Parquet output there
+    would be read as events next time, a CSV never is (it was refused too: batch review)."""
+    from features.errors import InputError
+    from serving.cli import _not_an_input
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for name in ("part-0.parquet", "part-1.parquet"):
+        (parts / name).write_bytes(b"")
+    contacts = tmp_path / "contacts.parquet"
+    with pytest.raises(InputError, match="the next run would read this output as events"):
+        _not_an_input(parts / "scores.parquet", parts, contacts)
+    _not_an_input(parts / "scores.csv", parts, contacts)  # not refused
+    _not_an_input(tmp_path / "scores.parquet", parts, contacts)  # beside the folder: fine
+
+
+def test_parquet_files_beside_events_parquet_are_named_as_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with events.parquet reads that file alone: a week's export copied in beside
+    it was left out without a word (batch review). The tables ingest writes there, and
+    hidden files, are not named."""
+    from serving.cli import _say_unread_beside
+
+    for name in ("events.parquet", "contacts.parquet", "rejects.parquet", ".tmp-x.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    _say_unread_beside(tmp_path, "--events")
+    assert capsys.readouterr().out == ""
+    (tmp_path / "events-week49.parquet").write_bytes(b"")
+    _say_unread_beside(tmp_path, "--events")
+    said = " ".join(capsys.readouterr().out.split())
+    assert "its events.parquet alone is read" in said
+    assert "1 other Parquet file there is not (events-week49.parquet)" in said
+    assert "To read them all, give the glob" in said
+    assert said.replace(" ", "").endswith(f"'{tmp_path / '*.parquet'}'.".replace(" ", ""))
+
+
+def test_check_keys_reads_the_keys_as_the_service_does_and_never_shows_one(
+    tmp_path: Path,
+) -> None:
+    """An edited key file, then `kill -HUP`: a file with no usable key stopped the whole
+    server, and nothing checked it first (deploy review)."""
+    key = "a-key-for-the-crm-0123456789"
+    path = tmp_path / "keys"
+    path.write_text(f"# rotated 2026-12\n{key}\nanother-key-0123456789\n", "utf-8")
+    path.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELCAST_API_KEY")}
+    result = _run("check-keys", "--api-key-file", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "2 API keys read from FUNNELCAST_API_KEY_FILE" in " ".join(result.stdout.split())
+    assert key not in result.stdout + result.stderr
+    path.write_text("# emptied by mistake\n", "utf-8")
+    result = _run("check-keys", "--api-key-file", str(path), env=env)
+    _assert_one_line_error(result, f"the API key file {path} holds no key")
+    result = _run("check-keys", env=env)
+    _assert_one_line_error(result, "no API key is configured")

@@ -146,6 +146,7 @@ def test_csv_scores_and_the_movement_since_the_previous_scores(
     assert "No stage of 30 contacts or more lost any to a shallower stage" in said
     assert csv["as_of"].unique().to_list() == ["2026-04-20T00:00:00Z"]  # as the service says it
     assert "formula" not in said  # no id starts as one
+    assert "days before --as-of" not in said  # the events run to the day before it
 
 
 def test_a_csv_says_how_many_ids_a_spreadsheet_would_run_as_formulas(
@@ -1034,6 +1035,8 @@ def test_score_takes_tomorrow_as_of_as_its_default_does_and_no_later_day(
     common = ("--events", str(data), "--out", str(out), "--no-reasons")
     result = _score(served, *common, "--as-of", tomorrow.isoformat())
     assert result.exit_code == 0, result.output
+    # the simulated events end in April: every contact ages into dormant, which is said
+    assert f"days before --as-of {tomorrow}" in " ".join(result.output.split())
     as_of = pl.read_parquet(out)["as_of"].unique().to_list()
     assert [moment.date() for moment in as_of] == [tomorrow]
     result = _score(served, *common, "--as-of", later.isoformat())
@@ -1080,6 +1083,25 @@ def test_a_narrow_terminal_wraps_the_tables_but_cuts_no_figure(
     assert tables.count("consideration") == 2
 
 
+@pytest.mark.parametrize("name", ["previous.parquet", "previous.csv"])
+def test_an_empty_previous_file_is_said_and_no_movement_is_shown(
+    served: Served, data: Path, scored: Path, tmp_path: Path, name: str
+) -> None:
+    """A header-only file (last week's run cut short) counted every contact as new and said
+    no stage lost any, a clean week, exit 0 (batch review)."""
+    empty = pl.read_parquet(scored).head(0).with_columns(pl.col("as_of").dt.offset_by("-7d"))
+    out = tmp_path / "scores.parquet"
+    args = ["--events", str(data), "--as-of", "2026-04-20", "--out", str(out), "--no-reasons"]
+    result = _score(served, *args, "--previous", str(_previous(tmp_path, empty, name)))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"{name} holds no scores (0 contacts): there is nothing to compare with" in said
+    assert "Where the previous scores' contacts are now" not in said
+    assert "lost any to a shallower stage" not in said
+    assert "were not in the previous scores" not in said
+    assert pl.read_parquet(out).height == pl.read_parquet(scored).height  # scored all the same
+
+
 def test_the_previous_model_is_named_only_when_it_is_another_and_only_as_a_model_name() -> None:
     """Review: a file without model_name was "? version 1", another model; a null version
     printed "None"; the values were shown unchecked (a file's columns may be swapped)."""
@@ -1104,6 +1126,24 @@ def test_an_export_is_said_stale_only_past_a_week(
     now = dt.datetime.now(dt.UTC)
     _say_if_stale(now - dt.timedelta(days=days), "--events x")
     assert ("days ago" in capsys.readouterr().out) == said
+
+
+@pytest.mark.parametrize(("days", "said"), [(7, False), (8, True)])
+def test_with_an_as_of_given_the_events_end_is_measured_from_it(
+    days: int, said: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduler gives --as-of, and the warning was only for the default: an export that
+    stopped showed every contact ageing into dormant, exit 0 and not a word (batch review)."""
+    from serving.cli import _say_if_stale
+
+    as_of = dt.datetime(2026, 4, 20, tzinfo=dt.UTC)
+    last = as_of - dt.timedelta(days=days) + dt.timedelta(hours=23)  # that day's evening
+    _say_if_stale(last, "--events x", as_of=as_of)
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("days before --as-of" in out) == said
+    if said:
+        assert f"ends on {last:%Y-%m-%d}, {days} days before --as-of 2026-04-20" in out
+    assert "days ago" not in out
 
 
 def test_the_default_as_of_is_never_after_the_end_of_today() -> None:

@@ -56,6 +56,52 @@ def test_a_key_no_header_can_carry_is_refused_naming_its_line_not_the_key(
     assert secret not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (f"{KEY}   # added 2026-12", "holds a space \\(a comment after the key\\?\\)"),
+        (f'"{KEY}"', "is in quotes, which would be part of the key"),
+        (f"'{KEY}'", "is in quotes, which would be part of the key"),
+    ],
+)
+def test_a_key_no_client_would_send_is_refused_naming_its_line(
+    tmp_path: Path, line: str, words: str
+) -> None:
+    """A comment after the key, or quotes kept by Docker's --env-file or an editor, became
+    part of the key: the server started and the real key was a 401 (deploy review)."""
+    path = tmp_path / "keys"
+    path.write_text(f"{OTHER}\n{line}\n", "utf-8")
+    with pytest.raises(ServiceConfigError, match=f"the key on line 2 of .* {words}") as caught:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert KEY not in str(caught.value)
+    with pytest.raises(ServiceConfigError, match=f"key 1 of FUNNELCAST_API_KEY {words}"):
+        read_api_keys({"FUNNELCAST_API_KEY": line})
+
+
+def test_a_key_file_named_in_the_key_variable_is_refused(tmp_path: Path) -> None:
+    """A secret mounted as a file (/run/secrets/...) put in FUNNELCAST_API_KEY: its path was
+    the key, and the real one a 401 (deploy review)."""
+    path = tmp_path / "funnelcast_api_key"
+    path.write_text(f"{KEY}\n", "utf-8")
+    with pytest.raises(ServiceConfigError, match="FUNNELCAST_API_KEY names a file") as caught:
+        read_api_keys({"FUNNELCAST_API_KEY": str(path)})
+    assert "FUNNELCAST_API_KEY_FILE" in str(caught.value)
+    assert read_api_keys({"FUNNELCAST_API_KEY": "x" * 300}) == ("x" * 300,)  # no such file
+
+
+def test_a_relative_key_file_that_cannot_be_read_names_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Bento's workers run in its src/ folder: a relative key file that exists where the
+    user stands was 'No such file or directory', the path not shown (deploy review)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ServiceConfigError, match="relative path is read from the working folder"):
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": "keys/api"})
+    with pytest.raises(ServiceConfigError) as caught:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(tmp_path / "keys" / "api")})
+    assert "relative path" not in str(caught.value)
+
+
 def test_a_key_file_that_is_not_utf8_text_is_a_configuration_error(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_bytes(b"\xff\xfe" + KEY.encode("utf-16-le"))
