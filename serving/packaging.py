@@ -85,6 +85,7 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
                     labels={"registry_version": ref.version},
                 )
             _check_packed(bento, str(stored.tag))
+            _served_openapi_in(bento)
         except BaseException as error:  # Ctrl-C and SIGTERM too: no model copy without its Bento
             if stored is not None:  # its folder in the store, whole or half-copied
                 with contextlib.suppress(bentoml.exceptions.NotFound):
@@ -93,6 +94,23 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
                 raise _unwritable(error) from None
             raise
     return Built(bento=str(bento.tag), model=str(stored.tag), version=ref.version)
+
+
+def _served_openapi_in(bento: Any) -> None:
+    """The Bento's ``apis/openapi.yaml`` is the document the service serves at /docs.json.
+    BentoML writes its own there: no security schemes, its generic 400/404/500 bodies, and
+    fields the rules fallback and ``no_consent`` answer with null said never to be null, so a
+    tool reading the Bento's contract got another one than the server's (deploy review)."""
+    import yaml
+
+    from serving.openapi import complete_openapi
+    from serving.service import Funnelcast
+
+    document = complete_openapi(Funnelcast.openapi_spec.asdict())  # type: ignore[attr-defined]
+    path = Path(bento.path) / "apis" / "openapi.yaml"
+    written = path.with_name(f".{path.name}.tmp")
+    written.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), "utf-8")
+    written.replace(path)
 
 
 @contextlib.contextmanager

@@ -360,6 +360,12 @@ def test_a_built_bento_serves_without_the_registry(
     with _server(command, env, port, unset=("BENTOML_DO_NOT_TRACK",), output=logged):
         meta = _call(port, "/metadata", key=served.api_key)[1]
         assert meta["source"].startswith("BentoML model funnelcast:")
+        # the Bento's packaged contract is the one served (BentoML's own had no security
+        # schemes and its generic error bodies: deploy review)
+        [packaged] = (tmp_path / "bentoml" / "bentos").glob("funnelcast/*/apis/openapi.yaml")
+        document = yaml.safe_load(packaged.read_text("utf-8"))
+        assert document == _call(port, "/docs.json")[1]
+        assert set(document["components"]["securitySchemes"]) == {"BearerKey", "HeaderKey"}
         assert meta["model_version"] == "1"
         assert meta["metrics"]["test.stage.lightgbm.macro_f1"] > 0
         status, answer = _call(port, "/predict", key=served.api_key, body=body)
