@@ -27,6 +27,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import TypeAlias
@@ -89,15 +90,25 @@ class JavaNotFoundError(InputError):
 def spark_session(*, cores: int = 2, memory: str = "4g") -> SparkSession:
     """A local Spark session (``local[cores]``) for tests, the command line and one-machine runs:
     bound to 127.0.0.1 only, no web UI, UTC, Arrow transfers, errors-only logging."""
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise JavaNotFoundError(
-            "the Spark engine needs Java 17, and neither `java` nor JAVA_HOME was found; run "
-            "`make java` (installs it with apt-get), or install Java 17 yourself "
-            "(e.g. openjdk-17-jre-headless) and put `java` on PATH"
-        )
+    _check_java()
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # never listen beyond this machine
     logging_config = resources.files("features").joinpath("config/spark-log4j2.properties")
-    session = (
+    try:
+        session = _local_session(cores, memory, str(logging_config))
+    except Exception as error:  # PySpark's PySparkRuntimeError, a 60-line traceback
+        if "JAVA_GATEWAY_EXITED" not in str(error):
+            raise
+        raise JavaNotFoundError(
+            "Spark's Java process stopped as it started (its own words are above); check the "
+            "Java installation Spark runs (JAVA_HOME, else `java` on PATH: `java -version` "
+            "says 17 or newer) and --spark-memory"
+        ) from None
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def _local_session(cores: int, memory: str, logging_config: str) -> SparkSession:
+    return (
         SparkSession.builder.master(f"local[{cores}]")
         .appName("funnelcast")
         .config("spark.driver.memory", memory)
@@ -114,8 +125,60 @@ def spark_session(*, cores: int = 2, memory: str = "4g") -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()
     )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
+
+
+JAVA_MAJOR = 17  # the least Java that PySpark 4 runs on
+
+
+def _check_java() -> None:
+    """The Java Spark will run, found as its launcher finds it ($JAVA_HOME/bin/java, else
+    `java` on PATH), is there and is Java 17 or newer; otherwise a ``JavaNotFoundError``
+    naming it. A JAVA_HOME left pointing at a removed or older Java was PySpark's 60-line
+    traceback ending in JAVA_GATEWAY_EXITED (spark review)."""
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        java = Path(home) / "bin" / "java"
+        if not (java.is_file() and os.access(java, os.X_OK)):
+            raise JavaNotFoundError(
+                f"JAVA_HOME={home} holds no Java (no bin/java there), and Spark runs the one "
+                f"it names; point JAVA_HOME at a Java {JAVA_MAJOR} or newer installation, or "
+                "unset it to use `java` on PATH"
+            )
+    else:
+        found = shutil.which("java")
+        if found is None:
+            raise JavaNotFoundError(
+                f"the Spark engine needs Java {JAVA_MAJOR}, and neither `java` nor JAVA_HOME "
+                f"was found; run `make java` (installs it with apt-get), or install Java "
+                f"{JAVA_MAJOR} yourself (e.g. openjdk-17-jre-headless) and put `java` on PATH"
+            )
+        java = Path(found)
+    major = _java_major(java)
+    if major is not None and major < JAVA_MAJOR:
+        where = "JAVA_HOME's" if home else "`java` on PATH"
+        raise JavaNotFoundError(
+            f"the Spark engine needs Java {JAVA_MAJOR} or newer, and {where} ({java}) is Java "
+            f"{major}; install Java {JAVA_MAJOR} (`make java`) and point JAVA_HOME at it"
+        )
+
+
+def _java_major(java: Path) -> int | None:
+    """The major version `java -version` says (8 for "1.8.0_392", 17 for "17.0.15"), or None
+    when it says none that can be read (Spark's own start then says what is wrong)."""
+    try:
+        said = subprocess.run(
+            [str(java), "-version"], capture_output=True, text=True, timeout=60, check=False
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise JavaNotFoundError(
+            f"{java} cannot be run ({error}); install Java {JAVA_MAJOR} (`make java`) or point "
+            "JAVA_HOME at a working one"
+        ) from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', said)
+    if match is None:
+        return None
+    first = int(match.group(1))
+    return int(match.group(2) or 0) if first == 1 else first
 
 
 def build_contact_features_spark(

@@ -1767,7 +1767,7 @@ def _build_features_on_spark(
     spark = _with_spinner(
         "Starting Spark (local mode)", lambda: spark_session(memory=memory.lower())
     )
-    interrupted = _interrupts_stop_the_command()
+    interrupted = _interrupts_stop_the_command(spark)
     try:
         return _with_spinner(
             f"{description} on Spark",
@@ -1790,13 +1790,16 @@ def _build_features_on_spark(
         raise
     finally:
         if interrupted.is_set():
-            with contextlib.suppress(Exception):  # the JVM ends with this process anyway
+            # the JVM was ended by the interrupt: PySpark's stop fails on it, and warns that
+            # the JVM may be 'in a zombie state', which it is not
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 spark.stop()
         else:
             spark.stop()
 
 
-def _interrupts_stop_the_command() -> threading.Event:
+def _interrupts_stop_the_command(spark: Any = None) -> threading.Event:
     """PySpark answers Ctrl-C by cancelling its jobs through the JVM gateway from the signal
     handler; while the command waits on that same gateway, the call fails (a reentrant read),
     py4j logs its traceback and the command went on to fail with exit status 1. A handler
@@ -1804,11 +1807,18 @@ def _interrupts_stop_the_command() -> threading.Event:
     stops with status 130 (as for any Ctrl-C), writes nothing, and Spark's JVM ends with it.
     The event returned is set once Ctrl-C has been pressed (PySpark's clean-up may then fail
     on the dropped gateway, which is the interrupt, not an error). A notebook keeps PySpark's
-    handler (it never calls this)."""
+    handler (it never calls this).
+
+    ``spark``: its JVM is ended at the interrupt. Pressed while the features streamed from
+    the JVM, the interrupt left the JVM writing to a socket nobody read, and PySpark's
+    clean-up waited on that JVM for good: three Ctrl-C to stop (spark review)."""
     interrupted = threading.Event()
 
     def on_interrupt(signum: int, frame: Any) -> None:
+        first = not interrupted.is_set()
         interrupted.set()
+        if first and spark is not None:
+            _end_jvm(spark)
         # what py4j logs from here on is about the gateway the interrupt dropped (errors
         # closing its connections among it): noise, not the command's failure
         logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
@@ -1821,6 +1831,16 @@ def _interrupts_stop_the_command() -> threading.Event:
         if not any(isinstance(f, _NoPy4jInterruptTraceback) for f in root.filters):
             root.addFilter(_NoPy4jInterruptTraceback())
     return interrupted
+
+
+def _end_jvm(spark: Any) -> None:
+    """Kill the local Spark session's JVM (the process PySpark started for its gateway), so
+    that nothing waits on it: every call into it then fails at once."""
+    gateway = getattr(getattr(spark, "sparkContext", None), "_gateway", None)
+    process = getattr(gateway, "proc", None)
+    if process is not None and process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.kill()
 
 
 class _NoPy4jInterruptTraceback(logging.Filter):

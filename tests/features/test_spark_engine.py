@@ -574,6 +574,52 @@ def test_without_java_the_spark_session_names_the_fix(
         spark_session()
 
 
+def _fake_java(folder: Path, says: str) -> Path:
+    """A JAVA_HOME whose bin/java prints ``says`` as `java -version` does (on stderr)."""
+    java = folder / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text(f"#!/bin/sh\necho '{says}' >&2\n", "utf-8")
+    java.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("says", "words"),
+    [
+        ('openjdk version "11.0.22" 2024-01-16', r"JAVA_HOME's \(.*java\) is Java 11; install"),
+        ('java version "1.8.0_392"', r"is Java 8; install Java 17"),
+    ],
+)
+def test_a_java_home_of_an_older_java_is_named_before_spark_starts(
+    spark_installed: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    says: str,
+    words: str,
+) -> None:
+    """A JAVA_HOME left pointing at a removed or older Java was PySpark's 60-line traceback
+    ending in JAVA_GATEWAY_EXITED (spark review)."""
+    from features.spark_engine import JavaNotFoundError, spark_session
+
+    monkeypatch.setenv("JAVA_HOME", str(_fake_java(tmp_path, says)))
+    with pytest.raises(JavaNotFoundError, match=words):
+        spark_session()
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "removed"))
+    with pytest.raises(JavaNotFoundError, match=r"JAVA_HOME=.*removed holds no Java"):
+        spark_session()
+
+
+def test_the_java_version_is_read_as_java_says_it(spark_installed: None, tmp_path: Path) -> None:
+    from features.spark_engine import _java_major
+
+    home = _fake_java(tmp_path / "17", 'openjdk version "17.0.15" 2025-04-15')
+    assert _java_major(home / "bin" / "java") == 17
+    home = _fake_java(tmp_path / "21", 'openjdk version "21" 2023-09-19')
+    assert _java_major(home / "bin" / "java") == 21
+    home = _fake_java(tmp_path / "odd", "something else")
+    assert _java_major(home / "bin" / "java") is None  # Spark's start says what is wrong
+
+
 def test_the_spark_engine_checks_only_the_rows_it_reads_and_makes_attributes_alike(
     spark: Any,
 ) -> None:
