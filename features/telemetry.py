@@ -19,7 +19,8 @@ SETTINGS = {"MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"}
 def keep_usage_data_local() -> None:
     """Turn MLflow's and BentoML's usage data off where the environment does not decide."""
     for name, value in SETTINGS.items():
-        os.environ.setdefault(name, value)
+        if not os.environ.get(name, "").strip():  # set but empty: undecided, not 'send it'
+            os.environ[name] = value
     if "mlflow.telemetry" in sys.modules and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true":
         try:  # MLflow's own way to make its client again after the setting changed
             from mlflow.telemetry import set_telemetry_client

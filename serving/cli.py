@@ -676,7 +676,7 @@ def funnel(
         )
     events = data
     if data.is_dir():
-        _say_unread_beside(data, "--data")
+        _say_unread_beside(data, "--data", glob_taken=False)  # funnel reads folders only
     contacts_path = data / "contacts.parquet"
     contacts = read_table(contacts_path) if contacts_path.exists() else None
     if contacts is not None:
@@ -1384,6 +1384,11 @@ def serve(
         raise InputError(
             "--bento-model names a model in the BentoML store and --model-name one in the "
             "MLflow registry; give one"
+        )
+    if bento_model and tracking_uri:  # was taken and not read (deploy review)
+        raise InputError(
+            "--bento-model names a model in the BentoML store and --tracking-uri an MLflow "
+            "store, which is then not read; give one"
         )
     from serving.model_copy import COPIES_IN_BENTOML_HOME
     from serving.runtime import ServiceSettings, load_scorer
@@ -2473,29 +2478,52 @@ def _require_events(events: Path) -> None:
         )
 
 
-def _say_unread_beside(folder: Path, option: str) -> None:
+def _say_unread_beside(folder: Path, option: str, *, glob_taken: bool = True) -> None:
     """A folder holding events.parquet is read as a folder ingest or simulate wrote: that file
-    alone. Other Parquet files there (a week's export copied in beside the history) were left
-    out without a word (batch review): named, with the glob that reads them all."""
+    alone. Other files of events there (a week's export copied in beside the history) were
+    left out without a word (batch review): named, and with ``glob_taken`` (the option takes
+    a glob) the glob that reads them. Files that hold no events (features or scores written
+    there) are not named: they are not events left out (diff review)."""
     from features.engine import SIBLING_TABLES
 
     if not (folder / "events.parquet").is_file():
         return
-    others = sorted(
-        f.name
-        for f in folder.glob("*.parquet")
+    others = [
+        f
+        for f in sorted(folder.glob("*.parquet"))
         if f.name != "events.parquet" and f.name not in SIBLING_TABLES and f.name[0] != "."
+    ]
+    unread = [f.name for f in others if _may_hold_events(f)]
+    if not unread:
+        return
+    shown = ", ".join(unread[:3]) + (f" and {len(unread) - 3:,} more" if len(unread) > 3 else "")
+    one = len(unread) == 1
+    advice = ""
+    if glob_taken:
+        every = escape(str(folder / "*.parquet"))
+        advice = (
+            f" To read {'it' if one else 'them'} with events.parquet, give the glob '{every}'"
+            if len(unread) == len(others)
+            else " To read them with events.parquet, give a glob that matches the events files "
+            "alone"
+        ) + "."
+    console.print(
+        f"[yellow]{option} {escape(str(folder))}: its events.parquet alone is read,[/] as a "
+        f"folder written by ingest or simulate; {_count(len(unread), 'other file')} of events "
+        f"there {'is' if one else 'are'} not ({escape(shown)}).{advice}"
     )
-    if others:
-        shown = ", ".join(others[:3]) + (
-            f" and {len(others) - 3:,} more" if len(others) > 3 else ""
-        )
-        console.print(
-            f"[yellow]{option} {escape(str(folder))}: its events.parquet alone is read,[/] as a "
-            f"folder written by ingest or simulate; {_count(len(others), 'other Parquet file')} "
-            f"there {'is' if len(others) == 1 else 'are'} not ({escape(shown)}). To read them "
-            f"all, give the glob '{escape(str(folder / '*.parquet'))}'."
-        )
+
+
+def _may_hold_events(path: Path) -> bool:
+    """Whether a Parquet file has the events' time and type columns (or cannot be read, and
+    so may): features and scores have neither."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception:  # Arrow's and the OS's errors alike: said, since it may be events
+        return True
+    return {"timestamp", "event_type"} <= names
 
 
 def _parse_date(text: str, option: str) -> dt.datetime:

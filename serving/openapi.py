@@ -182,6 +182,18 @@ def const_as_enum(schema: Any) -> Any:
     return out
 
 
+# BentoML's descriptions of its probes call /healthz deprecated and its answer empty; it is
+# the service's liveness probe, as the README says (deploy review)
+PROBES = {
+    "/healthz": "Alive: 200 (a body of one newline) once a worker has loaded its model; no "
+    "API key. Before that, nothing answers: a liveness probe needs a startup probe longer "
+    "than the model's load.",
+    "/livez": "Alive, as /healthz (Kubernetes' name for it); no API key.",
+    "/readyz": "Ready: 200 once the service can score (its model, or the rules where the "
+    "fallback is allowed, loaded); no API key.",
+}
+
+
 def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI document (``Service.openapi_spec.asdict()``) with the API-key security
     schemes, the protected operations' ``security`` and their real error responses, the
@@ -209,6 +221,10 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         success.setdefault("description", "Successful Response")
         success["content"] = _json_body(answer)
         responses["200"] = success
+    for path, description in PROBES.items():
+        probe = out.get("paths", {}).get(path, {}).get("get")
+        if probe is not None:
+            probe["description"] = description
     components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
     for path, method in sorted(PROTECTED):
         operation = out.get("paths", {}).get(path, {}).get(method)

@@ -389,6 +389,14 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
         raise  # a wrong model, or one there but not copied, is never replaced by the rules
     except InputError as exc:
         named = settings.version is not None and not settings.pinned_from_alias
+        if settings.allow_rules_fallback and settings.bento_model:
+            # as for a version: `serve --bento-model nosuch:latest --allow-rules-fallback`
+            # served the rules where a mistyped --version is refused (deploy review)
+            raise ServiceConfigError(
+                f"the BentoML model {settings.bento_model} was named and cannot be served: "
+                f"{exc}. The rules fallback does not replace a model named on purpose; give "
+                "one that exists (`bentoml models list`)"
+            ) from exc
         if settings.allow_rules_fallback and named:
             # the fallback stands in for a model that is not there, not for a mistyped one
             raise ServiceConfigError(

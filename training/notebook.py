@@ -4,9 +4,10 @@ kept here with tests, since a notebook holds no logic:
 - its parameters checked: papermill reads ``-p force_promotion false`` as the text 'false',
   which Python takes as true, so a run meant to keep the gate forced a worse model to champion
   and one meant to stop without consent trained on everybody (notebook review);
-- the project's folder as the working folder when Jupyter or VS Code starts the notebook in
-  its own folder: the default store ``mlruns/`` and the documented relative paths were then
-  another store and other paths, and the champion promoted there was one ``serve`` never saw;
+- the project's store as the default when Jupyter or VS Code starts the notebook in its own
+  folder: the default ``mlruns/`` was then ``notebooks/mlruns/``, another store, unignored by
+  git, and the champion promoted there was one ``serve`` never saw (the working folder is
+  kept: a path the user writes is the notebook's folder's, as Jupyter reads it);
 - an ingested folder read with the notebook's words (a folder of part files is
   ``funnelcast train``'s);
 - the test window's quality as a table with the rows ``funnelcast train`` prints.
@@ -25,7 +26,7 @@ import pyarrow as pa
 from features.errors import InputError
 from training.evaluation import buyers_line, quality_rows
 
-__all__ = ["buyers_line", "check_parameters", "project_folder", "quality_table", "read_data_folder"]
+__all__ = ["buyers_line", "check_parameters", "project_store", "quality_table", "read_data_folder"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ("promote_if_better", "force_promotion", "assume_consent")
@@ -53,27 +54,38 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
             )
     for name in TEXTS:
         value = parameters[name]
-        if not isinstance(value, str):
-            raise InputError(
-                f"parameter {name} is {value!r}, not text (papermill reads -p {name} {value} "
-                f"as a number); give it as text with -r {name} {value}"
+        if value is None or isinstance(value, str):  # None: as "", the default
+            continue
+        if name == "events" and isinstance(value, os.PathLike):
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        raise InputError(
+            f"parameter {name} is {value!r}, not text"
+            + (
+                f" (papermill reads -p {name} {value} as a number); give it as text with "
+                f"-r {name} {value}"
+                if number
+                else f"; give it as text (-p {name} VALUE)"
             )
+        )
 
 
-def project_folder(cwd: Path | None = None) -> Path | None:
-    """Make the project's folder the working folder when the kernel started in the
-    notebook's own folder (``notebooks/``, where Jupyter and VS Code start it), so that
-    ``mlruns/``, ``out/run/data`` and the other documented paths are the project's, as for
-    ``make demo`` and ``funnelcast serve``. Returns the folder moved to, or None when the
-    working folder is another (papermill run from the project, or ``--cwd``), kept."""
+def project_store(tracking_uri: str | None, cwd: Path | None = None) -> str | None:
+    """The project's MLflow store (``mlruns/`` in the project's folder, as an absolute URI)
+    when the kernel started in the notebook's own folder (``notebooks/``, where Jupyter and VS
+    Code start it) and no store is named (``tracking_uri`` empty, ``MLFLOW_TRACKING_URI``
+    unset): the store ``make demo`` and ``funnelcast serve`` use. None otherwise: a store
+    named is used as named, and run from elsewhere (papermill from the project) the default
+    ``mlruns/`` is the working folder's, as for every command."""
     here = (cwd or Path.cwd()).resolve()
-    if here != PROJECT / "notebooks":
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or here != PROJECT / "notebooks":
         return None
-    os.chdir(PROJECT)
-    return PROJECT
+    return f"sqlite:///{PROJECT / 'mlruns' / 'mlflow.db'}"
 
 
-def read_data_folder(events: str) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+def read_data_folder(
+    events: str | os.PathLike[str],
+) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
     """The events, contacts (None when the folder has no contacts.parquet) and provided
     labels (None when it has no labels.parquet) of a folder written by ``funnelcast ingest``
     or ``simulate``; ``events`` may name its events.parquet. Anything else is an
@@ -85,12 +97,12 @@ def read_data_folder(events: str) -> tuple[pa.Table, pa.Table | None, pa.Table |
         path = path.parent
     if not path.exists():
         raise InputError(
-            f"events={events!r}: no such folder (relative to {Path.cwd()}); give the folder "
+            f"events={str(events)!r}: no such folder (relative to {Path.cwd()}); give the folder "
             "`funnelcast ingest` or `simulate` wrote, or leave events empty to simulate"
         )
     if not path.is_dir():
         raise InputError(
-            f"events={events!r} is a file; give the folder `funnelcast ingest` or `simulate` "
+            f"events={str(events)!r} is a file; give the folder `funnelcast ingest` or `simulate` "
             "wrote (its events.parquet, contacts.parquet and labels.parquet are read)"
         )
     table = path / "events.parquet"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
         for output in executed.cells[-1].get("outputs", [])
         if output.get("output_type") == "stream" and output.get("name") == "stdout"
     )
+    # the quality table has the rows `funnelcast train` prints (notebook review: it showed
+    # macro-F1 over every stage alone), and the buyers under it
+    shown = json.dumps([cell.get("outputs", []) for cell in executed.cells])
+    assert "over the labels' stages" in shown
+    assert "stage accuracy" in shown
+    assert "buyers in the test window." in shown
     decision = re.search(r"^(promoted|not promoted)(:|$)", printed, flags=re.MULTILINE)
     assert decision is not None, printed
     # each gate metric's difference, with the gate's interval (a version's first promotion is

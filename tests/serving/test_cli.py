@@ -66,6 +66,11 @@ def _run(
             "--bento-model names a model in the BentoML store and --model-name one in the "
             "MLflow registry; give one",
         ),
+        (
+            ["serve", "--bento-model", "funnelcast:latest", "--tracking-uri", "sqlite:///x.db"],
+            "--bento-model names a model in the BentoML store and --tracking-uri an MLflow "
+            "store, which is then not read; give one",
+        ),
     ],
 )
 def test_a_model_named_two_ways_is_refused_before_anything_is_read(
@@ -961,7 +966,9 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     monkeypatch.setattr(serving.runtime, "load_scorer", load_scorer)
     served: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, env: served.append(env))
-    cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **given)
+    # a BentoML model is refused with a tracking URI: it reads no registry
+    store = {} if "bento_model" in given else {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cli.serve(**store, **given)
     [env] = served
     [(settings, copy_into)] = checked
     assert settings.model_copy is None  # the shell's copy is not what serve checks
@@ -1482,21 +1489,34 @@ def test_parquet_files_beside_events_parquet_are_named_as_not_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A folder with events.parquet reads that file alone: a week's export copied in beside
-    it was left out without a word (batch review). The tables ingest writes there, and
-    hidden files, are not named."""
+    it was left out without a word (batch review). The tables ingest writes there, hidden
+    files, and features or scores written there (no events in them) are not named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from serving.cli import _say_unread_beside
 
+    events = pa.table({"contact_id": ["a"], "timestamp": [1], "event_type": ["email_open"]})
     for name in ("events.parquet", "contacts.parquet", "rejects.parquet", ".tmp-x.parquet"):
-        (tmp_path / name).write_bytes(b"")
+        pq.write_table(events, tmp_path / name)
+    pq.write_table(pa.table({"contact_id": ["a"], "stage": ["intent"]}), tmp_path / "s.parquet")
     _say_unread_beside(tmp_path, "--events")
     assert capsys.readouterr().out == ""
-    (tmp_path / "events-week49.parquet").write_bytes(b"")
+    pq.write_table(events, tmp_path / "events-week49.parquet")
     _say_unread_beside(tmp_path, "--events")
     said = " ".join(capsys.readouterr().out.split())
     assert "its events.parquet alone is read" in said
-    assert "1 other Parquet file there is not (events-week49.parquet)" in said
-    assert "To read them all, give the glob" in said
+    assert "1 other file of events there is not (events-week49.parquet)" in said
+    # the scores there would be read by DIR/*.parquet too: no such advice
+    assert "give a glob that matches the events files alone" in said
+    (tmp_path / "s.parquet").unlink()
+    _say_unread_beside(tmp_path, "--events")
+    said = " ".join(capsys.readouterr().out.split())
+    assert "To read it with events.parquet, give the glob" in said
     assert said.replace(" ", "").endswith(f"'{tmp_path / '*.parquet'}'.".replace(" ", ""))
+    _say_unread_beside(tmp_path, "--data", glob_taken=False)  # funnel takes no glob
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.endswith("is not (events-week49.parquet).")
 
 
 def test_check_keys_reads_the_keys_as_the_service_does_and_never_shows_one(

@@ -711,6 +711,11 @@ def test_the_openapi_document_declares_the_key_and_the_refusals(client: TestClie
             assert "serving." not in operation["description"]
     for open_path in ("/healthz", "/readyz"):
         assert "security" not in document["paths"][open_path]["get"]
+    # BentoML's own words called the service's liveness probe deprecated (deploy review)
+    assert document["paths"]["/healthz"]["get"]["description"].startswith("Alive: 200")
+    assert "deprecated" not in document["paths"]["/healthz"]["get"]["description"]
+    assert "newline" in document["paths"]["/healthz"]["get"]["description"]
+    assert client.get("/healthz").text == "\n"  # as described
     # the refusals no operation owns are described once, for the whole API
     for status in ("404", "405", "408", "431", "plain-text 400"):
         assert status in document["info"]["description"]

@@ -1102,6 +1102,17 @@ def test_a_missing_alias_falls_back_only_when_allowed(service_env: Served) -> No
     assert load_scorer(ServiceSettings.from_env(env)).info.model == RULES
 
 
+def test_a_bento_model_named_is_never_replaced_by_the_rules(service_env: Served) -> None:
+    """`serve --bento-model nosuch:latest --allow-rules-fallback` served the rules, where a
+    mistyped --version is refused (deploy review)."""
+    env = service_env.env(FUNNELCAST_BENTO_MODEL="nosuch:latest")
+    env["FUNNELCAST_ALLOW_RULES_FALLBACK"] = "1"
+    with pytest.raises(ServiceConfigError, match="the BentoML model nosuch:latest was named"):
+        load_scorer(ServiceSettings.from_env(env))
+    del env["FUNNELCAST_BENTO_MODEL"]  # the registry's model, there: served
+    assert load_scorer(ServiceSettings.from_env(env)).info.model != RULES
+
+
 def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
     service_env: Served,
 ) -> None:

@@ -4,7 +4,6 @@ folder read with the notebook's words, and the quality table `funnelcast train` 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from training.evaluation import buyers_line, quality_rows
 from training.notebook import (
     PROJECT,
     check_parameters,
-    project_folder,
+    project_store,
     quality_table,
     read_data_folder,
 )
@@ -64,19 +63,38 @@ def test_a_count_that_is_no_whole_number_in_range_is_refused(name: str, given: A
 def test_text_papermill_read_as_a_number_is_refused_with_the_raw_flag() -> None:
     with pytest.raises(InputError, match=r"parameter model_name is 2024, not text.*-r model_name"):
         check_parameters(DEFAULTS | {"model_name": 2024})
+    with pytest.raises(InputError, match=r"parameter source is \['olist'\], not text; give"):
+        check_parameters(DEFAULTS | {"source": ["olist"]})
 
 
-def test_jupyters_start_in_the_notebooks_folder_moves_to_the_project(
+def test_none_for_text_is_the_default_and_a_path_is_taken_for_events() -> None:
+    """`-p tracking_uri None` meant the default store before the check (diff review)."""
+    check_parameters(DEFAULTS | {"tracking_uri": None, "source": None, "observe_until": None})
+    check_parameters(DEFAULTS | {"events": Path("out/run/data")})
+    with pytest.raises(InputError, match="parameter model_name is PosixPath"):
+        check_parameters(DEFAULTS | {"model_name": Path("x")})
+
+
+def test_jupyters_start_in_the_notebooks_folder_uses_the_projects_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Started in notebooks/ (Jupyter, VS Code), the default store mlruns/ was a second one
-    beside the notebook, and the champion promoted there one `serve` never saw."""
-    monkeypatch.chdir(PROJECT / "notebooks")
-    assert project_folder() == PROJECT
-    assert Path.cwd() == PROJECT
-    monkeypatch.chdir(tmp_path)  # papermill --cwd elsewhere: kept
-    assert project_folder() is None
-    assert Path(os.getcwd()) == tmp_path.resolve()
+    beside the notebook, and the champion promoted there one `serve` never saw. The working
+    folder is kept: a path the user writes is the notebook folder's (diff review: a move to
+    the project read '../store' one folder too high)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    notebooks = PROJECT / "notebooks"
+    assert project_store("", notebooks) == f"sqlite:///{PROJECT}/mlruns/mlflow.db"
+    assert project_store(None, notebooks) == f"sqlite:///{PROJECT}/mlruns/mlflow.db"
+    # a store named is used as named; run from elsewhere, the default is the folder's
+    assert project_store("sqlite:///../store/mlflow.db", notebooks) is None
+    assert project_store("", tmp_path) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    assert project_store("", notebooks) is None
+    monkeypatch.chdir(notebooks)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert project_store("") == f"sqlite:///{PROJECT}/mlruns/mlflow.db"  # the kernel's folder
+    assert Path.cwd() == notebooks  # not moved
 
 
 def _write(path: Path) -> None:
@@ -141,3 +159,24 @@ def test_the_quality_table_has_the_rows_train_prints() -> None:
     assert ece == ("purchase ECE (calibration)", None, None, None)  # not in the metrics
     assert buyers_line(metrics) == "1,234 buyers in the test window."
     assert buyers_line({}) == ""
+
+
+def test_the_notebooks_first_cells_take_the_projects_store_under_jupyter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parameters cell and the set-up cell, run as Jupyter runs them (in notebooks/, no
+    store named): the store the later cells train into is the project's."""
+    import nbformat
+
+    notebook = nbformat.read(PROJECT / "notebooks" / "retrain.ipynb", as_version=4)
+    parameters, setup = [c for c in notebook.cells if c.cell_type == "code"][:2]
+    assert "parameters" in parameters.metadata.get("tags", [])
+    monkeypatch.chdir(PROJECT / "notebooks")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    namespace: dict[str, Any] = {}
+    exec(parameters.source, namespace)  # the project's own notebook, as Jupyter runs it
+    exec(setup.source, namespace)
+    assert namespace["tracking_uri"] == f"sqlite:///{PROJECT}/mlruns/mlflow.db"
+    namespace["force_promotion"] = "false"  # as papermill passes `-p force_promotion false`
+    with pytest.raises(InputError, match="parameter force_promotion is 'false'"):
+        exec(setup.source, namespace)
