@@ -386,15 +386,30 @@ _EVENT_COLUMN_FIXES: Final = {
 def localise_to_utc(naive: pl.Series, timezone: str) -> pl.Series:
     """Local wall-clock times to UTC microseconds.
 
-    A time in the spring-forward gap moves forward by the gap (a date-only source in Sao Paulo
-    has no midnight on the day DST starts, yet the day is real); a time that occurs twice takes
-    the earlier instant. Polars can only null or raise on the gap, so pandas does this step.
+    A time in the spring-forward gap moves forward by the gap: read with the offset in force
+    before the clocks jumped, so 02:10 and 02:50 on a night Stockholm skips 02:00-03:00 are
+    03:10 and 03:50 (a date-only source in Sao Paulo has no midnight on the day DST starts,
+    yet the day is real). pandas' "shift_forward" put every such time at 03:00, which made
+    distinct events exact repeats that validation then dropped (README review). A time that
+    occurs twice takes the earlier instant. Polars can only null or raise on the gap, so
+    pandas does this step.
     """
     if naive.len() == 0:
         return naive.cast(pl.Datetime("us", "UTC"))
-    local = naive.to_pandas().dt.tz_localize(
-        timezone, ambiguous=np.ones(naive.len(), dtype=bool), nonexistent="shift_forward"
-    )
+    wall = naive.to_pandas()
+    local = wall.dt.tz_localize(
+        timezone, ambiguous=np.ones(naive.len(), dtype=bool), nonexistent="NaT"
+    ).copy()  # written to below
+    gap = local.isna() & wall.notna()
+    if gap.any():
+        skipped = wall[gap]
+        # the offset of the day before: in force until the clocks jumped (never two changes
+        # within a day)
+        before = (skipped - pd.Timedelta(days=1)).dt.tz_localize(
+            timezone, ambiguous=np.ones(len(skipped), dtype=bool), nonexistent="shift_forward"
+        )
+        offset = before.dt.tz_localize(None) - before.dt.tz_convert("UTC").dt.tz_localize(None)
+        local[gap] = (skipped - offset).dt.tz_localize("UTC").dt.tz_convert(timezone)
     return pl.Series(naive.name, local.dt.tz_convert("UTC")).dt.cast_time_unit("us")
 
 

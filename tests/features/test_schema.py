@@ -400,13 +400,52 @@ def test_now_must_be_timezone_aware() -> None:
 
 
 def test_a_local_time_in_the_spring_forward_gap_moves_forward_instead_of_being_lost() -> None:
-    # 2024-03-31 02:30 does not exist in Stockholm: clocks jump from 02:00 to 03:00 (01:00 UTC)
+    # 2024-03-31 02:30 does not exist in Stockholm: clocks jump from 02:00 to 03:00 (01:00
+    # UTC); it moves forward by that hour, to 03:30 CEST (01:30 UTC)
     frame = pd.DataFrame([_event(timestamp="2024-03-31 02:30:00")])
     result = validate(frame, now=NOW, timezone="Europe/Stockholm")
     assert result.rejects.num_rows == 0
     assert result.events.column("timestamp")[0].as_py() == dt.datetime(
-        2024, 3, 31, 1, tzinfo=dt.UTC
+        2024, 3, 31, 1, 30, tzinfo=dt.UTC
     )
+
+
+def test_distinct_times_in_the_spring_forward_gap_stay_distinct_and_in_order() -> None:
+    """pandas' shift_forward put every time of the skipped hour at 03:00: 02:10 and 02:50 of
+    one contact became one instant, and validation dropped the second as an exact repeat
+    (README review: the README said they move forward by the hour)."""
+    from features.schema import localise_to_utc
+
+    naive = pl.Series(
+        "t",
+        [
+            dt.datetime(2026, 3, 29, 2, 10),  # in the gap
+            dt.datetime(2026, 3, 29, 2, 50),  # in the gap
+            dt.datetime(2026, 3, 29, 1, 59, 59),  # just before it
+            dt.datetime(2026, 3, 29, 3, 0),  # the first time after it
+            dt.datetime(2026, 10, 25, 2, 30),  # repeated in autumn: the earlier instant
+            None,
+        ],
+    )
+    assert localise_to_utc(naive, "Europe/Stockholm").to_list() == [
+        dt.datetime(2026, 3, 29, 1, 10, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 29, 1, 50, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 29, 0, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC),
+        dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC),
+        None,
+    ]
+    # a date-only source in Sao Paulo: the day summer time started has no midnight
+    midnight = pl.Series("t", [dt.datetime(2018, 11, 4)])
+    assert localise_to_utc(midnight, "America/Sao_Paulo").to_list() == [
+        dt.datetime(2018, 11, 4, 3, tzinfo=dt.UTC)  # 01:00 at -02:00
+    ]
+    two = pd.DataFrame(
+        [_event(timestamp="2024-03-31 02:10:00"), _event(timestamp="2024-03-31 02:50:00")]
+    )
+    result = validate(two, now=NOW, timezone="Europe/Stockholm")
+    assert result.events.num_rows == 2
+    assert result.rejects.num_rows == 0
 
 
 def test_reasons_added_after_validation_are_counted_too() -> None:

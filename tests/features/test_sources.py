@@ -161,8 +161,11 @@ def test_a_local_time_in_the_spring_forward_gap_moves_forward_instead_of_vanishi
 
     events = ingest(mapping, data_dir=tmp_path / "data", now=NOW).validated.events
 
-    # 02:30 does not exist in Stockholm that night; 03:00 CEST is 01:00 UTC
-    assert events.column("timestamp").to_pylist() == [dt.datetime(2024, 3, 31, 1, 0, tzinfo=dt.UTC)]
+    # 02:30 does not exist in Stockholm that night: moved forward by the hour, 03:30 CEST is
+    # 01:30 UTC
+    assert events.column("timestamp").to_pylist() == [
+        dt.datetime(2024, 3, 31, 1, 30, tzinfo=dt.UTC)
+    ]
 
 
 def test_naive_times_without_a_declared_zone_are_a_schema_error(shop: Path, tmp_path: Path) -> None:
