@@ -523,7 +523,7 @@ def parse_timestamps(column: pl.Series, *, timezone: str | None) -> tuple[pl.Ser
             # zones it reads among rows taken for naive (mixed: a FutureWarning) are refused
             warnings.simplefilter("ignore", FutureWarning)
             naive = pd.to_datetime(naive_text.to_pandas(), errors="coerce", format="ISO8601")
-        _refuse_unseen_zones(naive)
+        _refuse_unseen_zones(naive, naive_text)
         naive_parsed = _beyond_pandas_range(pl.Series("timestamp", naive), naive_text)
         if timezone is None:
             if not has_zone.any() and naive_parsed.null_count() < naive_parsed.len():
@@ -552,22 +552,37 @@ def _upper_t_and_z(text: pl.Series) -> pl.Series:
     return between.str.replace(r"(\d\s*)z$", "${1}Z")
 
 
-def _refuse_unseen_zones(naive: pd.Series) -> None:
+def _refuse_unseen_zones(naive: pd.Series, text: pl.Series) -> None:
     """Text taken for a time without a zone that pandas read with one: a zone written in a
     form ``_TZ_SUFFIX`` does not know. Localising it would raise or shift it by its zone again,
-    so it is refused, naming a value, rather than read an hour or two off."""
+    so it is refused, naming a value, rather than read an hour or two off. The value named is
+    the text of a row that holds such a zone: pandas gives the zone it found to every row it
+    reads with it, so its reading of the first row was a zoneless time of another file with
+    that zone (README review)."""
     if pd.api.types.is_datetime64_dtype(naive) and not isinstance(naive.dtype, pd.DatetimeTZDtype):
         return
-    zoned = (v for v in naive.dropna() if getattr(v, "tzinfo", None) is not None)
-    example = next(zoned, None)
+    example = _zoned_text(text)
     raise UnplacedZoneError(
         "events column 'timestamp' holds a time whose zone funnelcast cannot place"
-        + (f" (read as {example.isoformat()})" if example is not None else "")
+        + (f" ({example!r})" if example is not None else "")
         + "; "
         "write zones as Z, +02:00 or +0200 right after the time of day (2024-03-01T10:00:00Z, "
         "20240301T100000+0100), or give times without a zone and name it in the source mapping "
         "(`timezone: Europe/Stockholm`)"
     )
+
+
+def _zoned_text(text: pl.Series, *, looked_at: int = 100_000) -> str | None:
+    """The first of the first ``looked_at`` values that pandas reads, alone, as a time with a
+    zone (only on the way to an error: one value at a time)."""
+    for value in text.drop_nulls().head(looked_at):
+        try:
+            moment = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if moment.tzinfo is not None:
+            return str(value)
+    return None
 
 
 def _beyond_pandas_range(parsed: pl.Series, text: pl.Series) -> pl.Series:

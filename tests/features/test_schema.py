@@ -229,7 +229,9 @@ def test_a_zone_in_a_form_not_recognised_is_an_error_naming_it_not_a_shifted_tim
     localising it would shift it by its zone again, so it is refused."""
     stamp = "2024-03-01T10:00:00+1"
     frame = pd.DataFrame([_event(timestamp="2024-03-01 10:00:00"), _event(timestamp=stamp)])
-    with pytest.raises(SchemaError, match=r"zone funnelcast cannot place.*\+0?1:00.*Z, \+02:00"):
+    # the value is the row's own text: pandas gives the zone to every row it reads with it,
+    # and its reading of the first, zoneless row was quoted (README review)
+    with pytest.raises(SchemaError, match=r"cannot place \('2024-03-01T10:00:00\+1'\).*Z, \+02"):
         validate(frame, now=NOW, timezone="Europe/Stockholm")
 
 
