@@ -101,7 +101,7 @@ def spark_session(*, cores: int = 2, memory: str = "4g") -> SparkSession:
         raise JavaNotFoundError(
             "Spark's Java process stopped as it started (its own words are above); check the "
             "Java installation Spark runs (JAVA_HOME, else `java` on PATH: `java -version` "
-            "says 17 or newer) and --spark-memory"
+            f"says {JAVA_MAJOR} to {JAVA_NEWEST}) and --spark-memory"
         ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session
@@ -128,11 +128,12 @@ def _local_session(cores: int, memory: str, logging_config: str) -> SparkSession
 
 
 JAVA_MAJOR = 17  # the least Java that PySpark 4 runs on
+JAVA_NEWEST = 21  # and the newest it is made for: on 23 and later Hadoop's getSubject fails
 
 
 def _check_java() -> None:
     """The Java Spark will run, found as its launcher finds it ($JAVA_HOME/bin/java, else
-    `java` on PATH), is there and is Java 17 or newer; otherwise a ``JavaNotFoundError``
+    `java` on PATH), is there and is Java 17 to 21; otherwise a ``JavaNotFoundError``
     naming it. A JAVA_HOME left pointing at a removed or older Java was PySpark's 60-line
     traceback ending in JAVA_GATEWAY_EXITED (spark review)."""
     home = os.environ.get("JAVA_HOME")
@@ -141,8 +142,8 @@ def _check_java() -> None:
         if not (java.is_file() and os.access(java, os.X_OK)):
             raise JavaNotFoundError(
                 f"JAVA_HOME={home} holds no Java (no bin/java there), and Spark runs the one "
-                f"it names; point JAVA_HOME at a Java {JAVA_MAJOR} or newer installation, or "
-                "unset it to use `java` on PATH"
+                f"it names; point JAVA_HOME at a Java {JAVA_MAJOR} to {JAVA_NEWEST} installation, "
+                "or unset it to use `java` on PATH"
             )
     else:
         found = shutil.which("java")
@@ -154,11 +155,13 @@ def _check_java() -> None:
             )
         java = Path(found)
     major = _java_major(java)
-    if major is not None and major < JAVA_MAJOR:
+    if major is not None and not JAVA_MAJOR <= major <= JAVA_NEWEST:
+        # a Java 25 passed a check of the least version alone, and Spark failed on it with a
+        # 97-line traceback (diff review)
         where = "JAVA_HOME's" if home else "`java` on PATH"
         raise JavaNotFoundError(
-            f"the Spark engine needs Java {JAVA_MAJOR} or newer, and {where} ({java}) is Java "
-            f"{major}; install Java {JAVA_MAJOR} (`make java`) and point JAVA_HOME at it"
+            f"the Spark engine runs on Java {JAVA_MAJOR} to {JAVA_NEWEST}, and {where} ({java}) "
+            f"is Java {major}; install Java {JAVA_MAJOR} (`make java`) and point JAVA_HOME at it"
         )
 
 

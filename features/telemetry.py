@@ -14,13 +14,16 @@ import os
 import sys
 
 SETTINGS = {"MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"}
+_SEND = frozenset({"false", "0", "no", "off"})  # the user turned the setting off: data is sent
 
 
 def keep_usage_data_local() -> None:
     """Turn MLflow's and BentoML's usage data off where the environment does not decide."""
     for name, value in SETTINGS.items():
-        if not os.environ.get(name, "").strip():  # set but empty: undecided, not 'send it'
-            os.environ[name] = value
+        # BentoML reads "true" alone as do-not-track: "1" or "yes" (the usual convention)
+        # sent the data (diff review); only a clear no sends it, and an empty value is unset
+        said = os.environ.get(name, "").strip().lower()
+        os.environ[name] = "false" if said in _SEND else value
     if "mlflow.telemetry" in sys.modules and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true":
         try:  # MLflow's own way to make its client again after the setting changed
             from mlflow.telemetry import set_telemetry_client

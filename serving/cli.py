@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import pydantic
@@ -1403,6 +1404,14 @@ def serve(
     # the copy the workers load is the one made below, of the model checked here: one named
     # in the shell would be loaded instead of the model these options name
     env.pop("FUNNELCAST_MODEL_COPY", None)
+    # and the options name the model: a version or BentoML model left in the shell served
+    # instead of `--version 2` (diff review)
+    for name in (
+        "FUNNELCAST_MODEL_VERSION",
+        "FUNNELCAST_BENTO_MODEL",
+        "FUNNELCAST_MODEL_PINNED_FROM_ALIAS",
+    ):
+        env.pop(name, None)
     env.update(
         {
             "FUNNELCAST_MODEL_NAME": settings.registry.model_name,
@@ -1769,11 +1778,26 @@ def _build_features_on_spark(
             "8g or 512m"
         )
     events_path(events)  # a missing or unusable file is reported before Spark starts
-    spark = _with_spinner(
-        "Starting Spark (local mode)", lambda: spark_session(memory=memory.lower())
-    )
+    # Ctrl-C while Spark starts is noted and acted on once it has started: PySpark's own
+    # handler (put in as the session is made) answered it with a traceback and exit 1, and
+    # earlier the JVM was left running with nobody holding it (diff review)
+    pressed = threading.Event()
+    before = _note_ctrl_c(pressed)
+    try:
+        spark = _with_spinner(
+            "Starting Spark (local mode)", lambda: spark_session(memory=memory.lower())
+        )
+    except BaseException:
+        _end_started_jvm()  # a session half made: its JVM
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+        raise
     interrupted = _interrupts_stop_the_command(spark)
     try:
+        if pressed.is_set():  # pressed while Spark started: as if pressed now
+            interrupted.set()
+            _end_jvm(spark)
+            raise KeyboardInterrupt
         return _with_spinner(
             f"{description} on Spark",
             lambda: spark_features_to_polars(
@@ -1839,13 +1863,37 @@ def _interrupts_stop_the_command(spark: Any = None) -> threading.Event:
 
 
 def _end_jvm(spark: Any) -> None:
-    """Kill the local Spark session's JVM (the process PySpark started for its gateway), so
-    that nothing waits on it: every call into it then fails at once."""
+    """End the local Spark session's JVM (the process PySpark started for its gateway), so
+    that nothing waits on it: every call into it then fails at once. SIGTERM, not SIGKILL:
+    the JVM's shutdown removes its scratch folders (/tmp/blockmgr-*, /tmp/spark-*), which a
+    kill left behind, shuffle files and all (diff review)."""
     gateway = getattr(getattr(spark, "sparkContext", None), "_gateway", None)
     process = getattr(gateway, "proc", None)
     if process is not None and process.poll() is None:
         with contextlib.suppress(OSError):
-            process.kill()
+            process.terminate()
+
+
+def _note_ctrl_c(pressed: threading.Event) -> Any:
+    """Until another handler is put in, Ctrl-C only sets ``pressed`` (in the main thread;
+    elsewhere nothing changes and None is returned). The handler it replaced, otherwise."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def note(signum: int, frame: Any) -> None:
+        pressed.set()
+
+    return signal.signal(signal.SIGINT, note)
+
+
+def _end_started_jvm() -> None:
+    """The JVM of a Spark session whose start stopped half way (Ctrl-C in PySpark's own
+    handler, an error), if it got as far as one."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is not None:
+        _end_jvm(SimpleNamespace(sparkContext=context))
 
 
 class _NoPy4jInterruptTraceback(logging.Filter):

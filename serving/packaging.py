@@ -64,7 +64,7 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=scratch
         )
-        stored = None
+        stored = bento = None
         try:
             with bentoml.models.create(
                 BENTO_MODEL_NAME,
@@ -87,6 +87,9 @@ def build_bento(name: str, *, alias: str, version: str | None = None) -> Built:
             _check_packed(bento, str(stored.tag))
             _served_openapi_in(bento)
         except BaseException as error:  # Ctrl-C and SIGTERM too: no model copy without its Bento
+            if bento is not None:  # built, and its last step failed: no Bento without its model
+                with contextlib.suppress(bentoml.exceptions.NotFound):
+                    bentoml.bentos.delete(bento.tag)
             if stored is not None:  # its folder in the store, whole or half-copied
                 with contextlib.suppress(bentoml.exceptions.NotFound):
                     bentoml.models.delete(stored.tag)

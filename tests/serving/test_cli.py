@@ -944,8 +944,9 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     monkeypatch.setenv("FUNNELCAST_MODEL_ALIAS", "champion")  # as a user's shell may have it
     monkeypatch.setenv(COPY, str(tmp_path / "another-copy"))  # never the model checked here
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    for name in ("FUNNELCAST_MODEL_VERSION", "FUNNELCAST_BENTO_MODEL"):
-        monkeypatch.delenv(name, raising=False)
+    # a version and a BentoML model left in the shell: the options name the model (diff review)
+    monkeypatch.setenv("FUNNELCAST_MODEL_VERSION", "99")
+    monkeypatch.setenv("FUNNELCAST_BENTO_MODEL", "funnelcast:stale")
     info = serving.runtime.ModelInfo(
         "funnelcast",
         "funnelcast",
@@ -972,6 +973,8 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     [env] = served
     [(settings, copy_into)] = checked
     assert settings.model_copy is None  # the shell's copy is not what serve checks
+    assert settings.version == given.get("version")  # nor the shell's version or Bento model
+    assert settings.bento_model == given.get("bento_model")
     assert copy_into == tmp_path / "bentoml" / "funnelcast" / "models"
     names = {*pinned, "FUNNELCAST_MODEL_VERSION", PINNED, COPY}
     assert {k: v for k, v in env.items() if k in names} == pinned

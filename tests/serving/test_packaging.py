@@ -97,6 +97,39 @@ def test_a_build_that_fails_leaves_no_model_copy_behind(
 
 
 @pytest.mark.slow  # the served model is trained for it
+def test_a_build_stopped_after_its_bento_was_made_leaves_neither_behind(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last step (the served OpenAPI document written into the Bento) stopped by Ctrl-C
+    left the Bento, its model copy removed: `funnelcast:latest` was a Bento that could not be
+    served (diff review)."""
+    import bentoml
+
+    from serving import packaging
+
+    def tags(kind: Any) -> set[str]:
+        try:
+            return {str(item.tag) for item in kind.list(packaging.BENTO_MODEL_NAME)}
+        except bentoml.exceptions.NotFound:  # none yet
+            return set()
+
+    models, bentos = tags(bentoml.models), tags(bentoml.bentos)
+    reached: list[str] = []
+
+    def interrupted(bento: Any) -> None:
+        reached.append(str(bento.tag))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(packaging, "_served_openapi_in", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        packaging.build_bento("funnelcast", alias="champion")
+    assert len(reached) == 1
+    assert reached[0] not in bentos  # the Bento was made, and then removed
+    assert tags(bentoml.bentos) == bentos
+    assert tags(bentoml.models) == models
+
+
+@pytest.mark.slow  # the served model is trained for it
 def test_a_build_packs_the_model_it_imported_when_another_is_imported_meanwhile(
     service_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

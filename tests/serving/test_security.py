@@ -209,12 +209,13 @@ def _printed(code: str, env: dict[str, str]) -> list[str]:
     ).stdout.split()
 
 
-@pytest.mark.parametrize("preset", [None, "false", ""])
+@pytest.mark.parametrize("preset", [None, "false", "", "1", "yes", "0", "Off"])
 def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
     preset: str | None,
 ) -> None:
     """MLflow and BentoML send usage data to their makers by default (privacy review). A
-    variable set but empty decides nothing, and BentoML read it as on (diff review)."""
+    variable set but empty decides nothing, and BentoML read it, and "1" or "yes" (it takes
+    "true" alone), as on (diff review)."""
     env = {k: v for k, v in os.environ.items() if k not in telemetry.SETTINGS}
     if preset is not None:
         env["BENTOML_DO_NOT_TRACK"] = env["MLFLOW_DISABLE_TELEMETRY"] = preset
@@ -224,7 +225,8 @@ def test_importing_funnelcast_turns_usage_data_off_unless_the_user_decided(
         "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['BENTOML_DO_NOT_TRACK'],"
         " do_not_track())"
     )
-    expected = ["true", "true", "True"] if not preset else ["false", "false", "False"]
+    sent = preset is not None and preset.lower() in {"false", "0", "off"}
+    expected = ["false", "false", "False"] if sent else ["true", "true", "True"]
     assert _printed(code, env) == expected
 
 
