@@ -86,8 +86,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 @pytest.fixture
-def service_env(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
-    """The process environment pointed at the served store, with a key (undone after)."""
+def service_env(served: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """The process environment pointed at the served store, with a key, and MLflow's own
+    tracking and registry URIs too (undone after): a test before it in the same process that
+    pointed MLflow at its own store (``configure_tracking``) left the registry there, and
+    code that reads MLflow's globals (``build_bento``) looked for the model in that store
+    (CI, where the order of a worker's test files changes from run to run)."""
     for key, value in served.env().items():
         monkeypatch.setenv(key, value)
     for key in (
@@ -98,7 +102,12 @@ def service_env(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
         "FUNNELCAST_MAX_BODY_MB",
     ):
         monkeypatch.delenv(key, raising=False)
-    return served
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(served.store)
+    mlflow.set_registry_uri(served.store)
+    yield served
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
 
 
 def compact_body(contacts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
