@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,18 @@ events:
 """
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``funnelcast ARGS`` in ``cwd``; ``columns``: the console's width (a long temporary
+    path would be cut into pieces in the default 80)."""
+    env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
-        [FUNNELCAST, *args], capture_output=True, text=True, timeout=300, cwd=cwd, check=False
+        [FUNNELCAST, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        check=False,
+        env=env,
     )
 
 
@@ -166,7 +176,6 @@ def test_features_out_as_a_link_writes_the_file_it_names_and_never_an_input(
 def test_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
     """A locked SQLite store (mlflow gc, a backup) made every command a traceback ending in
     sqlalchemy's 'database is locked' (concurrency review)."""
-    import os
     import sqlite3
 
     from mlflow.tracking import MlflowClient
@@ -176,15 +185,7 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        result = subprocess.run(
-            [FUNNELCAST, "evaluate", "--tracking-uri", uri],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-            check=False,
-            env={**os.environ, "COLUMNS": "200"},
-        )
+        result = _run("evaluate", "--tracking-uri", uri, cwd=tmp_path, columns=200)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -195,19 +196,12 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
 def test_a_store_whose_folder_cannot_be_made_is_one_line_before_any_work(tmp_path: Path) -> None:
     """Review: a SQLite store under a file was a 42-line NotADirectoryError, and `run`
     simulated, validated and showed the funnel before it (step 4)."""
-    import os
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder", "utf-8")
     uri = f"sqlite:///{blocker}/store/mlflow.db"
-    result = subprocess.run(
-        [FUNNELCAST, "run", "--tracking-uri", uri, "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        check=False,
-        env={**os.environ, "COLUMNS": "300"},
+    result = _run(
+        "run", "--tracking-uri", uri, "--out", str(tmp_path / "out"), cwd=tmp_path, columns=300
     )
     line = _one_line_error(result, f"its folder {blocker}/store cannot be made")
     assert line.endswith("in a folder you may write to")
