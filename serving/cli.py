@@ -1796,6 +1796,7 @@ def _build_features_on_spark(
     try:
         if pressed.is_set():  # pressed while Spark started: as if pressed now
             interrupted.set()
+            _quiet_py4j()
             _end_jvm(spark)
             raise KeyboardInterrupt
         return _with_spinner(
@@ -1846,11 +1847,9 @@ def _interrupts_stop_the_command(spark: Any = None) -> threading.Event:
     def on_interrupt(signum: int, frame: Any) -> None:
         first = not interrupted.is_set()
         interrupted.set()
+        _quiet_py4j()
         if first and spark is not None:
             _end_jvm(spark)
-        # what py4j logs from here on is about the gateway the interrupt dropped (errors
-        # closing its connections among it): noise, not the command's failure
-        logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
@@ -1860,6 +1859,22 @@ def _interrupts_stop_the_command(spark: Any = None) -> threading.Event:
         if not any(isinstance(f, _NoPy4jInterruptTraceback) for f in root.filters):
             root.addFilter(_NoPy4jInterruptTraceback())
     return interrupted
+
+
+def _quiet_py4j() -> None:
+    """What py4j logs once Ctrl-C has been pressed is about the gateway the interrupt dropped:
+    noise, not the command's failure. Its own loggers, and what it logs on the root logger
+    ("Exception while sending command." with a traceback, when PySpark's stop finds the JVM
+    gone: two runs in six of the start-up Ctrl-C test, on a loaded machine) are silenced."""
+    logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if not any(isinstance(f, _NotFromPy4j) for f in root.filters):
+        root.addFilter(_NotFromPy4j())
+
+
+class _NotFromPy4j(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}py4j{os.sep}" not in record.pathname
 
 
 def _end_jvm(spark: Any) -> None:
