@@ -175,13 +175,15 @@ def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"purchase AUC-PR\s.*\d\.\d{3}", shown.stdout)
 
-    # the strict comparison of the point scores the run logged refused this seeded model by
-    # 1.8e-06 of AUC-PR (Linux x86-64), a margin another platform's floating point could turn
-    # either way. The gate weighs noise: no test window tells 1.8e-06 from it, and the model's
-    # stage macro-F1 is above the rules' (within noise too), so it is promoted
+    # the gate weighs noise: this seeded model is ahead on one of the two (at 668584d, AUC-PR
+    # by 0.0002) and behind on the other by less than the noise of this small test window,
+    # so it is promoted
     client = _client(workspace)
     logged = client.get_run(client.get_model_version("funnelcast", "1").run_id).data.metrics
-    assert logged["test.stage.lightgbm.macro_f1"] > logged["test.stage.rules.macro_f1"]
+    assert (
+        logged["test.stage.lightgbm.macro_f1"] > logged["test.stage.rules.macro_f1"]
+        or logged["test.propensity.lightgbm.auc_pr"] > logged["test.propensity.rfm_logistic.auc_pr"]
+    )
     promoted = _run(workspace, "promote")
     assert promoted.returncode == 0, promoted.stdout
     said = " ".join(promoted.stdout.split())
@@ -194,10 +196,21 @@ def test_evaluate_needs_a_champion_and_promote_answers_with_its_exit_code(
         r"resamples of the test window, drawing its [\d,]+ contacts\.",
         said,
     )
-    shortfall = (
-        logged["test.propensity.lightgbm.auc_pr"] < logged["test.propensity.rfm_logistic.auc_pr"]
-    )
-    assert ("purchase AUC-PR" in said and "within noise" in said) is shortfall
+    # a shortfall within noise is said, and only one
+    for label, ours, theirs in (
+        ("stage macro-F1", "test.stage.lightgbm.macro_f1", "test.stage.rules.macro_f1"),
+        (
+            "purchase AUC-PR",
+            "test.propensity.lightgbm.auc_pr",
+            "test.propensity.rfm_logistic.auc_pr",
+        ),
+    ):
+        shortfall = logged[ours] < logged[theirs]
+        assert (f"{label} {logged[ours]:.4f} is " in said) is shortfall, said
+    assert ("within noise" in said) is (
+        logged["test.stage.lightgbm.macro_f1"] < logged["test.stage.rules.macro_f1"]
+        or logged["test.propensity.lightgbm.auc_pr"] < logged["test.propensity.rfm_logistic.auc_pr"]
+    ), said
     tags = client.get_model_version("funnelcast", "1").tags
     assert (tags["forced"], tags["gate.resampled"], tags["gate.resamples"]) == (
         "false",

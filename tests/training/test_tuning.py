@@ -156,6 +156,43 @@ def test_the_two_studies_sample_different_parameters_and_a_rerun_the_same(
     """With one seed for both, the stage and propensity studies tried the very same
     parameter sets in the random start-up phase: half the search wasted."""
     first = _first_trials(monkeypatch)
-    assert first["propensity"][0] != first["stage"][0]
-    assert all(p != s for p, s in zip(first["propensity"], first["stage"], strict=True))
+    # (the first trial of each is the configured parameters: below)
+    assert first["propensity"][1] != first["stage"][1]
+    assert all(p != s for p, s in zip(first["propensity"][1:], first["stage"][1:], strict=True))
     assert _first_trials(monkeypatch) == first
+
+
+def test_each_study_tries_the_configured_parameters_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one or two trials, TPE's random start-up alone chose the parameters, often worse
+    on validation than the ones a run without tuning uses (training review): those are now
+    each study's first trial, so the best is never worse than them."""
+    configured = {name: _settings().lightgbm.params[name] for name in tuning.SEARCH_SPACE}
+    first = _first_trials(monkeypatch)
+    assert first["propensity"][0] == configured
+    assert first["stage"][0] == configured
+    assert first["propensity"][1] != configured
+
+    def defaults_win(trial: optuna.Trial, model: str, *args: Any) -> float:
+        params = tuning.suggest(trial)
+        is_configured = params == configured
+        return float(is_configured if model == "propensity" else not is_configured)
+
+    monkeypatch.setattr(tuning, "_objective", defaults_win)
+    X, stage_y, buy_y = _data()
+    best = tune_models(X, stage_y, buy_y, settings=_settings(), trials=2)
+    assert best == {"propensity": configured, "stage": configured}
+
+
+def test_a_configured_value_outside_the_search_space_is_left_to_the_sampler() -> None:
+    params = {
+        "learning_rate": 0.5,  # above 0.2
+        "num_leaves": 31,
+        "min_data_in_leaf": 20.5,  # not a whole number
+        "feature_fraction": True,  # not a number
+        "lambda_l2": 1,
+        "max_depth": 6,  # not searched
+    }
+    assert tuning.configured_trial(params) == {"num_leaves": 31, "lambda_l2": 1.0}
+    assert tuning.configured_trial({}) == {}
