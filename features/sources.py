@@ -547,6 +547,8 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
         labels, label_rejects = _validate_labels(raw.labels, now=now)
     except ControlCharacterIdsError as error:
         raise _in_its_file(error, raw.origins) from None
+    if mapping.contacts is not None and mapping.contacts.read is None:
+        validated = _contacts_with_kept_events(validated)
     validated = dataclasses.replace(
         validated, rejects=_with_sources(validated.rejects, raw.origins)
     )
@@ -555,6 +557,27 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
         validated=_with_excluded(validated, set_aside, labels=labels),
         labels=labels,
         mapping=mapping,
+    )
+
+
+def _contacts_with_kept_events(validated: Validated) -> Validated:
+    """The contacts a mapping with no contacts file makes from the events: those with an event
+    validation kept. An id whose every row was set aside (a header line read as data, rows of
+    an event type the mapping leaves out) became a consented contact with no events, scored
+    and exported as dormant, trained on at every snapshot, and counted by the funnel before
+    its first event (real-data review). Its rows are counted as the events' rejects; it was
+    never a row of a file, so it leaves the contacts' count of rows in too."""
+    assert validated.contacts is not None
+    contacts = pl.from_arrow(validated.contacts)
+    events = pl.from_arrow(validated.events.select(["contact_id"]))
+    assert isinstance(contacts, pl.DataFrame) and isinstance(events, pl.DataFrame)
+    seen = contacts["contact_id"].is_in(events["contact_id"].unique())
+    if seen.all():
+        return validated
+    rows_in = dict(validated.rows_in)
+    rows_in["contacts"] -= int((~seen).sum())
+    return dataclasses.replace(
+        validated, contacts=validated.contacts.filter(seen.to_arrow()), rows_in=rows_in
     )
 
 

@@ -304,6 +304,48 @@ def test_a_column_of_a_kind_with_no_such_reading_is_one_error_naming_it(tmp_path
         ingest(mapping, data_dir=tmp_path, now=NOW)
 
 
+def test_contacts_made_from_the_events_are_those_with_a_kept_event(tmp_path: Path) -> None:
+    """With no contacts file, an id whose every row validation set aside (here a header line
+    read as data, and a row with no usable time) is no contact: it was listed, consented, and
+    scored and exported as dormant (real-data review). Its rows stay counted as the events'
+    rejects, and the contacts' rows in still equal rows kept plus rejected."""
+    (tmp_path / "log.csv").write_text(
+        "user,at,what\n"  # a header the mapping says is not there
+        "u1,1700000000,pv\n"
+        "u2,1700000100,buy\n"
+        "u3,not a time,pv\n",
+        encoding="utf-8",
+    )
+    mapping = _write(
+        tmp_path / "m.yaml",
+        """\
+        name: m
+        description: m
+        events:
+          - name: e
+            read: {path: log.csv, header: false, columns: [user, at, what]}
+            contact_id: user
+            timestamp: {column: at, format: unix_s}
+            event_type: {column: what, values: {pv: page_view, buy: purchase}}
+            channel: {fixed: web}
+        contacts: {consent_default: true}
+        """,
+    )
+
+    result = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    validated = result.validated
+    assert validated.contacts is not None
+    assert sorted(validated.contacts.column("contact_id").to_pylist()) == ["u1", "u2"]
+    assert sorted(validated.events.column("contact_id").to_pylist()) == ["u1", "u2"]
+    counts = result.reject_counts()
+    assert counts[("events", "unparseable_timestamp")] == 2
+    assert validated.rows_in["events"] == 4
+    assert validated.rows_in["contacts"] == 2
+    contact_rejects = sum(n for (table, _), n in counts.items() if table == "contacts")
+    assert validated.rows_in["contacts"] == validated.contacts.num_rows + contact_rejects
+
+
 def test_an_unknown_shipped_name_is_an_error_listing_the_shipped_names() -> None:
     with pytest.raises(MappingError, match="taobao") as error:
         load_mapping("taobau")
