@@ -101,8 +101,9 @@ def split_by_time(
             f"{horizon_days}-day horizon and snapshots {every} days apart: it needs at least "
             f"{needed} ({test} test, {validation} validation, one training snapshot, and "
             "before each split those whose labels would reach into it); raise `snapshots:` "
-            "under `training:` in your --config if the history is long enough (the snapshots "
-            "that fit are listed below), else give a longer history, a shorter horizon "
+            "under `training:` in your --config or your source mapping if the history is long "
+            "enough (the snapshots that fit are listed below), else give a longer history, a "
+            "shorter horizon "
             "(`horizon_days:`, or `train --horizon`), or a larger `snapshot_every_days`"
         )
     return TimeSplit(tuple(train_dates), tuple(validation_dates), tuple(test_dates), tuple(dropped))

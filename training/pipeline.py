@@ -348,7 +348,8 @@ def labelled_snapshot_dates(
             f"{settings.min_history_days + settings.horizon_days} days, the span is "
             f"{(until - first).days}); give a longer history, a shorter horizon "
             "(`horizon_days:`, or `train --horizon`), or fewer days of history "
-            f"(`min_history_days:`) under `training:` in your --config. {UNCHANGED}",
+            "(`min_history_days:`) under `training:` in your --config or your source mapping. "
+            f"{UNCHANGED}",
             _snapshots_report([], settings),
         )
     return dates

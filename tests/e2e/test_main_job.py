@@ -179,6 +179,8 @@ def test_the_main_job_on_shipped_sources_trains_with_their_settings_under_their_
     said = " ".join(short.stdout.split())
     # one day of events: the span is that day (review: it ended the day after)
     assert "too little data to train: the events span 2019-10-01..2019-10-01," in said
+    # a source's training settings are in its mapping too, not only in a --config
+    assert "under `training:` in your --config or your source mapping" in said
     assert (
         said.count(
             "Nothing was registered: the served model (the champion, else the rules) is unchanged."
