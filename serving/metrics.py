@@ -7,10 +7,19 @@ worker from 400 to 960 MB and ``/metrics`` past the request timeout. Here a path
 does not serve is counted as ``other`` (the API docs' assets as ``/static_content/``), so the
 labels are a fixed set; the app below still sees the real path. Websocket connections (none
 is served: the key guard refuses them) are not counted.
+
+Each server keeps its counters in a folder of its own (``own_metrics_folder``).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import re
+import secrets
+import shutil
+import socket
+from pathlib import Path
 from typing import Any
 
 from serving.security import OPEN_PATHS, OPEN_PREFIXES
@@ -71,3 +80,56 @@ def bound_metrics_labels() -> None:
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = LabelledTrafficMetrics  # type: ignore[misc,assignment]
+
+
+METRICS_FOLDERS = "funnelcast-metrics"  # in BENTOML_HOME: one folder per running server
+
+
+def own_metrics_folder() -> Path | None:
+    """Give this server's Prometheus files a folder of their own. BentoML keeps every server's
+    in one folder of BENTOML_HOME and empties it as a server starts: a second server on the
+    host (another model, a blue/green switch, a Bento beside `funnelcast serve`) deleted the
+    first's files, whose workers went on counting into deleted files, and the first's
+    ``/metrics`` then showed the second's counts (README review). Called when the service
+    module is imported, which `bentoml serve`'s own process does before it makes the folder;
+    a worker (it has a worker index) writes where its server told it. The folder is
+    ``BENTOML_HOME/funnelcast-metrics/<host>-<pid>-<random>``, removed when the server
+    stops; the folders of this host's servers that are no longer running are removed here
+    (one killed cannot remove its own). The folder, or None in a worker."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is not None:
+        return None
+    folders = Path(BentoMLContainer.bentoml_home.get()) / METRICS_FOLDERS
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    _remove_stopped(folders, host)
+    folder = folders / f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+    BentoMLContainer.prometheus_multiproc_dir.set(str(folder))  # made by BentoML if used
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _remove_stopped(folders: Path, host: str) -> None:
+    """The metrics folders of this host's servers whose process is gone (another host's, or a
+    container's with a hostname of its own, are left alone: their processes are not seen)."""
+    try:
+        entries = list(folders.iterdir())
+    except OSError:  # none yet, or not readable: nothing to remove
+        return
+    for entry in entries:
+        named, _, rest = entry.name.rpartition("-")
+        owner, _, pid = named.rpartition("-")
+        if owner != host or not pid.isdigit() or not rest or _running(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -41,7 +41,7 @@ from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs
 from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
 from serving.http_limits import limit_request_heads
-from serving.metrics import bound_metrics_labels
+from serving.metrics import bound_metrics_labels, own_metrics_folder
 from serving.openapi import complete_openapi
 from serving.runtime import (
     DEFAULT_TIMEOUT_S,
@@ -65,8 +65,10 @@ from serving.schemas import (
 )
 from serving.security import GuardMiddleware
 
-# /metrics counts a request by the path it was served by, or as `other`: not by the raw path
+# /metrics counts a request by the path it was served by, or as `other`: not by the raw path,
+# and each server's counts are its own
 bound_metrics_labels()
+own_metrics_folder()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker

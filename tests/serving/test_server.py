@@ -315,6 +315,43 @@ def test_bentoml_serve_answers_like_the_service_class(
     assert _port_is_free(port)
 
 
+def _count_of(port: int, endpoint: str) -> float:
+    """The server's ``/metrics`` count of answered (200) requests to ``endpoint``."""
+    counts = re.findall(
+        r'^\w*request_total\{[^}]*endpoint="' + re.escape(endpoint) + r'"[^}]*'
+        r'http_response_code="200"[^}]*\} (\S+)$',
+        _text(port, "/metrics"),
+        re.MULTILINE,
+    )
+    return sum(float(count) for count in counts)
+
+
+def test_two_servers_on_one_bentoml_home_count_their_own_requests(
+    served: Served, tmp_path: Path
+) -> None:
+    """BentoML keeps every server's Prometheus files in one folder of BENTOML_HOME and empties
+    it as a server starts: the first server's /metrics then showed the second's counts, and
+    none of its own from then on (README review). Each now has a folder of its own, removed
+    when it stops."""
+    home = tmp_path / "bentoml"
+    env = served.env(BENTOML_HOME=str(home))
+    serve = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast", "--port"]
+    first = _free_port()
+    with _server([*serve, str(first)], env, first):
+        for _ in range(3):
+            assert _call(first, "/metadata", key=served.api_key)[0] == 200
+        second = _free_port()
+        with _server([*serve, str(second)], env, second):
+            assert _call(second, "/metadata", key=served.api_key)[0] == 200
+            assert _count_of(second, "/metadata") == 1
+            assert len(list((home / "funnelcast-metrics").iterdir())) == 2
+        for _ in range(5):
+            assert _call(first, "/metadata", key=served.api_key)[0] == 200
+        assert _count_of(first, "/metadata") == 8
+        assert len(list((home / "funnelcast-metrics").iterdir())) == 1
+    assert not list((home / "funnelcast-metrics").iterdir())
+
+
 def test_a_built_bento_serves_without_the_registry(
     served: Served, active_contacts: list[str], tmp_path: Path
 ) -> None:
