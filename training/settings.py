@@ -43,6 +43,13 @@ class LightGBMSettings(FrozenSettings):
                 f"{unknown} are no LightGBM parameters; see "
                 "https://lightgbm.readthedocs.io/en/stable/Parameters.html for the names"
             )
+        managed = _managed_parameters(params)
+        if managed:
+            raise ValueError(
+                f"{sorted(managed)} are set by funnelcast itself: "
+                + "; ".join(sorted(set(managed.values())))
+                + " (remove them from `lightgbm.params`)"
+            )
         problem = _lightgbm_refusal(params)
         if problem:
             raise ValueError(f"LightGBM refuses these values: {problem}")
@@ -172,6 +179,45 @@ def _lightgbm_parameter_names() -> frozenset[str]:
 
     aliases = _ConfigAliases._get_all_param_aliases()
     return frozenset(name for names in aliases.values() for name in names) | set(aliases)
+
+
+# LightGBM parameters funnelcast sets itself (each with its aliases), and where a user says
+# what they set: given in `lightgbm.params` they were overridden without a word, or, for a
+# categorical feature list, trained and then failed (a JSON error reading the model back,
+# after the whole training: README review)
+_MANAGED_PARAMETERS: dict[str, str] = {
+    "objective": "each model's objective is its own (multiclass stages, binary purchase)",
+    "num_class": "each model's objective is its own (multiclass stages, binary purchase)",
+    "metric": "the validation metrics are the models' own (multi_logloss, average precision)",
+    "categorical_feature": "categorical features are the spec's attributes and the rules stage",
+    "label_column": "the data is given to LightGBM as tables, never as files",
+    "weight_column": "the data is given to LightGBM as tables, never as files",
+    "group_column": "the data is given to LightGBM as tables, never as files",
+    "ignore_column": "the data is given to LightGBM as tables, never as files",
+    "header": "the data is given to LightGBM as tables, never as files",
+    "data": "the data is given to LightGBM as tables, never as files",
+    "valid": "the data is given to LightGBM as tables, never as files",
+    "input_model": "models are read and written through MLflow",
+    "output_model": "models are read and written through MLflow",
+    "task": "models are read and written through MLflow",
+    "num_iterations": "rounds are `lightgbm.num_boost_round`",
+    "early_stopping_round": "early stopping is `lightgbm.early_stopping_rounds`",
+    "seed": "the seed is `training.seed`",
+    "num_threads": "threads are set per use (all cores to train, one per request to serve)",
+}
+
+
+def _managed_parameters(params: dict[str, Any]) -> dict[str, str]:
+    """The names in ``params`` that funnelcast sets itself, with where that is said."""
+    from lightgbm.basic import _ConfigAliases
+
+    aliases = _ConfigAliases._get_all_param_aliases()
+    said = {
+        alias: why
+        for name, why in _MANAGED_PARAMETERS.items()
+        for alias in {name, *aliases.get(name, ())}
+    }
+    return {name: said[name] for name in params if name in said}
 
 
 def _lightgbm_refusal(params: dict[str, Any]) -> str | None:

@@ -96,6 +96,29 @@ def test_a_lightgbm_value_out_of_range_is_refused_with_lightgbms_check(
     assert "[Fatal]" not in capfd.readouterr().err  # its own line is kept out of the output
 
 
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"categorical_feature": "name:segment"}, "categorical features are the spec's"),
+        ({"cat_feature": "0"}, "categorical features are the spec's"),
+        ({"objective": "regression"}, "each model's objective is its own"),
+        ({"loss": "huber"}, "each model's objective is its own"),
+        ({"metric": "auc"}, "the validation metrics are the models' own"),
+        ({"n_estimators": 50}, "rounds are `lightgbm.num_boost_round`"),
+        ({"random_state": 3}, "the seed is `training.seed`"),
+        ({"n_jobs": 4}, "threads are set per use"),
+    ],
+)
+def test_a_parameter_funnelcast_sets_itself_is_refused_naming_where_it_is_set(
+    params: dict[str, Any], said: str
+) -> None:
+    """Given in `lightgbm.params`, these were overridden without a word, or (a categorical
+    feature list) trained and then failed reading the model back (README review)."""
+    name = next(iter(params))
+    with pytest.raises(ValueError, match=rf"\['{name}'\] are set by funnelcast itself: .*{said}"):
+        _lightgbm({"learning_rate": 0.1, **params})
+
+
 def test_lightgbm_aliases_and_the_shipped_parameters_are_accepted() -> None:
     assert _lightgbm({"eta": 0.1, "min_child_samples": 5}).params["eta"] == 0.1
     assert load_training_settings().lightgbm.params["learning_rate"] > 0
