@@ -371,9 +371,15 @@ def _snapshots_report(dates: Sequence[dt.datetime], settings: TrainingSettings) 
 
 
 def check_enough_data(
-    frame: pl.DataFrame, split: TimeSplit, settings: TrainingSettings
+    frame: pl.DataFrame,
+    split: TimeSplit,
+    settings: TrainingSettings,
+    *,
+    labels_without_date: int = 0,
 ) -> dict[str, Any]:
-    """Counts per split; raises ``InsufficientDataError`` with them when below the minimums."""
+    """Counts per split; raises ``InsufficientDataError`` with them when below the minimums.
+    ``labels_without_date``: provided labels set aside for want of a date, said with the
+    shortfall (every won deal undated left 0 buyers, and the advice was more history)."""
     report: dict[str, Any] = {
         "minimums": {
             "train_positives": settings.min_train_positives,
@@ -403,9 +409,16 @@ def check_enough_data(
             f"fewer than two stages with {settings.min_stage_rows}+ rows in the training snapshots"
         )
     if problems:
+        undated = (
+            f"{labels_without_date:,} provided labels were set aside without a label_date (a "
+            "conversion or a stage needs the date it happened: map your export's date column "
+            "to label_date). "
+            if labels_without_date
+            else ""
+        )
         raise InsufficientDataError(
-            "too little data to train: " + "; ".join(problems) + ". Bring a longer history "
-            f"or more contacts. {UNCHANGED}",
+            "too little data to train: " + "; ".join(problems) + f". {undated}Bring a longer "
+            f"history or more contacts. {UNCHANGED}",
             report,
         )
     return report
@@ -521,7 +534,12 @@ def train_models(
             f"{max(sampler.validation_rates.values()):.1%} of their contacts "
             f"(max_validation_rows {settings.max_validation_rows:,}); test keeps every contact"
         )
-    counts = check_enough_data(frame, split, settings)
+    counts = check_enough_data(
+        frame,
+        split,
+        settings,
+        labels_without_date=frame_counts.get("labels_without_date", 0),
+    )
     names = [
         c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL, SAMPLE_WEIGHT)
     ]

@@ -405,6 +405,41 @@ def test_provided_labels_of_contacts_that_are_no_row_are_counted(small: object) 
     assert counts["labelled_contacts_without_rows"] >= 5  # the opted-out and the ghosts
 
 
+def test_too_few_buyers_says_the_won_labels_set_aside_for_want_of_a_date(
+    small: object,
+) -> None:
+    """Every won deal undated: all set aside, 0 buyers, and the report advised a longer
+    history, never naming the labels it had set aside (README review)."""
+    events = pl.from_arrow(small.events)  # type: ignore[attr-defined]
+    assert isinstance(events, pl.DataFrame)
+    ids = events["contact_id"].unique().sort()
+    labels = pl.DataFrame(
+        {
+            "contact_id": ids,
+            "label_date": [None] * ids.len(),
+            "outcome": ["won" if n % 3 == 0 else "lost" for n in range(ids.len())],
+        },
+        schema={
+            "contact_id": pl.String,
+            "label_date": pl.Datetime("us", "UTC"),
+            "outcome": pl.String,
+        },
+    )
+    won = sum(1 for n in range(ids.len()) if n % 3 == 0)
+    with pytest.raises(InsufficientDataError) as caught:
+        train_models(
+            small.events,  # type: ignore[attr-defined]
+            small.contacts,  # type: ignore[attr-defined]
+            spec=load_feature_spec(),
+            rules=load_rules_settings(),
+            settings=load_training_settings(),
+            labels=labels,
+        )
+    said = str(caught.value)
+    assert "0 buyers in the train snapshots" in said
+    assert f"{won:,} provided labels were set aside without a label_date" in said
+
+
 def test_the_stage_model_has_its_own_patience_and_falls_back_to_the_shared_one() -> None:
     lightgbm = load_training_settings().lightgbm
     assert lightgbm.stage_early_stopping_rounds is not None
