@@ -1591,7 +1591,9 @@ def check_keys(
         env["FUNNELCAST_API_KEY_FILE"] = str(api_key_file)
     keys = read_api_keys(env)
     where = [
-        f"{name}" for name in ("FUNNELCAST_API_KEY", "FUNNELCAST_API_KEY_FILE") if env.get(name)
+        str(api_key_file) if name.endswith("_FILE") and api_key_file is not None else name
+        for name in ("FUNNELCAST_API_KEY", "FUNNELCAST_API_KEY_FILE")
+        if env.get(name)
     ]
     console.print(
         f"{_count(len(keys), 'API key')} read from {' and '.join(where)}, as the service reads "

@@ -25,7 +25,7 @@ from features.engine import EventsInput, first_event_times, leave_out_not_yet_ac
 from features.errors import InputError
 from features.schema import UTC_OFFSET, cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
-from training.pyfunc import PROBABILITY_COLUMNS
+from training.pyfunc import PROBABILITY_COLUMNS, value_kind
 
 # contacts scored at a time: a chunk's reasons read its feature values as Python objects
 CHUNK_ROWS = 20_000
@@ -166,7 +166,8 @@ def with_missing_attributes(
         # a date exported as text is built as a text attribute of that name, not days_since_
         if f"days_since_{date}" in missing and date in features.columns:
             raise InputError(
-                f"the contacts column '{date}' is {features.schema[date]}, but the model reads "
+                f"the contacts column '{date}' is {value_kind(features.schema[date])}, but the "
+                "model reads "
                 f"it as a date (its feature days_since_{date}); give it as a date or a "
                 "timestamp, as in training (in a CSV export, read it with a date type)"
             )

@@ -601,19 +601,33 @@ def _check_kind(column: pl.Series, categories: Mapping[str, int] | None) -> None
         return
     name = column.name
     fix = "as when the model was trained (an attribute: the contacts table's column"
+    # the kinds in a user's words, not the feature table's types: a contacts column of whole
+    # numbers is Float64 there, and one of text Categorical (README review)
     if categories is not None:
         raise InputError(
-            f"feature '{name}' is {'a number' if dtype.is_numeric() else dtype} ({dtype}), but "
+            f"feature '{name}' is {value_kind(dtype)}, but "
             f"the model reads it as a category (it was text in training, one of "
             f"{sorted(categories)[:8]}); give it as text, {fix} as text)"
         )
-    kind = "text" if text else "dates or times" if dtype.is_temporal() else "not numbers"
     date = "; a date as the days from it to as_of, as the feature engine makes days_since_"
     date = date if dtype.is_temporal() else ""
     raise InputError(
-        f"feature '{name}' is {kind} ({dtype}), but the model reads it as a number; give it "
+        f"feature '{name}' is {value_kind(dtype)}, but the model reads it as a number; give it "
         f"as numbers (or true/false), {fix} as numbers){date}"
     )
+
+
+def value_kind(dtype: pl.DataType) -> str:
+    """What a column of ``dtype`` holds, in a user's words."""
+    if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+        return "text"
+    if dtype == pl.Boolean:
+        return "true/false"
+    if dtype.is_numeric():
+        return "numbers"
+    if dtype.is_temporal():
+        return "dates or times"
+    return f"neither numbers nor text ({dtype})"
 
 
 def _is_number(dtype: pl.DataType) -> bool:

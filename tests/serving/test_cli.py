@@ -1534,8 +1534,11 @@ def test_check_keys_reads_the_keys_as_the_service_does_and_never_shows_one(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELCAST_API_KEY")}
     result = _run("check-keys", "--api-key-file", str(path), env=env)
     assert result.returncode == 0, result.stderr
-    assert "2 API keys read from FUNNELCAST_API_KEY_FILE" in " ".join(result.stdout.split())
+    # the file given is named, not the variable it stands in for (README review)
+    assert f"2 API keys read from {path}," in " ".join(result.stdout.split())
     assert key not in result.stdout + result.stderr
+    result = _run("check-keys", env={**env, "FUNNELCAST_API_KEY_FILE": str(path)})
+    assert "2 API keys read from FUNNELCAST_API_KEY_FILE," in " ".join(result.stdout.split())
     path.write_text("# emptied by mistake\n", "utf-8")
     result = _run("check-keys", "--api-key-file", str(path), env=env)
     _assert_one_line_error(result, f"the API key file {path} holds no key")

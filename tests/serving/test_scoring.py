@@ -591,9 +591,8 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
     assert result.exit_code != 0
     assert isinstance(result.exception, InputError)
     said = " ".join(str(result.exception).split())
-    assert (
-        f"feature '{category}' is a number (Float64), but the model reads it as a category" in said
-    )
+    # (in the user's words: whole numbers in the contacts, Float64 in the feature table)
+    assert f"feature '{category}' is numbers, but the model reads it as a category" in said
     assert "give it as text, as when the model was trained (an attribute: the contacts " in said
     assert not out.exists()
     # and a number the features hold as text
@@ -601,7 +600,9 @@ def test_an_attribute_of_another_kind_than_in_training_is_refused_naming_it(
         served.events, served.contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
     )
     number = next(n for n in model.attribute_features if n not in model.categories)
-    with pytest.raises(InputError, match=f"feature '{number}' is text .*reads it as a number"):
+    with pytest.raises(
+        InputError, match=f"feature '{number}' is text, but the model reads it as a number"
+    ):
         model.predict_frame(features.with_columns(pl.col(number).cast(pl.String)))
     # a column with no value at all is every contact's missing value, whatever its type: a
     # listed attribute exported empty (the builders make it a Float64 of nulls), or a column
@@ -641,7 +642,8 @@ def test_a_date_attribute_exported_as_text_is_refused_not_scored_as_missing(
     result = _score(served, *args)
     assert isinstance(result.exception, InputError)
     said = " ".join(str(result.exception).split())
-    assert f"the contacts column '{date}' is" in said
+    # text, as the user wrote it (Categorical in the feature table)
+    assert f"the contacts column '{date}' is text, but the model reads it as a date" in said
     assert f"the model reads it as a date (its feature days_since_{date})" in said
     assert not out.exists()
 
@@ -761,7 +763,9 @@ def test_values_no_feature_table_holds_are_an_input_error_naming_the_column(
     with pytest.raises(InputError, match="column 'purchase_value_sum_all' cannot be read as one"):
         model.predict(None, mixed)
     mixed["purchase_value_sum_all"] = [[1.0, 2.0]] * len(mixed)  # a list per contact
-    with pytest.raises(InputError, match=r"'purchase_value_sum_all' is not numbers \(List"):
+    with pytest.raises(
+        InputError, match=r"'purchase_value_sum_all' is neither numbers nor text \(List"
+    ):
         model.predict(None, mixed)
 
 
