@@ -570,7 +570,8 @@ def _contacts_with_kept_events(validated: Validated) -> Validated:
     assert validated.contacts is not None
     contacts = pl.from_arrow(validated.contacts)
     events = pl.from_arrow(validated.events.select(["contact_id"]))
-    assert isinstance(contacts, pl.DataFrame) and isinstance(events, pl.DataFrame)
+    assert isinstance(contacts, pl.DataFrame)
+    assert isinstance(events, pl.DataFrame)
     seen = contacts["contact_id"].is_in(events["contact_id"].unique())
     if seen.all():
         return validated
