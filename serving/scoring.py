@@ -262,6 +262,16 @@ def read_scores(path: Path, option: str = "--previous") -> pl.DataFrame:
     )
     if "as_of" in frame.columns:
         frame = frame.with_columns(_moments(frame["as_of"], path, option).alias("as_of"))
+        _refuse_rows(frame, pl.col("as_of").is_null(), "without an as_of", path, option)
+        # scores of several runs in one file (each contact once): the movement would mix weeks,
+        # and a later week's rows pass for the week before (mutation review)
+        _refuse_rows(
+            frame,
+            pl.col("as_of") != pl.col("as_of").first(),
+            "of another as_of than the first row's",
+            path,
+            option,
+        )
     return frame
 
 
@@ -331,8 +341,8 @@ def _iso(text: str) -> dt.datetime | None:
 
 
 def previous_as_of(previous: pl.DataFrame) -> dt.datetime | None:
-    """The latest moment earlier scores were for (their ``as_of``, read by ``read_scores``),
-    when they say it."""
+    """The moment earlier scores were for (their ``as_of``, one for every row, as
+    ``read_scores`` holds them), when they say it."""
     if "as_of" not in previous.columns or previous.height == 0:
         return None
     moment = previous.get_column("as_of").max()

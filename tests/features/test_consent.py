@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from features.consent import ConsentUnknownError, restrict_to_consented
+from features.errors import InputError
 
 SCORES = pl.DataFrame({"contact_id": ["a", "b", "c", "d"], "stage": ["intent"] * 4})
 
@@ -19,6 +20,29 @@ def test_only_contacts_with_consent_are_kept_and_the_rest_are_counted() -> None:
     assert result.kept["contact_id"].to_list() == ["a", "c"]
     # b opted out; d has no contacts row, so no recorded consent
     assert result.contacts_without_consent == 2
+
+
+def test_no_recorded_consent_is_no_consent() -> None:
+    """A null consent (a CRM export or pandas, not ingest, wrote the table) is never consent
+    (mutation review: a `fill_null(True)` passed every test)."""
+    contacts = pl.DataFrame(
+        {"contact_id": ["a", "b", "c", "d"], "marketing_consent": [True, None, True, None]},
+        schema={"contact_id": pl.String, "marketing_consent": pl.Boolean},
+    )
+    result = restrict_to_consented(SCORES, contacts)
+    assert result.kept["contact_id"].to_list() == ["a", "c"]
+    assert result.contacts_without_consent == 2
+
+
+@pytest.mark.parametrize(
+    "consent", [["yes", "no", "yes"], [1, 0, 1], ["true", "false", "true"]], ids=str
+)
+def test_consent_that_is_not_true_false_is_refused_with_the_fix(consent: list[object]) -> None:
+    """Text or 1/0 is refused naming the column and the fix (mutation review: without the
+    check, Polars' 'filter predicate must be of type Boolean' reached the user)."""
+    contacts = pl.DataFrame({"contact_id": ["a", "b", "c"], "marketing_consent": consent})
+    with pytest.raises(InputError, match=r"`marketing_consent` is \w+, not true/false; .*ingest"):
+        restrict_to_consented(SCORES, contacts)
 
 
 def test_without_a_contacts_table_consent_must_be_assumed_explicitly() -> None:

@@ -164,6 +164,38 @@ def test_a_registry_that_fails_during_the_download_is_said_so_without_credential
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["file-named", "no-file"])
+def test_a_full_disk_during_the_download_is_the_copy_not_the_registry(
+    tmp_path: Path, named: bool
+) -> None:
+    """A write into the copy that fails (a full disk: its error may name the file or none) is
+    the copy's fault, never the registry's: read as the registry's, `--allow-rules-fallback`
+    would serve the rules while the model is there (mutation review)."""
+    import errno
+
+    def disk_full(folder: Path) -> None:
+        (folder / "MLmodel").write_bytes(b"flavors: {}\n")
+        raise OSError(
+            errno.ENOSPC,
+            "No space left on device",
+            *([str(folder / "python_model.pkl")] if named else []),
+        )
+
+    with pytest.raises(UnwritableCopyError, match="cannot write the model's local copy"):
+        make_model_copy(_place(tmp_path), INFO, disk_full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_naming_a_file_of_the_copy_is_the_copy_whatever_its_kind(
+    tmp_path: Path,
+) -> None:
+    def denied(folder: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(folder / "python_model.pkl"))
+
+    with pytest.raises(UnwritableCopyError):
+        make_model_copy(_place(tmp_path), INFO, denied)
+
+
 def test_the_record_names_every_file_of_the_model(tmp_path: Path) -> None:
     place = make_model_copy(_place(tmp_path), INFO, Download())
     record = json.loads((place / RECORD).read_text("utf-8"))

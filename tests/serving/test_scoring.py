@@ -485,6 +485,26 @@ def test_previous_scores_with_an_id_holding_a_control_character_are_refused(
         )
 
 
+def test_previous_scores_of_several_runs_are_refused(tmp_path: Path) -> None:
+    """Scores of two weeks merged in one file (each contact once) were read as one run: the
+    movement mixed weeks, and a week after this run's passed for the week before (mutation
+    review). Each row's as_of is the same moment written alike or not."""
+    weeks = [dt.datetime(2026, 11, 30, tzinfo=dt.UTC), dt.datetime(2026, 12, 14, tzinfo=dt.UTC)]
+    frame = pl.DataFrame({"contact_id": ["a", "b"], "stage": ["intent", "awareness"]})
+    for name in ("s.csv", "s.parquet"):
+        with pytest.raises(InputError) as refused:
+            read_scores(_previous(tmp_path, frame.with_columns(as_of=pl.Series(weeks)), name))
+        assert "1 row(s) of another as_of than the first row's (row 1, counting from 0" in str(
+            refused.value
+        )
+    moments = ["2026-11-30T00:00:00Z", "2026-11-30T01:00:00+01:00"]  # one moment, two forms
+    read = read_scores(_previous(tmp_path, frame.with_columns(as_of=pl.Series(moments)), "s.csv"))
+    assert previous_as_of(read) == weeks[0]
+    empty = frame.with_columns(as_of=pl.Series([weeks[0], None]))
+    with pytest.raises(InputError, match=r"1 row\(s\) without an as_of \(row 1"):
+        read_scores(_previous(tmp_path, empty, "s.parquet"))
+
+
 def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
     frame = pl.DataFrame(
         {

@@ -749,6 +749,31 @@ def test_a_moment_in_the_future_or_out_of_range_is_said_alike_for_as_of_and_even
     assert said["timestamp"].startswith(f"timestamp {refusal}")
 
 
+@pytest.mark.parametrize("ahead_minutes", [10, 24 * 60])
+def test_one_future_event_among_past_ones_is_refused_at_its_place(ahead_minutes: int) -> None:
+    """The check reads the latest and the earliest moment, not every event: a future event
+    after a past one must still be found, and named at its own index; a server's clock may be
+    behind by CLOCK_SKEW (5 minutes), not by 10 (a local time sent as UTC is hours ahead).
+    Mutation review: every future-time test sent one event, in the year 2999."""
+    from features.schema import CLOCK_SKEW
+
+    now = dt.datetime.now(dt.UTC)
+    past = {"timestamp": (now - dt.timedelta(days=3)).isoformat(), "event_type": "page_view"}
+    ahead = now + dt.timedelta(minutes=ahead_minutes)
+    future = {"timestamp": ahead.isoformat(), "event_type": "email_open"}
+    body = {"marketing_consent": True, "events": [{**past, "channel": "web"}] * 2}
+    body["events"].insert(1, {**future, "channel": "email"})
+    with pytest.raises(ValidationError) as caught:
+        ContactRequest.model_validate(body)
+    [error] = caught.value.errors()
+    assert error["loc"] == ("events", 1, "timestamp")
+    assert "is in the future" in error["msg"]
+    # within the skew allowed: a clock a little behind the client's is no refusal
+    within = now + CLOCK_SKEW - dt.timedelta(minutes=2)
+    body["events"][1] = {**future, "channel": "email", "timestamp": within.isoformat()}
+    assert ContactRequest.model_validate(body).events is not None
+
+
 @pytest.mark.parametrize(
     ("written", "instant"),
     [
