@@ -49,6 +49,33 @@ DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
     "lambda_l2": 1.0,
 }
 _EPS = 1e-6
+
+
+def main_parameter_names(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` under LightGBM's main names (``eta`` as ``learning_rate``): merged over the
+    defaults, which use the main names, an alias was overridden by them, LightGBM taking the
+    main name (a config's ``eta: 0.3`` trained at 0.05; diff review). Two names of one
+    parameter are a ``ValueError``."""
+    from lightgbm.basic import _ConfigAliases
+
+    main = {
+        alias: name
+        for name, aliases in _ConfigAliases._get_all_param_aliases().items()
+        for alias in (name, *aliases)
+    }
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for name, value in params.items():
+        to = main.get(name, name)
+        if to in given:
+            raise ValueError(
+                f"{given[to]!r} and {name!r} are two names of LightGBM's {to!r}; give one"
+            )
+        given[to] = name
+        out[to] = value
+    return out
+
+
 # up to this many rows are scored on one thread (the service's requests)
 _ONE_THREAD_ROWS = 64
 # from this many rows the stage model is scored one stage at a time (its 7 one-stage boosters):
@@ -408,14 +435,16 @@ class _LightGBMBase:
         there (what ``_raw(X_val)`` gives, without a second pass through every tree)."""
         for name in _BOOSTER_CACHES:  # of an earlier fit's booster
             self.__dict__.pop(name, None)
+        given = main_parameter_names(self.params or {})
         params = {
             **DEFAULT_LIGHTGBM_PARAMS,
-            **(self.params or {}),
+            **given,
             **objective,
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
-            "num_threads": self.num_threads,
+            # the configured threads (0: all cores) unless the caller sets them
+            "num_threads": self.num_threads or given.get("num_threads", 0),
             "verbosity": -1,
         }
         train = lgb.Dataset(X, label=y, weight=weight, categorical_feature="auto")

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from features.settings import CalendarDay, FrozenSettings, config_section, section_settings
-from training.models import ReasonsMethod
+from training.models import ReasonsMethod, main_parameter_names
 
 
 class LightGBMSettings(FrozenSettings):
@@ -50,6 +50,7 @@ class LightGBMSettings(FrozenSettings):
                 + "; ".join(sorted(set(managed.values())))
                 + " (remove them from `lightgbm.params`)"
             )
+        params = main_parameter_names(params)  # as LightGBM reads them (diff review)
         problem = _lightgbm_refusal(params)
         if problem:
             raise ValueError(f"LightGBM refuses these values: {problem}")
@@ -203,7 +204,10 @@ _MANAGED_PARAMETERS: dict[str, str] = {
     "num_iterations": "rounds are `lightgbm.num_boost_round`",
     "early_stopping_round": "early stopping is `lightgbm.early_stopping_rounds`",
     "seed": "the seed is `training.seed`",
-    "num_threads": "threads are set per use (all cores to train, one per request to serve)",
+    "deterministic": "training is deterministic and row-wise, so that a seed repeats a model",
+    "force_row_wise": "training is deterministic and row-wise, so that a seed repeats a model",
+    "force_col_wise": "training is deterministic and row-wise, so that a seed repeats a model",
+    "verbosity": "LightGBM's own output is kept quiet (funnelcast says what it does)",
 }
 
 

@@ -26,7 +26,11 @@ import optuna
 import pandas as pd
 from optuna_integration.lightgbm import LightGBMPruningCallback
 
-from training.models import LightGBMPropensityModel, LightGBMStageModel
+from training.models import (
+    DEFAULT_LIGHTGBM_PARAMS,
+    LightGBMPropensityModel,
+    LightGBMStageModel,
+)
 from training.settings import TrainingSettings
 from training.tracking import end_run_after
 
@@ -51,10 +55,11 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def configured_trial(params: dict[str, Any]) -> dict[str, Any]:
-    """The configured LightGBM parameters that lie in the search space, tried as each study's
-    first trial: the best trial is then never worse on validation than the parameters a run
-    without tuning uses (with one or two trials, TPE's random start-up alone replaced them,
-    often with worse ones). A value outside its range is left to the sampler."""
+    """The LightGBM parameters a run without tuning uses (``params``: the configured ones over
+    the defaults, under LightGBM's main names) that lie in the search space, tried as each
+    study's first trial: the best trial is then never worse on validation than them (with
+    one or two trials, TPE's random start-up alone replaced them, often with worse ones). A
+    value outside its range is left to the sampler."""
     first: dict[str, Any] = {}
     for name, (kind, low, high) in SEARCH_SPACE.items():
         value = params.get(name)
@@ -96,7 +101,8 @@ def tune_models(
         study = optuna.create_study(
             direction=direction, sampler=sampler, pruner=optuna.pruners.MedianPruner()
         )
-        configured = configured_trial(settings.lightgbm.params)
+        # what a run without tuning trains with: the configured parameters over the defaults
+        configured = configured_trial({**DEFAULT_LIGHTGBM_PARAMS, **settings.lightgbm.params})
         if configured:
             study.enqueue_trial(configured)
         study.optimize(

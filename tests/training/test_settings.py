@@ -106,7 +106,8 @@ def test_a_lightgbm_value_out_of_range_is_refused_with_lightgbms_check(
         ({"metric": "auc"}, "the validation metrics are the models' own"),
         ({"n_estimators": 50}, "rounds are `lightgbm.num_boost_round`"),
         ({"random_state": 3}, "the seed is `training.seed`"),
-        ({"n_jobs": 4}, "threads are set per use"),
+        ({"force_col_wise": True}, "training is deterministic and row-wise"),
+        ({"verbose": 1}, "LightGBM's own output is kept quiet"),
     ],
 )
 def test_a_parameter_funnelcast_sets_itself_is_refused_naming_where_it_is_set(
@@ -120,8 +121,16 @@ def test_a_parameter_funnelcast_sets_itself_is_refused_naming_where_it_is_set(
 
 
 def test_lightgbm_aliases_and_the_shipped_parameters_are_accepted() -> None:
-    assert _lightgbm({"eta": 0.1, "min_child_samples": 5}).params["eta"] == 0.1
+    # under LightGBM's main names: merged over the defaults' main names, an alias was
+    # overridden by them (diff review: `eta: 0.3` trained at 0.05)
+    assert _lightgbm({"eta": 0.1, "min_child_samples": 5, "n_jobs": 2}).params == {
+        "learning_rate": 0.1,
+        "min_data_in_leaf": 5,
+        "num_threads": 2,
+    }
     assert load_training_settings().lightgbm.params["learning_rate"] > 0
+    with pytest.raises(ValueError, match="'learning_rate' and 'eta' are two names of"):
+        _lightgbm({"learning_rate": 0.1, "eta": 0.2})
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,49 @@ def test_each_study_tries_the_configured_parameters_first(
     assert best == {"propensity": configured, "stage": configured}
 
 
+def test_the_first_trial_is_what_a_run_without_tuning_trains_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config without lambda_l2 trains untuned with the built-in default; the first trial
+    sampled one instead, and `--tune 1` chose it (diff review: validation AUC-PR 0.030
+    against 0.064). An alias counts as its parameter."""
+    from training.models import DEFAULT_LIGHTGBM_PARAMS
+
+    base = _settings()
+    params = {k: v for k, v in base.lightgbm.params.items() if k != "lambda_l2"}
+    params["eta"] = params.pop("learning_rate")
+    settings = base.model_copy(
+        update={
+            "lightgbm": base.lightgbm.model_validate(
+                {**base.lightgbm.model_dump(), "params": params}
+            )
+        }
+    )
+    sampled: dict[str, list[dict]] = {"propensity": [], "stage": []}
+
+    def sample_only(trial: optuna.Trial, model: str, *args: Any) -> float:
+        sampled[model].append(tuning.suggest(trial))
+        return 0.5
+
+    monkeypatch.setattr(tuning, "_objective", sample_only)
+    X, stage_y, buy_y = _data()
+    tune_models(X, stage_y, buy_y, settings=settings, trials=1)
+    for model in ("propensity", "stage"):
+        assert sampled[model][0]["lambda_l2"] == DEFAULT_LIGHTGBM_PARAMS["lambda_l2"]
+        assert sampled[model][0]["learning_rate"] == base.lightgbm.params["learning_rate"]
+
+
+def test_a_parameter_given_by_an_alias_is_the_one_trained_with() -> None:
+    """Merged over the defaults' main names, `eta: 0.3` trained at 0.05 (diff review)."""
+    X, _, buy_y = _data()
+    model = LightGBMPropensityModel(
+        params={"eta": 0.3, "min_child_samples": 7}, num_boost_round=3, early_stopping_rounds=3
+    ).fit(X["train"], buy_y["train"], X_val=X["validation"], y_val=buy_y["validation"])
+    text = model.booster_.model_to_string()
+    assert "[learning_rate: 0.3]" in text
+    assert "[min_data_in_leaf: 7]" in text
+
+
 def test_a_configured_value_outside_the_search_space_is_left_to_the_sampler() -> None:
     params = {
         "learning_rate": 0.5,  # above 0.2
