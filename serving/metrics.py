@@ -94,8 +94,11 @@ def own_metrics_folder() -> Path | None:
     module is imported, which `bentoml serve`'s own process does before it makes the folder;
     a worker (it has a worker index) writes where its server told it. The folder is
     ``BENTOML_HOME/funnelcast-metrics/<host>-<pid>-<random>``, removed when the server
-    stops; the folders of this host's servers that are no longer running are removed here
-    (one killed cannot remove its own). The folder, or None in a worker."""
+    stops. No other server's folder is ever removed: whether its server still runs cannot be
+    told for sure (another pid namespace sharing the home and the hostname, workers serving
+    on after their server was killed), and a folder removed under a running server made its
+    /predict answer 500 (diff review); one left by a server killed with SIGKILL stays. The
+    folder, or None in a worker."""
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.context import server_context
 
@@ -103,33 +106,7 @@ def own_metrics_folder() -> Path | None:
         return None
     folders = Path(BentoMLContainer.bentoml_home.get()) / METRICS_FOLDERS
     host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
-    _remove_stopped(folders, host)
     folder = folders / f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
     BentoMLContainer.prometheus_multiproc_dir.set(str(folder))  # made by BentoML if used
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
-
-
-def _remove_stopped(folders: Path, host: str) -> None:
-    """The metrics folders of this host's servers whose process is gone (another host's, or a
-    container's with a hostname of its own, are left alone: their processes are not seen)."""
-    try:
-        entries = list(folders.iterdir())
-    except OSError:  # none yet, or not readable: nothing to remove
-        return
-    for entry in entries:
-        named, _, rest = entry.name.rpartition("-")
-        owner, _, pid = named.rpartition("-")
-        if owner != host or not pid.isdigit() or not rest or _running(int(pid)):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
