@@ -225,6 +225,34 @@ except KeyboardInterrupt:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+def test_pyspark_puts_in_no_ctrl_c_handler_of_its_own_while_the_command_starts_it(
+    spark_installed: None,
+) -> None:
+    """PySpark's context put in its own Ctrl-C handler part way through the start; a Ctrl-C
+    after that, while the start was in a gateway call, was answered with another gateway call
+    and the command failed with py4j's traceback and exit 1 (diff review: 5 of 5 at 7-11 s).
+    The command's own handler stays through the start. In a process of its own."""
+    code = """
+import signal, threading
+from features.spark_engine import spark_session
+from serving.cli import _note_ctrl_c, _pyspark_keeps_our_ctrl_c
+_note_ctrl_c(threading.Event())
+ours = signal.getsignal(signal.SIGINT)
+with _pyspark_keeps_our_ctrl_c():
+    spark = spark_session(cores=1, memory="1g")
+kept = signal.getsignal(signal.SIGINT) is ours
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # still put in as asked
+spark.stop()
+print("kept", kept)
+"""
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["kept", "True"], result.stdout + result.stderr[-3000:]
+
+
 def test_a_refused_row_on_spark_is_one_error_line_not_the_executors_report(
     spark_installed: None, tmp_path: Path
 ) -> None:
