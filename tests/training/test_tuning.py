@@ -135,7 +135,9 @@ def test_an_error_in_a_trial_fails_the_trial_and_the_training_run_with_the_reaso
     assert parent.data.tags[ERROR_TAG] == "MemoryError: std::bad_alloc"
 
 
-def _first_trials(monkeypatch: pytest.MonkeyPatch, trials: int = 3) -> dict[str, list[dict]]:
+def _first_trials(
+    monkeypatch: pytest.MonkeyPatch, trials: int = 3, settings: TrainingSettings | None = None
+) -> dict[str, list[dict]]:
     """Each study's sampled parameters, trial by trial (no model fitted: the objective only
     samples)."""
     sampled: dict[str, list[dict]] = {"propensity": [], "stage": []}
@@ -146,7 +148,7 @@ def _first_trials(monkeypatch: pytest.MonkeyPatch, trials: int = 3) -> dict[str,
 
     monkeypatch.setattr(tuning, "_objective", sample_only)
     X, stage_y, buy_y = _data()
-    tune_models(X, stage_y, buy_y, settings=_settings(), trials=trials)
+    tune_models(X, stage_y, buy_y, settings=settings or _settings(), trials=trials)
     return sampled
 
 
@@ -203,15 +205,7 @@ def test_the_first_trial_is_what_a_run_without_tuning_trains_with(
             )
         }
     )
-    sampled: dict[str, list[dict]] = {"propensity": [], "stage": []}
-
-    def sample_only(trial: optuna.Trial, model: str, *args: Any) -> float:
-        sampled[model].append(tuning.suggest(trial))
-        return 0.5
-
-    monkeypatch.setattr(tuning, "_objective", sample_only)
-    X, stage_y, buy_y = _data()
-    tune_models(X, stage_y, buy_y, settings=settings, trials=1)
+    sampled = _first_trials(monkeypatch, trials=1, settings=settings)
     for model in ("propensity", "stage"):
         assert sampled[model][0]["lambda_l2"] == DEFAULT_LIGHTGBM_PARAMS["lambda_l2"]
         assert sampled[model][0]["learning_rate"] == base.lightgbm.params["learning_rate"]
