@@ -68,7 +68,7 @@ from training.models import (
     RfmPropensityModel,
     RulesStageModel,
 )
-from training.settings import TrainingSettings
+from training.settings import TrainingSettings, for_training
 
 STAGE_LABEL = "stage_label"
 PURCHASE_LABEL = "purchase_label"
@@ -448,6 +448,7 @@ def train_models(
     require_known_consent(contacts, assume_consent=assume_consent)  # before any work
     require_trainable_spec(spec)
     require_no_identifying_attributes(contacts, spec)
+    settings = for_training(settings)  # LightGBM's parameters, as training reads them
     say = progress or (lambda _: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 from pydantic import Field, field_validator
 
+from features.errors import InputError
 from features.settings import CalendarDay, FrozenSettings, config_section, section_settings
 from training.models import ReasonsMethod, main_parameter_names
 
@@ -43,14 +44,6 @@ class LightGBMSettings(FrozenSettings):
                 f"{unknown} are no LightGBM parameters; see "
                 "https://lightgbm.readthedocs.io/en/stable/Parameters.html for the names"
             )
-        managed = _managed_parameters(params)
-        if managed:
-            raise ValueError(
-                f"{sorted(managed)} are set by funnelcast itself: "
-                + "; ".join(sorted(set(managed.values())))
-                + " (remove them from `lightgbm.params`)"
-            )
-        params = main_parameter_names(params)  # as LightGBM reads them (diff review)
         problem = _lightgbm_refusal(params)
         if problem:
             raise ValueError(f"LightGBM refuses these values: {problem}")
@@ -145,6 +138,31 @@ class TrainingSettings(FrozenSettings):
     reasons: ReasonsMethod = "path"
     lightgbm: LightGBMSettings
     registry: RegistrySettings
+
+
+def for_training(settings: TrainingSettings) -> TrainingSettings:
+    """``settings`` with ``lightgbm.params`` as training reads them: under LightGBM's main
+    names (``eta`` as ``learning_rate``: merged over the defaults, an alias was overridden by
+    them), with no parameter funnelcast sets itself and no parameter named twice, otherwise an
+    ``InputError`` saying which and where it is set. Checked as training starts, before the
+    features are built, not as the settings load: `score`, `serve` and the other commands that
+    only read a model must not refuse the config that trained it (late review: a `verbose: -1`
+    stopped the weekly scoring job)."""
+    params = settings.lightgbm.params
+    managed = _managed_parameters(params)
+    if managed:
+        raise InputError(
+            f"lightgbm.params: {sorted(managed)} are set by funnelcast itself: "
+            + "; ".join(sorted(set(managed.values())))
+            + " (remove them from `lightgbm.params`)"
+        )
+    try:
+        main = main_parameter_names(params)
+    except ValueError as error:
+        raise InputError(f"lightgbm.params: {error}") from None
+    return settings.model_copy(
+        update={"lightgbm": settings.lightgbm.model_copy(update={"params": main})}
+    )
 
 
 def load_training_settings(

@@ -3,7 +3,7 @@
 Sampler: TPE, seeded per model (``study_seed``): one seed for both made the stage and the
 propensity studies try the very same parameters in TPE's random start-up trials. Pruner:
 median, fed by LightGBM's pruning callback on the validation window. The first trial of each
-study is the configured parameters (``configured_trial``). Objectives on the
+study is what a run without tuning trains with (``configured_trial``). Objectives on the
 validation snapshots (the test snapshots are never seen):
 
 * propensity: average precision (AUC-PR), maximised;
@@ -30,6 +30,7 @@ from training.models import (
     DEFAULT_LIGHTGBM_PARAMS,
     LightGBMPropensityModel,
     LightGBMStageModel,
+    main_parameter_names,
 )
 from training.settings import TrainingSettings
 from training.tracking import end_run_after
@@ -102,7 +103,9 @@ def tune_models(
             direction=direction, sampler=sampler, pruner=optuna.pruners.MedianPruner()
         )
         # what a run without tuning trains with: the configured parameters over the defaults
-        configured = configured_trial({**DEFAULT_LIGHTGBM_PARAMS, **settings.lightgbm.params})
+        configured = configured_trial(
+            {**DEFAULT_LIGHTGBM_PARAMS, **main_parameter_names(settings.lightgbm.params)}
+        )
         if configured:
             study.enqueue_trial(configured)
         study.optimize(
@@ -126,7 +129,7 @@ def _objective(
     settings: TrainingSettings,
     sample_weight: np.ndarray | None = None,
 ) -> float:
-    params = {**settings.lightgbm.params, **suggest(trial)}
+    params = {**main_parameter_names(settings.lightgbm.params), **suggest(trial)}
     common: dict[str, Any] = {
         "params": params,
         "num_boost_round": settings.lightgbm.num_boost_round,
