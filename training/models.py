@@ -16,6 +16,7 @@ in ``_``; every random step takes ``seed``. Inputs are pandas frames from
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,18 +52,25 @@ DEFAULT_LIGHTGBM_PARAMS: dict[str, Any] = {
 _EPS = 1e-6
 
 
+@functools.cache
+def lightgbm_main_names() -> dict[str, str]:
+    """Every LightGBM parameter name and alias, as the library lists them, to its main name
+    (``eta``: ``learning_rate``; a main name to itself)."""
+    from lightgbm.basic import _ConfigAliases
+
+    return {
+        alias: name
+        for name, aliases in _ConfigAliases._get_all_param_aliases().items()
+        for alias in (name, *aliases)
+    }
+
+
 def main_parameter_names(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` under LightGBM's main names (``eta`` as ``learning_rate``): merged over the
     defaults, which use the main names, an alias was overridden by them, LightGBM taking the
     main name (a config's ``eta: 0.3`` trained at 0.05; diff review). Two names of one
     parameter are a ``ValueError``."""
-    from lightgbm.basic import _ConfigAliases
-
-    main = {
-        alias: name
-        for name, aliases in _ConfigAliases._get_all_param_aliases().items()
-        for alias in (name, *aliases)
-    }
+    main = lightgbm_main_names()
     out: dict[str, Any] = {}
     given: dict[str, str] = {}
     for name, value in params.items():

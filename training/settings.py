@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from features.errors import InputError
 from features.settings import CalendarDay, FrozenSettings, config_section, section_settings
-from training.models import ReasonsMethod, main_parameter_names
+from training.models import ReasonsMethod, lightgbm_main_names, main_parameter_names
 
 
 class LightGBMSettings(FrozenSettings):
@@ -38,7 +38,7 @@ class LightGBMSettings(FrozenSettings):
         """Checked when the settings load, not after the snapshots are built: a misspelt name
         was ignored by LightGBM without a word (its warnings are off) yet logged as if used,
         and a value out of range was a LightGBM traceback after minutes of work."""
-        unknown = sorted(set(params) - _lightgbm_parameter_names())
+        unknown = sorted(set(params) - set(lightgbm_main_names()))
         if unknown:
             raise ValueError(
                 f"{unknown} are no LightGBM parameters; see "
@@ -192,14 +192,6 @@ def source_training(source: str | None, *, model_name: str | None = None) -> dic
     return given
 
 
-def _lightgbm_parameter_names() -> frozenset[str]:
-    """Every LightGBM parameter name and alias, as the library lists them."""
-    from lightgbm.basic import _ConfigAliases
-
-    aliases = _ConfigAliases._get_all_param_aliases()
-    return frozenset(name for names in aliases.values() for name in names) | set(aliases)
-
-
 # LightGBM parameters funnelcast sets itself (each with its aliases), and where a user says
 # what they set: given in `lightgbm.params` they were overridden without a word, or, for a
 # categorical feature list, trained and then failed (a JSON error reading the model back,
@@ -231,15 +223,12 @@ _MANAGED_PARAMETERS: dict[str, str] = {
 
 def _managed_parameters(params: dict[str, Any]) -> dict[str, str]:
     """The names in ``params`` that funnelcast sets itself, with where that is said."""
-    from lightgbm.basic import _ConfigAliases
-
-    aliases = _ConfigAliases._get_all_param_aliases()
-    said = {
-        alias: why
-        for name, why in _MANAGED_PARAMETERS.items()
-        for alias in {name, *aliases.get(name, ())}
+    main = lightgbm_main_names()
+    return {
+        name: _MANAGED_PARAMETERS[main[name]]
+        for name in params
+        if main.get(name) in _MANAGED_PARAMETERS
     }
-    return {name: said[name] for name in params if name in said}
 
 
 def _lightgbm_refusal(params: dict[str, Any]) -> str | None:
