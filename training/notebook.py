@@ -10,15 +10,18 @@ kept here with tests, since a notebook holds no logic:
   kept: a path the user writes is the notebook's folder's, as Jupyter reads it);
 - an ingested folder read with the notebook's words (a folder of part files is
   ``funnelcast train``'s);
-- the test window's quality as a table with the rows ``funnelcast train`` prints.
+- the test window's quality as a table with the rows ``funnelcast train`` prints;
+- the settings it trains with, read as ``funnelcast train`` reads them: a settings file
+  (``config``), a feature spec, a source's mapping and the horizon.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -26,12 +29,26 @@ import pyarrow as pa
 from features.errors import InputError
 from training.evaluation import buyers_line, quality_rows
 
-__all__ = ["buyers_line", "check_parameters", "project_store", "quality_table", "read_data_folder"]
+if TYPE_CHECKING:
+    from features.settings import RulesSettings
+    from features.spec import FeatureSpec
+    from training.settings import TrainingSettings
+
+__all__ = [
+    "TrainingSetup",
+    "buyers_line",
+    "check_parameters",
+    "project_store",
+    "quality_table",
+    "read_data_folder",
+    "training_setup",
+]
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ("promote_if_better", "force_promotion", "assume_consent")
-COUNTS = {"contacts": 1, "days": 1, "tune_trials": 0}  # each one's least value
-TEXTS = ("events", "source", "model_name", "observe_until", "tracking_uri")
+COUNTS = {"contacts": 1, "days": 1, "tune_trials": 0, "horizon_days": 0}  # each one's least
+TEXTS = ("events", "config", "spec", "source", "model_name", "observe_until", "tracking_uri")
+PATHS = ("events", "config", "spec")  # a pathlib.Path is taken for these
 
 
 def check_parameters(parameters: Mapping[str, Any]) -> None:
@@ -56,7 +73,7 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
         value = parameters[name]
         if value is None or isinstance(value, str):  # None: as "", the default
             continue
-        if name == "events" and isinstance(value, os.PathLike):
+        if name in PATHS and isinstance(value, os.PathLike):
             continue
         number = isinstance(value, int | float) and not isinstance(value, bool)
         raise InputError(
@@ -142,3 +159,92 @@ def quality_table(metrics: Mapping[str, float]) -> pl.DataFrame:
             "funnelcast": pl.Float64,
         },
     )
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the notebook trains with, and the lines that say where it came from."""
+
+    config: Path | None  # the settings file (its simulator settings too), None: the shipped
+    settings: TrainingSettings
+    spec: FeatureSpec
+    spec_text: str  # logged beside the model, as `funnelcast train` logs it
+    rules: RulesSettings
+    said: list[str]
+
+
+def training_setup(
+    *,
+    config: str | os.PathLike[str] | None = None,
+    spec: str | os.PathLike[str] | None = None,
+    source: str | None = None,
+    model_name: str | None = None,
+    observe_until: str | None = None,
+    horizon_days: int = 0,
+) -> TrainingSetup:
+    """The settings, feature spec and rules ``funnelcast train --config --spec --source
+    --model-name --observe-until --horizon`` trains with (empty or 0: not given). A source's
+    mapping gives its ``training:`` settings unless ``config`` is given, which gives them
+    whole, as the command does; ``model_name``, ``observe_until`` and ``horizon_days`` go over
+    either. Every problem is an ``InputError`` naming the parameter."""
+    from features.settings import load_rules_settings
+    from features.spec import load_feature_spec, shipped_spec_text
+    from training.pipeline import require_trainable_spec
+    from training.settings import for_training, load_training_settings, source_training
+
+    config_path = _given_file("config", config, "a copy of features/config/default.yaml")
+    spec_path = _given_file("spec", spec, "a copy of features/config/feature_spec.yaml")
+    said = []
+    overrides: dict[str, Any] = {}
+    if source and config_path is not None:
+        mapped = source_training(source)
+        name = mapped.pop("model_name", None)
+        if mapped or name:
+            said.append(
+                f"The {source} mapping's training settings are not used: config gives them"
+                + (
+                    f"; to use them, copy its {', '.join(mapped)} into the config's `training:`"
+                    if mapped
+                    else ""
+                )
+                + (f" (and give model_name={name!r} for its model name)" if name else "")
+            )
+    else:
+        overrides = source_training(source or None)
+    if model_name:
+        overrides["model_name"] = model_name
+    if observe_until:
+        overrides["observe_until"] = observe_until
+    if horizon_days:
+        overrides["horizon_days"] = horizon_days
+    settings = load_training_settings(config_path, **overrides)
+    for_training(settings)  # LightGBM parameters training refuses: now, not after the data
+    base = f"those of {config_path}" if config_path else "the shipped ones"
+    said.append(f"training settings: {base}" + (f", with {overrides}" if overrides else ""))
+    if spec_path is not None:
+        said.append(f"feature spec: {spec_path}")
+    feature_spec = load_feature_spec(spec_path)
+    require_trainable_spec(feature_spec)
+    return TrainingSetup(
+        config=config_path,
+        settings=settings,
+        spec=feature_spec,
+        spec_text=spec_path.read_text("utf-8") if spec_path else shipped_spec_text(),
+        rules=load_rules_settings(config_path),
+        said=said,
+    )
+
+
+def _given_file(name: str, value: str | os.PathLike[str] | None, what: str) -> Path | None:
+    """A file parameter's path, or None when empty; a path that is no file is an
+    ``InputError`` naming the parameter and where a relative path starts."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        found = "a folder" if path.is_dir() else "no such file"
+        raise InputError(
+            f"{name}={str(value)!r}: {found} (relative to {Path.cwd()}); give {what} with your "
+            f"settings, or leave {name} empty for the shipped one"
+        )
+    return path

@@ -28,12 +28,19 @@ def _execute(tmp_path: Path, **parameters: object) -> None:
 
 @pytest.mark.slow
 def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Path) -> None:
+    import yaml
+
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    _execute(tmp_path, contacts=6000, days=120, tracking_uri=uri)
-    versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(
-        "name='funnelcast'"
-    )
+    # a settings file, as `train --config` takes it: its horizon and model name are trained with
+    settings = yaml.safe_load((ROOT / "features" / "config" / "default.yaml").read_text())
+    settings["training"]["horizon_days"] = 21
+    settings["training"]["registry"]["model_name"] = "funnelcast-nb"
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(settings))
+    _execute(tmp_path, contacts=6000, days=120, tracking_uri=uri, config="settings.yaml")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name='funnelcast-nb'")
     assert [str(v.version) for v in versions] == ["1"]
+    assert client.get_run(versions[0].run_id).data.params["horizon_days"] == "21"
     # the last cell's printed decision (not the cell's source, which holds both words) agrees
     # with the registry: version 1 is the champion exactly when the notebook says promoted
     executed = nbformat.read(tmp_path / "retrain-out.ipynb", as_version=4)
@@ -53,8 +60,7 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
     # each gate metric's difference, with the gate's interval (a version's first promotion is
     # judged against the rules and RFM, paired)
     assert re.search(r"^  macro_f1: [+-]\d\.\d{4} \(95 % interval ", printed, re.MULTILINE)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    aliases = client.get_model_version("funnelcast", "1").aliases
+    aliases = client.get_model_version("funnelcast-nb", "1").aliases
     assert ("champion" in aliases) == (decision.group(1) == "promoted")
 
 

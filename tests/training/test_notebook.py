@@ -19,6 +19,7 @@ from training.notebook import (
     project_store,
     quality_table,
     read_data_folder,
+    training_setup,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -28,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "observe_until": "",
     "contacts": 8000,
     "days": 120,
+    "config": "",
+    "spec": "",
+    "horizon_days": 0,
     "tune_trials": 0,
     "tracking_uri": "",
     "promote_if_better": True,
@@ -53,7 +57,15 @@ def test_a_flag_given_as_text_or_a_number_is_refused_naming_it(name: str, given:
 
 @pytest.mark.parametrize(
     ("name", "given"),
-    [("contacts", 0), ("days", "120"), ("tune_trials", -1), ("tune_trials", 2.5), ("days", True)],
+    [
+        ("contacts", 0),
+        ("days", "120"),
+        ("tune_trials", -1),
+        ("tune_trials", 2.5),
+        ("days", True),
+        ("horizon_days", -1),
+        ("horizon_days", "30"),
+    ],
 )
 def test_a_count_that_is_no_whole_number_in_range_is_refused(name: str, given: Any) -> None:
     with pytest.raises(InputError, match=rf"parameter {name} is .*whole number"):
@@ -71,6 +83,7 @@ def test_none_for_text_is_the_default_and_a_path_is_taken_for_events() -> None:
     """`-p tracking_uri None` meant the default store before the check (diff review)."""
     check_parameters(DEFAULTS | {"tracking_uri": None, "source": None, "observe_until": None})
     check_parameters(DEFAULTS | {"events": Path("out/run/data")})
+    check_parameters(DEFAULTS | {"config": Path("my.yaml"), "spec": Path("spec.yaml")})
     with pytest.raises(InputError, match="parameter model_name is PosixPath"):
         check_parameters(DEFAULTS | {"model_name": Path("x")})
 
@@ -180,3 +193,107 @@ def test_the_notebooks_first_cells_take_the_projects_store_under_jupyter(
     namespace["force_promotion"] = "false"  # as papermill passes `-p force_promotion false`
     with pytest.raises(InputError, match="parameter force_promotion is 'false'"):
         exec(setup.source, namespace)
+
+
+def _parameters_cell() -> dict[str, Any]:
+    """The notebook's own parameters, as its parameters cell sets them."""
+    import nbformat
+
+    notebook = nbformat.read(PROJECT / "notebooks" / "retrain.ipynb", as_version=4)
+    namespace: dict[str, Any] = {}
+    exec(notebook.cells[1].source, namespace)  # the project's own parameters cell
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
+def test_the_tests_defaults_are_the_notebooks_parameters() -> None:
+    """Every parameter the notebook has is checked (a missing one is a KeyError here)."""
+    assert _parameters_cell() == DEFAULTS
+
+
+def _config(tmp_path: Path, **training: Any) -> Path:
+    """A copy of the shipped settings with ``training`` over its `training:` section."""
+    import yaml
+
+    settings = yaml.safe_load((PROJECT / "features" / "config" / "default.yaml").read_text())
+    settings["training"].update(training)
+    path = tmp_path / "my-settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_the_settings_are_the_shipped_ones_without_parameters() -> None:
+    setup = training_setup()
+    assert (setup.settings.horizon_days, setup.settings.registry.model_name) == (14, "funnelcast")
+    assert setup.config is None
+    assert setup.said == ["training settings: the shipped ones"]
+
+
+def test_a_config_gives_the_settings_and_the_horizon_goes_over_it(tmp_path: Path) -> None:
+    """`config`, `horizon_days` and `model_name`, as `funnelcast train --config --horizon
+    --model-name` take them (the notebook had neither a settings file nor a horizon)."""
+    config = _config(tmp_path, horizon_days=30, snapshots=9)
+    setup = training_setup(config=str(config))
+    assert (setup.settings.horizon_days, setup.settings.snapshots) == (30, 9)
+    assert setup.config == config
+    setup = training_setup(config=config, horizon_days=7, model_name="mine")
+    assert (setup.settings.horizon_days, setup.settings.snapshots) == (7, 9)
+    assert setup.settings.registry.model_name == "mine"
+    assert setup.said == [
+        f"training settings: those of {config}, with {{'model_name': 'mine', 'horizon_days': 7}}"
+    ]
+
+
+def test_a_source_mapping_gives_its_settings_unless_a_config_gives_them(tmp_path: Path) -> None:
+    """As `funnelcast train --source`: the mapping's `training:` over the shipped settings;
+    with a config, the config's whole, and the notebook says what the mapping's were."""
+    mapped = training_setup(source="cdnow_sample")
+    assert (mapped.settings.horizon_days, mapped.settings.snapshot_every_days) == (90, 30)
+    assert mapped.settings.registry.model_name == "funnelcast-cdnow_sample"
+    config = _config(tmp_path, horizon_days=21)
+    setup = training_setup(source="cdnow_sample", config=config)
+    assert (setup.settings.horizon_days, setup.settings.snapshot_every_days) == (21, 7)
+    assert setup.settings.registry.model_name == "funnelcast"
+    assert setup.said[0].startswith(
+        "The cdnow_sample mapping's training settings are not used: config gives them; to use "
+        "them, copy its horizon_days"
+    )
+    assert "model_name='funnelcast-cdnow_sample'" in setup.said[0]
+
+
+def test_a_feature_spec_is_read_and_logged_as_given(tmp_path: Path) -> None:
+    """`spec`, as `funnelcast train --spec`: the model logs the user's YAML text."""
+    shipped = (PROJECT / "features" / "config" / "feature_spec.yaml").read_text("utf-8")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(shipped.replace("windows: [7, 28, 90]\n", "windows: [7, 28, 60, 90]\n", 1))
+    assert spec.read_text("utf-8") != shipped
+    setup = training_setup(spec=spec)
+    assert setup.spec_text == spec.read_text("utf-8")
+    assert "email_click_count_60d" in setup.spec.names, setup.spec.names[:5]
+    assert training_setup().spec_text == shipped
+
+
+@pytest.mark.parametrize("name", ["config", "spec"])
+def test_a_file_parameter_that_is_no_file_names_it_and_where_it_was_looked_for(
+    name: str, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=rf"{name}='nothere.yaml': no such file \(relative to "):
+        training_setup(**{name: "nothere.yaml"})
+    with pytest.raises(InputError, match=rf"{name}='{tmp_path}': a folder"):
+        training_setup(**{name: str(tmp_path)})
+
+
+def test_settings_training_would_refuse_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="horizon_days"):
+        training_setup(config=_config(tmp_path, horizon_days=0))
+    import yaml
+
+    settings = yaml.safe_load(_config(tmp_path).read_text())
+    settings["training"]["lightgbm"]["params"]["seed"] = 3  # set by funnelcast itself
+    (tmp_path / "seeded.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(InputError, match="set by funnelcast itself"):
+        training_setup(config=tmp_path / "seeded.yaml")
+    spec = tmp_path / "spec.yaml"
+    shipped = (PROJECT / "features" / "config" / "feature_spec.yaml").read_text("utf-8")
+    spec.write_text(shipped.replace("rules_stage: true", "rules_stage: false"))
+    with pytest.raises(InputError, match="rules_stage: true"):
+        training_setup(spec=spec)
