@@ -1303,6 +1303,10 @@ def identifying_attributes(
         else:
             continue  # booleans, dates and the kinds that are no features
         values = listed[name].drop_nulls()
+        if "contact_id" in listed.columns and _mostly_own_ids(listed[name], listed["contact_id"]):
+            why = "the contacts' own ids"  # however spread (privacy review: Taobao's user ids)
+            found.append(IdentifyingColumn(name, values.n_unique(), len(values), why))
+            continue
         if dtype.is_numeric():
             numbers = values.cast(pl.Float64)
             values, numbers = (
@@ -1321,6 +1325,18 @@ def identifying_attributes(
         elif distinct >= least and distinct > share * len(values):
             found.append(IdentifyingColumn(name, distinct, len(values), "many values"))
     return found
+
+
+def _mostly_own_ids(column: pl.Series, ids: pl.Series) -> bool:
+    """More than half of the column's values, and at least ``IDENTIFYING_MIN_VALUES``, are
+    their contact's own id, compared as text (a whole number as its digits: 1001891.0 is the
+    id 1001891). A copy of the id is as identifying when the ids are spread wide, as a CRM's or
+    a shop's user numbers are, which the other tests take for a measure."""
+    text = column.cast(pl.String).str.strip_chars()
+    if column.dtype.is_float() or column.dtype == pl.Decimal:
+        text = text.str.replace(r"\.0*$", "")
+    same = int((text == ids.cast(pl.String).str.strip_chars()).sum())
+    return same >= IDENTIFYING_MIN_VALUES and same * 2 > len(text) - text.null_count()
 
 
 def _addresses(values: pl.Series) -> str | None:

@@ -165,6 +165,12 @@ def _ascii_key(key: str, where: str) -> str:
             "request could present such a key. Use ASCII letters and digits (python -c "
             "'import secrets; print(secrets.token_urlsafe(32))')"
         )
+    control = next((c for c in key if not c.isprintable() and not c.isspace()), None)
+    if control is not None:  # no HTTP header value carries one (privacy review: U+0001)
+        raise ServiceConfigError(
+            f"{where} holds a control character (U+{ord(control):04X}), which no HTTP header "
+            "can carry, so no request could present the key; keep its ASCII letters and digits"
+        )
     return key
 
 
@@ -251,6 +257,11 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
                 f"({reason}){where}; point it at a file with one API key per line (a key "
                 "itself goes in FUNNELCAST_API_KEY)"
             ) from None
+        if "\x00" in text:  # UTF-16 without a byte-order mark reads as UTF-8 with NULs
+            raise ServiceConfigError(
+                f"the API key file {path} holds NUL bytes: it is UTF-16 text (as Windows' "
+                "PowerShell writes it), not UTF-8; save it as UTF-8 (ASCII letters and digits)"
+            )
         for number, line in enumerate(text.splitlines(), start=1):
             key = line.strip()
             if key and not key.startswith("#"):  # a comment is never a key

@@ -341,7 +341,10 @@ def _openapi_document() -> dict[str, Any]:
 
 # BentoML's own page loads Google Tag Manager, a third-party script on the page where a
 # developer types an API key into Swagger's "Authorize": this one loads only the Swagger UI
-# that BentoML serves from this server (/static_content/), pointed at /docs.json
+# that BentoML serves from this server (/static_content/), pointed at /docs.json. Its own
+# start-up, not BentoML's swagger-initializer.js: that one leaves Swagger's validator badge
+# on, an image from validator.swagger.io given this server's address, on any host but
+# localhost and 127.0.0.1 (privacy review)
 _INDEX_PAGE = """<!DOCTYPE html>
 <html lang="en">
   <head>
@@ -354,7 +357,19 @@ _INDEX_PAGE = """<!DOCTYPE html>
     <div id="swagger-ui"></div>
     <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
     <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
-    <script src="./static_content/swagger-initializer.js" charset="UTF-8"></script>
+    <script>
+      window.onload = function () {
+        window.ui = SwaggerUIBundle({
+          url: "./docs.json",
+          dom_id: "#swagger-ui",
+          deepLinking: true,
+          validatorUrl: null,
+          presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+          plugins: [SwaggerUIBundle.plugins.DownloadUrl],
+          layout: "StandaloneLayout",
+        });
+      };
+    </script>
   </body>
 </html>
 """

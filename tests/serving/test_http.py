@@ -685,6 +685,10 @@ def test_the_docs_page_loads_no_third_party_script(client: TestClient) -> None:
     assert "./static_content/swagger-ui-bundle.js" in sources
     assert all(source.startswith("./static_content/") for source in sources)
     assert "googletagmanager" not in page.text
+    # Swagger's validator badge is an image from validator.swagger.io, given this server's
+    # address, unless the page turns it off (privacy review)
+    assert "validatorUrl: null" in page.text
+    assert "swagger-initializer.js" not in page.text
     for source in sources:  # every asset is there
         assert client.get(source.removeprefix(".")).status_code == 200
 

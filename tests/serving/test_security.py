@@ -109,6 +109,37 @@ def test_a_key_file_that_is_not_utf8_text_is_a_configuration_error(tmp_path: Pat
         read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
 
 
+@pytest.mark.parametrize("ending", ["", "\r\n"])
+def test_a_key_file_in_utf16_without_a_byte_order_mark_is_named_as_such(
+    tmp_path: Path, ending: str
+) -> None:
+    """Without a byte-order mark, UTF-16 reads as UTF-8 with a NUL after every character: the
+    service started and answered every request 401, and with a line break at the end the
+    refusal was of keys too short (privacy review)."""
+    path = tmp_path / "keys"
+    path.write_bytes(f"{KEY}{ending}".encode("utf-16-le"))
+    with pytest.raises(ServiceConfigError, match="NUL bytes: it is UTF-16 text") as said:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert KEY not in str(said.value)
+
+
+@pytest.mark.parametrize("control", ["\x01", "\x1b", "\x7f", "\x00"])
+def test_a_key_with_a_control_character_is_refused_naming_it_not_the_key(
+    tmp_path: Path, control: str
+) -> None:
+    """No HTTP header carries a control character, so such a key could never match."""
+    path = tmp_path / "keys"
+    path.write_text(f"{OTHER}\n{KEY}{control}\n", "utf-8")
+    code = f"U\\+{ord(control):04X}"
+    refusal = "NUL bytes" if control == "\x00" else rf"line 2 of .* control character \({code}\)"
+    with pytest.raises(ServiceConfigError, match=refusal) as said:
+        read_api_keys({"FUNNELCAST_API_KEY_FILE": str(path)})
+    assert KEY not in str(said.value)
+    if control != "\x00":
+        with pytest.raises(ServiceConfigError, match=rf"key 2 of FUNNELCAST_API_KEY .*{code}"):
+            read_api_keys({"FUNNELCAST_API_KEY": f"{OTHER},{KEY}{control}"})
+
+
 def test_a_key_file_that_starts_with_a_byte_order_mark_reads_its_key(tmp_path: Path) -> None:
     """Review: a key file saved with a UTF-8 byte-order mark (Windows editors) was refused for
     "characters outside ASCII", which the file, seen in an editor, did not hold. One elsewhere

@@ -276,6 +276,40 @@ def test_which_number_attributes_identify_contacts(
     assert [c.name for c in found] == (["number"] if identifying else [])
 
 
+SPREAD_IDS = [1_000_000 + (i * 7919) % 1_000_000 for i in range(300)]  # Taobao's, say
+
+
+@pytest.mark.parametrize(
+    ("copy", "identifying"),
+    [
+        # the contact's own id as a number: spread wide, it passed for a measure, went into
+        # the model and every row of the test set logged to MLflow (privacy review, Taobao)
+        (pl.Series(SPREAD_IDS, dtype=pl.Int64), True),
+        (pl.Series([float(i) for i in SPREAD_IDS[:200]] + [None] * 100), True),  # pandas' export
+        (pl.Series(SPREAD_IDS).cast(pl.Decimal(20, 2)), True),
+        (pl.Series([f" {i}" for i in SPREAD_IDS], dtype=pl.Categorical), True),
+        # the id for only some contacts, or too few to say: not by this test
+        (pl.Series(SPREAD_IDS[:150] + [7] * 150), False),
+        (pl.Series(SPREAD_IDS[:19] + [None] * 281), False),
+        (pl.Series([i + 0.5 for i in SPREAD_IDS]), False),  # not the id
+    ],
+)
+def test_a_copy_of_the_contacts_own_id_is_identifying_however_spread(
+    copy: pl.Series, identifying: bool
+) -> None:
+    contacts = pl.DataFrame(
+        {
+            "contact_id": [str(i) for i in SPREAD_IDS],
+            "marketing_consent": [True] * len(SPREAD_IDS),
+            "customer_number": copy,
+        }
+    )
+    found = identifying_attributes(contacts, load_feature_spec())
+    assert [(c.name, c.why) for c in found] == (
+        [("customer_number", "the contacts' own ids")] if identifying else []
+    )
+
+
 def _train_small(small: object, settings: TrainingSettings) -> object:
     return train_models(
         small.events,  # type: ignore[attr-defined]
