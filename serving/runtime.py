@@ -388,6 +388,7 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
     model is copied into a folder under it, or a complete copy there reused, and loaded from
     that copy as the workers will load it (``info.local_copy`` names it)."""
     from serving.model_copy import UnwritableCopyError
+    from training.registry import DamagedModelError
 
     try:
         if settings.bento_model:
@@ -396,8 +397,8 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
             model, info = _from_copy(settings.model_copy)
         else:
             model, info = _from_registry(settings, copy_into=copy_into)
-    except (SpecMismatchError, UnwritableCopyError):
-        raise  # a wrong model, or one there but not copied, is never replaced by the rules
+    except (SpecMismatchError, UnwritableCopyError, DamagedModelError):
+        raise  # a wrong model, or one there but not copied or loaded, is never the rules
     except InputError as exc:
         named = settings.version is not None and not settings.pinned_from_alias
         if settings.allow_rules_fallback and settings.bento_model:
@@ -509,21 +510,21 @@ def _from_copy(folder: Path) -> tuple[Any, ModelInfo]:
             f"the model's local copy {folder} does not record its {missing}; restart "
             "`funnelcast serve`, which makes it again"
         ) from None
-    model = _funnelcast_model(folder / MODEL_FOLDER, f"the model's local copy {folder}")
+    model = _funnelcast_model(
+        folder / MODEL_FOLDER,
+        f"the model's local copy {folder}",
+        "restart `funnelcast serve`, which copies the model again; if it fails again, the "
+        "registered version's own files are: train and register it again, or serve another",
+    )
     return model, replace(info, spec_text=model.spec_text)
 
 
-def _funnelcast_model(path: Path | str, what: str) -> Any:
+def _funnelcast_model(path: Path | str, what: str, fix: str) -> Any:
     """The FunnelcastModel of an MLflow model folder on this machine, through MLflow's pyfunc
     loader (which reads no tracking store for a folder)."""
-    import mlflow
+    from training.registry import load_funnelcast_model
 
-    from training.pyfunc import FunnelcastModel
-
-    model = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
-    if not isinstance(model, FunnelcastModel):
-        raise InputError(f"{what} is not a funnelcast model")
-    return model
+    return load_funnelcast_model(str(path), what, fix=fix)
 
 
 def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
@@ -539,7 +540,11 @@ def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
             f"{tag!r} is not a BentoML model tag ({exc}); give name:version, e.g. "
             "funnelcast:latest (`bentoml models list` shows them)"
         ) from exc
-    model = _funnelcast_model(stored.path_of(BENTO_MODEL_DIR), f"the BentoML model {tag}")
+    model = _funnelcast_model(
+        stored.path_of(BENTO_MODEL_DIR),
+        f"the BentoML model {tag}",
+        "import it again (`funnelcast build`), or give another (`bentoml models list`)",
+    )
     meta: dict[str, Any] = dict(stored.info.metadata)
     info = ModelInfo(
         model=FUNNELCAST,

@@ -312,13 +312,11 @@ def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
         rows = (text.is_null() | text.is_in(bad)).arg_true()
         if not len(rows):
             return text.replace_strict(read, return_dtype=pl.Datetime("us", "UTC"))
-        first = text[rows[0]]
-        shown = (
-            "nothing" if first is None else repr(first if len(first) <= 40 else first[:40] + "…")
-        )
+        # the row, never its value: a file whose columns were swapped holds ids here (review)
+        empty = ", empty" if text[rows[0]] is None else ""
         why = (
-            f"{len(rows):,} value(s) that are not ISO 8601 dates or moments (row {rows[0]}, "
-            f"counting from 0, holds {shown}; ISO 8601 reads 2026-12-07 or "
+            f"{len(rows):,} value(s) that are not ISO 8601 dates or moments (the first at row "
+            f"{rows[0]}{empty}, counting from 0; write them as 2026-12-07 or "
             "2026-12-07T00:00:00Z)"
         )
     else:

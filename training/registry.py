@@ -39,6 +39,11 @@ class RegistryError(InputError):
     """The registry does not have what was asked for."""
 
 
+class DamagedModelError(RegistryError):
+    """A model whose files are there but cannot be loaded: never replaced by the rules
+    fallback, which stands in for a model that is not there."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -141,10 +146,31 @@ def _first_line(exc: Exception) -> str:
 
 def load_model(ref: ModelRef) -> FunnelcastModel:
     """The FunnelcastModel of a registered version, through MLflow's pyfunc loader."""
-    loaded = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
+    return load_funnelcast_model(
+        f"models:/{ref.name}/{ref.version}",
+        f"version {ref.version} of '{ref.name}'",
+        fix="train and register it again, or name another version (--version N)",
+    )
+
+
+def load_funnelcast_model(where: str, what: str, *, fix: str) -> FunnelcastModel:
+    """The FunnelcastModel at ``where`` (a models:/ URI or an MLflow model folder), through
+    MLflow's pyfunc loader. Files that cannot be loaded (a pickle cut short or overwritten, a
+    file removed from the store) are a ``RegistryError`` naming ``what`` and the ``fix``, one
+    line: the weekly job's scheduler saw a 70-line traceback and exit 1, as for a bug
+    (scoring review). A registry that cannot be reached stays MLflow's error."""
+    try:
+        loaded = mlflow.pyfunc.load_model(where)
+    except (MlflowException, InputError):
+        raise
+    except Exception as exc:  # unpickling runs whatever the files hold: any error is theirs
+        raise DamagedModelError(
+            f"{what} cannot be loaded: its model files are damaged or missing "
+            f"({type(exc).__name__}: {_first_line(exc)}); {fix}"
+        ) from exc
     model = loaded.unwrap_python_model()
     if not isinstance(model, FunnelcastModel):
-        raise RegistryError(f"{ref.name} version {ref.version} is not a funnelcast model")
+        raise RegistryError(f"{what} is not a funnelcast model")
     return model
 
 

@@ -392,11 +392,15 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
                 }
             ),
             "scores.parquet",
-            # the first row, as the other refusals of rows name it (README review)
-            # the value itself (review: the example alone read as the bad value)
-            "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments "
-            "(row 1, counting from 0, holds '12/13/2026 00:00'; ISO 8601 reads 2026-12-07 or "
-            "2026-12-07T00:00:00Z)",
+            # the first row, as the other refusals of rows name it (README review), never its
+            # value: a file whose columns were swapped holds contact ids there (scoring review)
+            "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments (the "
+            "first at row 1, counting from 0; write them as 2026-12-07 or 2026-12-07T00:00:00Z)",
+        ),
+        (
+            pl.DataFrame({"contact_id": ["a", "b"], "stage": ["intent"] * 2, "as_of": ["a", "b"]}),
+            "scores.parquet",
+            "(the first at row 0, counting from 0;",
         ),
         *(
             (
@@ -435,6 +439,9 @@ def test_unusable_options_are_refused_before_any_work(
     result = _score(served, *args)
     assert isinstance(result.exception, InputError), result.output
     assert words in str(result.exception)
+    if isinstance(previous, pl.DataFrame) and previous.schema["contact_id"] == pl.String:
+        for value in previous["contact_id"]:  # never a value: it may be an id
+            assert f"'{value}'" not in str(result.exception)
     assert not (tmp_path / out).exists()
     assert "Scoring with" not in result.output  # refused before the model was loaded
 

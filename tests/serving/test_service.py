@@ -42,7 +42,7 @@ from serving.schemas import (
 )
 from training.pyfunc import FLOAT32_MAX, PROBABILITY_COLUMNS, FunnelcastModel
 from training.reasons import top_reasons
-from training.registry import load_model, resolve
+from training.registry import DamagedModelError, load_model, resolve
 from training.tracking import _requirements, served_model, training_run
 
 pytestmark = pytest.mark.slow
@@ -1336,6 +1336,44 @@ def test_a_registered_mismatched_model_does_not_load_even_with_the_fallback(
     )
     with pytest.raises(SpecMismatchError, match="email_click_count_3d"):
         load_scorer(ServiceSettings.from_env(env))
+
+
+@pytest.mark.parametrize("damage", ["cut", "removed"])
+def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
+    service: Any, service_env: Served, damage: str
+) -> None:
+    """A pickle cut short or removed from the store was a 70-line traceback and exit 1 from
+    the weekly `score` job, as for a bug (scoring review); with the rules fallback allowed
+    it is still refused: the fallback stands in for a model that is not there."""
+    with training_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=service.scorer.model,
+            pip_requirements=_requirements(),
+            registered_model_name="funnelcast-damaged",
+        )
+    ref = resolve("funnelcast-damaged", version=str(info.registered_model_version))
+    assert isinstance(load_model(ref), FunnelcastModel)  # whole, it loads
+    stored = Path(mlflow.get_logged_model(info.model_id).artifact_location.removeprefix("file://"))
+    pickled = stored / "python_model.pkl"
+    assert pickled.is_file(), sorted(p.name for p in stored.iterdir())
+    if damage == "cut":
+        pickled.write_bytes(pickled.read_bytes()[:1000])
+    else:
+        pickled.unlink()
+    with pytest.raises(
+        DamagedModelError,
+        match=rf"version {ref.version} of 'funnelcast-damaged' cannot be loaded: its model "
+        r"files are damaged or missing \(\w+: .*\); train and register it again",
+    ):
+        load_model(ref)
+    env = service_env.env(FUNNELCAST_MODEL_NAME="funnelcast-damaged")
+    mlflow.MlflowClient().set_registered_model_alias("funnelcast-damaged", "champion", ref.version)
+    for allowed in ("", "1"):
+        with pytest.raises(DamagedModelError):
+            load_scorer(
+                ServiceSettings.from_env({**env, "FUNNELCAST_ALLOW_RULES_FALLBACK": allowed})
+            )
 
 
 def test_every_prediction_names_the_registered_model_it_came_from(
