@@ -114,6 +114,16 @@ def first_event_times(events: EventsInput) -> pl.DataFrame:
     )
 
 
+def unsubscribed_before(events: EventsInput, *, as_of: dt.datetime) -> pl.Series:
+    """The contacts (``contact_id`` as text) with an ``unsubscribe`` event before ``as_of``."""
+    return _collect(
+        scan_events(events)
+        .filter((pl.col("event_type") == "unsubscribe") & (pl.col("timestamp") < as_of))
+        .select(pl.col("contact_id").cast(pl.String))
+        .unique()
+    ).get_column("contact_id")
+
+
 def contacts_not_yet_active(first_events: pl.DataFrame, *, as_of: dt.datetime) -> pl.DataFrame:
     """The contacts (``contact_id``) of ``first_events`` (``first_event_times``) whose first
     event comes at or after ``as_of``: unknown as of then."""

@@ -1054,6 +1054,25 @@ def score(
             f"({escape(', '.join(result.missing_attributes))}): scored as missing values, as "
             "the service scores an attribute not sent."
         )
+    if result.unsubscribed:
+        console.print(
+            f"[yellow]{result.unsubscribed:,} of the scored contacts unsubscribed before "
+            f"{snapshot:%Y-%m-%d} (an unsubscribe event), yet have marketing consent: consent "
+            "is the contacts table's marketing_consent (or --assume-consent), so they are "
+            "scored; if the unsubscribe withdrew it, update the contacts export.[/yellow]"
+        )
+    for name, unseen, valued in result.unseen_categories:
+        console.print(
+            f"[yellow]{escape(name)}: {unseen:,} of the {valued:,} contacts with a value hold "
+            "a category the model never saw in training, scored as missing"
+            + (
+                " (none of them is one of its categories: was the export's spelling or case "
+                "changed?)"
+                if unseen == valued
+                else ""
+            )
+            + ".[/yellow]"
+        )
     if out.suffix.lower() == ".csv":
         # ISO 8601 with a T and Z, as the service answers it (CRM importers read that form)
         written = table.with_columns(pl.col("as_of").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))

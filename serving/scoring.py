@@ -21,11 +21,16 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features.consent import refuse_unusable_ids, restrict_to_consented
-from features.engine import EventsInput, first_event_times, leave_out_not_yet_active
+from features.engine import (
+    EventsInput,
+    first_event_times,
+    leave_out_not_yet_active,
+    unsubscribed_before,
+)
 from features.errors import InputError
 from features.schema import UTC_OFFSET, cast_unreadable_zones_to_utc, utc_for_unreadable_zones
 from features.vocabulary import STAGE_MESSAGE, STAGES
-from training.pyfunc import PROBABILITY_COLUMNS, value_kind
+from training.pyfunc import CLOSED_CATEGORIES, PROBABILITY_COLUMNS, value_kind
 
 # contacts scored at a time: a chunk's reasons read its feature values as Python objects
 CHUNK_ROWS = 20_000
@@ -67,6 +72,12 @@ class Scores:
     # the model's contact attributes the contacts table does not hold (or all of them, with no
     # table): scored as missing values, as the service scores an attribute not sent
     missing_attributes: tuple[str, ...] = ()
+    # category attributes with values the model never saw in training, scored as missing:
+    # (name, contacts with such a value, contacts with a value), as score says them
+    unseen_categories: tuple[tuple[str, int, int], ...] = ()
+    # scored contacts with an unsubscribe event before as_of: consent is the contacts table's
+    # (a lagging CRM export keeps it), so they are scored, and counted for score to say
+    unsubscribed: int = 0
 
 
 def score_features(
@@ -132,7 +143,25 @@ def score_features(
         contacts_without_consent=consented.contacts_without_consent,
         contacts_not_yet_active=not_yet_active,
         missing_attributes=missing,
+        unseen_categories=unseen_categories(kept, model),
+        unsubscribed=int(table["contact_id"].is_in(unsubscribed_before(events, as_of=as_of)).sum()),
     )
+
+
+def unseen_categories(features: pl.DataFrame, model: Any) -> tuple[tuple[str, int, int], ...]:
+    """Per category attribute of ``model`` in ``features``: how many contacts hold a value the
+    model never saw in training, and how many hold a value, where any does. Such a value is
+    scored as missing, as LightGBM reads it: a contacts export that renamed or re-cased its
+    categories (BUDGET for budget) changed every score without a word (scoring review)."""
+    found = []
+    for name, values in model.categories.items():
+        if name in CLOSED_CATEGORIES or name not in features.columns:
+            continue  # a closed vocabulary is checked as it is encoded
+        column = features.get_column(name).cast(pl.String).drop_nulls()
+        unseen = int((~column.is_in([str(value) for value in values])).sum())
+        if unseen:
+            found.append((name, unseen, len(column)))
+    return tuple(found)
 
 
 @contextlib.contextmanager

@@ -1276,3 +1276,91 @@ def test_the_objects_loaded_before_scoring_are_left_to_the_collector_after_it(
         gc.unfreeze()
         if was_frozen:
             gc.freeze()
+
+
+def test_categories_the_model_never_saw_are_said_and_scored_as_missing(
+    served: Served, data: Path, tmp_path: Path
+) -> None:
+    """A contacts export that re-cased its segments (BUDGET for budget) changed 326 scores
+    without a word: every such value is a missing one to the model (scoring review)."""
+    model, _ = registered_model(ServiceSettings(tracking_uri=served.store))
+    assert "segment" in model.categories
+    contacts = pl.DataFrame(served.contacts)
+    shouting = contacts.with_columns(pl.col("segment").cast(pl.String).str.to_uppercase())
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "events.parquet").symlink_to(data / "events.parquet")
+    shouting.write_parquet(folder / "contacts.parquet")
+    out = tmp_path / "scores.parquet"
+    result = _score(served, "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    got = pl.read_parquet(out)
+    valued = got.join(contacts.select("contact_id", "segment"), on="contact_id")
+    count = valued["segment"].drop_nulls().len()
+    assert count > 0
+    assert (
+        f"segment: {count:,} of the {count:,} contacts with a value hold a category the model "
+        "never saw in training, scored as missing (none of them is one of its categories"
+    ) in said
+    # scored as missing: as the model scores the same features with no segment
+    features = build_contact_features(
+        served.events, contacts, as_of=AS_OF, spec=model.spec, rules=model.rules
+    )
+    blank = features.filter(pl.col("contact_id").is_in(got["contact_id"].to_list()))
+    expected = model.predict_frame(blank.with_columns(pl.lit(None, pl.String).alias("segment")))
+    assert got["propensity"].to_list() == expected["propensity"].to_list()
+    # the export as trained on: not a word
+    normal = _score(
+        served, "--events", str(data), "--as-of", "2026-04-20", "--out", str(tmp_path / "n.csv")
+    )
+    assert normal.exit_code == 0, normal.output
+    assert "never saw in training" not in normal.output
+
+
+def test_consented_contacts_who_unsubscribed_are_scored_and_counted(
+    served: Served, data: Path, scored: Path, tmp_path: Path
+) -> None:
+    """Consent is the contacts table's; an unsubscribe event in the log of a contact the
+    table still gives consent (a CRM export lagging) is said as a count, so the operator
+    can update the export (scoring review: such a contact went out with a buy-now call to
+    action, and nothing was said). An unsubscribe at or after as_of is not counted."""
+    events = pl.DataFrame(served.events)
+    consented = pl.DataFrame(served.contacts).filter(pl.col("marketing_consent"))
+    ids = pl.read_parquet(scored)["contact_id"]
+    chosen = [i for i in consented["contact_id"].to_list() if i in set(ids.to_list())][:3]
+    before = dt.datetime(2026, 4, 19, 10, tzinfo=dt.UTC)
+    moments = [before, before, AS_OF]  # two before as_of, one at it: not before
+    template = events.filter(pl.col("contact_id") == chosen[0]).head(1)
+    added = pl.concat(
+        template.with_columns(
+            contact_id=pl.lit(who, template.schema["contact_id"]),
+            event_type=pl.lit("unsubscribe", template.schema["event_type"]),
+            timestamp=pl.lit(at, template.schema["timestamp"]),
+        )
+        for who, at in zip(chosen, moments, strict=True)
+    )
+    already = int(  # consented contacts whose log already holds one (none, as simulated)
+        events.filter(
+            (pl.col("event_type") == "unsubscribe")
+            & (pl.col("timestamp") < AS_OF)
+            & pl.col("contact_id").is_in(ids.to_list())
+        )["contact_id"].n_unique()
+    )
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pl.concat([events, added]).write_parquet(folder / "events.parquet")
+    (folder / "contacts.parquet").symlink_to(data / "contacts.parquet")
+    out = tmp_path / "scores.parquet"
+    result = _score(served, "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert (
+        f"{already + 2:,} of the scored contacts unsubscribed before 2026-04-20 (an "
+        "unsubscribe event), yet have marketing consent"
+    ) in said
+    assert set(chosen) <= set(pl.read_parquet(out)["contact_id"].to_list())  # scored
+    normal = _score(
+        served, "--events", str(data), "--as-of", "2026-04-20", "--out", str(tmp_path / "n.csv")
+    )
+    assert ("unsubscribed before" in normal.output) == (already > 0)
