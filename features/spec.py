@@ -311,6 +311,36 @@ class FeatureSpec:
         return max(windows) if windows else None
 
 
+def redefined_features(ours: FeatureSpec, theirs: FeatureSpec) -> list[str]:
+    """The event features both specs have, by name, that they define otherwise (another
+    filter, window, kind or expression, a derived feature's inputs included, and the session
+    gap for session counts): a model of ``theirs`` fed ``ours``' values of such a feature
+    reads something else under its name."""
+    if ours.fingerprint == theirs.fingerprint:
+        return []
+    mine, other = _definitions(ours), _definitions(theirs)
+    return [name for name in ours.names if name in other and mine[name] != other[name]]
+
+
+def _definitions(spec: FeatureSpec) -> dict[str, tuple[object, ...]]:
+    """Each event feature's full definition, comparable across specs."""
+    found: dict[str, tuple[object, ...]] = {}
+    for a in spec.aggregates:
+        found[a.name] = (
+            a.kind,
+            None if a.event_types is None else sorted(a.event_types),
+            None if a.channels is None else sorted(a.channels),
+            sorted(a.exclude_event_types),
+            sorted(a.exclude_channels),
+            a.window_days,
+            a.column,
+            spec.session_gap_us if a.kind == "sessions" else None,
+        )
+    for d in spec.derived:  # in order: each one's inputs are defined before it
+        found[d.name] = (ast.dump(d.tree), *(found.get(name) for name in d.inputs))
+    return found
+
+
 def load_feature_spec(path: Path | None = None) -> FeatureSpec:
     """The shipped spec, or a user's YAML file, checked and expanded."""
     if path is None:

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from features.errors import InputError
 from features.io import interrupts_held, terminate_like_interrupt
+from features.spec import redefined_features
 from training.bootstrap import Interval, Predictions, paired_intervals
 from training.evaluation import propensity_metrics, stage_metrics
 from training.pipeline import CONTACT_GROUP, PURCHASE_LABEL, RFM_PROPENSITY, STAGE_LABEL
@@ -518,17 +519,44 @@ def promote(
                 "champion anyway (recorded)"
             )
     test_set = load_test_set(challenger)
-    ours = predict(load_model(challenger), test_set)
+    challenger_model = load_model(challenger)
+    ours = predict(challenger_model, test_set)
     challenger_scores = scores_of(ours, test_set)
     theirs: Predictions | None = None
+    champion_model = None
+    if champion is not None and unscorable is None:
+        try:
+            champion_model = load_model(champion)
+        except DamagedModelError as exc:
+            unscorable = f"the champion (version {champion.version}) cannot be judged: {exc}"
+            if not force:
+                raise RegistryError(f"{unscorable}; use --force to replace it (recorded)") from exc
+    if champion_model is not None and champion is not None:
+        # features of one name that count other things: the champion would be scored on
+        # values it was not trained on, and lose (or win) for that alone (retraining review)
+        redefined = redefined_features(challenger_model.spec, champion_model.spec)
+        if redefined:
+            shown = ", ".join(redefined[:5]) + (", ..." if len(redefined) > 5 else "")
+            unscorable = (
+                f"the champion (version {champion.version}) cannot be judged on the "
+                f"challenger's test window: {len(redefined)} of the features it reads are "
+                f"defined otherwise in the challenger's feature spec ({shown}), so it would read "
+                "other values under their names"
+            )
+            if not force:
+                raise RegistryError(
+                    f"{unscorable}. Judge a spec change by `funnelcast evaluate` of each version "
+                    "on its own test window, or use --force to replace the champion (recorded)"
+                )
+            champion_model = None
     if champion is None:
         theirs = baseline_predictions(test_set)
         champion_scores = baseline_scores(challenger, test_set)
-    elif unscorable is not None:
+    elif champion_model is None:
         champion_scores = {}  # nothing fair to compare: --force replaces it, and says why
     else:
         try:
-            theirs = predict(load_model(champion), test_set)
+            theirs = predict(champion_model, test_set)
             champion_scores = scores_of(theirs, test_set)
         except InputError as exc:
             unscorable = (
@@ -604,6 +632,12 @@ def _record_and_move(
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, challenger.version, key, value)
+        # an earlier promotion's figures this one has none of (a forced one has no
+        # intervals): left, the record claimed no resampling beside intervals (review)
+        earlier = client.get_model_version(name, challenger.version).tags
+        for key in earlier:
+            if key.startswith("gate.") and key not in tags:
+                client.delete_model_version_tag(name, challenger.version, key)
         client.set_registered_model_alias(name, alias, challenger.version)
 
 

@@ -47,6 +47,7 @@ from features.schema import cast_unreadable_zones_to_utc
 from features.settings import RulesSettings
 from features.spec import FeatureSpec
 from training.evaluation import write_evaluation_artifacts
+from training.models import main_parameter_names
 from training.pipeline import TrainingResult, observed_events
 from training.pyfunc import FunnelcastModel
 from training.settings import TrainingSettings
@@ -643,7 +644,12 @@ def log_training(
             "propensity.calibration": result.propensity_model.calibration_,
             "propensity.blend_rfm": settings.lightgbm.blend_rfm,
             "propensity.lightgbm_weight": result.propensity_model.lightgbm_weight_,
-            **{f"lightgbm.{k}": v for k, v in settings.lightgbm.params.items()},
+            # under LightGBM's main names, as training read them: a config's `eta` was logged
+            # as lightgbm.eta, a column of its own beside the other runs' learning_rate
+            **{
+                f"lightgbm.{k}": v
+                for k, v in main_parameter_names(settings.lightgbm.params).items()
+            },
             **{
                 f"tuned.{model}.{k}": v
                 for model, params in result.tuned_params.items()
