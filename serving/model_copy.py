@@ -31,6 +31,7 @@ from typing import Any
 
 from features.errors import InputError
 from features.io import process_runs, terminate_like_interrupt
+from training.registry import DamagedModelError
 
 # under BentoML's home: the one folder a deployment already keeps writable and lasting for the
 # server (it holds BentoML's model store and metrics files); not the temporary folder, which
@@ -77,6 +78,17 @@ def make_model_copy(
         with terminate_like_interrupt(), _staging(place) as staging:
             (staging / MODEL_FOLDER).mkdir()
             _download(download, staging / MODEL_FOLDER)
+            if not (staging / MODEL_FOLDER / "MLmodel").is_file():
+                # MLflow downloads nothing, and says nothing, from a store whose files of the
+                # version are gone (a share not mounted): kept, every later start reused the
+                # empty copy, files put back or not (review)
+                raise DamagedModelError(
+                    f"version {info.get('model_version')} of '{info.get('model_name')}'",
+                    "the registry gave no files to copy: its MLmodel file is missing from the "
+                    "store's artifacts",
+                    "put them back, or train and register it again, or serve another version "
+                    "(--version N)",
+                )
             files = {name: _fingerprint(staging / name) for name in _files(staging)}
             _write_json(staging / RECORD, {"format": _FORMAT, "info": dict(info), "files": files})
             _sync_tree(staging)

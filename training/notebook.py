@@ -198,7 +198,8 @@ def training_setup(
     overrides: dict[str, Any] = {}
     if source and config_path is not None:
         mapped = source_training(source)
-        name = mapped.pop("model_name", None)
+        name = None if model_name else mapped.pop("model_name", None)  # named: it is used
+        mapped.pop("model_name", None)
         if mapped or name:
             said.append(
                 f"The {source} mapping's training settings are not used: config gives them"

@@ -41,8 +41,15 @@ class RegistryError(InputError):
 
 
 class DamagedModelError(RegistryError):
-    """A model whose files are there but cannot be loaded: never replaced by the rules
-    fallback, which stands in for a model that is not there."""
+    """A model whose files are damaged or missing, so it cannot be loaded: never replaced by
+    the rules fallback, which stands in for a model that is not there. ``problem`` is what
+    failed, without the fix (which depends on the command)."""
+
+    def __init__(self, what: str, problem: str, fix: str) -> None:
+        self.what, self.problem = what, problem
+        super().__init__(
+            f"{what} cannot be loaded: its model files are damaged or missing ({problem}); {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,13 +169,16 @@ def load_funnelcast_model(where: str, what: str, *, fix: str) -> FunnelcastModel
     (scoring review). A registry that cannot be reached stays MLflow's error."""
     try:
         loaded = mlflow.pyfunc.load_model(where)
-    except (MlflowException, InputError):
+    except MlflowException as exc:
+        # a file the store does not hold (MLmodel removed, a folder moved away); any other
+        # MLflow error is the store's (an outage), said as such by the command
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise DamagedModelError(what, f"{type(exc).__name__}: {_first_line(exc)}", fix) from exc
+    except InputError:
         raise
     except Exception as exc:  # unpickling runs whatever the files hold: any error is theirs
-        raise DamagedModelError(
-            f"{what} cannot be loaded: its model files are damaged or missing "
-            f"({type(exc).__name__}: {_first_line(exc)}); {fix}"
-        ) from exc
+        raise DamagedModelError(what, f"{type(exc).__name__}: {_first_line(exc)}", fix) from exc
     model = loaded.unwrap_python_model()
     if not isinstance(model, FunnelcastModel):
         raise RegistryError(f"{what} is not a funnelcast model")
@@ -528,9 +538,15 @@ def promote(
         try:
             champion_model = load_model(champion)
         except DamagedModelError as exc:
-            unscorable = f"the champion (version {champion.version}) cannot be judged: {exc}"
+            unscorable = (
+                f"the champion (version {champion.version}) cannot be loaded: its model files "
+                f"are damaged or missing ({exc.problem})"
+            )
             if not force:
-                raise RegistryError(f"{unscorable}; use --force to replace it (recorded)") from exc
+                raise RegistryError(
+                    f"{unscorable}; use --force to replace it (recorded), or train and register "
+                    "it again"
+                ) from exc
     if champion_model is not None and champion is not None:
         # features of one name that count other things: the champion would be scored on
         # values it was not trained on, and lose (or win) for that alone (retraining review)

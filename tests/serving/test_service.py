@@ -1338,13 +1338,15 @@ def test_a_registered_mismatched_model_does_not_load_even_with_the_fallback(
         load_scorer(ServiceSettings.from_env(env))
 
 
-@pytest.mark.parametrize("damage", ["cut", "removed"])
+@pytest.mark.parametrize("damage", ["cut", "removed", "no MLmodel"])
 def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
-    service: Any, service_env: Served, damage: str
+    service: Any, service_env: Served, damage: str, tmp_path: Path
 ) -> None:
     """A pickle cut short or removed from the store was a 70-line traceback and exit 1 from
-    the weekly `score` job, as for a bug (scoring review); with the rules fallback allowed
-    it is still refused: the fallback stands in for a model that is not there."""
+    the weekly `score` job, as for a bug, and a removed MLmodel file was MLflow's "check the
+    tracking URI" (scoring and diff reviews); with the rules fallback allowed it is still
+    refused: the fallback stands in for a model that is not there. `serve`'s local copy of
+    such files is not kept: every later start reused it, files mended or not (diff review)."""
     with training_run():
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -1355,12 +1357,12 @@ def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
     ref = resolve("funnelcast-damaged", version=str(info.registered_model_version))
     assert isinstance(load_model(ref), FunnelcastModel)  # whole, it loads
     stored = Path(mlflow.get_logged_model(info.model_id).artifact_location.removeprefix("file://"))
-    pickled = stored / "python_model.pkl"
-    assert pickled.is_file(), sorted(p.name for p in stored.iterdir())
+    damaged = stored / ("MLmodel" if damage == "no MLmodel" else "python_model.pkl")
+    whole = damaged.read_bytes()
     if damage == "cut":
-        pickled.write_bytes(pickled.read_bytes()[:1000])
+        damaged.write_bytes(whole[:1000])
     else:
-        pickled.unlink()
+        damaged.unlink()
     with pytest.raises(
         DamagedModelError,
         match=rf"version {ref.version} of 'funnelcast-damaged' cannot be loaded: its model "
@@ -1369,11 +1371,19 @@ def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
         load_model(ref)
     env = service_env.env(FUNNELCAST_MODEL_NAME="funnelcast-damaged")
     mlflow.MlflowClient().set_registered_model_alias("funnelcast-damaged", "champion", ref.version)
+    copies = tmp_path / "copies"
     for allowed in ("", "1"):
+        settings = ServiceSettings.from_env({**env, "FUNNELCAST_ALLOW_RULES_FALLBACK": allowed})
         with pytest.raises(DamagedModelError):
-            load_scorer(
-                ServiceSettings.from_env({**env, "FUNNELCAST_ALLOW_RULES_FALLBACK": allowed})
-            )
+            load_scorer(settings)
+        with pytest.raises(DamagedModelError, match="train and register it again") as said:
+            load_scorer(settings, copy_into=copies)  # as `funnelcast serve` loads it
+        assert "restart" not in str(said.value)  # a copy made again would be the same
+        assert not list(copies.rglob("copy.json"))  # no copy kept
+    damaged.write_bytes(whole)  # mended: the next start copies and serves it
+    scorer = load_scorer(ServiceSettings.from_env(env), copy_into=copies)
+    assert scorer.info.model_version == ref.version
+    assert len(list(copies.rglob("copy.json"))) == 1
 
 
 def test_every_prediction_names_the_registered_model_it_came_from(

@@ -258,6 +258,9 @@ def test_a_source_mapping_gives_its_settings_unless_a_config_gives_them(tmp_path
         "them, copy its horizon_days"
     )
     assert "model_name='funnelcast-cdnow_sample'" in setup.said[0]
+    named = training_setup(source="cdnow_sample", config=config, model_name="mine")
+    assert named.settings.registry.model_name == "mine"
+    assert "model_name=" not in named.said[0]  # given: nothing to say of the mapping's name
 
 
 def test_a_feature_spec_is_read_and_logged_as_given(tmp_path: Path) -> None:
