@@ -764,6 +764,11 @@ def in_utc(events: pl.LazyFrame) -> pl.LazyFrame:
         raise InputError(not_a_datetime(dtype))
     if dtype.time_zone is None:
         raise InputError(NAIVE_TIMESTAMP)
+    if dtype.time_unit == "ms":
+        # compared with as_of and the windows' starts in microseconds, as every other builder
+        # compares them: in milliseconds, Polars cut those down to the millisecond, and an
+        # event in the last millisecond before an as_of of 12:00:00.000005 was left out
+        events = events.with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
     if dtype.time_zone != "UTC":
         return events.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"))
     return events

@@ -830,7 +830,9 @@ def _contacts_frame(
         else f
         for f in table.schema
     ]
-    table = table.cast(pa.schema(fields))
+    # unsafe: a whole number above 2**53 becomes the nearest double, as in every other builder
+    # (a safe cast refused it with a traceback, parity review); the other casts lose nothing
+    table = table.cast(pa.schema(fields), safe=False)
     # times of day, durations, lists, structs and maps are no attributes in any builder, and
     # Spark cannot read some of them from Arrow (a time of day, a list of unsigned integers)
     unused = [

@@ -1768,3 +1768,30 @@ def test_a_window_reaching_back_past_year_1_is_counted_not_an_overflow() -> None
     assert {k: online[k] for k in row if k not in ("contact_id", "as_of")} == {
         k: v for k, v in row.items() if k not in ("contact_id", "as_of")
     }
+
+
+def test_millisecond_timestamps_are_compared_with_as_of_to_the_microsecond() -> None:
+    """Events in milliseconds and an as_of between two milliseconds: the engine cut as_of and
+    the window starts down to the millisecond, so it left out an event in the last
+    millisecond before as_of and counted one just before the window, where the online path
+    and Spark compare microseconds (parity review)."""
+    as_of = dt.datetime(2024, 3, 10, 12, 0, 0, 5, tzinfo=dt.UTC)  # 5 us past noon
+    events = pl.DataFrame(
+        {
+            "contact_id": ["a", "a"],
+            "timestamp": [
+                dt.datetime(2024, 3, 10, 12, tzinfo=dt.UTC),  # 5 us before as_of: in
+                dt.datetime(2024, 3, 3, 12, tzinfo=dt.UTC),  # 5 us before the 7 days: out
+            ],
+            "channel": ["web", "web"],
+            "event_type": ["page_view", "purchase"],
+            "value": [None, 10.0],
+        }
+    )
+    online = build_online_features(events.to_dicts(), as_of=as_of, spec=SPEC)
+    assert (online["page_view_count_7d"], online["purchase_count_7d"]) == (1, 0)
+    for unit in ("ms", "us", "ns"):
+        timed = events.with_columns(pl.col("timestamp").dt.cast_time_unit(unit))
+        [row] = build_contact_features(timed, as_of=as_of, spec=SPEC).to_dicts()
+        assert (row["page_view_count_7d"], row["purchase_count_7d"]) == (1, 0), unit
+        assert row["purchase_count_28d"] == 1

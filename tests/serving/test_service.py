@@ -1584,6 +1584,10 @@ def test_events_are_told_apart_by_their_properties_as_validation_does() -> None:
         ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "111"}),
         ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "222"}),
         ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "222"}),  # retry
+        # the same keys in another order: another text, so validation keeps both, and the
+        # service compares properties as sent (it sorted their keys: one; parity review)
+        ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"coupon_upc": "333", "n": 1}),
+        ("2024-02-27T00:00:00Z", "coupon_redeem", "store", "8", {"n": 1, "coupon_upc": "333"}),
         ("2024-02-28T10:00:00Z", "page_view", "web", None, None),
         ("2024-02-28T10:00:00Z", "page_view", "web", None, None),  # retry
     ]
@@ -1612,9 +1616,9 @@ def test_events_are_told_apart_by_their_properties_as_validation_does() -> None:
         }
     )
     rows, used = _event_rows(request, as_of)
-    assert used == 3
+    assert used == 5
     served = build_online_features(rows, as_of=as_of, spec=spec)
-    assert served["coupon_redeem_count_7d"] == 2
+    assert served["coupon_redeem_count_7d"] == 4
     for name in served:
         assert served[name] == _row_of(batch, "h1")[name], name
 
