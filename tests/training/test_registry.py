@@ -280,6 +280,36 @@ def test_ctrl_c_while_a_promotion_is_recorded_leaves_it_whole_with_its_record(
     assert len(calls) > 3
 
 
+def _versions_of_two_specs(
+    simulation: object, settings: TrainingSettings, text: str
+) -> tuple[str, str]:
+    """Two versions trained and logged with the same settings: one with the spec ``text``,
+    then one with the shipped spec."""
+    from features.spec import parse_feature_spec
+
+    versions: list[str] = []
+    for spec, spec_text in ((parse_feature_spec(text), text), (load_feature_spec(), None)):
+        result = train_models(
+            simulation.events,  # type: ignore[attr-defined]
+            simulation.contacts,  # type: ignore[attr-defined]
+            spec=spec,
+            rules=load_rules_settings(),
+            settings=settings,
+        )
+        with training_run():
+            version = log_training(
+                result,
+                spec=spec,
+                spec_text=spec_text or shipped_spec_text(),
+                rules=load_rules_settings(),
+                settings=settings,
+                fingerprint=data_fingerprint(simulation.events),  # type: ignore[attr-defined]
+            )
+        assert version is not None
+        versions.append(version)
+    return versions[0], versions[1]
+
+
 def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
     simulation: object, store: str
 ) -> None:
@@ -288,7 +318,6 @@ def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
     --force, which used to fail the same way."""
     import yaml
 
-    from features.spec import parse_feature_spec
     from training.registry import RegistryError
 
     name = "funnelcast-respec"
@@ -301,27 +330,7 @@ def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
         {"name": "clicks_per_open_28d", "expr": "email_click_count_28d / email_open_count_28d"}
     )
     text = yaml.safe_dump(extended, sort_keys=False)
-    versions = []
-    for spec, spec_text in ((parse_feature_spec(text), text), (load_feature_spec(), None)):
-        result = train_models(
-            simulation.events,  # type: ignore[attr-defined]
-            simulation.contacts,  # type: ignore[attr-defined]
-            spec=spec,
-            rules=load_rules_settings(),
-            settings=settings,
-        )
-        with training_run():
-            versions.append(
-                log_training(
-                    result,
-                    spec=spec,
-                    spec_text=spec_text or shipped_spec_text(),
-                    rules=load_rules_settings(),
-                    settings=settings,
-                    fingerprint=data_fingerprint(simulation.events),  # type: ignore[attr-defined]
-                )
-            )
-    extended_version, plain = versions
+    extended_version, plain = _versions_of_two_specs(simulation, settings, text)
     MlflowClient().set_registered_model_alias(name, "champion", extended_version)
     with pytest.raises(RegistryError, match=r"clicks_per_open_28d.*--force"):
         promote(name, version=plain)
@@ -344,7 +353,6 @@ def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_othe
     intervals on the version's record."""
     import yaml
 
-    from features.spec import parse_feature_spec
     from training.registry import RegistryError
 
     name = "funnelcast-redefined"
@@ -362,27 +370,7 @@ def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_othe
     [entry] = [a for a in redefined["aggregates"] if a["name"] == "event_count_{window}"]
     entry["where_not"] = {"event_type": ["impression"]}
     text = yaml.safe_dump(redefined, sort_keys=False)
-    versions = []
-    for spec, spec_text in ((parse_feature_spec(text), text), (load_feature_spec(), None)):
-        result = train_models(
-            simulation.events,  # type: ignore[attr-defined]
-            simulation.contacts,  # type: ignore[attr-defined]
-            spec=spec,
-            rules=load_rules_settings(),
-            settings=settings,
-        )
-        with training_run():
-            versions.append(
-                log_training(
-                    result,
-                    spec=spec,
-                    spec_text=spec_text or shipped_spec_text(),
-                    rules=load_rules_settings(),
-                    settings=settings,
-                    fingerprint=data_fingerprint(simulation.events),  # type: ignore[attr-defined]
-                )
-            )
-    other, plain = versions
+    other, plain = _versions_of_two_specs(simulation, settings, text)
     params = MlflowClient().get_run(resolve(name, version=plain).run_id).data.params
     assert params["lightgbm.learning_rate"] == str(aliased["eta"])
     assert "lightgbm.eta" not in params
