@@ -153,6 +153,11 @@ def read_model_copy(place: Path) -> dict[str, Any]:
     return info
 
 
+def is_complete_copy(place: Path) -> bool:
+    """Whether a whole copy is at ``place`` (every file as recorded)."""
+    return _is_complete(place)
+
+
 def _is_complete(place: Path) -> bool:
     try:
         read_model_copy(place)

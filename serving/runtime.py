@@ -452,7 +452,7 @@ def _from_registry(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from serving.model_copy import copy_place, make_model_copy
+    from serving.model_copy import copy_place, is_complete_copy, make_model_copy
     from training.registry import DamagedModelError, load_model, resolve, run_metrics
     from training.tracking import configure_tracking, existing_store, shown_uri
 
@@ -481,6 +481,7 @@ def _from_registry(
         copy_into, store=shown_uri(uri), name=ref.name, version=ref.version, run_id=ref.run_id
     )
     # downloaded once, and loaded as every worker will load it: the copy is what is checked
+    reused = is_complete_copy(place)  # a running server's workers may load it
     make_model_copy(
         place,
         _recorded(info),
@@ -491,8 +492,19 @@ def _from_registry(
     try:
         return _from_copy(place)
     except DamagedModelError as exc:
-        # a whole copy of files that will not load: the registry's files are so. Removed, so
-        # the next start copies them again once they are mended (kept, every start reused it)
+        if reused:
+            # whole as copied, maybe under a running server: kept. Its files may have been
+            # damaged in the registry when it was copied and mended since (late review: a
+            # copy removed here was one a running server's restarted workers needed)
+            raise DamagedModelError(
+                f"version {ref.version} of '{ref.name}' (its local copy {place})",
+                exc.problem,
+                "if its files in the registry were damaged when it was copied and are mended "
+                "since, remove that folder once no server uses it, and start again; else train "
+                "and register it again, or serve another version (--version N)",
+            ) from exc
+        # copied by this start from the registry's files as they are now: so are they. Not
+        # kept, so a start after they are mended copies them again (kept, every start reused it)
         shutil.rmtree(place, ignore_errors=True)
         raise DamagedModelError(
             f"version {ref.version} of '{ref.name}'",

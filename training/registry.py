@@ -48,7 +48,8 @@ class DamagedModelError(RegistryError):
     def __init__(self, what: str, problem: str, fix: str) -> None:
         self.what, self.problem = what, problem
         super().__init__(
-            f"{what} cannot be loaded: its model files are damaged or missing ({problem}); {fix}"
+            f"{what} cannot be loaded: its model files are damaged or missing, or another "
+            f"version of the code wrote them ({problem}); {fix}"
         )
 
 
@@ -175,8 +176,8 @@ def load_funnelcast_model(where: str, what: str, *, fix: str) -> FunnelcastModel
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise DamagedModelError(what, f"{type(exc).__name__}: {_first_line(exc)}", fix) from exc
-    except InputError:
-        raise
+    except (InputError, MemoryError):
+        raise  # out of memory: this machine's, not the files'
     except Exception as exc:  # unpickling runs whatever the files hold: any error is theirs
         raise DamagedModelError(what, f"{type(exc).__name__}: {_first_line(exc)}", fix) from exc
     model = loaded.unwrap_python_model()
@@ -540,7 +541,8 @@ def promote(
         except DamagedModelError as exc:
             unscorable = (
                 f"the champion (version {champion.version}) cannot be loaded: its model files "
-                f"are damaged or missing ({exc.problem})"
+                f"are damaged or missing, or another version of the code wrote them "
+                f"({exc.problem})"
             )
             if not force:
                 raise RegistryError(

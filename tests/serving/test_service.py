@@ -1366,7 +1366,8 @@ def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
     with pytest.raises(
         DamagedModelError,
         match=rf"version {ref.version} of 'funnelcast-damaged' cannot be loaded: its model "
-        r"files are damaged or missing \(\w+: .*\); train and register it again",
+        r"files are damaged or missing, or another version of the code wrote them \(\w+: .*\); "
+        "train and register it again",
     ):
         load_model(ref)
     env = service_env.env(FUNNELCAST_MODEL_NAME="funnelcast-damaged")
@@ -1384,6 +1385,36 @@ def test_a_registered_model_whose_files_are_damaged_is_one_line_never_the_rules(
     scorer = load_scorer(ServiceSettings.from_env(env), copy_into=copies)
     assert scorer.info.model_version == ref.version
     assert len(list(copies.rglob("copy.json"))) == 1
+
+
+def test_a_copy_a_running_server_may_use_is_kept_when_another_start_cannot_load_it(
+    service_env: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that reuses a whole copy and cannot load it removed it from under a running
+    server, whose restarted workers then served the rules or stopped it (late review); and
+    out of memory was said as damaged files. The copy is kept, and named."""
+    env = service_env.env()
+    copies = tmp_path / "copies"
+    load_scorer(ServiceSettings.from_env(env), copy_into=copies)  # a running server's copy
+    [record] = copies.rglob("copy.json")
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise ValueError("cannot read")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", unreadable)
+    with pytest.raises(
+        DamagedModelError, match=r"\(its local copy .*remove that folder once no server uses it"
+    ):
+        load_scorer(ServiceSettings.from_env(env), copy_into=copies)
+    assert record.is_file()
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", out_of_memory)
+    with pytest.raises(MemoryError):
+        load_scorer(ServiceSettings.from_env(env), copy_into=copies)
+    assert record.is_file()
 
 
 def test_every_prediction_names_the_registered_model_it_came_from(
