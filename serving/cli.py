@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 import pydantic
 import typer
 from rich.console import Console
+from rich.file_proxy import FileProxy
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -73,17 +74,28 @@ class _Report(io.TextIOBase):
 
     lost: OSError | None = None
 
+    @staticmethod
+    def _stdout() -> IO[str]:
+        """``sys.stdout``, or the file under rich's proxy of it: on a terminal a progress
+        display puts a proxy there that prints through this console, and writing to it went
+        round the console, this file and the proxy forever (every command with a progress
+        bar hung at full CPU in a terminal, `make demo` first; README review)."""
+        out = sys.stdout
+        while isinstance(out, FileProxy):
+            out = out.rich_proxied_file
+        return out
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return getattr(sys.stdout, "encoding", None) or "utf-8"
+        return getattr(self._stdout(), "encoding", None) or "utf-8"
 
     def isatty(self) -> bool:
-        return self.lost is None and sys.stdout.isatty()
+        return self.lost is None and self._stdout().isatty()
 
     def write(self, text: str) -> int:
         if self.lost is None:
             try:
-                sys.stdout.write(text)
+                self._stdout().write(text)
             except OSError as error:
                 self._lose(error)
         return len(text)
@@ -91,7 +103,7 @@ class _Report(io.TextIOBase):
     def flush(self) -> None:
         if self.lost is None:
             try:
-                sys.stdout.flush()
+                self._stdout().flush()
             except OSError as error:
                 self._lose(error)
 

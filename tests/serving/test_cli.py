@@ -1185,6 +1185,43 @@ def test_an_unwritable_standard_output_does_not_stop_the_job(tmp_path: Path, std
     assert (out / "contacts.parquet").is_file()
 
 
+def test_a_command_with_a_progress_display_runs_to_its_end_in_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, rich's progress display puts a proxy of the standard output in place
+    that prints through the console, and the console wrote to whatever the standard output
+    was: round and round, at full CPU, for every command with a progress bar (`make demo`
+    first). Every other test runs the commands into pipes (README review)."""
+    import pty
+    import select
+    import time
+
+    out = tmp_path / "sim"
+    args = [FUNNELCAST, "simulate", "--out", str(out), "--contacts", "50", "--days", "10"]
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "LINES": "24", "TERM": "xterm"}
+    process = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    shown = b""
+    deadline = time.monotonic() + 120  # a bound, not a wait: it ends in about 2 s
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    shown += os.read(leader, 65536)
+                except OSError:  # the terminal closed with the process
+                    break
+        finished = process.poll() is not None or process.wait(timeout=10) is not None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+    assert finished, shown[-500:]
+    assert process.returncode == 0, shown[-2000:]
+    assert (out / "events.parquet").is_file()
+    assert b"Validation" in shown  # the report after the progress display, on the terminal
+
+
 # --- funnel reads its data as features and score do ----------------------------------------------
 
 
