@@ -344,8 +344,33 @@ def _no_space_or_locked(error: BaseException) -> str | None:
 # --- commands ----------------------------------------------------------------------------------
 
 
+def _refuse_unused_run_options(ctx: typer.Context, source: str | None) -> None:
+    """`run --source` ingests the source: the simulation's options given with it were
+    ignored without a word, as was --data-dir without a source (README review)."""
+
+    def given(*names: str) -> list[str]:
+        # by the source's name: Typer's Click (typer._click) has an enum of its own
+        return [
+            "--" + name.replace("_", "-")
+            for name in names
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+        ]
+
+    if source is not None and (simulation := given("contacts", "days", "seed", "start")):
+        raise InputError(
+            f"{', '.join(simulation)} set the simulation, which --source replaces with your "
+            "data; drop them, or drop --source to simulate"
+        )
+    if source is None and given("data_dir"):
+        raise InputError(
+            "--data-dir is where a source's files are read, and no --source is given (run "
+            "simulates); give --source NAME, or drop --data-dir"
+        )
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     source: Annotated[
         str | None,
         typer.Option(help="A shipped source name or a mapping YAML; default: simulate one."),
@@ -378,6 +403,7 @@ def run(
     train and evaluate the models beside the rules, and promote the model if it beats them."""
     with _saying_what_a_stop_left() as training:
         started = time.perf_counter()
+        _refuse_unused_run_options(ctx, source)
         cut = _parse_date(observe_until, "--observe-until") if observe_until is not None else None
         from features.io import check_writable_folder
 

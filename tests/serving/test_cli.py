@@ -1581,3 +1581,29 @@ def test_check_keys_reads_the_keys_as_the_service_does_and_never_shows_one(
     _assert_one_line_error(result, f"the API key file {path} holds no key")
     result = _run("check-keys", env=env)
     _assert_one_line_error(result, "no API key is configured")
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        (
+            ["--source", "rees46", "--contacts", "5", "--start", "2020-01-01"],
+            "--contacts, --start set the simulation, which --source replaces",
+        ),
+        (["--source", "rees46", "--seed", "3"], "--seed set the simulation"),
+        (["--data-dir", "/tmp"], "--data-dir is where a source's files are read"),
+    ],
+)
+def test_run_refuses_options_it_would_ignore(tmp_path: Path, args: list[str], refusal: str) -> None:
+    """`run --source rees46 --contacts 5` ingested REES46's 330 contacts without a word about
+    --contacts, and `run --data-dir` simulated (README review)."""
+    from typer.testing import CliRunner
+
+    from features.errors import InputError
+    from serving.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", *args, "--out", str(out)])
+    assert isinstance(result.exception, InputError), result.output
+    assert refusal in str(result.exception)
+    assert not out.exists()  # before any work
