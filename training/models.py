@@ -1078,8 +1078,8 @@ def _softmax_as_lightgbm(raw: FloatArray) -> FloatArray:
     """Each row's softmax, computed as LightGBM's multiclass objective does (the row's maximum
     subtracted, the C library's ``exp`` of each score, summed left to right, each divided by
     the sum): the same numbers as ``Booster.predict``, bit for bit. numpy's vectorised ``exp``
-    differs from the C library's in the last bit for about a third of the rows, which an
-    isotonic calibration's steep steps can magnify."""
+    differed from the C library's in the last bit for about a third of the rows on one VM (its
+    SIMD code depends on the CPU), which an isotonic calibration's steep steps can magnify."""
     shifted = raw - raw.max(axis=1, keepdims=True)
     exp = np.fromiter(
         map(math.exp, shifted.ravel().tolist()), dtype=np.float64, count=shifted.size
