@@ -820,10 +820,12 @@ def _reading_fix(spec: ReadSpec, path: Path, exc: Exception) -> str:
         )
     ragged = _first_ragged_line(path, spec)
     if ragged is not None:
-        line, found, expected = ragged
+        line, found, first = ragged
+        # a semicolon file with decimal commas: its header is one field, its rows two or more
         return (
-            f"line {line} has {found} fields where the first line has {expected}; check "
+            f"line {line} has {found} fields where the first line has {len(first)}; check "
             f"`delimiter:` (now {spec.delimiter!r}) and that values holding it are quoted"
+            f"{_one_column_hint(first)}"
         )
     stray = _stray_quote_line(path, spec)
     if stray is not None:
@@ -1026,20 +1028,31 @@ def _stray_quote_line(path: Path, spec: ReadSpec) -> int | None:
     return None
 
 
-def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, int] | None:
-    """(line, fields, fields expected) of the first CSV record with more fields than the
+def _first_ragged_line(path: Path, spec: ReadSpec) -> tuple[int, int, list[str]] | None:
+    """(line, fields, the first record) of the first CSV record with more fields than the
     first one, as the CSV reader counts them; None when there is none."""
     with _open_text(path) as handle, _large_csv_fields():
         reader = csv.reader(handle, delimiter=spec.delimiter)
-        expected = None
+        first: list[str] | None = None
         line = 1
         for record in reader:
-            if expected is None:
-                expected = len(record)
-            elif len(record) > expected:
-                return line, len(record), expected
+            if first is None:
+                first = record
+            elif len(record) > len(first):
+                return line, len(record), first
             line = reader.line_num + 1
     return None
+
+
+def _one_column_hint(header: list[str]) -> str:
+    """When a header read as one name holds another usual delimiter, the mapping's
+    `delimiter:` to set (a review), starting with "; "; else ""."""
+    if len(header) == 1 and (found := next((d for d in ";\t|," if d in header[0]), None)):
+        return (
+            f"; its header reads as one column holding {found!r}: if that separates the "
+            f"columns, set `delimiter: {json.dumps(found)}` in the mapping's `read:`"
+        )
+    return ""
 
 
 def _apply_dtypes(frame: pl.DataFrame, spec: ReadSpec, path: Path, key: str) -> pl.DataFrame:
@@ -1085,16 +1098,9 @@ def _require(frame: pl.DataFrame, column: str, key: str, where: str) -> None:
         )
     if column not in frame.columns:
         names = [name for name in frame.columns if name not in _ORIGIN_COLUMNS]
-        hint = ""
-        if len(names) == 1 and (found := next((d for d in ";\t|," if d in names[0]), None)):
-            # the whole header read as one name: another delimiter (a review)
-            hint = (
-                f"; its header reads as one column holding {found!r}: if that separates the "
-                f"columns, set `delimiter: {json.dumps(found)}` in the mapping's `read:`"
-            )
         raise SchemaError(
             f"{where} has no column '{column}' (it has: {', '.join(names)}); "
-            f"fix `{key}` in the source mapping{hint}"
+            f"fix `{key}` in the source mapping{_one_column_hint(names)}"
         )
     if frame[column].dtype == pl.Binary:  # a UUID as 16 bytes, as Spark or BigQuery write it
         raise SchemaError(

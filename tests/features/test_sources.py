@@ -1928,6 +1928,21 @@ def test_a_header_read_as_one_column_suggests_the_delimiter_it_holds(shop: Path)
         ingest(mapping, data_dir=mapping.parent / "data", now=NOW)
 
 
+def test_a_semicolon_file_with_decimal_commas_also_suggests_its_delimiter(
+    shop: Path, tmp_path: Path
+) -> None:
+    """With `delimiter: ","` the header of a semicolon file is one field and a row with a
+    decimal comma two: the reader's field-count error came without the hint (a review)."""
+    _write(tmp_path / "data/shop/events.csv", SHOP_CSV.replace("19.90", "19,90"))
+    mapping = _with(shop, 'delimiter: ";"', 'delimiter: ","')
+    with pytest.raises(
+        SchemaError,
+        match=r"line 3 has 2 fields where the first line has 1.*"
+        r"header reads as one column holding ';'.*set `delimiter: \";\"`",
+    ):
+        ingest(mapping, data_dir=tmp_path / "data", now=NOW)
+
+
 @pytest.mark.parametrize(("key", "shown"), [("yes", "True"), ("1", "1")])
 def test_an_unquoted_yes_or_number_key_says_to_quote_it(shop: Path, key: str, shown: str) -> None:
     """YAML reads `{yes: true}` as {True: True}: the error said only "a valid string"."""
