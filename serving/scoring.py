@@ -314,8 +314,11 @@ def _refuse_rows(frame: pl.DataFrame, bad: pl.Expr, what: str, path: Path, optio
 
 
 # the offsets every other reader takes (features.schema.UTC_OFFSET: Z or z, +HH:MM, +HHMM,
-# +HH), and a T or z in either case, as ingest reads them (fromisoformat refuses a small z)
-_ISO_MOMENT = rf"^\d{{4}}-\d{{2}}-\d{{2}}([Tt ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?{UTC_OFFSET}?)?$"
+# +HH) or " UTC" (as BigQuery and Spark write), and a T or z in either case, as ingest reads
+# them (fromisoformat refuses a small z)
+_ISO_MOMENT = (
+    rf"^\d{{4}}-\d{{2}}-\d{{2}}([Tt ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?({UTC_OFFSET}|\s*UTC)?)?$"
+)
 
 
 def _moments(column: pl.Series, path: Path, option: str) -> pl.Series:
@@ -360,6 +363,7 @@ def _iso(text: str) -> dt.datetime | None:
     """An ISO 8601 date or moment in UTC; None for anything else."""
     if not re.fullmatch(_ISO_MOMENT, text):
         return None
+    text = text.removesuffix("UTC").rstrip()
     try:
         moment = dt.datetime.fromisoformat(text.upper().replace(" ", "T", 1))
     except ValueError:

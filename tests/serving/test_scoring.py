@@ -409,7 +409,7 @@ def _previous(tmp_path: Path, frame: pl.DataFrame, name: str = "previous.parquet
                 "its as_of column holds 1 value(s) that are not ISO 8601 dates or moments",
             )
             # the shape of a moment, and none (review: these were a ValueError's traceback)
-            for moment in ("2026-13-45", "2026-12-07T24:00", "2026-12-07Z")
+            for moment in ("2026-13-45", "2026-12-07T24:00", "2026-12-07Z", "2026-12-07 UTC")
         ),
         (
             pl.DataFrame({"contact_id": ["a"], "stage": ["intent"], "as_of": [1_800_000_000]}),
@@ -536,6 +536,8 @@ def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
         "2026-04-13t00:00:00Z",
         "2026-04-12 19:00-05:00",
         "2026-04-13",
+        "2026-04-13 00:00:00 UTC",  # as BigQuery and Spark write, and ingest reads
+        "2026-04-13T00:00:00.000UTC",
     ],
 )
 def test_an_earlier_as_of_is_read_in_every_offset_form_the_other_readers_take(
