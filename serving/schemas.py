@@ -66,7 +66,7 @@ class _IsoText:
         custom_error_type="iso_datetime_text",
         custom_error_message=(
             "Input should be ISO 8601 text with a time zone, e.g. 2026-11-20T09:30:00Z "
-            "(a number is not read as Unix time)"
+            "(Unix time, a number of seconds, is not read)"
         ),
     )
     # The text as the parser is to read it. A union tries each in turn and takes the first

@@ -23,6 +23,7 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any, NoReturn
 
 import anyio
 import bentoml
+from bentoml.exceptions import NotFound
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
@@ -68,7 +70,7 @@ from serving.security import GuardMiddleware
 # /metrics counts a request by the path it was served by, or as `other`: not by the raw path,
 # and each server's counts are its own
 bound_metrics_labels()
-own_metrics_folder()
+_METRICS_FOLDER = own_metrics_folder()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker
@@ -181,10 +183,42 @@ def _exit_2_when_a_worker_could_not_start() -> None:
     if not note.exists():
         return
     note.unlink(missing_ok=True)
+    # os._exit runs no later exit handler, and the metrics folder's removal was registered
+    # before this one (so it runs after): a server that could not start left its folder,
+    # one more for every try of a supervisor restarting it (deploy review)
+    if _METRICS_FOLDER is not None:
+        shutil.rmtree(_METRICS_FOLDER, ignore_errors=True)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)
+
+
+def bento_settings(settings: ServiceSettings, own: str | None) -> ServiceSettings:
+    """The settings a Bento serves with: the BentoML model it packs (``own``, its exact tag),
+    whatever else the environment names; None (no Bento) keeps them. `bentoml serve <bento>`
+    does not apply the Bento's envs, so its model is set here; a FUNNELCAST_BENTO_MODEL left
+    in the environment that names another model is refused (it made a Bento of version 1
+    serve the latest import, version 2, so a rollback to an older Bento served the newest
+    model: deploy review)."""
+    if own is None:
+        return settings
+    if settings.bento_model is not None and _resolved(settings.bento_model) != own:
+        raise ServiceConfigError(
+            f"this Bento packs the BentoML model {own} and serves only it, but "
+            f"FUNNELCAST_BENTO_MODEL names {settings.bento_model}; unset "
+            "FUNNELCAST_BENTO_MODEL, or serve the Bento built with that model (`bentoml list`)"
+        )
+    return dataclasses.replace(settings, bento_model=own)
+
+
+def _resolved(tag: str) -> str:
+    """A BentoML model tag as the exact one it names (`name:latest` read now); as given when
+    it names none."""
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except (NotFound, ValueError):  # not in the store, or no tag: not the Bento's model
+        return tag
 
 
 def _bad_request(exc: InputError) -> JSONResponse:
@@ -259,12 +293,9 @@ class Funnelcast:
             self.__dict__[name] = getattr(type(self), name).__get__(self, type(self))
 
     def _load(self) -> None:
-        settings = ServiceSettings.from_env()
         bento = getattr(Funnelcast, "bento", None)  # set when served from a built Bento
-        if settings.bento_model is None and bento is not None and bento.info.models:
-            # `bentoml serve <bento>` does not apply the Bento's envs: its own model it is
-            settings = dataclasses.replace(settings, bento_model=str(bento.info.models[0].tag))
-        self.settings = settings
+        own = str(bento.info.models[0].tag) if bento is not None and bento.info.models else None
+        self.settings = bento_settings(ServiceSettings.from_env(), own)
         self.scorer: Scorer = load_scorer(self.settings)
         self.gather: Gather[ContactRequest] = Gather(self.scorer.predict_rows)
         self.limits = limits(self.settings)

@@ -387,6 +387,8 @@ def test_a_built_bento_serves_without_the_registry(
     # the registry is gone: only the Bento's own copy of the model can be served
     env = {**home, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nothing-here.db"}
     env["FUNNELCAST_API_KEY"] = served.api_key
+    # the Bento's own model, named as the latest import: the same exact tag, so served
+    env["FUNNELCAST_BENTO_MODEL"] = "funnelcast:latest"
     body = contact_body(served, active_contacts[-5])
     command = [sys.executable, "-m", "bentoml", "serve", "funnelcast:latest", "--port", str(port)]
     # served as the README says, by a user who set no telemetry variable: BentoML read its
@@ -413,6 +415,26 @@ def test_a_built_bento_serves_without_the_registry(
     assert _port_is_free(port)
     assert "Starting production HTTP BentoServer" in logged[0]  # the log was read
     assert "Tracking Payload" not in logged[0]
+    # another model named in the environment: the Bento serves only its own, so it stops
+    # (it served the other: deploy review), and leaves no metrics folder (it left one)
+    env["FUNNELCAST_BENTO_MODEL"] = "funnelcast:nosuchversion"
+    stopped = subprocess.Popen(
+        [*command, "--port", str(_free_port())],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = stopped.communicate(timeout=READY_WITHIN_S)
+    finally:
+        _stop(stopped)
+    said = " ".join(output.split())
+    assert stopped.returncode == 2, said
+    assert "FUNNELCAST_BENTO_MODEL names funnelcast:nosuchversion; unset" in said
+    assert not any((tmp_path / "bentoml" / "funnelcast-metrics").iterdir())
 
 
 def _funnelcast(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

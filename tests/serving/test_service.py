@@ -1138,6 +1138,27 @@ def test_a_bento_model_named_is_never_replaced_by_the_rules(service_env: Served)
     assert load_scorer(ServiceSettings.from_env(env)).info.model != RULES
 
 
+def test_a_bento_serves_the_model_it_packs_whatever_the_environment_names() -> None:
+    """A FUNNELCAST_BENTO_MODEL left in the environment made a Bento of version 1 serve the
+    latest import (version 2): a rollback to an older Bento served the newest model (deploy
+    review). The Bento's own tag, or none, is its model; another is refused; no Bento keeps
+    the settings. (That `name:latest` is read as the exact tag it names: test_server.py.)"""
+    from serving.service import bento_settings
+
+    own = "funnelcast:aaaa1111"
+    for named in (None, own):
+        settings = ServiceSettings(bento_model=named, version="7")
+        assert bento_settings(settings, own) == dataclasses.replace(settings, bento_model=own)
+    with pytest.raises(
+        ServiceConfigError,
+        match=r"this Bento packs the BentoML model funnelcast:aaaa1111 and serves only it, but "
+        r"FUNNELCAST_BENTO_MODEL names funnelcast:bbbb2222; unset FUNNELCAST_BENTO_MODEL",
+    ):
+        bento_settings(ServiceSettings(bento_model="funnelcast:bbbb2222"), own)
+    settings = ServiceSettings(bento_model="funnelcast:bbbb2222")
+    assert bento_settings(settings, None) is settings
+
+
 def test_a_version_asked_for_by_number_is_never_replaced_by_the_rules(
     service_env: Served,
 ) -> None:
