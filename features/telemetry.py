@@ -6,12 +6,17 @@ status. A CRM deployment should not call out by default, so importing any funnel
 turns both off, unless the environment already says otherwise (``MLFLOW_DISABLE_TELEMETRY=false``
 or ``BENTOML_DO_NOT_TRACK=false`` turn them back on). MLflow makes its telemetry client when it
 is imported, so when a notebook imported MLflow first, the client is made again, now off.
+
+``quiet_mlflow``: MLflow's notes for its own developers (pickling, pip versions, download
+bars) kept out of what the commands and the retraining notebook print.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
 SETTINGS = {"MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"}
 _SEND = frozenset({"false", "0", "no", "off"})  # the user turned the setting off: data is sent
@@ -40,3 +45,15 @@ def keep_usage_data_local() -> None:
         clear = getattr(cached, "cache_clear", None)
         if clear is not None:
             clear()
+
+
+def quiet_mlflow() -> None:
+    """MLflow's notes (pickling, pip versions, download bars) are for its own developers; the
+    commands and the notebook say what happened in their own words. Before MLflow is imported
+    for its logging level, which it reads as it loads; its loggers' levels any time."""
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # its store logs each failed session before raising it: said once, in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow resets it on import
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

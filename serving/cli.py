@@ -218,14 +218,9 @@ def _configure(
     # other work that makes training many times slower (measured here: 0.1 s -> 0.7 s a tree)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not verbose:
-        # MLflow's notes (pickling, pip versions, download bars) are for its own developers;
-        # the commands say what happened in their own words
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
-        # its store logs each failed session before raising it: said once, in one line (main)
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow resets it on import
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from features.telemetry import quiet_mlflow
+
+        quiet_mlflow()  # the commands say what happened in their own words (main)
 
 
 def main() -> None:
@@ -2395,42 +2390,10 @@ def _train_and_report(
             register=register,
         )
         progress.update(task, description="Training: done", completed=len(steps) + 1)
-    summary = result.data_summary
-    console.print(
-        f"Trained on {summary['train_rows']:,} rows ({summary['train_snapshots']} snapshots "
-        f"{summary['train_from']}..{summary['train_to']}), validated on "
-        f"{summary['validation_from']}..{summary['validation_to']}, tested on "
-        f"{summary['test_rows']:,} rows ({summary['test_from']}..{summary['test_to']}); "
-        f"labels: {result.label_source}, {settings.horizon_days}-day horizon."
-    )
-    if summary.get("observed_until"):
-        console.print(
-            f"Observed the events before {settings.observe_until} (observe_until): "
-            f"{summary['events_after_observed']:,} later events"
-            + (
-                f" and {summary['labels_after_observed']:,} later-dated provided labels"
-                if summary.get("labels_after_observed")
-                else ""
-            )
-            + " were not trained on."
-        )
-    if summary.get("rows_before_first_event"):
-        console.print(
-            f"Left out {summary['rows_before_first_event']:,} rows of listed contacts at "
-            "snapshots before their first event (nobody knew them then; counted before "
-            "contacts without consent are left out too)."
-        )
-    if summary.get("labels_without_date"):
-        console.print(
-            f"Set aside {summary['labels_without_date']:,} provided labels without a "
-            "label_date (a conversion or stage that cannot be placed in time)."
-        )
-    if summary.get("labelled_contacts_without_rows"):
-        console.print(
-            f"{summary['labelled_contacts_without_rows']:,} contacts of the provided labels "
-            "are no row at any snapshot (no events before it, no marketing consent, or "
-            "labelled only outside every horizon): their labels were not trained on."
-        )
+    from training.pipeline import summary_lines
+
+    for line in summary_lines(result, settings):
+        console.print(escape(line))
     from training.tracking import flat_metrics
 
     _print_quality(flat_metrics(result.metrics))
@@ -2512,21 +2475,17 @@ def _print_no_model(error: InsufficientDataError) -> None:
 
 
 def _print_minimum_data(report: dict[str, Any]) -> None:
-    if "snapshots" in report:
-        console.print(f"Snapshots that fit the data: {', '.join(report['snapshots']) or 'none'}.")
+    from training.pipeline import minimum_data
+
+    shown = minimum_data(report)
+    if shown.fitting is not None:
+        console.print(shown.fitting)
     table = Table("snapshots", "rows", "buyers", "stages")
-    for name in ("train", "validation", "test"):
-        if name in report:
-            part = report[name]
-            stages = ", ".join(f"{k} {v:,}" for k, v in part["stages"].items())
-            table.add_row(name, f"{part['rows']:,}", f"{part['positives']:,}", stages)
+    for part in shown.parts:
+        table.add_row(*part)
     if table.row_count:
         console.print(table)
-    minimums = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
-    # the snapshots' minimum is the split's, not the `snapshots:` setting (review: "snapshots
-    # 33" read as a setting that said 12)
-    split = " (an out-of-time split with this horizon)" if "snapshots" in report else ""
-    console.print(f"Minimums: {minimums}{split}.")
+    console.print(shown.minimums)
 
 
 # --- helpers -----------------------------------------------------------------------------------

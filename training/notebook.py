@@ -12,13 +12,23 @@ kept here with tests, since a notebook holds no logic:
   ``funnelcast train``'s);
 - the test window's quality as a table with the rows ``funnelcast train`` prints;
 - the settings it trains with, read as ``funnelcast train`` reads them: a settings file
-  (``config``), a feature spec, a source's mapping and the horizon.
+  (``config``), a feature spec, a source's mapping and the horizon; a source without the
+  events ingested from it is refused (the notebook simulated, and registered the simulation's
+  model under the source's name: notebook review);
+- the checks ``funnelcast train`` makes before a run starts, and its sentences after one;
+- errors in the notebook's words: its parameters, where messages name the command line's
+  options (``notebook_errors``);
+- LightGBM's OpenMP threads waiting passively, and MLflow's notes for its own developers
+  kept out of the output, as the command line has them (3-5x slower training without the
+  first, measured by the notebook review).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.errors import InputError
-from training.evaluation import buyers_line, quality_rows
+from features.telemetry import quiet_mlflow
 
 if TYPE_CHECKING:
     from features.settings import RulesSettings
@@ -37,12 +47,23 @@ if TYPE_CHECKING:
 __all__ = [
     "TrainingSetup",
     "buyers_line",
+    "check_before_run",
     "check_parameters",
+    "notebook_errors",
+    "notebook_words",
     "project_store",
     "quality_table",
+    "quiet_mlflow",
     "read_data_folder",
     "training_setup",
 ]
+
+# LightGBM's OpenMP threads spin while they wait unless told otherwise: on a small machine
+# shared with other work that made the notebook's training 3-5x slower than `funnelcast
+# train`, which sets this (notebook review). OpenMP reads it once, as it loads: this module
+# loads nothing that loads it (scikit-learn and LightGBM are imported where used), and the
+# notebook imports it first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ("promote_if_better", "force_promotion", "assume_consent")
@@ -139,11 +160,21 @@ def read_data_folder(
     )
 
 
+def buyers_line(metrics: Mapping[str, float]) -> str:
+    """The test window's buyers, as `funnelcast train` prints them (``training.evaluation``'s,
+    imported here: it loads OpenMP, after this module set how its threads wait)."""
+    from training.evaluation import buyers_line as line
+
+    return line(metrics)
+
+
 def quality_table(metrics: Mapping[str, float]) -> pl.DataFrame:
     """The test window's quality, the rows ``funnelcast train`` prints: the stages'
     macro-F1 over every stage and over the labels' stages (a stage the labels never hold
     counts as an F1 of 0 for whoever calls it), accuracy, and the purchase metrics, for the
     rules, the RFM baseline and funnelcast."""
+    from training.evaluation import quality_rows
+
     rows = quality_rows(metrics)
     return pl.DataFrame(
         {
@@ -181,17 +212,29 @@ def training_setup(
     model_name: str | None = None,
     observe_until: str | None = None,
     horizon_days: int = 0,
+    events: str | os.PathLike[str] | None = None,
 ) -> TrainingSetup:
     """The settings, feature spec and rules ``funnelcast train --config --spec --source
     --model-name --observe-until --horizon`` trains with (empty or 0: not given). A source's
     mapping gives its ``training:`` settings unless ``config`` is given, which gives them
     whole, as the command does; ``model_name``, ``observe_until`` and ``horizon_days`` go over
-    either. Every problem is an ``InputError`` naming the parameter."""
+    either. A source names where ``events`` was ingested from: without events (the notebook
+    then simulates) it is refused. Every problem is an ``InputError`` naming the
+    parameter."""
     from features.settings import load_rules_settings
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import require_trainable_spec
     from training.settings import for_training, load_training_settings, source_training
 
+    if source and not events:
+        # the simulation was trained with the source's settings and registered, promoted
+        # too, under its model name (notebook review)
+        raise InputError(
+            f"source={source!r} names the source the events were ingested from, but events is "
+            f"empty, so the notebook would train on a simulation and register it as "
+            f"{source}'s model; give events the folder `funnelcast ingest --source {source} "
+            "--out DIR` wrote, or leave source empty to train on a simulation"
+        )
     config_path = _given_file("config", config, "a copy of features/config/default.yaml")
     spec_path = _given_file("spec", spec, "a copy of features/config/feature_spec.yaml")
     said = []
@@ -249,3 +292,81 @@ def _given_file(name: str, value: str | os.PathLike[str] | None, what: str) -> P
             f"settings, or leave {name} empty for the shipped one"
         )
     return path
+
+
+def check_before_run(
+    contacts: pa.Table | None,
+    spec: FeatureSpec,
+    tracking_uri: str | None,
+    *,
+    assume_consent: bool = False,
+) -> None:
+    """What `funnelcast train` refuses before a run starts: contacts whose consent is not
+    known, a contacts column that identifies contacts, and a store that cannot be written. In
+    the notebook the last two were found inside the run, which was left FAILED in the store
+    (notebook review)."""
+    from training.pipeline import require_known_consent, require_no_identifying_attributes
+    from training.tracking import check_store_writable
+    from training.tracking import tracking_uri as resolve_uri
+
+    require_known_consent(contacts, assume_consent=assume_consent)
+    require_no_identifying_attributes(contacts, spec)
+    check_store_writable(resolve_uri(tracking_uri or None))
+
+
+# the command line's options in messages, as the notebook's parameters: whole phrases first,
+# where the words around an option change, then each option
+_PHRASES = (
+    (
+        "(contacts.parquet beside the events, or --contacts)",
+        "(contacts.parquet in the events folder)",
+    ),
+    ("(`horizon_days:`, or `train --horizon`)", "(the horizon_days parameter, or `horizon_days:`)"),
+    ("--observe-until (observe_until)", "the observe_until parameter"),
+)
+_OPTIONS = {
+    "--assume-consent": "assume_consent = True",
+    "--config": "config",
+    "--events": "events",
+    "--force": "force_promotion = True",
+    "--horizon": "horizon_days",
+    "--model-name": "model_name",
+    "--observe-until": "observe_until",
+    "--source": "source",
+    "--spec": "spec",
+    "--tracking-uri": "tracking_uri",
+    "--tune": "tune_trials",
+}
+_OPTION = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _OPTIONS)) + r")(?![\w-])")
+
+
+def notebook_words(text: str) -> str:
+    """A message of the training steps, which name `funnelcast train`'s options, with the
+    notebook's parameters instead (notebook review: it told notebook users to pass --force,
+    --spec or --assume-consent, which the notebook does not have)."""
+    for phrase, words in _PHRASES:
+        text = text.replace(phrase, words)
+    return _OPTION.sub(lambda match: _OPTIONS[match.group(1)], text)
+
+
+@contextmanager
+def notebook_errors() -> Iterator[None]:
+    """Errors of the steps inside, in the notebook's words (``notebook_words``), the same
+    exception raised on; too little data to train says what there is and what is needed (the
+    command's report, which its message says is listed below)."""
+    from training.pipeline import InsufficientDataError, minimum_data
+
+    try:
+        yield
+    except InputError as error:
+        said = notebook_words(str(error))
+        if isinstance(error, InsufficientDataError):
+            shown = minimum_data(error.report)
+            lines = [shown.fitting] if shown.fitting else []
+            lines += [
+                f"{name}: {rows} rows, {buyers} buyers; stages: {stages or 'none'}"
+                for name, rows, buyers, stages in shown.parts
+            ]
+            said = "\n".join([said, *lines, shown.minimums])
+        error.args = (said, *error.args[1:])
+        raise

@@ -376,10 +376,15 @@ def check_enough_data(
     settings: TrainingSettings,
     *,
     labels_without_date: int = 0,
+    sampled: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Counts per split; raises ``InsufficientDataError`` with them when below the minimums.
     ``labels_without_date``: provided labels set aside for want of a date, said with the
-    shortfall (every won deal undated left 0 buyers, and the advice was more history)."""
+    shortfall (every won deal undated left 0 buyers, and the advice was more history).
+    ``sampled``: the splits whose snapshots were sampled to the row budgets (``train``,
+    ``validation``), whose counts are the rows kept: a shortfall there is the budget's to
+    raise, not more contacts to bring (README review: 307 buyers in the training weeks were
+    104 kept, and the advice was more contacts, which sampling thins further)."""
     report: dict[str, Any] = {
         "minimums": {
             "train_positives": settings.min_train_positives,
@@ -388,7 +393,11 @@ def check_enough_data(
             "rows_per_stage_for_two_stages": settings.min_stage_rows,
         }
     }
-    problems = []
+    budgets = {
+        "train": f"max_training_rows ({settings.max_training_rows:,})",
+        "validation": f"max_validation_rows ({settings.max_validation_rows:,})",
+    }
+    problems, short = [], []  # short: the budgets of sampled splits with too few buyers
     for name in ("train", "validation", "test"):
         rows = rows_of(frame, getattr(split, name))
         positives = int(rows[PURCHASE_LABEL].sum())
@@ -402,7 +411,10 @@ def check_enough_data(
         }
         needed = settings.min_train_positives if name == "train" else settings.min_eval_positives
         if positives < needed:
-            problems.append(f"{positives} buyers in the {name} snapshots (at least {needed})")
+            kept = " kept by sampling" if name in sampled else ""
+            problems.append(f"{positives} buyers{kept} in the {name} snapshots (at least {needed})")
+            if name in budgets and name in sampled:
+                short.append(budgets[name])
     train_stages = [n for n in report["train"]["stages"].values() if n >= settings.min_stage_rows]
     if len(train_stages) < 2:
         problems.append(
@@ -416,9 +428,14 @@ def check_enough_data(
             if labels_without_date
             else ""
         )
+        advice = (
+            f"Raise {' and '.join(short)} under `training:` in your --config (the snapshots "
+            "were sampled to fit them), or bring a longer history."
+            if short
+            else "Bring a longer history or more contacts."
+        )
         raise InsufficientDataError(
-            "too little data to train: " + "; ".join(problems) + f". {undated}Bring a longer "
-            f"history or more contacts. {UNCHANGED}",
+            "too little data to train: " + "; ".join(problems) + f". {undated}{advice} {UNCHANGED}",
             report,
         )
     return report
@@ -540,6 +557,10 @@ def train_models(
         split,
         settings,
         labels_without_date=frame_counts.get("labels_without_date", 0),
+        sampled=[
+            *(["train"] if sampler.sampled_training else []),
+            *(["validation"] if sampler.validation_rates else []),
+        ],
     )
     names = [
         c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL, SAMPLE_WEIGHT)
@@ -671,6 +692,81 @@ def train_models(
             name for name in date_attributes(contacts, spec) if f"days_since_{name}" in names
         ],
     )
+
+
+def summary_lines(result: TrainingResult, settings: TrainingSettings) -> list[str]:
+    """What a training run trained and tested on, and what it left out, in the sentences
+    `funnelcast train` and the retraining notebook print (the notebook showed only the raw
+    ``data_summary``, and none of what was left out: notebook review)."""
+    summary = result.data_summary
+    lines = [
+        f"Trained on {summary['train_rows']:,} rows ({summary['train_snapshots']} snapshots "
+        f"{summary['train_from']}..{summary['train_to']}), validated on "
+        f"{summary['validation_from']}..{summary['validation_to']}, tested on "
+        f"{summary['test_rows']:,} rows ({summary['test_from']}..{summary['test_to']}); "
+        f"labels: {result.label_source}, {settings.horizon_days}-day horizon."
+    ]
+    if summary.get("observed_until"):
+        lines.append(
+            f"Observed the events before {settings.observe_until} (observe_until): "
+            f"{summary['events_after_observed']:,} later events"
+            + (
+                f" and {summary['labels_after_observed']:,} later-dated provided labels"
+                if summary.get("labels_after_observed")
+                else ""
+            )
+            + " were not trained on."
+        )
+    if summary.get("rows_before_first_event"):
+        lines.append(
+            f"Left out {summary['rows_before_first_event']:,} rows of listed contacts at "
+            "snapshots before their first event (nobody knew them then; counted before "
+            "contacts without consent are left out too)."
+        )
+    if summary.get("labels_without_date"):
+        lines.append(
+            f"Set aside {summary['labels_without_date']:,} provided labels without a "
+            "label_date (a conversion or stage that cannot be placed in time)."
+        )
+    if summary.get("labelled_contacts_without_rows"):
+        lines.append(
+            f"{summary['labelled_contacts_without_rows']:,} contacts of the provided labels "
+            "are no row at any snapshot (no events before it, no marketing consent, or "
+            "labelled only outside every horizon): their labels were not trained on."
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class MinimumData:
+    """An ``InsufficientDataError``'s report in words: the snapshots that fit the data (None
+    when the report has none), each split's rows, buyers and stages, and the minimums."""
+
+    fitting: str | None
+    parts: Sequence[tuple[str, str, str, str]]  # (split, rows, buyers, stages)
+    minimums: str
+
+
+def minimum_data(report: dict[str, Any]) -> MinimumData:
+    """The minimum-data report as `funnelcast train` and the notebook show it."""
+    fitting = None
+    if "snapshots" in report:
+        fitting = f"Snapshots that fit the data: {', '.join(report['snapshots']) or 'none'}."
+    parts = [
+        (
+            name,
+            f"{report[name]['rows']:,}",
+            f"{report[name]['positives']:,}",
+            ", ".join(f"{k} {v:,}" for k, v in report[name]["stages"].items()),
+        )
+        for name in ("train", "validation", "test")
+        if name in report
+    ]
+    listed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["minimums"].items())
+    # the snapshots' minimum is the split's, not the `snapshots:` setting (review: "snapshots
+    # 33" read as a setting that said 12)
+    split = " (an out-of-time split with this horizon)" if "snapshots" in report else ""
+    return MinimumData(fitting, parts, f"Minimums: {listed}{split}.")
 
 
 def number_contacts(contact_ids: pl.Series, *, seed: int) -> pl.Series:

@@ -55,6 +55,11 @@ def test_the_retraining_notebook_trains_logs_and_registers_a_model(tmp_path: Pat
     assert "over the labels' stages" in shown
     assert "stage accuracy" in shown
     assert "buyers in the test window." in shown
+    # it says the events were simulated, and what it trained on, as `train` does; MLflow's
+    # notes for its own developers stay out, as in `train` (notebook review)
+    assert "events (simulated); labels: revealed by the events" in shown
+    assert "Trained on " in shown
+    assert "CloudPickle" not in shown
     decision = re.search(r"^(promoted|not promoted)(:|$)", printed, flags=re.MULTILINE)
     assert decision is not None, printed
     # each gate metric's difference, with the gate's interval (a version's first promotion is
@@ -146,6 +151,11 @@ def test_the_notebook_trains_an_ingested_source_with_its_mappings_settings(
     assert "1998-01-01" < params["data.events_to"] < "1998-06-01"
     assert int(params["data.events_after_observed"]) > 0
     assert client.search_model_versions("name='funnelcast'") == []
+    # what the backtest left out, said as `train` says it (only in a raw dict before)
+    executed = nbformat.read(tmp_path / "retrain-out.ipynb", as_version=4)
+    shown = json.dumps([cell.get("outputs", []) for cell in executed.cells])
+    later = int(params["data.events_after_observed"])
+    assert f"Observed the events before 1998-06-01 (observe_until): {later:,} later" in shown
 
 
 @pytest.mark.slow

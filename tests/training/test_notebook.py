@@ -4,6 +4,7 @@ folder read with the notebook's words, and the quality table `funnelcast train` 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ from features.errors import InputError
 from training.evaluation import buyers_line, quality_rows
 from training.notebook import (
     PROJECT,
+    check_before_run,
     check_parameters,
+    notebook_errors,
+    notebook_words,
     project_store,
     quality_table,
     read_data_folder,
@@ -246,11 +250,11 @@ def test_a_config_gives_the_settings_and_the_horizon_goes_over_it(tmp_path: Path
 def test_a_source_mapping_gives_its_settings_unless_a_config_gives_them(tmp_path: Path) -> None:
     """As `funnelcast train --source`: the mapping's `training:` over the shipped settings;
     with a config, the config's whole, and the notebook says what the mapping's were."""
-    mapped = training_setup(source="cdnow_sample")
+    mapped = training_setup(source="cdnow_sample", events="ingested")
     assert (mapped.settings.horizon_days, mapped.settings.snapshot_every_days) == (90, 30)
     assert mapped.settings.registry.model_name == "funnelcast-cdnow_sample"
     config = _config(tmp_path, horizon_days=21)
-    setup = training_setup(source="cdnow_sample", config=config)
+    setup = training_setup(source="cdnow_sample", config=config, events="ingested")
     assert (setup.settings.horizon_days, setup.settings.snapshot_every_days) == (21, 7)
     assert setup.settings.registry.model_name == "funnelcast"
     assert setup.said[0].startswith(
@@ -258,7 +262,9 @@ def test_a_source_mapping_gives_its_settings_unless_a_config_gives_them(tmp_path
         "them, copy its horizon_days"
     )
     assert "model_name='funnelcast-cdnow_sample'" in setup.said[0]
-    named = training_setup(source="cdnow_sample", config=config, model_name="mine")
+    named = training_setup(
+        source="cdnow_sample", config=config, model_name="mine", events="ingested"
+    )
     assert named.settings.registry.model_name == "mine"
     assert "model_name=" not in named.said[0]  # given: nothing to say of the mapping's name
 
@@ -300,3 +306,127 @@ def test_settings_training_would_refuse_are_refused_before_any_work(tmp_path: Pa
     spec.write_text(shipped.replace("rules_stage: true", "rules_stage: false"))
     with pytest.raises(InputError, match="rules_stage: true"):
         training_setup(spec=spec)
+
+
+def test_a_source_without_its_events_is_refused_before_any_work() -> None:
+    """`-p source completejourney` without events simulated, trained with the mapping's
+    settings and registered (and promoted) the simulation as funnelcast-completejourney
+    (notebook review)."""
+    with pytest.raises(
+        InputError,
+        match=r"source='completejourney' names the source the events were ingested from, but "
+        r"events is empty, so the notebook would train on a simulation and register it as "
+        r"completejourney's model; give events the folder `funnelcast ingest --source "
+        r"completejourney --out DIR` wrote",
+    ):
+        training_setup(source="completejourney")
+    assert training_setup(source="completejourney", events="ingested").settings.registry
+
+
+def test_messages_name_the_notebooks_parameters_not_the_commands_options(tmp_path: Path) -> None:
+    """Training's errors name `funnelcast train`'s options (--force, --spec, --assume-consent,
+    ...), which the notebook does not have (notebook review)."""
+    from features.spec import load_feature_spec
+    from training.pipeline import require_known_consent, require_no_identifying_attributes
+
+    said = []
+    for failing in (
+        lambda: require_known_consent(None),
+        lambda: require_no_identifying_attributes(
+            pa.table({"contact_id": ["a", "b"], "email": ["a@x.se", "b@x.se"]}),
+            load_feature_spec(),
+        ),
+    ):
+        with pytest.raises(InputError) as caught:
+            failing()
+        said.append(notebook_words(str(caught.value)))
+    assert "(contacts.parquet in the events folder), or pass assume_consent = True if" in said[0]
+    assert "(features/config/feature_spec.yaml, given with spec)" in said[1]
+    assert not [text for text in said if "--" in text]
+    assert notebook_words(
+        "a shorter horizon (`horizon_days:`, or `train --horizon`) under `training:` in your "
+        "--config; register it under its own name (--model-name); or use --force to replace "
+        "the champion; or train before them with --observe-until (observe_until); --forced"
+    ) == (
+        "a shorter horizon (the horizon_days parameter, or `horizon_days:`) under `training:` "
+        "in your config; register it under its own name (model_name); or use force_promotion "
+        "= True to replace the champion; or train before them with the observe_until "
+        "parameter; --forced"
+    )
+
+
+def test_notebook_errors_reword_the_error_and_list_what_too_little_data_is() -> None:
+    """The same exception, in the notebook's words; too little data shows the report the
+    command prints (the message said the snapshots that fit were listed below, and nothing
+    was)."""
+    from training.pipeline import InsufficientDataError
+
+    report = {
+        "snapshots": ["2026-01-05", "2026-01-12"],
+        "train": {"rows": 1200, "positives": 3, "stages": {"intent": 40, "dormant": 1160}},
+        "minimums": {"snapshots": 9},
+    }
+    raised = InsufficientDataError("too little data: raise `snapshots:` in your --config", report)
+    with pytest.raises(InsufficientDataError) as caught, notebook_errors():
+        raise raised
+    assert caught.value is raised
+    assert str(caught.value).splitlines() == [
+        "too little data: raise `snapshots:` in your config",
+        "Snapshots that fit the data: 2026-01-05, 2026-01-12.",
+        "train: 1,200 rows, 3 buyers; stages: intent 40, dormant 1,160",
+        "Minimums: snapshots 9 (an out-of-time split with this horizon).",
+    ]
+    with pytest.raises(ValueError, match=r"^--force$"), notebook_errors():  # not one of ours
+        raise ValueError("--force")
+
+
+def test_checks_before_a_run_refuse_what_train_refuses_before_it_starts(tmp_path: Path) -> None:
+    """An identifying contacts column and a store that cannot be written were found inside
+    the notebook's run, which stayed FAILED in the store (notebook review)."""
+    from features.spec import load_feature_spec
+
+    spec = load_feature_spec()
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    contacts = pa.table({"contact_id": ["a"], "marketing_consent": [True]})
+    check_before_run(contacts, spec, store)
+    assert (tmp_path / "store").is_dir()  # made, as `train` makes it; no database yet
+    assert not (tmp_path / "store" / "mlflow.db").exists()
+    with pytest.raises(InputError, match="no contacts table"):
+        check_before_run(None, spec, store)
+    check_before_run(None, spec, store, assume_consent=True)
+    emails = contacts.append_column("email", pa.array(["a@x.se"]))
+    with pytest.raises(InputError, match=r"contacts column 'email' \(.*\) identifies contacts"):
+        check_before_run(emails, spec, store)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="a-file"):
+        check_before_run(contacts, spec, f"sqlite:///{blocker}/mlflow.db")
+
+
+def test_the_notebook_sets_how_openmp_threads_wait_before_openmp_loads() -> None:
+    """LightGBM's threads spun while waiting in the notebook, 3-5x slower training than
+    `funnelcast train` on this 2-core machine (notebook review). The notebook imports
+    training.notebook first; importing it sets the policy and loads no OpenMP, which reads it
+    once, as it loads."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    notebook = nbformat.read(PROJECT / "notebooks" / "retrain.ipynb", as_version=4)
+    code = [c.source for c in notebook.cells if c.cell_type == "code"][1]
+    first = next(line for line in code.splitlines() if line.startswith(("import", "from")))
+    assert first.startswith("from training.notebook import")
+    probe = (
+        "import os, training.notebook\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'libgomp' in maps)\n"
+        "import training.evaluation\n"
+        "print('libgomp' in open('/proc/self/maps').read())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["PASSIVE", "False", "True"]  # set, then OpenMP loaded

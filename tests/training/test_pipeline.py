@@ -357,6 +357,16 @@ def test_the_minimum_data_check_passes_when_every_split_has_enough(small: object
         )
         with pytest.raises(InsufficientDataError, match=re.escape(says)):
             check_enough_data(frame, split, strict)
+    # counted after sampling to the row budgets: the budget is what to raise, not more
+    # contacts to bring, which sampling thins further (README review)
+    strict = load_training_settings(min_train_positives=10**6, max_training_rows=5_000)
+    with pytest.raises(InsufficientDataError) as caught:
+        check_enough_data(frame, split, strict, sampled=["train"])
+    assert "buyers kept by sampling in the train snapshots (at least 1000000)" in str(caught.value)
+    assert "Raise max_training_rows (5,000) under `training:` in your --config" in str(caught.value)
+    assert "more contacts" not in str(caught.value)
+    with pytest.raises(InsufficientDataError, match="Bring a longer history or more contacts"):
+        check_enough_data(frame, split, strict, sampled=["validation"])  # not the short one
 
 
 def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
