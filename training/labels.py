@@ -248,7 +248,8 @@ def _typed_labels(frame: pl.DataFrame) -> pl.DataFrame:
     if isinstance(dates, pl.Datetime) and dates.time_zone is None:
         raise InputError(
             "the labels' label_date holds times without a time zone; give them in UTC (or "
-            "with their zone), as `funnelcast ingest` writes them from a mapping's timezone:"
+            "with their zone), as `funnelcast ingest` writes them, reading local times in the "
+            "zone a mapping's `timezone:` names"
         )
     if not isinstance(dates, pl.Datetime | pl.Null):
         raise InputError(
