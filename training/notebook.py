@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ __all__ = [
 # loads nothing that loads it (scikit-learn and LightGBM are imported where used), and the
 # notebook imports it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# tqdm's notebook bars need ipywidgets, which nothing here draws: its warning when a library
+# imports tqdm.auto (next, in the notebook's imports) is noise in every run's output
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ("promote_if_better", "force_promotion", "assume_consent")
