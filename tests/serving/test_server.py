@@ -418,21 +418,11 @@ def test_a_built_bento_serves_without_the_registry(
     # another model named in the environment: the Bento serves only its own, so it stops
     # (it served the other: deploy review), and leaves no metrics folder (it left one)
     env["FUNNELCAST_BENTO_MODEL"] = "funnelcast:nosuchversion"
-    stopped = subprocess.Popen(
-        [*command, "--port", str(_free_port())],
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    status, output = _until_it_stops(
+        [*command, "--port", str(_free_port())], cwd=tmp_path, env={**os.environ, **env}
     )
-    try:
-        output, _ = stopped.communicate(timeout=READY_WITHIN_S)
-    finally:
-        _stop(stopped)
     said = " ".join(output.split())
-    assert stopped.returncode == 2, said
+    assert status == 2, said
     assert "FUNNELCAST_BENTO_MODEL names funnelcast:nosuchversion; unset" in said
     assert not any((tmp_path / "bentoml" / "funnelcast-metrics").iterdir())
 
@@ -579,9 +569,18 @@ def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path
     port = _free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
     env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none.db")}
+    status, output = _until_it_stops([*command, "--port", str(port)], cwd=ROOT, env=env)
+    assert "funnelcast cannot start, stopping the server: no model to serve" in output
+    assert status == 2, output  # a failure a supervisor sees, not a clean stop
+    assert _port_is_free(port)
+
+
+def _until_it_stops(command: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """A server that is to stop by itself, run until it does (its whole process group
+    stopped after, in any case): its exit status and output."""
     process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=ROOT,
+        command,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -592,9 +591,7 @@ def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path
         output, _ = process.communicate(timeout=READY_WITHIN_S)
     finally:
         _stop(process)
-    assert "funnelcast cannot start, stopping the server: no model to serve" in output
-    assert process.returncode == 2, output  # a failure a supervisor sees, not a clean stop
-    assert _port_is_free(port)
+    return process.returncode, output
 
 
 def _workers(server: int) -> list[psutil.Process]:
