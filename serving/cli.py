@@ -504,19 +504,21 @@ def _source_training(
     ``--horizon 30``), said as such, not as the mapping's."""
     if source is not None:
         from features.sources import load_mapping
+        from training.settings import unused_source_training
 
         mapping = load_mapping(source)
         given = mapping.training.settings() if mapping.training else {}
-        if given and config is not None:
-            name = given.pop("model_name", None)
+        if config is not None and (unused := unused_source_training(source, model_name)):
             how = []
-            if given:
-                keys = ", ".join(given)
-                how.append(f"copy its {keys} into your config's `training:`")
-            if name and model_name is None:
-                how.append(f"give --model-name {name} (else the config's name is used)")
+            if unused.keys:
+                how.append(f"copy its {', '.join(unused.keys)} into your config's `training:`")
+            if unused.model_name:
+                how.append(
+                    f"give --model-name {unused.model_name} (else the config's name is used)"
+                )
             said = (
-                f"The {mapping.name} mapping's training settings are not used: --config gives them"
+                f"The {unused.mapping} mapping's training settings are not used: --config gives "
+                "them"
             )
             console.print(
                 escape(f"{said}; to use them, {' and '.join(how)}." if how else f"{said}.")

@@ -228,7 +228,12 @@ def training_setup(
     from features.settings import load_rules_settings
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import require_trainable_spec
-    from training.settings import for_training, load_training_settings, source_training
+    from training.settings import (
+        for_training,
+        load_training_settings,
+        source_training,
+        unused_source_training,
+    )
 
     if source and not events:
         # the simulation was trained with the source's settings and registered, promoted
@@ -244,18 +249,23 @@ def training_setup(
     said = []
     overrides: dict[str, Any] = {}
     if source and config_path is not None:
-        mapped = source_training(source)
-        name = None if model_name else mapped.pop("model_name", None)  # named: it is used
-        mapped.pop("model_name", None)
-        if mapped or name:
+        # the command's rule (`train --source --config`), in the notebook's words
+        unused = unused_source_training(source, model_name or None)
+        if unused is not None and (unused.keys or unused.model_name):
             said.append(
-                f"The {source} mapping's training settings are not used: config gives them"
+                f"The {unused.mapping} mapping's training settings are not used: config gives "
+                "them"
                 + (
-                    f"; to use them, copy its {', '.join(mapped)} into the config's `training:`"
-                    if mapped
+                    f"; to use them, copy its {', '.join(unused.keys)} into the config's "
+                    "`training:`"
+                    if unused.keys
                     else ""
                 )
-                + (f" (and give model_name={name!r} for its model name)" if name else "")
+                + (
+                    f" (and give model_name={unused.model_name!r} for its model name)"
+                    if unused.model_name
+                    else ""
+                )
             )
     else:
         overrides = source_training(source or None)

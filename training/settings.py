@@ -8,6 +8,7 @@ import posixpath
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,29 @@ def source_training(source: str | None, *, model_name: str | None = None) -> dic
     if model_name is not None:
         given["model_name"] = model_name
     return given
+
+
+@dataclass(frozen=True)
+class UnusedTraining:
+    """A source mapping's ``training:`` that a settings file given beside it replaces whole
+    (`train --config`, the notebook's ``config``): what to copy to keep it."""
+
+    mapping: str  # the mapping's name
+    keys: list[str]  # its settings other than the model name, to copy into the file's
+    model_name: str | None  # its model name to give, None when one is given or it has none
+
+
+def unused_source_training(source: str, model_name: str | None) -> UnusedTraining | None:
+    """What a source's mapping gives that a settings file beside it leaves unused, for the
+    command and the notebook to say in their words; None when the mapping gives nothing."""
+    from features.sources import load_mapping
+
+    mapping = load_mapping(source)
+    given = mapping.training.settings() if mapping.training else {}
+    if not given:
+        return None
+    name = given.pop("model_name", None)
+    return UnusedTraining(mapping.name, list(given), None if model_name else name)
 
 
 # LightGBM parameters funnelcast sets itself (each with its aliases), and where a user says
