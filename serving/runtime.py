@@ -555,13 +555,16 @@ def _funnelcast_model(path: Path | str, what: str, fix: str) -> Any:
 
 def _from_bento_store(tag: str) -> tuple[Any, ModelInfo]:
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     try:
         stored = bentoml.models.get(tag)
     except NotFound as exc:
         raise InputError(f"the BentoML model {tag} is not in the model store ({exc})") from exc
-    except ValueError as exc:  # not a tag at all
+    # not a tag at all: BentoML raises a ValueError for some ('a b'), its own exception for
+    # others ('funnelcast:' from funnelcast:$TAG with TAG unset, 'a:b:c'), which restarted
+    # the worker forever (diff review)
+    except (ValueError, BentoMLException) as exc:
         raise InputError(
             f"{tag!r} is not a BentoML model tag ({exc}); give name:version, e.g. "
             "funnelcast:latest (`bentoml models list` shows them)"

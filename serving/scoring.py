@@ -317,7 +317,7 @@ def _refuse_rows(frame: pl.DataFrame, bad: pl.Expr, what: str, path: Path, optio
 # +HH) or " UTC" (as BigQuery and Spark write), and a T or z in either case, as ingest reads
 # them (fromisoformat refuses a small z)
 _ISO_MOMENT = (
-    rf"^\d{{4}}-\d{{2}}-\d{{2}}([Tt ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?({UTC_OFFSET}|\s*UTC)?)?$"
+    rf"^\d{{4}}-\d{{2}}-\d{{2}}([Tt ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?(\s*({UTC_OFFSET}|UTC))?)?$"
 )
 
 
@@ -363,7 +363,8 @@ def _iso(text: str) -> dt.datetime | None:
     """An ISO 8601 date or moment in UTC; None for anything else."""
     if not re.fullmatch(_ISO_MOMENT, text):
         return None
-    text = text.removesuffix("UTC").rstrip()
+    # a space before the zone, as ingest reads it (10:00:00 +00:00, 10:00 Z)
+    text = re.sub(r"\s+(?=[Zz+-][\d:]*$)", "", text.removesuffix("UTC").rstrip())
     try:
         moment = dt.datetime.fromisoformat(text.upper().replace(" ", "T", 1))
     except ValueError:

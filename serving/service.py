@@ -32,7 +32,6 @@ from typing import Any, NoReturn
 
 import anyio
 import bentoml
-from bentoml.exceptions import NotFound
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
@@ -197,28 +196,25 @@ def _exit_2_when_a_worker_could_not_start() -> None:
 def bento_settings(settings: ServiceSettings, own: str | None) -> ServiceSettings:
     """The settings a Bento serves with: the BentoML model it packs (``own``, its exact tag),
     whatever else the environment names; None (no Bento) keeps them. `bentoml serve <bento>`
-    does not apply the Bento's envs, so its model is set here; a FUNNELCAST_BENTO_MODEL left
-    in the environment that names another model is refused (it made a Bento of version 1
-    serve the latest import, version 2, so a rollback to an older Bento served the newest
-    model: deploy review)."""
+    does not apply the Bento's envs, so its model is set here. A FUNNELCAST_BENTO_MODEL left
+    in the environment that names another model (another build's exact tag, another name) is
+    refused: it made a Bento of version 1 serve the latest import, version 2, so a rollback to
+    an older Bento served the newest model (deploy review). Its own name alone or with
+    ``:latest`` (the bentofile's own setting) is taken as its own model, with no lookup in the
+    store: looked up, a later build made a restarted worker of a running server refuse it,
+    and the server stop (diff review)."""
     if own is None:
         return settings
-    if settings.bento_model is not None and _resolved(settings.bento_model) != own:
-        raise ServiceConfigError(
-            f"this Bento packs the BentoML model {own} and serves only it, but "
-            f"FUNNELCAST_BENTO_MODEL names {settings.bento_model}; unset "
-            "FUNNELCAST_BENTO_MODEL, or serve the Bento built with that model (`bentoml list`)"
-        )
+    named = settings.bento_model
+    if named is not None and named != own:
+        name, _, version = named.partition(":")
+        if name != own.partition(":")[0] or version not in ("", "latest"):
+            raise ServiceConfigError(
+                f"this Bento packs the BentoML model {own} and serves only it, but "
+                f"FUNNELCAST_BENTO_MODEL names {named}; unset FUNNELCAST_BENTO_MODEL, or "
+                "serve the Bento built with that model (`bentoml list`)"
+            )
     return dataclasses.replace(settings, bento_model=own)
-
-
-def _resolved(tag: str) -> str:
-    """A BentoML model tag as the exact one it names (`name:latest` read now); as given when
-    it names none."""
-    try:
-        return str(bentoml.models.get(tag).tag)
-    except (NotFound, ValueError):  # not in the store, or no tag: not the Bento's model
-        return tag
 
 
 def _bad_request(exc: InputError) -> JSONResponse:

@@ -20,7 +20,7 @@ kept here with tests, since a notebook holds no logic:
   options (``notebook_errors``);
 - LightGBM's OpenMP threads waiting passively, and MLflow's notes for its own developers
   kept out of the output, as the command line has them (3-5x slower training without the
-  first, measured by the notebook review).
+  first on a machine shared with other work, measured by the notebook review).
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ __all__ = [
 
 # LightGBM's OpenMP threads spin while they wait unless told otherwise: on a small machine
 # shared with other work that made the notebook's training 3-5x slower than `funnelcast
-# train`, which sets this (notebook review). OpenMP reads it once, as it loads: this module
-# loads nothing that loads it (scikit-learn and LightGBM are imported where used), and the
-# notebook imports it first.
+# train`, which sets this (notebook review); on an idle one spinning is faster (about 2.5x
+# for the stage model, diff review), the trade the command line made. OpenMP reads it once,
+# as it loads: this module loads nothing that loads it (scikit-learn and LightGBM are
+# imported where used), and the notebook imports it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # tqdm's notebook bars need ipywidgets, which nothing here draws: its warning when a library
 # imports tqdm.auto (next, in the notebook's imports) is noise in every run's output
@@ -337,6 +338,9 @@ _PHRASES = (
     ),
     ("(`horizon_days:`, or `train --horizon`)", "(the horizon_days parameter, or `horizon_days:`)"),
     ("--observe-until (observe_until)", "the observe_until parameter"),
+    # the notebook reads labels.parquet of the events folder (diff review)
+    ("drop --labels", "remove labels.parquet from the events folder"),
+    ("leave out --labels", "remove labels.parquet from the events folder"),
 )
 _OPTIONS = {
     "--assume-consent": "assume_consent = True",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,15 +376,17 @@ def check_enough_data(
     settings: TrainingSettings,
     *,
     labels_without_date: int = 0,
-    sampled: Sequence[str] = (),
+    validation_rates: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Counts per split; raises ``InsufficientDataError`` with them when below the minimums.
     ``labels_without_date``: provided labels set aside for want of a date, said with the
     shortfall (every won deal undated left 0 buyers, and the advice was more history).
-    ``sampled``: the splits whose snapshots were sampled to the row budgets (``train``,
-    ``validation``), whose counts are the rows kept: a shortfall there is the budget's to
-    raise, not more contacts to bring (README review: 307 buyers in the training weeks were
-    104 kept, and the advice was more contacts, which sampling thins further)."""
+    Sampled snapshots count the buyers kept; with the buyers they held estimated (each kept
+    one weighs 1 / its chance to be kept: its training ``sample_weight``, or 1 / its
+    validation snapshot's share in ``validation_rates``), a shortfall that sampling made is
+    the row budget's to raise, not more contacts to bring (README review: 307 buyers in the
+    training weeks were 104 kept, and the advice was more contacts, which sampling thins
+    further); one the whole snapshots have too is not (diff review)."""
     report: dict[str, Any] = {
         "minimums": {
             "train_positives": settings.min_train_positives,
@@ -411,10 +413,16 @@ def check_enough_data(
         }
         needed = settings.min_train_positives if name == "train" else settings.min_eval_positives
         if positives < needed:
-            kept = " kept by sampling" if name in sampled else ""
-            problems.append(f"{positives} buyers{kept} in the {name} snapshots (at least {needed})")
-            if name in budgets and name in sampled:
-                short.append(budgets[name])
+            held = _buyers_before_sampling(rows, validation_rates or {})
+            if held > positives:
+                problems.append(
+                    f"{positives} buyers kept by sampling in the {name} snapshots, of about "
+                    f"{held:,} (at least {needed})"
+                )
+                if held >= needed and name in budgets:
+                    short.append(budgets[name])
+            else:
+                problems.append(f"{positives} buyers in the {name} snapshots (at least {needed})")
     train_stages = [n for n in report["train"]["stages"].values() if n >= settings.min_stage_rows]
     if len(train_stages) < 2:
         problems.append(
@@ -429,8 +437,8 @@ def check_enough_data(
             else ""
         )
         advice = (
-            f"Raise {' and '.join(short)} under `training:` in your --config (the snapshots "
-            "were sampled to fit them), or bring a longer history."
+            f"Raise {' and '.join(short)} under `training:` in your --config or your source "
+            "mapping (the snapshots were sampled to fit them)."
             if short
             else "Bring a longer history or more contacts."
         )
@@ -439,6 +447,20 @@ def check_enough_data(
             report,
         )
     return report
+
+
+def _buyers_before_sampling(rows: pl.DataFrame, validation_rates: Mapping[str, float]) -> int:
+    """The buyers a split's snapshots held before sampling, estimated (rounded): each kept
+    buyer weighs 1 / its chance to be kept, its ``sample_weight`` (training) over its
+    snapshot's share kept (validation, by date; 1 where not sampled)."""
+    weight = pl.col(SAMPLE_WEIGHT) if SAMPLE_WEIGHT in rows.columns else pl.lit(1.0)
+    share = (
+        pl.col("as_of")
+        .dt.strftime("%Y-%m-%d")
+        .replace_strict(dict(validation_rates), default=1.0, return_dtype=pl.Float64)
+    )
+    held = rows.filter(pl.col(PURCHASE_LABEL)).select((weight / share).sum()).item()
+    return round(held or 0)
 
 
 @unreadable_parquet_named()  # damaged events pages: one line, as the feature builders say it
@@ -557,10 +579,7 @@ def train_models(
         split,
         settings,
         labels_without_date=frame_counts.get("labels_without_date", 0),
-        sampled=[
-            *(["train"] if sampler.sampled_training else []),
-            *(["validation"] if sampler.validation_rates else []),
-        ],
+        validation_rates=sampler.validation_rates,
     )
     names = [
         c for c in feature_columns(frame) if c not in (STAGE_LABEL, PURCHASE_LABEL, SAMPLE_WEIGHT)

@@ -538,6 +538,8 @@ def test_scores_read_back_from_csv_keep_their_moment(tmp_path: Path) -> None:
         "2026-04-13",
         "2026-04-13 00:00:00 UTC",  # as BigQuery and Spark write, and ingest reads
         "2026-04-13T00:00:00.000UTC",
+        "2026-04-13 02:00:00 +02:00",  # a space before the zone, as ingest reads it
+        "2026-04-13 00:00 Z",
     ],
 )
 def test_an_earlier_as_of_is_read_in_every_offset_form_the_other_readers_take(

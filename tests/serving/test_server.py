@@ -387,7 +387,7 @@ def test_a_built_bento_serves_without_the_registry(
     # the registry is gone: only the Bento's own copy of the model can be served
     env = {**home, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nothing-here.db"}
     env["FUNNELCAST_API_KEY"] = served.api_key
-    # the Bento's own model, named as the latest import: the same exact tag, so served
+    # the Bento's own model, named as its bentofile names it: served
     env["FUNNELCAST_BENTO_MODEL"] = "funnelcast:latest"
     body = contact_body(served, active_contacts[-5])
     command = [sys.executable, "-m", "bentoml", "serve", "funnelcast:latest", "--port", str(port)]

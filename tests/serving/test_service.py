@@ -1142,19 +1142,22 @@ def test_a_bento_serves_the_model_it_packs_whatever_the_environment_names() -> N
     """A FUNNELCAST_BENTO_MODEL left in the environment made a Bento of version 1 serve the
     latest import (version 2): a rollback to an older Bento served the newest model (deploy
     review). The Bento's own tag, or none, is its model; another is refused; no Bento keeps
-    the settings. (That `name:latest` is read as the exact tag it names: test_server.py.)"""
+    the settings."""
     from serving.service import bento_settings
 
     own = "funnelcast:aaaa1111"
-    for named in (None, own):
+    # its own, by its exact tag (a container's env) or by its name (the bentofile's
+    # funnelcast:latest), read without the store: a later build changes nothing (diff review)
+    for named in (None, own, "funnelcast:latest", "funnelcast", "funnelcast:"):
         settings = ServiceSettings(bento_model=named, version="7")
         assert bento_settings(settings, own) == dataclasses.replace(settings, bento_model=own)
-    with pytest.raises(
-        ServiceConfigError,
-        match=r"this Bento packs the BentoML model funnelcast:aaaa1111 and serves only it, but "
-        r"FUNNELCAST_BENTO_MODEL names funnelcast:bbbb2222; unset FUNNELCAST_BENTO_MODEL",
-    ):
-        bento_settings(ServiceSettings(bento_model="funnelcast:bbbb2222"), own)
+    for other in ("funnelcast:bbbb2222", "other:latest", "other", "funnelcast:a:b"):
+        with pytest.raises(
+            ServiceConfigError,
+            match=r"this Bento packs the BentoML model funnelcast:aaaa1111 and serves only it, "
+            rf"but FUNNELCAST_BENTO_MODEL names {other}; unset FUNNELCAST_BENTO_MODEL",
+        ):
+            bento_settings(ServiceSettings(bento_model=other), own)
     settings = ServiceSettings(bento_model="funnelcast:bbbb2222")
     assert bento_settings(settings, None) is settings
 
@@ -1310,9 +1313,12 @@ def test_a_registry_that_cannot_be_used_is_not_reported_as_a_missing_model(
 def test_a_bento_model_tag_that_is_no_tag_is_refused_naming_the_form(
     service_env: Served,
 ) -> None:
-    env = service_env.env(FUNNELCAST_BENTO_MODEL="bad tag!!")
-    with pytest.raises(ServiceConfigError, match=r"is not a BentoML model tag.*name:version"):
-        load_scorer(ServiceSettings.from_env(env))
+    # BentoML's ValueError, and its own exception ('funnelcast:' from funnelcast:$TAG with TAG
+    # unset, which restarted the worker forever: diff review)
+    for tag in ("bad tag!!", "funnelcast:", "a:b:c"):
+        env = service_env.env(FUNNELCAST_BENTO_MODEL=tag)
+        with pytest.raises(ServiceConfigError, match=r"is not a BentoML model tag.*name:version"):
+            load_scorer(ServiceSettings.from_env(env))
 
 
 def _tampered(service: Any) -> FunnelcastModel:

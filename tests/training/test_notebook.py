@@ -353,6 +353,10 @@ def test_messages_name_the_notebooks_parameters_not_the_commands_options(tmp_pat
         "= True to replace the champion; or train before them with the observe_until "
         "parameter; --forced"
     )
+    assert notebook_words("the labels table is empty; give labelled contacts or drop --labels") == (
+        "the labels table is empty; give labelled contacts or remove labels.parquet from the "
+        "events folder"
+    )
 
 
 def test_notebook_errors_reword_the_error_and_list_what_too_little_data_is() -> None:

@@ -16,7 +16,7 @@ from features.errors import InputError
 from features.settings import load_rules_settings
 from features.simulator import load_simulator_settings, simulate
 from features.spec import load_feature_spec
-from training.frame import split_by_time
+from training.frame import SAMPLE_WEIGHT, split_by_time
 from training.pipeline import (
     PURCHASE_LABEL,
     STAGE_LABEL,
@@ -357,16 +357,42 @@ def test_the_minimum_data_check_passes_when_every_split_has_enough(small: object
         )
         with pytest.raises(InsufficientDataError, match=re.escape(says)):
             check_enough_data(frame, split, strict)
-    # counted after sampling to the row budgets: the budget is what to raise, not more
-    # contacts to bring, which sampling thins further (README review)
-    strict = load_training_settings(min_train_positives=10**6, max_training_rows=5_000)
+    # counted after sampling to the row budgets: with the buyers the whole snapshots held
+    # estimated (each kept one weighs 1 / its chance), a shortfall sampling made is the
+    # budget's to raise, not more contacts to bring (README review); one the whole snapshots
+    # have too is not (diff review)
+    train = frame.filter(pl.col("as_of").is_in(list(split.train)))
+    buyers = int(train[PURCHASE_LABEL].sum())
+    weighed = frame.with_columns(
+        pl.when(pl.col("as_of").is_in(list(split.train)))
+        .then(4.0)
+        .otherwise(1.0)
+        .alias(SAMPLE_WEIGHT)
+    )
+    for needed, held_enough in ((buyers * 2, True), (buyers * 8, False)):
+        strict = load_training_settings(min_train_positives=needed, max_training_rows=5_000)
+        with pytest.raises(InsufficientDataError) as caught:
+            check_enough_data(weighed, split, strict)
+        said = str(caught.value)
+        assert (
+            f"{buyers} buyers kept by sampling in the train snapshots, of about "
+            f"{buyers * 4:,} (at least {needed})"
+        ) in said
+        budget = "Raise max_training_rows (5,000) under `training:` in your --config or your "
+        assert (budget in said) == held_enough
+        assert ("Bring a longer history or more contacts" in said) != held_enough
+    # a validation snapshot sampled to a share: its buyers over that share
+    [first, *_] = sorted(split.validation)
+    kept = int(frame.filter(pl.col("as_of") == first)[PURCHASE_LABEL].sum())
+    others = int(
+        frame.filter(pl.col("as_of").is_in(list(split.validation)) & (pl.col("as_of") != first))[
+            PURCHASE_LABEL
+        ].sum()
+    )
+    strict = load_training_settings(min_train_positives=1, min_eval_positives=10**6)
     with pytest.raises(InsufficientDataError) as caught:
-        check_enough_data(frame, split, strict, sampled=["train"])
-    assert "buyers kept by sampling in the train snapshots (at least 1000000)" in str(caught.value)
-    assert "Raise max_training_rows (5,000) under `training:` in your --config" in str(caught.value)
-    assert "more contacts" not in str(caught.value)
-    with pytest.raises(InsufficientDataError, match="Bring a longer history or more contacts"):
-        check_enough_data(frame, split, strict, sampled=["validation"])  # not the short one
+        check_enough_data(frame, split, strict, validation_rates={f"{first:%Y-%m-%d}": 0.5})
+    assert f"of about {kept * 2 + others:,} (at least 1000000)" in str(caught.value)
 
 
 def test_provided_labels_replace_the_revealed_ones_for_the_contacts_they_list(
