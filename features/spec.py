@@ -484,13 +484,28 @@ def _refuse_void_for_each(
     where: str,
     filters: Mapping[str, tuple[list[str] | None, frozenset[str]]],
 ) -> None:
-    """A ``for_each`` value listed by hand that the entry's own filter leaves out (``all`` may
-    cover what a filter removes): those features would never see an event."""
+    """A ``for_each`` value, listed or under ``all``, that the entry's own filter leaves out,
+    and a ``where`` its ``where_not`` takes whole: those features would never see an event
+    (``all`` with such a filter, and the two filters, were taken without a word: spec
+    review)."""
     for key, (included, excluded) in filters.items():
+        if included is not None and not set(included) - excluded:
+            raise SpecError(
+                f"{where}: its where and where_not both name every {key} it keeps "
+                f"({', '.join(included)}), so it would never see an event; remove them from "
+                "one of the two"
+            )
         listed = entry.for_each.get(key)
-        if not isinstance(listed, list):
+        if listed is None:
             continue
-        void = [v for v in listed if v in excluded or (included is not None and v not in included)]
+        values = list(_VOCABULARY[key]) if listed == "all" else listed
+        void = [v for v in values if v in excluded or (included is not None and v not in included)]
+        if void and listed == "all":
+            raise SpecError(
+                f"{where}: for_each {{{key}: all}} makes features for {void}, which its "
+                "where/where_not filter leaves out, so they would never see an event; list "
+                f"the {key}s to expand over instead of all"
+            )
         if void:
             raise SpecError(
                 f"{where}: for_each {key} {void} names what its where/where_not filter leaves "

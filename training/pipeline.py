@@ -41,7 +41,7 @@ from features.engine import (
 from features.errors import InputError
 from features.settings import RulesSettings
 from features.snapshots import build_training_frame
-from features.spec import FeatureSpec
+from features.spec import FeatureSpec, load_feature_spec, redefined_features
 from features.vocabulary import PURCHASE_EVENTS
 from training.evaluation import EvaluationInputs, evaluate
 from training.frame import (
@@ -133,13 +133,21 @@ def require_known_consent(
 def require_trainable_spec(spec: FeatureSpec) -> None:
     """Training measures the models against the rules and the RFM baseline, which read
     features of the shipped spec by name: a spec without them fails here, before any work,
-    not after both models are fitted."""
+    not after both models are fitted. A spec that keeps their names and defines them otherwise
+    (other events, another window) would measure the models against another baseline under
+    the RFM baseline's name, and the promotion gate with it (spec review)."""
     problems = []
     if not spec.rules_stage:
         problems.append("`rules_stage: true` (the rules baseline's stage)")
     missing = [name for name in RFM_COLUMNS if name not in spec.names]
     if missing:
         problems.append(f"the RFM baseline's features {missing}")
+    redefined = [n for n in redefined_features(spec, load_feature_spec()) if n in RFM_COLUMNS]
+    if redefined:
+        problems.append(
+            f"the RFM baseline's features {redefined} as the shipped spec defines them (yours "
+            "defines them otherwise)"
+        )
     if problems:
         raise InputError(
             f"training compares the models with the rules and the RFM baseline, so the feature "

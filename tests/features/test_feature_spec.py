@@ -195,12 +195,29 @@ def test_a_for_each_value_its_filter_leaves_out_is_refused(filters: str) -> None
         text = text.replace("{event_type}_count", "{channel}_count")
     with pytest.raises(SpecError, match=r"names what its where/where_not filter leaves out"):
         parse_feature_spec(text)
-    # the same filter over every value (`all`) keeps the features it always had
+    # the same filter over every value (`all`) makes such features too: refused, the values
+    # named (it was taken without a word: spec review)
     wide = text.replace("[web, email]}", "all}").replace("[email_open, email_click]}", "all}")
-    assert parse_feature_spec(wide).names
+    with pytest.raises(SpecError, match=r"all\} makes features for \[.*\], which its where/"):
+        parse_feature_spec(wide)
+    assert len(parse_feature_spec(wide, logged=True).names) > 4  # a logged one still loads
     # a model trained before the check was added keeps loading with the features it has
     logged = parse_feature_spec(text, logged=True)
     assert len(logged.names) == 4
+
+
+def test_a_where_its_where_not_takes_whole_is_refused() -> None:
+    """`where: [page_view]` with `where_not: [page_view]` made features always 0 (spec
+    review)."""
+    text = BASE.replace(
+        "windows: [7, 28]",
+        "windows: [7, 28]\n    where: {channel: [web]}\n    where_not: {channel: [web, email]}",
+    )
+    with pytest.raises(
+        SpecError, match=r"its where and where_not both name every channel it keeps \(web\)"
+    ):
+        parse_feature_spec(text)
+    assert parse_feature_spec(text, logged=True).names
 
 
 def test_a_model_whose_logged_spec_predates_a_new_check_is_still_served() -> None:

@@ -142,6 +142,17 @@ def test_without_a_contacts_table_training_needs_consent_assumed(small: object) 
             ('"days_since_last_{event_type}"', '"recency_{event_type}"'),
             "features ['days_since_last_purchase']",
         ),
+        (
+            # the same names over other events: another baseline under the RFM one's name,
+            # and the gate measured against it (spec review)
+            (
+                '  - name: "purchase_value_sum_{window}"\n    kind: sum\n    column: value\n'
+                "    where: {event_type: [purchase]}",
+                '  - name: "purchase_value_sum_{window}"\n    kind: sum\n    column: value\n'
+                "    where: {event_type: [add_to_cart]}",
+            ),
+            "features ['purchase_value_sum_all'] as the shipped spec defines them",
+        ),
     ],
 )
 def test_a_spec_without_the_baselines_features_is_refused_before_any_work(
