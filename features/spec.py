@@ -412,17 +412,21 @@ def _expand(
     spec_file: _SpecFile, origin: str, *, lint: bool = True
 ) -> tuple[tuple[Aggregate, ...], list[Derived]]:
     """The spec's aggregates and derived features, one per expansion of its entries."""
-    aggregates = tuple(
-        itertools.chain.from_iterable(_expand_aggregate(e, lint=lint) for e in spec_file.aggregates)
-    )
-    known = _unique_names([a.name for a in aggregates], origin, lint=lint)
+    made: list[tuple[str, str]] = []  # each feature's name, and the entry that made it
+    aggregates: list[Aggregate] = []
+    for i, entry in enumerate(spec_file.aggregates):
+        for aggregate in _expand_aggregate(entry, lint=lint):
+            aggregates.append(aggregate)
+            made.append((aggregate.name, f"aggregates[{i}] {entry.name!r}"))
+    known = _unique_names(made, origin, lint=lint)
     derived: list[Derived] = []
-    for entry in spec_file.derived:
-        for item in _expand_derived(entry, known, origin, lint=lint):
+    for j, derived_entry in enumerate(spec_file.derived):
+        for item in _expand_derived(derived_entry, known, origin, lint=lint):
             derived.append(item)
             known.add(item.name)
-    _unique_names([*(a.name for a in aggregates), *(d.name for d in derived)], origin, lint=lint)
-    return aggregates, derived
+            made.append((item.name, f"derived[{j}] {derived_entry.name!r}"))
+    _unique_names(made, origin, lint=lint)
+    return tuple(aggregates), derived
 
 
 def shipped_spec_text() -> str:
@@ -685,20 +689,27 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
-def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[str]:
+def _unique_names(made: list[tuple[str, str]], origin: str, *, lint: bool = True) -> set[str]:
     """The feature names are names (letters, digits and '_', not starting with a digit: each
     is a column in every engine, a LightGBM feature and a word in derived expressions), each
     declared once, and no two differ only in case (Spark, and many CRM imports, read column
     names without case). Otherwise a ``SpecError`` naming them. ``lint`` False (a spec a model
     was trained with): the names and their case are not held to this, as before the rule, so
-    a stored model still loads."""
-    seen: set[str] = set()
+    a stored model still loads. ``made``: each name with the entry that made it, named when
+    two entries make one name (the hint was only the placeholders, which the name had: spec
+    review)."""
+    seen: dict[str, str] = {}  # name -> the entry that made it
     lowered: dict[str, str] = {}  # Spark lowercases names (Java's Locale.ROOT): as str.lower
-    for name in names:
+    for name, entry in made:
+        if name in seen and seen[name] != entry:
+            raise SpecError(
+                f"{origin}: feature {name!r} is made by {seen[name]} and by {entry}; rename "
+                "one (or drop it, where the other already makes it)"
+            )
         if name in seen:
             raise SpecError(
-                f"{origin}: feature {name!r} is declared twice (a name over several windows "
-                "or event types needs {window}, {event_type} or {channel} in it)"
+                f"{origin}: feature {name!r} is declared twice by {entry} (a name over several "
+                "windows or event types needs {window}, {event_type} or {channel} in it)"
             )
         if lint and not name.isidentifier():
             raise SpecError(
@@ -736,9 +747,9 @@ def _unique_names(names: list[str], origin: str, *, lint: bool = True) -> set[st
                 f"{origin}: features {other!r} and {name!r} differ only in case; Spark reads "
                 "column names without case (so do many CRM imports): rename one"
             )
-        seen.add(name)
+        seen[name] = entry
         lowered.setdefault(name.lower(), name)
-    return seen
+    return set(seen)
 
 
 # --- the expression language ------------------------------------------------------------------

@@ -145,8 +145,26 @@ def test_derived_expressions_allow_only_arithmetic(expr: str, says: str) -> None
 
 def test_a_feature_declared_twice_is_an_error() -> None:
     twice = BASE + '  - name: "email_open_count_7d"\n    kind: count\n    windows: [7]\n'
-    with pytest.raises(SpecError, match="feature 'email_open_count_7d' is declared twice"):
+    # two entries: both named, not the placeholder hint the name did not need (spec review)
+    with pytest.raises(
+        SpecError,
+        match=re.escape(
+            "feature 'email_open_count_7d' is made by aggregates[0] '{event_type}_count_{window}' "
+            "and by aggregates[1] 'email_open_count_7d'; rename one"
+        ),
+    ):
         parse_feature_spec(twice)
+    derived = BASE + 'derived:\n  - name: email_click_count_28d\n    expr: "email_open_count_7d"\n'
+    with pytest.raises(SpecError, match=r"and by derived\[0\] 'email_click_count_28d'; rename"):
+        parse_feature_spec(derived)
+    # one entry making a name twice: the placeholders it lacks
+    lacking = BASE.replace('"{event_type}_count_{window}"', '"{event_type}_count"')
+    with pytest.raises(
+        SpecError,
+        match=r"feature 'email_open_count' is declared twice by aggregates\[0\] "
+        r"'\{event_type\}_count' \(a name over several windows",
+    ):
+        parse_feature_spec(lacking)
     # a window listed twice is named as such (it read as a name lacking {window})
     with pytest.raises(
         SpecError,
