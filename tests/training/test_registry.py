@@ -346,7 +346,7 @@ def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
 def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_otherwise(
     simulation: object, store: str
 ) -> None:
-    """A spec that changes what `event_count_{window}` leaves out keeps the names: the
+    """A spec that changes what `{channel}_event_count_{window}` leaves out keeps the names: the
     champion was scored on the challenger's values under its own names, lost for that alone,
     and the challenger was promoted 'beyond noise' (retraining review). Refused, naming the
     features; --force replaces it, and a forced promotion leaves no earlier promotion's
@@ -367,8 +367,9 @@ def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_othe
         }
     )
     redefined = yaml.safe_load(shipped_spec_text())
-    [entry] = [a for a in redefined["aggregates"] if a["name"] == "event_count_{window}"]
-    entry["where_not"] = {"event_type": ["impression"]}
+    # (not an RFM feature's entry: training refuses those redefined)
+    [entry] = [a for a in redefined["aggregates"] if a["name"] == "{channel}_event_count_{window}"]
+    entry["where_not"] = {"event_type": ["message_send", "impression"]}
     text = yaml.safe_dump(redefined, sort_keys=False)
     other, plain = _versions_of_two_specs(simulation, settings, text)
     params = MlflowClient().get_run(resolve(name, version=plain).run_id).data.params
@@ -381,7 +382,7 @@ def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_othe
     with pytest.raises(
         RegistryError,
         match=r"of the features it reads are defined otherwise in the challenger's feature spec "
-        r"\(event_count_7d, .*--force",
+        r"\(email_event_count_28d, .*--force",
     ):
         promote(name, version=plain)
     assert resolve(name, alias="champion").version == other
