@@ -123,8 +123,9 @@ class _Report(io.TextIOBase):
             sys.stderr.flush()
 
 
-console = Console(file=cast("IO[str]", _Report()))
-err_console = Console(stderr=True)
+# emoji codes off: rich read ':b:' in a tag the user gave ('a:b:c') as an emoji (diff review)
+console = Console(file=cast("IO[str]", _Report()), emoji=False)
+err_console = Console(stderr=True, emoji=False)
 log = logging.getLogger("funnelcast")
 
 T = TypeVar("T")

@@ -206,15 +206,26 @@ def bento_settings(settings: ServiceSettings, own: str | None) -> ServiceSetting
     if own is None:
         return settings
     named = settings.bento_model
-    if named is not None and named != own:
-        name, _, version = named.partition(":")
-        if name != own.partition(":")[0] or version not in ("", "latest"):
-            raise ServiceConfigError(
-                f"this Bento packs the BentoML model {own} and serves only it, but "
-                f"FUNNELCAST_BENTO_MODEL names {named}; unset FUNNELCAST_BENTO_MODEL, or "
-                "serve the Bento built with that model (`bentoml list`)"
-            )
+    if named is not None and not _names_own_model(named, own):
+        raise ServiceConfigError(
+            f"this Bento packs the BentoML model {own} and serves only it, but "
+            f"FUNNELCAST_BENTO_MODEL names {named}; unset FUNNELCAST_BENTO_MODEL, or serve the "
+            "Bento built with that model (`bentoml list`)"
+        )
     return dataclasses.replace(settings, bento_model=own)
+
+
+def _names_own_model(named: str, own: str) -> bool:
+    """Whether a tag names the Bento's own model: its exact tag, or its name alone or with
+    latest, read as BentoML reads tags (names in any case) and without the store."""
+    from bentoml import Tag
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        tag, mine = Tag.from_taglike(named), Tag.from_taglike(own)
+    except (ValueError, BentoMLException):  # no tag at all ('funnelcast:', 'a:b:c')
+        return False
+    return tag.name == mine.name and tag.version in (None, "latest", mine.version)
 
 
 def _bad_request(exc: InputError) -> JSONResponse:

@@ -389,12 +389,12 @@ def check_enough_data(
     """Counts per split; raises ``InsufficientDataError`` with them when below the minimums.
     ``labels_without_date``: provided labels set aside for want of a date, said with the
     shortfall (every won deal undated left 0 buyers, and the advice was more history).
-    Sampled snapshots count the buyers kept; with the buyers they held estimated (each kept
-    one weighs 1 / its chance to be kept: its training ``sample_weight``, or 1 / its
-    validation snapshot's share in ``validation_rates``), a shortfall that sampling made is
-    the row budget's to raise, not more contacts to bring (README review: 307 buyers in the
-    training weeks were 104 kept, and the advice was more contacts, which sampling thins
-    further); one the whole snapshots have too is not (diff review)."""
+    Sampled snapshots count the buyers kept: a shortfall there names the row budget to raise
+    first (README review: 307 buyers in the training weeks were 104 kept, and the advice was
+    only more contacts), with the buyers the whole snapshots held, estimated (each kept one
+    weighs 1 / its chance to be kept: its training ``sample_weight``, or 1 / its validation
+    snapshot's share in ``validation_rates``). The estimate rests on the few buyers kept, so
+    it only informs: more history or contacts are named too (diff review)."""
     report: dict[str, Any] = {
         "minimums": {
             "train_positives": settings.min_train_positives,
@@ -427,7 +427,7 @@ def check_enough_data(
                     f"{positives} buyers kept by sampling in the {name} snapshots, of about "
                     f"{held:,} (at least {needed})"
                 )
-                if held >= needed and name in budgets:
+                if name in budgets:  # the estimate is noisy: said whether or not it is short
                     short.append(budgets[name])
             else:
                 problems.append(f"{positives} buyers in the {name} snapshots (at least {needed})")
@@ -446,7 +446,8 @@ def check_enough_data(
         )
         advice = (
             f"Raise {' and '.join(short)} under `training:` in your --config or your source "
-            "mapping (the snapshots were sampled to fit them)."
+            "mapping (the snapshots were sampled to fit them), or bring a longer history or "
+            "more contacts."
             if short
             else "Bring a longer history or more contacts."
         )

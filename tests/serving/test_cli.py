@@ -6,6 +6,7 @@ import datetime as dt
 import http.server
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -83,6 +84,18 @@ def test_a_model_named_two_ways_is_refused_before_anything_is_read(
     expected = said if said.endswith("give one") else f"{said} name a model; give one"
     assert result.stderr.strip() == f"error: {expected}"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_tag_with_colons_is_quoted_as_given_not_read_as_emoji(tmp_path: Path) -> None:
+    """rich read ':b:' in 'a:b:c' as an emoji code: the error quoted 'a\U0001f171c' (diff
+    review)."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "FUNNELCAST_API_KEY": "k" * 32}
+    with socket.socket() as probe:  # a port free now, so the model is what is refused
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    result = _run("serve", "--bento-model", "a:b:c", "--port", port, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "'a:b:c' is not a BentoML model tag" in " ".join(result.stderr.split())
 
 
 def test_the_list_of_commands_is_every_command() -> None:

@@ -1148,10 +1148,10 @@ def test_a_bento_serves_the_model_it_packs_whatever_the_environment_names() -> N
     own = "funnelcast:aaaa1111"
     # its own, by its exact tag (a container's env) or by its name (the bentofile's
     # funnelcast:latest), read without the store: a later build changes nothing (diff review)
-    for named in (None, own, "funnelcast:latest", "funnelcast", "funnelcast:"):
+    for named in (None, own, "funnelcast:latest", "funnelcast", "Funnelcast:latest"):
         settings = ServiceSettings(bento_model=named, version="7")
         assert bento_settings(settings, own) == dataclasses.replace(settings, bento_model=own)
-    for other in ("funnelcast:bbbb2222", "other:latest", "other", "funnelcast:a:b"):
+    for other in ("funnelcast:bbbb2222", "other:latest", "other", "funnelcast:a:b", "funnelcast:"):
         with pytest.raises(
             ServiceConfigError,
             match=r"this Bento packs the BentoML model funnelcast:aaaa1111 and serves only it, "
