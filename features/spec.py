@@ -323,15 +323,15 @@ def redefined_features(ours: FeatureSpec, theirs: FeatureSpec) -> list[str]:
 
 
 def _definitions(spec: FeatureSpec) -> dict[str, tuple[object, ...]]:
-    """Each event feature's full definition, comparable across specs."""
+    """Each event feature's full definition, comparable across specs: its filters as the
+    event types and channels they keep, so that a filter that changes nothing (a `where_not`
+    of sends on purchases) is the same definition (it read as another: diff review)."""
     found: dict[str, tuple[object, ...]] = {}
     for a in spec.aggregates:
         found[a.name] = (
             a.kind,
-            None if a.event_types is None else sorted(a.event_types),
-            None if a.channels is None else sorted(a.channels),
-            sorted(a.exclude_event_types),
-            sorted(a.exclude_channels),
+            _kept(a.event_types, a.exclude_event_types, EVENT_TYPES),
+            _kept(a.channels, a.exclude_channels, CHANNELS),
             a.window_days,
             a.column,
             spec.session_gap_us if a.kind == "sessions" else None,
@@ -339,6 +339,14 @@ def _definitions(spec: FeatureSpec) -> dict[str, tuple[object, ...]]:
     for d in spec.derived:  # in order: each one's inputs are defined before it
         found[d.name] = (ast.dump(d.tree), *(found.get(name) for name in d.inputs))
     return found
+
+
+def _kept(
+    included: frozenset[str] | None, excluded: frozenset[str], vocabulary: tuple[str, ...]
+) -> list[str]:
+    """The values a filter keeps: those it names (every one when it names none), less those
+    it leaves out."""
+    return sorted(set(vocabulary if included is None else included) - excluded)
 
 
 def load_feature_spec(path: Path | None = None) -> FeatureSpec:

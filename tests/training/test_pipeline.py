@@ -177,6 +177,15 @@ def test_a_spec_without_the_baselines_features_is_refused_before_any_work(
         )
     assert "keep these entries of the shipped spec" in str(caught.value)
     require_trainable_spec(load_feature_spec())  # the shipped spec has them all
+    # a filter that keeps the same events is the same definition (it was refused: diff
+    # review): sends left out of the recency of purchases, which holds none
+    redundant = shipped_spec_text().replace(
+        "                   trial_start, purchase, review, referral, unsubscribe]\n",
+        "                   trial_start, purchase, review, referral, unsubscribe]\n"
+        "    where_not: {event_type: [message_send]}\n",
+    )
+    assert redundant != shipped_spec_text()
+    require_trainable_spec(parse_feature_spec(redundant))
 
 
 def test_a_contacts_column_that_identifies_contacts_is_refused_before_any_work(
