@@ -11,9 +11,12 @@ import tempfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from training.settings import TrainingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
@@ -83,3 +86,12 @@ def write_json_atomic(result: dict[str, Any], path: Path, *, allow_nan: bool = T
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def smoke_run_models(settings: TrainingSettings) -> TrainingSettings:
+    """``settings`` with small LightGBM models (20 rounds of 7 leaves), for the benchmarks'
+    --quick smoke runs: the models' size is not what a smoke run measures."""
+    lightgbm = settings.lightgbm.model_copy(
+        update={"num_boost_round": 20, "params": {**settings.lightgbm.params, "num_leaves": 7}}
+    )
+    return settings.model_copy(update={"lightgbm": lightgbm})

@@ -154,6 +154,7 @@ def _child(task: dict[str, Any]) -> int:
 
 
 def _child_train(task: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.reporting import smoke_run_models
     from features.settings import load_rules_settings
     from features.simulator import load_simulator_settings, simulate
     from features.spec import load_feature_spec, shipped_spec_text
@@ -167,11 +168,8 @@ def _child_train(task: dict[str, Any]) -> dict[str, Any]:
     sim = simulate(load_simulator_settings(), contacts=6000, days=120, seed=11, start=start)
     spec, rules = load_feature_spec(), load_rules_settings()
     settings = load_training_settings()
-    if task["small"]:  # a smoke run: the models' size is not what it measures
-        lightgbm = settings.lightgbm.model_copy(
-            update={"num_boost_round": 20, "params": {**settings.lightgbm.params, "num_leaves": 7}}
-        )
-        settings = settings.model_copy(update={"lightgbm": lightgbm})
+    if task["small"]:
+        settings = smoke_run_models(settings)
     result = train_models(sim.events, sim.contacts, spec=spec, rules=rules, settings=settings)
     with training_run("scoring benchmark"):
         version = log_training(

@@ -138,7 +138,9 @@ class Plan:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small counts, 2 workers")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small counts, small models, 2 workers"
+    )
     parser.add_argument(
         "--soak-seconds", type=float, default=None, help="the soak's length (default 120; quick 10)"
     )
@@ -205,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         env = _server_env(folder)
         # this process loads the model too (the floor): same store, and BentoML kept out of ~
         os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "BENTOML_HOME")})
-        with console.status("training a model on 6,000 simulated contacts (about 15 s)"):
+        size = "small models for a smoke run" if args.quick else "about 15 s"
+        with console.status(f"training a model on 6,000 simulated contacts ({size})"):
             clock = time.perf_counter()
-            trained = train_model(env["MLFLOW_TRACKING_URI"])
+            trained = train_model(env["MLFLOW_TRACKING_URI"], small=args.quick)
             result["model"] = {
                 "version": trained.version,
                 "training_s": round(time.perf_counter() - clock, 1),
@@ -301,9 +304,11 @@ class Trained:
     features_as_of: dt.datetime
 
 
-def train_model(store_uri: str) -> Trained:
+def train_model(store_uri: str, *, small: bool = False) -> Trained:
     """Simulate contacts, train both models into the store at ``store_uri`` and make the version
-    champion; return it with the contacts' features as of the simulation's end."""
+    champion; return it with the contacts' features as of the simulation's end (``small``:
+    a smoke run's small models)."""
+    from benchmarks.reporting import smoke_run_models
     from features.engine import build_contact_features
     from features.settings import load_rules_settings
     from features.simulator import load_simulator_settings, simulate
@@ -319,6 +324,8 @@ def train_model(store_uri: str) -> Trained:
     days = 120
     sim = simulate(load_simulator_settings(), contacts=6000, days=days, seed=11, start=start)
     spec, rules, settings = load_feature_spec(), load_rules_settings(), load_training_settings()
+    if small:
+        settings = smoke_run_models(settings)
     result = train_models(sim.events, sim.contacts, spec=spec, rules=rules, settings=settings)
     with training_run("serving benchmark"):
         version = log_training(
