@@ -966,6 +966,8 @@ def score(
     (Parquet or CSV, all or nothing); then the funnel by predicted stage beside the rules and,
     with --previous, who moved deeper or back since the last scores and where the funnel
     leaks. Contacts without marketing consent are never scored or written."""
+    _one_model(alias=alias, version=version)
+    snapshot = _as_of_date(as_of) if as_of is not None else None  # before seconds of imports
     import polars as pl
 
     from features.consent import check_contacts
@@ -980,8 +982,6 @@ def score(
         score_features,
     )
 
-    _one_model(alias=alias, version=version)
-    snapshot = _as_of_date(as_of) if as_of is not None else None
     check_scores_path(out, "--out")
     contacts_path = _contacts_for(events, contacts, assume_consent, "scored")
     _not_an_input(out, events, contacts_path)
@@ -1446,15 +1446,20 @@ def serve(
             "--bento-model names a model in the BentoML store and --tracking-uri an MLflow "
             "store, which is then not read; give one"
         )
-    from serving.model_copy import COPIES_IN_BENTOML_HOME
-    from serving.runtime import ServiceSettings, load_scorer
+    from serving.runtime import ServiceSettings, load_scorer, read_api_keys
     from training.settings import load_training_settings
-    from training.tracking import tracking_uri as resolve_uri
 
     settings = load_training_settings(config, model_name=model_name)
     _check_port_free(host, port)  # before the model's check, which takes seconds
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     home = _check_bentoml_home()  # before the environment is copied: it may unset an empty one
+    keys = dict(os.environ)
+    if api_key_file is not None:
+        keys["FUNNELCAST_API_KEY_FILE"] = str(api_key_file.resolve())
+    read_api_keys(keys)  # no key: said before MLflow and the model load, which take seconds
+    from serving.model_copy import COPIES_IN_BENTOML_HOME
+    from training.tracking import tracking_uri as resolve_uri
+
     env = dict(os.environ)
     # the copy the workers load is the one made below, of the model checked here: one named
     # in the shell would be loaded instead of the model these options name
@@ -1606,12 +1611,13 @@ def build(
     copied into the BentoML model store, so the Bento runs without the MLflow registry
     (`bentoml serve funnelcast:latest`, or `bentoml containerize`)."""
     _one_model(alias=alias, version=version)
-    from serving.packaging import build_bento
+    _check_bentoml_home()  # before MLflow and BentoML load, which take seconds
     from training.settings import load_training_settings
     from training.tracking import configure_tracking, existing_store
 
-    _check_bentoml_home()
     existing_store(tracking_uri)
+    from serving.packaging import build_bento
+
     _patient_registry()
     configure_tracking(tracking_uri)
     settings = load_training_settings(config, model_name=model_name)
