@@ -48,14 +48,17 @@ def test_scores_from_spark_features_equal_scores_from_polars_features(
     spark_installed: None, served: Served, tmp_path: Path
 ) -> None:
     """The weekly job at scale: `score --engine spark` builds the model's features on Spark
-    and scores them as the Polars engine's (the same spec, so the same scores)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    pq.write_table(served.events, data / "events.parquet")
-    pq.write_table(served.contacts, data / "contacts.parquet")
+    and scores them as the Polars engine's (the same spec, so the same scores). Spark's
+    events are written at '+05:30' (pandas' India times), the same instants: score read the
+    events' span with Polars first, and a zone Polars has no name for was a Polars panic
+    before Spark started (review)."""
     runner = CliRunner()
     outputs = {}
-    for engine in ("polars", "spark"):
+    for engine, zone in (("polars", "UTC"), ("spark", "+05:30")):
+        data = tmp_path / engine
+        data.mkdir()
+        pq.write_table(in_zone(served.events, "timestamp", zone), data / "events.parquet")
+        pq.write_table(served.contacts, data / "contacts.parquet")
         out = tmp_path / f"scores-{engine}.parquet"
         args = ["score", "--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
         result = runner.invoke(app, [*args, "--engine", engine, "--tracking-uri", served.store])
@@ -63,29 +66,6 @@ def test_scores_from_spark_features_equal_scores_from_polars_features(
         outputs[engine] = pl.read_parquet(out)
     assert outputs["polars"].height > 1000
     assert_frame_equal(outputs["spark"], outputs["polars"], rel_tol=1e-12, abs_tol=0.0)
-
-
-def test_scores_on_spark_read_times_at_an_offset_polars_has_no_zone_for(
-    spark_installed: None, served: Served, tmp_path: Path
-) -> None:
-    """`score --engine spark` on events at '+05:30' (pandas' India times) failed with a Polars
-    panic before Spark started, as score reads the events' span with Polars first (review):
-    the scores are those of the same events in UTC."""
-    outputs = {}
-    for zone in ("+05:30", "UTC"):
-        data = tmp_path / zone
-        data.mkdir()
-        pq.write_table(in_zone(served.events, "timestamp", zone), data / "events.parquet")
-        pq.write_table(served.contacts, data / "contacts.parquet")
-        out = tmp_path / f"scores-{zone}.parquet"
-        args = ["score", "--events", str(data), "--as-of", "2026-04-20", "--out", str(out)]
-        engine = "spark" if zone != "UTC" else "polars"
-        result = CliRunner().invoke(
-            app, [*args, "--engine", engine, "--no-reasons", "--tracking-uri", served.store]
-        )
-        assert result.exit_code == 0, result.output
-        outputs[zone] = pl.read_parquet(out)
-    assert_frame_equal(outputs["+05:30"], outputs["UTC"], rel_tol=1e-12, abs_tol=0.0)
 
 
 def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
@@ -147,24 +127,37 @@ def test_ctrl_c_during_a_spark_build_stops_it_cleanly(
     assert not alive, f"Spark's JVM outlived the command: {alive}"
 
 
-def test_ctrl_c_ends_sparks_jvm_at_once(spark_installed: None) -> None:
-    """Ctrl-C while the features streamed from the JVM to Python left the JVM writing to a
-    socket nobody read, and PySpark's clean-up waited on it for good: the command took three
-    Ctrl-C to stop (spark review; a sleep-timed interrupt on 1 M events hung at 28, 31 and
-    33 s and now stops within 1.3 s). The first Ctrl-C now ends the JVM, so nothing can wait
-    on it. In a process of its own: the tests' shared session must live on."""
+def test_the_commands_ctrl_c_handler_stays_through_sparks_start_and_then_ends_its_jvm_at_once(
+    spark_installed: None,
+) -> None:
+    """Two Ctrl-C handlings of the Spark commands, in the order the command makes them, in a
+    process of its own (the tests' shared session must live on):
+
+    * PySpark's context put in its own Ctrl-C handler part way through the start; a Ctrl-C
+      after that, while the start was in a gateway call, was answered with another gateway
+      call and the command failed with py4j's traceback and exit 1 (diff review: 5 of 5 at
+      7-11 s). The command's own handler stays through the start.
+    * Ctrl-C while the features streamed from the JVM to Python left the JVM writing to a
+      socket nobody read, and PySpark's clean-up waited on it for good: the command took
+      three Ctrl-C to stop (spark review; a sleep-timed interrupt on 1 M events hung at 28,
+      31 and 33 s and now stops within 1.3 s). The first Ctrl-C now ends the JVM, so nothing
+      can wait on it."""
     code = """
-import os, signal
+import os, signal, threading
 from features.spark_engine import spark_session
-from serving.cli import _interrupts_stop_the_command
-spark = spark_session(cores=1, memory="1g")
+from serving.cli import _interrupts_stop_the_command, _note_ctrl_c, _pyspark_keeps_our_ctrl_c
+_note_ctrl_c(threading.Event())
+ours = signal.getsignal(signal.SIGINT)
+with _pyspark_keeps_our_ctrl_c():
+    spark = spark_session(cores=1, memory="1g")
+kept = signal.getsignal(signal.SIGINT) is ours
 jvm = spark.sparkContext._gateway.proc
 interrupted = _interrupts_stop_the_command(spark)
 try:
     os.kill(os.getpid(), signal.SIGINT)
     signal.sigtimedwait([], 0)  # a point where the handler has run
 except KeyboardInterrupt:
-    print("interrupted", interrupted.is_set(), jvm.wait(timeout=60))
+    print("kept", kept, "interrupted", interrupted.is_set(), jvm.wait(timeout=60))
 """
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     result = subprocess.run(
@@ -172,10 +165,12 @@ except KeyboardInterrupt:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     said = result.stdout.split()
-    assert said[:2] == ["interrupted", "True"], result.stdout + result.stderr[-3000:]
+    assert said[:4] == ["kept", "True", "interrupted", "True"], (
+        result.stdout + result.stderr[-3000:]
+    )
     # ended by SIGTERM (143, its shutdown run: a SIGKILL left Spark's scratch folders in
     # /tmp, diff review), not left to end of itself
-    assert said[2] in {"143", "-15"}, result.stdout
+    assert said[4] in {"143", "-15"}, result.stdout
 
 
 def test_ctrl_c_while_spark_starts_stops_the_command_once_it_has_started(
@@ -223,34 +218,6 @@ except KeyboardInterrupt:
     # (the spinner's line before it)
     assert result.stdout.split()[-2:] == ["interrupted", "0"], result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-
-
-def test_pyspark_puts_in_no_ctrl_c_handler_of_its_own_while_the_command_starts_it(
-    spark_installed: None,
-) -> None:
-    """PySpark's context put in its own Ctrl-C handler part way through the start; a Ctrl-C
-    after that, while the start was in a gateway call, was answered with another gateway call
-    and the command failed with py4j's traceback and exit 1 (diff review: 5 of 5 at 7-11 s).
-    The command's own handler stays through the start. In a process of its own."""
-    code = """
-import signal, threading
-from features.spark_engine import spark_session
-from serving.cli import _note_ctrl_c, _pyspark_keeps_our_ctrl_c
-_note_ctrl_c(threading.Event())
-ours = signal.getsignal(signal.SIGINT)
-with _pyspark_keeps_our_ctrl_c():
-    spark = spark_session(cores=1, memory="1g")
-kept = signal.getsignal(signal.SIGINT) is ours
-signal.signal(signal.SIGTERM, signal.SIG_DFL)  # still put in as asked
-spark.stop()
-print("kept", kept)
-"""
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-2:] == ["kept", "True"], result.stdout + result.stderr[-3000:]
 
 
 def test_a_refused_row_on_spark_is_one_error_line_not_the_executors_report(
