@@ -338,7 +338,7 @@ def test_a_registry_that_never_answers_is_said_so_by_evaluate_and_promote(tmp_pa
     """A server that accepts connections and never answers: `evaluate` and `promote` kept
     MLflow's own retries (7, with backoff, minutes of warnings) while `serve`, `build` and
     `score` gave up after 2 (README walk-through review). The timeout is set short here; the
-    retries are funnelcast's: with MLflow's they outlast the subprocess' 300 s."""
+    retries are funnelcast's (2, each said in urllib3's warning), not MLflow's 7."""
     import socket
 
     with socket.socket() as silent:
@@ -347,13 +347,18 @@ def test_a_registry_that_never_answers_is_said_so_by_evaluate_and_promote(tmp_pa
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
-        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+        # short waits, as the count of retries is what is checked: each try times out in a
+        # second, with no backoff between tries
+        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "1"
+        env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "0"
+        env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
         for command in (["evaluate"], ["promote"]):
             result = _run(*command, "--tracking-uri", uri, cwd=tmp_path, env=env)
             assert result.returncode == 2, (command, result.stderr[-2000:])
             # urllib3's warning for each retry, then the one line
             last = result.stderr.strip().splitlines()[-1]
             assert last.startswith(f"error: the MLflow registry at {uri} could not be read"), last
+            assert result.stderr.count("Retrying (Retry(") == 2, result.stderr[-2000:]
 
 
 def test_a_mapping_with_a_typo_names_the_key(tmp_path: Path) -> None:
