@@ -1453,14 +1453,13 @@ def serve(
     _check_port_free(host, port)  # before the model's check, which takes seconds
     _patient_registry()  # a registry that does not answer: seconds, not minutes of retries
     home = _check_bentoml_home()  # before the environment is copied: it may unset an empty one
-    keys = dict(os.environ)
+    env = dict(os.environ)
     if api_key_file is not None:
-        keys["FUNNELCAST_API_KEY_FILE"] = str(api_key_file.resolve())
-    read_api_keys(keys)  # no key: said before MLflow and the model load, which take seconds
+        env["FUNNELCAST_API_KEY_FILE"] = str(api_key_file.resolve())
+    read_api_keys(env)  # no key: said before MLflow and the model load, which take seconds
     from serving.model_copy import COPIES_IN_BENTOML_HOME
     from training.tracking import tracking_uri as resolve_uri
 
-    env = dict(os.environ)
     # the copy the workers load is the one made below, of the model checked here: one named
     # in the shell would be loaded instead of the model these options name
     env.pop("FUNNELCAST_MODEL_COPY", None)
@@ -1483,7 +1482,6 @@ def serve(
     for key, value in (
         ("FUNNELCAST_MODEL_VERSION", version),
         ("FUNNELCAST_BENTO_MODEL", bento_model),
-        ("FUNNELCAST_API_KEY_FILE", str(api_key_file.resolve()) if api_key_file else None),
         ("FUNNELCAST_ALLOW_RULES_FALLBACK", "1" if allow_rules_fallback else None),
         ("FUNNELCAST_CONFIG", str(config.resolve()) if config else None),
     ):
