@@ -71,6 +71,12 @@ Window = Annotated[int | Literal["all"], PlainValidator(_window)]
 
 
 def _once(windows: list[int | Literal["all"]] | None) -> list[int | Literal["all"]] | None:
+    if windows is not None and not windows:
+        # taken as no windows (one all-history feature for a derived entry) without a word
+        raise ValueError(
+            "`windows: []` lists no window; list the days (e.g. [7, 28, 90] or [all]), or "
+            "remove `windows` for a feature over all history"
+        )
     repeated = [w for i, w in enumerate(windows or []) if w in (windows or [])[:i]]
     if repeated:
         raise ValueError(f"window {repeated[0]!r} is listed twice; list each window once")

@@ -174,6 +174,19 @@ def test_a_feature_declared_twice_is_an_error() -> None:
         parse_feature_spec(BASE.replace("windows: [7, 28]", "windows: [7, 28, 7]"))
 
 
+def test_an_empty_list_of_windows_is_named_not_read_as_none() -> None:
+    """`windows: []` made a derived entry one feature over all history, as if no windows were
+    given, and an aggregate's error said that the kind needs windows it had listed."""
+    derived = BASE + 'derived:\n  - name: x\n    expr: "email_open_count_7d"\n    windows: []\n'
+    for text, where in (
+        (BASE.replace("windows: [7, 28]", "windows: []"), r"aggregates\[0\]"),
+        (derived, r"derived\[0\]"),
+    ):
+        says = rf"`{where}.windows` .*`windows: \[\]` lists no window"
+        with pytest.raises(SpecError, match=says):
+            parse_feature_spec(text)
+
+
 @pytest.mark.parametrize("window", ["7d", '"7"', "7.5", "7.0", "true"])
 def test_a_window_that_is_not_whole_days_is_named_with_its_entry(window: str) -> None:
     """'7d' is the likeliest slip (feature names read _7d): the error quotes the value and
