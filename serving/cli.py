@@ -1494,6 +1494,8 @@ def serve(
         "checking the model",
         lambda: load_scorer(service_settings, copy_into=home / COPIES_IN_BENTOML_HOME),
     )
+    if scorer.info.local_copy is not None:  # served from a copy, which this process holds
+        _remove_unused_copies(home / COPIES_IN_BENTOML_HOME, keep=scorer.info.local_copy)
     console.print(
         f"Starting {escape(scorer.info.served())} on http://{host}:{port} ({workers} "
         "worker(s)); it answers once each worker has loaded the model (GET /readyz says 200), "
@@ -1517,6 +1519,21 @@ def serve(
     command += ["--host", host, "--port", str(port)]
     sys.stdout.flush()
     os.execvpe(sys.executable, command, env)  # the server replaces this process: Ctrl-C stops it
+
+
+def _remove_unused_copies(root: Path, *, keep: Path) -> None:
+    """The local copies of models no running server holds, removed and said in one line: one
+    a week was left behind by every promotion."""
+    from serving.model_copy import remove_unused_copies
+
+    removed = remove_unused_copies(root, keep=keep)
+    if removed:
+        names = ", ".join(escape(path.name) for path, _ in removed)
+        size = sum(size for _, size in removed) / 2**20
+        console.print(
+            f"Removed {len(removed)} local model cop{'y' if len(removed) == 1 else 'ies'} "
+            f"that no running server uses ({size:,.1f} MiB): {names}"
+        )
 
 
 # MLflow's HTTP retries for a registry that does not answer (its defaults: 7 retries with

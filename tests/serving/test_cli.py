@@ -999,6 +999,52 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     assert "FUNNELCAST_MODEL_ALIAS" not in env or "FUNNELCAST_BENTO_MODEL" in env
 
 
+def test_serve_removes_the_copies_no_running_server_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every promotion served left its model's copy under BentoML's home for good: a start
+    removes the copies no running server holds (tests/serving/test_model_copy.py), keeps the
+    one it serves, and says what it removed."""
+    import os
+    from types import SimpleNamespace
+
+    import serving.runtime
+    from serving import cli
+    from serving.model_copy import COPIES_IN_BENTOML_HOME, make_model_copy
+
+    def download(folder: Path) -> None:
+        (folder / "MLmodel").write_bytes(b"\0" * 2**20)
+
+    copies = tmp_path / "bentoml" / COPIES_IN_BENTOML_HOME
+    served = make_model_copy(copies / "funnelcast-8-a", {"model_version": "8"}, download)
+    old = make_model_copy(copies / "funnelcast-7-b", {"model_version": "7"}, download)
+    for copy in (served, old):  # servers that have stopped
+        (copies / f".{copy.name}.lock").touch()
+    monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    info = serving.runtime.ModelInfo(
+        "funnelcast",
+        "funnelcast",
+        source="a test",
+        trained_at=None,
+        spec_text=None,
+        metrics={},
+        model_version="8",
+        local_copy=served,
+    )
+    monkeypatch.setattr(
+        serving.runtime, "load_scorer", lambda settings, *, copy_into: SimpleNamespace(info=info)
+    )
+    monkeypatch.setattr(os, "execvpe", lambda _file, _args, _env: None)
+    cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        "Removed 1 local model copy that no running server uses (1.0 MiB): funnelcast-7-b" in said
+    )
+    assert served.is_dir()
+    assert not old.exists()
+
+
 @pytest.mark.parametrize(("name", "value"), [("TIMEOUT_S", "abc"), ("MAX_BODY_MB", "-1")])
 def test_serve_refuses_a_bad_service_setting_before_it_says_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str

@@ -29,6 +29,7 @@ from conftest import Served, contact_body
 
 from serving.http_limits import MAX_HEAD_BYTES
 from serving.metrics import SERVED_PATHS
+from serving.model_copy import remove_unused_copies
 from serving.runtime import ServiceSettings, load_scorer
 from serving.schemas import ContactRequest
 
@@ -625,8 +626,14 @@ def test_a_worker_restarted_with_the_registry_gone_serves_the_model(
         status, before = _call(port, "/predict", key=served.api_key, body=body)
         assert (status, before["model"], before["model_version"]) == (200, "funnelcast", "1")
         metadata = _call(port, "/metadata", key=served.api_key)[1]
-        [copy] = (home / "funnelcast" / "models").iterdir()
+        copies = home / "funnelcast" / "models"
+        [copy] = (entry for entry in copies.iterdir() if not entry.name.startswith("."))
         assert copy.name.startswith("funnelcast-1-")
+        # held by the server for as long as it runs (the lock `funnelcast serve` takes, kept
+        # across its exec into `bentoml serve`): no other start removes it
+        lock = str(copies / f".{copy.name}.lock")
+        assert lock in [file.path for file in psutil.Process(process.pid).open_files()]
+        assert remove_unused_copies(copies) == []
         shutil.rmtree(store.parent)  # the registry is gone
         [worker] = _workers(process.pid)
         worker.kill()

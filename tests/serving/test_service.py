@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import datetime as dt
 import json
+import os
 import pickle
 import re
 import shutil
@@ -1257,7 +1258,8 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
     """A copy removed or damaged since `funnelcast serve` made it is never loaded: the worker
     is refused with the fix, or serves the rules when allowed for the alias's version, as it
     would have with the registry down; a version named with --version never is replaced."""
-    from serving.model_copy import MODEL_FOLDER, make_model_copy
+    from serving import model_copy
+    from serving.model_copy import MODEL_FOLDER, make_model_copy, remove_unused_copies
 
     def download(folder: Path) -> None:
         (folder / "MLmodel").write_text("flavors: {}\n", "utf-8")
@@ -1280,6 +1282,12 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
         env["FUNNELCAST_MODEL_PINNED_FROM_ALIAS"] = "0"  # `funnelcast serve --version 1`
         with pytest.raises(ServiceConfigError, match="version 1 was asked for by number"):
             load_scorer(ServiceSettings.from_env(env))
+    # a worker holds the copy it is given while it runs (a plain `bentoml serve` given one has
+    # no `funnelcast serve` holding it), so no start removes it meanwhile; none that is not there
+    assert remove_unused_copies(tmp_path) == []
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [".damaged.lock", "damaged"]
+    os.close(model_copy._HELD.pop(damaged))  # the worker stops
+    assert [path for path, _ in remove_unused_copies(tmp_path)] == [damaged]
 
 
 @pytest.mark.parametrize(
