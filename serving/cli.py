@@ -1524,9 +1524,9 @@ def serve(
 def _remove_unused_copies(root: Path, *, keep: Path) -> None:
     """The local copies of models no running server holds, removed and said in one line: one
     a week was left behind by every promotion."""
-    from serving.model_copy import remove_unused_copies
+    from serving.held import remove_unheld_folders
 
-    removed = remove_unused_copies(root, keep=keep)
+    removed = remove_unheld_folders(root, keep=keep)
     if removed:
         names = ", ".join(escape(path.name) for path, _ in removed)
         size = sum(size for _, size in removed) / 2**20

@@ -14,6 +14,8 @@ Each server keeps its counters in a folder of its own (``own_metrics_folder``).
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import re
 import secrets
@@ -22,7 +24,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from serving.held import hold_folder, lock_of, release_folder, remove_unheld_folders
 from serving.security import OPEN_PATHS, OPEN_PREFIXES
+
+log = logging.getLogger(__name__)
 
 SERVED_PATHS = OPEN_PATHS | {"/predict", "/predict_batch", "/metadata"}
 OTHER = "other"
@@ -94,19 +99,36 @@ def own_metrics_folder() -> Path | None:
     module is imported, which `bentoml serve`'s own process does before it makes the folder;
     a worker (it has a worker index) writes where its server told it. The folder is
     ``BENTOML_HOME/funnelcast-metrics/<host>-<pid>-<random>``, removed when the server
-    stops. No other server's folder is ever removed: whether its server still runs cannot be
-    told for sure (another pid namespace sharing the home and the hostname, workers serving
-    on after their server was killed), and a folder removed under a running server made its
-    /predict answer 500 (diff review); one left by a server killed with SIGKILL stays. The
+    stops. The server and each of its workers hold it (``serving.held``) while they run, and
+    a server starting removes the folders nobody holds: those of servers killed with SIGKILL,
+    which stayed for good. Whether a server still runs cannot be told from its pid (another
+    pid namespace sharing the home and the hostname, workers serving on after their server
+    was killed), and a folder removed under a running server made its /predict answer 500
+    (diff review): a lock is let go only when every process holding it has ended. The
     folder, or None in a worker."""
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.context import server_context
 
     if server_context.worker_index is not None:
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # where its server told it
+        if given and Path(given).parent.name == METRICS_FOLDERS and Path(given).is_dir():
+            hold_folder(Path(given))
         return None
     folders = Path(BentoMLContainer.bentoml_home.get()) / METRICS_FOLDERS
     host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
     folder = folders / f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+    hold_folder(folder)
+    removed = remove_unheld_folders(folders, keep=folder)
+    if removed:
+        log.info("removed the metrics folders of %d server(s) that have stopped", len(removed))
     BentoMLContainer.prometheus_multiproc_dir.set(str(folder))  # made by BentoML if used
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(remove_own_metrics_folder, folder)
     return folder
+
+
+def remove_own_metrics_folder(folder: Path) -> None:
+    """The server's folder and its lock file, as it stops."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        lock_of(folder).unlink()
+    release_folder(folder)

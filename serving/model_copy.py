@@ -14,20 +14,17 @@ removed) is refused, never loaded half. A complete copy is reused: its place is 
 store, the model, the version and the version's run, so two stores' "version 3", or a store
 made again under the same path, never share one.
 
-`funnelcast serve` holds a shared lock on the copy it serves (a file beside it, ``.NAME.lock``)
-from before it looks for the copy until the server it becomes stops (the lock's descriptor is
-kept across the exec into `bentoml serve`), and each worker that loads a copy holds one too;
-it then removes the copies no running server holds, so a weekly promotion does not leave a
-model's copy behind every week. A copy is renamed aside whole before it is removed, and only
-copies with a lock file are removed: one made before copies were locked may be under a
-server that holds no lock.
+`funnelcast serve` holds the copy it serves (``serving.held``: a lock file beside it) from
+before it looks for the copy until the server it becomes stops (the lock's descriptor is kept
+across the exec into `bentoml serve`), and each worker that loads a copy holds it too; it then
+removes the copies no running server holds, so a weekly promotion does not leave a model's
+copy behind every week.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -52,12 +49,7 @@ _FORMAT = 1
 # a copy being written (``.partial-``) or a damaged one being replaced (``.stale-``), with the
 # process id of the command doing it, so one abandoned by a killed command is recognised
 _WORKING = re.compile(r"\.(partial|stale)-(\d+)-")
-_ORPHAN_LOCK = re.compile(r"\.(.+)\.lock")
 _FIX = "restart `funnelcast serve`, which makes it again"
-
-
-# lock descriptors this process holds for its life (and the server it execs into)
-_HELD: dict[Path, int] = {}
 
 
 class UnwritableCopyError(InputError):
@@ -110,111 +102,6 @@ def make_model_copy(
     except OSError as error:
         raise _unwritable(place, error) from None
     return place
-
-
-def hold_copy(place: Path) -> bool:
-    """A shared lock on the copy at ``place`` (there or still to be made), held by this process
-    for its life and by the program it execs into: while it is held, `funnelcast serve` never
-    removes the copy (``remove_unused_copies``). Taken before the copy is looked for, so a copy
-    found whole is not removed before it is loaded. False where no lock can be taken (a folder
-    that cannot be written, a file system without locks): the copy is served all the same."""
-    place = Path(place)
-    if place in _HELD:
-        return True
-    try:
-        place.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = _locked(_lock_of(place), fcntl.LOCK_SH, create=True)
-    except OSError:
-        return False
-    if descriptor is None:  # pragma: no cover - a blocking lock is always taken
-        return False
-    os.set_inheritable(descriptor, True)  # kept by `bentoml serve`, which this process becomes
-    _HELD[place] = descriptor
-    return True
-
-
-def remove_unused_copies(root: Path, *, keep: Path | None = None) -> list[tuple[Path, int]]:
-    """The copies under ``root`` that no running server holds (``hold_copy``), but ``keep``,
-    removed: each renamed aside whole under an exclusive lock, then deleted, so a server
-    starting meanwhile never finds half of one (it waits for the lock, finds no copy and makes
-    it again). Copies without a lock file (made before copies were locked) are kept. Returns
-    the copies removed with their sizes in bytes; one that cannot be removed is left as is."""
-    removed: list[tuple[Path, int]] = []
-    try:
-        entries = sorted(Path(root).iterdir())
-    except OSError:  # no copies yet, or a folder that cannot be read
-        return removed
-    for entry in entries:
-        lock = _ORPHAN_LOCK.fullmatch(entry.name)
-        if lock and not (entry.parent / lock[1]).exists():
-            _remove_orphan_lock(entry)  # its copy removed, or never made (a failed start)
-        if entry.name.startswith(".") or entry == keep or not entry.is_dir():
-            continue
-        try:
-            descriptor = _locked(_lock_of(entry), fcntl.LOCK_EX | fcntl.LOCK_NB, create=False)
-        except OSError:  # no lock file: made before copies were locked; or no locks here
-            continue
-        if descriptor is None:  # held: a running server's
-            continue
-        try:
-            try:
-                size = sum(path.stat().st_size for path in entry.rglob("*") if path.is_file())
-                aside = Path(tempfile.mkdtemp(prefix=f".stale-{os.getpid()}-", dir=root))
-            except OSError:
-                continue
-            try:
-                os.rename(entry, aside / "copy")
-            except OSError:
-                with contextlib.suppress(OSError):
-                    aside.rmdir()
-                continue
-            with contextlib.suppress(OSError):  # a start waiting on it takes a new one
-                _lock_of(entry).unlink()
-        finally:
-            os.close(descriptor)
-        shutil.rmtree(aside, ignore_errors=True)
-        removed.append((entry, size))
-    return removed
-
-
-def _remove_orphan_lock(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        descriptor = _locked(path, fcntl.LOCK_EX | fcntl.LOCK_NB, create=False)
-        if descriptor is not None:  # not held: no start is about to make its copy
-            try:
-                path.unlink()
-            finally:
-                os.close(descriptor)
-
-
-def _lock_of(place: Path) -> Path:
-    return place.with_name(f".{place.name}.lock")
-
-
-def _locked(path: Path, operation: int, *, create: bool) -> int | None:
-    """An open descriptor of the lock file ``path`` with ``operation`` (``fcntl.flock``) taken;
-    None when a non-blocking lock is held elsewhere. A file removed or replaced while this
-    waited for it (its copy removed) is opened again: a lock on it would guard nothing."""
-    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    while True:
-        descriptor = os.open(path, flags, 0o644)
-        try:
-            fcntl.flock(descriptor, operation)
-            opened = os.fstat(descriptor)
-            try:
-                now = os.stat(path)
-                same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
-            except FileNotFoundError:
-                same = False
-        except BlockingIOError:
-            os.close(descriptor)
-            return None
-        except BaseException:
-            os.close(descriptor)
-            raise
-        if same:
-            return descriptor
-        os.close(descriptor)
 
 
 def _download(download: Callable[[Path], object], folder: Path) -> None:

@@ -392,7 +392,8 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
     when allowed, if there is no model. ``copy_into`` (`funnelcast serve`): a registered
     model is copied into a folder under it, or a complete copy there reused, and loaded from
     that copy as the workers will load it (``info.local_copy`` names it)."""
-    from serving.model_copy import UnwritableCopyError, hold_copy
+    from serving.held import hold_folder
+    from serving.model_copy import UnwritableCopyError
     from training.registry import DamagedModelError
 
     try:
@@ -400,7 +401,7 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
             model, info = _from_bento_store(settings.bento_model)
         elif settings.model_copy is not None:
             if settings.model_copy.is_dir():  # kept while this worker runs (a plain `bentoml
-                hold_copy(settings.model_copy)  # serve` given the copy holds no other lock)
+                hold_folder(settings.model_copy)  # serve` given the copy holds no other lock)
             model, info = _from_copy(settings.model_copy)
         else:
             model, info = _from_registry(settings, copy_into=copy_into)
@@ -454,7 +455,8 @@ def _from_registry(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from serving.model_copy import copy_place, hold_copy, is_complete_copy, make_model_copy
+    from serving.held import hold_folder
+    from serving.model_copy import copy_place, is_complete_copy, make_model_copy
     from training.registry import DamagedModelError, load_model, resolve, run_metrics
     from training.tracking import configure_tracking, existing_store, shown_uri
 
@@ -483,7 +485,7 @@ def _from_registry(
         copy_into, store=shown_uri(uri), name=ref.name, version=ref.version, run_id=ref.run_id
     )
     # held from before it is looked for until the server stops: no other start removes it
-    hold_copy(place)
+    hold_folder(place)
     # downloaded once, and loaded as every worker will load it: the copy is what is checked
     reused = is_complete_copy(place)  # a running server's workers may load it
     make_model_copy(

@@ -23,7 +23,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs
 from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
 from serving.http_limits import limit_request_heads
-from serving.metrics import bound_metrics_labels, own_metrics_folder
+from serving.metrics import bound_metrics_labels, own_metrics_folder, remove_own_metrics_folder
 from serving.openapi import complete_openapi
 from serving.runtime import (
     DEFAULT_TIMEOUT_S,
@@ -186,7 +185,7 @@ def _exit_2_when_a_worker_could_not_start() -> None:
     # before this one (so it runs after): a server that could not start left its folder,
     # one more for every try of a supervisor restarting it (deploy review)
     if _METRICS_FOLDER is not None:
-        shutil.rmtree(_METRICS_FOLDER, ignore_errors=True)
+        remove_own_metrics_folder(_METRICS_FOLDER)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

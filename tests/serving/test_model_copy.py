@@ -5,27 +5,23 @@ loaded with the registry gone, is tested in test_service.py and test_server.py."
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from features.errors import InputError
+from serving.held import remove_unheld_folders
 from serving.model_copy import (
     MODEL_FOLDER,
     RECORD,
     UnwritableCopyError,
     copy_place,
-    hold_copy,
     make_model_copy,
     read_model_copy,
-    remove_unused_copies,
 )
 
 INFO = {
@@ -212,8 +208,8 @@ def test_the_record_names_every_file_of_the_model(tmp_path: Path) -> None:
 HOLDER = """
 import os, sys
 from pathlib import Path
-from serving.model_copy import hold_copy
-assert hold_copy(Path(sys.argv[1]))
+from serving.held import hold_folder
+assert hold_folder(Path(sys.argv[1]))
 server = "import sys; print('serving', flush=True); sys.stdin.read()"
 os.execv(sys.executable, [sys.executable, "-c", server])
 """
@@ -242,7 +238,7 @@ def test_copies_no_running_server_holds_are_removed_and_held_ones_kept(tmp_path:
         assert holder.stdout.readline() == "serving\n"
         size = _bytes(unused)
         assert size > 4096  # the model's files and the record
-        assert remove_unused_copies(tmp_path, keep=served) == [(unused, size)]
+        assert remove_unheld_folders(tmp_path, keep=served) == [(unused, size)]
         kept = [served, running, unlocked]
         locks = [f".{copy.name}.lock" for copy in (served, running)]
         assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(
@@ -253,58 +249,12 @@ def test_copies_no_running_server_holds_are_removed_and_held_ones_kept(tmp_path:
         holder.communicate("", timeout=60)  # the server stops
     assert holder.returncode == 0
     size = _bytes(running)
-    assert remove_unused_copies(tmp_path, keep=served) == [(running, size)]
+    assert remove_unheld_folders(tmp_path, keep=served) == [(running, size)]
     assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(
         [served.name, f".{served.name}.lock", unlocked.name]
     )
-    assert remove_unused_copies(tmp_path / "none-yet", keep=served) == []
+    assert remove_unheld_folders(tmp_path / "none-yet", keep=served) == []
 
 
 def _bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def test_a_start_that_waited_while_its_copy_was_removed_holds_the_copy_it_makes(
-    tmp_path: Path,
-) -> None:
-    """A start waits for the lock while another removes the copy (its lock file with it): the
-    lock it then gets must be the new file's, or the copy it makes again would be removed by
-    the next start while its server runs."""
-    from serving import model_copy
-
-    place = make_model_copy(_place(tmp_path), INFO, Download())
-    lock = tmp_path / f".{place.name}.lock"
-    remover = os.open(lock, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(remover, fcntl.LOCK_EX)  # as remove_unused_copies takes it
-    held: list[bool] = []
-    start = threading.Thread(target=lambda: held.append(hold_copy(place)))
-    start.start()
-    try:
-        _wait_for_a_waiter(os.fstat(remover).st_ino)
-        os.rename(place, tmp_path / ".stale-copy")  # as remove_unused_copies removes it
-        lock.unlink()
-    finally:
-        os.close(remover)
-    start.join(timeout=60)
-    try:
-        assert held == [True]
-        assert lock.exists()
-        assert os.fstat(model_copy._HELD[place]).st_ino == os.stat(lock).st_ino
-        remade = make_model_copy(place, INFO, Download())
-        assert remove_unused_copies(tmp_path) == []  # its server's, so kept
-        assert read_model_copy(remade) == INFO
-    finally:
-        os.close(model_copy._HELD.pop(place))
-
-
-def _wait_for_a_waiter(inode: int) -> None:
-    """Until this process waits for a lock on the file ``inode`` (/proc/locks lists a blocked
-    request with "->")."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if "->" in fields and fields[-3].endswith(f":{inode}"):
-                return
-        time.sleep(0.01)
-    raise AssertionError("the start never waited for the lock")

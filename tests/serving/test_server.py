@@ -27,9 +27,9 @@ import pytest
 import yaml
 from conftest import Served, contact_body
 
+from serving.held import remove_unheld_folders
 from serving.http_limits import MAX_HEAD_BYTES
 from serving.metrics import SERVED_PATHS
-from serving.model_copy import remove_unused_copies
 from serving.runtime import ServiceSettings, load_scorer
 from serving.schemas import ContactRequest
 
@@ -345,12 +345,19 @@ def test_two_servers_on_one_bentoml_home_count_their_own_requests(
         with _server([*serve, str(second)], env, second):
             assert _call(second, "/metadata", key=served.api_key)[0] == 200
             assert _count_of(second, "/metadata") == 1
-            assert len(list((home / "funnelcast-metrics").iterdir())) == 2
+            assert len(_metrics_folders(home)) == 2
+            # each held while its server runs, so neither start removed the other's
+            assert remove_unheld_folders(home / "funnelcast-metrics") == []
         for _ in range(5):
             assert _call(first, "/metadata", key=served.api_key)[0] == 200
         assert _count_of(first, "/metadata") == 8
-        assert len(list((home / "funnelcast-metrics").iterdir())) == 1
-    assert not list((home / "funnelcast-metrics").iterdir())
+        assert len(_metrics_folders(home)) == 1
+    assert not list((home / "funnelcast-metrics").iterdir())  # nor their lock files
+
+
+def _metrics_folders(home: Path) -> list[Path]:
+    folders = home / "funnelcast-metrics"
+    return [entry for entry in folders.iterdir() if not entry.name.startswith(".")]
 
 
 def test_a_built_bento_serves_without_the_registry(
@@ -633,7 +640,7 @@ def test_a_worker_restarted_with_the_registry_gone_serves_the_model(
         # across its exec into `bentoml serve`): no other start removes it
         lock = str(copies / f".{copy.name}.lock")
         assert lock in [file.path for file in psutil.Process(process.pid).open_files()]
-        assert remove_unused_copies(copies) == []
+        assert remove_unheld_folders(copies) == []
         shutil.rmtree(store.parent)  # the registry is gone
         [worker] = _workers(process.pid)
         worker.kill()

@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import datetime as dt
 import json
-import os
 import pickle
 import re
 import shutil
@@ -1258,8 +1257,8 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
     """A copy removed or damaged since `funnelcast serve` made it is never loaded: the worker
     is refused with the fix, or serves the rules when allowed for the alias's version, as it
     would have with the registry down; a version named with --version never is replaced."""
-    from serving import model_copy
-    from serving.model_copy import MODEL_FOLDER, make_model_copy, remove_unused_copies
+    from serving.held import release_folder, remove_unheld_folders
+    from serving.model_copy import MODEL_FOLDER, make_model_copy
 
     def download(folder: Path) -> None:
         (folder / "MLmodel").write_text("flavors: {}\n", "utf-8")
@@ -1284,10 +1283,10 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
             load_scorer(ServiceSettings.from_env(env))
     # a worker holds the copy it is given while it runs (a plain `bentoml serve` given one has
     # no `funnelcast serve` holding it), so no start removes it meanwhile; none that is not there
-    assert remove_unused_copies(tmp_path) == []
+    assert remove_unheld_folders(tmp_path) == []
     assert sorted(entry.name for entry in tmp_path.iterdir()) == [".damaged.lock", "damaged"]
-    os.close(model_copy._HELD.pop(damaged))  # the worker stops
-    assert [path for path, _ in remove_unused_copies(tmp_path)] == [damaged]
+    release_folder(damaged)  # the worker stops
+    assert [path for path, _ in remove_unheld_folders(tmp_path)] == [damaged]
 
 
 @pytest.mark.parametrize(
