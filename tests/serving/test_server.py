@@ -627,7 +627,15 @@ def test_a_worker_restarted_with_the_registry_gone_serves_the_model(
     home = tmp_path / "bentoml"
     port = _free_port()
     command = [FUNNELCAST, "serve", "--port", str(port), "--tracking-uri", f"sqlite:///{store}"]
-    env = {"FUNNELCAST_API_KEY": served.api_key, "BENTOML_HOME": str(home)}
+    # the worker killed below leaves BentoML's temporary folder (`bentoml-client-*`): here,
+    # not in /tmp, one more for every run of the suite
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {
+        "FUNNELCAST_API_KEY": served.api_key,
+        "BENTOML_HOME": str(home),
+        "TMPDIR": str(temporary),
+    }
     body = contact_body(served, active_contacts[-2])
     with _server(command, env, port) as process:
         status, before = _call(port, "/predict", key=served.api_key, body=body)
