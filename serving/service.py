@@ -159,6 +159,11 @@ def _stop_the_server(error: ServiceConfigError) -> NoReturn:
         log.critical("funnelcast cannot start, stopping the server: %s", error)
         _stop_note(os.getppid()).touch()  # the server then exits 2, not 0 (below)
         os.kill(os.getppid(), signal.SIGTERM)
+        # the reason is said above, in one line: raised, it was logged again with three
+        # tracebacks (a hundred lines) by BentoML and uvicorn as the worker failed
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(2)
     raise error
 
 

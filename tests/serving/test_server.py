@@ -432,6 +432,7 @@ def test_a_built_bento_serves_without_the_registry(
     said = " ".join(output.split())
     assert status == 2, said
     assert "FUNNELCAST_BENTO_MODEL names funnelcast:nosuchversion; unset" in said
+    assert "Traceback" not in said
     assert not any((tmp_path / "bentoml" / "funnelcast-metrics").iterdir())
 
 
@@ -579,6 +580,9 @@ def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path
     env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none.db")}
     status, output = _until_it_stops([*command, "--port", str(port)], cwd=ROOT, env=env)
     assert "funnelcast cannot start, stopping the server: no model to serve" in output
+    # said once, in that line: the worker's error was logged again with three tracebacks
+    assert output.count("no model to serve") == 1, output
+    assert "Traceback" not in output
     assert status == 2, output  # a failure a supervisor sees, not a clean stop
     assert _port_is_free(port)
 
