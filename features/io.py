@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import InputError
-from features.schema import cast_unreadable_zones_to_utc
+from features.schema import cast_unreadable_zones_to_utc, int96_columns, parquet_schema
 
 # the key-value metadata every data-folder table carries (its table name): a later run removes
 # an earlier run's table only when it is one funnelcast wrote, never a file of the user's
@@ -565,7 +565,9 @@ def _swap_in(
 def read_table(path: Path) -> pa.Table:
     """Read a Parquet file written by funnelcast, with a clear error when it is absent. A time
     in a zone Polars cannot read ('+05:30', of a table written by pandas) comes in UTC: the
-    same instants, which every step reads in UTC anyway."""
+    same instants, which every step reads in UTC anyway; so does a time stored as INT96
+    (Spark's default), in microseconds: in Arrow's nanoseconds a contacts table's 9999-12-31
+    (a common "never") came in as 1816-03-29, silently."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -574,7 +576,12 @@ def read_table(path: Path) -> pa.Table:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the Parquet file itself")
     try:
-        return cast_unreadable_zones_to_utc(pq.read_table(path))
+        schema = parquet_schema(pq.read_metadata(path))
+        if int96_columns(schema):
+            table = pq.read_table(path, schema=schema, coerce_int96_timestamp_unit="us")
+        else:
+            table = pq.read_table(path)
+        return cast_unreadable_zones_to_utc(table)
     except (pa.ArrowInvalid, OSError) as error:
         raise InputError(
             f"{path} is not a readable Parquet file ({' '.join(str(error).split())[:200]}); "

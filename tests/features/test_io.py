@@ -105,6 +105,23 @@ def test_reading_a_missing_table_names_the_command_that_makes_it(tmp_path: Path)
         read_table(tmp_path / "events.parquet")
 
 
+def test_a_table_s_int96_times_are_read_as_their_instants_in_every_year(tmp_path: Path) -> None:
+    """Spark writes times as INT96 by default: a contacts table's 9999-12-31 (a common "never")
+    came in as 1816-03-29 and 1600 as 2184, silently (Arrow reads INT96 in nanoseconds). They
+    are the UTC instants Spark wrote, in microseconds, as the events' INT96 times are."""
+    import datetime as dt
+
+    times = [dt.datetime(9999, 12, 31), dt.datetime(1600, 1, 1), dt.datetime(2024, 2, 29, 12)]
+    table = pa.table({"contact_id": ["a", "b", "c"], "signup": pa.array(times, pa.timestamp("us"))})
+    path = tmp_path / "contacts.parquet"
+    pq.write_table(table, path, use_deprecated_int96_timestamps=True, store_schema=False)
+    assert pq.read_metadata(path).schema.column(1).physical_type == "INT96"
+    read = read_table(path)
+    assert read.schema.field("signup").type == pa.timestamp("us", "UTC")
+    assert read.column("signup").to_pylist() == [t.replace(tzinfo=dt.UTC) for t in times]
+    assert read.column("contact_id").to_pylist() == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
 def test_written_files_get_the_mode_any_new_file_gets(
     tmp_path: Path, umask: int, mode: int
