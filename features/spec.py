@@ -71,12 +71,6 @@ Window = Annotated[int | Literal["all"], PlainValidator(_window)]
 
 
 def _once(windows: list[int | Literal["all"]] | None) -> list[int | Literal["all"]] | None:
-    if windows is not None and not windows:
-        # taken as no windows (one all-history feature for a derived entry) without a word
-        raise ValueError(
-            "`windows: []` lists no window; list the days (e.g. [7, 28, 90] or [all]), or "
-            "remove `windows` for a feature over all history"
-        )
     repeated = [w for i, w in enumerate(windows or []) if w in (windows or [])[:i]]
     if repeated:
         raise ValueError(f"window {repeated[0]!r} is listed twice; list each window once")
@@ -463,8 +457,11 @@ def _expand_aggregate(entry: _AggregateEntry, *, lint: bool = True) -> Iterator[
     if entry.kind != "sum" and entry.column is not None:
         raise SpecError(f"{where}: `column` is only for kind sum")
     if entry.kind in _WINDOWED and not entry.windows:
-        raise SpecError(f"{where}: kind {entry.kind} needs `windows:` (days, or all)")
-    if entry.kind not in _WINDOWED and entry.windows:
+        listed = ": `windows: []` lists none" if entry.windows == [] else ""
+        raise SpecError(f"{where}: kind {entry.kind} needs `windows:` (days, or all){listed}")
+    # `windows: []` was taken as none, without a word (a spec a model was trained with keeps
+    # loading as it was trained)
+    if entry.kind not in _WINDOWED and (entry.windows or (lint and entry.windows == [])):
         raise SpecError(f"{where}: kind {entry.kind} looks at all history; remove `windows`")
     include_types = _checked(entry.where.event_type, "event_type", where)
     include_channels = _checked(entry.where.channel, "channel", where)
@@ -536,6 +533,11 @@ def _expand_derived(
     entry: _DerivedEntry, known: set[str], origin: str, *, lint: bool = True
 ) -> Iterator[Derived]:
     where = f"derived '{entry.name}'"
+    if lint and entry.windows == []:  # taken as none (one feature) without a word
+        raise SpecError(
+            f"{where}: `windows: []` lists no window; list the days (e.g. [7, 28]), or remove "
+            "`windows` for one feature"
+        )
     windows: list[int | str | None] = [*entry.windows] if entry.windows else [None]
     if lint:  # as an aggregate's: 0 named the features it read ("no aggregate defines") instead
         for window in windows:

@@ -175,16 +175,21 @@ def test_a_feature_declared_twice_is_an_error() -> None:
 
 
 def test_an_empty_list_of_windows_is_named_not_read_as_none() -> None:
-    """`windows: []` made a derived entry one feature over all history, as if no windows were
-    given, and an aggregate's error said that the kind needs windows it had listed."""
+    """`windows: []` made a derived entry one feature, as if no windows were given, and was
+    taken on an aggregate of a kind without windows; each error says what to do for its
+    kind. A spec a model was trained with keeps loading as it was trained."""
     derived = BASE + 'derived:\n  - name: x\n    expr: "email_open_count_7d"\n    windows: []\n'
-    for text, where in (
-        (BASE.replace("windows: [7, 28]", "windows: []"), r"aggregates\[0\]"),
-        (derived, r"derived\[0\]"),
+    recency = BASE + "  - name: days_since_last_x\n    kind: days_since_last\n    windows: []\n"
+    counts = BASE.replace("windows: [7, 28]", "windows: []")
+    with pytest.raises(SpecError, match=re.escape("`windows: []` lists none")):
+        parse_feature_spec(counts)  # "kind count needs `windows:`", which it had
+    for text, says, name in (
+        (derived, "derived 'x': `windows: []` lists no window; list the days (e.g. [7", "x"),
+        (recency, "kind days_since_last looks at all history; remove", "days_since_last_x"),
     ):
-        says = rf"`{where}.windows` .*`windows: \[\]` lists no window"
-        with pytest.raises(SpecError, match=says):
+        with pytest.raises(SpecError, match=re.escape(says)):
             parse_feature_spec(text)
+        assert name in parse_feature_spec(text, logged=True).names  # loads as it was trained
 
 
 @pytest.mark.parametrize("window", ["7d", '"7"', "7.5", "7.0", "true"])
