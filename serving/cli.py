@@ -1494,8 +1494,8 @@ def serve(
         "checking the model",
         lambda: load_scorer(service_settings, copy_into=home / COPIES_IN_BENTOML_HOME),
     )
-    if scorer.info.local_copy is not None:  # served from a copy, which this process holds
-        _remove_unused_copies(home / COPIES_IN_BENTOML_HOME, keep=scorer.info.local_copy)
+    # whatever this start serves (a copy it holds, a BentoML model, the rules)
+    _remove_unused_copies(home / COPIES_IN_BENTOML_HOME, keep=scorer.info.local_copy)
     console.print(
         f"Starting {escape(scorer.info.served())} on http://{host}:{port} ({workers} "
         "worker(s)); it answers once each worker has loaded the model (GET /readyz says 200), "
@@ -1521,7 +1521,7 @@ def serve(
     os.execvpe(sys.executable, command, env)  # the server replaces this process: Ctrl-C stops it
 
 
-def _remove_unused_copies(root: Path, *, keep: Path) -> None:
+def _remove_unused_copies(root: Path, *, keep: Path | None) -> None:
     """The local copies of models no running server holds, removed and said in one line: one
     a week was left behind by every promotion."""
     from serving.held import remove_unheld_folders

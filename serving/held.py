@@ -30,13 +30,21 @@ def hold_folder(folder: Path) -> bool:
     """A shared lock on ``folder`` (there or still to be made), held by this process for its
     life and by the program it execs into: while it is held, ``remove_unheld_folders`` never
     removes the folder. False where no lock can be taken (a parent that cannot be written, a
-    file system without locks): the folder is used all the same, and kept by nobody's lock."""
+    file system without locks), and for a folder that is there without a lock file (made
+    before folders were locked: a server that takes no lock may use it, and a lock file made
+    now would let the folder be removed once this process ends): the folder is used all the
+    same, and kept by nobody's lock."""
     folder = Path(folder)
     if folder in _HELD:
         return True
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = _locked(lock_of(folder), fcntl.LOCK_SH, create=True)
+        try:
+            descriptor = _locked(lock_of(folder), fcntl.LOCK_SH, create=False)
+        except FileNotFoundError:
+            if folder.exists():
+                return False
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = _locked(lock_of(folder), fcntl.LOCK_SH, create=True)
     except OSError:
         return False
     if descriptor is None:  # pragma: no cover - a blocking lock is always taken

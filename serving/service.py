@@ -40,6 +40,7 @@ from features.errors import InputError
 from serving.duplicates import GIVEN_TWICE, KeepBody, consent_given_twice, needs_a_look
 from serving.errors import KIND_TAGS, NamedValidationErrors
 from serving.gather import Gather
+from serving.held import hold_folder
 from serving.http_limits import limit_request_heads
 from serving.metrics import bound_metrics_labels, own_metrics_folder, remove_own_metrics_folder
 from serving.openapi import complete_openapi
@@ -69,6 +70,22 @@ from serving.security import GuardMiddleware
 # and each server's counts are its own
 bound_metrics_labels()
 _METRICS_FOLDER = own_metrics_folder()
+
+
+def _hold_the_model_copy() -> None:
+    """In `bentoml serve`'s own process, the model copy its workers load (FUNNELCAST_MODEL_COPY)
+    held for as long as the server runs (``serving.held``), its workers inheriting the lock.
+    Each worker holds it too, but one restarting (a crash, an OOM kill, a `kill -HUP` reload)
+    holds nothing for the seconds it takes to start, and a `funnelcast serve` starting then
+    removed the copy, and the server stopped (review)."""
+    from bentoml._internal.context import server_context
+
+    copy = os.environ.get("FUNNELCAST_MODEL_COPY")
+    if server_context.worker_index is None and copy and Path(copy).is_dir():
+        hold_folder(Path(copy))
+
+
+_hold_the_model_copy()
 
 log = logging.getLogger("funnelcast.service")
 # BentoML leaves loggers other than its own at WARNING: the line saying which model a worker

@@ -1005,6 +1005,7 @@ def test_serve_removes_the_copies_no_running_server_uses(
     """Every promotion served left its model's copy under BentoML's home for good: a start
     removes the copies no running server holds (tests/serving/test_model_copy.py), keeps the
     one it serves, and says what it removed."""
+    import dataclasses
     import os
     from types import SimpleNamespace
 
@@ -1032,8 +1033,11 @@ def test_serve_removes_the_copies_no_running_server_uses(
         model_version="8",
         local_copy=served,
     )
+    loaded = [info]
     monkeypatch.setattr(
-        serving.runtime, "load_scorer", lambda settings, *, copy_into: SimpleNamespace(info=info)
+        serving.runtime,
+        "load_scorer",
+        lambda settings, *, copy_into: SimpleNamespace(info=loaded[-1]),
     )
     monkeypatch.setattr(os, "execvpe", lambda _file, _args, _env: None)
     cli.serve(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -1043,6 +1047,14 @@ def test_serve_removes_the_copies_no_running_server_uses(
     )
     assert served.is_dir()
     assert not old.exists()
+    # a start that serves no copy (a BentoML model here) removes the unused ones too
+    loaded.append(dataclasses.replace(info, local_copy=None, bento_model="funnelcast:abc"))
+    cli.serve(bento_model="funnelcast:latest")
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        "Removed 1 local model copy that no running server uses (1.0 MiB): funnelcast-8-a" in said
+    )
+    assert not served.exists()
 
 
 @pytest.mark.parametrize(("name", "value"), [("TIMEOUT_S", "abc"), ("MAX_BODY_MB", "-1")])

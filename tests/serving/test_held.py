@@ -23,8 +23,9 @@ def _folder(path: Path) -> Path:
 def test_a_folder_held_by_this_process_is_kept_until_released(tmp_path: Path) -> None:
     """flock locks belong to the open file, not the process: a folder this process holds is
     kept even from this process's own removal, until it lets go."""
-    folder = _folder(tmp_path / "a")
-    assert hold_folder(folder)
+    folder = tmp_path / "a"
+    assert hold_folder(folder)  # taken before the folder is made, as its server does
+    _folder(folder)
     assert hold_folder(folder)  # once: the same lock
     try:
         assert remove_unheld_folders(tmp_path) == []
@@ -33,6 +34,17 @@ def test_a_folder_held_by_this_process_is_kept_until_released(tmp_path: Path) ->
         release_folder(folder)
     assert remove_unheld_folders(tmp_path) == [(folder, 100)]
     assert list(tmp_path.iterdir()) == []  # its lock file with it
+
+
+def test_a_folder_there_without_a_lock_file_is_never_taken_over(tmp_path: Path) -> None:
+    """A folder made before folders were locked may be used by a server that takes no lock: a
+    lock file made for it by a newer process would let it be removed once that process ends,
+    under the older server (review). It is used unheld, and never removed."""
+    older = _folder(tmp_path / "older")
+    assert not hold_folder(older)
+    assert not lock_of(older).exists()
+    assert remove_unheld_folders(tmp_path) == []
+    assert older.is_dir()
 
 
 def test_a_folder_that_cannot_be_locked_is_used_all_the_same(tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ def test_a_stopped_server_s_folder_is_removed_by_the_next_and_a_running_one_s_ke
     for folder in (stopped, running, unlocked):
         folder.mkdir(parents=True)
         (folder / "counter_1.db").write_bytes(b"x")
-    (folders / f".{stopped.name}.lock").touch()  # its server was killed
+    for folder in (stopped, running):  # made by servers that lock them (one was killed)
+        (folders / f".{folder.name}.lock").touch()
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(running)],
         stdin=subprocess.PIPE,

@@ -224,8 +224,10 @@ def test_copies_no_running_server_holds_are_removed_and_held_ones_kept(tmp_path:
     running = make_model_copy(_place(tmp_path, version="5"), INFO, Download())
     unused = make_model_copy(_place(tmp_path, version="4"), INFO, Download())
     unlocked = make_model_copy(_place(tmp_path, version="3"), INFO, Download())
-    for stopped in (unused, served):  # held by a server that has stopped; this one's is
-        (tmp_path / f".{stopped.name}.lock").touch()  # held by this start
+    # each made by a `funnelcast serve`, which makes the lock file first: the running one's
+    # holds it still, the unused one's has stopped, and this start holds the served one
+    for copy in (unused, served, running):
+        (tmp_path / f".{copy.name}.lock").touch()
     (tmp_path / ".funnelcast-9-0123456789abcdef.lock").touch()  # a start that failed
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(running)],

@@ -1257,7 +1257,7 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
     """A copy removed or damaged since `funnelcast serve` made it is never loaded: the worker
     is refused with the fix, or serves the rules when allowed for the alias's version, as it
     would have with the registry down; a version named with --version never is replaced."""
-    from serving.held import release_folder, remove_unheld_folders
+    from serving.held import lock_of, release_folder, remove_unheld_folders
     from serving.model_copy import MODEL_FOLDER, make_model_copy
 
     def download(folder: Path) -> None:
@@ -1266,6 +1266,7 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
 
     info = {"model": "funnelcast", "model_name": "funnelcast", "model_version": "1"}
     damaged = make_model_copy(tmp_path / "damaged", info, download)
+    lock_of(damaged).touch()  # as `funnelcast serve` makes a copy: its lock file first
     (damaged / MODEL_FOLDER / "python_model.pkl").write_bytes(b"\x80" * 100)  # half of it
     for folder, says in ((tmp_path / "gone", "does not exist"), (damaged, "is incomplete")):
         env = service_env.env(
@@ -1287,6 +1288,27 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
     assert sorted(entry.name for entry in tmp_path.iterdir()) == [".damaged.lock", "damaged"]
     release_folder(damaged)  # the worker stops
     assert [path for path, _ in remove_unheld_folders(tmp_path)] == [damaged]
+
+
+def test_the_server_process_holds_the_copy_its_workers_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker restarting holds nothing for the seconds it takes to start: a `funnelcast serve`
+    starting then removed the copy of a plain `bentoml serve`, which stopped (review). The
+    server's own process holds it while it runs; its workers inherit the lock."""
+    from serving import service
+    from serving.held import lock_of, release_folder, remove_unheld_folders
+
+    copy = tmp_path / "funnelcast-1-abc"
+    copy.mkdir()
+    lock_of(copy).touch()  # as `funnelcast serve` made it
+    monkeypatch.setenv("FUNNELCAST_MODEL_COPY", str(copy))
+    service._hold_the_model_copy()
+    try:
+        assert remove_unheld_folders(tmp_path) == []
+    finally:
+        release_folder(copy)  # the server stops
+    assert [path for path, _ in remove_unheld_folders(tmp_path)] == [copy]
 
 
 @pytest.mark.parametrize(
