@@ -29,7 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import InputError
-from features.schema import cast_unreadable_zones_to_utc, int96_columns, parquet_schema
+from features.schema import (
+    cast_unreadable_zones_to_utc,
+    int96_columns,
+    parquet_schema,
+    read_int96_times,
+)
 
 # the key-value metadata every data-folder table carries (its table name): a later run removes
 # an earlier run's table only when it is one funnelcast wrote, never a file of the user's
@@ -578,7 +583,7 @@ def read_table(path: Path) -> pa.Table:
     try:
         schema = parquet_schema(pq.read_metadata(path))
         if int96_columns(schema):
-            table = pq.read_table(path, schema=schema, coerce_int96_timestamp_unit="us")
+            table = read_int96_times(str(path), schema)
         else:
             table = pq.read_table(path)
         return cast_unreadable_zones_to_utc(table)

@@ -915,6 +915,21 @@ def parquet_schema(metadata: pq.FileMetaData) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def read_int96_times(path: str, schema: pa.Schema, **options: Any) -> pa.Table:
+    """The Parquet file at ``path`` (of ``schema``, from ``parquet_schema``) with its INT96
+    times in microseconds, the top-level ones as ``INT96_TIME``: the UTC instants Spark wrote,
+    in any year. Nested INT96 values (read by no builder) come in microseconds as they are;
+    given ``schema`` to the reader, they were cast back to its nanoseconds, and a 9999-12-31
+    among them refused the whole file (review)."""
+    table = pq.read_table(path, coerce_int96_timestamp_unit="us", **options)
+    for name in int96_columns(schema):
+        if name in table.column_names:
+            index = table.schema.get_field_index(name)
+            field = table.schema.field(index).with_type(INT96_TIME)
+            table = table.set_column(index, field, table.column(index).cast(INT96_TIME))
+    return table
+
+
 def int96_columns(schema: pa.Schema) -> list[str]:
     """The columns ``parquet_schema`` marked as INT96."""
     return [

@@ -65,6 +65,7 @@ from features.schema import (
     localise_to_utc,
     parquet_schema,
     parse_timestamps,  # validation's reader of times: label dates are read by it too
+    read_int96_times,
     refuse_control_ids,
     rejects_table,
     utc_for_unreadable_zones,
@@ -792,7 +793,7 @@ def _read_parquet(path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
     # INT96 in microseconds, cast to the UTC of ``schema``: in nanoseconds they wrap outside
     # the years 1677-2262
-    table = pq.read_table(path, schema=schema, coerce_int96_timestamp_unit="us")
+    table = read_int96_times(str(path), schema)
     return pl.DataFrame(pl.from_arrow(cast_unreadable_zones_to_utc(table)))
 
 

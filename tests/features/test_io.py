@@ -112,14 +112,26 @@ def test_a_table_s_int96_times_are_read_as_their_instants_in_every_year(tmp_path
     import datetime as dt
 
     times = [dt.datetime(9999, 12, 31), dt.datetime(1600, 1, 1), dt.datetime(2024, 2, 29, 12)]
-    table = pa.table({"contact_id": ["a", "b", "c"], "signup": pa.array(times, pa.timestamp("us"))})
+    table = pa.table(
+        {
+            "contact_id": ["a", "b", "c"],
+            "signup": pa.array(times, pa.timestamp("us")),
+            # nested times no builder reads: they refused the whole file when cast back to
+            # nanoseconds (review)
+            "crm": pa.array([{"valid_to": time} for time in times]),
+            "seen": pa.array([[time] for time in times], pa.list_(pa.timestamp("us"))),
+        }
+    )
     path = tmp_path / "contacts.parquet"
-    pq.write_table(table, path, use_deprecated_int96_timestamps=True, store_schema=False)
-    assert pq.read_metadata(path).schema.column(1).physical_type == "INT96"
-    read = read_table(path)
-    assert read.schema.field("signup").type == pa.timestamp("us", "UTC")
-    assert read.column("signup").to_pylist() == [t.replace(tzinfo=dt.UTC) for t in times]
-    assert read.column("contact_id").to_pylist() == ["a", "b", "c"]
+    for store_schema in (False, True):  # as Spark writes it, and as pyarrow does
+        pq.write_table(table, path, use_deprecated_int96_timestamps=True, store_schema=store_schema)
+        assert pq.read_metadata(path).schema.column(1).physical_type == "INT96"
+        read = read_table(path)
+        assert read.schema.field("signup").type == pa.timestamp("us", "UTC")
+        assert read.column("signup").to_pylist() == [t.replace(tzinfo=dt.UTC) for t in times]
+        assert read.column("contact_id").to_pylist() == ["a", "b", "c"]
+        assert [row["valid_to"] for row in read.column("crm").to_pylist()] == times
+        assert read.column("seen").to_pylist() == [[time] for time in times]
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
