@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import anyio
 import bentoml
+from bentoml._internal.context import server_context
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
@@ -78,8 +79,6 @@ def _hold_the_model_copy() -> None:
     Each worker holds it too, but one restarting (a crash, an OOM kill, a `kill -HUP` reload)
     holds nothing for the seconds it takes to start, and a `funnelcast serve` starting then
     removed the copy, and the server stopped (review)."""
-    from bentoml._internal.context import server_context
-
     copy = os.environ.get("FUNNELCAST_MODEL_COPY")
     if server_context.worker_index is None and copy and Path(copy).is_dir():
         hold_folder(Path(copy))
@@ -170,18 +169,30 @@ def _stop_the_server(error: ServiceConfigError) -> NoReturn:
     and BentoML restarts a failed worker forever. In a server worker, ask the server process
     (the worker's parent) to stop, so that `bentoml serve` ends with the reason in its log;
     elsewhere (a test client, a notebook) just raise."""
-    from bentoml._internal.context import server_context
+    if server_context.worker_index is None:
+        raise error
+    server = os.getppid()
+    if os.environ.get(_SERVER_PID, str(server)) != str(server):
+        # its server is gone (killed), and the process that took the worker in is no server
+        # of ours to stop (PID 1, a subreaper such as a systemd user manager: review)
+        log.critical("funnelcast cannot start, and its server is gone: %s", error)
+        _exit_at_once()
+    try:  # the server then exits 2, not 0 (below); said by the first worker to stop it
+        os.close(os.open(_stop_note(server), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        _exit_at_once()  # another worker said why, and asked the server to stop
+    log.critical("funnelcast cannot start, stopping the server: %s", error)
+    os.kill(server, signal.SIGTERM)
+    _exit_at_once()
 
-    if server_context.worker_index is not None:
-        log.critical("funnelcast cannot start, stopping the server: %s", error)
-        _stop_note(os.getppid()).touch()  # the server then exits 2, not 0 (below)
-        os.kill(os.getppid(), signal.SIGTERM)
-        # the reason is said above, in one line: raised, it was logged again with three
-        # tracebacks (a hundred lines) by BentoML and uvicorn as the worker failed
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(2)
-    raise error
+
+def _exit_at_once() -> NoReturn:
+    """The worker ends with status 2, its reason said in one line: raised, it was logged
+    again with three tracebacks (a hundred lines) by BentoML and uvicorn as the worker
+    failed."""
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _stop_note(server_pid: int) -> Path:
@@ -191,6 +202,10 @@ def _stop_note(server_pid: int) -> Path:
 # a note left by a server that was killed before it could read it names a process id that a
 # later process may get: this one starts clean
 _stop_note(os.getpid()).unlink(missing_ok=True)
+# the server a worker may ask to stop: its own, named to the workers it starts
+_SERVER_PID = "FUNNELCAST_SERVER_PID"
+if server_context.worker_index is None:
+    os.environ[_SERVER_PID] = str(os.getpid())
 
 
 @atexit.register

@@ -574,13 +574,15 @@ def _trickled_head(port: int, lines: int = 60) -> tuple[int | None, bytes, int]:
 
 def test_bentoml_serve_stops_when_it_cannot_serve(served: Served, tmp_path: Path) -> None:
     """No model and no fallback: the server stops with the reason and exit status 2, instead
-    of restarting its worker forever."""
+    of restarting its workers forever; the reason said once, whatever the workers."""
     port = _free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Funnelcast"]
-    env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none.db")}
+    store = f"sqlite:///{tmp_path}/none.db"
+    env = {**os.environ, **served.env(MLFLOW_TRACKING_URI=store, FUNNELCAST_WORKERS="2")}
     status, output = _until_it_stops([*command, "--port", str(port)], cwd=ROOT, env=env)
     assert "funnelcast cannot start, stopping the server: no model to serve" in output
-    # said once, in that line: the worker's error was logged again with three tracebacks
+    # said once, in that line: the worker's error was logged again with three tracebacks, and
+    # each worker said it
     assert output.count("no model to serve") == 1, output
     assert "Traceback" not in output
     assert status == 2, output  # a failure a supervisor sees, not a clean stop

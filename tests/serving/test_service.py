@@ -12,7 +12,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import mlflow
 import numpy as np
@@ -1288,6 +1288,49 @@ def test_a_worker_whose_copy_is_not_whole_falls_back_only_as_for_a_registry_down
     assert sorted(entry.name for entry in tmp_path.iterdir()) == [".damaged.lock", "damaged"]
     release_folder(damaged)  # the worker stops
     assert [path for path, _ in remove_unheld_folders(tmp_path)] == [damaged]
+
+
+def test_a_worker_that_cannot_start_stops_only_its_own_server_and_says_why_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that cannot start asks its server to stop and ends (status 2). Only its own
+    server: one killed leaves the worker to PID 1 or a subreaper (a systemd user manager, which
+    SIGTERM stops whole: review). And only the first worker says why; with two workers the
+    reason was logged twice. (The real servers: test_server.py.)"""
+    import signal
+
+    from bentoml._internal.context import server_context
+
+    from serving import service
+
+    class ExitedError(Exception):
+        pass
+
+    def exit_now(status: int) -> NoReturn:
+        raise ExitedError(status)
+
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(server_context, "worker_index", 1)
+    monkeypatch.setattr(service.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(service.os, "getppid", lambda: 4242)
+    monkeypatch.setattr(service.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(service.os, "_exit", exit_now)
+    monkeypatch.setattr(service.logging, "shutdown", lambda: None)
+    error = ServiceConfigError("no model to serve: none registered")
+    said: list[str] = []
+    for server in ("777", "4242", "4242"):  # adopted; its server; its server, a second worker
+        monkeypatch.setenv("FUNNELCAST_SERVER_PID", server)
+        caplog.clear()
+        with pytest.raises(ExitedError, match="2"):
+            service._stop_the_server(error)
+        said.append(" | ".join(record.getMessage() for record in caplog.records))
+    assert said == [
+        "funnelcast cannot start, and its server is gone: no model to serve: none registered",
+        "funnelcast cannot start, stopping the server: no model to serve: none registered",
+        "",
+    ]
+    assert killed == [(4242, signal.SIGTERM)]
+    assert [path.name for path in tmp_path.iterdir()] == ["funnelcast-cannot-start-4242"]
 
 
 def test_the_server_process_holds_the_copy_its_workers_load(
