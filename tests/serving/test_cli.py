@@ -965,15 +965,7 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     # a version and a BentoML model left in the shell: the options name the model (diff review)
     monkeypatch.setenv("FUNNELCAST_MODEL_VERSION", "99")
     monkeypatch.setenv("FUNNELCAST_BENTO_MODEL", "funnelcast:stale")
-    info = serving.runtime.ModelInfo(
-        "funnelcast",
-        "funnelcast",
-        source="a test",
-        trained_at=None,
-        spec_text=None,
-        metrics={},
-        **loaded,
-    )
+    info = _model_info(**loaded)
     checked: list[tuple[serving.runtime.ServiceSettings, Path | None]] = []
 
     def load_scorer(
@@ -997,6 +989,21 @@ def test_serve_hands_every_worker_the_model_it_checked_not_an_alias(
     names = {*pinned, "FUNNELCAST_MODEL_VERSION", PINNED, COPY}
     assert {k: v for k, v in env.items() if k in names} == pinned
     assert "FUNNELCAST_MODEL_ALIAS" not in env or "FUNNELCAST_BENTO_MODEL" in env
+
+
+def _model_info(**loaded: Any) -> Any:
+    """What `serve`'s check of the model reports (``load_scorer``'s info), as a test gives it."""
+    import serving.runtime
+
+    return serving.runtime.ModelInfo(
+        "funnelcast",
+        "funnelcast",
+        source="a test",
+        trained_at=None,
+        spec_text=None,
+        metrics={},
+        **loaded,
+    )
 
 
 def test_serve_removes_the_copies_no_running_server_uses(
@@ -1023,16 +1030,7 @@ def test_serve_removes_the_copies_no_running_server_uses(
         (copies / f".{copy.name}.lock").touch()
     monkeypatch.setenv("FUNNELCAST_API_KEY", "k" * 32)
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    info = serving.runtime.ModelInfo(
-        "funnelcast",
-        "funnelcast",
-        source="a test",
-        trained_at=None,
-        spec_text=None,
-        metrics={},
-        model_version="8",
-        local_copy=served,
-    )
+    info = _model_info(model_version="8", local_copy=served)
     loaded = [info]
     monkeypatch.setattr(
         serving.runtime,
