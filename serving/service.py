@@ -181,6 +181,8 @@ def _stop_the_server(error: ServiceConfigError) -> NoReturn:
         os.close(os.open(_stop_note(server), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         _exit_at_once()  # another worker said why, and asked the server to stop
+    except OSError:  # no note (a temporary folder that cannot be written): the server exits 0
+        pass
     log.critical("funnelcast cannot start, stopping the server: %s", error)
     os.kill(server, signal.SIGTERM)
     _exit_at_once()

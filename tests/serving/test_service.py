@@ -1331,6 +1331,13 @@ def test_a_worker_that_cannot_start_stops_only_its_own_server_and_says_why_once(
     ]
     assert killed == [(4242, signal.SIGTERM)]
     assert [path.name for path in tmp_path.iterdir()] == ["funnelcast-cannot-start-4242"]
+    # no note can be written (the server then exits 0): it is still asked to stop, and told why
+    monkeypatch.setattr(service.tempfile, "gettempdir", lambda: str(tmp_path / "gone"))
+    caplog.clear()
+    with pytest.raises(ExitedError, match="2"):
+        service._stop_the_server(error)
+    assert killed == [(4242, signal.SIGTERM)] * 2
+    assert "stopping the server: no model to serve" in caplog.text
 
 
 def test_the_server_process_holds_the_copy_its_workers_load(
