@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from features.errors import InputError
 from features.schema import (
+    any_int96,
     cast_unreadable_zones_to_utc,
-    int96_columns,
     parquet_schema,
     read_int96_times,
 )
@@ -581,9 +581,9 @@ def read_table(path: Path) -> pa.Table:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the Parquet file itself")
     try:
-        schema = parquet_schema(pq.read_metadata(path))
-        if int96_columns(schema):
-            table = read_int96_times(str(path), schema)
+        metadata = pq.read_metadata(path)
+        if any_int96(metadata):
+            table = read_int96_times(str(path), parquet_schema(metadata))
         else:
             table = pq.read_table(path)
         return cast_unreadable_zones_to_utc(table)

@@ -915,6 +915,14 @@ def parquet_schema(metadata: pq.FileMetaData) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def any_int96(metadata: pq.FileMetaData) -> bool:
+    """Whether any column of a Parquet file, a nested one included, is stored as INT96: read
+    with ``read_int96_times``, in nanoseconds a nested 9999-12-31 came in as 1816 or 2262, and
+    one with a zone Polars cannot read stopped Polars' reader (review)."""
+    leaves = (metadata.schema.column(i) for i in range(metadata.num_columns))
+    return any(leaf.physical_type == "INT96" for leaf in leaves)
+
+
 def read_int96_times(path: str, schema: pa.Schema, **options: Any) -> pa.Table:
     """The Parquet file at ``path`` (of ``schema``, from ``parquet_schema``) with its INT96
     times in microseconds, the top-level ones as ``INT96_TIME``: the UTC instants Spark wrote,

@@ -58,10 +58,10 @@ from features.schema import (
     SchemaError,
     UnplacedZoneError,
     Validated,
+    any_int96,
     as_utc,
     cast_unreadable_zones_to_utc,
     control_ids_message,
-    int96_columns,
     localise_to_utc,
     parquet_schema,
     parse_timestamps,  # validation's reader of times: label dates are read by it too
@@ -786,10 +786,11 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     times are in UTC, the same instants (a `native` time keeps its instant, and an INT96 one is
     never placed in the mapping's `timezone:`, as Spark reads it as an instant)."""
     try:
-        schema = parquet_schema(pq.read_metadata(path))
+        metadata = pq.read_metadata(path)
     except (pa.ArrowException, OSError):
         return pl.read_parquet(path)  # no Parquet footer: Polars' error says so
-    if utc_for_unreadable_zones(schema) is None and not int96_columns(schema):
+    schema = parquet_schema(metadata)
+    if utc_for_unreadable_zones(schema) is None and not any_int96(metadata):
         return pl.read_parquet(path)
     # INT96 in microseconds, cast to the UTC of ``schema``: in nanoseconds they wrap outside
     # the years 1677-2262

@@ -132,6 +132,14 @@ def test_a_table_s_int96_times_are_read_as_their_instants_in_every_year(tmp_path
         assert read.column("contact_id").to_pylist() == ["a", "b", "c"]
         assert [row["valid_to"] for row in read.column("crm").to_pylist()] == times
         assert read.column("seen").to_pylist() == [[time] for time in times]
+    # nested INT96 times alone, no top-level one: read in nanoseconds, 9999 came in as 1816
+    pq.write_table(
+        table.select(["contact_id", "crm"]),
+        path,
+        use_deprecated_int96_timestamps=True,
+        store_schema=False,
+    )
+    assert [row["valid_to"] for row in read_table(path).column("crm").to_pylist()] == times
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])

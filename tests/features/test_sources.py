@@ -1426,6 +1426,37 @@ def test_native_times_stored_as_int96_as_spark_writes_them_are_not_moved_by_the_
     assert validated.contacts.column("seen_at").to_pylist() == instants
 
 
+def test_a_file_with_nested_int96_times_alone_is_read_in_every_year_and_zone(
+    tmp_path: Path,
+) -> None:
+    """Nested INT96 times with no top-level one (review): Polars read them in nanoseconds, so a
+    9999-12-31 became 2262-04-11 in the events' properties, and one stored with a zone Polars
+    cannot read ('+05:30') stopped its reader with a panic."""
+    from features.sources import _read_parquet
+
+    never = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    spark = tmp_path / "spark.parquet"
+    crm = pa.array(
+        [{"valid_to": never.replace(tzinfo=None)}], pa.struct([("valid_to", "timestamp[us]")])
+    )
+    pq.write_table(
+        pa.table({"id": ["a"], "crm": crm}),
+        spark,
+        use_deprecated_int96_timestamps=True,
+        store_schema=False,
+    )
+    assert _read_parquet(spark)["crm"].to_list() == [{"valid_to": never.replace(tzinfo=None)}]
+    india = tmp_path / "india.parquet"
+    moment = dt.datetime(2024, 3, 1, 10, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    zoned = pa.array([{"v": moment}], pa.struct([("v", pa.timestamp("us", "+05:30"))]))
+    pq.write_table(
+        pa.table({"id": ["a"], "crm": zoned}), india, use_deprecated_int96_timestamps=True
+    )
+    [row] = _read_parquet(india)["crm"].to_list()
+    # the same instant, as nested INT96 times come: in UTC, naive (no builder reads them)
+    assert row["v"] == moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
 def test_a_rejected_contact_points_at_its_line_in_the_contacts_file(
     shop: Path, tmp_path: Path
 ) -> None:
