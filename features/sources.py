@@ -787,9 +787,9 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     never placed in the mapping's `timezone:`, as Spark reads it as an instant)."""
     try:
         metadata = pq.read_metadata(path)
+        schema = parquet_schema(metadata)
     except (pa.ArrowException, OSError):
         return pl.read_parquet(path)  # no Parquet footer: Polars' error says so
-    schema = parquet_schema(metadata)
     if utc_for_unreadable_zones(schema) is None and not any_int96(metadata):
         return pl.read_parquet(path)
     # INT96 in microseconds, cast to the UTC of ``schema``: in nanoseconds they wrap outside
