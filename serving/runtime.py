@@ -400,8 +400,8 @@ def load_scorer(settings: ServiceSettings, *, copy_into: Path | None = None) -> 
         if settings.bento_model:
             model, info = _from_bento_store(settings.bento_model)
         elif settings.model_copy is not None:
-            if settings.model_copy.is_dir():  # kept while this worker runs (a plain `bentoml
-                hold_folder(settings.model_copy)  # serve` given the copy holds no other lock)
+            if settings.model_copy.is_dir():  # kept while this worker runs, as its server
+                hold_folder(settings.model_copy)  # keeps it (serving.service)
             model, info = _from_copy(settings.model_copy)
         else:
             model, info = _from_registry(settings, copy_into=copy_into)
