@@ -417,6 +417,7 @@ class RawSource:
     timezone: str | None
     excluded: pa.Table
     origins: Origins
+    notes: tuple[str, ...] = ()  # what reading did that the report must say
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,6 +427,7 @@ class Ingested:
     validated: Validated
     labels: pa.Table | None
     mapping: SourceMapping
+    notes: tuple[str, ...] = ()  # what reading did that the report says (RawSource.notes)
 
     def reject_counts(self) -> dict[tuple[str, str], int]:
         """Rejected rows per (table, reason), the mapping's exclusions included (zero too)."""
@@ -536,6 +538,7 @@ def read_source(mapping: SourceMapping, *, data_dir: Path) -> RawSource:
         timezone=mapping.timezone,
         excluded=pa.concat_tables(excluded),
         origins=Origins(files=tuple(files.sources), rows=origins),
+        notes=tuple(files.notes),
     )
 
 
@@ -558,6 +561,7 @@ def ingest(source: str | Path, *, data_dir: Path, now: datetime | None = None) -
         validated=_with_excluded(validated, set_aside, labels=labels),
         labels=labels,
         mapping=mapping,
+        notes=raw.notes,
     )
 
 
@@ -640,6 +644,7 @@ class _FileCache:
         self.sources: list[SourceFile] = []  # files read by `read_rows`, in order
         # (_ORIGIN, _ORIGIN_ROW) of the rows of lines with fewer fields than the header
         self.short_rows: list[pl.DataFrame] = []
+        self.notes: list[str] = []  # what reading changed that the report says
 
     def read(self, spec: ReadSpec, key: str) -> pl.DataFrame:
         """A file whose rows are not a canonical table's own (a joined file): a short line
@@ -1151,7 +1156,8 @@ def _aggregate(
     timestamp_key: str,
     value: str | None,
     contact_id: str | None = None,
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, int]:
+    """The groups' rows, and how many of them had lines without an amount among others."""
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
     # a line without a group key is a group of its own: Polars groups the nulls together, and
@@ -1175,6 +1181,11 @@ def _aggregate(
         function, column = match.groups()
         _require(frame, column, f"{key}.columns.{output}", where)
         source = pl.col(column)
+        if function == "sum" and output == value:
+            # a line without an amount adds nothing to its basket's value, said and counted
+            # (partly priced); a basket with no amount at all has no value, as a plain row
+            # with an empty one, not 0
+            helpers[_UNPRICED] = frame[column].is_null()
         if function == "sum" and frame[column].dtype == pl.String:
             numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
             readable = numbers.is_not_null() | frame[column].is_null()
@@ -1196,7 +1207,11 @@ def _aggregate(
             helpers[summed] = numbers
             source = pl.col(summed)
         aggregated = {
-            "sum": source.sum(),
+            "sum": (
+                pl.when(pl.col(_UNPRICED).all()).then(None).otherwise(source.sum())
+                if output == value
+                else source.sum()
+            ),
             "min": source.min(),
             "max": source.max(),
             "first": source.first(),
@@ -1218,15 +1233,22 @@ def _aggregate(
         expressions.append(aggregated.alias(output))
     if _ORIGIN_ROW in frame.columns:  # a group comes from its first input row
         expressions += [pl.col(_ORIGIN).first(), pl.col(_ORIGIN_ROW).min()]
-    return (
+    if _UNPRICED in helpers:
+        unpriced = pl.col(_UNPRICED)
+        expressions.append((unpriced.any() & ~unpriced.all()).alias(_UNPRICED))
+    grouped = (
         frame.with_columns(**helpers, **groups)
         .group_by([*spec.by, *groups], maintain_order=True)
         .agg(expressions)
         .drop(list(groups))
     )
+    if _UNPRICED not in grouped.columns:
+        return grouped, 0
+    return grouped.drop(_UNPRICED), int(grouped[_UNPRICED].sum())
 
 
 _ALONE = "__funnelcast_alone"  # a line's own group: its group key is missing
+_UNPRICED = "__funnelcast_unpriced"  # a line without an amount (its group: partly priced)
 _GROUP_CONTACT = "__funnelcast_group_contact"  # the contact of a group's lines
 
 
@@ -1248,7 +1270,7 @@ def _read_event_stream(
         if (short := files.short_lines(stream.read)) is not None:
             # a basket is known by its first line: a short line inside it could not be found
             raise short.refusal(where, f"{key}.aggregate")
-        frame = _aggregate(
+        frame, partly_priced = _aggregate(
             frame,
             stream.aggregate,
             key=f"{key}.aggregate",
@@ -1259,6 +1281,13 @@ def _read_event_stream(
             value=stream.value,
             contact_id=stream.contact_id,
         )
+        if partly_priced:
+            files.notes.append(
+                f"{key} {stream.name!r}: {partly_priced:,} of its events (groups of "
+                f"{', '.join(stream.aggregate.by)}) have lines without an amount "
+                f"('{stream.value}') beside lines with one: their value is the sum of the lines "
+                "that have one"
+            )
 
     referenced = [
         (stream.contact_id, f"{key}.contact_id"),

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the data libraries load only when a command needs them: --h
     import polars as pl
 
     from features.schema import Validated
+    from features.sources import Ingested
     from features.spec import FeatureSpec
     from serving.runtime import ModelInfo
     from training.pipeline import InsufficientDataError
@@ -661,7 +662,7 @@ def validate(
     ingested = _with_spinner(
         f"Reading and validating {escape(source)}", lambda: _ingest(source, data_dir)
     )
-    _say_aggregated(ingested.mapping)
+    _say_aggregated(ingested)
     _print_validation(ingested.validated)
     if _nothing_usable(ingested.validated):
         _refuse_nothing_usable(ingested.validated, source, "the source is unusable as it is")
@@ -2099,7 +2100,7 @@ def _ingest_into(source: str, out: Path, data_dir: Path | None) -> Validated:
         ),
     )
     console.print("Wrote " + ", ".join(escape(str(path)) for path in written.values()))
-    _say_aggregated(ingested.mapping)
+    _say_aggregated(ingested)
     return validated
 
 
@@ -2133,16 +2134,19 @@ def _refuse_nothing_usable(validated: Validated, source: str, said: str) -> NoRe
 # --- display -----------------------------------------------------------------------------------
 
 
-def _say_aggregated(mapping: Any) -> None:
+def _say_aggregated(ingested: Ingested) -> None:
     """A stream that combines lines into one event per group (baskets) makes the events' rows
-    in a count of groups, not of the file's lines (a review could not reconcile them)."""
-    for index, stream in enumerate(mapping.events):
+    in a count of groups, not of the file's lines (a review could not reconcile them); and
+    what reading the groups did to their values is said."""
+    for index, stream in enumerate(ingested.mapping.events):
         if stream.aggregate is not None:
             console.print(
                 f"events[{index}] {escape(repr(stream.name))} combines the lines of "
                 f"{escape(stream.read.path)} into one event per "
                 f"{escape(', '.join(stream.aggregate.by))}: its rows in count those, not lines"
             )
+    for note in ingested.notes:
+        console.print(escape(note))
 
 
 def _print_validation(validated: Validated) -> None:

@@ -667,6 +667,35 @@ def test_a_basket_with_an_amount_that_does_not_read_is_set_aside_not_the_whole_f
     ]
 
 
+def test_a_basket_without_any_amount_has_no_value_and_one_partly_priced_is_counted(
+    tmp_path: Path,
+) -> None:
+    """A basket whose lines give no amount had the value 0, where a plain row with an empty
+    amount has none; one with some lines without an amount is summed over the others, and
+    counted in the notes the report prints, not silently."""
+    _write(
+        tmp_path / "lines.csv",
+        "basket,household,at,amount\n"
+        "10,h1,2024-01-05 10:00,\n10,h1,2024-01-05 10:00,\n"
+        "11,h2,2024-01-06 10:00,2.5\n11,h2,2024-01-06 10:00,\n"
+        "12,h3,2024-01-07 10:00,1\n12,h3,2024-01-07 10:00,2\n"
+        "13,h4,2024-01-08 10:00,\n13,h4,2024-01-08 10:00,3\n",
+    )
+    ingested = ingest(_baskets_with_amounts(tmp_path), data_dir=tmp_path, now=NOW)
+
+    events = ingested.validated.events.to_pylist()
+    assert [(e["contact_id"], e["value"]) for e in events] == [
+        ("h1", None),
+        ("h2", 2.5),
+        ("h3", 3.0),
+        ("h4", 3.0),
+    ]
+    assert len(ingested.notes) == 1
+    assert ingested.notes[0].startswith(
+        "events[0] 'baskets': 2 of its events (groups of basket) have lines without an amount"
+    )
+
+
 def test_basket_lines_without_a_basket_or_of_other_contacts_are_not_merged(
     tmp_path: Path,
 ) -> None:

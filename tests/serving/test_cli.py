@@ -1519,8 +1519,10 @@ def test_events_damaged_past_their_footer_are_one_line_in_score_and_features_for
 def test_ingest_and_validate_say_that_a_basket_streams_rows_in_count_baskets(
     tmp_path: Path,
 ) -> None:
-    """Six lines in the file, three rows in the report: a review could not reconcile them."""
-    lines = "".join(f"{i // 2},u{i // 2},2024-03-01T10:0{i}:00Z,{i}\n" for i in range(6))
+    """Six lines in the file, three rows in the report: a review could not reconcile them.
+    A basket with a line without an amount is said, its value the sum of the others'."""
+    lines = "".join(f"{i // 2},u{i // 2},2024-03-01T10:0{i}:00Z,{i}\n" for i in range(5))
+    lines += "2,u2,2024-03-01T10:05:00Z,\n"  # basket 2: 4 and no amount
     (tmp_path / "lines.csv").write_text("basket,user,at,amount\n" + lines, encoding="utf-8")
     mapping = tmp_path / "baskets.yaml"
     mapping.write_text(
@@ -1539,6 +1541,18 @@ def test_ingest_and_validate_say_that_a_basket_streams_rows_in_count_baskets(
         assert result.returncode == 0, result.stderr
         assert said in " ".join(result.stdout.split()), result.stdout
         assert re.search(r"events\s+│\s+3\s+│\s+3\s+│\s+0", result.stdout), result.stdout
+        assert (
+            "events[0] 'orders': 1 of its events (groups of basket) have lines without an amount "
+            "('amount') beside lines with one"
+        ) in " ".join(result.stdout.split()), result.stdout
+    import pyarrow.parquet as pq
+
+    written = pq.read_table(tmp_path / "out" / "events.parquet").to_pylist()
+    assert sorted((e["contact_id"], e["value"]) for e in written) == [
+        ("u0", 1.0),
+        ("u1", 5.0),
+        ("u2", 4.0),
+    ]
 
 
 def test_an_empty_bentoml_home_is_unset_for_bentoml_too(
