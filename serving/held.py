@@ -24,6 +24,7 @@ from pathlib import Path
 # lock descriptors this process holds for its life (and the program it execs into)
 _HELD: dict[Path, int] = {}
 _LOCK = re.compile(r"\.(.+)\.lock")
+_ASIDE = re.compile(r"\.stale-(\d+)-")  # a folder being removed, by that process
 
 
 def hold_folder(folder: Path) -> bool:
@@ -66,7 +67,8 @@ def remove_unheld_folders(root: Path, *, keep: Path | None = None) -> list[tuple
     each renamed aside whole under an exclusive lock, then deleted, so a server starting
     meanwhile never finds half of one (it waits for the lock, finds no folder and makes it
     again). Folders without a lock file are kept, and so are hidden ones (a copy being
-    written). Lock files whose folder is gone and that nobody holds are removed. Returns the
+    written). Lock files whose folder is gone and that nobody holds are removed, and so are
+    the folders renamed aside by a start that was killed before it deleted them. Returns the
     folders removed with their sizes in bytes; one that cannot be removed is left as is."""
     removed: list[tuple[Path, int]] = []
     try:
@@ -74,6 +76,12 @@ def remove_unheld_folders(root: Path, *, keep: Path | None = None) -> list[tuple
     except OSError:  # nothing made there yet, or a folder that cannot be read
         return removed
     for entry in entries:
+        if (aside_by := _ASIDE.match(entry.name)) is not None:
+            from features.io import process_runs  # the data libraries: only when needed
+
+            if not process_runs(int(aside_by[1])):  # a killed removal's, unlocked already
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
         lock = _LOCK.fullmatch(entry.name)
         if lock and not (entry.parent / lock[1]).exists():
             _remove_orphan_lock(entry)  # its folder removed, or never made (a failed start)

@@ -96,3 +96,24 @@ def _wait_for_a_waiter(inode: int) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError("the start never waited for the lock")
+
+
+def test_a_folder_left_aside_by_a_killed_removal_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A start killed between renaming a folder aside and deleting it left `.stale-PID-` for
+    good in the metrics folders' root (the model copies' root swept its own): the next
+    removal deletes it once that process is gone, and not while it runs."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    killed = _folder(tmp_path / f".stale-{int(ended.stdout)}-a1b2" / "folder")
+    running = _folder(tmp_path / f".stale-{os.getpid()}-c3d4" / "folder")
+
+    assert remove_unheld_folders(tmp_path) == []  # not a held folder's removal: not reported
+    assert not killed.parent.exists()
+    assert running.is_dir()
