@@ -580,6 +580,13 @@ def _path_of(files: list[Path]) -> str | list[str]:
 
 def _events_files(events: Path | str) -> tuple[list[Path], list[pa.Schema]]:
     """The files of ``events_path``, checked, with their Arrow schemas (from their footers)."""
+    files = events_files(events)
+    return files, _check_files(files)
+
+
+def events_files(events: Path | str) -> list[Path]:
+    """The files an events path (file, folder or glob) means, as ``events_path`` reads them,
+    not yet checked; a path that means none is a ``FileNotFoundError`` saying what to give."""
     path = Path(events)
     files: list[Path]
     if path.is_dir():
@@ -607,7 +614,7 @@ def _events_files(events: Path | str) -> tuple[list[Path], list[pa.Schema]]:
         raise FileNotFoundError(f"{path} does not exist; give events Parquet written by ingest")
     else:
         files = [path]
-    return files, _check_files(files)
+    return files
 
 
 def _check_files(files: list[Path]) -> list[pa.Schema]:

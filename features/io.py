@@ -592,3 +592,58 @@ def read_table(path: Path) -> pa.Table:
             f"{path} is not a readable Parquet file ({' '.join(str(error).split())[:200]}); "
             "write it again, e.g. with `funnelcast ingest`"
         ) from error
+
+
+class InputsChangedError(InputError):
+    """A file a command read was replaced, written or removed while it read it."""
+
+
+class InputWatch:
+    """The files a command reads, as they were when it began, to tell whether they changed
+    before it writes what it made of them. Nothing locks a data folder against its readers: a
+    `score` that read the events before an `ingest` into the same folder swapped its tables in,
+    and the contacts after, mixed two exports (or read one file's footer and another's pages).
+    A write replaces files whole (a new file renamed over the old), so the file at a path is
+    known by its device, inode, size and modification time. Files that appear later (a new
+    partition beside the ones listed) are not watched: a folder appended to keeps scoring."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self._before = {Path(path): _identity(Path(path)) for path in files}
+
+    def changed(self) -> list[Path]:
+        """The watched files that are no longer the ones read at first."""
+        return [path for path, seen in self._before.items() if _identity(path) != seen]
+
+    def check(self) -> None:
+        """An ``InputsChangedError`` naming a file that changed, if any did."""
+        if changed := self.changed():
+            raise _changed_error(changed)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """A failure while reading (the footer of one file, the pages of its replacement) is
+        said as the change it comes from, when the files changed."""
+        try:
+            yield
+        except Exception as error:
+            if changed := self.changed():
+                raise _changed_error(changed) from error
+            raise
+
+
+def _changed_error(changed: list[Path]) -> InputsChangedError:
+    more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+    return InputsChangedError(
+        f"{changed[0]}{more} changed while it was read (replaced, written or removed: an "
+        "ingest or simulate into its folder, or an export, ran meanwhile), so what was read "
+        "may mix two versions of the data; nothing was written: run again once that write is "
+        "done"
+    )
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:  # removed, or its folder with it
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)

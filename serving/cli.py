@@ -795,11 +795,12 @@ def features(
     from features.consent import check_contacts, restrict_to_consented
     from features.engine import (
         build_contact_features,
+        events_files,
         feature_columns,
         first_event_times,
         leave_out_not_yet_active,
     )
-    from features.io import read_table, write_parquet_atomic
+    from features.io import InputWatch, read_table, write_parquet_atomic
     from features.spec import load_feature_spec
 
     _one_model(alias=alias, version=version)
@@ -832,42 +833,45 @@ def features(
     else:
         feature_spec = load_feature_spec(spec)
         rules = load_rules_settings(config)
-    contact_table = read_table(contacts_path) if contacts_path.exists() else None
-    if contact_table is not None:
-        check_contacts(contact_table)  # before any work: consent decides what is written
-    building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
-    if engine is Engine.spark:
-        table = _build_features_on_spark(
-            events,
-            contact_table,
-            building,
-            as_of=snapshot,
-            spec=feature_spec,
-            rules=rules,
-            memory=spark_memory,
-        )
-    else:
-        with _progress() as progress:
-            task = progress.add_task(building, total=None)
-
-            def advance(done: int, parts: int) -> None:
-                # a large input is done in parts (ranges of contacts), each a step of the bar
-                label = building if parts == 1 else f"{building}, {parts} parts of contacts"
-                progress.update(task, description=label, total=parts, completed=done)
-
-            table = build_contact_features(
+    # the files as they are now: a write into the folder while this reads them is found
+    watch = InputWatch([*events_files(events), contacts_path])
+    with watch.reading():
+        contact_table = read_table(contacts_path) if contacts_path.exists() else None
+        if contact_table is not None:
+            check_contacts(contact_table)  # before any work: consent decides what is written
+        building = f"Building {len(feature_spec.names)} features as of {snapshot:%Y-%m-%d}"
+        if engine is Engine.spark:
+            table = _build_features_on_spark(
                 events,
                 contact_table,
+                building,
                 as_of=snapshot,
                 spec=feature_spec,
                 rules=rules,
-                progress=advance,
+                memory=spark_memory,
             )
-    consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
-    # a listed contact whose first event comes after the date was unknown then: training makes
-    # it no row and score does not score it, so it is no row here either (counted)
-    table = leave_out_not_yet_active(consented.kept, first_event_times(events), as_of=snapshot)
-    later = consented.kept.height - table.height  # one row per contact
+        else:
+            with _progress() as progress:
+                task = progress.add_task(building, total=None)
+
+                def advance(done: int, parts: int) -> None:
+                    # a large input is done in parts (ranges of contacts), each a step of the bar
+                    label = building if parts == 1 else f"{building}, {parts} parts of contacts"
+                    progress.update(task, description=label, total=parts, completed=done)
+
+                table = build_contact_features(
+                    events,
+                    contact_table,
+                    as_of=snapshot,
+                    spec=feature_spec,
+                    rules=rules,
+                    progress=advance,
+                )
+        consented = restrict_to_consented(table, contact_table, assume_consent=assume_consent)
+        # a listed contact whose first event comes after the date was unknown then: training makes
+        # it no row and score does not score it, so it is no row here either (counted)
+        table = leave_out_not_yet_active(consented.kept, first_event_times(events), as_of=snapshot)
+        later = consented.kept.height - table.height  # one row per contact
     if model is not None:  # the features the model reads, so the file is a request's features
         from serving.scoring import with_missing_attributes  # MLflow's imports: a model's only
 
@@ -890,6 +894,7 @@ def features(
                 f"({escape(', '.join(unread[:8]))}"
                 f"{f' and {len(unread) - 8} more' if len(unread) > 8 else ''})."
             )
+    watch.check()  # the file would hold features of mixed data
     write_parquet_atomic(table.to_arrow(), out)
     console.print(
         f"Wrote {table.height:,} contacts x {table.width - 2} features to {escape(str(out))} "
@@ -972,8 +977,8 @@ def score(
     import polars as pl
 
     from features.consent import check_contacts
-    from features.engine import build_contact_features, events_time_span
-    from features.io import read_table, write_csv_atomic, write_parquet_atomic
+    from features.engine import build_contact_features, events_files, events_time_span
+    from features.io import InputWatch, read_table, write_csv_atomic, write_parquet_atomic
     from serving.funnel import default_as_of
     from serving.scoring import (
         check_scores_path,
@@ -1002,88 +1007,92 @@ def score(
         )
         earlier = None
     _can_write(out, "scores")  # before the work, not after it
-    contact_table = read_table(contacts_path) if contacts_path.exists() else None
-    if contact_table is not None:
-        check_contacts(contact_table)  # before any work: consent decides what is scored
-        consenting = pl.from_arrow(contact_table.select(["marketing_consent"]))
-        if not consenting["marketing_consent"].any():  # type: ignore[index]
-            raise InputError(
-                f"none of the {contact_table.num_rows:,} contacts in {contacts_path} has "
-                "marketing consent, so there is nobody to score; give the contacts table with "
-                "their consent"
+    # the files as they are now: a write into the folder while this reads them is found
+    watch = InputWatch([*events_files(events), contacts_path])
+    with watch.reading():
+        contact_table = read_table(contacts_path) if contacts_path.exists() else None
+        if contact_table is not None:
+            check_contacts(contact_table)  # before any work: consent decides what is scored
+            consenting = pl.from_arrow(contact_table.select(["marketing_consent"]))
+            if not consenting["marketing_consent"].any():  # type: ignore[index]
+                raise InputError(
+                    f"none of the {contact_table.num_rows:,} contacts in {contacts_path} has "
+                    "marketing consent, so there is nobody to score; give the contacts table with "
+                    "their consent"
+                )
+        first, last = events_time_span(events)
+        if first is None or last is None:
+            raise InputError(f"--events {events} holds no events; give the events to score from")
+        if snapshot is not None and snapshot <= first:
+            console.print(
+                f"[yellow]--as-of {snapshot:%Y-%m-%d} is not after the first event "
+                f"({first:%Y-%m-%d}):[/] no contact has an event before it, so none with "
+                "events is scored (nobody knew them then); only contacts listed without any "
+                "event are, dormant or on their attributes alone."
             )
-    first, last = events_time_span(events)
-    if first is None or last is None:
-        raise InputError(f"--events {events} holds no events; give the events to score from")
-    if snapshot is not None and snapshot <= first:
+        if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
+            _refuse_events_after_now(last, f"--events {events}")
+        if snapshot is None:
+            snapshot = default_as_of(last)  # the day after the last event, at most tomorrow
+            _say_if_stale(last, f"--events {events}")
+        else:
+            _say_if_stale(last, f"--events {events}", as_of=snapshot)
+        then = previous_as_of(earlier) if earlier is not None else None
+        if then is not None and then >= snapshot:
+            raise InputError(
+                f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before this "
+                f"run's as_of {snapshot:%Y-%m-%d}; give the scores of an earlier run"
+            )
+        model, info = _registered(config, model_name, alias, version, tracking_uri)
         console.print(
-            f"[yellow]--as-of {snapshot:%Y-%m-%d} is not after the first event "
-            f"({first:%Y-%m-%d}):[/] no contact has an event before it, so none with events is "
-            "scored (nobody knew them then); only contacts listed without any event are, dormant "
-            "or on their attributes alone."
+            f"Scoring with [bold]{escape(str(info.model_name))}[/] version {info.model_version} "
+            f"({escape(info.loaded_from())}) as of {snapshot:%Y-%m-%d}."
         )
-    if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
-        _refuse_events_after_now(last, f"--events {events}")
-    if snapshot is None:
-        snapshot = default_as_of(last)  # the day after the last event, at most tomorrow
-        _say_if_stale(last, f"--events {events}")
-    else:
-        _say_if_stale(last, f"--events {events}", as_of=snapshot)
-    then = previous_as_of(earlier) if earlier is not None else None
-    if then is not None and then >= snapshot:
-        raise InputError(
-            f"--previous {previous} holds scores as of {then:%Y-%m-%d}, not before this "
-            f"run's as_of {snapshot:%Y-%m-%d}; give the scores of an earlier run"
-        )
-    model, info = _registered(config, model_name, alias, version, tracking_uri)
-    console.print(
-        f"Scoring with [bold]{escape(str(info.model_name))}[/] version {info.model_version} "
-        f"({escape(info.loaded_from())}) as of {snapshot:%Y-%m-%d}."
-    )
-    building = f"Building {len(model.spec.names)} features"
-    if engine is Engine.spark:
-        features = _build_features_on_spark(
-            events,
-            contact_table,
-            building,
-            as_of=snapshot,
-            spec=model.spec,
-            rules=model.rules,
-            memory=spark_memory,
-        )
-    else:
-        with _progress() as progress:
-            task = progress.add_task(building, total=None)
-
-            def built(done: int, parts: int) -> None:
-                progress.update(task, total=parts, completed=done)
-
-            features = build_contact_features(
+        building = f"Building {len(model.spec.names)} features"
+        if engine is Engine.spark:
+            features = _build_features_on_spark(
                 events,
                 contact_table,
+                building,
                 as_of=snapshot,
                 spec=model.spec,
                 rules=model.rules,
-                progress=built,
+                memory=spark_memory,
             )
-    with _progress() as progress:
-        scoring = progress.add_task("Scoring contacts", total=None)
+        else:
+            with _progress() as progress:
+                task = progress.add_task(building, total=None)
 
-        def scored(done: int, total: int) -> None:
-            progress.update(scoring, total=total, completed=done)
+                def built(done: int, parts: int) -> None:
+                    progress.update(task, total=parts, completed=done)
 
-        result = score_features(
-            model,
-            features,
-            contact_table,
-            events=events,
-            as_of=snapshot,
-            model_name=str(info.model_name),
-            model_version=str(info.model_version),
-            assume_consent=assume_consent,
-            reasons=reasons,
-            scored=scored,
-        )
+                features = build_contact_features(
+                    events,
+                    contact_table,
+                    as_of=snapshot,
+                    spec=model.spec,
+                    rules=model.rules,
+                    progress=built,
+                )
+        with _progress() as progress:
+            scoring = progress.add_task("Scoring contacts", total=None)
+
+            def scored(done: int, total: int) -> None:
+                progress.update(scoring, total=total, completed=done)
+
+            result = score_features(
+                model,
+                features,
+                contact_table,
+                events=events,
+                as_of=snapshot,
+                model_name=str(info.model_name),
+                model_version=str(info.model_version),
+                assume_consent=assume_consent,
+                reasons=reasons,
+                scored=scored,
+            )
+    watch.check()  # before any word on the scores: they may be of mixed data
     table = result.table
     if result.missing_attributes:
         console.print(
@@ -1278,7 +1287,8 @@ def train(
     the rules and the RFM baseline on later snapshots, and log everything to MLflow. Only
     contacts with marketing consent are trained on and scored."""
     with _saying_what_a_stop_left() as training:
-        from features.io import read_table
+        from features.engine import events_files
+        from features.io import InputWatch, read_table
         from training.pipeline import require_known_consent
 
         cut = _parse_date(observe_until, "--observe-until") if observe_until is not None else None
@@ -1289,6 +1299,10 @@ def train(
                 f"--contacts {contacts} does not exist; give a contacts Parquet"
             )
         contacts_path = contacts or folder / "contacts.parquet"
+        # the files as they are now: a write into the folder while training reads them is
+        # found before the models are fitted on what may be two exports' mix
+        beside = [folder / "labels.parquet"] if labels is None else [labels]
+        watch = InputWatch([*events_files(events), contacts_path, *beside])
         contact_table = read_table(contacts_path) if contacts_path.exists() else None
         require_known_consent(contact_table, assume_consent=assume_consent)  # before a run starts
         # ingest wrote the source's provided labels beside its events: trained on, as `run
@@ -1305,30 +1319,33 @@ def train(
             )
         from training.pipeline import InsufficientDataError
 
+        said_horizon = {} if horizon is None else {"horizon_days": f"--horizon {horizon}"}
         try:
-            _train_and_report(
-                events,
-                contact_table,
-                label_table,
-                tune=tune,
-                overrides=_observing_until(
-                    _source_training(
-                        source,
+            with watch.reading():
+                _train_and_report(
+                    events,
+                    contact_table,
+                    label_table,
+                    tune=tune,
+                    overrides=_observing_until(
+                        _source_training(
+                            source,
+                            config,
+                            model_name,
+                            options=said_horizon,
+                        ),
+                        cut,
                         config,
-                        model_name,
-                        options={} if horizon is None else {"horizon_days": f"--horizon {horizon}"},
-                    ),
-                    cut,
-                    config,
+                    )
+                    | ({} if horizon is None else {"horizon_days": horizon}),
+                    spec_path=spec,
+                    register=register,
+                    tracking_uri=tracking_uri,
+                    config=config,
+                    assume_consent=assume_consent,
+                    training=training,
+                    after_reading=watch.check,
                 )
-                | ({} if horizon is None else {"horizon_days": horizon}),
-                spec_path=spec,
-                register=register,
-                tracking_uri=tracking_uri,
-                config=config,
-                assume_consent=assume_consent,
-                training=training,
-            )
         except InsufficientDataError as error:
             _print_no_model(error)  # as `run` says it: a report, not a crash
             raise typer.Exit(code=1) from error
@@ -2347,10 +2364,13 @@ def _train_and_report(
     config: Path | None,
     assume_consent: bool = False,
     training: _TrainingStarted | None = None,
+    after_reading: Callable[[], None] | None = None,
 ) -> str | None:
     """Train, log to MLflow and print the quality table; returns the registered version.
     ``overrides``: training settings over the config's (``load_training_settings``);
-    ``training``: where the run's id is noted as it starts (``_saying_what_a_stop_left``)."""
+    ``training``: where the run's id is noted as it starts (``_saying_what_a_stop_left``);
+    ``after_reading``: called once the events are read, before the models are fitted, and
+    again before anything is logged (it raises to stop: ``InputWatch.check``)."""
     from features.spec import load_feature_spec, shipped_spec_text
     from training.pipeline import (
         require_no_identifying_attributes,
@@ -2390,7 +2410,14 @@ def _train_and_report(
     with training_run(run_name, on_start=on_start) as run_id, _progress() as progress:
         task = progress.add_task("Training", total=len(steps) + 1)
 
+        check = after_reading or (lambda: None)
+        checked = False
+
         def say(step: str) -> None:
+            nonlocal checked
+            if step != steps[0] and not checked:  # the snapshots are built: the events read
+                checked = True
+                check()
             progress.update(task, description=f"Training: {step}", advance=0)
             if step in steps:
                 progress.update(task, completed=steps.index(step))
@@ -2408,13 +2435,15 @@ def _train_and_report(
             assume_consent=assume_consent,
         )
         progress.update(task, description="Training: logging to MLflow", completed=len(steps))
+        fingerprint = data_fingerprint(events, contacts, labels, settings=settings)
+        check()  # read again for the fingerprint: still the data trained on, before a version
         version = log_training(
             result,
             spec=feature_spec,
             spec_text=spec_text,
             rules=rules,
             settings=settings,
-            fingerprint=data_fingerprint(events, contacts, labels, settings=settings),
+            fingerprint=fingerprint,
             register=register,
         )
         progress.update(task, description="Training: done", completed=len(steps) + 1)

@@ -667,3 +667,56 @@ def test_a_write_sweeps_what_a_killed_write_left_and_nothing_else(tmp_path: Path
 
     assert not any(path.exists() for path in leftovers)
     assert all(path.exists() for path in kept)
+
+
+def test_a_watched_file_replaced_written_or_removed_is_a_change_a_new_one_beside_is_not(
+    tmp_path: Path,
+) -> None:
+    """A command reads a folder's files at several moments; a write into the folder meanwhile
+    (a new file renamed over one, as every funnelcast write does) is found before it writes
+    what it made of them. A file added beside (a new partition) is not a change."""
+    from features.io import InputsChangedError, InputWatch
+
+    events, contacts, absent = tmp_path / "events.parquet", tmp_path / "c.parquet", tmp_path / "x"
+    events.write_bytes(b"one")
+    contacts.write_bytes(b"two")
+    watch = InputWatch([events, contacts, absent])
+    (tmp_path / "part-2.parquet").write_bytes(b"new")
+    watch.check()  # nothing it reads changed
+    assert watch.changed() == []
+
+    fresh = tmp_path / ".new"
+    fresh.write_bytes(b"two")  # the same bytes, another file: another export
+    os.replace(fresh, contacts)
+    assert watch.changed() == [contacts]
+    with pytest.raises(InputsChangedError, match=r"c\.parquet changed while it was read"):
+        watch.check()
+
+    events.unlink()
+    absent.write_bytes(b"made")
+    assert watch.changed() == [events, contacts, absent]
+    with pytest.raises(InputsChangedError, match=r"events\.parquet \(and 2 more\) changed"):
+        watch.check()
+
+
+def test_a_failure_while_reading_files_that_changed_is_said_as_the_change(tmp_path: Path) -> None:
+    """The footer of one file and the pages of its replacement fail in Polars' or Arrow's
+    words; once the files changed, the change is what is said (the failure kept as its
+    cause), and a failure of files that did not change is left as it is."""
+    from features.io import InputsChangedError, InputWatch
+
+    path = tmp_path / "events.parquet"
+    path.write_bytes(b"one")
+    watch = InputWatch([path])
+
+    def fail(error: Exception, *, change: bool = False) -> None:
+        with watch.reading():
+            if change:
+                path.unlink()
+            raise error
+
+    with pytest.raises(ValueError, match="as it is"):
+        fail(ValueError("as it is"))
+    with pytest.raises(InputsChangedError) as raised:
+        fail(OSError("parquet: out of specification"), change=True)
+    assert isinstance(raised.value.__cause__, OSError)

@@ -589,3 +589,86 @@ def test_a_stopped_command_reads_its_run_with_little_patience_for_a_server(
     assert seen == [{"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+
+
+# `funnelcast` (argv: where, the contacts file, then the command's arguments) whose contacts
+# file is replaced by a copy, as ingest replaces it, right after the training frame is built
+# ("frame") or as the data's fingerprint is taken for the run ("fingerprint"); it says when
+# the stage model is fitted
+_WRITTEN_MEANWHILE = """
+import os, shutil, sys
+from training import pipeline, tracking
+
+where, contacts, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def replace_contacts():
+    shutil.copyfile(contacts, contacts + ".new")
+    os.replace(contacts + ".new", contacts)
+
+def after(real):
+    def replaced_after(*args, **kwargs):
+        made = real(*args, **kwargs)
+        replace_contacts()
+        return made
+    return replaced_after
+
+if where == "frame":
+    pipeline.build_labelled_frame = after(pipeline.build_labelled_frame)
+else:
+    tracking.data_fingerprint = after(tracking.data_fingerprint)
+real_fit = pipeline.LightGBMStageModel.fit
+
+def said_fit(*args, **kwargs):
+    print("fitting the stage model", file=sys.stderr, flush=True)
+    return real_fit(*args, **kwargs)
+
+pipeline.LightGBMStageModel.fit = said_fit
+from serving.cli import main
+
+sys.argv = ["funnelcast", *args]
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["frame", "fingerprint"])
+def test_a_write_into_the_folder_while_train_reads_it_registers_nothing(
+    workspace: Path, tmp_path: Path, where: str
+) -> None:
+    """An ingest into the folder while `train` read it trained the models on two exports
+    mixed, and the run's data fingerprint (taken after training) described neither. The
+    files are watched from the start: a change found once the snapshots are built stops the
+    command before the models are fitted, and one found by the fingerprint's read before
+    anything is logged or registered."""
+    import shutil
+
+    import yaml
+
+    from features.settings import load_defaults
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("events.parquet", "contacts.parquet"):
+        shutil.copyfile(workspace / "data" / name, data / name)
+    config = tmp_path / "small-models.yaml"
+    config.write_text(yaml.safe_dump(_small_models(load_defaults(None))), encoding="utf-8")
+    contacts = str(data / "contacts.parquet")
+    command = ["train", "--events", str(data), "--config", str(config)]
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITTEN_MEANWHILE, where, contacts, *command],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    told = " ".join(result.stderr.split())
+    assert f"{contacts} changed while it was read" in told, result.stderr
+    assert ("fitting the stage model" in told) is (where == "fingerprint")
+    client = _client(tmp_path)
+    assert client.search_model_versions("name = 'funnelcast'") == []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert runs, "the training run was started"
+    assert {run.info.status for run in runs} == {"FAILED"}

@@ -316,6 +316,56 @@ def test_score_features_leaves_out_a_contact_whose_first_event_is_at_as_of_and_k
     assert result.table["contact_id"].to_list() == [i for i in ids if i != ids[5]]
 
 
+def test_a_write_into_the_folder_while_score_or_features_reads_it_leaves_no_output(
+    served: Served, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing locks a data folder against its readers: an ingest that swapped its tables in
+    while `score` read the events, the contacts being read before or after, gave scores of two
+    exports mixed. The files are watched from the start; a change is said, nothing written.
+    A read that fails on the replaced file is said as the change too."""
+    import shutil
+
+    from features import engine
+    from features.io import InputsChangedError, write_tables_atomic
+
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    real = engine.build_contact_features
+
+    def ingest_meanwhile(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        built = real(*args, **kwargs)
+        # the next export, as ingest writes it (the same rows: a change is a change)
+        write_tables_atomic({"contacts": pq.read_table(folder / "contacts.parquet")}, folder)
+        return built
+
+    def fail_on_the_new_events(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        write_tables_atomic({"events": pq.read_table(folder / "events.parquet")}, folder)
+        raise pl.exceptions.ComputeError("parquet: File out of specification")
+
+    for built, changed in (
+        (ingest_meanwhile, "contacts.parquet"),
+        (fail_on_the_new_events, "events.parquet"),
+    ):
+        monkeypatch.setattr(engine, "build_contact_features", built)
+        for command in ("score", "features"):
+            out = tmp_path / f"{command}.parquet"
+            result = CliRunner().invoke(
+                app,
+                [command, "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out)]
+                + (["--tracking-uri", served.store, "--no-reasons"] if command == "score" else []),
+            )
+            assert isinstance(result.exception, InputsChangedError), result.output
+            told = " ".join(str(result.exception).split())
+            assert f"{folder / changed} changed while it was read" in told
+            assert "nothing was written: run again" in told
+            assert not out.exists()
+    monkeypatch.setattr(engine, "build_contact_features", real)
+    out = tmp_path / "after.parquet"
+    result = _score(served, "--events", str(folder), "--as-of", "2026-04-20", "--out", str(out))
+    assert result.exit_code == 0, result.output  # read again once the write is done
+    assert out.exists()
+
+
 def test_the_default_as_of_is_the_day_after_the_last_event(
     served: Served, data: Path, tmp_path: Path
 ) -> None:
