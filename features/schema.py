@@ -606,7 +606,10 @@ def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     if column.dtype.is_numeric():
         value = column.cast(pl.Float64)
     elif column.dtype in (pl.String, pl.Null, pl.Categorical):
-        value = column.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        # an empty or blank text is no value, as an empty field: `""` of a CSV that quotes
+        # every field set its event aside (review)
+        column = blank_as_null(column.cast(pl.String))
+        value = column.cast(pl.Float64, strict=False)
     else:
         raise SchemaError(
             f"events column 'value' has type {column.dtype}; give numbers (money), or drop the "
@@ -614,6 +617,12 @@ def _parse_values(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         )
     bad = (column.is_not_null() & value.is_null()) | value.is_nan() | value.is_infinite()
     return value.alias("value"), bad.fill_null(False)
+
+
+def blank_as_null(text: pl.Series) -> pl.Series:
+    """Text without the spaces around it, an empty or blank one missing."""
+    stripped = text.str.strip_chars()
+    return stripped.zip_with(stripped != "", pl.Series([None], dtype=pl.String))
 
 
 def _properties_as_json(frame: pl.DataFrame) -> pl.Expr:

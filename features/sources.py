@@ -35,7 +35,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -60,6 +60,7 @@ from features.schema import (
     Validated,
     any_int96,
     as_utc,
+    blank_as_null,
     cast_unreadable_zones_to_utc,
     control_ids_message,
     localise_to_utc,
@@ -1156,8 +1157,10 @@ def _aggregate(
     timestamp_key: str,
     value: str | None,
     contact_id: str | None = None,
+    line_of: Callable[[pl.Series], pl.Series] | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """The groups' rows, and how many of them had lines without an amount among others."""
+    """The groups' rows, and how many of them had lines without an amount among others.
+    ``line_of``: the file's 0-based rows -> their lines as `source_row` shows them."""
     for column in spec.by:
         _require(frame, column, f"{key}.by", where)
     # a line without a group key is a group of its own: Polars groups the nulls together, and
@@ -1181,37 +1184,37 @@ def _aggregate(
         function, column = match.groups()
         _require(frame, column, f"{key}.columns.{output}", where)
         source = pl.col(column)
-        if function == "sum" and output == value:
-            # a line without an amount adds nothing to its basket's value, said and counted
-            # (partly priced); a basket with no amount at all has no value, as a plain row
-            # with an empty one, not 0
-            helpers[_UNPRICED] = frame[column].is_null()
-        if function == "sum" and frame[column].dtype == pl.String:
-            numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
-            readable = numbers.is_not_null() | frame[column].is_null()
+        missing = f"__funnelcast_missing_{output}"
+        if function == "sum":
+            # a line without a number (an empty or blank field) adds nothing to its group's
+            # sum, and a group with none at all has no sum, as a plain row with an empty value
+            # has none, not 0; the event's value said and counted when partly given
+            lines = frame[column]
+            if lines.dtype == pl.String:
+                lines = blank_as_null(lines)
+                numbers = lines.cast(pl.Float64, strict=False)
+                readable = numbers.is_not_null() | lines.is_null()
+                if output == value:
+                    # the event's value: a line whose amount does not read makes its group's
+                    # sum NaN, so that the group is set aside as unparseable_value, as a plain
+                    # event row's would be, and counted (it stopped the whole ingest); a sum
+                    # without that line would understate the basket
+                    nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
+                    numbers = numbers.zip_with(readable, nan)
+                elif not readable.all():  # another sum (a property) has no reason to set it aside
+                    raise SchemaError(
+                        f"{where}: column '{column}' has values that are not numbers "
+                        f"({_first_unread(frame, readable, column, line_of)}) and cannot be "
+                        f"summed; fix `{key}.columns.{output}` or the file"
+                    )
+                summed = f"__funnelcast_number_{output}"
+                helpers[summed] = numbers
+                source = pl.col(summed)
+            helpers[missing] = lines.is_null()
             if output == value:
-                # the event's value: a line whose amount does not read makes its group's sum
-                # NaN, so that the group is set aside as unparseable_value, as a plain event
-                # row's would be, and counted (it stopped the whole ingest); a sum without
-                # that line would understate the basket
-                nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
-                numbers = numbers.zip_with(readable, nan)
-            elif not readable.all():  # another sum (a property) has no reason to set it aside
-                bad = frame[column].filter(~readable)
-                raise SchemaError(
-                    f"{where}: column '{column}' has values that are not numbers "
-                    f"(e.g. {bad[0]!r}) and cannot be summed; fix `{key}.columns.{output}` or "
-                    "the file"
-                )
-            summed = f"__funnelcast_number_{output}"
-            helpers[summed] = numbers
-            source = pl.col(summed)
+                helpers[_UNPRICED] = helpers[missing]
         aggregated = {
-            "sum": (
-                pl.when(pl.col(_UNPRICED).all()).then(None).otherwise(source.sum())
-                if output == value
-                else source.sum()
-            ),
+            "sum": pl.when(pl.col(missing).all()).then(None).otherwise(source.sum()),
             "min": source.min(),
             "max": source.max(),
             "first": source.first(),
@@ -1247,6 +1250,21 @@ def _aggregate(
     return grouped.drop(_UNPRICED), int(grouped[_UNPRICED].sum())
 
 
+def _first_unread(
+    frame: pl.DataFrame,
+    readable: pl.Series,
+    column: str,
+    line_of: Callable[[pl.Series], pl.Series] | None,
+) -> str:
+    """The first value of ``column`` that does not read, and its line, for an error."""
+    unread = frame.filter(~readable)
+    text = f"e.g. {unread[column][0]!r}"
+    if line_of is None or _ORIGIN_ROW not in unread.columns:
+        return text
+    line = line_of(unread[_ORIGIN_ROW].head(1))[0]
+    return text if line is None else f"{text} at line {line}"
+
+
 _ALONE = "__funnelcast_alone"  # a line's own group: its group key is missing
 _UNPRICED = "__funnelcast_unpriced"  # a line without an amount (its group: partly priced)
 _GROUP_CONTACT = "__funnelcast_group_contact"  # the contact of a group's lines
@@ -1280,13 +1298,14 @@ def _read_event_stream(
             timestamp_key=f"{key}.timestamp",
             value=stream.value,
             contact_id=stream.contact_id,
+            line_of=files.sources[-1].source_rows,  # the stream's own file, read last
         )
         if partly_priced:
             files.notes.append(
-                f"{key} {stream.name!r}: {partly_priced:,} of its events (groups of "
-                f"{', '.join(stream.aggregate.by)}) have lines without an amount "
-                f"('{stream.value}') beside lines with one: their value is the sum of the lines "
-                "that have one"
+                f"{key} {stream.name!r}: {partly_priced:,} of the events it read (groups of "
+                f"{', '.join(stream.aggregate.by)}; before any was set aside) have lines "
+                f"without an amount ('{stream.value}') beside lines with one: their value is "
+                "the sum of the lines that have one"
             )
 
     referenced = [

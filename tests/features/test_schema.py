@@ -59,6 +59,18 @@ def test_each_unusable_event_row_is_set_aside_with_its_reason(
     assert _reasons([_event(), bad_row]) == [reason]
 
 
+def test_an_empty_or_blank_value_is_no_value_not_an_unreadable_one() -> None:
+    """A CSV that quotes every field writes a missing amount as `""`: its view and basket
+    events were set aside as unparseable_value, where an unquoted empty field is no value
+    (review). Text that is empty once its spaces are cut is no value; other text still does
+    not read."""
+    values = ["", "   ", " 12.5 ", None]
+    rows = [_event(value=v, contact_id=f"c{i}") for i, v in enumerate(values)]
+    result = validate(pd.DataFrame([*rows, _event(value="12,5")]), now=NOW)
+    assert result.rejects.column("reason").to_pylist() == ["unparseable_value"]
+    assert result.events.column("value").to_pylist() == [None, None, 12.5, None]
+
+
 def test_an_event_within_the_clock_skew_is_kept_and_one_past_it_is_future() -> None:
     """ingest and validate set aside an event 90 s ahead of the clock, which score, funnel and
     the service accept (time review): every reader now allows the same skew."""

@@ -692,8 +692,40 @@ def test_a_basket_without_any_amount_has_no_value_and_one_partly_priced_is_count
     ]
     assert len(ingested.notes) == 1
     assert ingested.notes[0].startswith(
-        "events[0] 'baskets': 2 of its events (groups of basket) have lines without an amount"
+        "events[0] 'baskets': 2 of the events it read (groups of basket; before any was set "
+        "aside) have lines without an amount"
     )
+
+
+def test_quoted_empty_and_blank_amounts_are_no_amount_in_a_basket_and_in_its_properties(
+    tmp_path: Path,
+) -> None:
+    """A CSV that quotes every field (Python's csv.QUOTE_ALL, many exports) writes a missing
+    amount as `""`, which set its basket aside as unparseable_value (review). An empty or
+    blank line adds nothing, to the value as to a property's sum, and a group with none has
+    no sum: a property's was 0, "no quantity known" written as 0 items."""
+    _write(
+        tmp_path / "lines.csv",
+        '"basket","household","at","amount","qty"\n'
+        '"10","h1","2024-01-05 10:00","",""\n"10","h1","2024-01-05 10:00","  ",""\n'
+        '"11","h2","2024-01-06 10:00","2.5","1"\n"11","h2","2024-01-06 10:00","","  "\n',
+    )
+    mapping = _write(
+        tmp_path / "baskets.yaml",
+        BASKETS_MAPPING.replace("FUNCTION", "min")
+        .replace("FORMAT", '"%Y-%m-%d %H:%M"')
+        .replace("at: min(at)}", "at: min(at), amount: sum(amount), qty: sum(qty)}")
+        + "    value: amount\n    properties: [qty]\n",
+    )
+    ingested = ingest(mapping, data_dir=tmp_path, now=NOW)
+
+    events = ingested.validated.events.to_pylist()
+    assert [(e["contact_id"], e["value"], json.loads(e["properties"])) for e in events] == [
+        ("h1", None, {"qty": None}),
+        ("h2", 2.5, {"qty": 1.0}),
+    ]
+    assert ingested.validated.rejects.num_rows == 0
+    assert ingested.notes[0].startswith("events[0] 'baskets': 1 of the events it read")
 
 
 def test_basket_lines_without_a_basket_or_of_other_contacts_are_not_merged(
@@ -1107,7 +1139,7 @@ def test_summing_text_that_is_not_numbers_into_a_property_names_the_column_and_t
         """,
     )
 
-    with pytest.raises(SchemaError, match=r"'qty'.*'x'.*aggregate\.columns\.qty"):
+    with pytest.raises(SchemaError, match=r"'qty'.*'x' at line 2\).*aggregate\.columns\.qty"):
         ingest(mapping, data_dir=tmp_path, now=NOW)
 
 

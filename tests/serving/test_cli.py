@@ -1542,8 +1542,8 @@ def test_ingest_and_validate_say_that_a_basket_streams_rows_in_count_baskets(
         assert said in " ".join(result.stdout.split()), result.stdout
         assert re.search(r"events\s+│\s+3\s+│\s+3\s+│\s+0", result.stdout), result.stdout
         assert (
-            "events[0] 'orders': 1 of its events (groups of basket) have lines without an amount "
-            "('amount') beside lines with one"
+            "events[0] 'orders': 1 of the events it read (groups of basket; before any was set "
+            "aside) have lines without an amount ('amount') beside lines with one"
         ) in " ".join(result.stdout.split()), result.stdout
     import pyarrow.parquet as pq
 
