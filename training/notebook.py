@@ -364,7 +364,16 @@ def notebook_words(text: str) -> str:
     --spec or --assume-consent, which the notebook does not have)."""
     for phrase, words in _PHRASES:
         text = text.replace(phrase, words)
-    return _OPTION.sub(lambda match: _OPTIONS[match.group(1)], text)
+    # a command quoted whole (`funnelcast ingest --source olist --out DIR`) is a command the
+    # user runs in a shell, with its options as they are (review: it read "ingest source")
+    parts = _COMMAND.split(text)
+    return "".join(
+        part if _COMMAND.fullmatch(part) else _OPTION.sub(lambda m: _OPTIONS[m.group(1)], part)
+        for part in parts
+    )
+
+
+_COMMAND = re.compile(r"(`funnelcast [^`]*`)")
 
 
 @contextmanager

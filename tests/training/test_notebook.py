@@ -357,6 +357,13 @@ def test_messages_name_the_notebooks_parameters_not_the_commands_options(tmp_pat
         "the labels table is empty; give labelled contacts or remove labels.parquet from the "
         "events folder"
     )
+    # a command to run in a shell keeps its options (review: "`funnelcast ingest source olist`")
+    assert (
+        notebook_words(
+            "give events the folder `funnelcast ingest --source olist --out DIR` wrote, or --source"
+        )
+        == "give events the folder `funnelcast ingest --source olist --out DIR` wrote, or source"
+    )
 
 
 def test_notebook_errors_reword_the_error_and_list_what_too_little_data_is() -> None:
