@@ -321,6 +321,7 @@ class Promotion:
     # the 95 % interval of challenger - champion per gate metric (none: compared strictly)
     intervals: dict[str, Interval] = field(default_factory=dict)
     method: str = ""  # how the intervals were drawn, in a sentence (gate_intervals)
+    judged: bool = True  # False: the champion could not be judged (only --force promotes)
 
     @property
     def deltas(self) -> dict[str, float]:
@@ -572,6 +573,22 @@ def promote(
         champion_scores = baseline_scores(challenger, test_set)
     elif champion_model is None:
         champion_scores = {}  # nothing fair to compare: --force replaces it, and says why
+    elif lacking := [n for n in champion_model.feature_names if n not in test_set.columns]:
+        # a champion of a spec with features the challenger's has not: the pyfunc's own
+        # advice ("build features with the model's spec") said nothing a promote could do
+        shown = ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+        unscorable = (
+            f"the champion (version {champion.version}) cannot score the challenger's test "
+            f"window: it reads {len(lacking)} feature(s) the challenger's feature spec does "
+            f"not make ({shown})"
+        )
+        if not force:
+            raise RegistryError(
+                f"{unscorable}. Judge a spec change by `funnelcast evaluate` of each version on "
+                "its own test window, register a model of another spec under its own name "
+                "(--model-name), or use --force to replace the champion (recorded)"
+            )
+        champion_scores = {}  # nothing to compare: --force replaces it, and says why
     else:
         try:
             theirs = predict(champion_model, test_set)
@@ -603,6 +620,7 @@ def promote(
         reasons=reasons,
         intervals=intervals,
         method=method,
+        judged=unscorable is None,
     )
     if decision.promoted:
         _record_and_move(name, alias, decision, challenger_scores, resamples, test_set)
@@ -642,9 +660,16 @@ def _record_and_move(
             "forced": str(decision.forced).lower(),
             **{f"gate.{k}": f"{v:.6f}" for k, v in challenger_scores.items()},
             # how it was judged: the resamples (0: strictly), what was drawn, and each
-            # metric's 95 % interval of challenger - champion
-            "gate.resamples": str(resamples if intervals else 0),
-            "gate.resampled": _resampled(test_set) if intervals else "none",
+            # metric's 95 % interval of challenger - champion; or that it was not (a forced
+            # promotion over a champion that could not be judged was tagged strict, review)
+            **(
+                {
+                    "gate.resamples": str(resamples if intervals else 0),
+                    "gate.resampled": _resampled(test_set) if intervals else "none",
+                }
+                if decision.judged
+                else {"gate.judged": "false"}
+            ),
             **{f"gate.{k}.low": f"{v.low:.6f}" for k, v in intervals.items()},
             **{f"gate.{k}.high": f"{v.high:.6f}" for k, v in intervals.items()},
         }

@@ -332,15 +332,27 @@ def test_force_replaces_a_champion_that_cannot_score_the_challengers_features(
     text = yaml.safe_dump(extended, sort_keys=False)
     extended_version, plain = _versions_of_two_specs(simulation, settings, text)
     MlflowClient().set_registered_model_alias(name, "champion", extended_version)
-    with pytest.raises(RegistryError, match=r"clicks_per_open_28d.*--force"):
+    with pytest.raises(RegistryError) as refused:
         promote(name, version=plain)
+    told = " ".join(str(refused.value).split())
+    # in words a promote can act on, not the model's "build features with the model's spec"
+    assert "reads 1 feature(s) the challenger's feature spec does not make" in told
+    assert "(clicks_per_open_28d)" in told
+    assert "`funnelcast evaluate`" in told
+    assert "--force" in told
+    assert "build features" not in told
     assert resolve(name, alias="champion").version == extended_version
     decision = promote(name, version=plain, force=True)
-    assert (decision.promoted, decision.forced) == (True, True)
+    assert (decision.promoted, decision.forced, decision.judged) == (True, True, False)
     assert decision.deltas == {}
     assert "cannot score" in decision.reasons[0]
     assert resolve(name, alias="champion").version == plain
-    assert MlflowClient().get_model_version(name, plain).tags["forced"] == "true"
+    tags = MlflowClient().get_model_version(name, plain).tags
+    assert tags["forced"] == "true"
+    # nothing was compared: not tagged as a strict comparison (review)
+    assert tags["gate.judged"] == "false"
+    assert "gate.resamples" not in tags
+    assert "gate.resampled" not in tags
 
 
 def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_otherwise(
@@ -392,8 +404,9 @@ def test_the_gate_refuses_a_champion_whose_features_of_the_same_names_count_othe
     back = promote(name, version=other, force=True)  # a rollback, forced: judged on nothing
     assert (back.promoted, back.forced, back.intervals) == (True, True, {})
     tags = client.get_model_version(name, other).tags
-    assert (tags["forced"], tags["gate.resamples"], tags["gate.resampled"]) == ("true", "0", "none")
-    assert not [key for key in tags if key.endswith((".low", ".high"))]
+    assert (tags["forced"], tags["gate.judged"]) == ("true", "false")
+    # the first promotion's record of how it was judged is gone with its intervals
+    assert not [key for key in tags if key.endswith((".low", ".high", "resamples", "resampled"))]
 
 
 def test_with_no_champion_the_gate_compares_with_the_rules_and_the_rfm_baseline(
