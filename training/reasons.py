@@ -527,10 +527,11 @@ class _SpecIndex:
         """``_describe``, remembered for the values that repeat across contacts: whole numbers
         (counts, sessions, days), text, and recencies by their whole days (all their phrase
         shows). Other fractions (ratios, money) are nearly all distinct and would only fill
-        the memory. A missing value is a key as None (a NaN never is: each is a key of its own)."""
+        the memory. A missing value, None or NaN (which is no key: each is a key of its own),
+        is the key of None: both read alike."""
         key: tuple[str, type, object]
-        if value is None:  # missing: one phrase per feature (a contact without a signup date)
-            key = (name, type(None), None)
+        if value is None or (type(value) is float and value != value):
+            key = (name, type(None), None)  # one phrase per feature (no signup date, a ratio of 0)
         elif type(value) is float and name in self.recencies and math.isfinite(value):
             key = (name, int, math.floor(value))
         elif isinstance(value, bool) or not (
@@ -546,6 +547,25 @@ class _SpecIndex:
             phrase = self.described[key] = _describe(name, value, self)
         return phrase
 
+    def undefined_phrase(self, name: str) -> str:
+        """A derived feature without a value: the ratio whose count is 0, said as that count
+        ("no purchases in the last 90 days"), when every input is a count or a sum (never
+        missing, so its denominator is why); else "<name>: not defined". It was said as
+        "average order value all: not defined", the first reason of a dormant contact in four
+        (review)."""
+        derived = self.derived[name]
+        tree = derived.tree
+        denominator = None
+        if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Div):
+            denominator = _aggregate_at(tree.right, self.aggregates)
+        never_missing = all(
+            n in self.aggregates and self.aggregates[n].kind in ("count", "sum")
+            for n in derived.inputs
+        )
+        if denominator is None or denominator.kind != "count" or not never_missing:
+            return f"{_readable(name)}: not defined"
+        return _describe_aggregate(denominator, 0)
+
     def ratio_phrase(self, name: str) -> _Phrase | None:
         if name not in self.phrases:
             self.phrases[name] = _ratio_phrase(self.derived[name], self.aggregates)
@@ -557,7 +577,7 @@ def _describe(name: str, value: object, index: _SpecIndex) -> str:
         return _describe_aggregate(index.aggregates[name], value)
     if name in index.derived:
         if _is_missing(value):
-            return f"{_readable(name)}: not defined"  # a ratio without a denominator
+            return index.undefined_phrase(name)
         number = _number(name, value)
         phrase = index.ratio_phrase(name)
         return phrase(number) if phrase is not None else f"{_readable(name)}: {_plain(number)}"

@@ -299,14 +299,41 @@ def test_a_generic_derived_feature_reads_as_its_name_and_value(spec: FeatureSpec
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["activity_trend_7d_vs_prior_28d", "open_without_click_ratio_28d", "email_share_28d"],
+    ("name", "said"),
+    [
+        ("activity_trend_7d_vs_prior_28d", "activity trend 7d vs prior 28d: not defined"),
+        ("open_without_click_ratio_28d", "no e-mail opens in the last 28 days"),
+        ("email_share_28d", "no interactions in the last 28 days"),
+        ("average_order_value_all", "no purchases in all history"),
+    ],
 )
 @pytest.mark.parametrize("missing", [None, math.nan])
-def test_a_missing_derived_value_reads_as_not_defined(
-    spec: FeatureSpec, name: str, missing: float | None
+def test_a_missing_ratio_reads_as_its_count_of_none_else_as_not_defined(
+    spec: FeatureSpec, name: str, said: str, missing: float | None
 ) -> None:
-    assert describe_feature(name, missing, spec) == f"{name.replace('_', ' ')}: not defined"
+    """ "average order value all: not defined" was the first reason of a dormant contact in
+    four (review): a ratio of counts and sums is missing only when its count is 0, which says
+    why; a ratio of another shape reads as not defined."""
+    assert describe_feature(name, missing, spec) == said
+
+
+def test_a_missing_ratio_with_a_recency_in_it_reads_as_not_defined() -> None:
+    """A recency is missing when the contact never had the event: the count in the
+    denominator may be anything, so it is not said to be 0."""
+    spec = parse_feature_spec(
+        """
+session_gap_minutes: 30
+aggregates:
+  - {name: "buys_{window}", kind: count, where: {event_type: [purchase]}, windows: [90]}
+  - {name: "since_visit", kind: days_since_last, where: {event_type: [page_view]}}
+derived:
+  - {name: "visit_days_per_buy", expr: "since_visit / buys_90d"}
+  - {name: "buys_per_buy", expr: "buys_90d / buys_90d"}
+""",
+        origin="test spec",
+    )
+    assert describe_feature("visit_days_per_buy", None, spec) == "visit days per buy: not defined"
+    assert describe_feature("buys_per_buy", None, spec) == "no purchases in the last 90 days"
 
 
 # --- describe_feature: the rules stage and contact attributes -------------------------------
