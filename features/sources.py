@@ -30,7 +30,6 @@ import gzip
 import importlib.util
 import io
 import json
-import math
 import os
 import re
 import zlib
@@ -1195,12 +1194,13 @@ def _aggregate(
                 numbers = lines.cast(pl.Float64, strict=False)
                 readable = numbers.is_not_null() | lines.is_null()
                 if output == value:
-                    # the event's value: a line whose amount does not read makes its group's
-                    # sum NaN, so that the group is set aside as unparseable_value, as a plain
-                    # event row's would be, and counted (it stopped the whole ingest); a sum
-                    # without that line would understate the basket
-                    nan = pl.repeat(math.nan, frame.height, dtype=pl.Float64, eager=True)
-                    numbers = numbers.zip_with(readable, nan)
+                    # the event's value: a line whose amount does not read is its group's
+                    # value, as text, so that the group is set aside as unparseable_value, as a
+                    # plain event row's would be, showing that text (review: a NaN showed as
+                    # null), and counted (it stopped the whole ingest); a sum without that
+                    # line would understate the basket
+                    unread_value = f"__funnelcast_unread_{output}"
+                    helpers[unread_value] = lines.zip_with(~readable, _NO_TEXT)
                 elif not readable.all():  # another sum (a property) has no reason to set it aside
                     raise SchemaError(
                         f"{where}: column '{column}' has values that are not numbers "
@@ -1213,8 +1213,16 @@ def _aggregate(
             helpers[missing] = lines.is_null()
             if output == value:
                 helpers[_UNPRICED] = helpers[missing]
+        summed_value = pl.when(pl.col(missing).all()).then(None).otherwise(source.sum())
+        if function == "sum" and output == value and frame[column].dtype == pl.String:
+            unread_line = pl.col(f"__funnelcast_unread_{output}")
+            summed_value = (
+                pl.when(unread_line.is_not_null().any())
+                .then(unread_line.drop_nulls().first())
+                .otherwise(summed_value.cast(pl.String))  # exact: the shortest round trip
+            )
         aggregated = {
-            "sum": pl.when(pl.col(missing).all()).then(None).otherwise(source.sum()),
+            "sum": summed_value,
             "min": source.min(),
             "max": source.max(),
             "first": source.first(),
@@ -1266,6 +1274,7 @@ def _first_unread(
 
 
 _ALONE = "__funnelcast_alone"  # a line's own group: its group key is missing
+_NO_TEXT = pl.Series([None], dtype=pl.String)
 _UNPRICED = "__funnelcast_unpriced"  # a line without an amount (its group: partly priced)
 _GROUP_CONTACT = "__funnelcast_group_contact"  # the contact of a group's lines
 

@@ -665,6 +665,8 @@ def test_a_basket_with_an_amount_that_does_not_read_is_set_aside_not_the_whole_f
     assert [(r["reason"], r["contact_id"], r["source_row"]) for r in rejects] == [
         ("unparseable_value", "h1", 2)  # the basket's first line, as an editor shows it
     ]
+    # the line's text, as a plain row's record shows it (it showed null, the NaN it became)
+    assert json.loads(rejects[0]["record"])["value"] == "abc"
 
 
 def test_a_basket_without_any_amount_has_no_value_and_one_partly_priced_is_counted(
