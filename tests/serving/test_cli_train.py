@@ -30,9 +30,12 @@ def _env(tmp: Path) -> dict[str, str]:
     }
 
 
-def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp: Path, *args: str, argv: tuple[str, ...] = (FUNNELCAST,)
+) -> subprocess.CompletedProcess[str]:
+    """``funnelcast *args`` run in ``tmp`` (``argv``: another way to start it)."""
     return subprocess.run(
-        [FUNNELCAST, *args],
+        [*argv, *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -652,15 +655,10 @@ def test_a_write_into_the_folder_while_train_reads_it_registers_nothing(
     config = tmp_path / "small-models.yaml"
     config.write_text(yaml.safe_dump(_small_models(load_defaults(None))), encoding="utf-8")
     contacts = str(data / "contacts.parquet")
-    command = ["train", "--events", str(data), "--config", str(config)]
-    result = subprocess.run(
-        [sys.executable, "-c", _WRITTEN_MEANWHILE, where, contacts, *command],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        check=False,
+    result = _run(
+        tmp_path,
+        *("train", "--events", str(data), "--config", str(config)),
+        argv=(sys.executable, "-c", _WRITTEN_MEANWHILE, where, contacts),
     )
     assert result.returncode == 2, result.stderr
     told = " ".join(result.stderr.split())
