@@ -701,8 +701,8 @@ def funnel(
     import polars as pl
 
     from features.consent import check_contacts
-    from features.engine import scan_events
-    from features.io import read_table
+    from features.engine import events_files, scan_events
+    from features.io import InputWatch, read_table
     from serving.funnel import default_as_of
 
     snapshot = _as_of_date(as_of) if as_of is not None else None
@@ -716,23 +716,28 @@ def funnel(
     if data.is_dir():
         _say_unread_beside(data, "--data", glob_taken=False)  # funnel reads folders only
     contacts_path = data / "contacts.parquet"
-    contacts = read_table(contacts_path) if contacts_path.exists() else None
-    if contacts is not None:
-        check_contacts(contacts)  # before any work, as features and score check them
-    # the events as features and score read them (in UTC, refused in their words), not raw
-    last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
-    if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
-        _refuse_events_after_now(last, f"--data {data}")
     history_path = data / "stage_history.parquet"
-    history = read_table(history_path) if history_path.exists() else None
-    _print_funnel(
-        events,
-        contacts,
-        history,
-        config=config,
-        as_of=snapshot or default_as_of(last),
-        assume_consent=assume_consent,
-    )
+    # the files as they are now: a write into the folder while this reads them is found
+    # before the report is shown, as score and features find it
+    watch = InputWatch([*events_files(events), contacts_path, history_path])
+    with watch.reading():
+        contacts = read_table(contacts_path) if contacts_path.exists() else None
+        if contacts is not None:
+            check_contacts(contacts)  # before any work, as features and score check them
+        # the events as features and score read them (in UTC, refused in their words), not raw
+        last = scan_events(events).select(pl.col("timestamp").max()).collect().item()
+        if snapshot is None or snapshot > dt.datetime.now(dt.UTC):  # read: as of after now
+            _refuse_events_after_now(last, f"--data {data}")
+        history = read_table(history_path) if history_path.exists() else None
+        _print_funnel(
+            events,
+            contacts,
+            history,
+            config=config,
+            as_of=snapshot or default_as_of(last),
+            assume_consent=assume_consent,
+            after_reading=watch.check,
+        )
 
 
 @app.command()
@@ -2205,10 +2210,12 @@ def _print_funnel(
     config: Path | None,
     as_of: dt.datetime | None,
     assume_consent: bool = False,
+    after_reading: Callable[[], None] | None = None,
 ) -> None:
     """The funnel report of ``events`` (a table, or a Parquet path read as features reads it);
     without ``as_of``, as of the data's end. Without any event it is still shown: the listed
-    contacts are all dormant, as features writes them."""
+    contacts are all dormant, as features writes them. ``after_reading`` is called once the
+    events are read, before anything is shown (it raises to stop: ``InputWatch.check``)."""
     import polars as pl
 
     from features.engine import scan_events
@@ -2230,6 +2237,8 @@ def _print_funnel(
         true_stages=true_stages,
         assume_consent=assume_consent,
     )
+    if after_reading is not None:
+        after_reading()
     if summary.first_event and summary.last_event:
         known = (
             f"{summary.events:,} events before the snapshot, from {summary.first_event.date()} "

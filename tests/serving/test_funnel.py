@@ -342,3 +342,37 @@ def test_without_events_every_listed_consented_contact_is_dormant_as_features_ha
     assert summary.rules_counts["dormant"] == 2
     assert summary.contacts_without_consent == written.contacts_without_consent == 1
     assert summary.events == 0
+
+
+def test_a_write_into_the_folder_while_the_funnel_reads_it_shows_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The funnel read the contacts, then the events twice: an ingest into the folder in
+    between showed counts of two exports mixed. It is said instead, with no table."""
+    from typer.testing import CliRunner
+
+    from features.io import InputsChangedError, write_tables_atomic
+    from serving import funnel
+    from serving.cli import app
+
+    events, contacts = _data()
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(events, data / "events.parquet")
+    pq.write_table(contacts, data / "contacts.parquet")
+    real = funnel.summarise_funnel
+
+    def ingest_meanwhile(*args: object, **kwargs: object) -> FunnelSummary:
+        summary = real(*args, **kwargs)  # type: ignore[arg-type]
+        write_tables_atomic({"contacts": pq.read_table(data / "contacts.parquet")}, data)
+        return summary
+
+    monkeypatch.setattr(funnel, "summarise_funnel", ingest_meanwhile)
+    result = CliRunner().invoke(app, ["funnel", "--data", str(data), "--as-of", "2024-02-01"])
+    assert isinstance(result.exception, InputsChangedError), result.output
+    assert f"{data / 'contacts.parquet'} changed while it was read" in str(result.exception)
+    assert "consented contacts shown" not in result.output
+    monkeypatch.setattr(funnel, "summarise_funnel", real)
+    again = CliRunner().invoke(app, ["funnel", "--data", str(data), "--as-of", "2024-02-01"])
+    assert again.exit_code == 0, again.output
+    assert "4 consented contacts shown; 1 without marketing consent left out." in again.output
